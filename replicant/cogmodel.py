@@ -1,0 +1,412 @@
+"""Reading a Cog model directory: its ``cog.yaml``, and the OpenAPI schema of its predictor.
+
+A version's ``openapi_schema`` is derived from the predictor itself, the way Cog does it:
+cog 0.23's own inspector (``cog._inspector``) describes each input and the output, in a
+subprocess that runs with the model's own Python (``_cog_probe.py``), and this module wraps
+that description in the OpenAPI 3.0.2 document Cog and Replicate publish for a version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field
+
+PROBE = Path(__file__).resolve().with_name("_cog_probe.py")
+COGLET_SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
+INSPECT_TIMEOUT = 300.0
+_REF = re.compile(r"^(?P<path>[^:]+\.py)(?::(?P<name>[A-Za-z_][A-Za-z0-9_]*))?$")
+_SCHEMAS = "#/components/schemas/"
+
+
+class CogConfigError(Exception):
+    """cog.yaml is missing or invalid, or names an entry point that does not exist."""
+
+
+class PredictorError(Exception):
+    """The predictor (or trainer) could not be imported or described.
+
+    ``message`` is one line for people; ``traceback`` is the model process's traceback text.
+    """
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.traceback}" if self.traceback else self.message
+
+
+class CogConfig(BaseModel):
+    """The parts of ``cog.yaml`` that Replicant uses to run a model."""
+
+    predict_ref: str
+    train_ref: str | None = None
+    python_version: str | None = None
+    python_packages: list[str] = Field(default_factory=list)
+    python_requirements: str | None = None
+    gpu: bool = False
+    max_concurrency: int = 1
+
+
+def _check_ref(model_dir: Path, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise CogConfigError(f"cog.yaml: {key} must be a string like 'predict.py:Predictor'")
+    ref = value.strip()
+    match = _REF.match(ref)
+    if match is None:
+        raise CogConfigError(
+            f"cog.yaml: {key}: {ref!r} is not of the form 'file.py:Name' "
+            "(e.g. predict.py:Predictor)"
+        )
+    path = Path(match["path"])
+    root = model_dir.resolve()
+    target = (root / path).resolve()
+    # A ref must not point outside the model, which is all that gets copied and run.
+    if path.is_absolute() or not target.is_relative_to(root):
+        raise CogConfigError(f"cog.yaml: {key}: {match['path']} is outside the model directory")
+    if not target.is_file():
+        raise CogConfigError(f"cog.yaml: {key}: {match['path']} does not exist in {model_dir}")
+    return ref
+
+
+def _requirement_lines(text: str) -> list[str]:
+    lines = []
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def load_cog_config(model_dir: Path) -> CogConfig:
+    """Read and check ``model_dir/cog.yaml``.
+
+    The entry point comes from ``run:`` (newer Cog) or ``predict:`` (older); ``train:`` is
+    optional. Packages from ``build.python_requirements`` are appended to
+    ``build.python_packages``. Raises ``CogConfigError`` with a message that names the problem.
+    """
+    path = model_dir / "cog.yaml"
+    if not path.is_file():
+        raise CogConfigError(f"no cog.yaml in {model_dir}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise CogConfigError(f"cog.yaml is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise CogConfigError(f"cog.yaml is not UTF-8 text: {e}") from e
+    if not isinstance(data, dict):
+        raise CogConfigError("cog.yaml must be a mapping with build: and predict: (or run:)")
+
+    run, predict = data.get("run"), data.get("predict")
+    if run is not None and predict is not None and run != predict:
+        raise CogConfigError("cog.yaml: give either run: or predict:, not both")
+    entry_key = "run" if run is not None else "predict"
+    if data.get(entry_key) is None:
+        raise CogConfigError("cog.yaml: missing predict: (or run:), e.g. predict.py:Predictor")
+    predict_ref = _check_ref(model_dir, entry_key, data[entry_key])
+    train_ref = _check_ref(model_dir, "train", data["train"]) if data.get("train") else None
+
+    build = data.get("build") or {}
+    if not isinstance(build, dict):
+        raise CogConfigError("cog.yaml: build: must be a mapping")
+    version = build.get("python_version")
+    if version is not None and not isinstance(version, str | int | float):
+        raise CogConfigError("cog.yaml: build.python_version must be a string like '3.11'")
+    packages = build.get("python_packages") or []
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        raise CogConfigError("cog.yaml: build.python_packages must be a list of strings")
+    packages = [p.strip() for p in packages if p.strip()]
+    requirements = build.get("python_requirements")
+    if requirements is not None:
+        if not isinstance(requirements, str):
+            raise CogConfigError("cog.yaml: build.python_requirements must be a file name")
+        req_path = model_dir / requirements
+        if not req_path.is_file():
+            raise CogConfigError(f"cog.yaml: python_requirements file {requirements} not found")
+        packages += _requirement_lines(req_path.read_text(encoding="utf-8"))
+    concurrency = data.get("concurrency") or {}
+    max_concurrency = concurrency.get("max", 1) if isinstance(concurrency, dict) else 1
+    if not isinstance(max_concurrency, int) or max_concurrency < 1:
+        raise CogConfigError("cog.yaml: concurrency.max must be a positive integer")
+
+    return CogConfig(
+        predict_ref=predict_ref,
+        train_ref=train_ref,
+        python_version=None if version is None else str(version),
+        python_packages=packages,
+        python_requirements=requirements,
+        gpu=bool(build.get("gpu", False)),
+        max_concurrency=max_concurrency,
+    )
+
+
+def run_probe(model_dir: Path, python: Path, config: CogConfig) -> dict[str, Any]:
+    """Run ``_cog_probe.py`` with the model's Python and return its raw description."""
+    args = [str(python), str(PROBE), str(model_dir.resolve()), config.predict_ref]
+    if config.train_ref:
+        args.append(config.train_ref)
+    # Don't leave __pycache__ in a model directory that is hashed into a version id.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=model_dir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=INSPECT_TIMEOUT,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise PredictorError(f"importing the predictor took over {INSPECT_TIMEOUT:.0f}s") from e
+    except OSError as e:
+        raise PredictorError(f"cannot run {python}: {e}") from e
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise PredictorError(
+            f"the model's Python exited with status {proc.returncode} without a description",
+            proc.stderr[-20000:],
+        ) from None
+    if not isinstance(result, dict):
+        raise PredictorError("the schema probe printed something other than an object")
+    if "error" in result:
+        raise PredictorError(str(result["error"]), str(result.get("traceback", "")))
+    return result
+
+
+def _request_schema(title: str, input_ref: str) -> dict[str, Any]:
+    return {
+        "title": title,
+        "type": "object",
+        "properties": {
+            "id": {"title": "Id", "type": "string"},
+            "input": {"$ref": input_ref},
+            "webhook": {"title": "Webhook", "type": "string", "format": "uri"},
+            "webhook_events_filter": {
+                "type": "array",
+                "items": {"$ref": _SCHEMAS + "WebhookEvent"},
+                "default": ["start", "output", "logs", "completed"],
+            },
+            "output_file_prefix": {"title": "Output File Prefix", "type": "string"},
+            "created_at": {"title": "Created At", "type": "string", "format": "date-time"},
+        },
+    }
+
+
+def _response_schema(title: str, input_ref: str, output_ref: str) -> dict[str, Any]:
+    time = {"type": "string", "format": "date-time"}
+    return {
+        "title": title,
+        "type": "object",
+        "properties": {
+            "input": {"$ref": input_ref},
+            "output": {"$ref": output_ref},
+            "id": {"title": "Id", "type": "string"},
+            "version": {"title": "Version", "type": "string"},
+            "created_at": {"title": "Created At", **time},
+            "started_at": {"title": "Started At", **time},
+            "completed_at": {"title": "Completed At", **time},
+            "logs": {"title": "Logs", "type": "string", "default": ""},
+            "error": {"title": "Error", "type": "string"},
+            "status": {"$ref": _SCHEMAS + "Status"},
+            "metrics": {"title": "Metrics", "type": "object"},
+        },
+    }
+
+
+_JSON = "application/json"
+_ANY_RESPONSE = {"description": "Successful Response", "content": {_JSON: {"schema": {}}}}
+_INVALID_RESPONSE = {
+    "description": "Validation Error",
+    "content": {_JSON: {"schema": {"$ref": _SCHEMAS + "HTTPValidationError"}}},
+}
+
+
+def _run_paths(kind: str, request: str, response: str, summary: str) -> dict[str, Any]:
+    """POST /{kind}s, PUT /{kind}s/{id} (idempotent, async), POST .../cancel, as coglet serves."""
+    param = f"{kind}_id"
+    plural = f"/{kind}s"
+    answered = {
+        "200": {
+            "description": "Successful Response",
+            "content": {_JSON: {"schema": {"$ref": _SCHEMAS + response}}},
+        },
+        "422": _INVALID_RESPONSE,
+    }
+    body = {"content": {_JSON: {"schema": {"$ref": _SCHEMAS + request}}}}
+    id_param = {
+        "required": True,
+        "schema": {"title": param.replace("_", " ").title(), "type": "string"},
+        "name": param,
+        "in": "path",
+    }
+    return {
+        plural: {
+            "post": {
+                "summary": summary,
+                "description": f"Run a single {kind} on the model",
+                "operationId": f"{summary.lower()}_{kind}s_post",
+                "requestBody": body,
+                "responses": answered,
+            }
+        },
+        f"{plural}/{{{param}}}": {
+            "put": {
+                "summary": f"{summary} Idempotent",
+                "operationId": f"{summary.lower()}_idempotent_{kind}s__{param}__put",
+                "parameters": [id_param],
+                "requestBody": body,
+                "responses": answered,
+            }
+        },
+        f"{plural}/{{{param}}}/cancel": {
+            "post": {
+                "summary": "Cancel",
+                "operationId": f"cancel_{kind}s__{param}__cancel_post",
+                "parameters": [id_param],
+                "responses": {"200": _ANY_RESPONSE, "422": _INVALID_RESPONSE},
+            }
+        },
+    }
+
+
+def _add_enums(
+    schemas: dict[str, Any], input_schema: dict[str, Any], enums: dict[str, Any], suffix: str
+) -> None:
+    """Add the enum components of ``choices`` inputs, renaming any that would clobber one."""
+    for name, enum in enums.items():
+        component = name
+        if component in schemas and schemas[component] != enum:
+            component = f"{name}{suffix}"
+            enum = {**enum, "title": component}
+        schemas[component] = enum
+        if component != name:
+            input_schema["properties"][name]["allOf"] = [{"$ref": _SCHEMAS + component}]
+
+
+def build_openapi_schema(probe: dict[str, Any], cog_version: str) -> dict[str, Any]:
+    """Wrap the probe's Input/Output (and TrainingInput/TrainingOutput) in an OpenAPI document."""
+    predict, train = probe.get("predict"), probe.get("train")
+    schemas: dict[str, Any] = {}
+    paths: dict[str, Any] = {
+        "/": {
+            "get": {
+                "summary": "Root",
+                "operationId": "root__get",
+                "responses": {"200": _ANY_RESPONSE},
+            }
+        },
+        "/health-check": {
+            "get": {
+                "summary": "Healthcheck",
+                "operationId": "healthcheck_health_check_get",
+                "responses": {"200": _ANY_RESPONSE},
+            }
+        },
+    }
+    if predict is not None:
+        schemas["Input"] = predict["input"]
+        schemas["Output"] = predict["output"]
+        _add_enums(schemas, predict["input"], predict["enums"], "")
+        schemas["PredictionRequest"] = _request_schema("PredictionRequest", _SCHEMAS + "Input")
+        schemas["PredictionResponse"] = _response_schema(
+            "PredictionResponse", _SCHEMAS + "Input", _SCHEMAS + "Output"
+        )
+        paths.update(_run_paths("prediction", "PredictionRequest", "PredictionResponse", "Predict"))
+    if train is not None:
+        schemas["TrainingInput"] = train["input"]
+        # Replicate names a trainer's output component after itself, not "Output".
+        schemas["TrainingOutput"] = {**train["output"], "title": "TrainingOutput"}
+        _add_enums(schemas, train["input"], train["enums"], "Training")
+        schemas["TrainingRequest"] = _request_schema("TrainingRequest", _SCHEMAS + "TrainingInput")
+        schemas["TrainingResponse"] = _response_schema(
+            "TrainingResponse", _SCHEMAS + "TrainingInput", _SCHEMAS + "TrainingOutput"
+        )
+        paths.update(_run_paths("training", "TrainingRequest", "TrainingResponse", "Train"))
+    schemas["Status"] = {
+        "title": "Status",
+        "description": "An enumeration.",
+        "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
+        "type": "string",
+    }
+    schemas["WebhookEvent"] = {
+        "title": "WebhookEvent",
+        "description": "An enumeration.",
+        "enum": ["start", "output", "logs", "completed"],
+        "type": "string",
+    }
+    schemas["HTTPValidationError"] = {
+        "title": "HTTPValidationError",
+        "type": "object",
+        "properties": {
+            "detail": {
+                "title": "Detail",
+                "type": "array",
+                "items": {"$ref": _SCHEMAS + "ValidationError"},
+            }
+        },
+    }
+    schemas["ValidationError"] = {
+        "title": "ValidationError",
+        "required": ["loc", "msg", "type"],
+        "type": "object",
+        "properties": {
+            "loc": {
+                "title": "Location",
+                "type": "array",
+                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+            },
+            "msg": {"title": "Message", "type": "string"},
+            "type": {"title": "Error Type", "type": "string"},
+        },
+    }
+    return {
+        "openapi": "3.0.2",
+        "info": {"title": "Cog", "version": cog_version},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+
+
+def inspect_model(model_dir: Path, python: Path, config: CogConfig) -> dict[str, Any]:
+    """Derive the version's ``openapi_schema`` from its predictor (and trainer, if any).
+
+    Runs ``_cog_probe.py`` with ``python`` (the model's own environment) in ``model_dir``.
+    Raises ``PredictorError`` with the model's traceback when it fails to import or uses an
+    input type Cog does not support.
+    """
+    probe = run_probe(model_dir, python, config)
+    return build_openapi_schema(probe, str(probe.get("cog_version", "")))
+
+
+def write_schema_for_coglet(model_dir: Path, openapi_schema: dict[str, Any]) -> None:
+    """Write ``model_dir/.cog/openapi_schema.json``, where coglet looks for its schema.
+
+    coglet 0.23.1 reads this file (relative to its cwd, the model directory) once, after
+    setup; without it, it validates nothing and serves no ``/openapi.json``. With it, it
+    validates ``POST /predictions`` input against ``components.schemas.Input`` (missing
+    required fields, types, bounds, choices: 422 with a pydantic-style ``detail`` list) and,
+    started with ``--x-mode train``, ``POST /trainings`` input against
+    ``components.schemas.TrainingInput`` of the same file: one combined document serves both
+    modes. It drops unknown input fields silently rather than refusing them, and it lets
+    ``2.0`` through for an integer input (the model then gets a float), which is why the API
+    validates first (``replicant.validation``). A train-mode coglet also answers
+    ``POST /predictions`` by running ``train()`` with no validation at all: send trainings
+    to ``/trainings`` only.
+    """
+    path = model_dir / COGLET_SCHEMA_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(openapi_schema, indent=2), encoding="utf-8")
+    # A coglet starting at the same moment must never read half a file.
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""Per-version Python environments for Cog models.
+
+Most models need nothing beyond what Replicant's own environment has (cog, coglet, pillow):
+they run with ``sys.executable`` and nothing is built. A model that needs more gets a venv
+under ``envs_dir/<hash>/``, one per (Python version, requirements), that sees Replicant's own
+packages (so cog and coglet match the server's) underneath its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from replicant.cogmodel import CogConfig
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+COMPLETE_MARKER = ".replicant-complete"
+PIP_TIMEOUT = 3600.0
+TAIL_LINES = 40
+
+
+class EnvBuildError(Exception):
+    """A model's environment could not be built; the message ends with pip's output."""
+
+
+def _host_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.strip().split(".")[:2])
+
+
+def _is_installed(requirement: Requirement, seen: set[str]) -> bool:
+    """True when this interpreter already has a distribution that meets ``requirement``."""
+    if requirement.marker is not None and not requirement.marker.evaluate():
+        return True
+    if requirement.url:
+        return False  # a direct URL may be anything: install it
+    name = canonicalize_name(requirement.name)
+    try:
+        dist = importlib.metadata.distribution(name)
+        version = Version(dist.version)
+    except (importlib.metadata.PackageNotFoundError, InvalidVersion):
+        return False
+    if not requirement.specifier.contains(version, prereleases=True):
+        return False
+    for extra in sorted(requirement.extras):
+        key = f"{name}[{extra}]"
+        if key in seen:
+            continue
+        seen.add(key)
+        for line in dist.requires or []:
+            dep = Requirement(line)
+            # Only the dependencies this extra adds; the base ones came with the package.
+            if dep.marker is None or not dep.marker.evaluate({"extra": extra}):
+                continue
+            if dep.marker.evaluate({"extra": ""}):
+                continue
+            dep.marker = None
+            if not _is_installed(dep, seen):
+                return False
+    return True
+
+
+def requirements_satisfied(requirements: list[str]) -> bool:
+    """True when every requirement line is already met by the running interpreter.
+
+    pip options (``-r``, ``--index-url``), local paths and URLs count as unmet.
+    """
+    seen: set[str] = set()
+    for line in requirements:
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            return False
+        if not _is_installed(requirement, seen):
+            return False
+    return True
+
+
+def _choose_python(version: str | None, progress: Progress) -> tuple[Path, str]:
+    """The base interpreter for an env and its X.Y version (falls back to the host's)."""
+    host = _host_version()
+    # sys._base_executable is the interpreter behind Replicant's own venv.
+    base = Path(getattr(sys, "_base_executable", None) or sys.executable)
+    if version is None or _major_minor(version) == host:
+        return base, host
+    wanted = _major_minor(version)
+    found = shutil.which(f"python{wanted}")
+    if found:
+        return Path(found), wanted
+    message = f"Python {wanted} is not installed here; using Python {host} instead"
+    log.warning("event=python_version_missing requested=%s using=%s", wanted, host)
+    progress(message)
+    return base, host
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _env_key(python: Path, version: str, requirements: list[str]) -> str:
+    identity = {
+        "python": version,
+        "interpreter": str(python),
+        "requirements": sorted(requirements),
+        "cog": _package_version("cog"),
+        "coglet": _package_version("coglet"),
+        "host_site": sysconfig.get_paths()["purelib"],
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    # flock works across processes and across threads (each open() is its own lock holder).
+    with lock_path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(args: list[str], progress: Progress, what: str) -> None:
+    """Run a build step, passing each output line to ``progress``; raise with its tail."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+    except OSError as e:
+        raise EnvBuildError(f"{what} failed: {e}") from e
+    assert proc.stdout is not None
+    with proc:
+        for raw in proc.stdout:
+            line = raw.rstrip()
+            tail.append(line)
+            progress(line)
+        try:
+            code = proc.wait(timeout=PIP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = -1
+    if code != 0:
+        output = "\n".join(tail)
+        raise EnvBuildError(f"{what} failed (exit status {code}):\n{output}")
+
+
+def _site_packages(env_dir: Path, version: str) -> Path:
+    return env_dir / "lib" / f"python{version}" / "site-packages"
+
+
+def _build(
+    env_dir: Path,
+    python: Path,
+    version: str,
+    requirements: list[str],
+    progress: Progress,
+) -> None:
+    progress(f"building a Python {version} environment in {env_dir}")
+    _run(
+        [str(python), "-m", "venv", "--without-pip", "--system-site-packages", str(env_dir)],
+        progress,
+        "creating the venv",
+    )
+    env_python = env_dir / "bin" / "python"
+    packages = list(requirements)
+    if version == _host_version():
+        # Replicant's own packages (cog, coglet, ...) sit under the env's, which win.
+        paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        site = _site_packages(env_dir, version)
+        site.mkdir(parents=True, exist_ok=True)
+        (site / "zz-replicant-host.pth").write_text("\n".join(paths) + "\n", encoding="utf-8")
+    else:
+        # Another Python cannot share our compiled packages: give it the same cog and coglet.
+        packages += [f"{name}=={_package_version(name)}" for name in ("cog", "coglet")]
+    if packages:
+        req_file = env_dir / "replicant-requirements.txt"
+        req_file.write_text("\n".join(packages) + "\n", encoding="utf-8")
+        progress(f"installing {len(packages)} requirement(s)")
+        # This pip installs into the env (--python), so the env needs no pip of its own.
+        _run(
+            [sys.executable, "-m", "pip", "--python", str(env_python), "install"]
+            + ["--disable-pip-version-check", "--no-input", "-r", str(req_file)],
+            progress,
+            "pip install",
+        )
+    _run([str(env_python), "-c", "import cog, coglet"], progress, "importing cog in the env")
+
+
+def ensure_env(
+    config: CogConfig,
+    envs_dir: Path,
+    progress: Progress | None = None,
+) -> Path:
+    """Return the Python executable that runs a model with this config.
+
+    ``sys.executable`` when the running interpreter already meets every requirement (nothing
+    is built); otherwise ``envs_dir/<hash>/bin/python``, built once per (Python version,
+    sorted requirements) under a file lock and marked complete only when it fully works.
+    A requirement pip cannot install raises ``EnvBuildError`` with pip's output tail.
+    A ``python_version`` the host lacks falls back to the host's Python, with a warning.
+    """
+    say: Progress = progress or (lambda _line: None)
+    requirements = list(config.python_packages)
+    python, version = _choose_python(config.python_version, say)
+    if version == _host_version() and requirements_satisfied(requirements):
+        return Path(sys.executable)
+
+    envs_dir.mkdir(parents=True, exist_ok=True)
+    key = _env_key(python, version, requirements)
+    env_dir = envs_dir / key
+    env_python = env_dir / "bin" / "python"
+    marker = env_dir / COMPLETE_MARKER
+    if marker.exists():
+        return env_python
+    with _exclusive(envs_dir / f"{key}.lock"):
+        if marker.exists():
+            return env_python  # another caller built it while we waited
+        if env_dir.exists():
+            say(f"removing an unfinished environment at {env_dir}")
+            shutil.rmtree(env_dir)
+        try:
+            _build(env_dir, python, version, requirements, say)
+        except BaseException:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise
+        tmp = env_dir / f"{COMPLETE_MARKER}.tmp"
+        tmp.write_text(
+            json.dumps({"python": version, "requirements": requirements}), encoding="utf-8"
+        )
+        os.replace(tmp, marker)  # the env counts as ready only from this instant
+        log.info("event=env_built key=%s python=%s packages=%d", key, version, len(requirements))
+        say(f"environment ready: {env_python}")
+    return env_python

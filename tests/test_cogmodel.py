@@ -1,0 +1,586 @@
+"""The Cog-model side: cog.yaml, schemas derived from predictors, input validation, envs.
+
+Everything here runs the real cog 0.23.1 SDK and coglet; nothing about them is mocked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate as validate_openapi
+
+from replicant.cogmodel import (
+    COGLET_SCHEMA_PATH,
+    CogConfig,
+    CogConfigError,
+    PredictorError,
+    inspect_model,
+    load_cog_config,
+    write_schema_for_coglet,
+)
+from replicant.envs import EnvBuildError, ensure_env
+from replicant.validation import InvalidField, validate_input
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+PYTHON = Path(sys.executable)
+NAMES = ["hello-world", "sleep", "thumbnail", "ngram"]
+
+
+def schema_of(model_dir: Path) -> dict[str, Any]:
+    return inspect_model(model_dir, PYTHON, load_cog_config(model_dir))
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[str, dict[str, Any]]:
+    return {name: schema_of(EXAMPLES / name) for name in NAMES}
+
+
+def make_model(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+COG_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
+
+
+# --- cog.yaml --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_example_has_a_valid_cog_yaml(name: str) -> None:
+    config = load_cog_config(EXAMPLES / name)
+    assert config.predict_ref == "predict.py:Predictor"
+    assert config.python_version == "3.11"
+    assert config.gpu is False
+    assert config.train_ref == ("train.py:train" if name == "ngram" else None)
+    assert config.python_packages == (["pillow"] if name == "thumbnail" else [])
+
+
+def test_run_entry_and_requirements_file_are_read(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": (
+                "build:\n  python_version: 3.12\n  gpu: true\n"
+                "  python_packages: [numpy==1.26.4]\n"
+                "  python_requirements: requirements.txt\n"
+                "run: run.py:Runner\nconcurrency:\n  max: 4\n"
+            ),
+            "run.py": "",
+            "requirements.txt": "# pinned\ntorch==2.3.0  # cpu\n\nrequests>=2\n",
+        },
+    )
+    config = load_cog_config(tmp_path)
+    assert config.predict_ref == "run.py:Runner"
+    assert config.python_version == "3.12"
+    assert config.gpu is True
+    assert config.python_requirements == "requirements.txt"
+    assert config.python_packages == ["numpy==1.26.4", "torch==2.3.0", "requests>=2"]
+    assert config.max_concurrency == 4
+
+
+def test_missing_cog_yaml_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(CogConfigError, match="no cog.yaml"):
+        load_cog_config(tmp_path)
+
+
+def test_invalid_yaml_is_a_config_error(tmp_path: Path) -> None:
+    make_model(tmp_path, {"cog.yaml": "build: [python_version: \n predict: :", "predict.py": ""})
+    with pytest.raises(CogConfigError, match="not valid YAML"):
+        load_cog_config(tmp_path)
+
+
+def test_missing_predict_entry_is_a_config_error(tmp_path: Path) -> None:
+    make_model(tmp_path, {"cog.yaml": 'build:\n  python_version: "3.11"\n'})
+    with pytest.raises(CogConfigError, match="missing predict"):
+        load_cog_config(tmp_path)
+
+
+def test_missing_predictor_file_is_a_config_error(tmp_path: Path) -> None:
+    make_model(tmp_path, {"cog.yaml": COG_YAML})
+    with pytest.raises(CogConfigError, match="predict.py does not exist"):
+        load_cog_config(tmp_path)
+
+
+@pytest.mark.parametrize("ref", ["predict:Predictor", "predict.py:Not A Name", "../x.py:P", "7"])
+def test_malformed_refs_are_config_errors(tmp_path: Path, ref: str) -> None:
+    make_model(tmp_path, {"cog.yaml": f"predict: {json.dumps(ref)}\n", "predict.py": ""})
+    with pytest.raises(CogConfigError):
+        load_cog_config(tmp_path)
+
+
+# --- schemas derived from the predictors ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_schema_is_a_valid_openapi_document(
+    schemas: dict[str, dict[str, Any]], name: str
+) -> None:
+    schema = schemas[name]
+    validate_openapi(schema)
+    assert schema["openapi"] == "3.0.2"
+    assert schema["info"]["version"] == "0.23.1"
+    components = schema["components"]["schemas"]
+    for component in ["Input", "Output", "PredictionRequest", "PredictionResponse", "Status"]:
+        assert component in components
+    assert "/predictions" in schema["paths"]
+    assert ("/trainings" in schema["paths"]) is (name == "ngram")
+
+
+def test_hello_world_schema(schemas: dict[str, dict[str, Any]]) -> None:
+    components = schemas["hello-world"]["components"]["schemas"]
+    assert components["Input"] == {
+        "title": "Input",
+        "type": "object",
+        "properties": {
+            "text": {
+                "x-order": 0,
+                "title": "Text",
+                "type": "string",
+                "description": "Text to prefix with 'hello '",
+            }
+        },
+        "required": ["text"],
+    }
+    assert components["Output"] == {"title": "Output", "type": "string"}
+
+
+def test_sleep_schema_has_default_and_bounds(schemas: dict[str, dict[str, Any]]) -> None:
+    inputs = schemas["sleep"]["components"]["schemas"]["Input"]
+    seconds = inputs["properties"]["seconds"]
+    assert seconds["type"] == "number"
+    assert seconds["default"] == 1.0
+    assert (seconds["minimum"], seconds["maximum"]) == (0, 3600)
+    assert "required" not in inputs
+
+
+def test_thumbnail_schema_takes_and_returns_files(schemas: dict[str, dict[str, Any]]) -> None:
+    components = schemas["thumbnail"]["components"]["schemas"]
+    image = components["Input"]["properties"]["image"]
+    assert (image["type"], image["format"], image["x-order"]) == ("string", "uri", 0)
+    width = components["Input"]["properties"]["width"]
+    assert (width["default"], width["minimum"], width["maximum"]) == (128, 1, 4096)
+    assert components["Input"]["required"] == ["image"]
+    assert components["Output"] == {"title": "Output", "type": "string", "format": "uri"}
+
+
+def test_ngram_schema_streams_and_trains(schemas: dict[str, dict[str, Any]]) -> None:
+    components = schemas["ngram"]["components"]["schemas"]
+    props = components["Input"]["properties"]
+    assert list(props) == ["prompt", "max_tokens", "seed"]
+    assert props["prompt"]["default"] == ""
+    assert (props["max_tokens"]["minimum"], props["max_tokens"]["maximum"]) == (1, 1000)
+    # `seed: int = Input(default=None)`: optional, with no default to show.
+    assert props["seed"]["type"] == "integer" and "default" not in props["seed"]
+    assert "required" not in components["Input"]
+    assert components["Output"] == {
+        "title": "Output",
+        "type": "array",
+        "items": {"type": "string"},
+        "x-cog-array-type": "iterator",
+    }
+    training = components["TrainingInput"]
+    assert training["required"] == ["text"]
+    assert training["properties"]["text"]["format"] == "uri"
+    assert training["properties"]["order"]["default"] == 2
+    assert components["TrainingOutput"] == {
+        "title": "TrainingOutput",
+        "type": "object",
+        "properties": {"weights": {"type": "string", "format": "uri", "title": "Weights"}},
+        "required": ["weights"],
+    }
+
+
+RICH_PREDICTOR = """
+from typing import Optional
+from cog import BaseModel, BaseRunner, ConcatenateIterator, Input, Path, Secret
+import cogmodel  # the model's own module, not replicant's
+
+print("printed while importing")
+
+
+class Runner(BaseRunner):
+    def run(
+        self,
+        prompt: str = Input(description="Prompt", min_length=1, max_length=10),
+        scheduler: str = Input(default="ddim", choices=["ddim", "euler"]),
+        steps: int = Input(default=4, choices=[4, 8]),
+        mask: Optional[Path] = Input(description="Mask", default=None),
+        note: Optional[str] = Input(description="A note"),
+        tags: list[str] = Input(default=["a"]),
+        token: Secret = Input(description="API token"),
+        scale: float = 7.5,
+        raw: int = 3,
+    ) -> ConcatenateIterator[str]:
+        yield cogmodel.WORD
+"""
+
+
+def test_rich_inputs_follow_cog_conventions(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": "predict: predict.py:Runner\n",
+            "predict.py": RICH_PREDICTOR,
+            "cogmodel.py": "WORD = 'hi'\n",
+        },
+    )
+    schema = schema_of(tmp_path)
+    validate_openapi(schema)
+    components = schema["components"]["schemas"]
+    props = components["Input"]["properties"]
+    assert list(props) == [
+        "prompt",
+        "scheduler",
+        "steps",
+        "mask",
+        "note",
+        "tags",
+        "token",
+        "scale",
+        "raw",
+    ]
+    assert (props["prompt"]["minLength"], props["prompt"]["maxLength"]) == (1, 10)
+    assert props["scheduler"] == {
+        "x-order": 1,
+        "allOf": [{"$ref": "#/components/schemas/scheduler"}],
+        "default": "ddim",
+    }
+    assert components["scheduler"]["enum"] == ["ddim", "euler"]
+    assert components["steps"] == {
+        "title": "steps",
+        "description": "An enumeration.",
+        "enum": [4, 8],
+        "type": "integer",
+    }
+    assert props["mask"]["format"] == "uri" and props["mask"]["nullable"] is True
+    assert "default" not in props["note"] and props["note"]["nullable"] is True
+    assert props["tags"] == {
+        "x-order": 5,
+        "title": "Tags",
+        "type": "array",
+        "items": {"type": "string"},
+        "default": ["a"],
+    }
+    assert props["token"]["format"] == "password" and props["token"]["x-cog-secret"] is True
+    assert props["scale"]["default"] == 7.5 and props["raw"]["default"] == 3
+    assert components["Input"]["required"] == ["prompt", "token"]
+    assert components["Output"]["x-cog-array-display"] == "concatenate"
+
+    def errors(payload: dict[str, Any]) -> list[InvalidField]:
+        return validate_input(schema, payload)
+
+    assert errors({"prompt": "cat", "token": "t", "scheduler": "euler", "steps": 8}) == []
+    assert errors({"prompt": "cat", "token": "t", "scheduler": "heun"}) == [
+        InvalidField(field="scheduler", message="must be one of ddim, euler")
+    ]
+    assert [e.field for e in errors({"prompt": "", "token": "t", "tags": ["a", 1]})] == [
+        "prompt",
+        "tags.1",
+    ]
+
+
+def test_a_predictor_that_fails_to_import_reports_its_traceback(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": COG_YAML,
+            "predict.py": "import helper\n",
+            "helper.py": "import replicant_surely_missing_module\n",
+        },
+    )
+    with pytest.raises(PredictorError) as caught:
+        schema_of(tmp_path)
+    assert "replicant_surely_missing_module" in caught.value.message
+    assert "ModuleNotFoundError" in caught.value.traceback
+    assert "helper.py" in caught.value.traceback
+
+
+def test_an_unsupported_input_type_is_a_predictor_error(tmp_path: Path) -> None:
+    predictor = (
+        "from cog import BasePredictor\n\n"
+        "class Predictor(BasePredictor):\n"
+        "    def predict(self, when: complex) -> str:\n"
+        "        return str(when)\n"
+    )
+    make_model(tmp_path, {"cog.yaml": COG_YAML, "predict.py": predictor})
+    with pytest.raises(PredictorError, match="invalid input field when"):
+        schema_of(tmp_path)
+
+
+def test_a_missing_predictor_class_is_a_predictor_error(tmp_path: Path) -> None:
+    make_model(tmp_path, {"cog.yaml": COG_YAML, "predict.py": "x = 1\n"})
+    with pytest.raises(PredictorError, match="Predictor not found"):
+        schema_of(tmp_path)
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def test_valid_input_has_no_errors(schemas: dict[str, dict[str, Any]]) -> None:
+    assert validate_input(schemas["hello-world"], {"text": "world"}) == []
+    assert validate_input(schemas["ngram"], {}) == []
+    assert validate_input(schemas["ngram"], {"prompt": "The", "max_tokens": 3, "seed": 1}) == []
+
+
+def test_uri_inputs_accept_urls_and_data_uris(schemas: dict[str, dict[str, Any]]) -> None:
+    for value in ["https://example.com/cat.png", "data:image/png;base64,iVBORw0KGgo="]:
+        assert validate_input(schemas["thumbnail"], {"image": value}) == []
+
+
+def test_validation_names_each_failing_field(schemas: dict[str, dict[str, Any]]) -> None:
+    assert validate_input(schemas["hello-world"], {}) == [
+        InvalidField(field="text", message="required field is missing")
+    ]
+    assert validate_input(schemas["hello-world"], {"text": 5, "txet": "x"}) == [
+        InvalidField(field="text", message="must be of type string"),
+        InvalidField(field="txet", message="additional property not allowed"),
+    ]
+    assert validate_input(schemas["ngram"], {"max_tokens": 0, "seed": "x"}) == [
+        InvalidField(field="max_tokens", message="must be greater than or equal to 1"),
+        InvalidField(field="seed", message="must be of type integer"),
+    ]
+    assert validate_input(schemas["sleep"], {"seconds": 3601}) == [
+        InvalidField(field="seconds", message="must be less than or equal to 3600")
+    ]
+
+
+def test_integers_must_be_whole_json_integers(schemas: dict[str, dict[str, Any]]) -> None:
+    # coglet would let 2.0 through and the model would then fail on a float.
+    for value in [2.0, True, "2"]:
+        assert validate_input(schemas["ngram"], {"max_tokens": value}) == [
+            InvalidField(field="max_tokens", message="must be of type integer")
+        ]
+
+
+def test_training_input_is_validated_against_its_own_component(
+    schemas: dict[str, dict[str, Any]],
+) -> None:
+    schema = schemas["ngram"]
+    assert validate_input(schema, {"text": "https://x/corpus.txt"}, "TrainingInput") == []
+    assert validate_input(schema, {"order": 5, "prompt": "x"}, "TrainingInput") == [
+        InvalidField(field="text", message="required field is missing"),
+        InvalidField(field="order", message="must be less than or equal to 4"),
+        InvalidField(field="prompt", message="additional property not allowed"),
+    ]
+    with pytest.raises(KeyError):
+        validate_input(schemas["hello-world"], {}, "TrainingInput")
+
+
+# --- the examples under coglet, with the schema written for it ---------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def coglet(model_dir: Path, train: bool = False, weights: str | None = None) -> Iterator[str]:
+    """Run coglet the way Replicant does; yield its base URL once setup has finished."""
+    port = free_port()
+    env = {**os.environ, "PORT": str(port)}
+    env["PATH"] = f"{PYTHON.parent}{os.pathsep}{env.get('PATH', '')}"
+    args = [str(PYTHON), "-m", "cog.server.http", "--host", "127.0.0.1"]
+    if train:
+        env["COG_TRAIN_TYPE_STUB"] = "train.py:train"
+        args += ["--x-mode", "train"]
+    else:
+        env["COG_PREDICT_TYPE_STUB"] = "predict.py:Predictor"
+    if weights:
+        env["COG_WEIGHTS"] = weights
+    proc = subprocess.Popen(
+        args, cwd=model_dir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/health-check").json().get("status") == "READY":
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "coglet did not start"
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def post(url: str, body: dict[str, Any]) -> httpx.Response:
+    # With one slot, coglet answers 409 while it frees the slot from the last run.
+    for _ in range(50):
+        response = httpx.post(url, json=body, timeout=30)
+        if response.status_code != 409:
+            return response
+        time.sleep(0.02)
+    return response
+
+
+def test_ngram_trains_under_coglet_and_its_weights_load(tmp_path: Path) -> None:
+    model = tmp_path / "ngram"
+    shutil.copytree(EXAMPLES / "ngram", model)
+    write_schema_for_coglet(model, schema_of(model))
+    assert json.loads((model / COGLET_SCHEMA_PATH).read_text())["components"]["schemas"]
+
+    corpus = "alpha beta gamma. beta gamma delta. gamma alpha beta delta epsilon."
+    data_uri = "data:text/plain;base64," + base64.b64encode(corpus.encode()).decode()
+    with coglet(model, train=True) as url:
+        refused = post(f"{url}/trainings", {"input": {"order": 9}})
+        assert refused.status_code == 422
+        assert {e["loc"][-1] for e in refused.json()["detail"]} == {"order", "text"}
+        trained = post(f"{url}/trainings", {"input": {"text": data_uri, "order": 2}}).json()
+    assert trained["status"] == "succeeded", trained
+    assert "built order-2 model" in trained["logs"]
+    weights_uri = trained["output"]["weights"]
+    assert weights_uri.startswith("data:application/json;base64,")
+    weights = tmp_path / "weights.json"
+    weights.write_bytes(base64.b64decode(weights_uri.split(",", 1)[1]))
+
+    with coglet(model, weights=str(weights)) as url:
+        assert post(f"{url}/predictions", {"input": {"max_tokens": 0}}).status_code == 422
+        body = {"input": {"max_tokens": 30, "seed": 7}}
+        first = post(f"{url}/predictions", body).json()
+        second = post(f"{url}/predictions", body).json()
+    assert first["status"] == "succeeded", first
+    tokens = first["output"]
+    assert len(tokens) == 30 and all(t.startswith(" ") for t in tokens)
+    assert {t.strip() for t in tokens} <= set(corpus.split())
+    assert second["output"] == tokens  # same seed, same text
+
+
+def test_examples_answer_under_coglet(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name in ["hello-world", "sleep", "thumbnail"]:
+        shutil.copytree(EXAMPLES / name, tmp_path / name)
+        write_schema_for_coglet(tmp_path / name, schema_of(tmp_path / name))
+    with coglet(tmp_path / "hello-world") as url:
+        assert post(f"{url}/predictions", {"input": {"text": "you"}}).json()["output"] == (
+            "hello you"
+        )
+        assert post(f"{url}/predictions", {"input": {}}).status_code == 422
+        assert httpx.get(f"{url}/openapi.json").json()["components"]["schemas"]["Input"]
+    with coglet(tmp_path / "sleep") as url:
+        slept = post(f"{url}/predictions", {"input": {"seconds": 1.2}}).json()
+    assert slept["output"] == "slept for 1.2 seconds" and slept["logs"] == "slept 1s\n"
+
+    picture = tmp_path / "in.png"
+    Image.new("RGB", (400, 200), "red").save(picture)
+    image = "data:image/png;base64," + base64.b64encode(picture.read_bytes()).decode()
+    with coglet(tmp_path / "thumbnail") as url:
+        thumb = post(f"{url}/predictions", {"input": {"image": image, "width": 100}}).json()
+    out = tmp_path / "out.png"
+    out.write_bytes(base64.b64decode(thumb["output"].split(",", 1)[1]))
+    with Image.open(out) as img:
+        assert (img.format, img.size) == ("PNG", (100, 50))
+
+
+# --- environments ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_examples_run_in_replicants_own_python(tmp_path: Path, name: str) -> None:
+    assert ensure_env(load_cog_config(EXAMPLES / name), tmp_path) == PYTHON
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_python_version_the_host_lacks_falls_back_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lines: list[str] = []
+    config = CogConfig(predict_ref="predict.py:Predictor", python_version="3.99")
+    with caplog.at_level(logging.WARNING, logger="replicant.envs"):
+        assert ensure_env(config, tmp_path, lines.append) == PYTHON
+    assert any("3.99" in line for line in lines)
+    assert "python_version_missing" in caplog.text
+
+
+def test_a_requirement_pip_cannot_find_is_an_env_build_error(tmp_path: Path) -> None:
+    config = CogConfig(
+        predict_ref="predict.py:Predictor",
+        python_packages=["replicant-no-such-package-xyz==1.0"],
+    )
+    started = time.monotonic()
+    with pytest.raises(EnvBuildError, match="replicant-no-such-package-xyz"):
+        ensure_env(config, tmp_path)
+    assert time.monotonic() - started < 30
+    # Nothing half-built is left that could pass for a ready env.
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
+
+
+def make_wheel(directory: Path, name: str = "replicant_test_pkg", version: str = "0.1") -> Path:
+    """A minimal pure-Python wheel, so building an env needs no network."""
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": "VALUE = 42\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = hashlib.sha256(text.encode()).digest()
+        encoded = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        record.append(f"{path},sha256={encoded},{len(text.encode())}")
+    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def test_an_env_is_built_once_and_sees_cog(tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path)
+    config = CogConfig(predict_ref="predict.py:Predictor", python_packages=[str(wheel)])
+    envs = tmp_path / "envs"
+    lines: list[str] = []
+    results: list[Path] = []
+
+    def build() -> None:
+        results.append(ensure_env(config, envs, lines.append))
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 3 and len(set(results)) == 1
+    python = results[0]
+    assert python != PYTHON and python.parent.parent.parent == envs
+    assert sum(line.startswith("building") for line in lines) == 1
+    probe = subprocess.run(
+        [str(python), "-c", "import cog, replicant_test_pkg as p; print(cog.__version__, p.VALUE)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.split() == ["0.23.1", "42"]
+    # The same requirements later: the finished env, without building.
+    lines.clear()
+    assert ensure_env(config, envs, lines.append) == python and lines == []
