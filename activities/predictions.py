@@ -1,0 +1,198 @@
+"""Activities of a prediction: every side effect of ``PredictionWorkflow``.
+
+The run activity writes ``processing``, live logs and output, and the terminal state to the
+read model itself, so a fast prediction costs one activity round trip, not one per status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
+
+from replicant import readmodel
+from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
+from replicant.tables import Version
+from replicant.timeutil import utcnow
+
+log = logging.getLogger("replicant.activities")
+
+# Live logs and output reach the read model at most this often.
+PROGRESS_INTERVAL = 0.5
+HEARTBEAT_INTERVAL = 1.0
+
+
+def runner_spec(version: Version) -> RunnerSpec:
+    """How to run a version: its directory, environment and (for fine-tunes) weights."""
+    env = {"COG_WEIGHTS": version.weights_url} if version.weights_url else {}
+    key = version.id if not version.weights_url else f"{version.id}+weights"
+    return RunnerSpec(
+        key=key,
+        model_dir=Path(version.model_dir),
+        python=Path(version.python),
+        predict_ref=version.predict_ref,
+        train_ref=version.train_ref,
+        env=env,
+    )
+
+
+class PredictionActivities:
+    """The activities, bound to one database and one pool of model processes."""
+
+    def __init__(self, engine: Engine, pool: RunnerPool | None = None) -> None:
+        self.engine = engine
+        self.pool = pool
+
+    @activity.defn(name="record_prediction")
+    async def record_prediction(self, req: PredictionRequest) -> None:
+        """Write the read-model row of a prediction started outside the API."""
+        await asyncio.to_thread(readmodel.insert_prediction, self.engine, req)
+
+    @activity.defn(name="finish_prediction")
+    async def finish_prediction(self, done: FinishPrediction) -> None:
+        """Record a terminal state decided by the workflow (cancel, lost worker)."""
+        await asyncio.to_thread(
+            readmodel.finish_prediction,
+            self.engine,
+            done.id,
+            status=done.status,
+            error=done.error,
+            completed_at=done.completed_at or utcnow(),
+        )
+
+    @activity.defn(name="remove_prediction_data")
+    async def remove_prediction_data(self, ref: PredictionRef) -> None:
+        """Retention is over: remove the prediction's input and output."""
+        await asyncio.to_thread(readmodel.remove_data, self.engine, ref.id)
+        log.info("event=data_removed prediction=%s", ref.id)
+
+    def _version(self, version_id: str) -> Version:
+        with Session(self.engine) as session:
+            version = session.get(Version, version_id)
+        if version is None:
+            raise ApplicationError(
+                f"Version {version_id} does not exist", type="VersionNotFound", non_retryable=True
+            )
+        return version
+
+    @activity.defn(name="run_prediction")
+    async def run_prediction(self, req: PredictionRequest) -> RunOutcome:
+        """Run the model in a warm coglet process and record everything it reports."""
+        if self.pool is None:
+            raise RuntimeError("this worker has no model runners")
+        version = await asyncio.to_thread(self._version, req.version)
+        run = _Run(self.engine, req)
+        heartbeats = asyncio.create_task(_heartbeat_forever())
+        try:
+            async with asyncio.timeout(None) as deadline:
+                run.deadline = deadline
+                result = await self.pool.predict(
+                    runner_spec(version),
+                    req.id,
+                    req.input,
+                    on_update=run.on_update,
+                    on_booted=run.on_booted,
+                )
+        except TimeoutError:
+            return await run.finish(
+                "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
+            )
+        except BootError as err:
+            # A model whose setup() fails will fail again: record it rather than retry.
+            return await run.finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
+        except asyncio.CancelledError:
+            await asyncio.shield(run.finish("canceled"))
+            raise
+        finally:
+            heartbeats.cancel()
+        return await run.finish(
+            result.status, error=result.error, output=result.output, logs=result.logs
+        )
+
+
+async def _heartbeat_forever() -> None:
+    # Heartbeats deliver cancellation and let Temporal notice a dead worker within seconds.
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+class _Run:
+    """State of one attempt of the run activity: throttled progress writes."""
+
+    def __init__(self, engine: Engine, req: PredictionRequest) -> None:
+        self.engine = engine
+        self.req = req
+        self.started_at: datetime | None = None
+        self.deadline: asyncio.Timeout | None = None
+        self._last_write = 0.0
+        self._pending: CogPrediction | None = None
+        self._flush: asyncio.Task[None] | None = None
+
+    async def on_booted(self) -> None:
+        self.started_at = utcnow()
+        if self.deadline is not None:
+            # The timeout counts the model's run, not the queue or the boot.
+            self.deadline.reschedule(asyncio.get_running_loop().time() + self.req.timeout)
+        await asyncio.to_thread(
+            readmodel.mark_processing, self.engine, self.req.id, self.started_at
+        )
+
+    async def on_update(self, state: CogPrediction) -> None:
+        self._pending = state
+        wait = PROGRESS_INTERVAL - (time.monotonic() - self._last_write)
+        if wait <= 0:
+            await self._write()
+        elif self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._write_later(wait))
+
+    async def _write_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._write()
+
+    async def _write(self) -> None:
+        state, self._pending = self._pending, None
+        if state is None:
+            return
+        self._last_write = time.monotonic()
+        await asyncio.to_thread(
+            readmodel.record_progress, self.engine, self.req.id, state.logs, state.output
+        )
+
+    async def finish(
+        self,
+        status: Any,
+        *,
+        error: str | None = None,
+        output: Any = None,
+        logs: str | None = None,
+    ) -> RunOutcome:
+        if self._flush is not None:
+            self._flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
+        completed_at = utcnow()
+        await asyncio.to_thread(
+            readmodel.finish_prediction,
+            self.engine,
+            self.req.id,
+            status=status,
+            completed_at=completed_at,
+            error=error,
+            output=output,
+            logs=logs,
+            started_at=self.started_at,
+        )
+        return RunOutcome(
+            status=status, error=error, started_at=self.started_at, completed_at=completed_at
+        )

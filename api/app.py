@@ -1,0 +1,43 @@
+"""The FastAPI application: Replicate's HTTP API over Temporal workflows."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.errors import install_error_handlers
+from api.routes import health, models, predictions
+from api.state import AppState
+from replicant.db import init_db, make_engine
+from replicant.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app for ``settings`` (the environment's when omitted)."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(title="Replicant", version="0.1.0", lifespan=lifespan)
+    app.state.replicant = AppState(settings=settings, engine=engine)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(predictions.router)
+    app.include_router(models.router)
+    logging.getLogger("replicant").setLevel(settings.log_level)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.app:app` builds the app on first access, from the environment's settings.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,64 @@
+"""Request dependencies as ``Annotated`` aliases: the app state and the caller's account."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session, col, select
+
+from api.errors import ProblemError
+from api.state import AppState
+from replicant.ids import hash_token
+from replicant.tables import Account, ApiToken
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.replicant
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _token_from(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() in ("bearer", "token") and value.strip():
+        return value.strip()
+    return None
+
+
+def _account_for(state: AppState, token: str) -> Account | None:
+    with Session(state.engine) as session:
+        stmt = (
+            select(Account)
+            .join(ApiToken, col(ApiToken.account_id) == col(Account.id))
+            .where(ApiToken.token_hash == hash_token(token))
+            .where(col(ApiToken.revoked_at).is_(None))
+        )
+        return session.exec(stmt).first()
+
+
+async def current_account(request: Request, state: StateDep) -> Account:
+    """The account of the request's API token; 401 otherwise."""
+    token = _token_from(request)
+    if token is None:
+        raise ProblemError(
+            401,
+            "You did not pass an authentication token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    account = await asyncio.to_thread(_account_for, state, token)
+    if account is None:
+        raise ProblemError(
+            401,
+            "You did not pass a valid authentication token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.account = account
+    return account
+
+
+CurrentAccount = Annotated[Account, Depends(current_account)]

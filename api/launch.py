@@ -1,0 +1,157 @@
+"""Starting a prediction: validate, record, start the workflow, and wait when asked to.
+
+Shared by the three create routes (version, model, deployment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from sqlmodel import Session
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateStage
+from temporalio.common import WorkflowIDConflictPolicy
+
+from api.errors import ProblemError, invalid
+from api.serialize import prediction_json
+from api.state import AppState
+from replicant import readmodel
+from replicant.contracts import PredictionRequest, WebhookEvent
+from replicant.ids import new_id
+from replicant.tables import Account, Model, Prediction, Version
+from replicant.timeutil import utcnow
+from replicant.validation import validate_input
+from workflows.prediction import PredictionWorkflow, search_attributes
+
+log = logging.getLogger("replicant.api")
+
+PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
+
+
+def parse_prefer(value: str | None, max_wait: int) -> int | None:
+    """Seconds to wait from a ``Prefer`` header (None: async); 422 on anything else."""
+    if value is None or not value.strip():
+        return None
+    match = PREFER_WAIT.match(value)
+    if match is None:
+        raise invalid(
+            [{"field": "Prefer", "message": "must be 'wait' or 'wait=N' with N from 1 to 60"}]
+        )
+    if match.group(1) is None:
+        return max_wait
+    seconds = int(match.group(1))
+    if not 1 <= seconds <= max_wait:
+        raise invalid(
+            [{"field": "Prefer", "message": f"wait must be between 1 and {max_wait} seconds"}]
+        )
+    return seconds
+
+
+def is_streaming(version: Version) -> bool:
+    """Models whose output is an iterator stream their output (``urls.stream``)."""
+    output = version.openapi_schema.get("components", {}).get("schemas", {}).get("Output", {})
+    return bool(output.get("x-cog-array-type") == "iterator")
+
+
+def base_url(request: Request, state: AppState) -> str:
+    if state.settings.public_url:
+        return state.settings.public_url.rstrip("/")
+    return str(request.base_url).rstrip("/")
+
+
+async def launch_prediction(
+    request: Request,
+    state: AppState,
+    account: Account,
+    model: Model,
+    version: Version,
+    payload: dict[str, Any],
+    *,
+    webhook: str | None,
+    webhook_events_filter: list[WebhookEvent] | None,
+    prefer: str | None,
+    deployment: str | None = None,
+    hardware: str | None = None,
+    task_queue: str | None = None,
+) -> JSONResponse:
+    """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal)."""
+    settings = state.settings
+    wait = parse_prefer(prefer, settings.max_wait)
+    errors = validate_input(version.openapi_schema, payload)
+    if errors:
+        raise invalid([e.model_dump() for e in errors])
+    req = PredictionRequest(
+        id=new_id(),
+        owner=account.username,
+        model=f"{model.owner}/{model.name}",
+        version=version.id,
+        input=payload,
+        hardware=hardware or model.hardware,
+        task_queue=task_queue,
+        source="api",
+        webhook=webhook,
+        webhook_events_filter=webhook_events_filter,
+        deployment=deployment,
+        stream=is_streaming(version),
+        created_at=utcnow(),
+        recorded=True,
+        timeout=settings.prediction_timeout,
+        retention=settings.prediction_retention,
+        heartbeat_timeout=settings.heartbeat_timeout,
+    )
+    await asyncio.to_thread(readmodel.insert_prediction, state.engine, req)
+    try:
+        await _start(state, req, wait)
+    except Exception as err:
+        log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
+        await asyncio.to_thread(_discard, state, req.id)
+        raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+    row = await asyncio.to_thread(_load, state, req.id)
+    body = prediction_json(row, base_url(request, state))
+    return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
+
+
+async def _start(state: AppState, req: PredictionRequest, wait: int | None) -> None:
+    client = await state.temporal()
+    options: dict[str, Any] = {
+        "id": f"prediction-{req.id}",
+        "task_queue": state.settings.orchestration_queue,
+        "search_attributes": search_attributes(req),
+    }
+    if wait is None:
+        await client.start_workflow(PredictionWorkflow.run, req, **options)
+        return
+    start = WithStartWorkflowOperation(
+        PredictionWorkflow.run,
+        req,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        **options,
+    )
+    handle = await client.start_update_with_start_workflow(
+        PredictionWorkflow.wait_done,
+        start_workflow_operation=start,
+        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+    )
+    # When the wait is over, answer with the prediction as it is now.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(handle.result(), timeout=wait)
+
+
+def _load(state: AppState, prediction_id: str) -> Prediction:
+    with Session(state.engine) as session:
+        row = session.get(Prediction, prediction_id)
+    assert row is not None
+    return row
+
+
+def _discard(state: AppState, prediction_id: str) -> None:
+    with Session(state.engine) as session:
+        row = session.get(Prediction, prediction_id)
+        if row is not None:
+            session.delete(row)
+            session.commit()

@@ -1,0 +1,28 @@
+"""What the API process holds for its lifetime: settings, database engine, Temporal client."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+
+from replicant.settings import Settings
+from replicant.temporal import connect
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    _client: Client | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def temporal(self) -> Client:
+        """The Temporal client, connected on first use so the API starts before Temporal."""
+        if self._client is None:
+            async with self._lock:
+                if self._client is None:
+                    self._client = await connect(self.settings)
+        return self._client

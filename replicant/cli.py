@@ -1,0 +1,136 @@
+"""The ``replicant`` command: the embedded stack, the API, workers and accounts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from replicant.settings import Settings, get_settings
+
+app = typer.Typer(
+    help="Replicant: a self-hosted, Replicate-compatible model API.", no_args_is_help=True
+)
+accounts_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
+app.add_typer(accounts_app, name="accounts")
+console = Console()
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def dev() -> None:
+    """Run the whole embedded stack in the foreground; Ctrl-C stops all of it."""
+    from replicant.devstack import Stack
+
+    settings = get_settings()
+    stack = Stack(settings)
+    console.print("[bold]Replicant[/bold]: preparing the data dir and built-in models...")
+    try:
+        token = stack.start()
+    except BaseException:
+        stack.stop()
+        raise
+    console.print(
+        f"\n  API          {settings.resolved_public_url}\n"
+        f"  API token    {token}\n"
+        f"  Temporal UI  http://127.0.0.1:{settings.ui_port}\n\n"
+        f"  export REPLICATE_API_TOKEN={token}\n"
+        f"  export REPLICATE_BASE_URL={settings.resolved_public_url}/v1\n\n"
+        "Ctrl-C stops everything.",
+        highlight=False,
+    )
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            for name, proc in list(stack.procs.items()):
+                if proc.poll() is not None:
+                    console.print(f"[red]{name} exited with {proc.returncode}; stopping[/red]")
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        console.print("stopping...")
+        stack.stop()
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    settings = get_settings()
+    _logging(settings)
+    uvicorn.run(
+        "api.app:app",
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(
+    hardware: Annotated[
+        list[str] | None,
+        typer.Option("--hardware", help="Serve only these hardware SKUs (repeatable)."),
+    ] = None,
+    no_orchestration: Annotated[
+        bool, typer.Option("--no-orchestration", help="Do not run workflows here.")
+    ] = False,
+) -> None:
+    """Run a worker: the orchestration queue and the hardware queues."""
+    from workers.main import run_worker
+
+    settings = get_settings()
+    _logging(settings)
+    asyncio.run(run_worker(settings, orchestration=not no_orchestration, hardware=hardware))
+
+
+@app.command()
+def seed() -> None:
+    """Create the database tables and the built-in models."""
+    from replicant.db import init_db, make_engine
+    from replicant.versions import seed_builtin_models
+
+    settings = get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    for version in seed_builtin_models(settings, engine):
+        console.print(version.id)
+
+
+@accounts_app.command("create")
+def accounts_create(name: str) -> None:
+    """Create an account and print its first API token (shown once)."""
+    from replicant.accounts import create_account
+    from replicant.db import init_db, make_engine
+
+    settings = get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    _, token = create_account(engine, name)
+    print(token)
+
+
+if __name__ == "__main__":
+    app()

