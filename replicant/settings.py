@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """The one settings class; nothing else reads ``os.environ``."""
 
-    model_config = SettingsConfigDict(env_prefix="REPLICANT_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="REPLICANT_", extra="ignore")
 
     # Where the embedded stack keeps its files: SQLite, Temporal's DB, object store, envs.
     data_dir: Path = Path(".replicant")

@@ -1,0 +1,245 @@
+"""Latency and throughput of a warm sync prediction, side by side in one run.
+
+1. Replicant: ``POST /v1/models/replicate/hello-world/predictions`` with ``Prefer: wait``.
+2. coglet direct: the same input POSTed straight to a coglet process of that version.
+3. The floor: a bare Temporal update-with-start whose one activity calls that coglet process,
+   on the same Temporal dev server with the same settings as ``make dev``.
+
+Run: ``.venv/bin/python bench/predict_latency.py [--requests 200] [--concurrency 8]``.
+Prints percentiles (ms) and throughput (predictions/s), and the ratios that matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+from temporalio import activity, workflow
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.worker import Worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from replicant.devstack import Stack, free_port, wait_for_port  # noqa: E402
+from replicant.settings import Settings  # noqa: E402
+from replicant.temporal import connect  # noqa: E402
+
+FLOOR_QUEUE = "bench-floor"
+INPUT = {"text": "bench"}
+
+
+@activity.defn(name="bench_call_coglet")
+async def call_coglet(url: str) -> str:
+    return await post_with_retry(_http(), url)
+
+
+_client: httpx.AsyncClient | None = None
+
+
+def _http() -> httpx.AsyncClient:
+    global _client
+    if _client is None:
+        _client = httpx.AsyncClient(timeout=30)
+    return _client
+
+
+async def post_with_retry(client: httpx.AsyncClient, url: str) -> str:
+    # coglet answers 409 while it frees its one slot: retry briefly, as the runner pool does.
+    for _ in range(200):
+        response = await client.post(url, json={"input": INPUT})
+        if response.status_code != 409:
+            response.raise_for_status()
+            output: str = response.json()["output"]
+            return output
+        await asyncio.sleep(0.001)
+    raise RuntimeError("coglet stayed at capacity")
+
+
+@workflow.defn(name="BenchFloor")
+class FloorWorkflow:
+    def __init__(self) -> None:
+        self.output: str | None = None
+
+    @workflow.run
+    async def run(self, url: str) -> str:
+        self.output = await workflow.execute_activity(
+            call_coglet, url, start_to_close_timeout=timedelta(seconds=30)
+        )
+        return self.output
+
+    @workflow.update
+    async def wait(self) -> str:
+        await workflow.wait_condition(lambda: self.output is not None)
+        assert self.output is not None
+        return self.output
+
+
+async def measure(
+    call: Callable[[], Awaitable[None]], requests: int, concurrency: int
+) -> dict[str, float]:
+    """Sequential latency percentiles, then throughput with ``concurrency`` clients."""
+    for _ in range(5):
+        await call()
+    latencies = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        await call()
+        latencies.append((time.perf_counter() - started) * 1000)
+    latencies.sort()
+    done = 0
+    started = time.perf_counter()
+
+    async def client() -> None:
+        nonlocal done
+        while done < requests:
+            done += 1
+            await call()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "p50": statistics.median(latencies),
+        "p95": latencies[int(len(latencies) * 0.95) - 1],
+        "throughput": done / elapsed,
+    }
+
+
+def start_coglet(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        PORT=str(port),
+        COG_PREDICT_TYPE_STUB="predict.py:Predictor",
+        PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}",
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "cog.server.http", "--host", "127.0.0.1"],
+        cwd=model_dir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def wait_ready(url: str) -> None:
+    async with httpx.AsyncClient() as client:
+        for _ in range(600):
+            try:
+                body = (await client.get(f"{url}/health-check")).json()
+                if body.get("status") == "READY":
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+    raise TimeoutError(url)
+
+
+async def main(requests: int, concurrency: int) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="replicant-bench-"))
+    settings = Settings(
+        data_dir=data_dir,
+        api_port=free_port(),
+        temporal_port=free_port(),
+        ui_port=free_port(),
+        hardware={"cpu": concurrency},
+        log_level="WARNING",
+    )
+    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+    coglet: subprocess.Popen[bytes] | None = None
+    try:
+        token = stack.start()
+        api = httpx.AsyncClient(
+            base_url=settings.resolved_public_url,
+            headers={"Authorization": f"Bearer {token}", "Prefer": "wait"},
+            timeout=60,
+        )
+        model = (await api.get("/v1/models/replicate/hello-world")).json()
+        version = model["latest_version"]["id"]
+        model_dir = data_dir.resolve() / "versions" / version
+
+        async def replicant_call() -> None:
+            response = await api.post(
+                "/v1/models/replicate/hello-world/predictions", json={"input": INPUT}
+            )
+            assert response.json()["status"] == "succeeded", response.text
+
+        port = free_port()
+        coglet = start_coglet(model_dir, port)
+        wait_for_port(port, coglet)
+        coglet_url = f"http://127.0.0.1:{port}"
+        await wait_ready(coglet_url)
+        direct = httpx.AsyncClient(timeout=30)
+
+        async def coglet_call() -> None:
+            await post_with_retry(direct, f"{coglet_url}/predictions")
+
+        client: Client = await connect(settings)
+        counter = 0
+
+        async def floor_call() -> None:
+            nonlocal counter
+            counter += 1
+            start = WithStartWorkflowOperation(
+                FloorWorkflow.run,
+                f"{coglet_url}/predictions",
+                id=f"bench-floor-{os.getpid()}-{counter}",
+                task_queue=FLOOR_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+            handle = await client.start_update_with_start_workflow(
+                FloorWorkflow.wait,
+                start_workflow_operation=start,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            )
+            await handle.result()
+
+        worker = Worker(
+            client,
+            task_queue=FLOOR_QUEUE,
+            workflows=[FloorWorkflow],
+            activities=[call_coglet],
+            max_concurrent_activities=concurrency,
+        )
+        results: dict[str, dict[str, float]] = {}
+        async with worker:
+            results["coglet direct"] = await measure(coglet_call, requests, concurrency)
+            results["temporal floor"] = await measure(floor_call, requests, concurrency)
+            results["replicant"] = await measure(replicant_call, requests, concurrency)
+        print(f"\nwarm sync hello-world, {requests} requests, {concurrency} concurrent clients")
+        print(f"{'path':<16}{'p50 ms':>10}{'p95 ms':>10}{'pred/s':>10}")
+        for name, r in results.items():
+            print(f"{name:<16}{r['p50']:>10.1f}{r['p95']:>10.1f}{r['throughput']:>10.1f}")
+        rep, floor, cog = results["replicant"], results["temporal floor"], results["coglet direct"]
+        print(
+            f"\nreplicant / floor: p50 {rep['p50'] / floor['p50']:.2f}x (goal <= 1.3x), "
+            f"throughput {rep['throughput'] / floor['throughput']:.2f}x (goal >= 0.8x)"
+        )
+        print(
+            f"replicant / coglet: p50 {rep['p50'] / cog['p50']:.1f}x, "
+            f"throughput {rep['throughput'] / cog['throughput']:.2f}x"
+        )
+        await api.aclose()
+        await direct.aclose()
+    finally:
+        if coglet is not None:
+            coglet.terminate()
+            coglet.wait()
+        stack.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.concurrency))
