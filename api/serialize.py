@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from datetime import datetime
 from typing import Any
 
 from replicant.tables import Model, Prediction, Version
-from replicant.timeutil import as_utc, isoformat
+from replicant.timeutil import isoformat
 
 
 def prediction_json(row: Prediction, base_url: str) -> dict[str, Any]:
@@ -50,20 +47,6 @@ def prediction_json(row: Prediction, base_url: str) -> dict[str, Any]:
         if row.webhook_events_filter is not None:
             body["webhook_events_filter"] = row.webhook_events_filter
     return body
-
-
-def encode_cursor(created_at: datetime, row_id: str, direction: str) -> str:
-    raw = json.dumps([direction, isoformat(as_utc(created_at)), row_id])
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, datetime, str]:
-    """(direction, created_at, id) of a cursor; ValueError when it is not one of ours."""
-    padded = cursor + "=" * (-len(cursor) % 4)
-    direction, created, row_id = json.loads(base64.urlsafe_b64decode(padded))
-    if direction not in ("next", "previous"):
-        raise ValueError(cursor)
-    return direction, as_utc(datetime.fromisoformat(created.replace("Z", "+00:00"))), row_id
 
 
 def version_json(version: Version) -> dict[str, Any]:

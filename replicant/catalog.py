@@ -64,3 +64,7 @@ def resolve_version_ref(
             return None
         return find_version(session, account, model.latest_version_id, model)
     return find_version(session, account, ref)
+
+
+def latest_version(session: Session, model: Model) -> Version | None:
+    return session.get(Version, model.latest_version_id) if model.latest_version_id else None

@@ -1,21 +1,149 @@
-"""Models and their versions (read side)."""
+"""Models, their versions, and the hardware they run on."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import exists, or_
 from sqlmodel import Session, col, select
 
 from api.deps import CurrentAccount, StateDep
-from api.errors import not_found
+from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
+from api.pagination import paginate
 from api.serialize import model_json, version_json
-from replicant.catalog import find_model
-from replicant.tables import Version
+from api.state import AppState
+from replicant.catalog import account_names, find_model
+from replicant.tables import Account, Model, Prediction, Version
 
 router = APIRouter(prefix="/v1", tags=["models"])
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+Visibility = Literal["public", "private"]
+
+
+class ModelCreate(BaseModel):
+    owner: str
+    name: str
+    visibility: Visibility = "public"
+    hardware: str | None = None
+    description: str | None = None
+    github_url: str | None = None
+    paper_url: str | None = None
+    license_url: str | None = None
+    cover_image_url: str | None = None
+
+
+class ModelUpdate(BaseModel):
+    description: str | None = None
+    visibility: Visibility | None = None
+    hardware: str | None = None
+    github_url: str | None = None
+    paper_url: str | None = None
+    license_url: str | None = None
+    cover_image_url: str | None = None
+    readme: str | None = Field(default=None, exclude=True)
+
+
+def _check_hardware(state: AppState, sku: str | None) -> None:
+    if sku is not None and sku not in state.settings.hardware:
+        known = ", ".join(state.settings.hardware)
+        raise invalid(
+            [{"field": "hardware", "message": f"unknown hardware {sku!r}; one of {known}"}]
+        )
+
+
+def _render_models(state: AppState, base: str) -> Any:
+    def render(session: Session, models: Sequence[Model]) -> list[dict[str, Any]]:
+        out = []
+        for model in models:
+            latest = (
+                session.get(Version, model.latest_version_id) if model.latest_version_id else None
+            )
+            out.append(model_json(model, latest, base))
+        return out
+
+    return render
+
+
+@router.get("/hardware")
+async def list_hardware(state: StateDep, account: CurrentAccount) -> list[dict[str, str]]:
+    """The SKUs this installation offers, as Replicate lists them."""
+    names = state.settings.hardware_names
+    return [{"name": names.get(sku, sku), "sku": sku} for sku in state.settings.hardware]
+
+
+@router.get("/models")
+async def list_models(
+    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+) -> dict[str, Any]:
+    """Public models and the caller's own (and its organizations'), newest first."""
+
+    def owners() -> set[str]:
+        with Session(state.engine) as session:
+            return account_names(session, account)
+
+    visible = await asyncio.to_thread(owners)
+    stmt = select(Model).where(
+        or_(col(Model.visibility) == "public", col(Model.owner).in_(visible))
+    )
+    base = base_url(request, state)
+    return await asyncio.to_thread(
+        paginate,
+        state.engine,
+        stmt,
+        col(Model.created_at),
+        col(Model.id),
+        cursor=cursor,
+        page_url=f"{base}/v1/models",
+        render=_render_models(state, base),
+    )
+
+
+@router.post("/models", status_code=201)
+async def create_model(
+    body: ModelCreate, request: Request, state: StateDep, account: CurrentAccount
+) -> JSONResponse:
+    _check_hardware(state, body.hardware)
+    if not NAME.match(body.name):
+        raise invalid(
+            [{"field": "name", "message": "use lowercase letters, digits, '-', '_' and '.'"}]
+        )
+
+    def create() -> dict[str, Any]:
+        with Session(state.engine, expire_on_commit=False) as session:
+            if body.owner not in account_names(session, account):
+                owner_exists = session.exec(
+                    select(Account).where(Account.username == body.owner)
+                ).first()
+                if owner_exists is None:
+                    raise not_found(f"Owner {body.owner}")
+                raise ProblemError(
+                    403, f"You cannot create models owned by {body.owner}", title="Forbidden"
+                )
+            taken = session.exec(
+                select(Model).where(Model.owner == body.owner, Model.name == body.name)
+            ).first()
+            if taken is not None:
+                raise ProblemError(
+                    409, f"A model named {body.owner}/{body.name} already exists", title="Conflict"
+                )
+            model = Model(
+                **body.model_dump(exclude={"hardware"}),
+                hardware=body.hardware or state.settings.default_hardware,
+            )
+            session.add(model)
+            session.commit()
+            return model_json(model, None, base_url(request, state))
+
+    body_json = await asyncio.to_thread(create)
+    return JSONResponse(body_json, status_code=201)
 
 
 @router.get("/models/{owner}/{name}")
@@ -38,26 +166,97 @@ async def get_model(
     return body
 
 
+def _own_model(session: Session, account: Account, owner: str, name: str) -> Model:
+    """A model the caller may change: 404 when it cannot see it, 403 when it is not its own."""
+    model = find_model(session, account, owner, name)
+    if model is None:
+        raise not_found(f"Model {owner}/{name}")
+    if model.owner not in account_names(session, account):
+        raise ProblemError(403, f"You do not own {owner}/{name}", title="Forbidden")
+    return model
+
+
+@router.patch("/models/{owner}/{name}")
+async def update_model(
+    owner: str,
+    name: str,
+    body: ModelUpdate,
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+) -> dict[str, Any]:
+    """Change description, visibility, hardware (for new predictions) or URLs."""
+    _check_hardware(state, body.hardware)
+
+    def update() -> dict[str, Any]:
+        with Session(state.engine, expire_on_commit=False) as session:
+            model = _own_model(session, account, owner, name)
+            for field, value in body.model_dump(exclude_unset=True, exclude={"readme"}).items():
+                setattr(model, field, value)
+            session.add(model)
+            session.commit()
+            latest = (
+                session.get(Version, model.latest_version_id) if model.latest_version_id else None
+            )
+            return model_json(model, latest, base_url(request, state))
+
+    return await asyncio.to_thread(update)
+
+
+@router.delete("/models/{owner}/{name}", status_code=204)
+async def delete_model(owner: str, name: str, state: StateDep, account: CurrentAccount) -> Response:
+    """Only your own, private models with no versions left can be deleted."""
+
+    def delete() -> None:
+        with Session(state.engine) as session:
+            model = _own_model(session, account, owner, name)
+            if model.visibility != "private":
+                raise ProblemError(
+                    409,
+                    "Only private models can be deleted; make the model private first",
+                    title="Model is public",
+                )
+            if session.exec(select(Version).where(Version.model_id == model.id)).first():
+                raise ProblemError(
+                    409,
+                    "The model still has versions; delete every version first",
+                    title="Model has versions",
+                )
+            session.delete(model)
+            session.commit()
+
+    await asyncio.to_thread(delete)
+    return Response(status_code=204)
+
+
 @router.get("/models/{owner}/{name}/versions")
 async def list_versions(
-    owner: str, name: str, state: StateDep, account: CurrentAccount
+    owner: str,
+    name: str,
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    def load() -> list[dict[str, Any]] | None:
+    def model_id() -> int | None:
         with Session(state.engine) as session:
             model = find_model(session, account, owner, name)
-            if model is None:
-                return None
-            stmt = (
-                select(Version)
-                .where(Version.model_id == model.id)
-                .order_by(col(Version.created_at).desc())
-            )
-            return [version_json(v) for v in session.exec(stmt).all()]
+            return None if model is None else model.id
 
-    results = await asyncio.to_thread(load)
-    if results is None:
+    found = await asyncio.to_thread(model_id)
+    if found is None:
         raise not_found(f"Model {owner}/{name}")
-    return {"next": None, "previous": None, "results": results}
+    base = base_url(request, state)
+    return await asyncio.to_thread(
+        paginate,
+        state.engine,
+        select(Version).where(Version.model_id == found),
+        col(Version.created_at),
+        col(Version.id),
+        cursor=cursor,
+        page_url=f"{base}/v1/models/{owner}/{name}/versions",
+        render=lambda _, rows: [version_json(v) for v in rows],
+    )
 
 
 @router.get("/models/{owner}/{name}/versions/{version_id}")
@@ -76,3 +275,63 @@ async def get_version(
     if body is None:
         raise not_found(f"Version {owner}/{name}:{version_id}")
     return body
+
+
+@router.delete("/models/{owner}/{name}/versions/{version_id}", status_code=202)
+async def delete_version(
+    owner: str, name: str, version_id: str, state: StateDep, account: CurrentAccount
+) -> Response:
+    """Every rule of Replicate's delete-a-model guide; each refusal says which."""
+
+    def delete() -> None:
+        with Session(state.engine) as session:
+            model = _own_model(session, account, owner, name)
+            version = session.get(Version, version_id)
+            if version is None or version.model_id != model.id:
+                raise not_found(f"Version {owner}/{name}:{version_id}")
+            if model.visibility != "private":
+                raise ProblemError(
+                    409, "Versions can only be deleted from private models", title="Model is public"
+                )
+            others_ran = session.exec(
+                select(
+                    exists().where(
+                        col(Prediction.version) == version_id,
+                        col(Prediction.owner).not_in(account_names(session, account)),
+                    )
+                )
+            ).one()
+            if others_ran:
+                raise ProblemError(
+                    409,
+                    "Someone other than you has run predictions with this version",
+                    title="Version is in use",
+                )
+            if session.exec(select(Version).where(Version.base_version_id == version_id)).first():
+                raise ProblemError(
+                    409, "This version is the base of a fine-tune", title="Version is in use"
+                )
+            if _used_by_deployment(session, version_id):
+                raise ProblemError(409, "A deployment uses this version", title="Version is in use")
+            session.delete(version)
+            session.flush()
+            if model.latest_version_id == version_id:
+                newest = session.exec(
+                    select(Version)
+                    .where(Version.model_id == model.id)
+                    .order_by(col(Version.created_at).desc())
+                ).first()
+                model.latest_version_id = newest.id if newest is not None else None
+                session.add(model)
+            session.commit()
+
+    await asyncio.to_thread(delete)
+    return Response(status_code=202)
+
+
+def _used_by_deployment(session: Session, version_id: str) -> bool:
+    """Deployments arrive with their own table; until then nothing uses a version."""
+    table = Model.metadata.tables.get("deployment")
+    if table is None:
+        return False
+    return bool(session.exec(select(exists().where(table.c.version == version_id))).one())

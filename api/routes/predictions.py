@@ -9,14 +9,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, or_
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, StateDep
-from api.errors import ProblemError, invalid, not_found
+from api.errors import ProblemError, not_found
 from api.launch import base_url, launch_prediction
-from api.serialize import decode_cursor, encode_cursor, prediction_json
+from api.pagination import PAGE_SIZE, paginate
+from api.serialize import prediction_json
 from api.state import AppState
 from replicant import readmodel
 from replicant.catalog import find_model, find_version, resolve_version_ref
@@ -26,8 +26,6 @@ from replicant.timeutil import utcnow
 from workflows.prediction import PredictionWorkflow
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
-
-PAGE_SIZE = 100
 
 
 class PredictionInput(BaseModel):
@@ -166,47 +164,29 @@ async def list_predictions(
     page_size: Annotated[int, Query(ge=1, le=PAGE_SIZE)] = PAGE_SIZE,
 ) -> dict[str, Any]:
     """The caller's predictions, newest first, 100 a page, with absolute cursor URLs."""
-    try:
-        direction, at, at_id = decode_cursor(cursor) if cursor else ("next", None, None)
-    except (ValueError, TypeError) as err:
-        raise invalid([{"field": "cursor", "message": "is not a valid cursor"}]) from err
-
-    def query() -> tuple[list[Prediction], bool]:
-        stmt = select(Prediction).where(Prediction.owner == account.username)
-        if created_after is not None:
-            stmt = stmt.where(col(Prediction.created_at) >= created_after)
-        if created_before is not None:
-            stmt = stmt.where(col(Prediction.created_at) < created_before)
-        if source is not None:
-            stmt = stmt.where(Prediction.source == source)
-        created, pid = col(Prediction.created_at), col(Prediction.id)
-        if at is not None and direction == "next":
-            stmt = stmt.where(or_(created < at, and_(created == at, pid < at_id)))
-        elif at is not None:
-            stmt = stmt.where(or_(created > at, and_(created == at, pid > at_id)))
-        order = (created.desc(), pid.desc()) if direction == "next" else (created, pid)
-        with Session(state.engine) as session:
-            rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        if direction == "previous":
-            rows.reverse()
-        return rows, more
-
-    rows, more = await asyncio.to_thread(query)
+    stmt = select(Prediction).where(Prediction.owner == account.username)
+    params: dict[str, str] = {}
+    if created_after is not None:
+        stmt = stmt.where(col(Prediction.created_at) >= created_after)
+        params["created_after"] = created_after.isoformat()
+    if created_before is not None:
+        stmt = stmt.where(col(Prediction.created_at) < created_before)
+        params["created_before"] = created_before.isoformat()
+    if source is not None:
+        stmt = stmt.where(Prediction.source == source)
+        params["source"] = source
+    if page_size != PAGE_SIZE:
+        params["page_size"] = str(page_size)
     base = base_url(request, state)
-    page = f"{base}/v1/predictions"
-    has_next = more if direction == "next" else at is not None
-    has_previous = (at is not None) if direction == "next" else more
-    next_url = previous_url = None
-    if rows and has_next:
-        last = rows[-1]
-        next_url = f"{page}?cursor={encode_cursor(last.created_at, last.id, 'next')}"
-    if rows and has_previous:
-        first = rows[0]
-        previous_url = f"{page}?cursor={encode_cursor(first.created_at, first.id, 'previous')}"
-    return {
-        "next": next_url,
-        "previous": previous_url,
-        "results": [prediction_json(r, base) for r in rows],
-    }
+    return await asyncio.to_thread(
+        paginate,
+        state.engine,
+        stmt,
+        col(Prediction.created_at),
+        col(Prediction.id),
+        cursor=cursor,
+        page_url=f"{base}/v1/predictions",
+        render=lambda _, rows: [prediction_json(r, base) for r in rows],
+        page_size=page_size,
+        params=params,
+    )

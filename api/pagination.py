@@ -1,0 +1,82 @@
+"""Keyset pagination, newest first, as Replicate's lists: ``{next, previous, results}``.
+
+A cursor names a row by (created_at, id) and a direction, so pages stay stable while new
+rows arrive and every page is one indexed range scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+from sqlalchemy import and_, or_
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from sqlmodel.sql.expression import SelectOfScalar
+
+from api.errors import invalid
+from replicant.timeutil import as_utc, isoformat
+
+T = TypeVar("T")
+PAGE_SIZE = 100
+
+
+def encode_cursor(created_at: datetime, row_id: object, direction: str) -> str:
+    raw = json.dumps([direction, isoformat(as_utc(created_at)), row_id])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, datetime, Any]:
+    """(direction, created_at, id) of a cursor; 422 when it is not one of ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        direction, created, row_id = json.loads(base64.urlsafe_b64decode(padded))
+        if direction not in ("next", "previous"):
+            raise ValueError(direction)
+        return direction, as_utc(datetime.fromisoformat(created.replace("Z", "+00:00"))), row_id
+    except (ValueError, TypeError) as err:
+        raise invalid([{"field": "cursor", "message": "is not a valid cursor"}]) from err
+
+
+def paginate(
+    engine: Engine,
+    stmt: SelectOfScalar[T],
+    created: Any,
+    row_id: Any,
+    *,
+    cursor: str | None,
+    page_url: str,
+    render: Callable[[Session, Sequence[T]], list[dict[str, Any]]],
+    page_size: int = PAGE_SIZE,
+    params: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One page of ``stmt`` ordered by (created, id) descending, with absolute cursor URLs."""
+    direction, at, at_id = decode_cursor(cursor) if cursor else ("next", None, None)
+    if at is not None and direction == "next":
+        stmt = stmt.where(or_(created < at, and_(created == at, row_id < at_id)))
+    elif at is not None:
+        stmt = stmt.where(or_(created > at, and_(created == at, row_id > at_id)))
+    order = (created.desc(), row_id.desc()) if direction == "next" else (created, row_id)
+    with Session(engine) as session:
+        rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
+        more = len(rows) > page_size
+        rows = rows[:page_size]
+        if direction == "previous":
+            rows.reverse()
+        results = render(session, rows)
+    has_next = more if direction == "next" else at is not None
+    has_previous = (at is not None) if direction == "next" else more
+
+    def link(row: Any, to: str) -> str:
+        query = {**(params or {}), "cursor": encode_cursor(row.created_at, row.id, to)}
+        return f"{page_url}?{urlencode(query)}"
+
+    return {
+        "next": link(rows[-1], "next") if rows and has_next else None,
+        "previous": link(rows[0], "previous") if rows and has_previous else None,
+        "results": results,
+    }
