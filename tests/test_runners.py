@@ -1,0 +1,421 @@
+"""The runner pool against real coglet processes running tiny throwaway Cog models."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
+
+pytestmark = pytest.mark.timeout(60)
+
+MODELS = {
+    "hello": """
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            def setup(self) -> None:
+                print("hello is ready")
+
+            def predict(self, name: str = "world") -> str:
+                return f"hello {name}"
+    """,
+    "chatty": """
+        import time
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            def predict(self, steps: int = 5) -> str:
+                for i in range(steps):
+                    print(f"step {i}", flush=True)
+                    time.sleep(0.2)
+                return "done"
+    """,
+    "stream": """
+        import time
+        from typing import Iterator
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            def predict(self, steps: int = 5) -> Iterator[str]:
+                for i in range(steps):
+                    print(f"step {i}", flush=True)
+                    yield f"part {i}"
+                    time.sleep(0.2)
+    """,
+    "broken": """
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            def predict(self, x: int = 1) -> str:
+                print("about to fail", flush=True)
+                raise ValueError("boom: bad thing")
+    """,
+    "badsetup": """
+        from cog import BasePredictor
+
+        print("loading the module", flush=True)
+
+        class Predictor(BasePredictor):
+            def setup(self) -> None:
+                raise RuntimeError("setup exploded")
+
+            def predict(self) -> str:
+                return "never"
+    """,
+    "hang": """
+        import time
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            def predict(self, seconds: float = 60) -> str:
+                print("sleeping", flush=True)
+                time.sleep(seconds)  # C code: coglet's cancel cannot interrupt it
+                return "woke up"
+    """,
+}
+
+TRAIN = """
+    def train(rounds: int = 1) -> str:
+        print(f"training {rounds} rounds", flush=True)
+        return f"trained {rounds}"
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    for name, source in MODELS.items():
+        (root / name).mkdir()
+        (root / name / "predict.py").write_text(textwrap.dedent(source))
+        (root / name / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
+    (root / "hello" / "train.py").write_text(textwrap.dedent(TRAIN))
+    return root
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[RunnerPool]:
+    runners = RunnerPool(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    await runners.start()
+    yield runners
+    await runners.close()
+
+
+def spec(models: Path, name: str, **fields: object) -> RunnerSpec:
+    values: dict[str, object] = {
+        "key": name,
+        "model_dir": models / name,
+        "python": Path(sys.executable),
+        "predict_ref": "predict.py:Predictor",
+    }
+    values.update(fields)
+    return RunnerSpec.model_validate(values)
+
+
+def gone(pid: int) -> bool:
+    """True when a process no longer runs (a zombie waiting for init counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+async def eventually(check: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not callable(check) or not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+class Recorder:
+    """Collects callbacks in order, with the time they arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float, CogPrediction | None]] = []
+
+    async def on_booted(self) -> None:
+        self.events.append(("booted", time.monotonic(), None))
+
+    async def on_update(self, state: CogPrediction) -> None:
+        self.events.append(("update", time.monotonic(), state))
+
+    @property
+    def updates(self) -> list[CogPrediction]:
+        return [s for kind, _, s in self.events if kind == "update" and s is not None]
+
+
+async def test_cold_boot_then_warm_reuse_keeps_the_same_process(
+    pool: RunnerPool, models: Path
+) -> None:
+    hello = spec(models, "hello")
+    started = time.monotonic()
+    first = await pool.predict(hello, "p-cold", {"name": "cold"})
+    cold = time.monotonic() - started
+    pid = pool.pid("hello")
+    started = time.monotonic()
+    second = await pool.predict(hello, "p-warm", {"name": "warm"})
+    warm = time.monotonic() - started
+
+    assert first.status == second.status == "succeeded"
+    assert (first.output, second.output) == ("hello cold", "hello warm")
+    assert "predict_time" in second.metrics
+    assert pid is not None and pool.pid("hello") == pid
+    assert pool.warm_keys() == ["hello"]
+    assert warm < cold
+
+
+async def test_concurrent_cold_boots_of_one_key_share_one_process(
+    pool: RunnerPool, models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="replicant.runners")
+    hello = spec(models, "hello")
+    results = await asyncio.gather(
+        *(pool.predict(hello, f"p-shared-{i}", {"name": str(i)}) for i in range(3))
+    )
+
+    assert [r.output for r in results] == ["hello 0", "hello 1", "hello 2"]
+    assert sum("event=runner_ready" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_on_booted_comes_first_then_live_logs_and_partial_output(
+    pool: RunnerPool, models: Path
+) -> None:
+    recorder = Recorder()
+    result = await pool.predict(
+        spec(models, "stream"),
+        "p-stream",
+        {"steps": 5},
+        on_update=recorder.on_update,
+        on_booted=recorder.on_booted,
+    )
+    finished = time.monotonic()
+
+    assert result.status == "succeeded"
+    assert result.output == [f"part {i}" for i in range(5)]
+    assert result.logs == "".join(f"step {i}\n" for i in range(5))
+    assert recorder.events[0][0] == "booted"
+    updates = recorder.updates
+    assert all(u.status == "processing" for u in updates)
+    partial = [u.output for u in updates if isinstance(u.output, list) and 0 < len(u.output) < 5]
+    assert len(partial) >= 2, updates
+    # Cumulative: every update extends the one before it.
+    for before, after in zip(updates, updates[1:], strict=False):
+        assert after.logs.startswith(before.logs)
+        assert len(after.output or []) >= len(before.output or [])
+    first_partial = next(t for k, t, s in recorder.events if s is not None and s.output)
+    assert finished - first_partial > 0.4
+
+
+async def test_live_logs_of_a_model_without_iterator_output(pool: RunnerPool, models: Path) -> None:
+    chatty = spec(models, "chatty")
+    # The first run learns that the model does not stream output; the second takes the
+    # webhook-free path that reads logs from coglet's own output.
+    for attempt in range(2):
+        recorder = Recorder()
+        result = await pool.predict(
+            chatty, f"p-chatty-{attempt}", {"steps": 5}, on_update=recorder.on_update
+        )
+        assert result.status == "succeeded"
+        assert result.output == "done"
+        assert result.logs == "".join(f"step {i}\n" for i in range(5))
+        growing = [u.logs for u in recorder.updates if u.logs and u.logs != result.logs]
+        assert len(growing) >= 2, recorder.updates
+        assert all(result.logs.startswith(logs) for logs in growing)
+
+
+async def test_model_exception_fails_with_its_message_and_logs(
+    pool: RunnerPool, models: Path
+) -> None:
+    broken = spec(models, "broken")
+    recorder = Recorder()
+    with_updates = await pool.predict(broken, "p-fail-1", {}, on_update=recorder.on_update)
+    plain = await pool.predict(broken, "p-fail-2", {})
+
+    for result in (with_updates, plain):
+        assert result.status == "failed"
+        # coglet reports the exception's type and message, never its traceback.
+        assert result.error == "ValueError: boom: bad thing"
+        assert "about to fail" in result.logs
+    assert pool.warm_keys() == ["broken"]
+
+
+async def test_setup_failure_raises_boot_error_with_the_setup_error(
+    pool: RunnerPool, models: Path
+) -> None:
+    with pytest.raises(BootError) as raised:
+        await pool.predict(spec(models, "badsetup"), "p-badsetup", {})
+
+    assert str(raised.value) == "setup failed: RuntimeError: setup exploded"
+    assert "RuntimeError: setup exploded" in raised.value.logs
+    assert "loading the module" in raised.value.logs
+    assert pool.warm_keys() == []
+
+
+async def test_a_worker_that_dies_while_booting_is_a_boot_error(
+    pool: RunnerPool, models: Path, tmp_path: Path
+) -> None:
+    # coglet starts its worker with the `python` on PATH; this one lacks coglet entirely.
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python").symlink_to(Path(sys.base_prefix) / "bin" / "python3")
+    launcher = bindir / "venv-python"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    launcher.chmod(0o755)
+
+    started = time.monotonic()
+    with pytest.raises(BootError) as raised:
+        await pool.predict(spec(models, "hello", python=launcher), "p-noworker", {})
+
+    assert "worker process exited" in str(raised.value)
+    assert "No module named 'coglet'" in raised.value.logs
+    assert time.monotonic() - started < 10
+
+
+async def test_cancel_mid_run_ends_canceled_and_keeps_the_process(
+    pool: RunnerPool, models: Path
+) -> None:
+    chatty = spec(models, "chatty")
+    recorder = Recorder()
+    run = asyncio.create_task(
+        pool.predict(chatty, "p-cancel", {"steps": 50}, on_update=recorder.on_update)
+    )
+    await eventually(lambda: any("step 1" in u.logs for u in recorder.updates))
+    pid = pool.pid("chatty")
+    await pool.cancel("p-cancel")
+    result = await run
+
+    assert result.status == "canceled"
+    assert "step 1" in result.logs
+    assert pool.pid("chatty") == pid
+    after = await pool.predict(chatty, "p-after-cancel", {"steps": 1})
+    assert after.status == "succeeded"
+    assert pool.pid("chatty") == pid
+
+
+async def test_cancelling_the_task_cancels_the_run_and_keeps_the_process(
+    pool: RunnerPool, models: Path
+) -> None:
+    chatty = spec(models, "chatty")
+    recorder = Recorder()
+    run = asyncio.create_task(
+        pool.predict(chatty, "p-task-cancel", {"steps": 50}, on_booted=recorder.on_booted)
+    )
+    await eventually(lambda: bool(recorder.events))
+    pid = pool.pid("chatty")
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    assert time.monotonic() - started < 1.0
+    after = await pool.predict(chatty, "p-after-task-cancel", {"steps": 1})
+    assert after.status == "succeeded"
+    assert pool.pid("chatty") == pid
+
+
+async def test_a_hung_model_is_killed_and_restarted_when_its_task_is_cancelled(
+    pool: RunnerPool, models: Path
+) -> None:
+    hang = spec(models, "hang")
+    recorder = Recorder()
+    run = asyncio.create_task(
+        pool.predict(hang, "p-hang", {"seconds": 60}, on_booted=recorder.on_booted)
+    )
+    await eventually(lambda: bool(recorder.events))
+    pid = pool.pid("hang")
+    assert pid is not None
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+
+    # cancel_grace is 1 s: then the process is killed rather than left holding the slot.
+    assert time.monotonic() - started < 3.0
+    await eventually(lambda: gone(pid))
+    after = await pool.predict(hang, "p-after-hang", {"seconds": 0.01})
+    assert after.status == "succeeded"
+    assert pool.pid("hang") not in (None, pid)
+
+
+async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
+    models: Path,
+) -> None:
+    pool = RunnerPool(max_warm=1, boot_timeout=30)
+    try:
+        await pool.predict(spec(models, "hello"), "p-lru-1", {})
+        hello_pid = pool.pid("hello")
+        assert hello_pid is not None
+        await pool.predict(spec(models, "broken"), "p-lru-2", {})
+        assert pool.warm_keys() == ["broken"]
+        await eventually(lambda: gone(hello_pid))
+
+        # A busy process is never evicted: chatty keeps running while hello boots beside it.
+        chatty = asyncio.create_task(pool.predict(spec(models, "chatty"), "p-lru-3", {}))
+        await eventually(lambda: pool.pid("chatty") is not None)
+        chatty_pid = pool.pid("chatty")
+        hello = await pool.predict(spec(models, "hello"), "p-lru-4", {})
+        assert hello.status == "succeeded"
+        assert chatty_pid is not None and not gone(chatty_pid)
+        assert (await chatty).status == "succeeded"
+        assert len(pool.warm_keys()) == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_killed_coglet_process_is_replaced(pool: RunnerPool, models: Path) -> None:
+    hello = spec(models, "hello")
+    await pool.predict(hello, "p-before-kill", {})
+    pid = pool.pid("hello")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    result = await pool.predict(hello, "p-after-kill", {"name": "again"})
+
+    assert result.output == "hello again"
+    assert pool.pid("hello") not in (None, pid)
+
+
+async def test_train_mode_runs_the_train_function(pool: RunnerPool, models: Path) -> None:
+    trainer = spec(models, "hello", key="hello-train", mode="train", train_ref="train.py:train")
+    result = await pool.predict(trainer, "t-1", {"rounds": 3})
+
+    assert result.status == "succeeded"
+    assert result.output == "trained 3"
+    assert "training 3 rounds" in result.logs
+
+
+async def test_close_leaves_no_child_processes(models: Path) -> None:
+    pool = RunnerPool(boot_timeout=30)
+    await pool.predict(spec(models, "hello"), "p-close-1", {})
+    await pool.predict(spec(models, "broken"), "p-close-2", {})
+    pids = [p for p in (pool.pid("hello"), pool.pid("broken")) if p is not None]
+    assert len(pids) == 2
+    family = pids + [child for pid in pids for child in children(pid)]
+    assert len(family) == 4  # each coglet has its one worker
+
+    await pool.close()
+
+    await eventually(lambda: all(gone(pid) for pid in family))
+    assert pool.warm_keys() == []
