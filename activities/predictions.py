@@ -23,6 +23,7 @@ from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
 from replicant.tables import Version
+from replicant.versions import version_python
 from replicant.timeutil import utcnow
 
 log = logging.getLogger("replicant.activities")
@@ -39,7 +40,7 @@ def runner_spec(version: Version) -> RunnerSpec:
     return RunnerSpec(
         key=key,
         model_dir=Path(version.model_dir),
-        python=Path(version.python),
+        python=version_python(version),
         predict_ref=version.predict_ref,
         train_ref=version.train_ref,
         env=env,

@@ -9,19 +9,25 @@ import asyncio
 import contextlib
 import logging
 import re
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
-from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateStage
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+    WorkflowUpdateStage,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 
 from api.errors import ProblemError, invalid
 from api.serialize import prediction_json
 from api.state import AppState
 from replicant import readmodel
-from replicant.contracts import PredictionRequest, WebhookEvent
+from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.ids import new_id
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
@@ -106,17 +112,24 @@ async def launch_prediction(
     )
     await asyncio.to_thread(readmodel.insert_prediction, state.engine, req)
     try:
-        await _start(state, req, wait)
+        update = await _start(state, req, wait)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id)
         raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+    if update is not None and wait is not None:
+        # When the wait is over, answer with the prediction as it is now.
+        with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
+            await update.result(rpc_timeout=timedelta(seconds=wait))
     row = await asyncio.to_thread(_load, state, req.id)
     body = prediction_json(row, base_url(request, state))
     return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
 
 
-async def _start(state: AppState, req: PredictionRequest, wait: int | None) -> None:
+async def _start(
+    state: AppState, req: PredictionRequest, wait: int | None
+) -> WorkflowUpdateHandle[WaitResult] | None:
+    """Start the workflow; with a wait, as update-with-start so no poll is needed."""
     client = await state.temporal()
     options: dict[str, Any] = {
         "id": f"prediction-{req.id}",
@@ -125,21 +138,18 @@ async def _start(state: AppState, req: PredictionRequest, wait: int | None) -> N
     }
     if wait is None:
         await client.start_workflow(PredictionWorkflow.run, req, **options)
-        return
+        return None
     start = WithStartWorkflowOperation(
         PredictionWorkflow.run,
         req,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         **options,
     )
-    handle = await client.start_update_with_start_workflow(
+    return await client.start_update_with_start_workflow(
         PredictionWorkflow.wait_done,
         start_workflow_operation=start,
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
-    # When the wait is over, answer with the prediction as it is now.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(handle.result(), timeout=wait)
 
 
 def _load(state: AppState, prediction_id: str) -> Prediction:

@@ -28,6 +28,8 @@ def _logging(settings: Settings) -> None:
         format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
         stream=sys.stderr,
     )
+    # One line per HTTP call to a model process is noise, not a log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()
