@@ -99,6 +99,7 @@ END_MARKERS = frozenset(
 OUTPUT_TAIL_LINES = 300
 AT_CAPACITY_RETRY_FOR = 5.0
 PROCESS_DIED = "The model process exited during the prediction"
+MODEL_ERROR_PREFIX = "Prediction failed: "
 
 
 class RunnerSpec(BaseModel):
@@ -147,20 +148,33 @@ def _free_port() -> int:
         return port
 
 
-def _clean_error(error: Any) -> str | None:
-    """coglet wraps a model's exception as "Prediction failed: Prediction failed: Type: msg"."""
-    if error is None:
-        return None
-    text = str(error)
-    while text.startswith("Prediction failed: "):
-        text = text[len("Prediction failed: ") :]
-    return text
+def _explain_model_error(result: CogPrediction) -> None:
+    """coglet reports a model's exception as "Prediction failed: Prediction failed: Type: msg"
+    and drops its traceback. Keep the message as the error (as Cog's Python server did) and
+    end the logs with "Type: msg", the line a traceback would have ended with."""
+    text = result.error
+    if text is None or not text.startswith(MODEL_ERROR_PREFIX):
+        return
+    while text.startswith(MODEL_ERROR_PREFIX):
+        text = text[len(MODEL_ERROR_PREFIX) :]
+    match = re.match(r"([A-Za-z_]\w*): (.*)\Z", text, re.DOTALL)
+    if match is None:
+        result.error = text
+        return
+    result.error = match.group(2) or match.group(1)
+    line = text.rstrip("\n") + "\n"
+    if not result.logs.endswith(line):
+        separator = "" if not result.logs or result.logs.endswith("\n") else "\n"
+        result.logs += separator + line
 
 
 def _setup_error(setup_logs: str) -> str:
-    """The model's exception out of coglet's nested "worker setup failed: ..." message."""
-    parts = re.split(r"setup failed: ", setup_logs.strip(), flags=re.IGNORECASE)
-    return parts[-1].strip() or setup_logs.strip()
+    """The model's exception out of coglet's "worker setup failed: ... setup failed: X"."""
+    text = setup_logs.strip()
+    prefix = re.compile(r"(?:worker setup failed(?: \(slot [^)]*\))?|setup failed): ", re.I)
+    while match := prefix.match(text):
+        text = text[match.end() :]
+    return text or setup_logs.strip()
 
 
 def _readable(record: dict[str, Any]) -> str:
@@ -183,7 +197,7 @@ def _prediction(payload: dict[str, Any]) -> CogPrediction:
         status=str(payload.get("status") or "failed"),
         output=payload.get("output"),
         logs=str(payload.get("logs") or ""),
-        error=_clean_error(payload.get("error")),
+        error=None if payload.get("error") is None else str(payload["error"]),
         metrics=metrics if isinstance(metrics, dict) else {},
     )
 
@@ -592,6 +606,7 @@ class RunnerPool:
             )
             if result.status in ("failed", "canceled") and runner.alive:
                 await self._settle_failure(runner, run, result)
+            _explain_model_error(result)
             self.log.info(
                 "event=prediction_done key=%s prediction=%s status=%s webhook=%s seconds=%.4f",
                 runner.spec.key,
@@ -858,7 +873,7 @@ class RunnerPool:
                 return
             if status == "SETUP_FAILED":
                 setup_logs = str((body.get("setup") or {}).get("logs") or "")
-                raise BootError(f"setup failed: {_setup_error(setup_logs)}", runner.output_tail())
+                raise BootError(_setup_error(setup_logs), runner.output_tail())
             if status == "DEFUNCT":
                 raise BootError("coglet reported DEFUNCT while booting", runner.output_tail())
             if _worker_exited(runner.pid):
