@@ -61,47 +61,71 @@ def create_version(
 ) -> Version:
     """Copy ``src`` into the data dir, build its env, derive its schema, and record it.
 
-    Nothing is recorded until every step has worked, so a bad push leaves nothing visible.
+    Every check runs on a private staging copy; only a version that passed all of them is
+    moved into place and recorded, so a bad push leaves nothing visible (no row, no
+    directory). A ``model`` without an id is created together with its first version.
+    Raises ``CogConfigError``, ``EnvBuildError`` or ``PredictorError`` on a bad model.
     """
+    say = progress or (lambda _line: None)
     version_id = content_hash(src, f"{model.owner}/{model.name}")
-    with Session(engine, expire_on_commit=False) as session:
-        existing = session.get(Version, version_id)
-        if existing is not None:
-            return existing
+    if model.id is not None:
+        with Session(engine, expire_on_commit=False) as session:
+            existing = session.get(Version, version_id)
+            if existing is not None:
+                say(f"version {version_id} exists already")
+                return existing
     dest = settings.data_dir.resolve() / "versions" / version_id
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".staging-"))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".staging-"))
+    moved = False
+    try:
+        say("copying the model files")
         for path in _files(src):
             target = staging / path.relative_to(src)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+        say("reading cog.yaml")
+        config = load_cog_config(staging)
+        say("preparing the Python environment")
+        python = ensure_env(config, settings.data_dir.resolve() / "envs", say)
+        say("deriving the schema from the predictor")
+        schema = inspect_model(staging, python, config)
+        write_schema_for_coglet(staging, schema)
         try:
             staging.rename(dest)
+            moved = True
         except OSError:
-            shutil.rmtree(staging, ignore_errors=True)  # another process made it first
-    config = load_cog_config(dest)
-    python = ensure_env(config, settings.data_dir.resolve() / "envs", progress)
-    schema = inspect_model(dest, python, config)
-    write_schema_for_coglet(dest, schema)
-    version = Version(
-        id=version_id,
-        model_id=model.id or 0,
-        cog_version=cog.__version__,
-        openapi_schema=schema,
-        model_dir=str(dest),
-        python="" if python == Path(sys.executable) else str(python),
-        predict_ref=config.predict_ref,
-        train_ref=config.train_ref,
-    )
-    with Session(engine, expire_on_commit=False) as session:
-        if session.get(Version, version_id) is None:
-            session.add(version)
-        stored = session.get(Model, model.id)
-        if stored is not None:
-            stored.latest_version_id = version_id
-            session.add(stored)
-        session.commit()
+            # The same content is in place already (an earlier or concurrent push).
+            write_schema_for_coglet(dest, schema)
+        version = Version(
+            id=version_id,
+            model_id=model.id or 0,
+            cog_version=cog.__version__,
+            openapi_schema=schema,
+            model_dir=str(dest),
+            python="" if python == Path(sys.executable) else str(python),
+            predict_ref=config.predict_ref,
+            train_ref=config.train_ref,
+        )
+        say("recording the version")
+        with Session(engine, expire_on_commit=False) as session:
+            if model.id is None:
+                session.add(model)
+                session.flush()  # the model exists from the same commit as its first version
+                version.model_id = model.id or 0
+            if session.get(Version, version_id) is None:
+                session.add(version)
+            stored = session.get(Model, model.id)
+            if stored is not None:
+                stored.latest_version_id = version_id
+                session.add(stored)
+            session.commit()
+    except BaseException:
+        if moved:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return version
 
 
