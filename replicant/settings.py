@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     )
     default_hardware: str = "cpu"
     max_warm_runners: int = 4
+    # Pushing models: the largest archive accepted, and the most its files may unpack to.
+    max_push_bytes: int = 1024 * 1024 * 1024
 
     # Files and URLs fetched on behalf of users
     allow_private_urls: bool = False
