@@ -6,7 +6,8 @@ import secrets
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from limits import parse as parse_limit
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,7 +67,20 @@ class Settings(BaseSettings):
     # Files and URLs fetched on behalf of users
     allow_private_urls: bool = False
 
+    # Rate limits per account (the `limits` library's notation): creating predictions and
+    # trainings, and every other request. Counters live in Redis when set, else in memory.
+    rate_limit_create: str = "600/minute"
+    rate_limit_default: str = "3000/minute"
+    redis_url: str | None = None
+    rate_limit_prefix: str = "replicant"  # Redis key prefix, for installations sharing a Redis
+
     log_level: str = "INFO"
+
+    @field_validator("rate_limit_create", "rate_limit_default")
+    @classmethod
+    def _valid_rate_limit(cls, value: str) -> str:
+        parse_limit(value)  # "600/minute", "5 per 10 seconds", ...; ValueError otherwise
+        return value
 
     @property
     def resolved_temporal_address(self) -> str:
