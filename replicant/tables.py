@@ -134,3 +134,5 @@ class Prediction(SQLModel, table=True):
     started_at: datetime | None = time_field()
     completed_at: datetime | None = time_field()
     deadline: datetime | None = time_field()
+    # Readable by anyone at urls.web (``/p/{id}``) while true; only the owner changes it.
+    shared: bool = False
