@@ -67,6 +67,14 @@ class Settings(BaseSettings):
     # Files and URLs fetched on behalf of users
     allow_private_urls: bool = False
 
+    # Deployments: predictions one instance (one warm model process) runs at a time; seconds
+    # without demand before instances beyond min_instances stop; seconds a deployment must
+    # have been offline and unused before it can be deleted; the controller's check interval.
+    deployment_instance_concurrency: int = 1
+    deployment_idle_timeout: float = 300.0
+    deployment_delete_idle: float = 900.0
+    deployment_check_interval: float = 2.0
+
     # Rate limits per account (the `limits` library's notation): creating predictions and
     # trainings, and every other request. Counters live in Redis when set, else in memory.
     rate_limit_create: str = "600/minute"
@@ -97,6 +105,10 @@ class Settings(BaseSettings):
     def task_queue(self, sku: str) -> str:
         """The Temporal task queue of a hardware SKU."""
         return f"replicant-hw-{sku}"
+
+    def deployment_queue(self, owner: str, name: str) -> str:
+        """The task queue only a deployment's own instances poll ('/' cannot be in a name)."""
+        return f"replicant-deploy-{owner}/{name}"
 
     def ensure_api_token(self) -> str:
         """The configured token, or one generated once and kept in the data dir."""
