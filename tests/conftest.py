@@ -20,6 +20,7 @@ from replicant.accounts import create_account
 from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
+from tests.conformance import conformance_hook
 
 # Short limits for the shared stack; the tests that observe them read them from here.
 RETENTION = 20.0
@@ -37,8 +38,14 @@ class LiveStack:
     engine: Engine
 
     def client(self, token: str | None = None) -> httpx.Client:
+        """An API client whose every JSON response is checked against Replicate's spec."""
         headers = {"Authorization": f"Bearer {token or self.token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=90)
+        return httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=90,
+            event_hooks={"response": [conformance_hook(self.url)]},
+        )
 
     def new_account(self, name: str) -> str:
         """A fresh account; returns its token."""
