@@ -111,7 +111,11 @@ class Version(SQLModel, table=True):
 class Prediction(SQLModel, table=True):
     """The read model of one prediction; written by the API at create and by activities after."""
 
-    __table_args__ = (Index("ix_prediction_owner_created", "owner", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_prediction_owner_created", "owner", "created_at", "id"),
+        # A deployment's controller counts its waiting and running predictions.
+        Index("ix_prediction_deployment_status", "deployment", "status"),
+    )
 
     id: str = Field(primary_key=True)
     owner: str = Field(index=True)  # the account that created it
@@ -136,3 +140,58 @@ class Prediction(SQLModel, table=True):
     deadline: datetime | None = time_field()
     # Readable by anyone at urls.web (``/p/{id}``) while true; only the owner changes it.
     shared: bool = False
+
+
+class Deployment(SQLModel, table=True):
+    """A private endpoint that runs one version on instances of its own; private to its owner.
+
+    The configuration columns mirror the current release; ``DeploymentWorkflow`` owns the
+    instances, and ``DeploymentInstance`` rows say what is running now.
+    """
+
+    __table_args__ = (UniqueConstraint("owner", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str = Field(index=True)
+    name: str
+    model: str  # owner/name of the deployed model
+    version: str = Field(index=True)  # the current release's version id
+    hardware: str = "cpu"
+    min_instances: int = 0
+    max_instances: int = 1
+    release: int = 1  # the current release's number
+    created_at: datetime = created_field()
+    # The last time it had an instance or a prediction: deletion waits for a quiet period.
+    last_active_at: datetime = created_field()
+
+
+class DeploymentRelease(SQLModel, table=True):
+    """One release of a deployment: every change makes a new one with the next number."""
+
+    __table_args__ = (UniqueConstraint("deployment_id", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    deployment_id: int = Field(foreign_key="deployment.id", index=True)
+    number: int
+    model: str
+    version: str
+    hardware: str
+    min_instances: int
+    max_instances: int
+    created_by: str  # the username of the account that made the change
+    created_at: datetime = created_field()
+
+
+class DeploymentInstance(SQLModel, table=True):
+    """One instance of a deployment (a warm model process), written by the host running it."""
+
+    id: str = Field(primary_key=True)
+    deployment_id: int = Field(index=True)
+    release: int
+    version: str
+    hardware: str
+    host: str
+    pid: int | None = None
+    status: str = "booting"  # booting, ready, draining
+    created_at: datetime = created_field()
+    ready_at: datetime | None = time_field()
