@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -67,6 +70,14 @@ class Settings(BaseSettings):
     # Files and URLs fetched on behalf of users
     allow_private_urls: bool = False
 
+    # Webhooks: how long the `completed` event is retried until a 2xx; seconds one delivery
+    # may take. Streams: seconds between keep-alive comments of an idle SSE stream.
+    webhook_retry_period: float = 3600.0
+    webhook_timeout: float = 10.0
+    stream_keepalive: float = 15.0
+    # Signs URLs that carry no token (SSE streams); generated once in data_dir when unset.
+    secret_key: str | None = None
+
     # Deployments: predictions one instance (one warm model process) runs at a time; seconds
     # without demand before instances beyond min_instances stop; seconds a deployment must
     # have been offline and unused before it can be deleted; the controller's check interval.
@@ -109,6 +120,24 @@ class Settings(BaseSettings):
     def deployment_queue(self, owner: str, name: str) -> str:
         """The task queue only a deployment's own instances poll ('/' cannot be in a name)."""
         return f"replicant-deploy-{owner}/{name}"
+
+    def ensure_secret_key(self) -> str:
+        """The configured secret key, or one generated once and kept in the data dir."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret-key"
+        with contextlib.suppress(FileExistsError):
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: API and worker processes starting together agree on one key.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        for _ in range(100):
+            key = path.read_text().strip()
+            if key:
+                return key
+            time.sleep(0.01)  # another process is writing it
+        raise RuntimeError(f"{path} is empty")
 
     def ensure_api_token(self) -> str:
         """The configured token, or one generated once and kept in the data dir."""
