@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from replicant.accounts import ensure_account
+from replicant.archives import model_files
 from replicant.cogmodel import inspect_model, load_cog_config, write_schema_for_coglet
 from replicant.envs import ensure_env
 from replicant.settings import Settings
@@ -27,15 +28,7 @@ BUILTIN_MODELS = [
     ("replicant", "thumbnail", "thumbnail", "Makes a PNG thumbnail of an image"),
     ("replicant", "ngram", "ngram", "A small trainable n-gram text generator that streams"),
 ]
-SKIPPED = {".cog", "__pycache__", ".git", ".venv"}
-
-
-def _files(src: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in src.rglob("*")
-        if p.is_file() and not SKIPPED.intersection(p.relative_to(src).parts)
-    )
+_files = model_files  # the files that make up a version, also what `replicant push` packs
 
 
 def content_hash(src: Path, model_ref: str) -> str:
