@@ -5,10 +5,11 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from replicant.ids import hash_token
-from replicant.tables import Account, ApiToken
+from replicant.tables import Account, ApiToken, Membership
+from replicant.timeutil import utcnow
 
 
 def new_token() -> str:
@@ -50,3 +51,68 @@ def create_account(engine: Engine, username: str) -> tuple[Account, str]:
     """A new user account and its first token."""
     account = ensure_account(engine, username)
     return account, add_token(engine, account)
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be done (unknown name, wrong type, ...)."""
+
+
+def find_account(engine: Engine, username: str) -> Account:
+    with Session(engine, expire_on_commit=False) as session:
+        account = session.exec(select(Account).where(Account.username == username)).first()
+    if account is None:
+        raise AccountError(f"no account named {username!r}")
+    return account
+
+
+def create_organization(engine: Engine, username: str, name: str = "") -> Account:
+    """A new organization; its members create and see its private models."""
+    with Session(engine) as session:
+        if session.exec(select(Account).where(Account.username == username)).first():
+            raise AccountError(f"an account named {username!r} exists already")
+    return ensure_account(engine, username, type="organization", name=name)
+
+
+def add_member(engine: Engine, organization: str, user: str) -> None:
+    """Make ``user`` a member of ``organization`` (idempotent)."""
+    org = find_account(engine, organization)
+    member = find_account(engine, user)
+    if org.type != "organization":
+        raise AccountError(f"{organization!r} is not an organization")
+    if member.type != "user":
+        raise AccountError(f"{user!r} is not a user; only users join organizations")
+    assert org.id is not None and member.id is not None
+    with Session(engine) as session:
+        if session.get(Membership, (org.id, member.id)) is None:
+            session.add(Membership(organization_id=org.id, user_id=member.id))
+            session.commit()
+
+
+def create_token(engine: Engine, username: str, name: str = "default") -> tuple[ApiToken, str]:
+    """A new token for an existing account: the row, and the token in clear (shown once)."""
+    account = find_account(engine, username)
+    token = add_token(engine, account, name=name)
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(token))).one()
+    return row, token
+
+
+def list_tokens(engine: Engine, username: str) -> list[ApiToken]:
+    """An account's tokens, oldest first, revoked ones included (hashes only)."""
+    account = find_account(engine, username)
+    with Session(engine, expire_on_commit=False) as session:
+        stmt = select(ApiToken).where(ApiToken.account_id == account.id).order_by(col(ApiToken.id))
+        return list(session.exec(stmt).all())
+
+
+def revoke_token(engine: Engine, token_id: int) -> ApiToken:
+    """Revoke a token; every later request with it gets 401 (auth reads the database)."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.get(ApiToken, token_id)
+        if row is None:
+            raise AccountError(f"no token with id {token_id}")
+        if row.revoked_at is None:
+            row.revoked_at = utcnow()
+            session.add(row)
+            session.commit()
+        return row

@@ -7,18 +7,25 @@ import logging
 import signal
 import sys
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 from replicant.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
 app = typer.Typer(
     help="Replicant: a self-hosted, Replicate-compatible model API.", no_args_is_help=True
 )
 accounts_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 app.add_typer(accounts_app, name="accounts")
+tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+orgs_app = typer.Typer(help="Manage organizations and their members.", no_args_is_help=True)
+app.add_typer(orgs_app, name="orgs")
 console = Console()
 
 
@@ -132,6 +139,85 @@ def accounts_create(name: str) -> None:
     init_db(engine)
     _, token = create_account(engine, name)
     print(token)
+
+
+def _accounts_engine() -> Engine:
+    from replicant.db import init_db, make_engine
+
+    engine = make_engine(get_settings().resolved_database_url)
+    init_db(engine)
+    return engine
+
+
+def _refuse(err: Exception) -> NoReturn:
+    console.print(f"[red]{err}[/red]")
+    raise typer.Exit(1)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    account: str,
+    name: Annotated[str, typer.Option("--name", help="A label to recognise it by.")] = "default",
+) -> None:
+    """Create an API token for ACCOUNT and print it (shown once; only its hash is kept)."""
+    from replicant.accounts import AccountError, create_token
+
+    try:
+        _, token = create_token(_accounts_engine(), account, name)
+    except AccountError as err:
+        _refuse(err)
+    print(token)
+
+
+@tokens_app.command("list")
+def tokens_list(account: str) -> None:
+    """List ACCOUNT's tokens: id, name, created, revoked (never the tokens themselves)."""
+    from replicant.accounts import AccountError, list_tokens
+
+    try:
+        rows = list_tokens(_accounts_engine(), account)
+    except AccountError as err:
+        _refuse(err)
+    print("id\tname\tcreated\trevoked")
+    for row in rows:
+        revoked = row.revoked_at.isoformat() if row.revoked_at else "-"
+        print(f"{row.id}\t{row.name}\t{row.created_at.isoformat()}\t{revoked}")
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: int) -> None:
+    """Revoke a token by its id (from `tokens list`); requests with it get 401 at once."""
+    from replicant.accounts import AccountError, revoke_token
+
+    try:
+        revoke_token(_accounts_engine(), token_id)
+    except AccountError as err:
+        _refuse(err)
+    print(f"revoked token {token_id}")
+
+
+@orgs_app.command("create")
+def orgs_create(name: str) -> None:
+    """Create an organization (give it tokens with `tokens create NAME`)."""
+    from replicant.accounts import AccountError, create_organization
+
+    try:
+        create_organization(_accounts_engine(), name)
+    except AccountError as err:
+        _refuse(err)
+    print(f"created organization {name}")
+
+
+@orgs_app.command("add-member")
+def orgs_add_member(org: str, user: str) -> None:
+    """Make USER a member of ORG: it creates, sees and runs ORG's private models."""
+    from replicant.accounts import AccountError, add_member
+
+    try:
+        add_member(_accounts_engine(), org, user)
+    except AccountError as err:
+        _refuse(err)
+    print(f"{user} is a member of {org}")
 
 
 if __name__ == "__main__":
