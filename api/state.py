@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
@@ -18,6 +19,11 @@ class AppState:
     engine: Engine
     _client: Client | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @functools.cached_property
+    def secret_key(self) -> str:
+        """Signs URLs that carry no token (prediction streams)."""
+        return self.settings.ensure_secret_key()
 
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use so the API starts before Temporal."""

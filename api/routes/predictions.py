@@ -126,7 +126,7 @@ async def get_prediction(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
 ) -> dict[str, Any]:
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
-    return prediction_json(row, base_url(request, state))
+    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
 
 
 @router.post("/predictions/{prediction_id}/cancel")
@@ -149,7 +149,7 @@ async def cancel_prediction(
                 completed_at=utcnow(),
             )
         row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
-    return prediction_json(row, base_url(request, state))
+    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
 
 
 @router.get("/predictions")
@@ -186,7 +186,9 @@ async def list_predictions(
         col(Prediction.id),
         cursor=cursor,
         page_url=f"{base}/v1/predictions",
-        render=lambda _, rows: [prediction_json(r, base) for r in rows],
+        render=lambda _, rows: [
+            prediction_json(r, base, secret_key=state.secret_key) for r in rows
+        ],
         page_size=page_size,
         params=params,
     )

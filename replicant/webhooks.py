@@ -1,0 +1,156 @@
+"""Webhook deliveries: the account's signing secret, Standard Webhooks signatures, one POST.
+
+Signed as Replicate signs them (https://www.standardwebhooks.com): ``webhook-id`` (the same
+for every retry of one event), ``webhook-timestamp`` (of this attempt, so a verifier's
+five-minute tolerance holds for late retries) and ``webhook-signature``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from standardwebhooks import Webhook
+
+from replicant.netguard import BlockedURL, check_url, check_url_syntax
+from replicant.tables import Account
+
+log = logging.getLogger("replicant.webhooks")
+
+SECRET_PREFIX = "whsec_"
+# Standard base64 only: verifiers decode the part after "whsec_" with b64decode, and
+# Replicate's own client splits the key on "_".
+_SECRET_BODY = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+def new_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def valid_secret(secret: str | None) -> bool:
+    if not secret or not secret.startswith(SECRET_PREFIX):
+        return False
+    body = secret[len(SECRET_PREFIX) :]
+    if not _SECRET_BODY.match(body):
+        return False
+    try:
+        return len(base64.b64decode(body, validate=True)) >= 16
+    except binascii.Error:
+        return False
+
+
+def account_webhook_secret(engine: Engine, username: str) -> str:
+    """The account's signing secret; one that verifiers cannot decode is replaced, once."""
+    with Session(engine) as session:
+        account = session.exec(select(Account).where(Account.username == username)).first()
+        if account is None:
+            raise LookupError(f"account {username} does not exist")
+        current = account.webhook_secret
+    if valid_secret(current):
+        assert current is not None
+        return current
+    # Guarded on the old value: concurrent callers (API, workers) end up with one secret.
+    stmt = (
+        update(Account)
+        .where(col(Account.username) == username)
+        .where(
+            col(Account.webhook_secret) == current
+            if current
+            else col(Account.webhook_secret).is_(None)
+        )
+        .values(webhook_secret=new_secret())
+    )
+    with engine.begin() as conn:
+        conn.execute(stmt)
+    with Session(engine) as session:
+        account = session.exec(select(Account).where(Account.username == username)).first()
+        assert account is not None and account.webhook_secret is not None
+        return account.webhook_secret
+
+
+def webhook_id(prediction_id: str, event: str, sequence: int = 0) -> str:
+    """Stable across the retries of one event, distinct between events."""
+    return f"msg_{prediction_id}_{event}_{sequence}"
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def signed_headers(
+    secret: str, msg_id: str, payload: str, now: datetime | None = None
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt."""
+    at = now or datetime.now(UTC)
+    return {
+        "content-type": "application/json",
+        "user-agent": "replicant-webhooks/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, at, payload),
+    }
+
+
+class DeliveryFailed(Exception):
+    """The receiver did not answer 2xx (``status`` is its answer, None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.permanent = permanent
+
+
+async def deliver(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    secret: str,
+    msg_id: str,
+    body: dict[str, Any],
+    time_limit: float,
+    allow_private: bool,
+) -> int:
+    """POST one signed delivery; the receiver's 2xx status, or ``DeliveryFailed``.
+
+    Redirects are not followed (a 3xx is a failure); the URL must pass the SSRF rules.
+    """
+    try:
+        check_url_syntax(url)
+        await check_url(url, allow_private=allow_private)
+    except BlockedURL as err:
+        raise DeliveryFailed(f"webhook URL refused: {err}", permanent=True) from err
+    payload = encode_body(body)
+    headers = signed_headers(secret, msg_id, payload)
+    try:
+        response = await client.post(
+            url,
+            content=payload.encode(),
+            headers=headers,
+            timeout=httpx.Timeout(time_limit),
+            follow_redirects=False,
+        )
+    except httpx.TimeoutException as err:
+        raise DeliveryFailed(f"webhook receiver timed out after {time_limit:g}s") from err
+    except httpx.HTTPError as err:
+        raise DeliveryFailed(f"webhook receiver unreachable: {type(err).__name__}") from err
+    if 200 <= response.status_code < 300:
+        return response.status_code
+    kind = "redirect (not followed)" if response.is_redirect else "answer"
+    raise DeliveryFailed(
+        f"webhook receiver {kind}: HTTP {response.status_code}", status=response.status_code
+    )
+
+
+def http_client() -> httpx.AsyncClient:
+    # trust_env=False: a proxy from the environment must not decide where webhooks go.
+    return httpx.AsyncClient(trust_env=False, follow_redirects=False)
