@@ -8,6 +8,7 @@ import secrets
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from limits import parse as parse_limit
 from pydantic import Field, field_validator
@@ -69,6 +70,26 @@ class Settings(BaseSettings):
 
     # Files and URLs fetched on behalf of users
     allow_private_urls: bool = False
+    # Object store for uploaded files, staged inputs and outputs: "local" (a directory in
+    # data_dir, served by the API with signed URLs) or "s3" (any S3, e.g. MinIO).
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint: str = "127.0.0.1:9000"  # host:port the API and workers reach
+    s3_bucket: str = "replicant"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    # The base URL clients use to reach the store, when it differs from s3_endpoint (e.g.
+    # http://localhost:9000): presigned URLs are signed for this host.
+    s3_public_url: str | None = None
+    max_file_size: int = 100 * 1024 * 1024  # uploads and fetched input files, in bytes
+    input_fetch_timeout: float = 60.0  # seconds to fetch one input URL, redirects included
+    file_expiry: float = 86400.0  # seconds an uploaded file lives
+    output_url_expiry: float = 3600.0  # seconds a signed output URL works
+
+    # TLS for the API (PEM files); the public URL then defaults to https.
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
     # Webhooks: how long the `completed` event is retried until a 2xx; seconds one delivery
     # may take. Streams: seconds between keep-alive comments of an idle SSE stream.
@@ -107,7 +128,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_public_url(self) -> str:
-        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+        scheme = "https" if self.tls_certfile else "http"
+        return (self.public_url or f"{scheme}://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:
