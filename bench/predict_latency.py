@@ -20,69 +20,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from temporalio import activity, workflow
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.floor import INPUT, FloorWorkflow, call_coglet, post_with_retry  # noqa: E402
 from replicant.devstack import Stack, free_port, wait_for_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
 
 FLOOR_QUEUE = "bench-floor"
-INPUT = {"text": "bench"}
-
-
-@activity.defn(name="bench_call_coglet")
-async def call_coglet(url: str) -> str:
-    return await post_with_retry(_http(), url)
-
-
-_client: httpx.AsyncClient | None = None
-
-
-def _http() -> httpx.AsyncClient:
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(timeout=30)
-    return _client
-
-
-async def post_with_retry(client: httpx.AsyncClient, url: str) -> str:
-    # coglet answers 409 while it frees its one slot: retry briefly, as the runner pool does.
-    for _ in range(200):
-        response = await client.post(url, json={"input": INPUT})
-        if response.status_code != 409:
-            response.raise_for_status()
-            output: str = response.json()["output"]
-            return output
-        await asyncio.sleep(0.001)
-    raise RuntimeError("coglet stayed at capacity")
-
-
-@workflow.defn(name="BenchFloor")
-class FloorWorkflow:
-    def __init__(self) -> None:
-        self.output: str | None = None
-
-    @workflow.run
-    async def run(self, url: str) -> str:
-        self.output = await workflow.execute_activity(
-            call_coglet, url, start_to_close_timeout=timedelta(seconds=30)
-        )
-        return self.output
-
-    @workflow.update
-    async def wait(self) -> str:
-        await workflow.wait_condition(lambda: self.output is not None)
-        assert self.output is not None
-        return self.output
 
 
 async def measure(
