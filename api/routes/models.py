@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import exists, or_
 from sqlmodel import Session, col, select
 
+from api import push
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
@@ -20,9 +24,13 @@ from api.pagination import paginate
 from api.serialize import model_json, version_json
 from api.state import AppState
 from replicant.catalog import account_names, find_model
+from replicant.cogmodel import CogConfigError, load_cog_config
 from replicant.tables import Account, Model, Prediction, Version
+from replicant.timeutil import utcnow
+from replicant.versions import create_version
 
 router = APIRouter(prefix="/v1", tags=["models"])
+log = logging.getLogger("replicant.api")
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 Visibility = Literal["public", "private"]
@@ -57,6 +65,25 @@ def _check_hardware(state: AppState, sku: str | None) -> None:
         raise invalid(
             [{"field": "hardware", "message": f"unknown hardware {sku!r}; one of {known}"}]
         )
+
+
+def _check_name(name: str) -> None:
+    if not NAME.match(name):
+        raise invalid(
+            [{"field": "name", "message": "use lowercase letters, digits, '-', '_' and '.'"}]
+        )
+
+
+def _check_new_model(session: Session, account: Account, owner: str, name: str) -> None:
+    """The caller may create ``owner/name``: 404 unknown owner, 403 not its own, 409 taken."""
+    if owner not in account_names(session, account):
+        owner_exists = session.exec(select(Account).where(Account.username == owner)).first()
+        if owner_exists is None:
+            raise not_found(f"Owner {owner}")
+        raise ProblemError(403, f"You cannot create models owned by {owner}", title="Forbidden")
+    taken = session.exec(select(Model).where(Model.owner == owner, Model.name == name)).first()
+    if taken is not None:
+        raise ProblemError(409, f"A model named {owner}/{name} already exists", title="Conflict")
 
 
 def _render_models(state: AppState, base: str) -> Any:
@@ -111,29 +138,11 @@ async def create_model(
     body: ModelCreate, request: Request, state: StateDep, account: CurrentAccount
 ) -> JSONResponse:
     _check_hardware(state, body.hardware)
-    if not NAME.match(body.name):
-        raise invalid(
-            [{"field": "name", "message": "use lowercase letters, digits, '-', '_' and '.'"}]
-        )
+    _check_name(body.name)
 
     def create() -> dict[str, Any]:
         with Session(state.engine, expire_on_commit=False) as session:
-            if body.owner not in account_names(session, account):
-                owner_exists = session.exec(
-                    select(Account).where(Account.username == body.owner)
-                ).first()
-                if owner_exists is None:
-                    raise not_found(f"Owner {body.owner}")
-                raise ProblemError(
-                    403, f"You cannot create models owned by {body.owner}", title="Forbidden"
-                )
-            taken = session.exec(
-                select(Model).where(Model.owner == body.owner, Model.name == body.name)
-            ).first()
-            if taken is not None:
-                raise ProblemError(
-                    409, f"A model named {body.owner}/{body.name} already exists", title="Conflict"
-                )
+            _check_new_model(session, account, body.owner, body.name)
             model = Model(
                 **body.model_dump(exclude={"hardware"}),
                 hardware=body.hardware or state.settings.default_hardware,
@@ -275,6 +284,88 @@ async def get_version(
     if body is None:
         raise not_found(f"Version {owner}/{name}:{version_id}")
     return body
+
+
+@router.post("/models/{owner}/{name}/versions", status_code=201)
+async def push_version(
+    owner: str,
+    name: str,
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    create: bool = False,
+    visibility: Visibility | None = None,
+    hardware: str | None = None,
+    description: str | None = None,
+) -> Response:
+    """Push a Cog model directory (a .tar.gz/.tar/.zip body) as a new version.
+
+    ``create=true`` creates the model (with ``visibility``, ``hardware``, ``description``)
+    together with its first version. The version id is the content hash, so pushing the same
+    files again answers the existing version (200). With ``Accept: application/x-ndjson``
+    the build streams progress lines, then the version or the problem.
+    """
+    settings = state.settings
+    _check_hardware(state, hardware)
+
+    def target() -> Model:
+        with Session(state.engine, expire_on_commit=False) as session:
+            if find_model(session, account, owner, name) is not None or not create:
+                return _own_model(session, account, owner, name)
+            _check_name(name)
+            _check_new_model(session, account, owner, name)
+            return Model(
+                owner=owner,
+                name=name,
+                visibility=visibility or "public",
+                hardware=hardware or settings.default_hardware,
+                description=description,
+            )
+
+    model = await asyncio.to_thread(target)
+    work = await asyncio.to_thread(push.work_dir, settings.data_dir)
+    try:
+        archive = work / "upload"
+        await push.receive_archive(request, archive, settings.max_push_bytes)
+        root = await asyncio.to_thread(push.unpack, archive, work, settings.max_push_bytes)
+        await asyncio.to_thread(archive.unlink)
+        # cog.yaml is cheap to check: refuse a bad one before any build starts.
+        await asyncio.to_thread(load_cog_config, root)
+    except BaseException as err:
+        await asyncio.to_thread(shutil.rmtree, work, True)
+        if isinstance(err, CogConfigError):
+            raise push.build_problem(err) or err from err
+        raise
+
+    started = utcnow()
+    task, lines = push.start_build(
+        lambda progress: create_version(settings, state.engine, model, root, progress), work
+    )
+    finish = _push_outcome(model, started)
+    if push.NDJSON in request.headers.get("accept", ""):
+        events = push.ndjson_events(task, lines, finish)
+        return StreamingResponse(events, media_type=push.NDJSON)
+    try:
+        version = await asyncio.shield(task)
+    except Exception as err:
+        problem = push.build_problem(err)
+        if problem is None:
+            raise
+        raise problem from err
+    outcome = finish(version)
+    return JSONResponse(outcome["version"], status_code=outcome["status"])
+
+
+def _push_outcome(model: Model, started: datetime) -> Callable[[Version], dict[str, Any]]:
+    def finish(version: Version) -> dict[str, Any]:
+        created = version.created_at >= started
+        if created:
+            log.info(
+                "event=version_pushed model=%s/%s version=%s", model.owner, model.name, version.id
+            )
+        return {"status": 201 if created else 200, "version": version_json(version)}
+
+    return finish
 
 
 @router.delete("/models/{owner}/{name}/versions/{version_id}", status_code=202)
