@@ -49,6 +49,9 @@ class PredictionRequest(BaseModel):
     heartbeat_timeout: float = 30.0
     # Task queue of the hardware; defaults to the SKU's queue.
     task_queue: str | None = None
+    # Webhooks: seconds the `completed` event is retried until a 2xx; seconds per delivery.
+    webhook_retry_period: float = 3600.0
+    webhook_timeout: float = 10.0
 
 
 class RunOutcome(BaseModel):
@@ -73,6 +76,21 @@ class PredictionRef(BaseModel):
     """A prediction by id (retention, lookups)."""
 
     id: str
+
+
+class WebhookDelivery(BaseModel):
+    """Input of ``send_webhook``: one event of a prediction, to the prediction's webhook."""
+
+    prediction_id: str
+    event: WebhookEvent
+    sequence: int = 0  # tells apart events of one kind; the same for retries of one event
+    timeout: float = 10.0
+
+
+class WebhookResult(BaseModel):
+    """What the receiver answered (kept in the workflow's history)."""
+
+    status_code: int
 
 
 class WaitResult(BaseModel):
