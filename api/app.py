@@ -6,10 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import health, models, predictions
+from api.ratelimit import RateLimiter, rate_limit
+from api.routes import account, health, models, predictions, sharing
 from api.state import AppState
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
@@ -26,12 +27,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         engine.dispose()
 
-    app = FastAPI(title="Replicant", version="0.1.0", lifespan=lifespan)
+    # Every route counts against its caller's rate limit (api/ratelimit.py).
+    app = FastAPI(
+        title="Replicant",
+        version="0.1.0",
+        lifespan=lifespan,
+        dependencies=[Depends(rate_limit)],
+    )
     app.state.replicant = AppState(settings=settings, engine=engine)
+    app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(models.router)
+    app.include_router(account.router)
+    app.include_router(sharing.router)
     logging.getLogger("replicant").setLevel(settings.log_level)
     return app
 

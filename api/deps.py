@@ -41,16 +41,30 @@ def _account_for(state: AppState, token: str) -> Account | None:
         return session.exec(stmt).first()
 
 
+async def token_account(request: Request, state: AppState) -> Account | None:
+    """The account of the request's token, None without a valid one.
+
+    Looked up in the database once per request (the rate limiter and the route share the
+    answer), never cached across requests: a revoked token fails on its next request.
+    """
+    if hasattr(request.state, "token_account"):
+        cached: Account | None = request.state.token_account
+        return cached
+    token = _token_from(request)
+    account = None if token is None else await asyncio.to_thread(_account_for, state, token)
+    request.state.token_account = account
+    return account
+
+
 async def current_account(request: Request, state: StateDep) -> Account:
     """The account of the request's API token; 401 otherwise."""
-    token = _token_from(request)
-    if token is None:
+    if _token_from(request) is None:
         raise ProblemError(
             401,
             "You did not pass an authentication token",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    account = await asyncio.to_thread(_account_for, state, token)
+    account = await token_account(request, state)
     if account is None:
         raise ProblemError(
             401,

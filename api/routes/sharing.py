@@ -1,0 +1,134 @@
+"""Sharing a prediction: its owner makes it public at ``urls.web`` (``/p/{id}``) and back.
+
+The public view holds what Replicate's shared page shows (input, output, status, times) and
+never the webhook URL or the logs; unsharing takes it down on the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from api.deps import CurrentAccount, StateDep
+from api.errors import not_found
+from api.launch import base_url
+from api.state import AppState
+from replicant.serialize import prediction_json
+from replicant.tables import Account, Prediction
+from replicant.timeutil import isoformat
+
+router = APIRouter(tags=["sharing"])
+
+# Shared pages change the moment the owner unshares: no cache may keep them.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _set_shared(state: AppState, account: Account, prediction_id: str, shared: bool) -> Prediction:
+    """Flip ``shared`` on the caller's own prediction; 404 for anyone else's."""
+    stmt = (
+        update(Prediction)
+        .where(col(Prediction.id) == prediction_id)
+        .where(col(Prediction.owner) == account.username)
+        .values(shared=shared)
+    )
+    with state.engine.begin() as conn:
+        changed = conn.execute(stmt).rowcount
+    with Session(state.engine) as session:
+        row = session.get(Prediction, prediction_id)
+    if not changed or row is None:
+        raise not_found(f"Prediction {prediction_id}")
+    return row
+
+
+@router.post("/v1/predictions/{prediction_id}/share")
+async def share_prediction(
+    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    """Make the prediction readable by anyone at its ``urls.web`` address."""
+    row = await asyncio.to_thread(_set_shared, state, account, prediction_id, True)
+    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+
+
+@router.post("/v1/predictions/{prediction_id}/unshare")
+async def unshare_prediction(
+    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    """Make the prediction private again; its public page answers 404 from now on."""
+    row = await asyncio.to_thread(_set_shared, state, account, prediction_id, False)
+    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+
+
+def public_view(row: Prediction, base: str) -> dict[str, Any]:
+    """What a shared prediction shows to anyone: no logs, no webhook, no owner's secrets."""
+    body: dict[str, Any] = {
+        "id": row.id,
+        "model": row.model,
+        "version": row.version,
+        "status": row.status,
+        "input": row.input if row.input is not None else {},
+        "output": row.output,
+        "error": row.error,
+        "data_removed": row.data_removed,
+        "created_at": isoformat(row.created_at),
+        "started_at": isoformat(row.started_at),
+        "completed_at": isoformat(row.completed_at),
+        "urls": {"web": f"{base}/p/{row.id}"},
+    }
+    if row.metrics is not None and "predict_time" in row.metrics:
+        body["metrics"] = {"predict_time": row.metrics["predict_time"]}
+    return body
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
+
+
+def _html_page(view: dict[str, Any]) -> str:
+    def block(value: Any) -> str:
+        return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
+
+    times = "".join(
+        f"<dt>{label}</dt><dd>{html.escape(view[key] or '-')}</dd>"
+        for label, key in (
+            ("Created", "created_at"),
+            ("Started", "started_at"),
+            ("Completed", "completed_at"),
+        )
+    )
+    error = f"<h2>Error</h2>{block(view['error'])}" if view["error"] else ""
+    title = html.escape(f"{view['model']} · {view['id']}")
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{title}</title></head><body>"
+        f"<h1>{html.escape(view['model'])}</h1>"
+        f"<p>Prediction <code>{html.escape(view['id'])}</code>: "
+        f"<strong>{html.escape(view['status'])}</strong></p>"
+        f"<dl>{times}</dl><h2>Input</h2>{block(view['input'])}"
+        f"<h2>Output</h2>{block(view['output'])}{error}</body></html>"
+    )
+
+
+@router.get("/p/{prediction_id}", response_model=None)
+async def shared_prediction(prediction_id: str, request: Request, state: StateDep) -> Response:
+    """The public page of a shared prediction: JSON, or HTML when the client asks for it."""
+
+    def load() -> Prediction | None:
+        with Session(state.engine) as session:
+            return session.get(Prediction, prediction_id)
+
+    row = await asyncio.to_thread(load)
+    if row is None or not row.shared:
+        raise not_found(f"Prediction {prediction_id}")
+    view = public_view(row, base_url(request, state))
+    if _wants_html(request):
+        headers = {**NO_STORE, "Content-Security-Policy": "default-src 'none'"}
+        return HTMLResponse(_html_page(view), headers=headers)
+    return JSONResponse(view, headers=NO_STORE)
