@@ -195,3 +195,24 @@ class DeploymentInstance(SQLModel, table=True):
     status: str = "booting"  # booting, ready, draining
     created_at: datetime = created_field()
     ready_at: datetime | None = time_field()
+
+
+class StoredFile(SQLModel, table=True):
+    """A file uploaded through the Files API; its bytes live in the object store."""
+
+    __table_args__ = (Index("ix_storedfile_owner_created", "owner", "created_at", "id"),)
+
+    id: str = Field(primary_key=True)
+    owner: str = Field(index=True)  # the account that uploaded it
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    etag: str
+    # "metadata" is reserved by SQLAlchemy's declarative base: the column keeps the name.
+    user_metadata: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    object_key: str
+    created_at: datetime = created_field()
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
