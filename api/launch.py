@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -84,8 +85,13 @@ async def launch_prediction(
     deployment: str | None = None,
     hardware: str | None = None,
     task_queue: str | None = None,
+    on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> JSONResponse:
-    """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal)."""
+    """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
+
+    ``on_started`` runs once the prediction is recorded and its workflow started, before any
+    wait (a deployment wakes its controller there).
+    """
     settings = state.settings
     wait = parse_prefer(prefer, settings.max_wait)
     errors = validate_input(version.openapi_schema, payload)
@@ -117,6 +123,8 @@ async def launch_prediction(
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id)
         raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+    if on_started is not None:
+        await on_started()
     if update is not None and wait is not None:
         # When the wait is over, answer with the prediction as it is now.
         with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
