@@ -81,6 +81,10 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "hardware": {"cpu": 2, "gpu-t4": 1},
         "max_warm_runners": 6,
+        # Tests poll hard from one account; test_ratelimits.py checks the limits on apps of
+        # their own, so the shared stack must not throttle the rest of the suite.
+        "rate_limit_create": "100000/minute",
+        "rate_limit_default": "100000/minute",
     }
     values.update(overrides)
     return Settings(**values)
