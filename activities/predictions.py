@@ -18,18 +18,23 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
-from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
+from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
 from replicant.tables import Version
-from replicant.versions import version_python
 from replicant.timeutil import utcnow
+from replicant.versions import version_python
+from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 log = logging.getLogger("replicant.activities")
 
-# Live logs and output reach the read model at most this often.
+# Live logs and output reach the read model at most this often (streams: time to first
+# token matters, and SSE clients read the read model).
 PROGRESS_INTERVAL = 0.5
+STREAM_PROGRESS_INTERVAL = 0.1
+# Seconds a finished run waits for its pending live webhook events.
+LIVE_WEBHOOK_GRACE = 6.0
 HEARTBEAT_INTERVAL = 1.0
 
 
@@ -50,9 +55,15 @@ def runner_spec(version: Version) -> RunnerSpec:
 class PredictionActivities:
     """The activities, bound to one database and one pool of model processes."""
 
-    def __init__(self, engine: Engine, pool: RunnerPool | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        pool: RunnerPool | None = None,
+        webhooks: WebhookActivities | None = None,
+    ) -> None:
         self.engine = engine
         self.pool = pool
+        self.webhooks = webhooks
 
     @activity.defn(name="record_prediction")
     async def record_prediction(self, req: PredictionRequest) -> None:
@@ -92,7 +103,8 @@ class PredictionActivities:
         if self.pool is None:
             raise RuntimeError("this worker has no model runners")
         version = await asyncio.to_thread(self._version, req.version)
-        run = _Run(self.engine, req)
+        hooks = await self.webhooks.live(req) if req.webhook and self.webhooks else None
+        run = _Run(self.engine, req, hooks)
         heartbeats = asyncio.create_task(_heartbeat_forever())
         try:
             async with asyncio.timeout(None) as deadline:
@@ -131,9 +143,13 @@ async def _heartbeat_forever() -> None:
 class _Run:
     """State of one attempt of the run activity: throttled progress writes."""
 
-    def __init__(self, engine: Engine, req: PredictionRequest) -> None:
+    def __init__(
+        self, engine: Engine, req: PredictionRequest, hooks: LiveWebhooks | None = None
+    ) -> None:
         self.engine = engine
         self.req = req
+        self.hooks = hooks
+        self.interval = STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL
         self.started_at: datetime | None = None
         self.deadline: asyncio.Timeout | None = None
         self._last_write = 0.0
@@ -148,10 +164,14 @@ class _Run:
         await asyncio.to_thread(
             readmodel.mark_processing, self.engine, self.req.id, self.started_at
         )
+        if self.hooks is not None:
+            self.hooks.started(self.started_at)
 
     async def on_update(self, state: CogPrediction) -> None:
+        if self.hooks is not None:
+            self.hooks.progress(state.logs, state.output)
         self._pending = state
-        wait = PROGRESS_INTERVAL - (time.monotonic() - self._last_write)
+        wait = self.interval - (time.monotonic() - self._last_write)
         if wait <= 0:
             await self._write()
         elif self._flush is None or self._flush.done():
@@ -194,6 +214,12 @@ class _Run:
             logs=logs,
             started_at=self.started_at,
         )
+        if self.hooks is not None:
+            # `completed` (a workflow step after this) must come after the live events.
+            if status == "canceled":
+                self.hooks.abort()
+            else:
+                await self.hooks.close(LIVE_WEBHOOK_GRACE)
         return RunOutcome(
             status=status, error=error, started_at=self.started_at, completed_at=completed_at
         )

@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.predictions import PredictionActivities
+from activities.webhooks import WebhookActivities
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings
 from replicant.temporal import connect
@@ -34,7 +35,8 @@ def build_workers(
     hardware: list[str] | None = None,
 ) -> list[Worker]:
     """The Temporal workers of one process: orchestration plus the given hardware queues."""
-    acts = PredictionActivities(engine, pool)
+    webhooks = WebhookActivities(engine, settings)
+    acts = PredictionActivities(engine, pool, webhooks)
     workers: list[Worker] = []
     if orchestration:
         workers.append(
@@ -46,6 +48,7 @@ def build_workers(
                     acts.record_prediction,
                     acts.finish_prediction,
                     acts.remove_prediction_data,
+                    webhooks.send_webhook,
                 ],
             )
         )

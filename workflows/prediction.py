@@ -27,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         RunOutcome,
         Status,
         WaitResult,
+        WebhookDelivery,
+        WebhookResult,
     )
 
 MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
@@ -40,6 +42,14 @@ RUN_ATTEMPTS = 3
 # Time allowed to boot a model process on top of the prediction timeout.
 BOOT_ALLOWANCE = timedelta(minutes=10)
 LOCAL = timedelta(seconds=30)
+# Backoff of the `completed` webhook: 1 s, doubling, at most 2 minutes apart.
+WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
+WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
+
+
+def wants_completed(req: PredictionRequest) -> bool:
+    events = req.webhook_events_filter
+    return bool(req.webhook) and (events is None or "completed" in events)
 
 
 def search_attributes(req: PredictionRequest, status: Status = "starting") -> TypedSearchAttributes:
@@ -77,6 +87,10 @@ class PredictionWorkflow:
         outcome = await self._run_model(req)
         self._status, self._terminal = outcome.status, True
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        # The `completed` webhook is retried while the retention timer runs.
+        notify: asyncio.Task[None] | None = None
+        if wants_completed(req) and workflow.patched("completed-webhook"):
+            notify = asyncio.create_task(self._notify_completed(req))
         if req.source == "api" and req.retention >= 0:
             await workflow.sleep(timedelta(seconds=req.retention))
             await workflow.execute_activity(
@@ -84,7 +98,36 @@ class PredictionWorkflow:
                 PredictionRef(id=req.id),
                 start_to_close_timeout=timedelta(minutes=5),
             )
+        if notify is not None:
+            await notify
         return outcome
+
+    async def _notify_completed(self, req: PredictionRequest) -> None:
+        """Deliver `completed` until a 2xx or the retry period is over; one activity per
+        attempt, so each attempt and the receiver's answer are in the history."""
+        deadline = workflow.now() + timedelta(seconds=req.webhook_retry_period)
+        delay = WEBHOOK_FIRST_RETRY
+        delivery = WebhookDelivery(
+            prediction_id=req.id, event="completed", timeout=req.webhook_timeout
+        )
+        while True:
+            try:
+                await workflow.execute_activity(
+                    "send_webhook",
+                    delivery,
+                    result_type=WebhookResult,
+                    start_to_close_timeout=timedelta(seconds=req.webhook_timeout) + LOCAL,
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                )
+                return
+            except ActivityError as err:
+                if isinstance(err.cause, ApplicationError) and err.cause.non_retryable:
+                    return
+            if workflow.now() + delay > deadline:
+                workflow.logger.warning("webhook retry period over for %s", req.id)
+                return
+            await workflow.sleep(delay)
+            delay = min(delay * 2, WEBHOOK_MAX_BACKOFF)
 
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         if self._cancel_requested:

@@ -1,0 +1,265 @@
+"""Webhook activities: the durable ``completed`` delivery and best-effort live events.
+
+``send_webhook`` is one attempt of one event; ``PredictionWorkflow`` schedules it and retries
+it with backoff, so every attempt and the receiver's answer are in the workflow's history.
+``LiveWebhooks`` sends ``start``, ``output`` and ``logs`` from inside the run activity, in
+order, at most one per event type each 500 ms, the latest state always last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from replicant.contracts import PredictionRequest, WebhookDelivery, WebhookResult
+from replicant.serialize import prediction_json
+from replicant.settings import Settings
+from replicant.tables import Prediction
+from replicant.webhooks import (
+    DeliveryFailed,
+    account_webhook_secret,
+    deliver,
+    http_client,
+    webhook_id,
+)
+
+log = logging.getLogger("replicant.webhooks")
+
+ALL_EVENTS = ("start", "output", "logs", "completed")
+LIVE_EVENTS = ("start", "output", "logs")
+# Replicate's documented throttle of `output` and `logs` events.
+THROTTLE = 0.5
+LIVE_ATTEMPTS = 2
+LIVE_TIMEOUT = 5.0
+
+
+def wanted_events(filter: Sequence[str] | None) -> set[str]:
+    """The events a prediction's webhook receives (all when no filter was given)."""
+    return set(ALL_EVENTS if filter is None else filter)
+
+
+class WebhookActivities:
+    """``send_webhook``, and the factory of ``LiveWebhooks`` for the run activity."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = http_client()
+        return self._client
+
+    def render(self, row: Prediction) -> dict[str, Any]:
+        return prediction_json(
+            row, self.settings.resolved_public_url, secret_key=self.settings.ensure_secret_key()
+        )
+
+    def _load(self, prediction_id: str) -> tuple[Prediction, str] | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            row = session.get(Prediction, prediction_id)
+        if row is None or not row.webhook:
+            return None
+        return row, account_webhook_secret(self.engine, row.owner)
+
+    @activity.defn(name="send_webhook")
+    async def send_webhook(self, d: WebhookDelivery) -> WebhookResult:
+        """POST the prediction as it is now; the failure message carries the answer."""
+        found = await asyncio.to_thread(self._load, d.prediction_id)
+        if found is None:
+            raise ApplicationError(
+                f"prediction {d.prediction_id} has no webhook", type="NoWebhook", non_retryable=True
+            )
+        row, secret = found
+        assert row.webhook is not None
+        msg_id = webhook_id(d.prediction_id, d.event, d.sequence)
+        try:
+            status = await deliver(
+                self.client,
+                row.webhook,
+                secret=secret,
+                msg_id=msg_id,
+                body=self.render(row),
+                time_limit=d.timeout,
+                allow_private=self.settings.allow_private_urls,
+            )
+        except DeliveryFailed as err:
+            log.info(
+                "event=webhook_failed prediction=%s webhook_event=%s status=%s",
+                d.prediction_id,
+                d.event,
+                err.status,
+            )
+            raise ApplicationError(
+                str(err),
+                {"status_code": err.status},
+                type="WebhookRefused" if err.permanent else "WebhookFailed",
+                non_retryable=err.permanent,
+            ) from None
+        log.info(
+            "event=webhook_delivered prediction=%s webhook_event=%s status=%d",
+            d.prediction_id,
+            d.event,
+            status,
+        )
+        return WebhookResult(status_code=status)
+
+    async def live(self, req: PredictionRequest) -> LiveWebhooks | None:
+        """Live events of a run, or None when its webhook wants none (the common case)."""
+        if not req.webhook:
+            return None
+        events = wanted_events(req.webhook_events_filter) & set(LIVE_EVENTS)
+        if not events:
+            return None
+        found = await asyncio.to_thread(self._load, req.id)
+        if found is None:
+            return None
+        row, secret = found
+        assert row.webhook is not None
+
+        async def send(event: str, sequence: int, body: dict[str, Any]) -> None:
+            msg_id = webhook_id(req.id, event, sequence)
+            for attempt in range(1, LIVE_ATTEMPTS + 1):
+                try:
+                    status = await deliver(
+                        self.client,
+                        row.webhook or "",
+                        secret=secret,
+                        msg_id=msg_id,
+                        body=body,
+                        time_limit=min(LIVE_TIMEOUT, req.webhook_timeout),
+                        allow_private=self.settings.allow_private_urls,
+                    )
+                except DeliveryFailed as err:
+                    log.info(
+                        "event=webhook_failed prediction=%s webhook_event=%s attempt=%d status=%s",
+                        req.id,
+                        event,
+                        attempt,
+                        err.status,
+                    )
+                    if err.permanent:
+                        return
+                    continue
+                log.info(
+                    "event=webhook_delivered prediction=%s webhook_event=%s status=%d",
+                    req.id,
+                    event,
+                    status,
+                )
+                return
+
+        return LiveWebhooks(row, events, send, self.render)
+
+
+class LiveWebhooks:
+    """Best-effort ``start``/``output``/``logs`` events of one run, sent in order.
+
+    The body is rendered at send time from the latest state, so a throttled event still
+    carries the newest output and logs, and the last state is always delivered.
+    """
+
+    def __init__(
+        self,
+        row: Prediction,
+        events: set[str],
+        send: Callable[[str, int, dict[str, Any]], Any],
+        render: Callable[[Prediction], dict[str, Any]],
+    ) -> None:
+        self.row = row
+        self.events = events
+        self._send = send
+        self._render = render
+        self._pending: set[str] = set()
+        self._sent_at: dict[str, float] = {}
+        self._sequence: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def started(self, started_at: Any) -> None:
+        self.row.status = "processing"
+        self.row.started_at = started_at
+        self._notify("start")
+
+    def progress(self, logs: str, output: Any) -> None:
+        if output != self.row.output:
+            self.row.output = output
+            self._notify("output")
+        if logs != self.row.logs:
+            self.row.logs = logs
+            self._notify("logs")
+
+    def _notify(self, event: str) -> None:
+        if event not in self.events or self._closing:
+            return
+        self._pending.add(event)
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            now = time.monotonic()
+            due = [
+                e
+                for e in LIVE_EVENTS
+                if e in self._pending
+                and (e == "start" or now - self._sent_at.get(e, -THROTTLE) >= THROTTLE)
+            ]
+            if not due:
+                wait = min(
+                    THROTTLE - (now - self._sent_at[e]) for e in self._pending if e != "start"
+                )
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        await self._wake.wait()
+                continue
+            # `start` goes alone and first; one delivery (the whole prediction) serves both
+            # `output` and `logs` when both are due.
+            batch = ["start"] if "start" in due else due
+            event = batch[0]
+            for e in batch:
+                self._pending.discard(e)
+                self._sent_at[e] = time.monotonic()
+            sequence = self._sequence.get(event, 0)
+            self._sequence[event] = sequence + 1
+            await self._send(event, sequence, self._render(self.row))
+
+    async def close(self, grace: float) -> None:
+        """Deliver what is pending (within ``grace`` seconds), then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            log.info("event=webhook_live_abandoned prediction=%s", self.row.id)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
