@@ -9,10 +9,12 @@ the build streams one JSON object per line (``log`` lines, then one ``version`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ log = logging.getLogger("replicant.api")
 
 NDJSON = "application/x-ndjson"
 MULTIPART_OVERHEAD = 64 * 1024
+# Longer than any build (pip alone may take an hour): older scratch dirs are leftovers.
+STALE_AFTER = 24 * 3600.0
 # Builds outlive a disconnected pusher (they clean up after themselves): keep them referenced.
 _builds: set[asyncio.Task[Any]] = set()
 
@@ -143,9 +147,19 @@ def unpack(archive: Path, work: Path, limit: int) -> Path:
 
 
 def work_dir(data_dir: Path) -> Path:
-    """A private scratch directory for one push, on the same disk as the versions."""
+    """A private scratch directory for one push, on the same disk as the versions.
+
+    Scratch and staging directories left by a process that died mid-push are swept here,
+    once they are older than any build can take.
+    """
     uploads = data_dir.resolve() / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
+    stale = time.time() - STALE_AFTER
+    leftovers = [*uploads.glob("push-*"), *(data_dir.resolve() / "versions").glob(".staging-*")]
+    for path in leftovers:
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < stale:
+                shutil.rmtree(path, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=uploads, prefix="push-"))
 
 

@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
@@ -126,6 +127,68 @@ def seed() -> None:
     init_db(engine)
     for version in seed_builtin_models(settings, engine):
         console.print(version.id)
+
+
+@app.command()
+def push(
+    directory: Annotated[
+        Path, typer.Argument(help="The Cog model directory (with cog.yaml).", file_okay=False)
+    ],
+    model: Annotated[str, typer.Argument(help="owner/name of the model to push to.")],
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the model if it does not exist.")
+    ] = False,
+    private: Annotated[bool, typer.Option("--private", help="Create it private.")] = False,
+    hardware: Annotated[
+        str | None, typer.Option("--hardware", help="Create it on this hardware SKU.")
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="Create it with this description.")
+    ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option("--url", envvar="REPLICATE_BASE_URL", help="The API (default: settings)."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token", envvar="REPLICATE_API_TOKEN", help="API token (default: settings)."
+        ),
+    ] = None,
+) -> None:
+    """Push a Cog model directory as a new version of owner/name."""
+    import httpx
+
+    from replicant.pushing import PushError, PushOptions, push_model
+
+    settings = get_settings()
+    token = token or settings.api_token
+    token_file = settings.data_dir / "api-token"
+    if not token and token_file.is_file():
+        token = token_file.read_text().strip()
+    if not token:
+        console.print("[red]No API token: pass --token or set REPLICATE_API_TOKEN[/red]")
+        raise typer.Exit(2)
+    options = PushOptions(
+        create=create, private=private, hardware=hardware, description=description
+    )
+    try:
+        version = push_model(
+            directory,
+            model,
+            url=url or settings.resolved_public_url,
+            token=token,
+            options=options,
+            console=console,
+        )
+    except PushError as err:
+        console.print(f"[red]Push failed[/red]: {err}", highlight=False)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as err:
+        console.print(f"[red]Push failed[/red]: {type(err).__name__}: {err}", highlight=False)
+        raise typer.Exit(1) from None
+    verb = "Pushed" if version.get("_created", True) else "Already pushed"
+    console.print(f"{verb} [bold]{model}:{version['id']}[/bold]", highlight=False)
 
 
 @accounts_app.command("create")
