@@ -15,7 +15,8 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from sqlmodel import Session
+from sqlalchemy import update
+from sqlmodel import Session, col
 from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowUpdateHandle,
@@ -116,12 +117,12 @@ async def launch_prediction(
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,
     )
-    await asyncio.to_thread(readmodel.insert_prediction, state.engine, req)
+    await asyncio.to_thread(_record, state, req, model)
     try:
         update = await _start(state, req, wait)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
-        await asyncio.to_thread(_discard, state, req.id)
+        await asyncio.to_thread(_discard, state, req.id, model)
         raise ProblemError(503, "The prediction could not be scheduled; try again") from err
     if on_started is not None:
         await on_started()
@@ -167,9 +168,24 @@ def _load(state: AppState, prediction_id: str) -> Prediction:
     return row
 
 
-def _discard(state: AppState, prediction_id: str) -> None:
+def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
+    """The prediction's row, and one more run on its model's ``run_count``."""
+    readmodel.insert_prediction(state.engine, req)
+    _count_run(state, model, 1)
+
+
+def _count_run(state: AppState, model: Model, delta: int) -> None:
+    with Session(state.engine) as session:
+        # One UPDATE, so concurrent predictions never lose a count.
+        count = col(Model.run_count) + delta
+        session.exec(update(Model).where(col(Model.id) == model.id).values(run_count=count))
+        session.commit()
+
+
+def _discard(state: AppState, prediction_id: str, model: Model) -> None:
     with Session(state.engine) as session:
         row = session.get(Prediction, prediction_id)
         if row is not None:
             session.delete(row)
             session.commit()
+    _count_run(state, model, -1)
