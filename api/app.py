@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
 from api.ratelimit import RateLimiter, rate_limit
-from api.routes import account, health, models, predictions, sharing
+from api.routes import account, health, models, predictions, sharing, streams, webhooks
 from api.state import AppState
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(predictions.router)
+    app.include_router(streams.router)
+    app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(account.router)
     app.include_router(sharing.router)

@@ -31,6 +31,7 @@ from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.ids import new_id
+from replicant.netguard import BlockedURL, check_url_syntax, is_public_address
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.validation import validate_input
@@ -58,6 +59,25 @@ def parse_prefer(value: str | None, max_wait: int) -> int | None:
             [{"field": "Prefer", "message": f"wait must be between 1 and {max_wait} seconds"}]
         )
     return seconds
+
+
+def check_webhook(url: str, allow_private: bool) -> None:
+    """422 unless ``url`` is an http(s) URL Replicant may call (names resolve at delivery)."""
+    try:
+        host = check_url_syntax(url)
+        if not allow_private and _private_literal(host):
+            raise BlockedURL("must not point at a private or reserved address")
+    except BlockedURL as err:
+        raise invalid([{"field": "webhook", "message": str(err)}]) from None
+
+
+def _private_literal(host: str) -> bool:
+    if host.lower().rstrip(".") in ("localhost", "localhost6"):
+        return True
+    try:
+        return not is_public_address(host)
+    except ValueError:  # a name, not an address
+        return False
 
 
 def is_streaming(version: Version) -> bool:
@@ -98,6 +118,8 @@ async def launch_prediction(
     errors = validate_input(version.openapi_schema, payload)
     if errors:
         raise invalid([e.model_dump() for e in errors])
+    if webhook is not None:
+        check_webhook(webhook, settings.allow_private_urls)
     req = PredictionRequest(
         id=new_id(),
         owner=account.username,
@@ -116,6 +138,8 @@ async def launch_prediction(
         timeout=settings.prediction_timeout,
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,
+        webhook_retry_period=settings.webhook_retry_period,
+        webhook_timeout=settings.webhook_timeout,
     )
     await asyncio.to_thread(_record, state, req, model)
     try:

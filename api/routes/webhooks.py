@@ -1,0 +1,19 @@
+"""The account's webhook signing secret."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from api.deps import CurrentAccount, StateDep
+from replicant.webhooks import account_webhook_secret
+
+router = APIRouter(prefix="/v1", tags=["webhooks"])
+
+
+@router.get("/webhooks/default/secret")
+async def default_webhook_secret(state: StateDep, account: CurrentAccount) -> dict[str, str]:
+    """The key that signs every webhook of the account (Standard Webhooks, ``whsec_...``)."""
+    key = await asyncio.to_thread(account_webhook_secret, state.engine, account.username)
+    return {"key": key}
