@@ -26,6 +26,9 @@ from tests.conformance import conformance_hook
 RETENTION = 20.0
 TIMEOUT = 8.0
 HEARTBEAT_TIMEOUT = 3.0
+WEBHOOK_RETRY_PERIOD = 60.0
+WEBHOOK_TIMEOUT = 2.0
+STREAM_KEEPALIVE = 1.0
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 
 
@@ -85,6 +88,11 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         # their own, so the shared stack must not throttle the rest of the suite.
         "rate_limit_create": "100000/minute",
         "rate_limit_default": "100000/minute",
+        # Webhook receivers and URLs served by the tests listen on 127.0.0.1.
+        "allow_private_urls": True,
+        "webhook_retry_period": WEBHOOK_RETRY_PERIOD,
+        "webhook_timeout": WEBHOOK_TIMEOUT,
+        "stream_keepalive": STREAM_KEEPALIVE,
     }
     values.update(overrides)
     return Settings(**values)
