@@ -25,7 +25,7 @@ from api.serialize import model_json, version_json
 from api.state import AppState
 from replicant.catalog import account_names, find_model
 from replicant.cogmodel import CogConfigError, load_cog_config
-from replicant.tables import Account, Model, Prediction, Version
+from replicant.tables import Account, Deployment, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.versions import create_version
 
@@ -421,8 +421,5 @@ async def delete_version(
 
 
 def _used_by_deployment(session: Session, version_id: str) -> bool:
-    """Deployments arrive with their own table; until then nothing uses a version."""
-    table = Model.metadata.tables.get("deployment")
-    if table is None:
-        return False
-    return bool(session.exec(select(exists().where(table.c.version == version_id))).one())
+    """A deployment's current release runs this version."""
+    return bool(session.exec(select(exists().where(col(Deployment.version) == version_id))).one())
