@@ -27,6 +27,8 @@ tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 orgs_app = typer.Typer(help="Manage organizations and their members.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
+db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 
 
@@ -158,6 +160,7 @@ def push(
 ) -> None:
     """Push a Cog model directory as a new version of owner/name."""
     import httpx
+    from rich.markup import escape
 
     from replicant.pushing import PushError, PushOptions, push_model
 
@@ -181,14 +184,12 @@ def push(
             options=options,
             console=console,
         )
-    except PushError as err:
-        console.print(f"[red]Push failed[/red]: {err}", highlight=False)
-        raise typer.Exit(1) from None
-    except httpx.HTTPError as err:
-        console.print(f"[red]Push failed[/red]: {type(err).__name__}: {err}", highlight=False)
+    except (PushError, httpx.HTTPError) as err:
+        reason = str(err) if isinstance(err, PushError) else f"{type(err).__name__}: {err}"
+        console.print(f"[red]Push failed[/red]: {escape(reason)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     verb = "Pushed" if version.get("_created", True) else "Already pushed"
-    console.print(f"{verb} [bold]{model}:{version['id']}[/bold]", highlight=False)
+    console.print(f"{verb} [bold]{model}:{version['id']}[/bold]", highlight=False, soft_wrap=True)
 
 
 @accounts_app.command("create")
@@ -281,6 +282,48 @@ def orgs_add_member(org: str, user: str) -> None:
     except AccountError as err:
         _refuse(err)
     print(f"{user} is a member of {org}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="The migration to reach.")] = "head",
+) -> None:
+    """Apply the migrations to REPLICANT_DATABASE_URL (run once per release)."""
+    from replicant.db import current_revision, make_engine, upgrade
+
+    settings = get_settings()
+    _logging(settings)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine, revision)
+    console.print(f"database at {current_revision(engine)}", highlight=False)
+    engine.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the migration the database is at."""
+    from replicant.db import current_revision, head_revision, make_engine
+
+    engine = make_engine(get_settings().resolved_database_url)
+    current = current_revision(engine)
+    head = head_revision()
+    console.print(f"{current} ({'head' if current == head else f'head is {head}'})")
+    engine.dispose()
+
+
+@db_app.command("revision")
+def db_revision(
+    message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")],
+) -> None:
+    """Write a new migration with the changes of replicant/tables.py (database at head)."""
+    from alembic import command
+
+    from replicant.db import alembic_config, make_engine
+
+    engine = make_engine(get_settings().resolved_database_url)
+    with engine.begin() as connection:
+        command.revision(alembic_config(connection), message=message, autogenerate=True)
+    engine.dispose()
 
 
 if __name__ == "__main__":

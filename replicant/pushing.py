@@ -136,7 +136,9 @@ def _follow(response: httpx.Response, console: Console) -> dict[str, Any]:
             kind = event.get("event")
             if kind == "log":
                 message = str(event.get("message", ""))
-                console.print(f"  {message}", style="dim", markup=False, highlight=False)
+                console.print(
+                    f"  {message}", style="dim", markup=False, highlight=False, soft_wrap=True
+                )
                 status.update(f"Building the version: {message[:60]}")
             elif kind == "version":
                 version: dict[str, Any] = event["version"]
