@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel, create_engine
 
 from replicant import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -34,9 +39,66 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Serializes migrations of API and worker processes that start together on one PostgreSQL.
+_MIGRATION_LOCK_KEY = 0x5EB1_1CA7
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration for Replicant's migrations, bound to ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    """The newest migration."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The migration the database is at (None: never migrated)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    # SQLite: a lock file next to the database; PostgreSQL: an advisory lock (see upgrade).
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to ``revision`` (one process at a time)."""
+    with _migration_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+            )
+        current = MigrationContext.configure(connection).get_current_revision()
+        if revision == "head" and current == head_revision():
+            return
+        if current is None and inspect(connection).has_table("account"):
+            # A database made before migrations existed: complete it, then mark it current.
+            SQLModel.metadata.create_all(connection)
+            command.stamp(alembic_config(connection), "head")
+            return
+        command.upgrade(alembic_config(connection), revision)
+
+
 def init_db(engine: Engine) -> None:
-    """Create the tables that do not exist yet."""
-    SQLModel.metadata.create_all(engine)
+    """Bring the tables up to date with the migrations (the same for SQLite and PostgreSQL)."""
+    upgrade(engine)
 
 
 @contextmanager

@@ -1,0 +1,1 @@
+"""Alembic migrations of the read model; ``replicant db upgrade`` and ``init_db`` run them."""
