@@ -23,6 +23,20 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 }
 
 
+class StagedFile(BaseModel):
+    """An input file in the object store: where it sits in ``input`` and under which key."""
+
+    path: list[str | int]  # ["image"], or ["images", 2] inside a list
+    key: str
+    filename: str
+
+
+class StagedInputs(BaseModel):
+    """What ``stage_inputs`` reports: the input files it stored (references, not bytes)."""
+
+    files: list[StagedFile] = Field(default_factory=list)
+
+
 class PredictionRequest(BaseModel):
     """Input of ``PredictionWorkflow``: everything needed to run one prediction.
 
@@ -52,6 +66,8 @@ class PredictionRequest(BaseModel):
     # Webhooks: seconds the `completed` event is retried until a 2xx; seconds per delivery.
     webhook_retry_period: float = 3600.0
     webhook_timeout: float = 10.0
+    # Input files staged in the object store; the run activity hands them over as local paths.
+    staged_files: list[StagedFile] = Field(default_factory=list)
 
 
 class RunOutcome(BaseModel):
