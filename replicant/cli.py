@@ -314,6 +314,9 @@ def db_current() -> None:
 @db_app.command("revision")
 def db_revision(
     message: Annotated[str, typer.Option("-m", "--message", help="What the migration does.")],
+    rev_id: Annotated[
+        str | None, typer.Option("--rev-id", help="Its id (default: a random one).")
+    ] = None,
 ) -> None:
     """Write a new migration with the changes of replicant/tables.py (database at head)."""
     from alembic import command
@@ -322,7 +325,9 @@ def db_revision(
 
     engine = make_engine(get_settings().resolved_database_url)
     with engine.begin() as connection:
-        command.revision(alembic_config(connection), message=message, autogenerate=True)
+        command.revision(
+            alembic_config(connection), message=message, autogenerate=True, rev_id=rev_id
+        )
     engine.dispose()
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: cd438bbf836e
 Revises:
-Create Date: 2026-11-25 12:20:31.965461
+Create Date: 2026-11-25 12:22:13.838200
 """
 
 from collections.abc import Sequence
@@ -151,6 +151,36 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "training",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("owner", sa.String(), nullable=False),
+        sa.Column("model", sa.String(), nullable=False),
+        sa.Column("version", sa.String(), nullable=False),
+        sa.Column("destination", sa.String(), nullable=False),
+        sa.Column("source", sa.String(), nullable=False),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("input", sa.JSON(), nullable=True),
+        sa.Column("output", sa.JSON(), nullable=True),
+        sa.Column("weights_key", sa.String(), nullable=True),
+        sa.Column("logs", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("metrics", sa.JSON(), nullable=True),
+        sa.Column("webhook", sa.String(), nullable=True),
+        sa.Column("webhook_events_filter", sa.JSON(), nullable=True),
+        sa.Column("hardware", sa.String(), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("started_at", sa.DateTime(), nullable=True),
+        sa.Column("completed_at", sa.DateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("training", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_training_owner"), ["owner"], unique=False)
+        batch_op.create_index(
+            "ix_training_owner_created", ["owner", "created_at", "id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_training_version"), ["version"], unique=False)
+
+    op.create_table(
         "apitoken",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("account_id", sa.Integer(), nullable=False),
@@ -251,6 +281,12 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_apitoken_account_id"))
 
     op.drop_table("apitoken")
+    with op.batch_alter_table("training", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_training_version"))
+        batch_op.drop_index("ix_training_owner_created")
+        batch_op.drop_index(batch_op.f("ix_training_owner"))
+
+    op.drop_table("training")
     with op.batch_alter_table("storedfile", schema=None) as batch_op:
         batch_op.drop_index("ix_storedfile_owner_created")
         batch_op.drop_index(batch_op.f("ix_storedfile_owner"))
