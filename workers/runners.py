@@ -33,7 +33,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -47,6 +47,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+# Stores an output file: (prediction id, file name, content type, body) -> its URL.
+UploadSink = Callable[[str, str, str | None, AsyncIterator[bytes]], Awaitable[str]]
 
 # The worker's environment holds the platform's secrets: a model sees only these, plus spec.env.
 PASSTHROUGH_ENV = (
@@ -407,8 +410,10 @@ class RunnerPool:
         *,
         cancel_grace: float = 5.0,
         update_interval: float = 0.25,
+        upload: UploadSink | None = None,
     ) -> None:
         self.max_warm = max_warm
+        self.upload = upload
         self.boot_timeout = boot_timeout
         self.cancel_grace = cancel_grace
         self.update_interval = update_interval
@@ -446,7 +451,10 @@ class RunnerPool:
             sock.bind(("127.0.0.1", 0))
             sock.listen(128)
             app = Starlette(
-                routes=[Route("/{secret}/{prediction_id}", self._on_webhook, methods=["POST"])]
+                routes=[
+                    Route("/{secret}/{prediction_id}", self._on_webhook, methods=["POST"]),
+                    Route("/{secret}/upload/{filename:path}", self._on_upload, methods=["PUT"]),
+                ]
             )
             config = uvicorn.Config(
                 app,
@@ -808,7 +816,7 @@ class RunnerPool:
         self._spawned = {r for r in self._spawned if not r.exited}
         for attempt in range(3):
             port = _free_port()
-            runner = _Runner(spec, port, self.log)
+            runner = _Runner(self._with_upload(spec), port, self.log)
             try:
                 env = self._child_env(spec, port)
                 await runner.spawn(env)
@@ -933,5 +941,39 @@ class RunnerPool:
         # 200 for late deliveries too, so coglet does not retry them.
         return Response(status_code=200)
 
+    # -- output files ----------------------------------------------------------------------
 
-__all__ = ["BootError", "CogPrediction", "RunnerPool", "RunnerSpec"]
+    def _with_upload(self, spec: RunnerSpec) -> RunnerSpec:
+        """Point coglet's uploads of a prediction's output files at this pool's sink."""
+        if self.upload is None or spec.upload_url is not None or spec.mode != "predict":
+            return spec
+        return spec.model_copy(update={"upload_url": f"{self._hook_base}upload/"})
+
+    async def _on_upload(self, request: Request) -> Response:
+        """coglet PUTs each output file here (``--upload-url``); the sink stores it and its URL
+        goes back in ``Location``, which coglet puts in the output instead of a data URI."""
+        if self.upload is None or not secrets.compare_digest(
+            request.path_params["secret"], self._secret
+        ):
+            return Response(status_code=404)
+        prediction_id = request.headers.get("x-prediction-id", "")
+        if prediction_id not in self._runs:
+            return Response(status_code=404)
+        try:
+            url = await self.upload(
+                prediction_id,
+                request.path_params["filename"],
+                request.headers.get("content-type"),
+                request.stream(),
+            )
+        except Exception as err:
+            self.log.warning(
+                "event=output_upload_failed prediction=%s type=%s",
+                prediction_id,
+                type(err).__name__,
+            )
+            return Response(status_code=500)
+        return Response(status_code=201, headers={"Location": url})
+
+
+__all__ = ["BootError", "CogPrediction", "RunnerPool", "RunnerSpec", "UploadSink"]
