@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import httpx
 from temporalio.client import Client
@@ -113,7 +114,27 @@ async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
     live.stack.stop("worker", sig=signal.SIGKILL)
     await asyncio.sleep(HEARTBEAT_TIMEOUT + 1)
     assert api.get(f"/v1/predictions/{body['id']}").json()["status"] == "processing"
+    health = httpx.get(f"{live.url}/health")
+    assert health.status_code == 503
+    assert "worker for replicant-hw-cpu" in health.json()["missing"]
     live.stack.start_worker()
     final = await asyncio.to_thread(live.wait_for, body["id"], timeout=90)
     assert final["status"] == "succeeded"
     assert final["output"].startswith("slept")
+
+
+async def test_cancel_while_the_model_boots(live: LiveStack, api: httpx.Client) -> None:
+    from replicant.versions import create_version, ensure_model
+
+    model = ensure_model(live.engine, live.settings.default_account, "slowboot")
+    create_version(live.settings, live.engine, model, Path(__file__).parent / "models" / "slowboot")
+    body = api.post(
+        f"/v1/models/{live.settings.default_account}/slowboot/predictions",
+        json={"input": {"text": "never"}},
+    ).json()
+    await asyncio.sleep(1.5)  # the run activity has started and setup() is sleeping
+    assert api.get(f"/v1/predictions/{body['id']}").json()["status"] == "starting"
+    assert api.post(f"/v1/predictions/{body['id']}/cancel").status_code == 200
+    final = await asyncio.to_thread(live.wait_for, body["id"])
+    assert final["status"] == "canceled"
+    assert final.get("output") is None

@@ -14,6 +14,7 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.deps import StateDep
 from api.state import AppState
+from replicant import heartbeats
 
 router = APIRouter(tags=["health"])
 
@@ -55,9 +56,11 @@ async def health(state: StateDep) -> JSONResponse:
         queues = {state.settings.orchestration_queue: TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW}
         for sku in state.settings.hardware:
             queues[state.settings.task_queue(sku)] = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+        # A queue is served when Temporal sees its pollers and a worker beat recently.
+        alive = await asyncio.to_thread(heartbeats.live_queues, state.engine)
         workers: dict[str, int] = {}
         for queue, kind in queues.items():
-            workers[queue] = await _pollers(state, queue, kind)
+            workers[queue] = await _pollers(state, queue, kind) if queue in alive else 0
             if workers[queue] == 0:
                 missing.append(f"worker for {queue}")
         checks["workers"] = workers
