@@ -10,7 +10,17 @@ from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
 from api.ratelimit import RateLimiter, rate_limit
-from api.routes import account, files, health, models, predictions, sharing, streams, webhooks
+from api.routes import (
+    account,
+    deployments,
+    files,
+    health,
+    models,
+    predictions,
+    sharing,
+    streams,
+    webhooks,
+)
 from api.state import AppState
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
@@ -45,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(account.router)
     app.include_router(sharing.router)
     app.include_router(files.router)
+    app.include_router(deployments.router)
     logging.getLogger("replicant").setLevel(settings.log_level)
     return app
 

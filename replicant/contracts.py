@@ -113,3 +113,150 @@ class WaitResult(BaseModel):
     """Answer of the ``wait_done`` update: the status once terminal."""
 
     status: Status
+
+
+# -- deployments ---------------------------------------------------------------------------
+
+
+class DeploymentConfig(BaseModel):
+    """One release of a deployment, as its controller and the hosts of its instances see it."""
+
+    deployment_id: int
+    owner: str
+    name: str
+    release: int
+    model: str
+    version: str
+    hardware: str
+    min_instances: int
+    max_instances: int
+
+
+class DeploymentState(BaseModel):
+    """Input of ``DeploymentWorkflow``; also what it carries over continue-as-new."""
+
+    config: DeploymentConfig
+    task_queue: str
+    concurrency: int = 1
+    idle_timeout: float = 300.0
+    check_interval: float = 2.0
+    # A drained instance waits this long for its running predictions to finish.
+    drain_timeout: float = 2400.0
+    instances: int = 0
+    host_queue: str | None = None
+    host_hardware: str | None = None
+    idle_since: datetime | None = None
+    retired: bool = False
+
+
+class DeploymentObservation(BaseModel):
+    """What the read model says of a deployment: its current release and its demand."""
+
+    exists: bool
+    config: DeploymentConfig | None = None
+    waiting: int = 0  # predictions not yet handed to an instance
+    running: int = 0
+
+
+class ObserveDeployment(BaseModel):
+    """Input of ``observe_deployment``; ``busy`` marks the deployment as in use now."""
+
+    deployment_id: int
+    owner: str
+    name: str
+    busy: bool = False
+
+
+class InstanceTarget(BaseModel):
+    """Input of ``ensure_instances``: how many instances of a release a host should run."""
+
+    config: DeploymentConfig
+    task_queue: str
+    count: int
+    concurrency: int = 1
+    drain_timeout: float = 2400.0
+
+
+class HostReport(BaseModel):
+    """A host's answer: its own control queue and its instances of the deployment."""
+
+    host_queue: str
+    ready: int = 0
+    booting: int = 0
+    draining: int = 0
+
+
+# -- trainings -------------------------------------------------------------------------------
+
+
+class TrainingRequest(BaseModel):
+    """Input of ``TrainingWorkflow``: train ``version`` and push the result to ``destination``."""
+
+    id: str
+    owner: str
+    model: str  # owner/name of the model trained
+    version: str  # the base version
+    destination: str  # owner/name that receives the new version
+    input: dict[str, Any] = Field(default_factory=dict)
+    hardware: str = "cpu"
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+    created_at: datetime | None = None
+    timeout: float = 86400.0
+    heartbeat_timeout: float = 30.0
+    task_queue: str | None = None
+    webhook_retry_period: float = 3600.0
+    webhook_timeout: float = 10.0
+
+
+class StoredWeights(BaseModel):
+    """The trainer's weights, stored in the object store (a reference, never the bytes)."""
+
+    key: str
+    sha256: str
+    size: int
+    content_type: str = "application/octet-stream"
+
+
+class TrainingRun(BaseModel):
+    """What the run activity of a training reports: the trainer's end, weights if any."""
+
+    status: Status
+    error: str | None = None
+    weights: StoredWeights | None = None
+    started_at: datetime | None = None
+
+
+class CompleteTraining(BaseModel):
+    """Input of ``complete_training``: create the fine-tune version and succeed, together."""
+
+    id: str
+    weights: StoredWeights
+    completed_at: datetime
+
+
+class FinishTraining(BaseModel):
+    """Input of ``finish_training``: a terminal state without a new version."""
+
+    id: str
+    status: Status
+    error: str | None = None
+    completed_at: datetime | None = None
+
+
+class TrainingOutcome(BaseModel):
+    """The end of a training: its status and, on success, the new version (owner/name:id)."""
+
+    status: Status
+    error: str | None = None
+    version: str | None = None
+    completed_at: datetime | None = None
+
+
+class TrainingWebhook(BaseModel):
+    """Input of ``send_training_webhook``: one event of a training, to its webhook."""
+
+    training_id: str
+    event: WebhookEvent
+    sequence: int = 0
+    timeout: float = 10.0

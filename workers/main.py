@@ -5,21 +5,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.deployments import DeploymentActivities
 from activities.predictions import PredictionActivities
 from activities.webhooks import WebhookActivities
+from replicant import heartbeats
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings
 from replicant.temporal import connect
+from workers.deployments import DeploymentHost
 from workers.runners import RunnerPool
+from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
 
 log = logging.getLogger("replicant.worker")
+
+
+async def _heartbeat(engine: Engine, identity: str, queues: list[str]) -> None:
+    """Tell ``/health`` every few seconds that this worker serves ``queues``."""
+    while True:
+        try:
+            await asyncio.to_thread(heartbeats.beat, engine, identity, queues)
+        except Exception:
+            log.warning("event=heartbeat_failed", exc_info=True)
+        await asyncio.sleep(heartbeats.INTERVAL)
+
 
 # Heartbeats reach the server at least this often, so a cancel reaches a running model fast.
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
@@ -43,12 +59,13 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.orchestration_queue,
-                workflows=[PredictionWorkflow],
+                workflows=[PredictionWorkflow, DeploymentWorkflow],
                 activities=[
                     acts.record_prediction,
                     acts.finish_prediction,
                     acts.remove_prediction_data,
                     webhooks.send_webhook,
+                    DeploymentActivities(engine).observe_deployment,
                 ],
             )
         )
@@ -83,6 +100,11 @@ async def run_worker(
     workers = build_workers(
         client, settings, engine, pool, orchestration=orchestration, hardware=hardware
     )
+    # Deployment instances run on the workers of their hardware.
+    served = list(settings.hardware) if hardware is None else hardware
+    host = DeploymentHost(client, engine, served) if served else None
+    if host is not None:
+        workers += host.control_workers()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -90,10 +112,16 @@ async def run_worker(
     queues = [w.task_queue for w in workers]
     log.info("event=worker_started queues=%s", ",".join(queues))
     tasks = [asyncio.create_task(w.run()) for w in workers]
+    identity = f"{client.identity}-{uuid.uuid4().hex[:8]}"
+    beating = asyncio.create_task(_heartbeat(engine, identity, queues))
     try:
         await stop.wait()
     finally:
+        beating.cancel()
+        await asyncio.to_thread(heartbeats.forget, engine, identity)
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
+        if host is not None:
+            await host.close()
         await pool.close()
         log.info("event=worker_stopped")

@@ -1,0 +1,102 @@
+"""Activities of ``DeploymentWorkflow``: read a deployment's demand, and run its instances.
+
+``observe_deployment`` runs as a local activity next to the workflow (it only reads and
+touches the read model). ``ensure_instances`` runs on a host: a worker process that keeps
+the instances (warm model processes, each polling the deployment's task queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from sqlalchemy import func, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio import activity
+
+from replicant.contracts import (
+    DeploymentConfig,
+    DeploymentObservation,
+    HostReport,
+    InstanceTarget,
+    ObserveDeployment,
+)
+from replicant.tables import Deployment, Prediction
+from replicant.timeutil import utcnow
+
+
+def deployment_config(row: Deployment) -> DeploymentConfig:
+    """The current release of a deployment row."""
+    assert row.id is not None
+    return DeploymentConfig(
+        deployment_id=row.id,
+        owner=row.owner,
+        name=row.name,
+        release=row.release,
+        model=row.model,
+        version=row.version,
+        hardware=row.hardware,
+        min_instances=row.min_instances,
+        max_instances=row.max_instances,
+    )
+
+
+def deployment_demand(session: Session, owner: str, name: str) -> tuple[int, int]:
+    """(waiting, running) predictions of a deployment."""
+    stmt = (
+        select(Prediction.status, func.count())
+        .where(Prediction.deployment == f"{owner}/{name}")
+        .where(col(Prediction.status).in_(("starting", "processing")))
+        .group_by(col(Prediction.status))
+    )
+    counts = dict(session.exec(stmt).all())
+    return int(counts.get("starting", 0)), int(counts.get("processing", 0))
+
+
+def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
+    with Session(engine) as session:
+        row = session.get(Deployment, ref.deployment_id)
+        if row is None or (row.owner, row.name) != (ref.owner, ref.name):
+            return DeploymentObservation(exists=False)
+        waiting, running = deployment_demand(session, ref.owner, ref.name)
+    if ref.busy or waiting or running:
+        with engine.begin() as conn:
+            conn.execute(
+                update(Deployment)
+                .where(col(Deployment.id) == ref.deployment_id)
+                .values(last_active_at=utcnow())
+            )
+    return DeploymentObservation(
+        exists=True, config=deployment_config(row), waiting=waiting, running=running
+    )
+
+
+class DeploymentActivities:
+    """The controller's reads of the read model."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @activity.defn(name="observe_deployment")
+    async def observe_deployment(self, ref: ObserveDeployment) -> DeploymentObservation:
+        """The deployment's current release and how many predictions wait or run."""
+        return await asyncio.to_thread(observe, self.engine, ref)
+
+
+class InstanceHost(Protocol):
+    """What runs instances: ``workers.deployments.DeploymentHost``."""
+
+    async def ensure(self, target: InstanceTarget) -> HostReport: ...
+
+
+class HostActivities:
+    """The control activity of one host, on its own queue and its hardware's shared queue."""
+
+    def __init__(self, host: InstanceHost) -> None:
+        self.host = host
+
+    @activity.defn(name="ensure_instances")
+    async def ensure_instances(self, target: InstanceTarget) -> HostReport:
+        """Run ``target.count`` instances of the release (starting, draining as needed)."""
+        return await self.host.ensure(target)

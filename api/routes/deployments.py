@@ -1,0 +1,503 @@
+"""Deployments: private endpoints with their own hardware, instances and releases.
+
+The rows (``Deployment``, ``DeploymentRelease``) are written here; the instances belong to
+each deployment's ``DeploymentWorkflow``, which every create and change reaches through
+update-with-start (so a missing controller is started again) and every prediction wakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+from temporalio.client import WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError
+
+from activities.deployments import deployment_config, deployment_demand
+from api.deps import CurrentAccount, StateDep
+from api.errors import ProblemError, invalid, not_found
+from api.launch import base_url, launch_prediction
+from api.pagination import paginate
+from api.routes.predictions import PredictionInput
+from api.state import AppState
+from replicant.catalog import account_names, find_model
+from replicant.contracts import DeploymentConfig, DeploymentState
+from replicant.tables import (
+    Account,
+    Deployment,
+    DeploymentInstance,
+    DeploymentRelease,
+    Model,
+    Version,
+)
+from replicant.timeutil import as_utc, isoformat, utcnow
+from workflows.deployment import DeploymentWorkflow, workflow_id
+
+log = logging.getLogger("replicant.api")
+router = APIRouter(prefix="/v1", tags=["deployments"])
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+MinInstances = Annotated[int, Field(ge=0, le=5)]
+MaxInstances = Annotated[int, Field(ge=0, le=20)]
+PreferHeader = Annotated[str | None, Header(alias="Prefer")]
+
+
+class DeploymentCreate(BaseModel):
+    name: str
+    model: str
+    version: str
+    hardware: str
+    min_instances: MinInstances
+    max_instances: MaxInstances
+
+
+class DeploymentUpdate(BaseModel):
+    version: str | None = None
+    hardware: str | None = None
+    min_instances: MinInstances | None = None
+    max_instances: MaxInstances | None = None
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _check_bounds(min_instances: int, max_instances: int) -> None:
+    if min_instances > max_instances:
+        raise invalid(
+            [
+                {
+                    "field": "min_instances",
+                    "message": f"must not exceed max_instances ({max_instances})",
+                }
+            ]
+        )
+
+
+def _check_hardware(state: AppState, sku: str) -> None:
+    if sku not in state.settings.hardware:
+        known = ", ".join(state.settings.hardware)
+        raise invalid(
+            [{"field": "hardware", "message": f"unknown hardware {sku!r}; one of {known}"}]
+        )
+
+
+def _find(session: Session, account: Account, owner: str, name: str) -> Deployment:
+    """A deployment the caller may see (its own or its organizations'); 404 otherwise."""
+    if owner not in account_names(session, account):
+        raise not_found(f"Deployment {owner}/{name}")
+    row = session.exec(
+        select(Deployment).where(Deployment.owner == owner, Deployment.name == name)
+    ).first()
+    if row is None:
+        raise not_found(f"Deployment {owner}/{name}")
+    return row
+
+
+def _version_of(session: Session, model: Model, version_id: str) -> Version:
+    version = session.get(Version, version_id)
+    if version is None or version.model_id != model.id:
+        raise not_found(f"Version {model.owner}/{model.name}:{version_id}")
+    return version
+
+
+def _creator(session: Session, username: str) -> dict[str, Any]:
+    account = session.exec(select(Account).where(Account.username == username)).first()
+    body: dict[str, Any] = {
+        "type": account.type if account is not None else "user",
+        "username": username,
+        "name": (account.name if account is not None else "") or username,
+    }
+    if account is not None and account.github_url:
+        body["github_url"] = account.github_url
+    return body
+
+
+def deployment_json(session: Session, row: Deployment) -> dict[str, Any]:
+    """A deployment as Replicate shows it, plus its live instances and queue depth."""
+    release = session.exec(
+        select(DeploymentRelease).where(
+            DeploymentRelease.deployment_id == row.id, DeploymentRelease.number == row.release
+        )
+    ).first()
+    assert release is not None
+    counts = dict(
+        session.exec(
+            select(DeploymentInstance.status, func.count())
+            .where(DeploymentInstance.deployment_id == row.id)
+            .group_by(col(DeploymentInstance.status))
+        ).all()
+    )
+    waiting, running = deployment_demand(session, row.owner, row.name)
+    return {
+        "owner": row.owner,
+        "name": row.name,
+        "current_release": {
+            "number": release.number,
+            "model": release.model,
+            "version": release.version,
+            "created_at": isoformat(release.created_at),
+            "created_by": _creator(session, release.created_by),
+            "configuration": {
+                "hardware": release.hardware,
+                "min_instances": release.min_instances,
+                "max_instances": release.max_instances,
+            },
+        },
+        # Beyond Replicate: what runs now.
+        "instances": int(counts.get("ready", 0)),
+        "instances_booting": int(counts.get("booting", 0)),
+        "instances_draining": int(counts.get("draining", 0)),
+        "queue_depth": waiting,
+        "running": running,
+    }
+
+
+def _initial_state(state: AppState, config: DeploymentConfig) -> DeploymentState:
+    settings = state.settings
+    return DeploymentState(
+        config=config,
+        task_queue=settings.deployment_queue(config.owner, config.name),
+        concurrency=settings.deployment_instance_concurrency,
+        idle_timeout=settings.deployment_idle_timeout,
+        check_interval=settings.deployment_check_interval,
+        # A drained instance waits for its running predictions, however long they may take.
+        drain_timeout=settings.prediction_timeout + 600,
+    )
+
+
+def _start_operation(
+    state: AppState, config: DeploymentConfig
+) -> WithStartWorkflowOperation[DeploymentWorkflow, None]:
+    return WithStartWorkflowOperation(
+        DeploymentWorkflow.run,
+        _initial_state(state, config),
+        id=workflow_id(config),
+        task_queue=state.settings.orchestration_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+
+
+async def _apply(state: AppState, config: DeploymentConfig) -> None:
+    """Hand a release to the controller, starting the controller if it is not running."""
+    client = await state.temporal()
+    await client.execute_update_with_start_workflow(
+        DeploymentWorkflow.apply_release,
+        config,
+        start_workflow_operation=_start_operation(state, config),
+    )
+
+
+async def _wake(state: AppState, config: DeploymentConfig) -> None:
+    """A prediction is waiting: the controller looks now rather than at its next check."""
+    try:
+        client = await state.temporal()
+        await client.start_workflow(
+            DeploymentWorkflow.run,
+            _initial_state(state, config),
+            id=workflow_id(config),
+            task_queue=state.settings.orchestration_queue,
+            start_signal="wake",
+        )
+    except RPCError as err:
+        # The controller's own check finds the prediction a moment later.
+        log.warning(
+            "event=deployment_wake_failed deployment=%s/%s err=%s",
+            config.owner,
+            config.name,
+            type(err).__name__,
+        )
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+@router.get("/deployments")
+async def list_deployments(
+    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+) -> dict[str, Any]:
+    """The caller's deployments (and its organizations'), newest first."""
+
+    def owners() -> set[str]:
+        with Session(state.engine) as session:
+            return account_names(session, account)
+
+    visible = await asyncio.to_thread(owners)
+    base = base_url(request, state)
+
+    def render(session: Session, rows: Sequence[Deployment]) -> list[dict[str, Any]]:
+        return [deployment_json(session, row) for row in rows]
+
+    return await asyncio.to_thread(
+        paginate,
+        state.engine,
+        select(Deployment).where(col(Deployment.owner).in_(visible)),
+        col(Deployment.created_at),
+        col(Deployment.id),
+        cursor=cursor,
+        page_url=f"{base}/v1/deployments",
+        render=render,
+    )
+
+
+@router.post("/deployments")
+async def create_deployment(
+    body: DeploymentCreate, state: StateDep, account: CurrentAccount
+) -> JSONResponse:
+    """A new deployment, owned by the caller, with release 1; its controller starts now."""
+    if not NAME.match(body.name):
+        raise invalid(
+            [{"field": "name", "message": "use lowercase letters, digits, '-', '_' and '.'"}]
+        )
+    _check_hardware(state, body.hardware)
+    _check_bounds(body.min_instances, body.max_instances)
+
+    def create() -> DeploymentConfig:
+        with Session(state.engine, expire_on_commit=False) as session:
+            owner, _, name = body.model.partition("/")
+            model = find_model(session, account, owner, name)
+            if model is None:
+                raise not_found(f"Model {body.model}")
+            version = _version_of(session, model, body.version)
+            row = Deployment(
+                owner=account.username,
+                name=body.name,
+                model=f"{model.owner}/{model.name}",
+                version=version.id,
+                hardware=body.hardware,
+                min_instances=body.min_instances,
+                max_instances=body.max_instances,
+                release=1,
+            )
+            session.add(row)
+            try:
+                session.flush()
+            except IntegrityError as err:
+                raise ProblemError(
+                    409,
+                    f"A deployment named {account.username}/{body.name} already exists",
+                ) from err
+            assert row.id is not None
+            session.add(_release(row, account.username))
+            session.commit()
+            return deployment_config(row)
+
+    config = await asyncio.to_thread(create)
+    try:
+        await _apply(state, config)
+    except Exception as err:
+        log.error(
+            "event=deployment_start_failed deployment=%s/%s type=%s",
+            config.owner,
+            config.name,
+            type(err).__name__,
+        )
+        await asyncio.to_thread(_remove, state, config.deployment_id)
+        raise ProblemError(503, "The deployment could not be started; try again") from err
+    return JSONResponse(await asyncio.to_thread(_render, state, config.deployment_id))
+
+
+def _release(row: Deployment, username: str) -> DeploymentRelease:
+    assert row.id is not None
+    return DeploymentRelease(
+        deployment_id=row.id,
+        number=row.release,
+        model=row.model,
+        version=row.version,
+        hardware=row.hardware,
+        min_instances=row.min_instances,
+        max_instances=row.max_instances,
+        created_by=username,
+    )
+
+
+def _render(state: AppState, deployment_id: int) -> dict[str, Any]:
+    with Session(state.engine) as session:
+        row = session.get(Deployment, deployment_id)
+        if row is None:
+            raise not_found("Deployment")
+        return deployment_json(session, row)
+
+
+def _remove(state: AppState, deployment_id: int) -> None:
+    with Session(state.engine) as session:
+        session.exec(
+            delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == deployment_id)
+        )
+        session.exec(delete(Deployment).where(col(Deployment.id) == deployment_id))
+        session.commit()
+
+
+@router.get("/deployments/{owner}/{name}")
+async def get_deployment(
+    owner: str, name: str, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    def load() -> dict[str, Any]:
+        with Session(state.engine) as session:
+            return deployment_json(session, _find(session, account, owner, name))
+
+    return await asyncio.to_thread(load)
+
+
+@router.patch("/deployments/{owner}/{name}")
+async def update_deployment(
+    owner: str, name: str, body: DeploymentUpdate, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    """Any change makes a new release (number + 1), which the controller rolls out."""
+    if body.hardware is not None:
+        _check_hardware(state, body.hardware)
+
+    def change() -> tuple[DeploymentConfig, bool]:
+        with Session(state.engine, expire_on_commit=False) as session:
+            row = _find(session, account, owner, name)
+            changes = body.model_dump(exclude_unset=True, exclude_none=True)
+            if "version" in changes:
+                model_owner, _, model_name = row.model.partition("/")
+                model = session.exec(
+                    select(Model).where(Model.owner == model_owner, Model.name == model_name)
+                ).first()
+                if model is None:
+                    raise not_found(f"Model {row.model}")
+                _version_of(session, model, changes["version"])
+            _check_bounds(
+                changes.get("min_instances", row.min_instances),
+                changes.get("max_instances", row.max_instances),
+            )
+            if all(getattr(row, field) == value for field, value in changes.items()):
+                return deployment_config(row), False
+            for field, value in changes.items():
+                setattr(row, field, value)
+            row.release += 1
+            session.add(row)
+            session.add(_release(row, account.username))
+            try:
+                session.commit()
+            except IntegrityError as err:
+                raise ProblemError(
+                    409, "The deployment changed at the same time; try again"
+                ) from err
+            return deployment_config(row), True
+
+    config, changed = await asyncio.to_thread(change)
+    if changed:
+        try:
+            await _apply(state, config)
+        except Exception as err:
+            # The controller reads the release from the read model at its next check.
+            log.warning(
+                "event=deployment_apply_failed deployment=%s/%s type=%s",
+                owner,
+                name,
+                type(err).__name__,
+            )
+    return await asyncio.to_thread(_render, state, config.deployment_id)
+
+
+@router.delete("/deployments/{owner}/{name}", status_code=204)
+async def delete_deployment(
+    owner: str, name: str, state: StateDep, account: CurrentAccount
+) -> Response:
+    """Only a deployment that has been offline and unused for the idle period (Replicate's
+    rule: 15 minutes) can be deleted; every refusal says why."""
+    idle = state.settings.deployment_delete_idle
+
+    def remove() -> DeploymentConfig:
+        with Session(state.engine) as session:
+            row = _find(session, account, owner, name)
+            config = deployment_config(row)
+            instances = session.exec(
+                select(func.count()).where(DeploymentInstance.deployment_id == row.id)
+            ).one()
+            if row.min_instances > 0 or instances:
+                raise ProblemError(
+                    409,
+                    f"The deployment is online ({instances} instances, min_instances "
+                    f"{row.min_instances}); set min_instances to 0 and wait until it has "
+                    "no instances before deleting it",
+                    title="Deployment is online",
+                )
+            waiting, running = deployment_demand(session, owner, name)
+            if waiting or running:
+                raise ProblemError(
+                    409,
+                    f"The deployment has {waiting + running} predictions in progress",
+                    title="Deployment is in use",
+                )
+            quiet = utcnow() - as_utc(row.last_active_at)
+            if quiet < timedelta(seconds=idle):
+                raise ProblemError(
+                    409,
+                    f"The deployment was in use {quiet.total_seconds():.0f} seconds ago; it can "
+                    f"be deleted once it has been offline and unused for {idle:g} seconds",
+                    title="Deployment was used recently",
+                )
+            session.exec(
+                delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == row.id)
+            )
+            session.delete(row)
+            session.commit()
+            return config
+
+    config = await asyncio.to_thread(remove)
+    try:
+        client = await state.temporal()
+        await client.get_workflow_handle(workflow_id(config)).signal(DeploymentWorkflow.retire)
+    except RPCError:
+        pass  # no controller is running; nothing is left to stop
+    return Response(status_code=204)
+
+
+@router.post("/deployments/{owner}/{name}/predictions", status_code=201)
+async def create_deployment_prediction(
+    owner: str,
+    name: str,
+    body: PredictionInput,
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    prefer: PreferHeader = None,
+) -> JSONResponse:
+    """A prediction that runs only on the deployment's own instances."""
+
+    def resolve() -> tuple[Deployment, Model, Version]:
+        with Session(state.engine, expire_on_commit=False) as session:
+            row = _find(session, account, owner, name)
+            version = session.get(Version, row.version)
+            model = session.get(Model, version.model_id) if version is not None else None
+            if version is None or model is None:
+                raise ProblemError(404, f"The version of deployment {owner}/{name} is gone")
+            session.execute(
+                update(Deployment)
+                .where(col(Deployment.id) == row.id)
+                .values(last_active_at=utcnow())
+            )
+            session.commit()
+            return row, model, version
+
+    row, model, version = await asyncio.to_thread(resolve)
+    config = deployment_config(row)
+    return await launch_prediction(
+        request,
+        state,
+        account,
+        model,
+        version,
+        body.input,
+        webhook=body.webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        prefer=prefer,
+        deployment=f"{row.owner}/{row.name}",
+        hardware=row.hardware,
+        task_queue=state.settings.deployment_queue(row.owner, row.name),
+        on_started=lambda: _wake(state, config),
+    )
