@@ -45,16 +45,26 @@ def insert_prediction(engine: Engine, req: PredictionRequest) -> None:
             session.commit()
 
 
-def _update_open(engine: Engine, prediction_id: str, values: dict[str, Any]) -> bool:
-    """Update a prediction that is not terminal yet; False when it already was."""
-    stmt = (
-        update(Prediction)
-        .where(col(Prediction.id) == prediction_id)
-        .where(col(Prediction.status).not_in(TERMINAL_STATUSES))
+def update_open_stmt(table: Any, row_id: str, values: dict[str, Any]) -> Any:
+    """An UPDATE of a row of ``table`` (predictions, trainings) that is not terminal yet."""
+    return (
+        update(table)
+        .where(col(table.id) == row_id)
+        .where(col(table.status).not_in(TERMINAL_STATUSES))
         .values(**values)
     )
+
+
+def update_open(
+    engine: Engine, row_id: str, values: dict[str, Any], table: Any = Prediction
+) -> bool:
+    """Update a row that is not terminal yet; False when it already was."""
     with engine.begin() as conn:
-        return bool(conn.execute(stmt).rowcount)
+        return bool(conn.execute(update_open_stmt(table, row_id, values)).rowcount)
+
+
+def _update_open(engine: Engine, prediction_id: str, values: dict[str, Any]) -> bool:
+    return update_open(engine, prediction_id, values)
 
 
 def mark_processing(engine: Engine, prediction_id: str, started_at: datetime) -> bool:

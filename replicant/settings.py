@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     prediction_timeout: float = 1800.0  # seconds a prediction may run
     max_wait: int = 60  # upper bound of Prefer: wait=N
     heartbeat_timeout: float = 30.0  # seconds without a heartbeat before a run is retried
+    training_timeout: float = 86400.0  # seconds a training may run
 
     # Hardware: SKU -> concurrent slots on this installation; every SKU is a task queue.
     hardware: dict[str, int] = Field(

@@ -216,3 +216,41 @@ class StoredFile(SQLModel, table=True):
     object_key: str
     created_at: datetime = created_field()
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+
+
+class Training(SQLModel, table=True):
+    """The read model of one training; written by the API at create and by activities after.
+
+    ``output`` is ``{"version": "owner/name:id"}`` once the new version exists; the weights
+    URL in the API's answer is signed when it is read, from ``weights_key``.
+    """
+
+    __table_args__ = (Index("ix_training_owner_created", "owner", "created_at", "id"),)
+
+    id: str = Field(primary_key=True)
+    owner: str = Field(index=True)  # the account that created it
+    model: str  # owner/name of the model trained
+    version: str = Field(index=True)  # the base version trained
+    destination: str  # owner/name of the model that receives the new version
+    source: str = "api"
+    status: str = "starting"
+    input: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    output: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    weights_key: str | None = None  # the object-store key of the trained weights
+    logs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    metrics: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    webhook: str | None = None
+    webhook_events_filter: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    hardware: str = "cpu"
+    created_at: datetime = created_field()
+    started_at: datetime | None = time_field()
+    completed_at: datetime | None = time_field()
+
+
+class WorkerHeartbeat(SQLModel, table=True):
+    """A worker process's sign of life, so ``/health`` notices a dead worker in seconds."""
+
+    identity: str = Field(primary_key=True)
+    queues: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    seen_at: datetime = created_field()
