@@ -19,9 +19,11 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.files import materialized_input, prediction_prefix
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
+from replicant.storage import ObjectStore
 from replicant.tables import Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
@@ -60,10 +62,12 @@ class PredictionActivities:
         engine: Engine,
         pool: RunnerPool | None = None,
         webhooks: WebhookActivities | None = None,
+        store: ObjectStore | None = None,
     ) -> None:
         self.engine = engine
         self.pool = pool
         self.webhooks = webhooks
+        self.store = store
 
     @activity.defn(name="record_prediction")
     async def record_prediction(self, req: PredictionRequest) -> None:
@@ -86,7 +90,10 @@ class PredictionActivities:
     async def remove_prediction_data(self, ref: PredictionRef) -> None:
         """Retention is over: remove the prediction's input and output."""
         await asyncio.to_thread(readmodel.remove_data, self.engine, ref.id)
-        log.info("event=data_removed prediction=%s", ref.id)
+        files = 0
+        if self.store is not None:  # staged inputs and output files; their URLs then 404
+            files = await asyncio.to_thread(self.store.delete_prefix, prediction_prefix(ref.id))
+        log.info("event=data_removed prediction=%s files=%d", ref.id, files)
 
     def _version(self, version_id: str) -> Version:
         with Session(self.engine) as session:
@@ -107,12 +114,16 @@ class PredictionActivities:
         run = _Run(self.engine, req, hooks)
         heartbeats = asyncio.create_task(_heartbeat_forever())
         try:
-            async with asyncio.timeout(None) as deadline:
+            # Staged input files become local paths for the model, removed after the run.
+            async with (
+                asyncio.timeout(None) as deadline,
+                materialized_input(self.store, req) as model_input,
+            ):
                 run.deadline = deadline
                 result = await self.pool.predict(
                     runner_spec(version),
                     req.id,
-                    req.input,
+                    model_input,
                     on_update=run.on_update,
                     on_booted=run.on_booted,
                 )

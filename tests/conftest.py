@@ -5,6 +5,7 @@ Limits are short so that timeouts, retries and retention can be observed in seco
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,11 @@ from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
 from tests.conformance import conformance_hook
+from tests.pgdb import fresh_postgres_database
+
+# `REPLICANT_TEST_DATABASE=postgres pytest ...` runs the shared stack on a fresh database of
+# the local PostgreSQL (dropped after the session) instead of a SQLite file.
+TEST_DATABASE = os.environ.get("REPLICANT_TEST_DATABASE", "sqlite")
 
 # Short limits for the shared stack; the tests that observe them read them from here.
 RETENTION = 20.0
@@ -108,15 +114,17 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The embedded stack, exactly as `make dev` runs it, on free ports."""
     data_dir = tmp_path_factory.mktemp("replicant")
-    settings = stack_settings(data_dir)
-    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-    try:
+    with contextlib.ExitStack() as cleanup:
+        overrides: dict[str, Any] = {}
+        if TEST_DATABASE == "postgres":
+            overrides["database_url"] = cleanup.enter_context(fresh_postgres_database())
+        settings = stack_settings(data_dir, **overrides)
+        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        cleanup.callback(stack.stop)
         token = stack.start()
         engine = make_engine(settings.resolved_database_url)
+        cleanup.callback(engine.dispose)
         yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
-        engine.dispose()
-    finally:
-        stack.stop()
 
 
 @pytest.fixture

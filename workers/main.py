@@ -13,11 +13,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deployments import DeploymentActivities
+from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings
+from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
 from workers.deployments import DeploymentHost
 from workers.runners import RunnerPool
@@ -49,10 +51,12 @@ def build_workers(
     *,
     orchestration: bool = True,
     hardware: list[str] | None = None,
+    store: ObjectStore | None = None,
 ) -> list[Worker]:
     """The Temporal workers of one process: orchestration plus the given hardware queues."""
+    store = store or open_store(settings)
     webhooks = WebhookActivities(engine, settings)
-    acts = PredictionActivities(engine, pool, webhooks)
+    acts = PredictionActivities(engine, pool, webhooks, store)
     workers: list[Worker] = []
     if orchestration:
         workers.append(
@@ -64,6 +68,7 @@ def build_workers(
                     acts.record_prediction,
                     acts.finish_prediction,
                     acts.remove_prediction_data,
+                    FileActivities(settings, engine, store).stage_inputs,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
                 ],
@@ -95,10 +100,12 @@ async def run_worker(
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     client = await connect(settings)
-    pool = RunnerPool(max_warm=settings.max_warm_runners)
+    store = open_store(settings)
+    # Output files go from coglet straight into the object store (see OutputSink).
+    pool = RunnerPool(max_warm=settings.max_warm_runners, upload=OutputSink(settings, store))
     await pool.start()
     workers = build_workers(
-        client, settings, engine, pool, orchestration=orchestration, hardware=hardware
+        client, settings, engine, pool, orchestration=orchestration, hardware=hardware, store=store
     )
     # Deployment instances run on the workers of their hardware.
     served = list(settings.hardware) if hardware is None else hardware

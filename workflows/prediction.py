@@ -1,6 +1,7 @@
 """PredictionWorkflow: the durable life of one prediction.
 
-record (programmatic starts only) -> run on the hardware queue (the run activity writes
+record (programmatic starts only) -> stage input files into the object store (only when the
+input holds URLs or data URIs) -> run on the hardware queue (the run activity writes
 ``processing``, logs, output and the terminal state to the read model itself, so a fast
 prediction costs one activity round trip) -> notify -> retention timer -> remove data.
 """
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         PredictionRef,
         PredictionRequest,
         RunOutcome,
+        StagedInputs,
         Status,
         WaitResult,
         WebhookDelivery,
@@ -42,6 +44,9 @@ RUN_ATTEMPTS = 3
 # Time allowed to boot a model process on top of the prediction timeout.
 BOOT_ALLOWANCE = timedelta(minutes=10)
 LOCAL = timedelta(seconds=30)
+# Staging fetches each input URL within its own time cap; this bounds the whole step.
+STAGE_TIMEOUT = timedelta(minutes=15)
+FILE_SCHEMES = ("http://", "https://", "data:")
 # Backoff of the `completed` webhook: 1 s, doubling, at most 2 minutes apart.
 WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
 WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
@@ -132,6 +137,22 @@ class PredictionWorkflow:
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
+        if may_hold_files(req.input) and workflow.patched("stage-inputs"):
+            try:
+                staged = await workflow.execute_activity(
+                    "stage_inputs",
+                    req,
+                    result_type=StagedInputs,
+                    start_to_close_timeout=STAGE_TIMEOUT,
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                )
+            except ActivityError as err:
+                cause = err.cause
+                reason = cause.message if isinstance(cause, ApplicationError) else str(err)
+                return await self._finish(req, "failed", f"Input file error: {reason}")
+            req = req.model_copy(update={"staged_files": staged.files})
+            if self._cancel_requested:
+                return await self._finish(req, "canceled", None)
         self._run = workflow.start_activity(
             "run_prediction",
             req,
@@ -182,6 +203,18 @@ class PredictionWorkflow:
     @workflow.query
     def status(self) -> str:
         return self._status
+
+
+def may_hold_files(value: object) -> bool:
+    """Whether an input holds a URL or data URI, so input files may need staging (the
+    activity decides by the version's schema; most predictions skip the round trip)."""
+    if isinstance(value, str):
+        return value[:8].lower().startswith(FILE_SCHEMES)
+    if isinstance(value, list):
+        return any(may_hold_files(item) for item in value)
+    if isinstance(value, dict):
+        return any(may_hold_files(item) for item in value.values())
+    return False
 
 
 def failure_message(err: ActivityError, req: PredictionRequest) -> str:

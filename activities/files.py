@@ -1,0 +1,290 @@
+"""Files of a prediction: staging its input files, handing them to the model, storing outputs.
+
+- ``stage_inputs`` (orchestration queue) stores every file input in the object store under
+  ``predictions/{id}/inputs/``: an http(s) URL (fetched SSRF-safe, size and time capped), a
+  data URI, or the URL of one of the owner's uploaded files. It returns object keys only.
+- ``materialized_input`` (inside the run activity, on the hardware worker) copies those
+  objects into a private directory and gives the model local paths.
+- ``OutputSink`` receives the files coglet uploads (its ``--upload-url``), stores them under
+  ``predictions/{id}/outputs/`` and answers with a signed URL that expires.
+Retention deletes ``predictions/{id}/`` as a whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import logging
+import mimetypes
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from replicant.contracts import PredictionRequest, StagedFile, StagedInputs
+from replicant.safefetch import FetchError, fetch
+from replicant.settings import Settings
+from replicant.storage import ObjectStore, TooLarge, Upload
+from replicant.tables import StoredFile, Version
+from replicant.timeutil import utcnow
+
+log = logging.getLogger("replicant.files")
+
+FILE_URL = re.compile(r"^/v1/files/([a-z0-9]+)(?:/download)?/?$")
+MAX_FILENAME = 200
+
+
+class InputFileError(Exception):
+    """An input file cannot be staged; the message names the field and says why."""
+
+
+def prediction_prefix(prediction_id: str) -> str:
+    return f"predictions/{prediction_id}/"
+
+
+def file_fields(openapi_schema: dict[str, Any]) -> dict[str, bool]:
+    """Inputs that take files (``format: uri``): name -> whether it is a list of them."""
+    schemas = openapi_schema.get("components", {}).get("schemas", {})
+    properties = schemas.get("Input", {}).get("properties", {})
+    fields: dict[str, bool] = {}
+    for name, prop in properties.items():
+        for option in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
+            if option.get("format") == "uri":
+                fields[name] = False
+            elif option.get("type") == "array" and option.get("items", {}).get("format") == "uri":
+                fields[name] = True
+    return fields
+
+
+def safe_filename(name: str, content_type: str | None = None) -> str:
+    """A plain file name for the model (no directories, no leading dots), with an extension."""
+    name = name.replace("\0", "").replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
+    if len(name.encode()) > MAX_FILENAME:
+        stem, dot, ext = name.rpartition(".")
+        keep = MAX_FILENAME - len(ext.encode()) - 1
+        name = (stem.encode()[:keep].decode("utf-8", "ignore") + dot + ext) if dot else ""
+    if not name:
+        name = "file"
+    if "." not in name and content_type:
+        name += mimetypes.guess_extension(content_type.split(";")[0].strip()) or ""
+    return name
+
+
+def _parse_data_uri(uri: str) -> tuple[str, bytes]:
+    """(content type, bytes) of a ``data:`` URI."""
+    header, comma, payload = uri[5:].partition(",")
+    if not comma:
+        raise InputFileError("is not a valid data URI")
+    params = header.split(";")
+    content_type = params[0].strip() or "text/plain"
+    if "base64" in (p.strip().lower() for p in params[1:]):
+        try:
+            data = base64.b64decode(unquote(payload), validate=False)
+        except (binascii.Error, ValueError) as err:
+            raise InputFileError("is a data URI with invalid base64") from err
+    else:
+        data = unquote_to_bytes(payload)
+    return content_type, data
+
+
+class Stager:
+    """Stages the file inputs of one prediction into the object store."""
+
+    def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        public = urlsplit(settings.resolved_public_url)
+        self.origin = (public.scheme.lower(), public.netloc.lower())
+
+    async def stage(self, req: PredictionRequest) -> StagedInputs:
+        schema = await asyncio.to_thread(self._schema, req.version)
+        fields = file_fields(schema)
+        staged: list[StagedFile] = []
+        for name, is_list in fields.items():
+            value = req.input.get(name)
+            if value is None:
+                continue
+            items = (
+                list(enumerate(value)) if is_list and isinstance(value, list) else [(None, value)]
+            )
+            for index, item in items:
+                path: list[str | int] = [name] if index is None else [name, index]
+                label = ".".join(str(p) for p in path)
+                if not isinstance(item, str):
+                    raise InputFileError(f"{label}: must be a URL")
+                key_dir = f"{prediction_prefix(req.id)}inputs/{len(staged)}"
+                try:
+                    filename = await self._stage_one(req, item, key_dir)
+                except InputFileError as err:
+                    raise InputFileError(f"{label}: {err}") from err
+                staged.append(StagedFile(path=path, key=f"{key_dir}/{filename}", filename=filename))
+        return StagedInputs(files=staged)
+
+    def _schema(self, version_id: str) -> dict[str, Any]:
+        with Session(self.engine) as session:
+            version = session.get(Version, version_id)
+        return version.openapi_schema if version is not None else {}
+
+    async def _stage_one(self, req: PredictionRequest, value: str, key_dir: str) -> str:
+        scheme = value.split(":", 1)[0].lower() if ":" in value else ""
+        if scheme == "data":
+            return await self._stage_data_uri(value, key_dir)
+        if scheme not in ("http", "https"):
+            raise InputFileError("must be an http(s) URL, a data URI or an uploaded file's URL")
+        parts = urlsplit(value)
+        match = FILE_URL.match(parts.path)
+        if match and (parts.scheme.lower(), parts.netloc.lower()) == self.origin:
+            return await self._stage_uploaded(req.owner, match.group(1), key_dir)
+        return await self._stage_url(value, key_dir)
+
+    async def _stage_data_uri(self, value: str, key_dir: str) -> str:
+        content_type, data = _parse_data_uri(value)
+        if len(data) > self.settings.max_file_size:
+            raise InputFileError(f"is larger than {self.settings.max_file_size} bytes")
+        filename = safe_filename("file", content_type)
+        upload = self.store.new_upload()
+        try:
+            upload.write(data)
+            await asyncio.to_thread(
+                self.store.commit, upload, f"{key_dir}/{filename}", content_type
+            )
+        finally:
+            upload.discard()
+        return filename
+
+    async def _stage_uploaded(self, owner: str, file_id: str, key_dir: str) -> str:
+        def find() -> StoredFile | None:
+            with Session(self.engine) as session:
+                return session.get(StoredFile, file_id)
+
+        row = await asyncio.to_thread(find)
+        # Another account's file is indistinguishable from a missing one.
+        if row is None or row.owner != owner or row.expires_at <= utcnow():
+            raise InputFileError("names an uploaded file that does not exist")
+        filename = safe_filename(row.name, row.content_type)
+        await asyncio.to_thread(self.store.copy, row.object_key, f"{key_dir}/{filename}")
+        return filename
+
+    async def _stage_url(self, url: str, key_dir: str) -> str:
+        settings = self.settings
+        upload = self.store.new_upload(max_size=settings.max_file_size)
+        try:
+            async with asyncio.timeout(settings.input_fetch_timeout):
+                async with fetch(
+                    url,
+                    allow_private=settings.allow_private_urls,
+                    max_bytes=settings.max_file_size,
+                    timeout=settings.input_fetch_timeout,
+                ) as fetched:
+                    async for chunk in fetched.iter_bytes():
+                        upload.write(chunk)
+                    content_type = (fetched.content_type or "").split(";")[0].strip()
+                    name = unquote(urlsplit(fetched.url).path.rsplit("/", 1)[-1])
+            content_type = content_type or mimetypes.guess_type(name)[0] or ""
+            filename = safe_filename(name, content_type)
+            await asyncio.to_thread(
+                self.store.commit,
+                upload,
+                f"{key_dir}/{filename}",
+                content_type or "application/octet-stream",
+            )
+        except FetchError as err:
+            raise InputFileError(f"the URL {err}") from err
+        except TooLarge as err:
+            raise InputFileError(f"the URL is larger than {settings.max_file_size} bytes") from err
+        except TimeoutError as err:
+            raise InputFileError(
+                f"the URL did not download within {settings.input_fetch_timeout:g} seconds"
+            ) from err
+        finally:
+            upload.discard()
+        return filename
+
+
+class FileActivities:
+    """The file activities, bound to settings, a database and an object store."""
+
+    def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
+        self.stager = Stager(settings, engine, store)
+
+    @activity.defn(name="stage_inputs")
+    async def stage_inputs(self, req: PredictionRequest) -> StagedInputs:
+        """Store the prediction's input files in the object store; fail clearly if one cannot."""
+        try:
+            staged = await self.stager.stage(req)
+        except InputFileError as err:
+            log.info("event=input_file_refused prediction=%s reason=%r", req.id, str(err))
+            raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
+        log.info("event=inputs_staged prediction=%s files=%d", req.id, len(staged.files))
+        return staged
+
+
+@asynccontextmanager
+async def materialized_input(
+    store: ObjectStore | None, req: PredictionRequest
+) -> AsyncIterator[dict[str, Any]]:
+    """The input with each staged file replaced by a local path; the files go afterwards."""
+    if not req.staged_files:
+        yield req.input
+        return
+    if store is None:
+        raise RuntimeError("this worker has no object store for input files")
+    workdir = Path(tempfile.mkdtemp(prefix=f"replicant-{req.id}-"))
+    try:
+        value = copy.deepcopy(req.input)
+        for index, staged in enumerate(req.staged_files):
+            dest = workdir / str(index) / staged.filename
+            dest.parent.mkdir()
+            await asyncio.to_thread(store.download, staged.key, dest)
+            _set(value, staged.path, str(dest))
+        yield value
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+
+def _set(value: Any, path: list[str | int], item: str) -> None:
+    target = value
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = item
+
+
+class OutputSink:
+    """Stores a file a model outputs and answers its signed URL (coglet's upload target)."""
+
+    def __init__(self, settings: Settings, store: ObjectStore) -> None:
+        self.settings = settings
+        self.store = store
+
+    async def __call__(
+        self,
+        prediction_id: str,
+        filename: str,
+        content_type: str | None,
+        body: AsyncIterator[bytes],
+    ) -> str:
+        name = safe_filename(filename, content_type)
+        content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        # A random part per file: an iterator may output several files of the same name.
+        key = f"{prediction_prefix(prediction_id)}outputs/{secrets.token_urlsafe(12)}/{name}"
+        upload: Upload = self.store.new_upload()
+        try:
+            async for chunk in body:
+                upload.write(chunk)
+            await asyncio.to_thread(self.store.commit, upload, key, content_type)
+        finally:
+            upload.discard()
+        return self.store.signed_url(key, self.settings.output_url_expiry, name)
