@@ -97,6 +97,8 @@ def api() -> None:
         port=settings.api_port,
         log_level=settings.log_level.lower(),
         access_log=False,
+        ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+        ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
     )
 
 
