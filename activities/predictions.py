@@ -27,6 +27,7 @@ from replicant.storage import ObjectStore
 from replicant.tables import Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
+from replicant.weights import is_store_ref
 from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 log = logging.getLogger("replicant.activities")
@@ -42,8 +43,11 @@ HEARTBEAT_INTERVAL = 1.0
 
 def runner_spec(version: Version) -> RunnerSpec:
     """How to run a version: its directory, environment and (for fine-tunes) weights."""
-    env = {"COG_WEIGHTS": version.weights_url} if version.weights_url else {}
-    key = version.id if not version.weights_url else f"{version.id}+weights"
+    weights = version.weights_url
+    # Stored weights are materialized and served by the pool; a URL goes to the model as is.
+    stored = is_store_ref(weights)
+    env = {"COG_WEIGHTS": weights} if weights and not stored else {}
+    key = version.id if not weights else f"{version.id}+weights"
     return RunnerSpec(
         key=key,
         model_dir=Path(version.model_dir),
@@ -51,6 +55,7 @@ def runner_spec(version: Version) -> RunnerSpec:
         predict_ref=version.predict_ref,
         train_ref=version.train_ref,
         env=env,
+        weights_ref=weights if stored else None,
     )
 
 
@@ -230,6 +235,11 @@ class _Run:
             if status == "canceled":
                 self.hooks.abort()
             else:
+                # The last state goes out too (as `output`/`logs`, still `processing`).
+                row = self.hooks.row
+                self.hooks.progress(
+                    row.logs if logs is None else logs, row.output if output is None else output
+                )
                 await self.hooks.close(LIVE_WEBHOOK_GRACE)
         return RunOutcome(
             status=status, error=error, started_at=self.started_at, completed_at=completed_at

@@ -1,0 +1,96 @@
+"""A local webhook receiver for tests and benchmarks: records every request it gets.
+
+``answers`` scripts its replies: each request pops the next (status, delay) and, once the
+script is empty, answers ``default``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Delivery:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    received_at: float
+    answered: int
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass
+class Receiver:
+    url: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    answers: list[tuple[int, float]] = field(default_factory=list)
+    default: int = 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def for_prediction(self, prediction_id: str) -> list[Delivery]:
+        with self.lock:
+            return [d for d in self.deliveries if d.json().get("id") == prediction_id]
+
+    def wait(
+        self, until: Callable[[list[Delivery]], bool], prediction_id: str, timeout: float = 60
+    ) -> list[Delivery]:
+        """Poll the deliveries of one prediction until ``until`` holds (or the time is up)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.for_prediction(prediction_id)
+            if until(found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+
+@contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    receiver = Receiver(url="")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            with receiver.lock:
+                status, delay = (
+                    receiver.answers.pop(0)
+                    if receiver.answers
+                    else (
+                        receiver.default,
+                        0.0,
+                    )
+                )
+            if delay:
+                time.sleep(delay)
+            with receiver.lock:
+                receiver.deliveries.append(
+                    Delivery(self.path, dict(self.headers), body, time.monotonic(), status)
+                )
+            self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("Location", receiver.url + "redirected")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook/"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
