@@ -2,7 +2,7 @@
 
 Revision ID: cd438bbf836e
 Revises:
-Create Date: 2026-11-25 12:22:13.838200
+Create Date: 2026-11-25 12:24:36.510355
 """
 
 from collections.abc import Sequence
@@ -181,6 +181,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_training_version"), ["version"], unique=False)
 
     op.create_table(
+        "workerheartbeat",
+        sa.Column("identity", sa.String(), nullable=False),
+        sa.Column("queues", sa.JSON(), nullable=True),
+        sa.Column("seen_at", sa.DateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("identity"),
+    )
+    op.create_table(
         "apitoken",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("account_id", sa.Integer(), nullable=False),
@@ -281,6 +288,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_apitoken_account_id"))
 
     op.drop_table("apitoken")
+    op.drop_table("workerheartbeat")
     with op.batch_alter_table("training", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_training_version"))
         batch_op.drop_index("ix_training_owner_created")
