@@ -187,7 +187,7 @@ class Stager:
                     url,
                     allow_private=settings.allow_private_urls,
                     max_bytes=settings.max_file_size,
-                    timeout=settings.input_fetch_timeout,
+                    header_timeout=settings.input_fetch_timeout,
                 ) as fetched:
                     async for chunk in fetched.iter_bytes():
                         upload.write(chunk)
