@@ -19,6 +19,7 @@ from api.routes import (
     predictions,
     sharing,
     streams,
+    trainings,
     webhooks,
 )
 from api.state import AppState
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sharing.router)
     app.include_router(files.router)
     app.include_router(deployments.router)
+    app.include_router(trainings.router)
     logging.getLogger("replicant").setLevel(settings.log_level)
     return app
 

@@ -34,6 +34,7 @@ from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url_syntax, is_public_address
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
+from replicant.trainings import version_hardware
 from replicant.validation import validate_input
 from workflows.prediction import PredictionWorkflow, search_attributes
 
@@ -120,6 +121,9 @@ async def launch_prediction(
         raise invalid([e.model_dump() for e in errors])
     if webhook is not None:
         check_webhook(webhook, settings.allow_private_urls)
+    if hardware is None and version.base_version_id:
+        # A fine-tune runs on the hardware of the base model it was trained from.
+        hardware = await asyncio.to_thread(_version_hardware, state, model, version)
     req = PredictionRequest(
         id=new_id(),
         owner=account.username,
@@ -183,6 +187,11 @@ async def _start(
         start_workflow_operation=start,
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
     )
+
+
+def _version_hardware(state: AppState, model: Model, version: Version) -> str:
+    with Session(state.engine) as session:
+        return version_hardware(session, model, version)
 
 
 def _load(state: AppState, prediction_id: str) -> Prediction:

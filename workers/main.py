@@ -15,16 +15,19 @@ from temporalio.worker import Worker
 from activities.deployments import DeploymentActivities
 from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
+from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
+from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.runners import RunnerPool
 from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
+from workflows.training import TrainingWorkflow
 
 log = logging.getLogger("replicant.worker")
 
@@ -57,13 +60,14 @@ def build_workers(
     store = store or open_store(settings)
     webhooks = WebhookActivities(engine, settings)
     acts = PredictionActivities(engine, pool, webhooks, store)
+    training = TrainingActivities(engine, settings, pool, lambda: store)
     workers: list[Worker] = []
     if orchestration:
         workers.append(
             Worker(
                 client,
                 task_queue=settings.orchestration_queue,
-                workflows=[PredictionWorkflow, DeploymentWorkflow],
+                workflows=[PredictionWorkflow, DeploymentWorkflow, TrainingWorkflow],
                 activities=[
                     acts.record_prediction,
                     acts.finish_prediction,
@@ -71,6 +75,9 @@ def build_workers(
                     FileActivities(settings, engine, store).stage_inputs,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
+                    training.finish_training,
+                    training.complete_training,
+                    training.send_training_webhook,
                 ],
             )
         )
@@ -80,7 +87,7 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.task_queue(sku),
-                activities=[acts.run_prediction],
+                activities=[acts.run_prediction, training.run_training],
                 # Waiting in this queue IS waiting for a hardware slot.
                 max_concurrent_activities=slots,
                 max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -102,7 +109,12 @@ async def run_worker(
     client = await connect(settings)
     store = open_store(settings)
     # Output files go from coglet straight into the object store (see OutputSink).
-    pool = RunnerPool(max_warm=settings.max_warm_runners, upload=OutputSink(settings, store))
+    pool = RunnerPool(
+        max_warm=settings.max_warm_runners,
+        upload=OutputSink(settings, store),
+        # Fine-tunes' weights, fetched once per worker and served to their model processes.
+        weights=WeightsCache(lambda: store, settings.data_dir / "weights-cache"),
+    )
     await pool.start()
     workers = build_workers(
         client, settings, engine, pool, orchestration=orchestration, hardware=hardware, store=store

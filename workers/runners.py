@@ -43,8 +43,10 @@ import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
+
+from replicant.weights import WeightsCache, WeightsError
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
@@ -118,6 +120,9 @@ class RunnerSpec(BaseModel):
     mode: Literal["predict", "train"] = "predict"
     env: dict[str, str] = Field(default_factory=dict)
     upload_url: str | None = None
+    # Weights in the object store (``replicant.weights``): materialized by the pool, then
+    # served to the model from the pool's HTTP server as COG_WEIGHTS.
+    weights_ref: str | None = None
     # True for iterator outputs (partial output needs coglet's webhooks); None: learn it.
     streams_output: bool | None = None
 
@@ -411,9 +416,11 @@ class RunnerPool:
         cancel_grace: float = 5.0,
         update_interval: float = 0.25,
         upload: UploadSink | None = None,
+        weights: WeightsCache | None = None,
     ) -> None:
         self.max_warm = max_warm
         self.upload = upload
+        self.weights = weights
         self.boot_timeout = boot_timeout
         self.cancel_grace = cancel_grace
         self.update_interval = update_interval
@@ -454,6 +461,7 @@ class RunnerPool:
                 routes=[
                     Route("/{secret}/{prediction_id}", self._on_webhook, methods=["POST"]),
                     Route("/{secret}/upload/{filename:path}", self._on_upload, methods=["PUT"]),
+                    Route("/{secret}/weights/{digest}/{name}", self._on_weights, methods=["GET"]),
                 ]
             )
             config = uvicorn.Config(
@@ -819,6 +827,8 @@ class RunnerPool:
             runner = _Runner(self._with_upload(spec), port, self.log)
             try:
                 env = self._child_env(spec, port)
+                if spec.weights_ref:
+                    env["COG_WEIGHTS"] = await self._weights_url(spec.weights_ref)
                 await runner.spawn(env)
                 self._spawned.add(runner)
                 await self._wait_ready(runner)
@@ -924,6 +934,28 @@ class RunnerPool:
             victim = idle[0]
             self.log.info("event=runner_evicted key=%s pid=%d", victim.spec.key, victim.pid)
             self._retire(victim)
+
+    # -- weights ---------------------------------------------------------------------------
+
+    async def _weights_url(self, ref: str) -> str:
+        """A URL of the stored weights that the model process can fetch (never expires)."""
+        if self.weights is None:
+            raise BootError("this worker has no weights cache for stored weights")
+        try:
+            digest, name = await self.weights.materialize(ref)
+        except WeightsError as err:
+            raise BootError(f"cannot load the version's weights: {err}") from err
+        return f"{self._hook_base}weights/{digest}/{name}"
+
+    async def _on_weights(self, request: Request) -> Response:
+        if not secrets.compare_digest(request.path_params["secret"], self._secret):
+            return Response(status_code=404)
+        path = None
+        if self.weights is not None:
+            path = self.weights.cached(request.path_params["digest"], request.path_params["name"])
+        if path is None:
+            return Response(status_code=404)
+        return FileResponse(path, media_type="application/octet-stream")
 
     # -- webhook receiver ------------------------------------------------------------------
 

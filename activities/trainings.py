@@ -1,0 +1,332 @@
+"""Activities of a training: every side effect of ``TrainingWorkflow``.
+
+``run_training`` runs on the base model's hardware queue: it hands the input to a coglet
+process in train mode, records ``processing`` and live logs in the read model, and stores the
+trainer's weights in the object store (no expiry) before it returns, so only a reference
+crosses Temporal. ``complete_training`` creates the fine-tune version; ``finish_training``
+records any other end and removes the stored weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import mimetypes
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.predictions import _heartbeat_forever, runner_spec
+from replicant import trainings
+from replicant.contracts import (
+    CompleteTraining,
+    FinishTraining,
+    StoredWeights,
+    TrainingOutcome,
+    TrainingRequest,
+    TrainingRun,
+    TrainingWebhook,
+    WebhookResult,
+)
+from replicant.settings import Settings
+from replicant.storage import ObjectStore, open_store
+from replicant.tables import Version
+from replicant.timeutil import utcnow
+from replicant.webhooks import (
+    DeliveryFailed,
+    account_webhook_secret,
+    deliver,
+    http_client,
+    webhook_id,
+)
+from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
+
+log = logging.getLogger("replicant.activities")
+
+LOG_INTERVAL = 0.5
+
+
+def weights_prefix(training_id: str) -> str:
+    """Where a training's weights live in the object store."""
+    return f"trainings/{training_id}/"
+
+
+def trainer_spec(version: Version) -> RunnerSpec:
+    """The version's trainer: its model directory and environment, in coglet's train mode."""
+    spec = runner_spec(version)
+    return spec.model_copy(
+        update={"key": f"{version.id}+train", "mode": "train", "env": {}, "weights_ref": None}
+    )
+
+
+class TrainingActivities:
+    """The activities, bound to one database, object store and pool of model processes."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        pool: RunnerPool | None = None,
+        store: Callable[[], ObjectStore] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.pool = pool
+        self._open_store = store or (lambda: open_store(settings))
+        self._store: ObjectStore | None = None
+        self._client: Any = None
+
+    async def store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = await asyncio.to_thread(self._open_store)
+        return self._store
+
+    def _version(self, version_id: str) -> Version:
+        with Session(self.engine) as session:
+            version = session.get(Version, version_id)
+        if version is None:
+            raise ApplicationError(
+                f"Version {version_id} does not exist", type="VersionNotFound", non_retryable=True
+            )
+        if not version.train_ref:
+            raise ApplicationError(
+                f"Version {version_id} cannot be trained",
+                type="VersionNotFound",
+                non_retryable=True,
+            )
+        return version
+
+    @activity.defn(name="run_training")
+    async def run_training(self, req: TrainingRequest) -> TrainingRun:
+        """Run the trainer and store its weights; cancellation stops the trainer."""
+        if self.pool is None:
+            raise RuntimeError("this worker has no model runners")
+        version = await asyncio.to_thread(self._version, req.version)
+        progress = _Progress(self.engine, req.id)
+        heartbeats = asyncio.create_task(_heartbeat_forever())
+        try:
+            async with asyncio.timeout(None) as deadline:
+
+                async def booted() -> None:
+                    deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
+                    await progress.booted()
+
+                result = await self.pool.predict(
+                    trainer_spec(version),
+                    req.id,
+                    req.input,
+                    on_update=progress.update,
+                    on_booted=booted,
+                )
+        except TimeoutError:
+            await progress.close(None)
+            return TrainingRun(
+                status="failed", error=f"Training timed out after {req.timeout:g} seconds"
+            )
+        except BootError as err:
+            await progress.close(err.logs)
+            return TrainingRun(status="failed", error=f"Model setup failed: {err}")
+        finally:
+            heartbeats.cancel()
+        await progress.close(result.logs)
+        if result.status != "succeeded":
+            status = result.status if result.status in ("failed", "canceled") else "failed"
+            return TrainingRun(status=status, error=result.error, started_at=progress.started_at)
+        try:
+            weights = await self._store_weights(req.id, result)
+        except ValueError as err:
+            return TrainingRun(status="failed", error=str(err), started_at=progress.started_at)
+        log.info(
+            "event=weights_stored training=%s key=%s bytes=%d", req.id, weights.key, weights.size
+        )
+        return TrainingRun(status="succeeded", weights=weights, started_at=progress.started_at)
+
+    async def _store_weights(self, training_id: str, result: CogPrediction) -> StoredWeights:
+        """The trainer's ``weights`` output (a data URI from coglet) into the object store."""
+        output = result.output
+        value = output.get("weights") if isinstance(output, dict) else output
+        if not isinstance(value, str):
+            raise ValueError("The trainer's output has no weights file")
+        content_type, data = decode_data_uri(value)
+        store = await self.store()
+
+        def write() -> StoredWeights:
+            upload = store.new_upload()
+            try:
+                upload.write(data)
+            except BaseException:
+                upload.discard()
+                raise
+            extension = mimetypes.guess_extension(content_type) or ""
+            key = f"{weights_prefix(training_id)}weights{extension}"
+            store.commit(upload, key, content_type)
+            return StoredWeights(
+                key=key, sha256=upload.sha256, size=upload.size, content_type=content_type
+            )
+
+        return await asyncio.to_thread(write)
+
+    @activity.defn(name="complete_training")
+    async def complete_training(self, done: CompleteTraining) -> TrainingOutcome:
+        """Create the fine-tune version and mark the training succeeded, together."""
+        try:
+            ref = await asyncio.to_thread(
+                trainings.complete_training, self.engine, done.id, done.weights, done.completed_at
+            )
+        except trainings.DestinationGone as err:
+            raise ApplicationError(str(err), type="DestinationGone", non_retryable=True) from err
+        if ref is not None:
+            log.info("event=finetune_created training=%s version=%s", done.id, ref)
+            return TrainingOutcome(status="succeeded", version=ref, completed_at=done.completed_at)
+        # It had ended already (canceled meanwhile): no version, and its weights go.
+        row = await asyncio.to_thread(trainings.get_training, self.engine, done.id)
+        await self._discard_weights(done.id)
+        status: Any = row.status if row is not None else "canceled"
+        return TrainingOutcome(
+            status=status,
+            error=row.error if row is not None else None,
+            completed_at=row.completed_at if row is not None else done.completed_at,
+        )
+
+    @activity.defn(name="finish_training")
+    async def finish_training(self, done: FinishTraining) -> None:
+        """Record a terminal state decided by the workflow; remove any stored weights."""
+        await asyncio.to_thread(
+            trainings.finish_training,
+            self.engine,
+            done.id,
+            status=done.status,
+            error=done.error,
+            completed_at=done.completed_at or utcnow(),
+        )
+        await self._discard_weights(done.id)
+
+    async def _discard_weights(self, training_id: str) -> None:
+        store = await self.store()
+        removed = await asyncio.to_thread(store.delete_prefix, weights_prefix(training_id))
+        if removed:
+            log.info("event=weights_discarded training=%s objects=%d", training_id, removed)
+
+    def render(self, store: ObjectStore, training_id: str) -> dict[str, Any] | None:
+        row = trainings.get_training(self.engine, training_id)
+        if row is None:
+            return None
+        expiry = self.settings.output_url_expiry
+        return trainings.training_json(
+            row,
+            self.settings.resolved_public_url,
+            weights_url=lambda key: store.signed_url(key, expiry),
+        )
+
+    @activity.defn(name="send_training_webhook")
+    async def send_training_webhook(self, d: TrainingWebhook) -> WebhookResult:
+        """POST the training as it is now; the failure message carries the answer."""
+        store = await self.store()
+        row = await asyncio.to_thread(trainings.get_training, self.engine, d.training_id)
+        if row is None or not row.webhook:
+            raise ApplicationError(
+                f"training {d.training_id} has no webhook", type="NoWebhook", non_retryable=True
+            )
+        body = await asyncio.to_thread(self.render, store, d.training_id)
+        secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
+        if self._client is None:
+            self._client = http_client()
+        try:
+            status = await deliver(
+                self._client,
+                row.webhook,
+                secret=secret,
+                msg_id=webhook_id(d.training_id, d.event, d.sequence),
+                body=body or {},
+                time_limit=d.timeout,
+                allow_private=self.settings.allow_private_urls,
+            )
+        except DeliveryFailed as err:
+            log.info(
+                "event=webhook_failed training=%s webhook_event=%s status=%s",
+                d.training_id,
+                d.event,
+                err.status,
+            )
+            raise ApplicationError(
+                str(err),
+                {"status_code": err.status},
+                type="WebhookRefused" if err.permanent else "WebhookFailed",
+                non_retryable=err.permanent,
+            ) from None
+        log.info(
+            "event=webhook_delivered training=%s webhook_event=%s status=%d",
+            d.training_id,
+            d.event,
+            status,
+        )
+        return WebhookResult(status_code=status)
+
+
+def decode_data_uri(value: str) -> tuple[str, bytes]:
+    """(content type, bytes) of a ``data:`` URI; ``ValueError`` for anything else."""
+    if not value.startswith("data:") or "," not in value:
+        raise ValueError("The trainer's weights are not a file coglet returned")
+    header, _, payload = value[5:].partition(",")
+    params = header.split(";")
+    content_type = params[0] or "application/octet-stream"
+    try:
+        if "base64" in params[1:]:
+            return content_type, base64.b64decode(payload, validate=True)
+        return content_type, unquote_to_bytes(payload)
+    except binascii.Error as err:
+        raise ValueError("The trainer's weights are not valid base64") from err
+
+
+class _Progress:
+    """``processing`` and throttled live logs of one attempt of the run activity."""
+
+    def __init__(self, engine: Engine, training_id: str) -> None:
+        self.engine = engine
+        self.id = training_id
+        self.started_at: datetime | None = None
+        self._last = 0.0
+        self._pending: str | None = None
+        self._flush: asyncio.Task[None] | None = None
+
+    async def booted(self) -> None:
+        self.started_at = utcnow()
+        await asyncio.to_thread(trainings.mark_processing, self.engine, self.id, self.started_at)
+
+    async def update(self, state: CogPrediction) -> None:
+        self._pending = state.logs
+        wait = LOG_INTERVAL - (time.monotonic() - self._last)
+        if wait <= 0:
+            await self._write()
+        elif self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._write_later(wait))
+
+    async def _write_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._write()
+
+    async def _write(self) -> None:
+        logs, self._pending = self._pending, None
+        if logs is None:
+            return
+        self._last = time.monotonic()
+        await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
+
+    async def close(self, logs: str | None) -> None:
+        """Stop pending writes; record the final logs."""
+        if self._flush is not None:
+            self._flush.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush
+        if logs is not None:
+            await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)

@@ -1,0 +1,238 @@
+"""Trainings: create (from a version, to a destination model), get, list, cancel.
+
+Everything that can be refused is refused here, before a workflow starts: an unknown or
+invisible base version (404), a version without ``train()`` (422), a destination that does
+not exist (404) or belongs to someone else (403), invalid input (422 naming the fields).
+Trainings are private to the account that created them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlmodel import Session, col, select
+from temporalio.service import RPCError
+
+from api.deps import CurrentAccount, StateDep
+from api.errors import ProblemError, invalid, not_found
+from api.launch import base_url, check_webhook
+from api.pagination import paginate
+from api.state import AppState
+from replicant import trainings
+from replicant.catalog import account_names, find_model
+from replicant.contracts import TrainingRequest, WebhookEvent
+from replicant.ids import new_id
+from replicant.storage import ObjectStore, open_store
+from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
+from replicant.timeutil import utcnow
+from replicant.validation import validate_input
+from workflows.training import TrainingWorkflow, search_attributes
+
+router = APIRouter(prefix="/v1", tags=["trainings"])
+log = logging.getLogger("replicant.api")
+
+
+class TrainingCreate(BaseModel):
+    """Body of ``POST /v1/models/{owner}/{name}/versions/{id}/trainings``."""
+
+    destination: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+
+
+def _store(request: Request, state: AppState) -> ObjectStore:
+    """The app's object store (shared with the Files routes), opened on first use."""
+    store: ObjectStore | None = getattr(request.app.state, "object_store", None)
+    if store is None:
+        store = open_store(state.settings)
+        request.app.state.object_store = store
+    return store
+
+
+def _render(request: Request, state: AppState, rows: list[Training]) -> list[dict[str, Any]]:
+    """Training objects; ``output.weights`` is a signed URL of the stored weights."""
+    base = base_url(request, state)
+    expiry = state.settings.output_url_expiry
+    store = _store(request, state) if any(r.weights_key for r in rows) else None
+
+    def sign(key: str) -> str:
+        assert store is not None
+        return store.signed_url(key, expiry)
+
+    return [trainings.training_json(r, base, weights_url=sign) for r in rows]
+
+
+def _destination(session: Session, account: Account, ref: str) -> Model:
+    """The destination model: 404 when it does not exist (or is someone else's private
+    model), 403 when it is someone else's."""
+    owner, _, name = ref.partition("/")
+    if not owner or not name or "/" in name:
+        raise invalid([{"field": "destination", "message": "must be 'owner/name' of a model"}])
+    model = session.exec(select(Model).where(Model.owner == owner, Model.name == name)).first()
+    mine = account_names(session, account)
+    if model is None or (model.owner not in mine and model.visibility != "public"):
+        raise ProblemError(
+            404,
+            f"The destination model {ref} does not exist; create it first",
+            title="Destination not found",
+        )
+    if model.owner not in mine:
+        raise ProblemError(
+            403,
+            f"You cannot push versions to {ref}: it belongs to {owner}",
+            title="Forbidden",
+        )
+    return model
+
+
+@router.post("/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201)
+async def create_training(
+    owner: str,
+    name: str,
+    version_id: str,
+    body: TrainingCreate,
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+) -> JSONResponse:
+    settings = state.settings
+
+    def resolve() -> tuple[Model, Version, Model, str]:
+        with Session(state.engine, expire_on_commit=False) as session:
+            model = find_model(session, account, owner, name)
+            version = session.get(Version, version_id) if model is not None else None
+            if model is None or version is None or version.model_id != model.id:
+                raise not_found(f"Version {owner}/{name}:{version_id}")
+            if not version.train_ref:
+                raise invalid(
+                    [{"field": "version", "message": "this version cannot be trained"}],
+                    f"{owner}/{name}:{version_id} cannot be trained: it has no train()",
+                )
+            destination = _destination(session, account, body.destination)
+            return model, version, destination, trainings.version_hardware(session, model, version)
+
+    model, version, destination, hardware = await asyncio.to_thread(resolve)
+    try:
+        errors = validate_input(version.openapi_schema, body.input, component="TrainingInput")
+    except KeyError:
+        raise invalid(
+            [{"field": "version", "message": "this version cannot be trained"}],
+            f"{owner}/{name}:{version_id} cannot be trained: it has no training schema",
+        ) from None
+    if errors:
+        raise invalid([e.model_dump() for e in errors])
+    if body.webhook is not None:
+        check_webhook(body.webhook, settings.allow_private_urls)
+    req = TrainingRequest(
+        id=new_id(),
+        owner=account.username,
+        model=f"{model.owner}/{model.name}",
+        version=version.id,
+        destination=f"{destination.owner}/{destination.name}",
+        input=body.input,
+        hardware=hardware,
+        webhook=body.webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        created_at=utcnow(),
+        timeout=settings.training_timeout,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        webhook_retry_period=settings.webhook_retry_period,
+        webhook_timeout=settings.webhook_timeout,
+    )
+    await asyncio.to_thread(trainings.insert_training, state.engine, req)
+    try:
+        client = await state.temporal()
+        await client.start_workflow(
+            TrainingWorkflow.run,
+            req,
+            id=f"training-{req.id}",
+            task_queue=settings.orchestration_queue,
+            search_attributes=search_attributes(req),
+        )
+    except Exception as err:
+        log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
+        await asyncio.to_thread(_discard, state, req.id)
+        raise ProblemError(503, "The training could not be scheduled; try again") from err
+    log.info(
+        "event=training_created training=%s version=%s destination=%s",
+        req.id,
+        req.version,
+        req.destination,
+    )
+    row = await asyncio.to_thread(_own_training, state, account, req.id)
+    rendered = await asyncio.to_thread(_render, request, state, [row])
+    return JSONResponse(
+        rendered[0], status_code=201, headers={"Location": rendered[0]["urls"]["get"]}
+    )
+
+
+def _discard(state: AppState, training_id: str) -> None:
+    with Session(state.engine) as session:
+        row = session.get(Training, training_id)
+        if row is not None:
+            session.delete(row)
+            session.commit()
+
+
+def _own_training(state: AppState, account: Account, training_id: str) -> Training:
+    row = trainings.get_training(state.engine, training_id)
+    if row is None or row.owner != account.username:
+        raise not_found(f"Training {training_id}")
+    return row
+
+
+@router.get("/trainings/{training_id}")
+async def get_training(
+    training_id: str, request: Request, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    row = await asyncio.to_thread(_own_training, state, account, training_id)
+    return (await asyncio.to_thread(_render, request, state, [row]))[0]
+
+
+@router.post("/trainings/{training_id}/cancel")
+async def cancel_training(
+    training_id: str, request: Request, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    """Cancel a training that has not ended; one that is creating its version succeeds."""
+    row = await asyncio.to_thread(_own_training, state, account, training_id)
+    if row.status not in TERMINAL_STATUSES:
+        client = await state.temporal()
+        try:
+            await client.get_workflow_handle(f"training-{training_id}").signal(
+                TrainingWorkflow.cancel
+            )
+        except RPCError:
+            # No running workflow is left to tell: the read model is all there is.
+            await asyncio.to_thread(
+                trainings.finish_training,
+                state.engine,
+                training_id,
+                status="canceled",
+                completed_at=utcnow(),
+            )
+        row = await asyncio.to_thread(_own_training, state, account, training_id)
+    return (await asyncio.to_thread(_render, request, state, [row]))[0]
+
+
+@router.get("/trainings")
+async def list_trainings(
+    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+) -> dict[str, Any]:
+    """The caller's trainings, newest first, 100 a page, with absolute cursor URLs."""
+    base = base_url(request, state)
+    return await asyncio.to_thread(
+        paginate,
+        state.engine,
+        select(Training).where(Training.owner == account.username),
+        col(Training.created_at),
+        col(Training.id),
+        cursor=cursor,
+        page_url=f"{base}/v1/trainings",
+        render=lambda _, rows: _render(request, state, list(rows)),
+    )

@@ -1,0 +1,114 @@
+"""Trained weights: where a fine-tune's weights live and how a model process gets them.
+
+A fine-tune version's ``weights_url`` is either an http(s) URL (handed to the model as it is)
+or a reference into the object store, ``replicant-store:<key>?sha256=<digest>``, which never
+expires. A worker materializes a reference once into a local cache keyed by the digest, and
+the runner pool serves the cached file to the model process from its internal HTTP server
+(127.0.0.1, an unguessable path): ``COG_WEIGHTS`` is then an http URL that any Cog model can
+fetch, that does not expire, and that costs no download from the store after the first boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from replicant.storage import ObjectStore
+
+STORE_SCHEME = "replicant-store:"
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+
+
+class WeightsError(Exception):
+    """The weights cannot be materialized (missing object, digest mismatch, bad reference)."""
+
+
+def store_ref(key: str, sha256: str) -> str:
+    """The ``weights_url`` of weights stored in the object store under ``key``."""
+    return f"{STORE_SCHEME}{key}?sha256={sha256}"
+
+
+def is_store_ref(value: str | None) -> bool:
+    return bool(value) and str(value).startswith(STORE_SCHEME)
+
+
+def parse_store_ref(ref: str) -> tuple[str, str]:
+    """(object key, sha256) of a store reference; ``WeightsError`` when it is not one."""
+    if not is_store_ref(ref):
+        raise WeightsError(f"not a stored-weights reference: {ref!r}")
+    parts = urlsplit(ref[len(STORE_SCHEME) :])
+    digest = (parse_qs(parts.query).get("sha256") or [""])[0]
+    if not parts.path or not DIGEST.match(digest):
+        raise WeightsError(f"malformed stored-weights reference: {ref!r}")
+    return parts.path, digest
+
+
+def file_name(key: str) -> str:
+    """The file name the model sees: the key's last part, when it is a plain name."""
+    name = key.rsplit("/", 1)[-1]
+    return name if SAFE_NAME.match(name) else "weights"
+
+
+class WeightsCache:
+    """Weights from the object store, downloaded once per digest into ``root``."""
+
+    def __init__(self, store: Callable[[], ObjectStore], root: Path) -> None:
+        self._open_store = store
+        self._store: ObjectStore | None = None
+        self.root = root.resolve()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def cached(self, digest: str, name: str) -> Path | None:
+        """The cached file of ``digest`` when present."""
+        if not DIGEST.match(digest) or not SAFE_NAME.match(name):
+            return None
+        path = self.root / digest / name
+        return path if path.is_file() else None
+
+    async def materialize(self, ref: str) -> tuple[str, str]:
+        """(digest, file name) of the weights behind ``ref``, downloaded if not cached."""
+        key, digest = parse_store_ref(ref)
+        name = file_name(key)
+        if self.cached(digest, name) is not None:
+            return digest, name
+        lock = self._locks.setdefault(digest, asyncio.Lock())
+        async with lock:
+            if self.cached(digest, name) is None:
+                await asyncio.to_thread(self._download, key, digest, name)
+        return digest, name
+
+    def _download(self, key: str, digest: str, name: str) -> None:
+        if self._store is None:
+            self._store = self._open_store()
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".download-"))
+        try:
+            target = staging / name
+            try:
+                self._store.download(key, target)
+            except LookupError as err:
+                raise WeightsError(f"the weights {key} are not in the object store") from err
+            found = _sha256(target)
+            if found != digest:
+                raise WeightsError(f"the weights {key} have digest {found}, expected {digest}")
+            dest = self.root / digest
+            dest.mkdir(exist_ok=True)
+            # Same filesystem: the file appears whole or not at all.
+            target.replace(dest / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()

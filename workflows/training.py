@@ -1,0 +1,193 @@
+"""TrainingWorkflow: the durable life of one training.
+
+run the trainer on the base model's hardware queue (the activity records ``processing`` and
+logs, and stores the trainer's weights in the object store with no expiry) -> create the new
+version on the destination and mark the training succeeded, in one transaction -> notify.
+
+Cancel and failure leave no version behind: the version is created only after the weights
+are stored, by one guarded transaction that does nothing once the training has ended; a
+training that ends any other way has its stored weights removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import (
+    RetryPolicy,
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from replicant.contracts import (
+        CompleteTraining,
+        FinishTraining,
+        Status,
+        TrainingOutcome,
+        TrainingRequest,
+        TrainingRun,
+        TrainingWebhook,
+        WebhookResult,
+    )
+
+MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
+VERSION_ATTR = SearchAttributeKey.for_keyword("ReplicantVersion")
+STATUS_ATTR = SearchAttributeKey.for_keyword("ReplicantStatus")
+OWNER_ATTR = SearchAttributeKey.for_keyword("ReplicantOwner")
+
+# Errors that retrying cannot fix.
+NON_RETRYABLE = ["VersionNotFound", "DestinationGone"]
+RUN_ATTEMPTS = 3
+BOOT_ALLOWANCE = timedelta(minutes=10)
+LOCAL = timedelta(seconds=30)
+COMPLETE = timedelta(minutes=1)
+WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
+WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
+
+
+def search_attributes(req: TrainingRequest, status: Status = "starting") -> TypedSearchAttributes:
+    """The attributes that make a training findable in the Temporal UI."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(MODEL_ATTR, req.model),
+            SearchAttributePair(VERSION_ATTR, req.version),
+            SearchAttributePair(STATUS_ATTR, status),
+            SearchAttributePair(OWNER_ATTR, req.owner),
+        ]
+    )
+
+
+@workflow.defn(name="TrainingWorkflow")
+class TrainingWorkflow:
+    """One training, from queued to a new version on its destination."""
+
+    def __init__(self) -> None:
+        self._status: Status = "starting"
+        self._terminal = False
+        self._cancel_requested = False
+        self._completing = False
+        self._run: workflow.ActivityHandle[TrainingRun] | None = None
+
+    @workflow.run
+    async def run(self, req: TrainingRequest) -> TrainingOutcome:
+        outcome = await self._train(req)
+        self._status, self._terminal = outcome.status, True
+        workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        events = req.webhook_events_filter
+        if req.webhook and (events is None or "completed" in events):
+            await self._notify_completed(req)
+        return outcome
+
+    async def _train(self, req: TrainingRequest) -> TrainingOutcome:
+        if self._cancel_requested:
+            return await self._finish(req, "canceled", None)
+        self._run = workflow.start_activity(
+            "run_training",
+            req,
+            result_type=TrainingRun,
+            task_queue=req.task_queue or f"replicant-hw-{req.hardware}",
+            start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
+            heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
+            retry_policy=RetryPolicy(
+                maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=NON_RETRYABLE
+            ),
+            # `canceled` is recorded at once; the trainer stops on the activity's next heartbeat.
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+        )
+        try:
+            run = await self._run
+        except asyncio.CancelledError:
+            # The whole workflow was cancelled (e.g. from the Temporal UI): same as a cancel.
+            self._run.cancel()
+            return await self._finish(req, "canceled", None)
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                return await self._finish(req, "canceled", None)
+            return await self._finish(req, "failed", failure_message(err))
+        if self._cancel_requested:
+            return await self._finish(req, "canceled", None)
+        if run.status != "succeeded":
+            return await self._finish(req, run.status, run.error)
+        if run.weights is None:
+            return await self._finish(req, "failed", "The trainer returned no weights")
+        # From here the training is being completed: a cancel no longer changes the outcome.
+        self._completing = True
+        try:
+            outcome: TrainingOutcome = await workflow.execute_activity(
+                "complete_training",
+                CompleteTraining(id=req.id, weights=run.weights, completed_at=workflow.now()),
+                result_type=TrainingOutcome,
+                start_to_close_timeout=COMPLETE,
+                retry_policy=RetryPolicy(non_retryable_error_types=NON_RETRYABLE),
+            )
+        except ActivityError as err:
+            return await self._finish(req, "failed", failure_message(err))
+        return outcome
+
+    async def _finish(
+        self, req: TrainingRequest, status: Status, error: str | None
+    ) -> TrainingOutcome:
+        """Record a terminal state without a version, and remove any stored weights."""
+        done = FinishTraining(id=req.id, status=status, error=error, completed_at=workflow.now())
+        await workflow.execute_local_activity("finish_training", done, start_to_close_timeout=LOCAL)
+        return TrainingOutcome(status=status, error=error, completed_at=done.completed_at)
+
+    async def _notify_completed(self, req: TrainingRequest) -> None:
+        """Deliver `completed` until a 2xx or the retry period is over, one activity per
+        attempt, as PredictionWorkflow does."""
+        deadline = workflow.now() + timedelta(seconds=req.webhook_retry_period)
+        delay = WEBHOOK_FIRST_RETRY
+        delivery = TrainingWebhook(
+            training_id=req.id, event="completed", timeout=req.webhook_timeout
+        )
+        while True:
+            try:
+                await workflow.execute_activity(
+                    "send_training_webhook",
+                    delivery,
+                    result_type=WebhookResult,
+                    start_to_close_timeout=timedelta(seconds=req.webhook_timeout) + LOCAL,
+                    retry_policy=RetryPolicy(maximum_attempts=1),
+                )
+                return
+            except ActivityError as err:
+                if isinstance(err.cause, ApplicationError) and err.cause.non_retryable:
+                    return
+            if workflow.now() + delay > deadline:
+                workflow.logger.warning("webhook retry period over for training %s", req.id)
+                return
+            await workflow.sleep(delay)
+            delay = min(delay * 2, WEBHOOK_MAX_BACKOFF)
+
+    @workflow.signal
+    def cancel(self) -> None:
+        """Cancel the training unless it has ended or is creating its version already."""
+        if self._terminal or self._completing:
+            return
+        self._cancel_requested = True
+        if self._run is not None:
+            self._run.cancel()
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+
+def failure_message(err: ActivityError) -> str:
+    """A clear, user-facing reason for a training that ended in an activity failure."""
+    cause = err.cause
+    if isinstance(cause, TimeoutError):
+        return (
+            "Training failed: the worker running it stopped responding "
+            f"and {RUN_ATTEMPTS} attempts did not complete"
+        )
+    if isinstance(cause, ApplicationError):
+        if cause.type in NON_RETRYABLE:
+            return cause.message
+        return f"Training failed after {RUN_ATTEMPTS} attempts: {cause.message}"
+    return f"Training failed: {cause or err}"
