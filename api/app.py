@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
+from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
@@ -48,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.replicant = AppState(settings=settings, engine=engine)
     app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
+    app.state.metrics = Metrics(engine)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(streams.router)
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(deployments.router)
     app.include_router(trainings.router)
+    app.include_router(metrics_router)
     logging.getLogger("replicant").setLevel(settings.log_level)
     return app
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -33,13 +31,9 @@ console = Console()
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per HTTP call to a model process is noise, not a log.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    from replicant.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
 
 @app.command()
@@ -89,13 +83,17 @@ def api() -> None:
     """Serve the HTTP API (uvicorn)."""
     import uvicorn
 
+    from replicant.metrics import temporal_runtime
+
     settings = get_settings()
     _logging(settings)
+    temporal_runtime(settings)
     uvicorn.run(
         "api.app:app",
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # our handler (JSON lines) for uvicorn's loggers too
         access_log=False,
         ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
         ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
@@ -113,10 +111,13 @@ def worker(
     ] = False,
 ) -> None:
     """Run a worker: the orchestration queue and the hardware queues."""
+    from replicant.metrics import serve_worker_metrics, temporal_runtime
     from workers.main import run_worker
 
     settings = get_settings()
     _logging(settings)
+    temporal_runtime(settings, metrics_port=settings.temporal_metrics_port)
+    serve_worker_metrics(settings, hardware)
     asyncio.run(run_worker(settings, orchestration=not no_orchestration, hardware=hardware))
 
 

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     rate_limit_prefix: str = "replicant"  # Redis key prefix, for installations sharing a Redis
 
     log_level: str = "INFO"
+    # "json": one JSON object per line (API and workers in production); "text": key=value.
+    log_format: Literal["json", "text"] = "json"
+    # Prometheus metrics of a worker process and Temporal's SDK metrics of that process, each
+    # on its own port at api_host (the address this process listens on); 0 turns each off.
+    worker_metrics_port: int = 0
+    temporal_metrics_port: int = 0
 
     @field_validator("rate_limit_create", "rate_limit_default")
     @classmethod

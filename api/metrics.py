@@ -1,0 +1,151 @@
+"""Prometheus metrics of an API process: ``GET /metrics``.
+
+Request latency by route template and status; predictions by status (counted in the read
+model when scraped); the backlog of every hardware queue (Temporal's approximate count,
+cached for a few seconds so scrapes do not hammer the frontend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+from api.state import AppState
+
+log = logging.getLogger("replicant.metrics")
+
+# Seconds a queue backlog reading is reused.
+BACKLOG_TTL = 5.0
+
+metrics_router = APIRouter(tags=["metrics"])
+
+
+class ReadModelCollector(Collector):
+    """Predictions by status, counted in the read model at scrape time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "replicant_predictions", "Predictions in the read model by status", labels=["status"]
+        )
+        with self.engine.connect() as conn:
+            query = text("SELECT status, count(*) FROM prediction GROUP BY status")
+            for status, count in conn.execute(query):
+                family.add_metric([status], count)
+        yield family
+
+
+class QueueBacklogCollector(Collector):
+    """The approximate backlog of each hardware queue, as last read from Temporal."""
+
+    def __init__(self) -> None:
+        self.backlog: dict[str, int] = {}
+        self.read_at = 0.0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "replicant_queue_backlog",
+            "Predictions waiting for a slot, per hardware queue (Temporal's approximate count)",
+            labels=["hardware"],
+        )
+        for sku, count in sorted(self.backlog.items()):
+            family.add_metric([sku], count)
+        yield family
+
+
+class Metrics:
+    """The registry of one API app and the series in it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "replicant_http_request_duration_seconds",
+            "HTTP request latency by route template and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.registry.register(ReadModelCollector(engine))
+        self.backlog = QueueBacklogCollector()
+        self.registry.register(self.backlog)
+        self._refresh = asyncio.Lock()
+
+    async def refresh_backlog(self, state: AppState) -> None:
+        """Read every hardware queue's backlog, unless the last reading is recent."""
+        async with self._refresh:
+            if time.monotonic() - self.backlog.read_at < BACKLOG_TTL:
+                return
+            try:
+                client = await asyncio.wait_for(state.temporal(), timeout=5)
+                backlog: dict[str, int] = {}
+                for sku in state.settings.hardware:
+                    request = DescribeTaskQueueRequest(
+                        namespace=client.namespace,
+                        task_queue=TaskQueue(name=state.settings.task_queue(sku)),
+                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                        report_stats=True,
+                    )
+                    response = await client.workflow_service.describe_task_queue(
+                        request, timeout=None
+                    )
+                    backlog[sku] = response.stats.approximate_backlog_count
+            except Exception as err:  # Temporal down: keep serving the other series
+                log.warning("event=queue_backlog_unavailable error=%s", type(err).__name__)
+                return
+            self.backlog.backlog = backlog
+            self.backlog.read_at = time.monotonic()
+
+
+class RequestMetrics:
+    """ASGI middleware: observes each HTTP request's latency under its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            # Unmatched paths share one label, so scanners cannot blow up the series count.
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.latency.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - start
+            )
+
+
+@metrics_router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format; unauthenticated, like /health (expose it to the scraper only)."""
+    registered: Metrics = request.app.state.metrics
+    await registered.refresh_backlog(request.app.state.replicant)
+    body = await asyncio.to_thread(generate_latest, registered.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

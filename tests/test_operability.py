@@ -1,0 +1,85 @@
+"""Operability of the running stack: Prometheus metrics of the API, JSON logs of the worker."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import LiveStack
+
+HELLO = "replicate/hello-world"
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a Prometheus endpoint, keyed by name and labels."""
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def run_hello(api: httpx.Client, text: str) -> dict[str, Any]:
+    body = {"input": {"text": text}}
+    response = api.post(f"/v1/models/{HELLO}/predictions", json=body, headers={"Prefer": "wait"})
+    assert response.status_code == 201, response.text
+    prediction: dict[str, Any] = response.json()
+    assert prediction["status"] == "succeeded"
+    return prediction
+
+
+def test_metrics_expose_latency_predictions_and_queue_backlog(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    before = scrape(f"{live.url}/metrics")
+    prediction = run_hello(api, "metrics")
+    assert api.get(f"/v1/predictions/{prediction['id']}").status_code == 200
+    assert api.get("/v1/no/such/thing").status_code == 404
+    samples = scrape(f"{live.url}/metrics")
+
+    def count(route: str, method: str, status: str, source: dict[Any, float]) -> float:
+        labels = frozenset({"route": route, "method": method, "status": status}.items())
+        return source.get(("replicant_http_request_duration_seconds_count", labels), 0.0)
+
+    create = ("/v1/models/{owner}/{name}/predictions", "POST", "201")
+    get = ("/v1/predictions/{prediction_id}", "GET", "200")
+    for route, method, status in (create, get):
+        assert count(route, method, status, samples) == count(route, method, status, before) + 1
+    # Paths that match no route share one label instead of one series each.
+    assert count("unmatched", "GET", "404", samples) >= 1
+    assert not any("/v1/no/such/thing" in str(labels) for _, labels in samples)
+
+    succeeded = ("replicant_predictions", frozenset({("status", "succeeded")}))
+    assert samples[succeeded] >= before.get(succeeded, 0) + 1
+    for sku in live.settings.hardware:
+        backlog = ("replicant_queue_backlog", frozenset({("hardware", sku)}))
+        assert samples[backlog] >= 0
+
+
+def test_worker_logs_are_json_lines_with_the_prediction_id(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    prediction = run_hello(api, "logs")
+    assert live.stack.log_dir is not None
+    lines = (live.stack.log_dir / "worker.log").read_text().splitlines()
+    mine = [line for line in lines if prediction["id"] in line]
+    assert mine, "the worker logged nothing about the prediction"
+    for line in mine:
+        entry = json.loads(line)
+        assert entry["prediction_id"] == prediction["id"], entry
+        assert entry["workflow_id"] == f"prediction-{prediction['id']}"
+        assert {"time", "level", "logger", "message", "activity"} <= set(entry)
+    done = [json.loads(line) for line in mine if "event=prediction_done" in line]
+    assert [entry["activity"] for entry in done] == ["run_prediction"]
+    # Every line logged inside an activity names its prediction (or training).
+    for line in lines:
+        if line.startswith("{"):
+            entry = json.loads(line)
+            if str(entry.get("workflow_id", "")).startswith("prediction-"):
+                assert entry["prediction_id"] == entry["workflow_id"].removeprefix("prediction-")
