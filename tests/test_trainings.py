@@ -24,6 +24,7 @@ from replicate.training import Training
 
 from replicant.archives import pack_model
 from tests.conftest import TERMINAL, LiveStack
+from tests.receiver import running_receiver
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -174,20 +175,31 @@ def test_two_trainings_to_one_destination_make_two_versions(
     base = ngram_version(live)
     before = set(versions_of(live, token, f"{username}/tuned"))
     texts = [corpus(2, 200), corpus(3, 200)]
-    trainings = [
-        client.trainings.create(
-            model="replicant/ngram",
-            version=base,
-            input={"text": data_uri(text)},
-            destination=f"{username}/tuned",
-        )
-        for text in texts
-    ]
-    refs = []
-    for training in trainings:
-        wait_training(training)
-        assert training.status == "succeeded", training.error
-        refs.append(training.output["version"])
+    with running_receiver() as receiver:
+        trainings = [
+            client.trainings.create(
+                model="replicant/ngram",
+                version=base,
+                input={"text": data_uri(text)},
+                destination=f"{username}/tuned",
+                webhook=receiver.url,
+                webhook_events_filter=["completed"],
+            )
+            for text in texts
+        ]
+        refs = []
+        for training in trainings:
+            wait_training(training)
+            assert training.status == "succeeded", training.error
+            refs.append(training.output["version"])
+            # The `completed` webhook carries the training as GET answers it.
+            delivered = receiver.wait(bool, training.id)
+            assert len(delivered) == 1
+            body = delivered[0].json()
+            assert body["status"] == "succeeded"
+            assert body["output"]["version"] == training.output["version"]
+            assert body["output"]["weights"]
+            assert delivered[0].headers["webhook-id"] == f"msg_{training.id}_completed_0"
     assert refs[0] != refs[1]
     after = set(versions_of(live, token, f"{username}/tuned"))
     assert after - before == {ref.partition(":")[2] for ref in refs}
