@@ -15,6 +15,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import update
@@ -22,7 +23,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from standardwebhooks import Webhook
 
-from replicant.netguard import BlockedURL, check_url, check_url_syntax
+from replicant.netguard import BlockedURL, check_url_syntax
+from replicant.safefetch import _pinned, address_policy, resolve
 from replicant.tables import Account
 
 log = logging.getLogger("replicant.webhooks")
@@ -125,20 +127,29 @@ async def deliver(
     Redirects are not followed (a 3xx is a failure); the URL must pass the SSRF rules.
     """
     try:
-        check_url_syntax(url)
-        await check_url(url, allow_private=allow_private)
+        host = check_url_syntax(url)
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        # Connect to the very address that was checked (no second, rebindable lookup).
+        address = await resolve(host, port, address_policy(allow_private))
     except BlockedURL as err:
-        raise DeliveryFailed(f"webhook URL refused: {err}", permanent=True) from err
+        # A name that does not resolve may resolve later; a refused address will not change.
+        permanent = not str(err).endswith("does not resolve")
+        raise DeliveryFailed(f"webhook URL refused: {err}", permanent=permanent) from err
+    target, host_header, server_name = _pinned(url, address)
     payload = encode_body(body)
     headers = signed_headers(secret, msg_id, payload)
+    headers["host"] = host_header
+    request = client.build_request(
+        "POST",
+        target,
+        content=payload.encode(),
+        headers=headers,
+        timeout=httpx.Timeout(time_limit),
+        extensions={"sni_hostname": server_name},
+    )
     try:
-        response = await client.post(
-            url,
-            content=payload.encode(),
-            headers=headers,
-            timeout=httpx.Timeout(time_limit),
-            follow_redirects=False,
-        )
+        response = await client.send(request, follow_redirects=False)
     except httpx.TimeoutException as err:
         raise DeliveryFailed(f"webhook receiver timed out after {time_limit:g}s") from err
     except httpx.HTTPError as err:

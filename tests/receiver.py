@@ -22,6 +22,7 @@ class Delivery:
     body: bytes
     received_at: float
     answered: int
+    received_wall: float = 0.0
 
     def json(self) -> Any:
         import json
@@ -73,7 +74,9 @@ def running_receiver() -> Iterator[Receiver]:
                 time.sleep(delay)
             with receiver.lock:
                 receiver.deliveries.append(
-                    Delivery(self.path, dict(self.headers), body, time.monotonic(), status)
+                    Delivery(
+                        self.path, dict(self.headers), body, time.monotonic(), status, time.time()
+                    )
                 )
             self.send_response(status)
             if 300 <= status < 400:

@@ -111,6 +111,9 @@ async def run_worker(
     # Output files go from coglet straight into the object store (see OutputSink).
     pool = RunnerPool(
         max_warm=settings.max_warm_runners,
+        # Streams need their chunks soon (time to first token); the run activity throttles
+        # its own read-model writes and webhooks.
+        update_interval=0.05,
         upload=OutputSink(settings, store),
         # Fine-tunes' weights, fetched once per worker and served to their model processes.
         weights=WeightsCache(lambda: store, settings.data_dir / "weights-cache"),
@@ -121,7 +124,27 @@ async def run_worker(
     )
     # Deployment instances run on the workers of their hardware.
     served = list(settings.hardware) if hardware is None else hardware
-    host = DeploymentHost(client, engine, served) if served else None
+    host = None
+    if served:
+        webhooks = WebhookActivities(engine, settings)
+        instance_weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
+
+        def instance_pool() -> RunnerPool:
+            return RunnerPool(
+                max_warm=1,
+                update_interval=0.05,
+                upload=OutputSink(settings, store),
+                weights=instance_weights,
+            )
+
+        host = DeploymentHost(
+            client,
+            engine,
+            served,
+            connect=lambda: connect(settings),
+            make_pool=instance_pool,
+            make_activities=lambda p: PredictionActivities(engine, p, webhooks, store),
+        )
     if host is not None:
         workers += host.control_workers()
     stop = asyncio.Event()
