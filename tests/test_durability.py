@@ -114,7 +114,12 @@ async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
     live.stack.stop("worker", sig=signal.SIGKILL)
     await asyncio.sleep(HEARTBEAT_TIMEOUT + 1)
     assert api.get(f"/v1/predictions/{body['id']}").json()["status"] == "processing"
-    health = httpx.get(f"{live.url}/health")
+    # /health says so once the dead worker's heartbeat is stale (seconds, not minutes).
+    for _ in range(100):
+        health = httpx.get(f"{live.url}/health")
+        if health.status_code == 503:
+            break
+        await asyncio.sleep(0.2)
     assert health.status_code == 503
     assert "worker for replicant-hw-cpu" in health.json()["missing"]
     live.stack.start_worker()
