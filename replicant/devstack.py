@@ -139,14 +139,16 @@ class Stack:
         engine.dispose()
         return token
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         out: int | object = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the child)
         proc = subprocess.Popen(
             cmd,
-            env=settings_env(self.settings),
+            env={**settings_env(self.settings), **(env or {})},
             stdout=out,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,  # Ctrl-C reaches us once; we stop the children in order
@@ -158,14 +160,22 @@ class Stack:
         proc = self._spawn("temporal", temporal_command(self.settings, ui=self.ui))
         wait_for_port(self.settings.temporal_port, proc)
 
-    def start_api(self) -> None:
-        s = self.settings
+    def start_api(self, name: str = "api", port: int | None = None) -> str:
+        """Start an API process (more than one: give each its own port); returns its URL."""
+        port = port or self.settings.api_port
         cmd = [sys.executable, "-m", "replicant.cli", "api"]
-        proc = self._spawn("api", cmd)
-        wait_for_port(s.api_port, proc)
+        env = {"REPLICANT_API_PORT": str(port)} if port != self.settings.api_port else None
+        proc = self._spawn(name, cmd, env)
+        wait_for_port(port, proc)
+        scheme = "https" if self.settings.tls_certfile else "http"
+        return f"{scheme}://{self.settings.api_host}:{port}"
 
-    def start_worker(self, name: str = "worker", *extra: str) -> subprocess.Popen[bytes]:
-        return self._spawn(name, [sys.executable, "-m", "replicant.cli", "worker", *extra])
+    def start_worker(
+        self, name: str = "worker", *extra: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker process; ``env`` adds settings of its own (e.g. its metrics port)."""
+        cmd = [sys.executable, "-m", "replicant.cli", "worker", *extra]
+        return self._spawn(name, cmd, env)
 
     def start(self) -> str:
         token = self.prepare()
