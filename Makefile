@@ -22,8 +22,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The API and read-model tests run a second time with the stack on PostgreSQL (a fresh
+# database of the local server); the rest of the suite exercises the same code on SQLite.
+PG_TESTS := tests/test_predictions.py tests/test_conformance.py tests/test_models.py \
+	tests/test_operability.py
+
 test: lint typecheck
 	$(BIN)/pytest -q
+	REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q $(PG_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py

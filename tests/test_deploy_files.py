@@ -122,14 +122,29 @@ def command_of(service: dict[str, Any]) -> list[str]:
     return [str(part) for part in command]
 
 
+def commands_of(service: dict[str, Any]) -> list[list[str]]:
+    """The Replicant commands a service runs: its command, or each of ``sh -c "a && b"``."""
+    argv = command_of(service)
+    if argv[:2] in (["sh", "-c"], ["sh", "-ec"]):
+        (script,) = argv[2:]
+        return [shlex.split(part) for part in script.split("&&")]
+    return [argv]
+
+
 def cli_params(argv: list[str]) -> tuple[str, dict[str, Any]]:
-    """Parse ``replicant <command> ...`` with the real CLI; returns the command and its options."""
+    """Parse ``replicant <command> ...`` with the real CLI; returns the command (``db upgrade``
+    for a sub-command) and its options."""
     assert argv[0] == "replicant", argv
     group = typer.main.get_command(cli_app)
     assert isinstance(group, typer.core.TyperGroup)
     name, *args = argv[1:]
     assert name in group.commands, f"`replicant {name}` is not a command"
-    context = group.commands[name].make_context(name, args)
+    command = group.commands[name]
+    while isinstance(command, typer.core.TyperGroup):
+        sub, *args = args
+        assert sub in command.commands, f"`replicant {name} {sub}` is not a command"
+        name, command = f"{name} {sub}", command.commands[sub]
+    context = command.make_context(name, args)
     return name, dict(context.params)
 
 
@@ -238,7 +253,7 @@ def test_one_worker_service_per_hardware_sku(monkeypatch: pytest.MonkeyPatch) ->
     orchestration: list[str] = []
     skus: dict[str, str] = {}
     for name in APP_SERVICES:
-        command, params = cli_params(command_of(SERVICES[name]))
+        command, params = cli_params(commands_of(SERVICES[name])[-1])
         if command != "worker":
             continue
         if not params["no_orchestration"]:
@@ -265,9 +280,9 @@ def test_one_worker_service_per_hardware_sku(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_service_commands_exist_in_the_cli(name: str) -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    argv = command_of(SERVICES[name])
-    assert argv[0] in scripts
-    cli_params(argv)
+    for argv in commands_of(SERVICES[name]):
+        assert argv[0] in scripts
+        cli_params(argv)
 
 
 def test_start_up_is_ordered_by_health_and_one_shot_success() -> None:
@@ -292,7 +307,9 @@ def test_start_up_is_ordered_by_health_and_one_shot_success() -> None:
     for name in APP_SERVICES:
         if name != "migrate":
             assert ready <= set(SERVICES[name]["depends_on"]), name
-    assert cli_params(command_of(SERVICES["migrate"]))[0] == "seed"
+    # Migrations first, then the built-in models.
+    migrate = [cli_params(argv)[0] for argv in commands_of(SERVICES["migrate"])]
+    assert migrate == ["db upgrade", "seed"]
 
 
 def test_temporal_gets_the_search_attributes_and_fast_dispatch() -> None:
