@@ -295,10 +295,19 @@ def test_scales_to_max_under_a_burst_and_back_to_zero_when_idle(
         assert live.wait_for(prediction_id, token=token_of(client))["status"] == "succeeded"
     assert max(seen) <= 2
     # The idle period passes: every instance stops (min_instances is 0).
-    idle = poll(watch, lambda d: d["instances"] + d["instances_booting"] == 0, 60)
+    idle = poll(
+        watch,
+        lambda d: d["instances"] + d["instances_booting"] + d["instances_draining"] == 0,
+        60,
+    )
     assert idle["instances"] == 0 and idle["instances_draining"] == 0
     assert max(seen) == 2
     assert instance_rows(live, created) == []
+
+
+def total_instances(deployment: dict[str, Any]) -> int:
+    counts = ("instances", "instances_booting", "instances_draining")
+    return sum(int(deployment[key]) for key in counts)
 
 
 def token_of(client: httpx.Client) -> str:
@@ -355,7 +364,8 @@ def test_delete_only_when_offline_and_unused(
     assert "online" in online.json()["detail"]
 
     client.patch(path, json={"min_instances": 0})
-    poll(lambda: client.get(path).json(), lambda d: d["instances"] == 0, 60)
+    offline = poll(lambda: client.get(path).json(), lambda d: total_instances(d) == 0, 60)
+    assert total_instances(offline) == 0
     recent = client.delete(path)
     assert recent.status_code == 409
     assert "offline and unused" in recent.json()["detail"]

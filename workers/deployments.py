@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -52,22 +53,19 @@ HEARTBEAT_THROTTLE = timedelta(seconds=1)
 STOP_GRACE = 5.0
 
 
-class InstancePool(RunnerPool):
-    """The runner pool of one instance: one warm process, booted before any prediction."""
-
-    async def warm(self, version: Version) -> int:
-        """Boot the version's process now; returns its pid."""
-        await self.start()
-        runner = await self._checkout(runner_spec(version))
-        runner.lock.release()
-        return runner.pid
+async def warm(pool: RunnerPool, version: Version) -> int:
+    """Boot the version's process in an instance's pool before any prediction; its pid."""
+    await pool.start()
+    runner = await pool._checkout(runner_spec(version))
+    runner.lock.release()
+    return runner.pid
 
 
 @dataclass
 class Instance:
     id: str
     config: DeploymentConfig
-    pool: InstancePool
+    pool: RunnerPool
     worker: Worker | None = None
     task: asyncio.Task[None] | None = None
     starting: asyncio.Task[None] | None = None
@@ -84,9 +82,22 @@ class DeploymentHost:
     """The instances of every deployment this worker process runs."""
 
     def __init__(
-        self, client: Client, engine: Engine, hardware: list[str], *, warm_timeout: float = 300.0
+        self,
+        client: Client,
+        engine: Engine,
+        hardware: list[str],
+        connect: Callable[[], Awaitable[Client]],
+        make_pool: Callable[[], RunnerPool],
+        make_activities: Callable[[RunnerPool], PredictionActivities],
+        *,
+        warm_timeout: float = 300.0,
     ) -> None:
         self.client = client
+        # The SDK allows one worker per task queue and client: each instance connects anew.
+        self.connect = connect
+        # An instance runs predictions exactly as the hardware queues do, on a pool of its own.
+        self.make_pool = make_pool
+        self.make_activities = make_activities
         self.engine = engine
         self.hardware = hardware
         self.warm_timeout = warm_timeout
@@ -154,7 +165,7 @@ class DeploymentHost:
         instance = Instance(
             id=secrets.token_hex(8),
             config=target.config,
-            pool=InstancePool(max_warm=1, log=logging.getLogger("replicant.runners")),
+            pool=self.make_pool(),
         )
         instance.starting = asyncio.create_task(self._boot(instance, target))
         return instance
@@ -169,7 +180,7 @@ class DeploymentHost:
             instance.id,
             config.release,
         )
-        acts = PredictionActivities(self.engine, instance.pool)
+        acts = self.make_activities(instance.pool)
 
         @activity.defn(name="run_prediction")
         async def run_prediction(req: PredictionRequest) -> RunOutcome:
@@ -184,7 +195,7 @@ class DeploymentHost:
         if version is not None:
             try:
                 async with asyncio.timeout(self.warm_timeout):
-                    pid = await instance.pool.warm(version)
+                    pid = await warm(instance.pool, version)
             except (BootError, TimeoutError) as err:
                 # Predictions still reach this instance and fail with the setup error.
                 log.warning("event=instance_warm_failed id=%s error=%r", instance.id, str(err))
@@ -194,7 +205,7 @@ class DeploymentHost:
             instance.stopped.set()
             return
         instance.worker = Worker(
-            self.client,
+            await self.connect(),
             task_queue=target.task_queue,
             activities=[run_prediction],
             max_concurrent_activities=max(target.concurrency, 1),
