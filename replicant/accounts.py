@@ -10,6 +10,7 @@ from sqlmodel import Session, col, select
 from replicant.ids import hash_token
 from replicant.tables import Account, ApiToken, Membership
 from replicant.timeutil import utcnow
+from replicant.webhooks import new_secret
 
 
 def new_token() -> str:
@@ -25,7 +26,7 @@ def ensure_account(engine: Engine, username: str, *, type: str = "user", name: s
                 username=username,
                 name=name or username,
                 type=type,
-                webhook_secret="whsec_" + secrets.token_urlsafe(24),
+                webhook_secret=new_secret(),
             )
             session.add(account)
             session.commit()
