@@ -138,7 +138,8 @@ def _unpack_zip(archive: Path, dest: Path, budget: _Budget) -> None:
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                if mode and not stat.S_ISREG(mode):
+                # Some zip writers store permissions without a file type: that is a file.
+                if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
                     raise ArchiveError(
                         f"{info.filename!r}: only regular files and directories are allowed "
                         "(no links or devices)"
