@@ -1,0 +1,216 @@
+"""GET and list of predictions at 1,000 and 100,000 stored rows on PostgreSQL, and how many
+predictions per second one and two workers complete.
+
+1. A fresh database on the local PostgreSQL (``--admin-url``; dropped at the end), migrated;
+   an API process on it; predictions bulk-inserted straight into the read model (one owner:
+   the worst case for its list). ``GET /v1/predictions/{id}`` of random ids and
+   ``GET /v1/predictions`` (first page, and a page deep in the cursor chain) are timed at
+   1,000 rows, then at 100,000, with PostgreSQL's query plans for both queries.
+2. A Temporal dev server and one worker, then two: a burst of async ``replicant/sleep``
+   predictions of 1 s through the API, timed until all succeed (predictions/s).
+
+Run: ``.venv/bin/python bench/list_scale.py [--requests 300] [--burst 40]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import Engine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from replicant.accounts import add_token, ensure_account  # noqa: E402
+from replicant.db import init_db, make_engine  # noqa: E402
+from replicant.devstack import Stack, free_port, wait_for_health  # noqa: E402
+from replicant.ids import new_id  # noqa: E402
+from replicant.settings import Settings  # noqa: E402
+from replicant.tables import Prediction  # noqa: E402
+from replicant.timeutil import utcnow  # noqa: E402
+
+OWNER = "bench"
+SIZES = (1_000, 100_000)
+# Long enough that slots, not this machine's two cores, limit the throughput.
+RUN_SECONDS = 1.0
+
+
+def percentiles(samples: list[float]) -> str:
+    samples = sorted(samples)
+    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+    return f"p50 {statistics.median(samples):6.2f} ms  p95 {p95:6.2f} ms"
+
+
+def insert_predictions(engine: Engine, count: int, start: int) -> list[str]:
+    """``count`` succeeded predictions of OWNER, one a second apart, newest last."""
+    base = utcnow() - timedelta(days=30)
+    ids: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for i in range(start, start + count):
+        pid = new_id()
+        ids.append(pid)
+        rows.append(
+            {
+                "id": pid,
+                "owner": OWNER,
+                "model": "replicate/hello-world",
+                "version": "bench",
+                "source": "api",
+                "status": "succeeded",
+                "input": {"text": f"row {i}"},
+                "output": f"hello row {i}",
+                "logs": "",
+                "stream": False,
+                "hardware": "cpu",
+                "data_removed": False,
+                "shared": False,
+                "created_at": base + timedelta(seconds=i),
+                "started_at": base + timedelta(seconds=i),
+                "completed_at": base + timedelta(seconds=i, milliseconds=5),
+            }
+        )
+        if len(rows) == 5000:
+            with engine.begin() as conn:
+                conn.execute(insert(Prediction), rows)
+            rows = []
+    if rows:
+        with engine.begin() as conn:
+            conn.execute(insert(Prediction), rows)
+    # As a long-lived table is: statistics current, visibility map set (index-only checks).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text("VACUUM ANALYZE prediction"))
+    return ids
+
+
+def time_calls(client: httpx.Client, paths: list[str]) -> list[float]:
+    for path in paths[:10]:  # warm connections and caches
+        client.get(path).raise_for_status()
+    samples = []
+    for path in paths:
+        started = time.perf_counter()
+        client.get(path).raise_for_status()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def deep_cursor(client: httpx.Client, pages: int) -> str:
+    """The path of the list page ``pages`` pages down the cursor chain."""
+    path = "/v1/predictions"
+    for _ in range(pages):
+        path = client.get(path).json()["next"].split("/v1", 1)[1]
+        path = "/v1" + path
+    return path
+
+
+def explain(engine: Engine, sql: str, **params: Any) -> str:
+    with engine.connect() as conn:
+        plan = conn.execute(text(f"EXPLAIN {sql}"), params).scalars().all()
+    return "\n      ".join(plan)
+
+
+def bench_reads(engine: Engine, client: httpx.Client, requests: int) -> None:
+    ids: list[str] = []
+    for size in SIZES:
+        ids += insert_predictions(engine, size - len(ids), len(ids))
+        gets = [f"/v1/predictions/{random.choice(ids)}" for _ in range(requests)]
+        get = time_calls(client, gets)
+        first = time_calls(client, ["/v1/predictions"] * requests)
+        deep = time_calls(client, [deep_cursor(client, 5)] * requests)
+        print(f"{size:>7} predictions stored")
+        print(f"  GET /v1/predictions/{{id}}          {percentiles(get)}")
+        print(f"  GET /v1/predictions (first page)   {percentiles(first)}")
+        print(f"  GET /v1/predictions (page 6)       {percentiles(deep)}")
+    print("  plans at 100,000 rows:")
+    print("    get:  " + explain(engine, "SELECT * FROM prediction WHERE id = :id", id=ids[0]))
+    list_sql = (
+        "SELECT * FROM prediction WHERE owner = :owner ORDER BY created_at DESC, id DESC LIMIT 101"
+    )
+    print("    list: " + explain(engine, list_sql, owner=OWNER))
+
+
+def bench_workers(stack: Stack, client: httpx.Client, burst: int) -> None:
+    stack.start_temporal()
+    stack.start_worker("worker-1")
+    wait_for_health(stack.settings.resolved_public_url)
+
+    def run_burst() -> float:
+        body = {"input": {"seconds": RUN_SECONDS}}
+        started = time.perf_counter()
+        ids = [
+            client.post("/v1/models/replicant/sleep/predictions", json=body).json()["id"]
+            for _ in range(burst)
+        ]
+        for pid in ids:
+            while client.get(f"/v1/predictions/{pid}").json()["status"] != "succeeded":
+                time.sleep(0.05)
+        return burst / (time.perf_counter() - started)
+
+    run_burst()  # boot the model processes
+    one = run_burst()
+    stack.start_worker("worker-2")
+    run_burst()  # the second worker boots its model processes
+    two = run_burst()
+    print(f"throughput of {burst} async {RUN_SECONDS:g} s predictions (cpu slots per worker: 2)")
+    print(f"  one worker   {one:6.2f} predictions/s")
+    print(f"  two workers  {two:6.2f} predictions/s  ({two / one:.2f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--burst", type=int, default=24)
+    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    name = f"replicant_bench_{os.urandom(4).hex()}"
+    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    stack: Stack | None = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
+            settings = Settings(
+                data_dir=Path(data_dir),
+                database_url=args.admin_url.rsplit("/", 1)[0] + f"/{name}",
+                api_port=free_port(),
+                temporal_port=free_port(),
+                ui_port=free_port(),
+                hardware={"cpu": 2},
+                log_level="WARNING",
+                rate_limit_create="1000000/minute",
+                rate_limit_default="1000000/minute",
+            )
+            engine = make_engine(settings.resolved_database_url)
+            init_db(engine)
+            token = add_token(engine, ensure_account(engine, OWNER))
+            stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
+            stack.prepare()
+            stack.start_api()
+            headers = {"Authorization": f"Bearer {token}"}
+            with httpx.Client(
+                base_url=settings.resolved_public_url, headers=headers, timeout=60
+            ) as client:
+                bench_reads(engine, client, args.requests)
+                bench_workers(stack, client, args.burst)
+            stack.stop()
+            stack = None
+            engine.dispose()
+    finally:
+        if stack is not None:
+            stack.stop()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
