@@ -16,12 +16,14 @@ import asyncio
 import base64
 import binascii
 import copy
+import itertools
 import logging
 import mimetypes
 import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,7 +38,7 @@ from temporalio.exceptions import ApplicationError
 from replicant.contracts import PredictionRequest, StagedFile, StagedInputs
 from replicant.safefetch import FetchError, fetch
 from replicant.settings import Settings
-from replicant.storage import ObjectStore, TooLarge, Upload
+from replicant.storage import ObjectStore, TooLarge, Upload, signed_url
 from replicant.tables import StoredFile, Version
 from replicant.timeutil import utcnow
 
@@ -263,11 +265,17 @@ def _set(value: Any, path: list[str | int], item: str) -> None:
 
 
 class OutputSink:
-    """Stores a file a model outputs and answers its signed URL (coglet's upload target)."""
+    """Stores a file a model outputs and answers its signed URL (coglet's upload target).
+
+    coglet uploads an iterator's files concurrently and lists them in the order the uploads
+    finish, so each key starts with a sequence number in arrival order (the order coglet
+    sends them, the model's order) and ``ordered_output`` restores it in the final output.
+    """
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings = settings
         self.store = store
+        self._sequence = itertools.count(time.time_ns())
 
     async def __call__(
         self,
@@ -279,7 +287,9 @@ class OutputSink:
         name = safe_filename(filename, content_type)
         content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
         # A random part per file: an iterator may output several files of the same name.
-        key = f"{prediction_prefix(prediction_id)}outputs/{secrets.token_urlsafe(12)}/{name}"
+        sequence = next(self._sequence)  # taken on arrival, before the body is read
+        part = f"{sequence:020d}-{secrets.token_urlsafe(12)}"
+        key = f"{prediction_prefix(prediction_id)}outputs/{part}/{name}"
         upload: Upload = self.store.new_upload()
         try:
             async for chunk in body:
@@ -287,4 +297,24 @@ class OutputSink:
             await asyncio.to_thread(self.store.commit, upload, key, content_type)
         finally:
             upload.discard()
-        return self.store.signed_url(key, self.settings.output_url_expiry, name)
+        # coglet keeps only the path of this URL: the API's route, signed in the path.
+        return signed_url(
+            self.settings.resolved_public_url,
+            self.settings.ensure_secret_key(),
+            key,
+            self.settings.output_url_expiry,
+        )
+
+
+_OUTPUT_PART = re.compile(r"/outputs/(\d{20})-[A-Za-z0-9_-]+/[^/]+$")
+
+
+def ordered_output(output: Any) -> Any:
+    """A list of stored output files in the order the model produced them (see OutputSink)."""
+    if not isinstance(output, list) or len(output) < 2:
+        return output
+    keys = [_OUTPUT_PART.search(item) if isinstance(item, str) else None for item in output]
+    if not all(keys):
+        return output
+    order = sorted(range(len(output)), key=lambda i: keys[i].group(1))  # type: ignore[union-attr]
+    return [output[i] for i in order]

@@ -19,7 +19,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import materialized_input, prediction_prefix
+from activities.files import materialized_input, ordered_output, prediction_prefix
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
@@ -145,7 +145,10 @@ class PredictionActivities:
         finally:
             heartbeats.cancel()
         return await run.finish(
-            result.status, error=result.error, output=result.output, logs=result.logs
+            result.status,
+            error=result.error,
+            output=ordered_output(result.output),
+            logs=result.logs,
         )
 
 

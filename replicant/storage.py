@@ -151,9 +151,16 @@ def verify(secret: str, message: str, signature: str) -> bool:
 
 
 def signed_path(secret: str, key: str, expires: int) -> str:
-    """``/files-signed/{key}?expires=..&sig=..`` for the local store."""
+    """``/files-signed/{expires}/{signature}/{key}``: everything in the path, because coglet
+    drops the query string of the URL it is given for an output file."""
     sig = sign(secret, f"{key}\n{expires}")
-    return f"{SIGNED_ROUTE}{quote(key)}?expires={expires}&sig={sig}"
+    return f"{SIGNED_ROUTE}{expires}/{sig}/{quote(key)}"
+
+
+def signed_url(public_url: str, secret: str, key: str, expires_in: float) -> str:
+    """An absolute URL of the API's signed-object route (works for every backend)."""
+    expires = int(time.time() + expires_in)
+    return public_url.rstrip("/") + signed_path(secret, check_key(key), expires)
 
 
 def check_signed(secret: str, key: str, expires: str, sig: str, now: float | None = None) -> bool:
@@ -248,8 +255,7 @@ class LocalStore:
         return count
 
     def signed_url(self, key: str, expires_in: float, filename: str | None = None) -> str:
-        expires = int(time.time() + expires_in)
-        return self.public_url + signed_path(self.secret, check_key(key), expires)
+        return signed_url(self.public_url, self.secret, key, expires_in)
 
 
 def _chunks(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:

@@ -367,13 +367,9 @@ async def download_file(
     return await _serve(store, row.object_key, row.content_type, row.name)
 
 
-@router.get("/files-signed/{key:path}", include_in_schema=False)
+@router.get("/files-signed/{expires}/{sig}/{key:path}", include_in_schema=False)
 async def signed_object(
-    key: str,
-    state: StateDep,
-    store: StoreDep,
-    expires: str = Query(default=""),
-    sig: str = Query(default=""),
+    expires: str, sig: str, key: str, state: StateDep, store: StoreDep
 ) -> Response:
     """An object of the store behind a signed, expiring URL (no token, not guessable)."""
     if not check_signed(state.settings.ensure_secret_key(), key, expires, sig):
