@@ -19,7 +19,12 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import materialized_input, ordered_output, prediction_prefix
+from activities.files import (
+    materialized_input,
+    prediction_prefix,
+    stored_output,
+    uploads_outputs,
+)
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
@@ -56,6 +61,8 @@ def runner_spec(version: Version) -> RunnerSpec:
         train_ref=version.train_ref,
         env=env,
         weights_ref=weights if stored else None,
+        # None: the pool sets its upload sink; "": files come back as data URIs, in order.
+        upload_url=None if uploads_outputs(version.openapi_schema) else "",
     )
 
 
@@ -147,7 +154,7 @@ class PredictionActivities:
         return await run.finish(
             result.status,
             error=result.error,
-            output=ordered_output(result.output),
+            output=await stored_output(self.pool.upload, req.id, result.output),
             logs=result.logs,
         )
 
