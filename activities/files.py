@@ -16,14 +16,12 @@ import asyncio
 import base64
 import binascii
 import copy
-import itertools
 import logging
 import mimetypes
 import re
 import secrets
 import shutil
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +39,7 @@ from replicant.settings import Settings
 from replicant.storage import ObjectStore, TooLarge, Upload, signed_url
 from replicant.tables import StoredFile, Version
 from replicant.timeutil import utcnow
+from workers.runners import UploadSink
 
 log = logging.getLogger("replicant.files")
 
@@ -265,17 +264,11 @@ def _set(value: Any, path: list[str | int], item: str) -> None:
 
 
 class OutputSink:
-    """Stores a file a model outputs and answers its signed URL (coglet's upload target).
-
-    coglet uploads an iterator's files concurrently and lists them in the order the uploads
-    finish, so each key starts with a sequence number in arrival order (the order coglet
-    sends them, the model's order) and ``ordered_output`` restores it in the final output.
-    """
+    """Stores a file a model outputs and answers its signed URL (coglet's upload target)."""
 
     def __init__(self, settings: Settings, store: ObjectStore) -> None:
         self.settings = settings
         self.store = store
-        self._sequence = itertools.count(time.time_ns())
 
     async def __call__(
         self,
@@ -287,9 +280,7 @@ class OutputSink:
         name = safe_filename(filename, content_type)
         content_type = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
         # A random part per file: an iterator may output several files of the same name.
-        sequence = next(self._sequence)  # taken on arrival, before the body is read
-        part = f"{sequence:020d}-{secrets.token_urlsafe(12)}"
-        key = f"{prediction_prefix(prediction_id)}outputs/{part}/{name}"
+        key = f"{prediction_prefix(prediction_id)}outputs/{secrets.token_urlsafe(12)}/{name}"
         upload: Upload = self.store.new_upload()
         try:
             async for chunk in body:
@@ -306,15 +297,33 @@ class OutputSink:
         )
 
 
-_OUTPUT_PART = re.compile(r"/outputs/(\d{20})-[A-Za-z0-9_-]+/[^/]+$")
+def uploads_outputs(openapi_schema: dict[str, Any]) -> bool:
+    """Whether coglet should upload the version's output files itself (``--upload-url``).
+
+    Only for a single output: coglet uploads the files of a list or an iterator concurrently
+    and lists them in the order the uploads finish, not the model's. Those come back as data
+    URIs instead, in order, and ``stored_output`` stores them.
+    """
+    output = openapi_schema.get("components", {}).get("schemas", {}).get("Output", {})
+    return bool(output) and output.get("type") != "array"
 
 
-def ordered_output(output: Any) -> Any:
-    """A list of stored output files in the order the model produced them (see OutputSink)."""
-    if not isinstance(output, list) or len(output) < 2:
+async def stored_output(sink: UploadSink | None, prediction_id: str, output: Any) -> Any:
+    """The output with every data URI file stored and replaced by its signed URL."""
+    if sink is None:
         return output
-    keys = [_OUTPUT_PART.search(item) if isinstance(item, str) else None for item in output]
-    if not all(keys):
-        return output
-    order = sorted(range(len(output)), key=lambda i: keys[i].group(1))  # type: ignore[union-attr]
-    return [output[i] for i in order]
+    if isinstance(output, list):
+        return [await stored_output(sink, prediction_id, item) for item in output]
+    if isinstance(output, dict):
+        return {k: await stored_output(sink, prediction_id, v) for k, v in output.items()}
+    if isinstance(output, str) and output[:5].lower() == "data:":
+        try:
+            content_type, data = _parse_data_uri(output)
+        except InputFileError:
+            return output
+
+        async def body() -> AsyncIterator[bytes]:
+            yield data
+
+        return await sink(prediction_id, "output", content_type, body())
+    return output
