@@ -20,6 +20,7 @@ from openapi_core.datatypes import RequestParameters
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from openapi_core.templating.responses.exceptions import ResponseNotFound
 
+PROBLEM = "application/problem+json"
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "replicate-openapi.yaml"
 
 
@@ -31,9 +32,21 @@ def spec_dict() -> dict[str, Any]:
     return data
 
 
+def _problem_as_json(node: Any) -> Any:
+    # openapi-core parses no problem+json bodies: describe them as the JSON they are.
+    if isinstance(node, dict):
+        return {
+            ("application/json" if k == PROBLEM else k): _problem_as_json(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_problem_as_json(v) for v in node]
+    return node
+
+
 @lru_cache
 def openapi_for(base_url: str) -> OpenAPI:
-    spec = dict(spec_dict())
+    spec = _problem_as_json(spec_dict())
     spec["servers"] = [{"url": f"{base_url}/v1"}]
     return OpenAPI.from_dict(spec)
 
@@ -55,7 +68,8 @@ class _Request:
 class _Response:
     def __init__(self, response: httpx.Response) -> None:
         self.status_code = response.status_code
-        self.content_type = response.headers.get("content-type", "").split(";")[0]
+        content_type = response.headers.get("content-type", "").split(";")[0]
+        self.content_type = "application/json" if content_type == PROBLEM else content_type
         self.headers = dict(response.headers)
         self.data = response.content
 

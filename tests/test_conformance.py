@@ -58,3 +58,10 @@ def test_model_and_hardware_responses_match_the_spec(live: LiveStack, api: httpx
     for response in responses:
         assert response.status_code == 200, response.text
         check(response, live.url)
+
+
+def test_problem_responses_the_spec_lists_are_checked(live: LiveStack, api: httpx.Client) -> None:
+    response = api.delete("/v1/files/doesnotexist")
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    check(response, live.url)
