@@ -55,7 +55,7 @@ async def resolve(host: str, port: int, policy: AddressPolicy) -> str:
     return addresses[0]
 
 
-def _pinned(url: str, address: str) -> tuple[str, str, str]:
+def pinned(url: str, address: str) -> tuple[str, str, str]:
     """(URL that connects to ``address``, Host header, TLS server name) for ``url``."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -138,7 +138,7 @@ async def _open(
                 parts = urlsplit(current)
                 port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
                 address = await resolve(host, port, policy)
-                target, host_header, server_name = _pinned(current, address)
+                target, host_header, server_name = pinned(current, address)
                 request = client.build_request(
                     "GET",
                     target,

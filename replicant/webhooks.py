@@ -24,7 +24,7 @@ from sqlmodel import Session, col, select
 from standardwebhooks import Webhook
 
 from replicant.netguard import BlockedURL, check_url_syntax
-from replicant.safefetch import _pinned, address_policy, resolve
+from replicant.safefetch import address_policy, pinned, resolve
 from replicant.tables import Account
 
 log = logging.getLogger("replicant.webhooks")
@@ -136,7 +136,7 @@ async def deliver(
         # A name that does not resolve may resolve later; a refused address will not change.
         permanent = not str(err).endswith("does not resolve")
         raise DeliveryFailed(f"webhook URL refused: {err}", permanent=permanent) from err
-    target, host_header, server_name = _pinned(url, address)
+    target, host_header, server_name = pinned(url, address)
     payload = encode_body(body)
     headers = signed_headers(secret, msg_id, payload)
     headers["host"] = host_header
