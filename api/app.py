@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI
 
 from api.errors import install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
+from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
@@ -51,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.state.metrics = Metrics(engine)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(JSONBodyByDefault)
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(streams.router)
