@@ -22,10 +22,10 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from sqlalchemy.engine import Engine
@@ -55,10 +55,11 @@ def prediction_prefix(prediction_id: str) -> str:
     return f"predictions/{prediction_id}/"
 
 
-def file_fields(openapi_schema: dict[str, Any]) -> dict[str, bool]:
-    """Inputs that take files (``format: uri``): name -> whether it is a list of them."""
+def file_fields(openapi_schema: dict[str, Any], component: str = "Input") -> dict[str, bool]:
+    """Inputs that take files (``format: uri``): name -> whether it is a list of them.
+    ``component`` is the schema's input component (``TrainingInput`` for a trainer)."""
     schemas = openapi_schema.get("components", {}).get("schemas", {})
-    properties = schemas.get("Input", {}).get("properties", {})
+    properties = schemas.get(component, {}).get("properties", {})
     fields: dict[str, bool] = {}
     for name, prop in properties.items():
         for option in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
@@ -111,11 +112,34 @@ class Stager:
         self.origin = (public.scheme.lower(), public.netloc.lower())
 
     async def stage(self, req: PredictionRequest) -> StagedInputs:
-        schema = await asyncio.to_thread(self._schema, req.version)
-        fields = file_fields(schema)
+        # Data URIs were stored at create time (``req.staged_files``): kept, not staged again.
+        staged = await self.stage_files(
+            owner=req.owner,
+            version=req.version,
+            input=req.input,
+            prefix=f"{prediction_prefix(req.id)}inputs/",
+            skip=[f.path for f in req.staged_files],
+        )
+        return StagedInputs(files=[*req.staged_files, *staged.files])
+
+    async def stage_files(
+        self,
+        *,
+        owner: str,
+        version: str,
+        input: dict[str, Any],
+        prefix: str,
+        component: str = "Input",
+        skip: Sequence[list[str | int]] = (),
+    ) -> StagedInputs:
+        """Store the file inputs of ``input`` (per the version's ``component`` schema) under
+        ``prefix``, as ``owner`` may read them (their own uploaded files only); the inputs at
+        the paths in ``skip`` are in the store already."""
+        schema = await asyncio.to_thread(self._schema, version)
+        fields = file_fields(schema, component)
         staged: list[StagedFile] = []
         for name, is_list in fields.items():
-            value = req.input.get(name)
+            value = input.get(name)
             if value is None:
                 continue
             items = (
@@ -123,12 +147,14 @@ class Stager:
             )
             for index, item in items:
                 path: list[str | int] = [name] if index is None else [name, index]
+                if path in skip:
+                    continue
                 label = ".".join(str(p) for p in path)
                 if not isinstance(item, str):
                     raise InputFileError(f"{label}: must be a URL")
-                key_dir = f"{prediction_prefix(req.id)}inputs/{len(staged)}"
+                key_dir = f"{prefix}{len(staged)}"
                 try:
-                    filename = await self._stage_one(req, item, key_dir)
+                    filename = await self._stage_one(owner, item, key_dir)
                 except InputFileError as err:
                     raise InputFileError(f"{label}: {err}") from err
                 staged.append(StagedFile(path=path, key=f"{key_dir}/{filename}", filename=filename))
@@ -139,7 +165,7 @@ class Stager:
             version = session.get(Version, version_id)
         return version.openapi_schema if version is not None else {}
 
-    async def _stage_one(self, req: PredictionRequest, value: str, key_dir: str) -> str:
+    async def _stage_one(self, owner: str, value: str, key_dir: str) -> str:
         scheme = value.split(":", 1)[0].lower() if ":" in value else ""
         if scheme == "data":
             return await self._stage_data_uri(value, key_dir)
@@ -148,7 +174,7 @@ class Stager:
         parts = urlsplit(value)
         match = FILE_URL.match(parts.path)
         if match and (parts.scheme.lower(), parts.netloc.lower()) == self.origin:
-            return await self._stage_uploaded(req.owner, match.group(1), key_dir)
+            return await self._stage_uploaded(owner, match.group(1), key_dir)
         return await self._stage_url(value, key_dir)
 
     async def _stage_data_uri(self, value: str, key_dir: str) -> str:
@@ -233,9 +259,20 @@ class FileActivities:
         return staged
 
 
+class WithStagedFiles(Protocol):
+    """A request whose input files were staged (a prediction's or a training's)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def input(self) -> dict[str, Any]: ...
+    @property
+    def staged_files(self) -> list[StagedFile]: ...
+
+
 @asynccontextmanager
 async def materialized_input(
-    store: ObjectStore | None, req: PredictionRequest
+    store: ObjectStore | None, req: WithStagedFiles
 ) -> AsyncIterator[dict[str, Any]]:
     """The input with each staged file replaced by a local path; the files go afterwards."""
     if not req.staged_files:

@@ -1,7 +1,10 @@
 """Activities of a training: every side effect of ``TrainingWorkflow``.
 
-``run_training`` runs on the base model's hardware queue: it hands the input to a coglet
-process in train mode, records ``processing`` and live logs in the read model, and stores the
+``stage_training_inputs`` (orchestration queue) stores the training's input files in the
+object store, as ``stage_inputs`` does for a prediction (SSRF-safe fetches, the owner's
+uploaded files). ``run_training`` runs on the base model's hardware queue: it hands the input
+(staged files as local paths) to a coglet process in train mode, records ``processing`` and
+live logs in the read model, sends the ``start`` and ``logs`` webhooks, and stores the
 trainer's weights in the object store (no expiry) before it returns, so only a reference
 crosses Temporal. ``complete_training`` creates the fine-tune version; ``finish_training``
 records any other end and removes the stored weights.
@@ -26,11 +29,14 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.predictions import _heartbeat_forever, runner_spec
+from activities.files import InputFileError, Stager, materialized_input
+from activities.predictions import LIVE_WEBHOOK_GRACE, _heartbeat_forever, runner_spec
+from activities.webhooks import LIVE_EVENTS, LiveWebhooks, WebhookActivities, wanted_events
 from replicant import trainings
 from replicant.contracts import (
     CompleteTraining,
     FinishTraining,
+    StagedInputs,
     StoredWeights,
     TrainingOutcome,
     TrainingRequest,
@@ -40,7 +46,7 @@ from replicant.contracts import (
 )
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
-from replicant.tables import Version
+from replicant.tables import Training, Version
 from replicant.timeutil import utcnow
 from replicant.webhooks import (
     DeliveryFailed,
@@ -57,8 +63,13 @@ LOG_INTERVAL = 0.5
 
 
 def weights_prefix(training_id: str) -> str:
-    """Where a training's weights live in the object store."""
+    """Where a training's weights (and, while it runs, its input files) live."""
     return f"trainings/{training_id}/"
+
+
+def inputs_prefix(training_id: str) -> str:
+    """Where a training's staged input files live until it ends."""
+    return f"{weights_prefix(training_id)}inputs/"
 
 
 def trainer_spec(version: Version) -> RunnerSpec:
@@ -78,10 +89,12 @@ class TrainingActivities:
         settings: Settings,
         pool: RunnerPool | None = None,
         store: Callable[[], ObjectStore] | None = None,
+        webhooks: WebhookActivities | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
         self.pool = pool
+        self.webhooks = webhooks
         self._open_store = store or (lambda: open_store(settings))
         self._store: ObjectStore | None = None
         self._client: Any = None
@@ -106,16 +119,60 @@ class TrainingActivities:
             )
         return version
 
+    @activity.defn(name="stage_training_inputs")
+    async def stage_training_inputs(self, req: TrainingRequest) -> StagedInputs:
+        """Store the training's input files in the object store; fail clearly if one cannot."""
+        stager = Stager(self.settings, self.engine, await self.store())
+        try:
+            staged = await stager.stage_files(
+                owner=req.owner,
+                version=req.version,
+                input=req.input,
+                prefix=inputs_prefix(req.id),
+                component="TrainingInput",
+            )
+        except InputFileError as err:
+            log.info("event=input_file_refused training=%s reason=%r", req.id, str(err))
+            raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
+        log.info("event=inputs_staged training=%s files=%d", req.id, len(staged.files))
+        return staged
+
+    async def _live_webhooks(self, req: TrainingRequest) -> LiveWebhooks | None:
+        """``start`` and ``logs`` events of this run, when the training's webhook wants them."""
+        if not req.webhook or self.webhooks is None:
+            return None
+        events = wanted_events(req.webhook_events_filter) & set(LIVE_EVENTS)
+        if not events:
+            return None
+        row = await asyncio.to_thread(trainings.get_training, self.engine, req.id)
+        if row is None or not row.webhook:
+            return None
+        secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
+        send = self.webhooks.live_sender(
+            "training", req.id, row.webhook, secret, req.webhook_timeout
+        )
+        base = self.settings.resolved_public_url
+
+        def render(training: Training) -> dict[str, Any]:
+            return trainings.training_json(training, base)
+
+        return LiveWebhooks(row, events, send, render)
+
     @activity.defn(name="run_training")
     async def run_training(self, req: TrainingRequest) -> TrainingRun:
         """Run the trainer and store its weights; cancellation stops the trainer."""
         if self.pool is None:
             raise RuntimeError("this worker has no model runners")
         version = await asyncio.to_thread(self._version, req.version)
-        progress = _Progress(self.engine, req.id)
+        store = await self.store() if req.staged_files else None
+        progress = _Progress(self.engine, req.id, await self._live_webhooks(req))
         heartbeats = asyncio.create_task(_heartbeat_forever())
         try:
-            async with asyncio.timeout(None) as deadline:
+            # Staged input files become local paths for the trainer, removed after the run.
+            async with (
+                asyncio.timeout(None) as deadline,
+                materialized_input(store, req) as model_input,
+            ):
 
                 async def booted() -> None:
                     deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
@@ -124,7 +181,7 @@ class TrainingActivities:
                 result = await self.pool.predict(
                     trainer_spec(version),
                     req.id,
-                    req.input,
+                    model_input,
                     on_update=progress.update,
                     on_booted=booted,
                 )
@@ -136,9 +193,12 @@ class TrainingActivities:
         except BootError as err:
             await progress.close(err.logs)
             return TrainingRun(status="failed", error=f"Model setup failed: {err}")
+        except asyncio.CancelledError:
+            progress.abort()
+            raise
         finally:
             heartbeats.cancel()
-        await progress.close(result.logs)
+        await progress.close(result.logs, canceled=result.status == "canceled")
         if result.status != "succeeded":
             status = result.status if result.status in ("failed", "canceled") else "failed"
             return TrainingRun(status=status, error=result.error, started_at=progress.started_at)
@@ -187,6 +247,8 @@ class TrainingActivities:
             raise ApplicationError(str(err), type="DestinationGone", non_retryable=True) from err
         if ref is not None:
             log.info("event=finetune_created training=%s version=%s", done.id, ref)
+            store = await self.store()
+            await asyncio.to_thread(store.delete_prefix, inputs_prefix(done.id))
             return TrainingOutcome(status="succeeded", version=ref, completed_at=done.completed_at)
         # It had ended already (canceled meanwhile): no version, and its weights go.
         row = await asyncio.to_thread(trainings.get_training, self.engine, done.id)
@@ -289,11 +351,13 @@ def decode_data_uri(value: str) -> tuple[str, bytes]:
 
 
 class _Progress:
-    """``processing`` and throttled live logs of one attempt of the run activity."""
+    """``processing`` and throttled live logs of one attempt of the run activity, and the
+    ``start``/``logs`` webhooks when ``hooks`` is given."""
 
-    def __init__(self, engine: Engine, training_id: str) -> None:
+    def __init__(self, engine: Engine, training_id: str, hooks: LiveWebhooks | None) -> None:
         self.engine = engine
         self.id = training_id
+        self.hooks = hooks
         self.started_at: datetime | None = None
         self._last = 0.0
         self._pending: str | None = None
@@ -302,8 +366,13 @@ class _Progress:
     async def booted(self) -> None:
         self.started_at = utcnow()
         await asyncio.to_thread(trainings.mark_processing, self.engine, self.id, self.started_at)
+        if self.hooks is not None:
+            self.hooks.started(self.started_at)
 
     async def update(self, state: CogPrediction) -> None:
+        if self.hooks is not None:
+            # The trainer's own output is not the training's: only logs are live.
+            self.hooks.progress(state.logs, self.hooks.row.output)
         self._pending = state.logs
         wait = LOG_INTERVAL - (time.monotonic() - self._last)
         if wait <= 0:
@@ -322,11 +391,23 @@ class _Progress:
         self._last = time.monotonic()
         await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
 
-    async def close(self, logs: str | None) -> None:
-        """Stop pending writes; record the final logs."""
+    async def close(self, logs: str | None, *, canceled: bool = False) -> None:
+        """Stop pending writes; record the final logs; deliver the pending live events
+        (the workflow sends ``completed`` after this)."""
         if self._flush is not None:
             self._flush.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush
         if logs is not None:
             await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
+        if self.hooks is not None:
+            if canceled:
+                self.hooks.abort()
+                return
+            if logs is not None:
+                self.hooks.progress(logs, self.hooks.row.output)
+            await self.hooks.close(LIVE_WEBHOOK_GRACE)
+
+    def abort(self) -> None:
+        if self.hooks is not None:
+            self.hooks.abort()

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy.engine import Engine
@@ -128,24 +129,32 @@ class WebhookActivities:
             return None
         row, secret = found
         assert row.webhook is not None
+        send = self.live_sender("prediction", req.id, row.webhook, secret, req.webhook_timeout)
+        return LiveWebhooks(row, events, send, self.render)
+
+    def live_sender(
+        self, kind: str, object_id: str, url: str, secret: str, timeout: float
+    ) -> Callable[[str, int, dict[str, Any]], Awaitable[None]]:
+        """Best-effort delivery of one live event of a prediction or training (``kind``)."""
 
         async def send(event: str, sequence: int, body: dict[str, Any]) -> None:
-            msg_id = webhook_id(req.id, event, sequence)
+            msg_id = webhook_id(object_id, event, sequence)
             for attempt in range(1, LIVE_ATTEMPTS + 1):
                 try:
                     status = await deliver(
                         self.client,
-                        row.webhook or "",
+                        url,
                         secret=secret,
                         msg_id=msg_id,
                         body=body,
-                        time_limit=min(LIVE_TIMEOUT, req.webhook_timeout),
+                        time_limit=min(LIVE_TIMEOUT, timeout),
                         allow_private=self.settings.allow_private_urls,
                     )
                 except DeliveryFailed as err:
                     log.info(
-                        "event=webhook_failed prediction=%s webhook_event=%s attempt=%d status=%s",
-                        req.id,
+                        "event=webhook_failed %s=%s webhook_event=%s attempt=%d status=%s",
+                        kind,
+                        object_id,
                         event,
                         attempt,
                         err.status,
@@ -154,14 +163,25 @@ class WebhookActivities:
                         return
                     continue
                 log.info(
-                    "event=webhook_delivered prediction=%s webhook_event=%s status=%d",
-                    req.id,
+                    "event=webhook_delivered %s=%s webhook_event=%s status=%d",
+                    kind,
+                    object_id,
                     event,
                     status,
                 )
                 return
 
-        return LiveWebhooks(row, events, send, self.render)
+        return send
+
+
+class LiveRow(Protocol):
+    """What live events read and update: a prediction's or a training's read-model row."""
+
+    id: str
+    status: str
+    started_at: datetime | None
+    logs: str
+    output: Any
 
 
 class LiveWebhooks:
@@ -173,10 +193,10 @@ class LiveWebhooks:
 
     def __init__(
         self,
-        row: Prediction,
+        row: LiveRow,
         events: set[str],
         send: Callable[[str, int, dict[str, Any]], Any],
-        render: Callable[[Prediction], dict[str, Any]],
+        render: Callable[[Any], dict[str, Any]],
     ) -> None:
         self.row = row
         self.events = events

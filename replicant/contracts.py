@@ -207,6 +207,8 @@ class TrainingRequest(BaseModel):
     task_queue: str | None = None
     webhook_retry_period: float = 3600.0
     webhook_timeout: float = 10.0
+    # Input files staged in the object store; the trainer gets them as local paths.
+    staged_files: list[StagedFile] = Field(default_factory=list)
 
 
 class StoredWeights(BaseModel):

@@ -199,7 +199,7 @@ def training_json(
         "urls": {
             "get": f"{base_url}/v1/trainings/{row.id}",
             "cancel": f"{base_url}/v1/trainings/{row.id}/cancel",
-            "web": f"{base_url}/p/{row.id}",
+            "web": f"{base_url}/t/{row.id}",
         },
     }
     if row.output:

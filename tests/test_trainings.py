@@ -5,77 +5,31 @@ text drawn from the corpus. Refusals, cancel and a killed worker are checked on 
 
 from __future__ import annotations
 
-import base64
-import http.server
 import io
-import random
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import replicate
 from replicate.exceptions import ReplicateError
-from replicate.training import Training
 
 from replicant.archives import pack_model
+from replicant.storage import LocalStore, open_store
 from tests.conftest import TERMINAL, LiveStack
 from tests.receiver import running_receiver
+from tests.trainkit import (
+    CorpusServer,
+    client_for,
+    corpus,
+    data_uri,
+    ngram_version,
+    versions_of,
+    wait_training,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def corpus(seed: int, words: int, vocabulary: int = 40) -> str:
-    """Text made of words that appear nowhere in ngram's bundled corpus."""
-    rng = random.Random(seed)
-    vocab = [f"zq{seed}w{i}" for i in range(vocabulary)]
-    sentences = []
-    for _ in range(max(1, words // 8)):
-        sentences.append(" ".join(rng.choice(vocab) for _ in range(8)) + ".")
-    return " ".join(sentences)
-
-
-def data_uri(text: str) -> str:
-    return "data:text/plain;base64," + base64.b64encode(text.encode()).decode()
-
-
-class CorpusServer:
-    """Serves generated corpora over HTTP (too big to travel inside a request)."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        files = self.files
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def add(self, name: str, text: str) -> str:
-        self.files[f"/{name}"] = text.encode()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -96,31 +50,6 @@ def owner(live: LiveStack) -> tuple[str, str]:
         )
         assert created.status_code == 201, created.text
     return username, token
-
-
-def client_for(live: LiveStack, token: str) -> replicate.Client:
-    return replicate.Client(api_token=token, base_url=live.url)
-
-
-def ngram_version(live: LiveStack) -> str:
-    with live.client() as api:
-        version: str = api.get("/v1/models/replicant/ngram").json()["latest_version"]["id"]
-    return version
-
-
-def wait_training(training: Training, until: Any = None, timeout: float = 180) -> Training:
-    """Poll with ``reload()`` until ``until`` holds (terminal by default)."""
-    check = until or (lambda t: t.status in TERMINAL)
-    deadline = time.monotonic() + timeout
-    while not check(training) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        training.reload()
-    return training
-
-
-def versions_of(live: LiveStack, token: str, model: str) -> list[str]:
-    with live.client(token) as api:
-        return [v["id"] for v in api.get(f"/v1/models/{model}/versions").json()["results"]]
 
 
 def test_training_pushes_a_version_that_generates_from_the_corpus(
@@ -374,3 +303,114 @@ def test_base_version_of_a_finetune_cannot_be_deleted(
         refused = api.delete(f"/v1/models/{username}/mybase/versions/{base}")
         assert refused.status_code == 409
         assert "fine-tune" in refused.json()["detail"]
+
+
+def test_uploaded_file_input_is_staged_and_webhooks_report_start_and_logs(
+    live: LiveStack, owner: tuple[str, str], tmp_path: Path
+) -> None:
+    """An open file handed to ``trainings.create`` is uploaded by the client (a ``/v1/files``
+    URL that needs a token): the training stages it and the trainer reads it. Its webhook
+    gets ``start``, throttled ``logs`` and ``completed``; a filter keeps to what it names."""
+    username, token = owner
+    client = client_for(live, token)
+    base = ngram_version(live)
+    texts = [corpus(8, 300), corpus(9, 300)]
+    paths = []
+    for index, text in enumerate(texts):
+        paths.append(tmp_path / f"corpus-{index}.txt")
+        paths[-1].write_text(text)
+    with running_receiver() as receiver, paths[0].open("rb") as f0, paths[1].open("rb") as f1:
+        everything = client.trainings.create(
+            model="replicant/ngram",
+            version=base,
+            input={"text": f0},
+            destination=f"{username}/tuned",
+            webhook=receiver.url,
+        )
+        filtered = client.trainings.create(
+            model="replicant/ngram",
+            version=base,
+            input={"text": f1},
+            destination=f"{username}/tuned",
+            webhook=receiver.url,
+            webhook_events_filter=["start", "completed"],
+        )
+        for training, text in ((everything, texts[0]), (filtered, texts[1])):
+            assert training.input["text"].startswith(f"{live.url}/v1/files/")
+            wait_training(training)
+            assert training.status == "succeeded", (training.error, training.logs)
+            assert f"read {len(text)} characters" in (training.logs or "")
+            words = "".join(client.run(training.output["version"], input={"max_tokens": 20}))
+            assert set(words.split()) <= set(text.split())
+
+        def events(training_id: str) -> list[str]:
+            found = receiver.wait(
+                lambda ds: any(d.headers["webhook-id"].endswith("_completed_0") for d in ds),
+                training_id,
+            )
+            return [d.headers["webhook-id"].split("_")[2] for d in found]
+
+        seen = events(everything.id)
+        assert seen[0] == "start" and seen[-1] == "completed", seen
+        assert "logs" in seen and seen.count("start") == 1 and seen.count("completed") == 1
+        assert set(seen) == {"start", "logs", "completed"}
+        start = receiver.for_prediction(everything.id)[0].json()
+        assert start["status"] == "processing" and start["started_at"]
+        logged = [d.json() for d in receiver.for_prediction(everything.id)]
+        assert any("read" in body["logs"] for body in logged if body["status"] == "processing")
+        assert events(filtered.id) == ["start", "completed"]
+
+    # The staged copies of the inputs go once the training has succeeded; the weights stay.
+    store = open_store(live.settings)
+    assert isinstance(store, LocalStore)
+    for training in (everything, filtered):
+        kept = store.path(f"trainings/{training.id}/weights.json")
+        assert kept.is_file()
+        assert [p.name for p in kept.parent.rglob("*") if p.is_file()] == ["weights.json"]
+
+
+def test_input_file_of_another_account_fails_the_training(
+    live: LiveStack, owner: tuple[str, str]
+) -> None:
+    """An uploaded file is staged only for its owner: another account's file URL fails the
+    training with a clear error, and no version is made."""
+    username, token = owner
+    stranger = client_for(live, live.new_account("lender"))
+    upload = stranger.files.create(io.BytesIO(b"private words."), filename="secret.txt")
+    before = versions_of(live, token, f"{username}/tuned")
+    training = client_for(live, token).trainings.create(
+        model="replicant/ngram",
+        version=ngram_version(live),
+        input={"text": upload.urls["get"]},
+        destination=f"{username}/tuned",
+    )
+    wait_training(training)
+    assert training.status == "failed"
+    assert "Input file error" in (training.error or "")
+    assert "text" in (training.error or "")
+    assert versions_of(live, token, f"{username}/tuned") == before
+
+
+def test_training_web_url_is_a_page_for_its_owner_only(
+    live: LiveStack, owner: tuple[str, str]
+) -> None:
+    username, token = owner
+    training = client_for(live, token).trainings.create(
+        model="replicant/ngram",
+        version=ngram_version(live),
+        input={"text": data_uri(corpus(10, 50))},
+        destination=f"{username}/tuned",
+    )
+    web = training.urls["web"]
+    assert web == f"{live.url}/t/{training.id}"
+    wait_training(training)
+    owner_headers = {"Authorization": f"Bearer {token}"}
+    page = httpx.get(web, headers=owner_headers)
+    assert page.status_code == 200
+    assert page.json()["id"] == training.id and page.json()["status"] == "succeeded"
+    html = httpx.get(web, headers={**owner_headers, "Accept": "text/html"})
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert training.id in html.text and "succeeded" in html.text
+    stranger = {"Authorization": f"Bearer {live.new_account('peeker')}"}
+    assert httpx.get(web, headers=stranger).status_code == 404
+    assert httpx.get(web).status_code == 401

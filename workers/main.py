@@ -60,7 +60,7 @@ def build_workers(
     store = store or open_store(settings)
     webhooks = WebhookActivities(engine, settings)
     acts = PredictionActivities(engine, pool, webhooks, store)
-    training = TrainingActivities(engine, settings, pool, lambda: store)
+    training = TrainingActivities(engine, settings, pool, lambda: store, webhooks)
     workers: list[Worker] = []
     if orchestration:
         workers.append(
@@ -75,6 +75,7 @@ def build_workers(
                     FileActivities(settings, engine, store).stage_inputs,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
+                    training.stage_training_inputs,
                     training.finish_training,
                     training.complete_training,
                     training.send_training_webhook,
@@ -108,6 +109,9 @@ async def run_worker(
     init_db(engine)
     client = await connect(settings)
     store = open_store(settings)
+    # Fine-tunes' weights, fetched once per worker and served to their model processes (the
+    # hardware queues' pool and every deployment instance's).
+    weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
     # Output files go from coglet straight into the object store (see OutputSink).
     pool = RunnerPool(
         max_warm=settings.max_warm_runners,
@@ -115,8 +119,7 @@ async def run_worker(
         # its own read-model writes and webhooks.
         update_interval=0.05,
         upload=OutputSink(settings, store),
-        # Fine-tunes' weights, fetched once per worker and served to their model processes.
-        weights=WeightsCache(lambda: store, settings.data_dir / "weights-cache"),
+        weights=weights,
     )
     await pool.start()
     workers = build_workers(
@@ -127,14 +130,13 @@ async def run_worker(
     host = None
     if served:
         webhooks = WebhookActivities(engine, settings)
-        instance_weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
 
         def instance_pool() -> RunnerPool:
             return RunnerPool(
                 max_warm=1,
                 update_interval=0.05,
                 upload=OutputSink(settings, store),
-                weights=instance_weights,
+                weights=weights,
             )
 
         host = DeploymentHost(

@@ -1,8 +1,10 @@
 """TrainingWorkflow: the durable life of one training.
 
-run the trainer on the base model's hardware queue (the activity records ``processing`` and
-logs, and stores the trainer's weights in the object store with no expiry) -> create the new
-version on the destination and mark the training succeeded, in one transaction -> notify.
+stage input files into the object store (only when the input holds URLs or data URIs) -> run
+the trainer on the base model's hardware queue (the activity records ``processing`` and logs,
+sends the ``start`` and ``logs`` webhooks, and stores the trainer's weights in the object
+store with no expiry) -> create the new version on the destination and mark the training
+succeeded, in one transaction -> notify ``completed``.
 
 Cancel and failure leave no version behind: the version is created only after the weights
 are stored, by one guarded transaction that does nothing once the training has ended; a
@@ -27,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
         CompleteTraining,
         FinishTraining,
+        StagedInputs,
         Status,
         TrainingOutcome,
         TrainingRequest,
@@ -34,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         TrainingWebhook,
         WebhookResult,
     )
+    from workflows.prediction import STAGE_TIMEOUT, may_hold_files
 
 MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
 VERSION_ATTR = SearchAttributeKey.for_keyword("ReplicantVersion")
@@ -86,6 +90,22 @@ class TrainingWorkflow:
     async def _train(self, req: TrainingRequest) -> TrainingOutcome:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
+        if may_hold_files(req.input) and workflow.patched("stage-training-inputs"):
+            try:
+                staged = await workflow.execute_activity(
+                    "stage_training_inputs",
+                    req,
+                    result_type=StagedInputs,
+                    start_to_close_timeout=STAGE_TIMEOUT,
+                    retry_policy=RetryPolicy(maximum_attempts=3),
+                )
+            except ActivityError as err:
+                cause = err.cause
+                reason = cause.message if isinstance(cause, ApplicationError) else str(err)
+                return await self._finish(req, "failed", f"Input file error: {reason}")
+            req = req.model_copy(update={"staged_files": staged.files})
+            if self._cancel_requested:
+                return await self._finish(req, "canceled", None)
         self._run = workflow.start_activity(
             "run_training",
             req,

@@ -3,17 +3,20 @@
 Everything that can be refused is refused here, before a workflow starts: an unknown or
 invisible base version (404), a version without ``train()`` (422), a destination that does
 not exist (404) or belongs to someone else (403), invalid input (422 naming the fields).
-Trainings are private to the account that created them.
+Trainings are private to the account that created them; so is a training's page
+(``urls.web``, ``/t/{id}``): JSON, or HTML for a client that asks for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import html
+import json
 import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
@@ -33,7 +36,7 @@ from replicant.timeutil import utcnow
 from replicant.validation import validate_input
 from workflows.training import TrainingWorkflow, search_attributes
 
-router = APIRouter(prefix="/v1", tags=["trainings"])
+router = APIRouter(tags=["trainings"])
 log = logging.getLogger("replicant.api")
 
 
@@ -91,7 +94,7 @@ def _destination(session: Session, account: Account, ref: str) -> Model:
     return model
 
 
-@router.post("/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201)
+@router.post("/v1/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201)
 async def create_training(
     owner: str,
     name: str,
@@ -187,7 +190,7 @@ def _own_training(state: AppState, account: Account, training_id: str) -> Traini
     return row
 
 
-@router.get("/trainings/{training_id}")
+@router.get("/v1/trainings/{training_id}")
 async def get_training(
     training_id: str, request: Request, state: StateDep, account: CurrentAccount
 ) -> dict[str, Any]:
@@ -195,7 +198,7 @@ async def get_training(
     return (await asyncio.to_thread(_render, request, state, [row]))[0]
 
 
-@router.post("/trainings/{training_id}/cancel")
+@router.post("/v1/trainings/{training_id}/cancel")
 async def cancel_training(
     training_id: str, request: Request, state: StateDep, account: CurrentAccount
 ) -> dict[str, Any]:
@@ -220,7 +223,7 @@ async def cancel_training(
     return (await asyncio.to_thread(_render, request, state, [row]))[0]
 
 
-@router.get("/trainings")
+@router.get("/v1/trainings")
 async def list_trainings(
     request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
 ) -> dict[str, Any]:
@@ -236,3 +239,48 @@ async def list_trainings(
         page_url=f"{base}/v1/trainings",
         render=lambda _, rows: _render(request, state, list(rows)),
     )
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
+
+
+def _html_page(view: dict[str, Any]) -> str:
+    def block(value: Any) -> str:
+        return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
+
+    times = "".join(
+        f"<dt>{label}</dt><dd>{html.escape(view.get(key) or '-')}</dd>"
+        for label, key in (
+            ("Created", "created_at"),
+            ("Started", "started_at"),
+            ("Completed", "completed_at"),
+        )
+    )
+    error = f"<h2>Error</h2>{block(view['error'])}" if view.get("error") else ""
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{html.escape(view['model'])} training {html.escape(view['id'])}</title>"
+        f"</head><body><h1>{html.escape(view['model'])} &rarr; "
+        f"{html.escape(view['destination'])}</h1>"
+        f"<p>Training <code>{html.escape(view['id'])}</code>: "
+        f"<strong>{html.escape(view['status'])}</strong></p>"
+        f"<dl>{times}</dl><h2>Input</h2>{block(view['input'])}"
+        f"<h2>Output</h2>{block(view.get('output'))}{error}"
+        f"<h2>Logs</h2><pre>{html.escape(view['logs'])}</pre></body></html>"
+    )
+
+
+@router.get("/t/{training_id}", response_model=None)
+async def training_page(
+    training_id: str, request: Request, state: StateDep, account: CurrentAccount
+) -> Response:
+    """A training's page (``urls.web``), for its owner only: 404 for anyone else."""
+    row = await asyncio.to_thread(_own_training, state, account, training_id)
+    view = (await asyncio.to_thread(_render, request, state, [row]))[0]
+    headers = {"Cache-Control": "no-store"}
+    if _wants_html(request):
+        headers["Content-Security-Policy"] = "default-src 'none'"
+        return HTMLResponse(_html_page(view), headers=headers)
+    return JSONResponse(view, headers=headers)
