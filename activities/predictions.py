@@ -28,7 +28,7 @@ from activities.files import (
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
-from replicant.storage import ObjectStore
+from replicant.storage import ObjectStore, outward_output
 from replicant.tables import Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
@@ -151,12 +151,10 @@ class PredictionActivities:
             raise
         finally:
             heartbeats.cancel()
-        return await run.finish(
-            result.status,
-            error=result.error,
-            output=await stored_output(self.pool.upload, req.id, result.output),
-            logs=result.logs,
-        )
+        output = await stored_output(self.pool.upload, req.id, result.output)
+        if self.store is not None:  # S3: presigned URLs of the store instead of the API's
+            output = outward_output(self.store, output)
+        return await run.finish(result.status, error=result.error, output=output, logs=result.logs)
 
 
 async def _heartbeat_forever() -> None:

@@ -26,6 +26,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy
 
 from api.errors import ProblemError, invalid
+from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
 from api.state import AppState
 from replicant import readmodel
@@ -81,6 +82,18 @@ def _private_literal(host: str) -> bool:
         return False
 
 
+def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
+    """503 when no worker of this installation serves ``hardware`` (no queue would ever take
+    the prediction: it would wait in ``starting`` forever)."""
+    if hardware not in offered:
+        raise ProblemError(
+            503,
+            f"Model {model.owner}/{model.name} runs on hardware {hardware!r}, which this "
+            f"installation does not offer ({', '.join(offered)}); the model's owner can "
+            "change its hardware",
+        )
+
+
 def is_streaming(version: Version) -> bool:
     """Models whose output is an iterator stream their output (``urls.stream``)."""
     output = version.openapi_schema.get("components", {}).get("schemas", {}).get("Output", {})
@@ -124,13 +137,21 @@ async def launch_prediction(
     if hardware is None and version.base_version_id:
         # A fine-tune runs on the hardware of the base model it was trained from.
         hardware = await asyncio.to_thread(_version_hardware, state, model, version)
+    hardware = hardware or model.hardware
+    check_hardware(settings.hardware, hardware, model)
+    prediction_id = new_id()
+    # Data URIs go to the object store now: the workflow's input carries references only.
+    workflow_input, stored = await store_data_uris(
+        request, state, version.openapi_schema, payload, prediction_id
+    )
     req = PredictionRequest(
-        id=new_id(),
+        id=prediction_id,
         owner=account.username,
         model=f"{model.owner}/{model.name}",
         version=version.id,
-        input=payload,
-        hardware=hardware or model.hardware,
+        input=workflow_input,
+        staged_files=stored,
+        hardware=hardware,
         task_queue=task_queue,
         source="api",
         webhook=webhook,
@@ -145,12 +166,15 @@ async def launch_prediction(
         webhook_retry_period=settings.webhook_retry_period,
         webhook_timeout=settings.webhook_timeout,
     )
-    await asyncio.to_thread(_record, state, req, model)
+    # The read model keeps the input as the user sent it.
+    await asyncio.to_thread(_record, state, req.model_copy(update={"input": payload}), model)
     try:
         update = await _start(state, req, wait)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id, model)
+        if stored:
+            await discard_data_uris(request, state, req.id)
         raise ProblemError(503, "The prediction could not be scheduled; try again") from err
     if on_started is not None:
         await on_started()

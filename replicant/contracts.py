@@ -88,6 +88,19 @@ class FinishPrediction(BaseModel):
     completed_at: datetime | None = None
 
 
+class ExpireFiles(BaseModel):
+    """Input of ``FileExpiryWorkflow`` and ``remove_expired_files``: one sweep, at most
+    ``limit`` files (the next sweep takes the rest)."""
+
+    limit: int = 10000
+
+
+class ExpiredFiles(BaseModel):
+    """What a sweep removed: uploaded files past ``expires_at``, objects and rows."""
+
+    removed: int = 0
+
+
 class PredictionRef(BaseModel):
     """A prediction by id (retention, lookups)."""
 

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     max_file_size: int = 100 * 1024 * 1024  # uploads and fetched input files, in bytes
     input_fetch_timeout: float = 60.0  # seconds to fetch one input URL, redirects included
     file_expiry: float = 86400.0  # seconds an uploaded file lives
+    file_sweep_interval: float = 600.0  # seconds between removals of expired uploaded files
     output_url_expiry: float = 3600.0  # seconds a signed output URL works
 
     # TLS for the API (PEM files); the public URL then defaults to https.

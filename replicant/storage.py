@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from minio import Minio
 from minio.error import S3Error
@@ -124,6 +124,12 @@ class ObjectStore(Protocol):
         """A URL that fetches the object without a token until ``expires_in`` seconds pass."""
         ...
 
+    def outward_url(self, url: str) -> str:
+        """The URL clients get for one of the API's signed object URLs (``/files-signed/``):
+        the same, or the store's own URL to the object with the same expiry. Any other
+        string comes back unchanged."""
+        ...
+
 
 def check_key(key: str) -> str:
     """Keys are relative slash-separated paths without empty, dot or dot-dot parts."""
@@ -161,6 +167,17 @@ def signed_url(public_url: str, secret: str, key: str, expires_in: float) -> str
     """An absolute URL of the API's signed-object route (works for every backend)."""
     expires = int(time.time() + expires_in)
     return public_url.rstrip("/") + signed_path(secret, check_key(key), expires)
+
+
+def parse_signed_url(public_url: str, url: str) -> tuple[str, str, str] | None:
+    """(key, expires, signature) of a URL of the API's signed-object route, else None."""
+    prefix = public_url.rstrip("/") + SIGNED_ROUTE
+    if not url.startswith(prefix):
+        return None
+    expires, _, rest = url[len(prefix) :].partition("/")
+    sig, _, quoted = rest.partition("/")
+    key = unquote(quoted)
+    return (key, expires, sig) if expires and sig and key else None
 
 
 def check_signed(secret: str, key: str, expires: str, sig: str, now: float | None = None) -> bool:
@@ -257,6 +274,9 @@ class LocalStore:
     def signed_url(self, key: str, expires_in: float, filename: str | None = None) -> str:
         return signed_url(self.public_url, self.secret, key, expires_in)
 
+    def outward_url(self, url: str) -> str:
+        return url  # the API serves this store's objects itself
+
 
 def _chunks(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
     with f:
@@ -271,6 +291,7 @@ class S3Store:
     """Objects in one S3 bucket through the ``minio`` SDK."""
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.bucket = settings.s3_bucket
         self.region = settings.s3_region
         self.client = Minio(
@@ -361,6 +382,17 @@ class S3Store:
         )
         return url
 
+    def outward_url(self, url: str) -> str:
+        """A presigned GET URL of S3 for an API-signed URL whose signature holds."""
+        parsed = parse_signed_url(self.settings.resolved_public_url, url)
+        if parsed is None:
+            return url
+        key, expires, sig = parsed
+        # Only URLs this installation signed: a model's output cannot name another object.
+        if not check_signed(self.settings.ensure_secret_key(), key, expires, sig):
+            return url
+        return self.signed_url(key, int(expires) - time.time())
+
 
 def _s3_chunks(response: Any, chunk_size: int) -> Iterator[bytes]:
     try:
@@ -381,6 +413,19 @@ def open_store(settings: Settings) -> ObjectStore:
         settings.resolved_public_url,
         settings.ensure_secret_key(),
     )
+
+
+def outward_output(store: ObjectStore, output: Any) -> Any:
+    """A prediction's output with each signed object URL as clients should get it: S3's
+    presigned URLs when the store is S3 (coglet keeps only the path of the URL it uploads
+    to, so the run first gets the API's path-signed URL, swapped here)."""
+    if isinstance(output, str):
+        return store.outward_url(output)
+    if isinstance(output, list):
+        return [outward_output(store, item) for item in output]
+    if isinstance(output, dict):
+        return {k: outward_output(store, v) for k, v in output.items()}
+    return output
 
 
 async def acommit(store: ObjectStore, upload: Upload, key: str, content_type: str) -> None:

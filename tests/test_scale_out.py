@@ -172,7 +172,7 @@ def test_files_go_to_the_shared_store_and_limits_to_redis(cluster: Cluster) -> N
     assert output.status_code == 200, (done["output"], output.text)
     assert output.content.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(output.content)).size == (8, 4)
-    # The bytes live in the shared S3 bucket (the URL is the API's signed route to them).
+    # The bytes live in the shared S3 bucket (the URL is its presigned GET URL).
     s3 = Minio(cluster.settings.s3_endpoint, "testing", "testing", secure=False)
     prefix = f"predictions/{done['id']}/outputs/"
     stored = [o.object_name for o in s3.list_objects(cluster.settings.s3_bucket, prefix, True)]

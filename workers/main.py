@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deployments import DeploymentActivities
+from activities.expiry import ExpiryActivities
 from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
 from activities.trainings import TrainingActivities
@@ -25,7 +26,9 @@ from replicant.temporal import connect
 from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.runners import RunnerPool
+from workers.schedules import ensure_schedules
 from workflows.deployment import DeploymentWorkflow
+from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
 from workflows.training import TrainingWorkflow
 
@@ -67,12 +70,18 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.orchestration_queue,
-                workflows=[PredictionWorkflow, DeploymentWorkflow, TrainingWorkflow],
+                workflows=[
+                    PredictionWorkflow,
+                    DeploymentWorkflow,
+                    TrainingWorkflow,
+                    FileExpiryWorkflow,
+                ],
                 activities=[
                     acts.record_prediction,
                     acts.finish_prediction,
                     acts.remove_prediction_data,
                     FileActivities(settings, engine, store).stage_inputs,
+                    ExpiryActivities(engine, store).remove_expired_files,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
                     training.stage_training_inputs,
@@ -125,6 +134,11 @@ async def run_worker(
     workers = build_workers(
         client, settings, engine, pool, orchestration=orchestration, hardware=hardware, store=store
     )
+    if orchestration:
+        try:  # the sweep of expired uploaded files
+            await ensure_schedules(client, settings)
+        except Exception:
+            log.warning("event=schedules_not_registered", exc_info=True)
     # Deployment instances run on the workers of their hardware.
     served = list(settings.hardware) if hardware is None else hardware
     host = None

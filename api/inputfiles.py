@@ -1,0 +1,118 @@
+"""Data URI input files, stored at create time so that their bytes never cross Temporal.
+
+A ``data:`` URI in a file input (schema ``format: uri``) can be as large as a file upload,
+far beyond Temporal's ~2 MB payload limit. Before the workflow starts, each one is decoded
+into the object store under the prediction's inputs prefix; the workflow input carries the
+object key in its place, with a ``StagedFile`` saying where it goes, and the run activity
+hands the model a local path as for any staged file. The read model keeps the input as the
+user sent it (Replicate shows a data URI back as it was given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from fastapi import Request
+
+from activities.files import (
+    InputFileError,
+    _parse_data_uri,
+    file_fields,
+    prediction_prefix,
+    safe_filename,
+)
+from api.errors import invalid
+from api.state import AppState
+from replicant.contracts import StagedFile
+from replicant.storage import ObjectStore
+
+# The API's keys sit apart from those ``stage_inputs`` numbers ("inputs/0", "inputs/1", ...).
+DATA_DIR = "inputs/data-"
+
+
+def data_uri_items(schema: dict[str, Any], payload: dict[str, Any]) -> list[list[str | int]]:
+    """Where the data URIs of ``payload``'s file inputs are: ``["image"]``, ``["images", 2]``."""
+    found: list[list[str | int]] = []
+    for name, is_list in file_fields(schema).items():
+        value = payload.get(name)
+        items = list(enumerate(value)) if is_list and isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, str) and item[:5].lower() == "data:":
+                found.append([name] if index is None else [name, index])
+    return found
+
+
+async def store_data_uris(
+    request: Request,
+    state: AppState,
+    schema: dict[str, Any],
+    payload: dict[str, Any],
+    prediction_id: str,
+) -> tuple[dict[str, Any], list[StagedFile]]:
+    """The workflow's input (data URIs replaced by object keys) and the files stored.
+
+    422 naming the field when a data URI is malformed or larger than ``max_file_size``.
+    """
+    paths = data_uri_items(schema, payload)
+    if not paths:
+        return payload, []
+    # Imported here: the files router imports this package's launch module.
+    from api.routes.files import get_store
+
+    store = await get_store(request, state)
+    workflow_input = copy.deepcopy(payload)
+    staged: list[StagedFile] = []
+    try:
+        for number, path in enumerate(paths):
+            label = ".".join(str(p) for p in path)
+            value = _get(payload, path)
+            key_dir = f"{prediction_prefix(prediction_id)}{DATA_DIR}{number}"
+            try:
+                filename = await asyncio.to_thread(
+                    _store_one, store, value, key_dir, state.settings.max_file_size
+                )
+            except InputFileError as err:
+                raise invalid([{"field": label, "message": str(err)}]) from None
+            key = f"{key_dir}/{filename}"
+            _set(workflow_input, path, key)
+            staged.append(StagedFile(path=path, key=key, filename=filename))
+    except BaseException:
+        await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
+        raise
+    return workflow_input, staged
+
+
+def _store_one(store: ObjectStore, value: str, key_dir: str, limit: int) -> str:
+    content_type, data = _parse_data_uri(value)
+    if len(data) > limit:
+        raise InputFileError(f"is a data URI larger than {limit} bytes")
+    filename = safe_filename("file", content_type)
+    upload = store.new_upload()
+    try:
+        upload.write(data)
+        store.commit(upload, f"{key_dir}/{filename}", content_type)
+    finally:
+        upload.discard()
+    return filename
+
+
+def _get(value: Any, path: list[str | int]) -> Any:
+    for part in path:
+        value = value[part]
+    return value
+
+
+def _set(value: Any, path: list[str | int], item: str) -> None:
+    for part in path[:-1]:
+        value = value[part]
+    value[path[-1]] = item
+
+
+async def discard_data_uris(request: Request, state: AppState, prediction_id: str) -> None:
+    """Remove what ``store_data_uris`` stored for a prediction that did not start."""
+    from api.routes.files import get_store
+
+    store = await get_store(request, state)
+    await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))

@@ -1,0 +1,61 @@
+"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep.
+
+Registered at every worker start, idempotently: the first start creates the schedule, later
+ones (and other workers) update it to the current settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+
+from replicant.contracts import ExpireFiles
+from replicant.settings import Settings
+from workflows.expiry import FileExpiryWorkflow
+
+log = logging.getLogger("replicant.worker")
+
+FILE_EXPIRY_SCHEDULE = "replicant-file-expiry"
+
+
+def file_expiry_schedule(settings: Settings) -> Schedule:
+    every = timedelta(seconds=max(1.0, settings.file_sweep_interval))
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            FileExpiryWorkflow.run,
+            ExpireFiles(),
+            id=f"{FILE_EXPIRY_SCHEDULE}-sweep",
+            task_queue=settings.orchestration_queue,
+            run_timeout=timedelta(hours=1),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        # A sweep still running when the next is due: skip that one.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def ensure_schedules(client: Client, settings: Settings) -> None:
+    """Create the schedules, or bring existing ones up to date with ``settings``."""
+    schedule = file_expiry_schedule(settings)
+    try:
+        await client.create_schedule(FILE_EXPIRY_SCHEDULE, schedule)
+        log.info("event=schedule_created schedule=%s", FILE_EXPIRY_SCHEDULE)
+    except ScheduleAlreadyRunningError:
+
+        def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(FILE_EXPIRY_SCHEDULE).update(update)
