@@ -84,7 +84,7 @@ def safe_filename(name: str, content_type: str | None = None) -> str:
     return name
 
 
-def _parse_data_uri(uri: str) -> tuple[str, bytes]:
+def parse_data_uri(uri: str) -> tuple[str, bytes]:
     """(content type, bytes) of a ``data:`` URI."""
     header, comma, payload = uri[5:].partition(",")
     if not comma:
@@ -178,7 +178,7 @@ class Stager:
         return await self._stage_url(value, key_dir)
 
     async def _stage_data_uri(self, value: str, key_dir: str) -> str:
-        content_type, data = _parse_data_uri(value)
+        content_type, data = parse_data_uri(value)
         if len(data) > self.settings.max_file_size:
             raise InputFileError(f"is larger than {self.settings.max_file_size} bytes")
         filename = safe_filename("file", content_type)
@@ -355,7 +355,7 @@ async def stored_output(sink: UploadSink | None, prediction_id: str, output: Any
         return {k: await stored_output(sink, prediction_id, v) for k, v in output.items()}
     if isinstance(output, str) and output[:5].lower() == "data:":
         try:
-            content_type, data = _parse_data_uri(output)
+            content_type, data = parse_data_uri(output)
         except InputFileError:
             return output
 

@@ -18,8 +18,8 @@ from fastapi import Request
 
 from activities.files import (
     InputFileError,
-    _parse_data_uri,
     file_fields,
+    parse_data_uri,
     prediction_prefix,
     safe_filename,
 )
@@ -85,7 +85,7 @@ async def store_data_uris(
 
 
 def _store_one(store: ObjectStore, value: str, key_dir: str, limit: int) -> str:
-    content_type, data = _parse_data_uri(value)
+    content_type, data = parse_data_uri(value)
     if len(data) > limit:
         raise InputFileError(f"is a data URI larger than {limit} bytes")
     filename = safe_filename("file", content_type)
