@@ -30,6 +30,16 @@ MODELS = {
             def predict(self, name: str = "world") -> str:
                 return f"hello {name}"
     """,
+    "whoami": """
+        import os
+        import time
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            def predict(self, hold: float = 0.0) -> str:
+                time.sleep(hold)
+                return str(os.getpid())
+    """,
     "chatty": """
         import time
         from cog import BasePredictor
@@ -184,7 +194,7 @@ async def test_cold_boot_then_warm_reuse_keeps_the_same_process(
     assert warm < cold
 
 
-async def test_concurrent_cold_boots_of_one_key_share_one_process(
+async def test_concurrent_cold_boots_of_one_key_boot_one_process_per_run(
     pool: RunnerPool, models: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="replicant.runners")
@@ -194,7 +204,11 @@ async def test_concurrent_cold_boots_of_one_key_share_one_process(
     )
 
     assert [r.output for r in results] == ["hello 0", "hello 1", "hello 2"]
-    assert sum("event=runner_ready" in r.getMessage() for r in caplog.records) == 1
+    # One run per process: three at once are three processes, each booted once.
+    assert sum("event=runner_ready" in r.getMessage() for r in caplog.records) == 3
+    assert {"hello", "hello#1", "hello#2"} == set(pool.warm_keys())
+    await pool.predict(hello, "p-after", {"name": "again"})
+    assert sum("event=runner_ready" in r.getMessage() for r in caplog.records) == 3
 
 
 async def test_on_booted_comes_first_then_live_logs_and_partial_output(
@@ -372,7 +386,8 @@ async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
         await eventually(lambda: gone(hello_pid))
 
         # A busy process is never evicted: chatty keeps running while hello boots beside it.
-        chatty = asyncio.create_task(pool.predict(spec(models, "chatty"), "p-lru-3", {}))
+        # Long enough to outlast hello's boot even on a loaded machine.
+        chatty = asyncio.create_task(pool.predict(spec(models, "chatty"), "p-lru-3", {"steps": 40}))
         await eventually(lambda: pool.pid("chatty") is not None)
         chatty_pid = pool.pid("chatty")
         hello = await pool.predict(spec(models, "hello"), "p-lru-4", {})
@@ -419,3 +434,20 @@ async def test_close_leaves_no_child_processes(models: Path) -> None:
 
     await eventually(lambda: all(gone(pid) for pid in family))
     assert pool.warm_keys() == []
+
+
+async def test_concurrent_runs_of_one_key_get_a_process_each(
+    pool: RunnerPool, models: Path
+) -> None:
+    whoami = spec(models, "whoami")
+    # One process runs one prediction at a time: two at once need two processes.
+    first, second = await asyncio.gather(
+        pool.predict(whoami, "p-a", {"hold": 1.0}),
+        pool.predict(whoami, "p-b", {"hold": 1.0}),
+    )
+    assert first.status == second.status == "succeeded"
+    assert first.output != second.output
+    assert {"whoami", "whoami#1"} <= set(pool.warm_keys())
+    # Alone again, a run goes to the first process.
+    alone = await pool.predict(whoami, "p-c", {})
+    assert alone.output == first.output

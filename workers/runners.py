@@ -46,7 +46,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from replicant.weights import WeightsCache, WeightsError
+from replicant.weights import WeightsCache, WeightsError, file_name, parse_store_ref
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
@@ -426,7 +426,11 @@ class RunnerPool:
         self.update_interval = update_interval
         self.log = log or logging.getLogger("replicant.runners")
         self._runners: collections.OrderedDict[str, _Runner] = collections.OrderedDict()
+        # Instance indexes in use per key: index i runs under key "{key}#{i}" (0: the key).
+        self._busy_instances: dict[str, set[int]] = {}
         self._boots: dict[str, asyncio.Task[_Runner]] = {}
+        # Stored-weights references by digest, for the model processes that fetch them.
+        self._weight_refs: dict[str, str] = {}
         # Every process started and not yet reaped, warm or not: close() waits for them all.
         self._spawned: set[_Runner] = set()
         self._runs: dict[str, _Run] = {}
@@ -541,6 +545,37 @@ class RunnerPool:
         stop within ``cancel_grace``), then re-raises.
         """
         await self.start()
+        instance, index = self._claim_instance(spec)
+        try:
+            return await self._predict(instance, prediction_id, input, on_update, on_booted)
+        finally:
+            self._release_instance(spec.key, index)
+
+    def _claim_instance(self, spec: RunnerSpec) -> tuple[RunnerSpec, int]:
+        """The process this run gets: the first idle one of its key (one run per process), so
+        concurrent runs of one version on a queue with several slots run side by side."""
+        busy = self._busy_instances.setdefault(spec.key, set())
+        index = next(i for i in range(len(busy) + 1) if i not in busy)
+        busy.add(index)
+        if index == 0:
+            return spec, index
+        return spec.model_copy(update={"key": f"{spec.key}#{index}"}), index
+
+    def _release_instance(self, key: str, index: int) -> None:
+        busy = self._busy_instances.get(key)
+        if busy is not None:
+            busy.discard(index)
+            if not busy:
+                del self._busy_instances[key]
+
+    async def _predict(
+        self,
+        spec: RunnerSpec,
+        prediction_id: str,
+        input: dict[str, Any],
+        on_update: Callable[[CogPrediction], Awaitable[None]] | None,
+        on_booted: Callable[[], Awaitable[None]] | None,
+    ) -> CogPrediction:
         booted_called = False
         for attempt in range(2):
             runner = await self._checkout(spec)
@@ -825,13 +860,24 @@ class RunnerPool:
         for attempt in range(3):
             port = _free_port()
             runner = _Runner(self._with_upload(spec), port, self.log)
+            fetch: asyncio.Task[None] | None = None
             try:
                 env = self._child_env(spec, port)
                 if spec.weights_ref:
-                    env["COG_WEIGHTS"] = await self._weights_url(spec.weights_ref)
+                    # The weights download while coglet and the model start; the model's
+                    # request for them waits for the download (see _on_weights).
+                    env["COG_WEIGHTS"] = self._weights_url(spec.weights_ref)
+                    fetch = asyncio.create_task(self._fetch_weights(spec.weights_ref))
                 await runner.spawn(env)
                 self._spawned.add(runner)
-                await self._wait_ready(runner)
+                try:
+                    await self._wait_ready(runner)
+                except BootError:
+                    if fetch is not None and fetch.done() and fetch.exception() is not None:
+                        fetch.result()  # the cause: the weights, not the model
+                    raise
+                if fetch is not None:
+                    await fetch
             except BootError as err:
                 runner.retired = True
                 runner.kill()
@@ -843,6 +889,9 @@ class RunnerPool:
                 runner.retired = True
                 runner.kill()
                 raise
+            finally:
+                if fetch is not None and not fetch.done():
+                    fetch.cancel()
             if self._closed:
                 runner.retired = True
                 runner.kill()
@@ -937,22 +986,39 @@ class RunnerPool:
 
     # -- weights ---------------------------------------------------------------------------
 
-    async def _weights_url(self, ref: str) -> str:
-        """A URL of the stored weights that the model process can fetch (never expires)."""
+    def _weights_url(self, ref: str) -> str:
+        """A URL of the stored weights that the model process can fetch (never expires);
+        known before the weights are cached."""
         if self.weights is None:
             raise BootError("this worker has no weights cache for stored weights")
         try:
-            digest, name = await self.weights.materialize(ref)
+            key, digest = parse_store_ref(ref)
         except WeightsError as err:
             raise BootError(f"cannot load the version's weights: {err}") from err
-        return f"{self._hook_base}weights/{digest}/{name}"
+        self._weight_refs[digest] = ref
+        return f"{self._hook_base}weights/{digest}/{file_name(key)}"
+
+    async def _fetch_weights(self, ref: str) -> None:
+        """Materialize the weights in the cache (once per digest, however many ask)."""
+        assert self.weights is not None
+        try:
+            await self.weights.materialize(ref)
+        except WeightsError as err:
+            raise BootError(f"cannot load the version's weights: {err}") from err
 
     async def _on_weights(self, request: Request) -> Response:
         if not secrets.compare_digest(request.path_params["secret"], self._secret):
             return Response(status_code=404)
-        path = None
-        if self.weights is not None:
-            path = self.weights.cached(request.path_params["digest"], request.path_params["name"])
+        if self.weights is None:
+            return Response(status_code=404)
+        digest, name = request.path_params["digest"], request.path_params["name"]
+        path = self.weights.cached(digest, name)
+        ref = self._weight_refs.get(digest)
+        if path is None and ref is not None:
+            # A model booting while its weights download: answer once they are here.
+            with contextlib.suppress(BootError):
+                await self._fetch_weights(ref)
+            path = self.weights.cached(digest, name)
         if path is None:
             return Response(status_code=404)
         return FileResponse(path, media_type="application/octet-stream")
