@@ -13,8 +13,12 @@ Both are measured from nothing running to the answer of the first prediction, wi
   the weights from the store into the cache, a coglet process in the base version's
   directory and environment with ``COG_WEIGHTS`` set, ``setup()``, the first prediction.
 
-Run: ``.venv/bin/python bench/finetune_boot.py [--rounds 5]``. Prints the medians and the
-ratio (goal: a fine-tune cold start at most 0.5x a fresh base-version boot).
+Run: ``.venv/bin/python bench/finetune_boot.py [--rounds 5]``. Prints the medians, the
+ratio (goal: a fine-tune cold start at most 0.5x a fresh base-version boot), and where each
+spends its time: the push; the weights download (timed on its own, into another empty cache:
+in the cold start it overlaps coglet's start); the boot up to READY, of which coglet's own
+report of ``setup()`` (worker process, imports, ``setup()`` with its weights request) is a
+part; and the first prediction.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -54,6 +59,30 @@ async def first_prediction(pool: RunnerPool, version: Version) -> None:
         raise RuntimeError(f"prediction {result.status}: {result.error}")
 
 
+async def cold_boot(pool: RunnerPool, version: Version) -> tuple[float, float]:
+    """Boot the version's process as a first prediction would: (seconds to READY, seconds
+    coglet reports for its setup: worker process, imports and ``setup()``)."""
+    await pool.start()
+    started = time.perf_counter()
+    runner = await pool._checkout(runner_spec(version))
+    runner.lock.release()
+    booted = time.perf_counter() - started
+    _, health = await pool._health(runner)
+    setup = health.get("setup") or {}
+    try:
+        span = _instant(setup["completed_at"]) - _instant(setup["started_at"])
+    except (KeyError, TypeError, ValueError):
+        return booted, float("nan")
+    return booted, span.total_seconds()
+
+
+def _instant(value: str) -> datetime:
+    # coglet reports nanoseconds; datetime takes microseconds.
+    head, _, rest = value.partition(".")
+    digits = "".join(c for c in rest if c.isdigit())[:6]
+    return datetime.fromisoformat(f"{head}.{digits or '0'}+00:00")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -67,6 +96,15 @@ async def main() -> None:
         base_times: list[float] = []
         push_times: list[float] = []
         finetune_times: list[float] = []
+        parts: dict[str, list[float]] = {
+            "base boot": [],
+            "base setup": [],
+            "base first prediction": [],
+            "weights download": [],
+            "fine-tune boot": [],
+            "fine-tune setup": [],
+            "fine-tune first prediction": [],
+        }
         model = ensure_model(engine, "bench", "base")
         base = await asyncio.to_thread(
             create_version, settings, engine, model, EXAMPLES_DIR / "ngram"
@@ -81,18 +119,33 @@ async def main() -> None:
                 create_version, settings, engine, fresh_model, EXAMPLES_DIR / "ngram"
             )
             push_times.append(time.perf_counter() - started)
+            boot, setup = await cold_boot(pool, fresh)
+            before = time.perf_counter()
             await first_prediction(pool, fresh)
+            parts["base first prediction"].append(time.perf_counter() - before)
             base_times.append(time.perf_counter() - started)
+            parts["base boot"].append(boot)
+            parts["base setup"].append(setup)
             await pool.close()
 
             # A fine-tune made by the real trainer, then booted cold by a fresh worker.
             finetune = await make_finetune(settings, engine, acts, base, round_)
+            assert finetune.weights_url is not None
+            probe = WeightsCache(lambda: store, data_dir / f"weights-probe-{round_}")
+            before = time.perf_counter()
+            await probe.materialize(finetune.weights_url)
+            parts["weights download"].append(time.perf_counter() - before)
             cache = data_dir / f"weights-cache-{round_}"
             pool = RunnerPool(max_warm=2, weights=WeightsCache(lambda: store, cache))
             await pool.start()
             started = time.perf_counter()
+            boot, setup = await cold_boot(pool, finetune)
+            before = time.perf_counter()
             await first_prediction(pool, finetune)
+            parts["fine-tune first prediction"].append(time.perf_counter() - before)
             finetune_times.append(time.perf_counter() - started)
+            parts["fine-tune boot"].append(boot)
+            parts["fine-tune setup"].append(setup)
             await pool.close()
             print(
                 f"round {round_ + 1}: base push+boot {base_times[-1]:.3f} s "
@@ -109,6 +162,15 @@ async def main() -> None:
         )
         print(f"fine-tune cold start (weights + boot + first prediction):  {finetune_median:.3f} s")
         print(f"ratio: {finetune_median / base_median:.2f}x (goal: at most 0.50x)")
+        print()
+        print("breakdown (medians):")
+        print(f"  base push (files, env, schema, record)  {statistics.median(push_times):.3f} s")
+        for name, values in parts.items():
+            print(f"  {name:<39} {statistics.median(values):.3f} s")
+        print(
+            "  (a fine-tune's weights download overlaps its boot; coglet's setup is part of "
+            "the boot)"
+        )
     finally:
         engine.dispose()
         shutil.rmtree(data_dir, ignore_errors=True)
