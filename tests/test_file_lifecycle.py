@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -23,6 +24,8 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from activities.files import Stager, materialized_input
+from replicant.contracts import PredictionRequest, StagedFile
 from replicant.db import make_engine
 from replicant.devstack import Stack
 from replicant.settings import Settings
@@ -30,6 +33,7 @@ from replicant.tables import Model, Prediction, StoredFile
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
 from tests.conftest import TERMINAL, stack_settings
+from tests.test_safefetch import stager  # noqa: F401  (a Stager on a local store)
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
 from workers.schedules import FILE_EXPIRY_SCHEDULE
 
@@ -257,3 +261,30 @@ def test_a_model_on_hardware_no_longer_offered_is_refused(s3stack: S3Stack) -> N
             headers={"Prefer": "wait"},
         )
     assert response.json()["status"] == "succeeded"
+
+
+async def test_stage_inputs_keeps_the_files_stored_at_create_and_stages_the_rest(
+    stager: Stager,  # noqa: F811
+) -> None:
+    store = stager.store
+    key = "predictions/p1/inputs/data-0/file.png"
+    upload = store.new_upload()
+    upload.write(b"stored by the API")
+    store.commit(upload, key, "image/png")
+    req = PredictionRequest(
+        id="p1",
+        owner="alice",
+        model="alice/m",
+        version="v1",
+        input={"image": key, "extra": ["data:,x"]},
+        staged_files=[StagedFile(path=["image"], key=key, filename="file.png")],
+    )
+    staged = await stager.stage(req)
+    assert [(f.path, f.key) for f in staged.files] == [
+        (["image"], key),
+        (["extra", 0], "predictions/p1/inputs/0/file.txt"),
+    ]
+    ready = req.model_copy(update={"staged_files": staged.files})
+    async with materialized_input(store, ready) as model_input:
+        assert Path(model_input["image"]).read_bytes() == b"stored by the API"
+        assert Path(model_input["extra"][0]).read_bytes() == b"x"
