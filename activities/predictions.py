@@ -159,9 +159,10 @@ class PredictionActivities:
 
 async def _heartbeat_forever() -> None:
     # Heartbeats deliver cancellation and let Temporal notice a dead worker within seconds.
+    # The first waits an interval: a run shorter than that costs no heartbeat round trip.
     while True:
-        activity.heartbeat()
         await asyncio.sleep(HEARTBEAT_INTERVAL)
+        activity.heartbeat()
 
 
 class _Run:
