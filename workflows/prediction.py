@@ -12,13 +12,18 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import (
-    RetryPolicy,
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-)
+from temporalio.common import RetryPolicy, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+from workflows import steps
+from workflows.steps import (
+    BOOT_ALLOWANCE,
+    LOCAL,
+    MODEL_ATTR,
+    RUN_ATTEMPTS,
+    STATUS_ATTR,
+    deliver_completed,
+)
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
@@ -30,26 +35,14 @@ with workflow.unsafe.imports_passed_through():
         Status,
         WaitResult,
         WebhookDelivery,
-        WebhookResult,
     )
 
-MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
-VERSION_ATTR = SearchAttributeKey.for_keyword("ReplicantVersion")
-STATUS_ATTR = SearchAttributeKey.for_keyword("ReplicantStatus")
-OWNER_ATTR = SearchAttributeKey.for_keyword("ReplicantOwner")
 
 # Errors that retrying cannot fix; anything else (a lost worker, a crashed process) retries.
 NON_RETRYABLE = ["VersionNotFound"]
-RUN_ATTEMPTS = 3
-# Time allowed to boot a model process on top of the prediction timeout.
-BOOT_ALLOWANCE = timedelta(minutes=10)
-LOCAL = timedelta(seconds=30)
 # Staging fetches each input URL within its own time cap; this bounds the whole step.
 STAGE_TIMEOUT = timedelta(minutes=15)
 FILE_SCHEMES = ("http://", "https://", "data:")
-# Backoff of the `completed` webhook: 1 s, doubling, at most 2 minutes apart.
-WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
-WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
 
 
 def wants_completed(req: PredictionRequest) -> bool:
@@ -59,14 +52,7 @@ def wants_completed(req: PredictionRequest) -> bool:
 
 def search_attributes(req: PredictionRequest, status: Status = "starting") -> TypedSearchAttributes:
     """The attributes that make a prediction findable in the Temporal UI."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(MODEL_ATTR, req.model),
-            SearchAttributePair(VERSION_ATTR, req.version),
-            SearchAttributePair(STATUS_ATTR, status),
-            SearchAttributePair(OWNER_ATTR, req.owner),
-        ]
-    )
+    return steps.search_attributes(req.model, req.version, req.owner, status)
 
 
 @workflow.defn(name="PredictionWorkflow")
@@ -108,31 +94,16 @@ class PredictionWorkflow:
         return outcome
 
     async def _notify_completed(self, req: PredictionRequest) -> None:
-        """Deliver `completed` until a 2xx or the retry period is over; one activity per
-        attempt, so each attempt and the receiver's answer are in the history."""
-        deadline = workflow.now() + timedelta(seconds=req.webhook_retry_period)
-        delay = WEBHOOK_FIRST_RETRY
         delivery = WebhookDelivery(
             prediction_id=req.id, event="completed", timeout=req.webhook_timeout
         )
-        while True:
-            try:
-                await workflow.execute_activity(
-                    "send_webhook",
-                    delivery,
-                    result_type=WebhookResult,
-                    start_to_close_timeout=timedelta(seconds=req.webhook_timeout) + LOCAL,
-                    retry_policy=RetryPolicy(maximum_attempts=1),
-                )
-                return
-            except ActivityError as err:
-                if isinstance(err.cause, ApplicationError) and err.cause.non_retryable:
-                    return
-            if workflow.now() + delay > deadline:
-                workflow.logger.warning("webhook retry period over for %s", req.id)
-                return
-            await workflow.sleep(delay)
-            delay = min(delay * 2, WEBHOOK_MAX_BACKOFF)
+        await deliver_completed(
+            "send_webhook",
+            delivery,
+            attempt_timeout=req.webhook_timeout,
+            retry_period=req.webhook_retry_period,
+            subject=req.id,
+        )
 
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         if self._cancel_requested:

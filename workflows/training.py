@@ -17,13 +17,17 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import (
-    RetryPolicy,
-    SearchAttributeKey,
-    SearchAttributePair,
-    TypedSearchAttributes,
-)
+from temporalio.common import RetryPolicy, TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+from workflows import steps
+from workflows.steps import (
+    BOOT_ALLOWANCE,
+    LOCAL,
+    RUN_ATTEMPTS,
+    STATUS_ATTR,
+    deliver_completed,
+)
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
@@ -35,35 +39,18 @@ with workflow.unsafe.imports_passed_through():
         TrainingRequest,
         TrainingRun,
         TrainingWebhook,
-        WebhookResult,
     )
     from workflows.prediction import STAGE_TIMEOUT, may_hold_files
 
-MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
-VERSION_ATTR = SearchAttributeKey.for_keyword("ReplicantVersion")
-STATUS_ATTR = SearchAttributeKey.for_keyword("ReplicantStatus")
-OWNER_ATTR = SearchAttributeKey.for_keyword("ReplicantOwner")
 
 # Errors that retrying cannot fix.
 NON_RETRYABLE = ["VersionNotFound", "DestinationGone"]
-RUN_ATTEMPTS = 3
-BOOT_ALLOWANCE = timedelta(minutes=10)
-LOCAL = timedelta(seconds=30)
 COMPLETE = timedelta(minutes=1)
-WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
-WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
 
 
 def search_attributes(req: TrainingRequest, status: Status = "starting") -> TypedSearchAttributes:
     """The attributes that make a training findable in the Temporal UI."""
-    return TypedSearchAttributes(
-        [
-            SearchAttributePair(MODEL_ATTR, req.model),
-            SearchAttributePair(VERSION_ATTR, req.version),
-            SearchAttributePair(STATUS_ATTR, status),
-            SearchAttributePair(OWNER_ATTR, req.owner),
-        ]
-    )
+    return steps.search_attributes(req.model, req.version, req.owner, status)
 
 
 @workflow.defn(name="TrainingWorkflow")
@@ -158,31 +145,16 @@ class TrainingWorkflow:
         return TrainingOutcome(status=status, error=error, completed_at=done.completed_at)
 
     async def _notify_completed(self, req: TrainingRequest) -> None:
-        """Deliver `completed` until a 2xx or the retry period is over, one activity per
-        attempt, as PredictionWorkflow does."""
-        deadline = workflow.now() + timedelta(seconds=req.webhook_retry_period)
-        delay = WEBHOOK_FIRST_RETRY
         delivery = TrainingWebhook(
             training_id=req.id, event="completed", timeout=req.webhook_timeout
         )
-        while True:
-            try:
-                await workflow.execute_activity(
-                    "send_training_webhook",
-                    delivery,
-                    result_type=WebhookResult,
-                    start_to_close_timeout=timedelta(seconds=req.webhook_timeout) + LOCAL,
-                    retry_policy=RetryPolicy(maximum_attempts=1),
-                )
-                return
-            except ActivityError as err:
-                if isinstance(err.cause, ApplicationError) and err.cause.non_retryable:
-                    return
-            if workflow.now() + delay > deadline:
-                workflow.logger.warning("webhook retry period over for training %s", req.id)
-                return
-            await workflow.sleep(delay)
-            delay = min(delay * 2, WEBHOOK_MAX_BACKOFF)
+        await deliver_completed(
+            "send_training_webhook",
+            delivery,
+            attempt_timeout=req.webhook_timeout,
+            retry_period=req.webhook_retry_period,
+            subject=req.id,
+        )
 
     @workflow.signal
     def cancel(self) -> None:
