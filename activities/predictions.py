@@ -7,9 +7,7 @@ read model itself, so a fast prediction costs one activity round trip, not one p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from activities.files import (
     stored_output,
     uploads_outputs,
 )
+from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
@@ -174,12 +173,11 @@ class _Run:
         self.engine = engine
         self.req = req
         self.hooks = hooks
-        self.interval = STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL
         self.started_at: datetime | None = None
         self.deadline: asyncio.Timeout | None = None
-        self._last_write = 0.0
-        self._pending: CogPrediction | None = None
-        self._flush: asyncio.Task[None] | None = None
+        self._progress = LatestWriter(
+            STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL, self._write
+        )
 
     async def on_booted(self) -> None:
         self.started_at = utcnow()
@@ -195,22 +193,9 @@ class _Run:
     async def on_update(self, state: CogPrediction) -> None:
         if self.hooks is not None:
             self.hooks.progress(state.logs, state.output)
-        self._pending = state
-        wait = self.interval - (time.monotonic() - self._last_write)
-        if wait <= 0:
-            await self._write()
-        elif self._flush is None or self._flush.done():
-            self._flush = asyncio.create_task(self._write_later(wait))
+        await self._progress.offer(state)
 
-    async def _write_later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._write()
-
-    async def _write(self) -> None:
-        state, self._pending = self._pending, None
-        if state is None:
-            return
-        self._last_write = time.monotonic()
+    async def _write(self, state: CogPrediction) -> None:
         await asyncio.to_thread(
             readmodel.record_progress, self.engine, self.req.id, state.logs, state.output
         )
@@ -223,10 +208,7 @@ class _Run:
         output: Any = None,
         logs: str | None = None,
     ) -> RunOutcome:
-        if self._flush is not None:
-            self._flush.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush
+        await self._progress.stop()
         completed_at = utcnow()
         await asyncio.to_thread(
             readmodel.finish_prediction,

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import mimetypes
-import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -31,6 +29,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.files import InputFileError, Stager, materialized_input
 from activities.predictions import LIVE_WEBHOOK_GRACE, _heartbeat_forever, runner_spec
+from activities.throttle import LatestWriter
 from activities.webhooks import LIVE_EVENTS, LiveWebhooks, WebhookActivities, wanted_events
 from replicant import trainings
 from replicant.contracts import (
@@ -359,9 +358,7 @@ class _Progress:
         self.id = training_id
         self.hooks = hooks
         self.started_at: datetime | None = None
-        self._last = 0.0
-        self._pending: str | None = None
-        self._flush: asyncio.Task[None] | None = None
+        self._logs = LatestWriter(LOG_INTERVAL, self._write)
 
     async def booted(self) -> None:
         self.started_at = utcnow()
@@ -373,31 +370,15 @@ class _Progress:
         if self.hooks is not None:
             # The trainer's own output is not the training's: only logs are live.
             self.hooks.progress(state.logs, self.hooks.row.output)
-        self._pending = state.logs
-        wait = LOG_INTERVAL - (time.monotonic() - self._last)
-        if wait <= 0:
-            await self._write()
-        elif self._flush is None or self._flush.done():
-            self._flush = asyncio.create_task(self._write_later(wait))
+        await self._logs.offer(state.logs)
 
-    async def _write_later(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        await self._write()
-
-    async def _write(self) -> None:
-        logs, self._pending = self._pending, None
-        if logs is None:
-            return
-        self._last = time.monotonic()
+    async def _write(self, logs: str) -> None:
         await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
 
     async def close(self, logs: str | None, *, canceled: bool = False) -> None:
         """Stop pending writes; record the final logs; deliver the pending live events
         (the workflow sends ``completed`` after this)."""
-        if self._flush is not None:
-            self._flush.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush
+        await self._logs.stop()
         if logs is not None:
             await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
         if self.hooks is not None:
