@@ -220,6 +220,7 @@ class _Run:
             output=output,
             logs=logs,
             started_at=self.started_at,
+            created_at=self.req.created_at,
         )
         if self.hooks is not None:
             # `completed` (a workflow step after this) must come after the live events.

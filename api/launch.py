@@ -226,9 +226,14 @@ def _load(state: AppState, prediction_id: str) -> Prediction:
 
 
 def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
-    """The prediction's row, and one more run on its model's ``run_count``."""
-    readmodel.insert_prediction(state.engine, req)
-    _count_run(state, model, 1)
+    """The prediction's row, and one more run on its model's ``run_count``, in one
+    transaction (the id is new: no existing row to look for)."""
+    with Session(state.engine) as session:
+        session.add(readmodel.prediction_from_request(req))
+        # One UPDATE, so concurrent predictions never lose a count.
+        count = col(Model.run_count) + 1
+        session.exec(update(Model).where(col(Model.id) == model.id).values(run_count=count))
+        session.commit()
 
 
 def _count_run(state: AppState, model: Model, delta: int) -> None:

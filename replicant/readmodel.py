@@ -86,18 +86,25 @@ def finish_prediction(
     output: Any = None,
     logs: str | None = None,
     started_at: datetime | None = None,
+    created_at: datetime | None = None,
 ) -> bool:
-    """Record the terminal state, with metrics; a prediction ends only once."""
-    with Session(engine) as session:
-        row = session.get(Prediction, prediction_id)
-        if row is None or row.status in TERMINAL_STATUSES:
-            return False
-        started = started_at or (as_utc(row.started_at) if row.started_at else None)
-        metrics: dict[str, Any] = {
-            "total_time": (completed_at - as_utc(row.created_at)).total_seconds()
-        }
-        if started is not None:
-            metrics["predict_time"] = (completed_at - started).total_seconds()
+    """Record the terminal state, with metrics; a prediction ends only once.
+
+    With both ``created_at`` (the row's) and ``started_at`` known, this is one guarded
+    UPDATE; otherwise the row is read first for them.
+    """
+    if created_at is not None and started_at is not None:
+        started: datetime | None = started_at
+    else:
+        with Session(engine) as session:
+            row = session.get(Prediction, prediction_id)
+            if row is None or row.status in TERMINAL_STATUSES:
+                return False
+            started = started_at or (as_utc(row.started_at) if row.started_at else None)
+            created_at = row.created_at
+    metrics: dict[str, Any] = {"total_time": (completed_at - as_utc(created_at)).total_seconds()}
+    if started is not None:
+        metrics["predict_time"] = (completed_at - started).total_seconds()
     values: dict[str, Any] = {
         "status": status,
         "completed_at": completed_at,
