@@ -439,6 +439,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/trainings"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/trainings/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/trainings/{training_id}/cancel"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("GET", "/t/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/models/{owner}/{name}/versions/{version_id}/trainings"): Case(
         NOT_FOUND, UNAUTHENTICATED, body={"destination": "{owner}/{name}", "input": {}}
     ),
