@@ -129,12 +129,14 @@ class TrainingActivities:
                 input=req.input,
                 prefix=inputs_prefix(req.id),
                 component="TrainingInput",
+                # Data URIs were stored at create time (``req.staged_files``): kept as they are.
+                skip=[f.path for f in req.staged_files],
             )
         except InputFileError as err:
             log.info("event=input_file_refused training=%s reason=%r", req.id, str(err))
             raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
         log.info("event=inputs_staged training=%s files=%d", req.id, len(staged.files))
-        return staged
+        return StagedInputs(files=[*req.staged_files, *staged.files])
 
     async def _live_webhooks(self, req: TrainingRequest) -> LiveWebhooks | None:
         """``start`` and ``logs`` events of this run, when the training's webhook wants them."""

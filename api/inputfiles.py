@@ -20,7 +20,6 @@ from activities.files import (
     InputFileError,
     file_fields,
     parse_data_uri,
-    prediction_prefix,
     safe_filename,
 )
 from api.errors import invalid
@@ -29,13 +28,15 @@ from replicant.contracts import StagedFile
 from replicant.storage import ObjectStore
 
 # The API's keys sit apart from those ``stage_inputs`` numbers ("inputs/0", "inputs/1", ...).
-DATA_DIR = "inputs/data-"
+DATA_DIR = "data-"
 
 
-def data_uri_items(schema: dict[str, Any], payload: dict[str, Any]) -> list[list[str | int]]:
+def data_uri_items(
+    schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
+) -> list[list[str | int]]:
     """Where the data URIs of ``payload``'s file inputs are: ``["image"]``, ``["images", 2]``."""
     found: list[list[str | int]] = []
-    for name, is_list in file_fields(schema).items():
+    for name, is_list in file_fields(schema, component).items():
         value = payload.get(name)
         items = list(enumerate(value)) if is_list and isinstance(value, list) else [(None, value)]
         for index, item in items:
@@ -49,13 +50,15 @@ async def store_data_uris(
     state: AppState,
     schema: dict[str, Any],
     payload: dict[str, Any],
-    prediction_id: str,
+    inputs_prefix: str,
+    component: str = "Input",
 ) -> tuple[dict[str, Any], list[StagedFile]]:
-    """The workflow's input (data URIs replaced by object keys) and the files stored.
+    """The workflow's input (data URIs replaced by object keys) and the files stored under
+    ``inputs_prefix`` (a prediction's or a training's inputs folder).
 
     422 naming the field when a data URI is malformed or larger than ``max_file_size``.
     """
-    paths = data_uri_items(schema, payload)
+    paths = data_uri_items(schema, payload, component)
     if not paths:
         return payload, []
     # Imported here: the files router imports this package's launch module.
@@ -68,7 +71,7 @@ async def store_data_uris(
         for number, path in enumerate(paths):
             label = ".".join(str(p) for p in path)
             value = _get(payload, path)
-            key_dir = f"{prediction_prefix(prediction_id)}{DATA_DIR}{number}"
+            key_dir = f"{inputs_prefix}{DATA_DIR}{number}"
             try:
                 filename = await asyncio.to_thread(
                     _store_one, store, value, key_dir, state.settings.max_file_size
@@ -79,7 +82,7 @@ async def store_data_uris(
             _set(workflow_input, path, key)
             staged.append(StagedFile(path=path, key=key, filename=filename))
     except BaseException:
-        await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
+        await asyncio.to_thread(store.delete_prefix, f"{inputs_prefix}{DATA_DIR}")
         raise
     return workflow_input, staged
 
@@ -110,9 +113,9 @@ def _set(value: Any, path: list[str | int], item: str) -> None:
     value[path[-1]] = item
 
 
-async def discard_data_uris(request: Request, state: AppState, prediction_id: str) -> None:
-    """Remove what ``store_data_uris`` stored for a prediction that did not start."""
+async def discard_data_uris(request: Request, state: AppState, inputs_prefix: str) -> None:
+    """Remove what ``store_data_uris`` stored for a prediction or training that did not start."""
     from api.routes.files import get_store
 
     store = await get_store(request, state)
-    await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
+    await asyncio.to_thread(store.delete_prefix, f"{inputs_prefix}{DATA_DIR}")

@@ -25,6 +25,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 
+from activities.files import prediction_prefix
 from api.errors import ProblemError, invalid
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
@@ -80,6 +81,11 @@ def _private_literal(host: str) -> bool:
         return not is_public_address(host)
     except ValueError:  # a name, not an address
         return False
+
+
+def prediction_inputs(prediction_id: str) -> str:
+    """Where a prediction's input files live (the stager numbers its own beside these)."""
+    return f"{prediction_prefix(prediction_id)}inputs/"
 
 
 def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
@@ -142,7 +148,7 @@ async def launch_prediction(
     prediction_id = new_id()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
-        request, state, version.openapi_schema, payload, prediction_id
+        request, state, version.openapi_schema, payload, prediction_inputs(prediction_id)
     )
     req = PredictionRequest(
         id=prediction_id,
@@ -174,7 +180,7 @@ async def launch_prediction(
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id, model)
         if stored:
-            await discard_data_uris(request, state, req.id)
+            await discard_data_uris(request, state, prediction_inputs(req.id))
         raise ProblemError(503, "The prediction could not be scheduled; try again") from err
     if on_started is not None:
         await on_started()

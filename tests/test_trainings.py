@@ -24,6 +24,7 @@ from tests.trainkit import (
     client_for,
     corpus,
     data_uri,
+    new_destination,
     ngram_version,
     versions_of,
     wait_training,
@@ -414,3 +415,27 @@ def test_training_web_url_is_a_page_for_its_owner_only(
     stranger = {"Authorization": f"Bearer {live.new_account('peeker')}"}
     assert httpx.get(web, headers=stranger).status_code == 404
     assert httpx.get(web).status_code == 401
+
+
+async def test_large_data_uri_corpus_never_crosses_temporal(
+    live: LiveStack, owner: tuple[str, str]
+) -> None:
+    from replicant.temporal import connect
+
+    _, token = owner
+    destination = new_destination(live, token, "big-corpus")
+    text = corpus(seed=77, words=400_000)  # ~3.6 MB: beyond Temporal's payload limit
+    assert len(text) > 3_000_000
+    client = client_for(live, token)
+    training = client.trainings.create(
+        model="replicant/ngram",
+        version=ngram_version(live),
+        input={"text": data_uri(text)},
+        destination=destination,
+    )
+    wait_training(training)
+    assert training.status == "succeeded", (training.error, training.logs)
+    temporal = await connect(live.settings)
+    history = await temporal.get_workflow_handle(f"training-{training.id}").fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert sum(len(p.data) for p in started.input.payloads) < 10_000

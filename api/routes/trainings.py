@@ -21,9 +21,11 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
+from activities.trainings import inputs_prefix
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.launch import base_url, check_webhook
+from api.inputfiles import discard_data_uris, store_data_uris
+from api.launch import base_url, check_hardware, check_webhook
 from api.pagination import paginate
 from api.state import AppState
 from replicant import trainings
@@ -132,13 +134,25 @@ async def create_training(
         raise invalid([e.model_dump() for e in errors])
     if body.webhook is not None:
         check_webhook(body.webhook, settings.allow_private_urls)
+    check_hardware(settings.hardware, hardware, model)
+    training_id = new_id()
+    # Data URIs go to the object store now: the workflow's input carries references only.
+    workflow_input, stored = await store_data_uris(
+        request,
+        state,
+        version.openapi_schema,
+        body.input,
+        inputs_prefix(training_id),
+        component="TrainingInput",
+    )
     req = TrainingRequest(
-        id=new_id(),
+        id=training_id,
         owner=account.username,
         model=f"{model.owner}/{model.name}",
         version=version.id,
         destination=f"{destination.owner}/{destination.name}",
-        input=body.input,
+        input=workflow_input,
+        staged_files=stored,
         hardware=hardware,
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
@@ -148,7 +162,10 @@ async def create_training(
         webhook_retry_period=settings.webhook_retry_period,
         webhook_timeout=settings.webhook_timeout,
     )
-    await asyncio.to_thread(trainings.insert_training, state.engine, req)
+    # The read model keeps the input as the user sent it.
+    await asyncio.to_thread(
+        trainings.insert_training, state.engine, req.model_copy(update={"input": body.input})
+    )
     try:
         client = await state.temporal()
         await client.start_workflow(
@@ -161,6 +178,8 @@ async def create_training(
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id)
+        if stored:
+            await discard_data_uris(request, state, inputs_prefix(req.id))
         raise ProblemError(503, "The training could not be scheduled; try again") from err
     log.info(
         "event=training_created training=%s version=%s destination=%s",
