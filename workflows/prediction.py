@@ -12,17 +12,19 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, TypedSearchAttributes
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
 from workflows import steps
 from workflows.steps import (
-    BOOT_ALLOWANCE,
     LOCAL,
     MODEL_ATTR,
     RUN_ATTEMPTS,
     STATUS_ATTR,
     deliver_completed,
+    may_hold_files,
+    stage,
+    start_run,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -31,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
         PredictionRef,
         PredictionRequest,
         RunOutcome,
-        StagedInputs,
         Status,
         WaitResult,
         WebhookDelivery,
@@ -40,9 +41,6 @@ with workflow.unsafe.imports_passed_through():
 
 # Errors that retrying cannot fix; anything else (a lost worker, a crashed process) retries.
 NON_RETRYABLE = ["VersionNotFound"]
-# Staging fetches each input URL within its own time cap; this bounds the whole step.
-STAGE_TIMEOUT = timedelta(minutes=15)
-FILE_SCHEMES = ("http://", "https://", "data:")
 
 
 def wants_completed(req: PredictionRequest) -> bool:
@@ -109,35 +107,13 @@ class PredictionWorkflow:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if may_hold_files(req.input) and workflow.patched("stage-inputs"):
-            try:
-                staged = await workflow.execute_activity(
-                    "stage_inputs",
-                    req,
-                    result_type=StagedInputs,
-                    start_to_close_timeout=STAGE_TIMEOUT,
-                    retry_policy=RetryPolicy(maximum_attempts=3),
-                )
-            except ActivityError as err:
-                cause = err.cause
-                reason = cause.message if isinstance(cause, ApplicationError) else str(err)
-                return await self._finish(req, "failed", f"Input file error: {reason}")
+            staged = await stage("stage_inputs", req)
+            if isinstance(staged, str):
+                return await self._finish(req, "failed", f"Input file error: {staged}")
             req = req.model_copy(update={"staged_files": staged.files})
             if self._cancel_requested:
                 return await self._finish(req, "canceled", None)
-        self._run = workflow.start_activity(
-            "run_prediction",
-            req,
-            result_type=RunOutcome,
-            task_queue=req.task_queue or f"replicant-hw-{req.hardware}",
-            start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
-            heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
-            retry_policy=RetryPolicy(
-                maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=NON_RETRYABLE
-            ),
-            # The workflow records `canceled` at once; the activity stops the model on its
-            # next heartbeat, and its own late writes cannot overwrite a terminal state.
-            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-        )
+        self._run = start_run("run_prediction", req, RunOutcome, NON_RETRYABLE)
         try:
             return await self._run
         except asyncio.CancelledError:
@@ -174,18 +150,6 @@ class PredictionWorkflow:
     @workflow.query
     def status(self) -> str:
         return self._status
-
-
-def may_hold_files(value: object) -> bool:
-    """Whether an input holds a URL or data URI, so input files may need staging (the
-    activity decides by the version's schema; most predictions skip the round trip)."""
-    if isinstance(value, str):
-        return value[:8].lower().startswith(FILE_SCHEMES)
-    if isinstance(value, list):
-        return any(may_hold_files(item) for item in value)
-    if isinstance(value, dict):
-        return any(may_hold_files(item) for item in value.values())
-    return False
 
 
 def failure_message(err: ActivityError, req: PredictionRequest) -> str:

@@ -19,7 +19,7 @@ from temporalio.common import (
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from replicant.contracts import Status, WebhookResult
+    from replicant.contracts import StagedInputs, Status, WebhookResult
 
 MODEL_ATTR = SearchAttributeKey.for_keyword("ReplicantModel")
 VERSION_ATTR = SearchAttributeKey.for_keyword("ReplicantVersion")
@@ -30,6 +30,9 @@ RUN_ATTEMPTS = 3
 # Time allowed to boot a model process on top of the run's own timeout.
 BOOT_ALLOWANCE = timedelta(minutes=10)
 LOCAL = timedelta(seconds=30)
+# Staging fetches each input URL within its own time cap; this bounds the whole step.
+STAGE_TIMEOUT = timedelta(minutes=15)
+FILE_SCHEMES = ("http://", "https://", "data:")
 # Backoff of the `completed` webhook: 1 s, doubling, at most 2 minutes apart.
 WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
 WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
@@ -74,3 +77,50 @@ async def deliver_completed(
             return
         await workflow.sleep(delay)
         delay = min(delay * 2, WEBHOOK_MAX_BACKOFF)
+
+
+def may_hold_files(value: object) -> bool:
+    """Whether an input holds URLs or data URIs that staging must fetch or store."""
+    if isinstance(value, str):
+        return value[:8].lower().startswith(FILE_SCHEMES)
+    if isinstance(value, dict):
+        return any(may_hold_files(v) for v in value.values())
+    if isinstance(value, list):
+        return any(may_hold_files(v) for v in value)
+    return False
+
+
+async def stage(activity_name: str, req: Any) -> StagedInputs | str:
+    """The request's staged input files, or the reason one could not be staged."""
+    try:
+        staged: StagedInputs = await workflow.execute_activity(
+            activity_name,
+            req,
+            result_type=StagedInputs,
+            start_to_close_timeout=STAGE_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+    except ActivityError as err:
+        cause = err.cause
+        return cause.message if isinstance(cause, ApplicationError) else str(err)
+    return staged
+
+
+def start_run(
+    activity_name: str, req: Any, result_type: type[Any], non_retryable: list[str]
+) -> workflow.ActivityHandle[Any]:
+    """The run on the request's hardware queue: heartbeats notice a lost worker in seconds
+    and deliver cancellation; `canceled` is recorded by the workflow at once (TRY_CANCEL),
+    and the activity's late writes cannot overwrite a terminal state."""
+    return workflow.start_activity(
+        activity_name,
+        req,
+        result_type=result_type,
+        task_queue=req.task_queue or f"replicant-hw-{req.hardware}",
+        start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
+        heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
+        retry_policy=RetryPolicy(
+            maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=non_retryable
+        ),
+        cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+    )

@@ -22,25 +22,25 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 from workflows import steps
 from workflows.steps import (
-    BOOT_ALLOWANCE,
     LOCAL,
     RUN_ATTEMPTS,
     STATUS_ATTR,
     deliver_completed,
+    may_hold_files,
+    stage,
+    start_run,
 )
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
         CompleteTraining,
         FinishTraining,
-        StagedInputs,
         Status,
         TrainingOutcome,
         TrainingRequest,
         TrainingRun,
         TrainingWebhook,
     )
-    from workflows.prediction import STAGE_TIMEOUT, may_hold_files
 
 
 # Errors that retrying cannot fix.
@@ -78,34 +78,13 @@ class TrainingWorkflow:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if may_hold_files(req.input) and workflow.patched("stage-training-inputs"):
-            try:
-                staged = await workflow.execute_activity(
-                    "stage_training_inputs",
-                    req,
-                    result_type=StagedInputs,
-                    start_to_close_timeout=STAGE_TIMEOUT,
-                    retry_policy=RetryPolicy(maximum_attempts=3),
-                )
-            except ActivityError as err:
-                cause = err.cause
-                reason = cause.message if isinstance(cause, ApplicationError) else str(err)
-                return await self._finish(req, "failed", f"Input file error: {reason}")
+            staged = await stage("stage_training_inputs", req)
+            if isinstance(staged, str):
+                return await self._finish(req, "failed", f"Input file error: {staged}")
             req = req.model_copy(update={"staged_files": staged.files})
             if self._cancel_requested:
                 return await self._finish(req, "canceled", None)
-        self._run = workflow.start_activity(
-            "run_training",
-            req,
-            result_type=TrainingRun,
-            task_queue=req.task_queue or f"replicant-hw-{req.hardware}",
-            start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
-            heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
-            retry_policy=RetryPolicy(
-                maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=NON_RETRYABLE
-            ),
-            # `canceled` is recorded at once; the trainer stops on the activity's next heartbeat.
-            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-        )
+        self._run = start_run("run_training", req, TrainingRun, NON_RETRYABLE)
         try:
             run = await self._run
         except asyncio.CancelledError:
