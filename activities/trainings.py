@@ -30,7 +30,13 @@ from temporalio.exceptions import ApplicationError
 from activities.files import InputFileError, Stager, materialized_input
 from activities.predictions import LIVE_WEBHOOK_GRACE, _heartbeat_forever, runner_spec
 from activities.throttle import LatestWriter
-from activities.webhooks import LIVE_EVENTS, LiveWebhooks, WebhookActivities, wanted_events
+from activities.webhooks import (
+    LIVE_EVENTS,
+    LiveWebhooks,
+    WebhookActivities,
+    deliver_attempt,
+    wanted_events,
+)
 from replicant import trainings
 from replicant.contracts import (
     CompleteTraining,
@@ -48,9 +54,7 @@ from replicant.storage import ObjectStore, open_store
 from replicant.tables import Training, Version
 from replicant.timeutil import utcnow
 from replicant.webhooks import (
-    DeliveryFailed,
     account_webhook_secret,
-    deliver,
     http_client,
     webhook_id,
 )
@@ -304,36 +308,17 @@ class TrainingActivities:
         secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
         if self._client is None:
             self._client = http_client()
-        try:
-            status = await deliver(
-                self._client,
-                row.webhook,
-                secret=secret,
-                msg_id=webhook_id(d.training_id, d.event, d.sequence),
-                body=body or {},
-                time_limit=d.timeout,
-                allow_private=self.settings.allow_private_urls,
-            )
-        except DeliveryFailed as err:
-            log.info(
-                "event=webhook_failed training=%s webhook_event=%s status=%s",
-                d.training_id,
-                d.event,
-                err.status,
-            )
-            raise ApplicationError(
-                str(err),
-                {"status_code": err.status},
-                type="WebhookRefused" if err.permanent else "WebhookFailed",
-                non_retryable=err.permanent,
-            ) from None
-        log.info(
-            "event=webhook_delivered training=%s webhook_event=%s status=%d",
-            d.training_id,
-            d.event,
-            status,
+        return await deliver_attempt(
+            self._client,
+            row.webhook,
+            secret=secret,
+            msg_id=webhook_id(d.training_id, d.event, d.sequence),
+            body=body or {},
+            time_limit=d.timeout,
+            allow_private=self.settings.allow_private_urls,
+            subject=f"training={d.training_id}",
+            event=d.event,
         )
-        return WebhookResult(status_code=status)
 
 
 def decode_data_uri(value: str) -> tuple[str, bytes]:

@@ -85,37 +85,17 @@ class WebhookActivities:
             )
         row, secret = found
         assert row.webhook is not None
-        msg_id = webhook_id(d.prediction_id, d.event, d.sequence)
-        try:
-            status = await deliver(
-                self.client,
-                row.webhook,
-                secret=secret,
-                msg_id=msg_id,
-                body=self.render(row),
-                time_limit=d.timeout,
-                allow_private=self.settings.allow_private_urls,
-            )
-        except DeliveryFailed as err:
-            log.info(
-                "event=webhook_failed prediction=%s webhook_event=%s status=%s",
-                d.prediction_id,
-                d.event,
-                err.status,
-            )
-            raise ApplicationError(
-                str(err),
-                {"status_code": err.status},
-                type="WebhookRefused" if err.permanent else "WebhookFailed",
-                non_retryable=err.permanent,
-            ) from None
-        log.info(
-            "event=webhook_delivered prediction=%s webhook_event=%s status=%d",
-            d.prediction_id,
-            d.event,
-            status,
+        return await deliver_attempt(
+            self.client,
+            row.webhook,
+            secret=secret,
+            msg_id=webhook_id(d.prediction_id, d.event, d.sequence),
+            body=self.render(row),
+            time_limit=d.timeout,
+            allow_private=self.settings.allow_private_urls,
+            subject=f"prediction={d.prediction_id}",
+            event=d.event,
         )
-        return WebhookResult(status_code=status)
 
     async def live(self, req: PredictionRequest) -> LiveWebhooks | None:
         """Live events of a run, or None when its webhook wants none (the common case)."""
@@ -283,3 +263,39 @@ class LiveWebhooks:
         self._closing = True
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+async def deliver_attempt(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    secret: str,
+    msg_id: str,
+    body: dict[str, Any],
+    time_limit: float,
+    allow_private: bool,
+    subject: str,
+    event: str,
+) -> WebhookResult:
+    """One delivery attempt as an activity sees it: a refusal or failure becomes an
+    ApplicationError carrying the receiver's status, so each attempt shows in the history."""
+    try:
+        status = await deliver(
+            client,
+            url,
+            secret=secret,
+            msg_id=msg_id,
+            body=body,
+            time_limit=time_limit,
+            allow_private=allow_private,
+        )
+    except DeliveryFailed as err:
+        log.info("event=webhook_failed %s webhook_event=%s status=%s", subject, event, err.status)
+        raise ApplicationError(
+            str(err),
+            {"status_code": err.status},
+            type="WebhookRefused" if err.permanent else "WebhookFailed",
+            non_retryable=err.permanent,
+        ) from None
+    log.info("event=webhook_delivered %s webhook_event=%s status=%d", subject, event, status)
+    return WebhookResult(status_code=status)
