@@ -31,6 +31,12 @@ TEMPORAL_DYNAMIC_CONFIG = [
 ]
 
 
+# The dev server's SQLite file holds histories and visibility records alike: WAL lets
+# readers run beside the writer, and NORMAL sync skips an fsync per commit (a crash may
+# lose the last commits, never corrupt the file).
+TEMPORAL_SQLITE_PRAGMAS = ["journal_mode=wal", "synchronous=normal"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -71,6 +77,8 @@ def temporal_command(settings: Settings, *, ui: bool = True) -> list[str]:
         cmd += ["--search-attribute", f"{name}={kind}"]
     for value in TEMPORAL_DYNAMIC_CONFIG:
         cmd += ["--dynamic-config-value", value]
+    for pragma in TEMPORAL_SQLITE_PRAGMAS:
+        cmd += ["--sqlite-pragma", pragma]
     return cmd
 
 

@@ -122,8 +122,11 @@ async def run_worker(
     # hardware queues' pool and every deployment instance's).
     weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
     # Output files go from coglet straight into the object store (see OutputSink).
+    slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
     pool = RunnerPool(
-        max_warm=settings.max_warm_runners,
+        # Every slot may hold a busy process of its own: a smaller pool would evict and
+        # re-boot processes between back-to-back runs.
+        max_warm=max(settings.max_warm_runners, sum(slots.values())),
         # Streams need their chunks soon (time to first token); the run activity throttles
         # its own read-model writes and webhooks.
         update_interval=0.05,
