@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -131,3 +133,17 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
 def api(live: LiveStack) -> Iterator[httpx.Client]:
     with live.client() as client:
         yield client
+
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    """The npm `replicate` client from tests/js/package-lock.json (npm ci when missing);
+    the path of tests/js/stream.mjs, beside the other scripts that drive it."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("node and npm are needed for the JS client tests")
+    if not (JS_DIR / "node_modules" / "replicate").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True)
+    return JS_DIR / "stream.mjs"

@@ -3,7 +3,9 @@ deployment's controller keeps warm, scales with the queue and drains without can
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -400,3 +402,38 @@ def test_a_version_used_by_a_deployment_cannot_be_deleted(
         }
         assert stranger.post("/v1/deployments", json=body).status_code == 404
     assert created["current_release"]["version"] == version.id
+
+
+def test_the_npm_client_creates_updates_and_predicts_through_a_deployment(
+    live: LiveStack, owner: tuple[str, httpx.Client], node_client: Path
+) -> None:
+    username, client = owner
+    name = unique("js")
+    done = subprocess.run(
+        [
+            "node",
+            str(node_client.parent / "deployments.mjs"),
+            live.url,
+            token_of(client),
+            username,
+            name,
+            HELLO,
+            latest_version(client, HELLO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert (seen["created"], seen["updated"], seen["fetched"]) == (1, 2, 2)
+    assert seen["sync"] == {
+        "status": "succeeded",
+        "output": "hello js sync",
+        "deployment": f"{username}/{name}",
+    }
+    assert seen["queued"] == {
+        "first": "starting",
+        "status": "succeeded",
+        "output": "hello js async",
+    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -31,16 +30,6 @@ def slowstream(live: LiveStack) -> str:
         live.settings, live.engine, model, Path(__file__).parent / "models" / "slowstream"
     )
     return SLOW
-
-
-@pytest.fixture(scope="module")
-def node_client() -> Path:
-    """The npm `replicate` client from tests/js/package-lock.json (npm ci when missing)."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm are needed for the JS client tests")
-    if not (JS_DIR / "node_modules" / "replicate").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True)
-    return JS_DIR / "stream.mjs"
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
