@@ -86,23 +86,31 @@ def public_view(row: Prediction, base: str) -> dict[str, Any]:
     return body
 
 
-def _wants_html(request: Request) -> bool:
+def wants_html(request: Request) -> bool:
+    """Whether the client asked for HTML before JSON (a browser)."""
     accept = request.headers.get("accept", "")
     return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
 
 
-def _html_page(view: dict[str, Any]) -> str:
-    def block(value: Any) -> str:
-        return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
+def json_block(value: Any) -> str:
+    return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
 
-    times = "".join(
-        f"<dt>{label}</dt><dd>{html.escape(view[key] or '-')}</dd>"
+
+def times_list(view: dict[str, Any]) -> str:
+    """The created/started/completed times of a prediction or training page."""
+    return "".join(
+        f"<dt>{label}</dt><dd>{html.escape(view.get(key) or '-')}</dd>"
         for label, key in (
             ("Created", "created_at"),
             ("Started", "started_at"),
             ("Completed", "completed_at"),
         )
     )
+
+
+def _html_page(view: dict[str, Any]) -> str:
+    block = json_block
+    times = times_list(view)
     error = f"<h2>Error</h2>{block(view['error'])}" if view["error"] else ""
     title = html.escape(f"{view['model']} · {view['id']}")
     return (
@@ -128,7 +136,7 @@ async def shared_prediction(prediction_id: str, request: Request, state: StateDe
     if row is None or not row.shared:
         raise not_found(f"Prediction {prediction_id}")
     view = public_view(row, base_url(request, state))
-    if _wants_html(request):
+    if wants_html(request):
         headers = {**NO_STORE, "Content-Security-Policy": "default-src 'none'"}
         return HTMLResponse(_html_page(view), headers=headers)
     return JSONResponse(view, headers=NO_STORE)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import logging
 from typing import Any
 
@@ -27,6 +26,7 @@ from api.errors import ProblemError, invalid, not_found
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
 from api.pagination import paginate
+from api.routes.sharing import json_block, times_list, wants_html
 from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
@@ -260,23 +260,9 @@ async def list_trainings(
     )
 
 
-def _wants_html(request: Request) -> bool:
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
-
-
 def _html_page(view: dict[str, Any]) -> str:
-    def block(value: Any) -> str:
-        return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
-
-    times = "".join(
-        f"<dt>{label}</dt><dd>{html.escape(view.get(key) or '-')}</dd>"
-        for label, key in (
-            ("Created", "created_at"),
-            ("Started", "started_at"),
-            ("Completed", "completed_at"),
-        )
-    )
+    block = json_block
+    times = times_list(view)
     error = f"<h2>Error</h2>{block(view['error'])}" if view.get("error") else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
@@ -299,7 +285,7 @@ async def training_page(
     row = await asyncio.to_thread(_own_training, state, account, training_id)
     view = (await asyncio.to_thread(_render, request, state, [row]))[0]
     headers = {"Cache-Control": "no-store"}
-    if _wants_html(request):
+    if wants_html(request):
         headers["Content-Security-Policy"] = "default-src 'none'"
         return HTMLResponse(_html_page(view), headers=headers)
     return JSONResponse(view, headers=headers)
