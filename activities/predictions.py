@@ -7,11 +7,13 @@ read model itself, so a fast prediction costs one activity round trip, not one p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
@@ -43,6 +45,12 @@ STREAM_PROGRESS_INTERVAL = 0.1
 # Seconds a finished run waits for its pending live webhook events.
 LIVE_WEBHOOK_GRACE = 6.0
 HEARTBEAT_INTERVAL = 1.0
+# A run records ``processing`` this long after its model starts, unless it has ended (or
+# reported output) by then: a fast prediction then costs one read-model write, not two.
+PROCESSING_DELAY = 0.1
+# Versions are immutable: a worker keeps the ones it runs for a while (a deleted version
+# is refused by the API at once; a run already queued for it may still start in this time).
+VERSION_CACHE_SECONDS = 60.0
 
 
 def runner_spec(version: Version) -> RunnerSpec:
@@ -79,6 +87,7 @@ class PredictionActivities:
         self.pool = pool
         self.webhooks = webhooks
         self.store = store
+        self._versions: TTLCache[str, Version] = TTLCache(maxsize=1024, ttl=VERSION_CACHE_SECONDS)
 
     @activity.defn(name="record_prediction")
     async def record_prediction(self, req: PredictionRequest) -> None:
@@ -106,7 +115,14 @@ class PredictionActivities:
             files = await asyncio.to_thread(self.store.delete_prefix, prediction_prefix(ref.id))
         log.info("event=data_removed prediction=%s files=%d", ref.id, files)
 
-    def _version(self, version_id: str) -> Version:
+    async def _version(self, version_id: str) -> Version:
+        version = self._versions.get(version_id)
+        if version is None:
+            version = await asyncio.to_thread(self._load_version, version_id)
+            self._versions[version_id] = version
+        return version
+
+    def _load_version(self, version_id: str) -> Version:
         with Session(self.engine) as session:
             version = session.get(Version, version_id)
         if version is None:
@@ -120,7 +136,7 @@ class PredictionActivities:
         """Run the model in a warm coglet process and record everything it reports."""
         if self.pool is None:
             raise RuntimeError("this worker has no model runners")
-        version = await asyncio.to_thread(self._version, req.version)
+        version = await self._version(req.version)
         hooks = await self.webhooks.live(req) if req.webhook and self.webhooks else None
         run = _Run(self.engine, req, hooks)
         heartbeats = asyncio.create_task(_heartbeat_forever())
@@ -175,6 +191,7 @@ class _Run:
         self.hooks = hooks
         self.started_at: datetime | None = None
         self.deadline: asyncio.Timeout | None = None
+        self._processing: asyncio.Task[None] | None = None
         self._progress = LatestWriter(
             STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL, self._write
         )
@@ -184,15 +201,32 @@ class _Run:
         if self.deadline is not None:
             # The timeout counts the model's run, not the queue or the boot.
             self.deadline.reschedule(asyncio.get_running_loop().time() + self.req.timeout)
+        # A `start` webhook says `processing`: a GET right after it must say so too.
+        delay = 0.0 if self.hooks is not None else PROCESSING_DELAY
+        self._processing = asyncio.create_task(self._mark_processing(delay))
+        if self.hooks is not None:
+            self.hooks.started(self.started_at)
+
+    async def _mark_processing(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        assert self.started_at is not None
         await asyncio.to_thread(
             readmodel.mark_processing, self.engine, self.req.id, self.started_at
         )
-        if self.hooks is not None:
-            self.hooks.started(self.started_at)
+
+    async def _processing_now(self) -> None:
+        """``processing`` goes to the read model before the first output or logs do."""
+        task = self._processing
+        if task is not None and not task.done() and task.cancel():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if task.cancelled():
+                await self._mark_processing(0)
 
     async def on_update(self, state: CogPrediction) -> None:
         if self.hooks is not None:
             self.hooks.progress(state.logs, state.output)
+        await self._processing_now()
         await self._progress.offer(state)
 
     async def _write(self, state: CogPrediction) -> None:
@@ -209,6 +243,8 @@ class _Run:
         logs: str | None = None,
     ) -> RunOutcome:
         await self._progress.stop()
+        if self._processing is not None:  # the terminal write below records started_at
+            self._processing.cancel()
         completed_at = utcnow()
         await asyncio.to_thread(
             readmodel.finish_prediction,

@@ -198,9 +198,18 @@ async def _start(
 ) -> WorkflowUpdateHandle[WaitResult] | None:
     """Start the workflow; with a wait, as update-with-start so no poll is needed."""
     client = await state.temporal()
+    settings = state.settings
+    if req.task_queue is None:
+        # The workflow runs on its hardware's queue, so its worker runs the model at once
+        # (Temporal's eager activity dispatch) instead of a second queue handing it over;
+        # its other activities go to the orchestration queue and take no hardware slot.
+        queue = settings.task_queue(req.hardware)
+        req = req.model_copy(update={"side_queue": settings.orchestration_queue})
+    else:  # a deployment's instances serve runs only
+        queue = settings.orchestration_queue
     options: dict[str, Any] = {
         "id": f"prediction-{req.id}",
-        "task_queue": state.settings.orchestration_queue,
+        "task_queue": queue,
         "search_attributes": search_attributes(req),
     }
     if wait is None:

@@ -40,9 +40,15 @@ FLOOR_QUEUE = "bench-floor"
 async def measure(
     call: Callable[[], Awaitable[None]], requests: int, concurrency: int
 ) -> dict[str, float]:
-    """Sequential latency percentiles, then throughput with ``concurrency`` clients."""
+    """Sequential latency percentiles, then throughput with ``concurrency`` clients.
+
+    Warm-up includes concurrent rounds: every process a concurrent run needs (Replicant
+    boots one model process per concurrent run of a version) is up before timing starts.
+    """
     for _ in range(5):
         await call()
+    for _ in range(3):
+        await asyncio.gather(*(call() for _ in range(concurrency)))
     latencies = []
     for _ in range(requests):
         started = time.perf_counter()

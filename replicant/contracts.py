@@ -63,6 +63,9 @@ class PredictionRequest(BaseModel):
     heartbeat_timeout: float = 30.0
     # Task queue of the hardware; defaults to the SKU's queue.
     task_queue: str | None = None
+    # Where staging, webhooks and data removal run when the workflow itself runs on the
+    # hardware queue (they must not take a hardware slot); None: the workflow's own queue.
+    side_queue: str | None = None
     # Webhooks: seconds the `completed` event is retried until a 2xx; seconds per delivery.
     webhook_retry_period: float = 3600.0
     webhook_timeout: float = 10.0

@@ -706,6 +706,15 @@ async def _run_queue(live: LiveStack, prediction_id: str) -> str:
     return queues[0]
 
 
+async def _workflow_queue(live: LiveStack, prediction_id: str) -> str:
+    client = await connect(live.settings)
+    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
+    async for event in handle.fetch_history_events():
+        queue: str = event.workflow_execution_started_event_attributes.task_queue.name
+        return queue
+    raise AssertionError("no history")
+
+
 async def test_changing_hardware_routes_new_predictions_to_its_queue(live: LiveStack) -> None:
     alice = someone(live, "mover")
     ref = f"{alice.username}/mover"
@@ -719,6 +728,8 @@ async def test_changing_hardware_routes_new_predictions_to_its_queue(live: LiveS
         assert after["output"] == "hello t4"
     assert await _run_queue(live, before["id"]) == "replicant-hw-cpu"
     assert await _run_queue(live, after["id"]) == "replicant-hw-gpu-t4"
+    # The workflow itself runs on that queue too, so its worker takes the run at once.
+    assert await _workflow_queue(live, after["id"]) == "replicant-hw-gpu-t4"
 
 
 async def test_a_worker_started_for_one_sku_serves_only_that_queue(live: LiveStack) -> None:

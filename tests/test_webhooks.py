@@ -213,6 +213,29 @@ def test_completed_is_retried_until_the_receiver_answers(
     assert any(b'"status_code":200' in r.replace(b" ", b"") for r in results)
 
 
+async def test_deliveries_take_no_hardware_slot(
+    live: LiveStack, api: httpx.Client, receiver: Receiver
+) -> None:
+    # The workflow runs on the model's hardware queue; its webhook attempts run on the
+    # orchestration queue, so a slow receiver never holds a hardware slot.
+    created = create(api, NGRAM, {"input": {"max_tokens": 3}, "webhook": receiver.url})
+    receiver.wait(delivered_completed, created["id"])
+    client = await connect(live.settings)
+    handle = client.get_workflow_handle(f"prediction-{created['id']}")
+    queues: dict[str, set[str]] = {}
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            queues["workflow"] = {event.workflow_execution_started_event_attributes.task_queue.name}
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            queues.setdefault(attrs.activity_type.name, set()).add(attrs.task_queue.name)
+    assert queues == {
+        "workflow": {"replicant-hw-cpu"},
+        "run_prediction": {"replicant-hw-cpu"},
+        "send_webhook": {live.settings.orchestration_queue},
+    }
+
+
 def test_redirects_are_not_followed(live: LiveStack, api: httpx.Client, receiver: Receiver) -> None:
     receiver.answers = [(307, 0.0), (308, 0.0)]
     created = create(

@@ -11,6 +11,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.deployments import DeploymentActivities
 from activities.expiry import ExpiryActivities
@@ -45,6 +46,14 @@ async def _heartbeat(engine: Engine, identity: str, queues: list[str]) -> None:
         await asyncio.sleep(heartbeats.INTERVAL)
 
 
+# Workflow code still runs in the sandbox (its determinism checks stay on), but Replicant's
+# own modules are imported once per process rather than re-executed for every workflow run:
+# they hold no mutable module state, and re-importing them cost each new prediction its
+# first workflow task's time.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows", "replicant")
+)
+
 # Heartbeats reach the server at least this often, so a cancel reaches a running model fast.
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
@@ -76,6 +85,7 @@ def build_workers(
                     TrainingWorkflow,
                     FileExpiryWorkflow,
                 ],
+                workflow_runner=WORKFLOW_RUNNER,
                 activities=[
                     acts.record_prediction,
                     acts.finish_prediction,
@@ -97,7 +107,16 @@ def build_workers(
             Worker(
                 client,
                 task_queue=settings.task_queue(sku),
-                activities=[acts.run_prediction, training.run_training],
+                # Predictions started by the API run their workflow here too (see
+                # api/launch.py); the two local activities are all it runs beside the model.
+                workflows=[PredictionWorkflow],
+                workflow_runner=WORKFLOW_RUNNER,
+                activities=[
+                    acts.run_prediction,
+                    training.run_training,
+                    acts.record_prediction,
+                    acts.finish_prediction,
+                ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 max_concurrent_activities=slots,
                 max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,

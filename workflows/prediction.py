@@ -85,6 +85,7 @@ class PredictionWorkflow:
             await workflow.execute_activity(
                 "remove_prediction_data",
                 PredictionRef(id=req.id),
+                task_queue=req.side_queue,
                 start_to_close_timeout=timedelta(minutes=5),
             )
         if notify is not None:
@@ -101,13 +102,14 @@ class PredictionWorkflow:
             attempt_timeout=req.webhook_timeout,
             retry_period=req.webhook_retry_period,
             subject=req.id,
+            task_queue=req.side_queue,
         )
 
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if may_hold_files(req.input) and workflow.patched("stage-inputs"):
-            staged = await stage("stage_inputs", req)
+            staged = await stage("stage_inputs", req, req.side_queue)
             if isinstance(staged, str):
                 return await self._finish(req, "failed", f"Input file error: {staged}")
             req = req.model_copy(update={"staged_files": staged.files})

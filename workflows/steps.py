@@ -53,7 +53,13 @@ def search_attributes(
 
 
 async def deliver_completed(
-    activity_name: str, delivery: Any, *, attempt_timeout: float, retry_period: float, subject: str
+    activity_name: str,
+    delivery: Any,
+    *,
+    attempt_timeout: float,
+    retry_period: float,
+    subject: str,
+    task_queue: str | None = None,
 ) -> None:
     """Deliver a `completed` webhook until a 2xx or the retry period is over; one activity
     per attempt, so each attempt and the receiver's answer are in the history."""
@@ -65,6 +71,7 @@ async def deliver_completed(
                 activity_name,
                 delivery,
                 result_type=WebhookResult,
+                task_queue=task_queue,
                 start_to_close_timeout=timedelta(seconds=attempt_timeout) + LOCAL,
                 retry_policy=RetryPolicy(maximum_attempts=1),
             )
@@ -90,13 +97,14 @@ def may_hold_files(value: object) -> bool:
     return False
 
 
-async def stage(activity_name: str, req: Any) -> StagedInputs | str:
+async def stage(activity_name: str, req: Any, task_queue: str | None = None) -> StagedInputs | str:
     """The request's staged input files, or the reason one could not be staged."""
     try:
         staged: StagedInputs = await workflow.execute_activity(
             activity_name,
             req,
             result_type=StagedInputs,
+            task_queue=task_queue,
             start_to_close_timeout=STAGE_TIMEOUT,
             retry_policy=RetryPolicy(maximum_attempts=3),
         )
