@@ -214,6 +214,8 @@ class TrainingActivities:
         log.info(
             "event=weights_stored training=%s key=%s bytes=%d", req.id, weights.key, weights.size
         )
+        # The new fine-tune's first prediction will want a process of this base version.
+        self.pool.keep_standby(runner_spec(version))
         return TrainingRun(status="succeeded", weights=weights, started_at=progress.started_at)
 
     async def _store_weights(self, training_id: str, result: CogPrediction) -> StoredWeights:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -51,7 +50,7 @@ async def token_account(request: Request, state: AppState) -> Account | None:
         cached: Account | None = request.state.token_account
         return cached
     token = _token_from(request)
-    account = None if token is None else await asyncio.to_thread(_account_for, state, token)
+    account = None if token is None else await state.read(_account_for, state, token)
     request.state.token_account = account
     return account
 

@@ -188,7 +188,7 @@ async def launch_prediction(
         # When the wait is over, answer with the prediction as it is now.
         with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
             await update.result(rpc_timeout=timedelta(seconds=wait))
-    row = await asyncio.to_thread(_load, state, req.id)
+    row = await state.read(_load, state, req.id)
     body = prediction_json(row, base_url(request, state), secret_key=state.secret_key)
     return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
 

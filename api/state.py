@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from replicant.settings import Settings
 from replicant.temporal import connect
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -24,6 +28,18 @@ class AppState:
     def secret_key(self) -> str:
         """Signs URLs that carry no token (prediction streams)."""
         return self.settings.ensure_secret_key()
+
+    @functools.cached_property
+    def reads_inline(self) -> bool:
+        """SQLite in WAL mode: a read never waits for a writer and takes a fraction of a
+        millisecond, less than handing it to a thread; other databases read in threads."""
+        return self.engine.dialect.name == "sqlite"
+
+    async def read(self, fn: Callable[..., T], /, *args: Any) -> T:
+        """Run a read-only database call ``fn(*args)`` (see ``reads_inline``)."""
+        if self.reads_inline:
+            return fn(*args)
+        return await asyncio.to_thread(fn, *args)
 
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use so the API starts before Temporal."""

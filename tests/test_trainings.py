@@ -95,6 +95,11 @@ def test_training_pushes_a_version_that_generates_from_the_corpus(
     words = "".join(output).split()
     assert len(words) == 40
     assert set(words) <= set(text.split())
+    # Its first prediction ran in the base version's standby process, which the training's
+    # worker started when the training ended: no process boot of its own.
+    assert live.stack.log_dir is not None
+    log = (live.stack.log_dir / "worker.log").read_text()
+    assert f"event=standby_adopted key={version_id}+weights" in log
 
 
 def test_two_trainings_to_one_destination_make_two_versions(

@@ -4,6 +4,7 @@ that cannot be loaded fail the boot with that reason (not as a model error)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from replicant.storage import LocalStore
 from replicant.weights import WeightsCache, store_ref
+from workers import runners
 from workers.runners import BootError, RunnerPool, RunnerSpec
 
 NGRAM = Path(__file__).resolve().parents[1] / "examples" / "ngram"
@@ -97,3 +99,102 @@ async def test_weights_missing_from_the_store_fail_the_boot_with_that_reason(
         await pool.predict(finetune_spec(model_dir, ref), "p2", {"max_tokens": 2})
     assert "cannot load the version's weights" in str(raised.value)
     assert "not in the object store" in str(raised.value)
+
+
+@pytest.fixture
+async def standby_pool(tmp_path: Path, store: SlowStore) -> AsyncIterator[RunnerPool]:
+    runners = RunnerPool(
+        max_warm=2,
+        boot_timeout=60,
+        weights=WeightsCache(lambda: store, tmp_path / "standby-cache"),
+        standby=True,
+    )
+    await runners.start()
+    yield runners
+    await runners.close()
+
+
+def base_spec(model_dir: Path) -> RunnerSpec:
+    return finetune_spec(model_dir, "").model_copy(update={"key": "base", "weights_ref": None})
+
+
+async def test_a_fine_tune_adopts_the_standby_of_its_base_and_a_new_one_takes_its_place(
+    standby_pool: RunnerPool, store: SlowStore, model_dir: Path
+) -> None:
+    pool = standby_pool
+    first = put_weights(store, "trainings/s1/weights.json", WORDS)
+    other_words = " ".join(f"zx{i % 11}" for i in range(300)) + "."
+    second = put_weights(store, "trainings/s2/weights.json", other_words)
+    pool.keep_standby(base_spec(model_dir))
+    assert await pool.standby_ready(finetune_spec(model_dir, first))
+    standby_pid = pool._standbys[next(iter(pool._standbys))].runner.pid
+
+    result = await pool.predict(finetune_spec(model_dir, first), "s1", {"max_tokens": 20})
+    assert result.status == "succeeded", (result.error, result.logs)
+    assert set("".join(result.output).split()) <= set(WORDS.split())
+    # The fine-tune runs in the process that was waiting, with its own weights.
+    assert pool.pid("finetune") == standby_pid
+
+    # A new standby waits for the next fine-tune of the same base: another fine-tune
+    # adopts it and gets its own weights, not the first one's.
+    assert await pool.standby_ready(finetune_spec(model_dir, second))
+    next_pid = pool._standbys[next(iter(pool._standbys))].runner.pid
+    assert next_pid != standby_pid
+    spec = finetune_spec(model_dir, second).model_copy(update={"key": "finetune-2"})
+    result = await pool.predict(spec, "s2", {"max_tokens": 20})
+    assert result.status == "succeeded", (result.error, result.logs)
+    assert set("".join(result.output).split()) <= set(other_words.split())
+    assert pool.pid("finetune-2") == next_pid
+
+
+async def test_stopped_standbys_leave_no_process_behind(
+    tmp_path: Path, store: SlowStore, model_dir: Path
+) -> None:
+    pool = RunnerPool(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
+    await pool.start()
+    pool.keep_standby(base_spec(model_dir))
+    ref = put_weights(store, "trainings/s3/weights.json", WORDS)
+    assert await pool.standby_ready(finetune_spec(model_dir, ref))
+    runner = pool._standbys[next(iter(pool._standbys))].runner
+    await pool.close()
+    assert runner.proc is not None and runner.proc.returncode is not None
+
+
+async def test_without_standbys_a_fine_tune_boots_its_own_process(
+    pool: RunnerPool, store: SlowStore, model_dir: Path
+) -> None:
+    pool.keep_standby(base_spec(model_dir))  # a pool made without standbys ignores this
+    assert not pool._standbys
+    ref = put_weights(store, "trainings/s4/weights.json", WORDS)
+    result = await pool.predict(finetune_spec(model_dir, ref), "s4", {"max_tokens": 3})
+    assert result.status == "succeeded", (result.error, result.logs)
+
+
+async def test_a_standby_is_replaced_before_its_weights_request_times_out_while_wanted(
+    tmp_path: Path, store: SlowStore, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runners, "STANDBY_TTL", 1.5)
+    monkeypatch.setattr(runners, "STANDBY_KEEP", 2.5)
+    pool = RunnerPool(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
+    await pool.start()
+    try:
+        pool.keep_standby(base_spec(model_dir))
+        pids = []
+        for _ in range(100):
+            current = next(iter(pool._standbys.values()), None)
+            if current is None:
+                break
+            if current.runner.pid and current.runner.pid not in pids:
+                pids.append(current.runner.pid)
+            await asyncio.sleep(0.1)
+        # Replaced once while wanted (1.5 s < 2.5 s), then not (3 s > 2.5 s): none is left.
+        assert len(pids) == 2, pids
+        assert not pool._standbys
+        # The replaced one was stopped (and reaped), not left waiting.
+        for _ in range(50):
+            if not Path(f"/proc/{pids[0]}").exists():
+                break
+            await asyncio.sleep(0.1)
+        assert not Path(f"/proc/{pids[0]}").exists()
+    finally:
+        await pool.close()

@@ -151,6 +151,8 @@ async def run_worker(
         update_interval=0.05,
         upload=OutputSink(settings, store),
         weights=weights,
+        # Fine-tunes boot from a standby process of their base version (see keep_standby).
+        standby=True,
     )
     await pool.start()
     workers = build_workers(

@@ -101,6 +101,12 @@ END_MARKERS = frozenset(
     {"Prediction worker completed", "Prediction failed", "Prediction cancelled"}
 )
 
+# A fine-tune standby (see RunnerPool.keep_standby) is replaced after waiting this long, as
+# models fetch their weights with a timeout (the built-in ngram: 120 s); standbys of a base
+# are kept while its fine-tunes booted in the last STANDBY_KEEP seconds.
+STANDBY_TTL = 90.0
+STANDBY_KEEP = 900.0
+
 OUTPUT_TAIL_LINES = 300
 AT_CAPACITY_RETRY_FOR = 5.0
 PROCESS_DIED = "The model process exited during the prediction"
@@ -404,6 +410,68 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def _base_key(spec: RunnerSpec) -> str:
+    """What a fine-tune shares with its base version's processes: all but its weights."""
+    return json.dumps(
+        [str(spec.model_dir), str(spec.python), spec.predict_ref, sorted(spec.env.items())]
+        + [spec.upload_url]
+    )
+
+
+class _Standby:
+    """A base version's process started ahead for a fine-tune (see ``keep_standby``)."""
+
+    def __init__(self, pool: RunnerPool, base: str, spec: RunnerSpec) -> None:
+        self.pool = pool
+        self.base = base
+        self.spec = spec.model_copy(update={"key": f"standby:{spec.key}", "weights_ref": None})
+        self.token = secrets.token_urlsafe(12)
+        port = _free_port()
+        self.runner = _Runner(pool._with_upload(self.spec), port, pool.log)
+        self._ref: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._spawned = asyncio.Event()
+        self.asked = asyncio.Event()  # its setup() has asked for weights
+        pool._by_token[self.token] = self
+        env = pool._child_env(self.spec, port)
+        env["COG_WEIGHTS"] = f"{pool._hook_base}standby/{self.token}"
+        self._task = asyncio.create_task(self._run(env))
+
+    async def _run(self, env: dict[str, str]) -> None:
+        try:
+            await self.runner.spawn(env)
+            self.pool._spawned.add(self.runner)
+        except BootError as err:
+            self.pool.log.warning("event=standby_not_started error=%r", str(err))
+            self.runner.retired = True
+            return
+        finally:
+            self._spawned.set()
+        self.pool.log.info("event=standby_started key=%s pid=%d", self.spec.key, self.runner.pid)
+        # Models fetch their weights with a timeout: replace the standby well before it.
+        await asyncio.sleep(STANDBY_TTL)
+        if not self._ref.done():
+            self.pool._standby_expired(self)
+
+    async def waiting(self) -> bool:
+        """Whether this standby can still be handed a fine-tune's weights."""
+        await self._spawned.wait()
+        return self.runner.alive and not self._ref.done()
+
+    def assign(self, ref: str) -> None:
+        self._ref.set_result(ref)
+
+    async def assigned_ref(self) -> str | None:
+        return await asyncio.shield(self._ref)
+
+    def stop(self) -> None:
+        """Stop an unadopted standby (its pending weights request fails)."""
+        if not self._ref.done():
+            self._ref.set_result(None)
+            self.runner.retired = True
+            self.runner.kill()
+        self._task.cancel()
+
+
 class RunnerPool:
     """Warm coglet processes, one per key, least recently used evicted beyond ``max_warm``."""
 
@@ -417,8 +485,10 @@ class RunnerPool:
         update_interval: float = 0.25,
         upload: UploadSink | None = None,
         weights: WeightsCache | None = None,
+        standby: bool = False,
     ) -> None:
         self.max_warm = max_warm
+        self.standby = standby
         self.upload = upload
         self.weights = weights
         self.boot_timeout = boot_timeout
@@ -436,6 +506,10 @@ class RunnerPool:
         self._runs: dict[str, _Run] = {}
         self._streams_output: dict[str, bool] = {}
         self._waiting: collections.Counter[str] = collections.Counter()
+        # Fine-tunes' base processes started ahead, their setup() waiting for weights.
+        self._standbys: dict[str, _Standby] = {}
+        self._standby_wanted: dict[str, float] = {}
+        self._by_token: dict[str, _Standby] = {}
         self._secret = secrets.token_urlsafe(16)
         self._client: httpx.AsyncClient | None = None
         self._server: _QuietServer | None = None
@@ -466,6 +540,7 @@ class RunnerPool:
                     Route("/{secret}/{prediction_id}", self._on_webhook, methods=["POST"]),
                     Route("/{secret}/upload/{filename:path}", self._on_upload, methods=["PUT"]),
                     Route("/{secret}/weights/{digest}/{name}", self._on_weights, methods=["GET"]),
+                    Route("/{secret}/standby/{token}", self._on_standby, methods=["GET"]),
                 ]
             )
             config = uvicorn.Config(
@@ -492,6 +567,8 @@ class RunnerPool:
     async def close(self) -> None:
         """Stop every coglet process and the webhook receiver."""
         self._closed = True
+        for standby in list(self._standbys.values()):
+            self._drop_standby(standby)
         for boot in list(self._boots.values()):
             boot.cancel()
         if self._boots:
@@ -857,6 +934,11 @@ class RunnerPool:
     async def _boot(self, spec: RunnerSpec) -> _Runner:
         started = time.perf_counter()
         self._spawned = {r for r in self._spawned if not r.exited}
+        if spec.weights_ref and self.standby:
+            self.keep_standby(spec)  # for the next fine-tune of this base, too
+            adopted = await self._adopt_standby(spec)
+            if adopted is not None:
+                return self._ready(spec, adopted, started)
         for attempt in range(3):
             port = _free_port()
             runner = _Runner(self._with_upload(spec), port, self.log)
@@ -892,22 +974,26 @@ class RunnerPool:
             finally:
                 if fetch is not None and not fetch.done():
                     fetch.cancel()
-            if self._closed:
-                runner.retired = True
-                runner.kill()
-                raise RuntimeError("the runner pool is closed")
-            self._runners[spec.key] = runner
-            self._runners.move_to_end(spec.key)
-            self.log.info(
-                "event=runner_ready key=%s pid=%d port=%d boot_seconds=%.3f",
-                spec.key,
-                runner.pid,
-                port,
-                time.perf_counter() - started,
-            )
-            self._evict_idle()
-            return runner
+            return self._ready(spec, runner, started)
         raise AssertionError("unreachable")
+
+    def _ready(self, spec: RunnerSpec, runner: _Runner, started: float) -> _Runner:
+        """Register a booted process as the warm one of ``spec.key``."""
+        if self._closed:
+            runner.retired = True
+            runner.kill()
+            raise RuntimeError("the runner pool is closed")
+        self._runners[spec.key] = runner
+        self._runners.move_to_end(spec.key)
+        self.log.info(
+            "event=runner_ready key=%s pid=%d port=%d boot_seconds=%.3f",
+            spec.key,
+            runner.pid,
+            runner.port,
+            time.perf_counter() - started,
+        )
+        self._evict_idle()
+        return runner
 
     async def _health(self, runner: _Runner) -> tuple[str | None, dict[str, Any]]:
         """coglet's /health-check status (None when it does not answer) and its body."""
@@ -984,6 +1070,92 @@ class RunnerPool:
             self.log.info("event=runner_evicted key=%s pid=%d", victim.spec.key, victim.pid)
             self._retire(victim)
 
+    # -- fine-tune standbys ----------------------------------------------------------------
+    #
+    # A fine-tune runs its base version's code in the base version's environment with its
+    # own weights (COG_WEIGHTS). A standby is a process of that base started ahead of need,
+    # with COG_WEIGHTS pointing at this pool: its coglet, Python and imports are up and its
+    # setup() waits on the weights request. A fine-tune that boots adopts it and hands it its
+    # weights, so its cold start is the weights and setup()'s own work, not a process start.
+
+    def keep_standby(self, spec: RunnerSpec) -> None:
+        """Keep a standby for the base of fine-tune ``spec`` (started in the background);
+        one per base, replaced when adopted or stale, for ``STANDBY_KEEP`` seconds."""
+        if not self.standby or self._closed or spec.mode != "predict":
+            return
+        base = _base_key(spec)
+        self._standby_wanted[base] = time.monotonic()
+        current = self._standbys.get(base)
+        if current is None or not current.runner.alive:
+            self._standbys[base] = _Standby(self, base, spec)
+
+    async def standby_ready(self, spec: RunnerSpec, within: float = 60.0) -> bool:
+        """Wait until the standby for ``spec``'s base waits for its weights (diagnostics,
+        benchmarks and tests); False when there is none or it did not get there in time."""
+        standby = self._standbys.get(_base_key(spec))
+        if standby is None:
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await standby.asked.wait()
+        return standby.asked.is_set() and await standby.waiting()
+
+    async def _adopt_standby(self, spec: RunnerSpec) -> _Runner | None:
+        """The standby of ``spec``'s base, handed its weights and READY; None when there is
+        none to adopt (or it failed: the caller boots a process the usual way)."""
+        standby = self._standbys.get(_base_key(spec))
+        if standby is None or not await standby.waiting():
+            return None
+        assert spec.weights_ref is not None
+        self._weights_url(spec.weights_ref)  # a bad reference fails here, standby kept
+        await self._fetch_weights(spec.weights_ref)
+        if self._standbys.get(standby.base) is not standby or not await standby.waiting():
+            return None  # taken by another fine-tune meanwhile
+        del self._standbys[standby.base]
+        runner = standby.runner
+        runner.spec = self._with_upload(spec)
+        try:
+            standby.assign(spec.weights_ref)
+            await self._wait_ready(runner)
+        except BootError as err:
+            self.log.warning("event=standby_failed key=%s error=%r", spec.key, str(err))
+            runner.retired = True
+            runner.kill()
+            return None
+        finally:
+            self.keep_standby(spec)
+        self.log.info("event=standby_adopted key=%s pid=%d", spec.key, runner.pid)
+        return runner
+
+    def _drop_standby(self, standby: _Standby) -> None:
+        if self._standbys.get(standby.base) is standby:
+            del self._standbys[standby.base]
+        standby.stop()
+
+    def _standby_expired(self, standby: _Standby) -> None:
+        """A standby waited ``STANDBY_TTL``: replace it while its base is still in use."""
+        self._drop_standby(standby)
+        wanted = self._standby_wanted.get(standby.base, 0.0)
+        if time.monotonic() - wanted < STANDBY_KEEP and not self._closed:
+            self._standbys[standby.base] = _Standby(self, standby.base, standby.spec)
+        else:
+            self._standby_wanted.pop(standby.base, None)
+
+    async def _on_standby(self, request: Request) -> Response:
+        """A standby's setup() asks for its weights: answer once a fine-tune adopts it."""
+        if not secrets.compare_digest(request.path_params["secret"], self._secret):
+            return Response(status_code=404)
+        standby = self._by_token.get(request.path_params["token"])
+        if standby is None:
+            return Response(status_code=404)
+        standby.asked.set()
+        ref = await standby.assigned_ref()
+        self._by_token.pop(standby.token, None)
+        if ref is None:  # stopped before any fine-tune took it: its setup() fails
+            return Response(status_code=410)
+        key, digest = parse_store_ref(ref)
+        return await self._serve_weights(digest, file_name(key))
+
     # -- weights ---------------------------------------------------------------------------
 
     def _weights_url(self, ref: str) -> str:
@@ -1009,9 +1181,11 @@ class RunnerPool:
     async def _on_weights(self, request: Request) -> Response:
         if not secrets.compare_digest(request.path_params["secret"], self._secret):
             return Response(status_code=404)
+        return await self._serve_weights(request.path_params["digest"], request.path_params["name"])
+
+    async def _serve_weights(self, digest: str, name: str) -> Response:
         if self.weights is None:
             return Response(status_code=404)
-        digest, name = request.path_params["digest"], request.path_params["name"]
         path = self.weights.cached(digest, name)
         ref = self._weight_refs.get(digest)
         if path is None and ref is not None:

@@ -58,7 +58,7 @@ async def create_prediction(
         with Session(state.engine) as session:
             return resolve_version_ref(session, account, body.version)
 
-    found = await asyncio.to_thread(resolve)
+    found = await state.read(resolve)
     if found is None:
         raise ProblemError(404, f"Version {body.version} not found", title="Invalid version")
     model, version = found
@@ -94,7 +94,7 @@ async def create_model_prediction(
                 return model, None
             return find_version(session, account, model.latest_version_id, model)
 
-    found = await asyncio.to_thread(resolve)
+    found = await state.read(resolve)
     if found is None:
         raise not_found(f"Model {owner}/{name}")
     model, version = found
@@ -125,7 +125,7 @@ def _own_prediction(state: AppState, account: Account, prediction_id: str) -> Pr
 async def get_prediction(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
 ) -> dict[str, Any]:
-    row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+    row = await state.read(_own_prediction, state, account, prediction_id)
     return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
 
 
@@ -148,7 +148,7 @@ async def cancel_prediction(
                 status="canceled",
                 completed_at=utcnow(),
             )
-        row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+        row = await state.read(_own_prediction, state, account, prediction_id)
     return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
 
 
