@@ -156,9 +156,11 @@ def test_model_error_fails_with_message_and_traceback(live: LiveStack) -> None:
     body = response.json()
     assert body["status"] == "failed"
     assert "the model broke" in body["error"]
-    # coglet reports the exception, not its traceback: the logs end with it.
-    assert "ValueError: the model broke" in body["logs"]
-    assert "about to fail" in body["logs"]
+    # What the model printed, then the exception's traceback from the model's frame on.
+    logs = body["logs"]
+    assert logs.startswith("about to fail\nTraceback (most recent call last):\n"), logs
+    assert '/predict.py", line 7, in predict\n    raise ValueError(message)\n' in logs
+    assert logs.endswith("ValueError: the model broke\n")
 
 
 def test_out_of_bounds_input_is_refused(api: httpx.Client) -> None:

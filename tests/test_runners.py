@@ -71,6 +71,27 @@ MODELS = {
                 print("about to fail", flush=True)
                 raise ValueError("boom: bad thing")
     """,
+    "brokenstream": """
+        from typing import Iterator
+        from cog import BasePredictor, Input
+
+        def check(step: int) -> None:
+            if step == 2:
+                raise KeyError(f"no step {step}")
+
+        class Predictor(BasePredictor):
+            def predict(self, steps: int = Input(default=4, ge=1)) -> Iterator[str]:
+                for i in range(steps):
+                    check(i)
+                    yield f"part {i}"
+    """,
+    "brokenasync": """
+        from cog import BasePredictor, Input
+
+        class Predictor(BasePredictor):
+            async def predict(self, word: str = Input(default="async")) -> str:
+                raise RuntimeError(f"{word} went wrong")
+    """,
     "badsetup": """
         from cog import BasePredictor
 
@@ -98,6 +119,8 @@ MODELS = {
 TRAIN = """
     def train(rounds: int = 1) -> str:
         print(f"training {rounds} rounds", flush=True)
+        if rounds < 0:
+            raise ValueError("rounds must not be negative")
         return f"trained {rounds}"
 """
 
@@ -268,9 +291,38 @@ async def test_model_exception_fails_with_its_message_and_logs(
     for result in (with_updates, plain):
         assert result.status == "failed"
         assert result.error == "boom: bad thing"
-        # coglet drops the traceback; its last line ends the logs instead.
-        assert result.logs == "about to fail\nValueError: boom: bad thing\n"
+        # The traceback, from the model's own frame, after what the model printed.
+        assert result.logs.startswith("about to fail\nTraceback (most recent call last):\n")
+        assert 'broken/predict.py", line 7, in predict\n' in result.logs
+        assert '    raise ValueError("boom: bad thing")\n' in result.logs
+        assert result.logs.endswith("\nValueError: boom: bad thing\n")
+        assert result.logs.count("ValueError: boom: bad thing") == 1
+        assert "model_entry" not in result.logs
     assert pool.warm_keys() == ["broken"]
+
+
+async def test_tracebacks_of_generators_coroutines_and_trainers_reach_the_logs(
+    pool: RunnerPool, models: Path
+) -> None:
+    # Defaults given with Input(...) still apply (the loaded stand-in keeps them).
+    stream = await pool.predict(spec(models, "brokenstream"), "p-tb-1", {})
+    assert stream.status == "failed" and stream.error == "'no step 2'"
+    assert "Traceback (most recent call last):\n" in stream.logs
+    assert ', in check\n    raise KeyError(f"no step {step}")\n' in stream.logs
+    assert stream.logs.endswith("KeyError: 'no step 2'\n")
+
+    coro = await pool.predict(spec(models, "brokenasync"), "p-tb-2", {})
+    assert coro.status == "failed" and coro.error == "async went wrong"
+    assert 'raise RuntimeError(f"{word} went wrong")\n' in coro.logs
+
+    trainer = spec(models, "hello", key="hello-train", mode="train", train_ref="train.py:train")
+    failed = await pool.predict(trainer, "t-tb-1", {"rounds": -1})
+    assert failed.status == "failed" and failed.error == "rounds must not be negative"
+    assert "training -1 rounds\nTraceback (most recent call last):\n" in failed.logs
+    assert "model_entry" not in failed.logs + stream.logs + coro.logs
+    # A cancelled or successful run prints no traceback.
+    trained = await pool.predict(trainer, "t-tb-2", {"rounds": 2})
+    assert trained.output == "trained 2" and "Traceback" not in trained.logs
 
 
 async def test_setup_failure_raises_boot_error_with_the_setup_error(

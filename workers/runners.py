@@ -107,10 +107,17 @@ END_MARKERS = frozenset(
 STANDBY_TTL = 90.0
 STANDBY_KEEP = 900.0
 
+# Loaded by coglet in place of the model's own predictor or trainer (see its docstring).
+MODEL_ENTRY = Path(__file__).resolve().parent / "model_entry.py"
+
 OUTPUT_TAIL_LINES = 300
 AT_CAPACITY_RETRY_FOR = 5.0
 PROCESS_DIED = "The model process exited during the prediction"
-MODEL_ERROR_PREFIX = "Prediction failed: "
+# What coglet puts before a model's "Type: message" (repeated, in some combination).
+COGLET_ERROR_PREFIX = re.compile(
+    r"(?:Prediction failed|Training failed|Async prediction failed|Async training failed"
+    r"|Generator iteration error): "
+)
 
 
 class RunnerSpec(BaseModel):
@@ -164,13 +171,14 @@ def _free_port() -> int:
 
 def _explain_model_error(result: CogPrediction) -> None:
     """coglet reports a model's exception as "Prediction failed: Prediction failed: Type: msg"
-    and drops its traceback. Keep the message as the error (as Cog's Python server did) and
-    end the logs with "Type: msg", the line a traceback would have ended with."""
+    (see COGLET_ERROR_PREFIX for the other wrappings). Keep the message as the
+    error (as Cog's Python server did); the logs end with the traceback (model_entry.py) and
+    so with "Type: msg", which is added should they not."""
     text = result.error
-    if text is None or not text.startswith(MODEL_ERROR_PREFIX):
+    if text is None or not COGLET_ERROR_PREFIX.match(text):
         return
-    while text.startswith(MODEL_ERROR_PREFIX):
-        text = text[len(MODEL_ERROR_PREFIX) :]
+    while match := COGLET_ERROR_PREFIX.match(text):
+        text = text[match.end() :]
     match = re.match(r"([A-Za-z_]\w*): (.*)\Z", text, re.DOTALL)
     if match is None:
         result.error = text
@@ -926,9 +934,13 @@ class RunnerPool:
         if spec.mode == "train":
             if not spec.train_ref:
                 raise ValueError(f"runner {spec.key} is in train mode but has no train_ref")
-            env["COG_TRAIN_TYPE_STUB"] = spec.train_ref
+            ref, stub = spec.train_ref, "COG_TRAIN_TYPE_STUB"
         else:
-            env["COG_PREDICT_TYPE_STUB"] = spec.predict_ref
+            ref, stub = spec.predict_ref, "COG_PREDICT_TYPE_STUB"
+        # coglet loads workers/model_entry.py, which loads the model's own class or function
+        # and adds the traceback of an exception to the logs (coglet reports only its line).
+        env["REPLICANT_MODEL_REF"] = ref
+        env[stub] = f"{MODEL_ENTRY}:{ref.partition(':')[2]}"
         return env
 
     async def _boot(self, spec: RunnerSpec) -> _Runner:

@@ -1,0 +1,151 @@
+"""What coglet loads in a model's process in place of the model's own predictor or trainer.
+
+RunnerPool points ``COG_PREDICT_TYPE_STUB`` / ``COG_TRAIN_TYPE_STUB`` at this file and names
+the model's own reference in ``REPLICANT_MODEL_REF`` (``predict.py:Predictor``). This module
+loads that class or function and exports it under the same name, unchanged but for one
+thing: an exception escaping ``predict``/``run``/``train`` prints its traceback to stderr
+first. coglet records what a prediction writes to stderr in its logs, but reports an
+exception only as ``Type: message``; this way the traceback is in the prediction's logs.
+
+It runs inside the model's environment, so it uses the standard library only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from typing import Any
+
+# Methods of a predictor class whose exceptions are reported (cog's two spellings).
+ENTRY_METHODS = ("predict", "run")
+
+
+def _report() -> None:
+    """Print the exception being handled, from the model's own frames on."""
+    error = sys.exc_info()[1]
+    if error is None:
+        return
+    tb = error.__traceback__
+    traceback.print_exception(type(error), error, tb.tb_next if tb else None, file=sys.stderr)
+    sys.stderr.flush()
+
+
+def reporting(fn: Any) -> Any:
+    """``fn`` (plain, generator, coroutine or async generator) printing the traceback of an
+    exception before it propagates; cancellation (not an Exception) passes untouched.
+
+    The stand-in carries ``fn``'s signature: Cog reads inputs, defaults and types from it
+    (``inspect.getfullargspec``, which honours ``__signature__``). coglet replaces the
+    ``Input(...)`` defaults of the function it loads by their values; the stand-in has none
+    of its own, so that is done here on ``fn``, which the stand-in calls."""
+    signature = inspect.signature(fn)
+    _plain_defaults(fn)
+    wrapper = _reporting(fn)
+    wrapper.__signature__ = signature
+    return wrapper
+
+
+def _is_input(value: Any) -> bool:
+    kind = type(value)
+    return kind.__name__ == "FieldInfo" and kind.__module__.startswith("cog")
+
+
+def _plain_defaults(fn: Any) -> None:
+    code = getattr(fn, "__func__", fn)
+    if getattr(code, "__defaults__", None):
+        code.__defaults__ = tuple(d.default if _is_input(d) else d for d in code.__defaults__)
+    if getattr(code, "__kwdefaults__", None):
+        code.__kwdefaults__ = {
+            k: d.default if _is_input(d) else d for k, d in code.__kwdefaults__.items()
+        }
+
+
+def _reporting(fn: Any) -> Any:
+    if inspect.isasyncgenfunction(fn):
+
+        @functools.wraps(fn)
+        async def agen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                async for item in fn(*args, **kwargs):
+                    yield item
+            except Exception:
+                _report()
+                raise
+
+        return agen
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except Exception:
+                _report()
+                raise
+
+        return coro
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return (yield from fn(*args, **kwargs))
+            except Exception:
+                _report()
+                raise
+
+        return gen
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception:
+            _report()
+            raise
+
+    return plain
+
+
+def _own(fn: Any) -> bool:
+    """Whether ``fn`` is the model's code rather than Cog's base class default."""
+    return callable(fn) and not str(getattr(fn, "__module__", "") or "").startswith("cog")
+
+
+def load(ref: str) -> tuple[str, Any]:
+    """The model's ``path.py:Name`` loaded as coglet would, and its reporting stand-in."""
+    path, _, name = ref.partition(":")
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    module_name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, os.path.join(here, path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    target = getattr(module, name)
+    if inspect.isclass(target):
+        methods = {
+            attr: reporting(getattr(target, attr))
+            for attr in ENTRY_METHODS
+            if _own(getattr(target, attr, None))
+        }
+        namespace = {
+            "__module__": target.__module__,
+            "__qualname__": target.__qualname__,
+            "__doc__": target.__doc__,
+            **methods,
+        }
+        return name, type(target.__name__, (target,), namespace)
+    return name, reporting(target)
+
+
+if os.environ.get("REPLICANT_MODEL_REF"):
+    _name, _entry = load(os.environ["REPLICANT_MODEL_REF"])
+    globals()[_name] = _entry
