@@ -432,6 +432,7 @@ class _Standby:
     def __init__(self, pool: RunnerPool, base: str, spec: RunnerSpec) -> None:
         self.pool = pool
         self.base = base
+        self.source = spec  # what a replacement is made from
         self.spec = spec.model_copy(update={"key": f"standby:{spec.key}", "weights_ref": None})
         self.token = secrets.token_urlsafe(12)
         port = _free_port()
@@ -1149,7 +1150,7 @@ class RunnerPool:
         self._drop_standby(standby)
         wanted = self._standby_wanted.get(standby.base, 0.0)
         if time.monotonic() - wanted < STANDBY_KEEP and not self._closed:
-            self._standbys[standby.base] = _Standby(self, standby.base, standby.spec)
+            self._standbys[standby.base] = _Standby(self, standby.base, standby.source)
         else:
             self._standby_wanted.pop(standby.base, None)
 
