@@ -7,35 +7,40 @@ after the pass's name, and a summary ends the output; the exit status is 1 when 
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
 class Pass:
     name: str
-    command: list[str]
-    code: int | None = None
+    proc: subprocess.Popen[bytes]
+    started: float = field(default_factory=time.monotonic)
     minutes: float = 0.0
 
 
-def run(step: Pass, width: int, started: float, lock: threading.Lock) -> None:
-    """Run one pass, relaying its output line by line under its name."""
-    proc = subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert proc.stdout is not None
-    label = f"[{step.name}]".ljust(width + 2)
-    for raw in proc.stdout:
+def relay(step: Pass, label: str, lock: threading.Lock) -> None:
+    """Copy the pass's output line by line under its label, until the pass closes it."""
+    assert step.proc.stdout is not None
+    for raw in step.proc.stdout:
         line = raw.decode("utf-8", "replace").rstrip("\n")
         with lock:
             sys.stdout.write(f"{label} {line}\n")
             sys.stdout.flush()
-    step.code = proc.wait()
-    step.minutes = (time.monotonic() - started) / 60
+    step.minutes = (time.monotonic() - step.started) / 60
+
+
+def wait(proc: subprocess.Popen[bytes]) -> int:
+    # Ctrl-C reaches the passes as well (one process group): wait while they tear down.
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            continue
 
 
 def main(args: list[str]) -> int:
@@ -43,25 +48,25 @@ def main(args: list[str]) -> int:
     if not pairs or any(len(pair) != 2 for pair in pairs):
         print(__doc__, file=sys.stderr)
         return 2
-    steps = [Pass(name, shlex.split(command)) for name, command in pairs]
-    width = max(len(step.name) for step in steps)
-    started = time.monotonic()
+    width = max(len(name) for name, _ in pairs) + 2
     lock = threading.Lock()
-    threads = [
-        threading.Thread(target=run, args=(step, width, started, lock), daemon=True)
-        for step in steps
-    ]
+    steps: list[Pass] = []
+    threads: list[threading.Thread] = []
+    for name, command in pairs:
+        proc = subprocess.Popen(
+            shlex.split(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        steps.append(Pass(name, proc))
+        label = f"[{name}]".ljust(width)
+        threads.append(threading.Thread(target=relay, args=(steps[-1], label, lock), daemon=True))
+        threads[-1].start()
+    codes = [wait(step.proc) for step in steps]
     for thread in threads:
-        thread.start()
-    # Ctrl-C reaches the passes as well (one process group): wait while they tear down.
-    for thread in threads:
-        while thread.is_alive():
-            with contextlib.suppress(KeyboardInterrupt):
-                thread.join()
-    for step in steps:
-        outcome = "passed" if step.code == 0 else f"FAILED (exit status {step.code})"
+        thread.join(timeout=10)  # the rest of the output, unless a leftover child holds it
+    for step, code in zip(steps, codes, strict=True):
+        outcome = "passed" if code == 0 else f"FAILED (exit status {code})"
         print(f"{step.name}: {outcome} in {step.minutes:.1f} min", flush=True)
-    return 0 if all(step.code == 0 for step in steps) else 1
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 if __name__ == "__main__":
