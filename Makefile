@@ -22,14 +22,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# The API and read-model tests run a second time with the stack on PostgreSQL (a fresh
-# database of the local server); the rest of the suite exercises the same code on SQLite.
-PG_TESTS := tests/test_predictions.py tests/test_conformance.py tests/test_models.py \
-	tests/test_operability.py
+# The API test suite: every file that drives the HTTP API and the read model through a stack
+# (the session's `live` stack or a stack of the module's own). It runs on SQLite and again on
+# PostgreSQL (fresh databases of the local server), the two passes side by side. The rest runs
+# once, in the SQLite pass: unit tests, the deploy files, the migrations (which test both
+# databases themselves) and the scale-out test (always on PostgreSQL).
+API_TESTS := tests/test_accounts.py tests/test_conformance.py tests/test_deployment_instances.py \
+	tests/test_deployments.py tests/test_durability.py tests/test_file_lifecycle.py \
+	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \
+	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_streaming.py \
+	tests/test_trainings.py tests/test_webhooks.py
 
 test: lint typecheck
-	$(BIN)/pytest -q
-	REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q $(PG_TESTS)
+	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q" \
+		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
+		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py

@@ -6,6 +6,7 @@ Limits are short so that timeouts, retries and retention can be observed in seco
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
@@ -26,8 +27,9 @@ from replicant.settings import Settings
 from tests.conformance import conformance_hook
 from tests.pgdb import fresh_postgres_database
 
-# `REPLICANT_TEST_DATABASE=postgres pytest ...` runs the shared stack on a fresh database of
-# the local PostgreSQL (dropped after the session) instead of a SQLite file.
+# `REPLICANT_TEST_DATABASE=postgres pytest ...` runs the shared stack (and the stacks that
+# test modules start for themselves) on fresh databases of the local PostgreSQL (dropped
+# afterwards) instead of SQLite files.
 TEST_DATABASE = os.environ.get("REPLICANT_TEST_DATABASE", "sqlite")
 
 # Short limits for the shared stack; the tests that observe them read them from here.
@@ -112,15 +114,23 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+@contextlib.contextmanager
+def suite_database() -> Iterator[dict[str, Any]]:
+    """Settings overrides that put a stack on this run's database (see TEST_DATABASE): none for
+    SQLite (a file in the stack's data dir), else a fresh PostgreSQL database, dropped after."""
+    if TEST_DATABASE == "postgres":
+        with fresh_postgres_database() as url:
+            yield {"database_url": url}
+    else:
+        yield {}
+
+
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The embedded stack, exactly as `make dev` runs it, on free ports."""
     data_dir = tmp_path_factory.mktemp("replicant")
     with contextlib.ExitStack() as cleanup:
-        overrides: dict[str, Any] = {}
-        if TEST_DATABASE == "postgres":
-            overrides["database_url"] = cleanup.enter_context(fresh_postgres_database())
-        settings = stack_settings(data_dir, **overrides)
+        settings = stack_settings(data_dir, **cleanup.enter_context(suite_database()))
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
         token = stack.start()
@@ -144,6 +154,12 @@ def node_client() -> Path:
     the path of tests/js/stream.mjs, beside the other scripts that drive it."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are needed for the JS client tests")
-    if not (JS_DIR / "node_modules" / "replicate").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True)
+    # `make test` runs two pytest processes at once: one installs, the other waits for it.
+    lock = os.open(JS_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (JS_DIR / "node_modules" / "replicate").exists():
+            subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True)
+    finally:
+        os.close(lock)
     return JS_DIR / "stream.mjs"

@@ -32,7 +32,7 @@ from replicant.settings import Settings
 from replicant.tables import Model, Prediction, StoredFile
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
-from tests.conftest import TERMINAL, stack_settings
+from tests.conftest import TERMINAL, stack_settings, suite_database
 from tests.test_safefetch import stager  # noqa: F401  (a Stager on a local store)
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
 from workers.schedules import FILE_EXPIRY_SCHEDULE
@@ -74,27 +74,29 @@ class S3Stack:
 @pytest.fixture(scope="module")
 def s3stack(tmp_path_factory: pytest.TempPathFactory, moto_url: str) -> Iterator[S3Stack]:  # noqa: F811
     data_dir = tmp_path_factory.mktemp("files-s3")
-    settings = stack_settings(
-        data_dir,
-        storage="s3",
-        s3_endpoint=moto_url.removeprefix("http://"),
-        s3_bucket=f"lifecycle-{os.urandom(4).hex()}",
-        s3_access_key="testing",
-        s3_secret_key="testing",
-        # Clients reach the store here; presigned URLs are signed for this host.
-        s3_public_url=moto_url,
-        max_file_size=MAX_FILE,
-        file_expiry=FILE_EXPIRY,
-        file_sweep_interval=1.0,
-    )
-    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-    try:
-        token = stack.start()
-        engine = make_engine(settings.resolved_database_url)
-        yield S3Stack(settings, settings.resolved_public_url, token, engine, moto_url)
-        engine.dispose()
-    finally:
-        stack.stop()
+    with suite_database() as database:
+        settings = stack_settings(
+            data_dir,
+            storage="s3",
+            s3_endpoint=moto_url.removeprefix("http://"),
+            s3_bucket=f"lifecycle-{os.urandom(4).hex()}",
+            s3_access_key="testing",
+            s3_secret_key="testing",
+            # Clients reach the store here; presigned URLs are signed for this host.
+            s3_public_url=moto_url,
+            max_file_size=MAX_FILE,
+            file_expiry=FILE_EXPIRY,
+            file_sweep_interval=1.0,
+            **database,
+        )
+        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        try:
+            token = stack.start()
+            engine = make_engine(settings.resolved_database_url)
+            yield S3Stack(settings, settings.resolved_public_url, token, engine, moto_url)
+            engine.dispose()
+        finally:
+            stack.stop()
 
 
 def noise_png(side: int) -> bytes:

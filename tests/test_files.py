@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import threading
@@ -39,7 +38,7 @@ from replicant.settings import Settings
 from replicant.storage import LocalStore, signed_path
 from replicant.versions import create_version, ensure_model
 from tests.conformance import conformance_hook
-from tests.conftest import TERMINAL, stack_settings
+from tests.conftest import TERMINAL, stack_settings, suite_database
 
 RETENTION = 15.0
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -102,24 +101,26 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSStack]:
     )
     ca_file = data_dir / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    settings = stack_settings(
-        data_dir,
-        tls_certfile=server_pem,
-        tls_keyfile=server_pem,
-        allow_private_urls=True,  # the input server below listens on loopback
-        prediction_retention=RETENTION,
-        max_file_size=8 * 1024 * 1024,
-    )
-    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-    try:
-        token = stack.start()
-        engine = make_engine(settings.resolved_database_url)
-        model = ensure_model(engine, settings.default_account, "fileouts")
-        create_version(settings, engine, model, MODELS / "fileouts")
-        yield TLSStack(settings, settings.resolved_public_url, token, ca_file, engine)
-        engine.dispose()
-    finally:
-        stack.stop()
+    with suite_database() as database:
+        settings = stack_settings(
+            data_dir,
+            tls_certfile=server_pem,
+            tls_keyfile=server_pem,
+            allow_private_urls=True,  # the input server below listens on loopback
+            prediction_retention=RETENTION,
+            max_file_size=8 * 1024 * 1024,
+            **database,
+        )
+        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        try:
+            token = stack.start()
+            engine = make_engine(settings.resolved_database_url)
+            model = ensure_model(engine, settings.default_account, "fileouts")
+            create_version(settings, engine, model, MODELS / "fileouts")
+            yield TLSStack(settings, settings.resolved_public_url, token, ca_file, engine)
+            engine.dispose()
+        finally:
+            stack.stop()
 
 
 def png(width: int = 40, height: int = 20) -> bytes:
@@ -338,17 +339,8 @@ def test_iterator_of_files_and_retention_removes_them(tls: TLSStack) -> None:
 # -- the JS client -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def node_modules() -> Path:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed for the JS client tests"
-    if not (JS_DIR / "node_modules" / "replicate").exists():
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True)
-    return JS_DIR / "node_modules"
-
-
 def test_js_client_uploads_buffer_and_blob_and_streams_file_output(
-    tls: TLSStack, node_modules: Path, tmp_path: Path
+    tls: TLSStack, node_client: Path, tmp_path: Path
 ) -> None:
     image = tmp_path / "js.png"
     image.write_bytes(png(32, 16))

@@ -1,8 +1,10 @@
 // Drives deployments with the official npm client; prints one JSON object with what it saw.
 // usage: node deployments.mjs <base_url> <token> <owner> <name> <model> <version>
+//            <sync_input_json> <async_input_json>
 import Replicate from "replicate";
 
-const [baseUrl, token, owner, name, model, version] = process.argv.slice(2);
+const [baseUrl, token, owner, name, model, version, syncInput, asyncInput] =
+  process.argv.slice(2);
 const replicate = new Replicate({ auth: token, baseUrl: `${baseUrl}/v1` });
 
 const created = await replicate.deployments.create({
@@ -11,10 +13,10 @@ const created = await replicate.deployments.create({
 const updated = await replicate.deployments.update(owner, name, { max_instances: 2 });
 const fetched = await replicate.deployments.get(owner, name);
 const sync = await replicate.deployments.predictions.create(owner, name, {
-  input: { text: "js sync" }, wait: true,
+  input: JSON.parse(syncInput), wait: true,
 });
 let queued = await replicate.deployments.predictions.create(owner, name, {
-  input: { text: "js async" },
+  input: JSON.parse(asyncInput),
 });
 const queuedStatus = queued.status;
 queued = await replicate.wait(queued, { interval: 100 });
