@@ -6,7 +6,9 @@
    on the same Temporal dev server with the same settings as ``make dev``.
 
 Run: ``.venv/bin/python bench/predict_latency.py [--requests 200] [--concurrency 8]``.
-Prints percentiles (ms) and throughput (predictions/s), and the ratios that matter.
+Prints percentiles (ms) and throughput (predictions/s), and the ratios that matter. The
+paths take turns in blocks of requests rather than one after the other, so that the machine's
+drift over the run weighs on each alike.
 """
 
 from __future__ import annotations
@@ -37,40 +39,65 @@ from replicant.temporal import connect  # noqa: E402
 FLOOR_QUEUE = "bench-floor"
 
 
-async def measure(
-    call: Callable[[], Awaitable[None]], requests: int, concurrency: int
-) -> dict[str, float]:
-    """Sequential latency percentiles, then throughput with ``concurrency`` clients.
+Call = Callable[[], Awaitable[None]]
+# The paths take turns in blocks, so slow drift on a shared machine (other work, the dev
+# server's SQLite file growing and checkpointing) falls on all of them alike.
+LATENCY_BLOCK = 10
+THROUGHPUT_ROUNDS = 4
 
-    Warm-up includes concurrent rounds: every process a concurrent run needs (Replicant
-    boots one model process per concurrent run of a version) is up before timing starts.
-    """
+
+async def warm_up(call: Call, concurrency: int) -> None:
+    """Warm-up includes concurrent rounds: every process a concurrent run needs (Replicant
+    boots one model process per concurrent run of a version) is up before timing starts."""
     for _ in range(5):
         await call()
     for _ in range(3):
         await asyncio.gather(*(call() for _ in range(concurrency)))
-    latencies = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        await call()
-        latencies.append((time.perf_counter() - started) * 1000)
-    latencies.sort()
-    done = 0
+
+
+async def burst(call: Call, requests: int, concurrency: int) -> float:
+    """Seconds for ``requests`` calls made by ``concurrency`` clients at once."""
+    left = requests
     started = time.perf_counter()
 
     async def client() -> None:
-        nonlocal done
-        while done < requests:
-            done += 1
+        nonlocal left
+        while left > 0:
+            left -= 1
             await call()
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    return {
-        "p50": statistics.median(latencies),
-        "p95": latencies[int(len(latencies) * 0.95) - 1],
-        "throughput": done / elapsed,
-    }
+    return time.perf_counter() - started
+
+
+async def measure(
+    calls: dict[str, Call], requests: int, concurrency: int
+) -> dict[str, dict[str, float]]:
+    """Per path: sequential latency percentiles (ms) and throughput (calls/s) with
+    ``concurrency`` clients, the paths interleaved (LATENCY_BLOCK, THROUGHPUT_ROUNDS)."""
+    for call in calls.values():
+        await warm_up(call, concurrency)
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    for done in range(0, requests, LATENCY_BLOCK):
+        for name, call in calls.items():
+            for _ in range(min(LATENCY_BLOCK, requests - done)):
+                started = time.perf_counter()
+                await call()
+                latencies[name].append((time.perf_counter() - started) * 1000)
+    elapsed = dict.fromkeys(calls, 0.0)
+    per_round = max(concurrency, requests // THROUGHPUT_ROUNDS)
+    for _ in range(THROUGHPUT_ROUNDS):
+        for name, call in calls.items():
+            elapsed[name] += await burst(call, per_round, concurrency)
+    results = {}
+    for name, values in latencies.items():
+        values.sort()
+        results[name] = {
+            "p50": statistics.median(values),
+            "p95": values[int(len(values) * 0.95) - 1],
+            "throughput": per_round * THROUGHPUT_ROUNDS / elapsed[name],
+        }
+    return results
 
 
 def start_coglet(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -168,11 +195,13 @@ async def main(requests: int, concurrency: int) -> None:
             activities=[call_coglet],
             max_concurrent_activities=concurrency,
         )
-        results: dict[str, dict[str, float]] = {}
         async with worker:
-            results["coglet direct"] = await measure(coglet_call, requests, concurrency)
-            results["temporal floor"] = await measure(floor_call, requests, concurrency)
-            results["replicant"] = await measure(replicant_call, requests, concurrency)
+            paths = {
+                "coglet direct": coglet_call,
+                "temporal floor": floor_call,
+                "replicant": replicant_call,
+            }
+            results = await measure(paths, requests, concurrency)
         print(f"\nwarm sync hello-world, {requests} requests, {concurrency} concurrent clients")
         print(f"{'path':<16}{'p50 ms':>10}{'p95 ms':>10}{'pred/s':>10}")
         for name, r in results.items():

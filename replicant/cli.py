@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+import uvloop
 from rich.console import Console
 
 from replicant.settings import Settings, get_settings
@@ -118,7 +118,9 @@ def worker(
     _logging(settings)
     temporal_runtime(settings, metrics_port=settings.temporal_metrics_port)
     serve_worker_metrics(settings, hardware)
-    asyncio.run(run_worker(settings, orchestration=not no_orchestration, hardware=hardware))
+    # uvloop, as uvicorn runs the API: the worker's activities, workflow activations and
+    # model-process I/O all go through this one event loop.
+    uvloop.run(run_worker(settings, orchestration=not no_orchestration, hardware=hardware))
 
 
 @app.command()
