@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 
 from replicant.temporal import connect
 from tests.conftest import LiveStack
+from workers.main import WORKFLOW_RUNNER
 from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
 from workflows.training import TrainingWorkflow
@@ -24,9 +25,11 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 def replayer() -> Replayer:
+    # The workers' own sandbox runner: the code replays as the workers run it.
     return Replayer(
         workflows=[PredictionWorkflow, TrainingWorkflow, DeploymentWorkflow],
         data_converter=pydantic_data_converter,
+        workflow_runner=WORKFLOW_RUNNER,
     )
 
 
