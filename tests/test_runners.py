@@ -333,7 +333,9 @@ async def test_setup_failure_raises_boot_error_with_the_setup_error(
 
     assert str(raised.value) == "RuntimeError: setup exploded"
     assert "RuntimeError: setup exploded" in raised.value.logs
-    assert "loading the module" in raised.value.logs
+    # The boot's output comes with it. (What the model printed while loading is usually
+    # there too, but coglet 0.23.1 drops it now and then when setup fails this fast.)
+    assert "[coglet::worker_bridge] Loading predictor" in raised.value.logs
     assert pool.warm_keys() == []
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,7 +112,11 @@ STANDBY_KEEP = 900.0
 MODEL_ENTRY = Path(__file__).resolve().parent / "model_entry.py"
 
 OUTPUT_TAIL_LINES = 300
+# Health checks, 50 ms apart, after a model's worker process exits during setup.
+SETUP_FAILED_CHECKS = 10
 AT_CAPACITY_RETRY_FOR = 5.0
+# A prediction's PUT: the connection within 10 s, the answer whenever the model is done.
+PUT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
 PROCESS_DIED = "The model process exited during the prediction"
 # What coglet puts before a model's "Type: message" (repeated, in some combination).
 COGLET_ERROR_PREFIX = re.compile(
@@ -418,6 +423,20 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+async def _output_settled(runner: _Runner, quiet: float = 0.05, within: float = 1.0) -> None:
+    """Wait until the process has written nothing for ``quiet`` seconds (at most ``within``),
+    so its last lines are in the tail."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while True:
+                runner.output_seen.clear()
+                try:
+                    async with asyncio.timeout(quiet):
+                        await runner.output_seen.wait()
+                except TimeoutError:
+                    return
+
+
 def _base_key(spec: RunnerSpec) -> str:
     """What a fine-tune shares with its base version's processes: all but its weights."""
     return json.dumps(
@@ -521,6 +540,9 @@ class RunnerPool:
         self._by_token: dict[str, _Standby] = {}
         self._secret = secrets.token_urlsafe(16)
         self._client: httpx.AsyncClient | None = None
+        # The predictions themselves go through aiohttp: on the path of every prediction,
+        # it costs a third of httpx's CPU per call (health checks and cancels use httpx).
+        self._session: aiohttp.ClientSession | None = None
         self._server: _QuietServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._hook_base = ""
@@ -541,6 +563,7 @@ class RunnerPool:
                 raise RuntimeError("the runner pool is closed")
             # trust_env=False: a proxy from the environment must never sit before 127.0.0.1.
             self._client = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(10.0))
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.bind(("127.0.0.1", 0))
             sock.listen(128)
@@ -595,6 +618,8 @@ class RunnerPool:
                 await self._serve_task
         if self._client is not None:
             await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
         atexit.unregister(self._kill_all)
         self.log.info("event=pool_closed stopped=%d", len(runners))
 
@@ -765,16 +790,14 @@ class RunnerPool:
     async def _send(
         self, runner: _Runner, run: _Run, url: str, body: dict[str, Any]
     ) -> CogPrediction:
-        assert self._client is not None
-        timeout = httpx.Timeout(10.0, read=None)
         deadline = time.monotonic() + AT_CAPACITY_RETRY_FOR
         delay = 0.001
         while True:
             if run.cancel_requested:
                 return CogPrediction(status="canceled")
             try:
-                response = await self._client.put(url, json=body, timeout=timeout)
-            except httpx.TransportError as err:
+                status, content = await self._put(url, body)
+            except (aiohttp.ClientError, TimeoutError) as err:
                 # The process died: crashed, OOM-killed, or killed by us after a cancel.
                 runner.retired = True
                 runner.kill()
@@ -785,29 +808,33 @@ class RunnerPool:
                     raise _NotHandedOver() from err  # the model never ran: safe to retry
                 return CogPrediction(status="failed", error=PROCESS_DIED, logs=run.stream_logs)
             # coglet answers 409 to a share of back-to-back calls while it frees its slot.
-            if response.status_code in (409, 503) and time.monotonic() < deadline:
+            if status in (409, 503) and time.monotonic() < deadline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 continue
             break
-        if response.status_code == 200:
+        if status == 200:
             try:
-                return _prediction(response.json())
+                return _prediction(json.loads(content))
             except ValueError:
                 pass
-        if response.status_code == 422:
+        if status == 422:
             with contextlib.suppress(ValueError, TypeError, KeyError, IndexError):
-                detail = response.json()["detail"]
+                detail = json.loads(content)["detail"]
                 error = "; ".join(f"{d['loc'][-1]}: {d['msg']}" for d in detail)
                 return CogPrediction(status="failed", error=error)
-        if response.status_code == 409:
+        if status == 409:
             # The slot never came free: the process is stuck; do not reuse it.
             runner.retired = True
             runner.kill()
-        return CogPrediction(
-            status="failed",
-            error=f"coglet answered HTTP {response.status_code}: {response.text[:500]}",
-        )
+        text = content.decode("utf-8", "replace")[:500]
+        return CogPrediction(status="failed", error=f"coglet answered HTTP {status}: {text}")
+
+    async def _put(self, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """PUT a prediction to coglet: its HTTP status and body."""
+        assert self._session is not None
+        async with self._session.put(url, json=body, timeout=PUT_TIMEOUT) as response:
+            return response.status, await response.read()
 
     async def _settle_failure(self, runner: _Runner, run: _Run, result: CogPrediction) -> None:
         """Fill in the logs coglet leaves out of a failed or canceled answer; retire the
@@ -1038,12 +1065,18 @@ class RunnerPool:
             if status in ("READY", "BUSY"):
                 return
             if status == "SETUP_FAILED":
-                setup_logs = str((body.get("setup") or {}).get("logs") or "")
-                raise BootError(_setup_error(setup_logs), runner.output_tail())
+                raise await self._setup_failed(runner, body)
             if status == "DEFUNCT":
                 raise BootError("coglet reported DEFUNCT while booting", runner.output_tail())
             if _worker_exited(runner.pid):
-                await asyncio.sleep(0.05)  # let its last words reach the tail
+                # coglet reports SETUP_FAILED (with the model's error) a moment after its
+                # worker exits: ask again briefly before settling for the bare fact.
+                for _ in range(SETUP_FAILED_CHECKS):
+                    await asyncio.sleep(0.05)
+                    status, body = await self._health(runner)
+                    if status == "SETUP_FAILED":
+                        raise await self._setup_failed(runner, body)
+                await _output_settled(runner)
                 raise BootError(
                     "the model's worker process exited during setup", runner.output_tail()
                 )
@@ -1055,6 +1088,12 @@ class RunnerPool:
                 async with asyncio.timeout(interval):
                     await runner.output_seen.wait()
             interval = min(interval * 1.5, 0.25)
+
+    async def _setup_failed(self, runner: _Runner, body: dict[str, Any]) -> BootError:
+        """The BootError of a failed setup(): the model's error, and its output to the end."""
+        setup_logs = str((body.get("setup") or {}).get("logs") or "")
+        await _output_settled(runner)
+        return BootError(_setup_error(setup_logs), runner.output_tail())
 
     def _retire(self, runner: _Runner, restart: bool = False) -> None:
         """Kill a process and forget it; optionally boot its replacement in the background."""
