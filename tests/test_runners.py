@@ -92,6 +92,15 @@ MODELS = {
             async def predict(self, word: str = Input(default="async")) -> str:
                 raise RuntimeError(f"{word} went wrong")
     """,
+    "brokenagen": """
+        from typing import AsyncIterator
+        from cog import BasePredictor
+
+        class Predictor(BasePredictor):
+            async def predict(self, n: int = 1) -> AsyncIterator[str]:
+                yield "first"
+                raise OSError(f"disk {n} gone")
+    """,
     "badsetup": """
         from cog import BasePredictor
 
@@ -315,11 +324,15 @@ async def test_tracebacks_of_generators_coroutines_and_trainers_reach_the_logs(
     assert coro.status == "failed" and coro.error == "async went wrong"
     assert 'raise RuntimeError(f"{word} went wrong")\n' in coro.logs
 
+    agen = await pool.predict(spec(models, "brokenagen"), "p-tb-3", {})
+    assert agen.status == "failed" and agen.error == "disk 1 gone"
+    assert 'raise OSError(f"disk {n} gone")\n' in agen.logs
+
     trainer = spec(models, "hello", key="hello-train", mode="train", train_ref="train.py:train")
     failed = await pool.predict(trainer, "t-tb-1", {"rounds": -1})
     assert failed.status == "failed" and failed.error == "rounds must not be negative"
     assert "training -1 rounds\nTraceback (most recent call last):\n" in failed.logs
-    assert "model_entry" not in failed.logs + stream.logs + coro.logs
+    assert "model_entry" not in failed.logs + stream.logs + coro.logs + agen.logs
     # A cancelled or successful run prints no traceback.
     trained = await pool.predict(trainer, "t-tb-2", {"rounds": 2})
     assert trained.output == "trained 2" and "Traceback" not in trained.logs

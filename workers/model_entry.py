@@ -12,26 +12,33 @@ It runs inside the model's environment, so it uses the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import inspect
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 # Methods of a predictor class whose exceptions are reported (cog's two spellings).
 ENTRY_METHODS = ("predict", "run")
 
 
-def _report() -> None:
-    """Print the exception being handled, from the model's own frames on."""
-    error = sys.exc_info()[1]
-    if error is None:
-        return
-    tb = error.__traceback__
-    traceback.print_exception(type(error), error, tb.tb_next if tb else None, file=sys.stderr)
-    sys.stderr.flush()
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """Print the traceback of an Exception escaping the block, from the model's own frames
+    on (this module's are left out), then let it propagate."""
+    try:
+        yield
+    except Exception as error:
+        tb = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        traceback.print_exception(type(error), error, tb, file=sys.stderr)
+        sys.stderr.flush()
+        raise
 
 
 def reporting(fn: Any) -> Any:
@@ -69,44 +76,32 @@ def _reporting(fn: Any) -> Any:
 
         @functools.wraps(fn)
         async def agen(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _reported():
                 async for item in fn(*args, **kwargs):
                     yield item
-            except Exception:
-                _report()
-                raise
 
         return agen
     if inspect.iscoroutinefunction(fn):
 
         @functools.wraps(fn)
         async def coro(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _reported():
                 return await fn(*args, **kwargs)
-            except Exception:
-                _report()
-                raise
 
         return coro
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def gen(*args: Any, **kwargs: Any) -> Any:
-            try:
+            with _reported():
                 return (yield from fn(*args, **kwargs))
-            except Exception:
-                _report()
-                raise
 
         return gen
 
     @functools.wraps(fn)
     def plain(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _reported():
             return fn(*args, **kwargs)
-        except Exception:
-            _report()
-            raise
 
     return plain
 
