@@ -26,6 +26,7 @@ from tests.trainkit import (
     data_uri,
     new_destination,
     ngram_version,
+    train,
     versions_of,
     wait_training,
 )
@@ -431,15 +432,7 @@ async def test_large_data_uri_corpus_never_crosses_temporal(
     destination = new_destination(live, token, "big-corpus")
     text = corpus(seed=77, words=400_000)  # ~3.6 MB: beyond Temporal's payload limit
     assert len(text) > 3_000_000
-    client = client_for(live, token)
-    training = client.trainings.create(
-        model="replicant/ngram",
-        version=ngram_version(live),
-        input={"text": data_uri(text)},
-        destination=destination,
-    )
-    wait_training(training)
-    assert training.status == "succeeded", (training.error, training.logs)
+    training = train(live, token, destination, text)
     temporal = await connect(live.settings)
     history = await temporal.get_workflow_handle(f"training-{training.id}").fetch_history()
     started = history.events[0].workflow_execution_started_event_attributes

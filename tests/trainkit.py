@@ -103,8 +103,8 @@ def new_destination(live: LiveStack, token: str, name: str) -> str:
     return f"{username}/{name}"
 
 
-def finetune(live: LiveStack, token: str, destination: str, text: str) -> str:
-    """Train ``replicant/ngram`` on ``text`` into ``destination``; the new version's ref."""
+def train(live: LiveStack, token: str, destination: str, text: str) -> Training:
+    """Train ``replicant/ngram`` on ``text`` into ``destination``; the succeeded training."""
     client = client_for(live, token)
     training = client.trainings.create(
         model="replicant/ngram",
@@ -114,5 +114,10 @@ def finetune(live: LiveStack, token: str, destination: str, text: str) -> str:
     )
     wait_training(training)
     assert training.status == "succeeded", (training.error, training.logs)
-    ref: str = training.output["version"]
+    return training
+
+
+def finetune(live: LiveStack, token: str, destination: str, text: str) -> str:
+    """Train ``replicant/ngram`` on ``text`` into ``destination``; the new version's ref."""
+    ref: str = train(live, token, destination, text).output["version"]
     return ref

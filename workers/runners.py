@@ -440,8 +440,13 @@ async def _output_settled(runner: _Runner, quiet: float = 0.05, within: float = 
 def _base_key(spec: RunnerSpec) -> str:
     """What a fine-tune shares with its base version's processes: all but its weights."""
     return json.dumps(
-        [str(spec.model_dir), str(spec.python), spec.predict_ref, sorted(spec.env.items())]
-        + [spec.upload_url]
+        [
+            str(spec.model_dir),
+            str(spec.python),
+            spec.predict_ref,
+            sorted(spec.env.items()),
+            spec.upload_url,
+        ]
     )
 
 
