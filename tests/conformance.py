@@ -1,6 +1,7 @@
 """Validate API responses against Replicate's published OpenAPI spec.
 
-The spec lives in ``shared/reference`` beside the repository. Responses to operations the
+The spec's shapes live in ``tests/spec/replicate-openapi.json`` (``tests/refresh_spec.py``
+refreshes them from Replicate's published document). Responses to operations the
 spec describes, with a status code it lists, must validate; anything else (our own
 extras such as ``/health``, or error codes the spec does not list) is left alone.
 """
@@ -14,21 +15,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import yaml
 from openapi_core import OpenAPI
 from openapi_core.datatypes import RequestParameters
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from openapi_core.templating.responses.exceptions import ResponseNotFound
 
 PROBLEM = "application/problem+json"
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "reference" / "replicate-openapi.yaml"
+SPEC_PATH = Path(__file__).resolve().parent / "spec" / "replicate-openapi.json"
 
 
 @lru_cache
 def spec_dict() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        raise FileNotFoundError(f"Replicate's OpenAPI spec is expected at {SPEC_PATH}")
-    data: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
+    data: dict[str, Any] = json.loads(SPEC_PATH.read_text())
     return data
 
 
