@@ -19,22 +19,19 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import (
-    materialized_input,
-    prediction_prefix,
-    stored_output,
-    uploads_outputs,
-)
+from activities.files import materialized_input, stored_output, uploads_outputs
+from activities.heartbeat import heartbeat_forever
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
+from replicant.objectkeys import prediction_prefix
+from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.storage import ObjectStore, outward_output
 from replicant.tables import Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
-from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 log = logging.getLogger("replicant.activities")
 
@@ -44,7 +41,6 @@ PROGRESS_INTERVAL = 0.5
 STREAM_PROGRESS_INTERVAL = 0.1
 # Seconds a finished run waits for its pending live webhook events.
 LIVE_WEBHOOK_GRACE = 6.0
-HEARTBEAT_INTERVAL = 1.0
 # A run records ``processing`` this long after its model starts, unless it has ended (or
 # reported output) by then: a fast prediction then costs one read-model write, not two.
 PROCESSING_DELAY = 0.1
@@ -79,7 +75,7 @@ class PredictionActivities:
     def __init__(
         self,
         engine: Engine,
-        pool: RunnerPool | None = None,
+        pool: ModelRunner | None = None,
         webhooks: WebhookActivities | None = None,
         store: ObjectStore | None = None,
     ) -> None:
@@ -139,7 +135,7 @@ class PredictionActivities:
         version = await self._version(req.version)
         hooks = await self.webhooks.live(req) if req.webhook and self.webhooks else None
         run = _Run(self.engine, req, hooks)
-        heartbeats = asyncio.create_task(_heartbeat_forever())
+        heartbeats = asyncio.create_task(heartbeat_forever())
         try:
             # Staged input files become local paths for the model, removed after the run.
             async with (
@@ -170,14 +166,6 @@ class PredictionActivities:
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
         return await run.finish(result.status, error=result.error, output=output, logs=result.logs)
-
-
-async def _heartbeat_forever() -> None:
-    # Heartbeats deliver cancellation and let Temporal notice a dead worker within seconds.
-    # The first waits an interval: a run shorter than that costs no heartbeat round trip.
-    while True:
-        await asyncio.sleep(HEARTBEAT_INTERVAL)
-        activity.heartbeat()
 
 
 class _Run:

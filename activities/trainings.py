@@ -27,8 +27,9 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import InputFileError, Stager, materialized_input
-from activities.predictions import LIVE_WEBHOOK_GRACE, _heartbeat_forever, runner_spec
+from activities.files import Stager, materialized_input
+from activities.heartbeat import heartbeat_forever
+from activities.predictions import LIVE_WEBHOOK_GRACE, runner_spec
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -49,6 +50,9 @@ from replicant.contracts import (
     TrainingWebhook,
     WebhookResult,
 )
+from replicant.inputfiles import InputFileError
+from replicant.objectkeys import training_inputs, training_prefix
+from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.tables import Training, Version
@@ -58,21 +62,10 @@ from replicant.webhooks import (
     http_client,
     webhook_id,
 )
-from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 log = logging.getLogger("replicant.activities")
 
 LOG_INTERVAL = 0.5
-
-
-def weights_prefix(training_id: str) -> str:
-    """Where a training's weights (and, while it runs, its input files) live."""
-    return f"trainings/{training_id}/"
-
-
-def inputs_prefix(training_id: str) -> str:
-    """Where a training's staged input files live until it ends."""
-    return f"{weights_prefix(training_id)}inputs/"
 
 
 def trainer_spec(version: Version) -> RunnerSpec:
@@ -90,7 +83,7 @@ class TrainingActivities:
         self,
         engine: Engine,
         settings: Settings,
-        pool: RunnerPool | None = None,
+        pool: ModelRunner | None = None,
         store: Callable[[], ObjectStore] | None = None,
         webhooks: WebhookActivities | None = None,
     ) -> None:
@@ -131,7 +124,7 @@ class TrainingActivities:
                 owner=req.owner,
                 version=req.version,
                 input=req.input,
-                prefix=inputs_prefix(req.id),
+                prefix=training_inputs(req.id),
                 component="TrainingInput",
                 # Data URIs were stored at create time (``req.staged_files``): kept as they are.
                 skip=[f.path for f in req.staged_files],
@@ -171,7 +164,7 @@ class TrainingActivities:
         version = await asyncio.to_thread(self._version, req.version)
         store = await self.store() if req.staged_files else None
         progress = _Progress(self.engine, req.id, await self._live_webhooks(req))
-        heartbeats = asyncio.create_task(_heartbeat_forever())
+        heartbeats = asyncio.create_task(heartbeat_forever())
         try:
             # Staged input files become local paths for the trainer, removed after the run.
             async with (
@@ -235,7 +228,7 @@ class TrainingActivities:
                 upload.discard()
                 raise
             extension = mimetypes.guess_extension(content_type) or ""
-            key = f"{weights_prefix(training_id)}weights{extension}"
+            key = f"{training_prefix(training_id)}weights{extension}"
             store.commit(upload, key, content_type)
             return StoredWeights(
                 key=key, sha256=upload.sha256, size=upload.size, content_type=content_type
@@ -255,7 +248,7 @@ class TrainingActivities:
         if ref is not None:
             log.info("event=finetune_created training=%s version=%s", done.id, ref)
             store = await self.store()
-            await asyncio.to_thread(store.delete_prefix, inputs_prefix(done.id))
+            await asyncio.to_thread(store.delete_prefix, training_inputs(done.id))
             return TrainingOutcome(status="succeeded", version=ref, completed_at=done.completed_at)
         # It had ended already (canceled meanwhile): no version, and its weights go.
         row = await asyncio.to_thread(trainings.get_training, self.engine, done.id)
@@ -282,7 +275,7 @@ class TrainingActivities:
 
     async def _discard_weights(self, training_id: str) -> None:
         store = await self.store()
-        removed = await asyncio.to_thread(store.delete_prefix, weights_prefix(training_id))
+        removed = await asyncio.to_thread(store.delete_prefix, training_prefix(training_id))
         if removed:
             log.info("event=weights_discarded training=%s objects=%d", training_id, removed)
 

@@ -25,7 +25,6 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 
-from activities.files import prediction_prefix
 from api.errors import ProblemError, invalid
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
@@ -34,6 +33,7 @@ from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url_syntax, is_public_address
+from replicant.objectkeys import prediction_inputs
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -83,11 +83,6 @@ def _private_literal(host: str) -> bool:
         return not is_public_address(host)
     except ValueError:  # a name, not an address
         return False
-
-
-def prediction_inputs(prediction_id: str) -> str:
-    """Where a prediction's input files live (the stager numbers its own beside these)."""
-    return f"{prediction_prefix(prediction_id)}inputs/"
 
 
 def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
@@ -150,7 +145,7 @@ async def launch_prediction(
     prediction_id = new_id()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
-        request, state, version.openapi_schema, payload, prediction_inputs(prediction_id)
+        state, version.openapi_schema, payload, prediction_inputs(prediction_id)
     )
     req = PredictionRequest(
         id=prediction_id,
@@ -182,7 +177,7 @@ async def launch_prediction(
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id, model)
         if stored:
-            await discard_data_uris(request, state, prediction_inputs(req.id))
+            await discard_data_uris(state, prediction_inputs(req.id))
         raise ProblemError(503, "The prediction could not be scheduled; try again") from err
     if on_started is not None:
         await on_started()

@@ -55,10 +55,7 @@ STOP_GRACE = 5.0
 
 async def warm(pool: RunnerPool, version: Version) -> int:
     """Boot the version's process in an instance's pool before any prediction; its pid."""
-    await pool.start()
-    runner = await pool._checkout(runner_spec(version))
-    runner.lock.release()
-    return runner.pid
+    return await pool.warm(runner_spec(version))
 
 
 @dataclass

@@ -24,7 +24,6 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from activities.deployments import deployment_config, deployment_demand
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url, launch_prediction
@@ -33,6 +32,7 @@ from api.routes.predictions import PredictionInput
 from api.state import AppState
 from replicant.catalog import account_names, find_model
 from replicant.contracts import DeploymentConfig, DeploymentState
+from replicant.deployments import deployment_config, deployment_demand
 from replicant.tables import (
     Account,
     Deployment,

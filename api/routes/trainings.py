@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
-from activities.trainings import inputs_prefix
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.inputfiles import discard_data_uris, store_data_uris
@@ -32,7 +31,7 @@ from replicant import trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.ids import new_id
-from replicant.storage import ObjectStore, open_store
+from replicant.objectkeys import training_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 from replicant.validation import validate_input
@@ -51,20 +50,11 @@ class TrainingCreate(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
 
 
-def _store(request: Request, state: AppState) -> ObjectStore:
-    """The app's object store (shared with the Files routes), opened on first use."""
-    store: ObjectStore | None = getattr(request.app.state, "object_store", None)
-    if store is None:
-        store = open_store(state.settings)
-        request.app.state.object_store = store
-    return store
-
-
 def _render(request: Request, state: AppState, rows: list[Training]) -> list[dict[str, Any]]:
     """Training objects; ``output.weights`` is a signed URL of the stored weights."""
     base = base_url(request, state)
     expiry = state.settings.output_url_expiry
-    store = _store(request, state) if any(r.weights_key for r in rows) else None
+    store = state.object_store if any(r.weights_key for r in rows) else None
 
     def sign(key: str) -> str:
         assert store is not None
@@ -138,11 +128,10 @@ async def create_training(
     training_id = new_id()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
-        request,
         state,
         version.openapi_schema,
         body.input,
-        inputs_prefix(training_id),
+        training_inputs(training_id),
         component="TrainingInput",
     )
     req = TrainingRequest(
@@ -179,7 +168,7 @@ async def create_training(
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id)
         if stored:
-            await discard_data_uris(request, state, inputs_prefix(req.id))
+            await discard_data_uris(state, training_inputs(req.id))
         raise ProblemError(503, "The training could not be scheduled; try again") from err
     log.info(
         "event=training_created training=%s version=%s destination=%s",
