@@ -16,6 +16,7 @@ from sqlmodel import Session, col
 from temporalio import activity
 
 from replicant.contracts import (
+    ActivityName,
     DeploymentObservation,
     HostReport,
     InstanceTarget,
@@ -50,7 +51,7 @@ class DeploymentActivities:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @activity.defn(name="observe_deployment")
+    @activity.defn(name=ActivityName.OBSERVE_DEPLOYMENT)
     async def observe_deployment(self, ref: ObserveDeployment) -> DeploymentObservation:
         """The deployment's current release and how many predictions wait or run."""
         return await asyncio.to_thread(observe, self.engine, ref)
@@ -68,7 +69,7 @@ class HostActivities:
     def __init__(self, host: InstanceHost) -> None:
         self.host = host
 
-    @activity.defn(name="ensure_instances")
+    @activity.defn(name=ActivityName.ENSURE_INSTANCES)
     async def ensure_instances(self, target: InstanceTarget) -> HostReport:
         """Run ``target.count`` instances of the release (starting, draining as needed)."""
         return await self.host.ensure(target)

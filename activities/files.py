@@ -31,7 +31,7 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from replicant.contracts import PredictionRequest, StagedFile, StagedInputs
+from replicant.contracts import ActivityName, ErrorType, PredictionRequest, StagedFile, StagedInputs
 from replicant.inputfiles import (
     InputFileError,
     file_fields,
@@ -198,14 +198,16 @@ class FileActivities:
     def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
         self.stager = Stager(settings, engine, store)
 
-    @activity.defn(name="stage_inputs")
+    @activity.defn(name=ActivityName.STAGE_INPUTS)
     async def stage_inputs(self, req: PredictionRequest) -> StagedInputs:
         """Store the prediction's input files in the object store; fail clearly if one cannot."""
         try:
             staged = await self.stager.stage(req)
         except InputFileError as err:
             log.info("event=input_file_refused prediction=%s reason=%r", req.id, str(err))
-            raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=ErrorType.INPUT_FILE_ERROR, non_retryable=True
+            ) from err
         log.info("event=inputs_staged prediction=%s files=%d", req.id, len(staged.files))
         return staged
 

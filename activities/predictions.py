@@ -24,7 +24,14 @@ from activities.heartbeat import heartbeat_forever
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
-from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
+from replicant.contracts import (
+    ActivityName,
+    ErrorType,
+    FinishPrediction,
+    PredictionRef,
+    PredictionRequest,
+    RunOutcome,
+)
 from replicant.objectkeys import prediction_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.storage import ObjectStore, outward_output
@@ -39,8 +46,6 @@ log = logging.getLogger("replicant.activities")
 # token matters, and SSE clients read the read model).
 PROGRESS_INTERVAL = 0.5
 STREAM_PROGRESS_INTERVAL = 0.1
-# Seconds a finished run waits for its pending live webhook events.
-LIVE_WEBHOOK_GRACE = 6.0
 # A run records ``processing`` this long after its model starts, unless it has ended (or
 # reported output) by then: a fast prediction then costs one read-model write, not two.
 PROCESSING_DELAY = 0.1
@@ -85,12 +90,12 @@ class PredictionActivities:
         self.store = store
         self._versions: TTLCache[str, Version] = TTLCache(maxsize=1024, ttl=VERSION_CACHE_SECONDS)
 
-    @activity.defn(name="record_prediction")
+    @activity.defn(name=ActivityName.RECORD_PREDICTION)
     async def record_prediction(self, req: PredictionRequest) -> None:
         """Write the read-model row of a prediction started outside the API."""
         await asyncio.to_thread(readmodel.insert_prediction, self.engine, req)
 
-    @activity.defn(name="finish_prediction")
+    @activity.defn(name=ActivityName.FINISH_PREDICTION)
     async def finish_prediction(self, done: FinishPrediction) -> None:
         """Record a terminal state decided by the workflow (cancel, lost worker)."""
         await asyncio.to_thread(
@@ -102,7 +107,7 @@ class PredictionActivities:
             completed_at=done.completed_at or utcnow(),
         )
 
-    @activity.defn(name="remove_prediction_data")
+    @activity.defn(name=ActivityName.REMOVE_PREDICTION_DATA)
     async def remove_prediction_data(self, ref: PredictionRef) -> None:
         """Retention is over: remove the prediction's input and output."""
         await asyncio.to_thread(readmodel.remove_data, self.engine, ref.id)
@@ -123,11 +128,13 @@ class PredictionActivities:
             version = session.get(Version, version_id)
         if version is None:
             raise ApplicationError(
-                f"Version {version_id} does not exist", type="VersionNotFound", non_retryable=True
+                f"Version {version_id} does not exist",
+                type=ErrorType.VERSION_NOT_FOUND,
+                non_retryable=True,
             )
         return version
 
-    @activity.defn(name="run_prediction")
+    @activity.defn(name=ActivityName.RUN_PREDICTION)
     async def run_prediction(self, req: PredictionRequest) -> RunOutcome:
         """Run the model in a warm coglet process and record everything it reports."""
         if self.pool is None:
@@ -247,16 +254,8 @@ class _Run:
             created_at=self.req.created_at,
         )
         if self.hooks is not None:
-            # `completed` (a workflow step after this) must come after the live events.
-            if status == "canceled":
-                self.hooks.abort()
-            else:
-                # The last state goes out too (as `output`/`logs`, still `processing`).
-                row = self.hooks.row
-                self.hooks.progress(
-                    row.logs if logs is None else logs, row.output if output is None else output
-                )
-                await self.hooks.close(LIVE_WEBHOOK_GRACE)
+            # The last state goes out too (as `output`/`logs`, still `processing`).
+            await self.hooks.end(canceled=status == "canceled", logs=logs, output=output)
         return RunOutcome(
             status=status, error=error, started_at=self.started_at, completed_at=completed_at
         )

@@ -13,14 +13,11 @@ records any other end and removes the stored weights.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import mimetypes
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -29,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.files import Stager, materialized_input
 from activities.heartbeat import heartbeat_forever
-from activities.predictions import LIVE_WEBHOOK_GRACE, runner_spec
+from activities.predictions import runner_spec
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -40,7 +37,9 @@ from activities.webhooks import (
 )
 from replicant import trainings
 from replicant.contracts import (
+    ActivityName,
     CompleteTraining,
+    ErrorType,
     FinishTraining,
     StagedInputs,
     StoredWeights,
@@ -50,7 +49,7 @@ from replicant.contracts import (
     TrainingWebhook,
     WebhookResult,
 )
-from replicant.inputfiles import InputFileError
+from replicant.inputfiles import InputFileError, parse_data_uri
 from replicant.objectkeys import training_inputs, training_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings
@@ -105,17 +104,19 @@ class TrainingActivities:
             version = session.get(Version, version_id)
         if version is None:
             raise ApplicationError(
-                f"Version {version_id} does not exist", type="VersionNotFound", non_retryable=True
+                f"Version {version_id} does not exist",
+                type=ErrorType.VERSION_NOT_FOUND,
+                non_retryable=True,
             )
         if not version.train_ref:
             raise ApplicationError(
                 f"Version {version_id} cannot be trained",
-                type="VersionNotFound",
+                type=ErrorType.VERSION_NOT_FOUND,
                 non_retryable=True,
             )
         return version
 
-    @activity.defn(name="stage_training_inputs")
+    @activity.defn(name=ActivityName.STAGE_TRAINING_INPUTS)
     async def stage_training_inputs(self, req: TrainingRequest) -> StagedInputs:
         """Store the training's input files in the object store; fail clearly if one cannot."""
         stager = Stager(self.settings, self.engine, await self.store())
@@ -131,7 +132,9 @@ class TrainingActivities:
             )
         except InputFileError as err:
             log.info("event=input_file_refused training=%s reason=%r", req.id, str(err))
-            raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=ErrorType.INPUT_FILE_ERROR, non_retryable=True
+            ) from err
         log.info("event=inputs_staged training=%s files=%d", req.id, len(staged.files))
         return StagedInputs(files=[*req.staged_files, *staged.files])
 
@@ -156,7 +159,7 @@ class TrainingActivities:
 
         return LiveWebhooks(row, events, send, render)
 
-    @activity.defn(name="run_training")
+    @activity.defn(name=ActivityName.RUN_TRAINING)
     async def run_training(self, req: TrainingRequest) -> TrainingRun:
         """Run the trainer and store its weights; cancellation stops the trainer."""
         if self.pool is None:
@@ -217,7 +220,12 @@ class TrainingActivities:
         value = output.get("weights") if isinstance(output, dict) else output
         if not isinstance(value, str):
             raise ValueError("The trainer's output has no weights file")
-        content_type, data = decode_data_uri(value)
+        if not value.startswith("data:"):
+            raise ValueError("The trainer's weights are not a file coglet returned")
+        try:
+            content_type, data = parse_data_uri(value)
+        except InputFileError as err:
+            raise ValueError(f"The trainer's weights output {err}") from err
         store = await self.store()
 
         def write() -> StoredWeights:
@@ -236,7 +244,7 @@ class TrainingActivities:
 
         return await asyncio.to_thread(write)
 
-    @activity.defn(name="complete_training")
+    @activity.defn(name=ActivityName.COMPLETE_TRAINING)
     async def complete_training(self, done: CompleteTraining) -> TrainingOutcome:
         """Create the fine-tune version and mark the training succeeded, together."""
         try:
@@ -244,7 +252,9 @@ class TrainingActivities:
                 trainings.complete_training, self.engine, done.id, done.weights, done.completed_at
             )
         except trainings.DestinationGone as err:
-            raise ApplicationError(str(err), type="DestinationGone", non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=ErrorType.DESTINATION_GONE, non_retryable=True
+            ) from err
         if ref is not None:
             log.info("event=finetune_created training=%s version=%s", done.id, ref)
             store = await self.store()
@@ -260,7 +270,7 @@ class TrainingActivities:
             completed_at=row.completed_at if row is not None else done.completed_at,
         )
 
-    @activity.defn(name="finish_training")
+    @activity.defn(name=ActivityName.FINISH_TRAINING)
     async def finish_training(self, done: FinishTraining) -> None:
         """Record a terminal state decided by the workflow; remove any stored weights."""
         await asyncio.to_thread(
@@ -290,14 +300,16 @@ class TrainingActivities:
             weights_url=lambda key: store.signed_url(key, expiry),
         )
 
-    @activity.defn(name="send_training_webhook")
+    @activity.defn(name=ActivityName.SEND_TRAINING_WEBHOOK)
     async def send_training_webhook(self, d: TrainingWebhook) -> WebhookResult:
         """POST the training as it is now; the failure message carries the answer."""
         store = await self.store()
         row = await asyncio.to_thread(trainings.get_training, self.engine, d.training_id)
         if row is None or not row.webhook:
             raise ApplicationError(
-                f"training {d.training_id} has no webhook", type="NoWebhook", non_retryable=True
+                f"training {d.training_id} has no webhook",
+                type=ErrorType.NO_WEBHOOK,
+                non_retryable=True,
             )
         body = await asyncio.to_thread(self.render, store, d.training_id)
         secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
@@ -314,21 +326,6 @@ class TrainingActivities:
             subject=f"training={d.training_id}",
             event=d.event,
         )
-
-
-def decode_data_uri(value: str) -> tuple[str, bytes]:
-    """(content type, bytes) of a ``data:`` URI; ``ValueError`` for anything else."""
-    if not value.startswith("data:") or "," not in value:
-        raise ValueError("The trainer's weights are not a file coglet returned")
-    header, _, payload = value[5:].partition(",")
-    params = header.split(";")
-    content_type = params[0] or "application/octet-stream"
-    try:
-        if "base64" in params[1:]:
-            return content_type, base64.b64decode(payload, validate=True)
-        return content_type, unquote_to_bytes(payload)
-    except binascii.Error as err:
-        raise ValueError("The trainer's weights are not valid base64") from err
 
 
 class _Progress:
@@ -364,12 +361,7 @@ class _Progress:
         if logs is not None:
             await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
         if self.hooks is not None:
-            if canceled:
-                self.hooks.abort()
-                return
-            if logs is not None:
-                self.hooks.progress(logs, self.hooks.row.output)
-            await self.hooks.close(LIVE_WEBHOOK_GRACE)
+            await self.hooks.end(canceled=canceled, logs=logs)
 
     def abort(self) -> None:
         if self.hooks is not None:

@@ -7,7 +7,7 @@ histories. Payloads carry references, never file bytes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 
@@ -278,3 +278,34 @@ class TrainingWebhook(BaseModel):
     event: WebhookEvent
     sequence: int = 0
     timeout: float = 10.0
+
+
+class ActivityName:
+    """The names activities register under and workflows schedule them by; histories record
+    them, so a name never changes."""
+
+    RECORD_PREDICTION: Final = "record_prediction"
+    STAGE_INPUTS: Final = "stage_inputs"
+    RUN_PREDICTION: Final = "run_prediction"
+    FINISH_PREDICTION: Final = "finish_prediction"
+    REMOVE_PREDICTION_DATA: Final = "remove_prediction_data"
+    SEND_WEBHOOK: Final = "send_webhook"
+    STAGE_TRAINING_INPUTS: Final = "stage_training_inputs"
+    RUN_TRAINING: Final = "run_training"
+    COMPLETE_TRAINING: Final = "complete_training"
+    FINISH_TRAINING: Final = "finish_training"
+    SEND_TRAINING_WEBHOOK: Final = "send_training_webhook"
+    OBSERVE_DEPLOYMENT: Final = "observe_deployment"
+    ENSURE_INSTANCES: Final = "ensure_instances"
+    REMOVE_EXPIRED_FILES: Final = "remove_expired_files"
+
+
+class ErrorType:
+    """``ApplicationError`` types that activities raise and workflows act on."""
+
+    VERSION_NOT_FOUND: Final = "VersionNotFound"
+    DESTINATION_GONE: Final = "DestinationGone"
+    INPUT_FILE_ERROR: Final = "InputFileError"
+    NO_WEBHOOK: Final = "NoWebhook"
+    WEBHOOK_REFUSED: Final = "WebhookRefused"
+    WEBHOOK_FAILED: Final = "WebhookFailed"

@@ -17,6 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field
 UploadSink = Callable[[str, str, str | None, AsyncIterator[bytes]], Awaitable[str]]
 
 
+# Called with each changed intermediate state of a run, and once its process took it.
+OnUpdate = Callable[["CogPrediction"], Awaitable[None]]
+OnBooted = Callable[[], Awaitable[None]]
+
+
 class RunnerSpec(BaseModel):
     """How to start a coglet process; ``key`` names the warm process that can be reused."""
 
@@ -68,8 +73,8 @@ class ModelRunner(Protocol):
         spec: RunnerSpec,
         prediction_id: str,
         input: dict[str, Any],
-        on_update: Callable[[CogPrediction], Awaitable[None]] | None = None,
-        on_booted: Callable[[], Awaitable[None]] | None = None,
+        on_update: OnUpdate | None = None,
+        on_booted: OnBooted | None = None,
     ) -> CogPrediction:
         """Run one prediction (or training) and return its terminal state."""
         ...

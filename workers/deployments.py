@@ -34,6 +34,7 @@ from temporalio.worker import Worker
 from activities.deployments import HostActivities
 from activities.predictions import PredictionActivities, runner_spec
 from replicant.contracts import (
+    ActivityName,
     DeploymentConfig,
     HostReport,
     InstanceTarget,
@@ -179,7 +180,7 @@ class DeploymentHost:
         )
         acts = self.make_activities(instance.pool)
 
-        @activity.defn(name="run_prediction")
+        @activity.defn(name=ActivityName.RUN_PREDICTION)
         async def run_prediction(req: PredictionRequest) -> RunOutcome:
             instance.running += 1
             try:

@@ -11,13 +11,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from replicant.runner import BootError, CogPrediction, RunnerSpec
+from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, RunnerSpec
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
     HEALTHY,
@@ -32,9 +31,6 @@ from workers.runners.run import Run
 
 AT_CAPACITY_RETRY_FOR = 5.0
 PROCESS_DIED = "The model process exited during the prediction"
-
-OnUpdate = Callable[[CogPrediction], Awaitable[None]]
-OnBooted = Callable[[], Awaitable[None]]
 
 
 class _NotHandedOver(Exception):

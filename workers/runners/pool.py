@@ -6,14 +6,14 @@ import asyncio
 import atexit
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from replicant.runner import CogPrediction, RunnerSpec, UploadSink
+from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
 from replicant.weights import WeightsCache
 from workers.runners.client import CogletClient
 from workers.runners.execution import Executor
@@ -136,8 +136,8 @@ class RunnerPool:
         spec: RunnerSpec,
         prediction_id: str,
         input: dict[str, Any],
-        on_update: Callable[[CogPrediction], Awaitable[None]] | None = None,
-        on_booted: Callable[[], Awaitable[None]] | None = None,
+        on_update: OnUpdate | None = None,
+        on_booted: OnBooted | None = None,
     ) -> CogPrediction:
         """Run one prediction (or training, by ``spec.mode``) and return its terminal state.
 
