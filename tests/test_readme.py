@@ -1,4 +1,4 @@
-"""The README's examples run as written."""
+"""The examples of README.md and docs/api.md run as written."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ import replicate
 from replicant.devstack import settings_env
 from tests.conftest import LiveStack
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+API_DOC = ROOT / "docs" / "api.md"
 
 
-def python_block_after(heading: str) -> str:
-    text = README.read_text()
+def python_block_after(heading: str, document: Path = README) -> str:
+    """The first Python code block after ``heading`` in ``document``."""
+    text = document.read_text()
     section = text[text.index(heading) :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match is not None, f"no Python example under {heading!r}"
@@ -28,11 +31,11 @@ def test_programmatic_start_snippet_runs_and_shows_up_in_the_api(
     live: LiveStack, api: httpx.Client, tmp_path: Path
 ) -> None:
     script = tmp_path / "start.py"
-    script.write_text(python_block_after("### Starting a prediction through Temporal"))
+    script.write_text(python_block_after("## Starting a prediction through Temporal", API_DOC))
     done = subprocess.run(
         [sys.executable, str(script)],
         env=settings_env(live.settings),
-        cwd=README.parent,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
