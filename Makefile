@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench clean
+.PHONY: dev test test-unit lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test: lint typecheck
 	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q" \
 		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
 		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"
+
+# The unit tier (tests/tiers.py): no services, a few seconds.
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py

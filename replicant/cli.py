@@ -54,7 +54,7 @@ def dev() -> None:
         f"  API token    {token}\n"
         f"  Temporal UI  http://127.0.0.1:{settings.ui_port}\n\n"
         f"  export REPLICATE_API_TOKEN={token}\n"
-        f"  export REPLICATE_BASE_URL={settings.resolved_public_url}/v1\n\n"
+        f"  export REPLICATE_BASE_URL={settings.resolved_public_url}\n\n"
         "Ctrl-C stops everything.",
         highlight=False,
     )

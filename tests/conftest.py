@@ -27,6 +27,9 @@ from replicant.settings import Settings
 from tests.conformance import conformance_hook
 from tests.pgdb import fresh_postgres_database
 
+# Every test gets its tier (unit, integration, e2e) by rule; unit tests may reach no service.
+from tests.tiers import pytest_collection_modifyitems, service_guard  # noqa: F401
+
 # `REPLICANT_TEST_DATABASE=postgres pytest ...` runs the shared stack (and the stacks that
 # test modules start for themselves) on fresh databases of the local PostgreSQL (dropped
 # afterwards) instead of SQLite files.

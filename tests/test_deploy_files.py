@@ -37,21 +37,6 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 BIN = Path(sys.executable).parent
 
-# Issue 10 adds these settings (S3 object store, Redis rate limits) to Settings; the compose
-# file passes them already. Settings ignores unknown REPLICANT_ variables, so until they land
-# they are allowed here, and only these.
-PENDING_SETTINGS = frozenset(
-    {
-        "REPLICANT_STORAGE",
-        "REPLICANT_S3_ENDPOINT",
-        "REPLICANT_S3_BUCKET",
-        "REPLICANT_S3_ACCESS_KEY",
-        "REPLICANT_S3_SECRET_KEY",
-        "REPLICANT_S3_SECURE",
-        "REPLICANT_REDIS_URL",
-    }
-)
-
 REPLICANT_VARIABLE = re.compile(r"\bREPLICANT_[A-Z0-9_]+\b")
 # Compose interpolation: `$$` is a literal `$`; `${NAME}`, `${NAME:-default}`, `${NAME:?error}`.
 INTERPOLATION = re.compile(
@@ -182,7 +167,7 @@ def test_every_replicant_variable_is_a_setting() -> None:
     named: set[str] = set()
     for path in (COMPOSE_FILE, ENV_EXAMPLE, DOCKERFILE):
         named |= set(REPLICANT_VARIABLE.findall(path.read_text()))
-    unknown = named - setting_env_names() - PENDING_SETTINGS
+    unknown = named - setting_env_names()
     assert not unknown, f"not fields of replicant.settings.Settings: {sorted(unknown)}"
 
 

@@ -440,6 +440,7 @@ async def test_a_hung_model_is_killed_and_restarted_when_its_task_is_cancelled(
     assert pool.pid("hang") not in (None, pid)
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
     models: Path,
 ) -> None:
@@ -488,6 +489,7 @@ async def test_train_mode_runs_the_train_function(pool: RunnerPool, models: Path
     assert "training 3 rounds" in result.logs
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_close_leaves_no_child_processes(models: Path) -> None:
     pool = RunnerPool(boot_timeout=30)
     await pool.predict(spec(models, "hello"), "p-close-1", {})

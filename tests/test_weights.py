@@ -147,6 +147,7 @@ async def test_a_fine_tune_adopts_the_standby_of_its_base_and_a_new_one_takes_it
     assert pool.pid("finetune-2") == next_pid
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_stopped_standbys_leave_no_process_behind(
     tmp_path: Path, store: SlowStore, model_dir: Path
 ) -> None:
@@ -170,6 +171,7 @@ async def test_without_standbys_a_fine_tune_boots_its_own_process(
     assert result.status == "succeeded", (result.error, result.logs)
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_a_standby_is_replaced_before_its_weights_request_times_out_while_wanted(
     tmp_path: Path, store: SlowStore, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
