@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         None  # the `temporal` CLI; found next to the Python executable when unset
     )
     orchestration_queue: str = "replicant-orchestration"
+    # The embedded Temporal server serves backlogged hardware queues fairly between accounts
+    # (docs/fairness.md); off: first come, first served.
+    temporal_fairness: bool = True
 
     # Database (SQLite file in data_dir when unset)
     database_url: str | None = None
