@@ -209,3 +209,40 @@ def test_operator_sets_an_accounts_weight_with_the_cli(live: LiveStack) -> None:
     )
     assert unknown.returncode != 0
     assert "no account named" in unknown.stdout + unknown.stderr
+
+
+async def test_a_deployment_sets_the_priority_of_its_predictions(
+    live: LiveStack, clients: dict[str, httpx.Client]
+) -> None:
+    username, token = account(live, "deployer")
+    client = clients["a"] = live.client(token)
+    version = client.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+    config = {"model": "replicate/hello-world", "version": version, "hardware": "cpu"}
+    name = f"urgent-{os.urandom(3).hex()}"
+    body = {"name": name, **config, "min_instances": 0, "max_instances": 1, "priority": 1}
+    created = client.post("/v1/deployments", json=body)
+    assert created.status_code == 200, created.text
+    assert created.json()["priority"] == 1
+    # Out of range: refused, naming the field.
+    refused = client.patch(f"/v1/deployments/{username}/{name}", json={"priority": 9})
+    assert refused.status_code == 422
+    assert [f["field"] for f in refused.json()["invalid_fields"]] == ["priority"]
+    # A change of priority orders the queue at once; it is no new release of the instances.
+    lowered = client.patch(f"/v1/deployments/{username}/{name}", json={"priority": 2})
+    assert lowered.status_code == 200, lowered.text
+    assert (lowered.json()["priority"], lowered.json()["current_release"]["number"]) == (2, 1)
+    response = client.post(
+        f"/v1/deployments/{username}/{name}/predictions",
+        json={"input": {"text": "first"}},
+        headers={"Prefer": "wait"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "succeeded"
+    temporal = await connect(live.settings)
+    handle = temporal.get_workflow_handle(f"prediction-{response.json()['id']}")
+    priority = (await handle.describe()).raw_description.workflow_execution_info.priority
+    assert (priority.priority_key, priority.fairness_key) == (2, username)
+    # A deployment without one has the default priority, 3.
+    plain = {"name": f"plain-{os.urandom(3).hex()}", **config, "min_instances": 0}
+    default = client.post("/v1/deployments", json={**plain, "max_instances": 1})
+    assert default.json()["priority"] == 3
