@@ -40,7 +40,7 @@ SERVER_DYNAMIC_CONFIG = [
 
 
 class FairnessError(ValueError):
-    """A weight or priority outside what Temporal accepts."""
+    """A weight outside what Temporal accepts."""
 
 
 def check_weight(weight: float) -> float:
@@ -48,15 +48,6 @@ def check_weight(weight: float) -> float:
     if not WEIGHT_MIN <= weight <= WEIGHT_MAX:
         raise FairnessError(f"weight must be between {WEIGHT_MIN} and {WEIGHT_MAX:g}")
     return weight
-
-
-def check_priority(priority: int) -> int:
-    """``priority`` if it is a priority key Temporal accepts, else FairnessError."""
-    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise FairnessError(
-            f"priority must be between {PRIORITY_MIN} (first) and {PRIORITY_MAX} (last)"
-        )
-    return priority
 
 
 def fairness_key(account: str) -> str:

@@ -369,11 +369,8 @@ async def update_deployment(
         with Session(state.engine, expire_on_commit=False) as session:
             row = _find(session, account, owner, name)
             changes = body.model_dump(exclude_unset=True, exclude_none=True)
-            # Priority orders the queue only: it takes effect at once, without a release.
-            if "priority" in changes:
-                row.priority = changes.pop("priority")
-                session.add(row)
-                session.commit()
+            # Priority orders the queue only: it applies to new predictions, without a release.
+            priority = changes.pop("priority", None)
             if "version" in changes:
                 model_owner, _, model_name = row.model.partition("/")
                 model = session.exec(
@@ -386,7 +383,11 @@ async def update_deployment(
                 changes.get("min_instances", row.min_instances),
                 changes.get("max_instances", row.max_instances),
             )
+            if priority is not None:
+                row.priority = priority
+                session.add(row)
             if all(getattr(row, field) == value for field, value in changes.items()):
+                session.commit()
                 return deployment_config(row), False
             for field, value in changes.items():
                 setattr(row, field, value)
