@@ -28,6 +28,7 @@ from replicant.devstack import Stack, settings_env
 from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.trainkit import corpus, new_destination, train
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUEUED_WAIT = 180.0  # seconds for every run activity of a backlog to reach the queue
@@ -246,3 +247,14 @@ async def test_a_deployment_sets_the_priority_of_its_predictions(
     plain = {"name": f"plain-{os.urandom(3).hex()}", **config, "min_instances": 0}
     default = client.post("/v1/deployments", json={**plain, "max_instances": 1})
     assert default.json()["priority"] == 3
+
+
+async def test_a_training_takes_its_turn_as_its_account(live: LiveStack) -> None:
+    username, token = account(live, "trainer", weight=2.0)
+    destination = new_destination(live, token, f"tuned-{os.urandom(3).hex()}")
+    training = await asyncio.to_thread(train, live, token, destination, corpus(7, 200))
+    temporal = await connect(live.settings)
+    described = await temporal.get_workflow_handle(f"training-{training.id}").describe()
+    # Its run activity, on the hardware queue, inherits this priority.
+    priority = described.raw_description.workflow_execution_info.priority
+    assert (priority.fairness_key, priority.fairness_weight) == (username, 2.0)
