@@ -23,7 +23,7 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import Priority, WorkflowIDConflictPolicy
 
 from api.errors import ProblemError, invalid
 from api.inputfiles import discard_data_uris, store_data_uris
@@ -31,6 +31,7 @@ from api.serialize import prediction_json
 from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
+from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url_syntax, is_public_address
 from replicant.objectkeys import prediction_inputs
@@ -123,12 +124,14 @@ async def launch_prediction(
     deployment: str | None = None,
     hardware: str | None = None,
     task_queue: str | None = None,
+    priority: int | None = None,
     on_started: Callable[[], Awaitable[None]] | None = None,
 ) -> JSONResponse:
     """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
 
-    ``on_started`` runs once the prediction is recorded and its workflow started, before any
-    wait (a deployment wakes its controller there).
+    ``priority`` is a deployment's priority key (replicant/fairness.py). ``on_started`` runs
+    once the prediction is recorded and its workflow started, before any wait (a deployment
+    wakes its controller there).
     """
     settings = state.settings
     wait = parse_prefer(prefer, settings.max_wait)
@@ -171,8 +174,10 @@ async def launch_prediction(
     )
     # The read model keeps the input as the user sent it.
     await asyncio.to_thread(_record, state, req.model_copy(update={"input": payload}), model)
+    # Waiting for a hardware slot, accounts take turns (weighted); see replicant/fairness.py.
+    fair = task_priority(account.username, account.fairness_weight, priority)
     try:
-        update = await _start(state, req, wait)
+        update = await _start(state, req, wait, fair)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id, model)
@@ -191,7 +196,7 @@ async def launch_prediction(
 
 
 async def _start(
-    state: AppState, req: PredictionRequest, wait: int | None
+    state: AppState, req: PredictionRequest, wait: int | None, priority: Priority
 ) -> WorkflowUpdateHandle[WaitResult] | None:
     """Start the workflow; with a wait, as update-with-start so no poll is needed."""
     client = await state.temporal()
@@ -208,6 +213,7 @@ async def _start(
         "id": f"prediction-{req.id}",
         "task_queue": queue,
         "search_attributes": search_attributes(req),
+        "priority": priority,
     }
     if wait is None:
         await client.start_workflow(PredictionWorkflow.run, req, **options)

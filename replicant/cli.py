@@ -210,6 +210,18 @@ def accounts_create(name: str) -> None:
     print(token)
 
 
+@accounts_app.command("set-weight")
+def accounts_set_weight(name: str, weight: float) -> None:
+    """Set NAME's share of busy hardware queues against other accounts (default 1.0)."""
+    from replicant.accounts import AccountError, set_weight
+
+    try:
+        set_weight(_accounts_engine(), name, weight)
+    except AccountError as err:
+        _refuse(err)
+    print(f"{name} has fairness weight {weight:g}")
+
+
 def _accounts_engine() -> Engine:
     from replicant.db import init_db, make_engine
 

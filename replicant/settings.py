@@ -65,6 +65,11 @@ class Settings(BaseSettings):
         description="The task queue of workflow side steps (staging inputs, webhooks, data "
         "removal), trainings' orchestration and deployment controllers.",
     )
+    temporal_fairness: bool = Field(
+        True,
+        description="The embedded Temporal dev server serves backlogged hardware queues fairly "
+        "between accounts (docs/fairness.md); false: first come, first served.",
+    )
 
     # Database
     database_url: str | None = Field(

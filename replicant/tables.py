@@ -50,6 +50,8 @@ class Account(SQLModel, table=True):
     type: str = "user"  # "user" or "organization"
     github_url: str | None = None
     webhook_secret: str | None = None
+    # Its share of a busy hardware queue against other accounts' (replicant/fairness.py).
+    fairness_weight: float = 1.0
     created_at: datetime = created_field()
 
 
@@ -160,6 +162,8 @@ class Deployment(SQLModel, table=True):
     min_instances: int = 0
     max_instances: int = 1
     release: int = 1  # the current release's number
+    # Temporal priority key of its predictions, 1 (first) to 5; None: the default, 3.
+    priority: int | None = None
     created_at: datetime = created_field()
     # The last time it had an instance or a prediction: deletion waits for a quiet period.
     last_active_at: datetime = created_field()

@@ -84,7 +84,12 @@ def test_account_endpoint_describes_the_tokens_user(live: LiveStack) -> None:
     with live.client(token) as client:
         response = client.get("/v1/account")
     assert response.status_code == 200, response.text
-    assert response.json() == {"type": "user", "username": username, "name": username}
+    assert response.json() == {
+        "type": "user",
+        "username": username,
+        "name": username,
+        "fairness_weight": 1.0,  # beyond Replicate: its share of busy hardware queues
+    }
     # The official client reads the same document.
     account = replicate.Client(api_token=token, base_url=live.url).accounts.current()
     assert (account.type, account.username, account.github_url) == ("user", username, None)

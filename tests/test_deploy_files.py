@@ -28,6 +28,7 @@ from dotenv import dotenv_values
 from replicant.cli import app as cli_app
 from replicant.contracts import SEARCH_ATTRIBUTES
 from replicant.devstack import TEMPORAL_DYNAMIC_CONFIG
+from replicant.fairness import SERVER_DYNAMIC_CONFIG
 from replicant.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -312,6 +313,18 @@ def test_temporal_gets_the_search_attributes_and_fast_dispatch() -> None:
     for setting in TEMPORAL_DYNAMIC_CONFIG:
         key, value = setting.split("=")
         assert config[key] == [{"value": int(value)}], key
+
+
+def test_temporal_serves_hardware_queues_fairly() -> None:
+    # The settings the embedded server gets (replicant/fairness.py), on a server version
+    # that has them (the dev server's, where tests/test_fairness.py proves them).
+    temporal = SERVICES["temporal"]
+    assert temporal["image"].startswith("temporalio/server:1.32.")
+    (mount,) = temporal["configs"]
+    config = yaml.safe_load(COMPOSE["configs"][mount["source"]]["content"])
+    for setting in SERVER_DYNAMIC_CONFIG:
+        key, value = setting.split("=")
+        assert config[key] == [{"value": yaml.safe_load(value)}], key
 
 
 def test_images_are_pinned() -> None:

@@ -30,6 +30,7 @@ from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
+from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.objectkeys import training_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
@@ -163,6 +164,8 @@ async def create_training(
             id=f"training-{req.id}",
             task_queue=settings.orchestration_queue,
             search_attributes=search_attributes(req),
+            # Its run activity inherits this: trainings take turns on hardware queues too.
+            priority=task_priority(account.username, account.fairness_weight),
         )
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
