@@ -65,6 +65,16 @@ class Settings(BaseSettings):
         }
     )
     default_hardware: str = "cpu"
+    # GPUs of this installation ("0,1", as CUDA_VISIBLE_DEVICES names them); unset: what
+    # `nvidia-smi -L` lists, none without it. A CPU-only installation refuses GPU models.
+    gpu_devices: str | None = None
+    # Threads a model's numerical libraries may use (onnxruntime, OpenMP); 0: the CPU's
+    # share of one slot of the cpu SKU.
+    model_cpu_threads: int = 0
+    # Where model environments are built (data_dir/envs when unset), and whether the
+    # built-in models' environments start building when the stack starts (else on first use).
+    envs_dir: Path | None = None
+    prebuild_envs: bool = True
     max_warm_runners: int = 4
     # Pushing models: the largest archive accepted, and the most its files may unpack to.
     max_push_bytes: int = 1024 * 1024 * 1024
@@ -142,6 +152,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'replicant.db').resolve()}"
+
+    @property
+    def resolved_envs_dir(self) -> Path:
+        return (self.envs_dir or self.data_dir / "envs").resolve()
 
     def task_queue(self, sku: str) -> str:
         """The Temporal task queue of a hardware SKU."""

@@ -490,6 +490,67 @@ def test_replicant_push_cli(live: LiveStack, tmp_path: Path) -> None:
     assert "Traceback" in failed.stdout and "replicant_surely_missing_module" in failed.stdout
 
 
+def ndjson_push(live: LiveStack, who: Who, ref: str, src: Path, **params: Any) -> list[Any]:
+    """Push with streamed progress; the events, the outcome last."""
+    query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+    response = httpx.post(
+        f"{live.url}/v1/models/{ref}/versions",
+        content=pack(src),
+        params=query,
+        headers={
+            "Authorization": f"Bearer {who.token}",
+            "Accept": "application/x-ndjson",
+            "Content-Type": "application/gzip",
+        },
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def gpu_model(root: Path) -> Path:
+    cog_yaml = 'build:\n  gpu: true\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
+    hello = (EXAMPLES / "hello-world" / "predict.py").read_text()
+    return write_model(root, {"cog.yaml": cog_yaml, "predict.py": hello})
+
+
+def test_a_gpu_model_is_refused_on_gpu_hardware_of_a_cpu_only_installation(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    alice = someone(live, "gpu")
+    src = gpu_model(tmp_path / "gpu")
+    refused = push(live, alice, f"{alice.username}/big", src, create=True, hardware="gpu-t4")
+    assert refused.status_code == 422
+    body = refused.json()
+    assert "build.gpu is true" in body["detail"] and "no GPU" in body["detail"]
+    assert "hardware to cpu" in body["detail"]
+    assert body["invalid_fields"][0]["field"] == "cog.yaml"
+    assert leftovers(live) == []
+    with alice.client(live) as api:
+        assert api.get(f"/v1/models/{alice.username}/big").status_code == 404
+    # On the cpu hardware it runs on the CPU, as Cog's GPU models with a CPU fallback do.
+    version = pushed(live, alice, f"{alice.username}/small", src, create=True, hardware="cpu")
+    output = alice.official(live).run(f"{alice.username}/small:{version}", input={"text": "gpu"})
+    assert output == "hello gpu"
+
+
+def test_system_packages_the_host_lacks_are_named_as_a_warning(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    alice = someone(live, "apt")
+    cog_yaml = (
+        "build:\n  system_packages:\n    - libgl1\n    - replicant-no-such-deb\n"
+        'predict: "predict.py:Predictor"\n'
+    )
+    hello = (EXAMPLES / "hello-world" / "predict.py").read_text()
+    src = write_model(tmp_path / "apt", {"cog.yaml": cog_yaml, "predict.py": hello})
+    events = ndjson_push(live, alice, f"{alice.username}/apt", src, create=True)
+    assert events[-1]["event"] == "version"
+    warnings = [e["message"] for e in events if "warning" in e.get("message", "")]
+    assert len(warnings) == 1
+    assert "replicant-no-such-deb" in warnings[0] and "libgl1" not in warnings[0]
+
+
 # --- visibility ----------------------------------------------------------------------------
 
 

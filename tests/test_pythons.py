@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from replicant.cogmodel import CogConfig
+from replicant.buildchecks import check_build, gpu_devices
+from replicant.cogmodel import CogConfig, CogConfigError
 from replicant.envs import ensure_env
 from replicant.pythons import Interpreter, candidates, find_python, probe
+from replicant.settings import Settings
 
 SHIM = '#!/bin/sh\necho "pyenv: $(basename "$0"): command not found" >&2\nexit 127\n'
 
@@ -141,3 +143,14 @@ def test_no_interpreter_of_the_version_falls_back_to_the_host_with_a_warning(
         assert ensure_env(config, tmp_path / "envs", lines.append) == Path(sys.executable)
     assert any("Python 3.98 is not installed here" in line for line in lines)
     assert "python_version_missing" in caplog.text
+
+
+def test_build_checks_know_the_installations_gpus() -> None:
+    config = CogConfig(predict_ref="predict.py:Predictor", gpu=True)
+    with_gpu = Settings(gpu_devices="0,1")
+    assert gpu_devices(with_gpu) == ["0", "1"]
+    assert check_build(config, "gpu-t4", with_gpu) == []
+    cpu_only = Settings(gpu_devices="")
+    with pytest.raises(CogConfigError, match="no GPU"):
+        check_build(config, "gpu-t4", cpu_only)
+    assert check_build(config, "cpu", cpu_only) == []
