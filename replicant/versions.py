@@ -179,11 +179,13 @@ def ensure_version_env(version: Version, progress: Callable[[str], None] | None 
     return python
 
 
-def _prebuild(version: Version) -> None:
-    try:
-        ensure_version_env(version)
-    except Exception:  # the first prediction builds it again and reports why it fails
-        log.exception("event=env_prebuild_failed version=%s", version.id)
+def _prebuild(versions: list[Version]) -> None:
+    # One build at a time: pip runs in parallel would only slow the stack and each other.
+    for version in versions:
+        try:
+            ensure_version_env(version)
+        except Exception:  # the first prediction builds it again and reports why it fails
+            log.exception("event=env_prebuild_failed version=%s", version.id)
 
 
 def ensure_model(
@@ -221,9 +223,10 @@ def seed_builtin_models(settings: Settings, engine: Engine) -> list[Version]:
         )
         version = create_version(settings, engine, model, EXAMPLES_DIR / directory, defer_env=True)
         versions.append(version)
-        if settings.prebuild_envs and not env_ready(version_python(version)):
-            # The stack is up in seconds; predictions stay `starting` until this finishes.
-            threading.Thread(
-                target=_prebuild, args=(version,), name=f"env-{name}", daemon=True
-            ).start()
+    unbuilt = [v for v in versions if not env_ready(version_python(v))]
+    if settings.prebuild_envs and unbuilt:
+        # The stack is up in seconds; predictions stay `starting` until their env is built.
+        threading.Thread(
+            target=_prebuild, args=(unbuilt,), name="env-prebuild", daemon=True
+        ).start()
     return versions
