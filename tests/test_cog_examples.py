@@ -25,6 +25,7 @@ import pytest
 import replicate
 from PIL import Image
 
+from activities.predictions import model_cpu_threads
 from replicant.accounts import create_account
 from replicant.pythons import find_python
 from tests.conftest import TERMINAL, LiveStack
@@ -101,6 +102,8 @@ def test_python_version_312_is_the_interpreter_this_machine_has(
         input={"words": ["a", "b"], "numbers": [1, 2, 3], "files": files, "note": "n"},
     )
     assert result["python"] == expected_python()
+    # The process is told its slot's share of the CPU (what onnxruntime should use).
+    assert result["threads"] == str(model_cpu_threads(live.settings))
     assert result["count"] == 2 and result["ratio"] == 0.5 and result["flag"] is False
     assert result["color"] == "red" and result["note"] == "n"
     assert result["words"] == ["a", "b"] and result["numbers"] == [1, 2, 3]

@@ -1,3 +1,4 @@
+import os
 import platform
 from typing import Optional
 
@@ -6,6 +7,7 @@ from cog import BaseModel, BasePredictor, Input, Path
 
 class Output(BaseModel):
     python: str
+    threads: Optional[str]
     count: int
     ratio: float
     flag: bool
@@ -34,6 +36,7 @@ class Predictor(BasePredictor):
         echo.write_text(" ".join(words))
         return Output(
             python=platform.python_version(),
+            threads=os.environ.get("REPLICANT_CPU_THREADS"),
             count=count,
             ratio=ratio,
             flag=flag,
