@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test test-unit lint typecheck unit bench clean
+.PHONY: dev test test-unit lint typecheck unit bench clean system-packages
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,21 @@ API_TESTS := tests/test_accounts.py tests/test_conformance.py tests/test_deploym
 	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \
 	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_streaming.py \
 	tests/test_trainings.py tests/test_webhooks.py
+# tests/test_real_models.py and tests/test_cog_examples.py run once, in the SQLite pass: they
+# test models, and each pass would build the real models' environments again.
 
-test: lint typecheck
+# Debian packages the built-in models need (the OCR model's OpenCV loads libGL): installed
+# when missing (the test machine runs as root).
+SYSTEM_PACKAGES := libgl1 libglib2.0-0
+
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+test: lint typecheck system-packages
 	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q" \
 		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
 		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from replicant.contracts import (
     PredictionRequest,
     RunOutcome,
 )
+from replicant.envs import EnvBuildError, env_ready
 from replicant.objectkeys import prediction_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
+from replicant.settings import Settings, get_settings
 from replicant.storage import ObjectStore, outward_output
 from replicant.tables import Version
 from replicant.timeutil import utcnow
-from replicant.versions import version_python
+from replicant.versions import ensure_version_env, version_python
 from replicant.weights import is_store_ref
 
 log = logging.getLogger("replicant.activities")
@@ -54,12 +57,25 @@ PROCESSING_DELAY = 0.1
 VERSION_CACHE_SECONDS = 60.0
 
 
+def model_cpu_threads(settings: Settings) -> int:
+    """Threads one model process may use: the CPU's share of one slot of the cpu SKU."""
+    if settings.model_cpu_threads > 0:
+        return settings.model_cpu_threads
+    cpus = len(os.sched_getaffinity(0))
+    slots = settings.hardware.get("cpu") or sum(settings.hardware.values()) or 1
+    return max(1, cpus // slots)
+
+
 def runner_spec(version: Version) -> RunnerSpec:
     """How to run a version: its directory, environment and (for fine-tunes) weights."""
     weights = version.weights_url
     # Stored weights are materialized and served by the pool; a URL goes to the model as is.
     stored = is_store_ref(weights)
-    env = {"COG_WEIGHTS": weights} if weights and not stored else {}
+    threads = str(model_cpu_threads(get_settings()))
+    # Models read REPLICANT_CPU_THREADS (onnxruntime); OpenMP-based libraries read the other.
+    env = {"REPLICANT_CPU_THREADS": threads, "OMP_NUM_THREADS": threads}
+    if weights and not stored:
+        env["COG_WEIGHTS"] = weights
     key = version.id if not weights else f"{version.id}+weights"
     return RunnerSpec(
         key=key,
@@ -150,8 +166,12 @@ class PredictionActivities:
                 materialized_input(self.store, req) as model_input,
             ):
                 run.deadline = deadline
+                spec = runner_spec(version)
+                if not env_ready(spec.python):
+                    # Still `starting`: a built-in model's env may be building (a minute of pip).
+                    await asyncio.to_thread(ensure_version_env, version)
                 result = await self.pool.predict(
-                    runner_spec(version),
+                    spec,
                     req.id,
                     model_input,
                     on_update=run.on_update,
@@ -164,6 +184,10 @@ class PredictionActivities:
         except BootError as err:
             # A model whose setup() fails will fail again: record it rather than retry.
             return await run.finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
+        except EnvBuildError as err:
+            return await run.finish(
+                "failed", error=f"The model's environment could not be built: {err}"
+            )
         except asyncio.CancelledError:
             await asyncio.shield(run.finish("canceled"))
             raise

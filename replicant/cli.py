@@ -129,7 +129,8 @@ def seed() -> None:
     from replicant.db import init_db, make_engine
     from replicant.versions import seed_builtin_models
 
-    settings = get_settings()
+    # A one-shot command: the workers build the real models' envs on first use.
+    settings = get_settings().model_copy(update={"prebuild_envs": False})
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     for version in seed_builtin_models(settings, engine):

@@ -122,6 +122,26 @@ class Settings(BaseSettings):
         description="The largest model archive a push may upload, and the most its files may "
         "unpack to, in bytes.",
     )
+    gpu_devices: str | None = Field(
+        None,
+        description="GPUs of this installation (`0,1`, as CUDA_VISIBLE_DEVICES names them); "
+        "unset: what `nvidia-smi -L` lists, none without it. A CPU-only installation refuses "
+        "GPU models at push.",
+    )
+    model_cpu_threads: int = Field(
+        0,
+        description="Threads a model's numerical libraries may use (onnxruntime, OpenMP), "
+        "given to model processes as `REPLICANT_CPU_THREADS`; 0: the CPUs' share of one slot "
+        "of the cpu SKU.",
+    )
+    envs_dir: Path | None = Field(
+        None, description="Where model environments are built; `<data_dir>/envs` when unset."
+    )
+    prebuild_envs: bool = Field(
+        True,
+        description="Build the built-in models' environments in the background when the stack "
+        "starts (else on their first prediction, which waits `starting` meanwhile).",
+    )
 
     # Files and URLs fetched on behalf of users
     allow_private_urls: bool = Field(
@@ -261,6 +281,10 @@ class Settings(BaseSettings):
     @property
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'replicant.db').resolve()}"
+
+    @property
+    def resolved_envs_dir(self) -> Path:
+        return (self.envs_dir or self.data_dir / "envs").resolve()
 
     def task_queue(self, sku: str) -> str:
         """The Temporal task queue of a hardware SKU."""

@@ -112,6 +112,8 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "deployment_idle_timeout": DEPLOYMENT_IDLE,
         "deployment_delete_idle": DEPLOYMENT_DELETE_IDLE,
         "deployment_check_interval": 0.5,
+        # Built-in models' environments build on their first prediction, not at every start.
+        "prebuild_envs": False,
     }
     values.update(overrides)
     return Settings(**values)

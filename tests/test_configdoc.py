@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # A family written as `REPLICANT_S3_*` names no one setting.
 REPLICANT_VARIABLE = re.compile(r"\bREPLICANT_[A-Z0-9_]+\b(?!\*)")
 # Variables the docs name that are not settings: the test suite's own switch.
-NOT_SETTINGS = frozenset({"REPLICANT_TEST_DATABASE"})
+# Names of the environment that are not settings: the test database switch, and what a model
+# process is told (its thread share).
+NOT_SETTINGS = frozenset({"REPLICANT_TEST_DATABASE", "REPLICANT_CPU_THREADS"})
 
 
 def test_configuration_doc_is_what_the_generator_writes() -> None:
