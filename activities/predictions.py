@@ -90,6 +90,13 @@ def runner_spec(version: Version) -> RunnerSpec:
     )
 
 
+async def ensure_env(version: Version) -> None:
+    """Wait until the version's environment is built: a built-in model's may still be building
+    (a minute of pip), and meanwhile its run stays `starting`. Raises ``EnvBuildError``."""
+    if not env_ready(version_python(version)):
+        await asyncio.to_thread(ensure_version_env, version)
+
+
 class PredictionActivities:
     """The activities, bound to one database and one pool of model processes."""
 
@@ -166,10 +173,8 @@ class PredictionActivities:
                 materialized_input(self.store, req) as model_input,
             ):
                 run.deadline = deadline
+                await ensure_env(version)
                 spec = runner_spec(version)
-                if not env_ready(spec.python):
-                    # Still `starting`: a built-in model's env may be building (a minute of pip).
-                    await asyncio.to_thread(ensure_version_env, version)
                 result = await self.pool.predict(
                     spec,
                     req.id,

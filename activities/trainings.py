@@ -26,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.files import Stager, materialized_input
 from activities.heartbeat import heartbeat_forever
-from activities.predictions import runner_spec
+from activities.predictions import ensure_env, runner_spec
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -49,6 +49,7 @@ from replicant.contracts import (
     TrainingWebhook,
     WebhookResult,
 )
+from replicant.envs import EnvBuildError
 from replicant.inputfiles import InputFileError, parse_data_uri
 from replicant.objectkeys import training_inputs, training_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
@@ -179,6 +180,7 @@ class TrainingActivities:
                     deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
                     await progress.booted()
 
+                await ensure_env(version)
                 result = await self.pool.predict(
                     trainer_spec(version),
                     req.id,
@@ -194,6 +196,11 @@ class TrainingActivities:
         except BootError as err:
             await progress.close(err.logs)
             return TrainingRun(status="failed", error=f"Model setup failed: {err}")
+        except EnvBuildError as err:
+            await progress.close(None)
+            return TrainingRun(
+                status="failed", error=f"The model's environment could not be built: {err}"
+            )
         except asyncio.CancelledError:
             progress.abort()
             raise

@@ -32,7 +32,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deployments import HostActivities
-from activities.predictions import PredictionActivities, runner_spec
+from activities.predictions import PredictionActivities, ensure_env, runner_spec
 from replicant.contracts import (
     ActivityName,
     DeploymentConfig,
@@ -56,6 +56,7 @@ STOP_GRACE = 5.0
 
 async def warm(pool: RunnerPool, version: Version) -> int:
     """Boot the version's process in an instance's pool before any prediction; its pid."""
+    await ensure_env(version)
     return await pool.warm(runner_spec(version))
 
 
