@@ -11,7 +11,7 @@ import contextlib
 import logging
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
@@ -28,9 +28,15 @@ from activities.files import (
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
-from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
+from replicant.contracts import (
+    FinishPrediction,
+    PredictionRef,
+    PredictionRequest,
+    RunOutcome,
+    Status,
+)
 from replicant.storage import ObjectStore, outward_output
-from replicant.tables import Version
+from replicant.tables import TERMINAL_STATUSES, Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
@@ -105,6 +111,18 @@ class PredictionActivities:
             error=done.error,
             completed_at=done.completed_at or utcnow(),
         )
+
+    @activity.defn(name="abort_prediction")
+    async def abort_prediction(self, done: FinishPrediction) -> RunOutcome:
+        """The deadline passed: end the prediction ``aborted`` if it never started, else
+        ``canceled``; reports the status it ended with."""
+        completed_at = done.completed_at or utcnow()
+        status = await asyncio.to_thread(
+            readmodel.end_at_deadline, self.engine, done.id, completed_at
+        )
+        # It may have ended on its own just before: report what the read model says.
+        ended = cast(Status, status) if status in TERMINAL_STATUSES else "canceled"
+        return RunOutcome(status=ended, completed_at=completed_at)
 
     @activity.defn(name="remove_prediction_data")
     async def remove_prediction_data(self, ref: PredictionRef) -> None:

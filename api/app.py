@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api.deadlines import AbortedForOptedInClients
 from api.errors import install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.middleware import JSONBodyByDefault
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(engine)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(JSONBodyByDefault)
+    app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(streams.router)

@@ -125,6 +125,7 @@ async def launch_prediction(
     webhook: str | None,
     webhook_events_filter: list[WebhookEvent] | None,
     prefer: str | None,
+    cancel_after: timedelta | None = None,
     deployment: str | None = None,
     hardware: str | None = None,
     task_queue: str | None = None,
@@ -148,6 +149,7 @@ async def launch_prediction(
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
+    created_at = utcnow()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
         request, state, version.openapi_schema, payload, prediction_inputs(prediction_id)
@@ -166,7 +168,8 @@ async def launch_prediction(
         webhook_events_filter=webhook_events_filter,
         deployment=deployment,
         stream=is_streaming(version),
-        created_at=utcnow(),
+        created_at=created_at,
+        deadline=created_at + cancel_after if cancel_after is not None else None,
         recorded=True,
         timeout=settings.prediction_timeout,
         retention=settings.prediction_retention,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from replicant.serialize import prediction_json
-from replicant.tables import Model, Version
+from api.deadlines import shows_aborted
+from replicant import serialize
+from replicant.tables import Model, Prediction, Version
 from replicant.timeutil import isoformat
 
 
@@ -34,6 +35,13 @@ def model_json(model: Model, latest: Version | None, base_url: str) -> dict[str,
         "is_official": False,
         "latest_version": version_json(latest) if latest is not None else None,
     }
+
+
+def prediction_json(row: Prediction, base_url: str, *, secret_key: str) -> dict[str, Any]:
+    """The prediction object as the client of the current request is shown it."""
+    return serialize.prediction_json(
+        row, base_url, secret_key=secret_key, show_aborted=shows_aborted()
+    )
 
 
 __all__ = ["model_json", "prediction_json", "version_json"]

@@ -56,6 +56,9 @@ class PredictionRequest(BaseModel):
     deployment: str | None = None
     stream: bool = False
     created_at: datetime | None = None
+    # ``Cancel-After``: past this time a waiting prediction ends ``aborted``, a running one
+    # ``canceled``.
+    deadline: datetime | None = None
     recorded: bool = False
     # Limits, in seconds; the API fills them from settings, programmatic starts may too.
     timeout: float = 1800.0

@@ -34,6 +34,7 @@ def prediction_from_request(req: PredictionRequest) -> Prediction:
         stream=req.stream,
         hardware=req.hardware,
         created_at=req.created_at or utcnow(),
+        deadline=req.deadline,
     )
 
 
@@ -129,3 +130,41 @@ def remove_data(engine: Engine, prediction_id: str) -> None:
     )
     with engine.begin() as conn:
         conn.execute(stmt)
+
+
+DEADLINE_ABORTED = "The deadline (Cancel-After) passed before the prediction started"
+DEADLINE_CANCELED = "The deadline (Cancel-After) passed while the prediction was running"
+
+
+def end_at_deadline(engine: Engine, prediction_id: str, completed_at: datetime) -> str | None:
+    """The deadline passed: ``aborted`` if the prediction never started, else ``canceled``.
+
+    Returns the status it ended with (its earlier one if it was terminal already), None
+    when there is no such prediction.
+    """
+    with Session(engine) as session:
+        row = session.get(Prediction, prediction_id)
+    if row is None:
+        return None
+    if row.status in TERMINAL_STATUSES:
+        return row.status
+    total = (completed_at - as_utc(row.created_at)).total_seconds()
+    values = {
+        "status": "aborted",
+        "completed_at": completed_at,
+        "error": DEADLINE_ABORTED,
+        "metrics": {"total_time": total},
+    }
+    # Guarded by `starting`: a run that starts meanwhile is canceled, never aborted.
+    abort = update_open_stmt(Prediction, prediction_id, values).where(
+        col(Prediction.status) == "starting"
+    )
+    with engine.begin() as conn:
+        if conn.execute(abort).rowcount:
+            return "aborted"
+    finish_prediction(
+        engine, prediction_id, status="canceled", completed_at=completed_at, error=DEADLINE_CANCELED
+    )
+    with Session(engine) as session:
+        ended = session.get(Prediction, prediction_id)
+    return ended.status if ended is not None else None

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     prediction_retention: float = 3600.0  # seconds until inputs and outputs of API predictions go
     prediction_timeout: float = 1800.0  # seconds a prediction may run
     max_wait: int = 60  # upper bound of Prefer: wait=N
+    # User-Agent prefixes of clients shown the status `aborted` (a deadline passed before the
+    # prediction started; "*": every client); the others see `canceled`, since the Python
+    # client replicate 1.0.7 fails on a status it does not know.
+    aborted_clients: list[str] = Field(default_factory=list)
     heartbeat_timeout: float = 30.0  # seconds without a heartbeat before a run is retried
     training_timeout: float = 86400.0  # seconds a training may run
 

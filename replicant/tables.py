@@ -38,6 +38,15 @@ def time_field(index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime, nullable=True, index=index))
 
 
+def list_filter_indexes(table: str, columns: tuple[str, ...]) -> list[Index]:
+    """One index per filter of a list: (owner, column, created_at, id), so a filtered page
+    is one range scan in the list's order."""
+    return [
+        Index(f"ix_{table}_owner_{column}_created", "owner", column, "created_at", "id")
+        for column in columns
+    ]
+
+
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
 
@@ -115,6 +124,8 @@ class Prediction(SQLModel, table=True):
         Index("ix_prediction_owner_created", "owner", "created_at", "id"),
         # A deployment's controller counts its waiting and running predictions.
         Index("ix_prediction_deployment_status", "deployment", "status"),
+        # The list's filters: each one a range scan in the list's own order.
+        *list_filter_indexes("prediction", ("status", "model", "version", "deployment", "source")),
     )
 
     id: str = Field(primary_key=True)
@@ -225,7 +236,10 @@ class Training(SQLModel, table=True):
     URL in the API's answer is signed when it is read, from ``weights_key``.
     """
 
-    __table_args__ = (Index("ix_training_owner_created", "owner", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_training_owner_created", "owner", "created_at", "id"),
+        *list_filter_indexes("training", ("status", "model", "version", "source")),
+    )
 
     id: str = Field(primary_key=True)
     owner: str = Field(index=True)  # the account that created it

@@ -25,6 +25,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from activities.deployments import deployment_config, deployment_demand
+from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url, launch_prediction
@@ -465,6 +466,7 @@ async def create_deployment_prediction(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    cancel_after: CancelAfter,
     prefer: PreferHeader = None,
 ) -> JSONResponse:
     """A prediction that runs only on the deployment's own instances."""
@@ -496,6 +498,7 @@ async def create_deployment_prediction(
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
+        cancel_after=cancel_after,
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         task_queue=state.settings.deployment_queue(row.owner, row.name),

@@ -25,6 +25,7 @@ from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
+from api.listfilters import TrainingFilters
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
 from api.state import AppState
@@ -244,19 +245,28 @@ async def cancel_training(
 
 @router.get("/v1/trainings")
 async def list_trainings(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    filters: TrainingFilters,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """The caller's trainings, newest first, 100 a page, with absolute cursor URLs."""
+    """The caller's trainings, newest first, 100 a page, with absolute cursor URLs;
+    filtered by status, model, version, source and creation time."""
     base = base_url(request, state)
+    stmt, params = filters.apply(
+        select(Training).where(Training.owner == account.username), Training
+    )
     return await asyncio.to_thread(
         paginate,
         state.engine,
-        select(Training).where(Training.owner == account.username),
+        stmt,
         col(Training.created_at),
         col(Training.id),
         cursor=cursor,
         page_url=f"{base}/v1/trainings",
         render=lambda _, rows: _render(request, state, list(rows)),
+        params=params,
     )
 
 
