@@ -27,6 +27,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 
 from activities.files import prediction_prefix
 from api.errors import ProblemError, invalid
+from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
 from api.state import AppState
@@ -130,6 +131,7 @@ async def launch_prediction(
     hardware: str | None = None,
     task_queue: str | None = None,
     on_started: Callable[[], Awaitable[None]] | None = None,
+    idempotency: Claim | None = None,
 ) -> JSONResponse:
     """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
 
@@ -138,6 +140,8 @@ async def launch_prediction(
     """
     settings = state.settings
     wait = parse_prefer(prefer, settings.max_wait)
+    if idempotency is not None and (answered := await replay(request, state, idempotency, wait)):
+        return answered
     errors = validate_input(version.openapi_schema, payload)
     if errors:
         raise invalid([e.model_dump() for e in errors])
@@ -178,7 +182,15 @@ async def launch_prediction(
         webhook_timeout=settings.webhook_timeout,
     )
     # The read model keeps the input as the user sent it.
-    await asyncio.to_thread(_record, state, req.model_copy(update={"input": payload}), model)
+    claim = idempotency.with_request(req) if idempotency is not None else None
+    try:
+        row_req = req.model_copy(update={"input": payload})
+        await asyncio.to_thread(_record, state, row_req, model, claim)
+    except KeyTaken:
+        if stored:
+            await discard_data_uris(request, state, prediction_inputs(req.id))
+        assert idempotency is not None
+        return await answer_taken(request, state, idempotency, wait)
     try:
         update = await _start(state, req, wait)
     except Exception as err:
@@ -245,7 +257,9 @@ def _load(state: AppState, prediction_id: str) -> Prediction:
     return row
 
 
-def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
+def _record(
+    state: AppState, req: PredictionRequest, model: Model, claim: Claim | None = None
+) -> None:
     """The prediction's row, and one more run on its model's ``run_count``, in one
     transaction (the id is new: no existing row to look for). Plain INSERT and UPDATE
     statements: this is on every prediction's path, and the ORM's unit of work costs more
@@ -253,6 +267,8 @@ def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
     row = readmodel.prediction_from_request(req)
     values = {column.name: getattr(row, column.name) for column in PREDICTION_COLUMNS}
     with state.engine.begin() as conn:
+        if claim is not None:  # first: a key in use fails before anything is written
+            record_claim(conn, claim, req.id)
         conn.execute(insert(Prediction), values)
         # One UPDATE, so concurrent predictions never lose a count.
         count = col(Model.run_count) + 1

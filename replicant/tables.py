@@ -268,3 +268,21 @@ class WorkerHeartbeat(SQLModel, table=True):
     identity: str = Field(primary_key=True)
     queues: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     seen_at: datetime = created_field()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create request's ``Idempotency-Key``: a retry with it within 24 hours answers the
+    object the first request made. Written in the same transaction as that object's row, and
+    unique per account, so two racing requests can never both create."""
+
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str  # the account that sent it
+    key: str
+    request_hash: str  # sha256 of the route and body: a different body is refused
+    kind: str  # "prediction" or "training"
+    object_id: str
+    # The workflow's input: a retry starts the workflow if the API that recorded it died first.
+    request: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = created_field()

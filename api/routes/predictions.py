@@ -14,6 +14,7 @@ from temporalio.service import RPCError
 from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, not_found
+from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
 from api.listfilters import PredictionFilters
 from api.pagination import PAGE_SIZE, paginate
@@ -55,6 +56,7 @@ async def create_prediction(
     account: CurrentAccount,
     cancel_after: CancelAfter,
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     def resolve() -> Any:
         with Session(state.engine) as session:
@@ -75,6 +77,7 @@ async def create_prediction(
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
         cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
     )
 
 
@@ -88,6 +91,7 @@ async def create_model_prediction(
     account: CurrentAccount,
     cancel_after: CancelAfter,
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     def resolve() -> Any:
         with Session(state.engine) as session:
@@ -115,6 +119,7 @@ async def create_model_prediction(
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
         cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
     )
 
 
