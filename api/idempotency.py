@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -56,7 +57,7 @@ class Claim:
     kind: str = "prediction"
     request: dict[str, Any] | None = None
 
-    def with_request(self, req: PredictionRequest) -> Claim:
+    def with_request(self, req: BaseModel) -> Claim:
         return replace(self, request=req.model_dump(mode="json"))
 
 
@@ -117,8 +118,8 @@ def record_claim(conn: Connection, claim: Claim, object_id: str) -> None:
         raise KeyTaken(object_id) from None
 
 
-def _find(state: AppState, claim: Claim) -> tuple[IdempotencyKey, Prediction | None] | None:
-    with Session(state.engine) as session:
+def _find(state: AppState, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
+    with Session(state.engine, expire_on_commit=False) as session:
         row = session.exec(
             select(IdempotencyKey)
             .where(IdempotencyKey.owner == claim.owner)
@@ -126,7 +127,7 @@ def _find(state: AppState, claim: Claim) -> tuple[IdempotencyKey, Prediction | N
         ).first()
         if row is None or as_utc(row.created_at) < utcnow() - KEY_LIFETIME:
             return None
-        return row, session.get(Prediction, row.object_id)
+        return row, session.get(table, row.object_id)
 
 
 def _forget(state: AppState, key_id: int | None) -> None:
@@ -135,15 +136,14 @@ def _forget(state: AppState, key_id: int | None) -> None:
         session.commit()
 
 
-async def replay(
-    request: Request, state: AppState, claim: Claim, wait: int | None
-) -> JSONResponse | None:
-    """The answer to a retry of ``claim`` (None: the key is unused, or its prediction was
-    discarded because its workflow never started: create as usual)."""
-    found = await asyncio.to_thread(_find, state, claim)
+async def claimed(state: AppState, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
+    """The live key of ``claim`` and the row of ``table`` it made (None: the key is unused,
+    or its object was discarded because its workflow never started: create as usual); 422
+    when the key was used with another request."""
+    found = await asyncio.to_thread(_find, state, claim, table)
     if found is None:
         return None
-    key_row, prediction = found
+    key_row, made = found
     if key_row.request_hash != claim.request_hash:
         raise invalid(
             [
@@ -153,9 +153,20 @@ async def replay(
                 }
             ]
         )
-    if prediction is None:  # the first request failed to schedule it and removed it
+    if made is None:  # the first request failed to schedule it and removed it
         await asyncio.to_thread(_forget, state, key_row.id)
         return None
+    return key_row, made
+
+
+async def replay(
+    request: Request, state: AppState, claim: Claim, wait: int | None
+) -> JSONResponse | None:
+    """The answer to a retry of a prediction create (None: create as usual)."""
+    found = await claimed(state, claim, Prediction)
+    if found is None:
+        return None
+    key_row, prediction = found
     if prediction.status == "starting" and key_row.request is not None:
         await _ensure_started(state, PredictionRequest.model_validate(key_row.request))
     if wait is not None and prediction.status not in TERMINAL_STATUSES:

@@ -23,10 +23,18 @@ from sqlmodel import Session, col, func, select
 from temporalio.service import RPCError, RPCStatusCode
 
 from replicant.devstack import free_port
-from replicant.tables import IdempotencyKey, Prediction
+from replicant.tables import IdempotencyKey, Prediction, Training
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
 from tests.conftest import LiveStack
+from tests.trainkit import (
+    corpus,
+    data_uri,
+    new_destination,
+    ngram_version,
+    versions_of,
+    wait_training,
+)
 
 
 def count_predictions(live: LiveStack, owner: str) -> int:
@@ -227,3 +235,36 @@ def test_a_retry_after_the_api_died_between_record_and_start_runs_it_once(
     )
     assert again.json()["id"] == final["id"] and again.json()["status"] == "succeeded"
     assert count_predictions(live, username) == 1
+
+
+def test_a_training_create_retried_with_the_key_trains_once(
+    live: LiveStack, account: tuple[str, str, httpx.Client]
+) -> None:
+    username, token, api = account
+    destination = new_destination(live, token, "idem-tuned")
+    the_key = key()
+    official = replicate.Client(
+        api_token=token, base_url=live.url, headers={"Idempotency-Key": the_key}
+    )
+    create: dict[str, Any] = {
+        "model": "replicant/ngram",
+        "version": ngram_version(live),
+        "input": {"text": data_uri(corpus(7, 300))},
+        "destination": destination,
+    }
+    first = official.trainings.create(**create)
+    again = official.trainings.create(**create)
+    assert again.id == first.id
+    assert wait_training(first).status == "succeeded", first.error
+    assert official.trainings.create(**create).status == "succeeded"
+    with Session(live.engine) as session:
+        made = session.exec(select(Training).where(Training.owner == username)).all()
+    assert [t.id for t in made] == [first.id]
+    assert versions_of(live, token, destination) == [first.output["version"].split(":")[1]]
+    other = api.post(
+        f"/v1/models/replicant/ngram/versions/{create['version']}/trainings",
+        json={"input": {"text": data_uri(corpus(8, 300))}, "destination": destination},
+        headers={"Idempotency-Key": the_key},
+    )
+    assert other.status_code == 422, other.text
+    assert [f["field"] for f in other.json()["invalid_fields"]] == ["Idempotency-Key"]
