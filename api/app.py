@@ -19,6 +19,7 @@ from api.routes import (
     files,
     health,
     models,
+    prediction_data,
     predictions,
     sharing,
     streams,
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.include_router(health.router)
     app.include_router(predictions.router)
+    app.include_router(prediction_data.router)
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
