@@ -98,6 +98,8 @@ class Model(SQLModel, table=True):
     latest_version_id: str | None = None
     run_count: int = 0
     created_at: datetime = created_field()
+    # Markdown: set by PATCH, or from the README.md of a pushed version.
+    readme: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class Version(SQLModel, table=True):

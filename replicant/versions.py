@@ -79,6 +79,7 @@ def create_version(
             shutil.copy2(path, target)
         say("reading cog.yaml")
         config = load_cog_config(staging)
+        readme = _readme(staging)
         say("preparing the Python environment")
         python = ensure_env(config, settings.data_dir.resolve() / "envs", say)
         say("deriving the schema from the predictor")
@@ -111,6 +112,8 @@ def create_version(
             stored = session.get(Model, model.id)
             if stored is not None:
                 stored.latest_version_id = version_id
+                if readme is not None:  # a pushed README.md becomes the model's readme
+                    stored.readme = readme
                 session.add(stored)
             session.commit()
     except BaseException:
@@ -120,6 +123,12 @@ def create_version(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version
+
+
+def _readme(model_dir: Path) -> str | None:
+    """The text of a model directory's README.md, if it has one."""
+    path = model_dir / "README.md"
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
 
 
 def ensure_model(

@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import exists, or_
 from sqlmodel import Session, col, select
 
@@ -49,6 +49,10 @@ class ModelCreate(BaseModel):
 
 
 class ModelUpdate(BaseModel):
+    """Body of ``PATCH /v1/models/{owner}/{name}``; any other field is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     description: str | None = None
     visibility: Visibility | None = None
     hardware: str | None = None
@@ -56,7 +60,7 @@ class ModelUpdate(BaseModel):
     paper_url: str | None = None
     license_url: str | None = None
     cover_image_url: str | None = None
-    readme: str | None = Field(default=None, exclude=True)
+    readme: str | None = None
 
 
 def _check_hardware(state: AppState, sku: str | None) -> None:
@@ -194,13 +198,13 @@ async def update_model(
     state: StateDep,
     account: CurrentAccount,
 ) -> dict[str, Any]:
-    """Change description, visibility, hardware (for new predictions) or URLs."""
+    """Change description, readme, visibility, hardware (for new predictions) or URLs."""
     _check_hardware(state, body.hardware)
 
     def update() -> dict[str, Any]:
         with Session(state.engine, expire_on_commit=False) as session:
             model = _own_model(session, account, owner, name)
-            for field, value in body.model_dump(exclude_unset=True, exclude={"readme"}).items():
+            for field, value in body.model_dump(exclude_unset=True).items():
                 setattr(model, field, value)
             session.add(model)
             session.commit()
@@ -210,6 +214,22 @@ async def update_model(
             return model_json(model, latest, base_url(request, state))
 
     return await asyncio.to_thread(update)
+
+
+@router.get("/models/{owner}/{name}/readme", response_class=PlainTextResponse)
+async def get_model_readme(
+    owner: str, name: str, state: StateDep, account: CurrentAccount
+) -> PlainTextResponse:
+    """The model's README (Markdown, as plain text; empty when it has none)."""
+
+    def load() -> Model | None:
+        with Session(state.engine) as session:
+            return find_model(session, account, owner, name)
+
+    model = await asyncio.to_thread(load)
+    if model is None:
+        raise not_found(f"Model {owner}/{name}")
+    return PlainTextResponse(model.readme or "")
 
 
 @router.delete("/models/{owner}/{name}", status_code=204)
