@@ -15,12 +15,14 @@ from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
+    collections,
     deployments,
     files,
     health,
     models,
     prediction_data,
     predictions,
+    search,
     sharing,
     streams,
     trainings,
@@ -62,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(collections.router)
+    app.include_router(search.router)
     app.include_router(account.router)
     app.include_router(sharing.router)
     app.include_router(files.router)

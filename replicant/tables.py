@@ -288,3 +288,22 @@ class IdempotencyKey(SQLModel, table=True):
     # The workflow's input: a retry starts the workflow if the API that recorded it died first.
     request: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = created_field()
+
+
+class Collection(SQLModel, table=True):
+    """A curated, named list of models (``/v1/collections``); operators manage them."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(index=True, unique=True)
+    name: str
+    description: str = ""
+    full_description: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = created_field()
+
+
+class CollectionModel(SQLModel, table=True):
+    """A model in a collection."""
+
+    collection_id: int = Field(foreign_key="collection.id", primary_key=True)
+    model_id: int = Field(foreign_key="model.id", primary_key=True)
+    added_at: datetime = created_field()

@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from replicant.accounts import ensure_account
 from replicant.archives import model_files
 from replicant.cogmodel import inspect_model, load_cog_config, write_schema_for_coglet
+from replicant.collections import seed_builtin_collection
 from replicant.envs import ensure_env
 from replicant.settings import Settings
 from replicant.tables import Model, Version
@@ -165,4 +166,5 @@ def seed_builtin_models(settings: Settings, engine: Engine) -> list[Version]:
             engine, owner, name, description=description, hardware=settings.default_hardware
         )
         versions.append(create_version(settings, engine, model, EXAMPLES_DIR / directory))
+    seed_builtin_collection(engine, [f"{owner}/{name}" for owner, name, _, _ in BUILTIN_MODELS])
     return versions

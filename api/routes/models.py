@@ -13,6 +13,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, or_
 from sqlmodel import Session, col, select
 
@@ -25,7 +26,14 @@ from api.serialize import model_json, version_json
 from api.state import AppState
 from replicant.catalog import account_names, find_model
 from replicant.cogmodel import CogConfigError, load_cog_config
-from replicant.tables import Account, Deployment, Model, Prediction, Version
+from replicant.tables import (
+    Account,
+    CollectionModel,
+    Deployment,
+    Model,
+    Prediction,
+    Version,
+)
 from replicant.timeutil import utcnow
 from replicant.versions import create_version
 
@@ -251,6 +259,10 @@ async def delete_model(owner: str, name: str, state: StateDep, account: CurrentA
                     "The model still has versions; delete every version first",
                     title="Model has versions",
                 )
+            # Leaving its collections first (no dangling memberships).
+            session.execute(
+                sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id)
+            )
             session.delete(model)
             session.commit()
 
