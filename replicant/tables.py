@@ -96,6 +96,8 @@ class Model(SQLModel, table=True):
     license_url: str | None = None
     cover_image_url: str | None = None
     latest_version_id: str | None = None
+    # When the latest version was created (sorting of GET /v1/models); None: no version.
+    latest_version_created_at: datetime | None = time_field()
     run_count: int = 0
     created_at: datetime = created_field()
     # Markdown: set by PATCH, or from the README.md of a pushed version.

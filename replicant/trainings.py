@@ -175,6 +175,7 @@ def complete_training(
                 )
             )
         dest.latest_version_id = version_id
+        dest.latest_version_created_at = completed_at
         session.add(dest)
         session.commit()
         return ref

@@ -113,6 +113,7 @@ def create_version(
             stored = session.get(Model, model.id)
             if stored is not None:
                 stored.latest_version_id = version_id
+                stored.latest_version_created_at = version.created_at
                 if readme is not None:  # a pushed README.md becomes the model's readme
                     stored.readme = readme
                 session.add(stored)

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import exists, or_
+from sqlalchemy import exists, func, or_
 from sqlmodel import Session, col, select
 
 from api import push
@@ -118,11 +118,28 @@ async def list_hardware(state: StateDep, account: CurrentAccount) -> list[dict[s
     return [{"name": names.get(sku, sku), "sku": sku} for sku in state.settings.hardware]
 
 
+def _created(model: Model) -> datetime:
+    return model.created_at
+
+
+def _latest_version_created(model: Model) -> datetime:
+    return model.latest_version_created_at or model.created_at
+
+
 @router.get("/models")
 async def list_models(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    cursor: str | None = None,
+    sort_by: Literal["model_created_at", "latest_version_created_at"] = (
+        "latest_version_created_at"
+    ),
+    sort_direction: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    """Public models and the caller's own (and its organizations'), newest first."""
+    """Public models and the caller's own (and its organizations'), by when their latest
+    version (a model without one: the model) or the model was created, newest first unless
+    ``sort_direction=asc``."""
 
     def owners() -> set[str]:
         with Session(state.engine) as session:
@@ -133,15 +150,24 @@ async def list_models(
         or_(col(Model.visibility) == "public", col(Model.owner).in_(visible))
     )
     base = base_url(request, state)
+    sort: Any = col(Model.created_at)
+    key: Callable[[Any], datetime] = _created
+    if sort_by == "latest_version_created_at":
+        sort = func.coalesce(col(Model.latest_version_created_at), col(Model.created_at))
+        key = _latest_version_created
+    params: dict[str, str] = {"sort_by": sort_by, "sort_direction": sort_direction}
     return await asyncio.to_thread(
         paginate,
         state.engine,
         stmt,
-        col(Model.created_at),
+        sort,
         col(Model.id),
         cursor=cursor,
         page_url=f"{base}/v1/models",
         render=_render_models(state, base),
+        params=params,
+        descending=sort_direction == "desc",
+        key=key,
     )
 
 
@@ -445,6 +471,7 @@ async def delete_version(
                     .order_by(col(Version.created_at).desc())
                 ).first()
                 model.latest_version_id = newest.id if newest is not None else None
+                model.latest_version_created_at = newest.created_at if newest else None
                 session.add(model)
             session.commit()
 
