@@ -32,7 +32,7 @@ def model_json(model: Model, latest: Version | None, base_url: str) -> dict[str,
         "cover_image_url": model.cover_image_url,
         "run_count": model.run_count,
         "default_example": None,
-        "is_official": False,
+        "is_official": model.is_official,
         "latest_version": version_json(latest) if latest is not None else None,
     }
 

@@ -25,6 +25,8 @@ tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 orgs_app = typer.Typer(help="Manage organizations and their members.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
+models_app = typer.Typer(help="Manage models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
 collections_app = typer.Typer(help="Manage collections of models.", no_args_is_help=True)
 app.add_typer(collections_app, name="collections")
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
@@ -289,6 +291,21 @@ def orgs_add_member(org: str, user: str) -> None:
     except AccountError as err:
         _refuse(err)
     print(f"{user} is a member of {org}")
+
+
+@models_app.command("official")
+def models_official(
+    model: str,
+    off: Annotated[bool, typer.Option("--off", help="Unmark it instead.")] = False,
+) -> None:
+    """Mark MODEL (owner/name) as official (``is_official``), or unmark it with --off."""
+    from replicant.catalog import set_official
+
+    try:
+        set_official(_accounts_engine(), model, not off)
+    except LookupError as err:
+        _refuse(err)
+    print(f"{model} is {'not ' if off else ''}official")
 
 
 @collections_app.command("create")

@@ -102,6 +102,8 @@ class Model(SQLModel, table=True):
     created_at: datetime = created_field()
     # Markdown: set by PATCH, or from the README.md of a pushed version.
     readme: str | None = Field(default=None, sa_column=Column(Text))
+    # Marked by an operator (`replicant models official`): shown as `is_official`.
+    is_official: bool = False
 
 
 class Version(SQLModel, table=True):
