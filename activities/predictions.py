@@ -126,8 +126,14 @@ class PredictionActivities:
 
     @activity.defn(name="remove_prediction_data")
     async def remove_prediction_data(self, ref: PredictionRef) -> None:
-        """Retention is over: remove the prediction's input and output."""
-        await asyncio.to_thread(readmodel.remove_data, self.engine, ref.id)
+        """Retention is over: remove the prediction's input and output (unless it is a
+        model's example)."""
+        removed = await asyncio.to_thread(
+            readmodel.remove_data, self.engine, ref.id, keep_examples=True
+        )
+        if not removed:
+            log.info("event=data_kept prediction=%s reason=example", ref.id)
+            return
         files = 0
         if self.store is not None:  # staged inputs and output files; their URLs then 404
             files = await asyncio.to_thread(self.store.delete_prefix, prediction_prefix(ref.id))

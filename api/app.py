@@ -17,6 +17,7 @@ from api.routes import (
     account,
     collections,
     deployments,
+    examples,
     files,
     health,
     models,
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(collections.router)
+    app.include_router(examples.router)
     app.include_router(search.router)
     app.include_router(account.router)
     app.include_router(sharing.router)

@@ -19,7 +19,13 @@ def version_json(version: Version) -> dict[str, Any]:
     }
 
 
-def model_json(model: Model, latest: Version | None, base_url: str) -> dict[str, Any]:
+def model_json(
+    model: Model,
+    latest: Version | None,
+    base_url: str,
+    default_example: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The model object; ``default_example`` is its default example prediction, if any."""
     return {
         "url": f"{base_url}/{model.owner}/{model.name}",
         "owner": model.owner,
@@ -31,7 +37,7 @@ def model_json(model: Model, latest: Version | None, base_url: str) -> dict[str,
         "license_url": model.license_url,
         "cover_image_url": model.cover_image_url,
         "run_count": model.run_count,
-        "default_example": None,
+        "default_example": default_example,
         "is_official": model.is_official,
         "latest_version": version_json(latest) if latest is not None else None,
     }

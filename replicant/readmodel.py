@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from replicant.contracts import PredictionRequest
-from replicant.tables import TERMINAL_STATUSES, Prediction
+from replicant.tables import TERMINAL_STATUSES, ModelExample, Prediction
 from replicant.timeutil import as_utc, utcnow
 
 
@@ -121,15 +121,19 @@ def finish_prediction(
     return _update_open(engine, prediction_id, values)
 
 
-def remove_data(engine: Engine, prediction_id: str) -> None:
-    """Retention: input and output go, the record stays with ``data_removed``."""
+def remove_data(engine: Engine, prediction_id: str, *, keep_examples: bool = False) -> bool:
+    """Retention: input and output go, the record stays with ``data_removed``. With
+    ``keep_examples``, a prediction marked as a model's example keeps them (False)."""
     stmt = (
         update(Prediction)
         .where(col(Prediction.id) == prediction_id)
         .values(input={}, output=None, logs="", data_removed=True)
     )
+    if keep_examples:
+        example = select(ModelExample).where(col(ModelExample.prediction_id) == prediction_id)
+        stmt = stmt.where(~example.exists())
     with engine.begin() as conn:
-        conn.execute(stmt)
+        return bool(conn.execute(stmt).rowcount)
 
 
 DEADLINE_ABORTED = "The deadline (Cancel-After) passed before the prediction started"

@@ -311,3 +311,13 @@ class CollectionModel(SQLModel, table=True):
     collection_id: int = Field(foreign_key="collection.id", primary_key=True)
     model_id: int = Field(foreign_key="model.id", primary_key=True)
     added_at: datetime = created_field()
+
+
+class ModelExample(SQLModel, table=True):
+    """A prediction the model's owner marked as an example of it (``/examples``); the default
+    one is the model's ``default_example``. Retention leaves its data in place."""
+
+    model_id: int = Field(foreign_key="model.id", primary_key=True)
+    prediction_id: str = Field(primary_key=True, index=True)
+    is_default: bool = False
+    added_at: datetime = created_field()

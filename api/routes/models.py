@@ -22,6 +22,7 @@ from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
+from api.routes.examples import default_example, forget_examples
 from api.serialize import model_json, version_json
 from api.state import AppState
 from replicant.catalog import account_names, find_model
@@ -105,7 +106,8 @@ def _render_models(state: AppState, base: str) -> Any:
             latest = (
                 session.get(Version, model.latest_version_id) if model.latest_version_id else None
             )
-            out.append(model_json(model, latest, base))
+            example = default_example(session, model, base, state.secret_key)
+            out.append(model_json(model, latest, base, example))
         return out
 
     return render
@@ -205,7 +207,9 @@ async def get_model(
             latest = (
                 session.get(Version, model.latest_version_id) if model.latest_version_id else None
             )
-            return model_json(model, latest, base_url(request, state))
+            base = base_url(request, state)
+            example = default_example(session, model, base, state.secret_key)
+            return model_json(model, latest, base, example)
 
     body = await asyncio.to_thread(load)
     if body is None:
@@ -245,7 +249,9 @@ async def update_model(
             latest = (
                 session.get(Version, model.latest_version_id) if model.latest_version_id else None
             )
-            return model_json(model, latest, base_url(request, state))
+            base = base_url(request, state)
+            example = default_example(session, model, base, state.secret_key)
+            return model_json(model, latest, base, example)
 
     return await asyncio.to_thread(update)
 
@@ -285,7 +291,8 @@ async def delete_model(owner: str, name: str, state: StateDep, account: CurrentA
                     "The model still has versions; delete every version first",
                     title="Model has versions",
                 )
-            # Leaving its collections first (no dangling memberships).
+            # Leaving its collections and examples first (no dangling rows).
+            forget_examples(session, model_id=model.id)
             session.execute(
                 sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id)
             )

@@ -15,12 +15,14 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
+from sqlmodel import Session
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from activities.files import prediction_prefix
 from api.deps import CurrentAccount, StateDep
 from api.launch import base_url
+from api.routes.examples import forget_examples
 from api.routes.predictions import _own_prediction
 from api.serialize import prediction_json
 from api.state import AppState
@@ -47,12 +49,20 @@ async def delete_prediction_data(
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
     if row.status not in TERMINAL_STATUSES:
         await _cancel_and_wait(state, prediction_id)
-    await asyncio.to_thread(readmodel.remove_data, state.engine, prediction_id)
+    await asyncio.to_thread(_remove_data, state, prediction_id)
     store = await get_store(request, state)
     files = await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
     log.info("event=data_removed prediction=%s files=%d on=request", prediction_id, files)
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
     return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+
+
+def _remove_data(state: AppState, prediction_id: str) -> None:
+    with Session(state.engine) as session:
+        # A model's example without its data is no example: unmark it.
+        forget_examples(session, prediction_id=prediction_id)
+        session.commit()
+    readmodel.remove_data(state.engine, prediction_id)
 
 
 async def _cancel_and_wait(state: AppState, prediction_id: str) -> None:
