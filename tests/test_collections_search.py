@@ -4,9 +4,11 @@ official client's ``models.search``, which sends ``QUERY /v1/models``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import replicate
@@ -135,3 +137,21 @@ def test_the_official_clients_models_search_uses_query(live: LiveStack) -> None:
         headers={"Authorization": f"Bearer {owner.token}", "Content-Type": "text/plain"},
     )
     assert raw.status_code == 400
+
+
+def test_the_npm_client_searches_and_reads_collections(live: LiveStack, node_client: Path) -> None:
+    owner = someone(live, "jsquerier")
+    word = f"quokka{os.urandom(2).hex()}"
+    secret = private_model(live, owner, "marsupial", f"Spots a {word} in the wild")
+    done = subprocess.run(
+        ["node", str(node_client.parent / "search.mjs"), live.url, owner.token, f"{word} wild"],
+        cwd=node_client.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["found"] == [secret]
+    assert "built-in" in seen["slugs"]
+    assert set(seen["builtin"]) >= BUILTINS

@@ -8,6 +8,8 @@ description or README; hits in the name weigh most. Only models the caller may s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -70,6 +72,19 @@ def _matching_collections(session: Session, terms: list[str]) -> list[dict[str, 
     return out
 
 
+def query_text(body: bytes) -> str:
+    """The query of a ``QUERY /v1/models`` body: plain text, or a JSON string (the npm
+    client JSON-encodes it though it says text/plain)."""
+    text = body.decode("utf-8", errors="replace")
+    stripped = text.strip()
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] == '"':
+        with contextlib.suppress(ValueError):
+            decoded = json.loads(stripped)
+            if isinstance(decoded, str):
+                return decoded
+    return text
+
+
 def _required(query: str | None) -> list[str]:
     terms = words(query or "")
     if not terms:
@@ -114,7 +129,7 @@ async def query_models(
     request: Request, state: StateDep, account: CurrentAccount
 ) -> dict[str, Any]:
     """Models matching the text/plain body, best first, as one page of a model list."""
-    terms = _required((await request.body()).decode("utf-8", errors="replace"))
+    terms = _required(query_text(await request.body()))
     base = base_url(request, state)
 
     def run() -> list[dict[str, Any]]:
