@@ -12,7 +12,7 @@ import logging
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
@@ -32,13 +32,14 @@ from replicant.contracts import (
     PredictionRef,
     PredictionRequest,
     RunOutcome,
+    Status,
 )
 from replicant.envs import EnvBuildError, env_ready
 from replicant.objectkeys import prediction_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings, get_settings
 from replicant.storage import ObjectStore, outward_output
-from replicant.tables import Version
+from replicant.tables import TERMINAL_STATUSES, Version
 from replicant.timeutil import utcnow
 from replicant.versions import ensure_version_env, version_python
 from replicant.weights import is_store_ref
@@ -130,10 +131,28 @@ class PredictionActivities:
             completed_at=done.completed_at or utcnow(),
         )
 
+    @activity.defn(name=ActivityName.ABORT_PREDICTION)
+    async def abort_prediction(self, done: FinishPrediction) -> RunOutcome:
+        """The deadline passed: end the prediction ``aborted`` if it never started, else
+        ``canceled``; reports the status it ended with."""
+        completed_at = done.completed_at or utcnow()
+        status = await asyncio.to_thread(
+            readmodel.end_at_deadline, self.engine, done.id, completed_at
+        )
+        # It may have ended on its own just before: report what the read model says.
+        ended = cast(Status, status) if status in TERMINAL_STATUSES else "canceled"
+        return RunOutcome(status=ended, completed_at=completed_at)
+
     @activity.defn(name=ActivityName.REMOVE_PREDICTION_DATA)
     async def remove_prediction_data(self, ref: PredictionRef) -> None:
-        """Retention is over: remove the prediction's input and output."""
-        await asyncio.to_thread(readmodel.remove_data, self.engine, ref.id)
+        """Retention is over: remove the prediction's input and output (unless it is a
+        model's example)."""
+        removed = await asyncio.to_thread(
+            readmodel.remove_data, self.engine, ref.id, keep_examples=True
+        )
+        if not removed:
+            log.info("event=data_kept prediction=%s reason=example", ref.id)
+            return
         files = 0
         if self.store is not None:  # staged inputs and output files; their URLs then 404
             files = await asyncio.to_thread(self.store.delete_prefix, prediction_prefix(ref.id))

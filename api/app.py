@@ -8,17 +8,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api.deadlines import AbortedForOptedInClients
 from api.errors import install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
+    collections,
     deployments,
+    examples,
     files,
     health,
     models,
+    prediction_data,
     predictions,
+    search,
     sharing,
     streams,
     trainings,
@@ -53,11 +58,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(engine)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(JSONBodyByDefault)
+    app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.include_router(health.router)
     app.include_router(predictions.router)
+    app.include_router(prediction_data.router)
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(collections.router)
+    app.include_router(examples.router)
+    app.include_router(search.router)
     app.include_router(account.router)
     app.include_router(sharing.router)
     app.include_router(files.router)

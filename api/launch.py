@@ -23,9 +23,10 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
-from temporalio.common import Priority, WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy
 
 from api.errors import ProblemError, invalid
+from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
 from api.state import AppState
@@ -121,11 +122,13 @@ async def launch_prediction(
     webhook: str | None,
     webhook_events_filter: list[WebhookEvent] | None,
     prefer: str | None,
+    cancel_after: timedelta | None = None,
     deployment: str | None = None,
     hardware: str | None = None,
     task_queue: str | None = None,
     priority: int | None = None,
     on_started: Callable[[], Awaitable[None]] | None = None,
+    idempotency: Claim | None = None,
 ) -> JSONResponse:
     """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
 
@@ -135,6 +138,8 @@ async def launch_prediction(
     """
     settings = state.settings
     wait = parse_prefer(prefer, settings.max_wait)
+    if idempotency is not None and (answered := await replay(request, state, idempotency, wait)):
+        return answered
     errors = validate_input(version.openapi_schema, payload)
     if errors:
         raise invalid([e.model_dump() for e in errors])
@@ -146,6 +151,7 @@ async def launch_prediction(
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
+    created_at = utcnow()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
         state, version.openapi_schema, payload, prediction_inputs(prediction_id)
@@ -164,8 +170,11 @@ async def launch_prediction(
         webhook_events_filter=webhook_events_filter,
         deployment=deployment,
         stream=is_streaming(version),
-        created_at=utcnow(),
+        created_at=created_at,
+        deadline=created_at + cancel_after if cancel_after is not None else None,
         recorded=True,
+        fairness_weight=account.fairness_weight,
+        priority_key=priority,
         timeout=settings.prediction_timeout,
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,
@@ -173,11 +182,17 @@ async def launch_prediction(
         webhook_timeout=settings.webhook_timeout,
     )
     # The read model keeps the input as the user sent it.
-    await asyncio.to_thread(_record, state, req.model_copy(update={"input": payload}), model)
-    # Waiting for a hardware slot, accounts take turns (weighted); see replicant/fairness.py.
-    fair = task_priority(account.username, account.fairness_weight, priority)
+    claim = idempotency.with_request(req) if idempotency is not None else None
     try:
-        update = await _start(state, req, wait, fair)
+        row_req = req.model_copy(update={"input": payload})
+        await asyncio.to_thread(_record, state, row_req, model, claim)
+    except KeyTaken:
+        if stored:
+            await discard_data_uris(state, prediction_inputs(req.id))
+        assert idempotency is not None
+        return await answer_taken(request, state, idempotency, wait)
+    try:
+        update = await _start(state, req, wait)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         await asyncio.to_thread(_discard, state, req.id, model)
@@ -196,7 +211,7 @@ async def launch_prediction(
 
 
 async def _start(
-    state: AppState, req: PredictionRequest, wait: int | None, priority: Priority
+    state: AppState, req: PredictionRequest, wait: int | None
 ) -> WorkflowUpdateHandle[WaitResult] | None:
     """Start the workflow; with a wait, as update-with-start so no poll is needed."""
     client = await state.temporal()
@@ -213,7 +228,8 @@ async def _start(
         "id": f"prediction-{req.id}",
         "task_queue": queue,
         "search_attributes": search_attributes(req),
-        "priority": priority,
+        # Waiting for a hardware slot, accounts take turns (weighted); see replicant/fairness.py.
+        "priority": task_priority(req.owner, req.fairness_weight, req.priority_key),
     }
     if wait is None:
         await client.start_workflow(PredictionWorkflow.run, req, **options)
@@ -243,7 +259,9 @@ def _load(state: AppState, prediction_id: str) -> Prediction:
     return row
 
 
-def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
+def _record(
+    state: AppState, req: PredictionRequest, model: Model, claim: Claim | None = None
+) -> None:
     """The prediction's row, and one more run on its model's ``run_count``, in one
     transaction (the id is new: no existing row to look for). Plain INSERT and UPDATE
     statements: this is on every prediction's path, and the ORM's unit of work costs more
@@ -251,6 +269,8 @@ def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
     row = readmodel.prediction_from_request(req)
     values = {column.name: getattr(row, column.name) for column in PREDICTION_COLUMNS}
     with state.engine.begin() as conn:
+        if claim is not None:  # first: a key in use fails before anything is written
+            record_claim(conn, claim, req.id)
         conn.execute(insert(Prediction), values)
         # One UPDATE, so concurrent predictions never lose a count.
         count = col(Model.run_count) + 1

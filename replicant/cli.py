@@ -25,6 +25,10 @@ tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 orgs_app = typer.Typer(help="Manage organizations and their members.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
+models_app = typer.Typer(help="Manage models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+collections_app = typer.Typer(help="Manage collections of models.", no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
@@ -300,6 +304,76 @@ def orgs_add_member(org: str, user: str) -> None:
     except AccountError as err:
         _refuse(err)
     print(f"{user} is a member of {org}")
+
+
+@models_app.command("official")
+def models_official(
+    model: str,
+    off: Annotated[bool, typer.Option("--off", help="Unmark it instead.")] = False,
+) -> None:
+    """Mark MODEL (owner/name) as official (``is_official``), or unmark it with --off."""
+    from replicant.catalog import set_official
+
+    try:
+        set_official(_accounts_engine(), model, not off)
+    except LookupError as err:
+        _refuse(err)
+    print(f"{model} is {'not ' if off else ''}official")
+
+
+@collections_app.command("create")
+def collections_create(
+    slug: str,
+    name: Annotated[str, typer.Option("--name", help="Its title.")],
+    description: Annotated[str, typer.Option("--description", help="One line.")] = "",
+    full_description: Annotated[
+        str | None, typer.Option("--full-description", help="Markdown.")
+    ] = None,
+) -> None:
+    """Create collection SLUG (or change its name and descriptions)."""
+    from replicant.collections import CollectionError, create_collection
+
+    try:
+        create_collection(_accounts_engine(), slug, name, description, full_description)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"collection {slug}")
+
+
+@collections_app.command("add")
+def collections_add(slug: str, models: list[str]) -> None:
+    """Put MODELS (owner/name) in collection SLUG."""
+    from replicant.collections import CollectionError, add_models
+
+    try:
+        add_models(_accounts_engine(), slug, models)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"added {len(models)} to {slug}")
+
+
+@collections_app.command("remove")
+def collections_remove(slug: str, models: list[str]) -> None:
+    """Take MODELS (owner/name) out of collection SLUG."""
+    from replicant.collections import CollectionError, remove_models
+
+    try:
+        remove_models(_accounts_engine(), slug, models)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"removed {len(models)} from {slug}")
+
+
+@collections_app.command("delete")
+def collections_delete(slug: str) -> None:
+    """Delete collection SLUG (its models stay)."""
+    from replicant.collections import CollectionError, delete_collection
+
+    try:
+        delete_collection(_accounts_engine(), slug)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"deleted {slug}")
 
 
 @db_app.command("upgrade")

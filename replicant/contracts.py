@@ -56,6 +56,13 @@ class PredictionRequest(BaseModel):
     deployment: str | None = None
     stream: bool = False
     created_at: datetime | None = None
+    # ``Cancel-After``: past this time a waiting prediction ends ``aborted``, a running one
+    # ``canceled``.
+    deadline: datetime | None = None
+    # Waiting for a hardware slot: the account's fairness weight and a deployment's priority
+    # key (replicant/fairness.py); kept here so a restarted start keeps them.
+    fairness_weight: float | None = None
+    priority_key: int | None = None
     recorded: bool = False
     # Limits, in seconds; the API fills them from settings, programmatic starts may too.
     timeout: float = 1800.0
@@ -289,6 +296,7 @@ class ActivityName:
     RUN_PREDICTION: Final = "run_prediction"
     FINISH_PREDICTION: Final = "finish_prediction"
     REMOVE_PREDICTION_DATA: Final = "remove_prediction_data"
+    ABORT_PREDICTION: Final = "abort_prediction"
     SEND_WEBHOOK: Final = "send_webhook"
     STAGE_TRAINING_INPUTS: Final = "stage_training_inputs"
     RUN_TRAINING: Final = "run_training"

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
         description="Seconds without a heartbeat before a run is retried on another worker.",
     )
     training_timeout: float = Field(86400.0, description="Seconds a training may run.")
+    aborted_clients: list[str] = Field(
+        default_factory=list,
+        description="User-Agent prefixes of the clients shown the status `aborted` (a deadline "
+        "passed before the prediction started; `*`: every client); the others see `canceled`, "
+        "since the Python client replicate 1.0.7 fails on a status it does not know (JSON list).",
+    )
 
     # Hardware: every SKU is a task queue.
     hardware: dict[str, int] = Field(

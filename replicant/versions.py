@@ -26,6 +26,7 @@ from replicant.cogmodel import (
     load_cog_config,
     write_schema_for_coglet,
 )
+from replicant.collections import seed_builtin_collection
 from replicant.envs import EnvBuildError, ensure_env, env_ready, plan_env
 from replicant.settings import Settings
 from replicant.tables import Model, Version
@@ -98,6 +99,7 @@ def create_version(
             shutil.copy2(path, target)
         say("reading cog.yaml")
         config = load_cog_config(staging)
+        readme = _readme(staging)
         for warning in check_build(config, model.hardware, settings):
             say(f"warning: {warning}")
         python, schema = _environment_and_schema(settings, staging, config, say, defer_env)
@@ -129,6 +131,9 @@ def create_version(
             stored = session.get(Model, model.id)
             if stored is not None:
                 stored.latest_version_id = version_id
+                stored.latest_version_created_at = version.created_at
+                if readme is not None:  # a pushed README.md becomes the model's readme
+                    stored.readme = readme
                 session.add(stored)
             session.commit()
     except BaseException:
@@ -188,6 +193,12 @@ def _prebuild(versions: list[Version]) -> None:
             log.exception("event=env_prebuild_failed version=%s", version.id)
 
 
+def _readme(model_dir: Path) -> str | None:
+    """The text of a model directory's README.md, if it has one."""
+    path = model_dir / "README.md"
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
+
+
 def ensure_model(
     engine: Engine,
     owner: str,
@@ -229,4 +240,5 @@ def seed_builtin_models(settings: Settings, engine: Engine) -> list[Version]:
         threading.Thread(
             target=_prebuild, args=(unbuilt,), name="env-prebuild", daemon=True
         ).start()
+    seed_builtin_collection(engine, [f"{owner}/{name}" for owner, name, _, _ in BUILTIN_MODELS])
     return versions

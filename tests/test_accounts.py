@@ -417,6 +417,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/v1/predictions/{prediction_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/predictions/{prediction_id}/cancel"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("DELETE", "/v1/predictions/{prediction_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     # The stream needs the signature of urls.stream, token or not.
     ("GET", "/v1/predictions/{prediction_id}/stream"): Case(NOT_FOUND, NOT_FOUND),
     ("POST", "/v1/predictions/{prediction_id}/share"): Case(NOT_FOUND, UNAUTHENTICATED),
@@ -440,6 +441,20 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/models/{owner}/{name}/predictions"): Case(
         NOT_FOUND, UNAUTHENTICATED, body={"input": {"text": "x"}}
     ),
+    ("GET", "/v1/models/{owner}/{name}/readme"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("GET", "/v1/models/{owner}/{name}/examples"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("POST", "/v1/models/{owner}/{name}/examples"): Case(
+        NOT_FOUND, UNAUTHENTICATED, body={"prediction": "{prediction_id}"}
+    ),
+    ("DELETE", "/v1/models/{owner}/{name}/examples/{prediction_id}"): Case(
+        NOT_FOUND, UNAUTHENTICATED
+    ),
+    # Search without a query is refused; what it finds is the caller's (test_collections_search).
+    ("GET", "/v1/search"): Case(status(400), UNAUTHENTICATED),
+    ("QUERY", "/v1/models"): Case(status(400), UNAUTHENTICATED),
+    # collections: the same for everyone, with only the models the caller may see
+    ("GET", "/v1/collections"): Case(answered_own, UNAUTHENTICATED),
+    ("GET", "/v1/collections/{slug}"): Case(answered_own, UNAUTHENTICATED),
     # trainings: the owner's prediction id stands in for a training id (same id space)
     ("GET", "/v1/trainings"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/trainings/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
@@ -505,6 +520,7 @@ def fill(template: str, owned: Owned) -> str:
         "expires": "4102444800",  # far ahead: only the forged signature is wrong
         "sig": "forged",
         "key": f"files/{owned.username}/{owned.file}",
+        "slug": "built-in",  # a collection everyone sees; the owner's model is not in it
     }
 
     def value(match: re.Match[str]) -> str:

@@ -4,12 +4,15 @@ record (programmatic starts only) -> stage input files into the object store (on
 input holds URLs or data URIs) -> run on the hardware queue (the run activity writes
 ``processing``, logs, output and the terminal state to the read model itself, so a fast
 prediction costs one activity round trip) -> notify -> retention timer -> remove data.
+A deadline (``Cancel-After``) is a durable timer beside the run: when it passes first, the
+prediction ends ``aborted`` if it never started, else ``canceled``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import contextlib
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import TypedSearchAttributes
@@ -63,6 +66,7 @@ class PredictionWorkflow:
         self._status: Status = "starting"
         self._terminal = False
         self._cancel_requested = False
+        self._deadline_passed = False
         self._run: workflow.ActivityHandle[RunOutcome] | None = None
 
     @workflow.run
@@ -75,7 +79,10 @@ class PredictionWorkflow:
             await workflow.execute_local_activity(
                 ActivityName.RECORD_PREDICTION, req, start_to_close_timeout=LOCAL
             )
-        outcome = await self._run_model(req)
+        if req.deadline is not None and workflow.patched("deadline"):
+            outcome = await self._run_before_deadline(req, req.deadline)
+        else:
+            outcome = await self._run_model(req)
         self._status, self._terminal = outcome.status, True
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
         # The `completed` webhook is retried while the retention timer runs.
@@ -107,6 +114,18 @@ class PredictionWorkflow:
             task_queue=req.side_queue,
         )
 
+    async def _run_before_deadline(self, req: PredictionRequest, deadline: datetime) -> RunOutcome:
+        """Run the model; if the deadline passes first, end it as a cancel would."""
+        run = asyncio.create_task(self._run_model(req))
+        left = (deadline - workflow.now()).total_seconds()
+        if left > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(run.done, timeout=left)
+        if not run.done():
+            self._deadline_passed = True
+            self.cancel()
+        return await run
+
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
@@ -134,6 +153,15 @@ class PredictionWorkflow:
     async def _finish(
         self, req: PredictionRequest, status: Status, error: str | None
     ) -> RunOutcome:
+        if status == "canceled" and self._deadline_passed:
+            # The read model knows whether the run started: `aborted` if never, else `canceled`.
+            ended: RunOutcome = await workflow.execute_local_activity(
+                ActivityName.ABORT_PREDICTION,
+                FinishPrediction(id=req.id, status="aborted", completed_at=workflow.now()),
+                result_type=RunOutcome,
+                start_to_close_timeout=LOCAL,
+            )
+            return ended
         done = FinishPrediction(id=req.id, status=status, error=error, completed_at=workflow.now())
         await workflow.execute_local_activity(
             ActivityName.FINISH_PREDICTION, done, start_to_close_timeout=LOCAL

@@ -24,8 +24,10 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
+from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
+from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
 from api.pagination import paginate
 from api.routes.predictions import PredictionInput
@@ -479,7 +481,9 @@ async def create_deployment_prediction(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    cancel_after: CancelAfter,
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """A prediction that runs only on the deployment's own instances."""
 
@@ -510,6 +514,8 @@ async def create_deployment_prediction(
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
+        cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         task_queue=state.settings.deployment_queue(row.owner, row.name),

@@ -19,8 +19,8 @@ from sqlmodel import Session, col
 from api.deps import CurrentAccount, StateDep
 from api.errors import not_found
 from api.launch import base_url
+from api.serialize import prediction_json
 from api.state import AppState
-from replicant.serialize import prediction_json
 from replicant.tables import Account, Prediction
 from replicant.timeutil import isoformat
 
