@@ -19,8 +19,8 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import materialized_input, stored_output, uploads_outputs
-from activities.heartbeat import heartbeat_forever
+from activities.files import stored_output, uploads_outputs
+from activities.running import heartbeat_forever, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
@@ -144,19 +144,14 @@ class PredictionActivities:
         run = _Run(self.engine, req, hooks)
         heartbeats = asyncio.create_task(heartbeat_forever())
         try:
-            # Staged input files become local paths for the model, removed after the run.
-            async with (
-                asyncio.timeout(None) as deadline,
-                materialized_input(self.store, req) as model_input,
-            ):
-                run.deadline = deadline
-                result = await self.pool.predict(
-                    runner_spec(version),
-                    req.id,
-                    model_input,
-                    on_update=run.on_update,
-                    on_booted=run.on_booted,
-                )
+            result = await run_model(
+                self.pool,
+                runner_spec(version),
+                req,
+                self.store,
+                on_booted=run.on_booted,
+                on_update=run.on_update,
+            )
         except TimeoutError:
             return await run.finish(
                 "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
@@ -185,7 +180,6 @@ class _Run:
         self.req = req
         self.hooks = hooks
         self.started_at: datetime | None = None
-        self.deadline: asyncio.Timeout | None = None
         self._processing: asyncio.Task[None] | None = None
         self._progress = LatestWriter(
             STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL, self._write
@@ -193,9 +187,6 @@ class _Run:
 
     async def on_booted(self) -> None:
         self.started_at = utcnow()
-        if self.deadline is not None:
-            # The timeout counts the model's run, not the queue or the boot.
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.req.timeout)
         # A `start` webhook says `processing`: a GET right after it must say so too.
         delay = 0.0 if self.hooks is not None else PROCESSING_DELAY
         self._processing = asyncio.create_task(self._mark_processing(delay))

@@ -24,9 +24,9 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import Stager, materialized_input
-from activities.heartbeat import heartbeat_forever
+from activities.files import Stager
 from activities.predictions import runner_spec
+from activities.running import heartbeat_forever, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -169,23 +169,14 @@ class TrainingActivities:
         progress = _Progress(self.engine, req.id, await self._live_webhooks(req))
         heartbeats = asyncio.create_task(heartbeat_forever())
         try:
-            # Staged input files become local paths for the trainer, removed after the run.
-            async with (
-                asyncio.timeout(None) as deadline,
-                materialized_input(store, req) as model_input,
-            ):
-
-                async def booted() -> None:
-                    deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
-                    await progress.booted()
-
-                result = await self.pool.predict(
-                    trainer_spec(version),
-                    req.id,
-                    model_input,
-                    on_update=progress.update,
-                    on_booted=booted,
-                )
+            result = await run_model(
+                self.pool,
+                trainer_spec(version),
+                req,
+                store,
+                on_booted=progress.booted,
+                on_update=progress.update,
+            )
         except TimeoutError:
             await progress.close(None)
             return TrainingRun(
