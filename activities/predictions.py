@@ -15,18 +15,15 @@ from typing import Any
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.files import stored_output, uploads_outputs
-from activities.running import heartbeat_forever, run_model
+from activities.running import heartbeat_forever, load_version, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import (
     ActivityName,
-    ErrorType,
     FinishPrediction,
     PredictionRef,
     PredictionRequest,
@@ -119,19 +116,8 @@ class PredictionActivities:
     async def _version(self, version_id: str) -> Version:
         version = self._versions.get(version_id)
         if version is None:
-            version = await asyncio.to_thread(self._load_version, version_id)
+            version = await asyncio.to_thread(load_version, self.engine, version_id)
             self._versions[version_id] = version
-        return version
-
-    def _load_version(self, version_id: str) -> Version:
-        with Session(self.engine) as session:
-            version = session.get(Version, version_id)
-        if version is None:
-            raise ApplicationError(
-                f"Version {version_id} does not exist",
-                type=ErrorType.VERSION_NOT_FOUND,
-                non_retryable=True,
-            )
         return version
 
     @activity.defn(name=ActivityName.RUN_PREDICTION)

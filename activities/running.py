@@ -1,16 +1,22 @@
-"""What the run activities of predictions and trainings share: heartbeats, and one run on the
-pool with staged input files as local paths and a timeout that counts the model's own run."""
+"""What the run activities of predictions and trainings share: the version, heartbeats, and one
+run on the pool with staged input files as local paths and a timeout that counts the model's
+own run."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Protocol
 
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.files import WithStagedFiles, materialized_input
+from replicant.contracts import ErrorType
 from replicant.runner import CogPrediction, ModelRunner, OnBooted, OnUpdate, RunnerSpec
 from replicant.storage import ObjectStore
+from replicant.tables import Version
 
 HEARTBEAT_INTERVAL = 1.0
 
@@ -22,6 +28,19 @@ async def heartbeat_forever() -> None:
     while True:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
         activity.heartbeat()
+
+
+def load_version(engine: Engine, version_id: str) -> Version:
+    """The version a run needs; a non-retryable ``VersionNotFound`` when it is gone."""
+    with Session(engine) as session:
+        version = session.get(Version, version_id)
+    if version is None:
+        raise ApplicationError(
+            f"Version {version_id} does not exist",
+            type=ErrorType.VERSION_NOT_FOUND,
+            non_retryable=True,
+        )
+    return version
 
 
 class TimedRequest(WithStagedFiles, Protocol):

@@ -20,13 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.files import Stager
 from activities.predictions import runner_spec
-from activities.running import heartbeat_forever, run_model
+from activities.running import heartbeat_forever, load_version, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -100,14 +99,7 @@ class TrainingActivities:
         return self._store
 
     def _version(self, version_id: str) -> Version:
-        with Session(self.engine) as session:
-            version = session.get(Version, version_id)
-        if version is None:
-            raise ApplicationError(
-                f"Version {version_id} does not exist",
-                type=ErrorType.VERSION_NOT_FOUND,
-                non_retryable=True,
-            )
+        version = load_version(self.engine, version_id)
         if not version.train_ref:
             raise ApplicationError(
                 f"Version {version_id} cannot be trained",
