@@ -16,32 +16,29 @@ from typing import Any, cast
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.files import materialized_input, stored_output, uploads_outputs
-from activities.heartbeat import heartbeat_forever
+from activities.files import stored_output, uploads_outputs
+from activities.running import ensure_env, heartbeat_forever, load_version, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
 from replicant.contracts import (
     ActivityName,
-    ErrorType,
     FinishPrediction,
     PredictionRef,
     PredictionRequest,
     RunOutcome,
     Status,
 )
-from replicant.envs import EnvBuildError, env_ready
+from replicant.envs import EnvBuildError
 from replicant.objectkeys import prediction_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings, get_settings
 from replicant.storage import ObjectStore, outward_output
 from replicant.tables import TERMINAL_STATUSES, Version
 from replicant.timeutil import utcnow
-from replicant.versions import ensure_version_env, version_python
+from replicant.versions import version_python
 from replicant.weights import is_store_ref
 
 log = logging.getLogger("replicant.activities")
@@ -89,13 +86,6 @@ def runner_spec(version: Version) -> RunnerSpec:
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
     )
-
-
-async def ensure_env(version: Version) -> None:
-    """Wait until the version's environment is built: a built-in model's may still be building
-    (a minute of pip), and meanwhile its run stays `starting`. Raises ``EnvBuildError``."""
-    if not env_ready(version_python(version)):
-        await asyncio.to_thread(ensure_version_env, version)
 
 
 class PredictionActivities:
@@ -161,19 +151,8 @@ class PredictionActivities:
     async def _version(self, version_id: str) -> Version:
         version = self._versions.get(version_id)
         if version is None:
-            version = await asyncio.to_thread(self._load_version, version_id)
+            version = await asyncio.to_thread(load_version, self.engine, version_id)
             self._versions[version_id] = version
-        return version
-
-    def _load_version(self, version_id: str) -> Version:
-        with Session(self.engine) as session:
-            version = session.get(Version, version_id)
-        if version is None:
-            raise ApplicationError(
-                f"Version {version_id} does not exist",
-                type=ErrorType.VERSION_NOT_FOUND,
-                non_retryable=True,
-            )
         return version
 
     @activity.defn(name=ActivityName.RUN_PREDICTION)
@@ -186,21 +165,15 @@ class PredictionActivities:
         run = _Run(self.engine, req, hooks)
         heartbeats = asyncio.create_task(heartbeat_forever())
         try:
-            # Staged input files become local paths for the model, removed after the run.
-            async with (
-                asyncio.timeout(None) as deadline,
-                materialized_input(self.store, req) as model_input,
-            ):
-                run.deadline = deadline
-                await ensure_env(version)
-                spec = runner_spec(version)
-                result = await self.pool.predict(
-                    spec,
-                    req.id,
-                    model_input,
-                    on_update=run.on_update,
-                    on_booted=run.on_booted,
-                )
+            await ensure_env(version)
+            result = await run_model(
+                self.pool,
+                runner_spec(version),
+                req,
+                self.store,
+                on_booted=run.on_booted,
+                on_update=run.on_update,
+            )
         except TimeoutError:
             return await run.finish(
                 "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
@@ -233,7 +206,6 @@ class _Run:
         self.req = req
         self.hooks = hooks
         self.started_at: datetime | None = None
-        self.deadline: asyncio.Timeout | None = None
         self._processing: asyncio.Task[None] | None = None
         self._progress = LatestWriter(
             STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL, self._write
@@ -241,9 +213,6 @@ class _Run:
 
     async def on_booted(self) -> None:
         self.started_at = utcnow()
-        if self.deadline is not None:
-            # The timeout counts the model's run, not the queue or the boot.
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.req.timeout)
         # A `start` webhook says `processing`: a GET right after it must say so too.
         delay = 0.0 if self.hooks is not None else PROCESSING_DELAY
         self._processing = asyncio.create_task(self._mark_processing(delay))

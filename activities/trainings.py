@@ -20,13 +20,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import Stager, materialized_input
-from activities.heartbeat import heartbeat_forever
-from activities.predictions import ensure_env, runner_spec
+from activities.files import Stager
+from activities.predictions import runner_spec
+from activities.running import ensure_env, heartbeat_forever, load_version, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -101,14 +100,7 @@ class TrainingActivities:
         return self._store
 
     def _version(self, version_id: str) -> Version:
-        with Session(self.engine) as session:
-            version = session.get(Version, version_id)
-        if version is None:
-            raise ApplicationError(
-                f"Version {version_id} does not exist",
-                type=ErrorType.VERSION_NOT_FOUND,
-                non_retryable=True,
-            )
+        version = load_version(self.engine, version_id)
         if not version.train_ref:
             raise ApplicationError(
                 f"Version {version_id} cannot be trained",
@@ -170,24 +162,15 @@ class TrainingActivities:
         progress = _Progress(self.engine, req.id, await self._live_webhooks(req))
         heartbeats = asyncio.create_task(heartbeat_forever())
         try:
-            # Staged input files become local paths for the trainer, removed after the run.
-            async with (
-                asyncio.timeout(None) as deadline,
-                materialized_input(store, req) as model_input,
-            ):
-
-                async def booted() -> None:
-                    deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
-                    await progress.booted()
-
-                await ensure_env(version)
-                result = await self.pool.predict(
-                    trainer_spec(version),
-                    req.id,
-                    model_input,
-                    on_update=progress.update,
-                    on_booted=booted,
-                )
+            await ensure_env(version)
+            result = await run_model(
+                self.pool,
+                trainer_spec(version),
+                req,
+                store,
+                on_booted=progress.booted,
+                on_update=progress.update,
+            )
         except TimeoutError:
             await progress.close(None)
             return TrainingRun(

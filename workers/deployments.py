@@ -32,7 +32,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.deployments import HostActivities
-from activities.predictions import PredictionActivities, ensure_env, runner_spec
+from activities.predictions import PredictionActivities, runner_spec
+from activities.running import ensure_env
 from replicant.contracts import (
     ActivityName,
     DeploymentConfig,
