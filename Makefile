@@ -33,7 +33,14 @@ API_TESTS := tests/test_accounts.py tests/test_conformance.py tests/test_deploym
 	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_streaming.py \
 	tests/test_trainings.py tests/test_webhooks.py
 
-test: lint typecheck
+# The dashboard's browser tests drive Debian's Chromium (browser downloads are not possible).
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get update
+	apt-get install -y chromium
+
+test: lint typecheck $(CHROMIUM)
 	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q" \
 		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
 		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"

@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_port: int = 7233
     ui_port: int = 8233
+    # The Temporal UI as browsers reach it (the dashboard links workflows there).
+    temporal_ui_url: str | None = None
     temporal_bin: str | None = (
         None  # the `temporal` CLI; found next to the Python executable when unset
     )
@@ -138,6 +140,10 @@ class Settings(BaseSettings):
     def resolved_public_url(self) -> str:
         scheme = "https" if self.tls_certfile else "http"
         return (self.public_url or f"{scheme}://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def resolved_temporal_ui_url(self) -> str:
+        return (self.temporal_ui_url or f"http://{self.api_host}:{self.ui_port}").rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,0 +1,280 @@
+"""The web dashboard in a real browser: Playwright driving Debian's Chromium (/usr/bin/chromium,
+installed by `make test`), against the session's live stack.
+
+Set DASHBOARD_SCREENSHOTS=<dir> to save screenshots of the main pages there (docs/dashboard/
+holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import LiveStack
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# A loaded machine runs seven suites at once: waits are for events, bounded generously.
+WAIT_MS = 90_000
+SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def new_page(browser: Browser, live: LiveStack, **options: Any) -> Page:
+    page = browser.new_context(base_url=live.url, **options).new_page()
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def sign_in(browser: Browser, live: LiveStack, token: str) -> Page:
+    """A browser page signed in with ``token``, on the models list."""
+    page = new_page(browser, live)
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/$"))
+    page.fill("#token", token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def run_form(page: Page, model: str) -> None:
+    page.goto(f"/models/{model}")
+    expect(page.get_by_role("heading", name=model)).to_be_visible()
+
+
+def submit_run(page: Page) -> str:
+    """Press Run; returns the id of the prediction page it leads to."""
+    page.get_by_role("button", name="Run").click()
+    expect(page).to_have_url(re.compile(r"/predictions/[a-z0-9]+$"))
+    return page.url.rsplit("/", 1)[-1]
+
+
+@pytest.fixture(scope="module")
+def user(live: LiveStack) -> str:
+    return live.new_account("dash")
+
+
+def test_sign_in_lists_models_searches_and_signs_out(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = new_page(browser, live)
+    page.goto("/signin")
+    page.fill("#token", "r8_not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#token-error")).to_have_text("That token is not valid")
+
+    page = sign_in(browser, live, user)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "replicant_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    models = page.locator(".model h2")
+    expect(models.filter(has_text="replicate/hello-world")).to_be_visible()
+    expect(models.filter(has_text="replicant/thumbnail")).to_be_visible()
+    shot(page, "models")
+
+    page.fill("#q", "thumb")
+    page.get_by_role("button", name="Search").click()
+    expect(models).to_have_count(1)
+    expect(models).to_have_text("replicant/thumbnail")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/signin$"))
+    page.goto("/predictions")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/predictions$"))
+
+
+def test_hello_world_runs_from_the_form(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicate/hello-world")
+    expect(page.locator("label[for=in-text]")).to_contain_text("text")
+    shot(page, "model")
+    page.fill("#in-text", "dashboard")
+    prediction_id = submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    expect(page.locator("#output")).to_contain_text("hello dashboard")
+    # The code snippets make the same prediction.
+    expect(page.locator("#code-curl")).to_contain_text('"text": "dashboard"')
+    expect(page.locator("#code-python")).to_contain_text("replicate/hello-world:")
+    link = page.get_by_role("link", name="Workflow in the Temporal UI")
+    expect(link).to_have_attribute("href", re.compile(f"/workflows/prediction-{prediction_id}$"))
+    shot(page, "prediction")
+    with live.client(user) as api:
+        assert api.get(f"/v1/predictions/{prediction_id}").json()["output"] == "hello dashboard"
+
+
+def test_bad_input_shows_the_fields_error(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/sleep")
+    expect(page.locator("#in-seconds")).to_have_attribute("max", "3600")
+    # Past the browser's own check, so the API's answer is what shows.
+    page.locator("form.run").evaluate("form => { form.noValidate = true; }")
+    page.fill("#in-seconds", "5000")
+    page.get_by_role("button", name="Run").click()
+    error = page.locator("#err-seconds")
+    expect(error).to_contain_text("3600")
+    expect(page.locator("#in-seconds")).to_have_value("5000")
+    expect(page.locator(".field.invalid #in-seconds")).to_be_visible()
+    shot(page, "invalid-input")
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_thumbnail_of_an_uploaded_image_is_shown(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/thumbnail")
+    page.set_input_files(
+        "#in-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": png(300, 150)}]
+    )
+    page.fill("#in-width", "64")
+    submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    image = page.locator("img.output-image")
+    expect(image).to_be_visible()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+    )
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 32]
+
+
+def test_sleep_logs_arrive_live_and_cancel_stops_it(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/sleep")
+    page.fill("#in-seconds", "6")
+    prediction_id = submit_run(page)
+    # Marks this document: a reload would lose it, so the logs below came by the event stream.
+    page.evaluate("() => { window.stillTheSamePage = true; }")
+    expect(page.locator("#logs")).to_contain_text("slept 1s")
+    assert page.evaluate("() => window.stillTheSamePage === true")
+    expect(page.locator("#status")).to_have_text("processing")
+    shot(page, "prediction-running")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("canceled")
+    with live.client(user) as api:
+        body = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert body["status"] == "canceled" and "slept 5s" not in body["logs"]
+
+
+def test_ngram_tokens_stream_to_the_page(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/ngram")
+    page.fill("#in-prompt", "the")
+    page.fill("#in-max_tokens", "40")
+    page.fill("#in-seed", "7")
+    prediction_id = submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    text = page.locator("#output .text-output").inner_text()
+    assert len(text.split()) >= 10
+    # The page's event stream delivers the tokens one event each, from the start.
+    tokens = page.evaluate(
+        """url => new Promise((resolve, reject) => {
+            const tokens = [];
+            const source = new EventSource(url);
+            source.addEventListener("output", (e) => tokens.push(e.data));
+            source.addEventListener("done", () => { source.close(); resolve(tokens); });
+            source.onerror = () => { source.close(); reject(new Error("stream failed")); };
+        })""",
+        f"/predictions/{prediction_id}/events?after=0:0",
+    )
+    assert len(tokens) >= 10
+    assert "".join(tokens) == text
+
+
+def test_shared_prediction_opens_signed_out(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicate/hello-world")
+    page.fill("#in-text", "everyone")
+    prediction_id = submit_run(page)
+    expect(page.locator("#output")).to_contain_text("hello everyone")
+    page.get_by_role("button", name="Share").click()
+    expect(page.get_by_role("link", name="Public page")).to_be_visible()
+
+    stranger = new_page(browser, live)
+    stranger.goto(f"/p/{prediction_id}")
+    expect(stranger.locator("body")).to_contain_text("hello everyone")
+
+    page.get_by_role("button", name="Unshare").click()
+    expect(page.get_by_role("button", name="Share")).to_be_visible()
+    response = stranger.goto(f"/p/{prediction_id}")
+    assert response is not None and response.status == 404
+
+
+def test_a_second_account_sees_none_of_the_firsts_private_things(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    with live.client(user) as api:
+        owner = api.get("/v1/account").json()["username"]
+        name = f"secret-{os.urandom(3).hex()}"
+        created = api.post(
+            "/v1/models",
+            json={"owner": owner, "name": name, "visibility": "private", "hardware": "cpu"},
+        )
+        assert created.status_code == 201, created.text
+        mine = api.post(
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "private"}},
+            headers={"Prefer": "wait"},
+        ).json()
+    first = sign_in(browser, live, user)
+    first.fill("#q", name)
+    first.get_by_role("button", name="Search").click()
+    expect(first.locator(".model h2")).to_have_text(f"{owner}/{name}")
+    first.goto("/predictions")
+    expect(first.get_by_role("link", name=mine["id"])).to_be_visible()
+    shot(first, "predictions")
+
+    other = sign_in(browser, live, live.new_account("other"))
+    other.fill("#q", name)
+    other.get_by_role("button", name="Search").click()
+    expect(other.locator(".model")).to_have_count(0)
+    response = other.goto(f"/models/{owner}/{name}")
+    assert response is not None and response.status == 404
+    response = other.goto(f"/predictions/{mine['id']}")
+    assert response is not None and response.status == 404
+    expect(other.locator("main")).not_to_contain_text("hello private")
+    other.goto("/predictions")
+    expect(other.locator("tbody")).to_contain_text("No predictions.")
+    # Forms of another session are refused: the CSRF token is per session.
+    csrf = first.locator("input[name=csrf]").first.get_attribute("value")
+    refused = other.request.post(
+        f"/predictions/{mine['id']}/share", multipart={"csrf": csrf or ""}, max_redirects=0
+    )
+    assert refused.status == 403
