@@ -278,3 +278,75 @@ def test_a_second_account_sees_none_of_the_firsts_private_things(
         f"/predictions/{mine['id']}/share", multipart={"csrf": csrf or ""}, max_redirects=0
     )
     assert refused.status == 403
+
+
+def test_account_creates_shows_once_and_revokes_tokens(browser: Browser, live: LiveStack) -> None:
+    token = live.new_account("acct")
+    page = sign_in(browser, live, token)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="acct-").click()
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    page.get_by_role("button", name="Reveal secret").click()
+    expect(page.locator("#webhook-secret")).to_contain_text("whsec_")
+    with live.client(token) as api:
+        key = api.get("/v1/webhooks/default/secret").json()["key"]
+    expect(page.locator("#webhook-secret")).to_have_text(key)
+
+    page.fill("#token-name", "laptop")
+    page.get_by_role("button", name="Create token").click()
+    created = page.locator("#new-token").inner_text().strip()
+    assert created.startswith("r8_")
+    with live.client(created) as api:
+        assert api.get("/v1/account").status_code == 200
+    shot(page, "account")
+    page.goto("/account")  # shown once: the page never shows it again
+    expect(page.locator("main")).not_to_contain_text(created)
+
+    page.get_by_role("button", name=re.compile(r"Revoke token laptop")).click()
+    expect(page.get_by_role("row", name=re.compile("laptop"))).to_contain_text("revoked")
+    with live.client(created) as api:
+        assert api.get("/v1/account").status_code == 401
+    # Revoking the token the session holds signs the session out.
+    page.get_by_role("button", name=re.compile(r"Revoke token default")).click()
+    expect(page).to_have_url(re.compile(r"/signin\?next="))
+
+
+def test_deployments_page_edits_instances_and_shows_the_apis_errors(
+    browser: Browser, live: LiveStack
+) -> None:
+    token = live.new_account("deployer")
+    with live.client(token) as api:
+        owner = api.get("/v1/account").json()["username"]
+        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+        name = f"dep-{os.urandom(3).hex()}"
+        created = api.post(
+            "/v1/deployments",
+            json={
+                "name": name,
+                "model": "replicate/hello-world",
+                "version": version,
+                "hardware": "cpu",
+                "min_instances": 0,
+                "max_instances": 1,
+            },
+        )
+        assert created.status_code == 200, created.text
+    page = sign_in(browser, live, token)
+    page.goto("/deployments")
+    card = page.locator("section.card", has=page.get_by_role("heading", name=f"{owner}/{name}"))
+    expect(card).to_contain_text("release 1")
+    expect(card.locator("dd").nth(3)).to_have_text("0")  # queue depth
+    card.locator("input[name=max_instances]").fill("3")
+    card.get_by_role("button", name="Save").click()
+    card = page.locator("section.card", has=page.get_by_role("heading", name=f"{owner}/{name}"))
+    expect(card).to_contain_text("release 2")
+    expect(card.locator("input[name=max_instances]")).to_have_value("3")
+    shot(page, "deployments")
+    with live.client(token) as api:
+        release = api.get(f"/v1/deployments/{owner}/{name}").json()["current_release"]
+    assert release["configuration"]["max_instances"] == 3
+
+    card.locator("input[name=min_instances]").fill("5")
+    card.get_by_role("button", name="Save").click()
+    expect(page.locator(".field-error")).to_be_visible()
+    with live.client(token) as api:
+        assert api.get(f"/v1/deployments/{owner}/{name}").json()["current_release"]["number"] == 2
