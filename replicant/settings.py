@@ -143,7 +143,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_temporal_ui_url(self) -> str:
-        return (self.temporal_ui_url or f"http://{self.api_host}:{self.ui_port}").rstrip("/")
+        return (self.temporal_ui_url or f"http://127.0.0.1:{self.ui_port}").rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:

@@ -118,6 +118,7 @@ def test_hello_world_runs_from_the_form(browser: Browser, live: LiveStack, user:
     page = sign_in(browser, live, user)
     run_form(page, "replicate/hello-world")
     expect(page.locator("label[for=in-text]")).to_contain_text("text")
+    expect(page.locator("main .meta").first).to_contain_text("hardware CPU")
     shot(page, "model")
     page.fill("#in-text", "dashboard")
     prediction_id = submit_run(page)
@@ -350,3 +351,30 @@ def test_deployments_page_edits_instances_and_shows_the_apis_errors(
     expect(page.locator(".field-error")).to_be_visible()
     with live.client(token) as api:
         assert api.get(f"/v1/deployments/{owner}/{name}").json()["current_release"]["number"] == 2
+
+
+def test_pages_fit_a_phone_follow_dark_mode_and_work_from_the_keyboard(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = new_page(browser, live, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page.goto("/signin")
+    page.keyboard.press("Tab")  # the first stop skips to the content
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.locator("#token").focus()
+    page.keyboard.type(user)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    for path in ("/", "/models/replicant/thumbnail", "/predictions", "/account"):
+        page.goto(path)
+        # Nothing wider than the phone's screen: no sideways scrolling.
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(20, 20, 24)", background
+    page.goto("/models/replicate/hello-world")
+    shot(page, "model-phone-dark")
+    page.locator("#in-text").focus()
+    page.keyboard.type("keys")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Run")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#output")).to_contain_text("hello keys")

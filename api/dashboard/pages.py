@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
+from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 
 from api.dashboard.client import ApiProblem, api_for
 from api.dashboard.forms import form_fields, form_input
 from api.dashboard.render import snippets
 from api.dashboard.session import load_session
-from api.dashboard.web import FormDep, PageDep, checked_form, redirect, render
+from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, render
 from api.deps import get_state
 from api.routes.streams import prediction_events, resume_cursor
+from replicant.accounts import find_account
+from replicant.catalog import find_model
 
 router = APIRouter(include_in_schema=False)
 
@@ -86,8 +90,22 @@ async def models_page(page: PageDep, q: str = "") -> Response:
     return render(page.request, "models.html", page=page, models=models, q=q)
 
 
-async def _model_view(page: Any, owner: str, name: str) -> dict[str, Any]:
+def _hardware(request: Request, username: str, owner: str, name: str) -> str | None:
+    """The name of the hardware the model runs on (the API's model object has no field for
+    it), found through the catalog's own visibility rule."""
+    state = get_state(request)
+    account = find_account(state.engine, username)
+    with Session(state.engine) as session:
+        model = find_model(session, account, owner, name)
+    if model is None:
+        return None
+    return state.settings.hardware_names.get(model.hardware, model.hardware)
+
+
+async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
     model = await page.api.get(f"/v1/models/{owner}/{name}")
+    username = page.account["username"]
+    model["hardware"] = await asyncio.to_thread(_hardware, page.request, username, owner, name)
     versions = await page.api.get(f"/v1/models/{owner}/{name}/versions")
     latest = model.get("latest_version")
     fields = form_fields(latest["openapi_schema"]) if latest else []
@@ -174,7 +192,7 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
     )
 
 
-async def _shared(page: Any, prediction_id: str) -> bool:
+async def _shared(page: Page, prediction_id: str) -> bool:
     """Whether the prediction's public page answers (the sharing route's own rule)."""
     response = await page.api.http.get(f"/p/{prediction_id}")
     return bool(response.status_code == 200)
