@@ -378,3 +378,28 @@ def test_pages_fit_a_phone_follow_dark_mode_and_work_from_the_keyboard(
     expect(page.get_by_role("button", name="Run")).to_be_focused()
     page.keyboard.press("Enter")
     expect(page.locator("#output")).to_contain_text("hello keys")
+
+
+def test_trainings_list_and_page_show_the_version_produced(
+    browser: Browser, live: LiveStack
+) -> None:
+    from tests.trainkit import corpus, new_destination, train
+
+    token = live.new_account("trainer")
+    destination = new_destination(live, token, f"tuned-{os.urandom(3).hex()}")
+    training = train(live, token, destination, corpus(seed=3, words=300))
+    page = sign_in(browser, live, token)
+    page.goto("/trainings")
+    page.get_by_role("link", name=training.id).click()
+    expect(page.get_by_role("heading", name=f"Training {training.id}")).to_be_visible()
+    version = training.output["version"]
+    expect(page.locator("main")).to_contain_text(f"Version produced: {version}")
+    expect(page.get_by_role("link", name=destination)).to_be_visible()
+    shot(page, "training")
+
+    # Another account sees neither the training nor its private destination.
+    other = sign_in(browser, live, live.new_account("other"))
+    response = other.goto(f"/trainings/{training.id}")
+    assert response is not None and response.status == 404
+    other.goto("/trainings")
+    expect(other.locator("tbody")).to_contain_text("No trainings.")
