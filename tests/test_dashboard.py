@@ -132,7 +132,17 @@ def test_hello_world_runs_from_the_form(browser: Browser, live: LiveStack, user:
     expect(link).to_have_attribute("href", re.compile(f"/workflows/prediction-{prediction_id}$"))
     shot(page, "prediction")
     with live.client(user) as api:
-        assert api.get(f"/v1/predictions/{prediction_id}").json()["output"] == "hello dashboard"
+        body = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert body["output"] == "hello dashboard" and body["source"] == "web"
+    # The list's filters are the API's.
+    page.goto("/predictions")
+    page.select_option("select[name=source]", "web")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("link", name=prediction_id)).to_be_visible()
+    page.select_option("select[name=source]", "api")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"source=api"))
+    expect(page.get_by_role("link", name=prediction_id)).to_have_count(0)
 
 
 def test_bad_input_shows_the_fields_error(browser: Browser, live: LiveStack, user: str) -> None:

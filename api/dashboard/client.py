@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from fastapi import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 
 class ApiProblem(Exception):
@@ -53,12 +54,23 @@ class Api:
         return await self.call("PATCH", path, json=body)
 
 
+def from_the_web(app: ASGIApp) -> ASGIApp:
+    """``app`` with every request marked as the dashboard's, in the ASGI scope (which no HTTP
+    client can set): predictions made through it have ``source: web``, as on Replicate."""
+
+    async def marked(scope: Scope, receive: Receive, send: Send) -> None:
+        scope = {**scope, "state": {**scope.get("state", {}), "prediction_source": "web"}}
+        await app(scope, receive, send)
+
+    return marked
+
+
 @asynccontextmanager
 async def api_for(request: Request, token: str | None) -> AsyncIterator[Api]:
     """An API client for this request: same app, same base URL (so ``urls`` point where the
     browser is), the session's token, the browser's address (so rate limits see the user)."""
     client = (request.client.host, request.client.port) if request.client else ("127.0.0.1", 0)
-    transport = httpx.ASGITransport(app=request.app, client=client)
+    transport = httpx.ASGITransport(app=from_the_web(request.app), client=client)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     base = str(request.base_url).rstrip("/")
     async with httpx.AsyncClient(
