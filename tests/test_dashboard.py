@@ -241,7 +241,9 @@ def test_shared_prediction_opens_signed_out(browser: Browser, live: LiveStack, u
 
     stranger = new_page(browser, live)
     stranger.goto(f"/p/{prediction_id}")
-    expect(stranger.locator("body")).to_contain_text("hello everyone")
+    expect(stranger.locator("#output")).to_contain_text("hello everyone")
+    expect(stranger.get_by_role("link", name="Sign in")).to_be_visible()
+    shot(stranger, "shared")
 
     page.get_by_role("button", name="Unshare").click()
     expect(page.get_by_role("button", name="Share")).to_be_visible()
