@@ -564,3 +564,18 @@ def test_a_second_account_gets_nothing_of_the_firsts_through_any_page(live: Live
         release = api.get(f"/v1/deployments/{owner}/{deployment}").json()["current_release"]
         assert release["number"] == 1
     assert httpx.get(f"{live.url}/p/{prediction['id']}").status_code == 404
+
+
+def test_a_failed_prediction_shows_its_error_and_the_models_traceback(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/thumbnail")
+    page.set_input_files(
+        "#in-image", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"no image"}]
+    )
+    submit_run(page)
+    expect(page.locator("#status")).to_have_text("failed")
+    expect(page.locator("#error")).to_contain_text("cannot identify image file")
+    expect(page.locator("#logs")).to_contain_text("Traceback")
+    shot(page, "prediction-failed")

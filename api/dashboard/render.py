@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from typing import Any
 from urllib.parse import urlparse
 
 from jinja2 import Environment
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 IMAGE = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp", ".avif"}
 AUDIO = {".wav", ".mp3", ".ogg", ".flac", ".m4a", ".aac", ".opus"}
 VIDEO = {".mp4", ".webm", ".mov", ".mkv"}
 # Long values (data URIs) are cut in code snippets; the point is the call's shape.
 SNIPPET_VALUE = 200
+# Text that reads as markdown (headings, lists, emphasis, code fences, links) is drawn as such.
+MARKDOWN = re.compile(
+    r"^(#{1,6} |[-*] |\d+\. |```|> )|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)", re.MULTILINE
+)
+# Raw HTML in the text stays text; markdown-it refuses javascript: links itself.
+_markdown = MarkdownIt("commonmark", {"html": False})
 
 
 def output_kind(value: Any) -> str:
@@ -25,7 +34,7 @@ def output_kind(value: Any) -> str:
         top = mime.split("/", 1)[0]
         return top if top in ("image", "audio", "video") else "file"
     if not value.startswith(("http://", "https://")):
-        return "text"
+        return "markdown" if MARKDOWN.search(value) else "text"
     path = urlparse(value).path.lower()
     ext = path[path.rfind(".") :] if "." in path.rsplit("/", 1)[-1] else ""
     for kind, exts in (("image", IMAGE), ("audio", AUDIO), ("video", VIDEO)):
@@ -40,12 +49,22 @@ def output_items(output: Any, streaming: bool) -> list[tuple[str, Any]]:
     if output is None:
         return []
     if isinstance(output, list):
-        if streaming and all(isinstance(v, str) and output_kind(v) == "text" for v in output):
-            return [("text", "".join(output))]
+        if streaming and all(isinstance(v, str) and is_text(v) for v in output):
+            text = "".join(output)
+            return [(output_kind(text), text)]
         if output and all(output_kind(v) != "json" for v in output):
             return [(output_kind(v), v) for v in output]
         return [("json", output)]
     return [(output_kind(output), output)]
+
+
+def is_text(value: str) -> bool:
+    return output_kind(value) in ("text", "markdown")
+
+
+def markdown(text: str) -> Markup:
+    """Markdown as HTML, with any HTML in it escaped."""
+    return Markup(_markdown.render(text))
 
 
 def pretty(value: Any) -> str:
@@ -98,5 +117,6 @@ def snippets(base: str, version: str, input: dict[str, Any]) -> dict[str, str]:
 def install_filters(env: Environment) -> None:
     """Make the helpers above available to the templates."""
     env.filters["pretty"] = pretty
+    env.filters["markdown"] = markdown
     env.filters["file_name"] = file_name
     env.globals["output_items"] = output_items

@@ -1,0 +1,102 @@
+"""How the dashboard draws values: output kinds, markdown, the Run form (no browser needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.dashboard.forms import form_fields
+from api.dashboard.render import markdown, output_items, output_kind, snippets
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("hello world", "text"),
+        ("# Title\n\nsome *text*", "markdown"),
+        ("- one\n- two", "markdown"),
+        ("see [docs](https://example.com)", "markdown"),
+        ("https://host/files-signed/1/sig/out/thumbnail.png", "image"),
+        ("https://host/x/voice.WAV", "audio"),
+        ("https://host/x/clip.mp4?sig=1", "video"),
+        ("https://host/x/weights.tar", "file"),
+        ("data:image/png;base64,AAAA", "image"),
+        ("data:application/zip;base64,AAAA", "file"),
+        ({"a": 1}, "json"),
+        (3.5, "json"),
+    ],
+)
+def test_output_kind(value: object, kind: str) -> None:
+    assert output_kind(value) == kind
+
+
+def test_streamed_text_reads_as_one_text_and_files_as_items() -> None:
+    assert output_items([" the", " cat"], streaming=True) == [("text", " the cat")]
+    assert output_items(["a.png", "b"], streaming=False) == [("text", "a.png"), ("text", "b")]
+    urls = ["https://h/a.png", "https://h/b.wav"]
+    assert output_items(urls, streaming=False) == [("image", urls[0]), ("audio", urls[1])]
+    assert output_items([1, 2], streaming=False) == [("json", [1, 2])]
+    assert output_items(None, streaming=False) == []
+
+
+def test_markdown_escapes_html_and_refuses_script_links() -> None:
+    html = markdown("**bold** <script>alert(1)</script> [x](javascript:alert(1))")
+    assert "<strong>bold</strong>" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'href="javascript:' not in html
+
+
+def test_form_fields_follow_cogs_input_schema() -> None:
+    schema = {
+        "components": {
+            "schemas": {
+                "Input": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "uri", "x-order": 0},
+                        "steps": {
+                            "type": "integer",
+                            "default": 4,
+                            "minimum": 1,
+                            "maximum": 50,
+                            "x-order": 1,
+                        },
+                        "scale": {"type": "number", "default": 0.5, "x-order": 2},
+                        "fast": {"type": "boolean", "default": True, "x-order": 3},
+                        "mode": {"allOf": [{"$ref": "#/components/schemas/mode"}], "x-order": 4},
+                        "words": {"type": "array", "items": {"type": "string"}, "x-order": 5},
+                        "key": {
+                            "type": "string",
+                            "format": "password",
+                            "x-cog-secret": True,
+                            "writeOnly": True,
+                            "x-order": 6,
+                        },
+                    },
+                },
+                "mode": {"title": "mode", "enum": ["a", "b"], "type": "string"},
+            }
+        }
+    }
+    fields = {f.name: f for f in form_fields(schema)}
+    assert list(fields) == ["image", "steps", "scale", "fast", "mode", "words", "key"]
+    assert fields["image"].kind == "file" and fields["image"].required
+    assert (fields["steps"].kind, fields["steps"].minimum, fields["steps"].maximum) == (
+        "integer",
+        1,
+        50,
+    )
+    assert fields["steps"].value == "4"
+    assert fields["scale"].kind == "number" and fields["fast"].kind == "checkbox"
+    assert fields["mode"].kind == "select" and fields["mode"].choices == ["a", "b"]
+    assert fields["words"].kind == "list" and fields["words"].item_kind == "text"
+    assert fields["key"].kind == "password"
+
+
+def test_snippets_make_the_same_prediction() -> None:
+    code = snippets("http://h:8000", "o/m:v1", {"text": "it's", "image": "data:" + "A" * 500})
+    assert "http://h:8000/v1/predictions" in code["curl"]
+    assert "'\"'\"'" in code["curl"]  # the quote in the input survives the shell
+    assert 'client.run(\n    "o/m:v1"' in code["python"]
+    assert 'baseUrl: "http://h:8000/v1"' in code["javascript"]
+    assert "A" * 500 not in code["python"]
