@@ -428,7 +428,10 @@ def session_client(live: LiveStack, token: str) -> tuple[httpx.Client, str]:
     assert csrf is not None
     signed = client.post("/signin", files={"csrf": (None, csrf[1]), "token": (None, token)})
     assert signed.status_code == 303, signed.text
-    return client, csrf[1]
+    # Signing in starts a session with a CSRF token of its own.
+    fresh = re.search(r'name="csrf" value="([^"]+)"', client.get("/account").text)
+    assert fresh is not None and fresh[1] != csrf[1]
+    return client, fresh[1]
 
 
 def is_own_page(response: httpx.Response) -> None:

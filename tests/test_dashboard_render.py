@@ -100,3 +100,19 @@ def test_snippets_make_the_same_prediction() -> None:
     assert 'client.run(\n    "o/m:v1"' in code["python"]
     assert 'baseUrl: "http://h:8000/v1"' in code["javascript"]
     assert "A" * 500 not in code["python"]
+
+
+@pytest.mark.parametrize(
+    ("target", "safe"),
+    [
+        ("/predictions?source=web", "/predictions?source=web"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("", "/"),
+    ],
+)
+def test_sign_in_only_returns_to_this_site(target: str, safe: str) -> None:
+    from api.dashboard.pages import safe_next
+
+    assert safe_next(target) == safe

@@ -14,7 +14,7 @@ from sse_starlette import EventSourceResponse
 from api.dashboard.client import ApiProblem, api_for
 from api.dashboard.forms import form_fields, form_input
 from api.dashboard.render import snippets
-from api.dashboard.session import load_session
+from api.dashboard.session import load_session, new_csrf
 from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, render
 from api.deps import get_state
 from api.routes.streams import prediction_events, resume_cursor
@@ -36,7 +36,8 @@ def cursor_of(url: str | None) -> str | None:
 
 def safe_next(target: str | None) -> str:
     """Only paths of this site after sign-in (never another origin)."""
-    if target and target.startswith("/") and not target.startswith("//"):
+    # "//host" and "/\\host" are other origins to a browser.
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
 
@@ -59,6 +60,7 @@ async def signin(request: Request) -> Response:
             return render(request, "signin.html", 401, next=target, error=error)
     session = load_session(request)
     session.token = token
+    session.csrf = new_csrf()  # a new session gets a new CSRF token
     return redirect(request, target)
 
 

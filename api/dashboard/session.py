@@ -27,6 +27,10 @@ class DashSession:
     token: str | None = None
 
 
+def new_csrf() -> str:
+    return secrets.token_urlsafe(24)
+
+
 def _serializer(request: Request) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(get_state(request).secret_key, salt="dashboard-session")
 
@@ -36,7 +40,7 @@ def load_session(request: Request) -> DashSession:
     cached = getattr(request.state, "dash_session", None)
     if isinstance(cached, DashSession):
         return cached
-    session = DashSession(csrf=secrets.token_urlsafe(24))
+    session = DashSession(csrf=new_csrf())
     raw = request.cookies.get(COOKIE)
     if raw:
         try:
