@@ -582,3 +582,47 @@ def test_a_failed_prediction_shows_its_error_and_the_models_traceback(
     expect(page.locator("#error")).to_contain_text("cannot identify image file")
     expect(page.locator("#logs")).to_contain_text("Traceback")
     shot(page, "prediction-failed")
+
+
+def test_predictions_list_pages_with_the_apis_cursors(browser: Browser, live: LiveStack) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from replicant.ids import new_id
+    from replicant.tables import Prediction
+    from replicant.timeutil import utcnow
+
+    token = live.new_account("pager")
+    with live.client(token) as api:
+        owner = api.get("/v1/account").json()["username"]
+    start = utcnow() - timedelta(days=1)
+    rows = [
+        {
+            "id": new_id(),
+            "owner": owner,
+            "model": "replicate/hello-world",
+            "version": "v",
+            "status": "succeeded",
+            "input": {"text": f"row {i}"},
+            "created_at": start + timedelta(seconds=i),
+        }
+        for i in range(55)
+    ]
+    with live.engine.begin() as conn:
+        conn.execute(insert(Prediction), rows)
+    newest_first = [r["id"] for r in reversed(rows)]
+
+    page = sign_in(browser, live, token)
+    page.goto("/predictions")
+    links = page.locator("tbody a")
+    expect(links).to_have_count(50)
+    assert links.all_inner_texts() == newest_first[:50]
+    expect(page.get_by_role("link", name="Newer")).to_have_count(0)
+    page.get_by_role("link", name="Older").click()
+    expect(links).to_have_count(5)
+    assert links.all_inner_texts() == newest_first[50:]
+    expect(page.get_by_role("link", name="Older")).to_have_count(0)
+    page.get_by_role("link", name="Newer").click()
+    expect(links).to_have_count(50)
+    assert links.all_inner_texts() == newest_first[:50]
