@@ -626,3 +626,16 @@ def test_predictions_list_pages_with_the_apis_cursors(browser: Browser, live: Li
     page.get_by_role("link", name="Newer").click()
     expect(links).to_have_count(50)
     assert links.all_inner_texts() == newest_first[:50]
+    # The API's date filters (UTC, to the minute).
+    hour_before = (start - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    page.get_by_label("Created before (UTC)").fill(hour_before)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tbody")).to_contain_text("No predictions.")
+    page.get_by_label("Created before (UTC)").fill("")
+    page.get_by_label("Created after (UTC)").fill(hour_before)
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile("created_after="))
+    expect(links).to_have_count(50)
+    page.get_by_role("link", name="Older").click()
+    expect(page).to_have_url(re.compile("created_after=.*cursor="))
+    expect(links).to_have_count(5)
