@@ -158,6 +158,11 @@ def test_bad_input_shows_the_fields_error(browser: Browser, live: LiveStack, use
     expect(page.locator("#in-seconds")).to_have_value("5000")
     expect(page.locator(".field.invalid #in-seconds")).to_be_visible()
     shot(page, "invalid-input")
+    # Corrected, the same form runs.
+    page.fill("#in-seconds", "0")
+    submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    expect(page.locator("#output")).to_contain_text("slept for 0 seconds")
 
 
 def png(width: int, height: int) -> bytes:

@@ -116,3 +116,45 @@ def test_sign_in_only_returns_to_this_site(target: str, safe: str) -> None:
     from api.dashboard.pages import safe_next
 
     assert safe_next(target) == safe
+
+
+async def test_form_input_types_what_the_form_sends() -> None:
+    from starlette.datastructures import FormData
+
+    from api.dashboard.forms import Field, form_input, form_values
+
+    fields = [
+        Field("csrf", "csrf", "text"),  # an input may share a name with the form's own fields
+        Field("steps", "steps", "integer"),
+        Field("scale", "scale", "number"),
+        Field("fast", "fast", "checkbox"),
+        Field("slow", "slow", "checkbox"),
+        Field("mode", "mode", "select", choices=[1, 2]),
+        Field("words", "words", "list", item_kind="integer"),
+        Field("prompt", "prompt", "text"),
+        Field("left_out", "left_out", "text"),
+    ]
+    form = FormData(
+        [
+            ("csrf", "session-token"),
+            ("in-csrf", "model input"),
+            ("in-steps", " 5 "),
+            ("in-scale", "0.25"),
+            ("in-fast", "on"),
+            ("in-mode", "2"),
+            ("in-words", "1\n2\n\n3"),
+            ("in-prompt", "  spaced  "),
+            ("in-left_out", ""),
+        ]
+    )
+    assert await form_input(fields, form) == {
+        "csrf": "model input",
+        "steps": 5,
+        "scale": 0.25,
+        "fast": True,
+        "slow": False,
+        "mode": 2,
+        "words": [1, 2, 3],
+        "prompt": "  spaced  ",
+    }
+    assert form_values(form)["steps"] == " 5 " and "session-token" not in form_values(form).values()

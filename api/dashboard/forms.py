@@ -13,8 +13,8 @@ from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
 
-# Form fields that are the form's own, never model inputs.
-RESERVED = {"csrf", "version"}
+# Inputs are posted as "in-<name>", so no input name meets the form's own fields (csrf, ...).
+PREFIX = "in-"
 
 
 @dataclass
@@ -118,16 +118,17 @@ async def form_input(fields: list[Field], form: FormData) -> dict[str, Any]:
     model's defaults apply."""
     payload: dict[str, Any] = {}
     for f in fields:
+        key = PREFIX + f.name
         if f.kind == "checkbox":
-            payload[f.name] = form.get(f.name) is not None
+            payload[f.name] = form.get(key) is not None
             continue
         if f.kind == "file" or (f.kind == "list" and f.item_kind == "file"):
-            uploads = [u for u in form.getlist(f.name) if isinstance(u, UploadFile) and u.filename]
+            uploads = [u for u in form.getlist(key) if isinstance(u, UploadFile) and u.filename]
             uris = [await data_uri(u) for u in uploads]
             if uris:
                 payload[f.name] = uris if f.kind == "list" else uris[0]
             continue
-        raw = form.get(f.name)
+        raw = form.get(key)
         text = raw.strip() if isinstance(raw, str) else ""
         if text == "":
             continue
@@ -147,3 +148,12 @@ async def form_input(fields: list[Field], form: FormData) -> dict[str, Any]:
             # Text is sent as typed (spaces may matter); numbers without the spaces.
             payload[f.name] = _scalar(f.kind, str(raw) if f.kind in ("text", "password") else text)
     return payload
+
+
+def form_values(form: FormData) -> dict[str, str]:
+    """The text the user typed, by input name, to fill the form in again after a 422."""
+    return {
+        k.removeprefix(PREFIX): v
+        for k, v in form.items()
+        if k.startswith(PREFIX) and isinstance(v, str)
+    }

@@ -12,7 +12,7 @@ from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 
 from api.dashboard.client import ApiProblem, api_for
-from api.dashboard.forms import form_fields, form_input
+from api.dashboard.forms import form_fields, form_input, form_values
 from api.dashboard.render import snippets
 from api.dashboard.session import load_session, new_csrf
 from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, render
@@ -117,7 +117,7 @@ async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
 @router.get("/models/{owner}/{name}")
 async def model_page(owner: str, name: str, page: PageDep) -> Response:
     view = await _model_view(page, owner, name)
-    return render(page.request, "model.html", page=page, errors={}, values={}, **view)
+    return render(page.request, "model.html", page=page, errors={}, values={}, version=None, **view)
 
 
 @router.post("/models/{owner}/{name}/run")
@@ -128,17 +128,21 @@ async def run_model(owner: str, name: str, page: PageDep, form: FormDep) -> Resp
     latest = view["model"]["latest_version"]
     if latest is None:
         raise ApiProblem(404, {"detail": f"Model {owner}/{name} has no versions"})
+    # The version the form was drawn from, even when a newer one was pushed since.
+    version_id = str(form.get("version") or latest["id"])
+    if version_id != latest["id"]:
+        version = await page.api.get(f"/v1/models/{owner}/{name}/versions/{version_id}")
+        view["fields"] = form_fields(version["openapi_schema"])
     payload = await form_input(view["fields"], form)
-    body = {"version": f"{owner}/{name}:{latest['id']}", "input": payload}
+    body = {"version": f"{owner}/{name}:{version_id}", "input": payload}
     try:
         prediction = await page.api.post("/v1/predictions", body)
     except ApiProblem as err:
         if err.status not in (400, 422):
             raise
-        values = {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf"}
         return render(
             page.request, "model.html", 422, page=page, errors=err.fields, problem=err,
-            values=values, **view,
+            values=form_values(form), version=version_id, **view,
         )  # fmt: skip
     return redirect(page.request, f"/predictions/{prediction['id']}")
 
