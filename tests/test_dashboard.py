@@ -300,10 +300,18 @@ def test_a_second_account_sees_none_of_the_firsts_private_things(
 
 
 def test_account_creates_shows_once_and_revokes_tokens(browser: Browser, live: LiveStack) -> None:
+    from replicant.accounts import add_member, create_organization
+
     token = live.new_account("acct")
+    with live.client(token) as api:
+        username = api.get("/v1/account").json()["username"]
+    organization = f"org-{os.urandom(3).hex()}"
+    create_organization(live.engine, organization)
+    add_member(live.engine, organization, username)
     page = sign_in(browser, live, token)
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="acct-").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=username).click()
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    expect(page.locator("main")).to_contain_text(organization)
     page.get_by_role("button", name="Reveal secret").click()
     expect(page.locator("#webhook-secret")).to_contain_text("whsec_")
     with live.client(token) as api:
