@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from api.dashboard.forms import form_fields
@@ -158,3 +161,31 @@ async def test_form_input_types_what_the_form_sends() -> None:
         "prompt": "  spaced  ",
     }
     assert form_values(form)["steps"] == " 5 " and "session-token" not in form_values(form).values()
+
+
+def test_an_api_429_reaches_the_browser_with_its_retry_after(tmp_path: Path) -> None:
+    """A page over a rate limit (the page's own, by address, or its API calls', by account)
+    says so as a page, with the API's Retry-After."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from replicant.accounts import create_account
+    from replicant.db import make_engine
+    from replicant.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, rate_limit_default="4/minute")
+    app = create_app(settings)
+    engine = make_engine(settings.resolved_database_url)
+    _, token = create_account(engine, "limited")
+    engine.dispose()
+    with TestClient(app, follow_redirects=False) as browser:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+        assert csrf is not None
+        files = {"csrf": (None, csrf[1]), "token": (None, token)}
+        assert browser.post("/signin", files=files).status_code == 303
+        statuses = [browser.get("/account").status_code for _ in range(4)]
+        assert statuses[0] == 200 and statuses[-1] == 429, statuses
+        limited = browser.get("/account")
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) > 0
+    assert "text/html" in limited.headers["content-type"]

@@ -15,9 +15,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 class ApiProblem(Exception):
     """An API error answer (problem+json): status, detail and the invalid fields, if any."""
 
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
+    def __init__(self, status: int, body: dict[str, Any], retry_after: str | None = None) -> None:
         super().__init__(body.get("detail") or f"HTTP {status}")
         self.status = status
+        self.retry_after = retry_after  # a 429's Retry-After, passed on to the browser
         self.detail = str(body.get("detail") or body.get("title") or f"HTTP {status}")
         self.fields = {
             str(f.get("field")): str(f.get("message")) for f in body.get("invalid_fields") or []
@@ -38,7 +39,11 @@ class Api:
                 body = response.json()
             except ValueError:
                 body = {"detail": response.text}
-            raise ApiProblem(response.status_code, body if isinstance(body, dict) else {})
+            raise ApiProblem(
+                response.status_code,
+                body if isinstance(body, dict) else {},
+                response.headers.get("retry-after"),
+            )
         if response.status_code == 204 or not response.content:
             return None
         return response.json()

@@ -3,6 +3,7 @@ rendering with the session cookie and a strict Content-Security-Policy."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,4 +117,20 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiProblem)
     async def _problem(request: Request, err: ApiProblem) -> Response:
-        return render(request, "error.html", err.status, error=err)
+        response = render(request, "error.html", err.status, error=err)
+        if err.retry_after:
+            response.headers["Retry-After"] = err.retry_after
+        return response
+
+    api_handler = app.exception_handlers[ProblemError]
+
+    @app.exception_handler(ProblemError)
+    async def _page_problem(request: Request, err: ProblemError) -> Response:
+        # The dashboard's own refusals (rate limit, CSRF) as pages; the API's stay problem+json.
+        route = request.scope.get("route")
+        if not getattr(getattr(route, "endpoint", None), "__module__", "").startswith(__package__):
+            answer = api_handler(request, err)
+            return await answer if inspect.isawaitable(answer) else answer
+        page = render(request, "error.html", err.status, error=err)
+        page.headers.update(err.headers or {})
+        return page
