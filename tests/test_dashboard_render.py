@@ -189,3 +189,13 @@ def test_an_api_429_reaches_the_browser_with_its_retry_after(tmp_path: Path) -> 
     assert limited.status_code == 429
     assert int(limited.headers["retry-after"]) > 0
     assert "text/html" in limited.headers["content-type"]
+
+
+def test_inputs_show_long_data_uris_cut_short() -> None:
+    from api.dashboard.render import brief
+
+    uri = "data:text/plain;base64," + "A" * 1000
+    shown = brief({"text": uri, "files": [uri], "n": 3, "url": "https://h/" + "a" * 300})
+    assert shown["text"].endswith("... (1023 characters)") and len(shown["text"]) < 100
+    assert shown["files"] == [shown["text"]] and shown["n"] == 3
+    assert shown["url"] == "https://h/" + "a" * 300

@@ -77,6 +77,17 @@ def file_name(url: str) -> str:
     return urlparse(url).path.rsplit("/", 1)[-1] or url
 
 
+def brief(value: Any) -> Any:
+    """``value`` with long data URIs cut short, for showing an input (not for sending)."""
+    if isinstance(value, str) and value.startswith("data:") and len(value) > SNIPPET_VALUE:
+        return f"{value[:60]}... ({len(value)} characters)"
+    if isinstance(value, list):
+        return [brief(v) for v in value]
+    if isinstance(value, dict):
+        return {k: brief(v) for k, v in value.items()}
+    return value
+
+
 def _short(value: Any) -> Any:
     if isinstance(value, str) and len(value) > SNIPPET_VALUE:
         return value[:SNIPPET_VALUE] + "..."
@@ -118,5 +129,6 @@ def install_filters(env: Environment) -> None:
     """Make the helpers above available to the templates."""
     env.filters["pretty"] = pretty
     env.filters["markdown"] = markdown
+    env.filters["brief"] = brief
     env.filters["file_name"] = file_name
     env.globals["output_items"] = output_items
