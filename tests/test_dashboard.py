@@ -188,6 +188,7 @@ def test_thumbnail_of_an_uploaded_image_is_shown(
         "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
     )
     assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 32]
+    shot(page, "prediction-image")
 
 
 def test_sleep_logs_arrive_live_and_cancel_stops_it(
