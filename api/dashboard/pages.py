@@ -108,6 +108,10 @@ async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
     model = await page.api.get(f"/v1/models/{owner}/{name}")
     username = page.account["username"]
     model["hardware"] = await asyncio.to_thread(_hardware, page.request, username, owner, name)
+    # The README route, where the API has one (empty text: no README).
+    readme = await page.api.http.get(f"/v1/models/{owner}/{name}/readme")
+    if readme.status_code == 200 and readme.text.strip():
+        model["readme"] = readme.text
     versions = await page.api.get(f"/v1/models/{owner}/{name}/versions")
     latest = model.get("latest_version")
     fields = form_fields(latest["openapi_schema"]) if latest else []
