@@ -36,9 +36,10 @@ API_TESTS := tests/test_accounts.py tests/test_conformance.py tests/test_deploym
 # tests/test_real_models.py and tests/test_cog_examples.py run once, in the SQLite pass: they
 # test models, and each pass would build the real models' environments again.
 
-# Debian packages the built-in models need (the OCR model's OpenCV loads libGL): installed
-# when missing (the test machine runs as root).
-SYSTEM_PACKAGES := libgl1 libglib2.0-0
+# Debian packages the tests need, installed when missing (the test machine runs as root): the
+# OCR model's OpenCV loads libGL; the dashboard's browser tests drive Debian's Chromium
+# (browser downloads are not possible).
+SYSTEM_PACKAGES := libgl1 libglib2.0-0 chromium
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

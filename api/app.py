@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api import dashboard
 from api.deadlines import AbortedForOptedInClients
 from api.errors import install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deployments.router)
     app.include_router(trainings.router)
     app.include_router(metrics_router)
+    dashboard.install(app)  # last: the API's routes keep precedence
     logging.getLogger("replicant").setLevel(settings.log_level)
     return app
 

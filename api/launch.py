@@ -165,7 +165,8 @@ async def launch_prediction(
         staged_files=stored,
         hardware=hardware,
         task_queue=task_queue,
-        source="api",
+        # "web" only from the dashboard, which marks its in-process calls (api/dashboard).
+        source=getattr(request.state, "prediction_source", "api"),
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,
         deployment=deployment,

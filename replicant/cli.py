@@ -55,8 +55,9 @@ def dev() -> None:
         raise
     console.print(
         f"\n  API          {settings.resolved_public_url}\n"
+        f"  Dashboard    {settings.resolved_public_url}/  (sign in with the API token)\n"
         f"  API token    {token}\n"
-        f"  Temporal UI  http://127.0.0.1:{settings.ui_port}\n\n"
+        f"  Temporal UI  {settings.resolved_temporal_ui_url}\n\n"
         f"  export REPLICATE_API_TOKEN={token}\n"
         f"  export REPLICATE_BASE_URL={settings.resolved_public_url}\n\n"
         "Ctrl-C stops everything.",

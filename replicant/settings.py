@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     temporal_namespace: str = Field("default", description="The Temporal namespace.")
     temporal_port: int = Field(7233, description="The port of the embedded Temporal dev server.")
     ui_port: int = Field(8233, description="The port of the embedded Temporal Web UI.")
+    temporal_ui_url: str | None = Field(
+        None,
+        description="The Temporal Web UI as browsers reach it (the dashboard links each "
+        "prediction's workflow there); `http://127.0.0.1:<ui_port>` when unset.",
+    )
     temporal_bin: str | None = Field(
         None,
         description="The `temporal` CLI that runs the embedded dev server; the one next to "
@@ -283,6 +288,10 @@ class Settings(BaseSettings):
     def resolved_public_url(self) -> str:
         scheme = "https" if self.tls_certfile else "http"
         return (self.public_url or f"{scheme}://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def resolved_temporal_ui_url(self) -> str:
+        return (self.temporal_ui_url or f"http://127.0.0.1:{self.ui_port}").rstrip("/")
 
     @property
     def resolved_database_url(self) -> str:

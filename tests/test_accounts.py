@@ -385,6 +385,14 @@ def answered_own(response: httpx.Response, owned: Owned) -> None:
 NOT_FOUND = status(404)
 UNAUTHENTICATED = status(401)
 OPEN = status(200)
+FORBIDDEN = status(403)
+
+
+def to_sign_in(response: httpx.Response, owned: Owned) -> None:
+    """A dashboard page: a token is no session, the browser goes to sign in (pages as other
+    signed-in accounts: tests/test_dashboard.py)."""
+    assert response.status_code == 303, response.text
+    assert response.headers["location"].startswith("/signin?next="), response.headers
 
 
 @dataclass
@@ -494,6 +502,32 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/deployments/{owner}/{name}/predictions"): Case(
         NOT_FOUND, UNAUTHENTICATED, body={"input": {"text": "x"}}
     ),
+    # the dashboard (api/dashboard): a session cookie, not a token, opens its pages
+    ("GET", "/signin"): Case(OPEN, OPEN),
+    ("POST", "/signin"): Case(FORBIDDEN, FORBIDDEN),  # no session, no CSRF token
+    ("POST", "/signout"): Case(FORBIDDEN, FORBIDDEN),
+    ("GET", "/static/dashboard/{name}"): Case(NOT_FOUND, NOT_FOUND),
+    **{
+        route: Case(to_sign_in, to_sign_in)
+        for route in [
+            ("GET", "/"),
+            ("GET", "/account"),
+            ("POST", "/account/tokens"),
+            ("POST", "/account/tokens/{token_id}/revoke"),
+            ("POST", "/account/webhook-secret"),
+            ("GET", "/deployments"),
+            ("POST", "/deployments/{owner}/{name}"),
+            ("GET", "/models/{owner}/{name}"),
+            ("POST", "/models/{owner}/{name}/run"),
+            ("GET", "/predictions"),
+            ("GET", "/predictions/{prediction_id}"),
+            ("GET", "/predictions/{prediction_id}/events"),
+            ("POST", "/predictions/{prediction_id}/{action}"),
+            ("GET", "/trainings"),
+            ("GET", "/trainings/{training_id}"),
+            ("POST", "/trainings/{training_id}/cancel"),
+        ]
+    },
 }
 
 
@@ -517,6 +551,8 @@ def fill(template: str, owned: Owned) -> str:
         "version": owned.version,
         "file_id": owned.file,
         "training_id": owned.prediction,
+        "action": "share",
+        "token_id": "1",
         "expires": "4102444800",  # far ahead: only the forged signature is wrong
         "sig": "forged",
         "key": f"files/{owned.username}/{owned.file}",
