@@ -653,3 +653,53 @@ def test_predictions_list_pages_with_the_apis_cursors(browser: Browser, live: Li
     page.get_by_role("link", name="Older").click()
     expect(page).to_have_url(re.compile("created_after=.*cursor="))
     expect(links).to_have_count(5)
+
+
+def test_predictions_list_filters_by_status_and_model(browser: Browser, live: LiveStack) -> None:
+    from sqlalchemy import insert
+
+    from replicant.ids import new_id
+    from replicant.tables import Prediction
+    from replicant.timeutil import utcnow
+
+    token = live.new_account("sifter")
+    with live.client(token) as api:
+        owner = api.get("/v1/account").json()["username"]
+    kinds = [
+        ("replicate/hello-world", "succeeded"),
+        ("replicate/hello-world", "failed"),
+        ("replicant/sleep", "failed"),
+        ("replicant/sleep", "canceled"),
+    ]
+    rows = [
+        {
+            "id": new_id(),
+            "owner": owner,
+            "model": model,
+            "version": "v",
+            "status": status,
+            "input": {},
+            "created_at": utcnow(),
+        }
+        for model, status in kinds
+    ]
+    with live.engine.begin() as conn:
+        conn.execute(insert(Prediction), rows)
+    ids = {(r["model"], r["status"]): r["id"] for r in rows}
+
+    page = sign_in(browser, live, token)
+    page.goto("/predictions")
+    links = page.locator("tbody a")
+    expect(links).to_have_count(4)
+    page.get_by_label("Status").select_option("failed")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile("status=failed"))
+    expect(links).to_have_count(2)
+    assert set(links.all_inner_texts()) == {
+        ids["replicate/hello-world", "failed"],
+        ids["replicant/sleep", "failed"],
+    }
+    page.get_by_label("Model").fill("replicant/sleep")
+    page.get_by_role("button", name="Filter").click()
+    expect(links).to_have_count(1)
+    assert links.all_inner_texts() == [ids["replicant/sleep", "failed"]]

@@ -154,13 +154,21 @@ async def run_model(owner: str, name: str, page: PageDep, form: FormDep) -> Resp
 @router.get("/predictions")
 async def predictions_page(
     page: PageDep,
+    status: str = "",
+    model: str = "",
     source: str = "",
     created_after: str = "",
     created_before: str = "",
     cursor: str = "",
 ) -> Response:
     """The account's predictions with the API's filters, a page at a time (the API's cursors)."""
-    filters = {"source": source, "created_after": created_after, "created_before": created_before}
+    filters = {
+        "status": status,
+        "model": model,
+        "source": source,
+        "created_after": created_after,
+        "created_before": created_before,
+    }
     body = await page.api.get("/v1/predictions", cursor=cursor, page_size=50, **filters)
     return render(
         page.request,
