@@ -14,6 +14,7 @@ from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
+    builds,
     deployments,
     files,
     health,
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(builds.router)
     app.include_router(account.router)
     app.include_router(sharing.router)
     app.include_router(files.router)

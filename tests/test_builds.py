@@ -1,0 +1,159 @@
+"""A push's build is a Temporal workflow on the workers: it outlives the API that received it.
+
+The model here waits, while its predictor is imported (the build's schema probe), until the
+test opens a gate file: the build is held mid-way for as long as the test needs, without
+sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import WorkflowExecutionStatus
+
+from replicant.archives import pack_model
+from replicant.devstack import free_port
+from replicant.temporal import connect
+from tests.conftest import LiveStack
+
+GATED_MODEL = """\
+import time
+from pathlib import Path
+
+from cog import BasePredictor
+
+# The build's probe imports this module: it waits here until the test opens the gate.
+while not Path({gate!r}).exists():
+    time.sleep(0.05)
+
+
+class Predictor(BasePredictor):
+    def predict(self, text: str = "gate") -> str:
+        return "through the " + text
+"""
+COG_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
+BUILD_TIMEOUT = 300
+
+
+def gated_model(root: Path) -> tuple[bytes, Path]:
+    """A packed model whose build waits for the returned gate file."""
+    gate = root / "gate"
+    src = root / "model"
+    src.mkdir(parents=True)
+    (src / "cog.yaml").write_text(COG_YAML)
+    (src / "predict.py").write_text(GATED_MODEL.format(gate=str(gate)))
+    with (root / "model.tar.gz").open("w+b") as archive:
+        pack_model(src, archive)
+        archive.seek(0)
+        return archive.read(), gate
+
+
+def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)
+
+
+def headers(live: LiveStack, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {live.token}", **extra}
+
+
+async def test_a_push_survives_a_restart_of_the_api_that_received_it(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    body, gate = gated_model(tmp_path)
+    ref = f"{live.settings.default_account}/gated-{tmp_path.name[-6:].lower()}"
+    # An API process of its own, so the stack's other API stays up for the rest of the suite.
+    port = free_port()
+    url = live.stack.start_api("api-push", port)
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    timeout = httpx.Timeout(30.0, read=BUILD_TIMEOUT)
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/models/{ref}/versions",
+        params={"create": "true"},
+        content=body,
+        headers=ndjson,
+        timeout=timeout,
+    ) as response:
+        assert response.status_code == 200
+        build_id = response.headers["Replicant-Build"]
+        seen = []
+        for event in events(response.iter_lines()):
+            assert event["event"] == "log", event
+            seen.append(event["message"])
+            if "deriving the schema" in event["message"]:
+                break  # the build now waits in the predictor's import
+        else:
+            raise AssertionError(f"the stream ended before the probe: {seen}")
+        live.stack.stop("api-push", sig=signal.SIGKILL)
+
+    url = live.stack.start_api("api-push", port)
+    try:
+        with httpx.Client(base_url=url, headers=headers(live), timeout=timeout) as client:
+            during = client.get(f"/v1/builds/{build_id}").json()
+            assert during["status"] == "processing"
+            assert "deriving the schema from the predictor" in during["logs"]
+            assert client.get(f"/v1/models/{ref}").status_code == 404  # no version yet
+            gate.touch()
+            with client.stream(
+                "GET", f"/v1/builds/{build_id}", headers={"Accept": "application/x-ndjson"}
+            ) as follow:
+                followed = list(events(follow.iter_lines()))
+            assert [e["event"] for e in followed[:-1]] == ["log"] * (len(followed) - 1)
+            assert followed[0]["message"] == seen[0]  # following replays the log from the start
+            last = followed[-1]
+            assert last["event"] == "version" and last["status"] == 201, last
+            version = last["version"]["id"]
+            assert client.get(f"/v1/models/{ref}").json()["latest_version"]["id"] == version
+            done = client.get(f"/v1/builds/{build_id}").json()
+            assert done["status"] == "succeeded" and done["version"]["id"] == version
+            ran = client.post(
+                f"/v1/models/{ref}/predictions",
+                json={"input": {"text": "restart"}},
+                headers={"Prefer": "wait"},
+            ).json()
+            assert ran["output"] == "through the restart"
+    finally:
+        live.stack.stop("api-push")
+
+    # The build ran as a workflow on the build queue, findable in the Temporal UI.
+    temporal = await connect(live.settings)
+    described = await temporal.get_workflow_handle(f"build-{build_id}").describe()
+    assert described.workflow_type == "BuildVersionWorkflow"
+    assert described.task_queue == live.settings.build_queue
+    assert described.status == WorkflowExecutionStatus.COMPLETED
+
+
+def test_a_build_is_visible_only_to_the_account_that_pushed(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    ref = f"{live.settings.default_account}/hello-{tmp_path.name[-6:].lower()}"
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with (tmp_path / "hello.tar.gz").open("w+b") as archive:
+        pack_model(examples / "hello-world", archive)
+        archive.seek(0)
+        body = archive.read()
+    pushed = httpx.post(
+        f"{live.url}/v1/models/{ref}/versions",
+        params={"create": "true"},
+        content=body,
+        headers=headers(live, **{"Content-Type": "application/gzip"}),
+        timeout=BUILD_TIMEOUT,
+    )
+    assert pushed.status_code == 201, pushed.text
+    build_id = pushed.headers["Replicant-Build"]
+    with live.client() as owner:
+        build = owner.get(f"/v1/builds/{build_id}").json()
+    assert build["status"] == "succeeded"
+    assert build["version"]["id"] == pushed.json()["id"]
+    assert "recording the version" in build["logs"]
+    with live.client(live.new_account("stranger")) as stranger:
+        hidden = stranger.get(f"/v1/builds/{build_id}")
+    assert hidden.status_code == 404
+    assert hidden.headers["content-type"].startswith("application/problem+json")
