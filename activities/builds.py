@@ -129,7 +129,7 @@ class BuildActivities:
         """(version id, created, None) or (None, False, problem body)."""
         row = builds.get_build(self.engine, req.id)
         started = row.created_at if row is not None else None
-        work = builds.work_dir(self.settings.data_dir)
+        work = builds.build_dir(self.settings.data_dir, req.id)
         try:
             model = self._model(req)
             if model is None:
@@ -142,7 +142,14 @@ class BuildActivities:
             target.mkdir()
             root = unpack_model(archive, target, self.settings.max_push_bytes)
             try:
-                version = create_version(self.settings, self.engine, model, root, say)
+                version = create_version(
+                    self.settings,
+                    self.engine,
+                    model,
+                    root,
+                    say,
+                    staging_prefix=builds.staging_prefix(req.id),
+                )
             except Exception as err:
                 problem = builds.failure_problem(err)
                 if problem is None:

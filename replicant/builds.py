@@ -85,7 +85,7 @@ def unexpected_problem(message: str) -> dict[str, Any]:
 
 
 def work_dir(data_dir: Path) -> Path:
-    """A private scratch directory for one push or build, on the same disk as the versions.
+    """A private scratch directory for one push, on the same disk as the versions.
 
     Scratch and staging directories left by a process that died mid-build are swept here,
     once they are older than any build can take.
@@ -93,12 +93,33 @@ def work_dir(data_dir: Path) -> Path:
     uploads = data_dir.resolve() / "uploads"
     uploads.mkdir(parents=True, exist_ok=True)
     stale = time.time() - STALE_AFTER
-    leftovers = [*uploads.glob("push-*"), *(data_dir.resolve() / "versions").glob(".staging-*")]
+    leftovers = [
+        *uploads.glob("push-*"),
+        *uploads.glob("build-*"),
+        *(data_dir.resolve() / "versions").glob(".staging-*"),
+    ]
     for path in leftovers:
         with contextlib.suppress(OSError):
             if path.stat().st_mtime < stale:
                 shutil.rmtree(path, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=uploads, prefix="push-"))
+
+
+def staging_prefix(build_id: str) -> str:
+    """The prefix of a build's staging copies beside the versions (see ``create_version``)."""
+    return f".staging-{build_id}-"
+
+
+def build_dir(data_dir: Path, build_id: str) -> Path:
+    """A build's scratch directory, empty: what an earlier attempt of the same build left
+    (its worker died mid-way), here and among the versions' staging copies, is removed."""
+    data = data_dir.resolve()
+    for path in (data / "versions").glob(f"{staging_prefix(build_id)}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    work = data / "uploads" / f"build-{build_id}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
 
 
 def get_build(engine: Engine, build_id: str) -> Build | None:

@@ -51,12 +51,14 @@ def create_version(
     model: Model,
     src: Path,
     progress: Callable[[str], None] | None = None,
+    staging_prefix: str = ".staging-",
 ) -> Version:
     """Copy ``src`` into the data dir, build its env, derive its schema, and record it.
 
-    Every check runs on a private staging copy; only a version that passed all of them is
-    moved into place and recorded, so a bad push leaves nothing visible (no row, no
-    directory). A ``model`` without an id is created together with its first version.
+    Every check runs on a private staging copy (named ``staging_prefix`` + random, beside the
+    versions); only a version that passed all of them is moved into place and recorded, so a
+    bad push leaves nothing visible (no row, no directory). A ``model`` without an id is
+    created together with its first version.
     Raises ``CogConfigError``, ``EnvBuildError`` or ``PredictorError`` on a bad model.
     """
     say = progress or (lambda _line: None)
@@ -69,7 +71,7 @@ def create_version(
                 return existing
     dest = settings.data_dir.resolve() / "versions" / version_id
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".staging-"))
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=staging_prefix))
     moved = False
     try:
         say("copying the model files")

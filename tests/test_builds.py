@@ -157,3 +157,43 @@ def test_a_build_is_visible_only_to_the_account_that_pushed(
         hidden = stranger.get(f"/v1/builds/{build_id}")
     assert hidden.status_code == 404
     assert hidden.headers["content-type"].startswith("application/problem+json")
+
+
+def leftovers(live: LiveStack) -> list[str]:
+    """Scratch and staging directories of builds: a finished build leaves none."""
+    data = live.settings.data_dir.resolve()
+    found = [*(data / "versions").glob(".staging-*"), *(data / "uploads").glob("*")]
+    return sorted(p.name for p in found)
+
+
+def test_a_build_whose_worker_dies_is_built_again_on_another(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    body, gate = gated_model(tmp_path)
+    ref = f"{live.settings.default_account}/regated-{tmp_path.name[-6:].lower()}"
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    with httpx.stream(
+        "POST",
+        f"{live.url}/v1/models/{ref}/versions",
+        params={"create": "true"},
+        content=body,
+        headers=ndjson,
+        timeout=httpx.Timeout(30.0, read=BUILD_TIMEOUT),
+    ) as response:
+        assert response.status_code == 200
+        stream = events(response.iter_lines())
+        for event in stream:
+            if "deriving the schema" in event.get("message", ""):
+                break
+        # SIGKILL the worker (and the build's probe with it), as a lost machine would.
+        live.stack.stop("worker", sig=signal.SIGKILL)
+        live.stack.start_worker()
+        gate.touch()
+        rest = list(stream)  # the pusher's stream goes on, through the second attempt
+    messages = [e["message"] for e in rest[:-1]]
+    assert any("building again (attempt 2)" in m for m in messages), messages
+    assert rest[-1]["event"] == "version" and rest[-1]["status"] == 201, rest[-1]
+    with live.client() as client:
+        latest = client.get(f"/v1/models/{ref}").json()["latest_version"]
+    assert latest["id"] == rest[-1]["version"]["id"]
+    assert leftovers(live) == []

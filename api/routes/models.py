@@ -36,9 +36,6 @@ log = logging.getLogger("replicant.api")
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 Visibility = Literal["public", "private"]
-# A build's heartbeats come from its worker's event loop every second or so; a pip run that
-# holds the GIL must not look like a dead worker.
-MIN_BUILD_HEARTBEAT = 30.0
 
 
 class ModelCreate(BaseModel):
@@ -359,7 +356,7 @@ async def push_version(
         archive_key=key,
         new_model=new_model,
         timeout=settings.build_timeout,
-        heartbeat_timeout=max(settings.heartbeat_timeout, MIN_BUILD_HEARTBEAT),
+        heartbeat_timeout=settings.heartbeat_timeout,
     )
     await push.start_build(state, req)
     headers = {push.BUILD_HEADER: build_id}
