@@ -36,17 +36,25 @@ log = logging.getLogger("replicant.builds")
 LOG_FLUSH_INTERVAL = 0.2
 
 
+class BuildAbandoned(Exception):
+    """The build's activity was cancelled: the build thread stops at its next step."""
+
+
 class BuildLog:
     """Progress lines from the build thread, written to the row in batches."""
 
     def __init__(self, engine: Engine, build_id: str) -> None:
         self.engine = engine
         self.build_id = build_id
+        self.abandoned = threading.Event()
         self._lines: list[str] = []
         self._lock = threading.Lock()
 
     def say(self, line: str) -> None:
-        """Queue one line (called from the build thread)."""
+        """Queue one line (called from the build thread); raise once the build is abandoned,
+        so a cancelled build records no version."""
+        if self.abandoned.is_set():
+            raise BuildAbandoned(self.build_id)
         with self._lock:
             self._lines.append(line)
 
@@ -87,6 +95,9 @@ class BuildActivities:
         flushing = asyncio.create_task(logs.flush_forever())
         try:
             version_id, created, error = await asyncio.to_thread(self._build, req, logs.say)
+        except asyncio.CancelledError:
+            logs.abandoned.set()  # the thread cannot be interrupted: it stops at its next line
+            raise
         finally:
             for task in (beating, flushing):
                 task.cancel()

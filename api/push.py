@@ -15,7 +15,9 @@ import asyncio
 import json
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ProblemError
 from api.serialize import version_json
@@ -30,8 +34,10 @@ from api.state import AppState
 from replicant import builds
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest
+from replicant.objectkeys import build_archive
 from replicant.storage import ObjectStore
 from replicant.tables import Build, Version
+from replicant.timeutil import utcnow
 from workflows.build import BuildVersionWorkflow, search_attributes
 
 log = logging.getLogger("replicant.api")
@@ -41,6 +47,10 @@ MULTIPART_OVERHEAD = 64 * 1024
 # How often a follower reads the build row for new log lines.
 POLL_INTERVAL = 0.2
 BUILD_HEADER = "Replicant-Build"
+# A follower asks Temporal this often whether a running build's workflow still lives.
+WORKFLOW_CHECK_INTERVAL = 5.0
+# A build row younger than this may be waiting for its workflow to start.
+START_GRACE = timedelta(minutes=1)
 
 
 def too_large(limit: int) -> ProblemError:
@@ -188,9 +198,35 @@ def outcome(state: AppState, row: Build) -> tuple[int, dict[str, Any]]:
     return (201 if row.created else 200), version_json(version)
 
 
+async def end_orphaned(state: AppState, row: Build) -> None:
+    """Fail a running build whose workflow has ended without ending it (terminated, timed
+    out) or never started (its API died first), so that followers stop waiting."""
+    try:
+        client = await state.temporal()
+        described = await client.get_workflow_handle(f"build-{row.id}").describe()
+        status = described.status
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND or utcnow() - row.created_at < START_GRACE:
+            return
+        status = None
+    if status == WorkflowExecutionStatus.RUNNING:
+        return
+    # The workflow's activities write the outcome before it completes: read the row again.
+    current = await asyncio.to_thread(builds.get_build, state.engine, row.id)
+    if current is None or current.status in builds.TERMINAL:
+        return
+    how = "never started" if status is None else f"ended ({status.name.lower()})"
+    log.warning("event=build_orphaned build=%s workflow=%s", row.id, how)
+    error = builds.unexpected_problem(f"The build's workflow {how} before the build finished")
+    await asyncio.to_thread(builds.finish_build, state.engine, row.id, error=error)
+    store = await state.store()
+    await asyncio.to_thread(store.delete, build_archive(row.id))
+
+
 async def tail(state: AppState, build_id: str) -> AsyncIterator[tuple[list[str], Build | None]]:
     """New whole log lines of a build as they are written; the row once it has ended."""
     offset = 0
+    checked = time.monotonic()
     while True:
         row = await asyncio.to_thread(builds.get_build, state.engine, build_id)
         if row is None:
@@ -202,6 +238,9 @@ async def tail(state: AppState, build_id: str) -> AsyncIterator[tuple[list[str],
         yield lines, row if done else None
         if done:
             return
+        if time.monotonic() - checked > WORKFLOW_CHECK_INTERVAL:
+            checked = time.monotonic()
+            await end_orphaned(state, row)
         await asyncio.sleep(POLL_INTERVAL)
 
 

@@ -11,11 +11,14 @@ import json
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
+import pytest
+from sqlalchemy.engine import Engine
 from temporalio.client import WorkflowExecutionStatus
 
+from activities.builds import BuildAbandoned, BuildLog
 from replicant.archives import pack_model
 from replicant.devstack import free_port
 from replicant.temporal import connect
@@ -197,3 +200,44 @@ def test_a_build_whose_worker_dies_is_built_again_on_another(
         latest = client.get(f"/v1/models/{ref}").json()["latest_version"]
     assert latest["id"] == rest[-1]["version"]["id"]
     assert leftovers(live) == []
+
+
+async def test_following_a_build_whose_workflow_was_terminated_ends_with_the_reason(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    body, gate = gated_model(tmp_path)
+    ref = f"{live.settings.default_account}/ended-{tmp_path.name[-6:].lower()}"
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    temporal = await connect(live.settings)
+    try:
+        with httpx.stream(
+            "POST",
+            f"{live.url}/v1/models/{ref}/versions",
+            params={"create": "true"},
+            content=body,
+            headers=ndjson,
+            timeout=httpx.Timeout(30.0, read=BUILD_TIMEOUT),
+        ) as response:
+            build_id = response.headers["Replicant-Build"]
+            stream = events(response.iter_lines())
+            for event in stream:
+                if "deriving the schema" in event.get("message", ""):
+                    break
+            # An operator ends the build from the Temporal UI.
+            await temporal.get_workflow_handle(f"build-{build_id}").terminate("stuck")
+            last = list(stream)[-1]
+    finally:
+        gate.touch()  # lets the abandoned probe end
+    assert last["event"] == "error" and last["status"] == 500, last
+    assert "terminated" in last["detail"]
+    with live.client() as client:
+        assert client.get(f"/v1/builds/{build_id}").json()["status"] == "failed"
+
+
+def test_an_abandoned_build_stops_at_its_next_step() -> None:
+    log = BuildLog(cast(Engine, None), "b1")
+    log.say("copying the model files")
+    log.abandoned.set()
+    with pytest.raises(BuildAbandoned):
+        log.say("recording the version")
+    assert log.take() == "copying the model files\n"
