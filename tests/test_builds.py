@@ -241,3 +241,10 @@ def test_an_abandoned_build_stops_at_its_next_step() -> None:
     with pytest.raises(BuildAbandoned):
         log.say("recording the version")
     assert log.take() == "copying the model files\n"
+
+
+def test_health_counts_the_build_queue_among_the_queues_that_need_a_worker(
+    live: LiveStack,
+) -> None:
+    health = httpx.get(f"{live.url}/health", timeout=30).json()
+    assert health["workers"][live.settings.build_queue] > 0
