@@ -7,8 +7,10 @@ sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -131,6 +133,11 @@ async def test_a_push_survives_a_restart_of_the_api_that_received_it(
     assert described.workflow_type == "BuildVersionWorkflow"
     assert described.task_queue == live.settings.build_queue
     assert described.status == WorkflowExecutionStatus.COMPLETED
+    query = f"ReplicantModel = '{ref}' AND ReplicantStatus = 'succeeded'"
+    deadline = time.monotonic() + 30  # visibility records are written after the history
+    while f"build-{build_id}" not in [w.id async for w in temporal.list_workflows(query)]:
+        assert time.monotonic() < deadline, f"build-{build_id} not found by {query!r}"
+        await asyncio.sleep(0.2)
 
 
 def test_a_build_is_visible_only_to_the_account_that_pushed(
