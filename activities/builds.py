@@ -21,7 +21,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio import activity
 
-from activities.heartbeat import heartbeat_forever
 from replicant import builds
 from replicant.archives import unpack_model
 from replicant.contracts import ActivityName, BuildOutcome, BuildRequest, FailBuild
@@ -65,9 +64,11 @@ class BuildLog:
         return "".join(f"{line}\n" for line in lines)
 
     async def flush_forever(self) -> None:
-        """Append queued lines every ``LOG_FLUSH_INTERVAL`` until cancelled."""
+        """Append queued lines every ``LOG_FLUSH_INTERVAL``, and heartbeat, until cancelled."""
         while True:
             await asyncio.sleep(LOG_FLUSH_INTERVAL)
+            # Delivers cancellation and lets Temporal notice a dead worker (the SDK throttles).
+            activity.heartbeat()
             text = self.take()
             if text:
                 await asyncio.to_thread(builds.append_logs, self.engine, self.build_id, text)
@@ -91,7 +92,6 @@ class BuildActivities:
         attempt = activity.info().attempt
         if attempt > 1:
             logs.say(f"the build's worker stopped; building again (attempt {attempt})")
-        beating = asyncio.create_task(heartbeat_forever())
         flushing = asyncio.create_task(logs.flush_forever())
         try:
             version_id, created, error = await asyncio.to_thread(self._build, req, logs.say)
@@ -99,9 +99,8 @@ class BuildActivities:
             logs.abandoned.set()  # the thread cannot be interrupted: it stops at its next line
             raise
         finally:
-            for task in (beating, flushing):
-                task.cancel()
-            await asyncio.gather(beating, flushing, return_exceptions=True)
+            flushing.cancel()
+            await asyncio.gather(flushing, return_exceptions=True)
         # The last lines and the outcome in one write: a reader never sees one without the other.
         await asyncio.to_thread(
             builds.finish_build,
