@@ -12,6 +12,7 @@ it happens; ``GET /v1/builds/{id}`` follows the same build from any API process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import shutil
@@ -180,8 +181,9 @@ async def start_build(state: AppState, req: BuildRequest) -> None:
         problem = ProblemError(503, "The build could not be started; push again later")
         body = builds.problem(503, problem.detail, title=problem.title)
         await asyncio.to_thread(builds.finish_build, state.engine, req.id, error=body)
-        store = await state.store()
-        await asyncio.to_thread(store.delete, req.archive_key)
+        with contextlib.suppress(Exception):  # an archive left behind is only wasted space
+            store = await state.store()
+            await asyncio.to_thread(store.delete, req.archive_key)
         raise problem from err
 
 
@@ -209,6 +211,8 @@ async def end_orphaned(state: AppState, row: Build) -> None:
         if err.status != RPCStatusCode.NOT_FOUND or utcnow() - row.created_at < START_GRACE:
             return
         status = None
+    except Exception:
+        return  # Temporal unreachable for now: keep following, ask again later
     if status == WorkflowExecutionStatus.RUNNING:
         return
     # The workflow's activities write the outcome before it completes: read the row again.

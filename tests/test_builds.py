@@ -17,12 +17,19 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 from temporalio.client import WorkflowExecutionStatus
 
 from activities.builds import BuildAbandoned, BuildLog
+from api.app import create_app
+from replicant.accounts import create_account
 from replicant.archives import pack_model
 from replicant.devstack import free_port
+from replicant.objectkeys import build_archive
+from replicant.settings import Settings
+from replicant.tables import Build
 from replicant.temporal import connect
 from tests.conftest import LiveStack
 
@@ -255,3 +262,30 @@ def test_health_counts_the_build_queue_among_the_queues_that_need_a_worker(
 ) -> None:
     health = httpx.get(f"{live.url}/health", timeout=30).json()
     assert health["workers"][live.settings.build_queue] > 0
+
+
+def test_a_push_that_cannot_start_its_build_is_refused_with_503(tmp_path: Path) -> None:
+    """On an app of its own whose Temporal address answers nothing."""
+    settings = Settings(data_dir=tmp_path / "data", temporal_address=f"127.0.0.1:{free_port()}")
+    app = create_app(settings)
+    _, token = create_account(app.state.replicant.engine, "unstarted")
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with (tmp_path / "hello.tar.gz").open("w+b") as archive:
+        pack_model(examples / "hello-world", archive)
+        archive.seek(0)
+        body = archive.read()
+    with TestClient(app) as client:
+        refused = client.post(
+            "/v1/models/unstarted/hello/versions?create=true",
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+        )
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    with Session(app.state.replicant.engine) as session:
+        (build,) = session.exec(select(Build)).all()
+    assert build.status == "failed" and build.error is not None
+    assert build.error["status"] == 503
+    store = app.state.replicant.object_store
+    assert store.stat(build_archive(build.id)) is None  # the archive went with it
+    assert list((settings.data_dir / "uploads").iterdir()) == []
