@@ -16,6 +16,7 @@ from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
+    builds,
     collections,
     deployments,
     examples,
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(collections.router)
     app.include_router(examples.router)
     app.include_router(search.router)
+    app.include_router(builds.router)
     app.include_router(account.router)
     app.include_router(sharing.router)
     app.include_router(files.router)

@@ -1,9 +1,12 @@
-"""Pushing a model over HTTP: receive the archive, build the version, report progress.
+"""Pushing a model over HTTP: receive the archive, start its build, report progress.
 
 The upload is a .tar.gz/.tar/.zip of a Cog model directory, either as the raw request body
-or as the file of a ``multipart/form-data`` request. With ``Accept: application/x-ndjson``
-the build streams one JSON object per line (``log`` lines, then one ``version`` or
-``error``), so a pusher sees the environment build as it happens.
+or as the file of a ``multipart/form-data`` request. The API checks the archive and
+``cog.yaml``, puts the archive in the object store and starts ``BuildVersionWorkflow`` on the
+build queue; a worker builds the version and appends its log to the ``build`` row, which the
+API tails. With ``Accept: application/x-ndjson`` the build streams one JSON object per line
+(``log`` lines, then one ``version`` or ``error``), so a pusher sees the environment build as
+it happens; ``GET /v1/builds/{id}`` follows the same build from any API process.
 """
 
 from __future__ import annotations
@@ -13,30 +16,42 @@ import contextlib
 import json
 import logging
 import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
-from api.errors import ProblemError, problem_response
+from api.errors import ProblemError
+from api.serialize import version_json
+from api.state import AppState
+from replicant import builds
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
-from replicant.cogmodel import CogConfigError, PredictorError
-from replicant.envs import EnvBuildError
+from replicant.contracts import BuildRequest
+from replicant.objectkeys import build_archive
+from replicant.storage import ObjectStore
+from replicant.tables import Build, Version
+from replicant.timeutil import utcnow
+from workflows.build import BuildVersionWorkflow, search_attributes
 
 log = logging.getLogger("replicant.api")
 
 NDJSON = "application/x-ndjson"
 MULTIPART_OVERHEAD = 64 * 1024
-# Longer than any build (pip alone may take an hour): older scratch dirs are leftovers.
-STALE_AFTER = 24 * 3600.0
-# Builds outlive a disconnected pusher (they clean up after themselves): keep them referenced.
-_builds: set[asyncio.Task[Any]] = set()
+# How often a follower reads the build row for new log lines.
+POLL_INTERVAL = 0.2
+BUILD_HEADER = "Replicant-Build"
+# A follower asks Temporal this often whether a running build's workflow still lives.
+WORKFLOW_CHECK_INTERVAL = 5.0
+# A build row younger than this may be waiting for its workflow to start.
+START_GRACE = timedelta(minutes=1)
 
 
 def too_large(limit: int) -> ProblemError:
@@ -52,38 +67,20 @@ def bad_archive(message: str) -> ProblemError:
     )
 
 
+def as_problem(body: dict[str, Any]) -> ProblemError:
+    """A stored problem body (see ``replicant.builds``) as the error routes raise."""
+    return ProblemError(
+        int(body.get("status", 500)),
+        str(body.get("detail", "")),
+        title=body.get("title"),
+        invalid_fields=body.get("invalid_fields"),
+    )
+
+
 def build_problem(err: BaseException) -> ProblemError | None:
     """The problem+json for a model that cannot become a version; None for other errors."""
-    if isinstance(err, CogConfigError):
-        return ProblemError(
-            422,
-            f"cog.yaml: {err}",
-            title="Invalid cog.yaml",
-            invalid_fields=[{"field": "cog.yaml", "message": str(err)}],
-        )
-    if isinstance(err, PredictorError):
-        detail = f"The predictor could not be loaded: {err.message}"
-        if err.traceback:
-            detail += "\n\n" + err.traceback.rstrip()
-        return ProblemError(
-            422,
-            detail,
-            title="Invalid predictor",
-            invalid_fields=[{"field": "predictor", "message": err.message}],
-        )
-    if isinstance(err, EnvBuildError):
-        first = str(err).splitlines()[0] if str(err) else "the environment could not be built"
-        return ProblemError(
-            422,
-            f"The model's Python requirements could not be installed: {err}",
-            title="Environment build failed",
-            invalid_fields=[{"field": "build.python_packages", "message": first}],
-        )
-    if isinstance(err, IntegrityError):
-        return ProblemError(
-            409, "Another push created this model or version at the same time; push again"
-        )
-    return None
+    body = builds.failure_problem(err)
+    return None if body is None else as_problem(body)
 
 
 async def receive_archive(request: Request, dest: Path, limit: int) -> None:
@@ -146,74 +143,132 @@ def unpack(archive: Path, work: Path, limit: int) -> Path:
         raise bad_archive(str(e)) from e
 
 
-def work_dir(data_dir: Path) -> Path:
-    """A private scratch directory for one push, on the same disk as the versions.
-
-    Scratch and staging directories left by a process that died mid-push are swept here,
-    once they are older than any build can take.
-    """
-    uploads = data_dir.resolve() / "uploads"
-    uploads.mkdir(parents=True, exist_ok=True)
-    stale = time.time() - STALE_AFTER
-    leftovers = [*uploads.glob("push-*"), *(data_dir.resolve() / "versions").glob(".staging-*")]
-    for path in leftovers:
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime < stale:
-                shutil.rmtree(path, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=uploads, prefix="push-"))
+def store_archive(store: ObjectStore, archive: Path, key: str) -> None:
+    """Put the pushed archive where the build activity fetches it."""
+    upload = store.new_upload()
+    try:
+        with archive.open("rb") as source:
+            while chunk := source.read(1024 * 1024):
+                upload.write(chunk)
+        store.commit(upload, key, "application/octet-stream")
+    except BaseException:
+        upload.discard()
+        raise
 
 
-def start_build(
-    build: Callable[[Callable[[str], None]], Any], work: Path
-) -> tuple[asyncio.Task[Any], asyncio.Queue[str]]:
-    """Run ``build(progress)`` in a thread; its progress lines arrive on the queue.
+async def start_build(state: AppState, req: BuildRequest) -> None:
+    """Record the build and start its workflow; 503 (the build marked failed) when Temporal
+    cannot be reached."""
+    row = Build(id=req.id, owner=req.owner, model=req.model)
 
-    The scratch directory is removed when the build ends, even if the pusher has gone.
-    """
-    loop = asyncio.get_running_loop()
-    lines: asyncio.Queue[str] = asyncio.Queue()
+    def insert() -> None:
+        with Session(state.engine) as session:
+            session.add(row)
+            session.commit()
 
-    def progress(line: str) -> None:
-        loop.call_soon_threadsafe(lines.put_nowait, line)
+    await asyncio.to_thread(insert)
+    try:
+        client = await state.temporal()
+        await client.start_workflow(
+            BuildVersionWorkflow.run,
+            req,
+            id=f"build-{req.id}",
+            task_queue=state.settings.build_queue,
+            search_attributes=search_attributes(req),
+        )
+    except Exception as err:
+        log.error("event=build_not_started build=%s type=%s", req.id, type(err).__name__)
+        problem = ProblemError(503, "The build could not be started; push again later")
+        body = builds.problem(503, problem.detail, title=problem.title)
+        await asyncio.to_thread(builds.finish_build, state.engine, req.id, error=body)
+        with contextlib.suppress(Exception):  # an archive left behind is only wasted space
+            store = await state.store()
+            await asyncio.to_thread(store.delete, req.archive_key)
+        raise problem from err
 
-    def run() -> Any:
-        try:
-            return build(progress)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
 
-    task = asyncio.create_task(asyncio.to_thread(run))
-    _builds.add(task)
-    task.add_done_callback(_builds.discard)
-    return task, lines
+def outcome(state: AppState, row: Build) -> tuple[int, dict[str, Any]]:
+    """A finished build's HTTP status and body: the version (201 new, 200 existing) or the
+    problem."""
+    if row.status != "succeeded" or row.version_id is None:
+        error = row.error or builds.unexpected_problem("The build failed")
+        return int(error.get("status", 500)), error
+    with Session(state.engine) as session:
+        version = session.get(Version, row.version_id)
+    if version is None:  # deleted since: the build's result is gone
+        return 404, builds.problem(404, f"Version {row.version_id} not found", title="Not found")
+    return (201 if row.created else 200), version_json(version)
+
+
+async def end_orphaned(state: AppState, row: Build) -> None:
+    """Fail a running build whose workflow has ended without ending it (terminated, timed
+    out) or never started (its API died first), so that followers stop waiting."""
+    try:
+        client = await state.temporal()
+        described = await client.get_workflow_handle(f"build-{row.id}").describe()
+        status = described.status
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND or utcnow() - row.created_at < START_GRACE:
+            return
+        status = None
+    except Exception:
+        return  # Temporal unreachable for now: keep following, ask again later
+    if status == WorkflowExecutionStatus.RUNNING:
+        return
+    # The workflow's activities write the outcome before it completes: read the row again.
+    current = await asyncio.to_thread(builds.get_build, state.engine, row.id)
+    if current is None or current.status in builds.TERMINAL:
+        return
+    how = "never started" if status is None else f"ended ({status.name.lower()})"
+    log.warning("event=build_orphaned build=%s workflow=%s", row.id, how)
+    error = builds.unexpected_problem(f"The build's workflow {how} before the build finished")
+    await asyncio.to_thread(builds.finish_build, state.engine, row.id, error=error)
+    store = await state.store()
+    await asyncio.to_thread(store.delete, build_archive(row.id))
+
+
+async def tail(state: AppState, build_id: str) -> AsyncIterator[tuple[list[str], Build | None]]:
+    """New whole log lines of a build as they are written; the row once it has ended."""
+    offset = 0
+    checked = time.monotonic()
+    while True:
+        row = await asyncio.to_thread(builds.get_build, state.engine, build_id)
+        if row is None:
+            raise ProblemError(404, f"Build {build_id} not found")
+        done = row.status in builds.TERMINAL
+        end = len(row.logs) if done else row.logs.rfind("\n", offset) + 1
+        lines = row.logs[offset:end].splitlines() if end > offset else []
+        offset = max(offset, end)
+        yield lines, row if done else None
+        if done:
+            return
+        if time.monotonic() - checked > WORKFLOW_CHECK_INTERVAL:
+            checked = time.monotonic()
+            await end_orphaned(state, row)
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+async def wait_build(state: AppState, build_id: str) -> tuple[int, dict[str, Any]]:
+    """Wait for a build to end; its ``outcome``."""
+    async for _, row in tail(state, build_id):
+        if row is not None:
+            return await asyncio.to_thread(outcome, state, row)
+    raise ProblemError(500, "The build ended without an outcome")
 
 
 def _line(event: dict[str, Any]) -> bytes:
     return json.dumps(event).encode() + b"\n"
 
 
-async def ndjson_events(
-    task: asyncio.Task[Any],
-    lines: asyncio.Queue[str],
-    finish: Callable[[Any], dict[str, Any]],
-) -> AsyncIterator[bytes]:
-    """``{"event": "log", "message": ...}`` per progress line, then the outcome."""
-    while not task.done():
-        getter = asyncio.ensure_future(lines.get())
-        done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            yield _line({"event": "log", "message": getter.result()})
+async def ndjson_events(state: AppState, build_id: str) -> AsyncIterator[bytes]:
+    """``{"event": "log", "message": ...}`` per build log line, then the outcome."""
+    async for lines, row in tail(state, build_id):
+        for message in lines:
+            yield _line({"event": "log", "message": message})
+        if row is None:
+            continue
+        status, body = await asyncio.to_thread(outcome, state, row)
+        if status < 400:
+            yield _line({"event": "version", "status": status, "version": body})
         else:
-            getter.cancel()
-    while not lines.empty():
-        yield _line({"event": "log", "message": lines.get_nowait()})
-    error = task.exception()
-    if error is None:
-        yield _line({"event": "version", **finish(task.result())})
-        return
-    problem = error if isinstance(error, ProblemError) else build_problem(error)
-    if problem is None:
-        log.error("event=push_failed type=%s", type(error).__name__)
-        problem = ProblemError(500, "An unexpected error occurred while building the version")
-    body = json.loads(bytes(problem_response(problem).body))
-    yield _line({"event": "error", **body})
+            yield _line({"event": "error", **body})

@@ -287,6 +287,44 @@ class TrainingWebhook(BaseModel):
     timeout: float = 10.0
 
 
+class NewModel(BaseModel):
+    """A model that a push creates together with its first version."""
+
+    visibility: str = "public"
+    hardware: str = "cpu"
+    description: str | None = None
+
+
+class BuildRequest(BaseModel):
+    """Input of ``BuildVersionWorkflow``: one push, its archive already in the object store."""
+
+    id: str
+    owner: str  # the account that pushed
+    model: str  # owner/name
+    version: str  # the version id the files hash to
+    archive_key: str
+    # None: the model exists; else it is created with its first version.
+    new_model: NewModel | None = None
+    timeout: float = 7200.0
+    heartbeat_timeout: float = 30.0
+
+
+class BuildOutcome(BaseModel):
+    """How a build ended; the details (logs, problem) are in the ``build`` row."""
+
+    status: Literal["succeeded", "failed"]
+    version: str | None = None
+    created: bool = False
+
+
+class FailBuild(BaseModel):
+    """Input of ``fail_build``: a build the build activity could not finish."""
+
+    build_id: str
+    archive_key: str
+    message: str
+
+
 class ActivityName:
     """The names activities register under and workflows schedule them by; histories record
     them, so a name never changes."""
@@ -306,6 +344,8 @@ class ActivityName:
     OBSERVE_DEPLOYMENT: Final = "observe_deployment"
     ENSURE_INSTANCES: Final = "ensure_instances"
     REMOVE_EXPIRED_FILES: Final = "remove_expired_files"
+    BUILD_VERSION: Final = "build_version"
+    FAIL_BUILD: Final = "fail_build"
 
 
 class ErrorType:

@@ -25,3 +25,8 @@ def training_prefix(training_id: str) -> str:
 def training_inputs(training_id: str) -> str:
     """Where a training's staged input files live until it ends."""
     return f"{training_prefix(training_id)}inputs/"
+
+
+def build_archive(build_id: str) -> str:
+    """A pushed model's archive, from the push until its build ends."""
+    return f"builds/{build_id}/model-archive"

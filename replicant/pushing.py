@@ -146,4 +146,6 @@ def _follow(response: httpx.Response, console: Console) -> dict[str, Any]:
                 return version
             elif kind == "error":
                 raise PushError(_describe(event, int(event.get("status", 500))))
-    raise PushError("The server closed the connection before the build finished")
+    build = response.headers.get("replicant-build")
+    follow = f"; the build goes on: follow it at /v1/builds/{build}" if build else ""
+    raise PushError(f"The server closed the connection before the build finished{follow}")

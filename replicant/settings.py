@@ -75,6 +75,17 @@ class Settings(BaseSettings):
         description="The embedded Temporal dev server serves backlogged hardware queues fairly "
         "between accounts (docs/fairness.md); false: first come, first served.",
     )
+    build_queue: str = Field(
+        "replicant-build",
+        description="The task queue of version builds (Python environments and predictor "
+        "probes): workers that serve the orchestration queue serve it too.",
+    )
+    max_concurrent_builds: int = Field(
+        2, description="Builds one worker runs at once; more wait in the build queue."
+    )
+    build_timeout: float = Field(
+        7200.0, description="Seconds a version build (pip included) may take."
+    )
 
     # Database
     database_url: str | None = Field(

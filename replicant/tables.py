@@ -272,6 +272,25 @@ class Training(SQLModel, table=True):
     completed_at: datetime | None = time_field()
 
 
+class Build(SQLModel, table=True):
+    """One push's build of a version: written by the API at push, by the build activity after.
+
+    ``logs`` grows while the build runs (the API tails it); ``error`` is the problem+json body
+    of a build that failed, ``version_id`` the version of one that succeeded.
+    """
+
+    id: str = Field(primary_key=True)
+    owner: str = Field(index=True)  # the account that pushed
+    model: str  # owner/name of the model pushed to
+    status: str = "starting"  # starting, processing, succeeded, failed
+    version_id: str | None = None
+    created: bool = False  # the build made a new version (not one that existed already)
+    logs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = created_field()
+    completed_at: datetime | None = time_field()
+
+
 class WorkerHeartbeat(SQLModel, table=True):
     """A worker process's sign of life, so ``/health`` notices a dead worker in seconds."""
 

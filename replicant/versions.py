@@ -68,13 +68,15 @@ def create_version(
     progress: Callable[[str], None] | None = None,
     *,
     defer_env: bool = False,
+    staging_prefix: str = ".staging-",
 ) -> Version:
     """Copy ``src`` into the data dir, build its env, derive its schema, and record it.
 
     With ``defer_env`` a model whose predictor imports with Replicant's own Python (its heavy
     imports inside ``setup()``) is recorded at once and its env is built later
     (``ensure_version_env``); other models build theirs first, as a push does.
-    Every check runs on a private staging copy; only a version that passed all of them is
+    Every check runs on a private staging copy (named ``staging_prefix`` + random, beside the
+    versions); only a version that passed all of them is
     moved into place and recorded, so a bad push leaves nothing visible (no row, no
     directory). A ``model`` without an id is created together with its first version.
     Raises ``CogConfigError``, ``EnvBuildError`` or ``PredictorError`` on a bad model.
@@ -89,7 +91,7 @@ def create_version(
                 return existing
     dest = settings.data_dir.resolve() / "versions" / version_id
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=".staging-"))
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=staging_prefix))
     moved = False
     try:
         say("copying the model files")

@@ -7,6 +7,7 @@ the one that revoked it.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ import replicate
 from fastapi.routing import iter_route_contexts
 
 from api.app import create_app
+from replicant.archives import pack_model
 from replicant.devstack import settings_env
 from replicant.tables import Model
 from replicant.versions import create_version
@@ -332,6 +334,7 @@ class Owned:
     # Strings only the owner's things hold (prediction input, file content, webhook secret),
     # searched for in every answer to someone else.
     markers: tuple[str, ...]
+    build: str = ""  # the build of a push of the private model
 
 
 @pytest.fixture(scope="module")
@@ -363,7 +366,22 @@ def owned(live: LiveStack) -> Iterator[Owned]:
         created.json()["id"],
         uploaded.json()["id"],
         (marker, secret),
+        push_build(live, token, model, EXAMPLES / "hello-world"),
     )
+
+
+def push_build(live: LiveStack, token: str, ref: str, src: Path) -> str:
+    """Push ``src`` to ``ref`` through the API; the id of the push's build."""
+    archive = io.BytesIO()
+    pack_model(src, archive)
+    pushed = httpx.post(
+        f"{live.url}/v1/models/{ref}/versions",
+        content=archive.getvalue(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+        timeout=300,
+    )
+    assert pushed.status_code in (200, 201), pushed.text
+    return pushed.headers["Replicant-Build"]
 
 
 Check = Callable[[httpx.Response, Owned], None]
@@ -463,6 +481,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     # collections: the same for everyone, with only the models the caller may see
     ("GET", "/v1/collections"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/collections/{slug}"): Case(answered_own, UNAUTHENTICATED),
+    ("GET", "/v1/builds/{build_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     # trainings: the owner's prediction id stands in for a training id (same id space)
     ("GET", "/v1/trainings"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/trainings/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
@@ -553,6 +572,7 @@ def fill(template: str, owned: Owned) -> str:
         "training_id": owned.prediction,
         "action": "share",
         "token_id": "1",
+        "build_id": owned.build,
         "expires": "4102444800",  # far ahead: only the forged signature is wrong
         "sig": "forged",
         "key": f"files/{owned.username}/{owned.file}",

@@ -872,6 +872,7 @@ async def test_a_worker_started_for_one_sku_serves_only_that_queue(live: LiveSta
     everything = build_workers(other_client, live.settings, live.engine, pool)
     assert [w.task_queue for w in everything] == [
         live.settings.orchestration_queue,
+        live.settings.build_queue,
         *(f"replicant-hw-{sku}" for sku in live.settings.hardware),
     ]
     with pytest.raises(SystemExit, match="unknown hardware: gpu-h9000"):

@@ -14,9 +14,11 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from replicant.archives import pack_model
 from replicant.temporal import connect
 from tests.conftest import LiveStack
 from workers.main import WORKFLOW_RUNNER
+from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
 from workflows.training import TrainingWorkflow
@@ -27,7 +29,7 @@ HISTORIES = Path(__file__).parent / "histories"
 def replayer() -> Replayer:
     # The workers' own sandbox runner: the code replays as the workers run it.
     return Replayer(
-        workflows=[PredictionWorkflow, TrainingWorkflow, DeploymentWorkflow],
+        workflows=[PredictionWorkflow, TrainingWorkflow, DeploymentWorkflow, BuildVersionWorkflow],
         data_converter=pydantic_data_converter,
         workflow_runner=WORKFLOW_RUNNER,
     )
@@ -58,6 +60,29 @@ async def test_prediction_histories_replay_with_the_current_code(
             (HISTORIES / f"prediction-{name}.json").write_text(history.to_json())
     for history in histories:
         await replayer().replay_workflow(history)
+
+
+async def test_build_histories_replay_with_the_current_code(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with (tmp_path / "model.tar.gz").open("w+b") as archive:
+        pack_model(examples / "hello-world", archive)
+        archive.seek(0)
+        pushed = httpx.post(
+            f"{live.url}/v1/models/{live.settings.default_account}/replayed/versions",
+            params={"create": "true"},
+            content=archive.read(),
+            headers={"Authorization": f"Bearer {live.token}", "Content-Type": "application/gzip"},
+            timeout=300,
+        )
+    assert pushed.status_code in (200, 201), pushed.text
+    client = await connect(live.settings)
+    handle = client.get_workflow_handle(f"build-{pushed.headers['Replicant-Build']}")
+    history = await handle.fetch_history()
+    if os.environ.get("REPLICANT_SAVE_HISTORIES"):
+        (HISTORIES / "build-succeeded.json").write_text(history.to_json())
+    await replayer().replay_workflow(history)
 
 
 async def test_saved_histories_replay_with_the_current_code() -> None:

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.builds import BuildActivities
 from activities.deployments import DeploymentActivities
 from activities.expiry import ExpiryActivities
 from activities.files import FileActivities, OutputSink
@@ -28,6 +29,7 @@ from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.runners import RunnerPool
 from workers.schedules import ensure_schedules
+from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
@@ -68,7 +70,8 @@ def build_workers(
     hardware: list[str] | None = None,
     store: ObjectStore | None = None,
 ) -> list[Worker]:
-    """The Temporal workers of one process: orchestration plus the given hardware queues."""
+    """The Temporal workers of one process: orchestration (with version builds) plus the
+    given hardware queues."""
     store = store or open_store(settings)
     webhooks = WebhookActivities(engine, settings)
     acts = PredictionActivities(engine, pool, webhooks, store)
@@ -100,6 +103,18 @@ def build_workers(
                     training.complete_training,
                     training.send_training_webhook,
                 ],
+            )
+        )
+        # Builds need build tools and the versions dir: only workers serve them, never the API.
+        builds = BuildActivities(settings, engine, store)
+        workers.append(
+            Worker(
+                client,
+                task_queue=settings.build_queue,
+                workflows=[BuildVersionWorkflow],
+                workflow_runner=WORKFLOW_RUNNER,
+                activities=[builds.build_version, builds.fail_build],
+                max_concurrent_activities=settings.max_concurrent_builds,
             )
         )
     skus = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}

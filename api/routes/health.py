@@ -53,7 +53,10 @@ async def health(state: StateDep) -> JSONResponse:
         checks["temporal"] = "unavailable"
         missing.append("temporal")
     else:
-        queues = {state.settings.orchestration_queue: TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW}
+        queues = {
+            state.settings.orchestration_queue: TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            state.settings.build_queue: TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        }
         for sku in state.settings.hardware:
             queues[state.settings.task_queue(sku)] = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
         # A queue is served when Temporal sees its pollers and a worker beat recently.

@@ -25,8 +25,12 @@ from api.pagination import paginate
 from api.routes.examples import default_example, forget_examples
 from api.serialize import model_json, version_json
 from api.state import AppState
+from replicant.builds import work_dir
 from replicant.catalog import account_names, find_model
 from replicant.cogmodel import CogConfigError, load_cog_config
+from replicant.contracts import BuildRequest, NewModel
+from replicant.ids import new_id
+from replicant.objectkeys import build_archive
 from replicant.tables import (
     Account,
     CollectionModel,
@@ -35,8 +39,7 @@ from replicant.tables import (
     Prediction,
     Version,
 )
-from replicant.timeutil import utcnow
-from replicant.versions import create_version
+from replicant.versions import content_hash
 
 router = APIRouter(prefix="/v1", tags=["models"])
 log = logging.getLogger("replicant.api")
@@ -388,49 +391,48 @@ async def push_version(
             )
 
     model = await asyncio.to_thread(target)
-    work = await asyncio.to_thread(push.work_dir, settings.data_dir)
+    ref = f"{owner}/{name}"
+    build_id = new_id()
+    key = build_archive(build_id)
+    work = await asyncio.to_thread(work_dir, settings.data_dir)
     try:
         archive = work / "upload"
         await push.receive_archive(request, archive, settings.max_push_bytes)
         root = await asyncio.to_thread(push.unpack, archive, work, settings.max_push_bytes)
-        await asyncio.to_thread(archive.unlink)
         # cog.yaml is cheap to check: refuse a bad one before any build starts.
         await asyncio.to_thread(load_cog_config, root)
-    except BaseException as err:
+        version_id = await asyncio.to_thread(content_hash, root, ref)
+        store = await state.store()
+        await asyncio.to_thread(push.store_archive, store, archive, key)
+    except CogConfigError as err:
+        raise push.build_problem(err) or err from err
+    finally:
         await asyncio.to_thread(shutil.rmtree, work, True)
-        if isinstance(err, CogConfigError):
-            raise push.build_problem(err) or err from err
-        raise
 
-    started = utcnow()
-    task, lines = push.start_build(
-        lambda progress: create_version(settings, state.engine, model, root, progress), work
+    new_model = None
+    if model.id is None:
+        new_model = NewModel(
+            visibility=model.visibility, hardware=model.hardware, description=model.description
+        )
+    req = BuildRequest(
+        id=build_id,
+        owner=account.username,
+        model=ref,
+        version=version_id,
+        archive_key=key,
+        new_model=new_model,
+        timeout=settings.build_timeout,
+        heartbeat_timeout=settings.heartbeat_timeout,
     )
-    finish = _push_outcome(model, started)
+    await push.start_build(state, req)
+    headers = {push.BUILD_HEADER: build_id}
     if push.NDJSON in request.headers.get("accept", ""):
-        events = push.ndjson_events(task, lines, finish)
-        return StreamingResponse(events, media_type=push.NDJSON)
-    try:
-        version = await asyncio.shield(task)
-    except Exception as err:
-        problem = push.build_problem(err)
-        if problem is None:
-            raise
-        raise problem from err
-    outcome = finish(version)
-    return JSONResponse(outcome["version"], status_code=outcome["status"])
-
-
-def _push_outcome(model: Model, started: datetime) -> Callable[[Version], dict[str, Any]]:
-    def finish(version: Version) -> dict[str, Any]:
-        created = version.created_at >= started
-        if created:
-            log.info(
-                "event=version_pushed model=%s/%s version=%s", model.owner, model.name, version.id
-            )
-        return {"status": 201 if created else 200, "version": version_json(version)}
-
-    return finish
+        events = push.ndjson_events(state, build_id)
+        return StreamingResponse(events, media_type=push.NDJSON, headers=headers)
+    status, body = await push.wait_build(state, build_id)
+    if status >= 400:
+        raise push.as_problem(body)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 @router.delete("/models/{owner}/{name}/versions/{version_id}", status_code=202)

@@ -1,0 +1,291 @@
+"""A push's build is a Temporal workflow on the workers: it outlives the API that received it.
+
+The model here waits, while its predictor is imported (the build's schema probe), until the
+test opens a gate file: the build is held mid-way for as long as the test needs, without
+sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from temporalio.client import WorkflowExecutionStatus
+
+from activities.builds import BuildAbandoned, BuildLog
+from api.app import create_app
+from replicant.accounts import create_account
+from replicant.archives import pack_model
+from replicant.devstack import free_port
+from replicant.objectkeys import build_archive
+from replicant.settings import Settings
+from replicant.tables import Build
+from replicant.temporal import connect
+from tests.conftest import LiveStack
+
+GATED_MODEL = """\
+import time
+from pathlib import Path
+
+from cog import BasePredictor
+
+# The build's probe imports this module: it waits here until the test opens the gate.
+while not Path({gate!r}).exists():
+    time.sleep(0.05)
+
+
+class Predictor(BasePredictor):
+    def predict(self, text: str = "gate") -> str:
+        return "through the " + text
+"""
+COG_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
+BUILD_TIMEOUT = 300
+
+
+def gated_model(root: Path) -> tuple[bytes, Path]:
+    """A packed model whose build waits for the returned gate file."""
+    gate = root / "gate"
+    src = root / "model"
+    src.mkdir(parents=True)
+    (src / "cog.yaml").write_text(COG_YAML)
+    (src / "predict.py").write_text(GATED_MODEL.format(gate=str(gate)))
+    with (root / "model.tar.gz").open("w+b") as archive:
+        pack_model(src, archive)
+        archive.seek(0)
+        return archive.read(), gate
+
+
+def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.strip():
+            yield json.loads(line)
+
+
+def headers(live: LiveStack, **extra: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {live.token}", **extra}
+
+
+async def test_a_push_survives_a_restart_of_the_api_that_received_it(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    body, gate = gated_model(tmp_path)
+    ref = f"{live.settings.default_account}/gated-{tmp_path.name[-6:].lower()}"
+    # An API process of its own, so the stack's other API stays up for the rest of the suite.
+    port = free_port()
+    url = live.stack.start_api("api-push", port)
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    timeout = httpx.Timeout(30.0, read=BUILD_TIMEOUT)
+    with httpx.stream(
+        "POST",
+        f"{url}/v1/models/{ref}/versions",
+        params={"create": "true"},
+        content=body,
+        headers=ndjson,
+        timeout=timeout,
+    ) as response:
+        assert response.status_code == 200
+        build_id = response.headers["Replicant-Build"]
+        seen = []
+        for event in events(response.iter_lines()):
+            assert event["event"] == "log", event
+            seen.append(event["message"])
+            if "deriving the schema" in event["message"]:
+                break  # the build now waits in the predictor's import
+        else:
+            raise AssertionError(f"the stream ended before the probe: {seen}")
+        live.stack.stop("api-push", sig=signal.SIGKILL)
+
+    url = live.stack.start_api("api-push", port)
+    try:
+        with httpx.Client(base_url=url, headers=headers(live), timeout=timeout) as client:
+            during = client.get(f"/v1/builds/{build_id}").json()
+            assert during["status"] == "processing"
+            assert "deriving the schema from the predictor" in during["logs"]
+            assert client.get(f"/v1/models/{ref}").status_code == 404  # no version yet
+            gate.touch()
+            with client.stream(
+                "GET", f"/v1/builds/{build_id}", headers={"Accept": "application/x-ndjson"}
+            ) as follow:
+                followed = list(events(follow.iter_lines()))
+            assert [e["event"] for e in followed[:-1]] == ["log"] * (len(followed) - 1)
+            assert followed[0]["message"] == seen[0]  # following replays the log from the start
+            last = followed[-1]
+            assert last["event"] == "version" and last["status"] == 201, last
+            version = last["version"]["id"]
+            assert client.get(f"/v1/models/{ref}").json()["latest_version"]["id"] == version
+            done = client.get(f"/v1/builds/{build_id}").json()
+            assert done["status"] == "succeeded" and done["version"]["id"] == version
+            ran = client.post(
+                f"/v1/models/{ref}/predictions",
+                json={"input": {"text": "restart"}},
+                headers={"Prefer": "wait"},
+            ).json()
+            assert ran["output"] == "through the restart"
+    finally:
+        live.stack.stop("api-push")
+
+    # The build ran as a workflow on the build queue, findable in the Temporal UI.
+    temporal = await connect(live.settings)
+    described = await temporal.get_workflow_handle(f"build-{build_id}").describe()
+    assert described.workflow_type == "BuildVersionWorkflow"
+    assert described.task_queue == live.settings.build_queue
+    assert described.status == WorkflowExecutionStatus.COMPLETED
+    query = f"ReplicantModel = '{ref}' AND ReplicantStatus = 'succeeded'"
+    deadline = time.monotonic() + 30  # visibility records are written after the history
+    while f"build-{build_id}" not in [w.id async for w in temporal.list_workflows(query)]:
+        assert time.monotonic() < deadline, f"build-{build_id} not found by {query!r}"
+        await asyncio.sleep(0.2)
+
+
+def test_a_build_is_visible_only_to_the_account_that_pushed(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    ref = f"{live.settings.default_account}/hello-{tmp_path.name[-6:].lower()}"
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with (tmp_path / "hello.tar.gz").open("w+b") as archive:
+        pack_model(examples / "hello-world", archive)
+        archive.seek(0)
+        body = archive.read()
+    pushed = httpx.post(
+        f"{live.url}/v1/models/{ref}/versions",
+        params={"create": "true"},
+        content=body,
+        headers=headers(live, **{"Content-Type": "application/gzip"}),
+        timeout=BUILD_TIMEOUT,
+    )
+    assert pushed.status_code == 201, pushed.text
+    build_id = pushed.headers["Replicant-Build"]
+    with live.client() as owner:
+        build = owner.get(f"/v1/builds/{build_id}").json()
+    assert build["status"] == "succeeded"
+    assert build["version"]["id"] == pushed.json()["id"]
+    assert "recording the version" in build["logs"]
+    with live.client(live.new_account("stranger")) as stranger:
+        hidden = stranger.get(f"/v1/builds/{build_id}")
+    assert hidden.status_code == 404
+    assert hidden.headers["content-type"].startswith("application/problem+json")
+
+
+def leftovers(live: LiveStack) -> list[str]:
+    """Scratch and staging directories of builds: a finished build leaves none."""
+    data = live.settings.data_dir.resolve()
+    found = [*(data / "versions").glob(".staging-*"), *(data / "uploads").glob("*")]
+    return sorted(p.name for p in found)
+
+
+def test_a_build_whose_worker_dies_is_built_again_on_another(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    body, gate = gated_model(tmp_path)
+    ref = f"{live.settings.default_account}/regated-{tmp_path.name[-6:].lower()}"
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    with httpx.stream(
+        "POST",
+        f"{live.url}/v1/models/{ref}/versions",
+        params={"create": "true"},
+        content=body,
+        headers=ndjson,
+        timeout=httpx.Timeout(30.0, read=BUILD_TIMEOUT),
+    ) as response:
+        assert response.status_code == 200
+        stream = events(response.iter_lines())
+        for event in stream:
+            if "deriving the schema" in event.get("message", ""):
+                break
+        # SIGKILL the worker (and the build's probe with it), as a lost machine would.
+        live.stack.stop("worker", sig=signal.SIGKILL)
+        live.stack.start_worker()
+        gate.touch()
+        rest = list(stream)  # the pusher's stream goes on, through the second attempt
+    messages = [e["message"] for e in rest[:-1]]
+    assert any("building again (attempt 2)" in m for m in messages), messages
+    assert rest[-1]["event"] == "version" and rest[-1]["status"] == 201, rest[-1]
+    with live.client() as client:
+        latest = client.get(f"/v1/models/{ref}").json()["latest_version"]
+    assert latest["id"] == rest[-1]["version"]["id"]
+    assert leftovers(live) == []
+
+
+async def test_following_a_build_whose_workflow_was_terminated_ends_with_the_reason(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    body, gate = gated_model(tmp_path)
+    ref = f"{live.settings.default_account}/ended-{tmp_path.name[-6:].lower()}"
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    temporal = await connect(live.settings)
+    try:
+        with httpx.stream(
+            "POST",
+            f"{live.url}/v1/models/{ref}/versions",
+            params={"create": "true"},
+            content=body,
+            headers=ndjson,
+            timeout=httpx.Timeout(30.0, read=BUILD_TIMEOUT),
+        ) as response:
+            build_id = response.headers["Replicant-Build"]
+            stream = events(response.iter_lines())
+            for event in stream:
+                if "deriving the schema" in event.get("message", ""):
+                    break
+            # An operator ends the build from the Temporal UI.
+            await temporal.get_workflow_handle(f"build-{build_id}").terminate("stuck")
+            last = list(stream)[-1]
+    finally:
+        gate.touch()  # lets the abandoned probe end
+    assert last["event"] == "error" and last["status"] == 500, last
+    assert "terminated" in last["detail"]
+    with live.client() as client:
+        assert client.get(f"/v1/builds/{build_id}").json()["status"] == "failed"
+
+
+def test_an_abandoned_build_stops_at_its_next_step() -> None:
+    log = BuildLog(cast(Engine, None), "b1")
+    log.say("copying the model files")
+    log.abandoned.set()
+    with pytest.raises(BuildAbandoned):
+        log.say("recording the version")
+    assert log.take() == "copying the model files\n"
+
+
+def test_health_counts_the_build_queue_among_the_queues_that_need_a_worker(
+    live: LiveStack,
+) -> None:
+    health = httpx.get(f"{live.url}/health", timeout=30).json()
+    assert health["workers"][live.settings.build_queue] > 0
+
+
+def test_a_push_that_cannot_start_its_build_is_refused_with_503(tmp_path: Path) -> None:
+    """On an app of its own whose Temporal address answers nothing."""
+    settings = Settings(data_dir=tmp_path / "data", temporal_address=f"127.0.0.1:{free_port()}")
+    app = create_app(settings)
+    _, token = create_account(app.state.replicant.engine, "unstarted")
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    with (tmp_path / "hello.tar.gz").open("w+b") as archive:
+        pack_model(examples / "hello-world", archive)
+        archive.seek(0)
+        body = archive.read()
+    with TestClient(app) as client:
+        refused = client.post(
+            "/v1/models/unstarted/hello/versions?create=true",
+            content=body,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+        )
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    with Session(app.state.replicant.engine) as session:
+        (build,) = session.exec(select(Build)).all()
+    assert build.status == "failed" and build.error is not None
+    assert build.error["status"] == 503
+    store = app.state.replicant.object_store
+    assert store.stat(build_archive(build.id)) is None  # the archive went with it
+    assert list((settings.data_dir / "uploads").iterdir()) == []
