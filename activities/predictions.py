@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from activities.heartbeat import heartbeat_forever
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
+from replicant.cogmodel import CogConfigError, load_cog_config
 from replicant.contracts import (
     ActivityName,
     ErrorType,
@@ -54,6 +56,16 @@ PROCESSING_DELAY = 0.1
 VERSION_CACHE_SECONDS = 60.0
 
 
+@functools.lru_cache(maxsize=1024)
+def model_concurrency(model_dir: Path) -> int:
+    """cog.yaml's ``concurrency.max`` of a version's (immutable) model directory; 1 when the
+    file cannot be read."""
+    try:
+        return load_cog_config(model_dir).max_concurrency
+    except (CogConfigError, OSError):
+        return 1
+
+
 def runner_spec(version: Version) -> RunnerSpec:
     """How to run a version: its directory, environment and (for fine-tunes) weights."""
     weights = version.weights_url
@@ -69,6 +81,7 @@ def runner_spec(version: Version) -> RunnerSpec:
         train_ref=version.train_ref,
         env=env,
         weights_ref=weights if stored else None,
+        concurrency=model_concurrency(Path(version.model_dir)),
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
     )

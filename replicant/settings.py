@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse as parse_limit
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -111,6 +111,32 @@ class Settings(BaseSettings):
         4,
         description="Model processes a worker keeps warm; the least recently used one beyond "
         "that is stopped.",
+    )
+    max_warm_memory: ByteSize | None = Field(
+        None,
+        description="The most memory (resident set, each model process with its children) a "
+        "worker's warm model processes may take together, e.g. `8GB`; least recently used idle "
+        "processes are stopped before the total would pass it. Unset: only `max_warm_runners` "
+        "limits them.",
+    )
+    gpu_devices: str | None = Field(
+        None,
+        description="The GPU devices of a worker, comma-separated (e.g. `0,1`); the devices "
+        "`nvidia-smi -L` lists when unset, none without it. Each slot of a GPU SKU owns its own "
+        "devices (`CUDA_VISIBLE_DEVICES` of its model processes); a GPU SKU that gets none is "
+        "not served by that worker.",
+    )
+    gpus_per_slot: dict[str, int] = Field(
+        default_factory=dict,
+        description='Devices each slot of a SKU owns (JSON), e.g. `{"gpu-a100-2x": 2}`; 1 for '
+        "every other SKU named `gpu-*`.",
+    )
+    gpu_memory_budget: ByteSize | None = Field(
+        None,
+        description="Memory the model processes on one GPU slot may take together (e.g. "
+        "`70GB`), counted as each process's measured resident memory (device memory is not "
+        "read); unset: a slot keeps one resident model process, stopped before another "
+        "version boots on its devices.",
     )
     max_push_bytes: int = Field(
         1024 * 1024 * 1024,

@@ -15,6 +15,8 @@ import time
 from replicant.runner import BootError, RunnerSpec
 from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error
+from workers.runners.devices import DeviceSlots
+from workers.runners.memory import measure
 from workers.runners.process import CogletProcess, child_env, free_port, worker_exited
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
@@ -33,18 +35,24 @@ class Processes:
         log: logging.Logger,
         *,
         max_warm: int,
+        max_warm_memory: int | None = None,
         boot_timeout: float,
         update_interval: float,
         uploads: bool,
         standby: bool,
+        devices: DeviceSlots | None = None,
     ) -> None:
         self.client = client
         self.weights = weights
         self.log = log
         self.max_warm = max_warm
+        self.max_warm_memory = max_warm_memory
+        # The last measured size of each key's process: what booting it again will take.
+        self.sizes: dict[str, int] = {}
         self.boot_timeout = boot_timeout
         self.update_interval = update_interval
         self.uploads = uploads
+        self.devices = devices
         self.standbys = Standbys(standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -61,6 +69,21 @@ class Processes:
     def warm_keys(self) -> list[str]:
         """Keys of the live warm processes, least recently used first."""
         return [key for key, process in self._warm.items() if process.alive]
+
+    def live_processes(self) -> list[CogletProcess]:
+        """Every live process: warm ones and standbys."""
+        warm = [p for p in self._warm.values() if p.alive]
+        return warm + [p for p in self.standbys.processes() if p.alive]
+
+    def memory(self) -> int:
+        """The warm processes' resident memory together, in bytes."""
+        return sum(self._measure(p) for p in self._warm.values() if p.alive)
+
+    def _measure(self, process: CogletProcess, fresh: bool = False) -> int:
+        size = measure(process, fresh)
+        if size:
+            self.sizes[process.spec.key] = size
+        return size
 
     def get(self, key: str) -> CogletProcess | None:
         """The live warm process of ``key``."""
@@ -100,11 +123,12 @@ class Processes:
                     raise RuntimeError("the runner pool is closed")
                 process = self._warm.get(spec.key)
                 if process is not None and process.alive:
-                    await process.lock.acquire()
+                    await process.slots.acquire()
+                    process.in_use += 1
                     if process.alive and self._warm.get(spec.key) is process:
                         self._warm.move_to_end(spec.key)
                         return process
-                    process.lock.release()
+                    self._free_slot(process)
                     continue
                 if process is not None:
                     self.retire(process)
@@ -117,8 +141,12 @@ class Processes:
 
     def release(self, process: CogletProcess) -> None:
         """Give back a process from ``checkout``; idle processes beyond ``max_warm`` go."""
-        process.lock.release()
+        self._free_slot(process)
         self.evict_idle()
+
+    def _free_slot(self, process: CogletProcess) -> None:
+        process.in_use -= 1
+        process.slots.release()
 
     def retire(self, process: CogletProcess, restart: bool = False) -> None:
         """Kill a process and forget it; optionally boot its replacement in the background."""
@@ -129,21 +157,30 @@ class Processes:
         if restart and not self._closed and key not in self._boots:
             self._start_boot(process.spec)
 
-    def evict_idle(self, extra: int = 0) -> None:
-        """Stop least recently used idle processes beyond ``max_warm`` (never a busy one)."""
+    def evict_idle(self, extra: int = 0, extra_bytes: int = 0) -> None:
+        """Stop least recently used idle processes beyond ``max_warm``, and while the warm
+        processes' memory (plus ``extra_bytes`` about to boot) passes ``max_warm_memory``;
+        never a busy or awaited one."""
         while True:
-            booting = sum(1 for key in self._boots if key not in self._warm)
-            if len(self._warm) + booting + extra <= self.max_warm:
+            booting = [key for key in self._boots if key not in self._warm]
+            over_count = len(self._warm) + len(booting) + extra > self.max_warm
+            over_memory = False
+            if self.max_warm_memory is not None and not over_count:
+                pending = extra_bytes + sum(self.sizes.get(key, 0) for key in booting)
+                over_memory = self.memory() + pending > self.max_warm_memory
+            if not over_count and not over_memory:
                 return
-            idle = [
-                p
-                for key, p in self._warm.items()
-                if not p.lock.locked() and key not in self._waiting
-            ]
+            idle = [p for key, p in self._warm.items() if p.idle and key not in self._waiting]
             if not idle:
                 return
             victim = idle[0]
-            self.log.info("event=runner_evicted key=%s pid=%d", victim.spec.key, victim.pid)
+            self.log.info(
+                "event=runner_evicted key=%s pid=%d reason=%s rss=%d",
+                victim.spec.key,
+                victim.pid,
+                "count" if over_count else "memory",
+                self.sizes.get(victim.spec.key, 0),
+            )
             self.retire(victim)
 
     # -- boot ----------------------------------------------------------------------------
@@ -158,7 +195,35 @@ class Processes:
         """A process for ``spec`` (not started yet) on a free port, and its environment."""
         port = free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
-        return process, child_env(spec, port, self.update_interval)
+        env = child_env(spec, port, self.update_interval)
+        if self.devices:
+            self._pin(process, env)
+        return process, env
+
+    def _pin(self, process: CogletProcess, env: dict[str, str]) -> None:
+        """Place a new process on a GPU slot (stopping the idle residents in its way)."""
+        assert self.devices is not None
+        key = process.spec.key
+        residents = {p for p in self._spawned if not p.exited} | set(self._warm.values())
+
+        def busy(p: CogletProcess) -> bool:
+            # Booting, running, or awaited by a run: never stopped to make room.
+            return self._warm.get(p.spec.key) is not p or not p.idle or p.spec.key in self._waiting
+
+        index, victims = self.devices.place(key, residents, busy, lambda k: self.sizes.get(k, 0))
+        for victim in victims:
+            self.log.info(
+                "event=runner_evicted key=%s pid=%d reason=device slot=%d",
+                victim.spec.key,
+                victim.pid,
+                index,
+            )
+            self.retire(victim)
+        process.slot = index
+        process.devices = self.devices.groups[index]
+        # Counted on its slot from now on, while it boots too (a failed start retires it).
+        self._spawned.add(process)
+        env.update(self.devices.env(index))
 
     def spawned(self, process: CogletProcess) -> None:
         """Note a started process, so ``close`` stops it."""
@@ -166,7 +231,7 @@ class Processes:
 
     def _start_boot(self, spec: RunnerSpec) -> asyncio.Task[CogletProcess]:
         """One boot per key, shared by everyone who waits for it."""
-        self.evict_idle(extra=1)
+        self.evict_idle(extra=1, extra_bytes=self.sizes.get(spec.key, 0))
         task = asyncio.create_task(self._boot(spec))
         self._boots[spec.key] = task
 
@@ -232,11 +297,12 @@ class Processes:
         self._warm[spec.key] = process
         self._warm.move_to_end(spec.key)
         self.log.info(
-            "event=runner_ready key=%s pid=%d port=%d boot_seconds=%.3f",
+            "event=runner_ready key=%s pid=%d port=%d boot_seconds=%.3f rss=%d",
             spec.key,
             process.pid,
             process.port,
             time.perf_counter() - started,
+            self._measure(process, fresh=True),
         )
         self.evict_idle()
         return process
