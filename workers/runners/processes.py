@@ -16,7 +16,7 @@ from replicant.runner import BootError, RunnerSpec
 from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error
 from workers.runners.devices import DeviceSlots
-from workers.runners.memory import measure
+from workers.runners.memory import measure, version_of
 from workers.runners.process import CogletProcess, child_env, free_port, worker_exited
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
@@ -47,7 +47,7 @@ class Processes:
         self.log = log
         self.max_warm = max_warm
         self.max_warm_memory = max_warm_memory
-        # The last measured size of each key's process: what booting it again will take.
+        # The last measured size of each version's process: what booting one will take.
         self.sizes: dict[str, int] = {}
         self.boot_timeout = boot_timeout
         self.update_interval = update_interval
@@ -82,8 +82,12 @@ class Processes:
     def _measure(self, process: CogletProcess, fresh: bool = False) -> int:
         size = measure(process, fresh)
         if size:
-            self.sizes[process.spec.key] = size
+            self.sizes[version_of(process.spec.key)] = size
         return size
+
+    def expected_size(self, key: str) -> int:
+        """What a process of ``key`` is expected to take: its version's last measurement."""
+        return self.sizes.get(version_of(key), 0)
 
     def get(self, key: str) -> CogletProcess | None:
         """The live warm process of ``key``."""
@@ -166,7 +170,7 @@ class Processes:
             over_count = len(self._warm) + len(booting) + extra > self.max_warm
             over_memory = False
             if self.max_warm_memory is not None and not over_count:
-                pending = extra_bytes + sum(self.sizes.get(key, 0) for key in booting)
+                pending = extra_bytes + sum(self.expected_size(key) for key in booting)
                 over_memory = self.memory() + pending > self.max_warm_memory
             if not over_count and not over_memory:
                 return
@@ -179,7 +183,7 @@ class Processes:
                 victim.spec.key,
                 victim.pid,
                 "count" if over_count else "memory",
-                self.sizes.get(victim.spec.key, 0),
+                self.expected_size(victim.spec.key),
             )
             self.retire(victim)
 
@@ -210,7 +214,7 @@ class Processes:
             # Booting, running, or awaited by a run: never stopped to make room.
             return self._warm.get(p.spec.key) is not p or not p.idle or p.spec.key in self._waiting
 
-        index, victims = self.devices.place(key, residents, busy, lambda k: self.sizes.get(k, 0))
+        index, victims = self.devices.place(key, residents, busy, self.expected_size)
         for victim in victims:
             self.log.info(
                 "event=runner_evicted key=%s pid=%d reason=device slot=%d",
@@ -231,7 +235,7 @@ class Processes:
 
     def _start_boot(self, spec: RunnerSpec) -> asyncio.Task[CogletProcess]:
         """One boot per key, shared by everyone who waits for it."""
-        self.evict_idle(extra=1, extra_bytes=self.sizes.get(spec.key, 0))
+        self.evict_idle(extra=1, extra_bytes=self.expected_size(spec.key))
         task = asyncio.create_task(self._boot(spec))
         self._boots[spec.key] = task
 
