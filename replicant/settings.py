@@ -115,9 +115,9 @@ class Settings(BaseSettings):
     max_warm_memory: ByteSize | None = Field(
         None,
         description="The most memory (resident set, each model process with its children) a "
-        "worker's warm model processes may take together, e.g. `8GB`; least recently used idle "
-        "processes are stopped before the total would pass it. Unset: only `max_warm_runners` "
-        "limits them.",
+        "worker's warm model processes of its hardware queues may take together, e.g. `8GB`; "
+        "least recently used idle processes are stopped before the total would pass it "
+        "(deployment instances are not counted). Unset: only `max_warm_runners` limits them.",
     )
     gpu_devices: str | None = Field(
         None,

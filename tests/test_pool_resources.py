@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from workers.runners import RunnerPool, RunnerSpec
 from workers.runners.devices import assign_devices, discover_devices
-from workers.runners.memory import COLLECTOR, tree_rss
+from workers.runners.memory import COLLECTOR, MemoryBudget, tree_rss
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -178,6 +178,30 @@ async def test_memory_budget_evicts_least_recently_used_idle_processes(models: P
         await pool.close()
 
 
+@pytest.mark.integration  # starts coglet processes itself
+async def test_pools_sharing_a_memory_budget_evict_the_least_recently_used_of_either(
+    models: Path,
+) -> None:
+    probe = RunnerPool(boot_timeout=60)
+    try:
+        await probe.predict(spec(models, "hog", key="probe"), "s-probe", {})
+        size = probe.memory()["probe"][0]
+    finally:
+        await probe.close()
+
+    budget = MemoryBudget(int(size * 2.5))
+    one = RunnerPool(max_warm=10, boot_timeout=60, max_warm_memory=budget)
+    two = RunnerPool(max_warm=10, boot_timeout=60, max_warm_memory=budget)
+    try:
+        await one.predict(spec(models, "hog", key="a"), "s-a", {})
+        await one.predict(spec(models, "hog", key="b"), "s-b", {})
+        await two.predict(spec(models, "hog", key="c"), "s-c", {})
+        assert (one.warm_keys(), two.warm_keys()) == (["b"], ["c"])
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_a_model_process_killed_for_memory_fails_with_a_message_that_says_so(
     pool: RunnerPool, models: Path
 ) -> None:
@@ -302,3 +326,20 @@ def test_devices_are_split_into_slots_without_sharing() -> None:
     assert assign_devices({"gpu-t4": 3}, {}, ["0", "1"]) == {"gpu-t4": []}
     assert assign_devices(slots, {}, []) == {}
     assert discover_devices("0, 1,") == ["0", "1"]
+
+
+def test_devices_come_from_nvidia_smi_when_not_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'echo "GPU 0: Tesla T4 (UUID: GPU-5f1c)"\n'
+        'echo "GPU 1: Tesla T4 (UUID: GPU-77aa)"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert discover_devices(None) == ["0", "1"]
+    assert discover_devices("3") == ["3"]  # the setting wins
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert discover_devices(None) == []

@@ -29,6 +29,7 @@ from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.gpus import gpu_slot_pools
 from workers.runners import RunnerPool
+from workers.runners.memory import MemoryBudget
 from workers.schedules import ensure_schedules
 from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
@@ -152,10 +153,14 @@ async def run_worker(
     weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
     # Output files go from coglet straight into the object store (see OutputSink).
     slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
-    hardware, gpu_pools = gpu_slot_pools(settings, slots, OutputSink(settings, store), weights)
+    # One memory budget for the warm processes of every hardware pool of this worker.
+    budget = None if settings.max_warm_memory is None else MemoryBudget(settings.max_warm_memory)
+    hardware, gpu_pools = gpu_slot_pools(
+        settings, slots, OutputSink(settings, store), weights, budget
+    )
     slots = {sku: slots[sku] for sku in hardware}
     pool = RunnerPool(
-        max_warm_memory=settings.max_warm_memory,
+        max_warm_memory=budget,
         # Every slot may hold a busy process of its own: a smaller pool would evict and
         # re-boot processes between back-to-back runs.
         max_warm=max(settings.max_warm_runners, sum(slots.values())),

@@ -97,6 +97,33 @@ def by_version(processes: Iterable[CogletProcess]) -> dict[str, tuple[int, int]]
     return totals
 
 
+class MemoryBudget:
+    """A limit on the resident memory of several pools' warm processes together (a worker's
+    hardware pools share one)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pools: weakref.WeakSet[Processes] = weakref.WeakSet()
+
+    def used(self) -> int:
+        """The warm processes' memory, plus what the ones booting are expected to take."""
+        return sum(pool.memory() + pool.pending_memory() for pool in list(self.pools))
+
+    def enforce(self, extra: int = 0) -> None:
+        """Stop least recently used idle processes of any member pool while the total plus
+        ``extra`` (a process about to boot) passes the limit."""
+        while self.used() + extra > self.limit:
+            candidates = [
+                (process.last_used, id(pool), pool, process)
+                for pool in list(self.pools)
+                for process in pool.idle_processes()
+            ]
+            if not candidates:
+                return
+            _, _, pool, victim = min(candidates, key=lambda c: (c[0], c[1]))
+            pool.evict(victim, "memory")
+
+
 class MemoryCollector(Collector):
     """Prometheus series of every live pool's warm processes, measured at each scrape."""
 

@@ -19,7 +19,7 @@ from replicant.weights import WeightsCache
 from workers.runners.client import CogletClient
 from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
-from workers.runners.memory import by_version
+from workers.runners.memory import MemoryBudget, by_version
 from workers.runners.memory import export as export_memory
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
@@ -41,11 +41,12 @@ class RunnerPool:
         upload: UploadSink | None = None,
         weights: WeightsCache | None = None,
         standby: bool = False,
-        max_warm_memory: int | None = None,
+        max_warm_memory: int | MemoryBudget | None = None,
         devices: Sequence[Sequence[str]] = (),
         device_memory: int | None = None,
     ) -> None:
-        """``max_warm_memory`` caps the warm processes' memory together (bytes); ``devices``
+        """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
+        shared with other pools); ``devices``
         are the GPU device groups of its slots, one each (see workers/runners/devices.py),
         and ``device_memory`` the memory budget of one slot (None: one resident process)."""
         self.max_warm = max_warm
@@ -59,7 +60,9 @@ class RunnerPool:
             self._served,
             self.log,
             max_warm=max_warm,
-            max_warm_memory=max_warm_memory,
+            memory_budget=MemoryBudget(max_warm_memory)
+            if isinstance(max_warm_memory, int)
+            else max_warm_memory,
             boot_timeout=boot_timeout,
             update_interval=update_interval,
             uploads=upload is not None,

@@ -16,7 +16,7 @@ from replicant.runner import BootError, RunnerSpec
 from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error
 from workers.runners.devices import DeviceSlots
-from workers.runners.memory import measure, version_of
+from workers.runners.memory import MemoryBudget, measure, version_of
 from workers.runners.process import CogletProcess, child_env, free_port, worker_exited
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
@@ -35,7 +35,7 @@ class Processes:
         log: logging.Logger,
         *,
         max_warm: int,
-        max_warm_memory: int | None = None,
+        memory_budget: MemoryBudget | None = None,
         boot_timeout: float,
         update_interval: float,
         uploads: bool,
@@ -46,7 +46,9 @@ class Processes:
         self.weights = weights
         self.log = log
         self.max_warm = max_warm
-        self.max_warm_memory = max_warm_memory
+        self.budget = memory_budget
+        if memory_budget is not None:
+            memory_budget.pools.add(self)
         # The last measured size of each version's process: what booting one will take.
         self.sizes: dict[str, int] = {}
         self.boot_timeout = boot_timeout
@@ -97,6 +99,8 @@ class Processes:
     async def close(self) -> int:
         """Stop every process (standbys and boots too); how many there were."""
         self._closed = True
+        if self.budget is not None:
+            self.budget.pools.discard(self)
         self.standbys.close()
         for boot in list(self._boots.values()):
             boot.cancel()
@@ -131,6 +135,7 @@ class Processes:
                     process.in_use += 1
                     if process.alive and self._warm.get(spec.key) is process:
                         self._warm.move_to_end(spec.key)
+                        process.last_used = time.monotonic()
                         return process
                     self._free_slot(process)
                     continue
@@ -146,6 +151,7 @@ class Processes:
     def release(self, process: CogletProcess) -> None:
         """Give back a process from ``checkout``; idle processes beyond ``max_warm`` go."""
         self._free_slot(process)
+        process.last_used = time.monotonic()
         self.evict_idle()
 
     def _free_slot(self, process: CogletProcess) -> None:
@@ -162,30 +168,39 @@ class Processes:
             self._start_boot(process.spec)
 
     def evict_idle(self, extra: int = 0, extra_bytes: int = 0) -> None:
-        """Stop least recently used idle processes beyond ``max_warm``, and while the warm
-        processes' memory (plus ``extra_bytes`` about to boot) passes ``max_warm_memory``;
-        never a busy or awaited one."""
-        while True:
-            booting = [key for key in self._boots if key not in self._warm]
-            over_count = len(self._warm) + len(booting) + extra > self.max_warm
-            over_memory = False
-            if self.max_warm_memory is not None and not over_count:
-                pending = extra_bytes + sum(self.expected_size(key) for key in booting)
-                over_memory = self.memory() + pending > self.max_warm_memory
-            if not over_count and not over_memory:
-                return
-            idle = [p for key, p in self._warm.items() if p.idle and key not in self._waiting]
+        """Stop least recently used idle processes beyond ``max_warm``, then (across the
+        pools sharing the memory budget) while the warm processes' memory plus
+        ``extra_bytes`` about to boot passes it; never a busy or awaited one."""
+        while len(self._warm) + len(self.booting()) + extra > self.max_warm:
+            idle = self.idle_processes()
             if not idle:
-                return
-            victim = idle[0]
-            self.log.info(
-                "event=runner_evicted key=%s pid=%d reason=%s rss=%d",
-                victim.spec.key,
-                victim.pid,
-                "count" if over_count else "memory",
-                self.expected_size(victim.spec.key),
-            )
-            self.retire(victim)
+                break
+            self.evict(idle[0], "count")
+        if self.budget is not None:
+            self.budget.enforce(extra_bytes)
+
+    def booting(self) -> list[str]:
+        """Keys whose process is booting and not yet warm."""
+        return [key for key in self._boots if key not in self._warm]
+
+    def pending_memory(self) -> int:
+        """What the processes booting now are expected to take."""
+        return sum(self.expected_size(key) for key in self.booting())
+
+    def idle_processes(self) -> list[CogletProcess]:
+        """Warm processes that may be stopped (no run on them, none waiting), LRU first."""
+        return [p for key, p in self._warm.items() if p.idle and key not in self._waiting]
+
+    def evict(self, victim: CogletProcess, reason: str) -> None:
+        """Stop an idle warm process to make room."""
+        self.log.info(
+            "event=runner_evicted key=%s pid=%d reason=%s rss=%d",
+            victim.spec.key,
+            victim.pid,
+            reason,
+            self.expected_size(victim.spec.key),
+        )
+        self.retire(victim)
 
     # -- boot ----------------------------------------------------------------------------
 
