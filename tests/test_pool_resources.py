@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers.runners import RunnerPool, RunnerSpec
+from workers.runners import BootError, RunnerPool, RunnerSpec
 from workers.runners.devices import assign_devices, discover_devices
 from workers.runners.memory import COLLECTOR, MemoryBudget, tree_rss
 
@@ -312,6 +312,36 @@ async def test_a_slot_of_several_devices_and_a_device_memory_budget(models: Path
         assert pool.warm_keys() == ["w1", "w2"]
     finally:
         await pool.close()
+
+
+@pytest.mark.integration  # starts coglet processes itself
+async def test_deployment_instances_take_gpu_slots_of_their_own(models: Path) -> None:
+    sku = RunnerPool(max_warm=4, boot_timeout=60, devices=[("0",), ("1",)])
+    slots = sku.device_slots
+    assert slots is not None
+    instances = [
+        RunnerPool(max_warm=1, boot_timeout=60, devices=slots, keep_devices=True) for _ in range(2)
+    ]
+    try:
+        await instances[0].warm(spec(models, "env", key="dep"))
+        held = instances[0].devices("dep")
+        v1 = seen((await sku.predict(spec(models, "env", key="v1"), "d-1", {})).output)
+        assert held is not None and (v1["CUDA_VISIBLE_DEVICES"],) != held
+
+        # The SKU's next version stops its own idle process, never the instance's.
+        v2 = seen((await sku.predict(spec(models, "env", key="v2"), "d-2", {})).output)
+        assert v2["CUDA_VISIBLE_DEVICES"] == v1["CUDA_VISIBLE_DEVICES"]
+        assert sku.warm_keys() == ["v2"] and instances[0].devices("dep") == held
+
+        # A second instance takes the other slot from the SKU's idle process...
+        await instances[1].warm(spec(models, "env", key="dep"))
+        assert sku.warm_keys() == []
+        # ...and with both devices held by instances, the SKU has no slot to boot on.
+        with pytest.raises(BootError, match="no GPU slot is free"):
+            await sku.predict(spec(models, "env", key="v3"), "d-3", {})
+    finally:
+        for pool in (sku, *instances):
+            await pool.close()
 
 
 def test_devices_are_split_into_slots_without_sharing() -> None:

@@ -196,12 +196,16 @@ async def run_worker(
     if served:
         webhooks = WebhookActivities(engine, settings)
 
-        def instance_pool() -> RunnerPool:
+        def instance_pool(sku: str) -> RunnerPool:
+            own = gpu_pools.get(sku)
             return RunnerPool(
                 max_warm=1,
                 update_interval=0.05,
                 upload=OutputSink(settings, store),
                 weights=weights,
+                # On a GPU SKU an instance takes a slot of its own from the SKU's devices.
+                devices=own.device_slots or () if own is not None else (),
+                keep_devices=True,
             )
 
         host = DeploymentHost(

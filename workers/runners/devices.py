@@ -14,10 +14,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from replicant.runner import BootError
 from workers.runners.process import CogletProcess
+
+if TYPE_CHECKING:
+    from workers.runners.processes import Processes
 
 # `nvidia-smi -L` lines: "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-...)".
 _GPU_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
@@ -71,11 +76,13 @@ def assign_devices(
 
 
 class DeviceSlots:
-    """The slots of one pool and the processes placed on them."""
+    """The slots of one GPU SKU and the processes placed on them, shared by the SKU's pool
+    and its deployment instances' pools (``pools``)."""
 
     def __init__(self, groups: Iterable[Sequence[str]], budget: int | None = None) -> None:
         self.groups = [tuple(group) for group in groups]
         self.budget = budget
+        self.pools: weakref.WeakSet[Processes] = weakref.WeakSet()
         # The slot each key last booted on: its restarts go back there.
         self.home: dict[str, int] = {}
 
@@ -115,14 +122,14 @@ class DeviceSlots:
     ) -> list[CogletProcess] | None:
         """The idle processes to stop so a new one fits on a slot (None: it cannot)."""
         staying = [p for p in processes if busy(p)]
-        idle = [p for p in processes if not busy(p)]
+        idle = sorted((p for p in processes if not busy(p)), key=lambda p: p.last_used)
         if self.budget is None:
             return None if staying else idle
         used = sum(p.measured[1] for p in staying)
         if used + need > self.budget:
             return None
         victims: list[CogletProcess] = []
-        # Least recently started first; stop only until the new one fits.
+        # Least recently used first; stop only until the new one fits.
         for process in idle:
             if used + need + sum(p.measured[1] for p in idle if p not in victims) <= self.budget:
                 break

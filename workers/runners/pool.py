@@ -42,13 +42,16 @@ class RunnerPool:
         weights: WeightsCache | None = None,
         standby: bool = False,
         max_warm_memory: int | MemoryBudget | None = None,
-        devices: Sequence[Sequence[str]] = (),
+        devices: Sequence[Sequence[str]] | DeviceSlots = (),
         device_memory: int | None = None,
+        keep_devices: bool = False,
     ) -> None:
         """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
         shared with other pools); ``devices``
-        are the GPU device groups of its slots, one each (see workers/runners/devices.py),
-        and ``device_memory`` the memory budget of one slot (None: one resident process)."""
+        are the GPU device groups of its slots, one each (see workers/runners/devices.py), or
+        the slots of another pool to share, ``device_memory`` the memory budget of one slot
+        (None: one resident process), and ``keep_devices`` keeps its idle processes on their
+        devices when another pool sharing them boots (a deployment instance's pool)."""
         self.max_warm = max_warm
         self.upload = upload
         self.weights = weights
@@ -67,7 +70,12 @@ class RunnerPool:
             update_interval=update_interval,
             uploads=upload is not None,
             standby=standby,
-            devices=DeviceSlots(devices, device_memory) if devices else None,
+            devices=devices
+            if isinstance(devices, DeviceSlots)
+            else DeviceSlots(devices, device_memory)
+            if devices
+            else None,
+            keeps_devices=keep_devices,
         )
         export_memory(self._processes)
         self._executor = Executor(
@@ -120,6 +128,11 @@ class RunnerPool:
     def memory(self) -> dict[str, tuple[int, int]]:
         """(resident bytes, processes) of each version's live processes, measured now."""
         return by_version(self._processes.live_processes())
+
+    @property
+    def device_slots(self) -> DeviceSlots | None:
+        """Its GPU slots (None: its processes are not pinned)."""
+        return self._processes.devices
 
     def devices(self, key: str) -> tuple[str, ...] | None:
         """The GPU devices a warm key's process is pinned to (None: unpinned or not warm)."""

@@ -41,6 +41,7 @@ class Processes:
         uploads: bool,
         standby: bool,
         devices: DeviceSlots | None = None,
+        keeps_devices: bool = False,
     ) -> None:
         self.client = client
         self.weights = weights
@@ -55,6 +56,11 @@ class Processes:
         self.update_interval = update_interval
         self.uploads = uploads
         self.devices = devices
+        # True: its idle processes keep their device against the other pools' boots (a
+        # deployment instance); False: another pool sharing the devices may stop them.
+        self.keeps_devices = keeps_devices
+        if devices is not None:
+            devices.pools.add(self)
         self.standbys = Standbys(standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -101,6 +107,8 @@ class Processes:
         self._closed = True
         if self.budget is not None:
             self.budget.pools.discard(self)
+        if self.devices is not None:
+            self.devices.pools.discard(self)
         self.standbys.close()
         for boot in list(self._boots.values()):
             boot.cancel()
@@ -219,25 +227,25 @@ class Processes:
             self._pin(process, env)
         return process, env
 
+    def placed(self) -> set[CogletProcess]:
+        """Its processes that hold a device: started and not reaped, or warm."""
+        return {p for p in self._spawned if not p.exited} | set(self._warm.values())
+
     def _pin(self, process: CogletProcess, env: dict[str, str]) -> None:
-        """Place a new process on a GPU slot (stopping the idle residents in its way)."""
+        """Place a new process on a GPU slot (stopping the idle processes in its way)."""
         assert self.devices is not None
-        key = process.spec.key
-        residents = {p for p in self._spawned if not p.exited} | set(self._warm.values())
-
-        def busy(p: CogletProcess) -> bool:
-            # Booting, running, or awaited by a run: never stopped to make room.
-            return self._warm.get(p.spec.key) is not p or not p.idle or p.spec.key in self._waiting
-
-        index, victims = self.devices.place(key, residents, busy, self.expected_size)
+        residents: list[CogletProcess] = []
+        # Idle processes that may be stopped to make room, and the pool each belongs to.
+        stoppable: dict[CogletProcess, Processes] = {}
+        for pool in list(self.devices.pools):
+            residents += pool.placed()
+            if pool is self or not pool.keeps_devices:
+                stoppable.update((p, pool) for p in pool.idle_processes())
+        index, victims = self.devices.place(
+            process.spec.key, residents, lambda p: p not in stoppable, self.expected_size
+        )
         for victim in victims:
-            self.log.info(
-                "event=runner_evicted key=%s pid=%d reason=device slot=%d",
-                victim.spec.key,
-                victim.pid,
-                index,
-            )
-            self.retire(victim)
+            stoppable[victim].evict(victim, f"device slot={index}")
         process.slot = index
         process.devices = self.devices.groups[index]
         # Counted on its slot from now on, while it boots too (a failed start retires it).
