@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +38,38 @@ ENV_MODEL = """
 """
 
 
+TOGETHER_MODEL = """
+    import asyncio
+    import os
+    from cog import BasePredictor
+
+    class Predictor(BasePredictor):
+        def setup(self) -> None:
+            self.running = 0
+            self.all_in = asyncio.Event()
+
+        async def predict(self, expect: int = 2) -> str:
+            # Each run waits until `expect` runs are inside this process at once.
+            self.running += 1
+            if self.running >= expect:
+                self.all_in.set()
+            try:
+                await asyncio.wait_for(self.all_in.wait(), timeout=60)
+                return f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')} together"
+            except asyncio.TimeoutError:
+                return f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')} alone"
+            finally:
+                self.running -= 1
+"""
+
+
 @dataclass
 class GpuStack:
     settings: Settings
     url: str
     token: str
     versions: list[str]
+    together: str
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +96,17 @@ def gpustack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuStack]:
                 (src / "predict.py").write_text(textwrap.dedent(ENV_MODEL.format(mark=mark)))
                 (src / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
                 versions.append(create_version(settings, engine, model, src).id)
+            # An async model that serves two predictions at once (cog.yaml concurrency).
+            src = data_dir / "together"
+            src.mkdir()
+            (src / "predict.py").write_text(textwrap.dedent(TOGETHER_MODEL))
+            (src / "cog.yaml").write_text(
+                'predict: "predict.py:Predictor"\nconcurrency:\n  max: 2\n'
+            )
+            pair = ensure_model(engine, settings.default_account, "together", hardware="gpu-t4")
+            together = create_version(settings, engine, pair, src).id
             engine.dispose()
-            yield GpuStack(settings, settings.resolved_public_url, token, versions)
+            yield GpuStack(settings, settings.resolved_public_url, token, versions, together)
         finally:
             stack.stop()
 
@@ -110,3 +146,19 @@ def test_worker_metrics_carry_each_versions_memory(gpustack: GpuStack) -> None:
 def test_devices_show_in_the_worker_log(gpustack: GpuStack) -> None:
     log = (Path(gpustack.settings.data_dir) / "logs" / "worker.log").read_text()
     assert "event=gpu_slots" in log and "hardware=gpu-t4" in log and "slots=0;1" in log
+
+
+def test_a_models_concurrency_runs_its_predictions_in_one_pinned_process(
+    gpustack: GpuStack,
+) -> None:
+    client = replicate.Client(api_token=gpustack.token, base_url=gpustack.url)
+    ref = f"{gpustack.settings.default_account}/together:{gpustack.together}"
+    # The GPU SKU's two slots take both at once; cog.yaml's concurrency.max: 2 puts them
+    # in one process rather than one each.
+    with ThreadPoolExecutor(2) as threads:
+        outputs = list(threads.map(lambda _: str(client.run(ref, input={})), range(2)))
+
+    assert all(o.endswith(" together") for o in outputs), outputs
+    pids = {o.split()[0] for o in outputs}
+    devices = {o.split()[1] for o in outputs}
+    assert len(pids) == 1 and len(devices) == 1 and devices <= {"0", "1"}
