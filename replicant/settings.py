@@ -134,8 +134,8 @@ class Settings(BaseSettings):
     gpu_memory_budget: ByteSize | None = Field(
         None,
         description="Memory the model processes on one GPU slot may take together (e.g. "
-        "`70GB`), counted as each process's measured resident memory (device memory is not "
-        "read); unset: a slot keeps one resident model process, stopped before another "
+        "`70GB`): their device memory as `nvidia-smi` reports it (their resident memory "
+        "without it); unset: a slot keeps one resident model process, stopped before another "
         "version boots on its devices.",
     )
     max_push_bytes: int = Field(

@@ -344,6 +344,39 @@ async def test_deployment_instances_take_gpu_slots_of_their_own(models: Path) ->
             await pool.close()
 
 
+@pytest.mark.integration  # starts coglet processes itself
+async def test_a_device_memory_budget_counts_what_nvidia_smi_reports(
+    models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in nvidia-smi that reports the device memory the test writes for each pid.
+    usage = tmp_path / "usage.csv"
+    usage.write_text("")
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\ncat "{usage}"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+
+    def uses(pool: RunnerPool, key: str, mib: int) -> None:
+        worker = _children(pool.pid(key) or 0)[0]  # coglet's worker child holds the model
+        with usage.open("a") as rows:
+            rows.write(f"{worker}, {mib}\n")
+
+    # 40 GiB on one device: two 30 GiB models do not fit, though their host memory would.
+    pool = RunnerPool(max_warm=4, boot_timeout=60, devices=[("0",)], device_memory=40 << 30)
+    try:
+        await pool.predict(spec(models, "env", key="v1"), "n-1", {})
+        uses(pool, "v1", 30 * 1024)
+        await pool.predict(spec(models, "env", key="v2"), "n-2", {})
+        assert pool.warm_keys() == ["v1", "v2"]  # v2's size was unknown: it was let in
+        uses(pool, "v2", 30 * 1024)
+        await pool.predict(spec(models, "env", key="v3"), "n-3", {})
+        # 60 GiB on the device: the least recently used one is stopped until it fits.
+        assert pool.warm_keys() == ["v2", "v3"]
+    finally:
+        await pool.close()
+
+
 def test_devices_are_split_into_slots_without_sharing() -> None:
     slots = {"cpu": 2, "gpu-t4": 2, "gpu-a100-2x": 1, "gpu-h100": 1}
     groups = assign_devices(slots, {"gpu-a100-2x": 2}, ["0", "1", "2", "3", "4"])

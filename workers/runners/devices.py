@@ -5,12 +5,14 @@ Each slot owns its own device group (two slots never share a device). A process 
 a slot when it starts and sees only that slot's devices (``CUDA_VISIBLE_DEVICES`` and
 ``NVIDIA_VISIBLE_DEVICES``); a key goes back to the slot it had, so a restarted process keeps
 its device. Without a memory budget a slot holds one resident process: its idle one is stopped
-before another version boots there. With a budget, processes share a slot while their measured
-memory fits.
+before another version boots there. With a budget, processes share a slot while their memory
+fits: device memory from ``nvidia-smi`` when it answers, else their resident memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
@@ -18,7 +20,10 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+import psutil
+
 from replicant.runner import BootError
+from workers.runners.memory import version_of
 from workers.runners.process import CogletProcess
 
 if TYPE_CHECKING:
@@ -43,6 +48,45 @@ def discover_devices(configured: str | None) -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return _GPU_LINE.findall(listing)
+
+
+async def device_memory() -> dict[int, int] | None:
+    """Device memory in use per process id (``nvidia-smi --query-compute-apps``), in bytes;
+    None without ``nvidia-smi`` or when it fails."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    query = ["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            smi, *query, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+    except OSError:
+        return None
+    try:
+        async with asyncio.timeout(10):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        return None
+    if proc.returncode != 0:
+        return None
+    usage: dict[int, int] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        pid, _, mib = (part.strip() for part in line.partition(","))
+        if pid.isdigit() and mib.isdigit():
+            usage[int(pid)] = usage.get(int(pid), 0) + int(mib) * 1024 * 1024
+    return usage
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        root = psutil.Process(pid)
+        return [pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.Error:
+        return [pid]
 
 
 def is_gpu_sku(sku: str, per_slot: Mapping[str, int]) -> bool:
@@ -83,11 +127,34 @@ class DeviceSlots:
         self.groups = [tuple(group) for group in groups]
         self.budget = budget
         self.pools: weakref.WeakSet[Processes] = weakref.WeakSet()
+        # Device memory each version's process took when last read (nvidia-smi).
+        self.sizes: dict[str, int] = {}
         # The slot each key last booted on: its restarts go back there.
         self.home: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.groups)
+
+    async def refresh(self, processes: Iterable[CogletProcess]) -> None:
+        """Read the device memory of placed processes (with a budget and ``nvidia-smi``
+        only); without it, their resident memory stands in."""
+        if self.budget is None:
+            return
+        usage = await device_memory()
+        if usage is None:
+            return
+        for process in processes:
+            if process.pid and not process.exited:
+                used = sum(usage.get(pid, 0) for pid in _tree(process.pid))
+                process.device_bytes = used
+                if used:
+                    self.sizes[version_of(process.spec.key)] = used
+
+    def size(self, process: CogletProcess) -> int:
+        """What a placed process takes of its slot's budget."""
+        if process.device_bytes is not None:
+            return process.device_bytes
+        return process.measured[1]
 
     def place(
         self,
@@ -109,7 +176,8 @@ class DeviceSlots:
         # Its own slot first, then empty ones, then the others in order.
         order = sorted(on, key=lambda i: (i != home, bool(on[i]), i))
         for index in order:
-            victims = self._victims(on[index], busy, size(key))
+            need = self.sizes.get(version_of(key), size(key))
+            victims = self._victims(on[index], busy, need)
             if victims is not None:
                 self.home[key] = index
                 return index, victims
@@ -125,13 +193,13 @@ class DeviceSlots:
         idle = sorted((p for p in processes if not busy(p)), key=lambda p: p.last_used)
         if self.budget is None:
             return None if staying else idle
-        used = sum(p.measured[1] for p in staying)
+        used = sum(self.size(p) for p in staying)
         if used + need > self.budget:
             return None
         victims: list[CogletProcess] = []
         # Least recently used first; stop only until the new one fits.
         for process in idle:
-            if used + need + sum(p.measured[1] for p in idle if p not in victims) <= self.budget:
+            if used + need + sum(self.size(p) for p in idle if p not in victims) <= self.budget:
                 break
             victims.append(process)
         return victims

@@ -146,6 +146,8 @@ class CogletProcess:
         self.slot: int | None = None
         # (when, bytes): its last memory measurement (see workers/runners/memory.py).
         self.measured: tuple[float, int] = (0.0, 0)
+        # Device memory it used when last read (nvidia-smi); None: never read.
+        self.device_bytes: int | None = None
         # time.monotonic() of its last checkout or release: eviction across pools goes by it.
         self.last_used = 0.0
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)

@@ -283,6 +283,10 @@ class Processes:
             process: CogletProcess | None = None
             fetch: asyncio.Task[None] | None = None
             try:
+                if self.devices is not None:
+                    # With a device budget: what each process on the devices uses now.
+                    placed = [p for pool in list(self.devices.pools) for p in pool.placed()]
+                    await self.devices.refresh(placed)
                 process, env = self.new_process(spec)
                 if spec.weights_ref:
                     # The weights download while coglet and the model start; the model's
