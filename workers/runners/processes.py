@@ -1,7 +1,9 @@
 """The warm coglet processes of a pool: one per key, booted once, least recently used evicted.
 
-``checkout`` hands out a READY process with its lock held (one run per process); a key's boot
-is shared by everyone who waits for it, and a process is never evicted while busy or awaited.
+``checkout`` hands out a READY process with one of its slots held (``spec.concurrency`` runs
+per process); a key's boot is shared by everyone who waits for it, and a process is never
+evicted while busy or awaited. Eviction also keeps a memory budget (``memory.py``), and a GPU
+pool places each new process on a device slot (``devices.py``).
 """
 
 from __future__ import annotations
