@@ -47,11 +47,11 @@ class RunnerPool:
         keep_devices: bool = False,
     ) -> None:
         """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
-        shared with other pools); ``devices``
-        are the GPU device groups of its slots, one each (see workers/runners/devices.py), or
-        the slots of another pool to share, ``device_memory`` the memory budget of one slot
-        (None: one resident process), and ``keep_devices`` keeps its idle processes on their
-        devices when another pool sharing them boots (a deployment instance's pool)."""
+        shared with other pools); ``devices`` are the GPU device groups of its slots, one
+        each (see workers/runners/devices.py), or the slots of another pool to share;
+        ``device_memory`` is the memory budget of one slot (None: one resident process);
+        ``keep_devices`` keeps its idle processes on their devices when another pool sharing
+        them boots (a deployment instance's pool)."""
         self.max_warm = max_warm
         self.upload = upload
         self.weights = weights
