@@ -18,7 +18,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from workers.runners import BootError, RunnerPool, RunnerSpec
 from workers.runners.devices import assign_devices, discover_devices
-from workers.runners.memory import COLLECTOR, MemoryBudget, tree_rss
+from workers.runners.memory import (
+    COLLECTOR,
+    MemoryBudget,
+    oom_counter,
+    read_oom_kills,
+    tree_rss,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,6 +225,19 @@ async def test_a_model_process_killed_for_memory_fails_with_a_message_that_says_
     after = await pool.predict(hog, "m-next", {})
     assert after.status == "succeeded"
     assert after.output != first.output  # a new model process
+
+
+def test_oom_kills_are_read_from_cgroup_v1_and_v2_counters(tmp_path: Path) -> None:
+    v1 = tmp_path / "memory.oom_control"
+    v1.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n")
+    v2 = tmp_path / "memory.events"
+    v2.write_text("low 0\nhigh 0\nmax 12\noom 2\noom_kill 1\noom_group_kill 0\n")
+    assert (read_oom_kills(v1), read_oom_kills(v2)) == (3, 1)
+    assert read_oom_kills(tmp_path / "missing") is None
+    assert read_oom_kills(None) is None
+    # This machine's own counter, when it has one, reads as a count.
+    counter = oom_counter(os.getpid())
+    assert counter is None or isinstance(read_oom_kills(counter), int)
 
 
 # -- the model's own concurrency -----------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 from urllib.parse import quote
@@ -28,7 +27,7 @@ from workers.runners.coglet import (
     request_body,
     worker_died_error,
 )
-from workers.runners.memory import oom_kills
+from workers.runners.memory import oom_counter, read_oom_kills
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.run import Run
@@ -142,7 +141,10 @@ class Executor:
         webhook = self.hook_base + quote(run.id, safe="") if run.webhook else None
         url = process.url + prediction_path(process.spec.mode, run.id)
         # Read before the run: a rise by its end means the kernel killed a process for memory.
-        run.oom_kills = oom_kills(process.pid)
+        if not process.oom_counter_found:
+            process.oom_counter = oom_counter(process.pid)
+            process.oom_counter_found = True
+        run.oom_kills = read_oom_kills(process.oom_counter)
         try:
             result = await self._send(process, run, url, request_body(input, webhook))
             if result.status in ("failed", "canceled") and process.alive:
@@ -201,9 +203,7 @@ class Executor:
 
     def _death(self, process: CogletProcess, run: Run) -> str:
         """The error of a run whose model process died under it (see worker_died_error)."""
-        now = oom_kills(process.pid) if process.pid else None
-        if now is None:  # coglet is gone too: its cgroup is the pool's own
-            now = oom_kills(os.getpid())
+        now = read_oom_kills(process.oom_counter)
         oom = run.oom_kills is not None and now is not None and now > run.oom_kills
         self.log.warning(
             "event=model_process_died key=%s prediction=%s pid=%d oom_kill=%s",

@@ -52,9 +52,9 @@ def measure(process: CogletProcess, fresh: bool = False) -> int:
     return size
 
 
-def oom_kills(pid: int) -> int | None:
-    """How many processes the kernel's OOM killer has killed in ``pid``'s memory cgroup
-    (cgroup v2 ``memory.events`` or v1 ``memory.oom_control``); None when unreadable."""
+def oom_counter(pid: int) -> Path | None:
+    """The file that counts the kernel's OOM kills in ``pid``'s memory cgroup (cgroup v2
+    ``memory.events`` or v1 ``memory.oom_control``); None when there is none to read."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
@@ -69,14 +69,23 @@ def oom_kills(pid: int) -> int | None:
         elif "memory" in controllers.split(","):
             candidates.append(Path("/sys/fs/cgroup/memory") / relative / "memory.oom_control")
     for candidate in candidates:
-        try:
-            text = candidate.read_text()
-        except OSError:
-            continue
-        for row in text.splitlines():
-            name, _, value = row.partition(" ")
-            if name == "oom_kill" and value.strip().isdigit():
-                return int(value)
+        if read_oom_kills(candidate) is not None:
+            return candidate
+    return None
+
+
+def read_oom_kills(counter: Path | None) -> int | None:
+    """The OOM-kill count in a file of ``oom_counter`` (None: unreadable)."""
+    if counter is None:
+        return None
+    try:
+        text = counter.read_text()
+    except OSError:
+        return None
+    for row in text.splitlines():
+        name, _, value = row.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
     return None
 
 

@@ -146,6 +146,9 @@ class CogletProcess:
         self.slot: int | None = None
         # (when, bytes): its last memory measurement (see workers/runners/memory.py).
         self.measured: tuple[float, int] = (0.0, 0)
+        # The OOM-kill counter of its memory cgroup (found at its first run; None: none).
+        self.oom_counter: Path | None = None
+        self.oom_counter_found = False
         # Device memory it used when last read (nvidia-smi); None: never read.
         self.device_bytes: int | None = None
         # time.monotonic() of its last checkout or release: eviction across pools goes by it.
