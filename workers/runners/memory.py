@@ -151,7 +151,7 @@ class MemoryCollector(Collector):
         )
         totals: dict[str, tuple[int, int]] = {}
         for source in list(self.sources):
-            for label, (size, n) in by_version(source.live_processes()).items():
+            for label, (size, n) in by_version(_snapshot(source)).items():
                 old_size, old_n = totals.get(label, (0, 0))
                 totals[label] = (old_size + size, old_n + n)
         for label, (size, n) in sorted(totals.items()):
@@ -159,6 +159,17 @@ class MemoryCollector(Collector):
             count.add_metric([label], n)
         yield memory
         yield count
+
+
+def _snapshot(source: Processes) -> list[CogletProcess]:
+    """A pool's live processes, read from the metrics server's thread while the event loop
+    may change them: read again when a dict changed under the reading."""
+    for _ in range(5):
+        try:
+            return source.live_processes()
+        except RuntimeError:
+            continue
+    return []
 
 
 COLLECTOR = MemoryCollector()
