@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from datetime import datetime
@@ -23,6 +24,7 @@ from activities.running import ensure_env, heartbeat_forever, load_version, run_
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
+from replicant.cogmodel import CogConfigError, load_cog_config
 from replicant.contracts import (
     ActivityName,
     FinishPrediction,
@@ -64,6 +66,16 @@ def model_cpu_threads(settings: Settings) -> int:
     return max(1, cpus // slots)
 
 
+@functools.lru_cache(maxsize=1024)
+def model_concurrency(model_dir: Path) -> int:
+    """cog.yaml's ``concurrency.max`` of a version's (immutable) model directory; 1 when the
+    file cannot be read."""
+    try:
+        return load_cog_config(model_dir).max_concurrency
+    except (CogConfigError, OSError):
+        return 1
+
+
 def runner_spec(version: Version) -> RunnerSpec:
     """How to run a version: its directory, environment and (for fine-tunes) weights."""
     weights = version.weights_url
@@ -83,6 +95,7 @@ def runner_spec(version: Version) -> RunnerSpec:
         train_ref=version.train_ref,
         env=env,
         weights_ref=weights if stored else None,
+        concurrency=model_concurrency(Path(version.model_dir)),
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
     )

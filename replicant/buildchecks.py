@@ -10,6 +10,7 @@ import shutil
 import subprocess
 
 from replicant.cogmodel import CogConfig, CogConfigError
+from replicant.devices import discover_devices
 from replicant.settings import Settings
 
 CHECK_TIMEOUT = 30.0
@@ -17,19 +18,7 @@ CHECK_TIMEOUT = 30.0
 
 def gpu_devices(settings: Settings) -> list[str]:
     """This installation's GPUs: ``gpu_devices`` when set, else what ``nvidia-smi -L`` lists."""
-    if settings.gpu_devices is not None:
-        return [d.strip() for d in settings.gpu_devices.split(",") if d.strip()]
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        proc = subprocess.run(
-            [smi, "-L"], capture_output=True, text=True, timeout=CHECK_TIMEOUT, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return []
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("GPU ")]
-    return [str(i) for i in range(len(lines))] if proc.returncode == 0 else []
+    return discover_devices(settings.gpu_devices)
 
 
 def missing_system_packages(packages: list[str]) -> list[str] | None:

@@ -38,6 +38,8 @@ class RunnerSpec(BaseModel):
     # Weights in the object store (``replicant.weights``): materialized by the pool, then
     # served to the model from the pool's HTTP server as COG_WEIGHTS.
     weights_ref: str | None = None
+    # Runs one process serves at once: cog.yaml's concurrency.max (async predict only).
+    concurrency: int = Field(1, ge=1)
     # True for iterator outputs (partial output needs coglet's webhooks); None: learn it.
     streams_output: bool | None = None
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from limits import parse as parse_limit
-from pydantic import Field, field_validator
+from pydantic import ByteSize, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -139,16 +139,37 @@ class Settings(BaseSettings):
         description="Model processes a worker keeps warm; the least recently used one beyond "
         "that is stopped.",
     )
+    max_warm_memory: ByteSize | None = Field(
+        None,
+        description="The most memory (resident set, each model process with its children) a "
+        "worker's warm model processes of its hardware queues may take together, e.g. `8GB`; "
+        "least recently used idle processes are stopped before the total would pass it "
+        "(deployment instances are not counted). Unset: only `max_warm_runners` limits them.",
+    )
+    gpu_devices: str | None = Field(
+        None,
+        description="The GPU devices of a worker, comma-separated (e.g. `0,1`); the devices "
+        "`nvidia-smi -L` lists when unset, none without it. Each slot of a GPU SKU owns its own "
+        "devices (`CUDA_VISIBLE_DEVICES` of its model processes); a GPU SKU that gets none is "
+        "not served by that worker. An installation without devices refuses GPU models at push "
+        "unless their hardware is `cpu`.",
+    )
+    gpus_per_slot: dict[str, int] = Field(
+        default_factory=dict,
+        description='Devices each slot of a SKU owns (JSON), e.g. `{"gpu-a100-2x": 2}`; 1 for '
+        "every other SKU named `gpu-*`.",
+    )
+    gpu_memory_budget: ByteSize | None = Field(
+        None,
+        description="Memory the model processes on one GPU slot may take together (e.g. "
+        "`70GB`): their device memory as `nvidia-smi` reports it (their resident memory "
+        "without it); unset: a slot keeps one resident model process, stopped before another "
+        "version boots on its devices.",
+    )
     max_push_bytes: int = Field(
         1024 * 1024 * 1024,
         description="The largest model archive a push may upload, and the most its files may "
         "unpack to, in bytes.",
-    )
-    gpu_devices: str | None = Field(
-        None,
-        description="GPUs of this installation (`0,1`, as CUDA_VISIBLE_DEVICES names them); "
-        "unset: what `nvidia-smi -L` lists, none without it. A CPU-only installation refuses "
-        "GPU models at push.",
     )
     model_cpu_threads: int = Field(
         0,

@@ -87,7 +87,7 @@ class DeploymentHost:
         engine: Engine,
         hardware: list[str],
         connect: Callable[[], Awaitable[Client]],
-        make_pool: Callable[[], RunnerPool],
+        make_pool: Callable[[str], RunnerPool],
         make_activities: Callable[[RunnerPool], PredictionActivities],
         *,
         warm_timeout: float = 300.0,
@@ -165,7 +165,7 @@ class DeploymentHost:
         instance = Instance(
             id=secrets.token_hex(8),
             config=target.config,
-            pool=self.make_pool(),
+            pool=self.make_pool(target.config.hardware),
         )
         instance.starting = asyncio.create_task(self._boot(instance, target))
         return instance

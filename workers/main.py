@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
@@ -27,7 +28,9 @@ from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
 from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
+from workers.gpus import gpu_slot_pools
 from workers.runners import RunnerPool
+from workers.runners.memory import MemoryBudget
 from workers.schedules import ensure_schedules
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
@@ -69,9 +72,11 @@ def build_workers(
     orchestration: bool = True,
     hardware: list[str] | None = None,
     store: ObjectStore | None = None,
+    pools: Mapping[str, RunnerPool] | None = None,
 ) -> list[Worker]:
     """The Temporal workers of one process: orchestration (with version builds) plus the
-    given hardware queues."""
+    given hardware queues; ``pools`` gives a SKU a pool of its own (GPU slots), the others run
+    on ``pool``."""
     store = store or open_store(settings)
     webhooks = WebhookActivities(engine, settings)
     acts = PredictionActivities(engine, pool, webhooks, store)
@@ -119,6 +124,12 @@ def build_workers(
         )
     skus = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
     for sku, slots in skus.items():
+        own = (pools or {}).get(sku)
+        if own is None:
+            acts_sku, training_sku = acts, training
+        else:
+            acts_sku = PredictionActivities(engine, own, webhooks, store)
+            training_sku = TrainingActivities(engine, settings, own, lambda: store, webhooks)
         workers.append(
             Worker(
                 client,
@@ -128,11 +139,11 @@ def build_workers(
                 workflows=[PredictionWorkflow],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
-                    acts.run_prediction,
-                    training.run_training,
-                    acts.record_prediction,
-                    acts.finish_prediction,
-                    acts.abort_prediction,
+                    acts_sku.run_prediction,
+                    training_sku.run_training,
+                    acts_sku.record_prediction,
+                    acts_sku.finish_prediction,
+                    acts_sku.abort_prediction,
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 max_concurrent_activities=slots,
@@ -159,7 +170,14 @@ async def run_worker(
     weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
     # Output files go from coglet straight into the object store (see OutputSink).
     slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
+    # One memory budget for the warm processes of every hardware pool of this worker.
+    budget = None if settings.max_warm_memory is None else MemoryBudget(settings.max_warm_memory)
+    hardware, gpu_pools = gpu_slot_pools(
+        settings, slots, OutputSink(settings, store), weights, budget
+    )
+    slots = {sku: slots[sku] for sku in hardware}
     pool = RunnerPool(
+        max_warm_memory=budget,
         # Every slot may hold a busy process of its own: a smaller pool would evict and
         # re-boot processes between back-to-back runs.
         max_warm=max(settings.max_warm_runners, sum(slots.values())),
@@ -172,8 +190,17 @@ async def run_worker(
         standby=True,
     )
     await pool.start()
+    for own in gpu_pools.values():
+        await own.start()
     workers = build_workers(
-        client, settings, engine, pool, orchestration=orchestration, hardware=hardware, store=store
+        client,
+        settings,
+        engine,
+        pool,
+        orchestration=orchestration,
+        hardware=hardware,
+        store=store,
+        pools=gpu_pools,
     )
     if orchestration:
         try:  # the sweep of expired uploaded files
@@ -186,12 +213,16 @@ async def run_worker(
     if served:
         webhooks = WebhookActivities(engine, settings)
 
-        def instance_pool() -> RunnerPool:
+        def instance_pool(sku: str) -> RunnerPool:
+            own = gpu_pools.get(sku)
             return RunnerPool(
                 max_warm=1,
                 update_interval=0.05,
                 upload=OutputSink(settings, store),
                 weights=weights,
+                # On a GPU SKU an instance takes a slot of its own from the SKU's devices.
+                devices=own.device_slots or () if own is not None else (),
+                keep_devices=True,
             )
 
         host = DeploymentHost(
@@ -223,4 +254,6 @@ async def run_worker(
         if host is not None:
             await host.close()
         await pool.close()
+        for own in gpu_pools.values():
+            await own.close()
         log.info("event=worker_stopped")

@@ -1,8 +1,9 @@
 """The pool of warm coglet processes that the run activity hands predictions to.
 
 One coglet process (Cog's own prediction server) per runner key, e.g. per version. coglet
-has one slot, so a process runs one prediction at a time; the hardware queue in front of the
-pool keeps it that way, and a per-process lock makes sure of it.
+has one slot unless the model asks for more (cog.yaml ``concurrency.max``, an async
+predictor), so a process runs that many predictions at once and no more: per-process slots
+(a semaphore) make sure of it, and further concurrent runs get a process of their own.
 
 How a prediction reaches coglet, and why (measured with coglet 0.23.1, hello-world, p50):
 
@@ -25,6 +26,8 @@ Modules, one concern each:
 - ``run``: what coglet reported about one prediction (webhooks, log lines).
 - ``client``: HTTP to coglet (predictions through aiohttp, the rest through httpx).
 - ``processes``: the warm processes by key, their boots, eviction.
+- ``memory``: each process tree's memory, the shared warm-memory budget, the /metrics series.
+- ``devices``: GPU devices, the slots that own them, where a process boots.
 - ``execution``: one prediction on a process: PUT, live updates, failure, cancel.
 - ``receiver``: the embedded HTTP server (webhooks, uploads, weights, standbys).
 - ``weights``, ``standby``: stored weights served to models; fine-tune standbys.

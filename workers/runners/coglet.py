@@ -100,6 +100,25 @@ def explain_model_error(result: CogPrediction) -> None:
         result.logs += separator + line
 
 
+# coglet's whole error when the model's worker process died during a prediction.
+WORKER_CRASHED = "Worker crashed"
+
+
+def worker_died_error(oom_killed: bool) -> str:
+    """The error of a prediction whose model process died under it: killed by the kernel for
+    memory when the cgroup's OOM-kill count rose, else the likely causes."""
+    if oom_killed:
+        return (
+            "The model process was killed by the kernel for running out of memory (OOM "
+            "killer, SIGKILL) during the prediction; the next prediction starts a new process"
+        )
+    return (
+        "The model process died during the prediction without an error: killed (SIGKILL, "
+        "most often by the kernel for running out of memory) or crashed; the next "
+        "prediction starts a new process"
+    )
+
+
 def setup_error(setup_logs: str) -> str:
     """The model's exception out of coglet's "worker setup failed: ... setup failed: X"."""
     text = setup_logs.strip()

@@ -20,17 +20,19 @@ from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, Runne
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
     HEALTHY,
+    WORKER_CRASHED,
     explain_model_error,
     parse_answer,
     prediction_path,
     request_body,
+    worker_died_error,
 )
+from workers.runners.memory import oom_counter, read_oom_kills
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.run import Run
 
 AT_CAPACITY_RETRY_FOR = 5.0
-PROCESS_DIED = "The model process exited during the prediction"
 
 
 class _NotHandedOver(Exception):
@@ -73,7 +75,7 @@ class Executor:
             webhook = on_update is not None and self._wants_webhook(spec)
             run = Run(prediction_id, process, webhook)
             self.runs[prediction_id] = run
-            process.current = run
+            process.runs[prediction_id] = run
             run.task = asyncio.create_task(self._execute(process, run, input))
             try:
                 if on_booted is not None and not booted_called:
@@ -138,10 +140,17 @@ class Executor:
         started = time.perf_counter()
         webhook = self.hook_base + quote(run.id, safe="") if run.webhook else None
         url = process.url + prediction_path(process.spec.mode, run.id)
+        # Read before the run: a rise by its end means the kernel killed a process for memory.
+        if not process.oom_counter_found:
+            process.oom_counter = oom_counter(process.pid)
+            process.oom_counter_found = True
+        run.oom_kills = read_oom_kills(process.oom_counter)
         try:
             result = await self._send(process, run, url, request_body(input, webhook))
             if result.status in ("failed", "canceled") and process.alive:
                 await self._settle_failure(process, run, result)
+            if result.status == "failed" and result.error == WORKER_CRASHED:
+                result.error = self._death(process, run)
             explain_model_error(result)
             self.log.info(
                 "event=prediction_done key=%s prediction=%s status=%s webhook=%s seconds=%.4f",
@@ -157,7 +166,8 @@ class Executor:
                 self._streams_output[process.spec.key] = process.streams_output
             if self.runs.get(run.id) is run:
                 del self.runs[run.id]
-            process.current = None
+            if process.runs.get(run.id) is run:
+                del process.runs[run.id]
             self.processes.release(process)
 
     async def _send(
@@ -178,7 +188,8 @@ class Executor:
                     return CogPrediction(status="canceled", logs=run.stream_logs)
                 if not run.started:
                     raise _NotHandedOver() from err  # the model never ran: safe to retry
-                return CogPrediction(status="failed", error=PROCESS_DIED, logs=run.stream_logs)
+                error = self._death(process, run)
+                return CogPrediction(status="failed", error=error, logs=run.stream_logs)
             # coglet answers 409 to a share of back-to-back calls while it frees its slot.
             if status in (409, 503) and time.monotonic() < deadline:
                 await asyncio.sleep(delay)
@@ -189,6 +200,19 @@ class Executor:
             # The slot never came free: the process is stuck; do not reuse it.
             process.retire()
         return parse_answer(status, content)
+
+    def _death(self, process: CogletProcess, run: Run) -> str:
+        """The error of a run whose model process died under it (see worker_died_error)."""
+        now = read_oom_kills(process.oom_counter)
+        oom = run.oom_kills is not None and now is not None and now > run.oom_kills
+        self.log.warning(
+            "event=model_process_died key=%s prediction=%s pid=%d oom_kill=%s",
+            process.spec.key,
+            run.id,
+            process.pid,
+            oom,
+        )
+        return worker_died_error(oom)
 
     async def _settle_failure(
         self, process: CogletProcess, run: Run, result: CogPrediction

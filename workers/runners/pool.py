@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +17,10 @@ from starlette.responses import Response
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
 from replicant.weights import WeightsCache
 from workers.runners.client import CogletClient
+from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
+from workers.runners.memory import MemoryBudget, by_version
+from workers.runners.memory import export as export_memory
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.receiver import Receiver
@@ -37,7 +41,17 @@ class RunnerPool:
         upload: UploadSink | None = None,
         weights: WeightsCache | None = None,
         standby: bool = False,
+        max_warm_memory: int | MemoryBudget | None = None,
+        devices: Sequence[Sequence[str]] | DeviceSlots = (),
+        device_memory: int | None = None,
+        keep_devices: bool = False,
     ) -> None:
+        """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
+        shared with other pools); ``devices`` are the GPU device groups of its slots, one
+        each (see workers/runners/devices.py), or the slots of another pool to share;
+        ``device_memory`` is the memory budget of one slot (None: one resident process);
+        ``keep_devices`` keeps its idle processes on their devices when another pool sharing
+        them boots (a deployment instance's pool)."""
         self.max_warm = max_warm
         self.upload = upload
         self.weights = weights
@@ -49,11 +63,21 @@ class RunnerPool:
             self._served,
             self.log,
             max_warm=max_warm,
+            memory_budget=MemoryBudget(max_warm_memory)
+            if isinstance(max_warm_memory, int)
+            else max_warm_memory,
             boot_timeout=boot_timeout,
             update_interval=update_interval,
             uploads=upload is not None,
             standby=standby,
+            devices=devices
+            if isinstance(devices, DeviceSlots)
+            else DeviceSlots(devices, device_memory)
+            if devices
+            else None,
+            keeps_devices=keep_devices,
         )
+        export_memory(self._processes)
         self._executor = Executor(
             self._processes,
             self._client,
@@ -62,8 +86,8 @@ class RunnerPool:
             update_interval=update_interval,
         )
         self._receiver = Receiver(self)
-        # Instance indexes in use per key: index i runs under key "{key}#{i}" (0: the key).
-        self._busy_instances: dict[str, set[int]] = {}
+        # Runs per instance index of a key: index i runs under key "{key}#{i}" (0: the key).
+        self._busy_instances: dict[str, collections.Counter[int]] = {}
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -100,6 +124,20 @@ class RunnerPool:
     def warm_keys(self) -> list[str]:
         """Keys of the live warm processes, least recently used first."""
         return self._processes.warm_keys()
+
+    def memory(self) -> dict[str, tuple[int, int]]:
+        """(resident bytes, processes) of each version's live processes, measured now."""
+        return by_version(self._processes.live_processes())
+
+    @property
+    def device_slots(self) -> DeviceSlots | None:
+        """Its GPU slots (None: its processes are not pinned)."""
+        return self._processes.devices
+
+    def devices(self, key: str) -> tuple[str, ...] | None:
+        """The GPU devices a warm key's process is pinned to (None: unpinned or not warm)."""
+        process = self._processes.get(key)
+        return process.devices if process is not None else None
 
     def pid(self, key: str) -> int | None:
         """The coglet process id of a warm key (for tests and diagnostics)."""
@@ -161,11 +199,11 @@ class RunnerPool:
         await self._executor.cancel(prediction_id)
 
     def _claim_instance(self, spec: RunnerSpec) -> tuple[RunnerSpec, int]:
-        """The process this run gets: the first idle one of its key (one run per process), so
-        concurrent runs of one version on a queue with several slots run side by side."""
-        busy = self._busy_instances.setdefault(spec.key, set())
-        index = next(i for i in range(len(busy) + 1) if i not in busy)
-        busy.add(index)
+        """The process this run gets: the first of its key with a free slot, so up to
+        ``spec.concurrency`` runs share one process and more run side by side on others."""
+        busy = self._busy_instances.setdefault(spec.key, collections.Counter())
+        index = next(i for i in range(len(busy) + 1) if busy[i] < spec.concurrency)
+        busy[index] += 1
         if index == 0:
             return spec, index
         return spec.model_copy(update={"key": f"{spec.key}#{index}"}), index
@@ -173,7 +211,9 @@ class RunnerPool:
     def _release_instance(self, key: str, index: int) -> None:
         busy = self._busy_instances.get(key)
         if busy is not None:
-            busy.discard(index)
+            busy[index] -= 1
+            if busy[index] <= 0:
+                del busy[index]
             if not busy:
                 del self._busy_instances[key]
 

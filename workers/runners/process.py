@@ -90,6 +90,9 @@ def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, 
             "REPLICANT_POOL_PID": str(os.getpid()),
         }
     )
+    if spec.concurrency > 1:
+        # coglet reads the model's concurrency from here (the Go CLI sets it in an image).
+        env["COG_MAX_CONCURRENCY"] = str(spec.concurrency)
     if spec.mode == "train":
         if not spec.train_ref:
             raise ValueError(f"runner {spec.key} is in train mode but has no train_ref")
@@ -125,7 +128,8 @@ def worker_exited(pid: int) -> bool:
 
 
 class CogletProcess:
-    """One coglet process: one slot, so one run at a time (``lock``)."""
+    """One coglet process: ``spec.concurrency`` runs at a time (``slots``, counted by
+    ``in_use``); ``runs`` holds the ones coglet has by prediction id."""
 
     def __init__(self, spec: RunnerSpec, port: int, log: logging.Logger) -> None:
         self.spec = spec
@@ -133,9 +137,22 @@ class CogletProcess:
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
-        self.lock = asyncio.Lock()
+        self.slots = asyncio.Semaphore(spec.concurrency)
+        self.in_use = 0
         self.retired = False
-        self.current: Run | None = None
+        self.runs: dict[str, Run] = {}
+        # The GPU devices it is pinned to (see workers/runners/devices.py); None: unpinned.
+        self.devices: tuple[str, ...] | None = None
+        self.slot: int | None = None
+        # (when, bytes): its last memory measurement (see workers/runners/memory.py).
+        self.measured: tuple[float, int] = (0.0, 0)
+        # The OOM-kill counter of its memory cgroup (found at its first run; None: none).
+        self.oom_counter: Path | None = None
+        self.oom_counter_found = False
+        # Device memory it used when last read (nvidia-smi); None: never read.
+        self.device_bytes: int | None = None
+        # time.monotonic() of its last checkout or release: eviction across pools goes by it.
+        self.last_used = 0.0
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
@@ -146,6 +163,11 @@ class CogletProcess:
     def pid(self) -> int:
         """The process id (0 before it started)."""
         return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def idle(self) -> bool:
+        """No run holds one of its slots."""
+        return self.in_use == 0
 
     @property
     def exited(self) -> bool:
@@ -208,8 +230,8 @@ class CogletProcess:
             return
         if fields.get("message") == "Prediction worker completed":
             self.streams_output = bool(fields.get("is_stream"))
-        run = self.current
-        if run is not None and run.id == fields["prediction_id"]:
+        run = self.runs.get(str(fields["prediction_id"]))
+        if run is not None:
             run.on_log_record(fields)
 
     async def _watch(self) -> None:

@@ -1,7 +1,9 @@
 """The warm coglet processes of a pool: one per key, booted once, least recently used evicted.
 
-``checkout`` hands out a READY process with its lock held (one run per process); a key's boot
-is shared by everyone who waits for it, and a process is never evicted while busy or awaited.
+``checkout`` hands out a READY process with one of its slots held (``spec.concurrency`` runs
+per process); a key's boot is shared by everyone who waits for it, and a process is never
+evicted while busy or awaited. Eviction also keeps a memory budget (``memory.py``), and a GPU
+pool places each new process on a device slot (``devices.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from replicant.runner import BootError, RunnerSpec
 from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error
+from workers.runners.devices import DeviceSlots
+from workers.runners.memory import MemoryBudget, measure, version_of
 from workers.runners.process import CogletProcess, child_env, free_port, worker_exited
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
@@ -33,18 +37,32 @@ class Processes:
         log: logging.Logger,
         *,
         max_warm: int,
+        memory_budget: MemoryBudget | None = None,
         boot_timeout: float,
         update_interval: float,
         uploads: bool,
         standby: bool,
+        devices: DeviceSlots | None = None,
+        keeps_devices: bool = False,
     ) -> None:
         self.client = client
         self.weights = weights
         self.log = log
         self.max_warm = max_warm
+        self.budget = memory_budget
+        if memory_budget is not None:
+            memory_budget.pools.add(self)
+        # The last measured size of each version's process: what booting one will take.
+        self.sizes: dict[str, int] = {}
         self.boot_timeout = boot_timeout
         self.update_interval = update_interval
         self.uploads = uploads
+        self.devices = devices
+        # True: its idle processes keep their device against the other pools' boots (a
+        # deployment instance); False: another pool sharing the devices may stop them.
+        self.keeps_devices = keeps_devices
+        if devices is not None:
+            devices.pools.add(self)
         self.standbys = Standbys(standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -62,6 +80,25 @@ class Processes:
         """Keys of the live warm processes, least recently used first."""
         return [key for key, process in self._warm.items() if process.alive]
 
+    def live_processes(self) -> list[CogletProcess]:
+        """Every live process: warm ones and standbys."""
+        warm = [p for p in self._warm.values() if p.alive]
+        return warm + [p for p in self.standbys.processes() if p.alive]
+
+    def memory(self) -> int:
+        """The warm processes' resident memory together, in bytes."""
+        return sum(self._measure(p) for p in self._warm.values() if p.alive)
+
+    def _measure(self, process: CogletProcess, fresh: bool = False) -> int:
+        size = measure(process, fresh)
+        if size:
+            self.sizes[version_of(process.spec.key)] = size
+        return size
+
+    def expected_size(self, key: str) -> int:
+        """What a process of ``key`` is expected to take: its version's last measurement."""
+        return self.sizes.get(version_of(key), 0)
+
     def get(self, key: str) -> CogletProcess | None:
         """The live warm process of ``key``."""
         process = self._warm.get(key)
@@ -70,6 +107,10 @@ class Processes:
     async def close(self) -> int:
         """Stop every process (standbys and boots too); how many there were."""
         self._closed = True
+        if self.budget is not None:
+            self.budget.pools.discard(self)
+        if self.devices is not None:
+            self.devices.pools.discard(self)
         self.standbys.close()
         for boot in list(self._boots.values()):
             boot.cancel()
@@ -100,11 +141,13 @@ class Processes:
                     raise RuntimeError("the runner pool is closed")
                 process = self._warm.get(spec.key)
                 if process is not None and process.alive:
-                    await process.lock.acquire()
+                    await process.slots.acquire()
+                    process.in_use += 1
                     if process.alive and self._warm.get(spec.key) is process:
                         self._warm.move_to_end(spec.key)
+                        process.last_used = time.monotonic()
                         return process
-                    process.lock.release()
+                    self._free_slot(process)
                     continue
                 if process is not None:
                     self.retire(process)
@@ -117,8 +160,13 @@ class Processes:
 
     def release(self, process: CogletProcess) -> None:
         """Give back a process from ``checkout``; idle processes beyond ``max_warm`` go."""
-        process.lock.release()
+        self._free_slot(process)
+        process.last_used = time.monotonic()
         self.evict_idle()
+
+    def _free_slot(self, process: CogletProcess) -> None:
+        process.in_use -= 1
+        process.slots.release()
 
     def retire(self, process: CogletProcess, restart: bool = False) -> None:
         """Kill a process and forget it; optionally boot its replacement in the background."""
@@ -129,22 +177,40 @@ class Processes:
         if restart and not self._closed and key not in self._boots:
             self._start_boot(process.spec)
 
-    def evict_idle(self, extra: int = 0) -> None:
-        """Stop least recently used idle processes beyond ``max_warm`` (never a busy one)."""
-        while True:
-            booting = sum(1 for key in self._boots if key not in self._warm)
-            if len(self._warm) + booting + extra <= self.max_warm:
-                return
-            idle = [
-                p
-                for key, p in self._warm.items()
-                if not p.lock.locked() and key not in self._waiting
-            ]
+    def evict_idle(self, extra: int = 0, extra_bytes: int = 0) -> None:
+        """Stop least recently used idle processes beyond ``max_warm``, then (across the
+        pools sharing the memory budget) while the warm processes' memory plus
+        ``extra_bytes`` about to boot passes it; never a busy or awaited one."""
+        while len(self._warm) + len(self.booting()) + extra > self.max_warm:
+            idle = self.idle_processes()
             if not idle:
-                return
-            victim = idle[0]
-            self.log.info("event=runner_evicted key=%s pid=%d", victim.spec.key, victim.pid)
-            self.retire(victim)
+                break
+            self.evict(idle[0], "count")
+        if self.budget is not None:
+            self.budget.enforce(extra_bytes)
+
+    def booting(self) -> list[str]:
+        """Keys whose process is booting and not yet warm."""
+        return [key for key in self._boots if key not in self._warm]
+
+    def pending_memory(self) -> int:
+        """What the processes booting now are expected to take."""
+        return sum(self.expected_size(key) for key in self.booting())
+
+    def idle_processes(self) -> list[CogletProcess]:
+        """Warm processes that may be stopped (no run on them, none waiting), LRU first."""
+        return [p for key, p in self._warm.items() if p.idle and key not in self._waiting]
+
+    def evict(self, victim: CogletProcess, reason: str) -> None:
+        """Stop an idle warm process to make room."""
+        self.log.info(
+            "event=runner_evicted key=%s pid=%d reason=%s rss=%d",
+            victim.spec.key,
+            victim.pid,
+            reason,
+            self.expected_size(victim.spec.key),
+        )
+        self.retire(victim)
 
     # -- boot ----------------------------------------------------------------------------
 
@@ -158,7 +224,35 @@ class Processes:
         """A process for ``spec`` (not started yet) on a free port, and its environment."""
         port = free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
-        return process, child_env(spec, port, self.update_interval)
+        env = child_env(spec, port, self.update_interval)
+        if self.devices:
+            self._pin(process, env)
+        return process, env
+
+    def placed(self) -> set[CogletProcess]:
+        """Its processes that hold a device: started and not reaped, or warm."""
+        return {p for p in self._spawned if not p.exited} | set(self._warm.values())
+
+    def _pin(self, process: CogletProcess, env: dict[str, str]) -> None:
+        """Place a new process on a GPU slot (stopping the idle processes in its way)."""
+        assert self.devices is not None
+        residents: list[CogletProcess] = []
+        # Idle processes that may be stopped to make room, and the pool each belongs to.
+        stoppable: dict[CogletProcess, Processes] = {}
+        for pool in list(self.devices.pools):
+            residents += pool.placed()
+            if pool is self or not pool.keeps_devices:
+                stoppable.update((p, pool) for p in pool.idle_processes())
+        index, victims = self.devices.place(
+            process.spec.key, residents, lambda p: p not in stoppable, self.expected_size
+        )
+        for victim in victims:
+            stoppable[victim].evict(victim, f"device slot={index}")
+        process.slot = index
+        process.devices = self.devices.groups[index]
+        # Counted on its slot from now on, while it boots too (a failed start retires it).
+        self._spawned.add(process)
+        env.update(self.devices.env(index))
 
     def spawned(self, process: CogletProcess) -> None:
         """Note a started process, so ``close`` stops it."""
@@ -166,7 +260,7 @@ class Processes:
 
     def _start_boot(self, spec: RunnerSpec) -> asyncio.Task[CogletProcess]:
         """One boot per key, shared by everyone who waits for it."""
-        self.evict_idle(extra=1)
+        self.evict_idle(extra=1, extra_bytes=self.expected_size(spec.key))
         task = asyncio.create_task(self._boot(spec))
         self._boots[spec.key] = task
 
@@ -191,6 +285,10 @@ class Processes:
             process: CogletProcess | None = None
             fetch: asyncio.Task[None] | None = None
             try:
+                if self.devices is not None:
+                    # With a device budget: what each process on the devices uses now.
+                    placed = [p for pool in list(self.devices.pools) for p in pool.placed()]
+                    await self.devices.refresh(placed)
                 process, env = self.new_process(spec)
                 if spec.weights_ref:
                     # The weights download while coglet and the model start; the model's
@@ -232,11 +330,12 @@ class Processes:
         self._warm[spec.key] = process
         self._warm.move_to_end(spec.key)
         self.log.info(
-            "event=runner_ready key=%s pid=%d port=%d boot_seconds=%.3f",
+            "event=runner_ready key=%s pid=%d port=%d boot_seconds=%.3f rss=%d",
             spec.key,
             process.pid,
             process.port,
             time.perf_counter() - started,
+            self._measure(process, fresh=True),
         )
         self.evict_idle()
         return process

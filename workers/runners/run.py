@@ -28,6 +28,8 @@ class Run:
         self.started = False
         self.task: asyncio.Task[CogPrediction] | None = None
         self.stopper: asyncio.Task[None] | None = None
+        # The memory cgroup's OOM-kill count when the run started (None: unreadable).
+        self.oom_kills: int | None = None
 
     def offer(self, payload: dict[str, Any]) -> None:
         """A webhook delivery; they arrive out of order, so keep the most complete."""

@@ -1,0 +1,61 @@
+"""A worker's GPU SKUs: their devices, split into slots, each SKU with a pool of its own."""
+
+from __future__ import annotations
+
+import logging
+
+from replicant.runner import UploadSink
+from replicant.settings import Settings
+from replicant.weights import WeightsCache
+from workers.runners import RunnerPool
+from workers.runners.devices import assign_devices, discover_devices
+from workers.runners.memory import MemoryBudget
+
+log = logging.getLogger("replicant.worker")
+
+
+def gpu_slot_pools(
+    settings: Settings,
+    slots: dict[str, int],
+    upload: UploadSink,
+    weights: WeightsCache,
+    budget: MemoryBudget | None = None,
+) -> tuple[list[str], dict[str, RunnerPool]]:
+    """The SKUs this worker serves, and a device-pinned pool for each GPU SKU among them.
+
+    Without devices (none configured, no ``nvidia-smi``) every SKU is served unpinned on the
+    shared pool, as on a CPU-only machine. With devices, a GPU SKU that gets none (too few for
+    its slots) is not served here: a prediction waits for a worker that has them. The pools
+    share ``budget`` (the worker's warm-memory budget) with the worker's other pool.
+    """
+    devices = discover_devices(settings.gpu_devices)
+    groups = assign_devices(slots, settings.gpus_per_slot, devices)
+    served: list[str] = []
+    pools: dict[str, RunnerPool] = {}
+    for sku, count in slots.items():
+        if sku not in groups:
+            served.append(sku)
+            continue
+        if not groups[sku]:
+            log.warning(
+                "event=hardware_not_served hardware=%s reason=too_few_devices devices=%s",
+                sku,
+                ",".join(devices),
+            )
+            continue
+        served.append(sku)
+        pools[sku] = RunnerPool(
+            max_warm=max(settings.max_warm_runners, count),
+            max_warm_memory=budget,
+            update_interval=0.05,
+            upload=upload,
+            weights=weights,
+            devices=groups[sku],
+            device_memory=settings.gpu_memory_budget,
+        )
+        log.info(
+            "event=gpu_slots hardware=%s slots=%s",
+            sku,
+            ";".join(",".join(group) for group in groups[sku]),
+        )
+    return served, pools

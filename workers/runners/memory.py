@@ -1,0 +1,185 @@
+"""Memory of model processes: each coglet process tree's resident set, and its Prometheus series.
+
+A model's memory is in coglet's worker child (and whatever that starts), so a process counts
+with all its descendants. Measurements are kept for a second: eviction asks on every release.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+if TYPE_CHECKING:
+    from workers.runners.process import CogletProcess
+    from workers.runners.processes import Processes
+
+# A measurement younger than this is reused.
+MEASURE_TTL = 1.0
+
+
+def tree_rss(pid: int) -> int:
+    """The resident set of a process and all its descendants, in bytes (0: it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        members = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for member in members:
+        try:
+            total += member.memory_info().rss
+        except psutil.Error:
+            continue  # exited between the listing and the reading
+    return total
+
+
+def measure(process: CogletProcess, fresh: bool = False) -> int:
+    """The process tree's resident set (reused for ``MEASURE_TTL`` unless ``fresh``)."""
+    if not process.pid or process.exited:
+        return 0
+    now = time.monotonic()
+    when, size = process.measured
+    if fresh or now - when > MEASURE_TTL:
+        size = tree_rss(process.pid)
+        process.measured = (now, size)
+    return size
+
+
+def oom_counter(pid: int) -> Path | None:
+    """The file that counts the kernel's OOM kills in ``pid``'s memory cgroup (cgroup v2
+    ``memory.events`` or v1 ``memory.oom_control``); None when there is none to read."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+                candidates.append(root / relative / "memory.events")
+        elif "memory" in controllers.split(","):
+            candidates.append(Path("/sys/fs/cgroup/memory") / relative / "memory.oom_control")
+    for candidate in candidates:
+        if read_oom_kills(candidate) is not None:
+            return candidate
+    return None
+
+
+def read_oom_kills(counter: Path | None) -> int | None:
+    """The OOM-kill count in a file of ``oom_counter`` (None: unreadable)."""
+    if counter is None:
+        return None
+    try:
+        text = counter.read_text()
+    except OSError:
+        return None
+    for row in text.splitlines():
+        name, _, value = row.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def version_of(key: str) -> str:
+    """The version label of a runner key: instances ``key#i`` count with their key."""
+    return key.partition("#")[0]
+
+
+def by_version(processes: Iterable[CogletProcess]) -> dict[str, tuple[int, int]]:
+    """(bytes, process count) per version label of live processes, measured now."""
+    totals: dict[str, tuple[int, int]] = {}
+    for process in processes:
+        if not process.alive:
+            continue
+        label = version_of(process.spec.key)
+        size, count = totals.get(label, (0, 0))
+        totals[label] = (size + measure(process, fresh=True), count + 1)
+    return totals
+
+
+class MemoryBudget:
+    """A limit on the resident memory of several pools' warm processes together (a worker's
+    hardware pools share one)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pools: weakref.WeakSet[Processes] = weakref.WeakSet()
+
+    def used(self) -> int:
+        """The warm processes' memory, plus what the ones booting are expected to take."""
+        return sum(pool.memory() + pool.pending_memory() for pool in list(self.pools))
+
+    def enforce(self, extra: int = 0) -> None:
+        """Stop least recently used idle processes of any member pool while the total plus
+        ``extra`` (a process about to boot) passes the limit."""
+        while self.used() + extra > self.limit:
+            candidates = [
+                (process.last_used, id(pool), pool, process)
+                for pool in list(self.pools)
+                for process in pool.idle_processes()
+            ]
+            if not candidates:
+                return
+            _, _, pool, victim = min(candidates, key=lambda c: (c[0], c[1]))
+            pool.evict(victim, "memory")
+
+
+class MemoryCollector(Collector):
+    """Prometheus series of every live pool's warm processes, measured at each scrape."""
+
+    def __init__(self) -> None:
+        self.sources: weakref.WeakSet[Processes] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """``replicant_model_memory_bytes`` and ``replicant_model_processes`` by version."""
+        memory = GaugeMetricFamily(
+            "replicant_model_memory_bytes",
+            "Resident memory of a version's warm model processes (with their children)",
+            labels=["version"],
+        )
+        count = GaugeMetricFamily(
+            "replicant_model_processes", "Warm model processes of a version", labels=["version"]
+        )
+        totals: dict[str, tuple[int, int]] = {}
+        for source in list(self.sources):
+            for label, (size, n) in by_version(_snapshot(source)).items():
+                old_size, old_n = totals.get(label, (0, 0))
+                totals[label] = (old_size + size, old_n + n)
+        for label, (size, n) in sorted(totals.items()):
+            memory.add_metric([label], size)
+            count.add_metric([label], n)
+        yield memory
+        yield count
+
+
+def _snapshot(source: Processes) -> list[CogletProcess]:
+    """A pool's live processes, read from the metrics server's thread while the event loop
+    may change them: read again when a dict changed under the reading."""
+    for _ in range(5):
+        try:
+            return source.live_processes()
+        except RuntimeError:
+            continue
+    return []
+
+
+COLLECTOR = MemoryCollector()
+_registered = False
+
+
+def export(source: Processes) -> None:
+    """Include a pool's processes in the default registry's series (registered once)."""
+    global _registered
+    if not _registered:
+        REGISTRY.register(COLLECTOR)
+        _registered = True
+    COLLECTOR.sources.add(source)
