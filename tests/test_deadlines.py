@@ -30,36 +30,36 @@ SLEEP = Path(__file__).parents[1] / "examples" / "sleep"
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     data_dir = tmp_path_factory.mktemp("deadlines")
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(suite_database())
         settings = stack_settings(
             data_dir, prediction_timeout=120.0, aborted_clients=["replicant-tests/"], **database
         )
-        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-        cleanup.callback(stack.stop)
-        token = stack.start()
+        live = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        cleanup.callback(live.stop)
+        token = live.start()
         engine = make_engine(settings.resolved_database_url)
         cleanup.callback(engine.dispose)
         # gpu-t4 has one slot: a second prediction of this model waits for it.
         model = ensure_model(engine, settings.default_account, "sleep-t4", hardware="gpu-t4")
         create_version(settings, engine, model, SLEEP)
-        yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+        yield LiveStack(live, settings, settings.resolved_public_url, token, engine)
 
 
 @pytest.fixture
-def opted_in(stack: LiveStack) -> Iterator[httpx.Client]:
+def opted_in(live: LiveStack) -> Iterator[httpx.Client]:
     """An API client whose User-Agent is shown the status ``aborted``."""
-    with stack.client() as client:
+    with live.client() as client:
         client.headers["User-Agent"] = OPTED_IN
         yield client
 
 
-def official(stack: LiveStack, cancel_after: str) -> replicate.Client:
+def official(live: LiveStack, cancel_after: str) -> replicate.Client:
     """The official Python client, sending ``Cancel-After`` with every request."""
     return replicate.Client(
-        api_token=stack.token, base_url=stack.url, headers={"Cancel-After": cancel_after}
+        api_token=live.token, base_url=live.url, headers={"Cancel-After": cancel_after}
     )
 
 
@@ -74,7 +74,7 @@ def wait_until_past(instant: str) -> None:
         time.sleep(0.1)
 
 
-def create_deployment(client: httpx.Client, stack: LiveStack) -> str:
+def create_deployment(client: httpx.Client, live: LiveStack) -> str:
     version = client.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
     name = f"deadlines-{os.urandom(3).hex()}"
     response = client.post(
@@ -89,14 +89,14 @@ def create_deployment(client: httpx.Client, stack: LiveStack) -> str:
         },
     )
     assert response.status_code == 200, response.text
-    return f"{stack.settings.default_account}/{name}"
+    return f"{live.settings.default_account}/{name}"
 
 
 def test_every_create_route_takes_cancel_after_and_refuses_malformed_values(
-    stack: LiveStack, opted_in: httpx.Client
+    live: LiveStack, opted_in: httpx.Client
 ) -> None:
     version = opted_in.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-    deployment = create_deployment(opted_in, stack)
+    deployment = create_deployment(opted_in, live)
     routes: list[tuple[str, dict[str, Any], str, float]] = [
         ("/v1/models/replicate/hello-world/predictions", {}, "1h30m", 5400),
         ("/v1/predictions", {"version": version}, "90", 90),
@@ -113,7 +113,7 @@ def test_every_create_route_takes_cancel_after_and_refuses_malformed_values(
         assert created.status_code == 201, created.text
         prediction = created.json()
         assert seconds_between(prediction["created_at"], prediction["deadline"]) == seconds
-        final = stack.wait_for(prediction["id"], timeout=120)
+        final = live.wait_for(prediction["id"], timeout=120)
         assert final["status"] == "succeeded" and final["deadline"] == prediction["deadline"]
     # Without the header there is no deadline.
     plain = opted_in.post(routes[0][0], json={"input": {"text": "none"}}).json()
@@ -121,9 +121,9 @@ def test_every_create_route_takes_cancel_after_and_refuses_malformed_values(
 
 
 def test_a_running_prediction_past_its_deadline_is_canceled(
-    stack: LiveStack, opted_in: httpx.Client
+    live: LiveStack, opted_in: httpx.Client
 ) -> None:
-    client = official(stack, "10s")
+    client = official(live, "10s")
     prediction = client.models.predictions.create(model="replicant/sleep", input={"seconds": 100})
     assert prediction.status == "starting"
     prediction.wait()
@@ -139,16 +139,16 @@ def test_a_running_prediction_past_its_deadline_is_canceled(
 
 
 def test_a_prediction_still_waiting_at_its_deadline_is_aborted(
-    stack: LiveStack, opted_in: httpx.Client
+    live: LiveStack, opted_in: httpx.Client
 ) -> None:
-    owner = stack.settings.default_account
+    owner = live.settings.default_account
     path = f"/v1/models/{owner}/sleep-t4/predictions"
     blocker = opted_in.post(path, json={"input": {"seconds": 100}}).json()
-    stack.wait_for(blocker["id"], lambda p: p["status"] == "processing", 60)
+    live.wait_for(blocker["id"], lambda p: p["status"] == "processing", 60)
     waiting = opted_in.post(
         path, json={"input": {"seconds": 1}}, headers={"Cancel-After": "5s"}
     ).json()
-    final = stack.wait_for(waiting["id"], timeout=60, token=None)
+    final = live.wait_for(waiting["id"], timeout=60, token=None)
     assert opted_in.get(f"/v1/predictions/{blocker['id']}").json()["status"] == "processing"
     seen = opted_in.get(f"/v1/predictions/{waiting['id']}").json()
     assert seen["status"] == "aborted"
@@ -160,16 +160,16 @@ def test_a_prediction_still_waiting_at_its_deadline_is_aborted(
     # Clients that did not opt in (the official Python client cannot parse `aborted`) read
     # `canceled` with the same error, and their wait() ends.
     assert final["status"] == "canceled"
-    client = official(stack, "5s")
+    client = official(live, "5s")
     legacy = client.predictions.get(waiting["id"])
     legacy.wait()
     assert legacy.status == "canceled" and legacy.error == DEADLINE_ABORTED
     opted_in.post(f"/v1/predictions/{blocker['id']}/cancel")
-    assert stack.wait_for(blocker["id"])["status"] == "canceled"
+    assert live.wait_for(blocker["id"])["status"] == "canceled"
 
 
-def test_the_deadline_holds_while_no_worker_runs(stack: LiveStack, opted_in: httpx.Client) -> None:
-    stack.stack.stop("worker")
+def test_the_deadline_holds_while_no_worker_runs(live: LiveStack, opted_in: httpx.Client) -> None:
+    live.live.stop("worker")
     try:
         created = opted_in.post(
             "/v1/models/replicate/hello-world/predictions",
@@ -178,8 +178,8 @@ def test_the_deadline_holds_while_no_worker_runs(stack: LiveStack, opted_in: htt
         ).json()
         wait_until_past(created["deadline"])
     finally:
-        stack.stack.start_worker()
-    final = stack.wait_for(created["id"], timeout=60)
+        live.live.start_worker()
+    final = live.wait_for(created["id"], timeout=60)
     seen = opted_in.get(f"/v1/predictions/{created['id']}").json()
     assert final["status"] == "canceled" and seen["status"] == "aborted"
     assert "started_at" not in seen and seen["output"] is None
