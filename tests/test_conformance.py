@@ -155,6 +155,7 @@ PREDICTIONS = covers(
     ("POST /models/{model_owner}/{model_name}/predictions", 201),
     ("POST /predictions", 422),
     ("POST /predictions", 401),
+    ("POST /predictions", 400),
     ("GET /predictions/{prediction_id}", 404),
     ("POST /predictions/{prediction_id}/cancel", 404),
     ("POST /models/{model_owner}/{model_name}/predictions", 404),
@@ -200,6 +201,12 @@ def test_prediction_operations_match_the_spec(live: LiveStack, api: httpx.Client
         "/v1/predictions", json={"version": version, "input": {}}, headers={"Authorization": ""}
     )
     assert anonymous.status_code == 401
+    not_json = api.post(
+        "/v1/predictions", content="{", headers={"Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 400
+    # A method no route has is refused with a problem body too (the hook checks it).
+    assert api.get(f"/v1/predictions/{sleeping_id}/cancel").status_code == 405
     assert_seen(PREDICTIONS)
 
 
@@ -331,6 +338,7 @@ FILES = covers(
     ("POST /files", 201),
     ("POST /files", 413),
     ("POST /files", 422),
+    ("POST /files", 415),
     ("GET /files", 200),
     ("GET /files/{file_id}", 200),
     ("GET /files/{file_id}", 404),
@@ -361,6 +369,7 @@ def test_file_operations_match_the_spec(live: LiveStack, owner: tuple[str, httpx
     assert client.get(f"/v1/files/{file['id']}").status_code == 404
     bad = client.post("/v1/files", files={"content": ("x", b"x")}, data={"metadata": "[1]"})
     assert bad.status_code == 422
+    assert client.post("/v1/files", json={"content": "x"}).status_code == 415
     big = b"x" * (live.settings.max_file_size + 1)
     assert client.post("/v1/files", files={"content": ("big", big)}).status_code == 413
     assert_seen(FILES)
