@@ -44,6 +44,23 @@ EXTENSION_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/models/{model_owner}/{model_name}/examples/{prediction_id}"): "unmark one",
 }
 
+# Extension routes whose success bodies are shaped like a spec operation's answer.
+EXTENSION_SHAPES: dict[tuple[str, str], tuple[str, str, int]] = {
+    ("DELETE", "/v1/predictions/{prediction_id}"): ("GET", "/predictions/{prediction_id}", 200),
+    ("QUERY", "/v1/models"): ("GET", "/models", 200),
+    ("POST", "/v1/predictions/{prediction_id}/share"): ("GET", "/predictions/{prediction_id}", 200),
+    ("POST", "/v1/predictions/{prediction_id}/unshare"): (
+        "GET",
+        "/predictions/{prediction_id}",
+        200,
+    ),
+    ("POST", "/v1/models/{model_owner}/{model_name}/examples"): (
+        "GET",
+        "/predictions/{prediction_id}",
+        200,
+    ),
+}
+
 # Success statuses the spec does not list for an operation that Replicant answers with.
 EXTENSION_STATUSES: dict[tuple[str, int], str] = {}
 
@@ -235,6 +252,16 @@ def _check_documented(response: httpx.Response, template: str, status: int) -> N
         raise _fail(response, repr(err)) from err
 
 
+def _check_shaped_like(response: httpx.Response, method: str, template: str, status: int) -> None:
+    """Validate an extension's body as the answer of the spec operation it is shaped like."""
+    path = API_PREFIX + re.sub(r"\{[^}]+\}", "x", template)
+    twin = httpx.Request(method, response.request.url.copy_with(path=path, query=None))
+    shaped = httpx.Response(
+        status, headers=response.headers, content=response.content, request=twin
+    )
+    _check_documented(shaped, API_PREFIX + template, status)
+
+
 def check(response: httpx.Response, base_url: str | None = None) -> None:
     """Raise when ``response`` is an answer Replicate's spec does not describe and that is
     not one of Replicant's documented extensions; record the operation and status checked.
@@ -255,6 +282,8 @@ def check(response: httpx.Response, base_url: str | None = None) -> None:
     if not in_spec:
         if status >= 400:
             _check_problem(response)
+        elif (request.method, template) in EXTENSION_SHAPES and _is_json(response):
+            _check_shaped_like(response, *EXTENSION_SHAPES[request.method, template])
         SEEN.add((f"{request.method} {template}", status))
         return
     operation = f"{request.method} {template.removeprefix(API_PREFIX)}"
