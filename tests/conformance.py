@@ -40,6 +40,7 @@ EXTENSION_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/predictions/{prediction_id}"): "remove a prediction's data now",
     ("QUERY", "/v1/models"): "models.search of both official clients",
     ("POST", "/v1/models/{model_owner}/{model_name}/versions"): "push a version (cog push)",
+    ("GET", "/v1/builds/{build_id}"): "follow a push's build",
     ("POST", "/v1/models/{model_owner}/{model_name}/examples"): "mark a prediction an example",
     ("DELETE", "/v1/models/{model_owner}/{model_name}/examples/{prediction_id}"): "unmark one",
 }
@@ -272,6 +273,8 @@ def check(response: httpx.Response, base_url: str | None = None) -> None:
     if _is_json(response) or not _media_type(response):
         response.read()  # JSON documents and untyped (empty) bodies; never streams
     route = route_of(request.method, request.url.path)
+    if route is None and not request.url.path.startswith(API_PREFIX) and not _is_json(response):
+        return  # the web dashboard's pages, redirects and assets (docs/dashboard.md): no API
     if route is None and status in (404, 405):
         # Any other path or method is refused with a problem body: that is described too.
         _check_problem(response)

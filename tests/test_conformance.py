@@ -102,6 +102,8 @@ def test_spec_checker_catches_a_wrong_shape(live: LiveStack) -> None:
     [
         ("GET", "/v1/nowhere", 200, {"json": {}}, "route"),
         ("PUT", "/v1/predictions/abc", 200, {"json": {}}, "route"),
+        ("GET", "/predictions", 200, {"json": {}}, "route"),
+        ("GET", "/v1/predictions/abc/page", 200, {"text": "<html>"}, "route"),
         ("PUT", "/v1/predictions/abc", 405, {"json": {"detail": "x"}}, "problem"),
         ("GET", "/v1/account", 201, {"json": {}}, "documents only"),
         ("GET", "/v1/account", 404, {"json": {"detail": "x"}}, "problem"),
@@ -149,6 +151,9 @@ def test_spec_checker_lets_documented_extensions_through(live: LiveStack) -> Non
     problem = {"title": "Conflict", "detail": "taken", "status": 409}
     check(answer(f"{live.url}/v1/models", 409, "POST", json=problem, headers=PROBLEM))
     check(answer(f"{live.url}/health", 200, json={"status": "ok"}))
+    # Outside /v1, answers that are no JSON are the web dashboard's (pages, redirects, assets).
+    check(answer(f"{live.url}/predictions", 200, text="<html>"))
+    check(answer(f"{live.url}/signin", 303, "POST", headers={"Location": "/"}))
 
 
 # --- every operation, driven ----------------------------------------------------------------
