@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import replicate
 
 from replicant.versions import create_version, ensure_model
-from tests.conformance import SEEN, check, openapi_for, spec_operations
+from tests.conformance import SEEN, check, conformance_hook, openapi_for, spec_operations
 from tests.conftest import TERMINAL, LiveStack
 from tests.test_ratelimits import serve
 
@@ -440,6 +441,39 @@ def test_throttled_answers_match_the_spec(live: LiveStack) -> None:
         # Every route counts against the caller's limit, Replicant's own ones too.
         assert api.get("/health").status_code == 429
     assert_seen(THROTTLED)
+
+
+# Operations anyone may call without a token: a signed download URL is its own credential.
+TOKENLESS = {"GET /files/{file_id}/download"}
+
+
+def test_every_operation_without_a_token_answers_a_problem(live: LiveStack) -> None:
+    with httpx.Client(
+        base_url=live.url, timeout=90, event_hooks={"response": [conformance_hook()]}
+    ) as anonymous:
+        for operation in spec_operations():
+            method, template = operation.split(" ", 1)
+            path = "/v1" + re.sub(r"\{[^}]+\}", "x", template)
+            response = anonymous.request(method, path)
+            expected = 404 if operation in TOKENLESS else 401
+            assert response.status_code == expected, (operation, response.text)
+            assert (operation, expected) in SEEN
+
+
+# A training's body is validated before its version is looked up.
+TRAINING_BODY = {"destination": "nobody/nothing", "input": {}}
+
+
+def test_every_operation_on_a_missing_resource_answers_a_problem(api: httpx.Client) -> None:
+    for operation in spec_operations():
+        method, template = operation.split(" ", 1)
+        if "{" not in template:
+            continue
+        path = "/v1" + re.sub(r"\{[^}]+\}", "doesnotexist", template)
+        body = TRAINING_BODY if template.endswith("/trainings") else {}
+        response = api.request(method, path, json=body)
+        assert response.status_code == 404, (operation, response.text)
+        assert (operation, 404) in SEEN
 
 
 def test_the_driving_tests_cover_every_operation_of_the_spec() -> None:
