@@ -24,7 +24,7 @@ from replicant.accounts import create_account
 from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
-from tests.conformance import conformance_hook
+from tests.conformance import async_conformance_hook, conformance_hook
 from tests.pgdb import fresh_postgres_database
 
 # Every test gets its tier (unit, integration, e2e) by rule; unit tests may reach no service.
@@ -128,6 +128,25 @@ def suite_database() -> Iterator[dict[str, Any]]:
             yield {"database_url": url}
     else:
         yield {}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def official_clients_are_checked() -> Iterator[None]:
+    """Every official `replicate` client of the suite checks its answers against the spec."""
+    import replicate.client
+
+    build = replicate.client._build_httpx_client
+
+    def checked(client_type: Any, *args: Any, **kwargs: Any) -> Any:
+        client = build(client_type, *args, **kwargs)
+        is_async = issubclass(client_type, httpx.AsyncClient)
+        hook = async_conformance_hook() if is_async else conformance_hook()
+        client.event_hooks["response"].append(hook)
+        return client
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(replicate.client, "_build_httpx_client", checked)
+        yield
 
 
 @pytest.fixture(scope="session")
