@@ -23,17 +23,18 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from activities.files import prediction_prefix
 from api.errors import ProblemError, invalid
-from api.inputfiles import discard_data_uris, store_data_uris
+from api.inputfiles import store_data_uris
 from api.serialize import prediction_json
+from api.startguard import START_RPC_TIMEOUT, crash_point, settle_start
 from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.ids import new_id
-from replicant.netguard import BlockedURL, check_url_syntax, is_public_address
+from replicant.netguard import BlockedURL, check_target
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -69,20 +70,9 @@ def parse_prefer(value: str | None, max_wait: int) -> int | None:
 def check_webhook(url: str, allow_private: bool) -> None:
     """422 unless ``url`` is an http(s) URL Replicant may call (names resolve at delivery)."""
     try:
-        host = check_url_syntax(url)
-        if not allow_private and _private_literal(host):
-            raise BlockedURL("must not point at a private or reserved address")
+        check_target(url, allow_private)
     except BlockedURL as err:
         raise invalid([{"field": "webhook", "message": str(err)}]) from None
-
-
-def _private_literal(host: str) -> bool:
-    if host.lower().rstrip(".") in ("localhost", "localhost6"):
-        return True
-    try:
-        return not is_public_address(host)
-    except ValueError:  # a name, not an address
-        return False
 
 
 def prediction_inputs(prediction_id: str) -> str:
@@ -176,14 +166,16 @@ async def launch_prediction(
     )
     # The read model keeps the input as the user sent it.
     await asyncio.to_thread(_record, state, req.model_copy(update={"input": payload}), model)
+    crash_point(settings)
     try:
         update = await _start(state, req, wait)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
-        await asyncio.to_thread(_discard, state, req.id, model)
-        if stored:
-            await discard_data_uris(request, state, prediction_inputs(req.id))
-        raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+        # Temporal may have taken the start: ask it; the row stays for the reconciler.
+        client = await state.temporal()
+        if not await settle_start(client, f"prediction-{req.id}", lambda: _start(state, req, None)):
+            raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+        update = None
     if on_started is not None:
         await on_started()
     if update is not None and wait is not None:
@@ -213,9 +205,13 @@ async def _start(
         "id": f"prediction-{req.id}",
         "task_queue": queue,
         "search_attributes": search_attributes(req),
+        # A second start under this id (see api/startguard.py) must never run the model twice.
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
     }
     if wait is None:
-        await client.start_workflow(PredictionWorkflow.run, req, **options)
+        await client.start_workflow(
+            PredictionWorkflow.run, req, rpc_timeout=START_RPC_TIMEOUT, **options
+        )
         return None
     start = WithStartWorkflowOperation(
         PredictionWorkflow.run,
@@ -254,20 +250,3 @@ def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
         # One UPDATE, so concurrent predictions never lose a count.
         count = col(Model.run_count) + 1
         conn.execute(update(Model).where(col(Model.id) == model.id).values(run_count=count))
-
-
-def _count_run(state: AppState, model: Model, delta: int) -> None:
-    with Session(state.engine) as session:
-        # One UPDATE, so concurrent predictions never lose a count.
-        count = col(Model.run_count) + delta
-        session.exec(update(Model).where(col(Model.id) == model.id).values(run_count=count))
-        session.commit()
-
-
-def _discard(state: AppState, prediction_id: str, model: Model) -> None:
-    with Session(state.engine) as session:
-        row = session.get(Prediction, prediction_id)
-        if row is not None:
-            session.delete(row)
-            session.commit()
-    _count_run(state, model, -1)

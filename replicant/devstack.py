@@ -168,11 +168,16 @@ class Stack:
         proc = self._spawn("temporal", temporal_command(self.settings, ui=self.ui))
         wait_for_port(self.settings.temporal_port, proc)
 
-    def start_api(self, name: str = "api", port: int | None = None) -> str:
-        """Start an API process (more than one: give each its own port); returns its URL."""
+    def start_api(
+        self, name: str = "api", port: int | None = None, env: dict[str, str] | None = None
+    ) -> str:
+        """Start an API process (more than one: give each its own port; ``env`` adds settings
+        of its own); returns its URL."""
         port = port or self.settings.api_port
         cmd = [sys.executable, "-m", "replicant.cli", "api"]
-        env = {"REPLICANT_API_PORT": str(port)} if port != self.settings.api_port else None
+        env = dict(env or {})
+        if port != self.settings.api_port:
+            env["REPLICANT_API_PORT"] = str(port)
         proc = self._spawn(name, cmd, env)
         wait_for_port(port, proc)
         scheme = "https" if self.settings.tls_certfile else "http"

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     max_wait: int = 60  # upper bound of Prefer: wait=N
     heartbeat_timeout: float = 30.0  # seconds without a heartbeat before a run is retried
     training_timeout: float = 86400.0  # seconds a training may run
+    # Crash safety of creates: a `starting` row older than start_grace seconds whose workflow
+    # does not exist is settled by the reconciler, which runs every reconcile_interval seconds.
+    start_grace: float = 60.0
+    reconcile_interval: float = 30.0
+    # TEST ONLY, never set in production: the API SIGKILLs itself after writing a new
+    # prediction's or training's row and before starting its workflow (tests/test_crash_windows.py).
+    fault_kill_before_start: bool = False
 
     # Hardware: SKU -> concurrent slots on this installation; every SKU is a task queue.
     hardware: dict[str, int] = Field(

@@ -17,6 +17,7 @@ from activities.deployments import DeploymentActivities
 from activities.expiry import ExpiryActivities
 from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
+from activities.reconcile import ReconcileActivities
 from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
@@ -31,6 +32,7 @@ from workers.schedules import ensure_schedules
 from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
+from workflows.reconcile import StartReconcileWorkflow
 from workflows.training import TrainingWorkflow
 
 log = logging.getLogger("replicant.worker")
@@ -84,6 +86,7 @@ def build_workers(
                     DeploymentWorkflow,
                     TrainingWorkflow,
                     FileExpiryWorkflow,
+                    StartReconcileWorkflow,
                 ],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
@@ -92,6 +95,7 @@ def build_workers(
                     acts.remove_prediction_data,
                     FileActivities(settings, engine, store).stage_inputs,
                     ExpiryActivities(engine, store).remove_expired_files,
+                    ReconcileActivities(engine, client, store).reconcile_starts,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
                     training.stage_training_inputs,

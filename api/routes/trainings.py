@@ -18,15 +18,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from activities.trainings import inputs_prefix
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.inputfiles import discard_data_uris, store_data_uris
+from api.inputfiles import store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
+from api.startguard import START_RPC_TIMEOUT, crash_point, settle_start
 from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
@@ -166,21 +168,28 @@ async def create_training(
     await asyncio.to_thread(
         trainings.insert_training, state.engine, req.model_copy(update={"input": body.input})
     )
-    try:
-        client = await state.temporal()
+    crash_point(settings)
+    client = await state.temporal()
+
+    async def start() -> None:
         await client.start_workflow(
             TrainingWorkflow.run,
             req,
             id=f"training-{req.id}",
             task_queue=settings.orchestration_queue,
             search_attributes=search_attributes(req),
+            # A second start under this id (see api/startguard.py) never trains twice.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            rpc_timeout=START_RPC_TIMEOUT,
         )
+
+    try:
+        await start()
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
-        await asyncio.to_thread(_discard, state, req.id)
-        if stored:
-            await discard_data_uris(request, state, inputs_prefix(req.id))
-        raise ProblemError(503, "The training could not be scheduled; try again") from err
+        # Temporal may have taken the start: ask it; the row stays for the reconciler.
+        if not await settle_start(client, f"training-{req.id}", start):
+            raise ProblemError(503, "The training could not be scheduled; try again") from err
     log.info(
         "event=training_created training=%s version=%s destination=%s",
         req.id,
@@ -192,14 +201,6 @@ async def create_training(
     return JSONResponse(
         rendered[0], status_code=201, headers={"Location": rendered[0]["urls"]["get"]}
     )
-
-
-def _discard(state: AppState, training_id: str) -> None:
-    with Session(state.engine) as session:
-        row = session.get(Training, training_id)
-        if row is not None:
-            session.delete(row)
-            session.commit()
 
 
 def _own_training(state: AppState, account: Account, training_id: str) -> Training:

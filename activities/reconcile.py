@@ -1,0 +1,107 @@
+"""Settling creates that crashed half-way: rows left ``starting`` with no workflow.
+
+The API writes a prediction's (or training's) row before it starts the workflow, so a
+process that dies in between leaves a row that nothing will ever move. A row ``starting``
+for longer than the grace period is checked against Temporal: a row whose workflow exists
+is waiting for a slot (fine); one whose workflow does not exist never started and is failed
+with a reason that says so, and its stored inputs are removed. Nothing ran, so the client
+may create it again. Safe to run concurrently and to repeat: every write is guarded by status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.client import Client
+
+from activities.files import prediction_prefix
+from activities.trainings import inputs_prefix
+from replicant import readmodel, trainings
+from replicant.contracts import ReconciledStarts, ReconcileStarts
+from replicant.storage import ObjectStore
+from replicant.tables import Prediction, Training
+from replicant.temporal import workflow_exists
+from replicant.timeutil import utcnow
+
+log = logging.getLogger("replicant.reconcile")
+
+NEVER_STARTED = (
+    "Replicant stopped before this {kind} was scheduled, so it never ran; create it again"
+)
+# Visibility is asked about this many workflow ids at once.
+CHUNK = 100
+
+
+class ReconcileActivities:
+    """The reconcile pass, bound to a database, a Temporal client and an object store."""
+
+    def __init__(self, engine: Engine, client: Client, store: ObjectStore) -> None:
+        self.engine = engine
+        self.client = client
+        self.store = store
+
+    @activity.defn(name="reconcile_starts")
+    async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
+        """Fail the ``starting`` rows older than ``job.grace`` whose workflow does not exist."""
+        cutoff = utcnow() - timedelta(seconds=job.grace)
+        rows = await asyncio.to_thread(self._stale_rows, cutoff, job.limit)
+        result = ReconciledStarts(checked=len(rows))
+        for start in range(0, len(rows), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            for workflow_id in await self._missing([w for w, _ in chunk]):
+                kind, row_id = workflow_id.split("-", 1)
+                if await asyncio.to_thread(self._fail, kind, row_id):
+                    log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
+                    result.failed.append(workflow_id)
+            activity.heartbeat(start)
+        return result
+
+    def _stale_rows(self, cutoff: Any, limit: int) -> list[tuple[str, Any]]:
+        """(workflow id, created_at) of the rows ``starting`` since before ``cutoff``."""
+        found: list[tuple[str, Any]] = []
+        with Session(self.engine) as session:
+            for kind, table in (("prediction", Prediction), ("training", Training)):
+                rows = session.exec(
+                    select(table.id, table.created_at)
+                    .where(col(table.status) == "starting")
+                    .where(col(table.created_at) < cutoff)
+                    .order_by(col(table.created_at))
+                    .limit(limit)
+                ).all()
+                found += [(f"{kind}-{row_id}", created) for row_id, created in rows]
+        return found
+
+    async def _missing(self, workflow_ids: list[str]) -> list[str]:
+        """The ids Temporal has no workflow for: visibility narrows the list in one call,
+        then the server itself confirms each absence (visibility may lag)."""
+        quoted = ", ".join(f"'{w}'" for w in workflow_ids)
+        seen = {w.id async for w in self.client.list_workflows(f"WorkflowId IN ({quoted})")}
+        missing = []
+        for workflow_id in workflow_ids:
+            if workflow_id not in seen and not await workflow_exists(self.client, workflow_id):
+                missing.append(workflow_id)
+        return missing
+
+    def _fail(self, kind: str, row_id: str) -> bool:
+        now = utcnow()
+        error = NEVER_STARTED.format(kind=kind)
+        if kind == "prediction":
+            failed = readmodel.finish_prediction(
+                self.engine, row_id, status="failed", completed_at=now, error=error
+            )
+            if failed:
+                self.store.delete_prefix(prediction_prefix(row_id))
+                readmodel.remove_data(self.engine, row_id)
+            return failed
+        failed = trainings.finish_training(
+            self.engine, row_id, status="failed", completed_at=now, error=error
+        )
+        if failed:
+            self.store.delete_prefix(inputs_prefix(row_id))
+        return failed
