@@ -25,6 +25,7 @@ from api.routes import (
     webhooks,
 )
 from api.state import AppState
+from api.textguard import RefuseLoneSurrogates
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.state.metrics = Metrics(engine)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
     app.include_router(health.router)
     app.include_router(predictions.router)

@@ -1,0 +1,92 @@
+"""Refuse JSON bodies holding lone surrogates (``"\\ud800"``) with a 422 naming the field.
+
+JSON lets a string escape half a surrogate pair; Python decodes it into a ``str`` that no
+UTF-8 encoder accepts, so the database, Temporal's payloads and webhook bodies would all fail
+on it later (as a 500, or as a retriable 503). It is refused here, once, for every route.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import invalid, problem_response
+
+# A \uD800-\uDFFF escape: only bodies holding one are parsed here (pairs are fine).
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+LONE = re.compile("[\ud800-\udfff]")
+MESSAGE = "must be valid Unicode text (it holds an unpaired surrogate)"
+
+
+def lone_surrogate_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first string (or key) in ``value`` holding a lone surrogate."""
+    if isinstance(value, str):
+        return (path or "body") if LONE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            if LONE.search(str(key)):
+                return inner
+            found = lone_surrogate_field(item, inner)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = lone_surrogate_field(item, f"{path}.{index}" if path else str(index))
+            if found:
+                return found
+    return None
+
+
+def _is_json(scope: Scope) -> bool:
+    for key, value in scope["headers"]:
+        if key == b"content-type":
+            return b"json" in value.split(b";")[0]
+    return False
+
+
+class RefuseLoneSurrogates:
+    """ASGI middleware: a JSON body with a lone surrogate gets a 422; others pass unchanged."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client left; the app sees an empty body and the disconnect
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if SURROGATE_ESCAPE.search(body):
+            field = _field(body)
+            if field is not None:
+                response = problem_response(invalid([{"field": field, "message": MESSAGE}]))
+                await response(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _field(body: bytes) -> str | None:
+    try:
+        return lone_surrogate_field(json.loads(body))
+    except ValueError:
+        return None  # not JSON: the route's own parsing answers 400
