@@ -29,6 +29,7 @@ from replicant.tables import Prediction, Training
 from replicant.temporal import connect, workflow_exists
 from replicant.timeutil import utcnow
 from tests.conftest import TERMINAL, LiveStack, stack_settings, suite_database
+from tests.test_operability import scrape
 from tests.trainkit import data_uri
 from workflows.prediction import PredictionWorkflow
 
@@ -260,3 +261,33 @@ async def test_the_reconciler_leaves_a_row_whose_workflow_waits_in_its_queue(
         row = session.get(Prediction, prediction_id)
     assert row is not None and row.status == "starting"
     await handle.terminate()
+
+
+async def test_queue_backlog_counts_predictions_waiting_for_a_worker(crashy: LiveStack) -> None:
+    """With the hardware's workers gone (scaled to zero), each queued prediction counts once;
+    the worker back, they all run."""
+    _, token = account(crashy, "backlog")
+    key = ("replicant_queue_backlog", frozenset({("hardware", "cpu")}))
+    crashy.stack.stop("worker")
+    try:
+        with crashy.client(token) as api:
+            created = [
+                api.post(
+                    "/v1/models/replicate/hello-world/predictions",
+                    json={"input": {"text": f"queued {n}"}},
+                )
+                for n in range(3)
+            ]
+        assert [r.status_code for r in created] == [201] * 3
+        deadline = time.monotonic() + 60
+        while True:
+            backlog = scrape(f"{crashy.url}/metrics").get(key, 0.0)
+            if backlog >= 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert backlog >= 3
+    finally:
+        crashy.stack.start_worker()
+    for response in created:
+        final = await asyncio.to_thread(crashy.wait_for, response.json()["id"], token=token)
+        assert final["status"] == "succeeded", final
