@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     )
     default_hardware: str = "cpu"
     max_warm_runners: int = 4
+    # Seconds a model's setup() may take before its prediction fails.
+    setup_timeout: float = 300.0
     # Pushing models: the largest archive accepted, and the most its files may unpack to.
     max_push_bytes: int = 1024 * 1024 * 1024
 

@@ -150,6 +150,7 @@ async def run_worker(
         # Every slot may hold a busy process of its own: a smaller pool would evict and
         # re-boot processes between back-to-back runs.
         max_warm=max(settings.max_warm_runners, sum(slots.values())),
+        boot_timeout=settings.setup_timeout,
         # Streams need their chunks soon (time to first token); the run activity throttles
         # its own read-model writes and webhooks.
         update_interval=0.05,
@@ -176,6 +177,7 @@ async def run_worker(
         def instance_pool() -> RunnerPool:
             return RunnerPool(
                 max_warm=1,
+                boot_timeout=settings.setup_timeout,
                 update_interval=0.05,
                 upload=OutputSink(settings, store),
                 weights=weights,

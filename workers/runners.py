@@ -180,6 +180,9 @@ def _explain_model_error(result: CogPrediction) -> None:
     error (as Cog's Python server did); the logs end with the traceback (model_entry.py) and
     so with "Type: msg", which is added should they not."""
     text = result.error
+    if text == "Worker crashed":  # coglet's words when the model's process exits mid-run
+        result.error = PROCESS_DIED
+        return
     if text is None or not COGLET_ERROR_PREFIX.match(text):
         return
     while match := COGLET_ERROR_PREFIX.match(text):
