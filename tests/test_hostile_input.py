@@ -161,3 +161,22 @@ def test_numeric_forms_name_their_address() -> None:
     with pytest.raises(BlockedURL, match="not a valid IP address"):
         check_target("http://999.1/", allow_private=True)
     assert check_target("http://example.com./x", allow_private=False) == "example.com."
+
+
+def test_a_malformed_multipart_upload_is_a_400(live: LiveStack) -> None:
+    body = (
+        b"--XyZ\r\n"
+        b'Content-Disposition: form-data; name="content"; filename="a.txt"\rbroken\r\n'
+        b"\r\nabc\r\n--XyZ--\r\n"
+    )
+    response = httpx.post(
+        f"{live.url}/v1/files",
+        content=body,
+        headers={
+            "Authorization": f"Bearer {live.token}",
+            "Content-Type": "multipart/form-data; boundary=XyZ",
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "multipart body is malformed" in response.json()["detail"]
