@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -36,6 +36,7 @@ NEVER_STARTED = (
 )
 # Visibility is asked about this many workflow ids at once.
 CHUNK = 100
+TABLES: tuple[tuple[str, Any], ...] = (("prediction", Prediction), ("training", Training))
 
 
 class ReconcileActivities:
@@ -50,32 +51,37 @@ class ReconcileActivities:
     async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
         """Fail the ``starting`` rows older than ``job.grace`` whose workflow does not exist."""
         cutoff = utcnow() - timedelta(seconds=job.grace)
-        rows = await asyncio.to_thread(self._stale_rows, cutoff, job.limit)
-        result = ReconciledStarts(checked=len(rows))
-        for start in range(0, len(rows), CHUNK):
-            chunk = rows[start : start + CHUNK]
-            for workflow_id in await self._missing([w for w, _ in chunk]):
-                kind, row_id = workflow_id.split("-", 1)
-                if await asyncio.to_thread(self._fail, kind, row_id):
-                    log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
-                    result.failed.append(workflow_id)
-            activity.heartbeat(start)
+        result = ReconciledStarts()
+        for kind, table in TABLES:
+            after = ""
+            while result.checked < job.limit:
+                ids = await asyncio.to_thread(self._page, table, cutoff, after)
+                if not ids:
+                    break
+                after = ids[-1]
+                result.checked += len(ids)
+                for workflow_id in await self._missing([f"{kind}-{i}" for i in ids]):
+                    row_id = workflow_id.removeprefix(f"{kind}-")
+                    if await asyncio.to_thread(self._fail, kind, row_id):
+                        log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
+                        result.failed.append(workflow_id)
+                activity.heartbeat(result.checked)
         return result
 
-    def _stale_rows(self, cutoff: Any, limit: int) -> list[tuple[str, Any]]:
-        """(workflow id, created_at) of the rows ``starting`` since before ``cutoff``."""
-        found: list[tuple[str, Any]] = []
+    def _page(self, table: Any, cutoff: datetime, after: str) -> list[str]:
+        """The next ids (in id order, after ``after``) of rows ``starting`` since before
+        ``cutoff``: pages by id, so every such row is seen however many wait in a queue."""
         with Session(self.engine) as session:
-            for kind, table in (("prediction", Prediction), ("training", Training)):
-                rows = session.exec(
-                    select(table.id, table.created_at)
+            return list(
+                session.exec(
+                    select(table.id)
                     .where(col(table.status) == "starting")
                     .where(col(table.created_at) < cutoff)
-                    .order_by(col(table.created_at))
-                    .limit(limit)
+                    .where(col(table.id) > after)
+                    .order_by(col(table.id))
+                    .limit(CHUNK)
                 ).all()
-                found += [(f"{kind}-{row_id}", created) for row_id, created in rows]
-        return found
+            )
 
     async def _missing(self, workflow_ids: list[str]) -> list[str]:
         """The ids Temporal has no workflow for: visibility narrows the list in one call,

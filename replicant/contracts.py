@@ -111,7 +111,7 @@ class ReconcileStarts(BaseModel):
     ``grace`` seconds whose workflow does not exist, at most ``limit`` rows a run."""
 
     grace: float = 60.0
-    limit: int = 2000
+    limit: int = 100_000
 
 
 class ReconciledStarts(BaseModel):
