@@ -29,7 +29,7 @@ from activities.files import prediction_prefix
 from api.errors import ProblemError, invalid
 from api.inputfiles import store_data_uris
 from api.serialize import prediction_json
-from api.startguard import START_RPC_TIMEOUT, crash_point, settle_start
+from api.startguard import START_RPC_TIMEOUT, crash_point, lost_answer_point, settle_start
 from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
@@ -169,6 +169,7 @@ async def launch_prediction(
     crash_point(settings)
     try:
         update = await _start(state, req, wait)
+        lost_answer_point(settings)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         # Temporal may have taken the start: ask it; the row stays for the reconciler.

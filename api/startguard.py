@@ -52,3 +52,10 @@ def crash_point(settings: Settings) -> None:
     ``fault_kill_before_start`` is set (production never sets it)."""
     if settings.fault_kill_before_start:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def lost_answer_point(settings: Settings) -> None:
+    """TEST ONLY: raise as if the answer to a start Temporal took were lost, when
+    ``fault_lose_start_answer`` is set (production never sets it)."""
+    if settings.fault_lose_start_answer:
+        raise TimeoutError("injected: the start's answer was lost")

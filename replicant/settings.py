@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # TEST ONLY, never set in production: the API SIGKILLs itself after writing a new
     # prediction's or training's row and before starting its workflow (tests/test_crash_windows.py).
     fault_kill_before_start: bool = False
+    # TEST ONLY, never set in production: the API acts as if the answer to a successful
+    # workflow start were lost (the start call raises after Temporal took it).
+    fault_lose_start_answer: bool = False
 
     # Hardware: SKU -> concurrent slots on this installation; every SKU is a task queue.
     hardware: dict[str, int] = Field(

@@ -291,3 +291,64 @@ async def test_queue_backlog_counts_predictions_waiting_for_a_worker(crashy: Liv
     for response in created:
         final = await asyncio.to_thread(crashy.wait_for, response.json()["id"], token=token)
         assert final["status"] == "succeeded", final
+
+
+async def runs_of(live: LiveStack, workflow_id: str) -> list[str]:
+    """The closed runs under ``workflow_id``, once visibility lists at least one."""
+    client = await connect(live.settings)
+    query = f"WorkflowId = '{workflow_id}' AND ExecutionStatus != 'Running'"
+    deadline = time.monotonic() + 60
+    while True:
+        runs = [w.run_id async for w in client.list_workflows(query)]
+        if runs or time.monotonic() > deadline:
+            return runs
+        await asyncio.sleep(0.5)
+
+
+async def test_a_start_whose_answer_was_lost_is_settled_by_asking_temporal(
+    crashy: LiveStack,
+) -> None:
+    """Temporal took the start but the API never heard so: the create still answers 201, and
+    the prediction (and a training) runs once."""
+    username, token = account(crashy, "lost")
+    url = crashy.stack.start_api(
+        "api-lost-answer", free_port(), env={"REPLICANT_FAULT_LOSE_START_ANSWER": "true"}
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        response = await client.post(
+            "/v1/models/replicate/hello-world/predictions", json={"input": {"text": "lost"}}
+        )
+        assert response.status_code == 201, response.text
+        prediction_id = response.json()["id"]
+        waited = await client.post(
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "lost wait"}},
+            headers={"Prefer": "wait"},
+        )
+        assert waited.status_code == 201, waited.text
+        # Checked at once: the stack's retention removes outputs within seconds.
+        for created_id, text in ((prediction_id, "lost"), (waited.json()["id"], "lost wait")):
+            final = await asyncio.to_thread(crashy.wait_for, created_id, token=token)
+            assert (final["status"], final["output"]) == ("succeeded", f"hello {text}")
+        version = (await client.get("/v1/models/replicant/ngram")).json()["latest_version"]["id"]
+        created = await client.post(
+            "/v1/models", json={"owner": username, "name": "tuned", "visibility": "private"}
+        )
+        assert created.status_code == 201, created.text
+        training = await client.post(
+            f"/v1/models/replicant/ngram/versions/{version}/trainings",
+            json={
+                "destination": f"{username}/tuned",
+                "input": {"text": data_uri("alpha beta gamma delta. " * 20)},
+            },
+        )
+        assert training.status_code == 201, training.text
+    crashy.stack.stop("api-lost-answer")
+    for created_id in (prediction_id, waited.json()["id"]):
+        assert len(await runs_of(crashy, f"prediction-{created_id}")) == 1
+    training_id = training.json()["id"]
+    assert len(await runs_of(crashy, f"training-{training_id}")) == 1
+    with Session(crashy.engine) as session:
+        row = session.get(Training, training_id)
+    assert row is not None and row.status == "succeeded", row

@@ -28,7 +28,7 @@ from api.inputfiles import store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
-from api.startguard import START_RPC_TIMEOUT, crash_point, settle_start
+from api.startguard import START_RPC_TIMEOUT, crash_point, lost_answer_point, settle_start
 from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
@@ -185,6 +185,7 @@ async def create_training(
 
     try:
         await start()
+        lost_answer_point(settings)
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
         # Temporal may have taken the start: ask it; the row stays for the reconciler.
