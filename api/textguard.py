@@ -1,8 +1,10 @@
-"""Refuse JSON bodies holding lone surrogates (``"\\ud800"``) with a 422 naming the field.
+"""Refuse JSON bodies holding lone surrogates (``"\\ud800"``) or NUL characters
+(``"\\u0000"``) with a 422 naming the field.
 
 JSON lets a string escape half a surrogate pair; Python decodes it into a ``str`` that no
 UTF-8 encoder accepts, so the database, Temporal's payloads and webhook bodies would all fail
-on it later (as a 500, or as a retriable 503). It is refused here, once, for every route.
+on it later (as a 500, or as a retriable 503). PostgreSQL stores no NUL in text. Both are
+refused here, once, for every route.
 """
 
 from __future__ import annotations
@@ -15,27 +17,44 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import invalid, problem_response
 
-# A \uD800-\uDFFF escape: only bodies holding one are parsed here (pairs are fine).
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A \uD800-\uDFFF or \u0000 escape: only bodies holding one are parsed here (pairs are fine).
+SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 LONE = re.compile("[\ud800-\udfff]")
 MESSAGE = "must be valid Unicode text (it holds an unpaired surrogate)"
+NUL_MESSAGE = "must not contain NUL characters"
 
 
-def lone_surrogate_field(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (or key) in ``value`` holding a lone surrogate."""
+def _problem(text: str) -> str | None:
+    if LONE.search(text):
+        return MESSAGE
+    if "\x00" in text:
+        return NUL_MESSAGE
+    return None
+
+
+def _printable(name: str) -> str:
+    """A field name that can be sent back (its bad characters escaped)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def bad_text_field(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(dotted path, message) of the first string or key in ``value`` holding a lone
+    surrogate or a NUL; None when there is none."""
     if isinstance(value, str):
-        return (path or "body") if LONE.search(value) else None
+        message = _problem(value)
+        return ((path or "body"), message) if message else None
     if isinstance(value, dict):
         for key, item in value.items():
-            inner = f"{path}.{key}" if path else str(key)
-            if LONE.search(str(key)):
-                return inner
-            found = lone_surrogate_field(item, inner)
+            inner = f"{path}.{_printable(str(key))}" if path else _printable(str(key))
+            message = _problem(str(key))
+            if message:
+                return inner, message
+            found = bad_text_field(item, inner)
             if found:
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = lone_surrogate_field(item, f"{path}.{index}" if path else str(index))
+            found = bad_text_field(item, f"{path}.{index}" if path else str(index))
             if found:
                 return found
     return None
@@ -49,7 +68,8 @@ def _is_json(scope: Scope) -> bool:
 
 
 class RefuseLoneSurrogates:
-    """ASGI middleware: a JSON body with a lone surrogate gets a 422; others pass unchanged."""
+    """ASGI middleware: a JSON body with a lone surrogate or a NUL gets a 422; others pass
+    unchanged."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -67,10 +87,11 @@ class RefuseLoneSurrogates:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if SURROGATE_ESCAPE.search(body):
-            field = _field(body)
-            if field is not None:
-                response = problem_response(invalid([{"field": field, "message": MESSAGE}]))
+        if SUSPECT_ESCAPE.search(body):
+            found = _find(body)
+            if found is not None:
+                field, reason = found
+                response = problem_response(invalid([{"field": field, "message": reason}]))
                 await response(scope, receive, send)
                 return
         replayed = False
@@ -85,8 +106,8 @@ class RefuseLoneSurrogates:
         await self.app(scope, replay, send)
 
 
-def _field(body: bytes) -> str | None:
+def _find(body: bytes) -> tuple[str, str] | None:
     try:
-        return lone_surrogate_field(json.loads(body))
+        return bad_text_field(json.loads(body))
     except ValueError:
         return None  # not JSON: the route's own parsing answers 400

@@ -37,6 +37,10 @@ def check_url_syntax(url: str) -> str:
     return parts.hostname
 
 
+# An IDNA-encoded name: ASCII labels of letters, digits, '-' and '_' (seen in real names).
+HOST_LABELS = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*", re.I)
+
+
 def check_host_name(host: str) -> None:
     """``BlockedURL`` unless ``host`` is an IP literal or a name DNS can carry (labels of 1 to
     63 characters, 253 in all): the resolver would refuse it at every attempt anyway."""
@@ -51,6 +55,8 @@ def check_host_name(host: str) -> None:
         raise BlockedURL("host name is not valid (each label must be 1 to 63 characters)") from None
     if not encoded or len(encoded) > 253:
         raise BlockedURL("host name is not valid (at most 253 characters)")
+    if not HOST_LABELS.fullmatch(encoded):
+        raise BlockedURL("host name is not valid (letters, digits, '-' and '_' only)")
 
 
 # Every IPv4 form the C resolver takes: 127.1, 2130706433, 0x7f000001, 0177.0.0.1.

@@ -66,9 +66,26 @@ def test_lone_surrogates_are_refused_naming_the_field(owner: tuple[str, httpx.Cl
     response = raw_json(client, "POST", HELLO, body)
     assert_problem(response, 422, ["input.text"])
     assert "surrogate" in response.json()["detail"]
+    # In a key, the field is named with the bad character escaped.
+    response = raw_json(client, "POST", HELLO, '{"input": {"te\\ud800xt": "x"}}')
+    assert_problem(response, 422, ["input.te\\ud800xt"])
     # A surrogate pair (one character written as two escapes) is ordinary text.
     response = raw_json(client, "POST", HELLO, '{"input": {"text": "\\ud83d\\ude00"}}')
     assert response.status_code == 201, response.text
+
+
+def test_nul_characters_are_refused_naming_the_field(owner: tuple[str, httpx.Client]) -> None:
+    username, client = owner
+    path = f"/v1/models/{username}/mine"
+    response = raw_json(client, "PATCH", path, '{"description": "a\\u0000b"}')
+    assert_problem(response, 422, ["description"])
+    assert "NUL" in response.json()["detail"]
+    response = raw_json(client, "POST", HELLO, '{"input": {"text": ["ok", "\\u0000"]}}')
+    assert_problem(response, 422, ["input.text.1"])
+    response = raw_json(
+        client, "POST", HELLO, '{"input": {"text": "x"}, "webhook": "http://a\\u0001b.com/"}'
+    )
+    assert_problem(response, 422, ["webhook"])
 
 
 def test_a_3_mb_text_input_runs(live: LiveStack, owner: tuple[str, httpx.Client]) -> None:
@@ -104,6 +121,7 @@ BAD_HOSTS = [
     "http://" + "a" * 5000 + ".example.com/",
     "http://" + ("a" * 60 + ".") * 5 + "com/",  # 300 characters in all
     "http://a..b.example.com/",
+    "http://a b.example.com/",
 ]
 
 
