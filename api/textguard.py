@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import invalid, problem_response
+from api.errors import ProblemError, invalid, problem_response
 
 # A \uD800-\uDFFF or \u0000 escape: only bodies holding one are parsed here (pairs are fine).
 SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
@@ -60,6 +62,19 @@ def bad_text_field(value: Any, path: str = "") -> tuple[str, str] | None:
     return None
 
 
+def _refuse_url(scope: Scope) -> Response | None:
+    """A NUL in the path names nothing (404); in a query parameter it is invalid (422)."""
+    if "\x00" in scope["path"]:
+        return problem_response(ProblemError(404, "Nothing is found at a path holding NUL"))
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in key + value:
+                field = _printable(key)
+                return problem_response(invalid([{"field": field, "message": NUL_MESSAGE}]))
+    return None
+
+
 def _is_json(scope: Scope) -> bool:
     for key, value in scope["headers"]:
         if key == b"content-type":
@@ -68,14 +83,21 @@ def _is_json(scope: Scope) -> bool:
 
 
 class RefuseLoneSurrogates:
-    """ASGI middleware: a JSON body with a lone surrogate or a NUL gets a 422; others pass
-    unchanged."""
+    """ASGI middleware: a JSON body with a lone surrogate or a NUL gets a 422, a NUL in the
+    path a 404 and in the query a 422; others pass unchanged."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _is_json(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = _refuse_url(scope)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        if not _is_json(scope):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

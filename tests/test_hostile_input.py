@@ -198,3 +198,26 @@ def test_a_malformed_multipart_upload_is_a_400(live: LiveStack) -> None:
     assert response.status_code == 400, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert "multipart body is malformed" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/predictions/%00",
+        "/v1/predictions/%00/cancel",
+        "/v1/models/a%00/b",
+        "/v1/models/a%00/b/predictions",
+        "/v1/models/replicate/hello-world/versions/%00",
+        "/v1/files/%00",
+        "/v1/trainings/%00",
+        "/p/%00",
+    ],
+)
+def test_a_nul_in_the_path_finds_nothing(api: httpx.Client, path: str) -> None:
+    response = api.post(path, json={"input": {}}) if "predictions" in path else api.get(path)
+    assert response.status_code == 404, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_nul_in_a_query_parameter_is_refused_naming_it(api: httpx.Client) -> None:
+    assert_problem(api.get("/v1/predictions", params={"cursor": "a\x00"}), 422, ["cursor"])
