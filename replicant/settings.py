@@ -51,16 +51,25 @@ class Settings(BaseSettings):
     max_wait: int = 60  # upper bound of Prefer: wait=N
     heartbeat_timeout: float = 30.0  # seconds without a heartbeat before a run is retried
     training_timeout: float = 86400.0  # seconds a training may run
-    # Crash safety of creates: a `starting` row older than start_grace seconds whose workflow
-    # does not exist is settled by the reconciler, which runs every reconcile_interval seconds.
-    start_grace: float = 60.0
-    reconcile_interval: float = 30.0
-    # TEST ONLY, never set in production: the API SIGKILLs itself after writing a new
-    # prediction's or training's row and before starting its workflow (tests/test_crash_windows.py).
-    fault_kill_before_start: bool = False
-    # TEST ONLY, never set in production: the API acts as if the answer to a successful
-    # workflow start were lost (the start call raises after Temporal took it).
-    fault_lose_start_answer: bool = False
+    start_grace: float = Field(
+        60.0,
+        description="Seconds after which a prediction or training still `starting` whose "
+        "workflow does not exist (its create crashed half-way) is failed by the reconciler; "
+        "keep it above the API's 10 s start timeout.",
+    )
+    reconcile_interval: float = Field(
+        30.0, description="Seconds between the reconciler's passes over `starting` rows."
+    )
+    fault_kill_before_start: bool = Field(
+        False,
+        description="TEST ONLY, never in production: the API SIGKILLs itself after writing a "
+        "new prediction's or training's row, before starting its workflow.",
+    )
+    fault_lose_start_answer: bool = Field(
+        False,
+        description="TEST ONLY, never in production: the API acts as if the answer to a "
+        "workflow start that Temporal took were lost.",
+    )
 
     # Hardware: SKU -> concurrent slots on this installation; every SKU is a task queue.
     hardware: dict[str, int] = Field(
@@ -76,8 +85,9 @@ class Settings(BaseSettings):
     )
     default_hardware: str = "cpu"
     max_warm_runners: int = 4
-    # Seconds a model's setup() may take before its prediction fails.
-    setup_timeout: float = 300.0
+    setup_timeout: float = Field(
+        300.0, description="Seconds a model's setup() may take before its prediction fails."
+    )
     # Pushing models: the largest archive accepted, and the most its files may unpack to.
     max_push_bytes: int = 1024 * 1024 * 1024
 

@@ -18,9 +18,9 @@ from replicant.db import make_engine
 from replicant.devstack import Stack
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, stack_settings, suite_database
-from workers.runners import PROCESS_DIED
 
 MODELS = Path(__file__).parent / "models"
+PROCESS_DIED = "The model process exited during the prediction"
 SETUP_TIMEOUT = 6.0
 LOGS_MB = 20
 OUTPUT_MB = 20
