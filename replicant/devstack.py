@@ -171,8 +171,8 @@ class Stack:
     def start_api(
         self, name: str = "api", port: int | None = None, env: dict[str, str] | None = None
     ) -> str:
-        """Start an API process (more than one: give each its own port; ``env`` adds settings
-        of its own); returns its URL."""
+        """Start an API process (more than one: give each its own port); returns its URL.
+        ``env`` adds settings of its own."""
         port = port or self.settings.api_port
         cmd = [sys.executable, "-m", "replicant.cli", "api"]
         env = dict(env or {})
