@@ -70,8 +70,10 @@ def test_a_model_whose_setup_hangs_fails_with_the_reason(faulty: LiveStack) -> N
     still_serving(faulty)
 
 
-def test_a_model_process_that_exits_mid_prediction_fails_it(faulty: LiveStack) -> None:
-    final = run(faulty, f"{faulty.settings.default_account}/faults", {"mode": "exit"})
+@pytest.mark.parametrize("mode", ["exit", "killed"])
+def test_a_model_process_that_dies_mid_prediction_fails_it(faulty: LiveStack, mode: str) -> None:
+    """It exits, or is SIGKILLed as the OOM killer would."""
+    final = run(faulty, f"{faulty.settings.default_account}/faults", {"mode": mode})
     assert final["status"] == "failed", final
     assert final["error"] == PROCESS_DIED, final
     still_serving(faulty)
