@@ -18,6 +18,12 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
+# The built-in OCR model's OpenCV loads libGL (Debian's current build of each).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && rm -rf /var/lib/apt/lists/*
+
 COPY . .
 # The built-in models live next to the package (replicant/versions.py looks for them at
 # <site-packages>/examples), but they are not package data: put them there.

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint typecheck unit bench clean
+.PHONY: dev test test-unit lint typecheck unit bench clean system-packages
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,15 +28,34 @@ typecheck: $(STAMP)
 # once, in the SQLite pass: unit tests, the deploy files, the migrations (which test both
 # databases themselves) and the scale-out test (always on PostgreSQL).
 API_TESTS := tests/test_accounts.py tests/test_conformance.py tests/test_deployment_instances.py \
-	tests/test_deployments.py tests/test_durability.py tests/test_file_lifecycle.py \
+	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
+	tests/test_file_lifecycle.py \
 	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \
 	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_streaming.py \
 	tests/test_trainings.py tests/test_webhooks.py
+# tests/test_real_models.py and tests/test_cog_examples.py run once, in the SQLite pass: they
+# test models, and each pass would build the real models' environments again.
 
-test: lint typecheck
+# Debian packages the tests need, installed when missing (the test machine runs as root): the
+# OCR model's OpenCV loads libGL; the dashboard's browser tests drive Debian's Chromium
+# (browser downloads are not possible).
+SYSTEM_PACKAGES := libgl1 libglib2.0-0 chromium
+
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+test: lint typecheck system-packages
 	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q" \
 		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
 		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"
+
+# The unit tier (tests/tiers.py): no services, a few seconds.
+test-unit: $(STAMP)
+	$(BIN)/pytest -q -m unit
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py

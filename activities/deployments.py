@@ -10,48 +10,21 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 from temporalio import activity
 
 from replicant.contracts import (
-    DeploymentConfig,
+    ActivityName,
     DeploymentObservation,
     HostReport,
     InstanceTarget,
     ObserveDeployment,
 )
-from replicant.tables import Deployment, Prediction
+from replicant.deployments import deployment_config, deployment_demand
+from replicant.tables import Deployment
 from replicant.timeutil import utcnow
-
-
-def deployment_config(row: Deployment) -> DeploymentConfig:
-    """The current release of a deployment row."""
-    assert row.id is not None
-    return DeploymentConfig(
-        deployment_id=row.id,
-        owner=row.owner,
-        name=row.name,
-        release=row.release,
-        model=row.model,
-        version=row.version,
-        hardware=row.hardware,
-        min_instances=row.min_instances,
-        max_instances=row.max_instances,
-    )
-
-
-def deployment_demand(session: Session, owner: str, name: str) -> tuple[int, int]:
-    """(waiting, running) predictions of a deployment."""
-    stmt = (
-        select(Prediction.status, func.count())
-        .where(Prediction.deployment == f"{owner}/{name}")
-        .where(col(Prediction.status).in_(("starting", "processing")))
-        .group_by(col(Prediction.status))
-    )
-    counts = dict(session.exec(stmt).all())
-    return int(counts.get("starting", 0)), int(counts.get("processing", 0))
 
 
 def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
@@ -78,7 +51,7 @@ class DeploymentActivities:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @activity.defn(name="observe_deployment")
+    @activity.defn(name=ActivityName.OBSERVE_DEPLOYMENT)
     async def observe_deployment(self, ref: ObserveDeployment) -> DeploymentObservation:
         """The deployment's current release and how many predictions wait or run."""
         return await asyncio.to_thread(observe, self.engine, ref)
@@ -96,7 +69,7 @@ class HostActivities:
     def __init__(self, host: InstanceHost) -> None:
         self.host = host
 
-    @activity.defn(name="ensure_instances")
+    @activity.defn(name=ActivityName.ENSURE_INSTANCES)
     async def ensure_instances(self, target: InstanceTarget) -> HostReport:
         """Run ``target.count`` instances of the release (starting, draining as needed)."""
         return await self.host.ensure(target)

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
 
-from replicant.contracts import ExpiredFiles, ExpireFiles
+from replicant.contracts import ActivityName, ExpiredFiles, ExpireFiles
 from replicant.storage import ObjectStore
 from replicant.tables import StoredFile
 from replicant.timeutil import utcnow
@@ -33,7 +33,7 @@ class ExpiryActivities:
         self.engine = engine
         self.store = store
 
-    @activity.defn(name="remove_expired_files")
+    @activity.defn(name=ActivityName.REMOVE_EXPIRED_FILES)
     async def remove_expired_files(self, job: ExpireFiles) -> ExpiredFiles:
         """Delete expired uploaded files, ``BATCH`` at a time, at most ``job.limit``."""
         removed = 0

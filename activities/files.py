@@ -13,8 +13,6 @@ Retention deletes ``predictions/{id}/`` as a whole.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import copy
 import logging
 import mimetypes
@@ -26,79 +24,32 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from replicant.contracts import PredictionRequest, StagedFile, StagedInputs
+from replicant.contracts import ActivityName, ErrorType, PredictionRequest, StagedFile, StagedInputs
+from replicant.inputfiles import (
+    InputFileError,
+    file_fields,
+    parse_data_uri,
+    safe_filename,
+    set_at,
+)
+from replicant.objectkeys import prediction_inputs, prediction_prefix
+from replicant.runner import UploadSink
 from replicant.safefetch import FetchError, fetch
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, TooLarge, Upload, signed_url
 from replicant.tables import StoredFile, Version
 from replicant.timeutil import utcnow
-from workers.runners import UploadSink
 
 log = logging.getLogger("replicant.files")
 
 FILE_URL = re.compile(r"^/v1/files/([a-z0-9]+)(?:/download)?/?$")
-MAX_FILENAME = 200
-
-
-class InputFileError(Exception):
-    """An input file cannot be staged; the message names the field and says why."""
-
-
-def prediction_prefix(prediction_id: str) -> str:
-    return f"predictions/{prediction_id}/"
-
-
-def file_fields(openapi_schema: dict[str, Any], component: str = "Input") -> dict[str, bool]:
-    """Inputs that take files (``format: uri``): name -> whether it is a list of them.
-    ``component`` is the schema's input component (``TrainingInput`` for a trainer)."""
-    schemas = openapi_schema.get("components", {}).get("schemas", {})
-    properties = schemas.get(component, {}).get("properties", {})
-    fields: dict[str, bool] = {}
-    for name, prop in properties.items():
-        for option in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])]:
-            if option.get("format") == "uri":
-                fields[name] = False
-            elif option.get("type") == "array" and option.get("items", {}).get("format") == "uri":
-                fields[name] = True
-    return fields
-
-
-def safe_filename(name: str, content_type: str | None = None) -> str:
-    """A plain file name for the model (no directories, no leading dots), with an extension."""
-    name = name.replace("\0", "").replace("\\", "/").rsplit("/", 1)[-1].strip().lstrip(".")
-    if len(name.encode()) > MAX_FILENAME:
-        stem, dot, ext = name.rpartition(".")
-        keep = MAX_FILENAME - len(ext.encode()) - 1
-        name = (stem.encode()[:keep].decode("utf-8", "ignore") + dot + ext) if dot else ""
-    if not name:
-        name = "file"
-    if "." not in name and content_type:
-        name += mimetypes.guess_extension(content_type.split(";")[0].strip()) or ""
-    return name
-
-
-def parse_data_uri(uri: str) -> tuple[str, bytes]:
-    """(content type, bytes) of a ``data:`` URI."""
-    header, comma, payload = uri[5:].partition(",")
-    if not comma:
-        raise InputFileError("is not a valid data URI")
-    params = header.split(";")
-    content_type = params[0].strip() or "text/plain"
-    if "base64" in (p.strip().lower() for p in params[1:]):
-        try:
-            data = base64.b64decode(unquote(payload), validate=False)
-        except (binascii.Error, ValueError) as err:
-            raise InputFileError("is a data URI with invalid base64") from err
-    else:
-        data = unquote_to_bytes(payload)
-    return content_type, data
 
 
 class Stager:
@@ -117,7 +68,7 @@ class Stager:
             owner=req.owner,
             version=req.version,
             input=req.input,
-            prefix=f"{prediction_prefix(req.id)}inputs/",
+            prefix=prediction_inputs(req.id),
             skip=[f.path for f in req.staged_files],
         )
         return StagedInputs(files=[*req.staged_files, *staged.files])
@@ -247,14 +198,16 @@ class FileActivities:
     def __init__(self, settings: Settings, engine: Engine, store: ObjectStore) -> None:
         self.stager = Stager(settings, engine, store)
 
-    @activity.defn(name="stage_inputs")
+    @activity.defn(name=ActivityName.STAGE_INPUTS)
     async def stage_inputs(self, req: PredictionRequest) -> StagedInputs:
         """Store the prediction's input files in the object store; fail clearly if one cannot."""
         try:
             staged = await self.stager.stage(req)
         except InputFileError as err:
             log.info("event=input_file_refused prediction=%s reason=%r", req.id, str(err))
-            raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=ErrorType.INPUT_FILE_ERROR, non_retryable=True
+            ) from err
         log.info("event=inputs_staged prediction=%s files=%d", req.id, len(staged.files))
         return staged
 
@@ -290,9 +243,9 @@ async def materialized_input(
             await asyncio.to_thread(store.download, staged.key, dest)
             if staged.text:
                 text = await asyncio.to_thread(dest.read_text, encoding="utf-8")
-                _set(value, staged.path, text)
+                set_at(value, staged.path, text)
             else:
-                _set(value, staged.path, str(dest))
+                set_at(value, staged.path, str(dest))
         yield value
     finally:
         await asyncio.to_thread(shutil.rmtree, workdir, True)

@@ -9,32 +9,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.files import (
-    materialized_input,
-    prediction_prefix,
-    stored_output,
-    uploads_outputs,
-)
+from activities.files import stored_output, uploads_outputs
+from activities.running import ensure_env, heartbeat_forever, load_version, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
-from replicant.contracts import FinishPrediction, PredictionRef, PredictionRequest, RunOutcome
+from replicant.contracts import (
+    ActivityName,
+    FinishPrediction,
+    PredictionRef,
+    PredictionRequest,
+    RunOutcome,
+    Status,
+)
+from replicant.envs import EnvBuildError
+from replicant.objectkeys import prediction_prefix
+from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
+from replicant.settings import Settings, get_settings
 from replicant.storage import ObjectStore, outward_output
-from replicant.tables import Version
+from replicant.tables import TERMINAL_STATUSES, Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
-from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 log = logging.getLogger("replicant.activities")
 
@@ -42,9 +47,6 @@ log = logging.getLogger("replicant.activities")
 # token matters, and SSE clients read the read model).
 PROGRESS_INTERVAL = 0.5
 STREAM_PROGRESS_INTERVAL = 0.1
-# Seconds a finished run waits for its pending live webhook events.
-LIVE_WEBHOOK_GRACE = 6.0
-HEARTBEAT_INTERVAL = 1.0
 # A run records ``processing`` this long after its model starts, unless it has ended (or
 # reported output) by then: a fast prediction then costs one read-model write, not two.
 PROCESSING_DELAY = 0.1
@@ -53,12 +55,25 @@ PROCESSING_DELAY = 0.1
 VERSION_CACHE_SECONDS = 60.0
 
 
+def model_cpu_threads(settings: Settings) -> int:
+    """Threads one model process may use: the CPU's share of one slot of the cpu SKU."""
+    if settings.model_cpu_threads > 0:
+        return settings.model_cpu_threads
+    cpus = len(os.sched_getaffinity(0))
+    slots = settings.hardware.get("cpu") or sum(settings.hardware.values()) or 1
+    return max(1, cpus // slots)
+
+
 def runner_spec(version: Version) -> RunnerSpec:
     """How to run a version: its directory, environment and (for fine-tunes) weights."""
     weights = version.weights_url
     # Stored weights are materialized and served by the pool; a URL goes to the model as is.
     stored = is_store_ref(weights)
-    env = {"COG_WEIGHTS": weights} if weights and not stored else {}
+    threads = str(model_cpu_threads(get_settings()))
+    # Models read REPLICANT_CPU_THREADS (onnxruntime); OpenMP-based libraries read the other.
+    env = {"REPLICANT_CPU_THREADS": threads, "OMP_NUM_THREADS": threads}
+    if weights and not stored:
+        env["COG_WEIGHTS"] = weights
     key = version.id if not weights else f"{version.id}+weights"
     return RunnerSpec(
         key=key,
@@ -79,7 +94,7 @@ class PredictionActivities:
     def __init__(
         self,
         engine: Engine,
-        pool: RunnerPool | None = None,
+        pool: ModelRunner | None = None,
         webhooks: WebhookActivities | None = None,
         store: ObjectStore | None = None,
     ) -> None:
@@ -89,12 +104,12 @@ class PredictionActivities:
         self.store = store
         self._versions: TTLCache[str, Version] = TTLCache(maxsize=1024, ttl=VERSION_CACHE_SECONDS)
 
-    @activity.defn(name="record_prediction")
+    @activity.defn(name=ActivityName.RECORD_PREDICTION)
     async def record_prediction(self, req: PredictionRequest) -> None:
         """Write the read-model row of a prediction started outside the API."""
         await asyncio.to_thread(readmodel.insert_prediction, self.engine, req)
 
-    @activity.defn(name="finish_prediction")
+    @activity.defn(name=ActivityName.FINISH_PREDICTION)
     async def finish_prediction(self, done: FinishPrediction) -> None:
         """Record a terminal state decided by the workflow (cancel, lost worker)."""
         await asyncio.to_thread(
@@ -106,10 +121,28 @@ class PredictionActivities:
             completed_at=done.completed_at or utcnow(),
         )
 
-    @activity.defn(name="remove_prediction_data")
+    @activity.defn(name=ActivityName.ABORT_PREDICTION)
+    async def abort_prediction(self, done: FinishPrediction) -> RunOutcome:
+        """The deadline passed: end the prediction ``aborted`` if it never started, else
+        ``canceled``; reports the status it ended with."""
+        completed_at = done.completed_at or utcnow()
+        status = await asyncio.to_thread(
+            readmodel.end_at_deadline, self.engine, done.id, completed_at
+        )
+        # It may have ended on its own just before: report what the read model says.
+        ended = cast(Status, status) if status in TERMINAL_STATUSES else "canceled"
+        return RunOutcome(status=ended, completed_at=completed_at)
+
+    @activity.defn(name=ActivityName.REMOVE_PREDICTION_DATA)
     async def remove_prediction_data(self, ref: PredictionRef) -> None:
-        """Retention is over: remove the prediction's input and output."""
-        await asyncio.to_thread(readmodel.remove_data, self.engine, ref.id)
+        """Retention is over: remove the prediction's input and output (unless it is a
+        model's example)."""
+        removed = await asyncio.to_thread(
+            readmodel.remove_data, self.engine, ref.id, keep_examples=True
+        )
+        if not removed:
+            log.info("event=data_kept prediction=%s reason=example", ref.id)
+            return
         files = 0
         if self.store is not None:  # staged inputs and output files; their URLs then 404
             files = await asyncio.to_thread(self.store.delete_prefix, prediction_prefix(ref.id))
@@ -118,20 +151,11 @@ class PredictionActivities:
     async def _version(self, version_id: str) -> Version:
         version = self._versions.get(version_id)
         if version is None:
-            version = await asyncio.to_thread(self._load_version, version_id)
+            version = await asyncio.to_thread(load_version, self.engine, version_id)
             self._versions[version_id] = version
         return version
 
-    def _load_version(self, version_id: str) -> Version:
-        with Session(self.engine) as session:
-            version = session.get(Version, version_id)
-        if version is None:
-            raise ApplicationError(
-                f"Version {version_id} does not exist", type="VersionNotFound", non_retryable=True
-            )
-        return version
-
-    @activity.defn(name="run_prediction")
+    @activity.defn(name=ActivityName.RUN_PREDICTION)
     async def run_prediction(self, req: PredictionRequest) -> RunOutcome:
         """Run the model in a warm coglet process and record everything it reports."""
         if self.pool is None:
@@ -139,21 +163,17 @@ class PredictionActivities:
         version = await self._version(req.version)
         hooks = await self.webhooks.live(req) if req.webhook and self.webhooks else None
         run = _Run(self.engine, req, hooks)
-        heartbeats = asyncio.create_task(_heartbeat_forever())
+        heartbeats = asyncio.create_task(heartbeat_forever())
         try:
-            # Staged input files become local paths for the model, removed after the run.
-            async with (
-                asyncio.timeout(None) as deadline,
-                materialized_input(self.store, req) as model_input,
-            ):
-                run.deadline = deadline
-                result = await self.pool.predict(
-                    runner_spec(version),
-                    req.id,
-                    model_input,
-                    on_update=run.on_update,
-                    on_booted=run.on_booted,
-                )
+            await ensure_env(version)
+            result = await run_model(
+                self.pool,
+                runner_spec(version),
+                req,
+                self.store,
+                on_booted=run.on_booted,
+                on_update=run.on_update,
+            )
         except TimeoutError:
             return await run.finish(
                 "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
@@ -161,6 +181,10 @@ class PredictionActivities:
         except BootError as err:
             # A model whose setup() fails will fail again: record it rather than retry.
             return await run.finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
+        except EnvBuildError as err:
+            return await run.finish(
+                "failed", error=f"The model's environment could not be built: {err}"
+            )
         except asyncio.CancelledError:
             await asyncio.shield(run.finish("canceled"))
             raise
@@ -170,14 +194,6 @@ class PredictionActivities:
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
         return await run.finish(result.status, error=result.error, output=output, logs=result.logs)
-
-
-async def _heartbeat_forever() -> None:
-    # Heartbeats deliver cancellation and let Temporal notice a dead worker within seconds.
-    # The first waits an interval: a run shorter than that costs no heartbeat round trip.
-    while True:
-        await asyncio.sleep(HEARTBEAT_INTERVAL)
-        activity.heartbeat()
 
 
 class _Run:
@@ -190,7 +206,6 @@ class _Run:
         self.req = req
         self.hooks = hooks
         self.started_at: datetime | None = None
-        self.deadline: asyncio.Timeout | None = None
         self._processing: asyncio.Task[None] | None = None
         self._progress = LatestWriter(
             STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL, self._write
@@ -198,9 +213,6 @@ class _Run:
 
     async def on_booted(self) -> None:
         self.started_at = utcnow()
-        if self.deadline is not None:
-            # The timeout counts the model's run, not the queue or the boot.
-            self.deadline.reschedule(asyncio.get_running_loop().time() + self.req.timeout)
         # A `start` webhook says `processing`: a GET right after it must say so too.
         delay = 0.0 if self.hooks is not None else PROCESSING_DELAY
         self._processing = asyncio.create_task(self._mark_processing(delay))
@@ -259,16 +271,8 @@ class _Run:
             created_at=self.req.created_at,
         )
         if self.hooks is not None:
-            # `completed` (a workflow step after this) must come after the live events.
-            if status == "canceled":
-                self.hooks.abort()
-            else:
-                # The last state goes out too (as `output`/`logs`, still `processing`).
-                row = self.hooks.row
-                self.hooks.progress(
-                    row.logs if logs is None else logs, row.output if output is None else output
-                )
-                await self.hooks.close(LIVE_WEBHOOK_GRACE)
+            # The last state goes out too (as `output`/`logs`, still `processing`).
+            await self.hooks.end(canceled=status == "canceled", logs=logs, output=output)
         return RunOutcome(
             status=status, error=error, started_at=self.started_at, completed_at=completed_at
         )

@@ -20,10 +20,9 @@ from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.files import prediction_prefix
-from activities.trainings import inputs_prefix
 from replicant import readmodel, trainings
 from replicant.contracts import ReconciledStarts, ReconcileStarts
+from replicant.objectkeys import prediction_prefix, training_inputs
 from replicant.storage import ObjectStore
 from replicant.tables import Prediction, Training
 from replicant.temporal import workflow_exists
@@ -109,5 +108,5 @@ class ReconcileActivities:
             self.engine, row_id, status="failed", completed_at=now, error=error
         )
         if failed:
-            self.store.delete_prefix(inputs_prefix(row_id))
+            self.store.delete_prefix(training_inputs(row_id))
         return failed

@@ -13,22 +13,19 @@ records any other end and removes the stored weights.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import mimetypes
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.files import InputFileError, Stager, materialized_input
-from activities.predictions import LIVE_WEBHOOK_GRACE, _heartbeat_forever, runner_spec
+from activities.files import Stager
+from activities.predictions import runner_spec
+from activities.running import ensure_env, heartbeat_forever, load_version, run_model
 from activities.throttle import LatestWriter
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -39,7 +36,9 @@ from activities.webhooks import (
 )
 from replicant import trainings
 from replicant.contracts import (
+    ActivityName,
     CompleteTraining,
+    ErrorType,
     FinishTraining,
     StagedInputs,
     StoredWeights,
@@ -49,6 +48,10 @@ from replicant.contracts import (
     TrainingWebhook,
     WebhookResult,
 )
+from replicant.envs import EnvBuildError
+from replicant.inputfiles import InputFileError, parse_data_uri
+from replicant.objectkeys import training_inputs, training_prefix
+from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.tables import Training, Version
@@ -58,21 +61,10 @@ from replicant.webhooks import (
     http_client,
     webhook_id,
 )
-from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 log = logging.getLogger("replicant.activities")
 
 LOG_INTERVAL = 0.5
-
-
-def weights_prefix(training_id: str) -> str:
-    """Where a training's weights (and, while it runs, its input files) live."""
-    return f"trainings/{training_id}/"
-
-
-def inputs_prefix(training_id: str) -> str:
-    """Where a training's staged input files live until it ends."""
-    return f"{weights_prefix(training_id)}inputs/"
 
 
 def trainer_spec(version: Version) -> RunnerSpec:
@@ -90,7 +82,7 @@ class TrainingActivities:
         self,
         engine: Engine,
         settings: Settings,
-        pool: RunnerPool | None = None,
+        pool: ModelRunner | None = None,
         store: Callable[[], ObjectStore] | None = None,
         webhooks: WebhookActivities | None = None,
     ) -> None:
@@ -108,21 +100,16 @@ class TrainingActivities:
         return self._store
 
     def _version(self, version_id: str) -> Version:
-        with Session(self.engine) as session:
-            version = session.get(Version, version_id)
-        if version is None:
-            raise ApplicationError(
-                f"Version {version_id} does not exist", type="VersionNotFound", non_retryable=True
-            )
+        version = load_version(self.engine, version_id)
         if not version.train_ref:
             raise ApplicationError(
                 f"Version {version_id} cannot be trained",
-                type="VersionNotFound",
+                type=ErrorType.VERSION_NOT_FOUND,
                 non_retryable=True,
             )
         return version
 
-    @activity.defn(name="stage_training_inputs")
+    @activity.defn(name=ActivityName.STAGE_TRAINING_INPUTS)
     async def stage_training_inputs(self, req: TrainingRequest) -> StagedInputs:
         """Store the training's input files in the object store; fail clearly if one cannot."""
         stager = Stager(self.settings, self.engine, await self.store())
@@ -131,14 +118,16 @@ class TrainingActivities:
                 owner=req.owner,
                 version=req.version,
                 input=req.input,
-                prefix=inputs_prefix(req.id),
+                prefix=training_inputs(req.id),
                 component="TrainingInput",
                 # Data URIs were stored at create time (``req.staged_files``): kept as they are.
                 skip=[f.path for f in req.staged_files],
             )
         except InputFileError as err:
             log.info("event=input_file_refused training=%s reason=%r", req.id, str(err))
-            raise ApplicationError(str(err), type="InputFileError", non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=ErrorType.INPUT_FILE_ERROR, non_retryable=True
+            ) from err
         log.info("event=inputs_staged training=%s files=%d", req.id, len(staged.files))
         return StagedInputs(files=[*req.staged_files, *staged.files])
 
@@ -163,7 +152,7 @@ class TrainingActivities:
 
         return LiveWebhooks(row, events, send, render)
 
-    @activity.defn(name="run_training")
+    @activity.defn(name=ActivityName.RUN_TRAINING)
     async def run_training(self, req: TrainingRequest) -> TrainingRun:
         """Run the trainer and store its weights; cancellation stops the trainer."""
         if self.pool is None:
@@ -171,25 +160,17 @@ class TrainingActivities:
         version = await asyncio.to_thread(self._version, req.version)
         store = await self.store() if req.staged_files else None
         progress = _Progress(self.engine, req.id, await self._live_webhooks(req))
-        heartbeats = asyncio.create_task(_heartbeat_forever())
+        heartbeats = asyncio.create_task(heartbeat_forever())
         try:
-            # Staged input files become local paths for the trainer, removed after the run.
-            async with (
-                asyncio.timeout(None) as deadline,
-                materialized_input(store, req) as model_input,
-            ):
-
-                async def booted() -> None:
-                    deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
-                    await progress.booted()
-
-                result = await self.pool.predict(
-                    trainer_spec(version),
-                    req.id,
-                    model_input,
-                    on_update=progress.update,
-                    on_booted=booted,
-                )
+            await ensure_env(version)
+            result = await run_model(
+                self.pool,
+                trainer_spec(version),
+                req,
+                store,
+                on_booted=progress.booted,
+                on_update=progress.update,
+            )
         except TimeoutError:
             await progress.close(None)
             return TrainingRun(
@@ -198,6 +179,11 @@ class TrainingActivities:
         except BootError as err:
             await progress.close(err.logs)
             return TrainingRun(status="failed", error=f"Model setup failed: {err}")
+        except EnvBuildError as err:
+            await progress.close(None)
+            return TrainingRun(
+                status="failed", error=f"The model's environment could not be built: {err}"
+            )
         except asyncio.CancelledError:
             progress.abort()
             raise
@@ -224,7 +210,12 @@ class TrainingActivities:
         value = output.get("weights") if isinstance(output, dict) else output
         if not isinstance(value, str):
             raise ValueError("The trainer's output has no weights file")
-        content_type, data = decode_data_uri(value)
+        if not value.startswith("data:"):
+            raise ValueError("The trainer's weights are not a file coglet returned")
+        try:
+            content_type, data = parse_data_uri(value)
+        except InputFileError as err:
+            raise ValueError(f"The trainer's weights output {err}") from err
         store = await self.store()
 
         def write() -> StoredWeights:
@@ -235,7 +226,7 @@ class TrainingActivities:
                 upload.discard()
                 raise
             extension = mimetypes.guess_extension(content_type) or ""
-            key = f"{weights_prefix(training_id)}weights{extension}"
+            key = f"{training_prefix(training_id)}weights{extension}"
             store.commit(upload, key, content_type)
             return StoredWeights(
                 key=key, sha256=upload.sha256, size=upload.size, content_type=content_type
@@ -243,7 +234,7 @@ class TrainingActivities:
 
         return await asyncio.to_thread(write)
 
-    @activity.defn(name="complete_training")
+    @activity.defn(name=ActivityName.COMPLETE_TRAINING)
     async def complete_training(self, done: CompleteTraining) -> TrainingOutcome:
         """Create the fine-tune version and mark the training succeeded, together."""
         try:
@@ -251,11 +242,13 @@ class TrainingActivities:
                 trainings.complete_training, self.engine, done.id, done.weights, done.completed_at
             )
         except trainings.DestinationGone as err:
-            raise ApplicationError(str(err), type="DestinationGone", non_retryable=True) from err
+            raise ApplicationError(
+                str(err), type=ErrorType.DESTINATION_GONE, non_retryable=True
+            ) from err
         if ref is not None:
             log.info("event=finetune_created training=%s version=%s", done.id, ref)
             store = await self.store()
-            await asyncio.to_thread(store.delete_prefix, inputs_prefix(done.id))
+            await asyncio.to_thread(store.delete_prefix, training_inputs(done.id))
             return TrainingOutcome(status="succeeded", version=ref, completed_at=done.completed_at)
         # It had ended already (canceled meanwhile): no version, and its weights go.
         row = await asyncio.to_thread(trainings.get_training, self.engine, done.id)
@@ -267,7 +260,7 @@ class TrainingActivities:
             completed_at=row.completed_at if row is not None else done.completed_at,
         )
 
-    @activity.defn(name="finish_training")
+    @activity.defn(name=ActivityName.FINISH_TRAINING)
     async def finish_training(self, done: FinishTraining) -> None:
         """Record a terminal state decided by the workflow; remove any stored weights."""
         await asyncio.to_thread(
@@ -282,7 +275,7 @@ class TrainingActivities:
 
     async def _discard_weights(self, training_id: str) -> None:
         store = await self.store()
-        removed = await asyncio.to_thread(store.delete_prefix, weights_prefix(training_id))
+        removed = await asyncio.to_thread(store.delete_prefix, training_prefix(training_id))
         if removed:
             log.info("event=weights_discarded training=%s objects=%d", training_id, removed)
 
@@ -297,14 +290,16 @@ class TrainingActivities:
             weights_url=lambda key: store.signed_url(key, expiry),
         )
 
-    @activity.defn(name="send_training_webhook")
+    @activity.defn(name=ActivityName.SEND_TRAINING_WEBHOOK)
     async def send_training_webhook(self, d: TrainingWebhook) -> WebhookResult:
         """POST the training as it is now; the failure message carries the answer."""
         store = await self.store()
         row = await asyncio.to_thread(trainings.get_training, self.engine, d.training_id)
         if row is None or not row.webhook:
             raise ApplicationError(
-                f"training {d.training_id} has no webhook", type="NoWebhook", non_retryable=True
+                f"training {d.training_id} has no webhook",
+                type=ErrorType.NO_WEBHOOK,
+                non_retryable=True,
             )
         body = await asyncio.to_thread(self.render, store, d.training_id)
         secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
@@ -321,21 +316,6 @@ class TrainingActivities:
             subject=f"training={d.training_id}",
             event=d.event,
         )
-
-
-def decode_data_uri(value: str) -> tuple[str, bytes]:
-    """(content type, bytes) of a ``data:`` URI; ``ValueError`` for anything else."""
-    if not value.startswith("data:") or "," not in value:
-        raise ValueError("The trainer's weights are not a file coglet returned")
-    header, _, payload = value[5:].partition(",")
-    params = header.split(";")
-    content_type = params[0] or "application/octet-stream"
-    try:
-        if "base64" in params[1:]:
-            return content_type, base64.b64decode(payload, validate=True)
-        return content_type, unquote_to_bytes(payload)
-    except binascii.Error as err:
-        raise ValueError("The trainer's weights are not valid base64") from err
 
 
 class _Progress:
@@ -371,12 +351,7 @@ class _Progress:
         if logs is not None:
             await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
         if self.hooks is not None:
-            if canceled:
-                self.hooks.abort()
-                return
-            if logs is not None:
-                self.hooks.progress(logs, self.hooks.row.output)
-            await self.hooks.close(LIVE_WEBHOOK_GRACE)
+            await self.hooks.end(canceled=canceled, logs=logs)
 
     def abort(self) -> None:
         if self.hooks is not None:

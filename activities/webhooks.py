@@ -22,7 +22,13 @@ from sqlmodel import Session
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from replicant.contracts import PredictionRequest, WebhookDelivery, WebhookResult
+from replicant.contracts import (
+    ActivityName,
+    ErrorType,
+    PredictionRequest,
+    WebhookDelivery,
+    WebhookResult,
+)
 from replicant.serialize import prediction_json
 from replicant.settings import Settings
 from replicant.tables import Prediction
@@ -35,6 +41,8 @@ from replicant.webhooks import (
 )
 
 log = logging.getLogger("replicant.webhooks")
+# Seconds a finished run waits for its pending live webhook events.
+LIVE_WEBHOOK_GRACE = 6.0
 
 ALL_EVENTS = ("start", "output", "logs", "completed")
 LIVE_EVENTS = ("start", "output", "logs")
@@ -75,13 +83,15 @@ class WebhookActivities:
             return None
         return row, account_webhook_secret(self.engine, row.owner)
 
-    @activity.defn(name="send_webhook")
+    @activity.defn(name=ActivityName.SEND_WEBHOOK)
     async def send_webhook(self, d: WebhookDelivery) -> WebhookResult:
         """POST the prediction as it is now; the failure message carries the answer."""
         found = await asyncio.to_thread(self._load, d.prediction_id)
         if found is None:
             raise ApplicationError(
-                f"prediction {d.prediction_id} has no webhook", type="NoWebhook", non_retryable=True
+                f"prediction {d.prediction_id} has no webhook",
+                type=ErrorType.NO_WEBHOOK,
+                non_retryable=True,
             )
         row, secret = found
         assert row.webhook is not None
@@ -259,6 +269,18 @@ class LiveWebhooks:
         finally:
             self.abort()
 
+    async def end(
+        self, *, canceled: bool = False, logs: str | None = None, output: Any = None
+    ) -> None:
+        """The run is over: send its last ``logs`` and ``output`` (None: as they are) and the
+        pending events, or drop them when it was canceled (``completed`` comes after this)."""
+        if canceled:
+            self.abort()
+            return
+        row = self.row
+        self.progress(row.logs if logs is None else logs, row.output if output is None else output)
+        await self.close(LIVE_WEBHOOK_GRACE)
+
     def abort(self) -> None:
         self._closing = True
         if self._task is not None and not self._task.done():
@@ -294,7 +316,7 @@ async def deliver_attempt(
         raise ApplicationError(
             str(err),
             {"status_code": err.status},
-            type="WebhookRefused" if err.permanent else "WebhookFailed",
+            type=ErrorType.WEBHOOK_REFUSED if err.permanent else "WebhookFailed",
             non_retryable=err.permanent,
         ) from None
     log.info("event=webhook_delivered %s webhook_event=%s status=%d", subject, event, status)

@@ -8,17 +8,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
+from api import dashboard
+from api.deadlines import AbortedForOptedInClients
 from api.errors import install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
+    collections,
     deployments,
+    examples,
     files,
     health,
     models,
+    prediction_data,
     predictions,
+    search,
     sharing,
     streams,
     trainings,
@@ -55,17 +61,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
+    app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.include_router(health.router)
     app.include_router(predictions.router)
+    app.include_router(prediction_data.router)
     app.include_router(streams.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(collections.router)
+    app.include_router(examples.router)
+    app.include_router(search.router)
     app.include_router(account.router)
     app.include_router(sharing.router)
     app.include_router(files.router)
     app.include_router(deployments.router)
     app.include_router(trainings.router)
     app.include_router(metrics_router)
+    dashboard.install(app)  # last: the API's routes keep precedence
     logging.getLogger("replicant").setLevel(settings.log_level)
     return app
 

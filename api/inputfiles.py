@@ -17,17 +17,17 @@ import copy
 import json
 from typing import Any
 
-from fastapi import Request
-
-from activities.files import (
-    InputFileError,
-    file_fields,
-    parse_data_uri,
-    safe_filename,
-)
 from api.errors import ProblemError, invalid
 from api.state import AppState
 from replicant.contracts import StagedFile
+from replicant.inputfiles import (
+    InputFileError,
+    data_uri_items,
+    get_at,
+    parse_data_uri,
+    safe_filename,
+    set_at,
+)
 from replicant.storage import ObjectStore
 
 # The API's keys sit apart from those ``stage_inputs`` numbers ("inputs/0", "inputs/1", ...).
@@ -39,22 +39,7 @@ LONG_TEXT = 64 * 1024
 INLINE_LIMIT = 1024 * 1024
 
 
-def data_uri_items(
-    schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
-) -> list[list[str | int]]:
-    """Where the data URIs of ``payload``'s file inputs are: ``["image"]``, ``["images", 2]``."""
-    found: list[list[str | int]] = []
-    for name, is_list in file_fields(schema, component).items():
-        value = payload.get(name)
-        items = list(enumerate(value)) if is_list and isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            if isinstance(item, str) and item[:5].lower() == "data:":
-                found.append([name] if index is None else [name, index])
-    return found
-
-
 async def store_data_uris(
-    request: Request,
     state: AppState,
     schema: dict[str, Any],
     payload: dict[str, Any],
@@ -71,16 +56,13 @@ async def store_data_uris(
     if not paths and not texts:
         _check_inline(payload)
         return payload, []
-    # Imported here: the files router imports this package's launch module.
-    from api.routes.files import get_store
-
-    store = await get_store(request, state)
+    store = await state.store()
     workflow_input = copy.deepcopy(payload)
     staged: list[StagedFile] = []
     try:
         for number, path in enumerate(paths):
             label = ".".join(str(p) for p in path)
-            value = _get(payload, path)
+            value = get_at(payload, path)
             key_dir = f"{inputs_prefix}{DATA_DIR}{number}"
             try:
                 filename = await asyncio.to_thread(
@@ -89,12 +71,12 @@ async def store_data_uris(
             except InputFileError as err:
                 raise invalid([{"field": label, "message": str(err)}]) from None
             key = f"{key_dir}/{filename}"
-            _set(workflow_input, path, key)
+            set_at(workflow_input, path, key)
             staged.append(StagedFile(path=path, key=key, filename=filename))
         for number, path in enumerate(texts):
             key = f"{inputs_prefix}{TEXT_DIR}{number}/text.txt"
-            await asyncio.to_thread(_store_text, store, _get(payload, path), key)
-            _set(workflow_input, path, key)
+            await asyncio.to_thread(_store_text, store, get_at(payload, path), key)
+            set_at(workflow_input, path, key)
             staged.append(StagedFile(path=path, key=key, filename="text.txt", text=True))
         _check_inline(workflow_input)
     except BaseException:
@@ -150,13 +132,9 @@ def _store_one(store: ObjectStore, value: str, key_dir: str, limit: int) -> str:
     return filename
 
 
-def _get(value: Any, path: list[str | int]) -> Any:
-    for part in path:
-        value = value[part]
-    return value
-
-
-def _set(value: Any, path: list[str | int], item: str) -> None:
-    for part in path[:-1]:
-        value = value[part]
-    value[path[-1]] = item
+async def discard_data_uris(state: AppState, inputs_prefix: str) -> None:
+    """Remove what ``store_data_uris`` stored for a prediction or training that was not
+    created (its Idempotency-Key was taken meanwhile)."""
+    store = await state.store()
+    for folder in (DATA_DIR, TEXT_DIR):
+        await asyncio.to_thread(store.delete_prefix, f"{inputs_prefix}{folder}")

@@ -25,16 +25,18 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from activities.files import prediction_prefix
 from api.errors import ProblemError, invalid
-from api.inputfiles import store_data_uris
+from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay
+from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
 from api.startguard import START_RPC_TIMEOUT, crash_point, lost_answer_point, settle_start
 from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
+from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_target
+from replicant.objectkeys import prediction_inputs
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -75,11 +77,6 @@ def check_webhook(url: str, allow_private: bool) -> None:
         raise invalid([{"field": "webhook", "message": str(err)}]) from None
 
 
-def prediction_inputs(prediction_id: str) -> str:
-    """Where a prediction's input files live (the stager numbers its own beside these)."""
-    return f"{prediction_prefix(prediction_id)}inputs/"
-
-
 def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
     """503 when no worker of this installation serves ``hardware`` (no queue would ever take
     the prediction: it would wait in ``starting`` forever)."""
@@ -115,18 +112,24 @@ async def launch_prediction(
     webhook: str | None,
     webhook_events_filter: list[WebhookEvent] | None,
     prefer: str | None,
+    cancel_after: timedelta | None = None,
     deployment: str | None = None,
     hardware: str | None = None,
     task_queue: str | None = None,
+    priority: int | None = None,
     on_started: Callable[[], Awaitable[None]] | None = None,
+    idempotency: Claim | None = None,
 ) -> JSONResponse:
     """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
 
-    ``on_started`` runs once the prediction is recorded and its workflow started, before any
-    wait (a deployment wakes its controller there).
+    ``priority`` is a deployment's priority key (replicant/fairness.py). ``on_started`` runs
+    once the prediction is recorded and its workflow started, before any wait (a deployment
+    wakes its controller there).
     """
     settings = state.settings
     wait = parse_prefer(prefer, settings.max_wait)
+    if idempotency is not None and (answered := await replay(request, state, idempotency, wait)):
+        return answered
     errors = validate_input(version.openapi_schema, payload)
     if errors:
         raise invalid([e.model_dump() for e in errors])
@@ -138,9 +141,10 @@ async def launch_prediction(
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
+    created_at = utcnow()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
-        request, state, version.openapi_schema, payload, prediction_inputs(prediction_id)
+        state, version.openapi_schema, payload, prediction_inputs(prediction_id)
     )
     req = PredictionRequest(
         id=prediction_id,
@@ -151,13 +155,17 @@ async def launch_prediction(
         staged_files=stored,
         hardware=hardware,
         task_queue=task_queue,
-        source="api",
+        # "web" only from the dashboard, which marks its in-process calls (api/dashboard).
+        source=getattr(request.state, "prediction_source", "api"),
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,
         deployment=deployment,
         stream=is_streaming(version),
-        created_at=utcnow(),
+        created_at=created_at,
+        deadline=created_at + cancel_after if cancel_after is not None else None,
         recorded=True,
+        fairness_weight=account.fairness_weight,
+        priority_key=priority,
         timeout=settings.prediction_timeout,
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,
@@ -165,14 +173,23 @@ async def launch_prediction(
         webhook_timeout=settings.webhook_timeout,
     )
     # The read model keeps the input as the user sent it.
-    await asyncio.to_thread(_record, state, req.model_copy(update={"input": payload}), model)
+    claim = idempotency.with_request(req) if idempotency is not None else None
+    try:
+        row_req = req.model_copy(update={"input": payload})
+        await asyncio.to_thread(_record, state, row_req, model, claim)
+    except KeyTaken:
+        if stored:
+            await discard_data_uris(state, prediction_inputs(req.id))
+        assert idempotency is not None
+        return await answer_taken(request, state, idempotency, wait)
     crash_point(settings)
     try:
         update = await _start(state, req, wait)
         lost_answer_point(settings)
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
-        # Temporal may have taken the start: ask it; the row stays for the reconciler.
+        # Temporal may have taken the start: ask it; the row (and its key) stay for the
+        # reconciler.
         client = await state.temporal()
         if not await settle_start(client, f"prediction-{req.id}", lambda: _start(state, req, None)):
             raise ProblemError(503, "The prediction could not be scheduled; try again") from err
@@ -206,6 +223,8 @@ async def _start(
         "id": f"prediction-{req.id}",
         "task_queue": queue,
         "search_attributes": search_attributes(req),
+        # Waiting for a hardware slot, accounts take turns (weighted); see replicant/fairness.py.
+        "priority": task_priority(req.owner, req.fairness_weight, req.priority_key),
         # A second start under this id (see api/startguard.py) must never run the model twice.
         "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
     }
@@ -239,7 +258,9 @@ def _load(state: AppState, prediction_id: str) -> Prediction:
     return row
 
 
-def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
+def _record(
+    state: AppState, req: PredictionRequest, model: Model, claim: Claim | None = None
+) -> None:
     """The prediction's row, and one more run on its model's ``run_count``, in one
     transaction (the id is new: no existing row to look for). Plain INSERT and UPDATE
     statements: this is on every prediction's path, and the ORM's unit of work costs more
@@ -247,6 +268,8 @@ def _record(state: AppState, req: PredictionRequest, model: Model) -> None:
     row = readmodel.prediction_from_request(req)
     values = {column.name: getattr(row, column.name) for column in PREDICTION_COLUMNS}
     with state.engine.begin() as conn:
+        if claim is not None:  # first: a key in use fails before anything is written
+            record_claim(conn, claim, req.id)
         conn.execute(insert(Prediction), values)
         # One UPDATE, so concurrent predictions never lose a count.
         count = col(Model.run_count) + 1

@@ -53,14 +53,20 @@ def paginate(
     render: Callable[[Session, Sequence[T]], list[dict[str, Any]]],
     page_size: int = PAGE_SIZE,
     params: dict[str, str] | None = None,
+    descending: bool = True,
+    key: Callable[[Any], datetime] | None = None,
 ) -> dict[str, Any]:
-    """One page of ``stmt`` ordered by (created, id) descending, with absolute cursor URLs."""
+    """One page of ``stmt`` ordered by (created, id), newest first unless not
+    ``descending``, with absolute cursor URLs. ``created`` may be an expression: then ``key``
+    computes its value for a row (default: the row's ``created_at``)."""
     direction, at, at_id = decode_cursor(cursor) if cursor else ("next", None, None)
-    if at is not None and direction == "next":
+    # Whether this page walks toward smaller (created, id) values.
+    down = (direction == "next") == descending
+    if at is not None and down:
         stmt = stmt.where(or_(created < at, and_(created == at, row_id < at_id)))
     elif at is not None:
         stmt = stmt.where(or_(created > at, and_(created == at, row_id > at_id)))
-    order = (created.desc(), row_id.desc()) if direction == "next" else (created, row_id)
+    order = (created.desc(), row_id.desc()) if down else (created, row_id)
     with Session(engine) as session:
         rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
         more = len(rows) > page_size
@@ -72,7 +78,8 @@ def paginate(
     has_previous = (at is not None) if direction == "next" else more
 
     def link(row: Any, to: str) -> str:
-        query = {**(params or {}), "cursor": encode_cursor(row.created_at, row.id, to)}
+        value = key(row) if key is not None else row.created_at
+        query = {**(params or {}), "cursor": encode_cursor(value, row.id, to)}
         return f"{page_url}?{urlencode(query)}"
 
     return {

@@ -1,4 +1,5 @@
-"""What the API process holds for its lifetime: settings, database engine, Temporal client."""
+"""What the API process holds for its lifetime: settings, database engine, object store and
+Temporal client."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from sqlalchemy.engine import Engine
 from temporalio.client import Client
 
 from replicant.settings import Settings
+from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
 
 T = TypeVar("T")
@@ -40,6 +42,17 @@ class AppState:
         if self.reads_inline:
             return fn(*args)
         return await asyncio.to_thread(fn, *args)
+
+    @functools.cached_property
+    def object_store(self) -> ObjectStore:
+        """The object store (files, staged inputs, outputs, weights), opened on first use."""
+        return open_store(self.settings)
+
+    async def store(self) -> ObjectStore:
+        """``object_store``, opened in a thread on first use (S3 clients may reach out)."""
+        if "object_store" not in self.__dict__:
+            await asyncio.to_thread(lambda: self.object_store)
+        return self.object_store
 
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use so the API starts before Temporal."""

@@ -64,10 +64,9 @@ async def cold_boot(pool: RunnerPool, version: Version) -> tuple[float, float]:
     coglet reports for its setup: worker process, imports and ``setup()``)."""
     await pool.start()
     started = time.perf_counter()
-    runner = await pool._checkout(runner_spec(version))
-    runner.lock.release()
-    booted = time.perf_counter() - started
-    _, health = await pool._health(runner)
+    async with pool.exclusive(runner_spec(version)) as process:
+        booted = time.perf_counter() - started
+        health = await pool.health(process)
     setup = health.get("setup") or {}
     try:
         span = _instant(setup["completed_at"]) - _instant(setup["started_at"])

@@ -5,7 +5,9 @@ predictions per second one and two workers complete.
    an API process on it; predictions bulk-inserted straight into the read model (one owner:
    the worst case for its list). ``GET /v1/predictions/{id}`` of random ids and
    ``GET /v1/predictions`` (first page, and a page deep in the cursor chain) are timed at
-   1,000 rows, then at 100,000, with PostgreSQL's query plans for both queries.
+   1,000 rows, then at 100,000, with PostgreSQL's query plans for both queries; then the list
+   filtered (status, model, version, deployment, source, creation time, and combined), first
+   page and a page deep in the filtered cursor chain, at 100,000 rows.
 2. A Temporal dev server and one worker, then two: a burst of async ``replicant/sleep``
    predictions of 1 s through the API, timed until all succeed (predictions/s).
 
@@ -60,14 +62,18 @@ def insert_predictions(engine: Engine, count: int, start: int) -> list[str]:
     for i in range(start, start + count):
         pid = new_id()
         ids.append(pid)
+        # Every 10th row is of another model, version and deployment; every 7th failed,
+        # every 5th from the web: filters select from a mixed table, as in real use.
+        other = i % 10 == 0
         rows.append(
             {
                 "id": pid,
                 "owner": OWNER,
-                "model": "replicate/hello-world",
-                "version": "bench",
-                "source": "api",
-                "status": "succeeded",
+                "model": "bench/other" if other else "replicate/hello-world",
+                "version": "bench-other" if other else "bench",
+                "deployment": f"{OWNER}/dep" if other else None,
+                "source": "web" if i % 5 == 0 else "api",
+                "status": "failed" if i % 7 == 0 else "succeeded",
                 "input": {"text": f"row {i}"},
                 "output": f"hello row {i}",
                 "logs": "",
@@ -104,9 +110,8 @@ def time_calls(client: httpx.Client, paths: list[str]) -> list[float]:
     return samples
 
 
-def deep_cursor(client: httpx.Client, pages: int) -> str:
-    """The path of the list page ``pages`` pages down the cursor chain."""
-    path = "/v1/predictions"
+def deep_cursor(client: httpx.Client, pages: int, path: str = "/v1/predictions") -> str:
+    """The path of the list page ``pages`` pages down the cursor chain from ``path``."""
     for _ in range(pages):
         path = client.get(path).json()["next"].split("/v1", 1)[1]
         path = "/v1" + path
@@ -137,6 +142,38 @@ def bench_reads(engine: Engine, client: httpx.Client, requests: int) -> None:
         "SELECT * FROM prediction WHERE owner = :owner ORDER BY created_at DESC, id DESC LIMIT 101"
     )
     print("    list: " + explain(engine, list_sql, owner=OWNER))
+    bench_filters(engine, client, requests)
+
+
+FILTERS = {
+    "status=failed": "SELECT * FROM prediction WHERE owner = :owner AND status = 'failed'",
+    "model=bench/other": "SELECT * FROM prediction WHERE owner = :owner AND model = 'bench/other'",
+    "version=bench-other": (
+        "SELECT * FROM prediction WHERE owner = :owner AND version = 'bench-other'"
+    ),
+    "deployment=bench/dep": (
+        "SELECT * FROM prediction WHERE owner = :owner AND deployment = 'bench/dep'"
+    ),
+    "source=web": "SELECT * FROM prediction WHERE owner = :owner AND source = 'web'",
+    "created_before=<10 days ago>": None,
+    "model=bench/other&status=failed": None,
+}
+
+
+def bench_filters(engine: Engine, client: httpx.Client, requests: int) -> None:
+    """Filtered list pages at 100,000 rows: first page and page 6 of the filtered chain."""
+    before = (utcnow() - timedelta(days=10)).isoformat().replace("+00:00", "Z")
+    print("  filtered lists at 100,000 rows:")
+    for query, sql in FILTERS.items():
+        query = query.replace("<10 days ago>", before)
+        path = f"/v1/predictions?{query}"
+        first = time_calls(client, [path] * requests)
+        deep = time_calls(client, [deep_cursor(client, 5, path)] * requests)
+        print(f"    {query:<34} first {percentiles(first)}")
+        print(f"    {'':<34} p6    {percentiles(deep)}")
+        if sql is not None:
+            order = " ORDER BY created_at DESC, id DESC LIMIT 101"
+            print(f"      plan: {explain(engine, sql + order, owner=OWNER)}")
 
 
 def bench_workers(stack: Stack, client: httpx.Client, burst: int) -> None:

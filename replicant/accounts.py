@@ -7,6 +7,7 @@ import secrets
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from replicant.fairness import FairnessError, check_weight
 from replicant.ids import hash_token
 from replicant.tables import Account, ApiToken, Membership
 from replicant.timeutil import utcnow
@@ -87,6 +88,23 @@ def add_member(engine: Engine, organization: str, user: str) -> None:
         if session.get(Membership, (org.id, member.id)) is None:
             session.add(Membership(organization_id=org.id, user_id=member.id))
             session.commit()
+
+
+def set_weight(engine: Engine, username: str, weight: float) -> Account:
+    """Set an account's share of busy hardware queues (1.0 by default; 2.0 gets twice the
+    slots of a 1.0 account while both wait). Applies to predictions created from now on."""
+    try:
+        check_weight(weight)
+    except FairnessError as err:
+        raise AccountError(str(err)) from None
+    with Session(engine, expire_on_commit=False) as session:
+        account = session.exec(select(Account).where(Account.username == username)).first()
+        if account is None:
+            raise AccountError(f"no account named {username!r}")
+        account.fairness_weight = weight
+        session.add(account)
+        session.commit()
+        return account
 
 
 def create_token(engine: Engine, username: str, name: str = "default") -> tuple[ApiToken, str]:

@@ -6,6 +6,7 @@ members): lookups answer None, so the API can say 404 and existence does not lea
 
 from __future__ import annotations
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from replicant.tables import Account, Membership, Model, Version
@@ -68,3 +69,16 @@ def resolve_version_ref(
 
 def latest_version(session: Session, model: Model) -> Version | None:
     return session.get(Version, model.latest_version_id) if model.latest_version_id else None
+
+
+def set_official(engine: Engine, ref: str, official: bool) -> None:
+    """Mark a model (``owner/name``) official (``is_official``), or not; LookupError when
+    there is no such model."""
+    owner, _, name = ref.partition("/")
+    with Session(engine) as session:
+        model = session.exec(select(Model).where(Model.owner == owner, Model.name == name)).first()
+        if model is None:
+            raise LookupError(f"no model {ref}")
+        model.is_official = official
+        session.add(model)
+        session.commit()

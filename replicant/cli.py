@@ -25,6 +25,10 @@ tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(tokens_app, name="tokens")
 orgs_app = typer.Typer(help="Manage organizations and their members.", no_args_is_help=True)
 app.add_typer(orgs_app, name="orgs")
+models_app = typer.Typer(help="Manage models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+collections_app = typer.Typer(help="Manage collections of models.", no_args_is_help=True)
+app.add_typer(collections_app, name="collections")
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
@@ -51,10 +55,11 @@ def dev() -> None:
         raise
     console.print(
         f"\n  API          {settings.resolved_public_url}\n"
+        f"  Dashboard    {settings.resolved_public_url}/  (sign in with the API token)\n"
         f"  API token    {token}\n"
-        f"  Temporal UI  http://127.0.0.1:{settings.ui_port}\n\n"
+        f"  Temporal UI  {settings.resolved_temporal_ui_url}\n\n"
         f"  export REPLICATE_API_TOKEN={token}\n"
-        f"  export REPLICATE_BASE_URL={settings.resolved_public_url}/v1\n\n"
+        f"  export REPLICATE_BASE_URL={settings.resolved_public_url}\n\n"
         "Ctrl-C stops everything.",
         highlight=False,
     )
@@ -129,7 +134,8 @@ def seed() -> None:
     from replicant.db import init_db, make_engine
     from replicant.versions import seed_builtin_models
 
-    settings = get_settings()
+    # A one-shot command: the workers build the real models' envs on first use.
+    settings = get_settings().model_copy(update={"prebuild_envs": False})
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     for version in seed_builtin_models(settings, engine):
@@ -210,6 +216,18 @@ def accounts_create(name: str) -> None:
     print(token)
 
 
+@accounts_app.command("set-weight")
+def accounts_set_weight(name: str, weight: float) -> None:
+    """Set NAME's share of busy hardware queues against other accounts (default 1.0)."""
+    from replicant.accounts import AccountError, set_weight
+
+    try:
+        set_weight(_accounts_engine(), name, weight)
+    except AccountError as err:
+        _refuse(err)
+    print(f"{name} has fairness weight {weight:g}")
+
+
 def _accounts_engine() -> Engine:
     from replicant.db import init_db, make_engine
 
@@ -287,6 +305,76 @@ def orgs_add_member(org: str, user: str) -> None:
     except AccountError as err:
         _refuse(err)
     print(f"{user} is a member of {org}")
+
+
+@models_app.command("official")
+def models_official(
+    model: str,
+    off: Annotated[bool, typer.Option("--off", help="Unmark it instead.")] = False,
+) -> None:
+    """Mark MODEL (owner/name) as official (``is_official``), or unmark it with --off."""
+    from replicant.catalog import set_official
+
+    try:
+        set_official(_accounts_engine(), model, not off)
+    except LookupError as err:
+        _refuse(err)
+    print(f"{model} is {'not ' if off else ''}official")
+
+
+@collections_app.command("create")
+def collections_create(
+    slug: str,
+    name: Annotated[str, typer.Option("--name", help="Its title.")],
+    description: Annotated[str, typer.Option("--description", help="One line.")] = "",
+    full_description: Annotated[
+        str | None, typer.Option("--full-description", help="Markdown.")
+    ] = None,
+) -> None:
+    """Create collection SLUG (or change its name and descriptions)."""
+    from replicant.collections import CollectionError, create_collection
+
+    try:
+        create_collection(_accounts_engine(), slug, name, description, full_description)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"collection {slug}")
+
+
+@collections_app.command("add")
+def collections_add(slug: str, models: list[str]) -> None:
+    """Put MODELS (owner/name) in collection SLUG."""
+    from replicant.collections import CollectionError, add_models
+
+    try:
+        add_models(_accounts_engine(), slug, models)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"added {len(models)} to {slug}")
+
+
+@collections_app.command("remove")
+def collections_remove(slug: str, models: list[str]) -> None:
+    """Take MODELS (owner/name) out of collection SLUG."""
+    from replicant.collections import CollectionError, remove_models
+
+    try:
+        remove_models(_accounts_engine(), slug, models)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"removed {len(models)} from {slug}")
+
+
+@collections_app.command("delete")
+def collections_delete(slug: str) -> None:
+    """Delete collection SLUG (its models stay)."""
+    from replicant.collections import CollectionError, delete_collection
+
+    try:
+        delete_collection(_accounts_engine(), slug)
+    except CollectionError as err:
+        _refuse(err)
+    print(f"deleted {slug}")
 
 
 @db_app.command("upgrade")

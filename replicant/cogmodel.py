@@ -53,6 +53,7 @@ class CogConfig(BaseModel):
     python_packages: list[str] = Field(default_factory=list)
     python_requirements: str | None = None
     gpu: bool = False
+    system_packages: list[str] = Field(default_factory=list)
     max_concurrency: int = 1
 
 
@@ -132,6 +133,9 @@ def load_cog_config(model_dir: Path) -> CogConfig:
         if not req_path.is_file():
             raise CogConfigError(f"cog.yaml: python_requirements file {requirements} not found")
         packages += _requirement_lines(req_path.read_text(encoding="utf-8"))
+    system = build.get("system_packages") or []
+    if not isinstance(system, list) or not all(isinstance(p, str) for p in system):
+        raise CogConfigError("cog.yaml: build.system_packages must be a list of strings")
     concurrency = data.get("concurrency") or {}
     max_concurrency = concurrency.get("max", 1) if isinstance(concurrency, dict) else 1
     if not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -144,6 +148,7 @@ def load_cog_config(model_dir: Path) -> CogConfig:
         python_packages=packages,
         python_requirements=requirements,
         gpu=bool(build.get("gpu", False)),
+        system_packages=[p.strip() for p in system if p.strip()],
         max_concurrency=max_concurrency,
     )
 

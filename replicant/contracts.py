@@ -7,7 +7,7 @@ histories. Payloads carry references, never file bytes.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, Field
 
@@ -58,6 +58,13 @@ class PredictionRequest(BaseModel):
     deployment: str | None = None
     stream: bool = False
     created_at: datetime | None = None
+    # ``Cancel-After``: past this time a waiting prediction ends ``aborted``, a running one
+    # ``canceled``.
+    deadline: datetime | None = None
+    # Waiting for a hardware slot: the account's fairness weight and a deployment's priority
+    # key (replicant/fairness.py); kept here so a restarted start keeps them.
+    fairness_weight: float | None = None
+    priority_key: int | None = None
     recorded: bool = False
     # Limits, in seconds; the API fills them from settings, programmatic starts may too.
     timeout: float = 1800.0
@@ -295,3 +302,35 @@ class TrainingWebhook(BaseModel):
     event: WebhookEvent
     sequence: int = 0
     timeout: float = 10.0
+
+
+class ActivityName:
+    """The names activities register under and workflows schedule them by; histories record
+    them, so a name never changes."""
+
+    RECORD_PREDICTION: Final = "record_prediction"
+    STAGE_INPUTS: Final = "stage_inputs"
+    RUN_PREDICTION: Final = "run_prediction"
+    FINISH_PREDICTION: Final = "finish_prediction"
+    REMOVE_PREDICTION_DATA: Final = "remove_prediction_data"
+    ABORT_PREDICTION: Final = "abort_prediction"
+    SEND_WEBHOOK: Final = "send_webhook"
+    STAGE_TRAINING_INPUTS: Final = "stage_training_inputs"
+    RUN_TRAINING: Final = "run_training"
+    COMPLETE_TRAINING: Final = "complete_training"
+    FINISH_TRAINING: Final = "finish_training"
+    SEND_TRAINING_WEBHOOK: Final = "send_training_webhook"
+    OBSERVE_DEPLOYMENT: Final = "observe_deployment"
+    ENSURE_INSTANCES: Final = "ensure_instances"
+    REMOVE_EXPIRED_FILES: Final = "remove_expired_files"
+
+
+class ErrorType:
+    """``ApplicationError`` types that activities raise and workflows act on."""
+
+    VERSION_NOT_FOUND: Final = "VersionNotFound"
+    DESTINATION_GONE: Final = "DestinationGone"
+    INPUT_FILE_ERROR: Final = "InputFileError"
+    NO_WEBHOOK: Final = "NoWebhook"
+    WEBHOOK_REFUSED: Final = "WebhookRefused"
+    WEBHOOK_FAILED: Final = "WebhookFailed"

@@ -21,6 +21,7 @@ import httpx
 from replicant.accounts import add_token, ensure_account
 from replicant.contracts import SEARCH_ATTRIBUTES
 from replicant.db import init_db, make_engine
+from replicant.fairness import SERVER_DYNAMIC_CONFIG
 from replicant.settings import Settings
 from replicant.versions import seed_builtin_models
 
@@ -52,7 +53,8 @@ def temporal_binary(settings: Settings) -> str:
 
 
 def temporal_command(settings: Settings, *, ui: bool = True) -> list[str]:
-    """``temporal server start-dev`` with Replicant's search attributes and fast dispatch."""
+    """``temporal server start-dev`` with Replicant's search attributes, fast dispatch and
+    (unless turned off) fair hardware queues."""
     data = settings.data_dir.resolve()
     cmd = [
         temporal_binary(settings),
@@ -75,7 +77,10 @@ def temporal_command(settings: Settings, *, ui: bool = True) -> list[str]:
         cmd.append("--headless")
     for name, kind in SEARCH_ATTRIBUTES.items():
         cmd += ["--search-attribute", f"{name}={kind}"]
-    for value in TEMPORAL_DYNAMIC_CONFIG:
+    dynamic_config = list(TEMPORAL_DYNAMIC_CONFIG)
+    if settings.temporal_fairness:
+        dynamic_config += SERVER_DYNAMIC_CONFIG
+    for value in dynamic_config:
         cmd += ["--dynamic-config-value", value]
     for pragma in TEMPORAL_SQLITE_PRAGMAS:
         cmd += ["--sqlite-pragma", pragma]

@@ -28,6 +28,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from replicant.cogmodel import CogConfig
+from replicant.pythons import find_python
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,10 @@ def _choose_python(version: str | None, progress: Progress) -> tuple[Path, str]:
     if version is None or _major_minor(version) == host:
         return base, host
     wanted = _major_minor(version)
-    found = shutil.which(f"python{wanted}")
-    if found:
-        return Path(found), wanted
+    found = find_python(version)
+    if found is not None:
+        progress(f"using Python {found.version} at {found.path}")
+        return found.path, wanted
     message = f"Python {wanted} is not installed here; using Python {host} instead"
     log.warning("event=python_version_missing requested=%s using=%s", wanted, host)
     progress(message)
@@ -216,6 +218,25 @@ def _build(
             "pip install",
         )
     _run([str(env_python), "-c", "import cog, coglet"], progress, "importing cog in the env")
+
+
+def plan_env(config: CogConfig, envs_dir: Path, progress: Progress | None = None) -> Path:
+    """The Python executable that will run a model with this config, without building it.
+
+    ``sys.executable`` when the running interpreter meets every requirement, else the path of
+    the env's interpreter under ``envs_dir`` (which ``ensure_env`` builds).
+    """
+    say: Progress = progress or (lambda _line: None)
+    requirements = list(config.python_packages)
+    python, version = _choose_python(config.python_version, say)
+    if version == _host_version() and requirements_satisfied(requirements):
+        return Path(sys.executable)
+    return envs_dir / _env_key(python, version, requirements) / "bin" / "python"
+
+
+def env_ready(python: Path) -> bool:
+    """True when ``python`` (from ``plan_env``) can run models now."""
+    return python == Path(sys.executable) or (python.parent.parent / COMPLETE_MARKER).exists()
 
 
 def ensure_env(

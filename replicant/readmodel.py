@@ -11,10 +11,10 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from replicant.contracts import PredictionRequest
-from replicant.tables import TERMINAL_STATUSES, Prediction
+from replicant.tables import TERMINAL_STATUSES, ModelExample, Prediction
 from replicant.timeutil import as_utc, utcnow
 
 
@@ -34,6 +34,7 @@ def prediction_from_request(req: PredictionRequest) -> Prediction:
         stream=req.stream,
         hardware=req.hardware,
         created_at=req.created_at or utcnow(),
+        deadline=req.deadline,
     )
 
 
@@ -120,12 +121,54 @@ def finish_prediction(
     return _update_open(engine, prediction_id, values)
 
 
-def remove_data(engine: Engine, prediction_id: str) -> None:
-    """Retention: input and output go, the record stays with ``data_removed``."""
+def remove_data(engine: Engine, prediction_id: str, *, keep_examples: bool = False) -> bool:
+    """Retention: input and output go, the record stays with ``data_removed``. With
+    ``keep_examples``, a prediction marked as a model's example keeps them (False)."""
     stmt = (
         update(Prediction)
         .where(col(Prediction.id) == prediction_id)
         .values(input={}, output=None, logs="", data_removed=True)
     )
+    if keep_examples:
+        example = select(ModelExample).where(col(ModelExample.prediction_id) == prediction_id)
+        stmt = stmt.where(~example.exists())
     with engine.begin() as conn:
-        conn.execute(stmt)
+        return bool(conn.execute(stmt).rowcount)
+
+
+DEADLINE_ABORTED = "The deadline (Cancel-After) passed before the prediction started"
+DEADLINE_CANCELED = "The deadline (Cancel-After) passed while the prediction was running"
+
+
+def end_at_deadline(engine: Engine, prediction_id: str, completed_at: datetime) -> str | None:
+    """The deadline passed: ``aborted`` if the prediction never started, else ``canceled``.
+
+    Returns the status it ended with (its earlier one if it was terminal already), None
+    when there is no such prediction.
+    """
+    with Session(engine) as session:
+        row = session.get(Prediction, prediction_id)
+    if row is None:
+        return None
+    if row.status in TERMINAL_STATUSES:
+        return row.status
+    total = (completed_at - as_utc(row.created_at)).total_seconds()
+    values = {
+        "status": "aborted",
+        "completed_at": completed_at,
+        "error": DEADLINE_ABORTED,
+        "metrics": {"total_time": total},
+    }
+    # Guarded by `starting`: a run that starts meanwhile is canceled, never aborted.
+    abort = update_open_stmt(Prediction, prediction_id, values).where(
+        col(Prediction.status) == "starting"
+    )
+    with engine.begin() as conn:
+        if conn.execute(abort).rowcount:
+            return "aborted"
+    finish_prediction(
+        engine, prediction_id, status="canceled", completed_at=completed_at, error=DEADLINE_CANCELED
+    )
+    with Session(engine) as session:
+        ended = session.get(Prediction, prediction_id)
+    return ended.status if ended is not None else None

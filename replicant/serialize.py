@@ -25,11 +25,13 @@ def stream_url(prediction_id: str, base_url: str, secret_key: str) -> str:
     return f"{base_url}/v1/predictions/{prediction_id}/stream?sig={sig}"
 
 
-def prediction_json(row: Prediction, base_url: str, *, secret_key: str) -> dict[str, Any]:
+def prediction_json(
+    row: Prediction, base_url: str, *, secret_key: str, show_aborted: bool = True
+) -> dict[str, Any]:
     """The prediction object exactly as ``GET /v1/predictions/{id}`` returns it.
 
     ``secret_key`` signs ``urls.stream``. Fields the spec types as non-nullable strings are
-    left out while unknown.
+    left out while unknown. Without ``show_aborted``, ``aborted`` reads ``canceled``.
     """
     urls = {
         "get": f"{base_url}/v1/predictions/{row.id}",
@@ -47,7 +49,7 @@ def prediction_json(row: Prediction, base_url: str, *, secret_key: str) -> dict[
         "output": row.output,
         "data_removed": row.data_removed,
         "error": row.error,
-        "status": row.status,
+        "status": "canceled" if row.status == "aborted" and not show_aborted else row.status,
         "source": row.source,
         "created_at": isoformat(row.created_at),
         "urls": urls,

@@ -38,6 +38,15 @@ def time_field(index: bool = False) -> Any:
     return Field(default=None, sa_column=Column(UTCDateTime, nullable=True, index=index))
 
 
+def list_filter_indexes(table: str, columns: tuple[str, ...]) -> list[Index]:
+    """One index per filter of a list: (owner, column, created_at, id), so a filtered page
+    is one range scan in the list's order."""
+    return [
+        Index(f"ix_{table}_owner_{column}_created", "owner", column, "created_at", "id")
+        for column in columns
+    ]
+
+
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
 
@@ -50,6 +59,8 @@ class Account(SQLModel, table=True):
     type: str = "user"  # "user" or "organization"
     github_url: str | None = None
     webhook_secret: str | None = None
+    # Its share of a busy hardware queue against other accounts' (replicant/fairness.py).
+    fairness_weight: float = 1.0
     created_at: datetime = created_field()
 
 
@@ -87,8 +98,14 @@ class Model(SQLModel, table=True):
     license_url: str | None = None
     cover_image_url: str | None = None
     latest_version_id: str | None = None
+    # When the latest version was created (sorting of GET /v1/models); None: no version.
+    latest_version_created_at: datetime | None = time_field()
     run_count: int = 0
     created_at: datetime = created_field()
+    # Markdown: set by PATCH, or from the README.md of a pushed version.
+    readme: str | None = Field(default=None, sa_column=Column(Text))
+    # Marked by an operator (`replicant models official`): shown as `is_official`.
+    is_official: bool = False
 
 
 class Version(SQLModel, table=True):
@@ -115,6 +132,8 @@ class Prediction(SQLModel, table=True):
         Index("ix_prediction_owner_created", "owner", "created_at", "id"),
         # A deployment's controller counts its waiting and running predictions.
         Index("ix_prediction_deployment_status", "deployment", "status"),
+        # The list's filters: each one a range scan in the list's own order.
+        *list_filter_indexes("prediction", ("status", "model", "version", "deployment", "source")),
     )
 
     id: str = Field(primary_key=True)
@@ -160,6 +179,8 @@ class Deployment(SQLModel, table=True):
     min_instances: int = 0
     max_instances: int = 1
     release: int = 1  # the current release's number
+    # Temporal priority key of its predictions, 1 (first) to 5; None: the default, 3.
+    priority: int | None = None
     created_at: datetime = created_field()
     # The last time it had an instance or a prediction: deletion waits for a quiet period.
     last_active_at: datetime = created_field()
@@ -225,7 +246,10 @@ class Training(SQLModel, table=True):
     URL in the API's answer is signed when it is read, from ``weights_key``.
     """
 
-    __table_args__ = (Index("ix_training_owner_created", "owner", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_training_owner_created", "owner", "created_at", "id"),
+        *list_filter_indexes("training", ("status", "model", "version", "source")),
+    )
 
     id: str = Field(primary_key=True)
     owner: str = Field(index=True)  # the account that created it
@@ -254,3 +278,50 @@ class WorkerHeartbeat(SQLModel, table=True):
     identity: str = Field(primary_key=True)
     queues: list[str] = Field(default_factory=list, sa_column=Column(JSON))
     seen_at: datetime = created_field()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A create request's ``Idempotency-Key``: a retry with it within 24 hours answers the
+    object the first request made. Written in the same transaction as that object's row, and
+    unique per account, so two racing requests can never both create."""
+
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    owner: str  # the account that sent it
+    key: str
+    request_hash: str  # sha256 of the route and body: a different body is refused
+    kind: str  # "prediction" or "training"
+    object_id: str
+    # The workflow's input: a retry starts the workflow if the API that recorded it died first.
+    request: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    created_at: datetime = created_field()
+
+
+class Collection(SQLModel, table=True):
+    """A curated, named list of models (``/v1/collections``); operators manage them."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(index=True, unique=True)
+    name: str
+    description: str = ""
+    full_description: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = created_field()
+
+
+class CollectionModel(SQLModel, table=True):
+    """A model in a collection."""
+
+    collection_id: int = Field(foreign_key="collection.id", primary_key=True)
+    model_id: int = Field(foreign_key="model.id", primary_key=True)
+    added_at: datetime = created_field()
+
+
+class ModelExample(SQLModel, table=True):
+    """A prediction the model's owner marked as an example of it (``/examples``); the default
+    one is the model's ``default_example``. Retention leaves its data in place."""
+
+    model_id: int = Field(foreign_key="model.id", primary_key=True)
+    prediction_id: str = Field(primary_key=True, index=True)
+    is_default: bool = False
+    added_at: datetime = created_field()

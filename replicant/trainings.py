@@ -38,26 +38,29 @@ def version_hardware(session: Session, model: Model, version: Version) -> str:
     return model.hardware
 
 
+def training_from_request(req: TrainingRequest) -> Training:
+    """The read-model row of a new training."""
+    return Training(
+        id=req.id,
+        owner=req.owner,
+        model=req.model,
+        version=req.version,
+        destination=req.destination,
+        input=req.input,
+        webhook=req.webhook,
+        webhook_events_filter=list(req.webhook_events_filter)
+        if req.webhook_events_filter is not None
+        else None,
+        hardware=req.hardware,
+        created_at=req.created_at or utcnow(),
+    )
+
+
 def insert_training(engine: Engine, req: TrainingRequest) -> None:
     """Create the row for a new training unless it exists."""
     with Session(engine) as session:
         if session.get(Training, req.id) is None:
-            session.add(
-                Training(
-                    id=req.id,
-                    owner=req.owner,
-                    model=req.model,
-                    version=req.version,
-                    destination=req.destination,
-                    input=req.input,
-                    webhook=req.webhook,
-                    webhook_events_filter=list(req.webhook_events_filter)
-                    if req.webhook_events_filter is not None
-                    else None,
-                    hardware=req.hardware,
-                    created_at=req.created_at or utcnow(),
-                )
-            )
+            session.add(training_from_request(req))
             session.commit()
 
 
@@ -172,6 +175,7 @@ def complete_training(
                 )
             )
         dest.latest_version_id = version_id
+        dest.latest_version_created_at = completed_at
         session.add(dest)
         session.commit()
         return ref

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cog
 from sqlalchemy.engine import Engine
@@ -15,8 +18,16 @@ from sqlmodel import Session, select
 
 from replicant.accounts import ensure_account
 from replicant.archives import model_files
-from replicant.cogmodel import inspect_model, load_cog_config, write_schema_for_coglet
-from replicant.envs import ensure_env
+from replicant.buildchecks import check_build
+from replicant.cogmodel import (
+    CogConfig,
+    PredictorError,
+    inspect_model,
+    load_cog_config,
+    write_schema_for_coglet,
+)
+from replicant.collections import seed_builtin_collection
+from replicant.envs import EnvBuildError, ensure_env, env_ready, plan_env
 from replicant.settings import Settings
 from replicant.tables import Model, Version
 
@@ -27,7 +38,11 @@ BUILTIN_MODELS = [
     ("replicant", "sleep", "sleep", "Sleeps for a while, logging each second"),
     ("replicant", "thumbnail", "thumbnail", "Makes a PNG thumbnail of an image"),
     ("replicant", "ngram", "ngram", "A small trainable n-gram text generator that streams"),
+    ("replicant", "embeddings", "embeddings", "Sentence embeddings (all-MiniLM-L6-v2, int8 ONNX)"),
+    ("replicant", "speech", "speech", "Text to speech with Piper (US English voice)"),
+    ("replicant", "ocr", "ocr", "Text and its lines from an image (RapidOCR, PP-OCRv4)"),
 ]
+log = logging.getLogger(__name__)
 _files = model_files  # the files that make up a version, also what `replicant push` packs
 
 
@@ -51,9 +66,14 @@ def create_version(
     model: Model,
     src: Path,
     progress: Callable[[str], None] | None = None,
+    *,
+    defer_env: bool = False,
 ) -> Version:
     """Copy ``src`` into the data dir, build its env, derive its schema, and record it.
 
+    With ``defer_env`` a model whose predictor imports with Replicant's own Python (its heavy
+    imports inside ``setup()``) is recorded at once and its env is built later
+    (``ensure_version_env``); other models build theirs first, as a push does.
     Every check runs on a private staging copy; only a version that passed all of them is
     moved into place and recorded, so a bad push leaves nothing visible (no row, no
     directory). A ``model`` without an id is created together with its first version.
@@ -79,10 +99,10 @@ def create_version(
             shutil.copy2(path, target)
         say("reading cog.yaml")
         config = load_cog_config(staging)
-        say("preparing the Python environment")
-        python = ensure_env(config, settings.data_dir.resolve() / "envs", say)
-        say("deriving the schema from the predictor")
-        schema = inspect_model(staging, python, config)
+        readme = _readme(staging)
+        for warning in check_build(config, model.hardware, settings):
+            say(f"warning: {warning}")
+        python, schema = _environment_and_schema(settings, staging, config, say, defer_env)
         write_schema_for_coglet(staging, schema)
         try:
             staging.rename(dest)
@@ -111,6 +131,9 @@ def create_version(
             stored = session.get(Model, model.id)
             if stored is not None:
                 stored.latest_version_id = version_id
+                stored.latest_version_created_at = version.created_at
+                if readme is not None:  # a pushed README.md becomes the model's readme
+                    stored.readme = readme
                 session.add(stored)
             session.commit()
     except BaseException:
@@ -120,6 +143,60 @@ def create_version(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version
+
+
+def _environment_and_schema(
+    settings: Settings,
+    model_dir: Path,
+    config: CogConfig,
+    say: Callable[[str], None],
+    defer_env: bool,
+) -> tuple[Path, dict[str, Any]]:
+    envs_dir = settings.resolved_envs_dir
+    if defer_env:
+        planned = plan_env(config, envs_dir, say)
+        if not env_ready(planned):
+            try:
+                schema = inspect_model(model_dir, Path(sys.executable), config)
+            except PredictorError:
+                pass  # the predictor needs its packages to import: build them first
+            else:
+                say(f"the environment will be built in {planned.parent.parent}")
+                return planned, schema
+    say("preparing the Python environment")
+    python = ensure_env(config, envs_dir, say)
+    say("deriving the schema from the predictor")
+    return python, inspect_model(model_dir, python, config)
+
+
+def ensure_version_env(version: Version, progress: Callable[[str], None] | None = None) -> Path:
+    """Build the version's environment if it is not ready (waiting for a build under way).
+
+    Raises ``EnvBuildError`` when it cannot be built.
+    """
+    python = version_python(version)
+    if env_ready(python):
+        return python
+    config = load_cog_config(Path(version.model_dir))
+    built = ensure_env(config, python.parent.parent.parent, progress)
+    if built != python:
+        raise EnvBuildError(f"the environment at {built} is not the version's {python}")
+    return python
+
+
+def _prebuild(versions: list[Version]) -> None:
+    # One build at a time: pip runs in parallel would only slow the stack and each other.
+    for version in versions:
+        try:
+            ensure_version_env(version)
+        except Exception:  # the first prediction builds it again and reports why it fails
+            log.exception("event=env_prebuild_failed version=%s", version.id)
+
+
+def _readme(model_dir: Path) -> str | None:
+    """The text of a model directory's README.md, if it has one."""
+    path = model_dir / "README.md"
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
 
 
 def ensure_model(
@@ -155,5 +232,13 @@ def seed_builtin_models(settings: Settings, engine: Engine) -> list[Version]:
         model = ensure_model(
             engine, owner, name, description=description, hardware=settings.default_hardware
         )
-        versions.append(create_version(settings, engine, model, EXAMPLES_DIR / directory))
+        version = create_version(settings, engine, model, EXAMPLES_DIR / directory, defer_env=True)
+        versions.append(version)
+    unbuilt = [v for v in versions if not env_ready(version_python(v))]
+    if settings.prebuild_envs and unbuilt:
+        # The stack is up in seconds; predictions stay `starting` until their env is built.
+        threading.Thread(
+            target=_prebuild, args=(unbuilt,), name="env-prebuild", daemon=True
+        ).start()
+    seed_builtin_collection(engine, [f"{owner}/{name}" for owner, name, _, _ in BUILTIN_MODELS])
     return versions

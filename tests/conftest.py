@@ -27,6 +27,9 @@ from replicant.settings import Settings
 from tests.conformance import conformance_hook
 from tests.pgdb import fresh_postgres_database
 
+# Every test gets its tier (unit, integration, e2e) by rule; unit tests may reach no service.
+from tests.tiers import pytest_collection_modifyitems, service_guard  # noqa: F401
+
 # `REPLICANT_TEST_DATABASE=postgres pytest ...` runs the shared stack (and the stacks that
 # test modules start for themselves) on fresh databases of the local PostgreSQL (dropped
 # afterwards) instead of SQLite files.
@@ -109,6 +112,8 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "deployment_idle_timeout": DEPLOYMENT_IDLE,
         "deployment_delete_idle": DEPLOYMENT_DELETE_IDLE,
         "deployment_check_interval": 0.5,
+        # Built-in models' environments build on their first prediction, not at every start.
+        "prebuild_envs": False,
     }
     values.update(overrides)
     return Settings(**values)

@@ -84,7 +84,12 @@ def test_account_endpoint_describes_the_tokens_user(live: LiveStack) -> None:
     with live.client(token) as client:
         response = client.get("/v1/account")
     assert response.status_code == 200, response.text
-    assert response.json() == {"type": "user", "username": username, "name": username}
+    assert response.json() == {
+        "type": "user",
+        "username": username,
+        "name": username,
+        "fairness_weight": 1.0,  # beyond Replicate: its share of busy hardware queues
+    }
     # The official client reads the same document.
     account = replicate.Client(api_token=token, base_url=live.url).accounts.current()
     assert (account.type, account.username, account.github_url) == ("user", username, None)
@@ -380,6 +385,14 @@ def answered_own(response: httpx.Response, owned: Owned) -> None:
 NOT_FOUND = status(404)
 UNAUTHENTICATED = status(401)
 OPEN = status(200)
+FORBIDDEN = status(403)
+
+
+def to_sign_in(response: httpx.Response, owned: Owned) -> None:
+    """A dashboard page: a token is no session, the browser goes to sign in (pages as other
+    signed-in accounts: tests/test_dashboard.py)."""
+    assert response.status_code == 303, response.text
+    assert response.headers["location"].startswith("/signin?next="), response.headers
 
 
 @dataclass
@@ -412,6 +425,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ),
     ("GET", "/v1/predictions/{prediction_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/predictions/{prediction_id}/cancel"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("DELETE", "/v1/predictions/{prediction_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     # The stream needs the signature of urls.stream, token or not.
     ("GET", "/v1/predictions/{prediction_id}/stream"): Case(NOT_FOUND, NOT_FOUND),
     ("POST", "/v1/predictions/{prediction_id}/share"): Case(NOT_FOUND, UNAUTHENTICATED),
@@ -435,6 +449,20 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/models/{owner}/{name}/predictions"): Case(
         NOT_FOUND, UNAUTHENTICATED, body={"input": {"text": "x"}}
     ),
+    ("GET", "/v1/models/{owner}/{name}/readme"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("GET", "/v1/models/{owner}/{name}/examples"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("POST", "/v1/models/{owner}/{name}/examples"): Case(
+        NOT_FOUND, UNAUTHENTICATED, body={"prediction": "{prediction_id}"}
+    ),
+    ("DELETE", "/v1/models/{owner}/{name}/examples/{prediction_id}"): Case(
+        NOT_FOUND, UNAUTHENTICATED
+    ),
+    # Search without a query is refused; what it finds is the caller's (test_collections_search).
+    ("GET", "/v1/search"): Case(status(400), UNAUTHENTICATED),
+    ("QUERY", "/v1/models"): Case(status(400), UNAUTHENTICATED),
+    # collections: the same for everyone, with only the models the caller may see
+    ("GET", "/v1/collections"): Case(answered_own, UNAUTHENTICATED),
+    ("GET", "/v1/collections/{slug}"): Case(answered_own, UNAUTHENTICATED),
     # trainings: the owner's prediction id stands in for a training id (same id space)
     ("GET", "/v1/trainings"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/trainings/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
@@ -474,6 +502,32 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/v1/deployments/{owner}/{name}/predictions"): Case(
         NOT_FOUND, UNAUTHENTICATED, body={"input": {"text": "x"}}
     ),
+    # the dashboard (api/dashboard): a session cookie, not a token, opens its pages
+    ("GET", "/signin"): Case(OPEN, OPEN),
+    ("POST", "/signin"): Case(FORBIDDEN, FORBIDDEN),  # no session, no CSRF token
+    ("POST", "/signout"): Case(FORBIDDEN, FORBIDDEN),
+    ("GET", "/static/dashboard/{name}"): Case(NOT_FOUND, NOT_FOUND),
+    **{
+        route: Case(to_sign_in, to_sign_in)
+        for route in [
+            ("GET", "/"),
+            ("GET", "/account"),
+            ("POST", "/account/tokens"),
+            ("POST", "/account/tokens/{token_id}/revoke"),
+            ("POST", "/account/webhook-secret"),
+            ("GET", "/deployments"),
+            ("POST", "/deployments/{owner}/{name}"),
+            ("GET", "/models/{owner}/{name}"),
+            ("POST", "/models/{owner}/{name}/run"),
+            ("GET", "/predictions"),
+            ("GET", "/predictions/{prediction_id}"),
+            ("GET", "/predictions/{prediction_id}/events"),
+            ("POST", "/predictions/{prediction_id}/{action}"),
+            ("GET", "/trainings"),
+            ("GET", "/trainings/{training_id}"),
+            ("POST", "/trainings/{training_id}/cancel"),
+        ]
+    },
 }
 
 
@@ -497,9 +551,12 @@ def fill(template: str, owned: Owned) -> str:
         "version": owned.version,
         "file_id": owned.file,
         "training_id": owned.prediction,
+        "action": "share",
+        "token_id": "1",
         "expires": "4102444800",  # far ahead: only the forged signature is wrong
         "sig": "forged",
         "key": f"files/{owned.username}/{owned.file}",
+        "slug": "built-in",  # a collection everyone sees; the owner's model is not in it
     }
 
     def value(match: re.Match[str]) -> str:

@@ -441,6 +441,7 @@ def post(url: str, body: dict[str, Any]) -> httpx.Response:
     return response
 
 
+@pytest.mark.integration  # starts coglet processes itself
 def test_ngram_trains_under_coglet_and_its_weights_load(tmp_path: Path) -> None:
     model = tmp_path / "ngram"
     shutil.copytree(EXAMPLES / "ngram", model)
@@ -473,6 +474,7 @@ def test_ngram_trains_under_coglet_and_its_weights_load(tmp_path: Path) -> None:
     assert second["output"] == tokens  # same seed, same text
 
 
+@pytest.mark.integration  # starts coglet processes itself
 def test_examples_answer_under_coglet(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -520,6 +522,7 @@ def test_a_python_version_the_host_lacks_falls_back_with_a_warning(
     assert "python_version_missing" in caplog.text
 
 
+@pytest.mark.integration  # builds a Python environment with pip
 def test_a_requirement_pip_cannot_find_is_an_env_build_error(tmp_path: Path) -> None:
     config = CogConfig(
         predict_ref="predict.py:Predictor",
@@ -555,6 +558,7 @@ def make_wheel(directory: Path, name: str = "replicant_test_pkg", version: str =
     return wheel
 
 
+@pytest.mark.integration  # builds a Python environment with pip
 def test_an_env_is_built_once_and_sees_cog(tmp_path: Path) -> None:
     wheel = make_wheel(tmp_path)
     config = CogConfig(predict_ref="predict.py:Predictor", python_packages=[str(wheel)])

@@ -28,6 +28,7 @@ from dotenv import dotenv_values
 from replicant.cli import app as cli_app
 from replicant.contracts import SEARCH_ATTRIBUTES
 from replicant.devstack import TEMPORAL_DYNAMIC_CONFIG
+from replicant.fairness import SERVER_DYNAMIC_CONFIG
 from replicant.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,21 +37,6 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 BIN = Path(sys.executable).parent
-
-# Issue 10 adds these settings (S3 object store, Redis rate limits) to Settings; the compose
-# file passes them already. Settings ignores unknown REPLICANT_ variables, so until they land
-# they are allowed here, and only these.
-PENDING_SETTINGS = frozenset(
-    {
-        "REPLICANT_STORAGE",
-        "REPLICANT_S3_ENDPOINT",
-        "REPLICANT_S3_BUCKET",
-        "REPLICANT_S3_ACCESS_KEY",
-        "REPLICANT_S3_SECRET_KEY",
-        "REPLICANT_S3_SECURE",
-        "REPLICANT_REDIS_URL",
-    }
-)
 
 REPLICANT_VARIABLE = re.compile(r"\bREPLICANT_[A-Z0-9_]+\b")
 # Compose interpolation: `$$` is a literal `$`; `${NAME}`, `${NAME:-default}`, `${NAME:?error}`.
@@ -182,7 +168,7 @@ def test_every_replicant_variable_is_a_setting() -> None:
     named: set[str] = set()
     for path in (COMPOSE_FILE, ENV_EXAMPLE, DOCKERFILE):
         named |= set(REPLICANT_VARIABLE.findall(path.read_text()))
-    unknown = named - setting_env_names() - PENDING_SETTINGS
+    unknown = named - setting_env_names()
     assert not unknown, f"not fields of replicant.settings.Settings: {sorted(unknown)}"
 
 
@@ -327,6 +313,18 @@ def test_temporal_gets_the_search_attributes_and_fast_dispatch() -> None:
     for setting in TEMPORAL_DYNAMIC_CONFIG:
         key, value = setting.split("=")
         assert config[key] == [{"value": int(value)}], key
+
+
+def test_temporal_serves_hardware_queues_fairly() -> None:
+    # The settings the embedded server gets (replicant/fairness.py), on a server version
+    # that has them (the dev server's, where tests/test_fairness.py proves them).
+    temporal = SERVICES["temporal"]
+    assert temporal["image"].startswith("temporalio/server:1.32.")
+    (mount,) = temporal["configs"]
+    config = yaml.safe_load(COMPOSE["configs"][mount["source"]]["content"])
+    for setting in SERVER_DYNAMIC_CONFIG:
+        key, value = setting.split("=")
+        assert config[key] == [{"value": yaml.safe_load(value)}], key
 
 
 def test_images_are_pinned() -> None:

@@ -28,11 +28,14 @@ from sqlmodel import Session, select
 from api.app import create_app
 from replicant.accounts import create_account
 from replicant.archives import ArchiveError, ArchiveTooLarge, pack_model, unpack_model
+from replicant.envs import env_ready
 from replicant.ids import new_id
 from replicant.settings import Settings
 from replicant.tables import Deployment, Model, Version
 from replicant.temporal import connect
+from replicant.versions import create_version, ensure_model, version_python
 from tests.conftest import LiveStack
+from tests.test_cogmodel import make_wheel
 from workers.main import build_workers, run_worker
 from workers.runners import RunnerPool
 
@@ -488,6 +491,131 @@ def test_replicant_push_cli(live: LiveStack, tmp_path: Path) -> None:
     assert failed.returncode == 1
     assert "Push failed" in failed.stdout
     assert "Traceback" in failed.stdout and "replicant_surely_missing_module" in failed.stdout
+
+
+def ndjson_push(live: LiveStack, who: Who, ref: str, src: Path, **params: Any) -> list[Any]:
+    """Push with streamed progress; the events, the outcome last."""
+    query = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
+    response = httpx.post(
+        f"{live.url}/v1/models/{ref}/versions",
+        content=pack(src),
+        params=query,
+        headers={
+            "Authorization": f"Bearer {who.token}",
+            "Accept": "application/x-ndjson",
+            "Content-Type": "application/gzip",
+        },
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def gpu_model(root: Path) -> Path:
+    cog_yaml = 'build:\n  gpu: true\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
+    hello = (EXAMPLES / "hello-world" / "predict.py").read_text()
+    return write_model(root, {"cog.yaml": cog_yaml, "predict.py": hello})
+
+
+def test_a_gpu_model_is_refused_on_gpu_hardware_of_a_cpu_only_installation(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    alice = someone(live, "gpu")
+    src = gpu_model(tmp_path / "gpu")
+    refused = push(live, alice, f"{alice.username}/big", src, create=True, hardware="gpu-t4")
+    assert refused.status_code == 422
+    body = refused.json()
+    assert "build.gpu is true" in body["detail"] and "no GPU" in body["detail"]
+    assert "hardware to cpu" in body["detail"]
+    assert body["invalid_fields"][0]["field"] == "cog.yaml"
+    assert leftovers(live) == []
+    with alice.client(live) as api:
+        assert api.get(f"/v1/models/{alice.username}/big").status_code == 404
+    # On the cpu hardware it runs on the CPU, as Cog's GPU models with a CPU fallback do.
+    version = pushed(live, alice, f"{alice.username}/small", src, create=True, hardware="cpu")
+    output = alice.official(live).run(f"{alice.username}/small:{version}", input={"text": "gpu"})
+    assert output == "hello gpu"
+
+
+def test_system_packages_the_host_lacks_are_named_as_a_warning(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    alice = someone(live, "apt")
+    cog_yaml = (
+        "build:\n  system_packages:\n    - libgl1\n    - replicant-no-such-deb\n"
+        'predict: "predict.py:Predictor"\n'
+    )
+    hello = (EXAMPLES / "hello-world" / "predict.py").read_text()
+    src = write_model(tmp_path / "apt", {"cog.yaml": cog_yaml, "predict.py": hello})
+    events = ndjson_push(live, alice, f"{alice.username}/apt", src, create=True)
+    assert events[-1]["event"] == "version"
+    warnings = [e["message"] for e in events if "warning" in e.get("message", "")]
+    assert len(warnings) == 1
+    assert "replicant-no-such-deb" in warnings[0] and "libgl1" not in warnings[0]
+
+
+LAZY_MODEL = (
+    "from cog import BasePredictor, Input\n\n\n"
+    "class Predictor(BasePredictor):\n"
+    "    def setup(self) -> None:\n"
+    "        import replicant_test_pkg\n\n"
+    "        self.value = replicant_test_pkg.VALUE\n\n"
+    "    def predict(self, text: str = Input(default='x')) -> str:\n"
+    "        return f'{text} {self.value}'\n"
+)
+
+
+def deferred_version(live: LiveStack, root: Path, requirements: str) -> tuple[str, Version]:
+    """A version recorded the way built-in models are seeded: its env not built yet."""
+    src = write_model(
+        root,
+        {
+            "cog.yaml": (
+                'build:\n  python_version: "3.11"\n  python_requirements: requirements.txt\n'
+                'predict: "predict.py:Predictor"\n'
+            ),
+            "requirements.txt": requirements,
+            "predict.py": LAZY_MODEL,
+        },
+    )
+    owner = someone(live, "seeded").username
+    model = ensure_model(live.engine, owner, root.name)
+    version = create_version(live.settings, live.engine, model, src, defer_env=True)
+    return f"{owner}/{root.name}", version
+
+
+def test_a_seeded_model_is_recorded_at_once_and_its_first_run_builds_its_env(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    wheel = make_wheel(tmp_path)
+    ref, version = deferred_version(live, tmp_path / "lazy", f"{wheel}\n")
+    python = version_python(version)
+    assert version.python and not env_ready(python)
+    assert version.openapi_schema["components"]["schemas"]["Input"]["properties"]["text"]
+    output = live.client().post(
+        f"/v1/models/{ref}/predictions", json={"input": {"text": "v"}}, headers={"Prefer": "wait"}
+    )
+    assert output.status_code == 201, output.text
+    body = live.wait_for(output.json()["id"], timeout=300)
+    assert body["status"] == "succeeded", body
+    assert body["output"] == "v 42"
+    assert env_ready(python)
+
+
+def test_a_seeded_model_whose_env_cannot_be_built_fails_its_predictions_saying_why(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    # --no-index: pip fails at once, without asking any package index.
+    ref, version = deferred_version(
+        live, tmp_path / "unbuildable", "--no-index\nreplicant-surely-missing-package==1.0\n"
+    )
+    assert not env_ready(version_python(version))
+    created = live.client().post(f"/v1/models/{ref}/predictions", json={"input": {}})
+    assert created.status_code == 201, created.text
+    body = live.wait_for(created.json()["id"], timeout=300)
+    assert body["status"] == "failed"
+    assert body["error"].startswith("The model's environment could not be built")
+    assert "replicant-surely-missing-package" in body["error"]
 
 
 # --- visibility ----------------------------------------------------------------------------

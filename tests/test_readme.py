@@ -1,38 +1,47 @@
-"""The README's examples run as written."""
+"""The examples of README.md and docs/api.md run as written."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import replicate
 
 from replicant.devstack import settings_env
 from tests.conftest import LiveStack
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+API_DOC = ROOT / "docs" / "api.md"
 
 
-def python_block_after(heading: str) -> str:
-    text = README.read_text()
+def block_after(heading: str, document: Path = README, language: str = "python") -> str:
+    """The first code block in ``language`` after ``heading`` in ``document``."""
+    text = document.read_text()
     section = text[text.index(heading) :]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match is not None, f"no Python example under {heading!r}"
+    match = re.search(rf"```{language}\n(.*?)```", section, re.S)
+    assert match is not None, f"no {language} example under {heading!r}"
     return match.group(1)
+
+
+def python_block_after(heading: str, document: Path = README) -> str:
+    return block_after(heading, document)
 
 
 def test_programmatic_start_snippet_runs_and_shows_up_in_the_api(
     live: LiveStack, api: httpx.Client, tmp_path: Path
 ) -> None:
     script = tmp_path / "start.py"
-    script.write_text(python_block_after("### Starting a prediction through Temporal"))
+    script.write_text(python_block_after("## Starting a prediction through Temporal", API_DOC))
     done = subprocess.run(
         [sys.executable, str(script)],
         env=settings_env(live.settings),
-        cwd=README.parent,
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,3 +64,25 @@ def test_python_client_snippet_runs(live: LiveStack) -> None:
     assert isinstance(client, replicate.Client)
     prediction = namespace["prediction"]
     assert getattr(prediction, "status", None) == "succeeded"
+
+
+def test_curl_snippet_answers_the_finished_prediction(live: LiveStack) -> None:
+    script = block_after("## Try it", language="sh")
+    assert "http://127.0.0.1:8000/" in script and ".replicant/api-token" in script
+    script = script.replace("http://127.0.0.1:8000", live.url)
+    script = script.replace(".replicant/api-token", str(live.settings.data_dir / "api-token"))
+    done = subprocess.run(
+        ["bash", "-ec", script], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert (body["status"], body["output"]) == ("succeeded", "hello Alice")
+
+
+def test_replicate_base_url_in_the_environment_points_the_client_at_replicant(
+    live: LiveStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert "`REPLICATE_BASE_URL=http://127.0.0.1:8000` in the environment" in README.read_text()
+    monkeypatch.setenv("REPLICATE_BASE_URL", live.url)
+    client = replicate.Client(api_token=live.token)
+    assert client.run("replicate/hello-world", input={"text": "Alice"}) == "hello Alice"

@@ -440,6 +440,7 @@ async def test_a_hung_model_is_killed_and_restarted_when_its_task_is_cancelled(
     assert pool.pid("hang") not in (None, pid)
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
     models: Path,
 ) -> None:
@@ -488,6 +489,7 @@ async def test_train_mode_runs_the_train_function(pool: RunnerPool, models: Path
     assert "training 3 rounds" in result.logs
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_close_leaves_no_child_processes(models: Path) -> None:
     pool = RunnerPool(boot_timeout=30)
     await pool.predict(spec(models, "hello"), "p-close-1", {})
@@ -518,3 +520,30 @@ async def test_concurrent_runs_of_one_key_get_a_process_each(
     # Alone again, a run goes to the first process.
     alone = await pool.predict(whoami, "p-c", {})
     assert alone.output == first.output
+
+
+async def test_warm_boots_ahead_once_and_exclusive_keeps_predictions_off_the_process(
+    pool: RunnerPool, models: Path
+) -> None:
+    hello = spec(models, "hello")
+    pid = await pool.warm(hello)
+    assert pool.pid("hello") == pid
+    assert await pool.warm(hello) == pid  # warm already: no second boot
+
+    order: list[str] = []
+
+    async def booted() -> None:
+        order.append("prediction handed over")
+
+    async with pool.exclusive(hello) as process:
+        assert process.pid == pid
+        waiting = asyncio.create_task(
+            pool.predict(hello, "p-excl", {"name": "x"}, on_booted=booted)
+        )
+        # A round trip to coglet gives the waiting prediction every chance to get in.
+        assert (await pool.health(process))["status"] == "READY"
+        order.append("released")
+    result = await waiting
+    assert result.status == "succeeded" and result.output == "hello x"
+    assert order == ["released", "prediction handed over"]
+    assert pool.pid("hello") == pid

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from activities.files import InputFileError, Stager, file_fields, safe_filename
+from activities.files import Stager
 from replicant.contracts import PredictionRequest
 from replicant.db import init_db, make_engine
+from replicant.inputfiles import InputFileError, file_fields, safe_filename
 from replicant.safefetch import FetchError, fetch
 from replicant.settings import Settings
 from replicant.storage import LocalStore, open_store

@@ -65,7 +65,8 @@ def s3_settings(tmp_path: Path, moto_url: str) -> Settings:
     )
 
 
-@pytest.fixture(params=["local", "s3"])
+# The S3 backend needs an S3 server (moto_server): those cases are integration tests.
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "s3":
         settings = s3_settings(tmp_path, request.getfixturevalue("moto_url"))

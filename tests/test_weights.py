@@ -17,8 +17,7 @@ import pytest
 
 from replicant.storage import LocalStore
 from replicant.weights import WeightsCache, store_ref
-from workers import runners
-from workers.runners import BootError, RunnerPool, RunnerSpec
+from workers.runners import BootError, RunnerPool, RunnerSpec, standby
 
 NGRAM = Path(__file__).resolve().parents[1] / "examples" / "ngram"
 WORDS = " ".join(f"qz{i % 17}" for i in range(400)) + "."
@@ -127,7 +126,8 @@ async def test_a_fine_tune_adopts_the_standby_of_its_base_and_a_new_one_takes_it
     second = put_weights(store, "trainings/s2/weights.json", other_words)
     pool.keep_standby(base_spec(model_dir))
     assert await pool.standby_ready(finetune_spec(model_dir, first))
-    standby_pid = pool._standbys[next(iter(pool._standbys))].runner.pid
+    standby_pid = pool.standby_pid(base_spec(model_dir))
+    assert standby_pid is not None
 
     result = await pool.predict(finetune_spec(model_dir, first), "s1", {"max_tokens": 20})
     assert result.status == "succeeded", (result.error, result.logs)
@@ -138,7 +138,7 @@ async def test_a_fine_tune_adopts_the_standby_of_its_base_and_a_new_one_takes_it
     # A new standby waits for the next fine-tune of the same base: another fine-tune
     # adopts it and gets its own weights, not the first one's.
     assert await pool.standby_ready(finetune_spec(model_dir, second))
-    next_pid = pool._standbys[next(iter(pool._standbys))].runner.pid
+    next_pid = pool.standby_pid(base_spec(model_dir))
     assert next_pid != standby_pid
     spec = finetune_spec(model_dir, second).model_copy(update={"key": "finetune-2"})
     result = await pool.predict(spec, "s2", {"max_tokens": 20})
@@ -147,6 +147,7 @@ async def test_a_fine_tune_adopts_the_standby_of_its_base_and_a_new_one_takes_it
     assert pool.pid("finetune-2") == next_pid
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_stopped_standbys_leave_no_process_behind(
     tmp_path: Path, store: SlowStore, model_dir: Path
 ) -> None:
@@ -155,7 +156,7 @@ async def test_stopped_standbys_leave_no_process_behind(
     pool.keep_standby(base_spec(model_dir))
     ref = put_weights(store, "trainings/s3/weights.json", WORDS)
     assert await pool.standby_ready(finetune_spec(model_dir, ref))
-    runner = pool._standbys[next(iter(pool._standbys))].runner
+    [runner] = pool.standby_processes()
     await pool.close()
     assert runner.proc is not None and runner.proc.returncode is not None
 
@@ -164,32 +165,33 @@ async def test_without_standbys_a_fine_tune_boots_its_own_process(
     pool: RunnerPool, store: SlowStore, model_dir: Path
 ) -> None:
     pool.keep_standby(base_spec(model_dir))  # a pool made without standbys ignores this
-    assert not pool._standbys
+    assert not pool.standby_processes()
     ref = put_weights(store, "trainings/s4/weights.json", WORDS)
     result = await pool.predict(finetune_spec(model_dir, ref), "s4", {"max_tokens": 3})
     assert result.status == "succeeded", (result.error, result.logs)
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_a_standby_is_replaced_before_its_weights_request_times_out_while_wanted(
     tmp_path: Path, store: SlowStore, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runners, "STANDBY_TTL", 1.5)
-    monkeypatch.setattr(runners, "STANDBY_KEEP", 2.5)
+    monkeypatch.setattr(standby, "STANDBY_TTL", 1.5)
+    monkeypatch.setattr(standby, "STANDBY_KEEP", 2.5)
     pool = RunnerPool(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
     await pool.start()
     try:
         pool.keep_standby(base_spec(model_dir))
         pids = []
         for _ in range(100):
-            current = next(iter(pool._standbys.values()), None)
+            current = next(iter(pool.standby_processes()), None)
             if current is None:
                 break
-            if current.runner.pid and current.runner.pid not in pids:
-                pids.append(current.runner.pid)
+            if current.pid and current.pid not in pids:
+                pids.append(current.pid)
             await asyncio.sleep(0.1)
         # Replaced once while wanted (1.5 s < 2.5 s), then not (3 s > 2.5 s): none is left.
         assert len(pids) == 2, pids
-        assert not pool._standbys
+        assert not pool.standby_processes()
         # The replaced one was stopped (and reaped), not left waiting.
         for _ in range(50):
             if not Path(f"/proc/{pids[0]}").exists():

@@ -33,7 +33,9 @@ from temporalio.worker import Worker
 
 from activities.deployments import HostActivities
 from activities.predictions import PredictionActivities, runner_spec
+from activities.running import ensure_env
 from replicant.contracts import (
+    ActivityName,
     DeploymentConfig,
     HostReport,
     InstanceTarget,
@@ -55,10 +57,8 @@ STOP_GRACE = 5.0
 
 async def warm(pool: RunnerPool, version: Version) -> int:
     """Boot the version's process in an instance's pool before any prediction; its pid."""
-    await pool.start()
-    runner = await pool._checkout(runner_spec(version))
-    runner.lock.release()
-    return runner.pid
+    await ensure_env(version)
+    return await pool.warm(runner_spec(version))
 
 
 @dataclass
@@ -182,7 +182,7 @@ class DeploymentHost:
         )
         acts = self.make_activities(instance.pool)
 
-        @activity.defn(name="run_prediction")
+        @activity.defn(name=ActivityName.RUN_PREDICTION)
         async def run_prediction(req: PredictionRequest) -> RunOutcome:
             instance.running += 1
             try:

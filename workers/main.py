@@ -92,6 +92,7 @@ def build_workers(
                 activities=[
                     acts.record_prediction,
                     acts.finish_prediction,
+                    acts.abort_prediction,
                     acts.remove_prediction_data,
                     FileActivities(settings, engine, store).stage_inputs,
                     ExpiryActivities(engine, store).remove_expired_files,
@@ -120,6 +121,7 @@ def build_workers(
                     training.run_training,
                     acts.record_prediction,
                     acts.finish_prediction,
+                    acts.abort_prediction,
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 max_concurrent_activities=slots,

@@ -6,6 +6,9 @@ loads that class or function and exports it under the same name, unchanged but f
 thing: an exception escaping ``predict``/``run``/``train`` prints its traceback to stderr
 first. coglet records what a prediction writes to stderr in its logs, but reports an
 exception only as ``Type: message``; this way the traceback is in the prediction's logs.
+And input files staged by Replicant reach coglet as local paths, which it passes on as plain
+strings: inputs typed ``Path`` (alone, in a list, or optional) get a ``cog.Path`` of them,
+as on Replicate.
 
 It runs inside the model's environment, so it uses the standard library only.
 """
@@ -17,9 +20,12 @@ import functools
 import importlib.util
 import inspect
 import os
+import pathlib
 import sys
 import traceback
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Callable, Iterator
 from typing import Any
 
 # Methods of a predictor class whose exceptions are reported (cog's two spellings).
@@ -51,9 +57,50 @@ def reporting(fn: Any) -> Any:
     of its own, so that is done here on ``fn``, which the stand-in calls."""
     signature = inspect.signature(fn)
     _plain_defaults(fn)
-    wrapper = _reporting(fn)
+    wrapper = _reporting(fn, _path_inputs(fn))
     wrapper.__signature__ = signature
     return wrapper
+
+
+Convert = Callable[[Any], Any]
+
+
+def _path_inputs(fn: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function that turns the local-path strings of ``fn``'s Path inputs into Paths."""
+    try:
+        from cog import Path as CogPath
+
+        hints = typing.get_type_hints(fn)
+    except Exception:  # no cog here, or hints that do not resolve: leave inputs alone
+        return lambda kwargs: kwargs
+    converters = {}
+    for name, hint in hints.items():
+        convert = _converter(hint, CogPath) if name != "return" else None
+        if convert is not None:
+            converters[name] = convert
+
+    def apply(kwargs: dict[str, Any]) -> dict[str, Any]:
+        for name, convert in converters.items():
+            if name in kwargs:
+                kwargs[name] = convert(kwargs[name])
+        return kwargs
+
+    return apply
+
+
+def _converter(hint: Any, cog_path: type) -> Convert | None:
+    if isinstance(hint, type) and issubclass(hint, pathlib.PurePath):
+        return lambda v: cog_path(v) if isinstance(v, str) else v
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and args:
+        inner = _converter(args[0], cog_path)
+        if inner is not None:
+            return lambda v: [inner(x) for x in v] if isinstance(v, list) else v
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _converter(options[0], cog_path)
+    return None
 
 
 def _is_input(value: Any) -> bool:
@@ -71,13 +118,13 @@ def _plain_defaults(fn: Any) -> None:
         }
 
 
-def _reporting(fn: Any) -> Any:
+def _reporting(fn: Any, paths: Callable[[dict[str, Any]], dict[str, Any]]) -> Any:
     if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
         async def agen(*args: Any, **kwargs: Any) -> Any:
             with _reported():
-                async for item in fn(*args, **kwargs):
+                async for item in fn(*args, **paths(kwargs)):
                     yield item
 
         return agen
@@ -86,7 +133,7 @@ def _reporting(fn: Any) -> Any:
         @functools.wraps(fn)
         async def coro(*args: Any, **kwargs: Any) -> Any:
             with _reported():
-                return await fn(*args, **kwargs)
+                return await fn(*args, **paths(kwargs))
 
         return coro
     if inspect.isgeneratorfunction(fn):
@@ -94,14 +141,14 @@ def _reporting(fn: Any) -> Any:
         @functools.wraps(fn)
         def gen(*args: Any, **kwargs: Any) -> Any:
             with _reported():
-                return (yield from fn(*args, **kwargs))
+                return (yield from fn(*args, **paths(kwargs)))
 
         return gen
 
     @functools.wraps(fn)
     def plain(*args: Any, **kwargs: Any) -> Any:
         with _reported():
-            return fn(*args, **kwargs)
+            return fn(*args, **paths(kwargs))
 
     return plain
 

@@ -30,6 +30,7 @@ from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
+        ActivityName,
         DeploymentConfig,
         DeploymentObservation,
         DeploymentState,
@@ -81,7 +82,7 @@ class DeploymentWorkflow:
         state = self._state
         while True:
             observed = await workflow.execute_local_activity(
-                "observe_deployment",
+                ActivityName.OBSERVE_DEPLOYMENT,
                 ObserveDeployment(
                     deployment_id=state.config.deployment_id,
                     owner=state.config.owner,
@@ -160,7 +161,7 @@ class DeploymentWorkflow:
     ) -> HostReport | None:
         try:
             report: HostReport = await workflow.execute_activity(
-                "ensure_instances",
+                ActivityName.ENSURE_INSTANCES,
                 target,
                 result_type=HostReport,
                 task_queue=queue,

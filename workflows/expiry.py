@@ -12,7 +12,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from replicant.contracts import ExpiredFiles, ExpireFiles
+    from replicant.contracts import ActivityName, ExpiredFiles, ExpireFiles
 
 SWEEP_TIMEOUT = timedelta(minutes=30)
 
@@ -24,7 +24,7 @@ class FileExpiryWorkflow:
     @workflow.run
     async def run(self, job: ExpireFiles) -> ExpiredFiles:
         result: ExpiredFiles = await workflow.execute_activity(
-            "remove_expired_files",
+            ActivityName.REMOVE_EXPIRED_FILES,
             job,
             result_type=ExpiredFiles,
             start_to_close_timeout=SWEEP_TIMEOUT,

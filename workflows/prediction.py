@@ -4,24 +4,27 @@ record (programmatic starts only) -> stage input files into the object store (on
 input holds URLs or data URIs) -> run on the hardware queue (the run activity writes
 ``processing``, logs, output and the terminal state to the read model itself, so a fast
 prediction costs one activity round trip) -> notify -> retention timer -> remove data.
+A deadline (``Cancel-After``) is a durable timer beside the run: when it passes first, the
+prediction ends ``aborted`` if it never started, else ``canceled``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import contextlib
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows import steps
 from workflows.steps import (
     LOCAL,
     MODEL_ATTR,
-    RUN_ATTEMPTS,
     STATUS_ATTR,
     deliver_completed,
+    failure_message,
     may_hold_files,
     stage,
     start_run,
@@ -29,6 +32,8 @@ from workflows.steps import (
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
+        ActivityName,
+        ErrorType,
         FinishPrediction,
         PredictionRef,
         PredictionRequest,
@@ -40,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 # Errors that retrying cannot fix; anything else (a lost worker, a crashed process) retries.
-NON_RETRYABLE = ["VersionNotFound"]
+NON_RETRYABLE = [ErrorType.VERSION_NOT_FOUND]
 
 
 def wants_completed(req: PredictionRequest) -> bool:
@@ -61,6 +66,7 @@ class PredictionWorkflow:
         self._status: Status = "starting"
         self._terminal = False
         self._cancel_requested = False
+        self._deadline_passed = False
         self._run: workflow.ActivityHandle[RunOutcome] | None = None
 
     @workflow.run
@@ -71,9 +77,12 @@ class PredictionWorkflow:
             )
         if not req.recorded:
             await workflow.execute_local_activity(
-                "record_prediction", req, start_to_close_timeout=LOCAL
+                ActivityName.RECORD_PREDICTION, req, start_to_close_timeout=LOCAL
             )
-        outcome = await self._run_model(req)
+        if req.deadline is not None and workflow.patched("deadline"):
+            outcome = await self._run_before_deadline(req, req.deadline)
+        else:
+            outcome = await self._run_model(req)
         self._status, self._terminal = outcome.status, True
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
         # The `completed` webhook is retried while the retention timer runs.
@@ -83,7 +92,7 @@ class PredictionWorkflow:
         if req.source == "api" and req.retention >= 0:
             await workflow.sleep(timedelta(seconds=req.retention))
             await workflow.execute_activity(
-                "remove_prediction_data",
+                ActivityName.REMOVE_PREDICTION_DATA,
                 PredictionRef(id=req.id),
                 task_queue=req.side_queue,
                 start_to_close_timeout=timedelta(minutes=5),
@@ -97,7 +106,7 @@ class PredictionWorkflow:
             prediction_id=req.id, event="completed", timeout=req.webhook_timeout
         )
         await deliver_completed(
-            "send_webhook",
+            ActivityName.SEND_WEBHOOK,
             delivery,
             attempt_timeout=req.webhook_timeout,
             retry_period=req.webhook_retry_period,
@@ -105,17 +114,29 @@ class PredictionWorkflow:
             task_queue=req.side_queue,
         )
 
+    async def _run_before_deadline(self, req: PredictionRequest, deadline: datetime) -> RunOutcome:
+        """Run the model; if the deadline passes first, end it as a cancel would."""
+        run = asyncio.create_task(self._run_model(req))
+        left = (deadline - workflow.now()).total_seconds()
+        if left > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await workflow.wait_condition(run.done, timeout=left)
+        if not run.done():
+            self._deadline_passed = True
+            self.cancel()
+        return await run
+
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if may_hold_files(req.input) and workflow.patched("stage-inputs"):
-            staged = await stage("stage_inputs", req, req.side_queue)
+            staged = await stage(ActivityName.STAGE_INPUTS, req, req.side_queue)
             if isinstance(staged, str):
                 return await self._finish(req, "failed", f"Input file error: {staged}")
             req = req.model_copy(update={"staged_files": staged.files})
             if self._cancel_requested:
                 return await self._finish(req, "canceled", None)
-        self._run = start_run("run_prediction", req, RunOutcome, NON_RETRYABLE)
+        self._run = start_run(ActivityName.RUN_PREDICTION, req, RunOutcome, NON_RETRYABLE)
         try:
             return await self._run
         except asyncio.CancelledError:
@@ -125,14 +146,25 @@ class PredictionWorkflow:
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 return await self._finish(req, "canceled", None)
-            return await self._finish(req, "failed", failure_message(err, req))
+            return await self._finish(
+                req, "failed", failure_message("Prediction", err, NON_RETRYABLE)
+            )
 
     async def _finish(
         self, req: PredictionRequest, status: Status, error: str | None
     ) -> RunOutcome:
+        if status == "canceled" and self._deadline_passed:
+            # The read model knows whether the run started: `aborted` if never, else `canceled`.
+            ended: RunOutcome = await workflow.execute_local_activity(
+                ActivityName.ABORT_PREDICTION,
+                FinishPrediction(id=req.id, status="aborted", completed_at=workflow.now()),
+                result_type=RunOutcome,
+                start_to_close_timeout=LOCAL,
+            )
+            return ended
         done = FinishPrediction(id=req.id, status=status, error=error, completed_at=workflow.now())
         await workflow.execute_local_activity(
-            "finish_prediction", done, start_to_close_timeout=LOCAL
+            ActivityName.FINISH_PREDICTION, done, start_to_close_timeout=LOCAL
         )
         return RunOutcome(status=status, error=error, completed_at=done.completed_at)
 
@@ -152,18 +184,3 @@ class PredictionWorkflow:
     @workflow.query
     def status(self) -> str:
         return self._status
-
-
-def failure_message(err: ActivityError, req: PredictionRequest) -> str:
-    """A clear, user-facing reason for a run that ended in an activity failure."""
-    cause = err.cause
-    if isinstance(cause, TimeoutError):
-        return (
-            "Prediction failed: the worker running it stopped responding "
-            f"and {RUN_ATTEMPTS} attempts did not complete"
-        )
-    if isinstance(cause, ApplicationError):
-        if cause.type in NON_RETRYABLE:
-            return cause.message
-        return f"Prediction failed after {RUN_ATTEMPTS} attempts: {cause.message}"
-    return f"Prediction failed: {cause or err}"

@@ -16,7 +16,7 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
 )
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import StagedInputs, Status, WebhookResult
@@ -132,3 +132,19 @@ def start_run(
         ),
         cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
     )
+
+
+def failure_message(kind: str, err: ActivityError, non_retryable: list[str]) -> str:
+    """A clear, user-facing reason for a run (``kind``: "Prediction", "Training") that ended
+    in an activity failure."""
+    cause = err.cause
+    if isinstance(cause, TimeoutError):
+        return (
+            f"{kind} failed: the worker running it stopped responding "
+            f"and {RUN_ATTEMPTS} attempts did not complete"
+        )
+    if isinstance(cause, ApplicationError):
+        if cause.type in non_retryable:
+            return cause.message
+        return f"{kind} failed after {RUN_ATTEMPTS} attempts: {cause.message}"
+    return f"{kind} failed: {cause or err}"

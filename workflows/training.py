@@ -18,14 +18,14 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows import steps
 from workflows.steps import (
     LOCAL,
-    RUN_ATTEMPTS,
     STATUS_ATTR,
     deliver_completed,
+    failure_message,
     may_hold_files,
     stage,
     start_run,
@@ -33,7 +33,9 @@ from workflows.steps import (
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
+        ActivityName,
         CompleteTraining,
+        ErrorType,
         FinishTraining,
         Status,
         TrainingOutcome,
@@ -44,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 # Errors that retrying cannot fix.
-NON_RETRYABLE = ["VersionNotFound", "DestinationGone"]
+NON_RETRYABLE = [ErrorType.VERSION_NOT_FOUND, ErrorType.DESTINATION_GONE]
 COMPLETE = timedelta(minutes=1)
 
 
@@ -78,13 +80,13 @@ class TrainingWorkflow:
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if may_hold_files(req.input) and workflow.patched("stage-training-inputs"):
-            staged = await stage("stage_training_inputs", req)
+            staged = await stage(ActivityName.STAGE_TRAINING_INPUTS, req)
             if isinstance(staged, str):
                 return await self._finish(req, "failed", f"Input file error: {staged}")
             req = req.model_copy(update={"staged_files": staged.files})
             if self._cancel_requested:
                 return await self._finish(req, "canceled", None)
-        self._run = start_run("run_training", req, TrainingRun, NON_RETRYABLE)
+        self._run = start_run(ActivityName.RUN_TRAINING, req, TrainingRun, NON_RETRYABLE)
         try:
             run = await self._run
         except asyncio.CancelledError:
@@ -94,7 +96,9 @@ class TrainingWorkflow:
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 return await self._finish(req, "canceled", None)
-            return await self._finish(req, "failed", failure_message(err))
+            return await self._finish(
+                req, "failed", failure_message("Training", err, NON_RETRYABLE)
+            )
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if run.status != "succeeded":
@@ -105,14 +109,16 @@ class TrainingWorkflow:
         self._completing = True
         try:
             outcome: TrainingOutcome = await workflow.execute_activity(
-                "complete_training",
+                ActivityName.COMPLETE_TRAINING,
                 CompleteTraining(id=req.id, weights=run.weights, completed_at=workflow.now()),
                 result_type=TrainingOutcome,
                 start_to_close_timeout=COMPLETE,
                 retry_policy=RetryPolicy(non_retryable_error_types=NON_RETRYABLE),
             )
         except ActivityError as err:
-            return await self._finish(req, "failed", failure_message(err))
+            return await self._finish(
+                req, "failed", failure_message("Training", err, NON_RETRYABLE)
+            )
         return outcome
 
     async def _finish(
@@ -120,7 +126,9 @@ class TrainingWorkflow:
     ) -> TrainingOutcome:
         """Record a terminal state without a version, and remove any stored weights."""
         done = FinishTraining(id=req.id, status=status, error=error, completed_at=workflow.now())
-        await workflow.execute_local_activity("finish_training", done, start_to_close_timeout=LOCAL)
+        await workflow.execute_local_activity(
+            ActivityName.FINISH_TRAINING, done, start_to_close_timeout=LOCAL
+        )
         return TrainingOutcome(status=status, error=error, completed_at=done.completed_at)
 
     async def _notify_completed(self, req: TrainingRequest) -> None:
@@ -128,7 +136,7 @@ class TrainingWorkflow:
             training_id=req.id, event="completed", timeout=req.webhook_timeout
         )
         await deliver_completed(
-            "send_training_webhook",
+            ActivityName.SEND_TRAINING_WEBHOOK,
             delivery,
             attempt_timeout=req.webhook_timeout,
             retry_period=req.webhook_retry_period,
@@ -147,18 +155,3 @@ class TrainingWorkflow:
     @workflow.query
     def status(self) -> str:
         return self._status
-
-
-def failure_message(err: ActivityError) -> str:
-    """A clear, user-facing reason for a training that ended in an activity failure."""
-    cause = err.cause
-    if isinstance(cause, TimeoutError):
-        return (
-            "Training failed: the worker running it stopped responding "
-            f"and {RUN_ATTEMPTS} attempts did not complete"
-        )
-    if isinstance(cause, ApplicationError):
-        if cause.type in NON_RETRYABLE:
-            return cause.message
-        return f"Training failed after {RUN_ATTEMPTS} attempts: {cause.message}"
-    return f"Training failed: {cause or err}"

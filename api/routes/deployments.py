@@ -24,15 +24,18 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from activities.deployments import deployment_config, deployment_demand
+from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
+from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
 from api.pagination import paginate
 from api.routes.predictions import PredictionInput
 from api.state import AppState
 from replicant.catalog import account_names, find_model
 from replicant.contracts import DeploymentConfig, DeploymentState
+from replicant.deployments import deployment_config, deployment_demand
+from replicant.fairness import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
 from replicant.tables import (
     Account,
     Deployment,
@@ -50,6 +53,8 @@ router = APIRouter(prefix="/v1", tags=["deployments"])
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 MinInstances = Annotated[int, Field(ge=0, le=5)]
 MaxInstances = Annotated[int, Field(ge=0, le=20)]
+# Temporal priority key of the deployment's predictions: 1 runs first, 5 last (default 3).
+PriorityKey = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
 PreferHeader = Annotated[str | None, Header(alias="Prefer")]
 
 
@@ -60,6 +65,7 @@ class DeploymentCreate(BaseModel):
     hardware: str
     min_instances: MinInstances
     max_instances: MaxInstances
+    priority: PriorityKey | None = None
 
 
 class DeploymentUpdate(BaseModel):
@@ -67,6 +73,7 @@ class DeploymentUpdate(BaseModel):
     hardware: str | None = None
     min_instances: MinInstances | None = None
     max_instances: MaxInstances | None = None
+    priority: PriorityKey | None = None
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -154,7 +161,9 @@ def deployment_json(session: Session, row: Deployment) -> dict[str, Any]:
                 "max_instances": release.max_instances,
             },
         },
-        # Beyond Replicate: what runs now.
+        # Beyond Replicate: the priority of its predictions (replicant/fairness.py), and
+        # what runs now.
+        "priority": row.priority or DEFAULT_PRIORITY,
         "instances": int(counts.get("ready", 0)),
         "instances_booting": int(counts.get("booting", 0)),
         "instances_draining": int(counts.get("draining", 0)),
@@ -277,6 +286,7 @@ async def create_deployment(
                 hardware=body.hardware,
                 min_instances=body.min_instances,
                 max_instances=body.max_instances,
+                priority=body.priority,
                 release=1,
             )
             session.add(row)
@@ -361,6 +371,8 @@ async def update_deployment(
         with Session(state.engine, expire_on_commit=False) as session:
             row = _find(session, account, owner, name)
             changes = body.model_dump(exclude_unset=True, exclude_none=True)
+            # Priority orders the queue only: it applies to new predictions, without a release.
+            priority = changes.pop("priority", None)
             if "version" in changes:
                 model_owner, _, model_name = row.model.partition("/")
                 model = session.exec(
@@ -373,7 +385,11 @@ async def update_deployment(
                 changes.get("min_instances", row.min_instances),
                 changes.get("max_instances", row.max_instances),
             )
+            if priority is not None:
+                row.priority = priority
+                session.add(row)
             if all(getattr(row, field) == value for field, value in changes.items()):
+                session.commit()
                 return deployment_config(row), False
             for field, value in changes.items():
                 setattr(row, field, value)
@@ -465,7 +481,9 @@ async def create_deployment_prediction(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    cancel_after: CancelAfter,
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """A prediction that runs only on the deployment's own instances."""
 
@@ -496,8 +514,11 @@ async def create_deployment_prediction(
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
+        cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         task_queue=state.settings.deployment_queue(row.owner, row.name),
+        priority=row.priority,
         on_started=lambda: _wake(state, config),
     )

@@ -39,7 +39,6 @@ from replicant.storage import (
     TooLarge,
     Upload,
     check_signed,
-    open_store,
     sign,
     verify,
 )
@@ -55,13 +54,9 @@ DOWNLOAD_URL_EXPIRY = 3600
 DRAIN_ALLOWANCE = 16 * 1024 * 1024
 
 
-async def get_store(request: Request, state: StateDep) -> ObjectStore:
-    """The app's object store, opened on first use."""
-    store: ObjectStore | None = getattr(request.app.state, "object_store", None)
-    if store is None:
-        store = await asyncio.to_thread(open_store, state.settings)
-        request.app.state.object_store = store
-    return store
+async def get_store(state: StateDep) -> ObjectStore:
+    """The app's object store (``AppState.store``)."""
+    return await state.store()
 
 
 StoreDep = Annotated[ObjectStore, Depends(get_store)]

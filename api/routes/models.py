@@ -11,9 +11,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
-from sqlalchemy import exists, or_
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import exists, func, or_
 from sqlmodel import Session, col, select
 
 from api import push
@@ -21,11 +22,19 @@ from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
+from api.routes.examples import default_example, forget_examples
 from api.serialize import model_json, version_json
 from api.state import AppState
 from replicant.catalog import account_names, find_model
 from replicant.cogmodel import CogConfigError, load_cog_config
-from replicant.tables import Account, Deployment, Model, Prediction, Version
+from replicant.tables import (
+    Account,
+    CollectionModel,
+    Deployment,
+    Model,
+    Prediction,
+    Version,
+)
 from replicant.timeutil import utcnow
 from replicant.versions import create_version
 
@@ -49,6 +58,10 @@ class ModelCreate(BaseModel):
 
 
 class ModelUpdate(BaseModel):
+    """Body of ``PATCH /v1/models/{owner}/{name}``; any other field is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     description: str | None = None
     visibility: Visibility | None = None
     hardware: str | None = None
@@ -56,7 +69,7 @@ class ModelUpdate(BaseModel):
     paper_url: str | None = None
     license_url: str | None = None
     cover_image_url: str | None = None
-    readme: str | None = Field(default=None, exclude=True)
+    readme: str | None = None
 
 
 def _check_hardware(state: AppState, sku: str | None) -> None:
@@ -93,7 +106,8 @@ def _render_models(state: AppState, base: str) -> Any:
             latest = (
                 session.get(Version, model.latest_version_id) if model.latest_version_id else None
             )
-            out.append(model_json(model, latest, base))
+            example = default_example(session, model, base, state.secret_key)
+            out.append(model_json(model, latest, base, example))
         return out
 
     return render
@@ -106,11 +120,28 @@ async def list_hardware(state: StateDep, account: CurrentAccount) -> list[dict[s
     return [{"name": names.get(sku, sku), "sku": sku} for sku in state.settings.hardware]
 
 
+def _created(model: Model) -> datetime:
+    return model.created_at
+
+
+def _latest_version_created(model: Model) -> datetime:
+    return model.latest_version_created_at or model.created_at
+
+
 @router.get("/models")
 async def list_models(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    cursor: str | None = None,
+    sort_by: Literal["model_created_at", "latest_version_created_at"] = (
+        "latest_version_created_at"
+    ),
+    sort_direction: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    """Public models and the caller's own (and its organizations'), newest first."""
+    """Public models and the caller's own (and its organizations'), by when their latest
+    version (a model without one: the model) or the model was created, newest first unless
+    ``sort_direction=asc``."""
 
     def owners() -> set[str]:
         with Session(state.engine) as session:
@@ -121,15 +152,24 @@ async def list_models(
         or_(col(Model.visibility) == "public", col(Model.owner).in_(visible))
     )
     base = base_url(request, state)
+    sort: Any = col(Model.created_at)
+    key: Callable[[Any], datetime] = _created
+    if sort_by == "latest_version_created_at":
+        sort = func.coalesce(col(Model.latest_version_created_at), col(Model.created_at))
+        key = _latest_version_created
+    params: dict[str, str] = {"sort_by": sort_by, "sort_direction": sort_direction}
     return await asyncio.to_thread(
         paginate,
         state.engine,
         stmt,
-        col(Model.created_at),
+        sort,
         col(Model.id),
         cursor=cursor,
         page_url=f"{base}/v1/models",
         render=_render_models(state, base),
+        params=params,
+        descending=sort_direction == "desc",
+        key=key,
     )
 
 
@@ -167,7 +207,9 @@ async def get_model(
             latest = (
                 session.get(Version, model.latest_version_id) if model.latest_version_id else None
             )
-            return model_json(model, latest, base_url(request, state))
+            base = base_url(request, state)
+            example = default_example(session, model, base, state.secret_key)
+            return model_json(model, latest, base, example)
 
     body = await asyncio.to_thread(load)
     if body is None:
@@ -194,7 +236,7 @@ async def update_model(
     state: StateDep,
     account: CurrentAccount,
 ) -> dict[str, Any]:
-    """Change description, visibility, hardware (for new predictions) or URLs."""
+    """Change description, readme, visibility, hardware (for new predictions) or URLs."""
     nulls = [f for f in ("visibility", "hardware") if f in body.model_fields_set]
     nulls = [f for f in nulls if getattr(body, f) is None]
     if nulls:  # every model has both: they can be changed, not removed
@@ -204,16 +246,34 @@ async def update_model(
     def update() -> dict[str, Any]:
         with Session(state.engine, expire_on_commit=False) as session:
             model = _own_model(session, account, owner, name)
-            for field, value in body.model_dump(exclude_unset=True, exclude={"readme"}).items():
+            for field, value in body.model_dump(exclude_unset=True).items():
                 setattr(model, field, value)
             session.add(model)
             session.commit()
             latest = (
                 session.get(Version, model.latest_version_id) if model.latest_version_id else None
             )
-            return model_json(model, latest, base_url(request, state))
+            base = base_url(request, state)
+            example = default_example(session, model, base, state.secret_key)
+            return model_json(model, latest, base, example)
 
     return await asyncio.to_thread(update)
+
+
+@router.get("/models/{owner}/{name}/readme", response_class=PlainTextResponse)
+async def get_model_readme(
+    owner: str, name: str, state: StateDep, account: CurrentAccount
+) -> PlainTextResponse:
+    """The model's README (Markdown, as plain text; empty when it has none)."""
+
+    def load() -> Model | None:
+        with Session(state.engine) as session:
+            return find_model(session, account, owner, name)
+
+    model = await asyncio.to_thread(load)
+    if model is None:
+        raise not_found(f"Model {owner}/{name}")
+    return PlainTextResponse(model.readme or "")
 
 
 @router.delete("/models/{owner}/{name}", status_code=204)
@@ -235,6 +295,11 @@ async def delete_model(owner: str, name: str, state: StateDep, account: CurrentA
                     "The model still has versions; delete every version first",
                     title="Model has versions",
                 )
+            # Leaving its collections and examples first (no dangling rows).
+            forget_examples(session, model_id=model.id)
+            session.execute(
+                sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id)
+            )
             session.delete(model)
             session.commit()
 
@@ -417,6 +482,7 @@ async def delete_version(
                     .order_by(col(Version.created_at).desc())
                 ).first()
                 model.latest_version_id = newest.id if newest is not None else None
+                model.latest_version_created_at = newest.created_at if newest else None
                 session.add(model)
             session.commit()
 

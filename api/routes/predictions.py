@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -12,9 +11,12 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
+from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, not_found
+from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
+from api.listfilters import PredictionFilters
 from api.pagination import PAGE_SIZE, paginate
 from api.serialize import prediction_json
 from api.state import AppState
@@ -52,7 +54,9 @@ async def create_prediction(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    cancel_after: CancelAfter,
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     def resolve() -> Any:
         with Session(state.engine) as session:
@@ -72,6 +76,8 @@ async def create_prediction(
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
+        cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
     )
 
 
@@ -83,7 +89,9 @@ async def create_model_prediction(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    cancel_after: CancelAfter,
     prefer: PreferHeader = None,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     def resolve() -> Any:
         with Session(state.engine) as session:
@@ -110,6 +118,8 @@ async def create_model_prediction(
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
         prefer=prefer,
+        cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
     )
 
 
@@ -157,24 +167,14 @@ async def list_predictions(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    filters: PredictionFilters,
     cursor: str | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-    source: Literal["web", "api"] | None = None,
     page_size: Annotated[int, Query(ge=1, le=PAGE_SIZE)] = PAGE_SIZE,
 ) -> dict[str, Any]:
-    """The caller's predictions, newest first, 100 a page, with absolute cursor URLs."""
+    """The caller's predictions, newest first, 100 a page, with absolute cursor URLs;
+    filtered by status, model, version, deployment, source and creation time."""
     stmt = select(Prediction).where(Prediction.owner == account.username)
-    params: dict[str, str] = {}
-    if created_after is not None:
-        stmt = stmt.where(col(Prediction.created_at) >= created_after)
-        params["created_after"] = created_after.isoformat()
-    if created_before is not None:
-        stmt = stmt.where(col(Prediction.created_at) < created_before)
-        params["created_before"] = created_before.isoformat()
-    if source is not None:
-        stmt = stmt.where(Prediction.source == source)
-        params["source"] = source
+    stmt, params = filters.apply(stmt, Prediction)
     if page_size != PAGE_SIZE:
         params["page_size"] = str(page_size)
     base = base_url(request, state)

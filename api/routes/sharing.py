@@ -12,15 +12,16 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from api.dashboard.shared import shared_page
 from api.deps import CurrentAccount, StateDep
 from api.errors import not_found
 from api.launch import base_url
+from api.serialize import prediction_json
 from api.state import AppState
-from replicant.serialize import prediction_json
 from replicant.tables import Account, Prediction
 from replicant.timeutil import isoformat
 
@@ -108,22 +109,6 @@ def times_list(view: dict[str, Any]) -> str:
     )
 
 
-def _html_page(view: dict[str, Any]) -> str:
-    block = json_block
-    times = times_list(view)
-    error = f"<h2>Error</h2>{block(view['error'])}" if view["error"] else ""
-    title = html.escape(f"{view['model']} · {view['id']}")
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{title}</title></head><body>"
-        f"<h1>{html.escape(view['model'])}</h1>"
-        f"<p>Prediction <code>{html.escape(view['id'])}</code>: "
-        f"<strong>{html.escape(view['status'])}</strong></p>"
-        f"<dl>{times}</dl><h2>Input</h2>{block(view['input'])}"
-        f"<h2>Output</h2>{block(view['output'])}{error}</body></html>"
-    )
-
-
 @router.get("/p/{prediction_id}", response_model=None)
 async def shared_prediction(prediction_id: str, request: Request, state: StateDep) -> Response:
     """The public page of a shared prediction: JSON, or HTML when the client asks for it."""
@@ -137,6 +122,5 @@ async def shared_prediction(prediction_id: str, request: Request, state: StateDe
         raise not_found(f"Prediction {prediction_id}")
     view = public_view(row, base_url(request, state))
     if wants_html(request):
-        headers = {**NO_STORE, "Content-Security-Policy": "default-src 'none'"}
-        return HTMLResponse(_html_page(view), headers=headers)
+        return shared_page(request, view)  # drawn by the dashboard: output by kind
     return JSONResponse(view, headers=NO_STORE)

@@ -43,9 +43,9 @@ async def stream_prediction(
     row = await asyncio.to_thread(_load, state, prediction_id)
     if row is None or not row.stream:
         raise not_found(f"Prediction {prediction_id}")
-    outputs, logs = _cursor(last_event_id)
+    outputs, logs = resume_cursor(last_event_id)
     return EventSourceResponse(
-        _events(state, prediction_id, outputs, logs),
+        prediction_events(state, prediction_id, outputs, logs),
         ping=state.settings.stream_keepalive,
         headers={"Cache-Control": "no-store"},
     )
@@ -56,7 +56,7 @@ def _load(state: AppState, prediction_id: str) -> Prediction | None:
         return session.get(Prediction, prediction_id)
 
 
-def _cursor(last_event_id: str | None) -> tuple[int, int]:
+def resume_cursor(last_event_id: str | None) -> tuple[int, int]:
     """Resume after ``Last-Event-ID`` (``<outputs sent>:<log characters sent>``)."""
     if last_event_id:
         first, _, second = last_event_id.partition(":")
@@ -75,7 +75,7 @@ def _data(chunk: Any) -> str:
     return chunk if isinstance(chunk, str) else json.dumps(chunk)
 
 
-async def _events(
+async def prediction_events(
     state: AppState, prediction_id: str, outputs: int, logs: int
 ) -> AsyncIterator[ServerSentEvent]:
     while True:

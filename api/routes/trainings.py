@@ -10,6 +10,8 @@ Trainings are private to the account that created them; so is a training's page
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import html
 import logging
 from typing import Any
@@ -19,13 +21,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from activities.trainings import inputs_prefix
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.inputfiles import store_data_uris
+from api.idempotency import Claim, IdempotencyHeader, KeyTaken, claim_for, claimed, record_claim
+from api.inputfiles import discard_data_uris, store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
+from api.listfilters import TrainingFilters
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
 from api.startguard import START_RPC_TIMEOUT, crash_point, lost_answer_point, settle_start
@@ -33,8 +37,9 @@ from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
+from replicant.fairness import task_priority
 from replicant.ids import new_id
-from replicant.storage import ObjectStore, open_store
+from replicant.objectkeys import training_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 from replicant.validation import validate_input
@@ -53,20 +58,11 @@ class TrainingCreate(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
 
 
-def _store(request: Request, state: AppState) -> ObjectStore:
-    """The app's object store (shared with the Files routes), opened on first use."""
-    store: ObjectStore | None = getattr(request.app.state, "object_store", None)
-    if store is None:
-        store = open_store(state.settings)
-        request.app.state.object_store = store
-    return store
-
-
 def _render(request: Request, state: AppState, rows: list[Training]) -> list[dict[str, Any]]:
     """Training objects; ``output.weights`` is a signed URL of the stored weights."""
     base = base_url(request, state)
     expiry = state.settings.output_url_expiry
-    store = _store(request, state) if any(r.weights_key for r in rows) else None
+    store = state.object_store if any(r.weights_key for r in rows) else None
 
     def sign(key: str) -> str:
         assert store is not None
@@ -107,8 +103,14 @@ async def create_training(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     settings = state.settings
+    claim = claim_for(
+        idempotency_key, account, request, body.model_dump(mode="json"), kind="training"
+    )
+    if claim is not None and (answered := await _replay(request, state, account, claim)):
+        return answered
 
     def resolve() -> tuple[Model, Version, Model, str]:
         with Session(state.engine, expire_on_commit=False) as session:
@@ -140,11 +142,10 @@ async def create_training(
     training_id = new_id()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
-        request,
         state,
         version.openapi_schema,
         body.input,
-        inputs_prefix(training_id),
+        training_inputs(training_id),
         component="TrainingInput",
     )
     req = TrainingRequest(
@@ -165,30 +166,29 @@ async def create_training(
         webhook_timeout=settings.webhook_timeout,
     )
     # The read model keeps the input as the user sent it.
-    await asyncio.to_thread(
-        trainings.insert_training, state.engine, req.model_copy(update={"input": body.input})
-    )
-    crash_point(settings)
-    client = await state.temporal()
-
-    async def start() -> None:
-        await client.start_workflow(
-            TrainingWorkflow.run,
-            req,
-            id=f"training-{req.id}",
-            task_queue=settings.orchestration_queue,
-            search_attributes=search_attributes(req),
-            # A second start under this id (see api/startguard.py) never trains twice.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            rpc_timeout=START_RPC_TIMEOUT,
-        )
-
     try:
-        await start()
+        row_req = req.model_copy(update={"input": body.input})
+        await asyncio.to_thread(_record, state, row_req, claim and claim.with_request(req))
+    except KeyTaken:
+        if stored:
+            await discard_data_uris(state, training_inputs(req.id))
+        assert claim is not None
+        answered = await _replay(request, state, account, claim)
+        if answered is None:
+            raise ProblemError(
+                409, "A request with this Idempotency-Key failed meanwhile; retry"
+            ) from None
+        return answered
+    crash_point(settings)
+    try:
+        await _start(state, req, account)
         lost_answer_point(settings)
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
-        # Temporal may have taken the start: ask it; the row stays for the reconciler.
+        # Temporal may have taken the start: ask it; the row (and its key) stay for the
+        # reconciler.
+        client = await state.temporal()
+        start = functools.partial(_start, state, req, account)
         if not await settle_start(client, f"training-{req.id}", start):
             raise ProblemError(503, "The training could not be scheduled; try again") from err
     log.info(
@@ -202,6 +202,48 @@ async def create_training(
     return JSONResponse(
         rendered[0], status_code=201, headers={"Location": rendered[0]["urls"]["get"]}
     )
+
+
+def _record(state: AppState, req: TrainingRequest, claim: Claim | None) -> None:
+    """The training's row, and its Idempotency-Key's in the same transaction."""
+    with Session(state.engine) as session:
+        if claim is not None:
+            record_claim(session.connection(), claim, req.id)
+        session.add(trainings.training_from_request(req))
+        session.commit()
+
+
+async def _start(state: AppState, req: TrainingRequest, account: Account) -> None:
+    client = await state.temporal()
+    await client.start_workflow(
+        TrainingWorkflow.run,
+        req,
+        id=f"training-{req.id}",
+        task_queue=state.settings.orchestration_queue,
+        search_attributes=search_attributes(req),
+        # Its run activity inherits this: trainings take turns on hardware queues too.
+        priority=task_priority(account.username, account.fairness_weight),
+        # A second start under this id (see api/startguard.py) never trains twice.
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        rpc_timeout=START_RPC_TIMEOUT,
+    )
+
+
+async def _replay(
+    request: Request, state: AppState, account: Account, claim: Claim
+) -> JSONResponse | None:
+    """The answer to a retry of a training create (None: create as usual); starts the
+    workflow when the API that recorded the training died before starting it."""
+    found = await claimed(state, claim, Training)
+    if found is None:
+        return None
+    key_row, row = found
+    if row.status == "starting" and key_row.request is not None:
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await _start(state, TrainingRequest.model_validate(key_row.request), account)
+    row = await asyncio.to_thread(_own_training, state, account, row.id)
+    rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
+    return JSONResponse(rendered, status_code=201, headers={"Location": rendered["urls"]["get"]})
 
 
 def _own_training(state: AppState, account: Account, training_id: str) -> Training:
@@ -246,19 +288,28 @@ async def cancel_training(
 
 @router.get("/v1/trainings")
 async def list_trainings(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    filters: TrainingFilters,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
-    """The caller's trainings, newest first, 100 a page, with absolute cursor URLs."""
+    """The caller's trainings, newest first, 100 a page, with absolute cursor URLs;
+    filtered by status, model, version, source and creation time."""
     base = base_url(request, state)
+    stmt, params = filters.apply(
+        select(Training).where(Training.owner == account.username), Training
+    )
     return await asyncio.to_thread(
         paginate,
         state.engine,
-        select(Training).where(Training.owner == account.username),
+        stmt,
         col(Training.created_at),
         col(Training.id),
         cursor=cursor,
         page_url=f"{base}/v1/trainings",
         render=lambda _, rows: _render(request, state, list(rows)),
+        params=params,
     )
 
 

@@ -1,0 +1,71 @@
+"""The account page: username, organizations, API tokens (created once shown, revoked) and the
+webhook signing secret, revealed on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from sqlmodel import Session
+
+from api.dashboard.client import ApiProblem
+from api.dashboard.web import FormDep, Page, PageDep, redirect, render
+from api.deps import get_state
+from replicant.accounts import create_token, find_account, list_tokens, revoke_token
+from replicant.catalog import account_names
+from replicant.tables import ApiToken
+
+router = APIRouter(include_in_schema=False)
+
+
+def _account_view(page: Page) -> dict[str, Any]:
+    engine = get_state(page.request).engine
+    username = page.account["username"]
+    account = find_account(engine, username)
+    with Session(engine) as session:
+        organizations = sorted(account_names(session, account) - {username})
+    return {"organizations": organizations, "tokens": list_tokens(engine, username)}
+
+
+async def _render_account(page: Page, **extra: Any) -> Response:
+    view = await asyncio.to_thread(_account_view, page)
+    return render(page.request, "account.html", page=page, **view, **extra)
+
+
+@router.get("/account")
+async def account_page(page: PageDep) -> Response:
+    return await _render_account(page, new_token=None, secret=None)
+
+
+@router.post("/account/tokens")
+async def new_token(page: PageDep, form: FormDep) -> Response:
+    """A new token, shown on this answer only (the database keeps its hash)."""
+    name = str(form.get("name") or "").strip()[:100] or "dashboard"
+    engine = get_state(page.request).engine
+    _, token = await asyncio.to_thread(create_token, engine, page.account["username"], name)
+    return await _render_account(page, new_token=token, secret=None)
+
+
+def _revoke_own(page: Page, token_id: int) -> None:
+    engine = get_state(page.request).engine
+    account = find_account(engine, page.account["username"])
+    with Session(engine) as session:
+        row = session.get(ApiToken, token_id)
+    if row is None or row.account_id != account.id:
+        raise ApiProblem(404, {"detail": f"Token {token_id} not found"})
+    revoke_token(engine, token_id)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+async def revoke(token_id: int, page: PageDep, form: FormDep) -> Response:
+    await asyncio.to_thread(_revoke_own, page, token_id)
+    return redirect(page.request, "/account")
+
+
+@router.post("/account/webhook-secret")
+async def reveal_secret(page: PageDep, form: FormDep) -> Response:
+    """The webhook signing secret, from the API's own route."""
+    secret = await page.api.get("/v1/webhooks/default/secret")
+    return await _render_account(page, new_token=None, secret=secret["key"])

@@ -1,0 +1,134 @@
+"""How the dashboard shows values: outputs by kind, JSON, times, and code snippets."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from typing import Any
+from urllib.parse import urlparse
+
+from jinja2 import Environment
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+IMAGE = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp", ".avif"}
+AUDIO = {".wav", ".mp3", ".ogg", ".flac", ".m4a", ".aac", ".opus"}
+VIDEO = {".mp4", ".webm", ".mov", ".mkv"}
+# Long values (data URIs) are cut in code snippets; the point is the call's shape.
+SNIPPET_VALUE = 200
+# Text that reads as markdown (headings, lists, emphasis, code fences, links) is drawn as such.
+MARKDOWN = re.compile(
+    r"^(#{1,6} |[-*] |\d+\. |```|> )|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)", re.MULTILINE
+)
+# Raw HTML in the text stays text; markdown-it refuses javascript: links itself.
+_markdown = MarkdownIt("commonmark", {"html": False})
+
+
+def output_kind(value: Any) -> str:
+    """``image``, ``audio``, ``video``, ``file`` (a link), ``text`` or ``json``."""
+    if not isinstance(value, str):
+        return "json"
+    if value.startswith("data:"):
+        mime = value[5:].split(";", 1)[0].split(",", 1)[0]
+        top = mime.split("/", 1)[0]
+        return top if top in ("image", "audio", "video") else "file"
+    if not value.startswith(("http://", "https://")):
+        return "markdown" if MARKDOWN.search(value) else "text"
+    path = urlparse(value).path.lower()
+    ext = path[path.rfind(".") :] if "." in path.rsplit("/", 1)[-1] else ""
+    for kind, exts in (("image", IMAGE), ("audio", AUDIO), ("video", VIDEO)):
+        if ext in exts:
+            return kind
+    return "file"
+
+
+def output_items(output: Any, streaming: bool) -> list[tuple[str, Any]]:
+    """(kind, value) pairs to draw: an iterator of text reads as one text, a list of files as
+    one item each, anything else as itself."""
+    if output is None:
+        return []
+    if isinstance(output, list):
+        if streaming and all(isinstance(v, str) and is_text(v) for v in output):
+            text = "".join(output)
+            return [(output_kind(text), text)]
+        if output and all(output_kind(v) != "json" for v in output):
+            return [(output_kind(v), v) for v in output]
+        return [("json", output)]
+    return [(output_kind(output), output)]
+
+
+def is_text(value: str) -> bool:
+    return output_kind(value) in ("text", "markdown")
+
+
+def markdown(text: str) -> Markup:
+    """Markdown as HTML, with any HTML in it escaped."""
+    return Markup(_markdown.render(text))
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def file_name(url: str) -> str:
+    if url.startswith("data:"):
+        return "download"
+    return urlparse(url).path.rsplit("/", 1)[-1] or url
+
+
+def brief(value: Any) -> Any:
+    """``value`` with long data URIs cut short, for showing an input (not for sending)."""
+    if isinstance(value, str) and value.startswith("data:") and len(value) > SNIPPET_VALUE:
+        return f"{value[:60]}... ({len(value)} characters)"
+    if isinstance(value, list):
+        return [brief(v) for v in value]
+    if isinstance(value, dict):
+        return {k: brief(v) for k, v in value.items()}
+    return value
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > SNIPPET_VALUE:
+        return value[:SNIPPET_VALUE] + "..."
+    if isinstance(value, list):
+        return [_short(v) for v in value]
+    return value
+
+
+def snippets(base: str, version: str, input: dict[str, Any]) -> dict[str, str]:
+    """curl, Python and JavaScript code that makes the same prediction."""
+    body = {"version": version, "input": {k: _short(v) for k, v in input.items()}}
+    data = json.dumps(body, indent=2, ensure_ascii=False)
+    inputs = json.dumps(body["input"], indent=4, ensure_ascii=False)
+    indented = inputs.replace("\n", "\n    ")
+    curl = (
+        f"curl -s -X POST {base}/v1/predictions \\\n"
+        '  -H "Authorization: Bearer $REPLICATE_API_TOKEN" \\\n'
+        '  -H "Content-Type: application/json" \\\n'
+        '  -H "Prefer: wait" \\\n'
+        f"  -d {shlex.quote(data)}"
+    )
+    python = (
+        "import replicate\n\n"
+        f'client = replicate.Client(base_url="{base}")  # token from REPLICATE_API_TOKEN\n'
+        f'output = client.run(\n    "{version}",\n    input={indented},\n)\n'
+        "print(output)"
+    )
+    javascript = (
+        'import Replicate from "replicate";\n\n'
+        f'const replicate = new Replicate({{ baseUrl: "{base}/v1" }});\n'
+        f'const output = await replicate.run("{version}", {{\n'
+        f"  input: {inputs.replace(chr(10), chr(10) + '  ')},\n}});\n"
+        "console.log(output);"
+    )
+    return {"curl": curl, "python": python, "javascript": javascript}
+
+
+def install_filters(env: Environment) -> None:
+    """Make the helpers above available to the templates."""
+    env.filters["pretty"] = pretty
+    env.filters["markdown"] = markdown
+    env.filters["brief"] = brief
+    env.filters["file_name"] = file_name
+    env.globals["output_items"] = output_items

@@ -1,0 +1,136 @@
+"""What every dashboard page shares: templates, the signed-in user, CSRF-checked forms and
+rendering with the session cookie and a strict Content-Security-Policy."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from starlette.datastructures import FormData
+
+from api.dashboard.client import Api, ApiProblem, api_for
+from api.dashboard.render import install_filters
+from api.dashboard.session import DashSession, csrf_ok, load_session, save_session
+from api.errors import ProblemError
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+install_filters(templates.env)
+
+# Scripts and styles only from this app; media from wherever the output URLs point.
+CSP = (
+    "default-src 'self'; img-src * data: blob:; media-src * data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+class SignInRequired(Exception):
+    """The page needs a signed-in user; the handler sends the browser to the sign-in page."""
+
+
+@dataclass
+class Page:
+    """A signed-in request: its session, its API client and the account behind the token."""
+
+    request: Request
+    session: DashSession
+    api: Api
+    account: dict[str, Any]
+
+
+async def signed_in(request: Request) -> AsyncIterator[Page]:
+    """The signed-in user of the request (API token checked on every request)."""
+    session = load_session(request)
+    if not session.token:
+        raise SignInRequired
+    async with api_for(request, session.token) as api:
+        try:
+            account = await api.get("/v1/account")
+        except ApiProblem as err:
+            if err.status == 401:  # the token was revoked: the session is over
+                session.token = None
+                raise SignInRequired from None
+            raise
+        yield Page(request, session, api, account)
+
+
+PageDep = Annotated[Page, Depends(signed_in)]
+
+
+async def checked_form(request: Request) -> FormData:
+    """The posted form, 403 unless it carries the session's CSRF token.
+
+    Forms are posted as multipart: the API reads form-encoded bodies as JSON (curl's habit).
+    """
+    form = await request.form()
+    if not csrf_ok(load_session(request), form.get("csrf")):
+        raise ProblemError(403, "The form is stale or forged; reload the page and try again")
+    return form
+
+
+FormDep = Annotated[FormData, Depends(checked_form)]
+
+
+def render(
+    request: Request,
+    name: str,
+    status_code: int = 200,
+    page: Page | None = None,
+    **context: Any,
+) -> HTMLResponse:
+    """A template as an HTML response, with the session cookie re-signed."""
+    session = page.session if page else load_session(request)
+    values = {"csrf": session.csrf, "account": page.account if page else None, **context}
+    response = templates.TemplateResponse(request, name, values, status_code=status_code)
+    response.headers.update(SECURITY_HEADERS)
+    save_session(request, response, session)
+    return response
+
+
+def redirect(request: Request, url: str) -> RedirectResponse:
+    """A 303 after a form post, keeping the session cookie."""
+    response = RedirectResponse(url, status_code=303)
+    save_session(request, response, load_session(request))
+    return response
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Dashboard errors as pages: sign-in redirects, API problems as an error page."""
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, _: SignInRequired) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return redirect(request, f"/signin?next={quote(target)}")
+
+    @app.exception_handler(ApiProblem)
+    async def _problem(request: Request, err: ApiProblem) -> Response:
+        response = render(request, "error.html", err.status, error=err)
+        if err.retry_after:
+            response.headers["Retry-After"] = err.retry_after
+        return response
+
+    api_handler = app.exception_handlers[ProblemError]
+
+    @app.exception_handler(ProblemError)
+    async def _page_problem(request: Request, err: ProblemError) -> Response:
+        # The dashboard's own refusals (rate limit, CSRF) as pages; the API's stay problem+json.
+        route = request.scope.get("route")
+        if not getattr(getattr(route, "endpoint", None), "__module__", "").startswith(__package__):
+            answer = api_handler(request, err)
+            return await answer if inspect.isawaitable(answer) else answer
+        page = render(request, "error.html", err.status, error=err)
+        page.headers.update(err.headers or {})
+        return page

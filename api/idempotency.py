@@ -1,0 +1,212 @@
+"""Idempotent creates (beyond Replicate): ``Idempotency-Key: <key>`` on a prediction create.
+
+The same key from the same account within 24 hours answers the prediction the first request
+made (201, the prediction as it is now), never a second run: also while the first request is
+still in flight (the key's row commits with the prediction's, and the unique constraint makes
+the second insert wait for the first and fail), and after the API process that took it died
+between recording the prediction and starting its workflow (a retry starts it from the
+workflow input kept with the key). A different body with a used key is refused with 422.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import delete, insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from api.errors import ProblemError, invalid
+from api.serialize import prediction_json
+from api.state import AppState
+from replicant.contracts import PredictionRequest
+from replicant.tables import TERMINAL_STATUSES, Account, IdempotencyKey, Prediction
+from replicant.timeutil import as_utc, utcnow
+from workflows.prediction import PredictionWorkflow
+
+log = logging.getLogger("replicant.api")
+
+KEY_LIFETIME = timedelta(hours=24)
+MAX_KEY_LENGTH = 255
+
+IdempotencyHeader = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A create request's key, the hash of what it asked for, and (once built) the workflow
+    input to keep with it."""
+
+    owner: str
+    key: str
+    request_hash: str
+    kind: str = "prediction"
+    request: dict[str, Any] | None = None
+
+    def with_request(self, req: BaseModel) -> Claim:
+        return replace(self, request=req.model_dump(mode="json"))
+
+
+class KeyTaken(Exception):
+    """Another request recorded this key first (its transaction committed before ours)."""
+
+    def __init__(self, discarded_id: str) -> None:
+        super().__init__(discarded_id)
+        self.discarded_id = discarded_id
+
+
+def claim_for(
+    key: str | None,
+    account: Account,
+    request: Request,
+    body: dict[str, Any],
+    kind: str = "prediction",
+) -> Claim | None:
+    """The claim of a create request (None without the header); 422 for a malformed key."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
+        raise invalid(
+            [
+                {
+                    "field": "Idempotency-Key",
+                    "message": f"must be 1 to {MAX_KEY_LENGTH} printable characters",
+                }
+            ]
+        )
+    canonical = json.dumps({"path": request.url.path, "body": body}, sort_keys=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return Claim(owner=account.username, key=key, request_hash=digest, kind=kind)
+
+
+def record_claim(conn: Connection, claim: Claim, object_id: str) -> None:
+    """Insert the key's row in the caller's transaction (beside the object's own row); an
+    expired row of the same key goes first. Raises ``KeyTaken`` when the key is in use."""
+    expired = (
+        delete(IdempotencyKey)
+        .where(col(IdempotencyKey.owner) == claim.owner)
+        .where(col(IdempotencyKey.key) == claim.key)
+        .where(col(IdempotencyKey.created_at) < utcnow() - KEY_LIFETIME)
+    )
+    conn.execute(expired)
+    values = {
+        "owner": claim.owner,
+        "key": claim.key,
+        "request_hash": claim.request_hash,
+        "kind": claim.kind,
+        "object_id": object_id,
+        "request": claim.request,
+        "created_at": utcnow(),
+    }
+    try:
+        conn.execute(insert(IdempotencyKey), values)
+    except IntegrityError:  # leaving the transaction rolls back the object's row too
+        raise KeyTaken(object_id) from None
+
+
+def _find(state: AppState, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
+    with Session(state.engine, expire_on_commit=False) as session:
+        row = session.exec(
+            select(IdempotencyKey)
+            .where(IdempotencyKey.owner == claim.owner)
+            .where(IdempotencyKey.key == claim.key)
+        ).first()
+        if row is None or as_utc(row.created_at) < utcnow() - KEY_LIFETIME:
+            return None
+        return row, session.get(table, row.object_id)
+
+
+def _forget(state: AppState, key_id: int | None) -> None:
+    with Session(state.engine) as session:
+        session.exec(delete(IdempotencyKey).where(col(IdempotencyKey.id) == key_id))
+        session.commit()
+
+
+async def claimed(state: AppState, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
+    """The live key of ``claim`` and the row of ``table`` it made (None: the key is unused,
+    or its object was discarded because its workflow never started: create as usual); 422
+    when the key was used with another request."""
+    found = await asyncio.to_thread(_find, state, claim, table)
+    if found is None:
+        return None
+    key_row, made = found
+    if key_row.request_hash != claim.request_hash:
+        raise invalid(
+            [
+                {
+                    "field": "Idempotency-Key",
+                    "message": "was used with a different request in the last 24 hours",
+                }
+            ]
+        )
+    if made is None:  # the first request failed to schedule it and removed it
+        await asyncio.to_thread(_forget, state, key_row.id)
+        return None
+    return key_row, made
+
+
+async def replay(
+    request: Request, state: AppState, claim: Claim, wait: int | None
+) -> JSONResponse | None:
+    """The answer to a retry of a prediction create (None: create as usual)."""
+    found = await claimed(state, claim, Prediction)
+    if found is None:
+        return None
+    key_row, prediction = found
+    if prediction.status == "starting" and key_row.request is not None:
+        await _ensure_started(state, PredictionRequest.model_validate(key_row.request))
+    if wait is not None and prediction.status not in TERMINAL_STATUSES:
+        await _wait(state, prediction.id, wait)
+    return await respond(request, state, prediction.id)
+
+
+async def answer_taken(
+    request: Request, state: AppState, claim: Claim, wait: int | None
+) -> JSONResponse:
+    """The answer once our insert lost the race for the key: the winner's prediction."""
+    answered = await replay(request, state, claim, wait)
+    if answered is None:
+        raise ProblemError(409, "A request with this Idempotency-Key failed meanwhile; retry")
+    return answered
+
+
+async def respond(request: Request, state: AppState, prediction_id: str) -> JSONResponse:
+    """201 with the prediction as it is now, as its create answered."""
+    from api.launch import _load, base_url  # launch imports this module
+
+    row = await state.read(_load, state, prediction_id)
+    body = prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+    return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
+
+
+async def _ensure_started(state: AppState, req: PredictionRequest) -> None:
+    """Start the workflow the first request may not have started (its API died after
+    recording the prediction); a running or finished one is left alone."""
+    from api.launch import _start  # launch imports this module
+
+    with contextlib.suppress(WorkflowAlreadyStartedError):
+        await _start(state, req, None)
+        log.info("event=idempotent_restart prediction=%s", req.id)
+
+
+async def _wait(state: AppState, prediction_id: str, wait: int) -> None:
+    client = await state.temporal()
+    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
+    with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
+        await handle.execute_update(
+            PredictionWorkflow.wait_done, rpc_timeout=timedelta(seconds=wait)
+        )

@@ -1,0 +1,82 @@
+"""``DELETE /v1/predictions/{id}`` (beyond Replicate): remove a prediction's data now.
+
+Owner only. A prediction still waiting or running is canceled first (and given a moment to
+end, so its last output upload is not left behind); then its input and output are removed
+from the read model and the object store, as retention would do later: ``data_removed`` is
+true and the prediction itself stays listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlmodel import Session
+from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError
+
+from api.deps import CurrentAccount, StateDep
+from api.launch import base_url
+from api.routes.examples import forget_examples
+from api.routes.predictions import _own_prediction
+from api.serialize import prediction_json
+from api.state import AppState
+from replicant import readmodel
+from replicant.objectkeys import prediction_prefix
+from replicant.tables import TERMINAL_STATUSES
+from replicant.timeutil import utcnow
+from workflows.prediction import PredictionWorkflow
+
+log = logging.getLogger("replicant.api")
+
+router = APIRouter(prefix="/v1", tags=["predictions"])
+
+# How long a canceled run may take to end before its data is removed anyway.
+CANCEL_GRACE = timedelta(seconds=10)
+
+
+@router.delete("/predictions/{prediction_id}")
+async def delete_prediction_data(
+    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+) -> dict[str, Any]:
+    """Cancel the prediction if it has not ended, and remove its input and output files."""
+    row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+    if row.status not in TERMINAL_STATUSES:
+        await _cancel_and_wait(state, prediction_id)
+    await asyncio.to_thread(_remove_data, state, prediction_id)
+    store = await state.store()
+    files = await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
+    log.info("event=data_removed prediction=%s files=%d on=request", prediction_id, files)
+    row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+
+
+def _remove_data(state: AppState, prediction_id: str) -> None:
+    with Session(state.engine) as session:
+        # A model's example without its data is no example: unmark it.
+        forget_examples(session, prediction_id=prediction_id)
+        session.commit()
+    readmodel.remove_data(state.engine, prediction_id)
+
+
+async def _cancel_and_wait(state: AppState, prediction_id: str) -> None:
+    client = await state.temporal()
+    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
+    try:
+        await handle.signal(PredictionWorkflow.cancel)
+    except RPCError:
+        # No running workflow is left to tell: the read model is all there is.
+        await asyncio.to_thread(
+            readmodel.finish_prediction,
+            state.engine,
+            prediction_id,
+            status="canceled",
+            completed_at=utcnow(),
+        )
+        return
+    with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
+        await handle.execute_update(PredictionWorkflow.wait_done, rpc_timeout=CANCEL_GRACE)

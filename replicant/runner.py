@@ -1,0 +1,84 @@
+"""What the run activities and a pool of model processes say to each other.
+
+The activities (which may import only ``replicant``) describe a process with ``RunnerSpec``,
+get back ``CogPrediction``s, and type the pool as ``ModelRunner``; ``workers.runners``
+implements it with coglet processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Stores an output file: (prediction id, file name, content type, body) -> its URL.
+UploadSink = Callable[[str, str, str | None, AsyncIterator[bytes]], Awaitable[str]]
+
+
+# Called with each changed intermediate state of a run, and once its process took it.
+OnUpdate = Callable[["CogPrediction"], Awaitable[None]]
+OnBooted = Callable[[], Awaitable[None]]
+
+
+class RunnerSpec(BaseModel):
+    """How to start a coglet process; ``key`` names the warm process that can be reused."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    model_dir: Path
+    python: Path
+    predict_ref: str
+    train_ref: str | None = None
+    mode: Literal["predict", "train"] = "predict"
+    env: dict[str, str] = Field(default_factory=dict)
+    upload_url: str | None = None
+    # Weights in the object store (``replicant.weights``): materialized by the pool, then
+    # served to the model from the pool's HTTP server as COG_WEIGHTS.
+    weights_ref: str | None = None
+    # True for iterator outputs (partial output needs coglet's webhooks); None: learn it.
+    streams_output: bool | None = None
+
+
+class CogPrediction(BaseModel):
+    """The latest state coglet reported for a prediction (cumulative output and logs)."""
+
+    status: str
+    output: Any = None
+    logs: str = ""
+    error: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class BootError(Exception):
+    """setup() failed, or coglet died or hung while booting; ``logs`` holds its output tail."""
+
+    def __init__(self, message: str, logs: str = "") -> None:
+        super().__init__(message)
+        self.logs = logs
+
+
+class ModelRunner(Protocol):
+    """The part of a runner pool that the run activities use."""
+
+    @property
+    def upload(self) -> UploadSink | None:
+        """Where the pool stores output files (None: they come back as data URIs)."""
+        ...
+
+    async def predict(
+        self,
+        spec: RunnerSpec,
+        prediction_id: str,
+        input: dict[str, Any],
+        on_update: OnUpdate | None = None,
+        on_booted: OnBooted | None = None,
+    ) -> CogPrediction:
+        """Run one prediction (or training) and return its terminal state."""
+        ...
+
+    def keep_standby(self, spec: RunnerSpec) -> None:
+        """Keep a process of fine-tune ``spec``'s base waiting for weights (if enabled)."""
+        ...

@@ -1,0 +1,655 @@
+"""The web dashboard in a real browser: Playwright driving Debian's Chromium (/usr/bin/chromium,
+installed by `make test`), against the session's live stack.
+
+Set DASHBOARD_SCREENSHOTS=<dir> to save screenshots of the main pages there (docs/dashboard/
+holds the committed ones).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.conftest import LiveStack
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# A loaded machine runs seven suites at once: waits are for events, bounded generously.
+WAIT_MS = 90_000
+SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def new_page(browser: Browser, live: LiveStack, **options: Any) -> Page:
+    page = browser.new_context(base_url=live.url, **options).new_page()
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def sign_in(browser: Browser, live: LiveStack, token: str) -> Page:
+    """A browser page signed in with ``token``, on the models list."""
+    page = new_page(browser, live)
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/$"))
+    page.fill("#token", token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    return page
+
+
+def shot(page: Page, name: str) -> None:
+    if SCREENSHOTS:
+        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
+
+
+def run_form(page: Page, model: str) -> None:
+    page.goto(f"/models/{model}")
+    expect(page.get_by_role("heading", name=model)).to_be_visible()
+
+
+def submit_run(page: Page) -> str:
+    """Press Run; returns the id of the prediction page it leads to."""
+    page.get_by_role("button", name="Run").click()
+    expect(page).to_have_url(re.compile(r"/predictions/[a-z0-9]+$"))
+    return page.url.rsplit("/", 1)[-1]
+
+
+@pytest.fixture(scope="module")
+def user(live: LiveStack) -> str:
+    return live.new_account("dash")
+
+
+def test_sign_in_lists_models_searches_and_signs_out(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = new_page(browser, live)
+    page.goto("/signin")
+    page.fill("#token", "r8_not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#token-error")).to_have_text("That token is not valid")
+
+    page = sign_in(browser, live, user)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "replicant_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+    models = page.locator(".model h2")
+    expect(models.filter(has_text="replicate/hello-world")).to_be_visible()
+    expect(models.filter(has_text="replicant/thumbnail")).to_be_visible()
+    shot(page, "models")
+
+    page.fill("#q", "thumb")
+    page.get_by_role("button", name="Search").click()
+    expect(models).to_have_count(1)
+    expect(models).to_have_text("replicant/thumbnail")
+
+    page.get_by_role("button", name="Sign out").click()
+    expect(page).to_have_url(re.compile(r"/signin$"))
+    page.goto("/predictions")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/predictions$"))
+
+
+def test_hello_world_runs_from_the_form(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicate/hello-world")
+    expect(page.locator("label[for=in-text]")).to_contain_text("text")
+    expect(page.locator("main .meta").first).to_contain_text("hardware CPU")
+    shot(page, "model")
+    page.fill("#in-text", "dashboard")
+    prediction_id = submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    expect(page.locator("#output")).to_contain_text("hello dashboard")
+    # The code snippets make the same prediction.
+    expect(page.locator("#code-curl")).to_contain_text('"text": "dashboard"')
+    expect(page.locator("#code-python")).to_contain_text("replicate/hello-world:")
+    link = page.get_by_role("link", name="Workflow in the Temporal UI")
+    expect(link).to_have_attribute("href", re.compile(f"/workflows/prediction-{prediction_id}$"))
+    shot(page, "prediction")
+    with live.client(user) as api:
+        body = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert body["output"] == "hello dashboard" and body["source"] == "web"
+    # The list's filters are the API's.
+    page.goto("/predictions")
+    page.select_option("select[name=source]", "web")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.get_by_role("link", name=prediction_id)).to_be_visible()
+    page.select_option("select[name=source]", "api")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"source=api"))
+    expect(page.get_by_role("link", name=prediction_id)).to_have_count(0)
+
+
+def test_bad_input_shows_the_fields_error(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/sleep")
+    expect(page.locator("#in-seconds")).to_have_attribute("max", "3600")
+    # Past the browser's own check, so the API's answer is what shows.
+    page.locator("form.run").evaluate("form => { form.noValidate = true; }")
+    page.fill("#in-seconds", "5000")
+    page.get_by_role("button", name="Run").click()
+    error = page.locator("#err-seconds")
+    expect(error).to_contain_text("3600")
+    expect(page.locator("#in-seconds")).to_have_value("5000")
+    expect(page.locator(".field.invalid #in-seconds")).to_be_visible()
+    shot(page, "invalid-input")
+    # Corrected, the same form runs.
+    page.fill("#in-seconds", "0")
+    submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    expect(page.locator("#output")).to_contain_text("slept for 0 seconds")
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_thumbnail_of_an_uploaded_image_is_shown(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/thumbnail")
+    page.set_input_files(
+        "#in-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": png(300, 150)}]
+    )
+    page.fill("#in-width", "64")
+    submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    image = page.locator("img.output-image")
+    expect(image).to_be_visible()
+    page.wait_for_function(
+        "img => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+    )
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [64, 32]
+    shot(page, "prediction-image")
+
+
+def test_sleep_logs_arrive_live_and_cancel_stops_it(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/sleep")
+    page.fill("#in-seconds", "6")
+    prediction_id = submit_run(page)
+    # Marks this document: a reload would lose it, so the logs below came by the event stream.
+    page.evaluate("() => { window.stillTheSamePage = true; }")
+    expect(page.locator("#logs")).to_contain_text("slept 1s")
+    assert page.evaluate("() => window.stillTheSamePage === true")
+    expect(page.locator("#status")).to_have_text("processing")
+    shot(page, "prediction-running")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator("#status")).to_have_text("canceled")
+    with live.client(user) as api:
+        body = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert body["status"] == "canceled" and "slept 5s" not in body["logs"]
+
+
+def test_ngram_tokens_stream_to_the_page(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/ngram")
+    page.fill("#in-prompt", "the")
+    page.fill("#in-max_tokens", "40")
+    page.fill("#in-seed", "7")
+    prediction_id = submit_run(page)
+    expect(page.locator("#status")).to_have_text("succeeded")
+    text = page.locator("#output .text-output").inner_text()
+    assert len(text.split()) >= 10
+    # The page's event stream delivers the tokens one event each, from the start.
+    tokens = page.evaluate(
+        """url => new Promise((resolve, reject) => {
+            const tokens = [];
+            const source = new EventSource(url);
+            source.addEventListener("output", (e) => tokens.push(e.data));
+            source.addEventListener("done", () => { source.close(); resolve(tokens); });
+            source.onerror = () => { source.close(); reject(new Error("stream failed")); };
+        })""",
+        f"/predictions/{prediction_id}/events?after=0:0",
+    )
+    assert len(tokens) >= 10
+    assert "".join(tokens) == text
+
+
+def test_shared_prediction_opens_signed_out(browser: Browser, live: LiveStack, user: str) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicate/hello-world")
+    page.fill("#in-text", "everyone")
+    prediction_id = submit_run(page)
+    expect(page.locator("#output")).to_contain_text("hello everyone")
+    page.get_by_role("button", name="Share").click()
+    expect(page.get_by_role("link", name="Public page")).to_be_visible()
+
+    stranger = new_page(browser, live)
+    stranger.goto(f"/p/{prediction_id}")
+    expect(stranger.locator("#output")).to_contain_text("hello everyone")
+    expect(stranger.get_by_role("link", name="Sign in")).to_be_visible()
+    shot(stranger, "shared")
+
+    page.get_by_role("button", name="Unshare").click()
+    expect(page.get_by_role("button", name="Share")).to_be_visible()
+    response = stranger.goto(f"/p/{prediction_id}")
+    assert response is not None and response.status == 404
+
+
+def test_a_second_account_sees_none_of_the_firsts_private_things(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    with live.client(user) as api:
+        owner = api.get("/v1/account").json()["username"]
+        name = f"secret-{os.urandom(3).hex()}"
+        created = api.post(
+            "/v1/models",
+            json={"owner": owner, "name": name, "visibility": "private", "hardware": "cpu"},
+        )
+        assert created.status_code == 201, created.text
+        mine = api.post(
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "private"}},
+            headers={"Prefer": "wait"},
+        ).json()
+    first = sign_in(browser, live, user)
+    first.fill("#q", name)
+    first.get_by_role("button", name="Search").click()
+    expect(first.locator(".model h2")).to_have_text(f"{owner}/{name}")
+    first.goto("/predictions")
+    expect(first.get_by_role("link", name=mine["id"])).to_be_visible()
+    shot(first, "predictions")
+
+    other = sign_in(browser, live, live.new_account("other"))
+    other.fill("#q", name)
+    other.get_by_role("button", name="Search").click()
+    expect(other.locator(".model")).to_have_count(0)
+    response = other.goto(f"/models/{owner}/{name}")
+    assert response is not None and response.status == 404
+    response = other.goto(f"/predictions/{mine['id']}")
+    assert response is not None and response.status == 404
+    expect(other.locator("main")).not_to_contain_text("hello private")
+    other.goto("/predictions")
+    expect(other.locator("tbody")).to_contain_text("No predictions.")
+    # Forms of another session are refused: the CSRF token is per session.
+    csrf = first.locator("input[name=csrf]").first.get_attribute("value")
+    refused = other.request.post(
+        f"/predictions/{mine['id']}/share", multipart={"csrf": csrf or ""}, max_redirects=0
+    )
+    assert refused.status == 403
+
+
+def test_account_creates_shows_once_and_revokes_tokens(browser: Browser, live: LiveStack) -> None:
+    from replicant.accounts import add_member, create_organization
+
+    token = live.new_account("acct")
+    with live.client(token) as api:
+        username = api.get("/v1/account").json()["username"]
+    organization = f"org-{os.urandom(3).hex()}"
+    create_organization(live.engine, organization)
+    add_member(live.engine, organization, username)
+    page = sign_in(browser, live, token)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name=username).click()
+    expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
+    expect(page.locator("main")).to_contain_text(organization)
+    page.get_by_role("button", name="Reveal secret").click()
+    expect(page.locator("#webhook-secret")).to_contain_text("whsec_")
+    with live.client(token) as api:
+        key = api.get("/v1/webhooks/default/secret").json()["key"]
+    expect(page.locator("#webhook-secret")).to_have_text(key)
+
+    page.fill("#token-name", "laptop")
+    page.get_by_role("button", name="Create token").click()
+    created = page.locator("#new-token").inner_text().strip()
+    assert created.startswith("r8_")
+    with live.client(created) as api:
+        assert api.get("/v1/account").status_code == 200
+    shot(page, "account")
+    page.goto("/account")  # shown once: the page never shows it again
+    expect(page.locator("main")).not_to_contain_text(created)
+
+    page.get_by_role("button", name=re.compile(r"Revoke token laptop")).click()
+    expect(page.get_by_role("row", name=re.compile("laptop"))).to_contain_text("revoked")
+    with live.client(created) as api:
+        assert api.get("/v1/account").status_code == 401
+    # Revoking the token the session holds signs the session out.
+    page.get_by_role("button", name=re.compile(r"Revoke token default")).click()
+    expect(page).to_have_url(re.compile(r"/signin\?next="))
+
+
+def test_deployments_page_edits_instances_and_shows_the_apis_errors(
+    browser: Browser, live: LiveStack
+) -> None:
+    token = live.new_account("deployer")
+    with live.client(token) as api:
+        owner = api.get("/v1/account").json()["username"]
+        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+        name = f"dep-{os.urandom(3).hex()}"
+        created = api.post(
+            "/v1/deployments",
+            json={
+                "name": name,
+                "model": "replicate/hello-world",
+                "version": version,
+                "hardware": "cpu",
+                "min_instances": 0,
+                "max_instances": 1,
+            },
+        )
+        assert created.status_code == 200, created.text
+    page = sign_in(browser, live, token)
+    page.goto("/deployments")
+    card = page.locator("section.card", has=page.get_by_role("heading", name=f"{owner}/{name}"))
+    expect(card).to_contain_text("release 1")
+    expect(card.locator("dd").nth(3)).to_have_text("0")  # queue depth
+    card.locator("input[name=max_instances]").fill("3")
+    card.get_by_role("button", name="Save").click()
+    card = page.locator("section.card", has=page.get_by_role("heading", name=f"{owner}/{name}"))
+    expect(card).to_contain_text("release 2")
+    expect(card.locator("input[name=max_instances]")).to_have_value("3")
+    shot(page, "deployments")
+    with live.client(token) as api:
+        release = api.get(f"/v1/deployments/{owner}/{name}").json()["current_release"]
+    assert release["configuration"]["max_instances"] == 3
+
+    card.locator("input[name=min_instances]").fill("5")
+    card.get_by_role("button", name="Save").click()
+    expect(page.locator(".field-error")).to_be_visible()
+    with live.client(token) as api:
+        assert api.get(f"/v1/deployments/{owner}/{name}").json()["current_release"]["number"] == 2
+
+
+def test_pages_fit_a_phone_follow_dark_mode_and_work_from_the_keyboard(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = new_page(browser, live, viewport={"width": 390, "height": 844}, color_scheme="dark")
+    page.goto("/signin")
+    page.keyboard.press("Tab")  # the first stop skips to the content
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.locator("#token").focus()
+    page.keyboard.type(user)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Models")).to_be_visible()
+    for path in ("/", "/models/replicant/thumbnail", "/predictions", "/account"):
+        page.goto(path)
+        # Nothing wider than the phone's screen: no sideways scrolling.
+        assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+        background = page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(20, 20, 24)", background
+    page.goto("/models/replicate/hello-world")
+    shot(page, "model-phone-dark")
+    page.locator("#in-text").focus()
+    page.keyboard.type("keys")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Run")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#output")).to_contain_text("hello keys")
+
+
+def test_trainings_list_and_page_show_the_version_produced(
+    browser: Browser, live: LiveStack
+) -> None:
+    from tests.trainkit import corpus, new_destination, train
+
+    token = live.new_account("trainer")
+    destination = new_destination(live, token, f"tuned-{os.urandom(3).hex()}")
+    training = train(live, token, destination, corpus(seed=3, words=300))
+    page = sign_in(browser, live, token)
+    page.goto("/trainings")
+    page.get_by_role("link", name=training.id).click()
+    expect(page.get_by_role("heading", name=f"Training {training.id}")).to_be_visible()
+    version = training.output["version"]
+    expect(page.locator("main")).to_contain_text(f"Version produced: {version}")
+    expect(page.get_by_role("link", name=destination)).to_be_visible()
+    shot(page, "training")
+
+    # Another account sees neither the training nor its private destination.
+    other = sign_in(browser, live, live.new_account("other"))
+    response = other.goto(f"/trainings/{training.id}")
+    assert response is not None and response.status == 404
+    other.goto("/trainings")
+    expect(other.locator("tbody")).to_contain_text("No trainings.")
+
+
+# --- the privacy matrix through the pages ---------------------------------------------------
+
+
+def session_client(live: LiveStack, token: str) -> tuple[httpx.Client, str]:
+    """A signed-in dashboard session outside the browser: the client (cookie) and its CSRF."""
+    client = httpx.Client(base_url=live.url, timeout=90)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/signin").text)
+    assert csrf is not None
+    signed = client.post("/signin", files={"csrf": (None, csrf[1]), "token": (None, token)})
+    assert signed.status_code == 303, signed.text
+    # Signing in starts a session with a CSRF token of its own.
+    fresh = re.search(r'name="csrf" value="([^"]+)"', client.get("/account").text)
+    assert fresh is not None and fresh[1] != csrf[1]
+    return client, fresh[1]
+
+
+def is_own_page(response: httpx.Response) -> None:
+    assert response.status_code == 200, response.text
+
+
+def is_not_found(response: httpx.Response) -> None:
+    assert response.status_code == 404, response.text
+
+
+# Every dashboard route, and what another signed-in account gets from it with the owner's
+# things in the path. (Sign-in, sign-out and the static files hold nothing of anyone's.)
+PAGE_MATRIX: dict[tuple[str, str], Any] = {
+    ("GET", "/"): is_own_page,
+    ("GET", "/account"): is_own_page,
+    ("POST", "/account/tokens"): is_own_page,
+    ("POST", "/account/tokens/{token_id}/revoke"): is_not_found,
+    ("POST", "/account/webhook-secret"): is_own_page,
+    ("GET", "/deployments"): is_own_page,
+    ("POST", "/deployments/{owner}/{deployment}"): is_not_found,
+    ("GET", "/models/{owner}/{name}"): is_not_found,
+    ("POST", "/models/{owner}/{name}/run"): is_not_found,
+    ("GET", "/predictions"): is_own_page,
+    ("GET", "/predictions/{prediction_id}"): is_not_found,
+    ("GET", "/predictions/{prediction_id}/events"): is_not_found,
+    ("POST", "/predictions/{prediction_id}/cancel"): is_not_found,
+    ("POST", "/predictions/{prediction_id}/share"): is_not_found,
+    ("POST", "/predictions/{prediction_id}/unshare"): is_not_found,
+    ("GET", "/trainings"): is_own_page,
+    ("GET", "/trainings/{training_id}"): is_not_found,
+    ("POST", "/trainings/{training_id}/cancel"): is_not_found,
+}
+SESSION_ROUTES = {
+    ("GET", "/signin"),
+    ("POST", "/signin"),
+    ("POST", "/signout"),
+    ("GET", "/static/dashboard/{name}"),
+}
+
+
+def dashboard_routes(live: LiveStack) -> set[tuple[str, str]]:
+    from fastapi.routing import iter_route_contexts
+
+    from api.app import create_app
+
+    found = set()
+    for route in iter_route_contexts(create_app(live.settings).routes):
+        module = getattr(route.endpoint, "__module__", "") or ""
+        if module.startswith("api.dashboard"):
+            found.update((m, route.path_format) for m in route.methods or () if m != "HEAD")
+    return found
+
+
+def test_a_second_account_gets_nothing_of_the_firsts_through_any_page(live: LiveStack) -> None:
+    from replicant.accounts import list_tokens
+
+    owner_token = live.new_account("owner")
+    marker = f"marker{os.urandom(4).hex()}"
+    with live.client(owner_token) as api:
+        owner = api.get("/v1/account").json()["username"]
+        secret = api.get("/v1/webhooks/default/secret").json()["key"]
+        model = f"private-{os.urandom(4).hex()}"
+        created = api.post(
+            "/v1/models", json={"owner": owner, "name": model, "visibility": "private"}
+        )
+        assert created.status_code == 201, created.text
+        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+        deployment = f"dep-{os.urandom(4).hex()}"
+        made = api.post(
+            "/v1/deployments",
+            json={
+                "name": deployment,
+                "model": "replicate/hello-world",
+                "version": version,
+                "hardware": "cpu",
+                "min_instances": 0,
+                "max_instances": 1,
+            },
+        )
+        assert made.status_code == 200, made.text
+        prediction = api.post(
+            "/v1/predictions",
+            json={"version": version, "input": {"text": marker}},
+            headers={"Prefer": "wait"},
+        ).json()
+    values = {
+        "owner": owner,
+        "name": model,
+        "deployment": deployment,
+        "prediction_id": prediction["id"],
+        "training_id": prediction["id"],  # the same id space
+        "token_id": str(list_tokens(live.engine, owner)[0].id),
+    }
+    routes = dashboard_routes(live)
+    assert ("GET", "/predictions/{prediction_id}") in routes  # the walk finds routes
+    decided = {
+        (m, re.sub(r"/(cancel|share|unshare)$", "/{action}", p)) if "prediction_id" in p else (m, p)
+        for m, p in PAGE_MATRIX
+    }
+    decided |= {(m, p.replace("{deployment}", "{name}")) for m, p in decided}
+    unknown = routes - SESSION_ROUTES - decided
+    assert not unknown, f"dashboard routes without a privacy decision: {sorted(unknown)}"
+
+    other, csrf = session_client(live, live.new_account("other"))
+    anonymous = httpx.Client(base_url=live.url, timeout=90)
+    form = {
+        "csrf": (None, csrf),
+        "min_instances": (None, "1"),
+        "max_instances": (None, "2"),
+        "hardware": (None, "cpu"),
+        "text": (None, "x"),
+    }
+    for (method, pattern), check in PAGE_MATRIX.items():
+        path = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], pattern)
+        response = other.request(method, path, files=form if method == "POST" else None)
+        try:
+            check(response)
+        except AssertionError as err:
+            raise AssertionError(f"{method} {pattern} as another account: {err}") from err
+        # A 404 may repeat the path it was asked for; pages of one's own name nothing else.
+        names = (model, deployment) if check is is_own_page else ()
+        for leak in (marker, secret, *names):
+            assert leak not in response.text, f"{method} {pattern} leaks to another account"
+        refused = anonymous.request(method, path, files=form if method == "POST" else None)
+        assert refused.status_code in (303, 403), f"{method} {pattern}: {refused.status_code}"
+        assert marker not in refused.text
+    other.close()
+    anonymous.close()
+
+    # Nothing the other account tried changed the owner's things.
+    with live.client(owner_token) as api:
+        assert api.get(f"/v1/predictions/{prediction['id']}").json()["status"] == "succeeded"
+        release = api.get(f"/v1/deployments/{owner}/{deployment}").json()["current_release"]
+        assert release["number"] == 1
+    assert httpx.get(f"{live.url}/p/{prediction['id']}").status_code == 404
+
+
+def test_a_failed_prediction_shows_its_error_and_the_models_traceback(
+    browser: Browser, live: LiveStack, user: str
+) -> None:
+    page = sign_in(browser, live, user)
+    run_form(page, "replicant/thumbnail")
+    page.set_input_files(
+        "#in-image", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"no image"}]
+    )
+    submit_run(page)
+    expect(page.locator("#status")).to_have_text("failed")
+    expect(page.locator("#error")).to_contain_text("cannot identify image file")
+    expect(page.locator("#logs")).to_contain_text("Traceback")
+    shot(page, "prediction-failed")
+
+
+def test_predictions_list_pages_with_the_apis_cursors(browser: Browser, live: LiveStack) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from replicant.ids import new_id
+    from replicant.tables import Prediction
+    from replicant.timeutil import utcnow
+
+    token = live.new_account("pager")
+    with live.client(token) as api:
+        owner = api.get("/v1/account").json()["username"]
+    start = utcnow() - timedelta(days=1)
+    rows = [
+        {
+            "id": new_id(),
+            "owner": owner,
+            "model": "replicate/hello-world",
+            "version": "v",
+            "status": "succeeded",
+            "input": {"text": f"row {i}"},
+            "created_at": start + timedelta(seconds=i),
+        }
+        for i in range(55)
+    ]
+    with live.engine.begin() as conn:
+        conn.execute(insert(Prediction), rows)
+    newest_first = [r["id"] for r in reversed(rows)]
+
+    page = sign_in(browser, live, token)
+    page.goto("/predictions")
+    links = page.locator("tbody a")
+    expect(links).to_have_count(50)
+    assert links.all_inner_texts() == newest_first[:50]
+    expect(page.get_by_role("link", name="Newer")).to_have_count(0)
+    page.get_by_role("link", name="Older").click()
+    expect(links).to_have_count(5)
+    assert links.all_inner_texts() == newest_first[50:]
+    expect(page.get_by_role("link", name="Older")).to_have_count(0)
+    page.get_by_role("link", name="Newer").click()
+    expect(links).to_have_count(50)
+    assert links.all_inner_texts() == newest_first[:50]
+    # The API's date filters (UTC, to the minute).
+    hour_before = (start - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    page.get_by_label("Created before (UTC)").fill(hour_before)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("tbody")).to_contain_text("No predictions.")
+    page.get_by_label("Created before (UTC)").fill("")
+    page.get_by_label("Created after (UTC)").fill(hour_before)
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile("created_after="))
+    expect(links).to_have_count(50)
+    page.get_by_role("link", name="Older").click()
+    expect(page).to_have_url(re.compile("created_after=.*cursor="))
+    expect(links).to_have_count(5)

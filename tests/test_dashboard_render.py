@@ -1,0 +1,201 @@
+"""How the dashboard draws values: output kinds, markdown, the Run form (no browser needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from api.dashboard.forms import form_fields
+from api.dashboard.render import markdown, output_items, output_kind, snippets
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("hello world", "text"),
+        ("# Title\n\nsome *text*", "markdown"),
+        ("- one\n- two", "markdown"),
+        ("see [docs](https://example.com)", "markdown"),
+        ("https://host/files-signed/1/sig/out/thumbnail.png", "image"),
+        ("https://host/x/voice.WAV", "audio"),
+        ("https://host/x/clip.mp4?sig=1", "video"),
+        ("https://host/x/weights.tar", "file"),
+        ("data:image/png;base64,AAAA", "image"),
+        ("data:application/zip;base64,AAAA", "file"),
+        ({"a": 1}, "json"),
+        (3.5, "json"),
+    ],
+)
+def test_output_kind(value: object, kind: str) -> None:
+    assert output_kind(value) == kind
+
+
+def test_streamed_text_reads_as_one_text_and_files_as_items() -> None:
+    assert output_items([" the", " cat"], streaming=True) == [("text", " the cat")]
+    assert output_items(["a.png", "b"], streaming=False) == [("text", "a.png"), ("text", "b")]
+    urls = ["https://h/a.png", "https://h/b.wav"]
+    assert output_items(urls, streaming=False) == [("image", urls[0]), ("audio", urls[1])]
+    assert output_items([1, 2], streaming=False) == [("json", [1, 2])]
+    assert output_items(None, streaming=False) == []
+
+
+def test_markdown_escapes_html_and_refuses_script_links() -> None:
+    html = markdown("**bold** <script>alert(1)</script> [x](javascript:alert(1))")
+    assert "<strong>bold</strong>" in html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'href="javascript:' not in html
+
+
+def test_form_fields_follow_cogs_input_schema() -> None:
+    schema = {
+        "components": {
+            "schemas": {
+                "Input": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "uri", "x-order": 0},
+                        "steps": {
+                            "type": "integer",
+                            "default": 4,
+                            "minimum": 1,
+                            "maximum": 50,
+                            "x-order": 1,
+                        },
+                        "scale": {"type": "number", "default": 0.5, "x-order": 2},
+                        "fast": {"type": "boolean", "default": True, "x-order": 3},
+                        "mode": {"allOf": [{"$ref": "#/components/schemas/mode"}], "x-order": 4},
+                        "words": {"type": "array", "items": {"type": "string"}, "x-order": 5},
+                        "key": {
+                            "type": "string",
+                            "format": "password",
+                            "x-cog-secret": True,
+                            "writeOnly": True,
+                            "x-order": 6,
+                        },
+                    },
+                },
+                "mode": {"title": "mode", "enum": ["a", "b"], "type": "string"},
+            }
+        }
+    }
+    fields = {f.name: f for f in form_fields(schema)}
+    assert list(fields) == ["image", "steps", "scale", "fast", "mode", "words", "key"]
+    assert fields["image"].kind == "file" and fields["image"].required
+    assert (fields["steps"].kind, fields["steps"].minimum, fields["steps"].maximum) == (
+        "integer",
+        1,
+        50,
+    )
+    assert fields["steps"].value == "4"
+    assert fields["scale"].kind == "number" and fields["fast"].kind == "checkbox"
+    assert fields["mode"].kind == "select" and fields["mode"].choices == ["a", "b"]
+    assert fields["words"].kind == "list" and fields["words"].item_kind == "text"
+    assert fields["key"].kind == "password"
+
+
+def test_snippets_make_the_same_prediction() -> None:
+    code = snippets("http://h:8000", "o/m:v1", {"text": "it's", "image": "data:" + "A" * 500})
+    assert "http://h:8000/v1/predictions" in code["curl"]
+    assert "'\"'\"'" in code["curl"]  # the quote in the input survives the shell
+    assert 'client.run(\n    "o/m:v1"' in code["python"]
+    assert 'baseUrl: "http://h:8000/v1"' in code["javascript"]
+    assert "A" * 500 not in code["python"]
+
+
+@pytest.mark.parametrize(
+    ("target", "safe"),
+    [
+        ("/predictions?source=web", "/predictions?source=web"),
+        ("//evil.example/", "/"),
+        ("/\\evil.example/", "/"),
+        ("https://evil.example/", "/"),
+        ("", "/"),
+    ],
+)
+def test_sign_in_only_returns_to_this_site(target: str, safe: str) -> None:
+    from api.dashboard.pages import safe_next
+
+    assert safe_next(target) == safe
+
+
+async def test_form_input_types_what_the_form_sends() -> None:
+    from starlette.datastructures import FormData
+
+    from api.dashboard.forms import Field, form_input, form_values
+
+    fields = [
+        Field("csrf", "csrf", "text"),  # an input may share a name with the form's own fields
+        Field("steps", "steps", "integer"),
+        Field("scale", "scale", "number"),
+        Field("fast", "fast", "checkbox"),
+        Field("slow", "slow", "checkbox"),
+        Field("mode", "mode", "select", choices=[1, 2]),
+        Field("words", "words", "list", item_kind="integer"),
+        Field("prompt", "prompt", "text"),
+        Field("left_out", "left_out", "text"),
+    ]
+    form = FormData(
+        [
+            ("csrf", "session-token"),
+            ("in-csrf", "model input"),
+            ("in-steps", " 5 "),
+            ("in-scale", "0.25"),
+            ("in-fast", "on"),
+            ("in-mode", "2"),
+            ("in-words", "1\n2\n\n3"),
+            ("in-prompt", "  spaced  "),
+            ("in-left_out", ""),
+        ]
+    )
+    assert await form_input(fields, form) == {
+        "csrf": "model input",
+        "steps": 5,
+        "scale": 0.25,
+        "fast": True,
+        "slow": False,
+        "mode": 2,
+        "words": [1, 2, 3],
+        "prompt": "  spaced  ",
+    }
+    assert form_values(form)["steps"] == " 5 " and "session-token" not in form_values(form).values()
+
+
+def test_an_api_429_reaches_the_browser_with_its_retry_after(tmp_path: Path) -> None:
+    """A page over a rate limit (the page's own, by address, or its API calls', by account)
+    says so as a page, with the API's Retry-After."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from replicant.accounts import create_account
+    from replicant.db import make_engine
+    from replicant.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, rate_limit_default="4/minute")
+    app = create_app(settings)
+    engine = make_engine(settings.resolved_database_url)
+    _, token = create_account(engine, "limited")
+    engine.dispose()
+    with TestClient(app, follow_redirects=False) as browser:
+        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+        assert csrf is not None
+        files = {"csrf": (None, csrf[1]), "token": (None, token)}
+        assert browser.post("/signin", files=files).status_code == 303
+        statuses = [browser.get("/account").status_code for _ in range(4)]
+        assert statuses[0] == 200 and statuses[-1] == 429, statuses
+        limited = browser.get("/account")
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) > 0
+    assert "text/html" in limited.headers["content-type"]
+
+
+def test_inputs_show_long_data_uris_cut_short() -> None:
+    from api.dashboard.render import brief
+
+    uri = "data:text/plain;base64," + "A" * 1000
+    shown = brief({"text": uri, "files": [uri], "n": 3, "url": "https://h/" + "a" * 300})
+    assert shown["text"].endswith("... (1023 characters)") and len(shown["text"]) < 100
+    assert shown["files"] == [shown["text"]] and shown["n"] == 3
+    assert shown["url"] == "https://h/" + "a" * 300

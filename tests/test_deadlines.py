@@ -1,0 +1,185 @@
+"""Deadlines: ``Cancel-After`` on every prediction create route; past the deadline a waiting
+prediction ends ``aborted`` and a running one ``canceled``, shown as Replicate shows them.
+
+A stack of its own: runs longer than the shared stack's 8-second timeout, a client that opted
+in to ``aborted``, and a worker this module stops and starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import replicate
+
+from replicant.db import make_engine
+from replicant.devstack import Stack
+from replicant.readmodel import DEADLINE_ABORTED, DEADLINE_CANCELED
+from replicant.versions import create_version, ensure_model
+from tests.conftest import LiveStack, stack_settings, suite_database
+
+OPTED_IN = "replicant-tests/1.0"
+SLEEP = Path(__file__).parents[1] / "examples" / "sleep"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    data_dir = tmp_path_factory.mktemp("deadlines")
+    with contextlib.ExitStack() as cleanup:
+        database = cleanup.enter_context(suite_database())
+        settings = stack_settings(
+            data_dir, prediction_timeout=120.0, aborted_clients=["replicant-tests/"], **database
+        )
+        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        cleanup.callback(stack.stop)
+        token = stack.start()
+        engine = make_engine(settings.resolved_database_url)
+        cleanup.callback(engine.dispose)
+        # gpu-t4 has one slot: a second prediction of this model waits for it.
+        model = ensure_model(engine, settings.default_account, "sleep-t4", hardware="gpu-t4")
+        create_version(settings, engine, model, SLEEP)
+        yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+
+
+@pytest.fixture
+def opted_in(stack: LiveStack) -> Iterator[httpx.Client]:
+    """An API client whose User-Agent is shown the status ``aborted``."""
+    with stack.client() as client:
+        client.headers["User-Agent"] = OPTED_IN
+        yield client
+
+
+def official(stack: LiveStack, cancel_after: str) -> replicate.Client:
+    """The official Python client, sending ``Cancel-After`` with every request."""
+    return replicate.Client(
+        api_token=stack.token, base_url=stack.url, headers={"Cancel-After": cancel_after}
+    )
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def wait_until_past(instant: str) -> None:
+    """Block until the wall clock is past ``instant`` (an ISO 8601 time from the API)."""
+    moment = datetime.fromisoformat(instant)
+    while datetime.now(moment.tzinfo) <= moment + timedelta(milliseconds=100):
+        time.sleep(0.1)
+
+
+def create_deployment(client: httpx.Client, stack: LiveStack) -> str:
+    version = client.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+    name = f"deadlines-{os.urandom(3).hex()}"
+    response = client.post(
+        "/v1/deployments",
+        json={
+            "name": name,
+            "model": "replicate/hello-world",
+            "version": version,
+            "hardware": "cpu",
+            "min_instances": 0,
+            "max_instances": 1,
+        },
+    )
+    assert response.status_code == 200, response.text
+    return f"{stack.settings.default_account}/{name}"
+
+
+def test_every_create_route_takes_cancel_after_and_refuses_malformed_values(
+    stack: LiveStack, opted_in: httpx.Client
+) -> None:
+    version = opted_in.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+    deployment = create_deployment(opted_in, stack)
+    routes: list[tuple[str, dict[str, Any], str, float]] = [
+        ("/v1/models/replicate/hello-world/predictions", {}, "1h30m", 5400),
+        ("/v1/predictions", {"version": version}, "90", 90),
+        (f"/v1/deployments/{deployment}/predictions", {}, "5m", 300),
+    ]
+    for path, extra, duration, seconds in routes:
+        body = {"input": {"text": "deadline"}, **extra}
+        for bad in ("soon", "4s", "4.9s", "1h30", "5 m", "-5s", "30d"):
+            refused = opted_in.post(path, json=body, headers={"Cancel-After": bad})
+            assert refused.status_code == 422, (path, bad, refused.text)
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert [f["field"] for f in refused.json()["invalid_fields"]] == ["Cancel-After"]
+        created = opted_in.post(path, json=body, headers={"Cancel-After": duration})
+        assert created.status_code == 201, created.text
+        prediction = created.json()
+        assert seconds_between(prediction["created_at"], prediction["deadline"]) == seconds
+        final = stack.wait_for(prediction["id"], timeout=120)
+        assert final["status"] == "succeeded" and final["deadline"] == prediction["deadline"]
+    # Without the header there is no deadline.
+    plain = opted_in.post(routes[0][0], json={"input": {"text": "none"}}).json()
+    assert "deadline" not in plain
+
+
+def test_a_running_prediction_past_its_deadline_is_canceled(
+    stack: LiveStack, opted_in: httpx.Client
+) -> None:
+    client = official(stack, "10s")
+    prediction = client.models.predictions.create(model="replicant/sleep", input={"seconds": 100})
+    assert prediction.status == "starting"
+    prediction.wait()
+    assert prediction.status == "canceled"
+    assert prediction.error == DEADLINE_CANCELED
+    assert prediction.started_at is not None
+    # Every client sees `canceled` here: it ran.
+    seen = opted_in.get(f"/v1/predictions/{prediction.id}").json()
+    assert seen["status"] == "canceled"
+    assert seconds_between(seen["created_at"], seen["deadline"]) == 10
+    assert seconds_between(seen["deadline"], seen["completed_at"]) >= 0
+    assert "slept 1s" in seen["logs"]
+
+
+def test_a_prediction_still_waiting_at_its_deadline_is_aborted(
+    stack: LiveStack, opted_in: httpx.Client
+) -> None:
+    owner = stack.settings.default_account
+    path = f"/v1/models/{owner}/sleep-t4/predictions"
+    blocker = opted_in.post(path, json={"input": {"seconds": 100}}).json()
+    stack.wait_for(blocker["id"], lambda p: p["status"] == "processing", 60)
+    waiting = opted_in.post(
+        path, json={"input": {"seconds": 1}}, headers={"Cancel-After": "5s"}
+    ).json()
+    final = stack.wait_for(waiting["id"], timeout=60, token=None)
+    assert opted_in.get(f"/v1/predictions/{blocker['id']}").json()["status"] == "processing"
+    seen = opted_in.get(f"/v1/predictions/{waiting['id']}").json()
+    assert seen["status"] == "aborted"
+    assert seen["error"] == DEADLINE_ABORTED
+    assert "started_at" not in seen
+    assert seconds_between(seen["deadline"], seen["completed_at"]) >= 0
+    listed = opted_in.get("/v1/predictions").json()["results"]
+    assert [p["status"] for p in listed if p["id"] == waiting["id"]] == ["aborted"]
+    # Clients that did not opt in (the official Python client cannot parse `aborted`) read
+    # `canceled` with the same error, and their wait() ends.
+    assert final["status"] == "canceled"
+    client = official(stack, "5s")
+    legacy = client.predictions.get(waiting["id"])
+    legacy.wait()
+    assert legacy.status == "canceled" and legacy.error == DEADLINE_ABORTED
+    opted_in.post(f"/v1/predictions/{blocker['id']}/cancel")
+    assert stack.wait_for(blocker["id"])["status"] == "canceled"
+
+
+def test_the_deadline_holds_while_no_worker_runs(stack: LiveStack, opted_in: httpx.Client) -> None:
+    stack.stack.stop("worker")
+    try:
+        created = opted_in.post(
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "late"}},
+            headers={"Cancel-After": "5s"},
+        ).json()
+        wait_until_past(created["deadline"])
+    finally:
+        stack.stack.start_worker()
+    final = stack.wait_for(created["id"], timeout=60)
+    seen = opted_in.get(f"/v1/predictions/{created['id']}").json()
+    assert final["status"] == "canceled" and seen["status"] == "aborted"
+    assert "started_at" not in seen and seen["output"] is None

@@ -1,0 +1,37 @@
+"""The pool of warm coglet processes that the run activity hands predictions to.
+
+One coglet process (Cog's own prediction server) per runner key, e.g. per version. coglet
+has one slot, so a process runs one prediction at a time; the hardware queue in front of the
+pool keeps it that way, and a per-process lock makes sure of it.
+
+How a prediction reaches coglet, and why (measured with coglet 0.23.1, hello-world, p50):
+
+- ``PUT /predictions/{id}`` without a webhook answers the terminal prediction: ~2.9 ms.
+- the same with a ``webhook`` URL: ~10 ms, because coglet builds a new HTTP client per
+  prediction that carries a webhook, loading the whole CA store (~7 ms) before it answers.
+
+So the request is always synchronous (the response is the authoritative terminal state, and a
+dropped connection makes coglet cancel), and a webhook is added only when it is needed: when
+the caller wants live updates and the model streams output (an iterator; learned from coglet's
+own log, or hinted by ``RunnerSpec.streams_output``). Live logs of every other model come for
+free from coglet's stderr, where it writes each log line of a prediction, tagged with its id,
+as it happens. The same stream fills in the logs that coglet leaves out of the synchronous
+answer of a failed or canceled prediction.
+
+Modules, one concern each:
+
+- ``coglet``: coglet's wire protocol and error texts, as pure functions.
+- ``process``: one coglet process (environment, start, output, kill).
+- ``run``: what coglet reported about one prediction (webhooks, log lines).
+- ``client``: HTTP to coglet (predictions through aiohttp, the rest through httpx).
+- ``processes``: the warm processes by key, their boots, eviction.
+- ``execution``: one prediction on a process: PUT, live updates, failure, cancel.
+- ``receiver``: the embedded HTTP server (webhooks, uploads, weights, standbys).
+- ``weights``, ``standby``: stored weights served to models; fine-tune standbys.
+- ``pool``: ``RunnerPool``, the public interface.
+"""
+
+from replicant.runner import BootError, CogPrediction, RunnerSpec, UploadSink
+from workers.runners.pool import RunnerPool
+
+__all__ = ["BootError", "CogPrediction", "RunnerPool", "RunnerSpec", "UploadSink"]

@@ -1,0 +1,253 @@
+"""Running one prediction on a warm process: the PUT, live updates, failure and cancel.
+
+The request is always synchronous (the answer is the authoritative terminal state, and a
+dropped connection makes coglet cancel); a webhook is added only when live updates need one
+(see the package docstring for why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from workers.runners.client import CogletClient
+from workers.runners.coglet import (
+    HEALTHY,
+    PROCESS_DIED,
+    explain_model_error,
+    parse_answer,
+    prediction_path,
+    request_body,
+)
+from workers.runners.process import CogletProcess
+from workers.runners.processes import Processes
+from workers.runners.run import Run
+
+AT_CAPACITY_RETRY_FOR = 5.0
+
+
+class _NotHandedOver(Exception):
+    """coglet was gone before it received the prediction: safe to retry on a new process."""
+
+
+class Executor:
+    """Runs predictions on the pool's processes; ``runs`` holds the ones in flight by id."""
+
+    def __init__(
+        self,
+        processes: Processes,
+        client: CogletClient,
+        log: logging.Logger,
+        *,
+        cancel_grace: float,
+        update_interval: float,
+    ) -> None:
+        self.processes = processes
+        self.client = client
+        self.log = log
+        self.cancel_grace = cancel_grace
+        self.update_interval = update_interval
+        self.hook_base = ""
+        self.runs: dict[str, Run] = {}
+        self._streams_output: dict[str, bool] = {}
+
+    async def predict(
+        self,
+        spec: RunnerSpec,
+        prediction_id: str,
+        input: dict[str, Any],
+        on_update: OnUpdate | None,
+        on_booted: OnBooted | None,
+    ) -> CogPrediction:
+        """Run one prediction on ``spec.key``'s process (see ``RunnerPool.predict``)."""
+        booted_called = False
+        for attempt in range(2):
+            process = await self.processes.checkout(spec)
+            webhook = on_update is not None and self._wants_webhook(spec)
+            run = Run(prediction_id, process, webhook)
+            self.runs[prediction_id] = run
+            process.current = run
+            run.task = asyncio.create_task(self._execute(process, run, input))
+            try:
+                if on_booted is not None and not booted_called:
+                    booted_called = True
+                    await on_booted()
+                return await self._follow(run, run.task, on_update)
+            except _NotHandedOver as err:
+                if attempt:
+                    raise BootError(
+                        "the model process exited before it took the prediction",
+                        process.output_tail(),
+                    ) from err
+                self.log.warning("event=runner_gone key=%s retry=1", spec.key)
+            except BaseException:
+                # Cancelled (timeout, workflow cancel) or a callback failed: stop the run.
+                await asyncio.shield(self._stop(run))
+                raise
+        raise AssertionError("unreachable")
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Cancel a running prediction; its ``predict`` call then returns it ``canceled``."""
+        run = self.runs.get(prediction_id)
+        if run is None:
+            self.log.info("event=cancel_unknown prediction=%s", prediction_id)
+            return
+        await asyncio.shield(self._stop(run))
+
+    def _wants_webhook(self, spec: RunnerSpec) -> bool:
+        if spec.streams_output is not None:
+            return spec.streams_output
+        # Unknown until the first run of the key reports it: stream to be safe.
+        return self._streams_output.get(spec.key, True)
+
+    async def _follow(
+        self, run: Run, task: asyncio.Task[CogPrediction], on_update: OnUpdate | None
+    ) -> CogPrediction:
+        """Wait for the run, passing changed states to ``on_update`` on the way."""
+        if on_update is None:
+            return await asyncio.shield(task)
+        last: CogPrediction | None = None
+        while not task.done():
+            changed = asyncio.ensure_future(run.changed.wait())
+            try:
+                await asyncio.wait({task, changed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+            if task.done():
+                break
+            run.changed.clear()
+            state = run.snapshot()
+            if state != last:
+                last = state
+                await on_update(state)
+                # Throttle: a chatty model must not turn into a flood of callbacks.
+                await asyncio.wait({task}, timeout=self.update_interval)
+        return task.result()
+
+    async def _execute(
+        self, process: CogletProcess, run: Run, input: dict[str, Any]
+    ) -> CogPrediction:
+        """Send the prediction to coglet and settle its terminal state; frees the process."""
+        started = time.perf_counter()
+        webhook = self.hook_base + quote(run.id, safe="") if run.webhook else None
+        url = process.url + prediction_path(process.spec.mode, run.id)
+        try:
+            result = await self._send(process, run, url, request_body(input, webhook))
+            if result.status in ("failed", "canceled") and process.alive:
+                await self._settle_failure(process, run, result)
+            explain_model_error(result)
+            self.log.info(
+                "event=prediction_done key=%s prediction=%s status=%s webhook=%s seconds=%.4f",
+                process.spec.key,
+                run.id,
+                result.status,
+                run.webhook,
+                time.perf_counter() - started,
+            )
+            return result
+        finally:
+            if process.streams_output is not None:
+                self._streams_output[process.spec.key] = process.streams_output
+            if self.runs.get(run.id) is run:
+                del self.runs[run.id]
+            process.current = None
+            self.processes.release(process)
+
+    async def _send(
+        self, process: CogletProcess, run: Run, url: str, body: dict[str, Any]
+    ) -> CogPrediction:
+        deadline = time.monotonic() + AT_CAPACITY_RETRY_FOR
+        delay = 0.001
+        while True:
+            if run.cancel_requested:
+                return CogPrediction(status="canceled")
+            try:
+                status, content = await self.client.put(url, body)
+            except (aiohttp.ClientError, TimeoutError) as err:
+                # The process died: crashed, OOM-killed, or killed by us after a cancel.
+                process.retire()
+                await process.wait_closed(within=2.0)  # its output, read to the end
+                if run.cancel_requested:
+                    return CogPrediction(status="canceled", logs=run.stream_logs)
+                if not run.started:
+                    raise _NotHandedOver() from err  # the model never ran: safe to retry
+                return CogPrediction(status="failed", error=PROCESS_DIED, logs=run.stream_logs)
+            # coglet answers 409 to a share of back-to-back calls while it frees its slot.
+            if status in (409, 503) and time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                continue
+            break
+        if status == 409:
+            # The slot never came free: the process is stuck; do not reuse it.
+            process.retire()
+        return parse_answer(status, content)
+
+    async def _settle_failure(
+        self, process: CogletProcess, run: Run, result: CogPrediction
+    ) -> None:
+        """Fill in the logs coglet leaves out of a failed or canceled answer; retire the
+        process if the failure broke its slot (a crashed worker leaves coglet UNHEALTHY)."""
+        if not result.logs:
+            if run.webhook:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await run.hook_terminal.wait()
+                if run.best is not None:
+                    result.logs = str(run.best.get("logs") or "")
+                    if result.output is None:
+                        # The partial output of an iterator that failed or was canceled.
+                        result.output = run.best.get("output")
+            if not result.logs:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await run.logs_done.wait()
+                result.logs = run.stream_logs
+        status, _ = await self.client.health(process.url)
+        if status not in HEALTHY:
+            self.log.warning(
+                "event=runner_unhealthy key=%s pid=%d health=%s",
+                process.spec.key,
+                process.pid,
+                status,
+            )
+            self.processes.retire(process)
+
+    async def _stop(self, run: Run) -> None:
+        """Cancel a run in coglet and wait until its slot is free (idempotent)."""
+        if run.stopper is None:
+            run.stopper = asyncio.create_task(self._cancel_and_settle(run))
+        await run.stopper
+
+    async def _cancel_and_settle(self, run: Run) -> None:
+        task, process = run.task, run.process
+        assert task is not None
+        run.cancel_requested = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cancel_grace
+        url = process.url + prediction_path(process.spec.mode, run.id) + "/cancel"
+        self.log.info("event=cancel key=%s prediction=%s", process.spec.key, run.id)
+        while not task.done() and loop.time() < deadline:
+            status = await self.client.cancel(url)
+            if status is None or status == 200:
+                break
+            # 404: coglet has not registered the prediction yet (or just finished it).
+            await asyncio.wait({task}, timeout=0.02)
+        await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0))
+        if not task.done():
+            # A model stuck in C code (time.sleep, a CUDA call) never sees coglet's cancel.
+            self.log.warning(
+                "event=cancel_timeout key=%s prediction=%s pid=%d action=kill_and_restart",
+                process.spec.key,
+                run.id,
+                process.pid,
+            )
+            self.processes.retire(process, restart=True)
+            await asyncio.wait({task}, timeout=10)

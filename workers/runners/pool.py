@@ -1,0 +1,242 @@
+"""``RunnerPool``: the public face of the runner package (see its docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
+from replicant.weights import WeightsCache
+from workers.runners.client import CogletClient
+from workers.runners.execution import Executor
+from workers.runners.process import CogletProcess
+from workers.runners.processes import Processes
+from workers.runners.receiver import Receiver
+from workers.runners.weights import ServedWeights
+
+
+class RunnerPool:
+    """Warm coglet processes, one per key, least recently used evicted beyond ``max_warm``."""
+
+    def __init__(
+        self,
+        max_warm: int = 4,
+        boot_timeout: float = 300.0,
+        log: logging.Logger | None = None,
+        *,
+        cancel_grace: float = 5.0,
+        update_interval: float = 0.25,
+        upload: UploadSink | None = None,
+        weights: WeightsCache | None = None,
+        standby: bool = False,
+    ) -> None:
+        self.max_warm = max_warm
+        self.upload = upload
+        self.weights = weights
+        self.log = log or logging.getLogger("replicant.runners")
+        self._client = CogletClient()
+        self._served = ServedWeights(weights)
+        self._processes = Processes(
+            self._client,
+            self._served,
+            self.log,
+            max_warm=max_warm,
+            boot_timeout=boot_timeout,
+            update_interval=update_interval,
+            uploads=upload is not None,
+            standby=standby,
+        )
+        self._executor = Executor(
+            self._processes,
+            self._client,
+            self.log,
+            cancel_grace=cancel_grace,
+            update_interval=update_interval,
+        )
+        self._receiver = Receiver(self)
+        # Instance indexes in use per key: index i runs under key "{key}#{i}" (0: the key).
+        self._busy_instances: dict[str, set[int]] = {}
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the HTTP client and the internal webhook receiver (idempotent)."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            if self._processes.closed:
+                raise RuntimeError("the runner pool is closed")
+            self._client.open()
+            await self._receiver.start()
+            self._served.base = self._executor.hook_base = self._receiver.base
+            atexit.register(self._processes.kill_all)
+            self._started = True
+            self.log.info(
+                "event=pool_started webhook_port=%d max_warm=%d",
+                self._receiver.port,
+                self.max_warm,
+            )
+
+    async def close(self) -> None:
+        """Stop every coglet process and the webhook receiver."""
+        stopped = await self._processes.close()
+        await self._receiver.stop()
+        await self._client.close()
+        atexit.unregister(self._processes.kill_all)
+        self.log.info("event=pool_closed stopped=%d", stopped)
+
+    def warm_keys(self) -> list[str]:
+        """Keys of the live warm processes, least recently used first."""
+        return self._processes.warm_keys()
+
+    def pid(self, key: str) -> int | None:
+        """The coglet process id of a warm key (for tests and diagnostics)."""
+        process = self._processes.get(key)
+        return process.pid if process is not None else None
+
+    # -- processes -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def exclusive(self, spec: RunnerSpec) -> AsyncIterator[CogletProcess]:
+        """The READY process of ``spec.key`` (booted if needed), no prediction running on it
+        until the block ends."""
+        await self.start()
+        process = await self._processes.checkout(spec)
+        try:
+            yield process
+        finally:
+            self._processes.release(process)
+
+    async def warm(self, spec: RunnerSpec) -> int:
+        """Boot ``spec.key``'s process ahead of any prediction (if it is not warm); its pid."""
+        async with self.exclusive(spec) as process:
+            return process.pid
+
+    async def health(self, process: CogletProcess) -> dict[str, Any]:
+        """coglet's /health-check body of a process (empty when it does not answer)."""
+        _, body = await self._client.health(process.url)
+        return body
+
+    # -- predictions -----------------------------------------------------------------------
+
+    async def predict(
+        self,
+        spec: RunnerSpec,
+        prediction_id: str,
+        input: dict[str, Any],
+        on_update: OnUpdate | None = None,
+        on_booted: OnBooted | None = None,
+    ) -> CogPrediction:
+        """Run one prediction (or training, by ``spec.mode``) and return its terminal state.
+
+        Boots a process for ``spec.key`` when none is warm, awaits ``on_booted`` once it is
+        handed over, passes intermediate states to ``on_update`` (at most every
+        ``update_interval``), and returns the terminal one. Cancelling the awaiting task
+        cancels the prediction in coglet (killing and restarting the process if it does not
+        stop within ``cancel_grace``), then re-raises.
+        """
+        await self.start()
+        instance, index = self._claim_instance(spec)
+        try:
+            return await self._executor.predict(
+                instance, prediction_id, input, on_update, on_booted
+            )
+        finally:
+            self._release_instance(spec.key, index)
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Cancel a running prediction; its ``predict`` call then returns it ``canceled``."""
+        await self._executor.cancel(prediction_id)
+
+    def _claim_instance(self, spec: RunnerSpec) -> tuple[RunnerSpec, int]:
+        """The process this run gets: the first idle one of its key (one run per process), so
+        concurrent runs of one version on a queue with several slots run side by side."""
+        busy = self._busy_instances.setdefault(spec.key, set())
+        index = next(i for i in range(len(busy) + 1) if i not in busy)
+        busy.add(index)
+        if index == 0:
+            return spec, index
+        return spec.model_copy(update={"key": f"{spec.key}#{index}"}), index
+
+    def _release_instance(self, key: str, index: int) -> None:
+        busy = self._busy_instances.get(key)
+        if busy is not None:
+            busy.discard(index)
+            if not busy:
+                del self._busy_instances[key]
+
+    # -- fine-tune standbys (see workers/runners/standby.py) -------------------------------
+
+    def keep_standby(self, spec: RunnerSpec) -> None:
+        """Keep a standby for the base of fine-tune ``spec`` (started in the background);
+        one per base, replaced when adopted or stale (a pool made without standbys: none)."""
+        self._processes.standbys.keep(spec)
+
+    async def standby_ready(self, spec: RunnerSpec, within: float = 60.0) -> bool:
+        """Wait until the standby for ``spec``'s base waits for its weights (diagnostics,
+        benchmarks and tests); False when there is none or it did not get there in time."""
+        return await self._processes.standbys.ready(spec, within)
+
+    def standby_pid(self, spec: RunnerSpec) -> int | None:
+        """The process id of the standby for ``spec``'s base (None: there is none)."""
+        return self._processes.standbys.pid(spec)
+
+    def standby_processes(self) -> list[CogletProcess]:
+        """The processes of the current standbys (diagnostics and tests)."""
+        return self._processes.standbys.processes()
+
+    # -- the receiver's routes (see workers/runners/receiver.py) ---------------------------
+
+    async def on_webhook(self, prediction_id: str, request: Request) -> Response:
+        """coglet's webhook of a streaming prediction."""
+        run = self._executor.runs.get(prediction_id)
+        if run is not None:
+            try:
+                payload = json.loads(await request.body())
+            except ValueError:
+                return Response(status_code=400)
+            if isinstance(payload, dict):
+                run.offer(payload)
+        # 200 for late deliveries too, so coglet does not retry them.
+        return Response(status_code=200)
+
+    async def on_upload(self, filename: str, request: Request) -> Response:
+        """coglet PUTs each output file here (``--upload-url``); the sink stores it and its URL
+        goes back in ``Location``, which coglet puts in the output instead of a data URI."""
+        if self.upload is None:
+            return Response(status_code=404)
+        prediction_id = request.headers.get("x-prediction-id", "")
+        if prediction_id not in self._executor.runs:
+            return Response(status_code=404)
+        try:
+            url = await self.upload(
+                prediction_id, filename, request.headers.get("content-type"), request.stream()
+            )
+        except Exception as err:
+            self.log.warning(
+                "event=output_upload_failed prediction=%s type=%s",
+                prediction_id,
+                type(err).__name__,
+            )
+            return Response(status_code=500)
+        return Response(status_code=201, headers={"Location": url})
+
+    async def on_weights(self, digest: str, name: str) -> Response:
+        """A fine-tune's setup() fetches its stored weights."""
+        return await self._served.serve(digest, name)
+
+    async def on_standby(self, token: str) -> Response:
+        """A standby's setup() waits for the weights of the fine-tune that adopts it."""
+        return await self._processes.standbys.on_request(token)

@@ -1,0 +1,255 @@
+"""One coglet process: its environment, start, output (read to the end) and kill."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from replicant.runner import BootError, RunnerSpec
+from workers.runners.coglet import parse_log_line
+from workers.runners.run import Run
+
+# The worker's environment holds the platform's secrets: a model sees only these, plus spec.env.
+PASSTHROUGH_ENV = (
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "TORCH_HOME",
+    "XDG_CACHE_HOME",
+)
+
+# Runs `python -m cog.server.http` after asking the kernel to kill it when the pool's process
+# dies, so even a SIGKILLed worker leaves no coglet behind (its own worker exits on stdin EOF).
+LAUNCHER = """\
+import ctypes, os, runpy, signal, sys
+parent = int(os.environ.pop("REPLICANT_POOL_PID", "0"))
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if parent and os.getppid() != parent:
+    sys.exit("replicant: the runner pool exited before coglet started")
+runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
+"""
+
+# Loaded by coglet in place of the model's own predictor or trainer (see its docstring).
+MODEL_ENTRY = Path(__file__).resolve().parent.parent / "model_entry.py"
+
+OUTPUT_TAIL_LINES = 300
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (a process may still take it first)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, str]:
+    """coglet's environment: the passed-through variables, the spec's, and coglet's own."""
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    env.update(spec.env)
+    path = env.get("PATH") or os.environ.get("PATH") or os.defpath
+    # coglet starts its worker with the `python` found on PATH: the model's env first.
+    env["PATH"] = os.pathsep.join([str(spec.python.parent), path])
+    env.pop("RUST_LOG", None)
+    env.update(
+        {
+            "PORT": str(port),
+            # The pool reads prediction logs from coglet's JSON log lines at INFO.
+            "LOG_FORMAT": "json",
+            "COG_LOG_LEVEL": "info",
+            "COG_THROTTLE_RESPONSE_INTERVAL": str(update_interval),
+            "REPLICANT_POOL_PID": str(os.getpid()),
+        }
+    )
+    if spec.mode == "train":
+        if not spec.train_ref:
+            raise ValueError(f"runner {spec.key} is in train mode but has no train_ref")
+        ref, stub = spec.train_ref, "COG_TRAIN_TYPE_STUB"
+    else:
+        ref, stub = spec.predict_ref, "COG_PREDICT_TYPE_STUB"
+    # coglet loads workers/model_entry.py, which loads the model's own class or function
+    # and adds the traceback of an exception to the logs (coglet reports only its line).
+    env["REPLICANT_MODEL_REF"] = ref
+    env[stub] = f"{MODEL_ENTRY}:{ref.partition(':')[2]}"
+    return env
+
+
+def worker_exited(pid: int) -> bool:
+    """True when coglet's worker child is a zombie: coglet then waits in STARTING forever."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                stat = Path(f"/proc/{child}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
+                return True
+    return False
+
+
+class CogletProcess:
+    """One coglet process: one slot, so one run at a time (``lock``)."""
+
+    def __init__(self, spec: RunnerSpec, port: int, log: logging.Logger) -> None:
+        self.spec = spec
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lock = asyncio.Lock()
+        self.retired = False
+        self.current: Run | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
+        self.output_seen = asyncio.Event()
+        self.streams_output: bool | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process id (0 before it started)."""
+        return self.proc.pid if self.proc is not None else 0
+
+    @property
+    def exited(self) -> bool:
+        """Whether the process has exited and been reaped."""
+        return self._watcher is not None and self._watcher.done()
+
+    @property
+    def alive(self) -> bool:
+        """Running and not retired: it may take a prediction."""
+        return self.proc is not None and self.proc.returncode is None and not self.retired
+
+    def output_tail(self) -> str:
+        """The last lines of its output (coglet's log records made readable)."""
+        return "\n".join(self.tail)
+
+    async def spawn(self, env: dict[str, str]) -> None:
+        """Start coglet for this process's spec with ``env`` (see ``child_env``)."""
+        spec = self.spec
+        args = [str(spec.python), "-c", LAUNCHER, "--host", "127.0.0.1"]
+        if spec.mode == "train":
+            args += ["--x-mode", "train"]
+        if spec.upload_url:
+            args += ["--upload-url", spec.upload_url]
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *args,
+                cwd=spec.model_dir,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Its own process group, so one killpg also reaches coglet's worker child.
+                start_new_session=True,
+                limit=1 << 20,
+            )
+        except OSError as err:
+            raise BootError(f"cannot start {spec.python} in {spec.model_dir}: {err}") from err
+        self._reader = asyncio.create_task(self._read_output())
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def _read_output(self) -> None:
+        # Always drained, so coglet never blocks on a full pipe.
+        assert self.proc is not None and self.proc.stdout is not None
+        stream = self.proc.stdout
+        while True:
+            try:
+                raw = await stream.readline()
+            except ValueError:  # a line longer than the limit: its start is dropped
+                continue
+            if not raw:
+                return
+            self._on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+
+    def _on_line(self, raw: str) -> None:
+        line = parse_log_line(raw)
+        self.tail.append(line.text)
+        self.output_seen.set()
+        fields = line.fields
+        if fields is None:
+            return
+        if fields.get("message") == "Prediction worker completed":
+            self.streams_output = bool(fields.get("is_stream"))
+        run = self.current
+        if run is not None and run.id == fields["prediction_id"]:
+            run.on_log_record(fields)
+
+    async def _watch(self) -> None:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if not self.retired:
+            self.log.warning(
+                "event=runner_exited key=%s pid=%d code=%s", self.spec.key, self.pid, code
+            )
+        self.kill()  # whatever is left of its process group
+        self.output_seen.set()
+
+    def kill(self) -> None:
+        """SIGKILL coglet and its worker: Cog models have no teardown, and coglet's graceful
+        stop takes ~2 s even when idle."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def retire(self) -> None:
+        """Never hand it another prediction, and kill it."""
+        self.retired = True
+        self.kill()
+
+    async def wait_closed(self, within: float = 5.0) -> None:
+        """Wait (at most ``within`` seconds) until it is reaped and its output read."""
+        tasks = [t for t in (self._watcher, self._reader) if t is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=within)
+
+    async def output_settled(self, quiet: float = 0.05, within: float = 1.0) -> None:
+        """Wait until it has written nothing for ``quiet`` seconds (at most ``within``),
+        so its last lines are in the tail."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while True:
+                    self.output_seen.clear()
+                    try:
+                        async with asyncio.timeout(quiet):
+                            await self.output_seen.wait()
+                    except TimeoutError:
+                        return

@@ -1,0 +1,123 @@
+"""The pool's embedded HTTP server, which only its coglet processes call (on 127.0.0.1).
+
+coglet POSTs webhooks of streaming predictions, PUTs output files (``--upload-url``), and a
+model's ``setup()`` GETs its weights (fine-tunes) or waits for them (standbys). Every path
+starts with a per-pool secret; a wrong one answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+from collections.abc import Iterator
+from typing import Protocol
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+
+class Handlers(Protocol):
+    """What the receiver's routes do, once the secret is checked."""
+
+    async def on_webhook(self, prediction_id: str, request: Request) -> Response:
+        """coglet reports a streaming prediction's state."""
+        ...
+
+    async def on_upload(self, filename: str, request: Request) -> Response:
+        """coglet PUTs an output file; answer its URL in ``Location``."""
+        ...
+
+    async def on_weights(self, digest: str, name: str) -> Response:
+        """A fine-tune's setup() fetches its weights."""
+        ...
+
+    async def on_standby(self, token: str) -> Response:
+        """A standby's setup() asks for weights: answer once a fine-tune adopts it."""
+        ...
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: SIGTERM belongs to the worker, not to us."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Receiver:
+    """The server; ``base`` is the URL prefix (with the secret) once ``start`` returned."""
+
+    def __init__(self, handlers: Handlers) -> None:
+        self.handlers = handlers
+        self.base = ""
+        self.port = 0
+        self._secret = secrets.token_urlsafe(16)
+        self._server: _QuietServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Listen on a free port of 127.0.0.1 and serve in the background."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        app = Starlette(
+            routes=[
+                Route("/{secret}/{prediction_id}", self._webhook, methods=["POST"]),
+                Route("/{secret}/upload/{filename:path}", self._upload, methods=["PUT"]),
+                Route("/{secret}/weights/{digest}/{name}", self._weights, methods=["GET"]),
+                Route("/{secret}/standby/{token}", self._standby, methods=["GET"]),
+            ]
+        )
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = _QuietServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("the webhook receiver stopped while starting")
+            await asyncio.sleep(0.005)
+        self.port = sock.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}/{self._secret}/"
+
+    async def stop(self) -> None:
+        """Stop serving (idempotent)."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._task
+
+    def _allowed(self, request: Request) -> bool:
+        return secrets.compare_digest(request.path_params["secret"], self._secret)
+
+    async def _webhook(self, request: Request) -> Response:
+        if not self._allowed(request):
+            return Response(status_code=404)
+        return await self.handlers.on_webhook(request.path_params["prediction_id"], request)
+
+    async def _upload(self, request: Request) -> Response:
+        if not self._allowed(request):
+            return Response(status_code=404)
+        return await self.handlers.on_upload(request.path_params["filename"], request)
+
+    async def _weights(self, request: Request) -> Response:
+        if not self._allowed(request):
+            return Response(status_code=404)
+        params = request.path_params
+        return await self.handlers.on_weights(params["digest"], params["name"])
+
+    async def _standby(self, request: Request) -> Response:
+        if not self._allowed(request):
+            return Response(status_code=404)
+        return await self.handlers.on_standby(request.path_params["token"])

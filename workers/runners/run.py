@@ -1,0 +1,64 @@
+"""One prediction handed to a coglet process: what coglet has reported about it so far."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from replicant.runner import CogPrediction
+from workers.runners.coglet import END_MARKERS, TERMINAL, parse_prediction, rank
+
+if TYPE_CHECKING:
+    from workers.runners.process import CogletProcess
+
+
+class Run:
+    """The reports of one prediction: webhook deliveries and coglet's log lines about it."""
+
+    def __init__(self, prediction_id: str, process: CogletProcess, webhook: bool) -> None:
+        self.id = prediction_id
+        self.process = process
+        self.webhook = webhook
+        self.best: dict[str, Any] | None = None
+        self.hook_terminal = asyncio.Event()
+        self.log_lines: list[str] = []
+        self.logs_done = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.cancel_requested = False
+        self.started = False
+        self.task: asyncio.Task[CogPrediction] | None = None
+        self.stopper: asyncio.Task[None] | None = None
+
+    def offer(self, payload: dict[str, Any]) -> None:
+        """A webhook delivery; they arrive out of order, so keep the most complete."""
+        if self.best is None or rank(payload) >= rank(self.best):
+            self.best = payload
+        if payload.get("status") in TERMINAL:
+            self.hook_terminal.set()
+        self.changed.set()
+
+    def on_log_record(self, fields: dict[str, Any]) -> None:
+        """A line of coglet's own log about this prediction."""
+        message = fields.get("message")
+        if "source" in fields:
+            self.log_lines.append(f"{message}\n")
+            if not self.webhook:
+                self.changed.set()
+        elif message == "Starting prediction":
+            self.started = True
+        elif message in END_MARKERS:
+            self.logs_done.set()
+
+    @property
+    def stream_logs(self) -> str:
+        """The prediction's log lines as coglet wrote them to its output."""
+        return "".join(self.log_lines)
+
+    def snapshot(self) -> CogPrediction:
+        """The current non-terminal state for ``on_update``."""
+        if self.webhook:
+            state = parse_prediction(self.best or {"status": "processing"})
+            if state.status in TERMINAL:
+                state.status = "processing"
+            return state
+        return CogPrediction(status="processing", logs=self.stream_logs)

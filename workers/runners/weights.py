@@ -1,0 +1,60 @@
+"""Stored weights served to the model processes: cached per digest, fetched over HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+
+from starlette.responses import FileResponse, Response
+
+from replicant.runner import BootError
+from replicant.weights import WeightsCache, WeightsError, file_name, parse_store_ref
+
+
+class ServedWeights:
+    """The worker's weights cache, behind URLs of the pool's receiver (``base``)."""
+
+    def __init__(self, cache: WeightsCache | None) -> None:
+        self.cache = cache
+        self.base = ""
+        # Stored-weights references by digest, for the model processes that fetch them.
+        self._refs: dict[str, str] = {}
+
+    def url(self, ref: str) -> str:
+        """A URL of the stored weights that the model process can fetch (never expires);
+        known before the weights are cached."""
+        if self.cache is None:
+            raise BootError("this worker has no weights cache for stored weights")
+        try:
+            key, digest = parse_store_ref(ref)
+        except WeightsError as err:
+            raise BootError(f"cannot load the version's weights: {err}") from err
+        self._refs[digest] = ref
+        return f"{self.base}weights/{digest}/{file_name(key)}"
+
+    async def fetch(self, ref: str) -> None:
+        """Materialize the weights in the cache (once per digest, however many ask)."""
+        assert self.cache is not None
+        try:
+            await self.cache.materialize(ref)
+        except WeightsError as err:
+            raise BootError(f"cannot load the version's weights: {err}") from err
+
+    async def serve(self, digest: str, name: str) -> Response:
+        """The weights file, once cached (404 when unknown or not to be had)."""
+        if self.cache is None:
+            return Response(status_code=404)
+        path = self.cache.cached(digest, name)
+        ref = self._refs.get(digest)
+        if path is None and ref is not None:
+            # A model booting while its weights download: answer once they are here.
+            with contextlib.suppress(BootError):
+                await self.fetch(ref)
+            path = self.cache.cached(digest, name)
+        if path is None:
+            return Response(status_code=404)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    async def serve_ref(self, ref: str) -> Response:
+        """The weights of a stored reference (a standby's, once adopted)."""
+        key, digest = parse_store_ref(ref)
+        return await self.serve(digest, file_name(key))
