@@ -4,8 +4,9 @@ The API writes a prediction's (or training's) row before it starts the workflow,
 process that dies in between leaves a row that nothing will ever move. A row ``starting``
 for longer than the grace period is checked against Temporal: a row whose workflow exists
 is waiting for a slot (fine); one whose workflow does not exist never started and is failed
-with a reason that says so, and its stored inputs are removed. Nothing ran, so the client
-may create it again. Safe to run concurrently and to repeat: every write is guarded by status.
+with a reason that says so, its stored inputs are removed, and its Idempotency-Key is
+forgotten. Nothing ran, so the client may create it again (with the same key too). Safe to
+run concurrently and to repeat: every write is guarded by status.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
@@ -24,7 +26,7 @@ from replicant import readmodel, trainings
 from replicant.contracts import ReconciledStarts, ReconcileStarts
 from replicant.objectkeys import prediction_prefix, training_inputs
 from replicant.storage import ObjectStore
-from replicant.tables import Prediction, Training
+from replicant.tables import IdempotencyKey, Prediction, Training
 from replicant.temporal import workflow_exists
 from replicant.timeutil import utcnow
 
@@ -103,10 +105,23 @@ class ReconcileActivities:
             if failed:
                 self.store.delete_prefix(prediction_prefix(row_id))
                 readmodel.remove_data(self.engine, row_id)
-            return failed
-        failed = trainings.finish_training(
-            self.engine, row_id, status="failed", completed_at=now, error=error
-        )
+        else:
+            failed = trainings.finish_training(
+                self.engine, row_id, status="failed", completed_at=now, error=error
+            )
+            if failed:
+                self.store.delete_prefix(training_inputs(row_id))
         if failed:
-            self.store.delete_prefix(training_inputs(row_id))
+            self._forget_key(kind, row_id)
         return failed
+
+    def _forget_key(self, kind: str, row_id: str) -> None:
+        """A retry with the row's Idempotency-Key then creates anew, not replays a row that
+        never ran."""
+        with Session(self.engine) as session:
+            session.exec(
+                delete(IdempotencyKey)
+                .where(col(IdempotencyKey.kind) == kind)
+                .where(col(IdempotencyKey.object_id) == row_id)
+            )
+            session.commit()

@@ -24,12 +24,19 @@ from temporalio.client import (
     WorkflowUpdateStage,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.errors import ProblemError, invalid
-from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay
+from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay, wait_done
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
-from api.startguard import START_RPC_TIMEOUT, crash_point, lost_answer_point, settle_start
+from api.startguard import (
+    START_RPC_TIMEOUT,
+    crash_point,
+    lost_answer_point,
+    settle_start,
+    start_deadline,
+)
 from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
@@ -141,11 +148,12 @@ async def launch_prediction(
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
-    created_at = utcnow()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
         state, version.openapi_schema, payload, prediction_inputs(prediction_id)
     )
+    # After the upload: the start grace (api/startguard.py) counts from the row's creation.
+    created_at = utcnow()
     req = PredictionRequest(
         id=prediction_id,
         owner=account.username,
@@ -183,23 +191,36 @@ async def launch_prediction(
         assert idempotency is not None
         return await answer_taken(request, state, idempotency, wait)
     crash_point(settings)
+    update: WorkflowUpdateHandle[WaitResult] | None = None
     try:
         update = await _start(state, req, wait)
         lost_answer_point(settings)
+    except WorkflowAlreadyStartedError:
+        # A retry with this Idempotency-Key started it first (api/idempotency.py): started.
+        update = None
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
         # Temporal may have taken the start: ask it; the row (and its key) stay for the
         # reconciler.
         client = await state.temporal()
-        if not await settle_start(client, f"prediction-{req.id}", lambda: _start(state, req, None)):
+        settled = await settle_start(
+            client,
+            f"prediction-{req.id}",
+            lambda: _start(state, req, None),
+            retry_before=start_deadline(created_at, settings.start_grace),
+        )
+        if not settled:
             raise ProblemError(503, "The prediction could not be scheduled; try again") from err
         update = None
     if on_started is not None:
         await on_started()
-    if update is not None and wait is not None:
+    if wait is not None:
         # When the wait is over, answer with the prediction as it is now.
-        with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
-            await update.result(rpc_timeout=timedelta(seconds=wait))
+        if update is not None:
+            with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
+                await update.result(rpc_timeout=timedelta(seconds=wait))
+        else:  # started otherwise (a retry, or the settled start): wait on the workflow
+            await wait_done(state, req.id, wait)
     row = await state.read(_load, state, req.id)
     body = prediction_json(row, base_url(request, state), secret_key=state.secret_key)
     return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
@@ -243,6 +264,7 @@ async def _start(
         PredictionWorkflow.wait_done,
         start_workflow_operation=start,
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        rpc_timeout=START_RPC_TIMEOUT,
     )
 
 

@@ -10,8 +10,6 @@ Trainings are private to the account that created them; so is a training's page
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import html
 import logging
 from typing import Any
@@ -26,13 +24,27 @@ from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.idempotency import Claim, IdempotencyHeader, KeyTaken, claim_for, claimed, record_claim
+from api.idempotency import (
+    Claim,
+    IdempotencyHeader,
+    KeyTaken,
+    claim_for,
+    claimed,
+    ensure_started,
+    record_claim,
+)
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
 from api.listfilters import TrainingFilters
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
-from api.startguard import START_RPC_TIMEOUT, crash_point, lost_answer_point, settle_start
+from api.startguard import (
+    START_RPC_TIMEOUT,
+    crash_point,
+    lost_answer_point,
+    settle_start,
+    start_deadline,
+)
 from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
@@ -148,6 +160,8 @@ async def create_training(
         training_inputs(training_id),
         component="TrainingInput",
     )
+    # After the upload: the start grace (api/startguard.py) counts from the row's creation.
+    created_at = utcnow()
     req = TrainingRequest(
         id=training_id,
         owner=account.username,
@@ -159,7 +173,7 @@ async def create_training(
         hardware=hardware,
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
-        created_at=utcnow(),
+        created_at=created_at,
         timeout=settings.training_timeout,
         heartbeat_timeout=settings.heartbeat_timeout,
         webhook_retry_period=settings.webhook_retry_period,
@@ -183,13 +197,19 @@ async def create_training(
     try:
         await _start(state, req, account)
         lost_answer_point(settings)
+    except WorkflowAlreadyStartedError:
+        pass  # a retry with this Idempotency-Key started it first (see _replay)
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
         # Temporal may have taken the start: ask it; the row (and its key) stay for the
         # reconciler.
-        client = await state.temporal()
-        start = functools.partial(_start, state, req, account)
-        if not await settle_start(client, f"training-{req.id}", start):
+        settled = await settle_start(
+            await state.temporal(),
+            f"training-{req.id}",
+            lambda: _start(state, req, account),
+            retry_before=start_deadline(created_at, settings.start_grace),
+        )
+        if not settled:
             raise ProblemError(503, "The training could not be scheduled; try again") from err
     log.info(
         "event=training_created training=%s version=%s destination=%s",
@@ -239,8 +259,12 @@ async def _replay(
         return None
     key_row, row = found
     if row.status == "starting" and key_row.request is not None:
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await _start(state, TrainingRequest.model_validate(key_row.request), account)
+        req = TrainingRequest.model_validate(key_row.request)
+
+        async def start(state: AppState) -> None:
+            await _start(state, req, account)
+
+        await ensure_started(state, "training", row.id, row.created_at, start)
     row = await asyncio.to_thread(_own_training, state, account, row.id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
     return JSONResponse(rendered, status_code=201, headers={"Location": rendered["urls"]["get"]})
