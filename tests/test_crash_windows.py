@@ -33,9 +33,6 @@ from tests.test_operability import scrape
 from tests.trainkit import data_uri
 from workflows.prediction import PredictionWorkflow
 
-# Each test drives a stack of this module's own (tests/tiers.py counts it as e2e).
-pytestmark = pytest.mark.e2e
-
 # Longer than api.startguard.START_RPC_TIMEOUT: a start still in flight is never settled.
 GRACE = 12.0
 

@@ -19,9 +19,6 @@ from replicant.devstack import Stack
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, stack_settings, suite_database
 
-# Each test drives a stack of this module's own (tests/tiers.py counts it as e2e).
-pytestmark = pytest.mark.e2e
-
 MODELS = Path(__file__).parent / "models"
 PROCESS_DIED = "The model process exited during the prediction"
 SETUP_TIMEOUT = 6.0

@@ -26,9 +26,6 @@ from tests.receiver import Receiver, running_receiver
 from tests.test_files import png
 from tests.test_safefetch import Origin
 
-# Each test drives a stack of this module's own (tests/tiers.py counts it as e2e).
-pytestmark = pytest.mark.e2e
-
 THUMBNAIL = "/v1/models/replicant/thumbnail/predictions"
 HELLO = "/v1/models/replicate/hello-world/predictions"
 
