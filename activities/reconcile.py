@@ -23,7 +23,7 @@ from temporalio import activity
 from temporalio.client import Client
 
 from replicant import readmodel, trainings
-from replicant.contracts import ReconciledStarts, ReconcileStarts
+from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts
 from replicant.objectkeys import prediction_prefix, training_inputs
 from replicant.storage import ObjectStore
 from replicant.tables import IdempotencyKey, Prediction, Training
@@ -48,7 +48,7 @@ class ReconcileActivities:
         self.client = client
         self.store = store
 
-    @activity.defn(name="reconcile_starts")
+    @activity.defn(name=ActivityName.RECONCILE_STARTS)
     async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
         """Fail the ``starting`` rows older than ``job.grace`` whose workflow does not exist."""
         cutoff = utcnow() - timedelta(seconds=job.grace)

@@ -323,6 +323,7 @@ class ActivityName:
     OBSERVE_DEPLOYMENT: Final = "observe_deployment"
     ENSURE_INSTANCES: Final = "ensure_instances"
     REMOVE_EXPIRED_FILES: Final = "remove_expired_files"
+    RECONCILE_STARTS: Final = "reconcile_starts"
 
 
 class ErrorType:

@@ -12,7 +12,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from replicant.contracts import ReconciledStarts, ReconcileStarts
+    from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts
 
 
 @workflow.defn(name="StartReconcileWorkflow")
@@ -22,7 +22,7 @@ class StartReconcileWorkflow:
     @workflow.run
     async def run(self, job: ReconcileStarts) -> ReconciledStarts:
         result: ReconciledStarts = await workflow.execute_activity(
-            "reconcile_starts",
+            ActivityName.RECONCILE_STARTS,
             job,
             result_type=ReconciledStarts,
             start_to_close_timeout=timedelta(minutes=10),
