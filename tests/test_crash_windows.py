@@ -90,10 +90,15 @@ def faulty_api(live: LiveStack, name: str) -> str:
     )
 
 
-def post_to_dying_api(url: str, token: str, path: str, body: dict[str, Any]) -> None:
+def post_to_dying_api(
+    url: str, token: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
     with pytest.raises(httpx.TransportError):
         httpx.post(
-            f"{url}{path}", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            f"{url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}", **(headers or {})},
+            timeout=60,
         )
 
 
@@ -114,6 +119,29 @@ def test_a_prediction_whose_api_died_before_its_workflow_started_is_failed_with_
     with crashy.client(token) as api:
         shown = api.get(f"/v1/predictions/{prediction_id}").json()
     assert shown["status"] == "failed" and "never ran" in shown["error"]
+
+
+def test_a_retry_with_the_key_of_a_prediction_failed_for_never_starting_creates_it_anew(
+    crashy: LiveStack,
+) -> None:
+    """Past the grace the row is the reconciler's: it fails it and forgets its
+    Idempotency-Key, so the client's retry with that key runs the prediction after all."""
+    username, token = account(crashy, "crashkey")
+    url = faulty_api(crashy, "api-fault-key")
+    path = "/v1/models/replicate/hello-world/predictions"
+    body, key = {"input": {"text": "again"}}, {"Idempotency-Key": f"key-{new_id()}"}
+    post_to_dying_api(url, token, path, body, key)
+    [(first_id, _)] = rows(crashy, username).items()
+    assert settled(crashy, Prediction, first_id).status == "failed"
+    with crashy.client(token) as api:
+        retried = api.post(path, json=body, headers=key)
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["id"] != first_id
+        again = api.post(path, json=body, headers=key)
+    assert again.json()["id"] == retried.json()["id"]
+    final = crashy.wait_for(retried.json()["id"], token=token)
+    assert (final["status"], final["output"]) == ("succeeded", "hello again")
+    assert len(rows(crashy, username)) == 2
 
 
 def test_a_deployment_prediction_whose_api_died_is_failed_with_a_reason(
@@ -246,6 +274,11 @@ async def test_an_uncertain_start_is_settled_by_asking_temporal_not_by_starting_
     handle = await parked(crashy, new_id())
     assert await workflow_exists(client, handle.id)
     assert await settle_start(client, handle.id, start_again)
+    assert attempts == ["start"]
+    # Nothing under this id and the grace nearly over: no second try (the reconciler's turn).
+    assert not await settle_start(
+        client, f"prediction-{new_id()}", start_again, retry_before=utcnow()
+    )
     assert attempts == ["start"]
     await handle.terminate()
 
