@@ -62,3 +62,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .replicant .pytest_cache .mypy_cache .ruff_cache
+
+# The crash-window, hostile-input, SSRF and webhook-outage tests drive the read model too.
+API_TESTS += tests/test_crash_windows.py tests/test_hostile_input.py tests/test_ssrf.py \
+	tests/test_webhook_outage.py

@@ -227,7 +227,8 @@ class WithStagedFiles(Protocol):
 async def materialized_input(
     store: ObjectStore | None, req: WithStagedFiles
 ) -> AsyncIterator[dict[str, Any]]:
-    """The input with each staged file replaced by a local path; the files go afterwards."""
+    """The input with each staged file replaced by a local path (a large text input by its
+    text); the files go afterwards."""
     if not req.staged_files:
         yield req.input
         return
@@ -240,7 +241,11 @@ async def materialized_input(
             dest = workdir / str(index) / staged.filename
             dest.parent.mkdir()
             await asyncio.to_thread(store.download, staged.key, dest)
-            set_at(value, staged.path, str(dest))
+            if staged.text:
+                text = await asyncio.to_thread(dest.read_text, encoding="utf-8")
+                set_at(value, staged.path, text)
+            else:
+                set_at(value, staged.path, str(dest))
         yield value
     finally:
         await asyncio.to_thread(shutil.rmtree, workdir, True)

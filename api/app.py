@@ -32,6 +32,7 @@ from api.routes import (
     webhooks,
 )
 from api.state import AppState
+from api.textguard import RefuseLoneSurrogates
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
 
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.state.metrics = Metrics(engine)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
+    app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.include_router(health.router)

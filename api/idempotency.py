@@ -5,7 +5,10 @@ made (201, the prediction as it is now), never a second run: also while the firs
 still in flight (the key's row commits with the prediction's, and the unique constraint makes
 the second insert wait for the first and fail), and after the API process that took it died
 between recording the prediction and starting its workflow (a retry starts it from the
-workflow input kept with the key). A different body with a used key is refused with 422.
+workflow input kept with the key, while ``start_grace`` leaves time for that start to land;
+later the reconciler fails it and forgets the key, so a retry creates it anew). A retry may
+start the workflow before the first request does: that request takes it as started. A
+different body with a used key is refused with 422.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Header, Request
@@ -32,6 +36,7 @@ from temporalio.service import RPCError
 
 from api.errors import ProblemError, invalid
 from api.serialize import prediction_json
+from api.startguard import start_deadline
 from api.state import AppState
 from replicant.contracts import PredictionRequest
 from replicant.tables import TERMINAL_STATUSES, Account, IdempotencyKey, Prediction
@@ -168,9 +173,10 @@ async def replay(
         return None
     key_row, prediction = found
     if prediction.status == "starting" and key_row.request is not None:
-        await _ensure_started(state, PredictionRequest.model_validate(key_row.request))
+        req = PredictionRequest.model_validate(key_row.request)
+        await ensure_started(state, "prediction", req.id, prediction.created_at, _start_of(req))
     if wait is not None and prediction.status not in TERMINAL_STATUSES:
-        await _wait(state, prediction.id, wait)
+        await wait_done(state, prediction.id, wait)
     return await respond(request, state, prediction.id)
 
 
@@ -193,17 +199,40 @@ async def respond(request: Request, state: AppState, prediction_id: str) -> JSON
     return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
 
 
-async def _ensure_started(state: AppState, req: PredictionRequest) -> None:
+def _start_of(req: PredictionRequest) -> Callable[[AppState], Awaitable[object]]:
+    async def start(state: AppState) -> object:
+        from api.launch import _start  # launch imports this module
+
+        return await _start(state, req, None)
+
+    return start
+
+
+async def ensure_started(
+    state: AppState,
+    kind: str,
+    object_id: str,
+    created_at: datetime,
+    start: Callable[[AppState], Awaitable[object]],
+) -> None:
     """Start the workflow the first request may not have started (its API died after
-    recording the prediction); a running or finished one is left alone."""
-    from api.launch import _start  # launch imports this module
+    recording the row, or it is still on its way); a running or finished one is left alone.
+    Only while the start lands inside ``start_grace`` (api/startguard.py): later the row is
+    the reconciler's. 503 when Temporal refuses (the row and its key stay for a retry)."""
+    if utcnow() >= start_deadline(created_at, state.settings.start_grace):
+        return
+    try:
+        await start(state)
+    except WorkflowAlreadyStartedError:
+        return
+    except Exception as err:
+        log.error("event=start_failed %s=%s type=%s", kind, object_id, type(err).__name__)
+        raise ProblemError(503, f"The {kind} could not be scheduled; try again") from err
+    log.info("event=idempotent_restart %s=%s", kind, object_id)
 
-    with contextlib.suppress(WorkflowAlreadyStartedError):
-        await _start(state, req, None)
-        log.info("event=idempotent_restart prediction=%s", req.id)
 
-
-async def _wait(state: AppState, prediction_id: str, wait: int) -> None:
+async def wait_done(state: AppState, prediction_id: str, wait: int) -> None:
+    """Wait up to ``wait`` seconds for a started prediction's workflow to end."""
     client = await state.temporal()
     handle = client.get_workflow_handle(f"prediction-{prediction_id}")
     with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):

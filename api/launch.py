@@ -23,18 +23,26 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
     WorkflowUpdateStage,
 )
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.errors import ProblemError, invalid
-from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay
+from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay, wait_done
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import prediction_json
+from api.startguard import (
+    START_RPC_TIMEOUT,
+    crash_point,
+    lost_answer_point,
+    settle_start,
+    start_deadline,
+)
 from api.state import AppState
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.fairness import task_priority
 from replicant.ids import new_id
-from replicant.netguard import BlockedURL, check_url_syntax, is_public_address
+from replicant.netguard import BlockedURL, check_target
 from replicant.objectkeys import prediction_inputs
 from replicant.tables import Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
@@ -71,20 +79,9 @@ def parse_prefer(value: str | None, max_wait: int) -> int | None:
 def check_webhook(url: str, allow_private: bool) -> None:
     """422 unless ``url`` is an http(s) URL Replicant may call (names resolve at delivery)."""
     try:
-        host = check_url_syntax(url)
-        if not allow_private and _private_literal(host):
-            raise BlockedURL("must not point at a private or reserved address")
+        check_target(url, allow_private)
     except BlockedURL as err:
         raise invalid([{"field": "webhook", "message": str(err)}]) from None
-
-
-def _private_literal(host: str) -> bool:
-    if host.lower().rstrip(".") in ("localhost", "localhost6"):
-        return True
-    try:
-        return not is_public_address(host)
-    except ValueError:  # a name, not an address
-        return False
 
 
 def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
@@ -151,11 +148,12 @@ async def launch_prediction(
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
-    created_at = utcnow()
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
         state, version.openapi_schema, payload, prediction_inputs(prediction_id)
     )
+    # After the upload: the start grace (api/startguard.py) counts from the row's creation.
+    created_at = utcnow()
     req = PredictionRequest(
         id=prediction_id,
         owner=account.username,
@@ -192,20 +190,37 @@ async def launch_prediction(
             await discard_data_uris(state, prediction_inputs(req.id))
         assert idempotency is not None
         return await answer_taken(request, state, idempotency, wait)
+    crash_point(settings)
+    update: WorkflowUpdateHandle[WaitResult] | None = None
     try:
         update = await _start(state, req, wait)
+        lost_answer_point(settings)
+    except WorkflowAlreadyStartedError:
+        # A retry with this Idempotency-Key started it first (api/idempotency.py): started.
+        update = None
     except Exception as err:
         log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
-        await asyncio.to_thread(_discard, state, req.id, model)
-        if stored:
-            await discard_data_uris(state, prediction_inputs(req.id))
-        raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+        # Temporal may have taken the start: ask it; the row (and its key) stay for the
+        # reconciler.
+        client = await state.temporal()
+        settled = await settle_start(
+            client,
+            f"prediction-{req.id}",
+            lambda: _start(state, req, None),
+            retry_before=start_deadline(created_at, settings.start_grace),
+        )
+        if not settled:
+            raise ProblemError(503, "The prediction could not be scheduled; try again") from err
+        update = None
     if on_started is not None:
         await on_started()
-    if update is not None and wait is not None:
+    if wait is not None:
         # When the wait is over, answer with the prediction as it is now.
-        with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
-            await update.result(rpc_timeout=timedelta(seconds=wait))
+        if update is not None:
+            with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
+                await update.result(rpc_timeout=timedelta(seconds=wait))
+        else:  # started otherwise (a retry, or the settled start): wait on the workflow
+            await wait_done(state, req.id, wait)
     row = await state.read(_load, state, req.id)
     body = prediction_json(row, base_url(request, state), secret_key=state.secret_key)
     return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
@@ -231,9 +246,13 @@ async def _start(
         "search_attributes": search_attributes(req),
         # Waiting for a hardware slot, accounts take turns (weighted); see replicant/fairness.py.
         "priority": task_priority(req.owner, req.fairness_weight, req.priority_key),
+        # A second start under this id (see api/startguard.py) must never run the model twice.
+        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
     }
     if wait is None:
-        await client.start_workflow(PredictionWorkflow.run, req, **options)
+        await client.start_workflow(
+            PredictionWorkflow.run, req, rpc_timeout=START_RPC_TIMEOUT, **options
+        )
         return None
     start = WithStartWorkflowOperation(
         PredictionWorkflow.run,
@@ -245,6 +264,7 @@ async def _start(
         PredictionWorkflow.wait_done,
         start_workflow_operation=start,
         wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        rpc_timeout=START_RPC_TIMEOUT,
     )
 
 
@@ -276,20 +296,3 @@ def _record(
         # One UPDATE, so concurrent predictions never lose a count.
         count = col(Model.run_count) + 1
         conn.execute(update(Model).where(col(Model.id) == model.id).values(run_count=count))
-
-
-def _count_run(state: AppState, model: Model, delta: int) -> None:
-    with Session(state.engine) as session:
-        # One UPDATE, so concurrent predictions never lose a count.
-        count = col(Model.run_count) + delta
-        session.exec(update(Model).where(col(Model.id) == model.id).values(run_count=count))
-        session.commit()
-
-
-def _discard(state: AppState, prediction_id: str, model: Model) -> None:
-    with Session(state.engine) as session:
-        row = session.get(Prediction, prediction_id)
-        if row is not None:
-            session.delete(row)
-            session.commit()
-    _count_run(state, model, -1)

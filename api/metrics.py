@@ -51,6 +51,9 @@ class ReadModelCollector(Collector):
         yield family
 
 
+QUEUED_TASKS = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
+
+
 class QueueBacklogCollector(Collector):
     """The approximate backlog of each hardware queue, as last read from Temporal."""
 
@@ -61,7 +64,8 @@ class QueueBacklogCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "replicant_queue_backlog",
-            "Predictions waiting for a slot, per hardware queue (Temporal's approximate count)",
+            "Predictions queued per hardware queue, waiting for a worker or a slot "
+            "(Temporal's approximate count)",
             labels=["hardware"],
         )
         for sku, count in sorted(self.backlog.items()):
@@ -94,16 +98,20 @@ class Metrics:
                 client = await asyncio.wait_for(state.temporal(), timeout=5)
                 backlog: dict[str, int] = {}
                 for sku in state.settings.hardware:
-                    request = DescribeTaskQueueRequest(
-                        namespace=client.namespace,
-                        task_queue=TaskQueue(name=state.settings.task_queue(sku)),
-                        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-                        report_stats=True,
-                    )
-                    response = await client.workflow_service.describe_task_queue(
-                        request, timeout=None
-                    )
-                    backlog[sku] = response.stats.approximate_backlog_count
+                    backlog[sku] = 0
+                    # A queued prediction waits as a workflow task while no worker of its
+                    # hardware polls, and as an activity task (its run) once one does.
+                    for kind in QUEUED_TASKS:
+                        request = DescribeTaskQueueRequest(
+                            namespace=client.namespace,
+                            task_queue=TaskQueue(name=state.settings.task_queue(sku)),
+                            task_queue_type=kind,
+                            report_stats=True,
+                        )
+                        response = await client.workflow_service.describe_task_queue(
+                            request, timeout=None
+                        )
+                        backlog[sku] += response.stats.approximate_backlog_count
             except Exception as err:  # Temporal down: keep serving the other series
                 log.warning("event=queue_backlog_unavailable error=%s", type(err).__name__)
                 return

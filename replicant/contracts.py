@@ -29,6 +29,8 @@ class StagedFile(BaseModel):
     path: list[str | int]  # ["image"], or ["images", 2] inside a list
     key: str
     filename: str
+    # A large text input kept out of Temporal's payloads: the model gets the text, not a path.
+    text: bool = False
 
 
 class StagedInputs(BaseModel):
@@ -109,6 +111,21 @@ class ExpiredFiles(BaseModel):
     """What a sweep removed: uploaded files past ``expires_at``, objects and rows."""
 
     removed: int = 0
+
+
+class ReconcileStarts(BaseModel):
+    """Input of ``StartReconcileWorkflow``: settle ``starting`` rows older than
+    ``grace`` seconds whose workflow does not exist, at most ``limit`` rows a run."""
+
+    grace: float = 60.0
+    limit: int = 100_000
+
+
+class ReconciledStarts(BaseModel):
+    """What a reconcile run found: rows checked, and rows failed for want of a workflow."""
+
+    checked: int = 0
+    failed: list[str] = []
 
 
 class PredictionRef(BaseModel):
@@ -346,6 +363,7 @@ class ActivityName:
     REMOVE_EXPIRED_FILES: Final = "remove_expired_files"
     BUILD_VERSION: Final = "build_version"
     FAIL_BUILD: Final = "fail_build"
+    RECONCILE_STARTS: Final = "reconcile_starts"
 
 
 class ErrorType:

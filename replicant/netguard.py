@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
 
@@ -32,7 +33,70 @@ def check_url_syntax(url: str) -> str:
         raise BlockedURL("must name a host")
     if parts.username is not None or parts.password is not None:
         raise BlockedURL("must not carry credentials")
+    check_host_name(parts.hostname)
     return parts.hostname
+
+
+# An IDNA-encoded name: ASCII labels of letters, digits, '-' and '_' (seen in real names).
+HOST_LABELS = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*", re.I)
+
+
+def check_host_name(host: str) -> None:
+    """``BlockedURL`` unless ``host`` is an IP literal or a name DNS can carry (labels of 1 to
+    63 characters, 253 in all): the resolver would refuse it at every attempt anyway."""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return
+    except ValueError:
+        pass
+    try:
+        encoded = host.rstrip(".").encode("idna")
+    except UnicodeError:
+        raise BlockedURL("host name is not valid (each label must be 1 to 63 characters)") from None
+    if not encoded or len(encoded) > 253:
+        raise BlockedURL("host name is not valid (at most 253 characters)")
+    if not HOST_LABELS.fullmatch(encoded):
+        raise BlockedURL("host name is not valid (letters, digits, '-' and '_' only)")
+
+
+# Every IPv4 form the C resolver takes: 127.1, 2130706433, 0x7f000001, 0177.0.0.1.
+NUMERIC_HOST = re.compile(r"(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+)){0,3}\.?", re.I)
+LOCAL_NAMES = frozenset({"localhost", "localhost6", "ip6-localhost", "ip6-loopback"})
+
+
+def literal_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address ``host`` spells out, in any form the resolver reads as one; None for a
+    name. ``BlockedURL`` for a numeric host that is no address (e.g. ``999.1``)."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    if not NUMERIC_HOST.fullmatch(host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host.rstrip(".")))
+    except OSError:
+        raise BlockedURL(f"{host} is not a valid IP address") from None
+
+
+def check_literal(host: str, allow_private: bool) -> None:
+    """``BlockedURL`` for a host that names a private or reserved address without a lookup
+    (local names, and IP literals in any form) unless private addresses are allowed."""
+    address = literal_address(host)
+    if allow_private:
+        return
+    if host.lower().rstrip(".") in LOCAL_NAMES or (
+        address is not None and not is_public_address(str(address))
+    ):
+        raise BlockedURL("must not point at a private or reserved address")
+
+
+def check_target(url: str, allow_private: bool) -> str:
+    """The host of ``url``, or ``BlockedURL``: everything that can be refused without a DNS
+    lookup. Creates (422) and deliveries (no retry) share it, so they agree."""
+    host = check_url_syntax(url)
+    check_literal(host, allow_private)
+    return host
 
 
 def is_public_address(address: str) -> bool:

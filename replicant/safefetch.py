@@ -46,6 +46,8 @@ async def resolve(host: str, port: int, policy: AddressPolicy) -> str:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as err:
         raise BlockedURL(f"{host} does not resolve") from err
+    except UnicodeError as err:  # a name no resolver takes (IDNA refuses it): for good
+        raise BlockedURL(f"{host} is not a valid host name") from err
     addresses = [str(info[4][0]) for info in infos]
     if not addresses:
         raise BlockedURL(f"{host} does not resolve")

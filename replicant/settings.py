@@ -117,6 +117,25 @@ class Settings(BaseSettings):
         "passed before the prediction started; `*`: every client); the others see `canceled`, "
         "since the Python client replicate 1.0.7 fails on a status it does not know (JSON list).",
     )
+    start_grace: float = Field(
+        60.0,
+        description="Seconds after which a prediction or training still `starting` whose "
+        "workflow does not exist (its create crashed half-way) is failed by the reconciler; "
+        "keep it above the API's 10 s start timeout.",
+    )
+    reconcile_interval: float = Field(
+        30.0, description="Seconds between the reconciler's passes over `starting` rows."
+    )
+    fault_kill_before_start: bool = Field(
+        False,
+        description="TEST ONLY, never in production: the API SIGKILLs itself after writing a "
+        "new prediction's or training's row, before starting its workflow.",
+    )
+    fault_lose_start_answer: bool = Field(
+        False,
+        description="TEST ONLY, never in production: the API acts as if the answer to a "
+        "workflow start that Temporal took were lost.",
+    )
 
     # Hardware: every SKU is a task queue.
     hardware: dict[str, int] = Field(
@@ -165,6 +184,9 @@ class Settings(BaseSettings):
         "`70GB`): their device memory as `nvidia-smi` reports it (their resident memory "
         "without it); unset: a slot keeps one resident model process, stopped before another "
         "version boots on its devices.",
+    )
+    setup_timeout: float = Field(
+        300.0, description="Seconds a model's setup() may take before its prediction fails."
     )
     max_push_bytes: int = Field(
         1024 * 1024 * 1024,

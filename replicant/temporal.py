@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 
 from replicant.settings import Settings
 
@@ -15,3 +16,15 @@ async def connect(settings: Settings) -> Client:
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
     )
+
+
+async def workflow_exists(client: Client, workflow_id: str) -> bool:
+    """Whether Temporal has a workflow of this id (running or closed); asks the server
+    itself, not its visibility index. Errors other than "not found" propagate."""
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True

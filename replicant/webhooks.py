@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from standardwebhooks import Webhook
 
-from replicant.netguard import BlockedURL, check_url_syntax
+from replicant.netguard import BlockedURL, check_target
 from replicant.safefetch import address_policy, pinned, resolve
 from replicant.tables import Account
 
@@ -127,7 +127,7 @@ async def deliver(
     Redirects are not followed (a 3xx is a failure); the URL must pass the SSRF rules.
     """
     try:
-        host = check_url_syntax(url)
+        host = check_target(url, allow_private)
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
         # Connect to the very address that was checked (no second, rebindable lookup).

@@ -55,7 +55,8 @@ class Receiver:
 
 
 @contextmanager
-def running_receiver() -> Iterator[Receiver]:
+def running_receiver(port: int = 0) -> Iterator[Receiver]:
+    """A receiver on ``port`` (a free one by default)."""
     receiver = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -87,7 +88,7 @@ def running_receiver() -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook/"
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -19,6 +19,7 @@ from activities.deployments import DeploymentActivities
 from activities.expiry import ExpiryActivities
 from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
+from activities.reconcile import ReconcileActivities
 from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
@@ -36,6 +37,7 @@ from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
+from workflows.reconcile import StartReconcileWorkflow
 from workflows.training import TrainingWorkflow
 
 log = logging.getLogger("replicant.worker")
@@ -92,6 +94,7 @@ def build_workers(
                     DeploymentWorkflow,
                     TrainingWorkflow,
                     FileExpiryWorkflow,
+                    StartReconcileWorkflow,
                 ],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
@@ -101,6 +104,7 @@ def build_workers(
                     acts.remove_prediction_data,
                     FileActivities(settings, engine, store).stage_inputs,
                     ExpiryActivities(engine, store).remove_expired_files,
+                    ReconcileActivities(engine, client, store).reconcile_starts,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
                     training.stage_training_inputs,
@@ -181,6 +185,7 @@ async def run_worker(
         # Every slot may hold a busy process of its own: a smaller pool would evict and
         # re-boot processes between back-to-back runs.
         max_warm=max(settings.max_warm_runners, sum(slots.values())),
+        boot_timeout=settings.setup_timeout,
         # Streams need their chunks soon (time to first token); the run activity throttles
         # its own read-model writes and webhooks.
         update_interval=0.05,
@@ -217,6 +222,7 @@ async def run_worker(
             own = gpu_pools.get(sku)
             return RunnerPool(
                 max_warm=1,
+                boot_timeout=settings.setup_timeout,
                 update_interval=0.05,
                 upload=OutputSink(settings, store),
                 weights=weights,

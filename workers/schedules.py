@@ -1,4 +1,5 @@
-"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep.
+"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep
+and the reconciler of creates a crash left half-done.
 
 Registered at every worker start, idempotently: the first start creates the schedule, later
 ones (and other workers) update it to the current settings.
@@ -22,13 +23,15 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from replicant.contracts import ExpireFiles
+from replicant.contracts import ExpireFiles, ReconcileStarts
 from replicant.settings import Settings
 from workflows.expiry import FileExpiryWorkflow
+from workflows.reconcile import StartReconcileWorkflow
 
 log = logging.getLogger("replicant.worker")
 
 FILE_EXPIRY_SCHEDULE = "replicant-file-expiry"
+START_RECONCILE_SCHEDULE = "replicant-start-reconcile"
 
 
 def file_expiry_schedule(settings: Settings) -> Schedule:
@@ -47,15 +50,37 @@ def file_expiry_schedule(settings: Settings) -> Schedule:
     )
 
 
+def start_reconcile_schedule(settings: Settings) -> Schedule:
+    every = timedelta(seconds=max(1.0, settings.reconcile_interval))
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            StartReconcileWorkflow.run,
+            ReconcileStarts(grace=settings.start_grace),
+            id=f"{START_RECONCILE_SCHEDULE}-pass",
+            task_queue=settings.orchestration_queue,
+            run_timeout=timedelta(minutes=30),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 async def ensure_schedules(client: Client, settings: Settings) -> None:
     """Create the schedules, or bring existing ones up to date with ``settings``."""
-    schedule = file_expiry_schedule(settings)
+    for schedule_id, schedule in (
+        (FILE_EXPIRY_SCHEDULE, file_expiry_schedule(settings)),
+        (START_RECONCILE_SCHEDULE, start_reconcile_schedule(settings)),
+    ):
+        await _ensure(client, schedule_id, schedule)
+
+
+async def _ensure(client: Client, schedule_id: str, schedule: Schedule) -> None:
     try:
-        await client.create_schedule(FILE_EXPIRY_SCHEDULE, schedule)
-        log.info("event=schedule_created schedule=%s", FILE_EXPIRY_SCHEDULE)
+        await client.create_schedule(schedule_id, schedule)
+        log.info("event=schedule_created schedule=%s", schedule_id)
     except ScheduleAlreadyRunningError:
 
         def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
             return ScheduleUpdate(schedule=schedule)
 
-        await client.get_schedule_handle(FILE_EXPIRY_SCHEDULE).update(update)
+        await client.get_schedule_handle(schedule_id).update(update)

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlmodel import Session, col, select
 
@@ -187,7 +188,10 @@ async def _receive(request: Request, form: _Form, limit: int) -> None:
             if received > limit + DRAIN_ALLOWANCE:
                 break
             continue  # drain, so the client reads the 413 rather than a reset
-        await asyncio.to_thread(parser.write, chunk)
+        try:
+            await asyncio.to_thread(parser.write, chunk)
+        except MultipartParseError as err:
+            raise ProblemError(400, f"The multipart body is malformed: {err}") from err
     if form.too_large:
         raise _too_large(limit)
     try:

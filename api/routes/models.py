@@ -240,6 +240,10 @@ async def update_model(
     account: CurrentAccount,
 ) -> dict[str, Any]:
     """Change description, readme, visibility, hardware (for new predictions) or URLs."""
+    nulls = [f for f in ("visibility", "hardware") if f in body.model_fields_set]
+    nulls = [f for f in nulls if getattr(body, f) is None]
+    if nulls:  # every model has both: they can be changed, not removed
+        raise invalid([{"field": f, "message": "must not be null"} for f in nulls])
     _check_hardware(state, body.hardware)
 
     def update() -> dict[str, Any]:

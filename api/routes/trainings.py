@@ -10,7 +10,6 @@ Trainings are private to the account that created them; so is a training's page
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import logging
 from typing import Any
@@ -19,17 +18,33 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.idempotency import Claim, IdempotencyHeader, KeyTaken, claim_for, claimed, record_claim
+from api.idempotency import (
+    Claim,
+    IdempotencyHeader,
+    KeyTaken,
+    claim_for,
+    claimed,
+    ensure_started,
+    record_claim,
+)
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
 from api.listfilters import TrainingFilters
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
+from api.startguard import (
+    START_RPC_TIMEOUT,
+    crash_point,
+    lost_answer_point,
+    settle_start,
+    start_deadline,
+)
 from api.state import AppState
 from replicant import trainings
 from replicant.catalog import account_names, find_model
@@ -145,6 +160,8 @@ async def create_training(
         training_inputs(training_id),
         component="TrainingInput",
     )
+    # After the upload: the start grace (api/startguard.py) counts from the row's creation.
+    created_at = utcnow()
     req = TrainingRequest(
         id=training_id,
         owner=account.username,
@@ -156,7 +173,7 @@ async def create_training(
         hardware=hardware,
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
-        created_at=utcnow(),
+        created_at=created_at,
         timeout=settings.training_timeout,
         heartbeat_timeout=settings.heartbeat_timeout,
         webhook_retry_period=settings.webhook_retry_period,
@@ -176,14 +193,24 @@ async def create_training(
                 409, "A request with this Idempotency-Key failed meanwhile; retry"
             ) from None
         return answered
+    crash_point(settings)
     try:
         await _start(state, req, account)
+        lost_answer_point(settings)
+    except WorkflowAlreadyStartedError:
+        pass  # a retry with this Idempotency-Key started it first (see _replay)
     except Exception as err:
         log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
-        await asyncio.to_thread(_discard, state, req.id)
-        if stored:
-            await discard_data_uris(state, training_inputs(req.id))
-        raise ProblemError(503, "The training could not be scheduled; try again") from err
+        # Temporal may have taken the start: ask it; the row (and its key) stay for the
+        # reconciler.
+        settled = await settle_start(
+            await state.temporal(),
+            f"training-{req.id}",
+            lambda: _start(state, req, account),
+            retry_before=start_deadline(created_at, settings.start_grace),
+        )
+        if not settled:
+            raise ProblemError(503, "The training could not be scheduled; try again") from err
     log.info(
         "event=training_created training=%s version=%s destination=%s",
         req.id,
@@ -216,6 +243,9 @@ async def _start(state: AppState, req: TrainingRequest, account: Account) -> Non
         search_attributes=search_attributes(req),
         # Its run activity inherits this: trainings take turns on hardware queues too.
         priority=task_priority(account.username, account.fairness_weight),
+        # A second start under this id (see api/startguard.py) never trains twice.
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        rpc_timeout=START_RPC_TIMEOUT,
     )
 
 
@@ -229,19 +259,15 @@ async def _replay(
         return None
     key_row, row = found
     if row.status == "starting" and key_row.request is not None:
-        with contextlib.suppress(WorkflowAlreadyStartedError):
-            await _start(state, TrainingRequest.model_validate(key_row.request), account)
+        req = TrainingRequest.model_validate(key_row.request)
+
+        async def start(state: AppState) -> None:
+            await _start(state, req, account)
+
+        await ensure_started(state, "training", row.id, row.created_at, start)
     row = await asyncio.to_thread(_own_training, state, account, row.id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
     return JSONResponse(rendered, status_code=201, headers={"Location": rendered["urls"]["get"]})
-
-
-def _discard(state: AppState, training_id: str) -> None:
-    with Session(state.engine) as session:
-        row = session.get(Training, training_id)
-        if row is not None:
-            session.delete(row)
-            session.commit()
 
 
 def _own_training(state: AppState, account: Account, training_id: str) -> Training:

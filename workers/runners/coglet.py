@@ -29,6 +29,7 @@ COGLET_ERROR_PREFIX = re.compile(
 SETUP_ERROR_PREFIX = re.compile(r"(?:worker setup failed(?: \(slot [^)]*\))?|setup failed): ", re.I)
 # Health states in which coglet takes (or is running) a prediction.
 HEALTHY = ("READY", "BUSY")
+# The error of a prediction whose model process exited mid-run (as by the OOM killer).
 
 
 def prediction_path(mode: str, prediction_id: str) -> str:

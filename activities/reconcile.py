@@ -1,0 +1,127 @@
+"""Settling creates that crashed half-way: rows left ``starting`` with no workflow.
+
+The API writes a prediction's (or training's) row before it starts the workflow, so a
+process that dies in between leaves a row that nothing will ever move. A row ``starting``
+for longer than the grace period is checked against Temporal: a row whose workflow exists
+is waiting for a slot (fine); one whose workflow does not exist never started and is failed
+with a reason that says so, its stored inputs are removed, and its Idempotency-Key is
+forgotten. Nothing ran, so the client may create it again (with the same key too). Safe to
+run concurrently and to repeat: every write is guarded by status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+from temporalio import activity
+from temporalio.client import Client
+
+from replicant import readmodel, trainings
+from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts
+from replicant.objectkeys import prediction_prefix, training_inputs
+from replicant.storage import ObjectStore
+from replicant.tables import IdempotencyKey, Prediction, Training
+from replicant.temporal import workflow_exists
+from replicant.timeutil import utcnow
+
+log = logging.getLogger("replicant.reconcile")
+
+NEVER_STARTED = (
+    "Replicant stopped before this {kind} was scheduled, so it never ran; create it again"
+)
+# Visibility is asked about this many workflow ids at once.
+CHUNK = 100
+TABLES: tuple[tuple[str, Any], ...] = (("prediction", Prediction), ("training", Training))
+
+
+class ReconcileActivities:
+    """The reconcile pass, bound to a database, a Temporal client and an object store."""
+
+    def __init__(self, engine: Engine, client: Client, store: ObjectStore) -> None:
+        self.engine = engine
+        self.client = client
+        self.store = store
+
+    @activity.defn(name=ActivityName.RECONCILE_STARTS)
+    async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
+        """Fail the ``starting`` rows older than ``job.grace`` whose workflow does not exist."""
+        cutoff = utcnow() - timedelta(seconds=job.grace)
+        result = ReconciledStarts()
+        for kind, table in TABLES:
+            after = ""
+            while result.checked < job.limit:
+                ids = await asyncio.to_thread(self._page, table, cutoff, after)
+                if not ids:
+                    break
+                after = ids[-1]
+                result.checked += len(ids)
+                for workflow_id in await self._missing([f"{kind}-{i}" for i in ids]):
+                    row_id = workflow_id.removeprefix(f"{kind}-")
+                    if await asyncio.to_thread(self._fail, kind, row_id):
+                        log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
+                        result.failed.append(workflow_id)
+                activity.heartbeat(result.checked)
+        return result
+
+    def _page(self, table: Any, cutoff: datetime, after: str) -> list[str]:
+        """The next ids (in id order, after ``after``) of rows ``starting`` since before
+        ``cutoff``: pages by id, so every such row is seen however many wait in a queue."""
+        with Session(self.engine) as session:
+            return list(
+                session.exec(
+                    select(table.id)
+                    .where(col(table.status) == "starting")
+                    .where(col(table.created_at) < cutoff)
+                    .where(col(table.id) > after)
+                    .order_by(col(table.id))
+                    .limit(CHUNK)
+                ).all()
+            )
+
+    async def _missing(self, workflow_ids: list[str]) -> list[str]:
+        """The ids Temporal has no workflow for: visibility narrows the list in one call,
+        then the server itself confirms each absence (visibility may lag)."""
+        quoted = ", ".join(f"'{w}'" for w in workflow_ids)
+        seen = {w.id async for w in self.client.list_workflows(f"WorkflowId IN ({quoted})")}
+        missing = []
+        for workflow_id in workflow_ids:
+            if workflow_id not in seen and not await workflow_exists(self.client, workflow_id):
+                missing.append(workflow_id)
+        return missing
+
+    def _fail(self, kind: str, row_id: str) -> bool:
+        now = utcnow()
+        error = NEVER_STARTED.format(kind=kind)
+        if kind == "prediction":
+            failed = readmodel.finish_prediction(
+                self.engine, row_id, status="failed", completed_at=now, error=error
+            )
+            if failed:
+                self.store.delete_prefix(prediction_prefix(row_id))
+                readmodel.remove_data(self.engine, row_id)
+        else:
+            failed = trainings.finish_training(
+                self.engine, row_id, status="failed", completed_at=now, error=error
+            )
+            if failed:
+                self.store.delete_prefix(training_inputs(row_id))
+        if failed:
+            self._forget_key(kind, row_id)
+        return failed
+
+    def _forget_key(self, kind: str, row_id: str) -> None:
+        """A retry with the row's Idempotency-Key then creates anew, not replays a row that
+        never ran."""
+        with Session(self.engine) as session:
+            session.exec(
+                delete(IdempotencyKey)
+                .where(col(IdempotencyKey.kind) == kind)
+                .where(col(IdempotencyKey.object_id) == row_id)
+            )
+            session.commit()

@@ -1,0 +1,410 @@
+"""Creates survive a crash between writing the row and starting the workflow.
+
+A stack of its own, with a short start grace and a reconciler that runs every second: an API
+process killed (SIGKILL) between the two steps, or mid-burst, leaves no row ``starting`` for
+good; every create that got its 201 runs to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import Session, col, select
+
+from activities.reconcile import NEVER_STARTED
+from api.startguard import settle_start
+from replicant import readmodel
+from replicant.contracts import PredictionRequest
+from replicant.db import make_engine
+from replicant.devstack import Stack, free_port
+from replicant.ids import new_id
+from replicant.tables import Prediction, Training
+from replicant.temporal import connect, workflow_exists
+from replicant.timeutil import utcnow
+from tests.conftest import TERMINAL, LiveStack, stack_settings, suite_database
+from tests.test_operability import scrape
+from tests.trainkit import data_uri
+from workflows.prediction import PredictionWorkflow
+
+# Longer than api.startguard.START_RPC_TIMEOUT: a start still in flight is never settled.
+GRACE = 12.0
+
+
+@pytest.fixture(scope="module")
+def crashy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    data_dir = tmp_path_factory.mktemp("crash")
+    with contextlib.ExitStack() as cleanup:
+        settings = stack_settings(
+            data_dir,
+            start_grace=GRACE,
+            reconcile_interval=1.0,
+            **cleanup.enter_context(suite_database()),
+        )
+        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        cleanup.callback(stack.stop)
+        token = stack.start()
+        engine = make_engine(settings.resolved_database_url)
+        cleanup.callback(engine.dispose)
+        yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+
+
+def rows(live: LiveStack, owner: str) -> dict[str, str]:
+    """Status of every prediction of ``owner``, by id, read from the database itself."""
+    with Session(live.engine) as session:
+        found = session.exec(
+            select(Prediction.id, Prediction.status).where(col(Prediction.owner) == owner)
+        ).all()
+    return dict(found)
+
+
+def settled(live: LiveStack, kind: type[Prediction] | type[Training], row_id: str) -> Any:
+    """The row once it has left ``starting`` (grace plus a few reconcile passes at most)."""
+    deadline = time.monotonic() + GRACE + 60
+    while True:
+        with Session(live.engine) as session:
+            row = session.get(kind, row_id)
+        assert row is not None
+        if row.status != "starting" or time.monotonic() > deadline:
+            return row
+        time.sleep(0.5)
+
+
+def account(live: LiveStack, name: str) -> tuple[str, str]:
+    token = live.new_account(name)
+    with live.client(token) as api:
+        username: str = api.get("/v1/account").json()["username"]
+    return username, token
+
+
+def faulty_api(live: LiveStack, name: str) -> str:
+    """A second API process that SIGKILLs itself after writing a row (test-only setting)."""
+    return live.stack.start_api(
+        name, free_port(), env={"REPLICANT_FAULT_KILL_BEFORE_START": "true"}
+    )
+
+
+def post_to_dying_api(
+    url: str, token: str, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> None:
+    with pytest.raises(httpx.TransportError):
+        httpx.post(
+            f"{url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {token}", **(headers or {})},
+            timeout=60,
+        )
+
+
+def test_a_prediction_whose_api_died_before_its_workflow_started_is_failed_with_a_reason(
+    crashy: LiveStack,
+) -> None:
+    username, token = account(crashy, "crash")
+    url = faulty_api(crashy, "api-fault-prediction")
+    post_to_dying_api(
+        url, token, "/v1/models/replicate/hello-world/predictions", {"input": {"text": "x"}}
+    )
+    [(prediction_id, status)] = rows(crashy, username).items()
+    assert status == "starting"
+    row = settled(crashy, Prediction, prediction_id)
+    assert row.status == "failed"
+    assert row.error == NEVER_STARTED.format(kind="prediction")
+    assert row.completed_at is not None
+    with crashy.client(token) as api:
+        shown = api.get(f"/v1/predictions/{prediction_id}").json()
+    assert shown["status"] == "failed" and "never ran" in shown["error"]
+
+
+def test_a_retry_with_the_key_of_a_prediction_failed_for_never_starting_creates_it_anew(
+    crashy: LiveStack,
+) -> None:
+    """Past the grace the row is the reconciler's: it fails it and forgets its
+    Idempotency-Key, so the client's retry with that key runs the prediction after all."""
+    username, token = account(crashy, "crashkey")
+    url = faulty_api(crashy, "api-fault-key")
+    path = "/v1/models/replicate/hello-world/predictions"
+    body, key = {"input": {"text": "again"}}, {"Idempotency-Key": f"key-{new_id()}"}
+    post_to_dying_api(url, token, path, body, key)
+    [(first_id, _)] = rows(crashy, username).items()
+    assert settled(crashy, Prediction, first_id).status == "failed"
+    with crashy.client(token) as api:
+        retried = api.post(path, json=body, headers=key)
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["id"] != first_id
+        again = api.post(path, json=body, headers=key)
+    assert again.json()["id"] == retried.json()["id"]
+    final = crashy.wait_for(retried.json()["id"], token=token)
+    assert (final["status"], final["output"]) == ("succeeded", "hello again")
+    assert len(rows(crashy, username)) == 2
+
+
+def test_a_deployment_prediction_whose_api_died_is_failed_with_a_reason(
+    crashy: LiveStack,
+) -> None:
+    username, token = account(crashy, "crashdep")
+    with crashy.client(token) as api:
+        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+        created = api.post(
+            "/v1/deployments",
+            json={
+                "name": "dep",
+                "model": "replicate/hello-world",
+                "version": version,
+                "hardware": "cpu",
+                "min_instances": 0,
+                "max_instances": 1,
+            },
+        )
+        assert created.status_code == 200, created.text
+    url = faulty_api(crashy, "api-fault-deployment")
+    post_to_dying_api(
+        url, token, f"/v1/deployments/{username}/dep/predictions", {"input": {"text": "x"}}
+    )
+    [(prediction_id, _)] = rows(crashy, username).items()
+    row = settled(crashy, Prediction, prediction_id)
+    assert (row.status, row.deployment) == ("failed", f"{username}/dep")
+    assert row.error == NEVER_STARTED.format(kind="prediction")
+
+
+def test_a_training_whose_api_died_before_its_workflow_started_is_failed_with_a_reason(
+    crashy: LiveStack,
+) -> None:
+    username, token = account(crashy, "crashtrain")
+    with crashy.client(token) as api:
+        version = api.get("/v1/models/replicant/ngram").json()["latest_version"]["id"]
+        created = api.post(
+            "/v1/models", json={"owner": username, "name": "tuned", "visibility": "private"}
+        )
+        assert created.status_code == 201, created.text
+    url = faulty_api(crashy, "api-fault-training")
+    post_to_dying_api(
+        url,
+        token,
+        f"/v1/models/replicant/ngram/versions/{version}/trainings",
+        {"destination": f"{username}/tuned", "input": {"text": data_uri("a b c d")}},
+    )
+    with Session(crashy.engine) as session:
+        [training_id] = session.exec(
+            select(Training.id).where(col(Training.owner) == username)
+        ).all()
+    row = settled(crashy, Training, training_id)
+    assert row.status == "failed"
+    assert row.error == NEVER_STARTED.format(kind="training")
+
+
+async def test_every_create_of_a_burst_that_got_201_finishes_when_the_api_is_killed_mid_burst(
+    crashy: LiveStack,
+) -> None:
+    username, token = account(crashy, "burst")
+    url = crashy.stack.start_api("api-burst", free_port())
+    path = "/v1/models/replicate/hello-world/predictions"
+    created: list[str] = []
+    enough = asyncio.Event()
+
+    async def create(client: httpx.AsyncClient, n: int) -> None:
+        with contextlib.suppress(httpx.TransportError):
+            response = await client.post(path, json={"input": {"text": f"burst {n}"}})
+            if response.status_code == 201:
+                created.append(response.json()["id"])
+                if len(created) >= 3:
+                    enough.set()
+
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        burst = [asyncio.create_task(create(client, n)) for n in range(20)]
+        await asyncio.wait_for(enough.wait(), 60)
+        crashy.stack.stop("api-burst", sig=signal.SIGKILL)
+        await asyncio.gather(*burst)
+    assert len(created) >= 3
+    for prediction_id in created:
+        final = await asyncio.to_thread(crashy.wait_for, prediction_id, token=token)
+        assert final["status"] == "succeeded", final
+    # The rest never got a 201: each ran (its workflow had started) or failed with a reason.
+    deadline = time.monotonic() + GRACE + 60
+    while "starting" in rows(crashy, username).values() and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+    statuses = rows(crashy, username)
+    assert set(statuses.values()) <= TERMINAL, statuses
+    with Session(crashy.engine) as session:
+        for row in session.exec(select(Prediction).where(col(Prediction.owner) == username)):
+            if row.status == "failed":
+                assert row.error == NEVER_STARTED.format(kind="prediction")
+                assert row.id not in created
+
+
+async def parked(live: LiveStack, prediction_id: str) -> Any:
+    """A prediction recorded ``starting`` whose workflow waits on a queue nobody polls."""
+    with live.client() as api:
+        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+    req = PredictionRequest(
+        id=prediction_id,
+        owner=live.settings.default_account,
+        model="replicate/hello-world",
+        version=version,
+        input={"text": "parked"},
+        created_at=utcnow(),
+        recorded=True,
+    )
+    readmodel.insert_prediction(live.engine, req)
+    client = await connect(live.settings)
+    return await client.start_workflow(
+        PredictionWorkflow.run, req, id=f"prediction-{req.id}", task_queue="nobody-polls-this"
+    )
+
+
+async def test_an_uncertain_start_is_settled_by_asking_temporal_not_by_starting_twice(
+    crashy: LiveStack,
+) -> None:
+    client = await connect(crashy.settings)
+    attempts: list[str] = []
+
+    async def start_again() -> None:
+        attempts.append("start")
+
+    # Nothing under this id: the second try is made.
+    assert await settle_start(client, f"prediction-{new_id()}", start_again)
+    assert attempts == ["start"]
+    # A workflow Temporal took (the first call's answer was lost): no second try.
+    handle = await parked(crashy, new_id())
+    assert await workflow_exists(client, handle.id)
+    assert await settle_start(client, handle.id, start_again)
+    assert attempts == ["start"]
+    # Nothing under this id and the grace nearly over: no second try (the reconciler's turn).
+    assert not await settle_start(
+        client, f"prediction-{new_id()}", start_again, retry_before=utcnow()
+    )
+    assert attempts == ["start"]
+    await handle.terminate()
+
+
+async def test_the_reconciler_leaves_a_row_whose_workflow_waits_in_its_queue(
+    crashy: LiveStack,
+) -> None:
+    prediction_id = new_id()
+    handle = await parked(crashy, prediction_id)
+    # Past the grace, and several reconcile passes later, the row is as it was.
+    await asyncio.sleep(GRACE + 4)
+    with Session(crashy.engine) as session:
+        row = session.get(Prediction, prediction_id)
+    assert row is not None and row.status == "starting"
+    await handle.terminate()
+
+
+async def test_queue_backlog_counts_predictions_waiting_for_a_worker(crashy: LiveStack) -> None:
+    """With the hardware's workers gone (scaled to zero), each queued prediction counts once;
+    the worker back, they all run."""
+    _, token = account(crashy, "backlog")
+    key = ("replicant_queue_backlog", frozenset({("hardware", "cpu")}))
+    crashy.stack.stop("worker")
+    try:
+        with crashy.client(token) as api:
+            created = [
+                api.post(
+                    "/v1/models/replicate/hello-world/predictions",
+                    json={"input": {"text": f"queued {n}"}},
+                )
+                for n in range(3)
+            ]
+        assert [r.status_code for r in created] == [201] * 3
+        deadline = time.monotonic() + 60
+        while True:
+            backlog = scrape(f"{crashy.url}/metrics").get(key, 0.0)
+            if backlog >= 3 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert backlog >= 3
+    finally:
+        crashy.stack.start_worker()
+    for response in created:
+        final = await asyncio.to_thread(crashy.wait_for, response.json()["id"], token=token)
+        assert final["status"] == "succeeded", final
+
+
+async def runs_of(live: LiveStack, workflow_id: str) -> list[str]:
+    """The closed runs under ``workflow_id``, once visibility lists at least one."""
+    client = await connect(live.settings)
+    query = f"WorkflowId = '{workflow_id}' AND ExecutionStatus != 'Running'"
+    deadline = time.monotonic() + 60
+    while True:
+        runs = [w.run_id async for w in client.list_workflows(query)]
+        if runs or time.monotonic() > deadline:
+            return runs
+        await asyncio.sleep(0.5)
+
+
+async def test_a_start_whose_answer_was_lost_is_settled_by_asking_temporal(
+    crashy: LiveStack,
+) -> None:
+    """Temporal took the start but the API never heard so: the create still answers 201, and
+    the prediction (and a training) runs once."""
+    username, token = account(crashy, "lost")
+    url = crashy.stack.start_api(
+        "api-lost-answer", free_port(), env={"REPLICANT_FAULT_LOSE_START_ANSWER": "true"}
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        response = await client.post(
+            "/v1/models/replicate/hello-world/predictions", json={"input": {"text": "lost"}}
+        )
+        assert response.status_code == 201, response.text
+        prediction_id = response.json()["id"]
+        waited = await client.post(
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "lost wait"}},
+            headers={"Prefer": "wait"},
+        )
+        assert waited.status_code == 201, waited.text
+        # Checked at once: the stack's retention removes outputs within seconds.
+        for created_id, text in ((prediction_id, "lost"), (waited.json()["id"], "lost wait")):
+            final = await asyncio.to_thread(crashy.wait_for, created_id, token=token)
+            assert (final["status"], final["output"]) == ("succeeded", f"hello {text}")
+        version = (await client.get("/v1/models/replicant/ngram")).json()["latest_version"]["id"]
+        created = await client.post(
+            "/v1/models", json={"owner": username, "name": "tuned", "visibility": "private"}
+        )
+        assert created.status_code == 201, created.text
+        training = await client.post(
+            f"/v1/models/replicant/ngram/versions/{version}/trainings",
+            json={
+                "destination": f"{username}/tuned",
+                "input": {"text": data_uri("alpha beta gamma delta. " * 20)},
+            },
+        )
+        assert training.status_code == 201, training.text
+    crashy.stack.stop("api-lost-answer")
+    for created_id in (prediction_id, waited.json()["id"]):
+        assert len(await runs_of(crashy, f"prediction-{created_id}")) == 1
+    training_id = training.json()["id"]
+    assert len(await runs_of(crashy, f"training-{training_id}")) == 1
+    with Session(crashy.engine) as session:
+        row = session.get(Training, training_id)
+    assert row is not None and row.status == "succeeded", row
+
+
+async def test_predictions_finish_when_temporal_is_killed_and_restarted(crashy: LiveStack) -> None:
+    """The dev server SIGKILLed with predictions running and queued, then restarted on its
+    own database: every prediction ends truthfully, none is left open."""
+    _, token = account(crashy, "temporal")
+    with crashy.client(token) as api:
+        created = [
+            api.post(
+                "/v1/models/replicant/sleep/predictions", json={"input": {"seconds": 2}}
+            ).json()["id"]
+            for _ in range(4)  # cpu has 2 slots: two run, two wait
+        ]
+    await asyncio.to_thread(
+        crashy.wait_for, created[0], lambda p: p["status"] == "processing", 60, token
+    )
+    crashy.stack.stop("temporal", sig=signal.SIGKILL)
+    await asyncio.sleep(1)
+    crashy.stack.start_temporal()
+    for prediction_id in created:
+        final = await asyncio.to_thread(crashy.wait_for, prediction_id, timeout=180, token=token)
+        assert final["status"] == "succeeded", final
+        assert final["output"].startswith("slept")
