@@ -120,7 +120,9 @@ async def drain(stack: Stack, engine: Engine, ids: list[str]) -> dict[str, float
             ),
             {"ids": ids},
         ).one()
-    first, last, succeeded = row
+    # The read model stores UTC; a driver may hand it back without the zone.
+    first, last = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in row[:2])
+    succeeded = row[2]
     return {
         "boot_s": (first - started).total_seconds(),
         "total_s": (last - started).total_seconds(),
