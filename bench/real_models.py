@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +220,25 @@ class Figures:
     throughput: dict[str, float] = field(default_factory=dict)
     rss_pool: list[int] = field(default_factory=list)
     rss_direct: int = 0
+    # Per Replicant path, each timed prediction's (created->started, started->completed) ms.
+    spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    recording: bool = False
+
+    def record(self, path: str, response: httpx.Response) -> None:
+        """Check a sync prediction succeeded and keep its stages while timing."""
+        body = response.json()
+        assert body.get("status") == "succeeded", response.text
+        if self.recording:
+            created, started, completed = (
+                datetime.fromisoformat(body[k].replace("Z", "+00:00"))
+                for k in ("created_at", "started_at", "completed_at")
+            )
+            self.spans.setdefault(path, []).append(
+                (
+                    (started - created).total_seconds() * 1000,
+                    (completed - started).total_seconds() * 1000,
+                )
+            )
 
 
 async def measure_model(
@@ -246,7 +266,7 @@ async def measure_model(
 
     async def replicant_call() -> None:
         response = await api.post(f"/v1/models/{OWNER}/{name}/predictions", json=body)
-        assert response.json().get("status") == "succeeded", response.text
+        figures.record("replicant", response)
 
     await replicant_call()
     figures.first_output_s = time.perf_counter() - started
@@ -262,7 +282,7 @@ async def measure_model(
 
         async def hello_replicant() -> None:
             response = await api.post(f"/v1/models/replicate/{HELLO}/predictions", json=hello_body)
-            assert response.json().get("status") == "succeeded", response.text
+            figures.record("hello replicant", response)
 
         def to_direct(target: Direct, index: int, payload: dict[str, Any]) -> Call:
             return lambda: direct_call(client, target.urls[index], payload)
@@ -278,7 +298,9 @@ async def measure_model(
             for _ in range(3):
                 await call()
         await asyncio.gather(replicant_call(), replicant_call())
+        figures.recording = True
         figures.latency = await timed_blocks(calls, requests)
+        figures.recording = False
         figures.throughput = await throughputs(
             {
                 "replicant": [replicant_call] * CONCURRENCY,
@@ -340,6 +362,19 @@ def report(results: dict[str, Figures], requests: int) -> None:
                     f"{label:<12}{path:<17}{statistics.median(values):>9.1f}"
                     f"{percentile(values, 0.95):>9.1f}{extra}{thr_text}"
                 )
+    print("\nReplicant's stages (p50 ms): created->started (API, workflow, dispatch), ")
+    print("started->completed (the run, coglet included), the rest (answering after completion)")
+    for model, f in results.items():
+        for prefix, label in (("", model), ("hello ", HELLO)):
+            spans = f.spans[f"{prefix}replicant"]
+            queue = statistics.median(s[0] for s in spans)
+            run = statistics.median(s[1] for s in spans)
+            total = statistics.median(f.latency[f"{prefix}replicant"])
+            print(
+                f"{label:<12}created->started {queue:7.1f}  started->completed {run:7.1f}"
+                f"  rest {total - queue - run:7.1f}  (coglet direct p50 "
+                f"{statistics.median(f.latency[f'{prefix}coglet']):.1f})"
+            )
     if "embeddings" in results:
         f = results["embeddings"]
         over = statistics.median(f.latency["replicant"]) - statistics.median(f.latency["coglet"])
