@@ -362,8 +362,9 @@ def report(results: dict[str, Figures], requests: int) -> None:
                     f"{label:<12}{path:<17}{statistics.median(values):>9.1f}"
                     f"{percentile(values, 0.95):>9.1f}{extra}{thr_text}"
                 )
-    print("\nReplicant's stages (p50 ms): created->started (API, workflow, dispatch), ")
-    print("started->completed (the run, coglet included), the rest (answering after completion)")
+    print("\nReplicant's stages (p50 ms): created->started (the row written until the run starts),")
+    print("started->completed (the run, coglet included), the rest (HTTP, auth and lookups")
+    print("before the row is created; reading and answering after completion)")
     for model, f in results.items():
         for prefix, label in (("", model), ("hello ", HELLO)):
             spans = f.spans[f"{prefix}replicant"]
