@@ -10,7 +10,8 @@ For each model, side by side in one run:
 3. Warm sync latency (p50/p95) through Replicant (``Prefer: wait``) and POSTed straight to a
    coglet process of the same version, environment and thread count, with the overhead in ms
    and as a ratio; the same for ``replicate/hello-world``, interleaved with each model, since
-   the goal is an embeddings overhead within the hello-world overhead + 5 ms.
+   the goal is an embeddings overhead within the hello-world overhead + 5 ms. Replicant's
+   time is split by the prediction's own timestamps: until the run started, the run, the rest.
 4. Throughput with 2 concurrent clients (Replicant with 2 cpu slots; two coglet processes).
 5. Resident memory of one process tree, the worker's model processes and the direct one.
 
