@@ -50,14 +50,15 @@ def paginate(
     *,
     cursor: str | None,
     page_url: str,
-    render: Callable[[Session, Sequence[T]], list[dict[str, Any]]],
+    render: Callable[[Session, Sequence[T]], Sequence[Any]],
     page_size: int = PAGE_SIZE,
     params: dict[str, str] | None = None,
     descending: bool = True,
     key: Callable[[Any], datetime] | None = None,
 ) -> dict[str, Any]:
     """One page of ``stmt`` ordered by (created, id), newest first unless not
-    ``descending``, with absolute cursor URLs. ``created`` may be an expression: then ``key``
+    ``descending``, with absolute cursor URLs (``{next, previous, results}``, validated into a
+    page model by the route). ``created`` may be an expression: then ``key``
     computes its value for a row (default: the row's ``created_at``)."""
     direction, at, at_id = decode_cursor(cursor) if cursor else ("next", None, None)
     # Whether this page walks toward smaller (created, id) values.

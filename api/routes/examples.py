@@ -9,10 +9,8 @@ The default example (the one marked ``default``, else the oldest) is the model's
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
@@ -21,8 +19,9 @@ from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
-from api.serialize import prediction_json
+from api.serialize import json_response, prediction_object
 from api.state import AppState
+from replicant import responses
 from replicant.catalog import account_names, find_model
 from replicant.tables import Account, Model, ModelExample, Prediction
 
@@ -38,7 +37,7 @@ class ExampleMark(BaseModel):
 
 def default_example(
     session: Session, model: Model, base: str, secret_key: str
-) -> dict[str, Any] | None:
+) -> responses.Prediction | None:
     """The model's default example as a prediction object (the one marked default, else
     the oldest example), or None."""
     row = session.exec(
@@ -47,7 +46,7 @@ def default_example(
         .where(ModelExample.model_id == model.id)
         .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
     ).first()
-    return prediction_json(row, base, secret_key=secret_key) if row is not None else None
+    return prediction_object(row, base, secret_key=secret_key) if row is not None else None
 
 
 def _visible(session: Session, account: Account, owner: str, name: str) -> Model:
@@ -64,7 +63,7 @@ def _owned(session: Session, account: Account, owner: str, name: str) -> Model:
     return model
 
 
-@router.get("/models/{owner}/{name}/examples")
+@router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
 async def list_examples(
     owner: str,
     name: str,
@@ -72,7 +71,7 @@ async def list_examples(
     state: StateDep,
     account: CurrentAccount,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> responses.PredictionPage:
     """The model's example predictions, newest first."""
     base = base_url(request, state)
 
@@ -86,7 +85,7 @@ async def list_examples(
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
         .where(ModelExample.model_id == found)
     )
-    return await asyncio.to_thread(
+    page = await asyncio.to_thread(
         paginate,
         state.engine,
         stmt,
@@ -95,12 +94,15 @@ async def list_examples(
         cursor=cursor,
         page_url=f"{base}/v1/models/{owner}/{name}/examples",
         render=lambda _, rows: [
-            prediction_json(r, base, secret_key=state.secret_key) for r in rows
+            prediction_object(r, base, secret_key=state.secret_key) for r in rows
         ],
     )
+    return responses.PredictionPage.model_validate(page)
 
 
-@router.post("/models/{owner}/{name}/examples", status_code=201)
+@router.post(
+    "/models/{owner}/{name}/examples", status_code=201, response_model=responses.Prediction
+)
 async def mark_example(
     owner: str,
     name: str,
@@ -108,7 +110,7 @@ async def mark_example(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
-) -> JSONResponse:
+) -> Response:
     """Mark one of the caller's succeeded predictions of this model as an example."""
 
     def mark() -> Prediction:
@@ -137,9 +139,8 @@ async def mark_example(
             return row
 
     row = await asyncio.to_thread(mark)
-    return JSONResponse(
-        prediction_json(row, base_url(request, state), secret_key=state.secret_key),
-        status_code=201,
+    return json_response(
+        prediction_object(row, base_url(request, state), secret_key=state.secret_key), 201
     )
 
 

@@ -29,7 +29,9 @@ from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
+from api.serialize import json_response
 from api.state import AppState
+from replicant import responses, serialize
 from replicant.ids import new_id
 from replicant.storage import (
     LocalStore,
@@ -42,7 +44,7 @@ from replicant.storage import (
     verify,
 )
 from replicant.tables import StoredFile
-from replicant.timeutil import isoformat, utcnow
+from replicant.timeutil import utcnow
 
 router = APIRouter(tags=["files"])
 
@@ -61,26 +63,15 @@ async def get_store(state: StateDep) -> ObjectStore:
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def file_json(row: StoredFile, base: str, secret: str) -> dict[str, Any]:
-    """The file object of Replicate's spec (``schemas_file_response``)."""
+def file_object(row: StoredFile, base: str, secret: str) -> responses.File:
+    """The file object of Replicate's spec, with a download URL signed for an hour."""
     expiry = int(time.time()) + DOWNLOAD_URL_EXPIRY
     signature = sign(secret, f"{row.owner} {row.id} {expiry}")
     download = (
         f"{base}/v1/files/{row.id}/download?owner={quote(row.owner)}"
         f"&expiry={expiry}&signature={signature}"
     )
-    return {
-        "id": row.id,
-        "name": row.name,
-        "content_type": row.content_type,
-        "size": row.size,
-        "etag": row.etag,
-        "checksums": {"sha256": row.sha256},
-        "metadata": row.user_metadata,
-        "created_at": isoformat(row.created_at),
-        "expires_at": isoformat(row.expires_at),
-        "urls": {"get": f"{base}/v1/files/{row.id}", "download": download},
-    }
+    return serialize.file(row, base, download)
 
 
 def find_file(state: AppState, owner: str, file_id: str) -> StoredFile | None:
@@ -219,7 +210,7 @@ def _text_field(form: _Form, name: str) -> str | None:
         raise invalid([{"field": name, "message": "must be valid UTF-8"}]) from err
 
 
-@router.post("/v1/files", status_code=201)
+@router.post("/v1/files", status_code=201, response_model=responses.File)
 async def create_file(
     request: Request, state: StateDep, account: CurrentAccount, store: StoreDep
 ) -> Response:
@@ -267,13 +258,8 @@ async def create_file(
     finally:
         upload.discard()
     await asyncio.to_thread(_insert, state, row)
-    body = file_json(row, base_url(request, state), settings.ensure_secret_key())
-    return Response(
-        json.dumps(body),
-        status_code=201,
-        media_type="application/json",
-        headers={"Location": body["urls"]["get"]},
-    )
+    body = file_object(row, base_url(request, state), settings.ensure_secret_key())
+    return json_response(body, 201, {"Location": body.urls.get})
 
 
 def _insert(state: AppState, row: StoredFile) -> None:
@@ -282,13 +268,13 @@ def _insert(state: AppState, row: StoredFile) -> None:
         session.commit()
 
 
-@router.get("/v1/files")
+@router.get("/v1/files", response_model_exclude_unset=True)
 async def list_files(
     request: Request,
     state: StateDep,
     account: CurrentAccount,
     cursor: str | None = Query(default=None),
-) -> dict[str, Any]:
+) -> responses.FilePage:
     base = base_url(request, state)
     secret = state.settings.ensure_secret_key()
     stmt = (
@@ -297,10 +283,10 @@ async def list_files(
         .where(col(StoredFile.expires_at) > utcnow())
     )
 
-    def render(_: Session, rows: Sequence[StoredFile]) -> list[dict[str, Any]]:
-        return [file_json(row, base, secret) for row in rows]
+    def render(_: Session, rows: Sequence[StoredFile]) -> list[responses.File]:
+        return [file_object(row, base, secret) for row in rows]
 
-    return await asyncio.to_thread(
+    page = await asyncio.to_thread(
         paginate,
         state.engine,
         stmt,
@@ -310,16 +296,17 @@ async def list_files(
         page_url=f"{base}/v1/files",
         render=render,
     )
+    return responses.FilePage.model_validate(page)
 
 
-@router.get("/v1/files/{file_id}")
+@router.get("/v1/files/{file_id}", response_model_exclude_unset=True)
 async def get_file(
     file_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.File:
     row = await asyncio.to_thread(find_file, state, account.username, file_id)
     if row is None:
         raise not_found("File")
-    return file_json(row, base_url(request, state), state.settings.ensure_secret_key())
+    return file_object(row, base_url(request, state), state.settings.ensure_secret_key())
 
 
 @router.delete("/v1/files/{file_id}", status_code=204)
@@ -342,7 +329,11 @@ def _delete(state: AppState, store: ObjectStore, row: StoredFile) -> None:
     store.delete(row.object_key)
 
 
-@router.get("/v1/files/{file_id}/download")
+@router.get(
+    "/v1/files/{file_id}/download",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 async def download_file(
     file_id: str,
     state: StateDep,
