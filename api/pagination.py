@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import and_, or_
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -43,7 +42,7 @@ def decode_cursor(cursor: str) -> tuple[str, datetime, Any]:
 
 
 def paginate(
-    engine: Engine,
+    session: Session,
     stmt: SelectOfScalar[T],
     created: Any,
     row_id: Any,
@@ -68,13 +67,12 @@ def paginate(
     elif at is not None:
         stmt = stmt.where(or_(created > at, and_(created == at, row_id > at_id)))
     order = (created.desc(), row_id.desc()) if down else (created, row_id)
-    with Session(engine) as session:
-        rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        if direction == "previous":
-            rows.reverse()
-        results = render(session, rows)
+    rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    if direction == "previous":
+        rows.reverse()
+    results = render(session, rows)
     has_next = more if direction == "next" else at is not None
     has_previous = (at is not None) if direction == "next" else more
 

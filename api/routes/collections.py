@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 from fastapi import APIRouter, Request
@@ -36,14 +35,17 @@ def model_objects(session: Session, models: Sequence[Model], base: str) -> list[
 
 
 @router.get("/collections", response_model_exclude_unset=True)
-async def list_collections(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+def list_collections(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+    cursor: str | None = None,
 ) -> responses.CollectionPage:
     """Every collection, newest first, 100 a page."""
     base = base_url(request, state)
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         select(Collection),
         col(Collection.created_at),
         col(Collection.id),

@@ -24,7 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from api.deadlines import CancelAfter
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
@@ -178,24 +178,22 @@ async def _wake(state: AppState, config: DeploymentConfig) -> None:
 
 
 @router.get("/deployments", response_model_exclude_unset=True)
-async def list_deployments(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
+def list_deployments(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+    cursor: str | None = None,
 ) -> responses.DeploymentPage:
     """The caller's deployments (and its organizations'), newest first."""
-
-    def owners() -> set[str]:
-        with Session(state.engine) as session:
-            return account_names(session, account)
-
-    visible = await asyncio.to_thread(owners)
+    visible = account_names(session, account)
     base = base_url(request, state)
 
     def render(session: Session, rows: Sequence[Deployment]) -> list[responses.Deployment]:
         return [serialize.deployment(session, row) for row in rows]
 
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         select(Deployment).where(col(Deployment.owner).in_(visible)),
         col(Deployment.created_at),
         col(Deployment.id),

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
@@ -64,30 +64,25 @@ def _owned(session: Session, account: Account, owner: str, name: str) -> Model:
 
 
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
-async def list_examples(
+def list_examples(
     owner: str,
     name: str,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = None,
 ) -> responses.PredictionPage:
     """The model's example predictions, newest first."""
     base = base_url(request, state)
-
-    def model_id() -> int | None:
-        with Session(state.engine) as session:
-            return _visible(session, account, owner, name).id
-
-    found = await asyncio.to_thread(model_id)
+    found = _visible(session, account, owner, name).id
     stmt = (
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
         .where(ModelExample.model_id == found)
     )
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(Prediction.created_at),
         col(Prediction.id),

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
@@ -269,9 +269,10 @@ def _insert(state: AppState, row: StoredFile) -> None:
 
 
 @router.get("/v1/files", response_model_exclude_unset=True)
-async def list_files(
+def list_files(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = Query(default=None),
 ) -> responses.FilePage:
@@ -286,9 +287,8 @@ async def list_files(
     def render(_: Session, rows: Sequence[StoredFile]) -> list[responses.File]:
         return [file_object(row, base, secret) for row in rows]
 
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(StoredFile.created_at),
         col(StoredFile.id),

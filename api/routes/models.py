@@ -132,9 +132,10 @@ def _latest_version_created(model: Model) -> datetime:
 
 
 @router.get("/models", response_model_exclude_unset=True)
-async def list_models(
+def list_models(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = None,
     sort_by: Literal["model_created_at", "latest_version_created_at"] = (
@@ -146,11 +147,7 @@ async def list_models(
     version (a model without one: the model) or the model was created, newest first unless
     ``sort_direction=asc``."""
 
-    def owners() -> set[str]:
-        with Session(state.engine) as session:
-            return account_names(session, account)
-
-    visible = await asyncio.to_thread(owners)
+    visible = account_names(session, account)
     stmt = select(Model).where(
         or_(col(Model.visibility) == "public", col(Model.owner).in_(visible))
     )
@@ -161,9 +158,8 @@ async def list_models(
         sort = func.coalesce(col(Model.latest_version_created_at), col(Model.created_at))
         key = _latest_version_created
     params: dict[str, str] = {"sort_by": sort_by, "sort_direction": sort_direction}
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         sort,
         col(Model.id),
@@ -286,26 +282,22 @@ async def delete_model(owner: str, name: str, state: StateDep, account: CurrentA
 
 
 @router.get("/models/{owner}/{name}/versions", response_model_exclude_unset=True)
-async def list_versions(
+def list_versions(
     owner: str,
     name: str,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = None,
 ) -> responses.VersionPage:
-    def model_id() -> int | None:
-        with Session(state.engine) as session:
-            model = find_model(session, account, owner, name)
-            return None if model is None else model.id
-
-    found = await asyncio.to_thread(model_id)
-    if found is None:
+    model = find_model(session, account, owner, name)
+    if model is None:
         raise not_found(f"Model {owner}/{name}")
+    found = model.id
     base = base_url(request, state)
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         select(Version).where(Version.model_id == found),
         col(Version.created_at),
         col(Version.id),

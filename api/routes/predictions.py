@@ -12,7 +12,7 @@ from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
 from api.deadlines import CancelAfter
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, not_found
 from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
@@ -165,9 +165,10 @@ async def cancel_prediction(
 
 
 @router.get("/predictions", response_model_exclude_unset=True)
-async def list_predictions(
+def list_predictions(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     filters: PredictionFilters,
     cursor: str | None = None,
@@ -180,9 +181,8 @@ async def list_predictions(
     if page_size != PAGE_SIZE:
         params["page_size"] = str(page_size)
     base = base_url(request, state)
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(Prediction.created_at),
         col(Prediction.id),

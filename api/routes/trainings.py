@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.idempotency import Claim, IdempotencyHeader, KeyTaken, claim_for, claimed, record_claim
 from api.inputfiles import discard_data_uris, store_data_uris
@@ -288,9 +288,10 @@ async def cancel_training(
 
 
 @router.get("/v1/trainings", response_model_exclude_unset=True)
-async def list_trainings(
+def list_trainings(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     filters: TrainingFilters,
     cursor: str | None = None,
@@ -301,9 +302,8 @@ async def list_trainings(
     stmt, params = filters.apply(
         select(Training).where(Training.owner == account.username), Training
     )
-    page = await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(Training.created_at),
         col(Training.id),
