@@ -294,14 +294,10 @@ def _remove(state: AppState, deployment_id: int) -> None:
 
 
 @router.get("/deployments/{owner}/{name}", response_model_exclude_unset=True)
-async def get_deployment(
-    owner: str, name: str, state: StateDep, account: CurrentAccount
+def get_deployment(
+    owner: str, name: str, session: SessionDep, account: CurrentAccount
 ) -> responses.Deployment:
-    def load() -> responses.Deployment:
-        with Session(state.engine) as session:
-            return serialize.deployment(session, _find(session, account, owner, name))
-
-    return await asyncio.to_thread(load)
+    return serialize.deployment(session, _find(session, account, owner, name))
 
 
 @router.patch("/deployments/{owner}/{name}", response_model_exclude_unset=True)

@@ -8,8 +8,6 @@ The default example (the one marked ``default``, else the oldest) is the model's
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 from sqlalchemy import delete, update
@@ -20,7 +18,6 @@ from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
 from api.serialize import json_response, prediction_object
-from api.state import AppState
 from replicant import responses
 from replicant.catalog import account_names, find_model
 from replicant.tables import Account, Model, ModelExample, Prediction
@@ -98,65 +95,53 @@ def list_examples(
 @router.post(
     "/models/{owner}/{name}/examples", status_code=201, response_model=responses.Prediction
 )
-async def mark_example(
+def mark_example(
     owner: str,
     name: str,
     body: ExampleMark,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
 ) -> Response:
     """Mark one of the caller's succeeded predictions of this model as an example."""
-
-    def mark() -> Prediction:
-        with Session(state.engine, expire_on_commit=False) as session:
-            model = _owned(session, account, owner, name)
-            row = session.get(Prediction, body.prediction)
-            if row is None or row.owner not in account_names(session, account):
-                raise invalid([{"field": "prediction", "message": "no such prediction of yours"}])
-            if row.model != f"{model.owner}/{model.name}" or row.status != "succeeded":
-                raise invalid(
-                    [{"field": "prediction", "message": "must be a succeeded run of this model"}]
-                )
-            if row.data_removed:
-                raise invalid([{"field": "prediction", "message": "its data was removed"}])
-            if body.default:
-                session.execute(
-                    update(ModelExample)
-                    .where(col(ModelExample.model_id) == model.id)
-                    .values(is_default=False)
-                )
-            existing = session.get(ModelExample, (model.id, row.id))
-            example = existing or ModelExample(model_id=model.id or 0, prediction_id=row.id)
-            example.is_default = body.default or example.is_default
-            session.add(example)
-            session.commit()
-            return row
-
-    row = await asyncio.to_thread(mark)
+    model = _owned(session, account, owner, name)
+    row = session.get(Prediction, body.prediction)
+    if row is None or row.owner not in account_names(session, account):
+        raise invalid([{"field": "prediction", "message": "no such prediction of yours"}])
+    if row.model != f"{model.owner}/{model.name}" or row.status != "succeeded":
+        raise invalid([{"field": "prediction", "message": "must be a succeeded run of this model"}])
+    if row.data_removed:
+        raise invalid([{"field": "prediction", "message": "its data was removed"}])
+    if body.default:
+        session.execute(
+            update(ModelExample)
+            .where(col(ModelExample.model_id) == model.id)
+            .values(is_default=False)
+        )
+    existing = session.get(ModelExample, (model.id, row.id))
+    example = existing or ModelExample(model_id=model.id or 0, prediction_id=row.id)
+    example.is_default = body.default or example.is_default
+    session.add(example)
+    session.commit()
     return json_response(
         prediction_object(row, base_url(request, state), secret_key=state.secret_key), 201
     )
 
 
 @router.delete("/models/{owner}/{name}/examples/{prediction_id}", status_code=204)
-async def unmark_example(
-    owner: str, name: str, prediction_id: str, state: StateDep, account: CurrentAccount
+def unmark_example(
+    owner: str, name: str, prediction_id: str, session: SessionDep, account: CurrentAccount
 ) -> Response:
     """Unmark an example (the prediction stays); without a marked default, the oldest
     example is the default."""
-    await asyncio.to_thread(_unmark, state, account, owner, name, prediction_id)
+    model = _owned(session, account, owner, name)
+    example = session.get(ModelExample, (model.id, prediction_id))
+    if example is None:
+        raise not_found(f"Example {prediction_id} of {owner}/{name}")
+    session.delete(example)
+    session.commit()
     return Response(status_code=204)
-
-
-def _unmark(state: AppState, account: Account, owner: str, name: str, prediction_id: str) -> None:
-    with Session(state.engine) as session:
-        model = _owned(session, account, owner, name)
-        example = session.get(ModelExample, (model.id, prediction_id))
-        if example is None:
-            raise not_found(f"Example {prediction_id} of {owner}/{name}")
-        session.delete(example)
-        session.commit()
 
 
 def forget_examples(

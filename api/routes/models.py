@@ -174,24 +174,23 @@ def list_models(
 
 
 @router.post("/models", status_code=201, response_model=responses.Model)
-async def create_model(
-    body: ModelCreate, request: Request, state: StateDep, account: CurrentAccount
+def create_model(
+    body: ModelCreate,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
 ) -> Response:
     _check_hardware(state, body.hardware)
     _check_name(body.name)
-
-    def create() -> responses.Model:
-        with Session(state.engine, expire_on_commit=False) as session:
-            _check_new_model(session, account, body.owner, body.name)
-            model = Model(
-                **body.model_dump(exclude={"hardware"}),
-                hardware=body.hardware or state.settings.default_hardware,
-            )
-            session.add(model)
-            session.commit()
-            return serialize.model(model, None, base_url(request, state))
-
-    return json_response(await asyncio.to_thread(create), 201)
+    _check_new_model(session, account, body.owner, body.name)
+    model = Model(
+        **body.model_dump(exclude={"hardware"}),
+        hardware=body.hardware or state.settings.default_hardware,
+    )
+    session.add(model)
+    session.commit()
+    return json_response(serialize.model(model, None, base_url(request, state)), 201)
 
 
 @router.get("/models/{owner}/{name}", response_model_exclude_unset=True)
@@ -251,33 +250,26 @@ def get_model_readme(
 
 
 @router.delete("/models/{owner}/{name}", status_code=204)
-async def delete_model(owner: str, name: str, state: StateDep, account: CurrentAccount) -> Response:
+def delete_model(owner: str, name: str, session: SessionDep, account: CurrentAccount) -> Response:
     """Only your own, private models with no versions left can be deleted."""
-
-    def delete() -> None:
-        with Session(state.engine) as session:
-            model = _own_model(session, account, owner, name)
-            if model.visibility != "private":
-                raise ProblemError(
-                    409,
-                    "Only private models can be deleted; make the model private first",
-                    title="Model is public",
-                )
-            if session.exec(select(Version).where(Version.model_id == model.id)).first():
-                raise ProblemError(
-                    409,
-                    "The model still has versions; delete every version first",
-                    title="Model has versions",
-                )
-            # Leaving its collections and examples first (no dangling rows).
-            forget_examples(session, model_id=model.id)
-            session.execute(
-                sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id)
-            )
-            session.delete(model)
-            session.commit()
-
-    await asyncio.to_thread(delete)
+    model = _own_model(session, account, owner, name)
+    if model.visibility != "private":
+        raise ProblemError(
+            409,
+            "Only private models can be deleted; make the model private first",
+            title="Model is public",
+        )
+    if session.exec(select(Version).where(Version.model_id == model.id)).first():
+        raise ProblemError(
+            409,
+            "The model still has versions; delete every version first",
+            title="Model has versions",
+        )
+    # Leaving its collections and examples first (no dangling rows).
+    forget_examples(session, model_id=model.id)
+    session.execute(sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id))
+    session.delete(model)
+    session.commit()
     return Response(status_code=204)
 
 

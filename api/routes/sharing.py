@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy import update
 from sqlmodel import Session, col
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import not_found
 from api.launch import base_url
 from api.serialize import prediction_object
@@ -108,14 +108,11 @@ def _html_page(view: dict[str, Any]) -> str:
     response_model=responses.PublicPrediction,
     responses={200: {"content": {"text/html": {}}}},
 )
-async def shared_prediction(prediction_id: str, request: Request, state: StateDep) -> Response:
+def shared_prediction(
+    prediction_id: str, request: Request, state: StateDep, session: SessionDep
+) -> Response:
     """The public page of a shared prediction: JSON, or HTML when the client asks for it."""
-
-    def load() -> Prediction | None:
-        with Session(state.engine) as session:
-            return session.get(Prediction, prediction_id)
-
-    row = await asyncio.to_thread(load)
+    row = session.get(Prediction, prediction_id)
     if row is None or not row.shared:
         raise not_found(f"Prediction {prediction_id}")
     view = serialize.body(serialize.public_prediction(row, base_url(request, state)))
