@@ -33,6 +33,7 @@ from api.serialize import json_response
 from api.state import AppState
 from replicant import responses, serialize
 from replicant.ids import new_id
+from replicant.lookups import unexpired_file
 from replicant.storage import (
     LocalStore,
     ObjectNotFound,
@@ -77,10 +78,7 @@ def file_object(row: StoredFile, base: str, secret: str) -> responses.File:
 def find_file(state: AppState, owner: str, file_id: str) -> StoredFile | None:
     """An unexpired file of ``owner`` (shared with input staging)."""
     with Session(state.engine) as session:
-        row = session.get(StoredFile, file_id)
-    if row is None or row.owner != owner or row.expires_at <= utcnow():
-        return None
-    return row
+        return unexpired_file(session, owner, file_id)
 
 
 class _Form:
@@ -300,10 +298,10 @@ def list_files(
 
 
 @router.get("/v1/files/{file_id}", response_model_exclude_unset=True)
-async def get_file(
-    file_id: str, request: Request, state: StateDep, account: CurrentAccount
+def get_file(
+    file_id: str, request: Request, state: StateDep, session: SessionDep, account: CurrentAccount
 ) -> responses.File:
-    row = await asyncio.to_thread(find_file, state, account.username, file_id)
+    row = unexpired_file(session, account.username, file_id)
     if row is None:
         raise not_found("File")
     return file_object(row, base_url(request, state), state.settings.ensure_secret_key())

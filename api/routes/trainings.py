@@ -37,6 +37,7 @@ from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.fairness import task_priority
 from replicant.ids import new_id
+from replicant.lookups import owned_training
 from replicant.objectkeys import training_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
@@ -255,11 +256,17 @@ def _own_training(state: AppState, account: Account, training_id: str) -> Traini
 
 
 @router.get("/v1/trainings/{training_id}", response_model_exclude_unset=True)
-async def get_training(
-    training_id: str, request: Request, state: StateDep, account: CurrentAccount
+def get_training(
+    training_id: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
 ) -> responses.Training:
-    row = await asyncio.to_thread(_own_training, state, account, training_id)
-    return (await asyncio.to_thread(_render, request, state, [row]))[0]
+    row = owned_training(session, account.username, training_id)
+    if row is None:
+        raise not_found(f"Training {training_id}")
+    return _render(request, state, [row])[0]
 
 
 @router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)
