@@ -283,6 +283,20 @@ class SearchResults(Response):
     pages: list[SearchPage]
 
 
+class Build(Response):
+    """A push's version build (``GET /v1/builds/{id}``): the version once it succeeded, the
+    problem once it failed."""
+
+    id: str
+    model: str
+    status: str
+    logs: str
+    version: Version | None
+    error: dict[str, Any] | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
+
+
 class WebhookSecret(Response):
     key: str
 
