@@ -34,7 +34,7 @@ from activities.webhooks import (
     deliver_attempt,
     wanted_events,
 )
-from replicant import trainings
+from replicant import serialize, trainings
 from replicant.contracts import (
     ActivityName,
     CompleteTraining,
@@ -148,7 +148,7 @@ class TrainingActivities:
         base = self.settings.resolved_public_url
 
         def render(training: Training) -> dict[str, Any]:
-            return trainings.training_json(training, base)
+            return serialize.training_json(training, base)
 
         return LiveWebhooks(row, events, send, render)
 
@@ -284,7 +284,7 @@ class TrainingActivities:
         if row is None:
             return None
         expiry = self.settings.output_url_expiry
-        return trainings.training_json(
+        return serialize.training_json(
             row,
             self.settings.resolved_public_url,
             weights_url=lambda key: store.signed_url(key, expiry),

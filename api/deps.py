@@ -1,7 +1,9 @@
-"""Request dependencies as ``Annotated`` aliases: the app state and the caller's account."""
+"""Request dependencies as ``Annotated`` aliases: the app state, a database session and the
+caller's account."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +21,19 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    """A database session for one request, closed after it (objects stay readable).
+
+    Opened and closed in FastAPI's thread pool, as the synchronous routes that use it run:
+    the hot paths (creating and reading predictions) read through ``AppState.read`` instead.
+    """
+    with Session(state.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def _token_from(request: Request) -> str | None:

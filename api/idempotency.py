@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Connection
@@ -35,7 +35,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.errors import ProblemError, invalid
-from api.serialize import prediction_json
+from api.serialize import json_response, prediction_object
 from api.startguard import start_deadline
 from api.state import AppState
 from replicant.contracts import PredictionRequest
@@ -166,7 +166,7 @@ async def claimed(state: AppState, claim: Claim, table: Any) -> tuple[Idempotenc
 
 async def replay(
     request: Request, state: AppState, claim: Claim, wait: int | None
-) -> JSONResponse | None:
+) -> Response | None:
     """The answer to a retry of a prediction create (None: create as usual)."""
     found = await claimed(state, claim, Prediction)
     if found is None:
@@ -182,7 +182,7 @@ async def replay(
 
 async def answer_taken(
     request: Request, state: AppState, claim: Claim, wait: int | None
-) -> JSONResponse:
+) -> Response:
     """The answer once our insert lost the race for the key: the winner's prediction."""
     answered = await replay(request, state, claim, wait)
     if answered is None:
@@ -190,13 +190,13 @@ async def answer_taken(
     return answered
 
 
-async def respond(request: Request, state: AppState, prediction_id: str) -> JSONResponse:
+async def respond(request: Request, state: AppState, prediction_id: str) -> Response:
     """201 with the prediction as it is now, as its create answered."""
     from api.launch import _load, base_url  # launch imports this module
 
     row = await state.read(_load, state, prediction_id)
-    body = prediction_json(row, base_url(request, state), secret_key=state.secret_key)
-    return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
+    body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    return json_response(body, 201, {"Location": body.urls.get})
 
 
 def _start_of(req: PredictionRequest) -> Callable[[AppState], Awaitable[object]]:

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from sqlalchemy import insert, update
 from sqlmodel import Session, col
 from temporalio.client import (
@@ -29,7 +29,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api.errors import ProblemError, invalid
 from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay, wait_done
 from api.inputfiles import discard_data_uris, store_data_uris
-from api.serialize import prediction_json
+from api.serialize import json_response, prediction_object
 from api.startguard import (
     START_RPC_TIMEOUT,
     crash_point,
@@ -126,7 +126,7 @@ async def launch_prediction(
     priority: int | None = None,
     on_started: Callable[[], Awaitable[None]] | None = None,
     idempotency: Claim | None = None,
-) -> JSONResponse:
+) -> Response:
     """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
 
     ``priority`` is a deployment's priority key (replicant/fairness.py). ``on_started`` runs
@@ -222,8 +222,8 @@ async def launch_prediction(
         else:  # started otherwise (a retry, or the settled start): wait on the workflow
             await wait_done(state, req.id, wait)
     row = await state.read(_load, state, req.id)
-    body = prediction_json(row, base_url(request, state), secret_key=state.secret_key)
-    return JSONResponse(body, status_code=201, headers={"Location": body["urls"]["get"]})
+    body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    return json_response(body, 201, {"Location": body.urls.get})
 
 
 async def _start(

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import and_, or_
-from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from sqlmodel.sql.expression import SelectOfScalar
 
@@ -43,21 +42,22 @@ def decode_cursor(cursor: str) -> tuple[str, datetime, Any]:
 
 
 def paginate(
-    engine: Engine,
+    session: Session,
     stmt: SelectOfScalar[T],
     created: Any,
     row_id: Any,
     *,
     cursor: str | None,
     page_url: str,
-    render: Callable[[Session, Sequence[T]], list[dict[str, Any]]],
+    render: Callable[[Session, Sequence[T]], Sequence[Any]],
     page_size: int = PAGE_SIZE,
     params: dict[str, str] | None = None,
     descending: bool = True,
     key: Callable[[Any], datetime] | None = None,
 ) -> dict[str, Any]:
     """One page of ``stmt`` ordered by (created, id), newest first unless not
-    ``descending``, with absolute cursor URLs. ``created`` may be an expression: then ``key``
+    ``descending``, with absolute cursor URLs (``{next, previous, results}``, validated into a
+    page model by the route). ``created`` may be an expression: then ``key``
     computes its value for a row (default: the row's ``created_at``)."""
     direction, at, at_id = decode_cursor(cursor) if cursor else ("next", None, None)
     # Whether this page walks toward smaller (created, id) values.
@@ -67,13 +67,12 @@ def paginate(
     elif at is not None:
         stmt = stmt.where(or_(created > at, and_(created == at, row_id > at_id)))
     order = (created.desc(), row_id.desc()) if down else (created, row_id)
-    with Session(engine) as session:
-        rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
-        more = len(rows) > page_size
-        rows = rows[:page_size]
-        if direction == "previous":
-            rows.reverse()
-        results = render(session, rows)
+    rows = list(session.exec(stmt.order_by(*order).limit(page_size + 1)).all())
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    if direction == "previous":
+        rows.reverse()
+    results = render(session, rows)
     has_next = more if direction == "next" else at is not None
     has_previous = (at is not None) if direction == "next" else more
 

@@ -30,9 +30,8 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ProblemError
-from api.serialize import version_json
 from api.state import AppState
-from replicant import builds
+from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest
 from replicant.objectkeys import build_archive
@@ -197,7 +196,7 @@ def outcome(state: AppState, row: Build) -> tuple[int, dict[str, Any]]:
         version = session.get(Version, row.version_id)
     if version is None:  # deleted since: the build's result is gone
         return 404, builds.problem(404, f"Version {row.version_id} not found", title="Not found")
-    return (201 if row.created else 200), version_json(version)
+    return (201 if row.created else 200), serialize.body(serialize.version(version))
 
 
 async def end_orphaned(state: AppState, row: Build) -> None:

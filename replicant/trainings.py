@@ -9,7 +9,6 @@ ended. The new version and the training's success are one transaction
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +18,7 @@ from sqlmodel import Session, select
 from replicant.contracts import StoredWeights, TrainingRequest
 from replicant.readmodel import update_open, update_open_stmt
 from replicant.tables import TERMINAL_STATUSES, Model, Training, Version
-from replicant.timeutil import as_utc, isoformat, utcnow
+from replicant.timeutil import as_utc, utcnow
 from replicant.weights import store_ref
 
 
@@ -179,46 +178,3 @@ def complete_training(
         session.add(dest)
         session.commit()
         return ref
-
-
-def training_json(
-    row: Training, base_url: str, weights_url: Callable[[str], str] | None = None
-) -> dict[str, Any]:
-    """The training object as ``GET /v1/trainings/{id}`` returns it.
-
-    ``weights_url`` signs a URL of the stored weights (``output.weights``). Fields the spec
-    types as non-nullable are left out while unknown.
-    """
-    body: dict[str, Any] = {
-        "id": row.id,
-        "model": row.model,
-        "version": row.version,
-        "destination": row.destination,
-        "input": row.input if row.input is not None else {},
-        "logs": row.logs or "",
-        "error": row.error,
-        "status": row.status,
-        "source": row.source,
-        "created_at": isoformat(row.created_at),
-        "urls": {
-            "get": f"{base_url}/v1/trainings/{row.id}",
-            "cancel": f"{base_url}/v1/trainings/{row.id}/cancel",
-            "web": f"{base_url}/t/{row.id}",
-        },
-    }
-    if row.output:
-        output = dict(row.output)
-        if row.weights_key and weights_url is not None:
-            output["weights"] = weights_url(row.weights_key)
-        body["output"] = output
-    optional = {
-        "started_at": isoformat(row.started_at),
-        "completed_at": isoformat(row.completed_at),
-        "metrics": row.metrics,
-    }
-    body.update({k: v for k, v in optional.items() if v is not None})
-    if row.webhook:
-        body["webhook"] = row.webhook
-        if row.webhook_events_filter is not None:
-            body["webhook_events_filter"] = row.webhook_events_filter
-    return body

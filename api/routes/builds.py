@@ -11,13 +11,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from api import push
 from api.deps import CurrentAccount, StateDep
 from api.errors import not_found
-from replicant import builds
+from replicant import builds, responses
 from replicant.timeutil import isoformat
 
 router = APIRouter(prefix="/v1", tags=["builds"])
 
 
-@router.get("/builds/{build_id}")
+@router.get(
+    "/builds/{build_id}",
+    response_model=responses.Build,
+    responses={200: {"content": {push.NDJSON: {}}}},
+)
 async def get_build(
     build_id: str, request: Request, state: StateDep, account: CurrentAccount
 ) -> Response:

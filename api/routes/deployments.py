@@ -12,10 +12,9 @@ import logging
 import re
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
@@ -25,17 +24,18 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from api.deadlines import CancelAfter
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
 from api.pagination import paginate
 from api.routes.predictions import PredictionInput
 from api.state import AppState
+from replicant import responses, serialize
 from replicant.catalog import account_names, find_model
 from replicant.contracts import DeploymentConfig, DeploymentState
 from replicant.deployments import deployment_config, deployment_demand
-from replicant.fairness import DEFAULT_PRIORITY, PRIORITY_MAX, PRIORITY_MIN
+from replicant.fairness import PRIORITY_MAX, PRIORITY_MIN
 from replicant.tables import (
     Account,
     Deployment,
@@ -44,7 +44,7 @@ from replicant.tables import (
     Model,
     Version,
 )
-from replicant.timeutil import as_utc, isoformat, utcnow
+from replicant.timeutil import as_utc, utcnow
 from workflows.deployment import DeploymentWorkflow, workflow_id
 
 log = logging.getLogger("replicant.api")
@@ -118,60 +118,6 @@ def _version_of(session: Session, model: Model, version_id: str) -> Version:
     return version
 
 
-def _creator(session: Session, username: str) -> dict[str, Any]:
-    account = session.exec(select(Account).where(Account.username == username)).first()
-    body: dict[str, Any] = {
-        "type": account.type if account is not None else "user",
-        "username": username,
-        "name": (account.name if account is not None else "") or username,
-    }
-    if account is not None and account.github_url:
-        body["github_url"] = account.github_url
-    return body
-
-
-def deployment_json(session: Session, row: Deployment) -> dict[str, Any]:
-    """A deployment as Replicate shows it, plus its live instances and queue depth."""
-    release = session.exec(
-        select(DeploymentRelease).where(
-            DeploymentRelease.deployment_id == row.id, DeploymentRelease.number == row.release
-        )
-    ).first()
-    assert release is not None
-    counts = dict(
-        session.exec(
-            select(DeploymentInstance.status, func.count())
-            .where(DeploymentInstance.deployment_id == row.id)
-            .group_by(col(DeploymentInstance.status))
-        ).all()
-    )
-    waiting, running = deployment_demand(session, row.owner, row.name)
-    return {
-        "owner": row.owner,
-        "name": row.name,
-        "current_release": {
-            "number": release.number,
-            "model": release.model,
-            "version": release.version,
-            "created_at": isoformat(release.created_at),
-            "created_by": _creator(session, release.created_by),
-            "configuration": {
-                "hardware": release.hardware,
-                "min_instances": release.min_instances,
-                "max_instances": release.max_instances,
-            },
-        },
-        # Beyond Replicate: the priority of its predictions (replicant/fairness.py), and
-        # what runs now.
-        "priority": row.priority or DEFAULT_PRIORITY,
-        "instances": int(counts.get("ready", 0)),
-        "instances_booting": int(counts.get("booting", 0)),
-        "instances_draining": int(counts.get("draining", 0)),
-        "queue_depth": waiting,
-        "running": running,
-    }
-
-
 def _initial_state(state: AppState, config: DeploymentConfig) -> DeploymentState:
     settings = state.settings
     return DeploymentState(
@@ -231,25 +177,23 @@ async def _wake(state: AppState, config: DeploymentConfig) -> None:
 # -- routes ----------------------------------------------------------------------------------
 
 
-@router.get("/deployments")
-async def list_deployments(
-    request: Request, state: StateDep, account: CurrentAccount, cursor: str | None = None
-) -> dict[str, Any]:
+@router.get("/deployments", response_model_exclude_unset=True)
+def list_deployments(
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+    cursor: str | None = None,
+) -> responses.DeploymentPage:
     """The caller's deployments (and its organizations'), newest first."""
-
-    def owners() -> set[str]:
-        with Session(state.engine) as session:
-            return account_names(session, account)
-
-    visible = await asyncio.to_thread(owners)
+    visible = account_names(session, account)
     base = base_url(request, state)
 
-    def render(session: Session, rows: Sequence[Deployment]) -> list[dict[str, Any]]:
-        return [deployment_json(session, row) for row in rows]
+    def render(session: Session, rows: Sequence[Deployment]) -> list[responses.Deployment]:
+        return [serialize.deployment(session, row) for row in rows]
 
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         select(Deployment).where(col(Deployment.owner).in_(visible)),
         col(Deployment.created_at),
         col(Deployment.id),
@@ -257,12 +201,13 @@ async def list_deployments(
         page_url=f"{base}/v1/deployments",
         render=render,
     )
+    return responses.DeploymentPage.model_validate(page)
 
 
-@router.post("/deployments")
+@router.post("/deployments", response_model_exclude_unset=True)
 async def create_deployment(
     body: DeploymentCreate, state: StateDep, account: CurrentAccount
-) -> JSONResponse:
+) -> responses.Deployment:
     """A new deployment, owned by the caller, with release 1; its controller starts now."""
     if not NAME.match(body.name):
         raise invalid(
@@ -314,7 +259,7 @@ async def create_deployment(
         )
         await asyncio.to_thread(_remove, state, config.deployment_id)
         raise ProblemError(503, "The deployment could not be started; try again") from err
-    return JSONResponse(await asyncio.to_thread(_render, state, config.deployment_id))
+    return await asyncio.to_thread(_render, state, config.deployment_id)
 
 
 def _release(row: Deployment, username: str) -> DeploymentRelease:
@@ -331,12 +276,12 @@ def _release(row: Deployment, username: str) -> DeploymentRelease:
     )
 
 
-def _render(state: AppState, deployment_id: int) -> dict[str, Any]:
+def _render(state: AppState, deployment_id: int) -> responses.Deployment:
     with Session(state.engine) as session:
         row = session.get(Deployment, deployment_id)
         if row is None:
             raise not_found("Deployment")
-        return deployment_json(session, row)
+        return serialize.deployment(session, row)
 
 
 def _remove(state: AppState, deployment_id: int) -> None:
@@ -348,21 +293,17 @@ def _remove(state: AppState, deployment_id: int) -> None:
         session.commit()
 
 
-@router.get("/deployments/{owner}/{name}")
-async def get_deployment(
-    owner: str, name: str, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
-    def load() -> dict[str, Any]:
-        with Session(state.engine) as session:
-            return deployment_json(session, _find(session, account, owner, name))
-
-    return await asyncio.to_thread(load)
+@router.get("/deployments/{owner}/{name}", response_model_exclude_unset=True)
+def get_deployment(
+    owner: str, name: str, session: SessionDep, account: CurrentAccount
+) -> responses.Deployment:
+    return serialize.deployment(session, _find(session, account, owner, name))
 
 
-@router.patch("/deployments/{owner}/{name}")
+@router.patch("/deployments/{owner}/{name}", response_model_exclude_unset=True)
 async def update_deployment(
     owner: str, name: str, body: DeploymentUpdate, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Deployment:
     """Any change makes a new release (number + 1), which the controller rolls out."""
     if body.hardware is not None:
         _check_hardware(state, body.hardware)
@@ -473,7 +414,11 @@ async def delete_deployment(
     return Response(status_code=204)
 
 
-@router.post("/deployments/{owner}/{name}/predictions", status_code=201)
+@router.post(
+    "/deployments/{owner}/{name}/predictions",
+    status_code=201,
+    response_model=responses.Prediction,
+)
 async def create_deployment_prediction(
     owner: str,
     name: str,
@@ -484,7 +429,7 @@ async def create_deployment_prediction(
     cancel_after: CancelAfter,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
+) -> Response:
     """A prediction that runs only on the deployment's own instances."""
 
     def resolve() -> tuple[Deployment, Model, Version]:

@@ -8,21 +8,17 @@ The default example (the one marked ``default``, else the oldest) is the model's
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
-
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
-from api.serialize import prediction_json
-from api.state import AppState
+from api.serialize import json_response, prediction_object
+from replicant import responses
 from replicant.catalog import account_names, find_model
 from replicant.tables import Account, Model, ModelExample, Prediction
 
@@ -38,7 +34,7 @@ class ExampleMark(BaseModel):
 
 def default_example(
     session: Session, model: Model, base: str, secret_key: str
-) -> dict[str, Any] | None:
+) -> responses.Prediction | None:
     """The model's default example as a prediction object (the one marked default, else
     the oldest example), or None."""
     row = session.exec(
@@ -47,7 +43,7 @@ def default_example(
         .where(ModelExample.model_id == model.id)
         .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
     ).first()
-    return prediction_json(row, base, secret_key=secret_key) if row is not None else None
+    return prediction_object(row, base, secret_key=secret_key) if row is not None else None
 
 
 def _visible(session: Session, account: Account, owner: str, name: str) -> Model:
@@ -64,103 +60,88 @@ def _owned(session: Session, account: Account, owner: str, name: str) -> Model:
     return model
 
 
-@router.get("/models/{owner}/{name}/examples")
-async def list_examples(
+@router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
+def list_examples(
     owner: str,
     name: str,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> responses.PredictionPage:
     """The model's example predictions, newest first."""
     base = base_url(request, state)
-
-    def model_id() -> int | None:
-        with Session(state.engine) as session:
-            return _visible(session, account, owner, name).id
-
-    found = await asyncio.to_thread(model_id)
+    found = _visible(session, account, owner, name).id
     stmt = (
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
         .where(ModelExample.model_id == found)
     )
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(Prediction.created_at),
         col(Prediction.id),
         cursor=cursor,
         page_url=f"{base}/v1/models/{owner}/{name}/examples",
         render=lambda _, rows: [
-            prediction_json(r, base, secret_key=state.secret_key) for r in rows
+            prediction_object(r, base, secret_key=state.secret_key) for r in rows
         ],
     )
+    return responses.PredictionPage.model_validate(page)
 
 
-@router.post("/models/{owner}/{name}/examples", status_code=201)
-async def mark_example(
+@router.post(
+    "/models/{owner}/{name}/examples", status_code=201, response_model=responses.Prediction
+)
+def mark_example(
     owner: str,
     name: str,
     body: ExampleMark,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
-) -> JSONResponse:
+) -> Response:
     """Mark one of the caller's succeeded predictions of this model as an example."""
-
-    def mark() -> Prediction:
-        with Session(state.engine, expire_on_commit=False) as session:
-            model = _owned(session, account, owner, name)
-            row = session.get(Prediction, body.prediction)
-            if row is None or row.owner not in account_names(session, account):
-                raise invalid([{"field": "prediction", "message": "no such prediction of yours"}])
-            if row.model != f"{model.owner}/{model.name}" or row.status != "succeeded":
-                raise invalid(
-                    [{"field": "prediction", "message": "must be a succeeded run of this model"}]
-                )
-            if row.data_removed:
-                raise invalid([{"field": "prediction", "message": "its data was removed"}])
-            if body.default:
-                session.execute(
-                    update(ModelExample)
-                    .where(col(ModelExample.model_id) == model.id)
-                    .values(is_default=False)
-                )
-            existing = session.get(ModelExample, (model.id, row.id))
-            example = existing or ModelExample(model_id=model.id or 0, prediction_id=row.id)
-            example.is_default = body.default or example.is_default
-            session.add(example)
-            session.commit()
-            return row
-
-    row = await asyncio.to_thread(mark)
-    return JSONResponse(
-        prediction_json(row, base_url(request, state), secret_key=state.secret_key),
-        status_code=201,
+    model = _owned(session, account, owner, name)
+    row = session.get(Prediction, body.prediction)
+    if row is None or row.owner not in account_names(session, account):
+        raise invalid([{"field": "prediction", "message": "no such prediction of yours"}])
+    if row.model != f"{model.owner}/{model.name}" or row.status != "succeeded":
+        raise invalid([{"field": "prediction", "message": "must be a succeeded run of this model"}])
+    if row.data_removed:
+        raise invalid([{"field": "prediction", "message": "its data was removed"}])
+    if body.default:
+        session.execute(
+            update(ModelExample)
+            .where(col(ModelExample.model_id) == model.id)
+            .values(is_default=False)
+        )
+    existing = session.get(ModelExample, (model.id, row.id))
+    example = existing or ModelExample(model_id=model.id or 0, prediction_id=row.id)
+    example.is_default = body.default or example.is_default
+    session.add(example)
+    session.commit()
+    return json_response(
+        prediction_object(row, base_url(request, state), secret_key=state.secret_key), 201
     )
 
 
 @router.delete("/models/{owner}/{name}/examples/{prediction_id}", status_code=204)
-async def unmark_example(
-    owner: str, name: str, prediction_id: str, state: StateDep, account: CurrentAccount
+def unmark_example(
+    owner: str, name: str, prediction_id: str, session: SessionDep, account: CurrentAccount
 ) -> Response:
     """Unmark an example (the prediction stays); without a marked default, the oldest
     example is the default."""
-    await asyncio.to_thread(_unmark, state, account, owner, name, prediction_id)
+    model = _owned(session, account, owner, name)
+    example = session.get(ModelExample, (model.id, prediction_id))
+    if example is None:
+        raise not_found(f"Example {prediction_id} of {owner}/{name}")
+    session.delete(example)
+    session.commit()
     return Response(status_code=204)
-
-
-def _unmark(state: AppState, account: Account, owner: str, name: str, prediction_id: str) -> None:
-    with Session(state.engine) as session:
-        model = _owned(session, account, owner, name)
-        example = session.get(ModelExample, (model.id, prediction_id))
-        if example is None:
-            raise not_found(f"Example {prediction_id} of {owner}/{name}")
-        session.delete(example)
-        session.commit()
 
 
 def forget_examples(

@@ -26,12 +26,15 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
+from api.serialize import json_response
 from api.state import AppState
+from replicant import responses, serialize
 from replicant.ids import new_id
+from replicant.lookups import unexpired_file
 from replicant.storage import (
     LocalStore,
     ObjectNotFound,
@@ -43,7 +46,7 @@ from replicant.storage import (
     verify,
 )
 from replicant.tables import StoredFile
-from replicant.timeutil import isoformat, utcnow
+from replicant.timeutil import utcnow
 
 router = APIRouter(tags=["files"])
 
@@ -62,35 +65,21 @@ async def get_store(state: StateDep) -> ObjectStore:
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def file_json(row: StoredFile, base: str, secret: str) -> dict[str, Any]:
-    """The file object of Replicate's spec (``schemas_file_response``)."""
+def file_object(row: StoredFile, base: str, secret: str) -> responses.File:
+    """The file object of Replicate's spec, with a download URL signed for an hour."""
     expiry = int(time.time()) + DOWNLOAD_URL_EXPIRY
     signature = sign(secret, f"{row.owner} {row.id} {expiry}")
     download = (
         f"{base}/v1/files/{row.id}/download?owner={quote(row.owner)}"
         f"&expiry={expiry}&signature={signature}"
     )
-    return {
-        "id": row.id,
-        "name": row.name,
-        "content_type": row.content_type,
-        "size": row.size,
-        "etag": row.etag,
-        "checksums": {"sha256": row.sha256},
-        "metadata": row.user_metadata,
-        "created_at": isoformat(row.created_at),
-        "expires_at": isoformat(row.expires_at),
-        "urls": {"get": f"{base}/v1/files/{row.id}", "download": download},
-    }
+    return serialize.file(row, base, download)
 
 
 def find_file(state: AppState, owner: str, file_id: str) -> StoredFile | None:
     """An unexpired file of ``owner`` (shared with input staging)."""
     with Session(state.engine) as session:
-        row = session.get(StoredFile, file_id)
-    if row is None or row.owner != owner or row.expires_at <= utcnow():
-        return None
-    return row
+        return unexpired_file(session, owner, file_id)
 
 
 class _Form:
@@ -223,7 +212,7 @@ def _text_field(form: _Form, name: str) -> str | None:
         raise invalid([{"field": name, "message": "must be valid UTF-8"}]) from err
 
 
-@router.post("/v1/files", status_code=201)
+@router.post("/v1/files", status_code=201, response_model=responses.File)
 async def create_file(
     request: Request, state: StateDep, account: CurrentAccount, store: StoreDep
 ) -> Response:
@@ -271,13 +260,8 @@ async def create_file(
     finally:
         upload.discard()
     await asyncio.to_thread(_insert, state, row)
-    body = file_json(row, base_url(request, state), settings.ensure_secret_key())
-    return Response(
-        json.dumps(body),
-        status_code=201,
-        media_type="application/json",
-        headers={"Location": body["urls"]["get"]},
-    )
+    body = file_object(row, base_url(request, state), settings.ensure_secret_key())
+    return json_response(body, 201, {"Location": body.urls.get})
 
 
 def _insert(state: AppState, row: StoredFile) -> None:
@@ -286,13 +270,14 @@ def _insert(state: AppState, row: StoredFile) -> None:
         session.commit()
 
 
-@router.get("/v1/files")
-async def list_files(
+@router.get("/v1/files", response_model_exclude_unset=True)
+def list_files(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = Query(default=None),
-) -> dict[str, Any]:
+) -> responses.FilePage:
     base = base_url(request, state)
     secret = state.settings.ensure_secret_key()
     stmt = (
@@ -301,12 +286,11 @@ async def list_files(
         .where(col(StoredFile.expires_at) > utcnow())
     )
 
-    def render(_: Session, rows: Sequence[StoredFile]) -> list[dict[str, Any]]:
-        return [file_json(row, base, secret) for row in rows]
+    def render(_: Session, rows: Sequence[StoredFile]) -> list[responses.File]:
+        return [file_object(row, base, secret) for row in rows]
 
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(StoredFile.created_at),
         col(StoredFile.id),
@@ -314,16 +298,17 @@ async def list_files(
         page_url=f"{base}/v1/files",
         render=render,
     )
+    return responses.FilePage.model_validate(page)
 
 
-@router.get("/v1/files/{file_id}")
-async def get_file(
-    file_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
-    row = await asyncio.to_thread(find_file, state, account.username, file_id)
+@router.get("/v1/files/{file_id}", response_model_exclude_unset=True)
+def get_file(
+    file_id: str, request: Request, state: StateDep, session: SessionDep, account: CurrentAccount
+) -> responses.File:
+    row = unexpired_file(session, account.username, file_id)
     if row is None:
         raise not_found("File")
-    return file_json(row, base_url(request, state), state.settings.ensure_secret_key())
+    return file_object(row, base_url(request, state), state.settings.ensure_secret_key())
 
 
 @router.delete("/v1/files/{file_id}", status_code=204)
@@ -346,7 +331,11 @@ def _delete(state: AppState, store: ObjectStore, row: StoredFile) -> None:
     store.delete(row.object_key)
 
 
-@router.get("/v1/files/{file_id}/download")
+@router.get(
+    "/v1/files/{file_id}/download",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
 async def download_file(
     file_id: str,
     state: StateDep,

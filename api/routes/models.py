@@ -18,13 +18,14 @@ from sqlalchemy import exists, func, or_
 from sqlmodel import Session, col, select
 
 from api import push
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
 from api.routes.examples import default_example, forget_examples
-from api.serialize import model_json, version_json
+from api.serialize import json_response
 from api.state import AppState
+from replicant import responses, serialize
 from replicant.builds import work_dir
 from replicant.catalog import account_names, find_model
 from replicant.cogmodel import CogConfigError, load_cog_config
@@ -102,25 +103,27 @@ def _check_new_model(session: Session, account: Account, owner: str, name: str) 
         raise ProblemError(409, f"A model named {owner}/{name} already exists", title="Conflict")
 
 
+def model_object(session: Session, state: AppState, model: Model, base: str) -> responses.Model:
+    """The model object with its latest version and default example."""
+    latest = session.get(Version, model.latest_version_id) if model.latest_version_id else None
+    example = default_example(session, model, base, state.secret_key)
+    return serialize.model(model, latest, base, example)
+
+
 def _render_models(state: AppState, base: str) -> Any:
-    def render(session: Session, models: Sequence[Model]) -> list[dict[str, Any]]:
-        out = []
-        for model in models:
-            latest = (
-                session.get(Version, model.latest_version_id) if model.latest_version_id else None
-            )
-            example = default_example(session, model, base, state.secret_key)
-            out.append(model_json(model, latest, base, example))
-        return out
+    def render(session: Session, models: Sequence[Model]) -> list[responses.Model]:
+        return [model_object(session, state, model, base) for model in models]
 
     return render
 
 
 @router.get("/hardware")
-async def list_hardware(state: StateDep, account: CurrentAccount) -> list[dict[str, str]]:
+async def list_hardware(state: StateDep, account: CurrentAccount) -> list[responses.Hardware]:
     """The SKUs this installation offers, as Replicate lists them."""
     names = state.settings.hardware_names
-    return [{"name": names.get(sku, sku), "sku": sku} for sku in state.settings.hardware]
+    return [
+        responses.Hardware(name=names.get(sku, sku), sku=sku) for sku in state.settings.hardware
+    ]
 
 
 def _created(model: Model) -> datetime:
@@ -131,26 +134,23 @@ def _latest_version_created(model: Model) -> datetime:
     return model.latest_version_created_at or model.created_at
 
 
-@router.get("/models")
-async def list_models(
+@router.get("/models", response_model_exclude_unset=True)
+def list_models(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = None,
     sort_by: Literal["model_created_at", "latest_version_created_at"] = (
         "latest_version_created_at"
     ),
     sort_direction: Literal["asc", "desc"] = "desc",
-) -> dict[str, Any]:
+) -> responses.ModelPage:
     """Public models and the caller's own (and its organizations'), by when their latest
     version (a model without one: the model) or the model was created, newest first unless
     ``sort_direction=asc``."""
 
-    def owners() -> set[str]:
-        with Session(state.engine) as session:
-            return account_names(session, account)
-
-    visible = await asyncio.to_thread(owners)
+    visible = account_names(session, account)
     stmt = select(Model).where(
         or_(col(Model.visibility) == "public", col(Model.owner).in_(visible))
     )
@@ -161,9 +161,8 @@ async def list_models(
         sort = func.coalesce(col(Model.latest_version_created_at), col(Model.created_at))
         key = _latest_version_created
     params: dict[str, str] = {"sort_by": sort_by, "sort_direction": sort_direction}
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         sort,
         col(Model.id),
@@ -174,50 +173,42 @@ async def list_models(
         descending=sort_direction == "desc",
         key=key,
     )
+    return responses.ModelPage.model_validate(page)
 
 
-@router.post("/models", status_code=201)
-async def create_model(
-    body: ModelCreate, request: Request, state: StateDep, account: CurrentAccount
-) -> JSONResponse:
+@router.post("/models", status_code=201, response_model=responses.Model)
+def create_model(
+    body: ModelCreate,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+) -> Response:
     _check_hardware(state, body.hardware)
     _check_name(body.name)
-
-    def create() -> dict[str, Any]:
-        with Session(state.engine, expire_on_commit=False) as session:
-            _check_new_model(session, account, body.owner, body.name)
-            model = Model(
-                **body.model_dump(exclude={"hardware"}),
-                hardware=body.hardware or state.settings.default_hardware,
-            )
-            session.add(model)
-            session.commit()
-            return model_json(model, None, base_url(request, state))
-
-    body_json = await asyncio.to_thread(create)
-    return JSONResponse(body_json, status_code=201)
+    _check_new_model(session, account, body.owner, body.name)
+    model = Model(
+        **body.model_dump(exclude={"hardware"}),
+        hardware=body.hardware or state.settings.default_hardware,
+    )
+    session.add(model)
+    session.commit()
+    return json_response(serialize.model(model, None, base_url(request, state)), 201)
 
 
-@router.get("/models/{owner}/{name}")
-async def get_model(
-    owner: str, name: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
-    def load() -> dict[str, Any] | None:
-        with Session(state.engine) as session:
-            model = find_model(session, account, owner, name)
-            if model is None:
-                return None
-            latest = (
-                session.get(Version, model.latest_version_id) if model.latest_version_id else None
-            )
-            base = base_url(request, state)
-            example = default_example(session, model, base, state.secret_key)
-            return model_json(model, latest, base, example)
-
-    body = await asyncio.to_thread(load)
-    if body is None:
+@router.get("/models/{owner}/{name}", response_model_exclude_unset=True)
+def get_model(
+    owner: str,
+    name: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+) -> responses.Model:
+    model = find_model(session, account, owner, name)
+    if model is None:
         raise not_found(f"Model {owner}/{name}")
-    return body
+    return model_object(session, state, model, base_url(request, state))
 
 
 def _own_model(session: Session, account: Account, owner: str, name: str) -> Model:
@@ -230,135 +221,109 @@ def _own_model(session: Session, account: Account, owner: str, name: str) -> Mod
     return model
 
 
-@router.patch("/models/{owner}/{name}")
-async def update_model(
+@router.patch("/models/{owner}/{name}", response_model_exclude_unset=True)
+def update_model(
     owner: str,
     name: str,
     body: ModelUpdate,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
-) -> dict[str, Any]:
+) -> responses.Model:
     """Change description, readme, visibility, hardware (for new predictions) or URLs."""
     nulls = [f for f in ("visibility", "hardware") if f in body.model_fields_set]
     nulls = [f for f in nulls if getattr(body, f) is None]
     if nulls:  # every model has both: they can be changed, not removed
         raise invalid([{"field": f, "message": "must not be null"} for f in nulls])
     _check_hardware(state, body.hardware)
-
-    def update() -> dict[str, Any]:
-        with Session(state.engine, expire_on_commit=False) as session:
-            model = _own_model(session, account, owner, name)
-            for field, value in body.model_dump(exclude_unset=True).items():
-                setattr(model, field, value)
-            session.add(model)
-            session.commit()
-            latest = (
-                session.get(Version, model.latest_version_id) if model.latest_version_id else None
-            )
-            base = base_url(request, state)
-            example = default_example(session, model, base, state.secret_key)
-            return model_json(model, latest, base, example)
-
-    return await asyncio.to_thread(update)
+    model = _own_model(session, account, owner, name)
+    for field, value in body.model_dump(exclude_unset=True).items():
+        setattr(model, field, value)
+    session.add(model)
+    session.commit()
+    return model_object(session, state, model, base_url(request, state))
 
 
 @router.get("/models/{owner}/{name}/readme", response_class=PlainTextResponse)
-async def get_model_readme(
-    owner: str, name: str, state: StateDep, account: CurrentAccount
+def get_model_readme(
+    owner: str, name: str, session: SessionDep, account: CurrentAccount
 ) -> PlainTextResponse:
     """The model's README (Markdown, as plain text; empty when it has none)."""
-
-    def load() -> Model | None:
-        with Session(state.engine) as session:
-            return find_model(session, account, owner, name)
-
-    model = await asyncio.to_thread(load)
+    model = find_model(session, account, owner, name)
     if model is None:
         raise not_found(f"Model {owner}/{name}")
     return PlainTextResponse(model.readme or "")
 
 
 @router.delete("/models/{owner}/{name}", status_code=204)
-async def delete_model(owner: str, name: str, state: StateDep, account: CurrentAccount) -> Response:
+def delete_model(owner: str, name: str, session: SessionDep, account: CurrentAccount) -> Response:
     """Only your own, private models with no versions left can be deleted."""
-
-    def delete() -> None:
-        with Session(state.engine) as session:
-            model = _own_model(session, account, owner, name)
-            if model.visibility != "private":
-                raise ProblemError(
-                    409,
-                    "Only private models can be deleted; make the model private first",
-                    title="Model is public",
-                )
-            if session.exec(select(Version).where(Version.model_id == model.id)).first():
-                raise ProblemError(
-                    409,
-                    "The model still has versions; delete every version first",
-                    title="Model has versions",
-                )
-            # Leaving its collections and examples first (no dangling rows).
-            forget_examples(session, model_id=model.id)
-            session.execute(
-                sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id)
-            )
-            session.delete(model)
-            session.commit()
-
-    await asyncio.to_thread(delete)
+    model = _own_model(session, account, owner, name)
+    if model.visibility != "private":
+        raise ProblemError(
+            409,
+            "Only private models can be deleted; make the model private first",
+            title="Model is public",
+        )
+    if session.exec(select(Version).where(Version.model_id == model.id)).first():
+        raise ProblemError(
+            409,
+            "The model still has versions; delete every version first",
+            title="Model has versions",
+        )
+    # Leaving its collections and examples first (no dangling rows).
+    forget_examples(session, model_id=model.id)
+    session.execute(sql_delete(CollectionModel).where(col(CollectionModel.model_id) == model.id))
+    session.delete(model)
+    session.commit()
     return Response(status_code=204)
 
 
-@router.get("/models/{owner}/{name}/versions")
-async def list_versions(
+@router.get("/models/{owner}/{name}/versions", response_model_exclude_unset=True)
+def list_versions(
     owner: str,
     name: str,
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     cursor: str | None = None,
-) -> dict[str, Any]:
-    def model_id() -> int | None:
-        with Session(state.engine) as session:
-            model = find_model(session, account, owner, name)
-            return None if model is None else model.id
-
-    found = await asyncio.to_thread(model_id)
-    if found is None:
+) -> responses.VersionPage:
+    model = find_model(session, account, owner, name)
+    if model is None:
         raise not_found(f"Model {owner}/{name}")
+    found = model.id
     base = base_url(request, state)
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         select(Version).where(Version.model_id == found),
         col(Version.created_at),
         col(Version.id),
         cursor=cursor,
         page_url=f"{base}/v1/models/{owner}/{name}/versions",
-        render=lambda _, rows: [version_json(v) for v in rows],
+        render=lambda _, rows: [serialize.version(v) for v in rows],
     )
+    return responses.VersionPage.model_validate(page)
 
 
-@router.get("/models/{owner}/{name}/versions/{version_id}")
-async def get_version(
-    owner: str, name: str, version_id: str, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
-    def load() -> dict[str, Any] | None:
-        with Session(state.engine) as session:
-            model = find_model(session, account, owner, name)
-            version = session.get(Version, version_id) if model is not None else None
-            if model is None or version is None or version.model_id != model.id:
-                return None
-            return version_json(version)
-
-    body = await asyncio.to_thread(load)
-    if body is None:
+@router.get("/models/{owner}/{name}/versions/{version_id}", response_model_exclude_unset=True)
+def get_version(
+    owner: str, name: str, version_id: str, session: SessionDep, account: CurrentAccount
+) -> responses.Version:
+    model = find_model(session, account, owner, name)
+    version = session.get(Version, version_id) if model is not None else None
+    if model is None or version is None or version.model_id != model.id:
         raise not_found(f"Version {owner}/{name}:{version_id}")
-    return body
+    return serialize.version(version)
 
 
-@router.post("/models/{owner}/{name}/versions", status_code=201)
+@router.post(
+    "/models/{owner}/{name}/versions",
+    status_code=201,
+    response_model=responses.Version,
+    responses={200: {"model": responses.Version, "description": "The version existed"}},
+)
 async def push_version(
     owner: str,
     name: str,
@@ -439,7 +404,9 @@ async def push_version(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-@router.delete("/models/{owner}/{name}/versions/{version_id}", status_code=202)
+@router.delete(
+    "/models/{owner}/{name}/versions/{version_id}", status_code=202, response_class=Response
+)
 async def delete_version(
     owner: str, name: str, version_id: str, state: StateDep, account: CurrentAccount
 ) -> Response:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from datetime import timedelta
-from typing import Any
 
 from fastapi import APIRouter, Request
 from sqlmodel import Session
@@ -23,9 +22,9 @@ from api.deps import CurrentAccount, StateDep
 from api.launch import base_url
 from api.routes.examples import forget_examples
 from api.routes.predictions import _own_prediction
-from api.serialize import prediction_json
+from api.serialize import prediction_object
 from api.state import AppState
-from replicant import readmodel
+from replicant import readmodel, responses
 from replicant.objectkeys import prediction_prefix
 from replicant.tables import TERMINAL_STATUSES
 from replicant.timeutil import utcnow
@@ -39,10 +38,10 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 CANCEL_GRACE = timedelta(seconds=10)
 
 
-@router.delete("/predictions/{prediction_id}")
+@router.delete("/predictions/{prediction_id}", response_model_exclude_unset=True)
 async def delete_prediction_data(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Prediction:
     """Cancel the prediction if it has not ended, and remove its input and output files."""
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
     if row.status not in TERMINAL_STATUSES:
@@ -52,7 +51,7 @@ async def delete_prediction_data(
     files = await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
     log.info("event=data_removed prediction=%s files=%d on=request", prediction_id, files)
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
-    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
 def _remove_data(state: AppState, prediction_id: str) -> None:

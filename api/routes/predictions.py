@@ -6,21 +6,21 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
 from api.deadlines import CancelAfter
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, not_found
 from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, launch_prediction
 from api.listfilters import PredictionFilters
 from api.pagination import PAGE_SIZE, paginate
-from api.serialize import prediction_json
+from api.serialize import prediction_object
 from api.state import AppState
-from replicant import readmodel
+from replicant import readmodel, responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
 from replicant.contracts import WebhookEvent
 from replicant.tables import TERMINAL_STATUSES, Account, Prediction
@@ -48,7 +48,7 @@ class VersionPredictionInput(PredictionInput):
 PreferHeader = Annotated[str | None, Header(alias="Prefer")]
 
 
-@router.post("/predictions", status_code=201)
+@router.post("/predictions", status_code=201, response_model=responses.Prediction)
 async def create_prediction(
     body: VersionPredictionInput,
     request: Request,
@@ -57,7 +57,7 @@ async def create_prediction(
     cancel_after: CancelAfter,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
+) -> Response:
     def resolve() -> Any:
         with Session(state.engine) as session:
             return resolve_version_ref(session, account, body.version)
@@ -81,7 +81,9 @@ async def create_prediction(
     )
 
 
-@router.post("/models/{owner}/{name}/predictions", status_code=201)
+@router.post(
+    "/models/{owner}/{name}/predictions", status_code=201, response_model=responses.Prediction
+)
 async def create_model_prediction(
     owner: str,
     name: str,
@@ -92,7 +94,7 @@ async def create_model_prediction(
     cancel_after: CancelAfter,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
+) -> Response:
     def resolve() -> Any:
         with Session(state.engine) as session:
             model = find_model(session, account, owner, name)
@@ -131,18 +133,18 @@ def _own_prediction(state: AppState, account: Account, prediction_id: str) -> Pr
     return row
 
 
-@router.get("/predictions/{prediction_id}")
+@router.get("/predictions/{prediction_id}", response_model_exclude_unset=True)
 async def get_prediction(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Prediction:
     row = await state.read(_own_prediction, state, account, prediction_id)
-    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
-@router.post("/predictions/{prediction_id}/cancel")
+@router.post("/predictions/{prediction_id}/cancel", response_model_exclude_unset=True)
 async def cancel_prediction(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Prediction:
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
     if row.status not in TERMINAL_STATUSES:
         client = await state.temporal()
@@ -159,18 +161,19 @@ async def cancel_prediction(
                 completed_at=utcnow(),
             )
         row = await state.read(_own_prediction, state, account, prediction_id)
-    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
-@router.get("/predictions")
-async def list_predictions(
+@router.get("/predictions", response_model_exclude_unset=True)
+def list_predictions(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     filters: PredictionFilters,
     cursor: str | None = None,
     page_size: Annotated[int, Query(ge=1, le=PAGE_SIZE)] = PAGE_SIZE,
-) -> dict[str, Any]:
+) -> responses.PredictionPage:
     """The caller's predictions, newest first, 100 a page, with absolute cursor URLs;
     filtered by status, model, version, deployment, source and creation time."""
     stmt = select(Prediction).where(Prediction.owner == account.username)
@@ -178,17 +181,17 @@ async def list_predictions(
     if page_size != PAGE_SIZE:
         params["page_size"] = str(page_size)
     base = base_url(request, state)
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(Prediction.created_at),
         col(Prediction.id),
         cursor=cursor,
         page_url=f"{base}/v1/predictions",
         render=lambda _, rows: [
-            prediction_json(r, base, secret_key=state.secret_key) for r in rows
+            prediction_object(r, base, secret_key=state.secret_key) for r in rows
         ],
         page_size=page_size,
         params=params,
     )
+    return responses.PredictionPage.model_validate(page)

@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError
 from api.launch import base_url
-from api.routes.collections import models_json, visible_models
+from api.routes.collections import model_objects, visible_models
+from replicant import responses
 from replicant.collections import collection_models
 from replicant.tables import Account, Collection, Model
 
@@ -60,14 +61,16 @@ def _scores(models: list[Model], terms: list[str]) -> list[float]:
     return [score(m, terms) or 0.0 for m in models]
 
 
-def _matching_collections(session: Session, terms: list[str]) -> list[dict[str, Any]]:
+def _matching_collections(session: Session, terms: list[str]) -> list[responses.SearchCollection]:
     out = []
     for row in session.exec(select(Collection).order_by(col(Collection.slug))).all():
         text = f"{row.slug} {row.name} {row.description}".lower()
         if all(t in text for t in terms):
             refs = [f"{m.owner}/{m.name}" for m in collection_models(session, row)]
             out.append(
-                {"name": row.name, "slug": row.slug, "description": row.description, "models": refs}
+                responses.SearchCollection(
+                    name=row.name, slug=row.slug, description=row.description, models=refs
+                )
             )
     return out
 
@@ -92,49 +95,48 @@ def _required(query: str | None) -> list[str]:
     return terms
 
 
-@router.get("/search")
-async def search(
+@router.get("/search", response_model_exclude_unset=True)
+def search(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     query: str | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
-) -> dict[str, Any]:
+) -> responses.SearchResults:
     """Models and collections matching ``query``, best first."""
     terms = _required(query)
     base = base_url(request, state)
 
-    def run() -> dict[str, Any]:
-        with Session(state.engine) as session:
-            models = _matching_models(session, account, terms)[:limit]
-            rendered = models_json(session, models, base)
-            return {
-                "query": query,
-                "models": [
-                    {
-                        "model": m,
-                        "metadata": {"generated_description": None, "tags": [], "score": s},
-                    }
-                    for m, s in zip(rendered, _scores(models, terms), strict=True)
-                ],
-                "collections": _matching_collections(session, terms)[:limit],
-                "pages": [],
-            }
-
-    return await asyncio.to_thread(run)
+    models = _matching_models(session, account, terms)[:limit]
+    rendered = model_objects(session, models, base)
+    return responses.SearchResults(
+        query=query or "",
+        models=[
+            responses.SearchModel(
+                model=m,
+                metadata=responses.SearchModelMetadata(
+                    generated_description=None, tags=[], score=s
+                ),
+            )
+            for m, s in zip(rendered, _scores(models, terms), strict=True)
+        ],
+        collections=_matching_collections(session, terms)[:limit],
+        pages=[],
+    )
 
 
-@router.api_route("/models", methods=["QUERY"])
+@router.api_route("/models", methods=["QUERY"], response_model_exclude_unset=True)
 async def query_models(
     request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.ModelPage:
     """Models matching the text/plain body, best first, as one page of a model list."""
     terms = _required(query_text(await request.body()))
     base = base_url(request, state)
 
-    def run() -> list[dict[str, Any]]:
+    def run() -> list[responses.Model]:
         with Session(state.engine) as session:
             models = _matching_models(session, account, terms)[:MAX_LIMIT]
-            return models_json(session, models, base)
+            return model_objects(session, models, base)
 
-    return {"next": None, "previous": None, "results": await asyncio.to_thread(run)}
+    return responses.ModelPage(next=None, previous=None, results=await asyncio.to_thread(run))

@@ -17,13 +17,13 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from api.dashboard.shared import shared_page
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import not_found
 from api.launch import base_url
-from api.serialize import prediction_json
+from api.serialize import prediction_object
 from api.state import AppState
+from replicant import responses, serialize
 from replicant.tables import Account, Prediction
-from replicant.timeutil import isoformat
 
 router = APIRouter(tags=["sharing"])
 
@@ -48,43 +48,22 @@ def _set_shared(state: AppState, account: Account, prediction_id: str, shared: b
     return row
 
 
-@router.post("/v1/predictions/{prediction_id}/share")
+@router.post("/v1/predictions/{prediction_id}/share", response_model_exclude_unset=True)
 async def share_prediction(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Prediction:
     """Make the prediction readable by anyone at its ``urls.web`` address."""
     row = await asyncio.to_thread(_set_shared, state, account, prediction_id, True)
-    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
+    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
-@router.post("/v1/predictions/{prediction_id}/unshare")
+@router.post("/v1/predictions/{prediction_id}/unshare", response_model_exclude_unset=True)
 async def unshare_prediction(
     prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Prediction:
     """Make the prediction private again; its public page answers 404 from now on."""
     row = await asyncio.to_thread(_set_shared, state, account, prediction_id, False)
-    return prediction_json(row, base_url(request, state), secret_key=state.secret_key)
-
-
-def public_view(row: Prediction, base: str) -> dict[str, Any]:
-    """What a shared prediction shows to anyone: no logs, no webhook, no owner's secrets."""
-    body: dict[str, Any] = {
-        "id": row.id,
-        "model": row.model,
-        "version": row.version,
-        "status": row.status,
-        "input": row.input if row.input is not None else {},
-        "output": row.output,
-        "error": row.error,
-        "data_removed": row.data_removed,
-        "created_at": isoformat(row.created_at),
-        "started_at": isoformat(row.started_at),
-        "completed_at": isoformat(row.completed_at),
-        "urls": {"web": f"{base}/p/{row.id}"},
-    }
-    if row.metrics is not None and "predict_time" in row.metrics:
-        body["metrics"] = {"predict_time": row.metrics["predict_time"]}
-    return body
+    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
 def wants_html(request: Request) -> bool:
@@ -109,18 +88,19 @@ def times_list(view: dict[str, Any]) -> str:
     )
 
 
-@router.get("/p/{prediction_id}", response_model=None)
-async def shared_prediction(prediction_id: str, request: Request, state: StateDep) -> Response:
+@router.get(
+    "/p/{prediction_id}",
+    response_model=responses.PublicPrediction,
+    responses={200: {"content": {"text/html": {}}}},
+)
+def shared_prediction(
+    prediction_id: str, request: Request, state: StateDep, session: SessionDep
+) -> Response:
     """The public page of a shared prediction: JSON, or HTML when the client asks for it."""
-
-    def load() -> Prediction | None:
-        with Session(state.engine) as session:
-            return session.get(Prediction, prediction_id)
-
-    row = await asyncio.to_thread(load)
+    row = session.get(Prediction, prediction_id)
     if row is None or not row.shared:
         raise not_found(f"Prediction {prediction_id}")
-    view = public_view(row, base_url(request, state))
+    view = serialize.body(serialize.public_prediction(row, base_url(request, state)))
     if wants_html(request):
         return shared_page(request, view)  # drawn by the dashboard: output by kind
     return JSONResponse(view, headers=NO_STORE)

@@ -22,7 +22,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.idempotency import (
     Claim,
@@ -38,6 +38,7 @@ from api.launch import base_url, check_hardware, check_webhook
 from api.listfilters import TrainingFilters
 from api.pagination import paginate
 from api.routes.sharing import json_block, times_list, wants_html
+from api.serialize import json_response
 from api.startguard import (
     START_RPC_TIMEOUT,
     crash_point,
@@ -46,11 +47,12 @@ from api.startguard import (
     start_deadline,
 )
 from api.state import AppState
-from replicant import trainings
+from replicant import responses, serialize, trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.fairness import task_priority
 from replicant.ids import new_id
+from replicant.lookups import owned_training
 from replicant.objectkeys import training_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
@@ -70,7 +72,7 @@ class TrainingCreate(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
 
 
-def _render(request: Request, state: AppState, rows: list[Training]) -> list[dict[str, Any]]:
+def _render(request: Request, state: AppState, rows: list[Training]) -> list[responses.Training]:
     """Training objects; ``output.weights`` is a signed URL of the stored weights."""
     base = base_url(request, state)
     expiry = state.settings.output_url_expiry
@@ -80,7 +82,7 @@ def _render(request: Request, state: AppState, rows: list[Training]) -> list[dic
         assert store is not None
         return store.signed_url(key, expiry)
 
-    return [trainings.training_json(r, base, weights_url=sign) for r in rows]
+    return [serialize.training(r, base, weights_url=sign) for r in rows]
 
 
 def _destination(session: Session, account: Account, ref: str) -> Model:
@@ -106,7 +108,11 @@ def _destination(session: Session, account: Account, ref: str) -> Model:
     return model
 
 
-@router.post("/v1/models/{owner}/{name}/versions/{version_id}/trainings", status_code=201)
+@router.post(
+    "/v1/models/{owner}/{name}/versions/{version_id}/trainings",
+    status_code=201,
+    response_model=responses.Training,
+)
 async def create_training(
     owner: str,
     name: str,
@@ -116,7 +122,7 @@ async def create_training(
     state: StateDep,
     account: CurrentAccount,
     idempotency_key: IdempotencyHeader = None,
-) -> JSONResponse:
+) -> Response:
     settings = state.settings
     claim = claim_for(
         idempotency_key, account, request, body.model_dump(mode="json"), kind="training"
@@ -218,10 +224,8 @@ async def create_training(
         req.destination,
     )
     row = await asyncio.to_thread(_own_training, state, account, req.id)
-    rendered = await asyncio.to_thread(_render, request, state, [row])
-    return JSONResponse(
-        rendered[0], status_code=201, headers={"Location": rendered[0]["urls"]["get"]}
-    )
+    rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
+    return json_response(rendered, 201, {"Location": rendered.urls.get})
 
 
 def _record(state: AppState, req: TrainingRequest, claim: Claim | None) -> None:
@@ -251,7 +255,7 @@ async def _start(state: AppState, req: TrainingRequest, account: Account) -> Non
 
 async def _replay(
     request: Request, state: AppState, account: Account, claim: Claim
-) -> JSONResponse | None:
+) -> Response | None:
     """The answer to a retry of a training create (None: create as usual); starts the
     workflow when the API that recorded the training died before starting it."""
     found = await claimed(state, claim, Training)
@@ -267,7 +271,7 @@ async def _replay(
         await ensure_started(state, "training", row.id, row.created_at, start)
     row = await asyncio.to_thread(_own_training, state, account, row.id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
-    return JSONResponse(rendered, status_code=201, headers={"Location": rendered["urls"]["get"]})
+    return json_response(rendered, 201, {"Location": rendered.urls.get})
 
 
 def _own_training(state: AppState, account: Account, training_id: str) -> Training:
@@ -277,18 +281,24 @@ def _own_training(state: AppState, account: Account, training_id: str) -> Traini
     return row
 
 
-@router.get("/v1/trainings/{training_id}")
-async def get_training(
-    training_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
-    row = await asyncio.to_thread(_own_training, state, account, training_id)
-    return (await asyncio.to_thread(_render, request, state, [row]))[0]
+@router.get("/v1/trainings/{training_id}", response_model_exclude_unset=True)
+def get_training(
+    training_id: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+) -> responses.Training:
+    row = owned_training(session, account.username, training_id)
+    if row is None:
+        raise not_found(f"Training {training_id}")
+    return _render(request, state, [row])[0]
 
 
-@router.post("/v1/trainings/{training_id}/cancel")
+@router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)
 async def cancel_training(
     training_id: str, request: Request, state: StateDep, account: CurrentAccount
-) -> dict[str, Any]:
+) -> responses.Training:
     """Cancel a training that has not ended; one that is creating its version succeeds."""
     row = await asyncio.to_thread(_own_training, state, account, training_id)
     if row.status not in TERMINAL_STATUSES:
@@ -310,23 +320,23 @@ async def cancel_training(
     return (await asyncio.to_thread(_render, request, state, [row]))[0]
 
 
-@router.get("/v1/trainings")
-async def list_trainings(
+@router.get("/v1/trainings", response_model_exclude_unset=True)
+def list_trainings(
     request: Request,
     state: StateDep,
+    session: SessionDep,
     account: CurrentAccount,
     filters: TrainingFilters,
     cursor: str | None = None,
-) -> dict[str, Any]:
+) -> responses.TrainingPage:
     """The caller's trainings, newest first, 100 a page, with absolute cursor URLs;
     filtered by status, model, version, source and creation time."""
     base = base_url(request, state)
     stmt, params = filters.apply(
         select(Training).where(Training.owner == account.username), Training
     )
-    return await asyncio.to_thread(
-        paginate,
-        state.engine,
+    page = paginate(
+        session,
         stmt,
         col(Training.created_at),
         col(Training.id),
@@ -335,6 +345,7 @@ async def list_trainings(
         render=lambda _, rows: _render(request, state, list(rows)),
         params=params,
     )
+    return responses.TrainingPage.model_validate(page)
 
 
 def _html_page(view: dict[str, Any]) -> str:
@@ -354,13 +365,17 @@ def _html_page(view: dict[str, Any]) -> str:
     )
 
 
-@router.get("/t/{training_id}", response_model=None)
+@router.get(
+    "/t/{training_id}",
+    response_model=responses.Training,
+    responses={200: {"content": {"text/html": {}}}},
+)
 async def training_page(
     training_id: str, request: Request, state: StateDep, account: CurrentAccount
 ) -> Response:
     """A training's page (``urls.web``), for its owner only: 404 for anyone else."""
     row = await asyncio.to_thread(_own_training, state, account, training_id)
-    view = (await asyncio.to_thread(_render, request, state, [row]))[0]
+    view = serialize.body((await asyncio.to_thread(_render, request, state, [row]))[0])
     headers = {"Cache-Control": "no-store"}
     if wants_html(request):
         headers["Content-Security-Policy"] = "default-src 'none'"

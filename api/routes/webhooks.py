@@ -7,13 +7,16 @@ import asyncio
 from fastapi import APIRouter
 
 from api.deps import CurrentAccount, StateDep
+from replicant import responses
 from replicant.webhooks import account_webhook_secret
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
 
 @router.get("/webhooks/default/secret")
-async def default_webhook_secret(state: StateDep, account: CurrentAccount) -> dict[str, str]:
+async def default_webhook_secret(
+    state: StateDep, account: CurrentAccount
+) -> responses.WebhookSecret:
     """The key that signs every webhook of the account (Standard Webhooks, ``whsec_...``)."""
     key = await asyncio.to_thread(account_webhook_secret, state.engine, account.username)
-    return {"key": key}
+    return responses.WebhookSecret(key=key)
