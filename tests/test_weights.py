@@ -16,7 +16,8 @@ import pytest
 
 from replicant.storage import LocalStore
 from replicant.weights import WeightsCache, store_ref
-from tests.waiting import async_wait_until
+from tests.observe import processes_in
+from tests.waiting import async_wait_until, wait_until
 from workers.runners import BootError, RunnerPool, RunnerSpec, standby
 
 NGRAM = Path(__file__).resolve().parents[1] / "examples" / "ngram"
@@ -78,9 +79,21 @@ def finetune_spec(model_dir: Path, ref: str) -> RunnerSpec:
 
 
 async def test_model_waits_for_weights_that_download_while_it_boots(
-    pool: RunnerPool, store: SlowStore, model_dir: Path
+    pool: RunnerPool, store: SlowStore, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref = put_weights(store, "trainings/t1/weights.json", WORDS)
+    # The download ends only once a coglet process runs in the model's directory: a boot that
+    # waited for the download would never start, and this wait would fail the download.
+    download = store.download
+
+    def download_while_booting(key: str, dest: Path) -> None:
+        wait_until(
+            lambda: processes_in(model_dir),
+            what="a coglet process to boot while the weights download",
+        )
+        download(key, dest)
+
+    monkeypatch.setattr(store, "download", download_while_booting)
     result = await pool.predict(finetune_spec(model_dir, ref), "p1", {"max_tokens": 25, "seed": 4})
     assert result.status == "succeeded", (result.error, result.logs)
     words = "".join(result.output).split()
