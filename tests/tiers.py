@@ -25,7 +25,7 @@ import pytest
 TIERS = ("unit", "integration", "e2e")
 
 # Fixtures that start a whole stack: the session's `live` one, or a module's own.
-E2E_FIXTURES = frozenset({"live", "node_client", "s3stack", "tls", "cluster"})
+E2E_FIXTURES = frozenset({"live", "node_client", "s3stack", "tls", "cluster", "stack"})
 # Fixtures that start or reach one real service.
 INTEGRATION_FIXTURES = frozenset(
     {"pool", "standby_pool", "moto_url", "redis_prefix", "database_url"}
