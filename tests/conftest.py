@@ -10,7 +10,6 @@ import fcntl
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.pgdb import fresh_postgres_database
 
 # Every test gets its tier (unit, integration, e2e) by rule; unit tests may reach no service.
 from tests.tiers import pytest_collection_modifyitems, service_guard  # noqa: F401
+from tests.waiting import wait_until
 
 # `REPLICANT_TEST_DATABASE=postgres pytest ...` runs the shared stack (and the stacks that
 # test modules start for themselves) on fresh databases of the local PostgreSQL (dropped
@@ -78,14 +78,19 @@ class LiveStack:
         timeout: float = 60,
         token: str | None = None,
     ) -> dict[str, Any]:
-        """Poll a prediction until ``until`` holds."""
-        deadline = time.monotonic() + timeout
+        """Poll a prediction until ``until`` holds and return it; fail when it never does."""
         with self.client(token) as client:
-            while True:
+
+            def fetch() -> dict[str, Any]:
                 body: dict[str, Any] = client.get(f"/v1/predictions/{prediction_id}").json()
-                if until(body) or time.monotonic() > deadline:
-                    return body
-                time.sleep(0.1)
+                return body
+
+            return wait_until(
+                fetch,
+                until,
+                what=f"prediction {prediction_id} to reach the awaited state",
+                timeout=timeout,
+            )
 
 
 def stack_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.waiting import wait_until
+
 
 @dataclass
 class Delivery:
@@ -45,13 +47,14 @@ class Receiver:
     def wait(
         self, until: Callable[[list[Delivery]], bool], prediction_id: str, timeout: float = 60
     ) -> list[Delivery]:
-        """Poll the deliveries of one prediction until ``until`` holds (or the time is up)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.for_prediction(prediction_id)
-            if until(found) or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
+        """Poll the deliveries of one prediction until ``until`` holds; fail when it never does."""
+        return wait_until(
+            lambda: self.for_prediction(prediction_id),
+            until,
+            what=f"the awaited webhook deliveries of {prediction_id}",
+            timeout=timeout,
+            interval=0.05,
+        )
 
 
 @contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from replicant.devstack import Stack
 from replicant.readmodel import DEADLINE_ABORTED, DEADLINE_CANCELED
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.waiting import wait_until
 
 OPTED_IN = "replicant-tests/1.0"
 SLEEP = Path(__file__).parents[1] / "examples" / "sleep"
@@ -69,9 +69,12 @@ def seconds_between(start: str, end: str) -> float:
 
 def wait_until_past(instant: str) -> None:
     """Block until the wall clock is past ``instant`` (an ISO 8601 time from the API)."""
-    moment = datetime.fromisoformat(instant)
-    while datetime.now(moment.tzinfo) <= moment + timedelta(milliseconds=100):
-        time.sleep(0.1)
+    moment = datetime.fromisoformat(instant) + timedelta(milliseconds=100)
+    wait_until(
+        lambda: datetime.now(moment.tzinfo) > moment,
+        what=f"the clock to pass {instant}",
+        timeout=(moment - datetime.now(moment.tzinfo)).total_seconds() + 10,
+    )
 
 
 def create_deployment(client: httpx.Client, live: LiveStack) -> str:

@@ -3,11 +3,12 @@ deployment's controller keeps warm, scales with the queue and drains without can
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ import pytest
 import replicate
 from sqlmodel import Session, select
 
-from replicant.tables import DeploymentInstance
+from replicant.tables import Deployment, DeploymentInstance
+from replicant.temporal import connect
+from replicant.timeutil import as_utc, utcnow
 from replicant.versions import create_version, ensure_model
-from tests.conftest import DEPLOYMENT_DELETE_IDLE, LiveStack
+from tests.conftest import DEPLOYMENT_DELETE_IDLE, DEPLOYMENT_IDLE, LiveStack
+from tests.waiting import wait_until
 
 HELLO = "replicate/hello-world"
 SLEEP = "replicant/sleep"
@@ -37,13 +41,39 @@ def unique(prefix: str) -> str:
 def poll(
     fetch: Callable[[], dict[str, Any]], until: Callable[[dict[str, Any]], bool], timeout: float
 ) -> dict[str, Any]:
-    """Fetch until ``until`` holds (or the deadline passes: then the caller's assert fails)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        body = fetch()
-        if until(body) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.1)
+    """Fetch until ``until`` holds and return the body; fail when it never does."""
+    return wait_until(
+        fetch, until, what="the deployment to reach the awaited state", timeout=timeout
+    )
+
+
+def deployment_row(live: LiveStack, deployment: dict[str, Any]) -> Deployment:
+    with Session(live.engine) as session:
+        return session.exec(
+            select(Deployment).where(
+                Deployment.owner == deployment["owner"], Deployment.name == deployment["name"]
+            )
+        ).one()
+
+
+def controller_checked_since(
+    live: LiveStack, deployment: dict[str, Any], instant: datetime
+) -> bool:
+    """Whether the deployment's controller has observed the deployment after ``instant`` (each
+    observation is a local activity: a marker in the workflow's history)."""
+    row = deployment_row(live, deployment)
+    workflow = f"deployment-{row.owner}/{row.name}-{row.id}"
+
+    async def markers() -> list[datetime]:
+        temporal = await connect(live.settings)
+        history = await temporal.get_workflow_handle(workflow).fetch_history()
+        return [
+            e.event_time.ToDatetime(tzinfo=UTC)
+            for e in history.events
+            if e.HasField("marker_recorded_event_attributes")
+        ]
+
+    return any(when > instant for when in asyncio.run(markers()))
 
 
 @pytest.fixture
@@ -79,14 +109,8 @@ def get(client: httpx.Client, owner: str, name: str) -> dict[str, Any]:
 
 
 def instance_rows(live: LiveStack, deployment: dict[str, Any]) -> list[DeploymentInstance]:
-    from replicant.tables import Deployment
-
+    row = deployment_row(live, deployment)
     with Session(live.engine) as session:
-        row = session.exec(
-            select(Deployment).where(
-                Deployment.owner == deployment["owner"], Deployment.name == deployment["name"]
-            )
-        ).one()
         return list(
             session.exec(
                 select(DeploymentInstance).where(DeploymentInstance.deployment_id == row.id)
@@ -260,14 +284,18 @@ def test_min_instances_keeps_a_warm_instance_the_first_prediction_uses(
     assert (after.id, after.pid, after.ready_at) == (before.id, before.pid, before.ready_at)
     assert after.ready_at is not None
     created_at = prediction["created_at"].replace("Z", "+00:00")
-    from datetime import datetime
-
     assert after.ready_at < datetime.fromisoformat(created_at)
     # The model process is alive and is a coglet serving this version.
     cmdline = Path(f"/proc/{after.pid}/cmdline").read_bytes().split(b"\0")
     assert any(b"cog.server.http" in part for part in cmdline)
-    # min_instances keeps it: the idle period passes and the instance stays.
-    time.sleep(3)
+    # min_instances keeps it: the controller checks it after the idle period and it stays.
+    idle_over = datetime.now(UTC) + timedelta(seconds=DEPLOYMENT_IDLE)
+    wait_until(
+        lambda: controller_checked_since(live, created, idle_over),
+        what="the controller to check the deployment after the idle period",
+        timeout=DEPLOYMENT_IDLE + 30,
+        interval=0.5,
+    )
     assert get(client, username, name)["instances"] == 1
     assert [r.pid for r in instance_rows(live, created)] == [before.pid]
 
@@ -375,7 +403,17 @@ def test_delete_only_when_offline_and_unused(
     assert "offline and unused" in recent.json()["detail"]
     assert client.get(path).status_code == 200
 
-    time.sleep(DEPLOYMENT_DELETE_IDLE + 1)
+    # Once it has been unused for the whole period (the controller marks it active while it
+    # settles), it can be deleted.
+    def quiet_for() -> timedelta:
+        return utcnow() - as_utc(deployment_row(live, created).last_active_at)
+
+    wait_until(
+        quiet_for,
+        lambda quiet: quiet > timedelta(seconds=DEPLOYMENT_DELETE_IDLE),
+        what=f"the deployment to be unused for {DEPLOYMENT_DELETE_IDLE:g} seconds",
+        timeout=DEPLOYMENT_DELETE_IDLE + 30,
+    )
     gone = client.delete(path)
     assert gone.status_code == 204, gone.text
     assert client.get(path).status_code == 404

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from replicant.settings import Settings
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
 from tests.conftest import HEARTBEAT_TIMEOUT, LiveStack
+from tests.observe import STARTED, is_queued, processes_in, run_activity
+from tests.waiting import async_wait_until, wait_until
 from workflows.prediction import PredictionWorkflow
 
 
@@ -61,11 +64,17 @@ async def test_prediction_started_through_temporal_shows_up_in_the_api(
         "ReplicantModel = 'replicate/hello-world' AND ReplicantStatus = 'succeeded' "
         f"AND ReplicantOwner = '{live.settings.default_account}'"
     )
-    for _ in range(50):
-        found = [w.id async for w in client.list_workflows(query)]
-        if f"prediction-{prediction_id}" in found:
-            break
-        await asyncio.sleep(0.2)
+
+    async def listed_in_ui() -> list[str]:
+        return [w.id async for w in client.list_workflows(query)]
+
+    found = await async_wait_until(
+        listed_in_ui,
+        lambda ids: f"prediction-{prediction_id}" in ids,
+        what=f"prediction-{prediction_id} in the visibility query",
+        timeout=10,
+        interval=0.2,
+    )
     assert f"prediction-{prediction_id}" in found
 
 
@@ -95,7 +104,12 @@ async def test_cancel_a_prediction_waiting_for_a_hardware_slot(
         input={"seconds": 1},
         hardware="gpu-t4",
     )
-    await asyncio.sleep(1)
+    # Queued: its run activity waits on the gpu-t4 queue, taken by no worker.
+    await async_wait_until(
+        lambda: run_activity(client, second),
+        is_queued,
+        what=f"{second}'s run activity to wait on the gpu-t4 queue",
+    )
     assert api.get(f"/v1/predictions/{second}").json()["status"] == "starting"
     assert api.post(f"/v1/predictions/{second}/cancel").status_code == 200
     queued = await asyncio.to_thread(live.wait_for, second)
@@ -112,16 +126,29 @@ async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
     await asyncio.to_thread(live.wait_for, body["id"], lambda p: p["status"] == "processing", 30)
     # SIGKILL the worker and its model processes, as a lost machine would.
     live.stack.stop("worker", sig=signal.SIGKILL)
-    await asyncio.sleep(HEARTBEAT_TIMEOUT + 1)
+    # The run's heartbeat times out: Temporal schedules the run again (no worker takes it).
+    temporal = await connect(live.settings)
+    await async_wait_until(
+        lambda: run_activity(temporal, body["id"]),
+        lambda pending: pending is not None and pending.attempt > 1,
+        what=f"{body['id']}'s run activity to time out and be scheduled again",
+        timeout=HEARTBEAT_TIMEOUT + 30,
+    )
     assert api.get(f"/v1/predictions/{body['id']}").json()["status"] == "processing"
+
     # /health says so once the dead worker's heartbeat is stale (seconds, not minutes).
-    for _ in range(100):
-        health = httpx.get(f"{live.url}/health")
-        if health.status_code == 503:
-            break
-        await asyncio.sleep(0.2)
-    assert health.status_code == 503
-    assert "worker for replicant-hw-cpu" in health.json()["missing"]
+    async def health() -> httpx.Response:
+        return await asyncio.to_thread(httpx.get, f"{live.url}/health")
+
+    health_response = await async_wait_until(
+        health,
+        lambda r: r.status_code == 503,
+        what="/health to report the killed worker",
+        timeout=20,
+        interval=0.2,
+    )
+    assert health_response.status_code == 503
+    assert "worker for replicant-hw-cpu" in health_response.json()["missing"]
     live.stack.start_worker()
     final = await asyncio.to_thread(live.wait_for, body["id"], timeout=90)
     assert final["status"] == "succeeded"
@@ -131,15 +158,32 @@ async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
 async def test_cancel_while_the_model_boots(live: LiveStack, api: httpx.Client) -> None:
     from replicant.versions import create_version, ensure_model
 
-    model = ensure_model(live.engine, live.settings.default_account, "slowboot")
-    create_version(live.settings, live.engine, model, Path(__file__).parent / "models" / "slowboot")
+    # A model of its own: a new version, so no process of it is warm yet.
+    name = f"slowboot-{os.urandom(3).hex()}"
+    model = ensure_model(live.engine, live.settings.default_account, name)
+    version = create_version(
+        live.settings, live.engine, model, Path(__file__).parent / "models" / "slowboot"
+    )
     body = api.post(
-        f"/v1/models/{live.settings.default_account}/slowboot/predictions",
+        f"/v1/models/{live.settings.default_account}/{name}/predictions",
         json={"input": {"text": "never"}},
     ).json()
-    await asyncio.sleep(1.5)  # the run activity has started and setup() is sleeping
+    # Booting: the run activity has started a coglet process for the version, in setup().
+    temporal = await connect(live.settings)
+    pending = await async_wait_until(
+        lambda: run_activity(temporal, body["id"]),
+        lambda pending: pending is not None and pending.state == STARTED,
+        what=f"{body['id']}'s run activity to start",
+    )
+    assert pending is not None and pending.attempt == 1
+    await asyncio.to_thread(
+        wait_until,
+        lambda: processes_in(Path(version.model_dir)),
+        what="a coglet process booting slowboot",
+    )
     assert api.get(f"/v1/predictions/{body['id']}").json()["status"] == "starting"
     assert api.post(f"/v1/predictions/{body['id']}/cancel").status_code == 200
     final = await asyncio.to_thread(live.wait_for, body["id"])
     assert final["status"] == "canceled"
     assert final.get("output") is None
+    assert "started_at" not in final  # canceled before setup() ended

@@ -28,7 +28,9 @@ from replicant.devstack import Stack, settings_env
 from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.observe import run_activity
 from tests.trainkit import corpus, new_destination, train
+from tests.waiting import async_wait_until
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUEUED_WAIT = 180.0  # seconds for every run activity of a backlog to reach the queue
@@ -86,15 +88,20 @@ def predict(client: httpx.Client, model: str, seconds: float) -> str:
 async def wait_until_queued(temporal: Client, prediction_ids: list[str]) -> None:
     """Until every prediction's run activity is scheduled (waiting for the slot)."""
     waiting = set(prediction_ids)
-    deadline = asyncio.get_running_loop().time() + QUEUED_WAIT
-    while waiting:
+
+    async def all_queued() -> set[str]:
         for prediction_id in list(waiting):
-            described = await temporal.get_workflow_handle(f"prediction-{prediction_id}").describe()
-            if described.raw_description.pending_activities:
+            if await run_activity(temporal, prediction_id) is not None:
                 waiting.discard(prediction_id)
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{len(waiting)} predictions never reached the queue")
-        await asyncio.sleep(0.2)
+        return waiting
+
+    await async_wait_until(
+        all_queued,
+        lambda left: not left,
+        what=f"{len(prediction_ids)} predictions to reach the queue",
+        timeout=QUEUED_WAIT,
+        interval=0.2,
+    )
 
 
 async def serve_backlog(

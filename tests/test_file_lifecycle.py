@@ -9,7 +9,6 @@ import asyncio
 import base64
 import io
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from replicant.timeutil import utcnow
 from tests.conftest import TERMINAL, stack_settings, suite_database
 from tests.test_safefetch import stager  # noqa: F401  (a Stager on a local store)
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
+from tests.waiting import wait_until
 from workers.schedules import FILE_EXPIRY_SCHEDULE
 
 MAX_FILE = 4 * 1024 * 1024
@@ -62,13 +62,18 @@ class S3Stack:
         return [str(o.object_name) for o in objects]
 
     def wait_for(self, prediction_id: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 60
+        """Poll a prediction until it ends; fail when it does not in time."""
         with self.client() as api:
-            while True:
+
+            def fetch() -> dict[str, Any]:
                 body: dict[str, Any] = api.get(f"/v1/predictions/{prediction_id}").json()
-                if body["status"] in TERMINAL or time.monotonic() > deadline:
-                    return body
-                time.sleep(0.1)
+                return body
+
+            return wait_until(
+                fetch,
+                lambda p: p["status"] in TERMINAL,
+                what=f"prediction {prediction_id} to end",
+            )
 
 
 @pytest.fixture(scope="module")
@@ -207,12 +212,11 @@ def test_expired_uploads_are_removed_by_the_scheduled_sweep(s3stack: S3Stack) ->
         )
     assert s3stack.keys(keys[expiring]) == [keys[expiring]]
 
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def expired() -> bool:
         with Session(s3stack.engine) as session:
-            if session.get(StoredFile, expiring) is None:
-                break
-        time.sleep(0.2)
+            return session.get(StoredFile, expiring) is None
+
+    wait_until(expired, what=f"file {expiring} to expire", interval=0.2)
     with Session(s3stack.engine) as session:
         assert session.get(StoredFile, expiring) is None
         assert session.get(StoredFile, kept) is not None

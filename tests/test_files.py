@@ -39,6 +39,7 @@ from replicant.storage import LocalStore, signed_path
 from replicant.versions import create_version, ensure_model
 from tests.conformance import conformance_hook
 from tests.conftest import TERMINAL, stack_settings, suite_database
+from tests.waiting import wait_until
 
 RETENTION = 15.0
 JS_DIR = Path(__file__).resolve().parent / "js"
@@ -81,14 +82,16 @@ class TLSStack:
     def wait_for(
         self, prediction_id: str, until: Any = None, timeout: float = 60, token: str | None = None
     ) -> Any:
-        until = until or (lambda p: p["status"] in TERMINAL)
-        deadline = time.monotonic() + timeout
+        """Poll a prediction until ``until`` holds (it ends, by default); fail when it never
+        does."""
         with self.client(token) as client:
-            while True:
-                body = client.get(f"/v1/predictions/{prediction_id}").json()
-                if until(body) or time.monotonic() > deadline:
-                    return body
-                time.sleep(0.2)
+            return wait_until(
+                lambda: client.get(f"/v1/predictions/{prediction_id}").json(),
+                until or (lambda p: p["status"] in TERMINAL),
+                what=f"prediction {prediction_id} to reach the awaited state",
+                timeout=timeout,
+                interval=0.2,
+            )
 
 
 @pytest.fixture(scope="module")

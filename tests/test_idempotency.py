@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -35,6 +34,7 @@ from tests.trainkit import (
     versions_of,
     wait_training,
 )
+from tests.waiting import wait_until
 
 
 def count_predictions(live: LiveStack, owner: str) -> int:
@@ -204,9 +204,11 @@ def test_a_retry_after_the_api_died_between_record_and_start_runs_it_once(
         sender = threading.Thread(target=send)
         sender.start()
         # The doomed API has recorded the prediction and hangs on its way to Temporal.
-        deadline = time.monotonic() + 60
-        while count_predictions(live, username) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(
+            lambda: count_predictions(live, username),
+            what="the doomed API to record the prediction",
+            interval=0.05,
+        )
         assert count_predictions(live, username) == 1
         live.stack.stop(name, sig=signal.SIGKILL)
         sender.join(30)

@@ -29,6 +29,7 @@ from replicant.accounts import create_token
 from replicant.devstack import free_port, settings_env, wait_for_health
 from replicant.settings import Settings
 from tests.conftest import LiveStack
+from tests.waiting import wait_until
 
 HELLO = "replicate/hello-world"
 THROTTLED = re.compile(r"^Request was throttled\. Expected available in (\d+) seconds?\.$")
@@ -46,9 +47,12 @@ def serve(live: LiveStack, **overrides: Any) -> Iterator[str]:
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    while not server.started:
+
+    def started() -> bool:
         assert thread.is_alive(), "the API did not start"
-        time.sleep(0.02)
+        return bool(server.started)
+
+    wait_until(started, what=f"the API on port {port} to start", interval=0.02)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

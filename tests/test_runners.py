@@ -10,11 +10,12 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from tests.waiting import async_wait_until
 from workers.runners import BootError, CogPrediction, RunnerPool, RunnerSpec
 
 pytestmark = pytest.mark.timeout(60)
@@ -181,12 +182,18 @@ def children(pid: int) -> list[int]:
     return found
 
 
-async def eventually(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not callable(check) or not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` when it does not in time."""
+
+    async def probe() -> bool:
+        return check()
+
+    await async_wait_until(probe, what=what, timeout=timeout, interval=0.02)
+
+
+def ready_events(caplog: pytest.LogCaptureFixture) -> int:
+    """How many processes the pool has reported booted."""
+    return sum("event=runner_ready" in r.getMessage() for r in caplog.records)
 
 
 class Recorder:
@@ -207,23 +214,23 @@ class Recorder:
 
 
 async def test_cold_boot_then_warm_reuse_keeps_the_same_process(
-    pool: RunnerPool, models: Path
+    pool: RunnerPool, models: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="replicant.runners")
     hello = spec(models, "hello")
-    started = time.monotonic()
     first = await pool.predict(hello, "p-cold", {"name": "cold"})
-    cold = time.monotonic() - started
     pid = pool.pid("hello")
-    started = time.monotonic()
+    booted = ready_events(caplog)
     second = await pool.predict(hello, "p-warm", {"name": "warm"})
-    warm = time.monotonic() - started
 
     assert first.status == second.status == "succeeded"
     assert (first.output, second.output) == ("hello cold", "hello warm")
     assert "predict_time" in second.metrics
     assert pid is not None and pool.pid("hello") == pid
     assert pool.warm_keys() == ["hello"]
-    assert warm < cold
+    # The cold run booted the process; the warm one booted none (timings: bench/runners.py).
+    assert booted == 1
+    assert ready_events(caplog) == 1
 
 
 async def test_concurrent_cold_boots_of_one_key_boot_one_process_per_run(
@@ -247,14 +254,19 @@ async def test_on_booted_comes_first_then_live_logs_and_partial_output(
     pool: RunnerPool, models: Path
 ) -> None:
     recorder = Recorder()
-    result = await pool.predict(
-        spec(models, "stream"),
-        "p-stream",
-        {"steps": 5},
-        on_update=recorder.on_update,
-        on_booted=recorder.on_booted,
+    run = asyncio.create_task(
+        pool.predict(
+            spec(models, "stream"),
+            "p-stream",
+            {"steps": 5},
+            on_update=recorder.on_update,
+            on_booted=recorder.on_booted,
+        )
     )
-    finished = time.monotonic()
+    await eventually(lambda: any(u.output for u in recorder.updates), "a partial output", 30)
+    # Live: the partial output arrived while the model was still running.
+    assert not run.done()
+    result = await run
 
     assert result.status == "succeeded"
     assert result.output == [f"part {i}" for i in range(5)]
@@ -268,8 +280,6 @@ async def test_on_booted_comes_first_then_live_logs_and_partial_output(
     for before, after in zip(updates, updates[1:], strict=False):
         assert after.logs.startswith(before.logs)
         assert len(after.output or []) >= len(before.output or [])
-    first_partial = next(t for k, t, s in recorder.events if s is not None and s.output)
-    assert finished - first_partial > 0.4
 
 
 async def test_live_logs_of_a_model_without_iterator_output(pool: RunnerPool, models: Path) -> None:
@@ -363,13 +373,12 @@ async def test_a_worker_that_dies_while_booting_is_a_boot_error(
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     launcher.chmod(0o755)
 
-    started = time.monotonic()
     with pytest.raises(BootError) as raised:
         await pool.predict(spec(models, "hello", python=launcher), "p-noworker", {})
 
+    # Noticed as the worker's exit, not as the boot timeout running out.
     assert "worker process exited" in str(raised.value)
     assert "No module named 'coglet'" in raised.value.logs
-    assert time.monotonic() - started < 10
 
 
 async def test_cancel_mid_run_ends_canceled_and_keeps_the_process(
@@ -380,7 +389,9 @@ async def test_cancel_mid_run_ends_canceled_and_keeps_the_process(
     run = asyncio.create_task(
         pool.predict(chatty, "p-cancel", {"steps": 50}, on_update=recorder.on_update)
     )
-    await eventually(lambda: any("step 1" in u.logs for u in recorder.updates))
+    await eventually(
+        lambda: any("step 1" in u.logs for u in recorder.updates), "the run to log step 1", 30
+    )
     pid = pool.pid("chatty")
     await pool.cancel("p-cancel")
     result = await run
@@ -399,17 +410,23 @@ async def test_cancelling_the_task_cancels_the_run_and_keeps_the_process(
     chatty = spec(models, "chatty")
     recorder = Recorder()
     run = asyncio.create_task(
-        pool.predict(chatty, "p-task-cancel", {"steps": 50}, on_booted=recorder.on_booted)
+        pool.predict(
+            chatty,
+            "p-task-cancel",
+            {"steps": 50},
+            on_booted=recorder.on_booted,
+            on_update=recorder.on_update,
+        )
     )
-    await eventually(lambda: bool(recorder.events))
+    await eventually(
+        lambda: any("step 1" in u.logs for u in recorder.updates), "the run to log step 1", 30
+    )
     pid = pool.pid("chatty")
-    await asyncio.sleep(0.3)
-    started = time.monotonic()
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
 
-    assert time.monotonic() - started < 1.0
+    # The run stopped in coglet: the process (one run at a time) takes the next one at once.
     after = await pool.predict(chatty, "p-after-task-cancel", {"steps": 1})
     assert after.status == "succeeded"
     assert pool.pid("chatty") == pid
@@ -421,20 +438,28 @@ async def test_a_hung_model_is_killed_and_restarted_when_its_task_is_cancelled(
     hang = spec(models, "hang")
     recorder = Recorder()
     run = asyncio.create_task(
-        pool.predict(hang, "p-hang", {"seconds": 60}, on_booted=recorder.on_booted)
+        pool.predict(
+            hang,
+            "p-hang",
+            {"seconds": 60},
+            on_booted=recorder.on_booted,
+            on_update=recorder.on_update,
+        )
     )
-    await eventually(lambda: bool(recorder.events))
+    await eventually(
+        lambda: any("sleeping" in u.logs for u in recorder.updates),
+        "the model to start sleeping",
+        30,
+    )
     pid = pool.pid("hang")
     assert pid is not None
-    await asyncio.sleep(0.3)
-    started = time.monotonic()
     run.cancel()
     with pytest.raises(asyncio.CancelledError):
         await run
 
-    # cancel_grace is 1 s: then the process is killed rather than left holding the slot.
-    assert time.monotonic() - started < 3.0
-    await eventually(lambda: gone(pid))
+    # cancel_grace is 1 s: then the process is killed rather than left holding the slot (its
+    # sleep has 60 s to go, far past the wait below).
+    await eventually(lambda: gone(pid), f"process {pid} to be killed")
     after = await pool.predict(hang, "p-after-hang", {"seconds": 0.01})
     assert after.status == "succeeded"
     assert pool.pid("hang") not in (None, pid)
@@ -451,12 +476,12 @@ async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
         assert hello_pid is not None
         await pool.predict(spec(models, "broken"), "p-lru-2", {})
         assert pool.warm_keys() == ["broken"]
-        await eventually(lambda: gone(hello_pid))
+        await eventually(lambda: gone(hello_pid), f"process {hello_pid} to exit")
 
         # A busy process is never evicted: chatty keeps running while hello boots beside it.
         # Long enough to outlast hello's boot even on a loaded machine.
         chatty = asyncio.create_task(pool.predict(spec(models, "chatty"), "p-lru-3", {"steps": 40}))
-        await eventually(lambda: pool.pid("chatty") is not None)
+        await eventually(lambda: pool.pid("chatty") is not None, "a chatty process")
         chatty_pid = pool.pid("chatty")
         hello = await pool.predict(spec(models, "hello"), "p-lru-4", {})
         assert hello.status == "succeeded"
@@ -501,7 +526,7 @@ async def test_close_leaves_no_child_processes(models: Path) -> None:
 
     await pool.close()
 
-    await eventually(lambda: all(gone(pid) for pid in family))
+    await eventually(lambda: all(gone(pid) for pid in family), f"processes {family} to exit")
     assert pool.warm_keys() == []
 
 

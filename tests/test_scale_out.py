@@ -11,7 +11,6 @@ import base64
 import io
 import os
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from replicant.temporal import connect
 from tests.conftest import TERMINAL, stack_settings
 from tests.pgdb import fresh_postgres_database
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
+from tests.waiting import wait_until
 
 SLEEP = "replicant/sleep"
 WORKERS = ("worker-a", "worker-b")
@@ -106,12 +106,15 @@ def create(api: httpx.Client, model: str, input: dict[str, Any], **headers: str)
 def wait_for(
     api: httpx.Client, prediction_id: str, until: Any, timeout: float = 90
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll one API process for a prediction until ``until`` holds; fail when it never does."""
+
+    def fetch() -> dict[str, Any]:
         body: dict[str, Any] = api.get(f"/v1/predictions/{prediction_id}").json()
-        if until(body) or time.monotonic() > deadline:
-            return body
-        time.sleep(0.1)
+        return body
+
+    return wait_until(
+        fetch, until, what=f"prediction {prediction_id} at {api.base_url}", timeout=timeout
+    )
 
 
 async def run_attempts(client: Client, prediction_id: str) -> list[tuple[str, int]]:

@@ -6,7 +6,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from replicant.storage import (
     check_signed,
     open_store,
 )
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +38,16 @@ def moto_url() -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def answers() -> bool:
+            assert proc.poll() is None, f"moto_server exited with {proc.returncode}"
             try:
                 httpx.get(url, timeout=1)
-                break
             except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
+                return False
+            return True
+
+        wait_until(answers, what=f"moto_server to answer at {url}", timeout=30)
         yield url
     finally:
         proc.terminate()

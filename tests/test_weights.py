@@ -4,7 +4,6 @@ that cannot be loaded fail the boot with that reason (not as a model error)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import shutil
@@ -17,6 +16,8 @@ import pytest
 
 from replicant.storage import LocalStore
 from replicant.weights import WeightsCache, store_ref
+from tests.observe import processes_in
+from tests.waiting import async_wait_until, wait_until
 from workers.runners import BootError, RunnerPool, RunnerSpec, standby
 
 NGRAM = Path(__file__).resolve().parents[1] / "examples" / "ngram"
@@ -78,9 +79,21 @@ def finetune_spec(model_dir: Path, ref: str) -> RunnerSpec:
 
 
 async def test_model_waits_for_weights_that_download_while_it_boots(
-    pool: RunnerPool, store: SlowStore, model_dir: Path
+    pool: RunnerPool, store: SlowStore, model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ref = put_weights(store, "trainings/t1/weights.json", WORDS)
+    # The download ends only once a coglet process runs in the model's directory: a boot that
+    # waited for the download would never start, and this wait would fail the download.
+    download = store.download
+
+    def download_while_booting(key: str, dest: Path) -> None:
+        wait_until(
+            lambda: processes_in(model_dir),
+            what="a coglet process to boot while the weights download",
+        )
+        download(key, dest)
+
+    monkeypatch.setattr(store, "download", download_while_booting)
     result = await pool.predict(finetune_spec(model_dir, ref), "p1", {"max_tokens": 25, "seed": 4})
     assert result.status == "succeeded", (result.error, result.logs)
     words = "".join(result.output).split()
@@ -181,22 +194,28 @@ async def test_a_standby_is_replaced_before_its_weights_request_times_out_while_
     await pool.start()
     try:
         pool.keep_standby(base_spec(model_dir))
-        pids = []
-        for _ in range(100):
+        pids: list[int] = []
+
+        async def no_standby_left() -> bool:
             current = next(iter(pool.standby_processes()), None)
             if current is None:
-                break
+                return True
             if current.pid and current.pid not in pids:
                 pids.append(current.pid)
-            await asyncio.sleep(0.1)
+            return False
+
+        await async_wait_until(no_standby_left, what="the standbys to stop being replaced")
         # Replaced once while wanted (1.5 s < 2.5 s), then not (3 s > 2.5 s): none is left.
         assert len(pids) == 2, pids
         assert not pool.standby_processes()
         # The replaced one was stopped (and reaped), not left waiting.
-        for _ in range(50):
-            if not Path(f"/proc/{pids[0]}").exists():
-                break
-            await asyncio.sleep(0.1)
+
+        async def reaped() -> bool:
+            return not Path(f"/proc/{pids[0]}").exists()
+
+        await async_wait_until(
+            reaped, what=f"the replaced standby {pids[0]} to be reaped", timeout=5
+        )
         assert not Path(f"/proc/{pids[0]}").exists()
     finally:
         await pool.close()

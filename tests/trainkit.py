@@ -9,13 +9,13 @@ import base64
 import http.server
 import random
 import threading
-import time
 from typing import Any
 
 import replicate
 from replicate.training import Training
 
 from tests.conftest import TERMINAL, LiveStack
+from tests.waiting import wait_until
 
 
 def corpus(seed: int, words: int, vocabulary: int = 40) -> str:
@@ -78,12 +78,22 @@ def ngram_version(live: LiveStack) -> str:
 
 
 def wait_training(training: Training, until: Any = None, timeout: float = 180) -> Training:
-    """Poll with ``reload()`` until ``until`` holds (terminal by default)."""
+    """Poll with ``reload()`` until ``until`` holds (terminal by default); fail when it never
+    does."""
     check = until or (lambda t: t.status in TERMINAL)
-    deadline = time.monotonic() + timeout
-    while not check(training) and time.monotonic() < deadline:
-        time.sleep(0.2)
+
+    def reloaded() -> Training:
         training.reload()
+        return training
+
+    if not check(training):
+        wait_until(
+            reloaded,
+            check,
+            what=f"training {training.id} to reach the awaited state",
+            timeout=timeout,
+            interval=0.2,
+        )
     return training
 
 

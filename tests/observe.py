@@ -1,0 +1,46 @@
+"""Probes for the states a test waits on (use them with ``tests.waiting``): where a
+prediction's run activity is in Temporal (queued for a slot, started, retrying), and which
+coglet processes run a version (booting or warm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.client import Client
+
+from replicant.contracts import ActivityName
+
+SCHEDULED = PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
+STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+
+
+async def run_activity(temporal: Client, prediction_id: str) -> PendingActivityInfo | None:
+    """The pending run activity of a prediction's workflow, or None while there is none."""
+    described = await temporal.get_workflow_handle(f"prediction-{prediction_id}").describe()
+    for pending in described.raw_description.pending_activities:
+        if pending.activity_type.name == ActivityName.RUN_PREDICTION:
+            return pending
+    return None
+
+
+def is_queued(pending: PendingActivityInfo | None) -> bool:
+    """Scheduled on its hardware queue and taken by no worker yet: waiting for a slot."""
+    return pending is not None and pending.state == SCHEDULED and pending.attempt == 1
+
+
+def processes_in(directory: Path) -> list[int]:
+    """The ids of the processes whose working directory is ``directory`` (coglet runs a
+    version in its model directory, from its boot until it stops)."""
+    target = directory.resolve()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if (proc / "cwd").resolve(strict=True) == target:
+                found.append(int(proc.name))
+    return found
