@@ -19,6 +19,7 @@ from activities.deployments import DeploymentActivities
 from activities.expiry import ExpiryActivities
 from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
+from activities.retention import RetentionActivities
 from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
@@ -36,6 +37,7 @@ from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
+from workflows.retention import RetentionSweepWorkflow
 from workflows.training import TrainingWorkflow
 
 log = logging.getLogger("replicant.worker")
@@ -92,6 +94,7 @@ def build_workers(
                     DeploymentWorkflow,
                     TrainingWorkflow,
                     FileExpiryWorkflow,
+                    RetentionSweepWorkflow,
                 ],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
@@ -101,6 +104,7 @@ def build_workers(
                     acts.remove_prediction_data,
                     FileActivities(settings, engine, store).stage_inputs,
                     ExpiryActivities(engine, store).remove_expired_files,
+                    RetentionActivities(engine, store).remove_overdue_prediction_data,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
                     training.stage_training_inputs,
@@ -203,7 +207,7 @@ async def run_worker(
         pools=gpu_pools,
     )
     if orchestration:
-        try:  # the sweep of expired uploaded files
+        try:  # the sweeps of expired uploaded files and of overdue prediction data
             await ensure_schedules(client, settings)
         except Exception:
             log.warning("event=schedules_not_registered", exc_info=True)

@@ -1,4 +1,5 @@
-"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep.
+"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep
+and the retention sweep.
 
 Registered at every worker start, idempotently: the first start creates the schedule, later
 ones (and other workers) update it to the current settings.
@@ -22,13 +23,15 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from replicant.contracts import ExpireFiles
+from replicant.contracts import ExpireFiles, SweepRetention
 from replicant.settings import Settings
 from workflows.expiry import FileExpiryWorkflow
+from workflows.retention import RetentionSweepWorkflow
 
 log = logging.getLogger("replicant.worker")
 
 FILE_EXPIRY_SCHEDULE = "replicant-file-expiry"
+RETENTION_SCHEDULE = "replicant-retention-sweep"
 
 
 def file_expiry_schedule(settings: Settings) -> Schedule:
@@ -47,15 +50,39 @@ def file_expiry_schedule(settings: Settings) -> Schedule:
     )
 
 
+def retention_schedule(settings: Settings) -> Schedule:
+    every = timedelta(seconds=max(1.0, settings.retention_sweep_interval))
+    # Overdue by one interval: a workflow that is alive has removed its data by then.
+    job = SweepRetention(retention=settings.prediction_retention, grace=every.total_seconds())
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            RetentionSweepWorkflow.run,
+            job,
+            id=f"{RETENTION_SCHEDULE}-sweep",
+            task_queue=settings.orchestration_queue,
+            run_timeout=timedelta(hours=1),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 async def ensure_schedules(client: Client, settings: Settings) -> None:
     """Create the schedules, or bring existing ones up to date with ``settings``."""
-    schedule = file_expiry_schedule(settings)
+    for name, schedule in (
+        (FILE_EXPIRY_SCHEDULE, file_expiry_schedule(settings)),
+        (RETENTION_SCHEDULE, retention_schedule(settings)),
+    ):
+        await _ensure(client, name, schedule)
+
+
+async def _ensure(client: Client, name: str, schedule: Schedule) -> None:
     try:
-        await client.create_schedule(FILE_EXPIRY_SCHEDULE, schedule)
-        log.info("event=schedule_created schedule=%s", FILE_EXPIRY_SCHEDULE)
+        await client.create_schedule(name, schedule)
+        log.info("event=schedule_created schedule=%s", name)
     except ScheduleAlreadyRunningError:
 
         def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
             return ScheduleUpdate(schedule=schedule)
 
-        await client.get_schedule_handle(FILE_EXPIRY_SCHEDULE).update(update)
+        await client.get_schedule_handle(name).update(update)
