@@ -27,7 +27,8 @@ typecheck: $(STAMP)
 # PostgreSQL (fresh databases of the local server), the two passes side by side. The rest runs
 # once, in the SQLite pass: unit tests, the deploy files, the migrations (which test both
 # databases themselves) and the scale-out test (always on PostgreSQL).
-API_TESTS := tests/test_accounts.py tests/test_conformance.py tests/test_deployment_instances.py \
+API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conformance.py \
+	tests/test_deployment_instances.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
 	tests/test_file_lifecycle.py \
 	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \
@@ -66,3 +67,7 @@ clean:
 # The crash-window, hostile-input, SSRF and webhook-outage tests drive the read model too.
 API_TESTS += tests/test_crash_windows.py tests/test_hostile_input.py tests/test_ssrf.py \
 	tests/test_webhook_outage.py
+API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_deadlines.py \
+	tests/test_idempotency.py tests/test_list_filters.py tests/test_model_examples.py \
+	tests/test_model_readme.py tests/test_model_sorting.py tests/test_official_models.py \
+	tests/test_prediction_delete.py

@@ -39,6 +39,15 @@ class StagedInputs(BaseModel):
     files: list[StagedFile] = Field(default_factory=list)
 
 
+class RunOutcome(BaseModel):
+    """What the run activity reports back: the prediction's terminal state."""
+
+    status: Status
+    error: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+
 class PredictionRequest(BaseModel):
     """Input of ``PredictionWorkflow``: everything needed to run one prediction.
 
@@ -80,15 +89,9 @@ class PredictionRequest(BaseModel):
     webhook_timeout: float = 10.0
     # Input files staged in the object store; the run activity hands them over as local paths.
     staged_files: list[StagedFile] = Field(default_factory=list)
-
-
-class RunOutcome(BaseModel):
-    """What the run activity reports back: the prediction's terminal state."""
-
-    status: Status
-    error: str | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
+    # Set on the after-life run (continued on the orchestration queue once the run is over):
+    # the prediction's terminal state; the run itself is not repeated.
+    outcome: RunOutcome | None = None
 
 
 class FinishPrediction(BaseModel):
@@ -126,6 +129,22 @@ class ReconciledStarts(BaseModel):
 
     checked: int = 0
     failed: list[str] = []
+
+
+class SweepRetention(BaseModel):
+    """Input of ``RetentionSweepWorkflow``: remove the data of API predictions that ended
+    more than ``retention`` + ``grace`` seconds ago and still hold it (their workflow was
+    terminated or reset, so its own removal never ran); at most ``limit`` a sweep."""
+
+    retention: float
+    grace: float = 0.0
+    limit: int = 10000
+
+
+class SweptPredictions(BaseModel):
+    """What a retention sweep removed: the data of that many predictions."""
+
+    removed: int = 0
 
 
 class PredictionRef(BaseModel):
@@ -361,6 +380,7 @@ class ActivityName:
     OBSERVE_DEPLOYMENT: Final = "observe_deployment"
     ENSURE_INSTANCES: Final = "ensure_instances"
     REMOVE_EXPIRED_FILES: Final = "remove_expired_files"
+    REMOVE_OVERDUE_PREDICTION_DATA: Final = "remove_overdue_prediction_data"
     BUILD_VERSION: Final = "build_version"
     FAIL_BUILD: Final = "fail_build"
     RECONCILE_STARTS: Final = "reconcile_starts"

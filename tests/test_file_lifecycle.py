@@ -35,6 +35,7 @@ from tests.conftest import TERMINAL, stack_settings, suite_database
 from tests.test_safefetch import stager  # noqa: F401  (a Stager on a local store)
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
 from tests.waiting import wait_until
+from tests.workflow_runs import run_histories
 from workers.schedules import FILE_EXPIRY_SCHEDULE
 
 MAX_FILE = 4 * 1024 * 1024
@@ -120,8 +121,8 @@ def started_input_size(settings: Settings, prediction_id: str) -> int:
 
     async def size() -> int:
         client = await connect(settings)
-        history = await client.get_workflow_handle(f"prediction-{prediction_id}").fetch_history()
-        started = history.events[0].workflow_execution_started_event_attributes
+        first = (await run_histories(client, f"prediction-{prediction_id}"))[0]
+        started = first.events[0].workflow_execution_started_event_attributes
         return sum(len(p.data) for p in started.input.payloads)
 
     return asyncio.run(size())

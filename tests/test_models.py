@@ -36,6 +36,7 @@ from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model, version_python
 from tests.conftest import LiveStack
 from tests.test_cogmodel import make_wheel
+from tests.workflow_runs import all_events, run_histories
 from workers.main import build_workers, run_worker
 from workers.runners import RunnerPool
 
@@ -823,10 +824,9 @@ def test_unknown_hardware_is_refused(live: LiveStack) -> None:
 async def _run_queue(live: LiveStack, prediction_id: str) -> str:
     """The task queue the workflow scheduled the prediction's run activity on."""
     client = await connect(live.settings)
-    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
     queues = [
         event.activity_task_scheduled_event_attributes.task_queue.name
-        async for event in handle.fetch_history_events()
+        for event in await all_events(client, f"prediction-{prediction_id}")
         if event.HasField("activity_task_scheduled_event_attributes")
         and event.activity_task_scheduled_event_attributes.activity_type.name == "run_prediction"
     ]
@@ -836,11 +836,10 @@ async def _run_queue(live: LiveStack, prediction_id: str) -> str:
 
 async def _workflow_queue(live: LiveStack, prediction_id: str) -> str:
     client = await connect(live.settings)
-    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-    async for event in handle.fetch_history_events():
-        queue: str = event.workflow_execution_started_event_attributes.task_queue.name
-        return queue
-    raise AssertionError("no history")
+    # The first run's queue: the after-life continues on the orchestration queue.
+    first = (await run_histories(client, f"prediction-{prediction_id}"))[0]
+    queue: str = first.events[0].workflow_execution_started_event_attributes.task_queue.name
+    return queue
 
 
 async def test_changing_hardware_routes_new_predictions_to_its_queue(live: LiveStack) -> None:

@@ -1,38 +1,69 @@
 """Workflow code replays the histories it made: a change that breaks running workflows fails.
 
-Histories saved in tests/histories/ (made by earlier code) are replayed too; refresh them
-with ``REPLICANT_SAVE_HISTORIES=1`` only when a change is guarded by ``workflow.patched``.
+Histories saved in tests/histories/ (made by earlier code) are replayed too, one at least of
+every workflow type the workers run; save new ones with ``REPLICANT_SAVE_HISTORIES=1`` only
+when a change is guarded by ``workflow.patched`` (the saved ones of older code stay: they
+prove the guard).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from temporalio.client import WorkflowHistory
+from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from replicant.archives import pack_model
 from replicant.temporal import connect
-from tests.conftest import LiveStack
+from tests.conftest import TERMINAL, LiveStack
+from tests.trainkit import corpus, data_uri, ngram_version
+from tests.workflow_runs import run_histories
 from workers.main import WORKFLOW_RUNNER
+from workers.schedules import FILE_EXPIRY_SCHEDULE, RETENTION_SCHEDULE
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
+from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
+from workflows.retention import RetentionSweepWorkflow
 from workflows.training import TrainingWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
+# Every workflow type the workers run (workers/main.py).
+WORKFLOWS = [
+    PredictionWorkflow,
+    TrainingWorkflow,
+    DeploymentWorkflow,
+    BuildVersionWorkflow,
+    FileExpiryWorkflow,
+    RetentionSweepWorkflow,
+]
 
 
 def replayer() -> Replayer:
     # The workers' own sandbox runner: the code replays as the workers run it.
     return Replayer(
-        workflows=[PredictionWorkflow, TrainingWorkflow, DeploymentWorkflow, BuildVersionWorkflow],
+        workflows=WORKFLOWS,
         data_converter=pydantic_data_converter,
         workflow_runner=WORKFLOW_RUNNER,
     )
+
+
+def save(name: str, history: WorkflowHistory) -> None:
+    if os.environ.get("REPLICANT_SAVE_HISTORIES"):
+        HISTORIES.mkdir(exist_ok=True)
+        (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+def workflow_type(history: WorkflowHistory) -> str:
+    started = history.events[0].workflow_execution_started_event_attributes
+    name: str = started.workflow_type.name
+    return name
 
 
 async def test_prediction_histories_replay_with_the_current_code(
@@ -50,16 +81,13 @@ async def test_prediction_histories_replay_with_the_current_code(
     api.post(f"/v1/predictions/{made[1]['id']}/cancel")
     assert live.wait_for(made[1]["id"])["status"] == "canceled"
     client = await connect(live.settings)
-    histories = []
-    for prediction in made:
-        handle = client.get_workflow_handle(f"prediction-{prediction['id']}")
-        histories.append(await handle.fetch_history())
-    if os.environ.get("REPLICANT_SAVE_HISTORIES"):
-        HISTORIES.mkdir(exist_ok=True)
-        for name, history in zip(("succeeded", "canceled"), histories, strict=True):
-            (HISTORIES / f"prediction-{name}.json").write_text(history.to_json())
-    for history in histories:
-        await replayer().replay_workflow(history)
+    for name, prediction in zip(("succeeded", "canceled"), made, strict=True):
+        # The run, continued as new on the orchestration queue for its after-life.
+        run, after_life = await run_histories(client, f"prediction-{prediction['id']}")
+        save(f"prediction-{name}-handed-over", run)
+        save(f"prediction-{name}-after-life", after_life)
+        for history in (run, after_life):
+            await replayer().replay_workflow(history)
 
 
 async def test_build_histories_replay_with_the_current_code(
@@ -80,14 +108,100 @@ async def test_build_histories_replay_with_the_current_code(
     client = await connect(live.settings)
     handle = client.get_workflow_handle(f"build-{pushed.headers['Replicant-Build']}")
     history = await handle.fetch_history()
-    if os.environ.get("REPLICANT_SAVE_HISTORIES"):
-        (HISTORIES / "build-succeeded.json").write_text(history.to_json())
+    save("build-succeeded", history)
     await replayer().replay_workflow(history)
+
+
+def finished(api: httpx.Client, path: str, timeout: float = 300) -> dict[str, Any]:
+    """Poll ``path`` until its status is terminal."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, Any] = api.get(path).json()
+        if body["status"] in TERMINAL:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+async def test_training_and_deployment_histories_replay_with_the_current_code(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    owner = live.settings.default_account
+    api.post("/v1/models", json={"owner": owner, "name": "replay-tuned", "visibility": "private"})
+    created = api.post(
+        f"/v1/models/replicant/ngram/versions/{ngram_version(live)}/trainings",
+        json={"input": {"text": data_uri(corpus(3, 200))}, "destination": f"{owner}/replay-tuned"},
+    )
+    assert created.status_code == 201, created.text
+    training = await asyncio.to_thread(finished, api, f"/v1/trainings/{created.json()['id']}")
+    assert training["status"] == "succeeded", training
+    version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
+    deployment = api.post(
+        "/v1/deployments",
+        json={
+            "name": "replayed",
+            "model": "replicate/hello-world",
+            "version": version,
+            "hardware": "cpu",
+            "min_instances": 0,
+            "max_instances": 1,
+        },
+    )
+    assert deployment.status_code == 200, deployment.text
+    predicted = api.post(
+        f"/v1/deployments/{owner}/replayed/predictions",
+        json={"input": {"text": "deployed"}},
+        headers={"Prefer": "wait"},
+    ).json()
+    predicted = await asyncio.to_thread(finished, api, f"/v1/predictions/{predicted['id']}")
+    assert predicted["status"] == "succeeded", predicted
+    client = await connect(live.settings)
+    histories = {
+        "training-succeeded": await client.get_workflow_handle(
+            f"training-{training['id']}"
+        ).fetch_history(),
+        "deployment-serving": await (await one_of(client, "DeploymentWorkflow")).fetch_history(),
+        "prediction-deployment": await client.get_workflow_handle(
+            f"prediction-{predicted['id']}"
+        ).fetch_history(),
+    }
+    for name, history in histories.items():
+        save(name, history)
+        await replayer().replay_workflow(history)
+
+
+async def one_of(client: Client, workflow_type: str, closed: bool = False) -> Any:
+    """A handle of a workflow of this type (a closed one, with ``closed``), once listed."""
+    query = f"WorkflowType = '{workflow_type}'"
+    if closed:
+        query += " AND ExecutionStatus = 'Completed'"
+    deadline = time.monotonic() + 120
+    while True:
+        async for found in client.list_workflows(query):
+            return client.get_workflow_handle(found.id, run_id=found.run_id)
+        assert time.monotonic() < deadline, f"no {workflow_type} listed"
+        await asyncio.sleep(0.2)
+
+
+async def test_schedule_histories_replay_with_the_current_code(live: LiveStack) -> None:
+    client = await connect(live.settings)
+    sweeps = {
+        FILE_EXPIRY_SCHEDULE: ("FileExpiryWorkflow", "file-expiry-sweep"),
+        RETENTION_SCHEDULE: ("RetentionSweepWorkflow", "retention-sweep"),
+    }
+    for schedule, (workflow, name) in sweeps.items():
+        await client.get_schedule_handle(schedule).trigger()
+        history = await (await one_of(client, workflow, closed=True)).fetch_history()
+        save(name, history)
+        await replayer().replay_workflow(history)
 
 
 async def test_saved_histories_replay_with_the_current_code() -> None:
     saved = sorted(HISTORIES.glob("*.json"))
     assert saved, "tests/histories/ holds the histories of earlier code"
+    types = set()
     for path in saved:
         history = WorkflowHistory.from_json(path.stem, path.read_text())
+        types.add(workflow_type(history))
         await replayer().replay_workflow(history)
+    assert types == {w.__temporal_workflow_definition.name for w in WORKFLOWS}  # type: ignore[attr-defined]

@@ -31,6 +31,7 @@ from tests.conftest import TERMINAL, stack_settings
 from tests.pgdb import fresh_postgres_database
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
 from tests.waiting import wait_until
+from tests.workflow_runs import all_events
 
 SLEEP = "replicant/sleep"
 WORKERS = ("worker-a", "worker-b")
@@ -119,10 +120,9 @@ def wait_for(
 
 async def run_attempts(client: Client, prediction_id: str) -> list[tuple[str, int]]:
     """(worker identity, attempt) of each finished run_prediction attempt, from the history."""
-    history = await client.get_workflow_handle(f"prediction-{prediction_id}").fetch_history()
     scheduled: dict[int, str] = {}
     attempts: list[tuple[str, int]] = []
-    for event in history.events:
+    for event in await all_events(client, f"prediction-{prediction_id}"):
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             scheduled[event.event_id] = attrs.activity_type.name

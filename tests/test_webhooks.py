@@ -23,6 +23,7 @@ from replicant.webhooks import DeliveryFailed, deliver, http_client
 from tests.conformance import check
 from tests.conftest import WEBHOOK_TIMEOUT, LiveStack
 from tests.receiver import Delivery, Receiver, running_receiver
+from tests.workflow_runs import all_events
 from workflows.prediction import PredictionWorkflow
 
 SLEEP = "replicant/sleep"
@@ -176,10 +177,9 @@ def test_events_filter_is_respected(live: LiveStack, api: httpx.Client, receiver
 
 async def _history_messages(live: LiveStack, prediction_id: str) -> tuple[list[str], list[Any]]:
     client = await connect(live.settings)
-    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
     failures: list[str] = []
     results: list[Any] = []
-    async for event in handle.fetch_history_events():
+    for event in await all_events(client, f"prediction-{prediction_id}"):
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             failures.append(event.activity_task_failed_event_attributes.failure.message)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
@@ -221,16 +221,17 @@ async def test_deliveries_take_no_hardware_slot(
     created = create(api, NGRAM, {"input": {"max_tokens": 3}, "webhook": receiver.url})
     receiver.wait(delivered_completed, created["id"])
     client = await connect(live.settings)
-    handle = client.get_workflow_handle(f"prediction-{created['id']}")
     queues: dict[str, set[str]] = {}
-    async for event in handle.fetch_history_events():
+    for event in await all_events(client, f"prediction-{created['id']}"):
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-            queues["workflow"] = {event.workflow_execution_started_event_attributes.task_queue.name}
+            started = event.workflow_execution_started_event_attributes
+            queues.setdefault("workflow", set()).add(started.task_queue.name)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             queues.setdefault(attrs.activity_type.name, set()).add(attrs.task_queue.name)
+    # Once the run is over, the workflow continues on the orchestration queue.
     assert queues == {
-        "workflow": {"replicant-hw-cpu"},
+        "workflow": {"replicant-hw-cpu", live.settings.orchestration_queue},
         "run_prediction": {"replicant-hw-cpu"},
         "send_webhook": {live.settings.orchestration_queue},
     }

@@ -20,6 +20,7 @@ from activities.expiry import ExpiryActivities
 from activities.files import FileActivities, OutputSink
 from activities.predictions import PredictionActivities
 from activities.reconcile import ReconcileActivities
+from activities.retention import RetentionActivities
 from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
@@ -38,6 +39,7 @@ from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
 from workflows.reconcile import StartReconcileWorkflow
+from workflows.retention import RetentionSweepWorkflow
 from workflows.training import TrainingWorkflow
 
 log = logging.getLogger("replicant.worker")
@@ -95,6 +97,7 @@ def build_workers(
                     TrainingWorkflow,
                     FileExpiryWorkflow,
                     StartReconcileWorkflow,
+                    RetentionSweepWorkflow,
                 ],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
@@ -105,6 +108,7 @@ def build_workers(
                     FileActivities(settings, engine, store).stage_inputs,
                     ExpiryActivities(engine, store).remove_expired_files,
                     ReconcileActivities(engine, client, store).reconcile_starts,
+                    RetentionActivities(engine, store).remove_overdue_prediction_data,
                     webhooks.send_webhook,
                     DeploymentActivities(engine).observe_deployment,
                     training.stage_training_inputs,
@@ -208,7 +212,7 @@ async def run_worker(
         pools=gpu_pools,
     )
     if orchestration:
-        try:  # the sweep of expired uploaded files
+        try:  # the sweeps of expired uploaded files and of overdue prediction data
             await ensure_schedules(client, settings)
         except Exception:
             log.warning("event=schedules_not_registered", exc_info=True)

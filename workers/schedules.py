@@ -1,5 +1,5 @@
-"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep
-and the reconciler of creates a crash left half-done.
+"""Temporal Schedules that the orchestration worker keeps registered: the file-expiry sweep,
+the reconciler of creates a crash left half-done, and the retention sweep.
 
 Registered at every worker start, idempotently: the first start creates the schedule, later
 ones (and other workers) update it to the current settings.
@@ -23,15 +23,17 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from replicant.contracts import ExpireFiles, ReconcileStarts
+from replicant.contracts import ExpireFiles, ReconcileStarts, SweepRetention
 from replicant.settings import Settings
 from workflows.expiry import FileExpiryWorkflow
 from workflows.reconcile import StartReconcileWorkflow
+from workflows.retention import RetentionSweepWorkflow
 
 log = logging.getLogger("replicant.worker")
 
 FILE_EXPIRY_SCHEDULE = "replicant-file-expiry"
 START_RECONCILE_SCHEDULE = "replicant-start-reconcile"
+RETENTION_SCHEDULE = "replicant-retention-sweep"
 
 
 def file_expiry_schedule(settings: Settings) -> Schedule:
@@ -65,11 +67,29 @@ def start_reconcile_schedule(settings: Settings) -> Schedule:
     )
 
 
+def retention_schedule(settings: Settings) -> Schedule:
+    every = timedelta(seconds=max(1.0, settings.retention_sweep_interval))
+    # Overdue by one interval: a workflow that is alive has removed its data by then.
+    job = SweepRetention(retention=settings.prediction_retention, grace=every.total_seconds())
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            RetentionSweepWorkflow.run,
+            job,
+            id=f"{RETENTION_SCHEDULE}-sweep",
+            task_queue=settings.orchestration_queue,
+            run_timeout=timedelta(hours=1),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
 async def ensure_schedules(client: Client, settings: Settings) -> None:
     """Create the schedules, or bring existing ones up to date with ``settings``."""
     for schedule_id, schedule in (
         (FILE_EXPIRY_SCHEDULE, file_expiry_schedule(settings)),
         (START_RECONCILE_SCHEDULE, start_reconcile_schedule(settings)),
+        (RETENTION_SCHEDULE, retention_schedule(settings)),
     ):
         await _ensure(client, schedule_id, schedule)
 

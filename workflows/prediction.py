@@ -4,6 +4,8 @@ record (programmatic starts only) -> stage input files into the object store (on
 input holds URLs or data URIs) -> run on the hardware queue (the run activity writes
 ``processing``, logs, output and the terminal state to the read model itself, so a fast
 prediction costs one activity round trip) -> notify -> retention timer -> remove data.
+Once the run is over, the workflow continues as new on the orchestration queue (its
+after-life: webhook retries, retention, removal need no worker of the hardware).
 A deadline (``Cancel-After``) is a durable timer beside the run: when it passes first, the
 prediction ends ``aborted`` if it never started, else ``canceled``.
 """
@@ -71,6 +73,9 @@ class PredictionWorkflow:
 
     @workflow.run
     async def run(self, req: PredictionRequest) -> RunOutcome:
+        if req.outcome is not None:  # the after-life run, on the orchestration queue
+            self._status, self._terminal = req.outcome.status, True
+            return await self._after_life(req, req.outcome)
         if workflow.info().typed_search_attributes.get(MODEL_ATTR) is None:
             workflow.upsert_search_attributes(
                 [pair.key.value_set(pair.value) for pair in search_attributes(req)]
@@ -85,6 +90,24 @@ class PredictionWorkflow:
             outcome = await self._run_model(req)
         self._status, self._terminal = outcome.status, True
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        if self._hands_over(req) and workflow.patched("after-life"):
+            # The rest needs no hardware worker: continue on the orchestration queue, once
+            # `wait_done` has answered (in this same workflow task).
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(
+                req.model_copy(update={"outcome": outcome}),
+                task_queue=req.side_queue,
+                search_attributes=workflow.info().typed_search_attributes,
+            )
+        return await self._after_life(req, outcome)
+
+    def _hands_over(self, req: PredictionRequest) -> bool:
+        """Whether the workflow runs on a hardware queue and has an after-life to live."""
+        rest = wants_completed(req) or (req.source == "api" and req.retention >= 0)
+        return rest and req.side_queue not in (None, workflow.info().task_queue)
+
+    async def _after_life(self, req: PredictionRequest, outcome: RunOutcome) -> RunOutcome:
+        """The `completed` webhook, the retention timer, then removing the data."""
         # The `completed` webhook is retried while the retention timer runs.
         notify: asyncio.Task[None] | None = None
         if wants_completed(req) and workflow.patched("completed-webhook"):
