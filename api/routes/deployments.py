@@ -26,10 +26,10 @@ from temporalio.service import RPCError
 from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.idempotency import IdempotencyHeader, claim_for
-from api.launch import base_url, launch_prediction
+from api.idempotency import IdempotencyHeader
+from api.launch import base_url
 from api.pagination import paginate
-from api.routes.predictions import PredictionInput
+from api.routes.predictions import PredictionInput, launch_body
 from api.state import AppState
 from replicant import responses, serialize
 from replicant.catalog import account_names, find_model
@@ -449,18 +449,16 @@ async def create_deployment_prediction(
 
     row, model, version = await asyncio.to_thread(resolve)
     config = deployment_config(row)
-    return await launch_prediction(
+    return await launch_body(
         request,
         state,
         account,
         model,
         version,
-        body.input,
-        webhook=body.webhook,
-        webhook_events_filter=body.webhook_events_filter,
-        prefer=prefer,
-        cancel_after=cancel_after,
-        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
+        body,
+        prefer,
+        cancel_after,
+        idempotency_key,
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         task_queue=state.settings.deployment_queue(row.owner, row.name),

@@ -21,13 +21,12 @@ from temporalio.service import RPCError
 from api.deps import CurrentAccount, StateDep
 from api.launch import base_url
 from api.routes.examples import forget_examples
-from api.routes.predictions import _own_prediction
+from api.routes.predictions import _own_prediction, signal_cancel
 from api.serialize import prediction_object
 from api.state import AppState
 from replicant import readmodel, responses
 from replicant.objectkeys import prediction_prefix
 from replicant.tables import TERMINAL_STATUSES
-from replicant.timeutil import utcnow
 from workflows.prediction import PredictionWorkflow
 
 log = logging.getLogger("replicant.api")
@@ -63,19 +62,9 @@ def _remove_data(state: AppState, prediction_id: str) -> None:
 
 
 async def _cancel_and_wait(state: AppState, prediction_id: str) -> None:
+    if not await signal_cancel(state, prediction_id):
+        return
     client = await state.temporal()
     handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-    try:
-        await handle.signal(PredictionWorkflow.cancel)
-    except RPCError:
-        # No running workflow is left to tell: the read model is all there is.
-        await asyncio.to_thread(
-            readmodel.finish_prediction,
-            state.engine,
-            prediction_id,
-            status="canceled",
-            completed_at=utcnow(),
-        )
-        return
     with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
         await handle.execute_update(PredictionWorkflow.wait_done, rpc_timeout=CANCEL_GRACE)

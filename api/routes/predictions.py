@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -23,7 +24,7 @@ from api.state import AppState
 from replicant import readmodel, responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
 from replicant.contracts import WebhookEvent
-from replicant.tables import TERMINAL_STATUSES, Account, Prediction
+from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from workflows.prediction import PredictionWorkflow
 
@@ -48,6 +49,55 @@ class VersionPredictionInput(PredictionInput):
 PreferHeader = Annotated[str | None, Header(alias="Prefer")]
 
 
+async def launch_body(
+    request: Request,
+    state: AppState,
+    account: Account,
+    model: Model,
+    version: Version,
+    body: PredictionInput,
+    prefer: str | None,
+    cancel_after: timedelta | None,
+    idempotency_key: str | None,
+    **options: Any,
+) -> Response:
+    """Launch a prediction of ``version`` as a create route's body and headers ask; ``options``
+    go to ``launch_prediction`` as they are (a deployment's queue, hardware, priority)."""
+    return await launch_prediction(
+        request,
+        state,
+        account,
+        model,
+        version,
+        body.input,
+        webhook=body.webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        prefer=prefer,
+        cancel_after=cancel_after,
+        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
+        **options,
+    )
+
+
+async def signal_cancel(state: AppState, prediction_id: str) -> bool:
+    """Tell the prediction's workflow to cancel; when no workflow is left to tell, record
+    ``canceled`` in the read model, which is all there is (False)."""
+    client = await state.temporal()
+    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
+    try:
+        await handle.signal(PredictionWorkflow.cancel)
+    except RPCError:
+        await asyncio.to_thread(
+            readmodel.finish_prediction,
+            state.engine,
+            prediction_id,
+            status="canceled",
+            completed_at=utcnow(),
+        )
+        return False
+    return True
+
+
 @router.post("/predictions", status_code=201, response_model=responses.Prediction)
 async def create_prediction(
     body: VersionPredictionInput,
@@ -66,18 +116,8 @@ async def create_prediction(
     if found is None:
         raise ProblemError(404, f"Version {body.version} not found", title="Invalid version")
     model, version = found
-    return await launch_prediction(
-        request,
-        state,
-        account,
-        model,
-        version,
-        body.input,
-        webhook=body.webhook,
-        webhook_events_filter=body.webhook_events_filter,
-        prefer=prefer,
-        cancel_after=cancel_after,
-        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
+    return await launch_body(
+        request, state, account, model, version, body, prefer, cancel_after, idempotency_key
     )
 
 
@@ -110,18 +150,8 @@ async def create_model_prediction(
     model, version = found
     if version is None:
         raise ProblemError(404, f"Model {owner}/{name} has no versions", title="Not found")
-    return await launch_prediction(
-        request,
-        state,
-        account,
-        model,
-        version,
-        body.input,
-        webhook=body.webhook,
-        webhook_events_filter=body.webhook_events_filter,
-        prefer=prefer,
-        cancel_after=cancel_after,
-        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
+    return await launch_body(
+        request, state, account, model, version, body, prefer, cancel_after, idempotency_key
     )
 
 
@@ -147,19 +177,7 @@ async def cancel_prediction(
 ) -> responses.Prediction:
     row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
     if row.status not in TERMINAL_STATUSES:
-        client = await state.temporal()
-        handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-        try:
-            await handle.signal(PredictionWorkflow.cancel)
-        except RPCError:
-            # No running workflow is left to tell: the read model is all there is.
-            await asyncio.to_thread(
-                readmodel.finish_prediction,
-                state.engine,
-                prediction_id,
-                status="canceled",
-                completed_at=utcnow(),
-            )
+        await signal_cancel(state, prediction_id)
         row = await state.read(_own_prediction, state, account, prediction_id)
     return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
