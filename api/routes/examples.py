@@ -14,13 +14,14 @@ from sqlalchemy import delete, update
 from sqlmodel import Session, col, select
 
 from api.deps import CurrentAccount, SessionDep, StateDep
-from api.errors import ProblemError, invalid, not_found
+from api.errors import invalid, not_found
 from api.launch import base_url
+from api.modelaccess import own_model, visible_model
 from api.pagination import paginate
 from api.serialize import json_response, prediction_object
 from replicant import responses
-from replicant.catalog import account_names, find_model
-from replicant.tables import Account, Model, ModelExample, Prediction
+from replicant.catalog import account_names
+from replicant.tables import Model, ModelExample, Prediction
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -46,20 +47,6 @@ def default_example(
     return prediction_object(row, base, secret_key=secret_key) if row is not None else None
 
 
-def _visible(session: Session, account: Account, owner: str, name: str) -> Model:
-    model = find_model(session, account, owner, name)
-    if model is None:
-        raise not_found(f"Model {owner}/{name}")
-    return model
-
-
-def _owned(session: Session, account: Account, owner: str, name: str) -> Model:
-    model = _visible(session, account, owner, name)
-    if model.owner not in account_names(session, account):
-        raise ProblemError(403, f"You do not own {owner}/{name}", title="Forbidden")
-    return model
-
-
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
 def list_examples(
     owner: str,
@@ -72,7 +59,7 @@ def list_examples(
 ) -> responses.PredictionPage:
     """The model's example predictions, newest first."""
     base = base_url(request, state)
-    found = _visible(session, account, owner, name).id
+    found = visible_model(session, account, owner, name).id
     stmt = (
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
@@ -105,7 +92,7 @@ def mark_example(
     account: CurrentAccount,
 ) -> Response:
     """Mark one of the caller's succeeded predictions of this model as an example."""
-    model = _owned(session, account, owner, name)
+    model = own_model(session, account, owner, name)
     row = session.get(Prediction, body.prediction)
     if row is None or row.owner not in account_names(session, account):
         raise invalid([{"field": "prediction", "message": "no such prediction of yours"}])
@@ -135,7 +122,7 @@ def unmark_example(
 ) -> Response:
     """Unmark an example (the prediction stays); without a marked default, the oldest
     example is the default."""
-    model = _owned(session, account, owner, name)
+    model = own_model(session, account, owner, name)
     example = session.get(ModelExample, (model.id, prediction_id))
     if example is None:
         raise not_found(f"Example {prediction_id} of {owner}/{name}")

@@ -21,6 +21,7 @@ from api import push
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
+from api.modelaccess import own_model, visible_model
 from api.pagination import paginate
 from api.routes.examples import default_example, forget_examples
 from api.serialize import json_response
@@ -205,20 +206,8 @@ def get_model(
     session: SessionDep,
     account: CurrentAccount,
 ) -> responses.Model:
-    model = find_model(session, account, owner, name)
-    if model is None:
-        raise not_found(f"Model {owner}/{name}")
+    model = visible_model(session, account, owner, name)
     return model_object(session, state, model, base_url(request, state))
-
-
-def _own_model(session: Session, account: Account, owner: str, name: str) -> Model:
-    """A model the caller may change: 404 when it cannot see it, 403 when it is not its own."""
-    model = find_model(session, account, owner, name)
-    if model is None:
-        raise not_found(f"Model {owner}/{name}")
-    if model.owner not in account_names(session, account):
-        raise ProblemError(403, f"You do not own {owner}/{name}", title="Forbidden")
-    return model
 
 
 @router.patch("/models/{owner}/{name}", response_model_exclude_unset=True)
@@ -237,7 +226,7 @@ def update_model(
     if nulls:  # every model has both: they can be changed, not removed
         raise invalid([{"field": f, "message": "must not be null"} for f in nulls])
     _check_hardware(state, body.hardware)
-    model = _own_model(session, account, owner, name)
+    model = own_model(session, account, owner, name)
     for field, value in body.model_dump(exclude_unset=True).items():
         setattr(model, field, value)
     session.add(model)
@@ -250,16 +239,14 @@ def get_model_readme(
     owner: str, name: str, session: SessionDep, account: CurrentAccount
 ) -> PlainTextResponse:
     """The model's README (Markdown, as plain text; empty when it has none)."""
-    model = find_model(session, account, owner, name)
-    if model is None:
-        raise not_found(f"Model {owner}/{name}")
+    model = visible_model(session, account, owner, name)
     return PlainTextResponse(model.readme or "")
 
 
 @router.delete("/models/{owner}/{name}", status_code=204)
 def delete_model(owner: str, name: str, session: SessionDep, account: CurrentAccount) -> Response:
     """Only your own, private models with no versions left can be deleted."""
-    model = _own_model(session, account, owner, name)
+    model = own_model(session, account, owner, name)
     if model.visibility != "private":
         raise ProblemError(
             409,
@@ -290,9 +277,7 @@ def list_versions(
     account: CurrentAccount,
     cursor: str | None = None,
 ) -> responses.VersionPage:
-    model = find_model(session, account, owner, name)
-    if model is None:
-        raise not_found(f"Model {owner}/{name}")
+    model = visible_model(session, account, owner, name)
     found = model.id
     base = base_url(request, state)
     page = paginate(
@@ -348,7 +333,7 @@ async def push_version(
     def target() -> Model:
         with Session(state.engine, expire_on_commit=False) as session:
             if find_model(session, account, owner, name) is not None or not create:
-                return _own_model(session, account, owner, name)
+                return own_model(session, account, owner, name)
             _check_name(name)
             _check_new_model(session, account, owner, name)
             return Model(
@@ -414,7 +399,7 @@ async def delete_version(
 
     def delete() -> None:
         with Session(state.engine) as session:
-            model = _own_model(session, account, owner, name)
+            model = own_model(session, account, owner, name)
             version = session.get(Version, version_id)
             if version is None or version.model_id != model.id:
                 raise not_found(f"Version {owner}/{name}:{version_id}")
