@@ -50,7 +50,7 @@ system-packages:
 	fi
 
 test: lint typecheck system-packages
-	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q" \
+	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q --durations=30" \
 		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
 		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"
 

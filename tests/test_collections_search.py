@@ -104,9 +104,13 @@ def test_search_finds_models_and_collections_the_caller_may_see(live: LiveStack)
         assert [f"{h['model']['owner']}/{h['model']['name']}" for h in found["models"]] == [secret]
         assert found["models"][0]["metadata"]["score"] > 0
         assert found["pages"] == []
+        # Other tests of the session may push public models that say hello too: hello-world is
+        # among the best hits, and the hits come best first.
         hello = api.get("/v1/search", params={"query": "hello", "limit": 5}).json()
         refs = [f"{h['model']['owner']}/{h['model']['name']}" for h in hello["models"]]
-        assert refs[0] == "replicate/hello-world" and len(refs) <= 5
+        assert "replicate/hello-world" in refs and len(refs) <= 5
+        scores = [h["metadata"]["score"] for h in hello["models"]]
+        assert scores == sorted(scores, reverse=True)
         collections = api.get("/v1/search", params={"query": "built-in"}).json()["collections"]
         assert [c["slug"] for c in collections] == ["built-in"]
         assert set(collections[0]["models"]) >= BUILTINS

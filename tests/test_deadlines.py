@@ -172,7 +172,7 @@ def test_a_prediction_still_waiting_at_its_deadline_is_aborted(
 
 
 def test_the_deadline_holds_while_no_worker_runs(live: LiveStack, opted_in: httpx.Client) -> None:
-    live.live.stop("worker")
+    live.stack.stop("worker")
     try:
         created = opted_in.post(
             "/v1/models/replicate/hello-world/predictions",
@@ -181,7 +181,7 @@ def test_the_deadline_holds_while_no_worker_runs(live: LiveStack, opted_in: http
         ).json()
         wait_until_past(created["deadline"])
     finally:
-        live.live.start_worker()
+        live.stack.start_worker()
     final = live.wait_for(created["id"], timeout=60)
     seen = opted_in.get(f"/v1/predictions/{created['id']}").json()
     assert final["status"] == "canceled" and seen["status"] == "aborted"
