@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from replicant.archives import pack_model
 from replicant.temporal import connect
 from tests.conftest import TERMINAL, LiveStack
 from tests.trainkit import corpus, data_uri, ngram_version
+from tests.waiting import async_wait_until
 from tests.workflow_runs import run_histories
 from workers.main import WORKFLOW_RUNNER
 from workers.schedules import FILE_EXPIRY_SCHEDULE, RETENTION_SCHEDULE
@@ -60,6 +62,11 @@ def save(name: str, history: WorkflowHistory) -> None:
         (HISTORIES / f"{name}.json").write_text(history.to_json())
 
 
+def has_completed_task(history: WorkflowHistory) -> bool:
+    """A run just continued as new holds only its start event, which cannot be replayed."""
+    return any(e.HasField("workflow_task_completed_event_attributes") for e in history.events)
+
+
 def workflow_type(history: WorkflowHistory) -> str:
     started = history.events[0].workflow_execution_started_event_attributes
     name: str = started.workflow_type.name
@@ -83,7 +90,12 @@ async def test_prediction_histories_replay_with_the_current_code(
     client = await connect(live.settings)
     for name, prediction in zip(("succeeded", "canceled"), made, strict=True):
         # The run, continued as new on the orchestration queue for its after-life.
-        run, after_life = await run_histories(client, f"prediction-{prediction['id']}")
+        workflow_id = f"prediction-{prediction['id']}"
+        run, after_life = await async_wait_until(
+            partial(run_histories, client, workflow_id),
+            lambda runs: len(runs) == 2 and all(map(has_completed_task, runs)),
+            what=f"both runs of {workflow_id} past their first workflow task",
+        )
         save(f"prediction-{name}-handed-over", run)
         save(f"prediction-{name}-after-life", after_life)
         for history in (run, after_life):
