@@ -17,7 +17,6 @@ Run: ``.venv/bin/python bench/list_scale.py [--requests 300] [--burst 40]``.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +40,7 @@ from replicant.ids import new_id  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.tables import Prediction  # noqa: E402
 from replicant.timeutil import utcnow  # noqa: E402
+from tests.pgdb import fresh_postgres_database
 
 OWNER = "bench"
 SIZES = (1_000, 100_000)
@@ -212,45 +212,40 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=24)
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
-    name = f"replicant_bench_{os.urandom(4).hex()}"
-    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    stack: Stack | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
-            settings = Settings(
-                data_dir=Path(data_dir),
-                database_url=args.admin_url.rsplit("/", 1)[0] + f"/{name}",
-                api_port=free_port(),
-                temporal_port=free_port(),
-                ui_port=free_port(),
-                hardware={"cpu": 2},
-                log_level="WARNING",
-                rate_limit_create="1000000/minute",
-                rate_limit_default="1000000/minute",
-            )
-            engine = make_engine(settings.resolved_database_url)
-            init_db(engine)
-            token = add_token(engine, ensure_account(engine, OWNER))
-            stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
-            stack.prepare()
-            stack.start_api()
-            headers = {"Authorization": f"Bearer {token}"}
-            with httpx.Client(
-                base_url=settings.resolved_public_url, headers=headers, timeout=60
-            ) as client:
-                bench_reads(engine, client, args.requests)
-                bench_workers(stack, client, args.burst)
-            stack.stop()
-            stack = None
-            engine.dispose()
-    finally:
-        if stack is not None:
-            stack.stop()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    # A database of its own on the local server, dropped after the stack has stopped.
+    with fresh_postgres_database("replicant_bench", args.admin_url) as database_url:
+        stack: Stack | None = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
+                settings = Settings(
+                    data_dir=Path(data_dir),
+                    database_url=database_url,
+                    api_port=free_port(),
+                    temporal_port=free_port(),
+                    ui_port=free_port(),
+                    hardware={"cpu": 2},
+                    log_level="WARNING",
+                    rate_limit_create="1000000/minute",
+                    rate_limit_default="1000000/minute",
+                )
+                engine = make_engine(settings.resolved_database_url)
+                init_db(engine)
+                token = add_token(engine, ensure_account(engine, OWNER))
+                stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
+                stack.prepare()
+                stack.start_api()
+                headers = {"Authorization": f"Bearer {token}"}
+                with httpx.Client(
+                    base_url=settings.resolved_public_url, headers=headers, timeout=60
+                ) as client:
+                    bench_reads(engine, client, args.requests)
+                    bench_workers(stack, client, args.burst)
+                stack.stop()
+                stack = None
+                engine.dispose()
+        finally:
+            if stack is not None:
+                stack.stop()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import sys
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replicant.devstack import Stack, free_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
+from tests.pgdb import fresh_postgres_database
 from workers.runners.memory import tree_rss  # noqa: E402
 
 HELLO = "/v1/models/replicate/hello-world/predictions"
@@ -205,40 +205,35 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="timed GETs per call and state")
     parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
-    name = f"replicant_bench_{os.urandom(4).hex()}"
-    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    stack: Stack | None = None
-    engine: Engine | None = None
-    try:
-        with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
-            settings = Settings(
-                data_dir=Path(data_dir),
-                database_url=args.admin_url.rsplit("/", 1)[0] + f"/{name}",
-                api_port=free_port(),
-                temporal_port=free_port(),
-                ui_port=free_port(),
-                hardware={"cpu": 2},
-                prebuild_envs=False,
-                log_level="WARNING",
-                rate_limit_create="1000000/minute",
-                rate_limit_default="1000000/minute",
-            )
-            stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
-            token = stack.start()
-            engine = create_engine(settings.resolved_database_url)
-            asyncio.run(run(stack, engine, token, args.queued, args.requests))
-            stack.stop()
-            stack = None
-    finally:
-        if stack is not None:
-            stack.stop()
-        if engine is not None:
-            engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    # A database of its own on the local server, dropped after the stack has stopped.
+    with fresh_postgres_database("replicant_bench", args.admin_url) as database_url:
+        stack: Stack | None = None
+        engine: Engine | None = None
+        try:
+            with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
+                settings = Settings(
+                    data_dir=Path(data_dir),
+                    database_url=database_url,
+                    api_port=free_port(),
+                    temporal_port=free_port(),
+                    ui_port=free_port(),
+                    hardware={"cpu": 2},
+                    prebuild_envs=False,
+                    log_level="WARNING",
+                    rate_limit_create="1000000/minute",
+                    rate_limit_default="1000000/minute",
+                )
+                stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
+                token = stack.start()
+                engine = create_engine(settings.resolved_database_url)
+                asyncio.run(run(stack, engine, token, args.queued, args.requests))
+                stack.stop()
+                stack = None
+        finally:
+            if stack is not None:
+                stack.stop()
+            if engine is not None:
+                engine.dispose()
 
 
 if __name__ == "__main__":

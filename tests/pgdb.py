@@ -13,15 +13,18 @@ ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @contextlib.contextmanager
-def fresh_postgres_database(prefix: str = "replicant_test") -> Iterator[str]:
-    """A new, empty database named ``<prefix>_<random>``; yields its URL and drops it after."""
+def fresh_postgres_database(
+    prefix: str = "replicant_test", admin_url: str = ADMIN_URL
+) -> Iterator[str]:
+    """A new, empty database named ``<prefix>_<random>`` on the server of ``admin_url``;
+    yields its URL and drops it after."""
     name = f"{prefix}_{os.urandom(4).hex()}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         try:
-            yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+            yield admin_url.rsplit("/", 1)[0] + f"/{name}"
         finally:
             with admin.connect() as conn:
                 conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
