@@ -165,6 +165,16 @@ class Settings(BaseSettings):
         "least recently used idle processes are stopped before the total would pass it "
         "(deployment instances are not counted). Unset: only `max_warm_runners` limits them.",
     )
+    model_memory_limit: ByteSize | None = Field(
+        None,
+        description="The most memory one model process may take (with the processes it "
+        "starts), e.g. `2GB`: each runs in a memory cgroup of its own (a child of the worker's "
+        "cgroup, v2 `memory.max` or v1 `memory.limit_in_bytes`), the kernel kills it past the "
+        "limit, and its prediction fails saying it ran out of memory. It covers every model "
+        "process of the worker (run one worker per hardware SKU for limits per SKU). Where the "
+        "worker cannot create cgroups, it logs a warning at start and runs them without. "
+        "Unset: no limit of its own.",
+    )
     gpu_devices: str | None = Field(
         None,
         description="The GPU devices of a worker, comma-separated (e.g. `0,1`); the devices "

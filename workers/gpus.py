@@ -8,6 +8,7 @@ from replicant.runner import UploadSink
 from replicant.settings import Settings
 from replicant.weights import WeightsCache
 from workers.runners import RunnerPool
+from workers.runners.cgroups import MemoryCgroups
 from workers.runners.devices import assign_devices, discover_devices
 from workers.runners.memory import MemoryBudget
 
@@ -20,13 +21,15 @@ def gpu_slot_pools(
     upload: UploadSink,
     weights: WeightsCache,
     budget: MemoryBudget | None = None,
+    cgroups: MemoryCgroups | None = None,
 ) -> tuple[list[str], dict[str, RunnerPool]]:
     """The SKUs this worker serves, and a device-pinned pool for each GPU SKU among them.
 
     Without devices (none configured, no ``nvidia-smi``) every SKU is served unpinned on the
     shared pool, as on a CPU-only machine. With devices, a GPU SKU that gets none (too few for
     its slots) is not served here: a prediction waits for a worker that has them. The pools
-    share ``budget`` (the worker's warm-memory budget) with the worker's other pool.
+    share ``budget`` (the worker's warm-memory budget) and ``cgroups`` (the memory limit of
+    each model process) with the worker's other pool.
     """
     devices = discover_devices(settings.gpu_devices)
     groups = assign_devices(slots, settings.gpus_per_slot, devices)
@@ -52,6 +55,9 @@ def gpu_slot_pools(
             weights=weights,
             devices=groups[sku],
             device_memory=settings.gpu_memory_budget,
+            memory_limit=cgroups,
+            # Standbys take only free room on a slot, and any boot there stops them.
+            standby=True,
         )
         log.info(
             "event=gpu_slots hardware=%s slots=%s",

@@ -32,8 +32,10 @@ from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.gpus import gpu_slot_pools
 from workers.runners import RunnerPool
+from workers.runners.cgroups import model_cgroups
 from workers.runners.memory import MemoryBudget
 from workers.schedules import ensure_schedules
+from workers.slots import RunSlots, SlotRunner
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.expiry import FileExpiryWorkflow
@@ -132,12 +134,11 @@ def build_workers(
         )
     skus = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
     for sku, slots in skus.items():
-        own = (pools or {}).get(sku)
-        if own is None:
-            acts_sku, training_sku = acts, training
-        else:
-            acts_sku = PredictionActivities(engine, own, webhooks, store)
-            training_sku = TrainingActivities(engine, settings, own, lambda: store, webhooks)
+        # Runs of models that serve several predictions at once share a slot (workers/slots.py).
+        run_slots = RunSlots(slots)
+        runner = SlotRunner((pools or {}).get(sku) or pool, run_slots)
+        acts_sku = PredictionActivities(engine, runner, webhooks, store)
+        training_sku = TrainingActivities(engine, settings, runner, lambda: store, webhooks)
         workers.append(
             Worker(
                 client,
@@ -154,7 +155,7 @@ def build_workers(
                     acts_sku.abort_prediction,
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
-                max_concurrent_activities=slots,
+                tuner=run_slots.tuner(),
                 max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
                 default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             )
@@ -180,8 +181,10 @@ async def run_worker(
     slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
     # One memory budget for the warm processes of every hardware pool of this worker.
     budget = None if settings.max_warm_memory is None else MemoryBudget(settings.max_warm_memory)
+    # Each model process in a memory cgroup of its own, when there is a limit.
+    cgroups = model_cgroups(settings.model_memory_limit, log)
     hardware, gpu_pools = gpu_slot_pools(
-        settings, slots, OutputSink(settings, store), weights, budget
+        settings, slots, OutputSink(settings, store), weights, budget, cgroups
     )
     slots = {sku: slots[sku] for sku in hardware}
     pool = RunnerPool(
@@ -197,6 +200,7 @@ async def run_worker(
         weights=weights,
         # Fine-tunes boot from a standby process of their base version (see keep_standby).
         standby=True,
+        memory_limit=cgroups,
     )
     await pool.start()
     for own in gpu_pools.values():
@@ -233,6 +237,7 @@ async def run_worker(
                 # On a GPU SKU an instance takes a slot of its own from the SKU's devices.
                 devices=own.device_slots or () if own is not None else (),
                 keep_devices=True,
+                memory_limit=cgroups,
             )
 
         host = DeploymentHost(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from pydantic import ByteSize
+
 from replicant.runner import CogPrediction
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
@@ -105,9 +107,16 @@ def explain_model_error(result: CogPrediction) -> None:
 WORKER_CRASHED = "Worker crashed"
 
 
-def worker_died_error(oom_killed: bool) -> str:
+def worker_died_error(oom_killed: bool, limit: int | None = None) -> str:
     """The error of a prediction whose model process died under it: killed by the kernel for
-    memory when the cgroup's OOM-kill count rose, else the likely causes."""
+    memory when the cgroup's OOM-kill count rose (at ``limit`` bytes, the process's own
+    limit, when it had one), else the likely causes."""
+    if oom_killed and limit is not None:
+        return (
+            "The model process ran out of memory: the kernel killed it (OOM killer, SIGKILL) "
+            f"at its memory limit of {human_size(limit)} (REPLICANT_MODEL_MEMORY_LIMIT) during "
+            "the prediction; the next prediction starts a new process"
+        )
     if oom_killed:
         return (
             "The model process was killed by the kernel for running out of memory (OOM "
@@ -118,6 +127,19 @@ def worker_died_error(oom_killed: bool) -> str:
         "most often by the kernel for running out of memory) or crashed; the next "
         "prediction starts a new process"
     )
+
+
+def setup_out_of_memory_error(limit: int) -> str:
+    """The error of a model whose setup() the kernel killed at its process's memory limit."""
+    return (
+        "the model ran out of memory during setup: the kernel killed it (OOM killer, SIGKILL) "
+        f"at its memory limit of {human_size(limit)} (REPLICANT_MODEL_MEMORY_LIMIT)"
+    )
+
+
+def human_size(size: int) -> str:
+    """A byte count as people read it (``100MiB``)."""
+    return ByteSize(size).human_readable()
 
 
 def setup_error(setup_logs: str) -> str:

@@ -27,7 +27,6 @@ from workers.runners.coglet import (
     request_body,
     worker_died_error,
 )
-from workers.runners.memory import oom_counter, read_oom_kills
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.run import Run
@@ -141,10 +140,7 @@ class Executor:
         webhook = self.hook_base + quote(run.id, safe="") if run.webhook else None
         url = process.url + prediction_path(process.spec.mode, run.id)
         # Read before the run: a rise by its end means the kernel killed a process for memory.
-        if not process.oom_counter_found:
-            process.oom_counter = oom_counter(process.pid)
-            process.oom_counter_found = True
-        run.oom_kills = read_oom_kills(process.oom_counter)
+        run.oom_kills = process.oom_kills()
         try:
             result = await self._send(process, run, url, request_body(input, webhook))
             if result.status in ("failed", "canceled") and process.alive:
@@ -203,16 +199,18 @@ class Executor:
 
     def _death(self, process: CogletProcess, run: Run) -> str:
         """The error of a run whose model process died under it (see worker_died_error)."""
-        now = read_oom_kills(process.oom_counter)
+        now = process.oom_kills()
         oom = run.oom_kills is not None and now is not None and now > run.oom_kills
+        limit = process.cgroup.limit if process.cgroup is not None else None
         self.log.warning(
-            "event=model_process_died key=%s prediction=%s pid=%d oom_kill=%s",
+            "event=model_process_died key=%s prediction=%s pid=%d oom_kill=%s limit=%s",
             process.spec.key,
             run.id,
             process.pid,
             oom,
+            limit,
         )
-        return worker_died_error(oom)
+        return worker_died_error(oom, limit)
 
     async def _settle_failure(
         self, process: CogletProcess, run: Run, result: CogPrediction

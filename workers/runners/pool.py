@@ -16,6 +16,7 @@ from starlette.responses import Response
 
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
 from replicant.weights import WeightsCache
+from workers.runners.cgroups import MemoryCgroup, MemoryCgroups, model_cgroups
 from workers.runners.client import CogletClient
 from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
@@ -45,13 +46,15 @@ class RunnerPool:
         devices: Sequence[Sequence[str]] | DeviceSlots = (),
         device_memory: int | None = None,
         keep_devices: bool = False,
+        memory_limit: int | MemoryCgroups | None = None,
     ) -> None:
         """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
         shared with other pools); ``devices`` are the GPU device groups of its slots, one
         each (see workers/runners/devices.py), or the slots of another pool to share;
         ``device_memory`` is the memory budget of one slot (None: one resident process);
         ``keep_devices`` keeps its idle processes on their devices when another pool sharing
-        them boots (a deployment instance's pool)."""
+        them boots (a deployment instance's pool); ``memory_limit`` is the memory each model
+        process tree may take (bytes, or the cgroups of another pool; see cgroups.py)."""
         self.max_warm = max_warm
         self.upload = upload
         self.weights = weights
@@ -76,6 +79,9 @@ class RunnerPool:
             if devices
             else None,
             keeps_devices=keep_devices,
+            cgroups=model_cgroups(memory_limit, self.log)
+            if isinstance(memory_limit, int)
+            else memory_limit,
         )
         export_memory(self._processes)
         self._executor = Executor(
@@ -128,6 +134,16 @@ class RunnerPool:
     def memory(self) -> dict[str, tuple[int, int]]:
         """(resident bytes, processes) of each version's live processes, measured now."""
         return by_version(self._processes.live_processes())
+
+    @property
+    def memory_cgroups(self) -> MemoryCgroups | None:
+        """Where its model processes get their memory limit (None: they have none)."""
+        return self._processes.cgroups
+
+    def cgroup(self, key: str) -> MemoryCgroup | None:
+        """The memory cgroup of a warm key's process (None: no limit, or not warm)."""
+        process = self._processes.get(key)
+        return process.cgroup if process is not None else None
 
     @property
     def device_slots(self) -> DeviceSlots | None:

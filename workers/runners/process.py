@@ -12,7 +12,9 @@ import socket
 from pathlib import Path
 
 from replicant.runner import BootError, RunnerSpec
+from workers.runners.cgroups import MemoryCgroup
 from workers.runners.coglet import parse_log_line
+from workers.runners.memory import oom_counter, read_oom_kills
 from workers.runners.run import Run
 
 # The worker's environment holds the platform's secrets: a model sees only these, plus spec.env.
@@ -46,15 +48,24 @@ PASSTHROUGH_ENV = (
 
 # Runs `python -m cog.server.http` after asking the kernel to kill it when the pool's process
 # dies, so even a SIGKILLed worker leaves no coglet behind (its own worker exits on stdin EOF).
+# With a memory limit it first enters its own memory cgroup (see cgroups.py), so coglet and
+# everything it starts are in it from their first allocation.
 LAUNCHER = """\
 import ctypes, os, runpy, signal, sys
 parent = int(os.environ.pop("REPLICANT_POOL_PID", "0"))
+cgroup = os.environ.pop("REPLICANT_CGROUP_PROCS", "")
 try:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 except (AttributeError, OSError):
     pass
 if parent and os.getppid() != parent:
     sys.exit("replicant: the runner pool exited before coglet started")
+if cgroup:
+    try:
+        with open(cgroup, "w") as procs:
+            procs.write(str(os.getpid()))
+    except OSError as err:
+        sys.exit(f"replicant: cannot enter the model's memory cgroup {cgroup}: {err}")
 runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
 """
 
@@ -146,7 +157,9 @@ class CogletProcess:
         self.slot: int | None = None
         # (when, bytes): its last memory measurement (see workers/runners/memory.py).
         self.measured: tuple[float, int] = (0.0, 0)
-        # The OOM-kill counter of its memory cgroup (found at its first run; None: none).
+        # Its own memory cgroup with the pool's limit (None: no limit, see cgroups.py).
+        self.cgroup: MemoryCgroup | None = None
+        # Without one: the OOM-kill counter of the cgroup it is in (found at its first run).
         self.oom_counter: Path | None = None
         self.oom_counter_found = False
         # Device memory it used when last read (nvidia-smi); None: never read.
@@ -179,6 +192,16 @@ class CogletProcess:
         """Running and not retired: it may take a prediction."""
         return self.proc is not None and self.proc.returncode is None and not self.retired
 
+    def oom_kills(self) -> int | None:
+        """How many processes the kernel has killed for memory in its memory cgroup (None:
+        no counter to read); a rise during a run means the run's process was OOM-killed."""
+        if self.cgroup is not None:
+            return self.cgroup.oom_kills()
+        if not self.oom_counter_found and self.pid:
+            self.oom_counter = oom_counter(self.pid)
+            self.oom_counter_found = True
+        return read_oom_kills(self.oom_counter)
+
     def output_tail(self) -> str:
         """The last lines of its output (coglet's log records made readable)."""
         return "\n".join(self.tail)
@@ -204,6 +227,8 @@ class CogletProcess:
                 limit=1 << 20,
             )
         except OSError as err:
+            if self.cgroup is not None:
+                await self.cgroup.remove()
             raise BootError(f"cannot start {spec.python} in {spec.model_dir}: {err}") from err
         self._reader = asyncio.create_task(self._read_output())
         self._watcher = asyncio.create_task(self._watch())
@@ -242,6 +267,8 @@ class CogletProcess:
                 "event=runner_exited key=%s pid=%d code=%s", self.spec.key, self.pid, code
             )
         self.kill()  # whatever is left of its process group
+        if self.cgroup is not None:
+            await self.cgroup.remove()  # and of its cgroup
         self.output_seen.set()
 
     def kill(self) -> None:

@@ -15,8 +15,9 @@ import logging
 import time
 
 from replicant.runner import BootError, RunnerSpec
+from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups
 from workers.runners.client import CogletClient
-from workers.runners.coglet import HEALTHY, setup_error
+from workers.runners.coglet import HEALTHY, setup_error, setup_out_of_memory_error
 from workers.runners.devices import DeviceSlots
 from workers.runners.memory import MemoryBudget, measure, version_of
 from workers.runners.process import CogletProcess, child_env, free_port, worker_exited
@@ -44,6 +45,7 @@ class Processes:
         standby: bool,
         devices: DeviceSlots | None = None,
         keeps_devices: bool = False,
+        cgroups: MemoryCgroups | None = None,
     ) -> None:
         self.client = client
         self.weights = weights
@@ -63,6 +65,8 @@ class Processes:
         self.keeps_devices = keeps_devices
         if devices is not None:
             devices.pools.add(self)
+        # Where each process gets a memory cgroup with the limit (None: no limit).
+        self.cgroups = cgroups
         self.standbys = Standbys(standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -202,7 +206,7 @@ class Processes:
         return [p for key, p in self._warm.items() if p.idle and key not in self._waiting]
 
     def evict(self, victim: CogletProcess, reason: str) -> None:
-        """Stop an idle warm process to make room."""
+        """Stop an idle warm process (or a standby) to make room."""
         self.log.info(
             "event=runner_evicted key=%s pid=%d reason=%s rss=%d",
             victim.spec.key,
@@ -210,6 +214,7 @@ class Processes:
             reason,
             self.expected_size(victim.spec.key),
         )
+        self.standbys.discard(victim)
         self.retire(victim)
 
     # -- boot ----------------------------------------------------------------------------
@@ -220,29 +225,45 @@ class Processes:
             return spec
         return spec.model_copy(update={"upload_url": f"{self.weights.base}upload/"})
 
-    def new_process(self, spec: RunnerSpec) -> tuple[CogletProcess, dict[str, str]]:
-        """A process for ``spec`` (not started yet) on a free port, and its environment."""
+    def new_process(
+        self, spec: RunnerSpec, stop_others: bool = True
+    ) -> tuple[CogletProcess, dict[str, str]]:
+        """A process for ``spec`` (not started yet) on a free port, and its environment; on a
+        GPU slot, idle processes in its way are stopped unless ``stop_others`` is False (then
+        it takes only room that is free, else BootError)."""
         port = free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
         env = child_env(spec, port, self.update_interval)
+        if self.cgroups is not None:
+            try:
+                process.cgroup = self.cgroups.create()
+            except CgroupsUnavailable as err:
+                raise BootError(f"cannot give the model process its memory limit: {err}") from err
+            env["REPLICANT_CGROUP_PROCS"] = str(process.cgroup.procs)
         if self.devices:
-            self._pin(process, env)
+            try:
+                self._pin(process, env, stop_others)
+            except BaseException:
+                if process.cgroup is not None:
+                    process.cgroup.discard()
+                raise
         return process, env
 
     def placed(self) -> set[CogletProcess]:
         """Its processes that hold a device: started and not reaped, or warm."""
         return {p for p in self._spawned if not p.exited} | set(self._warm.values())
 
-    def _pin(self, process: CogletProcess, env: dict[str, str]) -> None:
+    def _pin(self, process: CogletProcess, env: dict[str, str], stop_others: bool) -> None:
         """Place a new process on a GPU slot (stopping the idle processes in its way)."""
         assert self.devices is not None
         residents: list[CogletProcess] = []
-        # Idle processes that may be stopped to make room, and the pool each belongs to.
+        # Idle processes (and standbys) that may be stopped to make room, and their pools.
         stoppable: dict[CogletProcess, Processes] = {}
         for pool in list(self.devices.pools):
             residents += pool.placed()
-            if pool is self or not pool.keeps_devices:
+            if stop_others and (pool is self or not pool.keeps_devices):
                 stoppable.update((p, pool) for p in pool.idle_processes())
+                stoppable.update((p, pool) for p in pool.standbys.processes())
         index, victims = self.devices.place(
             process.spec.key, residents, lambda p: p not in stoppable, self.expected_size
         )
@@ -279,6 +300,8 @@ class Processes:
         if spec.weights_ref and self.standbys.enabled:
             self.standbys.keep(spec)  # for the next fine-tune of this base, too
             adopted = await self.standbys.adopt(spec, self.with_upload(spec))
+            if adopted is not None and self.devices is not None and adopted.slot is not None:
+                self.devices.home[spec.key] = adopted.slot  # its restarts go back there
             if adopted is not None:
                 return self._ready(spec, adopted, started)
         for attempt in range(3):
@@ -309,6 +332,9 @@ class Processes:
                 if process is not None:
                     process.retire()
                     await process.wait_closed()
+                    if process.cgroup is not None and process.oom_kills():
+                        message = setup_out_of_memory_error(process.cgroup.limit)
+                        raise BootError(message, err.logs) from err
                 if "address already in use" in err.logs.lower() and attempt < 2:
                     continue  # another process took the free port first
                 raise

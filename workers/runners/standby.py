@@ -38,8 +38,11 @@ class Launcher(Protocol):
         """Whether the pool is closed (no new processes)."""
         ...
 
-    def new_process(self, spec: RunnerSpec) -> tuple[CogletProcess, dict[str, str]]:
-        """A process for ``spec``, not started yet, and its environment."""
+    def new_process(
+        self, spec: RunnerSpec, stop_others: bool = True
+    ) -> tuple[CogletProcess, dict[str, str]]:
+        """A process for ``spec``, not started yet, and its environment (``stop_others``
+        False: on a GPU slot only where no process must be stopped, else BootError)."""
         ...
 
     def spawned(self, process: CogletProcess) -> None:
@@ -73,7 +76,8 @@ class Standby:
         self.source = spec  # what a replacement is made from
         self.spec = spec.model_copy(update={"key": f"standby:{spec.key}", "weights_ref": None})
         self.token = secrets.token_urlsafe(12)
-        self.process, env = owner.launcher.new_process(self.spec)
+        # Never in another process's way: on a GPU slot, only room that is free.
+        self.process, env = owner.launcher.new_process(self.spec, stop_others=False)
         self._ref: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._spawned = asyncio.Event()
         self.asked = asyncio.Event()  # its setup() has asked for weights
@@ -142,7 +146,15 @@ class Standbys:
         self._wanted[base] = time.monotonic()
         current = self.by_base.get(base)
         if current is None or not current.process.alive:
+            self._start(base, spec)
+
+    def _start(self, base: str, spec: RunnerSpec) -> None:
+        """A standby for ``base``, unless there is no room for one (every GPU slot taken)."""
+        try:
             self.by_base[base] = Standby(self, base, spec)
+        except BootError as err:
+            self.by_base.pop(base, None)
+            self.log.info("event=standby_not_started key=%s reason=%r", spec.key, str(err))
 
     def pid(self, spec: RunnerSpec) -> int | None:
         """The process id of the standby for ``spec``'s base (None: there is none)."""
@@ -197,6 +209,12 @@ class Standbys:
             del self.by_base[standby.base]
         standby.stop()
 
+    def discard(self, process: CogletProcess) -> None:
+        """Stop the standby of ``process``, if it is one (its slot is needed)."""
+        for standby in list(self.by_base.values()):
+            if standby.process is process:
+                self.drop(standby)
+
     def close(self) -> None:
         """Stop every standby."""
         for standby in list(self.by_base.values()):
@@ -207,7 +225,7 @@ class Standbys:
         self.drop(standby)
         wanted = self._wanted.get(standby.base, 0.0)
         if time.monotonic() - wanted < STANDBY_KEEP and not self.launcher.closed:
-            self.by_base[standby.base] = Standby(self, standby.base, standby.source)
+            self._start(standby.base, standby.source)
         else:
             self._wanted.pop(standby.base, None)
 

@@ -1,0 +1,181 @@
+"""A memory limit per model process (REPLICANT_MODEL_MEMORY_LIMIT): each coglet process tree
+in a memory cgroup of its own, killed by the kernel's real OOM killer past the limit.
+
+The machines that run the suite have a writable memory cgroup hierarchy (the worker's own
+cgroup accepts children); the tests that need one say so when it is missing rather than
+pass. The model allocates past a small limit: only its own cgroup is affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from workers.runners import RunnerPool, RunnerSpec
+from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups, locate, model_cgroups
+
+pytestmark = pytest.mark.timeout(120)
+
+LIMIT = 160 * 1024 * 1024
+
+HOG = """
+    import os
+    from cog import BasePredictor
+
+    class Predictor(BasePredictor):
+        def setup(self) -> None:
+            mb = int(os.environ.get("HOG_SETUP_MB", "0"))
+            self.ballast = bytearray(mb * 1024 * 1024)
+            self.ballast[::4096] = b"x" * len(self.ballast[::4096])
+
+        def predict(self, mb: int = 0) -> str:
+            # Resident, not just reserved: every page is written.
+            grab = bytearray(mb * 1024 * 1024)
+            grab[::4096] = b"x" * len(grab[::4096])
+            return str(os.getpid())
+"""
+
+
+@pytest.fixture(scope="module")
+def hog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("limit") / "hog"
+    root.mkdir()
+    (root / "predict.py").write_text(textwrap.dedent(HOG))
+    (root / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
+    return root
+
+
+def spec(model: Path, key: str = "hog", **env: str) -> RunnerSpec:
+    return RunnerSpec(
+        key=key,
+        model_dir=model,
+        python=Path(sys.executable),
+        predict_ref="predict.py:Predictor",
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def cgroups() -> MemoryCgroups:
+    """This machine's memory cgroups, which the suite's machines must have."""
+    try:
+        return MemoryCgroups.discover(LIMIT)
+    except CgroupsUnavailable as err:
+        pytest.fail(f"this machine has no writable memory cgroup hierarchy: {err}")
+
+
+@pytest.fixture
+async def pool(cgroups: MemoryCgroups) -> AsyncIterator[RunnerPool]:
+    runners = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    await runners.start()
+    yield runners
+    await runners.close()
+
+
+@pytest.mark.integration  # starts coglet processes itself
+async def test_a_model_past_its_memory_limit_is_oom_killed_and_the_next_run_boots_anew(
+    pool: RunnerPool, hog: Path
+) -> None:
+    model = spec(hog)
+    first = await pool.predict(model, "lim-ok", {"mb": 20})
+    assert first.status == "succeeded"
+    cgroup = pool.cgroup("hog")
+    assert cgroup is not None
+    pid = int(str(first.output))
+    # coglet and its model worker (the one that answered) are both in the process's cgroup.
+    assert pool.pid("hog") in cgroup.pids() and pid in cgroup.pids()
+    assert cgroup.oom_kills() == 0
+
+    killed = await pool.predict(model, "lim-oom", {"mb": 400})
+
+    assert killed.status == "failed"
+    assert killed.error is not None
+    assert "ran out of memory" in killed.error
+    assert "memory limit of 160.0MiB" in killed.error
+    assert (cgroup.oom_kills() or 0) >= 1  # the kernel counted its OOM kill
+    after = await pool.predict(model, "lim-next", {"mb": 20})
+    assert after.status == "succeeded"
+    assert after.output != first.output  # a new model process
+    fresh = pool.cgroup("hog")
+    assert fresh is not None and fresh.path != cgroup.path and fresh.oom_kills() == 0
+    assert not cgroup.path.exists()  # the killed process's cgroup was removed
+
+
+@pytest.mark.integration
+async def test_a_setup_past_the_limit_fails_saying_it_ran_out_of_memory(
+    pool: RunnerPool, hog: Path
+) -> None:
+    with pytest.raises(Exception, match="ran out of memory during setup") as raised:
+        await pool.predict(spec(hog, "fat", HOG_SETUP_MB="400"), "lim-setup", {})
+    assert "160.0MiB" in str(raised.value)
+    assert await pool.predict(spec(hog, "thin"), "lim-thin", {}) is not None
+
+
+@pytest.mark.integration
+async def test_closing_the_pool_removes_every_cgroup_it_made(
+    cgroups: MemoryCgroups, hog: Path
+) -> None:
+    pool = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    try:
+        await pool.predict(spec(hog, "a"), "lim-a", {})
+        await pool.predict(spec(hog, "b"), "lim-b", {})
+        made = [pool.cgroup("a"), pool.cgroup("b")]
+        assert all(c is not None and c.path.is_dir() for c in made)
+    finally:
+        await pool.close()
+    assert not any(c is not None and c.path.exists() for c in made)
+
+
+def test_cgroups_of_a_worker_that_is_gone_are_swept(tmp_path: Path) -> None:
+    parent = tmp_path / "worker"
+    (parent / f"replicant-{os.getpid()}-0").mkdir(parents=True)
+    (parent / "replicant-999999999-3").mkdir()  # no such process
+    (parent / "unrelated").mkdir()
+    assert MemoryCgroups(parent, 1, LIMIT).sweep() == 1
+    assert sorted(p.name for p in parent.iterdir()) == [f"replicant-{os.getpid()}-0", "unrelated"]
+
+
+def test_the_memory_cgroup_is_found_on_cgroup_v2_or_v1(tmp_path: Path) -> None:
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("4:memory:/jobs/j1\n1:cpu:/\n0::/workers/w1\n")
+    assert locate(proc, tmp_path) == (tmp_path / "memory" / "jobs" / "j1", 1)
+    # A unified hierarchy with the memory controller wins (at the root, or hybrid's unified).
+    (tmp_path / "unified").mkdir()
+    (tmp_path / "unified" / "cgroup.controllers").write_text("cpu io memory pids\n")
+    assert locate(proc, tmp_path) == (tmp_path / "unified" / "workers" / "w1", 2)
+    # This machine's own cgroup is found too.
+    assert locate(Path("/proc/self/cgroup"))[0].is_dir()
+
+
+def test_cgroup_v2_children_get_memory_max(tmp_path: Path) -> None:
+    # The files of a cgroup v2 hierarchy, as plain files (this machine's memory is on v1).
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    cgroups = MemoryCgroups(tmp_path, 2, LIMIT)
+    cgroups.prepare()
+    made = cgroups.create()
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory"
+    assert (made.path / "memory.max").read_text() == str(LIMIT)
+    made.counter.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert made.counter.name == "memory.events" and made.oom_kills() == 1
+
+
+def test_without_writable_cgroups_the_limit_is_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proc = tmp_path / "proc-cgroup"
+    proc.write_text("0::/\n")  # cgroup v2 without a memory controller
+    with pytest.raises(CgroupsUnavailable, match="no memory controller"):
+        MemoryCgroups.discover(LIMIT, proc_cgroup=proc, root=tmp_path)
+    log = logging.getLogger("test.limit")
+    assert model_cgroups(None, log) is None
+    with caplog.at_level(logging.WARNING, logger="test.limit"):
+        # This process's real cgroups, with a limit that cannot be given.
+        assert model_cgroups(0, log) is None
+    assert "event=model_memory_limit_unavailable" in caplog.text
+    assert "without a memory limit" in caplog.text
