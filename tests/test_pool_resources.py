@@ -211,9 +211,9 @@ async def test_pools_sharing_a_memory_budget_evict_the_least_recently_used_of_ei
 async def test_a_model_process_killed_for_memory_fails_with_a_message_that_says_so(
     pool: RunnerPool, models: Path
 ) -> None:
-    # Honest note: the kernel's OOM killer is not invoked here (no cgroup of our own on a
-    # shared machine); the model SIGKILLs itself after allocating, which is the signature
-    # the pool sees from an OOM kill.
+    # Without a memory limit of the pool's own: the model SIGKILLs itself after allocating,
+    # the signature the pool sees from an OOM kill that its cgroup's counter did not count
+    # (tests/test_model_memory_limit.py has the kernel's OOM killer kill a model for real).
     hog = spec(models, "hog")
     first = await pool.predict(hog, "m-ok", {})
     killed = await pool.predict(hog, "m-oom", {"mb": 50, "die": True})
