@@ -8,15 +8,24 @@ pass. The model allocates past a small limit: only its own cgroup is affected.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from replicant.db import make_engine
+from replicant.devstack import Stack
+from replicant.temporal import connect
+from replicant.versions import create_version, ensure_model
+from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.test_scale_out import run_attempts
 from workers.runners import RunnerPool, RunnerSpec
 from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups, locate, model_cgroups
 
@@ -179,3 +188,46 @@ def test_without_writable_cgroups_the_limit_is_a_warning(
         assert model_cgroups(0, log) is None
     assert "event=model_memory_limit_unavailable" in caplog.text
     assert "without a memory limit" in caplog.text
+
+
+# -- through a whole stack -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory, hog: Path) -> Iterator[tuple[LiveStack, str]]:
+    """A stack whose worker gives each model process the limit, and the hog model on it."""
+    data_dir = tmp_path_factory.mktemp("limited")
+    with contextlib.ExitStack() as cleanup:
+        overrides = cleanup.enter_context(suite_database())
+        settings = stack_settings(data_dir, model_memory_limit=LIMIT, **overrides)
+        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        cleanup.callback(stack.stop)
+        token = stack.start()
+        engine = make_engine(settings.resolved_database_url)
+        cleanup.callback(engine.dispose)
+        name = f"hog-{os.urandom(3).hex()}"
+        create_version(settings, engine, ensure_model(engine, "replicant", name), hog)
+        live = LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+        yield live, f"replicant/{name}"
+
+
+async def test_an_oom_killed_prediction_fails_once_and_the_worker_serves_the_next(
+    limited: tuple[LiveStack, str],
+) -> None:
+    live, model = limited
+
+    def predict(mb: int) -> dict[str, Any]:
+        with live.client() as api:
+            created = api.post(f"/v1/models/{model}/predictions", json={"input": {"mb": mb}})
+        assert created.status_code == 201, created.text
+        return live.wait_for(created.json()["id"], timeout=120)
+
+    killed = await asyncio.to_thread(predict, 400)
+    after = await asyncio.to_thread(predict, 20)
+
+    assert killed["status"] == "failed"
+    assert "ran out of memory" in killed["error"] and "160.0MiB" in killed["error"]
+    assert after["status"] == "succeeded"
+    # The run activity recorded the failure and completed: Temporal ran it once, no retry.
+    client = await connect(live.settings)
+    assert [attempt for _, attempt in await run_attempts(client, killed["id"])] == [1]

@@ -26,7 +26,18 @@ TIERS = ("unit", "integration", "e2e")
 
 # Fixtures that start a whole stack: the session's `live` one, or a module's own.
 E2E_FIXTURES = frozenset(
-    {"live", "node_client", "s3stack", "tls", "cluster", "stack", "crashy", "guarded", "faulty"}
+    {
+        "live",
+        "node_client",
+        "s3stack",
+        "tls",
+        "cluster",
+        "stack",
+        "crashy",
+        "guarded",
+        "faulty",
+        "limited",
+    }
 )
 # Fixtures that start or reach one real service.
 INTEGRATION_FIXTURES = frozenset(
