@@ -13,7 +13,7 @@ import pytest
 
 from replicant.weights import WeightsCache
 from tests.test_weights import NGRAM, WORDS, SlowStore, base_spec, finetune_spec, put_weights
-from workers.runners import RunnerPool
+from workers.runners import RunnerPool, RunnerSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]  # coglet processes
 
@@ -64,14 +64,21 @@ async def two_slots(tmp_path: Path, store: SlowStore) -> AsyncIterator[RunnerPoo
     await pool.close()
 
 
+async def waiting_standby(
+    pool: RunnerPool, store: SlowStore, model_dir: Path, training: str
+) -> tuple[RunnerSpec, int | None]:
+    """A fine-tune of ``training``'s weights, and the standby kept for it once it waits."""
+    tune = finetune_spec(model_dir, put_weights(store, f"trainings/{training}/weights.json", WORDS))
+    pool.keep_standby(tune)
+    assert await pool.standby_ready(tune)
+    return tune, pool.standby_pid(tune)
+
+
 async def test_a_standby_yields_its_slot_and_none_waits_where_a_process_would_be_stopped(
     one_slot: RunnerPool, store: SlowStore, model_dir: Path
 ) -> None:
     pool = one_slot
-    tune = finetune_spec(model_dir, put_weights(store, "trainings/g1/weights.json", WORDS))
-    pool.keep_standby(tune)
-    assert await pool.standby_ready(tune)
-    standby = pool.standby_pid(tune)
+    tune, standby = await waiting_standby(pool, store, model_dir, "g1")
     assert visible_devices(standby) == "0"
 
     # Another version needs the slot: the standby is stopped, never two processes on it.
@@ -96,10 +103,7 @@ async def test_a_fine_tune_adopts_a_standby_on_its_slot_and_the_next_takes_a_fre
     two_slots: RunnerPool, store: SlowStore, model_dir: Path
 ) -> None:
     pool = two_slots
-    tune = finetune_spec(model_dir, put_weights(store, "trainings/g2/weights.json", WORDS))
-    pool.keep_standby(tune)
-    assert await pool.standby_ready(tune)
-    standby = pool.standby_pid(tune)
+    tune, standby = await waiting_standby(pool, store, model_dir, "g2")
     slot = visible_devices(standby)
 
     result = await pool.predict(tune, "g-adopt", {"max_tokens": 5})
