@@ -27,6 +27,7 @@ Modules, one concern each:
 - ``client``: HTTP to coglet (predictions through aiohttp, the rest through httpx).
 - ``processes``: the warm processes by key, their boots, eviction.
 - ``memory``: each process tree's memory, the shared warm-memory budget, the /metrics series.
+- ``cgroups``: a memory cgroup per process with the worker's limit, and its OOM kills.
 - ``devices``: GPU devices, the slots that own them, where a process boots.
 - ``execution``: one prediction on a process: PUT, live updates, failure, cancel.
 - ``receiver``: the embedded HTTP server (webhooks, uploads, weights, standbys).
