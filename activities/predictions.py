@@ -199,7 +199,12 @@ class PredictionActivities:
                 "failed", error=f"The model's environment could not be built: {err}"
             )
         except asyncio.CancelledError:
-            await asyncio.shield(run.finish("canceled"))
+            if cancel_was_requested():
+                await asyncio.shield(run.finish("canceled"))
+            else:
+                # Only this attempt is over (its heartbeat timed out, e.g. while Temporal was
+                # down, or the worker is stopping): the next attempt runs the prediction.
+                await asyncio.shield(run.abandon())
             raise
         finally:
             heartbeats.cancel()
@@ -207,6 +212,13 @@ class PredictionActivities:
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
         return await run.finish(result.status, error=result.error, output=output, logs=result.logs)
+
+
+def cancel_was_requested() -> bool:
+    """Whether the workflow asked to cancel the run (a user's cancel, a deadline), rather
+    than Temporal or the worker ending this attempt alone."""
+    details = activity.cancellation_details()
+    return details is None or details.cancel_requested
 
 
 class _Run:
@@ -258,6 +270,15 @@ class _Run:
         await asyncio.to_thread(
             readmodel.record_progress, self.engine, self.req.id, state.logs, state.output
         )
+
+    async def abandon(self) -> None:
+        """The attempt ends without the prediction: stop its writes and live webhooks and
+        record nothing (a terminal state would outlive the attempt that runs it next)."""
+        await self._progress.stop()
+        if self._processing is not None:
+            self._processing.cancel()
+        if self.hooks is not None:
+            self.hooks.abort()
 
     async def finish(
         self,

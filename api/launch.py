@@ -178,6 +178,7 @@ async def launch_prediction(
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,
         webhook_retry_period=settings.webhook_retry_period,
+        webhook_retry_max_interval=settings.webhook_retry_max_interval,
         webhook_timeout=settings.webhook_timeout,
     )
     # The read model keeps the input as the user sent it.

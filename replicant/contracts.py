@@ -84,8 +84,10 @@ class PredictionRequest(BaseModel):
     # Where staging, webhooks and data removal run when the workflow itself runs on the
     # hardware queue (they must not take a hardware slot); None: the workflow's own queue.
     side_queue: str | None = None
-    # Webhooks: seconds the `completed` event is retried until a 2xx; seconds per delivery.
+    # Webhooks: seconds the `completed` event is retried until a 2xx, at most this many
+    # seconds apart; seconds per delivery.
     webhook_retry_period: float = 3600.0
+    webhook_retry_max_interval: float = 120.0
     webhook_timeout: float = 10.0
     # Input files staged in the object store; the run activity hands them over as local paths.
     staged_files: list[StagedFile] = Field(default_factory=list)
@@ -265,6 +267,7 @@ class TrainingRequest(BaseModel):
     heartbeat_timeout: float = 30.0
     task_queue: str | None = None
     webhook_retry_period: float = 3600.0
+    webhook_retry_max_interval: float = 120.0
     webhook_timeout: float = 10.0
     # Input files staged in the object store; the trainer gets them as local paths.
     staged_files: list[StagedFile] = Field(default_factory=list)

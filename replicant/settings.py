@@ -279,6 +279,13 @@ class Settings(BaseSettings):
         3600.0,
         description="Seconds a `completed` webhook is retried (with backoff) until it gets a 2xx.",
     )
+    webhook_retry_max_interval: float = Field(
+        120.0,
+        description="Most seconds between two attempts of a `completed` webhook: the wait "
+        "starts at 1 s and doubles up to this, so a receiver that comes back is reached "
+        "within this long.",
+        gt=0,
+    )
     webhook_timeout: float = Field(10.0, description="Seconds one webhook delivery may take.")
     stream_keepalive: float = Field(
         15.0, description="Seconds between keep-alive comments of an idle SSE stream."

@@ -1,18 +1,21 @@
 """Probes for the states a test waits on (use them with ``tests.waiting``): where a
-prediction's run activity is in Temporal (queued for a slot, started, retrying), and which
-coglet processes run a version (booting or warm).
+prediction's run activity is in Temporal (queued for a slot, started, retrying), the failed
+activity attempts of its workflow (e.g. refused webhook deliveries), and which coglet
+processes run a version (booting or warm).
 """
 
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime
 from pathlib import Path
 
-from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import Client
 
 from replicant.contracts import ActivityName
+from tests.workflow_runs import all_events
 
 SCHEDULED = PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
 STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
@@ -25,6 +28,20 @@ async def run_activity(temporal: Client, prediction_id: str) -> PendingActivityI
         if pending.activity_type.name == ActivityName.RUN_PREDICTION:
             return pending
     return None
+
+
+async def failed_attempts(temporal: Client, prediction_id: str) -> list[tuple[datetime, str]]:
+    """When each failed activity attempt of a prediction's workflow (every run of it) failed,
+    and its failure message, in order."""
+    failed = EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
+    return [
+        (
+            event.event_time.ToDatetime(tzinfo=UTC),
+            event.activity_task_failed_event_attributes.failure.message,
+        )
+        for event in await all_events(temporal, f"prediction-{prediction_id}")
+        if event.event_type == failed
+    ]
 
 
 def is_queued(pending: PendingActivityInfo | None) -> bool:

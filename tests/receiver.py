@@ -1,7 +1,8 @@
 """A local webhook receiver for tests and benchmarks: records every request it gets.
 
 ``answers`` scripts its replies: each request pops the next (status, delay) and, once the
-script is empty, answers ``default``.
+script is empty, answers ``default``. ``refusing_receiver`` starts refusing connections and
+comes back when told.
 """
 
 from __future__ import annotations
@@ -57,10 +58,8 @@ class Receiver:
         )
 
 
-@contextmanager
-def running_receiver(port: int = 0) -> Iterator[Receiver]:
-    """A receiver on ``port`` (a free one by default)."""
-    receiver = Receiver(url="")
+def _server(receiver: Receiver, port: int) -> ThreadingHTTPServer:
+    """An HTTP server that records into ``receiver``; bound to ``port``, not yet listening."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
@@ -91,13 +90,47 @@ def running_receiver(port: int = 0) -> Iterator[Receiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler, bind_and_activate=False)
     server.daemon_threads = True
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook/"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield receiver
-    finally:
-        server.shutdown()
+        server.server_bind()
+    except OSError:
         server.server_close()
+        raise
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook/"
+    return server
+
+
+@contextmanager
+def _serving(server: ThreadingHTTPServer) -> Iterator[Callable[[], None]]:
+    """Yields ``listen``, which makes the bound ``server`` accept and answer connections."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+
+    def listen() -> None:
+        server.server_activate()
+        thread.start()
+
+    try:
+        yield listen
+    finally:
+        if thread.is_alive():
+            server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def running_receiver(port: int = 0) -> Iterator[Receiver]:
+    """A receiver on ``port`` (a free one by default)."""
+    receiver = Receiver(url="")
+    with _serving(_server(receiver, port)) as listen:
+        listen()
+        yield receiver
+
+
+@contextmanager
+def refusing_receiver() -> Iterator[tuple[Receiver, Callable[[], None]]]:
+    """A receiver that refuses every connection (its port is bound, so no other process can
+    take it, but nothing listens) until the yielded ``come_back`` is called."""
+    receiver = Receiver(url="")
+    with _serving(_server(receiver, 0)) as listen:
+        yield receiver, listen

@@ -1,4 +1,5 @@
-"""Programmatic starts through the Temporal client, queued cancels, and a killed worker."""
+"""Programmatic starts through the Temporal client, queued cancels, a killed worker, and a
+killed Temporal server."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import httpx
 from temporalio.client import Client
 
 from replicant.contracts import PredictionRequest
+from replicant.devstack import wait_for_health
 from replicant.ids import new_id
 from replicant.settings import Settings
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
-from tests.conftest import HEARTBEAT_TIMEOUT, LiveStack
+from tests.conftest import HEARTBEAT_TIMEOUT, RETENTION, LiveStack
 from tests.observe import STARTED, is_queued, processes_in, run_activity
+from tests.trainkit import client_for, data_uri, new_destination, versions_of, wait_training
 from tests.waiting import async_wait_until, wait_until
 from workflows.prediction import PredictionWorkflow
 
@@ -187,3 +190,92 @@ async def test_cancel_while_the_model_boots(live: LiveStack, api: httpx.Client) 
     assert final["status"] == "canceled"
     assert final.get("output") is None
     assert "started_at" not in final  # canceled before setup() ended
+
+
+async def test_work_of_every_kind_finishes_when_temporal_is_killed_and_restarted(
+    live: LiveStack,
+) -> None:
+    """The dev server SIGKILLed while predictions run and wait for a slot, a training waits,
+    and a deployment's instance runs a prediction; a run ends while it is down, another
+    outlives its heartbeat timeout. Restarted on its own database: every one ends truthfully,
+    and the training's version is pushed."""
+    token = live.new_account("restart")
+    destination = new_destination(live, token, "restarted")
+    with live.client(token) as api:
+        username = api.get("/v1/account").json()["username"]
+        deployment = api.post(
+            "/v1/deployments",
+            json={
+                "name": "restarted",
+                "model": "replicant/sleep",
+                "version": version_of(api, "replicant/sleep"),
+                "hardware": "cpu",
+                "min_instances": 1,
+                "max_instances": 1,
+            },
+        )
+        assert deployment.status_code == 200, deployment.text
+        path = f"/v1/deployments/{username}/restarted"
+        await asyncio.to_thread(
+            wait_until,
+            lambda: api.get(path).json()["instances"],
+            what="the deployment's instance to run",
+        )
+
+        def sleep(route: str, seconds: float) -> str:
+            created = api.post(route, json={"input": {"seconds": seconds}})
+            assert created.status_code == 201, created.text
+            prediction_id: str = created.json()["id"]
+            return prediction_id
+
+        # A run that outlasts the outage below by far (started through Temporal, to give it a
+        # longer timeout than the stack's), on gpu-t4's one slot.
+        outlasting = await start(
+            await connect(live.settings),
+            live.settings,
+            username,
+            "replicant/sleep",
+            version_of(api, "replicant/sleep"),
+            input={"seconds": 12},
+            hardware="gpu-t4",
+            timeout=60,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retention=RETENTION,
+        )
+        # cpu has 2 slots: two predictions run, a third and the training wait for one.
+        predictions = [sleep("/v1/models/replicant/sleep/predictions", s) for s in (5, 5, 2)]
+        training = client_for(live, token).trainings.create(
+            model="replicant/ngram",
+            version=version_of(api, "replicant/ngram"),
+            input={"text": data_uri("alpha beta gamma delta. " * 20)},
+            destination=destination,
+        )
+        for running in (outlasting, predictions[0]):
+            await asyncio.to_thread(
+                live.wait_for, running, lambda p: p["status"] == "processing", 60, token
+            )
+        deployed = sleep(f"{path}/predictions", 3)  # its instance is warm: it runs at once
+        await asyncio.to_thread(
+            live.wait_for, deployed, lambda p: p["status"] == "processing", 60, token
+        )
+        live.stack.stop("temporal", sig=signal.SIGKILL)
+        # A run ends while Temporal is down: the worker records it, Temporal cannot hear of it.
+        # By then the outlasting run has missed its heartbeat timeout: once Temporal is back,
+        # its attempt is timed out and it runs again (its row never says `canceled`).
+        await asyncio.to_thread(live.wait_for, predictions[0], timeout=30, token=token)
+        live.stack.start_temporal()
+        for prediction_id in (outlasting, *predictions, deployed):
+            final = await asyncio.to_thread(live.wait_for, prediction_id, timeout=180, token=token)
+            assert final["status"] == "succeeded", final
+            assert final["output"].startswith("slept"), final
+            assert final.get("deployment") == (
+                f"{username}/restarted" if prediction_id == deployed else None
+            )
+        await asyncio.to_thread(wait_training, training)
+        assert training.status == "succeeded", (training.error, training.logs)
+        owner_name, version = training.output["version"].split(":")
+        assert owner_name == destination
+        assert version in versions_of(live, token, destination)
+        # Leave the shared stack as it was: no instance kept warm, every worker back.
+        api.patch(path, json={"min_instances": 0}).raise_for_status()
+    await asyncio.to_thread(wait_for_health, live.url)

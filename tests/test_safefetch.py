@@ -27,7 +27,8 @@ from replicant.timeutil import utcnow
 
 
 class Origin:
-    """A loopback HTTP server: /file (2000 bytes), /redirect?to=URL, /chunked; counts hits."""
+    """A loopback HTTP server: /file (2000 bytes), /redirect?to=URL, /chunked; counts hits
+    (POSTs too, which it answers 200)."""
 
     def __init__(self) -> None:
         self.hits: list[str] = []
@@ -57,6 +58,13 @@ class Origin:
                 else:
                     self.send_response(404)
                     self.end_headers()
+
+            def do_POST(self) -> None:  # noqa: N802 (a webhook that reached it: counted too)
+                origin.hits.append(self.path)
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]

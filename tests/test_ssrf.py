@@ -2,9 +2,9 @@
 
 Every probe that must be refused targets a loopback server that counts its requests, or an
 address that is refused before any connection is attempted: nothing is ever sent to 10.x or
-169.254.x, and no test depends on those addresses answering. (A redirect from an allowed
-place to loopback is refused too: tests/test_safefetch.py proves it, since here every place
-a test can serve from is loopback itself.)
+169.254.x, and no test depends on those addresses answering. An allowed-looking URL that
+redirects to loopback is served from a second host: a network namespace at a public address
+(tests/netns.py), whose server redirects every request to the loopback server.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ from replicant.devstack import Stack
 from replicant.netguard import is_public_address
 from replicant.temporal import connect
 from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.netns import RemoteHost, remote_host
+from tests.observe import failed_attempts
 from tests.receiver import Receiver, running_receiver
 from tests.test_files import png
 from tests.test_safefetch import Origin
+from tests.waiting import async_wait_until
 
 THUMBNAIL = "/v1/models/replicant/thumbnail/predictions"
 HELLO = "/v1/models/replicate/hello-world/predictions"
@@ -66,6 +69,13 @@ def origin() -> Iterator[Origin]:
     server = Origin()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def redirector(origin: Origin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteHost]:
+    """A public-looking host whose every answer is a redirect to the loopback ``origin``."""
+    with remote_host(f"{origin.url}/file", tmp_path_factory.mktemp("netns")) as host:
+        yield host
 
 
 @pytest.fixture
@@ -154,3 +164,52 @@ def test_replicants_own_file_urls_still_work(guarded: LiveStack) -> None:
         assert response.status_code == 201, response.text
     final = guarded.wait_for(response.json()["id"])
     assert final["status"] == "succeeded", final
+
+
+def test_an_input_file_url_that_redirects_to_loopback_is_refused(
+    guarded: LiveStack, origin: Origin, redirector: RemoteHost
+) -> None:
+    assert is_public_address(redirector.address)
+    hits = len(origin.hits)
+    with guarded.client() as api:
+        response = api.post(THUMBNAIL, json={"input": {"image": redirector.url("/image.png")}})
+    assert response.status_code == 201, response.text
+    final = guarded.wait_for(response.json()["id"])
+    assert final["status"] == "failed", final
+    assert final["error"] == (
+        "Input file error: image: the URL is not allowed: "
+        "127.0.0.1 resolves to a private or reserved address"
+    ), final["error"]
+    # The public host was asked (and redirected); the loopback target never was.
+    assert redirector.hits() and set(redirector.hits()) == {"GET /image.png"}
+    assert len(origin.hits) == hits
+
+
+async def test_a_webhook_url_that_redirects_to_loopback_is_not_followed(
+    guarded: LiveStack, origin: Origin, redirector: RemoteHost
+) -> None:
+    hits = len(origin.hits)
+    with guarded.client() as api:
+        response = api.post(
+            HELLO,
+            json={
+                "input": {"text": "x"},
+                "webhook": redirector.url("/hook"),
+                "webhook_events_filter": ["completed"],
+            },
+        )
+    assert response.status_code == 201, response.text
+    prediction_id = response.json()["id"]
+    assert guarded.wait_for(prediction_id)["status"] == "succeeded"
+    temporal = await connect(guarded.settings)
+    # Each attempt reaches the public host, gets its redirect, and stops there; the retries too.
+    failed = await async_wait_until(
+        lambda: failed_attempts(temporal, prediction_id),
+        lambda attempts: len(attempts) >= 2,
+        what=f"two refused deliveries of {prediction_id}'s webhook",
+    )
+    assert {message for _, message in failed} == {
+        "webhook receiver redirect (not followed): HTTP 302"
+    }
+    assert "POST /hook" in redirector.hits()
+    assert len(origin.hits) == hits

@@ -41,7 +41,7 @@ E2E_FIXTURES = frozenset(
 )
 # Fixtures that start or reach one real service.
 INTEGRATION_FIXTURES = frozenset(
-    {"pool", "standby_pool", "moto_url", "redis_prefix", "database_url"}
+    {"pool", "standby_pool", "moto_url", "redis_prefix", "database_url", "redirector"}
 )
 
 # What a unit test may not reach: PostgreSQL and Redis ports, and the service programs.

@@ -133,6 +133,7 @@ class PredictionWorkflow:
             delivery,
             attempt_timeout=req.webhook_timeout,
             retry_period=req.webhook_retry_period,
+            max_interval=req.webhook_retry_max_interval,
             subject=req.id,
             task_queue=req.side_queue,
         )

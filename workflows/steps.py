@@ -33,9 +33,9 @@ LOCAL = timedelta(seconds=30)
 # Staging fetches each input URL within its own time cap; this bounds the whole step.
 STAGE_TIMEOUT = timedelta(minutes=15)
 FILE_SCHEMES = ("http://", "https://", "data:")
-# Backoff of the `completed` webhook: 1 s, doubling, at most 2 minutes apart.
+# Backoff of the `completed` webhook: 1 s, doubling, at most the request's
+# `webhook_retry_max_interval` apart (2 minutes by default).
 WEBHOOK_FIRST_RETRY = timedelta(seconds=1)
-WEBHOOK_MAX_BACKOFF = timedelta(minutes=2)
 
 
 def search_attributes(
@@ -58,13 +58,16 @@ async def deliver_completed(
     *,
     attempt_timeout: float,
     retry_period: float,
+    max_interval: float,
     subject: str,
     task_queue: str | None = None,
 ) -> None:
-    """Deliver a `completed` webhook until a 2xx or the retry period is over; one activity
-    per attempt, so each attempt and the receiver's answer are in the history."""
+    """Deliver a `completed` webhook until a 2xx or the retry period is over, waiting at
+    most ``max_interval`` seconds between attempts; one activity per attempt, so each
+    attempt and the receiver's answer are in the history."""
     deadline = workflow.now() + timedelta(seconds=retry_period)
-    delay = WEBHOOK_FIRST_RETRY
+    max_backoff = timedelta(seconds=max_interval)
+    delay = min(WEBHOOK_FIRST_RETRY, max_backoff)
     while True:
         try:
             await workflow.execute_activity(
@@ -83,7 +86,7 @@ async def deliver_completed(
             workflow.logger.warning("webhook retry period over for %s", subject)
             return
         await workflow.sleep(delay)
-        delay = min(delay * 2, WEBHOOK_MAX_BACKOFF)
+        delay = min(delay * 2, max_backoff)
 
 
 def may_hold_files(value: object) -> bool:

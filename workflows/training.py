@@ -140,6 +140,7 @@ class TrainingWorkflow:
             delivery,
             attempt_timeout=req.webhook_timeout,
             retry_period=req.webhook_retry_period,
+            max_interval=req.webhook_retry_max_interval,
             subject=req.id,
         )
 

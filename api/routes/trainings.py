@@ -183,6 +183,7 @@ async def create_training(
         timeout=settings.training_timeout,
         heartbeat_timeout=settings.heartbeat_timeout,
         webhook_retry_period=settings.webhook_retry_period,
+        webhook_retry_max_interval=settings.webhook_retry_max_interval,
         webhook_timeout=settings.webhook_timeout,
     )
     # The read model keeps the input as the user sent it.
