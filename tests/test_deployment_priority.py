@@ -17,9 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import Session, select
 
-from replicant.deployments import set_deployment_priority
+from replicant.contracts import deployment_workflow_id
+from replicant.deployments import deployment_config, set_deployment_priority
 from replicant.devstack import settings_env
+from replicant.tables import Deployment
 from replicant.temporal import connect
 from tests.conftest import LiveStack
 from tests.fairkit import (
@@ -31,6 +34,7 @@ from tests.fairkit import (
     serve_backlog,
     sleep_model_on_one_slot,
 )
+from tests.test_replay import replayer, save
 from tests.waiting import wait_until
 
 HELLO = "replicate/hello-world"
@@ -174,6 +178,16 @@ async def test_an_operator_moves_a_deployment_to_shared_hardware_and_back(
         # Its workflow is on the orchestration queue again, its run on its instances' queue.
         shown_queue, priority, _ = await placement(live, response.json()["id"])
         assert (shown_queue, priority) == (live.settings.orchestration_queue, 4)
+    # The controller's history, through both moves, replays with the current code.
+    with Session(live.engine) as session:
+        row = session.exec(
+            select(Deployment).where(Deployment.owner == username, Deployment.name == name)
+        ).one()
+    temporal = await connect(live.settings)
+    controller = temporal.get_workflow_handle(deployment_workflow_id(deployment_config(row)))
+    history = await controller.fetch_history()
+    save("deployment-shared-hardware", history)
+    await replayer().replay_workflow(history)
 
 
 def test_the_operator_command_refuses_what_it_cannot_do(live: LiveStack) -> None:
