@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 # once, in the SQLite pass: unit tests, the deploy files, the migrations (which test both
 # databases themselves) and the scale-out test (always on PostgreSQL).
 API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conformance.py \
-	tests/test_deployment_instances.py \
+	tests/test_deployment_instances.py tests/test_deployment_priority.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
 	tests/test_file_lifecycle.py \
 	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \

@@ -32,7 +32,7 @@ def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
         row = session.get(Deployment, ref.deployment_id)
         if row is None or (row.owner, row.name) != (ref.owner, ref.name):
             return DeploymentObservation(exists=False)
-        waiting, running = deployment_demand(session, ref.owner, ref.name)
+        waiting, running = deployment_demand(session, ref.owner, ref.name, instances_only=True)
     if ref.busy or waiting or running:
         with engine.begin() as conn:
             conn.execute(
@@ -41,7 +41,11 @@ def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
                 .values(last_active_at=utcnow())
             )
     return DeploymentObservation(
-        exists=True, config=deployment_config(row), waiting=waiting, running=running
+        exists=True,
+        config=deployment_config(row),
+        waiting=waiting,
+        running=running,
+        shared_hardware=row.shared_hardware,
     )
 
 

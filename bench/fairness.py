@@ -7,9 +7,10 @@ server's fairness settings, replicant/fairness.py); each has one ``cpu`` slot.
    turns in blocks, so any cost of fairness on an idle queue shows as a difference.
 2. Backlog, one stack at a time: account A's long sleep holds the slot while A queues
    ``--backlog`` hello-world predictions; once every one's run activity waits in the queue,
-   A's sleep is canceled and account B at once creates ``--b-predictions``. B's queue wait is
-   its predictions' ``started_at - created_at``; also printed: A's backlog when B arrived
-   and how many of A's predictions started before B's last one.
+   A's sleep is canceled and account B at once creates ``--b-predictions``, and so does A's
+   deployment on shared hardware with priority 1 (docs/fairness.md). B's queue wait is its
+   predictions' ``started_at - created_at``; also printed: A's backlog when B arrived, how
+   many of A's predictions started before B's last one, and the deployment's queue wait.
 
 Run: ``.venv/bin/python bench/fairness.py [--backlog 500] [--b-predictions 10]
 [--requests 100]``.
@@ -36,11 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from replicant.accounts import create_account  # noqa: E402
 from replicant.db import make_engine  # noqa: E402
+from replicant.deployments import set_deployment_priority  # noqa: E402
 from replicant.devstack import Stack, free_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
 
 HELLO = "/v1/models/replicate/hello-world/predictions"
+DEPLOYED = "/v1/deployments/bench-a/urgent/predictions"  # A's, on shared hardware
 SLEEP = "/v1/models/replicant/sleep/predictions"
 LATENCY_BLOCK = 10
 CREATORS = 8  # concurrent clients that queue a backlog
@@ -83,10 +86,22 @@ def running(name: str, fairness: bool) -> Iterator[Bench]:
         stack.start()
         engine = make_engine(settings.resolved_database_url)
         tokens = {who: create_account(engine, f"bench-{who.lower()}")[1] for who in "AB"}
+        deploy_shared(settings.resolved_public_url, tokens["A"])
+        set_deployment_priority(engine, "bench-a/urgent", 1, shared_hardware=True)
         engine.dispose()
         yield Bench(name, stack, settings.resolved_public_url, tokens)
     finally:
         stack.stop()
+
+
+def deploy_shared(url: str, token: str) -> None:
+    """A's deployment of hello-world, ``bench-a/urgent`` (then put on shared hardware)."""
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+        model = client.get("/v1/models/replicate/hello-world").json()
+        body = {"name": "urgent", "model": "replicate/hello-world", "hardware": "cpu"}
+        body |= {"version": model["latest_version"]["id"], "min_instances": 0}
+        response = client.post("/v1/deployments", json={**body, "max_instances": 1})
+        assert response.status_code == 200, response.text
 
 
 async def hello(client: httpx.AsyncClient) -> None:
@@ -112,12 +127,12 @@ async def latency(benches: list[Bench], requests: int) -> dict[str, list[float]]
     return results
 
 
-async def create_many(client: httpx.AsyncClient, count: int) -> list[str]:
+async def create_many(client: httpx.AsyncClient, count: int, path: str = HELLO) -> list[str]:
     ids: list[str] = []
 
     async def creator(share: int) -> None:
         for _ in range(share):
-            response = await client.post(HELLO, json={"input": {"text": "queued"}})
+            response = await client.post(path, json={"input": {"text": "queued"}})
             assert response.status_code == 201, response.text
             ids.append(response.json()["id"])
 
@@ -151,8 +166,8 @@ def at(value: str) -> datetime:
 
 
 async def backlog(bench: Bench, size: int, b_count: int) -> dict[str, float]:
-    """B's queue waits (s) behind A's backlog of ``size``, and A's predictions started
-    before B's last."""
+    """B's queue waits (s) behind A's backlog of ``size``, A's predictions started before
+    B's last, and the queue waits of A's deployment on shared hardware (priority 1)."""
     a, b = bench.client("A"), bench.client("B")
     blocker = (await a.post(SLEEP, json={"input": {"seconds": 3600}})).json()["id"]
     while (await a.get(f"/v1/predictions/{blocker}")).json()["status"] != "processing":
@@ -160,20 +175,28 @@ async def backlog(bench: Bench, size: int, b_count: int) -> dict[str, float]:
     a_ids = await create_many(a, size)
     await wait_queued(bench, a_ids)
     await a.post(f"/v1/predictions/{blocker}/cancel")
-    b_ids = await create_many(b, b_count)
+    b_ids, d_ids = await asyncio.gather(create_many(b, b_count), create_many(a, b_count, DEPLOYED))
     b_done = [await final(b, p) for p in b_ids]
+    d_done = [await final(a, p) for p in d_ids]
     a_done = [await final(a, p) for p in a_ids]
-    waits = sorted((at(p["started_at"]) - at(p["created_at"])).total_seconds() for p in b_done)
+    waits = queue_waits(b_done)
+    d_waits = queue_waits(d_done)
     last_b = max(at(p["started_at"]) for p in b_done)
     first_b = min(at(p["created_at"]) for p in b_done)
     await a.aclose()
     await b.aclose()
     return {
         "p50": statistics.median(waits),
-        "p95": waits[max(int(len(waits) * 0.95) - 1, 0)],
+        "p95": percentile(waits, 0.95),
+        "d_p50": statistics.median(d_waits),
+        "d_p95": percentile(d_waits, 0.95),
         "a_before": sum(at(p["started_at"]) < last_b for p in a_done),
         "a_waiting": sum(at(p["started_at"]) > first_b for p in a_done),
     }
+
+
+def queue_waits(done: list[dict[str, Any]]) -> list[float]:
+    return sorted((at(p["started_at"]) - at(p["created_at"])).total_seconds() for p in done)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -198,6 +221,10 @@ async def main(size: int, b_count: int, requests: int) -> None:
             f"{name:<10}{w['p50']:>14.2f}{w['p95']:>14.2f}"
             f"{w['a_waiting']:>10.0f}{w['a_before']:>10.0f}"
         )
+    print(f"\nA's deployment on shared hardware, priority 1: {b_count} created with B's")
+    print(f"{'fairness':<10}{'wait p50 s':>14}{'wait p95 s':>14}")
+    for name, w in waits.items():
+        print(f"{name:<10}{w['d_p50']:>14.2f}{w['d_p95']:>14.2f}")
     cost = statistics.median(times["on"]) - statistics.median(times["off"])
     print(f"\ncost of fairness on hello-world p50: {cost:+.1f} ms (goal: none measurable)")
     print("A queued: A's predictions still waiting when B's arrived")

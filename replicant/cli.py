@@ -16,6 +16,8 @@ from replicant.settings import Settings, get_settings
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+    from replicant.tables import Deployment
+
 app = typer.Typer(
     help="Replicant: a self-hosted, Replicate-compatible model API.", no_args_is_help=True
 )
@@ -29,6 +31,8 @@ models_app = typer.Typer(help="Manage models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 collections_app = typer.Typer(help="Manage collections of models.", no_args_is_help=True)
 app.add_typer(collections_app, name="collections")
+deployments_app = typer.Typer(help="Operate deployments.", no_args_is_help=True)
+app.add_typer(deployments_app, name="deployments")
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
@@ -226,6 +230,58 @@ def accounts_set_weight(name: str, weight: float) -> None:
     except AccountError as err:
         _refuse(err)
     print(f"{name} has fairness weight {weight:g}")
+
+
+@deployments_app.command("set-priority")
+def deployments_set_priority(
+    deployment: Annotated[str, typer.Argument(help="owner/name")],
+    priority: Annotated[int, typer.Argument(help="1 (first) to 5 (last); the default is 3")],
+    shared_hardware: Annotated[
+        bool | None,
+        typer.Option(
+            "--shared-hardware/--own-instances",
+            help="Run its predictions on its hardware's shared queue (no instances of its "
+            "own), or on its own instances again (the default). Unchanged when not given.",
+        ),
+    ] = None,
+) -> None:
+    """Set the priority of DEPLOYMENT's predictions. On shared hardware it orders them among
+    everyone's predictions there: lower numbers start first."""
+    from replicant.deployments import DeploymentError, set_deployment_priority
+
+    try:
+        row = set_deployment_priority(
+            _accounts_engine(), deployment, priority, shared_hardware=shared_hardware
+        )
+    except DeploymentError as err:
+        _refuse(err)
+    where = "the shared queue of" if row.shared_hardware else "its own instances of"
+    print(f"{deployment} has priority {priority} and runs on {where} {row.hardware}")
+    if shared_hardware is not None:
+        _wake_and_leave(row)
+
+
+def _wake_and_leave(row: Deployment) -> NoReturn:
+    """Wake the deployment's controller (it starts or stops instances now), then end the
+    process at once."""
+    import asyncio
+    import os
+    import sys
+
+    from replicant.deployments import wake_controller
+
+    try:
+        asyncio.run(wake_controller(get_settings(), row))
+    except Exception as err:
+        console.print(
+            f"[yellow]Its controller was not reached ({type(err).__name__}); it applies the "
+            "change at its next check[/yellow]"
+        )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The Temporal client's native threads can abort a short-lived process while the
+    # interpreter tears down (temporalio/sdk-python#300); everything is done: skip it.
+    os._exit(0)
 
 
 def _accounts_engine() -> Engine:

@@ -193,6 +193,12 @@ class DeploymentConfig(BaseModel):
     max_instances: int
 
 
+def deployment_workflow_id(config: DeploymentConfig) -> str:
+    """The id of a deployment's controller: one per deployment; the row id keeps a
+    re-created name apart."""
+    return f"deployment-{config.owner}/{config.name}-{config.deployment_id}"
+
+
 class DeploymentState(BaseModel):
     """Input of ``DeploymentWorkflow``; also what it carries over continue-as-new."""
 
@@ -217,6 +223,9 @@ class DeploymentObservation(BaseModel):
     config: DeploymentConfig | None = None
     waiting: int = 0  # predictions not yet handed to an instance
     running: int = 0
+    # Its new predictions run on the hardware's shared queue: instances only for those queued
+    # on its own queue before (waiting and running count only those).
+    shared_hardware: bool = False
 
 
 class ObserveDeployment(BaseModel):

@@ -1,13 +1,23 @@
 """A deployment's current release and its demand, read from the read model (the API and
-the deployment activities both need them)."""
+the deployment activities both need them), and the operator's placement of a deployment on
+shared hardware."""
 
 from __future__ import annotations
 
 from sqlalchemy import func
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from temporalio.service import RPCError, RPCStatusCode
 
-from replicant.contracts import DeploymentConfig
+from replicant.contracts import DeploymentConfig, deployment_workflow_id
+from replicant.fairness import PRIORITY_MAX, PRIORITY_MIN
+from replicant.settings import Settings
 from replicant.tables import Deployment, Prediction
+from replicant.temporal import connect
+
+
+class DeploymentError(ValueError):
+    """An operator's change that cannot be made (no such deployment, a bad priority)."""
 
 
 def deployment_config(row: Deployment) -> DeploymentConfig:
@@ -26,13 +36,54 @@ def deployment_config(row: Deployment) -> DeploymentConfig:
     )
 
 
-def deployment_demand(session: Session, owner: str, name: str) -> tuple[int, int]:
-    """(waiting, running) predictions of a deployment."""
+def deployment_demand(
+    session: Session, owner: str, name: str, *, instances_only: bool = False
+) -> tuple[int, int]:
+    """(waiting, running) predictions of a deployment; with ``instances_only``, only those
+    its own instances serve (not those on the shared hardware queue)."""
     stmt = (
         select(Prediction.status, func.count())
         .where(Prediction.deployment == f"{owner}/{name}")
         .where(col(Prediction.status).in_(("starting", "processing")))
         .group_by(col(Prediction.status))
     )
+    if instances_only:
+        stmt = stmt.where(col(Prediction.deployment_shared).is_(False))
     counts = dict(session.exec(stmt).all())
     return int(counts.get("starting", 0)), int(counts.get("processing", 0))
+
+
+def set_deployment_priority(
+    engine: Engine, deployment: str, priority: int, *, shared_hardware: bool | None = None
+) -> Deployment:
+    """An operator sets the priority of ``owner/name``'s predictions and, when
+    ``shared_hardware`` is given, where they run: on the hardware's shared queue, ahead of
+    (or behind) everyone's ad-hoc predictions there, or on the deployment's own instances.
+    Applies to predictions created from now on."""
+    if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise DeploymentError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}")
+    owner, _, name = deployment.partition("/")
+    with Session(engine, expire_on_commit=False) as session:
+        row = session.exec(
+            select(Deployment).where(Deployment.owner == owner, Deployment.name == name)
+        ).first()
+        if row is None:
+            raise DeploymentError(f"no deployment named {deployment!r}")
+        row.priority = priority
+        if shared_hardware is not None:
+            row.shared_hardware = shared_hardware
+        session.add(row)
+        session.commit()
+        return row
+
+
+async def wake_controller(settings: Settings, row: Deployment) -> None:
+    """Have the deployment's controller look now, so a new placement starts or stops its
+    instances at once rather than at its next check; nothing to do when none runs."""
+    client = await connect(settings)
+    handle = client.get_workflow_handle(deployment_workflow_id(deployment_config(row)))
+    try:
+        await handle.signal("wake")
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise

@@ -25,6 +25,8 @@ def prediction_from_request(req: PredictionRequest) -> Prediction:
         model=req.model,
         version=req.version,
         deployment=req.deployment,
+        # No task queue of its own: a deployment's prediction waits on the shared hardware queue.
+        deployment_shared=req.deployment is not None and req.task_queue is None,
         source=req.source,
         input=req.input,
         webhook=req.webhook,

@@ -200,12 +200,14 @@ class DeploymentRelease(Response):
 
 class Deployment(Response):
     """A deployment (``schemas_deployment_response``). Beyond Replicate: the priority of its
-    predictions and what runs now (instances by state, queue depth, running predictions)."""
+    predictions, whether they run on the hardware's shared queue (``shared_hardware``, set by
+    an operator) and what runs now (instances by state, queue depth, running predictions)."""
 
     owner: str
     name: str
     current_release: DeploymentRelease
     priority: int
+    shared_hardware: bool
     instances: int
     instances_booting: int
     instances_draining: int

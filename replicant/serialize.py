@@ -252,6 +252,7 @@ def deployment(session: Session, row: tables.Deployment) -> responses.Deployment
             ),
         ),
         priority=row.priority or DEFAULT_PRIORITY,
+        shared_hardware=row.shared_hardware,
         instances=int(counts.get("ready", 0)),
         instances_booting=int(counts.get("booting", 0)),
         instances_draining=int(counts.get("draining", 0)),

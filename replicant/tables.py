@@ -159,6 +159,9 @@ class Prediction(SQLModel, table=True):
     deadline: datetime | None = time_field()
     # Readable by anyone at urls.web (``/p/{id}``) while true; only the owner changes it.
     shared: bool = False
+    # A deployment's prediction that waits on its hardware's shared queue rather than on the
+    # deployment's instances (the deployment runs on shared hardware): no instance serves it.
+    deployment_shared: bool = False
 
 
 class Deployment(SQLModel, table=True):
@@ -181,6 +184,9 @@ class Deployment(SQLModel, table=True):
     release: int = 1  # the current release's number
     # Temporal priority key of its predictions, 1 (first) to 5; None: the default, 3.
     priority: int | None = None
+    # Set by an operator: its predictions run on its hardware's shared queue (no instances of
+    # its own), where ``priority`` orders them among everyone's (docs/fairness.md).
+    shared_hardware: bool = False
     created_at: datetime = created_field()
     # The last time it had an instance or a prediction: deletion waits for a quiet period.
     last_active_at: datetime = created_field()

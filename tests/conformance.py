@@ -62,6 +62,27 @@ EXTENSION_SHAPES: dict[tuple[str, str], tuple[str, str, int]] = {
     ),
 }
 
+# Fields Replicant's answers carry beyond the spec's, by the response model they belong to
+# (the component of Replicant's /openapi.json; a page's are its results'). Every field a
+# response model adds must be here, and nothing else (tests/test_openapi_shapes.py).
+EXTENSION_FIELDS: dict[str, set[str]] = {
+    "Account": {"fairness_weight"},  # its share of busy hardware queues (docs/fairness.md)
+    # Replicate's own answers carry these (its docs show them); its spec leaves them out.
+    "Prediction": {"webhook", "webhook_events_filter"},
+    "Training": {"destination", "webhook", "webhook_events_filter"},
+    "File": {"name", "etag"},
+    # Its predictions' priority and placement (docs/fairness.md); what runs now.
+    "Deployment": {
+        "priority",
+        "shared_hardware",
+        "instances",
+        "instances_booting",
+        "instances_draining",
+        "queue_depth",
+        "running",
+    },
+}
+
 # Success statuses the spec does not list for an operation that Replicant answers with.
 EXTENSION_STATUSES: dict[tuple[str, int], str] = {}
 

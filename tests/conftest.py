@@ -154,18 +154,26 @@ def official_clients_are_checked() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The embedded stack, exactly as `make dev` runs it, on free ports."""
-    data_dir = tmp_path_factory.mktemp("replicant")
+@contextlib.contextmanager
+def running_stack(data_dir: Path, **overrides: Any) -> Iterator[LiveStack]:
+    """An embedded stack on free ports and this run's database (``stack_settings`` with
+    ``overrides``), started, and stopped after."""
     with contextlib.ExitStack() as cleanup:
-        settings = stack_settings(data_dir, **cleanup.enter_context(suite_database()))
+        database = cleanup.enter_context(suite_database())
+        settings = stack_settings(data_dir, **overrides, **database)
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
         token = stack.start()
         engine = make_engine(settings.resolved_database_url)
         cleanup.callback(engine.dispose)
         yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """The embedded stack, exactly as `make dev` runs it, on free ports."""
+    with running_stack(tmp_path_factory.mktemp("replicant")) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from replicant.settings import Settings
+from tests.conformance import EXTENSION_FIELDS
 
 SPEC: dict[str, Any] = json.loads(
     (Path(__file__).resolve().parent / "spec" / "replicate-openapi.json").read_text()
@@ -199,18 +200,63 @@ def test_every_route_documents_a_json_response_model(ours: dict[str, Any]) -> No
 JSON_OPERATIONS = sorted(key for key, (_, op) in spec_operations().items() if _success(op))
 
 
-@pytest.mark.parametrize("key", JSON_OPERATIONS, ids=lambda k: spec_operations()[k][0])
-def test_response_schema_matches_replicates_spec(
+def _answers(
     ours: dict[str, Any], key: tuple[str, str]
-) -> None:
+) -> tuple[str, list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """An operation's id and its success schemas (the spec's, ours) of the statuses both
+    answer with; fails when there are none."""
     op_id, spec_op = spec_operations()[key]
     spec_success = _success(spec_op)
     our_success = _success(our_operations(ours)[key])
     shared = sorted(set(spec_success) & set(our_success))
     assert shared, f"{op_id}: ours answers {sorted(our_success)}, the spec {sorted(spec_success)}"
+    return op_id, [(spec_success[status], our_success[status]) for status in shared]
+
+
+@pytest.mark.parametrize("key", JSON_OPERATIONS, ids=lambda k: spec_operations()[k][0])
+def test_response_schema_matches_replicates_spec(
+    ours: dict[str, Any], key: tuple[str, str]
+) -> None:
+    op_id, shared = _answers(ours, key)
     problems: list[str] = []
     missing: set[str] = set()
-    for status in shared:
-        compare(spec_success[status], our_success[status], ours, "", problems, missing)
+    for spec_schema, our_schema in shared:
+        compare(spec_schema, our_schema, ours, "", problems, missing)
     assert problems == []
     assert missing == NOT_PROVIDED.get(op_id, set())
+
+
+def _added(spec: dict[str, Any], ours: dict[str, Any], doc: dict[str, Any]) -> set[str]:
+    """The top-level properties of ``ours`` that the spec's object does not have."""
+    spec_props = {k for o in _objects(spec, SPEC) for k in o.get("properties", {})}
+    our_props = {k for o in _objects(ours, doc) for k in o.get("properties", {})}
+    return our_props - spec_props if spec_props else set()
+
+
+def _model(schema: dict[str, Any], op_id: str) -> str:
+    """The component a response schema names, else the operation's id."""
+    return str(schema.get("$ref", op_id)).rpartition("/")[2]
+
+
+def _results(schema: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The item schema of a page's ``results``, or None when it is no page."""
+    for member in _objects(schema, doc):
+        results = member.get("properties", {}).get("results")
+        if results is not None:
+            return _items(results, doc)
+    return None
+
+
+@pytest.mark.parametrize("key", JSON_OPERATIONS, ids=lambda k: spec_operations()[k][0])
+def test_fields_beyond_replicates_spec_are_the_listed_extensions(
+    ours: dict[str, Any], key: tuple[str, str]
+) -> None:
+    op_id, shared = _answers(ours, key)
+    for spec_schema, our_schema in shared:
+        levels = [(spec_schema, our_schema)]
+        spec_items, our_items = _results(spec_schema, SPEC), _results(our_schema, ours)
+        if spec_items is not None and our_items is not None:
+            levels.append((spec_items, our_items))
+        for spec_level, our_level in levels:
+            model = _model(our_level, op_id)
+            assert _added(spec_level, our_level, ours) == EXTENSION_FIELDS.get(model, set()), model

@@ -7,7 +7,9 @@ instances how many to run (``ensure_instances``):
 - at least ``min_instances``, at most ``max_instances``;
 - one instance per ``concurrency`` predictions waiting or running, scaling up at once;
 - down to what demand needs (zero when ``min_instances`` is 0) only after ``idle_timeout``
-  seconds of lower demand.
+  seconds of lower demand;
+- none on shared hardware (an operator's choice): its predictions run on the hardware's
+  shared queue, and instances remain only for those queued on its own queue before.
 
 All of a deployment's instances live on one host (a worker process), reached through that
 host's own control queue; a host that stops answering (restarted, gone) is replaced through
@@ -37,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         HostReport,
         InstanceTarget,
         ObserveDeployment,
+        deployment_workflow_id,
     )
 
 LOCAL = timedelta(seconds=30)
@@ -52,7 +55,7 @@ MAX_HISTORY = 5000
 
 def workflow_id(config: DeploymentConfig) -> str:
     """One controller per deployment; the row id keeps a re-created name apart."""
-    return f"deployment-{config.owner}/{config.name}-{config.deployment_id}"
+    return deployment_workflow_id(config)
 
 
 def host_queue_for(hardware: str) -> str:
@@ -98,7 +101,14 @@ class DeploymentWorkflow:
             if observed.config is not None and observed.config.release > state.config.release:
                 state.config = observed.config
             demand = observed.waiting + observed.running
-            target = self._scale(state, demand, workflow.now())
+            if observed.shared_hardware and workflow.patched("shared-hardware"):
+                # New predictions run on the hardware's shared queue: instances serve only
+                # those already queued on the deployment's own, and stop once they are done.
+                state.idle_since = None
+                config = state.config.model_copy(update={"min_instances": 0})
+                target = desired_instances(state.instances, demand, config, state.concurrency)
+            else:
+                target = self._scale(state, demand, workflow.now())
             if target > 0 or state.instances > 0 or not self._settled:
                 await self._ensure(state, target)
             quiet = state.instances == 0 and demand == 0 and self._settled

@@ -326,6 +326,12 @@ async def update_deployment(
                 changes.get("min_instances", row.min_instances),
                 changes.get("max_instances", row.max_instances),
             )
+            if priority is not None and row.shared_hardware and priority != row.priority:
+                raise ProblemError(
+                    403,
+                    f"Deployment {owner}/{name} runs on shared hardware, where the operator "
+                    "sets its priority",
+                )
             if priority is not None:
                 row.priority = priority
                 session.add(row)
@@ -430,7 +436,8 @@ async def create_deployment_prediction(
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyHeader = None,
 ) -> Response:
-    """A prediction that runs only on the deployment's own instances."""
+    """A prediction that runs on the deployment's own instances, or, on shared hardware
+    (an operator's choice), on its hardware's shared queue with the deployment's priority."""
 
     def resolve() -> tuple[Deployment, Model, Version]:
         with Session(state.engine, expire_on_commit=False) as session:
@@ -449,6 +456,7 @@ async def create_deployment_prediction(
 
     row, model, version = await asyncio.to_thread(resolve)
     config = deployment_config(row)
+    shared = row.shared_hardware
     return await launch_body(
         request,
         state,
@@ -461,7 +469,8 @@ async def create_deployment_prediction(
         idempotency_key,
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
-        task_queue=state.settings.deployment_queue(row.owner, row.name),
+        # None: the hardware's shared queue, like any prediction of the model.
+        task_queue=None if shared else state.settings.deployment_queue(row.owner, row.name),
         priority=row.priority,
-        on_started=lambda: _wake(state, config),
+        on_started=None if shared else lambda: _wake(state, config),
     )
