@@ -53,6 +53,11 @@ def owned(live: LiveStack) -> Iterator[Owned]:
         )
         assert created.status_code == 201, created.text
         assert created.json()["output"] == f"hello {marker}"
+        # An example keeps its data past retention, which the matrix's walk may outlast.
+        marked = client.post(
+            f"/v1/models/{model}/examples", json={"prediction": created.json()["id"]}
+        )
+        assert marked.status_code == 201, marked.text
     # A multipart body is streamed, which the conformance hook cannot read: a plain client.
     with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {token}"}) as plain:
         uploaded = plain.post(
