@@ -251,13 +251,6 @@ async def materialized_input(
         await asyncio.to_thread(shutil.rmtree, workdir, True)
 
 
-def _set(value: Any, path: list[str | int], item: str) -> None:
-    target = value
-    for part in path[:-1]:
-        target = target[part]
-    target[path[-1]] = item
-
-
 class OutputSink:
     """Stores a file a model outputs and answers its signed URL (coglet's upload target)."""
 

@@ -7,11 +7,9 @@ read model itself, so a fast prediction costs one activity round trip, not one p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,9 +18,8 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 
 from activities.files import stored_output, uploads_outputs
-from activities.running import ensure_env, heartbeat_forever, load_version, run_model
-from activities.throttle import LatestWriter
-from activities.webhooks import LiveWebhooks, WebhookActivities
+from activities.running import LiveRun, ensure_env, heartbeat_forever, load_version, run_model
+from activities.webhooks import WebhookActivities
 from replicant import readmodel
 from replicant.cogmodel import CogConfigError, load_cog_config
 from replicant.contracts import (
@@ -175,7 +172,15 @@ class PredictionActivities:
             raise RuntimeError("this worker has no model runners")
         version = await self._version(req.version)
         hooks = await self.webhooks.live(req) if req.webhook and self.webhooks else None
-        run = _Run(self.engine, req, hooks)
+        run = LiveRun(
+            hooks,
+            interval=STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL,
+            mark_processing=functools.partial(readmodel.mark_processing, self.engine, req.id),
+            write_progress=functools.partial(_record_progress, self.engine, req.id),
+            # A `start` webhook says `processing`: a GET right after it must say so too.
+            processing_delay=0.0 if hooks is not None else PROCESSING_DELAY,
+        )
+        finish = functools.partial(_finish, self.engine, req, run)
         heartbeats = asyncio.create_task(heartbeat_forever())
         try:
             await ensure_env(version)
@@ -188,19 +193,19 @@ class PredictionActivities:
                 on_update=run.on_update,
             )
         except TimeoutError:
-            return await run.finish(
+            return await finish(
                 "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
             )
         except BootError as err:
             # A model whose setup() fails will fail again: record it rather than retry.
-            return await run.finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
+            return await finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
         except EnvBuildError as err:
-            return await run.finish(
+            return await finish(
                 "failed", error=f"The model's environment could not be built: {err}"
             )
         except asyncio.CancelledError:
             if cancel_was_requested():
-                await asyncio.shield(run.finish("canceled"))
+                await asyncio.shield(finish("canceled"))
             else:
                 # Only this attempt is over (its heartbeat timed out, e.g. while Temporal was
                 # down, or the worker is stopping): the next attempt runs the prediction.
@@ -211,7 +216,7 @@ class PredictionActivities:
         output = await stored_output(self.pool.upload, req.id, result.output)
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
-        return await run.finish(result.status, error=result.error, output=output, logs=result.logs)
+        return await finish(result.status, error=result.error, output=output, logs=result.logs)
 
 
 def cancel_was_requested() -> bool:
@@ -221,92 +226,35 @@ def cancel_was_requested() -> bool:
     return details is None or details.cancel_requested
 
 
-class _Run:
-    """State of one attempt of the run activity: throttled progress writes."""
+def _record_progress(engine: Engine, prediction_id: str, state: CogPrediction) -> None:
+    readmodel.record_progress(engine, prediction_id, state.logs, state.output)
 
-    def __init__(
-        self, engine: Engine, req: PredictionRequest, hooks: LiveWebhooks | None = None
-    ) -> None:
-        self.engine = engine
-        self.req = req
-        self.hooks = hooks
-        self.started_at: datetime | None = None
-        self._processing: asyncio.Task[None] | None = None
-        self._progress = LatestWriter(
-            STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL, self._write
-        )
 
-    async def on_booted(self) -> None:
-        self.started_at = utcnow()
-        # A `start` webhook says `processing`: a GET right after it must say so too.
-        delay = 0.0 if self.hooks is not None else PROCESSING_DELAY
-        self._processing = asyncio.create_task(self._mark_processing(delay))
-        if self.hooks is not None:
-            self.hooks.started(self.started_at)
-
-    async def _mark_processing(self, delay: float) -> None:
-        await asyncio.sleep(delay)
-        assert self.started_at is not None
-        await asyncio.to_thread(
-            readmodel.mark_processing, self.engine, self.req.id, self.started_at
-        )
-
-    async def _processing_now(self) -> None:
-        """``processing`` goes to the read model before the first output or logs do."""
-        task = self._processing
-        if task is not None and not task.done() and task.cancel():
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if task.cancelled():
-                await self._mark_processing(0)
-
-    async def on_update(self, state: CogPrediction) -> None:
-        if self.hooks is not None:
-            self.hooks.progress(state.logs, state.output)
-        await self._processing_now()
-        await self._progress.offer(state)
-
-    async def _write(self, state: CogPrediction) -> None:
-        await asyncio.to_thread(
-            readmodel.record_progress, self.engine, self.req.id, state.logs, state.output
-        )
-
-    async def abandon(self) -> None:
-        """The attempt ends without the prediction: stop its writes and live webhooks and
-        record nothing (a terminal state would outlive the attempt that runs it next)."""
-        await self._progress.stop()
-        if self._processing is not None:
-            self._processing.cancel()
-        if self.hooks is not None:
-            self.hooks.abort()
-
-    async def finish(
-        self,
-        status: Any,
-        *,
-        error: str | None = None,
-        output: Any = None,
-        logs: str | None = None,
-    ) -> RunOutcome:
-        await self._progress.stop()
-        if self._processing is not None:  # the terminal write below records started_at
-            self._processing.cancel()
-        completed_at = utcnow()
-        await asyncio.to_thread(
-            readmodel.finish_prediction,
-            self.engine,
-            self.req.id,
-            status=status,
-            completed_at=completed_at,
-            error=error,
-            output=output,
-            logs=logs,
-            started_at=self.started_at,
-            created_at=self.req.created_at,
-        )
-        if self.hooks is not None:
-            # The last state goes out too (as `output`/`logs`, still `processing`).
-            await self.hooks.end(canceled=status == "canceled", logs=logs, output=output)
-        return RunOutcome(
-            status=status, error=error, started_at=self.started_at, completed_at=completed_at
-        )
+async def _finish(
+    engine: Engine,
+    req: PredictionRequest,
+    run: LiveRun,
+    status: Any,
+    *,
+    error: str | None = None,
+    output: Any = None,
+    logs: str | None = None,
+) -> RunOutcome:
+    """Record the run's terminal state (with ``started_at``) and send the last live events."""
+    completed_at = utcnow()
+    record = functools.partial(
+        readmodel.finish_prediction,
+        engine,
+        req.id,
+        status=status,
+        completed_at=completed_at,
+        error=error,
+        output=output,
+        logs=logs,
+        started_at=run.started_at,
+        created_at=req.created_at,
+    )
+    await run.close(record, canceled=status == "canceled", logs=logs, output=output)
+    return RunOutcome(
+        status=status, error=error, started_at=run.started_at, completed_at=completed_at
+    )

@@ -5,14 +5,20 @@ process that dies in between leaves a row that nothing will ever move. A row ``s
 for longer than the grace period is checked against Temporal: a row whose workflow exists
 is waiting for a slot (fine); one whose workflow does not exist never started and is failed
 with a reason that says so, its stored inputs are removed, and its Idempotency-Key is
-forgotten. Nothing ran, so the client may create it again (with the same key too). Safe to
-run concurrently and to repeat: every write is guarded by status.
+forgotten. Nothing ran, so the client may create it again (with the same key too).
+
+A build's row is written before its workflow starts too, and only its workflow ends it: a
+build still running past the grace whose workflow never started, or has ended without
+ending it (terminated from the Temporal UI, timed out), is failed with the reason and its
+pushed archive removed. Safe to run concurrently and to repeat: every write is guarded by
+status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,14 +26,14 @@ from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio import activity
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 
-from replicant import readmodel, trainings
+from replicant import builds, readmodel, trainings
 from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts
 from replicant.objectkeys import prediction_prefix, training_inputs
 from replicant.storage import ObjectStore
-from replicant.tables import IdempotencyKey, Prediction, Training
-from replicant.temporal import workflow_exists
+from replicant.tables import Build, IdempotencyKey, Prediction, Training
+from replicant.temporal import workflow_exists, workflow_status
 from replicant.timeutil import utcnow
 
 log = logging.getLogger("replicant.reconcile")
@@ -38,6 +44,8 @@ NEVER_STARTED = (
 # Visibility is asked about this many workflow ids at once.
 CHUNK = 100
 TABLES: tuple[tuple[str, Any], ...] = (("prediction", Prediction), ("training", Training))
+# How a build's workflow ended without ending the build; None: it never started.
+Ended = WorkflowExecutionStatus | None
 
 
 class ReconcileActivities:
@@ -50,33 +58,53 @@ class ReconcileActivities:
 
     @activity.defn(name=ActivityName.RECONCILE_STARTS)
     async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
-        """Fail the ``starting`` rows older than ``job.grace`` whose workflow does not exist."""
+        """Fail the ``starting`` rows older than ``job.grace`` whose workflow does not exist,
+        and the running builds whose workflow will never end them."""
         cutoff = utcnow() - timedelta(seconds=job.grace)
         result = ReconciledStarts()
         for kind, table in TABLES:
-            after = ""
-            while result.checked < job.limit:
-                ids = await asyncio.to_thread(self._page, table, cutoff, after)
-                if not ids:
-                    break
-                after = ids[-1]
-                result.checked += len(ids)
+            async for ids in self._pages(table, ("starting",), cutoff, job, result):
                 for workflow_id in await self._missing([f"{kind}-{i}" for i in ids]):
                     row_id = workflow_id.removeprefix(f"{kind}-")
                     if await asyncio.to_thread(self._fail, kind, row_id):
                         log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
                         result.failed.append(workflow_id)
-                activity.heartbeat(result.checked)
+        async for ids in self._pages(Build, builds.RUNNING, cutoff, job, result):
+            for build_id, status in await self._stopped(ids):
+                ended = builds.end_orphaned
+                if await asyncio.to_thread(ended, self.engine, self.store, build_id, status):
+                    how = "never_started" if status is None else status.name.lower()
+                    log.warning("event=build_reconciled build=%s workflow=%s", build_id, how)
+                    result.failed.append(f"build-{build_id}")
         return result
 
-    def _page(self, table: Any, cutoff: datetime, after: str) -> list[str]:
-        """The next ids (in id order, after ``after``) of rows ``starting`` since before
-        ``cutoff``: pages by id, so every such row is seen however many wait in a queue."""
+    async def _pages(
+        self,
+        table: Any,
+        statuses: Sequence[str],
+        cutoff: datetime,
+        job: ReconcileStarts,
+        result: ReconciledStarts,
+    ) -> AsyncIterator[list[str]]:
+        """Pages of ``_page`` until there are no more or ``job.limit`` rows were checked."""
+        after = ""
+        while result.checked < job.limit:
+            ids = await asyncio.to_thread(self._page, table, statuses, cutoff, after)
+            if not ids:
+                return
+            after = ids[-1]
+            result.checked += len(ids)
+            yield ids
+            activity.heartbeat(result.checked)
+
+    def _page(self, table: Any, statuses: Sequence[str], cutoff: datetime, after: str) -> list[str]:
+        """The next ids (in id order, after ``after``) of rows in one of ``statuses`` since
+        before ``cutoff``: pages by id, so every such row is seen however many wait in a queue."""
         with Session(self.engine) as session:
             return list(
                 session.exec(
                     select(table.id)
-                    .where(col(table.status) == "starting")
+                    .where(col(table.status).in_(statuses))
                     .where(col(table.created_at) < cutoff)
                     .where(col(table.id) > after)
                     .order_by(col(table.id))
@@ -94,6 +122,23 @@ class ReconcileActivities:
             if workflow_id not in seen and not await workflow_exists(self.client, workflow_id):
                 missing.append(workflow_id)
         return missing
+
+    async def _stopped(
+        self, build_ids: list[str]
+    ) -> list[tuple[str, WorkflowExecutionStatus | None]]:
+        """The builds whose workflow is not running, with its status (None: it never
+        started): visibility narrows the list, the server confirms each."""
+        quoted = ", ".join(f"'build-{i}'" for i in build_ids)
+        query = f"WorkflowId IN ({quoted}) AND ExecutionStatus = 'Running'"
+        running = {w.id async for w in self.client.list_workflows(query)}
+        stopped: list[tuple[str, Ended]] = []
+        for build_id in build_ids:
+            if f"build-{build_id}" in running:
+                continue
+            status = await workflow_status(self.client, f"build-{build_id}")
+            if status != WorkflowExecutionStatus.RUNNING:
+                stopped.append((build_id, status))
+        return stopped
 
     def _fail(self, kind: str, row_id: str) -> bool:
         now = utcnow()

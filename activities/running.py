@@ -1,11 +1,14 @@
-"""What the run activities of predictions and trainings share: the version, heartbeats, and one
+"""What the run activities of predictions and trainings share: the version, heartbeats, one
 run on the pool with staged input files as local paths and a timeout that counts the model's
-own run."""
+own run, and what one attempt reports as it runs (``LiveRun``)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+import contextlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -13,11 +16,14 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.files import WithStagedFiles, materialized_input
+from activities.throttle import LatestWriter
+from activities.webhooks import LiveWebhooks
 from replicant.contracts import ErrorType
 from replicant.envs import env_ready
 from replicant.runner import CogPrediction, ModelRunner, OnBooted, OnUpdate, RunnerSpec
 from replicant.storage import ObjectStore
 from replicant.tables import Version
+from replicant.timeutil import utcnow
 from replicant.versions import ensure_version_env, version_python
 
 HEARTBEAT_INTERVAL = 1.0
@@ -81,3 +87,103 @@ async def ensure_env(version: Version) -> None:
     (a minute of pip), and meanwhile its run stays `starting`. Raises ``EnvBuildError``."""
     if not env_ready(version_python(version)):
         await asyncio.to_thread(ensure_version_env, version)
+
+
+class LiveRun:
+    """One attempt of a run activity, a prediction's or a training's: when the model
+    started, ``processing`` in the read model, throttled progress writes, and the live
+    webhooks (``hooks``) when the webhook wants them.
+
+    The two differ in the order of ``processing`` and the ``start`` webhook, which is
+    ``processing_delay``: a prediction records ``processing`` in the background that long
+    after the boot (a faster run never writes it: one write, not two), while a training
+    (``None``) records it before its ``start`` webhook goes out. ``live_output`` False keeps
+    the model's output out of the live webhooks (a trainer's output is not the training's).
+    """
+
+    def __init__(
+        self,
+        hooks: LiveWebhooks | None,
+        *,
+        interval: float,
+        mark_processing: Callable[[datetime], object],
+        write_progress: Callable[[CogPrediction], object],
+        processing_delay: float | None,
+        live_output: bool = True,
+    ) -> None:
+        self.hooks = hooks
+        self.started_at: datetime | None = None
+        self._mark = mark_processing
+        self._write_progress = write_progress
+        self._delay = processing_delay
+        self._live_output = live_output
+        self._processing: asyncio.Task[None] | None = None
+        self._progress = LatestWriter(interval, self._write)
+
+    async def on_booted(self) -> None:
+        self.started_at = utcnow()
+        if self._delay is None:
+            await self._mark_processing()
+        else:
+            self._processing = asyncio.create_task(self._mark_processing_in(self._delay))
+        if self.hooks is not None:
+            self.hooks.started(self.started_at)
+
+    async def _mark_processing_in(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self._mark_processing()
+
+    async def _mark_processing(self) -> None:
+        assert self.started_at is not None
+        await asyncio.to_thread(self._mark, self.started_at)
+
+    async def _processing_now(self) -> None:
+        """``processing`` goes to the read model before the first output or logs do."""
+        task = self._processing
+        if task is not None and not task.done() and task.cancel():
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if task.cancelled():
+                await self._mark_processing()
+
+    async def on_update(self, state: CogPrediction) -> None:
+        if self.hooks is not None:
+            output = state.output if self._live_output else self.hooks.row.output
+            self.hooks.progress(state.logs, output)
+        await self._processing_now()
+        await self._progress.offer(state)
+
+    async def _write(self, state: CogPrediction) -> None:
+        await asyncio.to_thread(self._write_progress, state)
+
+    async def close(
+        self,
+        final_write: Callable[[], object] | None,
+        *,
+        canceled: bool,
+        logs: str | None,
+        output: Any = None,
+    ) -> None:
+        """Drop pending writes, make ``final_write`` (the terminal state), and deliver the
+        last live events (the workflow sends ``completed`` after this)."""
+        await self._progress.stop()
+        if self._processing is not None:  # the final write records started_at
+            self._processing.cancel()
+        if final_write is not None:
+            await asyncio.to_thread(final_write)
+        if self.hooks is not None:
+            # The last state goes out too (as `output`/`logs`, still `processing`).
+            await self.hooks.end(canceled=canceled, logs=logs, output=output)
+
+    def abort(self) -> None:
+        """The activity is cancelled before it could close: stop the live webhooks."""
+        if self.hooks is not None:
+            self.hooks.abort()
+
+    async def abandon(self) -> None:
+        """The attempt ends without the run: stop its writes and live webhooks and record
+        nothing (a terminal state would outlive the attempt that runs it next)."""
+        await self._progress.stop()
+        if self._processing is not None:
+            self._processing.cancel()
+        self.abort()

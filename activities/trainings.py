@@ -13,10 +13,10 @@ records any other end and removes the stored weights.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import mimetypes
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -25,8 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.files import Stager
 from activities.predictions import runner_spec
-from activities.running import ensure_env, heartbeat_forever, load_version, run_model
-from activities.throttle import LatestWriter
+from activities.running import LiveRun, ensure_env, heartbeat_forever, load_version, run_model
 from activities.webhooks import (
     LIVE_EVENTS,
     LiveWebhooks,
@@ -159,7 +158,15 @@ class TrainingActivities:
             raise RuntimeError("this worker has no model runners")
         version = await asyncio.to_thread(self._version, req.version)
         store = await self.store() if req.staged_files else None
-        progress = _Progress(self.engine, req.id, await self._live_webhooks(req))
+        progress = LiveRun(
+            await self._live_webhooks(req),
+            interval=LOG_INTERVAL,
+            mark_processing=functools.partial(trainings.mark_processing, self.engine, req.id),
+            write_progress=functools.partial(_record_logs, self.engine, req.id),
+            processing_delay=None,
+            live_output=False,
+        )
+        close = functools.partial(_close, progress, self.engine, req.id)
         heartbeats = asyncio.create_task(heartbeat_forever())
         try:
             await ensure_env(version)
@@ -168,19 +175,19 @@ class TrainingActivities:
                 trainer_spec(version),
                 req,
                 store,
-                on_booted=progress.booted,
-                on_update=progress.update,
+                on_booted=progress.on_booted,
+                on_update=progress.on_update,
             )
         except TimeoutError:
-            await progress.close(None)
+            await close(None)
             return TrainingRun(
                 status="failed", error=f"Training timed out after {req.timeout:g} seconds"
             )
         except BootError as err:
-            await progress.close(err.logs)
+            await close(err.logs)
             return TrainingRun(status="failed", error=f"Model setup failed: {err}")
         except EnvBuildError as err:
-            await progress.close(None)
+            await close(None)
             return TrainingRun(
                 status="failed", error=f"The model's environment could not be built: {err}"
             )
@@ -189,7 +196,7 @@ class TrainingActivities:
             raise
         finally:
             heartbeats.cancel()
-        await progress.close(result.logs, canceled=result.status == "canceled")
+        await close(result.logs, canceled=result.status == "canceled")
         if result.status != "succeeded":
             status = result.status if result.status in ("failed", "canceled") else "failed"
             return TrainingRun(status=status, error=result.error, started_at=progress.started_at)
@@ -318,41 +325,16 @@ class TrainingActivities:
         )
 
 
-class _Progress:
-    """``processing`` and throttled live logs of one attempt of the run activity, and the
-    ``start``/``logs`` webhooks when ``hooks`` is given."""
+def _record_logs(engine: Engine, training_id: str, state: CogPrediction) -> None:
+    trainings.record_logs(engine, training_id, state.logs)
 
-    def __init__(self, engine: Engine, training_id: str, hooks: LiveWebhooks | None) -> None:
-        self.engine = engine
-        self.id = training_id
-        self.hooks = hooks
-        self.started_at: datetime | None = None
-        self._logs = LatestWriter(LOG_INTERVAL, self._write)
 
-    async def booted(self) -> None:
-        self.started_at = utcnow()
-        await asyncio.to_thread(trainings.mark_processing, self.engine, self.id, self.started_at)
-        if self.hooks is not None:
-            self.hooks.started(self.started_at)
-
-    async def update(self, state: CogPrediction) -> None:
-        if self.hooks is not None:
-            # The trainer's own output is not the training's: only logs are live.
-            self.hooks.progress(state.logs, self.hooks.row.output)
-        await self._logs.offer(state.logs)
-
-    async def _write(self, logs: str) -> None:
-        await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
-
-    async def close(self, logs: str | None, *, canceled: bool = False) -> None:
-        """Stop pending writes; record the final logs; deliver the pending live events
-        (the workflow sends ``completed`` after this)."""
-        await self._logs.stop()
-        if logs is not None:
-            await asyncio.to_thread(trainings.record_logs, self.engine, self.id, logs)
-        if self.hooks is not None:
-            await self.hooks.end(canceled=canceled, logs=logs)
-
-    def abort(self) -> None:
-        if self.hooks is not None:
-            self.hooks.abort()
+async def _close(
+    run: LiveRun, engine: Engine, training_id: str, logs: str | None, *, canceled: bool = False
+) -> None:
+    """Stop the attempt's writes, record its final logs and deliver its last live events
+    (the workflow records the end and sends ``completed``)."""
+    final = None
+    if logs is not None:
+        final = functools.partial(trainings.record_logs, engine, training_id, logs)
+    await run.close(final, canceled=canceled, logs=logs)

@@ -1,5 +1,5 @@
-"""Request dependencies as ``Annotated`` aliases: the app state, a database session and the
-caller's account."""
+"""Request dependencies as ``Annotated`` aliases: the app state, the database (a session for
+synchronous routes, ``Database`` for async ones) and the caller's account."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session, col, select
 
 from api.errors import ProblemError
-from api.state import AppState
+from api.state import AppState, Database
 from replicant.ids import hash_token
 from replicant.tables import Account, ApiToken
 
@@ -20,20 +20,34 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-StateDep = Annotated[AppState, Depends(get_state)]
+async def _state(request: Request) -> AppState:
+    # async: FastAPI calls a plain function dependency in its thread pool, a hop per request
+    return get_state(request)
+
+
+StateDep = Annotated[AppState, Depends(_state)]
 
 
 def get_session(state: StateDep) -> Iterator[Session]:
     """A database session for one request, closed after it (objects stay readable).
 
     Opened and closed in FastAPI's thread pool, as the synchronous routes that use it run:
-    the hot paths (creating and reading predictions) read through ``AppState.read`` instead.
+    async routes (the hot paths: creating and reading predictions) take ``DatabaseDep``.
     """
     with Session(state.engine, expire_on_commit=False) as session:
         yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+async def get_database(state: StateDep) -> Database:
+    """The database for an async route: it runs functions of a session, reads inline on
+    SQLite and in a thread elsewhere, so the route opens no session itself."""
+    return state.db
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
 def _token_from(request: Request) -> str | None:
@@ -44,15 +58,14 @@ def _token_from(request: Request) -> str | None:
     return None
 
 
-def _account_for(state: AppState, token: str) -> Account | None:
-    with Session(state.engine) as session:
-        stmt = (
-            select(Account)
-            .join(ApiToken, col(ApiToken.account_id) == col(Account.id))
-            .where(ApiToken.token_hash == hash_token(token))
-            .where(col(ApiToken.revoked_at).is_(None))
-        )
-        return session.exec(stmt).first()
+def _account_for(session: Session, token: str) -> Account | None:
+    stmt = (
+        select(Account)
+        .join(ApiToken, col(ApiToken.account_id) == col(Account.id))
+        .where(ApiToken.token_hash == hash_token(token))
+        .where(col(ApiToken.revoked_at).is_(None))
+    )
+    return session.exec(stmt).first()
 
 
 async def token_account(request: Request, state: AppState) -> Account | None:
@@ -65,7 +78,7 @@ async def token_account(request: Request, state: AppState) -> Account | None:
         cached: Account | None = request.state.token_account
         return cached
     token = _token_from(request)
-    account = None if token is None else await state.read(_account_for, state, token)
+    account = None if token is None else await state.db.read(_account_for, token)
     request.state.token_account = account
     return account
 

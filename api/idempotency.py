@@ -13,18 +13,16 @@ different body with a used key is refused with 422.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Header, Request
-from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Connection
@@ -35,11 +33,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api.errors import ProblemError, invalid
-from api.serialize import json_response, prediction_object
 from api.startguard import start_deadline
 from api.state import AppState
-from replicant.contracts import PredictionRequest
-from replicant.tables import TERMINAL_STATUSES, Account, IdempotencyKey, Prediction
+from replicant.tables import Account, IdempotencyKey
 from replicant.timeutil import as_utc, utcnow
 from workflows.prediction import PredictionWorkflow
 
@@ -123,29 +119,27 @@ def record_claim(conn: Connection, claim: Claim, object_id: str) -> None:
         raise KeyTaken(object_id) from None
 
 
-def _find(state: AppState, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
-    with Session(state.engine, expire_on_commit=False) as session:
-        row = session.exec(
-            select(IdempotencyKey)
-            .where(IdempotencyKey.owner == claim.owner)
-            .where(IdempotencyKey.key == claim.key)
-        ).first()
-        if row is None or as_utc(row.created_at) < utcnow() - KEY_LIFETIME:
-            return None
-        return row, session.get(table, row.object_id)
+def _find(session: Session, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
+    row = session.exec(
+        select(IdempotencyKey)
+        .where(IdempotencyKey.owner == claim.owner)
+        .where(IdempotencyKey.key == claim.key)
+    ).first()
+    if row is None or as_utc(row.created_at) < utcnow() - KEY_LIFETIME:
+        return None
+    return row, session.get(table, row.object_id)
 
 
-def _forget(state: AppState, key_id: int | None) -> None:
-    with Session(state.engine) as session:
-        session.exec(delete(IdempotencyKey).where(col(IdempotencyKey.id) == key_id))
-        session.commit()
+def _forget(session: Session, key_id: int | None) -> None:
+    session.exec(delete(IdempotencyKey).where(col(IdempotencyKey.id) == key_id))
+    session.commit()
 
 
 async def claimed(state: AppState, claim: Claim, table: Any) -> tuple[IdempotencyKey, Any] | None:
     """The live key of ``claim`` and the row of ``table`` it made (None: the key is unused,
     or its object was discarded because its workflow never started: create as usual); 422
     when the key was used with another request."""
-    found = await asyncio.to_thread(_find, state, claim, table)
+    found = await state.db.read(_find, claim, table)
     if found is None:
         return None
     key_row, made = found
@@ -159,76 +153,40 @@ async def claimed(state: AppState, claim: Claim, table: Any) -> tuple[Idempotenc
             ]
         )
     if made is None:  # the first request failed to schedule it and removed it
-        await asyncio.to_thread(_forget, state, key_row.id)
+        await state.db.run(_forget, key_row.id)
         return None
     return key_row, made
 
 
-async def replay(
-    request: Request, state: AppState, claim: Claim, wait: int | None
-) -> Response | None:
-    """The answer to a retry of a prediction create (None: create as usual)."""
-    found = await claimed(state, claim, Prediction)
+async def replayed(
+    state: AppState,
+    claim: Claim,
+    table: Any,
+    start: Callable[[dict[str, Any]], Awaitable[object]],
+) -> Any | None:
+    """The row of ``table`` that a retry with ``claim`` answers (None: the key is unused:
+    create as usual). A row still ``starting`` may be one whose API died after recording it,
+    or whose start is still on its way: its workflow is started from the kept workflow input
+    (``start``), unless it runs or ran already. Only while the start lands inside
+    ``start_grace`` (api/startguard.py): later the row is the reconciler's. 503 when
+    Temporal refuses (the row and its key stay for a retry)."""
+    found = await claimed(state, claim, table)
     if found is None:
         return None
-    key_row, prediction = found
-    if prediction.status == "starting" and key_row.request is not None:
-        req = PredictionRequest.model_validate(key_row.request)
-        await ensure_started(state, "prediction", req.id, prediction.created_at, _start_of(req))
-    if wait is not None and prediction.status not in TERMINAL_STATUSES:
-        await wait_done(state, prediction.id, wait)
-    return await respond(request, state, prediction.id)
-
-
-async def answer_taken(
-    request: Request, state: AppState, claim: Claim, wait: int | None
-) -> Response:
-    """The answer once our insert lost the race for the key: the winner's prediction."""
-    answered = await replay(request, state, claim, wait)
-    if answered is None:
-        raise ProblemError(409, "A request with this Idempotency-Key failed meanwhile; retry")
-    return answered
-
-
-async def respond(request: Request, state: AppState, prediction_id: str) -> Response:
-    """201 with the prediction as it is now, as its create answered."""
-    from api.launch import _load, base_url  # launch imports this module
-
-    row = await state.read(_load, state, prediction_id)
-    body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
-    return json_response(body, 201, {"Location": body.urls.get})
-
-
-def _start_of(req: PredictionRequest) -> Callable[[AppState], Awaitable[object]]:
-    async def start(state: AppState) -> object:
-        from api.launch import _start  # launch imports this module
-
-        return await _start(state, req, None)
-
-    return start
-
-
-async def ensure_started(
-    state: AppState,
-    kind: str,
-    object_id: str,
-    created_at: datetime,
-    start: Callable[[AppState], Awaitable[object]],
-) -> None:
-    """Start the workflow the first request may not have started (its API died after
-    recording the row, or it is still on its way); a running or finished one is left alone.
-    Only while the start lands inside ``start_grace`` (api/startguard.py): later the row is
-    the reconciler's. 503 when Temporal refuses (the row and its key stay for a retry)."""
-    if utcnow() >= start_deadline(created_at, state.settings.start_grace):
-        return
+    key_row, row = found
+    if row.status != "starting" or key_row.request is None:
+        return row
+    if utcnow() >= start_deadline(row.created_at, state.settings.start_grace):
+        return row
     try:
-        await start(state)
+        await start(key_row.request)
     except WorkflowAlreadyStartedError:
-        return
+        return row
     except Exception as err:
-        log.error("event=start_failed %s=%s type=%s", kind, object_id, type(err).__name__)
-        raise ProblemError(503, f"The {kind} could not be scheduled; try again") from err
-    log.info("event=idempotent_restart %s=%s", kind, object_id)
+        log.error("event=start_failed %s=%s type=%s", claim.kind, row.id, type(err).__name__)
+        raise ProblemError(503, f"The {claim.kind} could not be scheduled; try again") from err
+    log.info("event=idempotent_restart %s=%s", claim.kind, row.id)
+    return row
 
 
 async def wait_done(state: AppState, prediction_id: str, wait: int) -> None:

@@ -1,21 +1,24 @@
-"""Starting a prediction: validate, record, start the workflow, and wait when asked to.
+"""Starting a prediction: validate, record, start the workflow, and wait when asked to; and
+answering a retry with an ``Idempotency-Key`` (api/idempotency.py) with the first request's.
 
-Shared by the three create routes (version, model, deployment).
+Shared by the three create routes (version, model, deployment), which take the request, the
+caller and the create headers as one dependency (``PredictionCreateDep``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import Response
 from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col
 from temporalio.client import (
     WithStartWorkflowOperation,
@@ -26,8 +29,17 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
+from api.deadlines import CancelAfter
+from api.deps import CurrentAccount, StateDep
 from api.errors import ProblemError, invalid
-from api.idempotency import Claim, KeyTaken, answer_taken, record_claim, replay, wait_done
+from api.idempotency import (
+    Claim,
+    IdempotencyHeader,
+    KeyTaken,
+    record_claim,
+    replayed,
+    wait_done,
+)
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.serialize import json_response, prediction_object
 from api.startguard import (
@@ -37,14 +49,14 @@ from api.startguard import (
     settle_start,
     start_deadline,
 )
-from api.state import AppState
+from api.state import AppState, Database
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_target
 from replicant.objectkeys import prediction_inputs
-from replicant.tables import Account, Model, Prediction, Version
+from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
 from replicant.validation import validate_input
@@ -55,6 +67,39 @@ log = logging.getLogger("replicant.api")
 PREDICTION_COLUMNS = list(Prediction.__table__.columns)  # type: ignore[attr-defined]
 
 PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class PredictionCreate:
+    """What the three create routes take besides their body and path: the request, the app
+    state, the caller's account, and the create headers, ``Prefer`` (wait), ``Cancel-After``
+    (a deadline) and ``Idempotency-Key``."""
+
+    request: Request
+    state: AppState
+    account: Account
+    prefer: str | None = None
+    cancel_after: timedelta | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def db(self) -> Database:
+        return self.state.db
+
+
+async def prediction_create(
+    request: Request,
+    state: StateDep,
+    account: CurrentAccount,
+    cancel_after: CancelAfter,
+    prefer: Annotated[str | None, Header(alias="Prefer")] = None,
+    idempotency_key: IdempotencyHeader = None,
+) -> PredictionCreate:
+    """A create request's parts (async: no thread-pool hop on the create path)."""
+    return PredictionCreate(request, state, account, prefer, cancel_after, idempotency_key)
+
+
+PredictionCreateDep = Annotated[PredictionCreate, Depends(prediction_create)]
 
 
 def parse_prefer(value: str | None, max_wait: int) -> int | None:
@@ -144,7 +189,7 @@ async def launch_prediction(
         check_webhook(webhook, settings.allow_private_urls)
     if hardware is None and version.base_version_id:
         # A fine-tune runs on the hardware of the base model it was trained from.
-        hardware = await asyncio.to_thread(_version_hardware, state, model, version)
+        hardware = await state.db.read(version_hardware, model, version)
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
@@ -185,7 +230,7 @@ async def launch_prediction(
     claim = idempotency.with_request(req) if idempotency is not None else None
     try:
         row_req = req.model_copy(update={"input": payload})
-        await asyncio.to_thread(_record, state, row_req, model, claim)
+        await state.db.transaction(_record, row_req, model, claim)
     except KeyTaken:
         if stored:
             await discard_data_uris(state, prediction_inputs(req.id))
@@ -222,9 +267,40 @@ async def launch_prediction(
                 await update.result(rpc_timeout=timedelta(seconds=wait))
         else:  # started otherwise (a retry, or the settled start): wait on the workflow
             await wait_done(state, req.id, wait)
-    row = await state.read(_load, state, req.id)
+    return await respond(request, state, req.id)
+
+
+async def respond(request: Request, state: AppState, prediction_id: str) -> Response:
+    """201 with the prediction as it is now, as its create answered."""
+    row = await state.db.read(_load, prediction_id)
     body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
     return json_response(body, 201, {"Location": body.urls.get})
+
+
+async def replay(
+    request: Request, state: AppState, claim: Claim, wait: int | None
+) -> Response | None:
+    """The answer to a retry of a prediction create (None: create as usual)."""
+
+    async def start(kept: dict[str, Any]) -> object:
+        return await _start(state, PredictionRequest.model_validate(kept), None)
+
+    prediction = await replayed(state, claim, Prediction, start)
+    if prediction is None:
+        return None
+    if wait is not None and prediction.status not in TERMINAL_STATUSES:
+        await wait_done(state, prediction.id, wait)
+    return await respond(request, state, prediction.id)
+
+
+async def answer_taken(
+    request: Request, state: AppState, claim: Claim, wait: int | None
+) -> Response:
+    """The answer once our insert lost the race for the key: the winner's prediction."""
+    answered = await replay(request, state, claim, wait)
+    if answered is None:
+        raise ProblemError(409, "A request with this Idempotency-Key failed meanwhile; retry")
+    return answered
 
 
 async def _start(
@@ -269,20 +345,14 @@ async def _start(
     )
 
 
-def _version_hardware(state: AppState, model: Model, version: Version) -> str:
-    with Session(state.engine) as session:
-        return version_hardware(session, model, version)
-
-
-def _load(state: AppState, prediction_id: str) -> Prediction:
-    with Session(state.engine) as session:
-        row = session.get(Prediction, prediction_id)
+def _load(session: Session, prediction_id: str) -> Prediction:
+    row = session.get(Prediction, prediction_id)
     assert row is not None
     return row
 
 
 def _record(
-    state: AppState, req: PredictionRequest, model: Model, claim: Claim | None = None
+    conn: Connection, req: PredictionRequest, model: Model, claim: Claim | None = None
 ) -> None:
     """The prediction's row, and one more run on its model's ``run_count``, in one
     transaction (the id is new: no existing row to look for). Plain INSERT and UPDATE
@@ -290,10 +360,9 @@ def _record(
     than the statements themselves."""
     row = readmodel.prediction_from_request(req)
     values = {column.name: getattr(row, column.name) for column in PREDICTION_COLUMNS}
-    with state.engine.begin() as conn:
-        if claim is not None:  # first: a key in use fails before anything is written
-            record_claim(conn, claim, req.id)
-        conn.execute(insert(Prediction), values)
-        # One UPDATE, so concurrent predictions never lose a count.
-        count = col(Model.run_count) + 1
-        conn.execute(update(Model).where(col(Model.id) == model.id).values(run_count=count))
+    if claim is not None:  # first: a key in use fails before anything is written
+        record_claim(conn, claim, req.id)
+    conn.execute(insert(Prediction), values)
+    # One UPDATE, so concurrent predictions never lose a count.
+    count = col(Model.run_count) + 1
+    conn.execute(update(Model).where(col(Model.id) == model.id).values(run_count=count))

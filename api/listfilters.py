@@ -7,7 +7,7 @@ the next and previous URLs carry them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -59,27 +59,6 @@ def _owner_name(field: str, value: str | None) -> str | None:
     return value
 
 
-async def list_filters(
-    status: Status | None = None,
-    model: Annotated[str | None, Query(description="owner/name")] = None,
-    version: Annotated[str | None, Query(description="a version id")] = None,
-    deployment: Annotated[str | None, Query(description="owner/name")] = None,
-    source: Literal["web", "api"] | None = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-) -> ListFilters:
-    """The filters of a prediction list request; 422 naming a malformed one."""
-    return ListFilters(
-        status=status,
-        model=_owner_name("model", model),
-        version=version,
-        deployment=_owner_name("deployment", deployment),
-        source=source,
-        created_after=created_after,
-        created_before=created_before,
-    )
-
-
 async def training_list_filters(
     status: Status | None = None,
     model: Annotated[str | None, Query(description="owner/name")] = None,
@@ -88,7 +67,7 @@ async def training_list_filters(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> ListFilters:
-    """The filters of a training list request (trainings have no deployment)."""
+    """The filters of a training list request; 422 naming a malformed one."""
     return ListFilters(
         status=status,
         model=_owner_name("model", model),
@@ -99,5 +78,15 @@ async def training_list_filters(
     )
 
 
-PredictionFilters = Annotated[ListFilters, Depends(list_filters)]
 TrainingFilters = Annotated[ListFilters, Depends(training_list_filters)]
+
+
+async def list_filters(
+    filters: TrainingFilters,
+    deployment: Annotated[str | None, Query(description="owner/name")] = None,
+) -> ListFilters:
+    """The filters of a prediction list request: a training list's, and ``deployment``."""
+    return replace(filters, deployment=_owner_name("deployment", deployment))
+
+
+PredictionFilters = Annotated[ListFilters, Depends(list_filters)]

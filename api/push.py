@@ -27,16 +27,15 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
 
 from api.errors import ProblemError
 from api.state import AppState
 from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest
-from replicant.objectkeys import build_archive
 from replicant.storage import ObjectStore
 from replicant.tables import Build, Version
+from replicant.temporal import workflow_status
 from replicant.timeutil import utcnow
 from workflows.build import BuildVersionWorkflow, search_attributes
 
@@ -158,14 +157,7 @@ def store_archive(store: ObjectStore, archive: Path, key: str) -> None:
 async def start_build(state: AppState, req: BuildRequest) -> None:
     """Record the build and start its workflow; 503 (the build marked failed) when Temporal
     cannot be reached."""
-    row = Build(id=req.id, owner=req.owner, model=req.model)
-
-    def insert() -> None:
-        with Session(state.engine) as session:
-            session.add(row)
-            session.commit()
-
-    await asyncio.to_thread(insert)
+    await state.db.run(_insert, Build(id=req.id, owner=req.owner, model=req.model))
     try:
         client = await state.temporal()
         await client.start_workflow(
@@ -186,14 +178,18 @@ async def start_build(state: AppState, req: BuildRequest) -> None:
         raise problem from err
 
 
-def outcome(state: AppState, row: Build) -> tuple[int, dict[str, Any]]:
+def _insert(session: Session, row: Build) -> None:
+    session.add(row)
+    session.commit()
+
+
+def outcome(session: Session, row: Build) -> tuple[int, dict[str, Any]]:
     """A finished build's HTTP status and body: the version (201 new, 200 existing) or the
     problem."""
     if row.status != "succeeded" or row.version_id is None:
         error = row.error or builds.unexpected_problem("The build failed")
         return int(error.get("status", 500)), error
-    with Session(state.engine) as session:
-        version = session.get(Version, row.version_id)
+    version = session.get(Version, row.version_id)
     if version is None:  # deleted since: the build's result is gone
         return 404, builds.problem(404, f"Version {row.version_id} not found", title="Not found")
     return (201 if row.created else 200), serialize.body(serialize.version(version))
@@ -203,27 +199,19 @@ async def end_orphaned(state: AppState, row: Build) -> None:
     """Fail a running build whose workflow has ended without ending it (terminated, timed
     out) or never started (its API died first), so that followers stop waiting."""
     try:
-        client = await state.temporal()
-        described = await client.get_workflow_handle(f"build-{row.id}").describe()
-        status = described.status
-    except RPCError as err:
-        if err.status != RPCStatusCode.NOT_FOUND or utcnow() - row.created_at < START_GRACE:
-            return
-        status = None
+        status = await workflow_status(await state.temporal(), f"build-{row.id}")
     except Exception:
         return  # Temporal unreachable for now: keep following, ask again later
     if status == WorkflowExecutionStatus.RUNNING:
         return
-    # The workflow's activities write the outcome before it completes: read the row again.
-    current = await asyncio.to_thread(builds.get_build, state.engine, row.id)
-    if current is None or current.status in builds.TERMINAL:
-        return
-    how = "never started" if status is None else f"ended ({status.name.lower()})"
-    log.warning("event=build_orphaned build=%s workflow=%s", row.id, how)
-    error = builds.unexpected_problem(f"The build's workflow {how} before the build finished")
-    await asyncio.to_thread(builds.finish_build, state.engine, row.id, error=error)
+    if status is None and utcnow() - row.created_at < START_GRACE:
+        return  # its start may still land
+    # The workflow's activities write the outcome before it completes: a build that ended
+    # so is left as it is (the write is guarded by status).
     store = await state.store()
-    await asyncio.to_thread(store.delete, build_archive(row.id))
+    if await asyncio.to_thread(builds.end_orphaned, state.engine, store, row.id, status):
+        how = "never_started" if status is None else status.name.lower()
+        log.warning("event=build_orphaned build=%s workflow=%s", row.id, how)
 
 
 async def tail(state: AppState, build_id: str) -> AsyncIterator[tuple[list[str], Build | None]]:
@@ -251,7 +239,7 @@ async def wait_build(state: AppState, build_id: str) -> tuple[int, dict[str, Any
     """Wait for a build to end; its ``outcome``."""
     async for _, row in tail(state, build_id):
         if row is not None:
-            return await asyncio.to_thread(outcome, state, row)
+            return await state.db.read(outcome, row)
     raise ProblemError(500, "The build ended without an outcome")
 
 
@@ -266,7 +254,7 @@ async def ndjson_events(state: AppState, build_id: str) -> AsyncIterator[bytes]:
             yield _line({"event": "log", "message": message})
         if row is None:
             continue
-        status, body = await asyncio.to_thread(outcome, state, row)
+        status, body = await state.db.read(outcome, row)
         if status < 400:
             yield _line({"event": "version", "status": status, "version": body})
         else:

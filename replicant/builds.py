@@ -18,13 +18,17 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
+from temporalio.client import WorkflowExecutionStatus
 
 from replicant.cogmodel import CogConfigError, PredictorError
 from replicant.envs import EnvBuildError
+from replicant.objectkeys import build_archive
+from replicant.storage import ObjectStore
 from replicant.tables import Build
 from replicant.timeutil import utcnow
 
 TERMINAL = ("succeeded", "failed")
+RUNNING = ("starting", "processing")
 # Longer than any build (pip alone may take an hour): older scratch dirs are leftovers.
 STALE_AFTER = 24 * 3600.0
 
@@ -166,3 +170,17 @@ def finish_build(
         )
         session.commit()
         return bool(getattr(result, "rowcount", 0))
+
+
+def end_orphaned(
+    engine: Engine, store: ObjectStore, build_id: str, workflow: WorkflowExecutionStatus | None
+) -> bool:
+    """Fail a build whose workflow will never end it (``workflow``: its status, None when it
+    never started) with the reason, and remove its archive; False when it had ended."""
+    how = "never started" if workflow is None else f"ended ({workflow.name.lower()})"
+    error = unexpected_problem(f"The build's workflow {how} before the build finished")
+    failed = finish_build(engine, build_id, error=error)
+    if failed:
+        with contextlib.suppress(Exception):  # deleting a missing object is no error
+            store.delete(build_archive(build_id))
+    return failed

@@ -120,7 +120,8 @@ class ExpiredFiles(BaseModel):
 
 class ReconcileStarts(BaseModel):
     """Input of ``StartReconcileWorkflow``: settle ``starting`` rows older than
-    ``grace`` seconds whose workflow does not exist, at most ``limit`` rows a run."""
+    ``grace`` seconds whose workflow does not exist, and builds as old still running whose
+    workflow does not run, at most ``limit`` rows a run."""
 
     grace: float = 60.0
     limit: int = 100_000

@@ -120,11 +120,14 @@ class Settings(BaseSettings):
     start_grace: float = Field(
         60.0,
         description="Seconds after which a prediction or training still `starting` whose "
-        "workflow does not exist (its create crashed half-way) is failed by the reconciler; "
-        "keep it above the API's 10 s start timeout.",
+        "workflow does not exist (its create crashed half-way), or a build still running whose "
+        "workflow never started or has ended, is failed by the reconciler; keep it above the "
+        "API's 10 s start timeout.",
     )
     reconcile_interval: float = Field(
-        30.0, description="Seconds between the reconciler's passes over `starting` rows."
+        30.0,
+        description="Seconds between the reconciler's passes over `starting` rows and running "
+        "builds.",
     )
     fault_kill_before_start: bool = Field(
         False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -18,13 +18,19 @@ async def connect(settings: Settings) -> Client:
     )
 
 
-async def workflow_exists(client: Client, workflow_id: str) -> bool:
-    """Whether Temporal has a workflow of this id (running or closed); asks the server
-    itself, not its visibility index. Errors other than "not found" propagate."""
+async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
+    """The status of the workflow of this id (running or closed), None when Temporal has
+    none; asks the server itself, not its visibility index. Errors other than "not found"
+    propagate."""
     try:
-        await client.get_workflow_handle(workflow_id).describe()
+        described = await client.get_workflow_handle(workflow_id).describe()
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
-            return False
+            return None
         raise
-    return True
+    return described.status
+
+
+async def workflow_exists(client: Client, workflow_id: str) -> bool:
+    """Whether Temporal has a workflow of this id (running or closed); see ``workflow_status``."""
+    return await workflow_status(client, workflow_id) is not None

@@ -1,4 +1,5 @@
-"""The Cog-model side: cog.yaml, schemas derived from predictors, input validation, envs.
+"""The Cog-model side: cog.yaml, schemas derived from predictors, input validation, the
+examples under coglet (environments: tests/test_envs.py).
 
 Everything here runs the real cog 0.23.1 SDK and coglet; nothing about them is mocked.
 """
@@ -6,16 +7,12 @@ Everything here runs the real cog 0.23.1 SDK and coglet; nothing about them is m
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,14 +24,12 @@ from openapi_spec_validator import validate as validate_openapi
 
 from replicant.cogmodel import (
     COGLET_SCHEMA_PATH,
-    CogConfig,
     CogConfigError,
     PredictorError,
     inspect_model,
     load_cog_config,
     write_schema_for_coglet,
 )
-from replicant.envs import EnvBuildError, ensure_env
 from replicant.validation import InvalidField, validate_input
 from tests.waiting import wait_until
 
@@ -502,89 +497,3 @@ def test_examples_answer_under_coglet(tmp_path: Path) -> None:
     out.write_bytes(base64.b64decode(thumb["output"].split(",", 1)[1]))
     with Image.open(out) as img:
         assert (img.format, img.size) == ("PNG", (100, 50))
-
-
-# --- environments ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_examples_run_in_replicants_own_python(tmp_path: Path, name: str) -> None:
-    assert ensure_env(load_cog_config(EXAMPLES / name), tmp_path) == PYTHON
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_python_version_the_host_lacks_falls_back_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    lines: list[str] = []
-    config = CogConfig(predict_ref="predict.py:Predictor", python_version="3.99")
-    with caplog.at_level(logging.WARNING, logger="replicant.envs"):
-        assert ensure_env(config, tmp_path, lines.append) == PYTHON
-    assert any("3.99" in line for line in lines)
-    assert "python_version_missing" in caplog.text
-
-
-@pytest.mark.integration  # builds a Python environment with pip
-def test_a_requirement_pip_cannot_find_is_an_env_build_error(tmp_path: Path) -> None:
-    config = CogConfig(
-        predict_ref="predict.py:Predictor",
-        python_packages=["replicant-no-such-package-xyz==1.0"],
-    )
-    with pytest.raises(EnvBuildError, match="replicant-no-such-package-xyz"):
-        ensure_env(config, tmp_path)
-    # Nothing half-built is left that could pass for a ready env.
-    assert [p for p in tmp_path.iterdir() if p.is_dir()] == []
-
-
-def make_wheel(directory: Path, name: str = "replicant_test_pkg", version: str = "0.1") -> Path:
-    """A minimal pure-Python wheel, so building an env needs no network."""
-    info = f"{name}-{version}.dist-info"
-    files = {
-        f"{name}.py": "VALUE = 42\n",
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
-        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n",
-    }
-    record = []
-    for path, text in files.items():
-        digest = hashlib.sha256(text.encode()).digest()
-        encoded = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        record.append(f"{path},sha256={encoded},{len(text.encode())}")
-    files[f"{info}/RECORD"] = "\n".join([*record, f"{info}/RECORD,,"]) + "\n"
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        for path, text in files.items():
-            archive.writestr(path, text)
-    return wheel
-
-
-@pytest.mark.integration  # builds a Python environment with pip
-def test_an_env_is_built_once_and_sees_cog(tmp_path: Path) -> None:
-    wheel = make_wheel(tmp_path)
-    config = CogConfig(predict_ref="predict.py:Predictor", python_packages=[str(wheel)])
-    envs = tmp_path / "envs"
-    lines: list[str] = []
-    results: list[Path] = []
-
-    def build() -> None:
-        results.append(ensure_env(config, envs, lines.append))
-
-    threads = [threading.Thread(target=build) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 3 and len(set(results)) == 1
-    python = results[0]
-    assert python != PYTHON and python.parent.parent.parent == envs
-    assert sum(line.startswith("building") for line in lines) == 1
-    probe = subprocess.run(
-        [str(python), "-c", "import cog, replicant_test_pkg as p; print(cog.__version__, p.VALUE)"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert probe.stdout.split() == ["0.23.1", "42"]
-    # The same requirements later: the finished env, without building.
-    lines.clear()
-    assert ensure_env(config, envs, lines.append) == python and lines == []

@@ -16,7 +16,7 @@ from replicate.exceptions import ReplicateError
 
 from replicant.devstack import settings_env
 from tests.conftest import LiveStack
-from tests.test_models import Who, someone
+from tests.modelkit import Who, someone
 
 BUILTINS = {"replicate/hello-world", "replicant/sleep", "replicant/thumbnail", "replicant/ngram"}
 

@@ -334,7 +334,8 @@ def test_iterator_of_files_and_retention_removes_them(tls: TLSStack) -> None:
 
     removed = tls.wait_for(prediction.id, lambda p: p["data_removed"], timeout=RETENTION + 60)
     assert removed["data_removed"] is True and removed["output"] is None
-    assert not objects.exists()
+    # The row says so first, then the files go.
+    wait_until(objects.exists, lambda exists: not exists, what="the prediction's files to go")
     with tls.client(token="") as anonymous:
         assert all(anonymous.get(url).status_code == 404 for url in urls)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from replicant.temporal import connect
 from tests.conftest import LiveStack
-from tests.test_models import COG_YAML, pushed, someone, write_model
+from tests.modelkit import COG_YAML, pushed, someone, write_model
 from tests.test_official_models import HELLO
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.conftest import LiveStack
-from tests.test_models import COG_YAML, PID_MODEL, pushed, someone, write_model
+from tests.modelkit import COG_YAML, PID_MODEL, pushed, someone, write_model
 
 
 def test_a_pushed_readme_is_served_and_patch_replaces_it(live: LiveStack, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from sqlmodel import Session
 from replicant.tables import Model
 from replicant.timeutil import utcnow
 from tests.conftest import LiveStack
-from tests.test_models import COG_YAML, PID_MODEL, pushed, someone, write_model
+from tests.modelkit import COG_YAML, PID_MODEL, pushed, someone, write_model
 
 
 def walk(api: httpx.Client, params: dict[str, str]) -> list[dict[str, Any]]:

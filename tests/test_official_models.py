@@ -9,7 +9,7 @@ from pathlib import Path
 
 from replicant.devstack import settings_env
 from tests.conftest import LiveStack
-from tests.test_models import COG_YAML, pushed, someone, write_model
+from tests.modelkit import COG_YAML, pushed, someone, write_model
 
 HELLO = (
     "from cog import BasePredictor\n\n\n"

@@ -30,9 +30,8 @@ from workers.main import WORKFLOW_RUNNER
 from workers.schedules import FILE_EXPIRY_SCHEDULE, RETENTION_SCHEDULE
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
-from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
-from workflows.retention import RetentionSweepWorkflow
+from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow
 from workflows.training import TrainingWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"

@@ -38,10 +38,8 @@ from workers.schedules import ensure_schedules
 from workers.slots import RunSlots, SlotRunner
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
-from workflows.expiry import FileExpiryWorkflow
 from workflows.prediction import PredictionWorkflow
-from workflows.reconcile import StartReconcileWorkflow
-from workflows.retention import RetentionSweepWorkflow
+from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow, StartReconcileWorkflow
 from workflows.training import TrainingWorkflow
 
 log = logging.getLogger("replicant.worker")

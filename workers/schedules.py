@@ -25,9 +25,7 @@ from temporalio.client import (
 
 from replicant.contracts import ExpireFiles, ReconcileStarts, SweepRetention
 from replicant.settings import Settings
-from workflows.expiry import FileExpiryWorkflow
-from workflows.reconcile import StartReconcileWorkflow
-from workflows.retention import RetentionSweepWorkflow
+from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow, StartReconcileWorkflow
 
 log = logging.getLogger("replicant.worker")
 

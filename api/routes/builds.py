@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api import push
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, DatabaseDep, StateDep
 from api.errors import not_found
 from replicant import builds, responses
 from replicant.timeutil import isoformat
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/v1", tags=["builds"])
     responses={200: {"content": {push.NDJSON: {}}}},
 )
 async def get_build(
-    build_id: str, request: Request, state: StateDep, account: CurrentAccount
+    build_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> Response:
     """A build of the caller's push: status, log and outcome. With ``Accept:
     application/x-ndjson`` the build streams as the push did (log lines from the start, then
@@ -44,6 +44,6 @@ async def get_build(
         "completed_at": isoformat(row.completed_at),
     }
     if row.status in builds.TERMINAL:
-        status, result = await asyncio.to_thread(push.outcome, state, row)
+        status, result = await db.read(push.outcome, row)
         body["version" if status < 400 else "error"] = result
     return JSONResponse(body)

@@ -7,14 +7,13 @@ update-with-start (so a missing controller is started again) and every predictio
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
@@ -23,11 +22,9 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
-from api.deadlines import CancelAfter
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.idempotency import IdempotencyHeader
-from api.launch import base_url
+from api.launch import PredictionCreateDep, base_url
 from api.pagination import paginate
 from api.routes.predictions import PredictionInput, launch_body
 from api.state import AppState
@@ -55,7 +52,6 @@ MinInstances = Annotated[int, Field(ge=0, le=5)]
 MaxInstances = Annotated[int, Field(ge=0, le=20)]
 # Temporal priority key of the deployment's predictions: 1 runs first, 5 last (default 3).
 PriorityKey = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
-PreferHeader = Annotated[str | None, Header(alias="Prefer")]
 
 
 class DeploymentCreate(BaseModel):
@@ -206,7 +202,7 @@ def list_deployments(
 
 @router.post("/deployments", response_model_exclude_unset=True)
 async def create_deployment(
-    body: DeploymentCreate, state: StateDep, account: CurrentAccount
+    body: DeploymentCreate, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Deployment:
     """A new deployment, owned by the caller, with release 1; its controller starts now."""
     if not NAME.match(body.name):
@@ -216,38 +212,37 @@ async def create_deployment(
     _check_hardware(state, body.hardware)
     _check_bounds(body.min_instances, body.max_instances)
 
-    def create() -> DeploymentConfig:
-        with Session(state.engine, expire_on_commit=False) as session:
-            owner, _, name = body.model.partition("/")
-            model = find_model(session, account, owner, name)
-            if model is None:
-                raise not_found(f"Model {body.model}")
-            version = _version_of(session, model, body.version)
-            row = Deployment(
-                owner=account.username,
-                name=body.name,
-                model=f"{model.owner}/{model.name}",
-                version=version.id,
-                hardware=body.hardware,
-                min_instances=body.min_instances,
-                max_instances=body.max_instances,
-                priority=body.priority,
-                release=1,
-            )
-            session.add(row)
-            try:
-                session.flush()
-            except IntegrityError as err:
-                raise ProblemError(
-                    409,
-                    f"A deployment named {account.username}/{body.name} already exists",
-                ) from err
-            assert row.id is not None
-            session.add(_release(row, account.username))
-            session.commit()
-            return deployment_config(row)
+    def create(session: Session) -> DeploymentConfig:
+        owner, _, name = body.model.partition("/")
+        model = find_model(session, account, owner, name)
+        if model is None:
+            raise not_found(f"Model {body.model}")
+        version = _version_of(session, model, body.version)
+        row = Deployment(
+            owner=account.username,
+            name=body.name,
+            model=f"{model.owner}/{model.name}",
+            version=version.id,
+            hardware=body.hardware,
+            min_instances=body.min_instances,
+            max_instances=body.max_instances,
+            priority=body.priority,
+            release=1,
+        )
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError as err:
+            raise ProblemError(
+                409,
+                f"A deployment named {account.username}/{body.name} already exists",
+            ) from err
+        assert row.id is not None
+        session.add(_release(row, account.username))
+        session.commit()
+        return deployment_config(row)
 
-    config = await asyncio.to_thread(create)
+    config = await db.run(create)
     try:
         await _apply(state, config)
     except Exception as err:
@@ -257,9 +252,9 @@ async def create_deployment(
             config.name,
             type(err).__name__,
         )
-        await asyncio.to_thread(_remove, state, config.deployment_id)
+        await db.run(_remove, config.deployment_id)
         raise ProblemError(503, "The deployment could not be started; try again") from err
-    return await asyncio.to_thread(_render, state, config.deployment_id)
+    return await db.read(_render, config.deployment_id)
 
 
 def _release(row: Deployment, username: str) -> DeploymentRelease:
@@ -276,21 +271,19 @@ def _release(row: Deployment, username: str) -> DeploymentRelease:
     )
 
 
-def _render(state: AppState, deployment_id: int) -> responses.Deployment:
-    with Session(state.engine) as session:
-        row = session.get(Deployment, deployment_id)
-        if row is None:
-            raise not_found("Deployment")
-        return serialize.deployment(session, row)
+def _render(session: Session, deployment_id: int) -> responses.Deployment:
+    row = session.get(Deployment, deployment_id)
+    if row is None:
+        raise not_found("Deployment")
+    return serialize.deployment(session, row)
 
 
-def _remove(state: AppState, deployment_id: int) -> None:
-    with Session(state.engine) as session:
-        session.exec(
-            delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == deployment_id)
-        )
-        session.exec(delete(Deployment).where(col(Deployment.id) == deployment_id))
-        session.commit()
+def _remove(session: Session, deployment_id: int) -> None:
+    session.exec(
+        delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == deployment_id)
+    )
+    session.exec(delete(Deployment).where(col(Deployment.id) == deployment_id))
+    session.commit()
 
 
 @router.get("/deployments/{owner}/{name}", response_model_exclude_unset=True)
@@ -302,56 +295,58 @@ def get_deployment(
 
 @router.patch("/deployments/{owner}/{name}", response_model_exclude_unset=True)
 async def update_deployment(
-    owner: str, name: str, body: DeploymentUpdate, state: StateDep, account: CurrentAccount
+    owner: str,
+    name: str,
+    body: DeploymentUpdate,
+    state: StateDep,
+    db: DatabaseDep,
+    account: CurrentAccount,
 ) -> responses.Deployment:
     """Any change makes a new release (number + 1), which the controller rolls out."""
     if body.hardware is not None:
         _check_hardware(state, body.hardware)
 
-    def change() -> tuple[DeploymentConfig, bool]:
-        with Session(state.engine, expire_on_commit=False) as session:
-            row = _find(session, account, owner, name)
-            changes = body.model_dump(exclude_unset=True, exclude_none=True)
-            # Priority orders the queue only: it applies to new predictions, without a release.
-            priority = changes.pop("priority", None)
-            if "version" in changes:
-                model_owner, _, model_name = row.model.partition("/")
-                model = session.exec(
-                    select(Model).where(Model.owner == model_owner, Model.name == model_name)
-                ).first()
-                if model is None:
-                    raise not_found(f"Model {row.model}")
-                _version_of(session, model, changes["version"])
-            _check_bounds(
-                changes.get("min_instances", row.min_instances),
-                changes.get("max_instances", row.max_instances),
+    def change(session: Session) -> tuple[DeploymentConfig, bool]:
+        row = _find(session, account, owner, name)
+        changes = body.model_dump(exclude_unset=True, exclude_none=True)
+        # Priority orders the queue only: it applies to new predictions, without a release.
+        priority = changes.pop("priority", None)
+        if "version" in changes:
+            model_owner, _, model_name = row.model.partition("/")
+            model = session.exec(
+                select(Model).where(Model.owner == model_owner, Model.name == model_name)
+            ).first()
+            if model is None:
+                raise not_found(f"Model {row.model}")
+            _version_of(session, model, changes["version"])
+        _check_bounds(
+            changes.get("min_instances", row.min_instances),
+            changes.get("max_instances", row.max_instances),
+        )
+        if priority is not None and row.shared_hardware and priority != row.priority:
+            raise ProblemError(
+                403,
+                f"Deployment {owner}/{name} runs on shared hardware, where the operator "
+                "sets its priority",
             )
-            if priority is not None and row.shared_hardware and priority != row.priority:
-                raise ProblemError(
-                    403,
-                    f"Deployment {owner}/{name} runs on shared hardware, where the operator "
-                    "sets its priority",
-                )
-            if priority is not None:
-                row.priority = priority
-                session.add(row)
-            if all(getattr(row, field) == value for field, value in changes.items()):
-                session.commit()
-                return deployment_config(row), False
-            for field, value in changes.items():
-                setattr(row, field, value)
-            row.release += 1
+        if priority is not None:
+            row.priority = priority
             session.add(row)
-            session.add(_release(row, account.username))
-            try:
-                session.commit()
-            except IntegrityError as err:
-                raise ProblemError(
-                    409, "The deployment changed at the same time; try again"
-                ) from err
-            return deployment_config(row), True
+        if all(getattr(row, field) == value for field, value in changes.items()):
+            session.commit()
+            return deployment_config(row), False
+        for field, value in changes.items():
+            setattr(row, field, value)
+        row.release += 1
+        session.add(row)
+        session.add(_release(row, account.username))
+        try:
+            session.commit()
+        except IntegrityError as err:
+            raise ProblemError(409, "The deployment changed at the same time; try again") from err
+        return deployment_config(row), True
 
-    config, changed = await asyncio.to_thread(change)
+    config, changed = await db.run(change)
     if changed:
         try:
             await _apply(state, config)
@@ -363,55 +358,54 @@ async def update_deployment(
                 name,
                 type(err).__name__,
             )
-    return await asyncio.to_thread(_render, state, config.deployment_id)
+    return await db.read(_render, config.deployment_id)
 
 
 @router.delete("/deployments/{owner}/{name}", status_code=204)
 async def delete_deployment(
-    owner: str, name: str, state: StateDep, account: CurrentAccount
+    owner: str, name: str, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> Response:
     """Only a deployment that has been offline and unused for the idle period (Replicate's
     rule: 15 minutes) can be deleted; every refusal says why."""
     idle = state.settings.deployment_delete_idle
 
-    def remove() -> DeploymentConfig:
-        with Session(state.engine) as session:
-            row = _find(session, account, owner, name)
-            config = deployment_config(row)
-            instances = session.exec(
-                select(func.count()).where(DeploymentInstance.deployment_id == row.id)
-            ).one()
-            if row.min_instances > 0 or instances:
-                raise ProblemError(
-                    409,
-                    f"The deployment is online ({instances} instances, min_instances "
-                    f"{row.min_instances}); set min_instances to 0 and wait until it has "
-                    "no instances before deleting it",
-                    title="Deployment is online",
-                )
-            waiting, running = deployment_demand(session, owner, name)
-            if waiting or running:
-                raise ProblemError(
-                    409,
-                    f"The deployment has {waiting + running} predictions in progress",
-                    title="Deployment is in use",
-                )
-            quiet = utcnow() - as_utc(row.last_active_at)
-            if quiet < timedelta(seconds=idle):
-                raise ProblemError(
-                    409,
-                    f"The deployment was in use {quiet.total_seconds():.0f} seconds ago; it can "
-                    f"be deleted once it has been offline and unused for {idle:g} seconds",
-                    title="Deployment was used recently",
-                )
-            session.exec(
-                delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == row.id)
+    def remove(session: Session) -> DeploymentConfig:
+        row = _find(session, account, owner, name)
+        config = deployment_config(row)
+        instances = session.exec(
+            select(func.count()).where(DeploymentInstance.deployment_id == row.id)
+        ).one()
+        if row.min_instances > 0 or instances:
+            raise ProblemError(
+                409,
+                f"The deployment is online ({instances} instances, min_instances "
+                f"{row.min_instances}); set min_instances to 0 and wait until it has "
+                "no instances before deleting it",
+                title="Deployment is online",
             )
-            session.delete(row)
-            session.commit()
-            return config
+        waiting, running = deployment_demand(session, owner, name)
+        if waiting or running:
+            raise ProblemError(
+                409,
+                f"The deployment has {waiting + running} predictions in progress",
+                title="Deployment is in use",
+            )
+        quiet = utcnow() - as_utc(row.last_active_at)
+        if quiet < timedelta(seconds=idle):
+            raise ProblemError(
+                409,
+                f"The deployment was in use {quiet.total_seconds():.0f} seconds ago; it can "
+                f"be deleted once it has been offline and unused for {idle:g} seconds",
+                title="Deployment was used recently",
+            )
+        session.exec(
+            delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == row.id)
+        )
+        session.delete(row)
+        session.commit()
+        return config
 
-    config = await asyncio.to_thread(remove)
+    config = await db.run(remove)
     try:
         client = await state.temporal()
         await client.get_workflow_handle(workflow_id(config)).signal(DeploymentWorkflow.retire)
@@ -426,47 +420,19 @@ async def delete_deployment(
     response_model=responses.Prediction,
 )
 async def create_deployment_prediction(
-    owner: str,
-    name: str,
-    body: PredictionInput,
-    request: Request,
-    state: StateDep,
-    account: CurrentAccount,
-    cancel_after: CancelAfter,
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyHeader = None,
+    owner: str, name: str, body: PredictionInput, create: PredictionCreateDep
 ) -> Response:
     """A prediction that runs on the deployment's own instances, or, on shared hardware
     (an operator's choice), on its hardware's shared queue with the deployment's priority."""
-
-    def resolve() -> tuple[Deployment, Model, Version]:
-        with Session(state.engine, expire_on_commit=False) as session:
-            row = _find(session, account, owner, name)
-            version = session.get(Version, row.version)
-            model = session.get(Model, version.model_id) if version is not None else None
-            if version is None or model is None:
-                raise ProblemError(404, f"The version of deployment {owner}/{name} is gone")
-            session.execute(
-                update(Deployment)
-                .where(col(Deployment.id) == row.id)
-                .values(last_active_at=utcnow())
-            )
-            session.commit()
-            return row, model, version
-
-    row, model, version = await asyncio.to_thread(resolve)
+    state = create.state
+    row, model, version = await create.db.run(_serving, create.account, owner, name)
     config = deployment_config(row)
     shared = row.shared_hardware
     return await launch_body(
-        request,
-        state,
-        account,
+        create,
         model,
         version,
         body,
-        prefer,
-        cancel_after,
-        idempotency_key,
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         # None: the hardware's shared queue, like any prediction of the model.
@@ -474,3 +440,19 @@ async def create_deployment_prediction(
         priority=row.priority,
         on_started=None if shared else lambda: _wake(state, config),
     )
+
+
+def _serving(
+    session: Session, account: Account, owner: str, name: str
+) -> tuple[Deployment, Model, Version]:
+    """The deployment, its model and version, marked active now."""
+    row = _find(session, account, owner, name)
+    version = session.get(Version, row.version)
+    model = session.get(Model, version.model_id) if version is not None else None
+    if version is None or model is None:
+        raise ProblemError(404, f"The version of deployment {owner}/{name} is gone")
+    session.execute(
+        update(Deployment).where(col(Deployment.id) == row.id).values(last_active_at=utcnow())
+    )
+    session.commit()
+    return row, model, version

@@ -26,12 +26,11 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
 from api.serialize import json_response
-from api.state import AppState
 from replicant import responses, serialize
 from replicant.ids import new_id
 from replicant.lookups import unexpired_file
@@ -74,12 +73,6 @@ def file_object(row: StoredFile, base: str, secret: str) -> responses.File:
         f"&expiry={expiry}&signature={signature}"
     )
     return serialize.file(row, base, download)
-
-
-def find_file(state: AppState, owner: str, file_id: str) -> StoredFile | None:
-    """An unexpired file of ``owner`` (shared with input staging)."""
-    with Session(state.engine) as session:
-        return unexpired_file(session, owner, file_id)
 
 
 class _Form:
@@ -214,7 +207,7 @@ def _text_field(form: _Form, name: str) -> str | None:
 
 @router.post("/v1/files", status_code=201, response_model=responses.File)
 async def create_file(
-    request: Request, state: StateDep, account: CurrentAccount, store: StoreDep
+    request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount, store: StoreDep
 ) -> Response:
     settings = state.settings
     limit = settings.max_file_size
@@ -259,15 +252,14 @@ async def create_file(
         await asyncio.to_thread(store.commit, upload, row.object_key, content_type)
     finally:
         upload.discard()
-    await asyncio.to_thread(_insert, state, row)
+    await db.run(_insert, row)
     body = file_object(row, base_url(request, state), settings.ensure_secret_key())
     return json_response(body, 201, {"Location": body.urls.get})
 
 
-def _insert(state: AppState, row: StoredFile) -> None:
-    with Session(state.engine, expire_on_commit=False) as session:
-        session.add(row)
-        session.commit()
+def _insert(session: Session, row: StoredFile) -> None:
+    session.add(row)
+    session.commit()
 
 
 @router.get("/v1/files", response_model_exclude_unset=True)
@@ -313,22 +305,21 @@ def get_file(
 
 @router.delete("/v1/files/{file_id}", status_code=204)
 async def delete_file(
-    file_id: str, state: StateDep, account: CurrentAccount, store: StoreDep
+    file_id: str, db: DatabaseDep, account: CurrentAccount, store: StoreDep
 ) -> Response:
-    row = await asyncio.to_thread(find_file, state, account.username, file_id)
+    row = await db.read(unexpired_file, account.username, file_id)
     if row is None:
         raise not_found("File")
-    await asyncio.to_thread(_delete, state, store, row)
+    await db.run(_delete, row.id)
+    await asyncio.to_thread(store.delete, row.object_key)
     return Response(status_code=204)
 
 
-def _delete(state: AppState, store: ObjectStore, row: StoredFile) -> None:
-    with Session(state.engine) as session:
-        stored = session.get(StoredFile, row.id)
-        if stored is not None:
-            session.delete(stored)
-            session.commit()
-    store.delete(row.object_key)
+def _delete(session: Session, file_id: str) -> None:
+    stored = session.get(StoredFile, file_id)
+    if stored is not None:
+        session.delete(stored)
+        session.commit()
 
 
 @router.get(
@@ -339,6 +330,7 @@ def _delete(state: AppState, store: ObjectStore, row: StoredFile) -> None:
 async def download_file(
     file_id: str,
     state: StateDep,
+    db: DatabaseDep,
     store: StoreDep,
     owner: str = Query(default=""),
     expiry: str = Query(default=""),
@@ -349,7 +341,7 @@ async def download_file(
     valid = expiry.isdigit() and int(expiry) >= time.time()
     if not valid or not verify(secret, f"{owner} {file_id} {expiry}", signature):
         raise not_found("File")
-    row = await asyncio.to_thread(find_file, state, owner, file_id)
+    row = await db.read(unexpired_file, owner, file_id)
     if row is None:
         raise not_found("File")
     return await _serve(store, row.object_key, row.content_type, row.name)

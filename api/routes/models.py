@@ -18,7 +18,7 @@ from sqlalchemy import exists, func, or_
 from sqlmodel import Session, col, select
 
 from api import push
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.modelaccess import own_model, visible_model
@@ -314,6 +314,7 @@ async def push_version(
     name: str,
     request: Request,
     state: StateDep,
+    db: DatabaseDep,
     account: CurrentAccount,
     create: bool = False,
     visibility: Visibility | None = None,
@@ -330,21 +331,20 @@ async def push_version(
     settings = state.settings
     _check_hardware(state, hardware)
 
-    def target() -> Model:
-        with Session(state.engine, expire_on_commit=False) as session:
-            if find_model(session, account, owner, name) is not None or not create:
-                return own_model(session, account, owner, name)
-            _check_name(name)
-            _check_new_model(session, account, owner, name)
-            return Model(
-                owner=owner,
-                name=name,
-                visibility=visibility or "public",
-                hardware=hardware or settings.default_hardware,
-                description=description,
-            )
+    def target(session: Session) -> Model:
+        if find_model(session, account, owner, name) is not None or not create:
+            return own_model(session, account, owner, name)
+        _check_name(name)
+        _check_new_model(session, account, owner, name)
+        return Model(
+            owner=owner,
+            name=name,
+            visibility=visibility or "public",
+            hardware=hardware or settings.default_hardware,
+            description=description,
+        )
 
-    model = await asyncio.to_thread(target)
+    model = await db.read(target)
     ref = f"{owner}/{name}"
     build_id = new_id()
     key = build_archive(build_id)
@@ -393,54 +393,53 @@ async def push_version(
     "/models/{owner}/{name}/versions/{version_id}", status_code=202, response_class=Response
 )
 async def delete_version(
-    owner: str, name: str, version_id: str, state: StateDep, account: CurrentAccount
+    owner: str, name: str, version_id: str, db: DatabaseDep, account: CurrentAccount
 ) -> Response:
     """Every rule of Replicate's delete-a-model guide; each refusal says which."""
 
-    def delete() -> None:
-        with Session(state.engine) as session:
-            model = own_model(session, account, owner, name)
-            version = session.get(Version, version_id)
-            if version is None or version.model_id != model.id:
-                raise not_found(f"Version {owner}/{name}:{version_id}")
-            if model.visibility != "private":
-                raise ProblemError(
-                    409, "Versions can only be deleted from private models", title="Model is public"
+    def delete(session: Session) -> None:
+        model = own_model(session, account, owner, name)
+        version = session.get(Version, version_id)
+        if version is None or version.model_id != model.id:
+            raise not_found(f"Version {owner}/{name}:{version_id}")
+        if model.visibility != "private":
+            raise ProblemError(
+                409, "Versions can only be deleted from private models", title="Model is public"
+            )
+        others_ran = session.exec(
+            select(
+                exists().where(
+                    col(Prediction.version) == version_id,
+                    col(Prediction.owner).not_in(account_names(session, account)),
                 )
-            others_ran = session.exec(
-                select(
-                    exists().where(
-                        col(Prediction.version) == version_id,
-                        col(Prediction.owner).not_in(account_names(session, account)),
-                    )
-                )
-            ).one()
-            if others_ran:
-                raise ProblemError(
-                    409,
-                    "Someone other than you has run predictions with this version",
-                    title="Version is in use",
-                )
-            if session.exec(select(Version).where(Version.base_version_id == version_id)).first():
-                raise ProblemError(
-                    409, "This version is the base of a fine-tune", title="Version is in use"
-                )
-            if _used_by_deployment(session, version_id):
-                raise ProblemError(409, "A deployment uses this version", title="Version is in use")
-            session.delete(version)
-            session.flush()
-            if model.latest_version_id == version_id:
-                newest = session.exec(
-                    select(Version)
-                    .where(Version.model_id == model.id)
-                    .order_by(col(Version.created_at).desc())
-                ).first()
-                model.latest_version_id = newest.id if newest is not None else None
-                model.latest_version_created_at = newest.created_at if newest else None
-                session.add(model)
-            session.commit()
+            )
+        ).one()
+        if others_ran:
+            raise ProblemError(
+                409,
+                "Someone other than you has run predictions with this version",
+                title="Version is in use",
+            )
+        if session.exec(select(Version).where(Version.base_version_id == version_id)).first():
+            raise ProblemError(
+                409, "This version is the base of a fine-tune", title="Version is in use"
+            )
+        if _used_by_deployment(session, version_id):
+            raise ProblemError(409, "A deployment uses this version", title="Version is in use")
+        session.delete(version)
+        session.flush()
+        if model.latest_version_id == version_id:
+            newest = session.exec(
+                select(Version)
+                .where(Version.model_id == model.id)
+                .order_by(col(Version.created_at).desc())
+            ).first()
+            model.latest_version_id = newest.id if newest is not None else None
+            model.latest_version_created_at = newest.created_at if newest else None
+            session.add(model)
+        session.commit()
 
-    await asyncio.to_thread(delete)
+    await db.run(delete)
     return Response(status_code=202)
 
 

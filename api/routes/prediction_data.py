@@ -18,10 +18,10 @@ from sqlmodel import Session
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
-from api.deps import CurrentAccount, StateDep
+from api.deps import CurrentAccount, DatabaseDep, StateDep
 from api.launch import base_url
 from api.routes.examples import forget_examples
-from api.routes.predictions import _own_prediction, signal_cancel
+from api.routes.predictions import own_prediction, signal_cancel
 from api.serialize import prediction_object
 from api.state import AppState
 from replicant import readmodel, responses
@@ -39,26 +39,25 @@ CANCEL_GRACE = timedelta(seconds=10)
 
 @router.delete("/predictions/{prediction_id}", response_model_exclude_unset=True)
 async def delete_prediction_data(
-    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Prediction:
     """Cancel the prediction if it has not ended, and remove its input and output files."""
-    row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+    row = await db.read(own_prediction, account, prediction_id)
     if row.status not in TERMINAL_STATUSES:
         await _cancel_and_wait(state, prediction_id)
-    await asyncio.to_thread(_remove_data, state, prediction_id)
+    # A model's example without its data is no example: unmark it.
+    await db.run(_forget_examples, prediction_id)
+    await asyncio.to_thread(readmodel.remove_data, state.engine, prediction_id)
     store = await state.store()
     files = await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
     log.info("event=data_removed prediction=%s files=%d on=request", prediction_id, files)
-    row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+    row = await db.read(own_prediction, account, prediction_id)
     return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
-def _remove_data(state: AppState, prediction_id: str) -> None:
-    with Session(state.engine) as session:
-        # A model's example without its data is no example: unmark it.
-        forget_examples(session, prediction_id=prediction_id)
-        session.commit()
-    readmodel.remove_data(state.engine, prediction_id)
+def _forget_examples(session: Session, prediction_id: str) -> None:
+    forget_examples(session, prediction_id=prediction_id)
+    session.commit()
 
 
 async def _cancel_and_wait(state: AppState, prediction_id: str) -> None:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError
 
-from api.deadlines import CancelAfter
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, not_found
-from api.idempotency import IdempotencyHeader, claim_for
-from api.launch import base_url, launch_prediction
+from api.idempotency import claim_for
+from api.launch import PredictionCreate, PredictionCreateDep, base_url, launch_prediction
 from api.listfilters import PredictionFilters
 from api.pagination import PAGE_SIZE, paginate
 from api.serialize import prediction_object
@@ -24,6 +22,7 @@ from api.state import AppState
 from replicant import readmodel, responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
 from replicant.contracts import WebhookEvent
+from replicant.lookups import owned_prediction
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from workflows.prediction import PredictionWorkflow
@@ -46,35 +45,30 @@ class VersionPredictionInput(PredictionInput):
     version: str
 
 
-PreferHeader = Annotated[str | None, Header(alias="Prefer")]
-
-
 async def launch_body(
-    request: Request,
-    state: AppState,
-    account: Account,
+    create: PredictionCreate,
     model: Model,
     version: Version,
     body: PredictionInput,
-    prefer: str | None,
-    cancel_after: timedelta | None,
-    idempotency_key: str | None,
     **options: Any,
 ) -> Response:
     """Launch a prediction of ``version`` as a create route's body and headers ask; ``options``
     go to ``launch_prediction`` as they are (a deployment's queue, hardware, priority)."""
+    request, account = create.request, create.account
     return await launch_prediction(
         request,
-        state,
+        create.state,
         account,
         model,
         version,
         body.input,
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
-        prefer=prefer,
-        cancel_after=cancel_after,
-        idempotency=claim_for(idempotency_key, account, request, body.model_dump(mode="json")),
+        prefer=create.prefer,
+        cancel_after=create.cancel_after,
+        idempotency=claim_for(
+            create.idempotency_key, account, request, body.model_dump(mode="json")
+        ),
         **options,
     )
 
@@ -99,86 +93,64 @@ async def signal_cancel(state: AppState, prediction_id: str) -> bool:
 
 
 @router.post("/predictions", status_code=201, response_model=responses.Prediction)
-async def create_prediction(
-    body: VersionPredictionInput,
-    request: Request,
-    state: StateDep,
-    account: CurrentAccount,
-    cancel_after: CancelAfter,
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyHeader = None,
-) -> Response:
-    def resolve() -> Any:
-        with Session(state.engine) as session:
-            return resolve_version_ref(session, account, body.version)
-
-    found = await state.read(resolve)
+async def create_prediction(body: VersionPredictionInput, create: PredictionCreateDep) -> Response:
+    found = await create.db.read(resolve_version_ref, create.account, body.version)
     if found is None:
         raise ProblemError(404, f"Version {body.version} not found", title="Invalid version")
     model, version = found
-    return await launch_body(
-        request, state, account, model, version, body, prefer, cancel_after, idempotency_key
-    )
+    return await launch_body(create, model, version, body)
+
+
+def _latest_version(
+    session: Session, account: Account, owner: str, name: str
+) -> tuple[Model, Version | None] | None:
+    model = find_model(session, account, owner, name)
+    if model is None:
+        return None
+    if model.latest_version_id is None:
+        return model, None
+    return find_version(session, account, model.latest_version_id, model)
 
 
 @router.post(
     "/models/{owner}/{name}/predictions", status_code=201, response_model=responses.Prediction
 )
 async def create_model_prediction(
-    owner: str,
-    name: str,
-    body: PredictionInput,
-    request: Request,
-    state: StateDep,
-    account: CurrentAccount,
-    cancel_after: CancelAfter,
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyHeader = None,
+    owner: str, name: str, body: PredictionInput, create: PredictionCreateDep
 ) -> Response:
-    def resolve() -> Any:
-        with Session(state.engine) as session:
-            model = find_model(session, account, owner, name)
-            if model is None:
-                return None
-            if model.latest_version_id is None:
-                return model, None
-            return find_version(session, account, model.latest_version_id, model)
-
-    found = await state.read(resolve)
+    found = await create.db.read(_latest_version, create.account, owner, name)
     if found is None:
         raise not_found(f"Model {owner}/{name}")
     model, version = found
     if version is None:
         raise ProblemError(404, f"Model {owner}/{name} has no versions", title="Not found")
-    return await launch_body(
-        request, state, account, model, version, body, prefer, cancel_after, idempotency_key
-    )
+    return await launch_body(create, model, version, body)
 
 
-def _own_prediction(state: AppState, account: Account, prediction_id: str) -> Prediction:
-    with Session(state.engine) as session:
-        row = session.get(Prediction, prediction_id)
-    if row is None or row.owner != account.username:
+def own_prediction(session: Session, account: Account, prediction_id: str) -> Prediction:
+    """The caller's prediction; 404 for anyone else's."""
+    row = owned_prediction(session, account.username, prediction_id)
+    if row is None:
         raise not_found(f"Prediction {prediction_id}")
     return row
 
 
 @router.get("/predictions/{prediction_id}", response_model_exclude_unset=True)
 async def get_prediction(
-    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Prediction:
-    row = await state.read(_own_prediction, state, account, prediction_id)
+    row = await db.read(own_prediction, account, prediction_id)
     return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model_exclude_unset=True)
 async def cancel_prediction(
-    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Prediction:
-    row = await asyncio.to_thread(_own_prediction, state, account, prediction_id)
+    row = await db.read(own_prediction, account, prediction_id)
     if row.status not in TERMINAL_STATUSES:
         await signal_cancel(state, prediction_id)
-        row = await state.read(_own_prediction, state, account, prediction_id)
+        row = await db.read(own_prediction, account, prediction_id)
     return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 

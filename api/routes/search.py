@@ -7,7 +7,6 @@ description or README; hits in the name weigh most. Only models the caller may s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import Annotated
@@ -16,7 +15,7 @@ from fastapi import APIRouter, Query, Request
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError
 from api.launch import base_url
 from api.routes.collections import model_objects, visible_models
@@ -128,15 +127,14 @@ def search(
 
 @router.api_route("/models", methods=["QUERY"], response_model_exclude_unset=True)
 async def query_models(
-    request: Request, state: StateDep, account: CurrentAccount
+    request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.ModelPage:
     """Models matching the text/plain body, best first, as one page of a model list."""
     terms = _required(query_text(await request.body()))
     base = base_url(request, state)
 
-    def run() -> list[responses.Model]:
-        with Session(state.engine) as session:
-            models = _matching_models(session, account, terms)[:MAX_LIMIT]
-            return model_objects(session, models, base)
+    def run(session: Session) -> list[responses.Model]:
+        models = _matching_models(session, account, terms)[:MAX_LIMIT]
+        return model_objects(session, models, base)
 
-    return responses.ModelPage(next=None, previous=None, results=await asyncio.to_thread(run))
+    return responses.ModelPage(next=None, previous=None, results=await db.run(run))

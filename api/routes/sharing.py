@@ -6,7 +6,6 @@ never the webhook URL or the logs; unsharing takes it down on the next request.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 from typing import Any
@@ -17,11 +16,10 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from api.dashboard.shared import shared_page
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import not_found
 from api.launch import base_url
 from api.serialize import prediction_object
-from api.state import AppState
 from replicant import responses, serialize
 from replicant.tables import Account, Prediction
 
@@ -31,7 +29,7 @@ router = APIRouter(tags=["sharing"])
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def _set_shared(state: AppState, account: Account, prediction_id: str, shared: bool) -> Prediction:
+def _set_shared(session: Session, account: Account, prediction_id: str, shared: bool) -> Prediction:
     """Flip ``shared`` on the caller's own prediction; 404 for anyone else's."""
     stmt = (
         update(Prediction)
@@ -39,10 +37,9 @@ def _set_shared(state: AppState, account: Account, prediction_id: str, shared: b
         .where(col(Prediction.owner) == account.username)
         .values(shared=shared)
     )
-    with state.engine.begin() as conn:
-        changed = conn.execute(stmt).rowcount
-    with Session(state.engine) as session:
-        row = session.get(Prediction, prediction_id)
+    changed = getattr(session.execute(stmt), "rowcount", 0)
+    session.commit()
+    row = session.get(Prediction, prediction_id)
     if not changed or row is None:
         raise not_found(f"Prediction {prediction_id}")
     return row
@@ -50,19 +47,19 @@ def _set_shared(state: AppState, account: Account, prediction_id: str, shared: b
 
 @router.post("/v1/predictions/{prediction_id}/share", response_model_exclude_unset=True)
 async def share_prediction(
-    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Prediction:
     """Make the prediction readable by anyone at its ``urls.web`` address."""
-    row = await asyncio.to_thread(_set_shared, state, account, prediction_id, True)
+    row = await db.run(_set_shared, account, prediction_id, True)
     return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 
 @router.post("/v1/predictions/{prediction_id}/unshare", response_model_exclude_unset=True)
 async def unshare_prediction(
-    prediction_id: str, request: Request, state: StateDep, account: CurrentAccount
+    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Prediction:
     """Make the prediction private again; its public page answers 404 from now on."""
-    row = await asyncio.to_thread(_set_shared, state, account, prediction_id, False)
+    row = await db.run(_set_shared, account, prediction_id, False)
     return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Header
 from sqlmodel import Session
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.deps import StateDep
+from api.deps import DatabaseDep, StateDep
 from api.errors import not_found
 from api.state import AppState
 from replicant.serialize import stream_signature
@@ -34,13 +34,14 @@ POLL_INTERVAL = 0.05
 async def stream_prediction(
     prediction_id: str,
     state: StateDep,
+    db: DatabaseDep,
     sig: str = "",
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> EventSourceResponse:
     expected = stream_signature(prediction_id, state.secret_key)
     if not hmac.compare_digest(sig.encode(), expected.encode()):
         raise not_found(f"Prediction {prediction_id}")
-    row = await asyncio.to_thread(_load, state, prediction_id)
+    row = await db.read(_load, prediction_id)
     if row is None or not row.stream:
         raise not_found(f"Prediction {prediction_id}")
     outputs, logs = resume_cursor(last_event_id)
@@ -51,9 +52,8 @@ async def stream_prediction(
     )
 
 
-def _load(state: AppState, prediction_id: str) -> Prediction | None:
-    with Session(state.engine) as session:
-        return session.get(Prediction, prediction_id)
+def _load(session: Session, prediction_id: str) -> Prediction | None:
+    return session.get(Prediction, prediction_id)
 
 
 def resume_cursor(last_event_id: str | None) -> tuple[int, int]:
@@ -79,7 +79,7 @@ async def prediction_events(
     state: AppState, prediction_id: str, outputs: int, logs: int
 ) -> AsyncIterator[ServerSentEvent]:
     while True:
-        row = await asyncio.to_thread(_load, state, prediction_id)
+        row = await state.db.read(_load, prediction_id)
         if row is None:
             return
         terminal = row.status in TERMINAL_STATUSES

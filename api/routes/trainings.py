@@ -22,16 +22,15 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from api.deps import CurrentAccount, SessionDep, StateDep
+from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.idempotency import (
     Claim,
     IdempotencyHeader,
     KeyTaken,
     claim_for,
-    claimed,
-    ensure_started,
     record_claim,
+    replayed,
 )
 from api.inputfiles import discard_data_uris, store_data_uris
 from api.launch import base_url, check_hardware, check_webhook
@@ -120,6 +119,7 @@ async def create_training(
     body: TrainingCreate,
     request: Request,
     state: StateDep,
+    db: DatabaseDep,
     account: CurrentAccount,
     idempotency_key: IdempotencyHeader = None,
 ) -> Response:
@@ -129,22 +129,8 @@ async def create_training(
     )
     if claim is not None and (answered := await _replay(request, state, account, claim)):
         return answered
-
-    def resolve() -> tuple[Model, Version, Model, str]:
-        with Session(state.engine, expire_on_commit=False) as session:
-            model = find_model(session, account, owner, name)
-            version = session.get(Version, version_id) if model is not None else None
-            if model is None or version is None or version.model_id != model.id:
-                raise not_found(f"Version {owner}/{name}:{version_id}")
-            if not version.train_ref:
-                raise invalid(
-                    [{"field": "version", "message": "this version cannot be trained"}],
-                    f"{owner}/{name}:{version_id} cannot be trained: it has no train()",
-                )
-            destination = _destination(session, account, body.destination)
-            return model, version, destination, trainings.version_hardware(session, model, version)
-
-    model, version, destination, hardware = await asyncio.to_thread(resolve)
+    ref = (owner, name, version_id)
+    model, version, destination, hardware = await db.read(_trainable, account, ref, body)
     try:
         errors = validate_input(version.openapi_schema, body.input, component="TrainingInput")
     except KeyError:
@@ -189,7 +175,7 @@ async def create_training(
     # The read model keeps the input as the user sent it.
     try:
         row_req = req.model_copy(update={"input": body.input})
-        await asyncio.to_thread(_record, state, row_req, claim and claim.with_request(req))
+        await db.run(_record, row_req, claim and claim.with_request(req))
     except KeyTaken:
         if stored:
             await discard_data_uris(state, training_inputs(req.id))
@@ -224,18 +210,43 @@ async def create_training(
         req.version,
         req.destination,
     )
-    row = await asyncio.to_thread(_own_training, state, account, req.id)
+    return await _created(request, state, account, req.id)
+
+
+def _trainable(
+    session: Session, account: Account, ref: tuple[str, str, str], body: TrainingCreate
+) -> tuple[Model, Version, Model, str]:
+    """The version ``ref`` (owner, name, id) to train, the destination model and the
+    hardware; 404 or 422 when it cannot be trained so."""
+    owner, name, version_id = ref
+    model = find_model(session, account, owner, name)
+    version = session.get(Version, version_id) if model is not None else None
+    if model is None or version is None or version.model_id != model.id:
+        raise not_found(f"Version {owner}/{name}:{version_id}")
+    if not version.train_ref:
+        raise invalid(
+            [{"field": "version", "message": "this version cannot be trained"}],
+            f"{owner}/{name}:{version_id} cannot be trained: it has no train()",
+        )
+    destination = _destination(session, account, body.destination)
+    return model, version, destination, trainings.version_hardware(session, model, version)
+
+
+def _record(session: Session, req: TrainingRequest, claim: Claim | None) -> None:
+    """The training's row, and its Idempotency-Key's in the same transaction."""
+    if claim is not None:
+        record_claim(session.connection(), claim, req.id)
+    session.add(trainings.training_from_request(req))
+    session.commit()
+
+
+async def _created(
+    request: Request, state: AppState, account: Account, training_id: str
+) -> Response:
+    """201 with the training as it is now, as its create answered."""
+    row = await state.db.read(own_training, account, training_id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
     return json_response(rendered, 201, {"Location": rendered.urls.get})
-
-
-def _record(state: AppState, req: TrainingRequest, claim: Claim | None) -> None:
-    """The training's row, and its Idempotency-Key's in the same transaction."""
-    with Session(state.engine) as session:
-        if claim is not None:
-            record_claim(session.connection(), claim, req.id)
-        session.add(trainings.training_from_request(req))
-        session.commit()
 
 
 async def _start(state: AppState, req: TrainingRequest, account: Account) -> None:
@@ -257,27 +268,19 @@ async def _start(state: AppState, req: TrainingRequest, account: Account) -> Non
 async def _replay(
     request: Request, state: AppState, account: Account, claim: Claim
 ) -> Response | None:
-    """The answer to a retry of a training create (None: create as usual); starts the
-    workflow when the API that recorded the training died before starting it."""
-    found = await claimed(state, claim, Training)
-    if found is None:
-        return None
-    key_row, row = found
-    if row.status == "starting" and key_row.request is not None:
-        req = TrainingRequest.model_validate(key_row.request)
+    """The answer to a retry of a training create (None: create as usual)."""
 
-        async def start(state: AppState) -> None:
-            await _start(state, req, account)
+    async def start(kept: dict[str, Any]) -> None:
+        await _start(state, TrainingRequest.model_validate(kept), account)
 
-        await ensure_started(state, "training", row.id, row.created_at, start)
-    row = await asyncio.to_thread(_own_training, state, account, row.id)
-    rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
-    return json_response(rendered, 201, {"Location": rendered.urls.get})
+    row = await replayed(state, claim, Training, start)
+    return None if row is None else await _created(request, state, account, row.id)
 
 
-def _own_training(state: AppState, account: Account, training_id: str) -> Training:
-    row = trainings.get_training(state.engine, training_id)
-    if row is None or row.owner != account.username:
+def own_training(session: Session, account: Account, training_id: str) -> Training:
+    """The caller's training; 404 for anyone else's (they are private)."""
+    row = owned_training(session, account.username, training_id)
+    if row is None:
         raise not_found(f"Training {training_id}")
     return row
 
@@ -290,18 +293,15 @@ def get_training(
     session: SessionDep,
     account: CurrentAccount,
 ) -> responses.Training:
-    row = owned_training(session, account.username, training_id)
-    if row is None:
-        raise not_found(f"Training {training_id}")
-    return _render(request, state, [row])[0]
+    return _render(request, state, [own_training(session, account, training_id)])[0]
 
 
 @router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)
 async def cancel_training(
-    training_id: str, request: Request, state: StateDep, account: CurrentAccount
+    training_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> responses.Training:
     """Cancel a training that has not ended; one that is creating its version succeeds."""
-    row = await asyncio.to_thread(_own_training, state, account, training_id)
+    row = await db.read(own_training, account, training_id)
     if row.status not in TERMINAL_STATUSES:
         client = await state.temporal()
         try:
@@ -317,7 +317,7 @@ async def cancel_training(
                 status="canceled",
                 completed_at=utcnow(),
             )
-        row = await asyncio.to_thread(_own_training, state, account, training_id)
+        row = await db.read(own_training, account, training_id)
     return (await asyncio.to_thread(_render, request, state, [row]))[0]
 
 
@@ -372,10 +372,10 @@ def _html_page(view: dict[str, Any]) -> str:
     responses={200: {"content": {"text/html": {}}}},
 )
 async def training_page(
-    training_id: str, request: Request, state: StateDep, account: CurrentAccount
+    training_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
 ) -> Response:
     """A training's page (``urls.web``), for its owner only: 404 for anyone else."""
-    row = await asyncio.to_thread(_own_training, state, account, training_id)
+    row = await db.read(own_training, account, training_id)
     view = serialize.body((await asyncio.to_thread(_render, request, state, [row]))[0])
     headers = {"Cache-Control": "no-store"}
     if wants_html(request):
