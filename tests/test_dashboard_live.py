@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
@@ -31,14 +30,10 @@ WATCH_LOGS = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def user(live: LiveStack) -> str:
-    return live.new_account("live")
-
-
 def test_a_finished_prediction_takes_its_final_state_without_a_reload(
-    browser: Browser, live: LiveStack, user: str
+    browser: Browser, live: LiveStack
 ) -> None:
+    user = live.new_account("live")
     page = sign_in(browser, live, user)
     run_form(page, "replicant/sleep")
     page.fill("#in-seconds", "3")
@@ -62,21 +57,22 @@ def test_a_finished_prediction_takes_its_final_state_without_a_reload(
 
 
 def test_a_streaming_failure_shows_its_tokens_then_error_and_traceback_in_place(
-    browser: Browser, live: LiveStack, user: str, slowstream: str
+    browser: Browser, live: LiveStack, slowstream: str
 ) -> None:
+    user = live.new_account("live")
+    page = sign_in(browser, live, user)
     with live.client(user) as api:
         created = api.post(
             f"/v1/models/{slowstream}/predictions",
-            json={"input": {"tokens": 6, "interval": 1, "fail_after": 3}},
+            json={"input": {"tokens": 10, "interval": 1, "fail_after": 5}},
         ).json()
-    page = sign_in(browser, live, user)
     page.goto(f"/predictions/{created['id']}")
     page.evaluate(MARK)
     expect(page.locator("#live-output")).to_contain_text("t1")  # tokens as they come
     expect(page.locator("#status")).to_have_text("failed")
-    expect(page.locator("#error")).to_contain_text("gave up after 3 tokens")
+    expect(page.locator("#error")).to_contain_text("gave up after 5 tokens")
     expect(page.locator("#logs")).to_contain_text("Traceback")
-    expect(page.locator("#output pre.text-output")).to_have_text("t0 t1 t2 ")
+    expect(page.locator("#output pre.text-output")).to_have_text("t0 t1 t2 t3 t4 ")
     assert page.evaluate(MARKED), "the page was reloaded"
 
 
@@ -138,8 +134,9 @@ def run_snippet(page: Page, language: str, token: str) -> subprocess.CompletedPr
 
 
 def test_the_snippets_of_an_uploaded_file_input_run_as_they_stand(
-    browser: Browser, live: LiveStack, user: str
+    browser: Browser, live: LiveStack
 ) -> None:
+    user = live.new_account("live")
     page = sign_in(browser, live, user)
     run_form(page, "replicant/thumbnail")
     picked = {"name": "red.png", "mimeType": "image/png", "buffer": png(300, 150)}
@@ -169,8 +166,9 @@ def noise_png(side: int) -> bytes:
 
 
 def test_a_long_data_uri_input_is_in_the_snippets_in_full_and_runs(
-    browser: Browser, live: LiveStack, user: str
+    browser: Browser, live: LiveStack
 ) -> None:
+    user = live.new_account("live")
     import base64
 
     # Past the 128 KiB a single command-line argument may hold.
