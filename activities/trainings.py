@@ -145,9 +145,10 @@ class TrainingActivities:
             "training", req.id, row.webhook, secret, req.webhook_timeout
         )
         base = self.settings.resolved_public_url
+        secret_key = self.settings.ensure_secret_key()
 
         def render(training: Training) -> dict[str, Any]:
-            return serialize.training_json(training, base)
+            return serialize.training_json(training, base, secret_key=secret_key)
 
         return LiveWebhooks(row, events, send, render)
 
@@ -294,6 +295,7 @@ class TrainingActivities:
         return serialize.training_json(
             row,
             self.settings.resolved_public_url,
+            secret_key=self.settings.ensure_secret_key(),
             weights_url=lambda key: store.signed_url(key, expiry),
         )
 

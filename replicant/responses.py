@@ -98,6 +98,7 @@ class TrainingUrls(Response):
     get: Url
     cancel: Url
     web: Url
+    stream: Url = OMITTED  # Beyond Replicate: logs, output and the end as server-sent events
 
 
 class TrainingOutput(Response):

@@ -27,15 +27,17 @@ def body(obj: BaseModel) -> dict[str, Any]:
     return obj.model_dump(mode="json", exclude_unset=True)
 
 
-def stream_signature(prediction_id: str, secret_key: str) -> str:
-    """The unguessable part of a prediction's stream URL (the JS client sends no token)."""
-    mac = hmac.new(secret_key.encode(), f"stream:{prediction_id}".encode(), hashlib.sha256)
+def stream_signature(object_id: str, secret_key: str, kind: str = "predictions") -> str:
+    """The unguessable part of a prediction's or training's stream URL (the JS client sends
+    no token); ``kind`` is ``predictions`` or ``trainings``."""
+    subject = object_id if kind == "predictions" else f"{kind}/{object_id}"
+    mac = hmac.new(secret_key.encode(), f"stream:{subject}".encode(), hashlib.sha256)
     return base64.urlsafe_b64encode(mac.digest()[:24]).decode()
 
 
-def stream_url(prediction_id: str, base_url: str, secret_key: str) -> str:
-    sig = stream_signature(prediction_id, secret_key)
-    return f"{base_url}/v1/predictions/{prediction_id}/stream?sig={sig}"
+def stream_url(object_id: str, base_url: str, secret_key: str, kind: str = "predictions") -> str:
+    sig = stream_signature(object_id, secret_key, kind)
+    return f"{base_url}/v1/{kind}/{object_id}/stream?sig={sig}"
 
 
 def _set(fields: dict[str, Any], **optional: Any) -> None:
@@ -114,10 +116,15 @@ def public_prediction(row: tables.Prediction, base_url: str) -> responses.Public
 
 
 def training(
-    row: tables.Training, base_url: str, weights_url: Callable[[str], str] | None = None
+    row: tables.Training,
+    base_url: str,
+    *,
+    secret_key: str,
+    weights_url: Callable[[str], str] | None = None,
 ) -> responses.Training:
     """The training object as ``GET /v1/trainings/{id}`` returns it.
 
+    ``secret_key`` signs ``urls.stream`` (its logs, output and end as server-sent events);
     ``weights_url`` signs a URL of the stored weights (``output.weights``). Fields the spec
     types as non-nullable are left out while unknown.
     """
@@ -136,6 +143,7 @@ def training(
             "get": f"{base_url}/v1/trainings/{row.id}",
             "cancel": f"{base_url}/v1/trainings/{row.id}/cancel",
             "web": f"{base_url}/t/{row.id}",
+            "stream": stream_url(row.id, base_url, secret_key, "trainings"),
         },
     }
     if row.output:
@@ -155,10 +163,14 @@ def training(
 
 
 def training_json(
-    row: tables.Training, base_url: str, weights_url: Callable[[str], str] | None = None
+    row: tables.Training,
+    base_url: str,
+    *,
+    secret_key: str,
+    weights_url: Callable[[str], str] | None = None,
 ) -> dict[str, Any]:
     """``training`` as a JSON body (webhooks)."""
-    return body(training(row, base_url, weights_url))
+    return body(training(row, base_url, secret_key=secret_key, weights_url=weights_url))
 
 
 def version(row: tables.Version) -> responses.Version:

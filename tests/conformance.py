@@ -37,6 +37,7 @@ EXTENSION_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/v1/predictions/{prediction_id}/share"): "make a prediction public",
     ("POST", "/v1/predictions/{prediction_id}/unshare"): "make it private again",
     ("GET", "/v1/predictions/{prediction_id}/stream"): "the SSE stream a prediction's urls name",
+    ("GET", "/v1/trainings/{training_id}/stream"): "the SSE stream a training's urls name",
     ("DELETE", "/v1/predictions/{prediction_id}"): "remove a prediction's data now",
     ("QUERY", "/v1/models"): "models.search of both official clients",
     ("POST", "/v1/models/{model_owner}/{model_name}/versions"): "push a version (cog push)",

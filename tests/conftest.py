@@ -23,6 +23,9 @@ from replicant.accounts import create_account
 from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
+
+# The dashboard's tests drive Debian's Chromium (a module-scoped fixture).
+from tests.browser import browser  # noqa: F401
 from tests.conformance import async_conformance_hook, conformance_hook
 from tests.pgdb import fresh_postgres_database
 
@@ -174,6 +177,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The embedded stack, exactly as `make dev` runs it, on free ports."""
     with running_stack(tmp_path_factory.mktemp("replicant")) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def slowstream(live: LiveStack) -> str:
+    """``replicant/slowstream``: a streaming model that yields a token (and prints a log line)
+    every ``interval`` seconds, and fails after ``fail_after`` tokens when asked to."""
+    from replicant.versions import create_version, ensure_model
+
+    model = ensure_model(live.engine, "replicant", "slowstream")
+    create_version(
+        live.settings, live.engine, model, Path(__file__).parent / "models" / "slowstream"
+    )
+    return "replicant/slowstream"
 
 
 @pytest.fixture

@@ -403,6 +403,7 @@ TRAININGS = covers(
     ("GET /trainings/{training_id}", 200),
     ("GET /trainings/{training_id}", 404),
     ("POST /trainings/{training_id}/cancel", 200),
+    ("GET /v1/trainings/{training_id}/stream", 200),
 )
 
 
@@ -424,6 +425,9 @@ def test_training_operations_match_the_spec(
     assert client.get(f"/v1/trainings/{training}").status_code == 200
     assert client.get("/v1/trainings").status_code == 200
     assert client.post(f"/v1/trainings/{training}/cancel").status_code == 200
+    with client.stream("GET", started.json()["urls"]["stream"]) as stream:
+        assert stream.status_code == 200
+        assert any(line.startswith("event: done") for line in stream.iter_lines())
     assert client.post(route, json={**body, "destination": "nope"}).status_code == 422
     assert client.get("/v1/trainings/doesnotexist").status_code == 404
     assert_seen(TRAININGS)

@@ -7,79 +7,16 @@ holds the committed ones).
 
 from __future__ import annotations
 
-import io
 import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
+from tests.browser import new_page, png, run_form, shot, sign_in, submit_run
 from tests.conftest import LiveStack
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# A loaded machine runs seven suites at once: waits are for events, bounded generously.
-WAIT_MS = 90_000
-SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium")
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def new_page(browser: Browser, live: LiveStack, **options: Any) -> Page:
-    page = browser.new_context(base_url=live.url, **options).new_page()
-    page.set_default_timeout(WAIT_MS)
-    return page
-
-
-def sign_in(browser: Browser, live: LiveStack, token: str) -> Page:
-    """A browser page signed in with ``token``, on the models list."""
-    page = new_page(browser, live)
-    page.goto("/")
-    expect(page).to_have_url(re.compile(r"/signin\?next=/$"))
-    page.fill("#token", token)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Models")).to_be_visible()
-    return page
-
-
-def shot(page: Page, name: str) -> None:
-    if SCREENSHOTS:
-        Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"), full_page=True)
-
-
-def run_form(page: Page, model: str) -> None:
-    page.goto(f"/models/{model}")
-    expect(page.get_by_role("heading", name=model)).to_be_visible()
-
-
-def submit_run(page: Page) -> str:
-    """Press Run; returns the id of the prediction page it leads to."""
-    page.get_by_role("button", name="Run").click()
-    expect(page).to_have_url(re.compile(r"/predictions/[a-z0-9]+$"))
-    return page.url.rsplit("/", 1)[-1]
 
 
 @pytest.fixture(scope="module")
@@ -163,12 +100,6 @@ def test_bad_input_shows_the_fields_error(browser: Browser, live: LiveStack, use
     submit_run(page)
     expect(page.locator("#status")).to_have_text("succeeded")
     expect(page.locator("#output")).to_contain_text("slept for 0 seconds")
-
-
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 40, 40)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_thumbnail_of_an_uploaded_image_is_shown(
@@ -421,7 +352,7 @@ def test_trainings_list_and_page_show_the_version_produced(
     expect(page.get_by_role("heading", name=f"Training {training.id}")).to_be_visible()
     version = training.output["version"]
     expect(page.locator("main")).to_contain_text(f"Version produced: {version}")
-    expect(page.get_by_role("link", name=destination)).to_be_visible()
+    expect(page.get_by_role("link", name=destination, exact=True)).to_be_visible()
     shot(page, "training")
 
     # Another account sees neither the training nor its private destination.
@@ -470,12 +401,13 @@ PAGE_MATRIX: dict[tuple[str, str], Any] = {
     ("POST", "/models/{owner}/{name}/run"): is_not_found,
     ("GET", "/predictions"): is_own_page,
     ("GET", "/predictions/{prediction_id}"): is_not_found,
-    ("GET", "/predictions/{prediction_id}/events"): is_not_found,
+    ("GET", "/predictions/{object_id}/events"): is_not_found,
     ("POST", "/predictions/{prediction_id}/cancel"): is_not_found,
     ("POST", "/predictions/{prediction_id}/share"): is_not_found,
     ("POST", "/predictions/{prediction_id}/unshare"): is_not_found,
     ("GET", "/trainings"): is_own_page,
     ("GET", "/trainings/{training_id}"): is_not_found,
+    ("GET", "/trainings/{object_id}/events"): is_not_found,
     ("POST", "/trainings/{training_id}/cancel"): is_not_found,
 }
 SESSION_ROUTES = {
@@ -537,6 +469,7 @@ def test_a_second_account_gets_nothing_of_the_firsts_through_any_page(live: Live
         "deployment": deployment,
         "prediction_id": prediction["id"],
         "training_id": prediction["id"],  # the same id space
+        "object_id": prediction["id"],
         "token_id": str(list_tokens(live.engine, owner)[0].id),
     }
     routes = dashboard_routes(live)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from pathlib import Path
 
@@ -96,13 +98,32 @@ def test_form_fields_follow_cogs_input_schema() -> None:
     assert fields["key"].kind == "password"
 
 
-def test_snippets_make_the_same_prediction() -> None:
-    code = snippets("http://h:8000", "o/m:v1", {"text": "it's", "image": "data:" + "A" * 500})
-    assert "http://h:8000/v1/predictions" in code["curl"]
-    assert "'\"'\"'" in code["curl"]  # the quote in the input survives the shell
-    assert 'client.run(\n    "o/m:v1"' in code["python"]
-    assert 'baseUrl: "http://h:8000/v1"' in code["javascript"]
-    assert "A" * 500 not in code["python"]
+def test_snippets_carry_the_input_exactly_as_valid_code() -> None:
+    given = {
+        "text": 'it\'s "quoted"\nJSON',  # a line "JSON" would end curl's here-document
+        "image": "data:image/png;base64," + "A" * 500,
+        "fast": True,
+        "seed": None,
+        "sizes": [1, 2.5, {"deep": False}],
+        "options": {},
+    }
+    code = snippets("http://h:8000", "o/m:v1", given)
+    curl = code["curl"]
+    assert curl.startswith("curl -s -X POST http://h:8000/v1/predictions")
+    body = curl.split("<<'JSON'\n", 1)[1]
+    assert body.endswith("\nJSON") and body.count("\nJSON\n") == 0
+    assert json.loads(body.removesuffix("\nJSON")) == {"version": "o/m:v1", "input": given}
+    call = next(
+        n
+        for n in ast.walk(ast.parse(code["python"]))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "run"
+    )
+    assert [ast.literal_eval(a) for a in call.args] == ["o/m:v1"]
+    assert {k.arg: ast.literal_eval(k.value) for k in call.keywords} == {"input": given}
+    javascript = code["javascript"]
+    assert 'baseUrl: "http://h:8000/v1"' in javascript
+    inputs = javascript.split("input: ", 1)[1].rsplit(",\n});", 1)[0]
+    assert json.loads(inputs) == given
 
 
 @pytest.mark.parametrize(
@@ -150,7 +171,11 @@ async def test_form_input_types_what_the_form_sends() -> None:
             ("in-left_out", ""),
         ]
     )
-    assert await form_input(fields, form) == {
+
+    async def no_files(_: object) -> str:
+        raise AssertionError("no file was picked")
+
+    assert await form_input(fields, form, no_files) == {
         "csrf": "model input",
         "steps": 5,
         "scale": 0.25,

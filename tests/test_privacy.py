@@ -194,6 +194,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/trainings"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/trainings/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/trainings/{training_id}/cancel"): Case(NOT_FOUND, UNAUTHENTICATED),
+    ("GET", "/v1/trainings/{training_id}/stream"): Case(NOT_FOUND, NOT_FOUND),
     ("GET", "/t/{training_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/models/{owner}/{name}/versions/{version_id}/trainings"): Case(
         NOT_FOUND, UNAUTHENTICATED, body={"destination": "{owner}/{name}", "input": {}}
@@ -248,10 +249,11 @@ MATRIX: dict[tuple[str, str], Case] = {
             ("POST", "/models/{owner}/{name}/run"),
             ("GET", "/predictions"),
             ("GET", "/predictions/{prediction_id}"),
-            ("GET", "/predictions/{prediction_id}/events"),
+            ("GET", "/predictions/{object_id}/events"),
             ("POST", "/predictions/{prediction_id}/{action}"),
             ("GET", "/trainings"),
             ("GET", "/trainings/{training_id}"),
+            ("GET", "/trainings/{object_id}/events"),
             ("POST", "/trainings/{training_id}/cancel"),
         ]
     },
@@ -278,6 +280,7 @@ def fill(template: str, owned: Owned) -> str:
         "version": owned.version,
         "file_id": owned.file,
         "training_id": owned.prediction,
+        "object_id": owned.prediction,  # a dashboard page's prediction or training
         "action": "share",
         "token_id": "1",
         "build_id": owned.build,

@@ -91,7 +91,9 @@ def test_training_output_carries_signed_weights_and_extra_keys() -> None:
         output={"version": "v2", "note": "kept"},
         weights_key="trainings/t1/weights.tar",
     )
-    body = serialize.training_json(row, "http://h", weights_url=lambda key: f"signed:{key}")
+    body = serialize.training_json(
+        row, "http://h", secret_key="k", weights_url=lambda key: f"signed:{key}"
+    )
     assert body["output"] == {
         "version": "v2",
         "note": "kept",
@@ -100,6 +102,10 @@ def test_training_output_carries_signed_weights_and_extra_keys() -> None:
     assert "started_at" not in body and "webhook" not in body
     assert body["error"] is None
     assert body["urls"]["web"] == "http://h/t/t1"
+    sig = serialize.stream_signature("t1", "k", "trainings")
+    assert body["urls"]["stream"] == f"http://h/v1/trainings/t1/stream?sig={sig}"
+    # A training's signature is its own: a prediction with the same id gets another.
+    assert sig != serialize.stream_signature("t1", "k")
 
 
 def test_account_leaves_out_an_unset_github_url() -> None:

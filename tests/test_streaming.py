@@ -16,20 +16,7 @@ import replicate
 from tests.conftest import LiveStack
 
 NGRAM = "replicant/ngram"
-SLOW = "replicant/slowstream"
 JS_DIR = Path(__file__).parent / "js"
-
-
-@pytest.fixture(scope="module")
-def slowstream(live: LiveStack) -> str:
-    """A streaming model that yields a token (and a log line) every ``interval`` seconds."""
-    from replicant.versions import create_version, ensure_model
-
-    model = ensure_model(live.engine, "replicant", "slowstream")
-    create_version(
-        live.settings, live.engine, model, Path(__file__).parent / "models" / "slowstream"
-    )
-    return SLOW
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
@@ -175,3 +162,71 @@ def test_a_failing_stream_ends_with_error_then_done(
     client = replicate.Client(api_token=live.token, base_url=live.url)
     with pytest.raises(RuntimeError, match="gave up"):
         list(client.stream(slowstream, input={"tokens": 3, "interval": 0, "fail_after": 1}))
+
+
+def test_a_training_streams_its_logs_then_the_version_then_done(live: LiveStack) -> None:
+    from tests.trainkit import CorpusServer, corpus, new_destination, train
+
+    token = live.new_account("streamer")
+    destination = new_destination(live, token, "streamed")
+    training = train(live, token, destination, corpus(seed=11, words=200))
+    url = training.urls["stream"]
+    assert url.startswith(f"{live.url}/v1/trainings/{training.id}/stream?sig=")
+    events = [e for e in read_stream(url) if "comment" not in e]
+    logs = "\n".join(e["data"] for e in events if e["event"] == "logs")
+    assert "read " in logs and "wrote " in logs
+    outputs = [json.loads(e["data"]) for e in events if e["event"] == "output"]
+    assert outputs == [{"version": training.output["version"]}]
+    assert events[-1]["event"] == "done" and events[-1]["data"] == "{}"
+    # Resuming after the last log line gets only the output and the end.
+    last_log = [e for e in events if e["event"] == "logs"][-1]
+    rest = read_stream(url, **{"Last-Event-ID": last_log["id"]})
+    assert [e["event"] for e in rest if "comment" not in e][-2:] == ["output", "done"]
+
+    # A live one: the logs come before the training ends, the end comes once it does.
+    corpora = CorpusServer(held=True)
+    try:
+        with live.client(token) as api:
+            version = api.get("/v1/models/replicant/ngram").json()["latest_version"]["id"]
+            started = api.post(
+                f"/v1/models/replicant/ngram/versions/{version}/trainings",
+                json={
+                    "destination": destination,
+                    "input": {"text": corpora.add("c.txt", corpus(seed=12, words=200))},
+                },
+            )
+            assert started.status_code == 201, started.text
+        seen: list[dict[str, str]] = []
+        with (
+            httpx.Client(timeout=60) as client,
+            client.stream("GET", started.json()["urls"]["stream"]) as response,
+        ):
+            corpora.release()  # connected while the training waits for its corpus
+            seen.extend(sse_events(response))
+        kinds = [e.get("event") for e in seen if "comment" not in e]
+        assert kinds[0] == "logs" and kinds[-2:] == ["output", "done"], kinds
+    finally:
+        corpora.close()
+
+
+def test_a_training_stream_url_must_carry_its_own_signature(live: LiveStack) -> None:
+    from tests.trainkit import corpus, data_uri, new_destination, ngram_version
+
+    token = live.new_account("signer")
+    destination = new_destination(live, token, "signed")
+    with live.client(token) as api:
+        started = api.post(
+            f"/v1/models/replicant/ngram/versions/{ngram_version(live)}/trainings",
+            json={"destination": destination, "input": {"text": data_uri(corpus(13, 50))}},
+        ).json()
+    url = started["urls"]["stream"]
+    base, _, sig = url.partition("?sig=")
+    # A prediction's signature of the same id opens nothing here.
+    from replicant.serialize import stream_signature
+
+    as_prediction = stream_signature(started["id"], live.settings.ensure_secret_key())
+    for bad in (base, f"{base}?sig=AAAA", f"{base}?sig={as_prediction}"):
+        response = httpx.get(bad, timeout=30)
+        assert response.status_code == 404, bad
+        assert response.headers["content-type"].startswith("application/problem+json")
+    assert read_stream(url)[-1]["event"] == "done"

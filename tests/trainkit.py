@@ -33,14 +33,22 @@ def data_uri(text: str) -> str:
 
 
 class CorpusServer:
-    """Serves generated corpora over HTTP (too big to travel inside a request)."""
+    """Serves generated corpora over HTTP (too big to travel inside a request). A ``held``
+    server keeps every request waiting until ``release()``: a training fetching its corpus
+    from it stays unfinished until then."""
 
-    def __init__(self) -> None:
+    def __init__(self, held: bool = False) -> None:
         self.files: dict[str, bytes] = {}
-        files = self.files
+        self.released = threading.Event()
+        if not held:
+            self.released.set()
+        files, released = self.files, self.released
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if not released.wait(timeout=120):
+                    self.send_error(503, "never released")
+                    return
                 body = files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -62,7 +70,11 @@ class CorpusServer:
         self.files[f"/{name}"] = text.encode()
         return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
 
+    def release(self) -> None:
+        self.released.set()
+
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from fastapi import Request
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 
@@ -57,6 +58,16 @@ class Api:
 
     async def patch(self, path: str, body: Any) -> Any:
         return await self.call("PATCH", path, json=body)
+
+    async def upload(self, upload: UploadFile) -> dict[str, Any]:
+        """A file from the browser stored through ``POST /v1/files``; the file object."""
+        content = (
+            upload.filename or "file",
+            await upload.read(),
+            upload.content_type or "application/octet-stream",
+        )
+        stored: dict[str, Any] = await self.call("POST", "/v1/files", files={"content": content})
+        return stored
 
 
 def from_the_web(app: ASGIApp) -> ASGIApp:

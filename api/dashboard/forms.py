@@ -6,8 +6,8 @@ so no rule of validation lives here.
 
 from __future__ import annotations
 
-import base64
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,16 +106,13 @@ def _scalar(kind: str, text: str) -> Any:
     return text
 
 
-async def data_uri(upload: UploadFile) -> str:
-    """An uploaded file as a ``data:`` URI (the API stores it in the object store)."""
-    body = await upload.read()
-    mime = upload.content_type or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(body).decode()}"
+# Stores a file picked in the form and returns the URL that names it in an input.
+Uploader = Callable[[UploadFile], Awaitable[str]]
 
 
-async def form_input(fields: list[Field], form: FormData) -> dict[str, Any]:
+async def form_input(fields: list[Field], form: FormData, upload: Uploader) -> dict[str, Any]:
     """The prediction ``input`` from a submitted Run form; empty fields are left out, so the
-    model's defaults apply."""
+    model's defaults apply. Picked files go through ``upload`` (the Files API)."""
     payload: dict[str, Any] = {}
     for f in fields:
         key = PREFIX + f.name
@@ -124,7 +121,7 @@ async def form_input(fields: list[Field], form: FormData) -> dict[str, Any]:
             continue
         if f.kind == "file" or (f.kind == "list" and f.item_kind == "file"):
             uploads = [u for u in form.getlist(key) if isinstance(u, UploadFile) and u.filename]
-            uris = [await data_uri(u) for u in uploads]
+            uris = [await upload(u) for u in uploads]
             if uris:
                 payload[f.name] = uris if f.kind == "list" else uris[0]
             continue

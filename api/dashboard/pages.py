@@ -6,18 +6,19 @@ import asyncio
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from sqlmodel import Session
 from sse_starlette import EventSourceResponse
+from starlette.datastructures import UploadFile
 
 from api.dashboard.client import ApiProblem, api_for
-from api.dashboard.forms import form_fields, form_input, form_values
+from api.dashboard.forms import Uploader, form_fields, form_input, form_values
 from api.dashboard.render import snippets
 from api.dashboard.session import load_session, new_csrf
 from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, render
 from api.deps import get_state
-from api.routes.streams import prediction_events, resume_cursor
+from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
 from replicant.catalog import find_model
 
@@ -124,6 +125,19 @@ async def model_page(owner: str, name: str, page: PageDep) -> Response:
     return render(page.request, "model.html", page=page, errors={}, values={}, version=None, **view)
 
 
+def _uploader(page: Page) -> Uploader:
+    """Files picked in the Run form go through the Files API, as the official clients send
+    them: the input names the file by its URL at the installation's public address (the
+    one input staging knows as its own), so the code snippets show it exactly."""
+    public = get_state(page.request).settings.resolved_public_url
+
+    async def upload(picked: UploadFile) -> str:
+        stored = await page.api.upload(picked)
+        return f"{public}/v1/files/{stored['id']}"
+
+    return upload
+
+
 @router.post("/models/{owner}/{name}/run")
 async def run_model(owner: str, name: str, page: PageDep, form: FormDep) -> Response:
     """Create a prediction from the Run form through POST /v1/predictions; a 422 goes back to
@@ -137,7 +151,7 @@ async def run_model(owner: str, name: str, page: PageDep, form: FormDep) -> Resp
     if version_id != latest["id"]:
         version = await page.api.get(f"/v1/models/{owner}/{name}/versions/{version_id}")
         view["fields"] = form_fields(version["openapi_schema"])
-    payload = await form_input(view["fields"], form)
+    payload = await form_input(view["fields"], form, _uploader(page))
     body = {"version": f"{owner}/{name}:{version_id}", "input": payload}
     try:
         prediction = await page.api.post("/v1/predictions", body)
@@ -195,8 +209,6 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
     shared = await _shared(page, prediction_id)
     base = str(page.request.base_url).rstrip("/")
     ref = f"{prediction['model']}:{prediction['version']}"
-    output = prediction.get("output")
-    sent = len(output) if isinstance(output, list) else 0
     return render(
         page.request,
         "prediction.html",
@@ -204,7 +216,7 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
         p=prediction,
         shared=shared,
         streaming="stream" in prediction["urls"],
-        cursor=f"{sent}:{len(prediction['logs'] or '')}",
+        cursor=event_cursor(prediction.get("output"), prediction["logs"]),
         snippets=snippets(base, ref, prediction["input"]),
         temporal_url=temporal_ui(page.request, f"prediction-{prediction_id}"),
     )
@@ -216,23 +228,18 @@ async def _shared(page: Page, prediction_id: str) -> bool:
     return bool(response.status_code == 200)
 
 
-@router.get("/predictions/{prediction_id}/events")
-async def prediction_events_page(
-    prediction_id: str,
-    page: PageDep,
-    after: str = "",
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+@router.get("/predictions/{object_id}/events")
+@router.get("/trainings/{object_id}/events")
+async def events_page(
+    object_id: str, page: PageDep, after: str = "", last_event_id: LastEventId = None
 ) -> EventSourceResponse:
-    """The prediction's logs and output as server-sent events, for its owner (the API's
-    stream, which a non-streaming prediction has no signed URL for)."""
-    await page.api.get(f"/v1/predictions/{prediction_id}")  # 404 unless the account's own
+    """The logs, output and end of one of the account's predictions or trainings as
+    server-sent events after ``after``: the API's stream, for those the API's own read lets
+    the account see (404 for anyone else's); a non-streaming prediction has no signed URL."""
+    kind = page.request.scope["route"].path.split("/")[1]  # predictions or trainings
+    await page.api.get(f"/v1/{kind}/{object_id}")
     state = get_state(page.request)
-    outputs, logs = resume_cursor(last_event_id or after)
-    return EventSourceResponse(
-        prediction_events(state, prediction_id, outputs, logs),
-        ping=state.settings.stream_keepalive,
-        headers={"Cache-Control": "no-store"},
-    )
+    return events_response(state, TABLES[kind], object_id, last_event_id or after)
 
 
 @router.post("/predictions/{prediction_id}/{action}")

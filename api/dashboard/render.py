@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 from typing import Any
 from urllib.parse import urlparse
 
@@ -15,8 +14,8 @@ from markupsafe import Markup
 IMAGE = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp", ".avif"}
 AUDIO = {".wav", ".mp3", ".ogg", ".flac", ".m4a", ".aac", ".opus"}
 VIDEO = {".mp4", ".webm", ".mov", ".mkv"}
-# Long values (data URIs) are cut in code snippets; the point is the call's shape.
-SNIPPET_VALUE = 200
+# Long data URIs are cut where an input is shown (never in code, which must run as is).
+SHOWN_VALUE = 200
 # Text that reads as markdown (headings, lists, emphasis, code fences, links) is drawn as such.
 MARKDOWN = re.compile(
     r"^(#{1,6} |[-*] |\d+\. |```|> )|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)", re.MULTILINE
@@ -79,7 +78,7 @@ def file_name(url: str) -> str:
 
 def brief(value: Any) -> Any:
     """``value`` with long data URIs cut short, for showing an input (not for sending)."""
-    if isinstance(value, str) and value.startswith("data:") and len(value) > SNIPPET_VALUE:
+    if isinstance(value, str) and value.startswith("data:") and len(value) > SHOWN_VALUE:
         return f"{value[:60]}... ({len(value)} characters)"
     if isinstance(value, list):
         return [brief(v) for v in value]
@@ -88,31 +87,47 @@ def brief(value: Any) -> Any:
     return value
 
 
-def _short(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > SNIPPET_VALUE:
-        return value[:SNIPPET_VALUE] + "..."
-    if isinstance(value, list):
-        return [_short(v) for v in value]
-    return value
+def python_literal(value: Any, level: int = 0) -> str:
+    """``value`` (JSON data) as Python source, laid out like indented JSON."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, dict) and value:
+        items = [f"{_string(k)}: {python_literal(v, level + 1)}" for k, v in value.items()]
+        return _block("{", items, "}", level)
+    if isinstance(value, list) and value:
+        return _block("[", [python_literal(v, level + 1) for v in value], "]", level)
+    return json.dumps(value, ensure_ascii=False)  # numbers, strings, empty {} and []
+
+
+def _string(key: Any) -> str:
+    return json.dumps(str(key), ensure_ascii=False)
+
+
+def _block(opening: str, items: list[str], closing: str, level: int) -> str:
+    pad = "    " * (level + 1)
+    return opening + "\n" + "".join(f"{pad}{item},\n" for item in items) + "    " * level + closing
 
 
 def snippets(base: str, version: str, input: dict[str, Any]) -> dict[str, str]:
-    """curl, Python and JavaScript code that makes the same prediction."""
-    body = {"version": version, "input": {k: _short(v) for k, v in input.items()}}
+    """curl, Python and JavaScript code that makes the same prediction, with the input exactly
+    as it was given (a data URI in full, an uploaded file by its Files API URL), so each
+    runs as it stands with ``REPLICATE_API_TOKEN`` set."""
+    body = {"version": version, "input": input}
     data = json.dumps(body, indent=2, ensure_ascii=False)
-    inputs = json.dumps(body["input"], indent=4, ensure_ascii=False)
-    indented = inputs.replace("\n", "\n    ")
+    inputs = json.dumps(input, indent=2, ensure_ascii=False)
+    # The body goes in on stdin (a here-document): a long data URI would be beyond the
+    # length of one command-line argument. No line of indented JSON reads just "JSON".
     curl = (
         f"curl -s -X POST {base}/v1/predictions \\\n"
         '  -H "Authorization: Bearer $REPLICATE_API_TOKEN" \\\n'
         '  -H "Content-Type: application/json" \\\n'
         '  -H "Prefer: wait" \\\n'
-        f"  -d {shlex.quote(data)}"
+        f"  --data-binary @- <<'JSON'\n{data}\nJSON"
     )
     python = (
         "import replicate\n\n"
         f'client = replicate.Client(base_url="{base}")  # token from REPLICATE_API_TOKEN\n'
-        f'output = client.run(\n    "{version}",\n    input={indented},\n)\n'
+        f'output = client.run(\n    "{version}",\n    input={python_literal(input, 1)},\n)\n'
         "print(output)"
     )
     javascript = (

@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from api.dashboard.client import ApiProblem
 from api.dashboard.pages import cursor_of, temporal_ui
 from api.dashboard.web import FormDep, PageDep, redirect, render
+from api.routes.streams import event_cursor
 
 router = APIRouter(include_in_schema=False)
 
@@ -35,6 +36,7 @@ async def training_page(training_id: str, page: PageDep) -> Response:
         "training.html",
         page=page,
         t=training,
+        cursor=event_cursor(training.get("output"), training["logs"]),
         temporal_url=temporal_ui(page.request, f"training-{training_id}"),
     )
 

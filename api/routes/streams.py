@@ -1,9 +1,10 @@
-"""Server-sent events of a streaming prediction: output chunks and logs as they come.
+"""Server-sent events of a prediction or a training: logs, output and the end as they come.
 
-The URL is ``urls.stream`` of the prediction: unguessable (signed with the secret key) and
-tokenless, because the JS client sends no token. The source is the read model, which every
-API process can read, so a client may connect to any of them, and late: it first gets
-everything produced so far, then the rest.
+The URL is ``urls.stream`` of the prediction (when its model streams) or of the training:
+unguessable (signed with the secret key) and tokenless, because the JS client sends no token.
+The source is the read model, which every API process can read, so a client may connect to
+any of them, and late: it first gets everything produced so far, then the rest. The
+dashboard's pages follow the same events (``events_response``).
 """
 
 from __future__ import annotations
@@ -20,40 +21,84 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import DatabaseDep, StateDep
 from api.errors import not_found
-from api.state import AppState
+from api.state import AppState, Database
 from replicant.serialize import stream_signature
-from replicant.tables import TERMINAL_STATUSES, Prediction
+from replicant.tables import TERMINAL_STATUSES, Prediction, Training
 
-router = APIRouter(prefix="/v1", tags=["predictions"])
+router = APIRouter(prefix="/v1")
 
 # How often a stream looks at the read model for new output.
 POLL_INTERVAL = 0.05
 
+Streamed = type[Prediction] | type[Training]
+# The table of each kind of stream, by its URL's collection.
+TABLES: dict[str, Streamed] = {"predictions": Prediction, "trainings": Training}
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
 
-@router.get("/predictions/{prediction_id}/stream", response_class=EventSourceResponse)
+
+@router.get(
+    "/predictions/{prediction_id}/stream",
+    response_class=EventSourceResponse,
+    tags=["predictions"],
+)
 async def stream_prediction(
     prediction_id: str,
     state: StateDep,
     db: DatabaseDep,
     sig: str = "",
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: LastEventId = None,
 ) -> EventSourceResponse:
-    expected = stream_signature(prediction_id, state.secret_key)
-    if not hmac.compare_digest(sig.encode(), expected.encode()):
+    row = await _signed(state, db, "predictions", prediction_id, sig)
+    if not isinstance(row, Prediction) or not row.stream:
         raise not_found(f"Prediction {prediction_id}")
-    row = await db.read(_load, prediction_id)
-    if row is None or not row.stream:
-        raise not_found(f"Prediction {prediction_id}")
-    outputs, logs = resume_cursor(last_event_id)
+    return events_response(state, Prediction, prediction_id, last_event_id)
+
+
+@router.get(
+    "/trainings/{training_id}/stream", response_class=EventSourceResponse, tags=["trainings"]
+)
+async def stream_training(
+    training_id: str,
+    state: StateDep,
+    db: DatabaseDep,
+    sig: str = "",
+    last_event_id: LastEventId = None,
+) -> EventSourceResponse:
+    """A training's logs as they are written, its output (the version it produced) and its
+    end: the events of a prediction's stream."""
+    await _signed(state, db, "trainings", training_id, sig)
+    return events_response(state, Training, training_id, last_event_id)
+
+
+async def _signed(
+    state: AppState, db: Database, kind: str, object_id: str, sig: str
+) -> Prediction | Training:
+    """The row behind a stream URL; 404 for a wrong signature or a missing row alike."""
+    expected = stream_signature(object_id, state.secret_key, kind)
+    row = None
+    if hmac.compare_digest(sig.encode(), expected.encode()):
+        row = await db.read(_load, TABLES[kind], object_id)
+    if row is None:
+        raise not_found(f"{kind[:-1].capitalize()} {object_id}")
+    return row
+
+
+def events_response(
+    state: AppState, table: Streamed, object_id: str, cursor: str | None
+) -> EventSourceResponse:
+    """The stream of one prediction or training, resumed after ``cursor`` (an event id)."""
+    outputs, logs = resume_cursor(cursor)
     return EventSourceResponse(
-        prediction_events(state, prediction_id, outputs, logs),
+        row_events(state, table, object_id, outputs, logs),
         ping=state.settings.stream_keepalive,
         headers={"Cache-Control": "no-store"},
     )
 
 
-def _load(session: Session, prediction_id: str) -> Prediction | None:
-    return session.get(Prediction, prediction_id)
+def _load(session: Session, table: Streamed, object_id: str) -> Prediction | Training | None:
+    if table is Prediction:
+        return session.get(Prediction, object_id)
+    return session.get(Training, object_id)
 
 
 def resume_cursor(last_event_id: str | None) -> tuple[int, int]:
@@ -63,6 +108,11 @@ def resume_cursor(last_event_id: str | None) -> tuple[int, int]:
         if first.isdigit() and second.isdigit():
             return int(first), int(second)
     return 0, 0
+
+
+def event_cursor(output: Any, logs: str | None) -> str:
+    """The event id after everything in ``output`` and ``logs`` (what a page already shows)."""
+    return f"{len(_chunks(output))}:{len(logs or '')}"
 
 
 def _chunks(output: Any) -> list[Any]:
@@ -75,17 +125,19 @@ def _data(chunk: Any) -> str:
     return chunk if isinstance(chunk, str) else json.dumps(chunk)
 
 
-async def prediction_events(
-    state: AppState, prediction_id: str, outputs: int, logs: int
+async def row_events(
+    state: AppState, table: Streamed, object_id: str, outputs: int, logs: int
 ) -> AsyncIterator[ServerSentEvent]:
+    """``logs`` (a line each), ``output`` (an iterator's chunk each, or the whole output) and
+    at the end ``done`` (after an ``error`` when it failed), read from the read model."""
     while True:
-        row = await state.db.read(_load, prediction_id)
+        row = await state.db.read(_load, table, object_id)
         if row is None:
             return
         terminal = row.status in TERMINAL_STATUSES
         text = row.logs or ""
         if len(text) > logs:
-            # Whole lines only while running; the rest once the prediction is over.
+            # Whole lines only while running; the rest once it is over.
             end = len(text) if terminal else text.rfind("\n", logs) + 1
             if end > logs:
                 for line in text[logs:end].splitlines():
@@ -101,7 +153,8 @@ async def prediction_events(
             elif row.status == "canceled":
                 yield ServerSentEvent('{"reason": "canceled"}', event="done", id=cursor)
             else:
-                yield ServerSentEvent(row.error or "Prediction failed", event="error", id=cursor)
+                failed = f"{table.__name__} failed"
+                yield ServerSentEvent(row.error or failed, event="error", id=cursor)
                 yield ServerSentEvent('{"reason": "error"}', event="done", id=cursor)
             return
         await asyncio.sleep(POLL_INTERVAL)

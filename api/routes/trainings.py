@@ -81,7 +81,8 @@ def _render(request: Request, state: AppState, rows: list[Training]) -> list[res
         assert store is not None
         return store.signed_url(key, expiry)
 
-    return [serialize.training(r, base, weights_url=sign) for r in rows]
+    secret_key = state.secret_key
+    return [serialize.training(r, base, secret_key=secret_key, weights_url=sign) for r in rows]
 
 
 def _destination(session: Session, account: Account, ref: str) -> Model:
