@@ -24,7 +24,7 @@ from activities.running import ensure_env, heartbeat_forever, load_version, run_
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
-from replicant.cogmodel import CogConfigError, load_cog_config
+from replicant.cogmodel import CogConfigError, load_cog_config, output_streams
 from replicant.contracts import (
     ActivityName,
     FinishPrediction,
@@ -98,6 +98,9 @@ def runner_spec(version: Version) -> RunnerSpec:
         concurrency=model_concurrency(Path(version.model_dir)),
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
+        # Known from the schema, so a list output (embeddings) never costs the webhooks an
+        # iterator needs (coglet builds an HTTP client per run that has one).
+        streams_output=output_streams(version.openapi_schema),
     )
 
 
