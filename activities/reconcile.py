@@ -16,6 +16,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -37,6 +38,11 @@ NEVER_STARTED = (
 )
 # Visibility is asked about this many workflow ids at once.
 CHUNK = 100
+# Workflow ids found to exist are not asked about again for this long (a workflow, once
+# started, moves its row itself): a deep queue costs Temporal one question per prediction,
+# not one per prediction on every pass. Bounded: past it, a row is asked about once more.
+KNOWN_STARTED_TTL = 24 * 3600.0
+KNOWN_STARTED_MAX = 200_000
 TABLES: tuple[tuple[str, Any], ...] = (("prediction", Prediction), ("training", Training))
 
 
@@ -47,6 +53,9 @@ class ReconcileActivities:
         self.engine = engine
         self.client = client
         self.store = store
+        self.known_started: TTLCache[str, bool] = TTLCache(
+            maxsize=KNOWN_STARTED_MAX, ttl=KNOWN_STARTED_TTL
+        )
 
     @activity.defn(name=ActivityName.RECONCILE_STARTS)
     async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
@@ -61,7 +70,8 @@ class ReconcileActivities:
                     break
                 after = ids[-1]
                 result.checked += len(ids)
-                for workflow_id in await self._missing([f"{kind}-{i}" for i in ids]):
+                unknown = [w for w in (f"{kind}-{i}" for i in ids) if w not in self.known_started]
+                for workflow_id in await self._missing(unknown) if unknown else []:
                     row_id = workflow_id.removeprefix(f"{kind}-")
                     if await asyncio.to_thread(self._fail, kind, row_id):
                         log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
@@ -91,7 +101,9 @@ class ReconcileActivities:
         seen = {w.id async for w in self.client.list_workflows(f"WorkflowId IN ({quoted})")}
         missing = []
         for workflow_id in workflow_ids:
-            if workflow_id not in seen and not await workflow_exists(self.client, workflow_id):
+            if workflow_id in seen or await workflow_exists(self.client, workflow_id):
+                self.known_started[workflow_id] = True
+            else:
                 missing.append(workflow_id)
         return missing
 
