@@ -52,7 +52,7 @@ from replicant.settings import Settings  # noqa: E402
 from replicant.tables import Prediction  # noqa: E402
 from replicant.timeutil import as_utc  # noqa: E402
 from tests.pgdb import fresh_postgres_database  # noqa: E402
-from workers.runners.memory import tree_rss  # noqa: E402
+from workers.runners.memory import process_tree, tree_rss  # noqa: E402
 
 HELLO = "/v1/models/replicate/hello-world/predictions"
 CREATORS = 8  # concurrent clients that queue the backlog
@@ -80,13 +80,8 @@ def memory(stack: Stack) -> dict[str, int]:
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds (user and system) used so far by a process and its live descendants."""
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     total = 0.0
-    for member in members:
+    for member in process_tree(pid):
         with contextlib.suppress(psutil.Error):
             times = member.cpu_times()
             total += times.user + times.system
