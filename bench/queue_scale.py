@@ -57,6 +57,7 @@ from workers.runners.memory import process_tree, tree_rss  # noqa: E402
 HELLO = "/v1/models/replicate/hello-world/predictions"
 CREATORS = 8  # concurrent clients that queue the backlog
 LATENCY_BLOCK = 10
+WARMUP = 5  # unmeasured calls of each path before a phase's timed ones
 # Finished predictions made before anything is timed: more than a list page (100), so the
 # idle list renders a full page as the queued one does.
 WARM = 110
@@ -95,10 +96,12 @@ def cpu_now(stack: Stack) -> dict[str, float]:
 @dataclass
 class Phase:
     """One timed phase: latencies (ms) by call, the CPU share (of one core) each process
-    used meanwhile, and the machine's 1-minute load average at its end."""
+    used meanwhile, the API's CPU time per request (ms; what the machine's load does not
+    stretch), and the machine's 1-minute load average at its end."""
 
     samples: dict[str, list[float]]
     cpu: dict[str, float]
+    api_cpu_ms: float
     load: float
 
 
@@ -108,8 +111,11 @@ async def timed_phase(
     before, started = cpu_now(stack), time.perf_counter()
     samples = await time_reads(client, ids, requests)
     after, elapsed = cpu_now(stack), time.perf_counter() - started
-    cpu = {name: (after[name] - before.get(name, 0.0)) / elapsed for name in after}
-    return Phase(samples, cpu, os.getloadavg()[0])
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    cpu = {name: seconds / elapsed for name, seconds in used.items()}
+    # time_reads also makes WARMUP unmeasured calls per path.
+    calls = sum(len(v) for v in samples.values()) + WARMUP * len(samples)
+    return Phase(samples, cpu, used["api"] * 1000 / calls, os.getloadavg()[0])
 
 
 async def settle(stack: Stack) -> float:
@@ -134,7 +140,7 @@ async def time_reads(
         "list": lambda: "/v1/predictions",
     }
     for path in paths.values():  # warm connections and caches
-        for _ in range(5):
+        for _ in range(WARMUP):
             (await client.get(path())).raise_for_status()
     samples: dict[str, list[float]] = {name: [] for name in paths}
     for done in range(0, requests, LATENCY_BLOCK):
@@ -252,6 +258,10 @@ def print_reads(phases: dict[str, Phase], n: int) -> None:
         shares = [phase.cpu.get(proc) for phase in phases.values()]
         cells = "".join(f"{'-':>10}" if v is None else f"{v:>10.2f}" for v in shares)
         print(f"{proc:<28}{cells}")
+    print(
+        f"{'API CPU ms per request':<28}"
+        + "".join(f"{p.api_cpu_ms:>10.2f}" for p in phases.values())
+    )
     print(f"{'load average (1 min)':<28}" + "".join(f"{p.load:>10.1f}" for p in phases.values()))
 
 
