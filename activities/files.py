@@ -296,9 +296,21 @@ def uploads_outputs(openapi_schema: dict[str, Any]) -> bool:
     return bool(output) and output.get("type") != "array"
 
 
+def holds_data_uri(output: Any) -> bool:
+    """Whether an output holds a data URI anywhere (a plain walk: an embedding's hundreds of
+    floats cost no coroutine each)."""
+    if isinstance(output, str):
+        return output[:5].lower() == "data:"
+    if isinstance(output, list):
+        return any(holds_data_uri(item) for item in output)
+    if isinstance(output, dict):
+        return any(holds_data_uri(item) for item in output.values())
+    return False
+
+
 async def stored_output(sink: UploadSink | None, prediction_id: str, output: Any) -> Any:
     """The output with every data URI file stored and replaced by its signed URL."""
-    if sink is None:
+    if sink is None or not holds_data_uri(output):
         return output
     if isinstance(output, list):
         return [await stored_output(sink, prediction_id, item) for item in output]

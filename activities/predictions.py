@@ -21,7 +21,7 @@ from activities.files import stored_output, uploads_outputs
 from activities.running import LiveRun, ensure_env, heartbeat_forever, load_version, run_model
 from activities.webhooks import WebhookActivities
 from replicant import readmodel
-from replicant.cogmodel import CogConfigError, load_cog_config
+from replicant.cogmodel import CogConfigError, load_cog_config, output_streams
 from replicant.contracts import (
     ActivityName,
     FinishPrediction,
@@ -95,6 +95,9 @@ def runner_spec(version: Version) -> RunnerSpec:
         concurrency=model_concurrency(Path(version.model_dir)),
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
+        # Known from the schema, so a list output (embeddings) never costs the webhooks an
+        # iterator needs (coglet builds an HTTP client per run that has one).
+        streams_output=output_streams(version.openapi_schema),
     )
 
 

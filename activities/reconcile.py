@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -43,6 +44,11 @@ NEVER_STARTED = (
 )
 # Visibility is asked about this many workflow ids at once.
 CHUNK = 100
+# Workflow ids found to exist are not asked about again for this long (a workflow, once
+# started, moves its row itself): a deep queue costs Temporal one question per prediction,
+# not one per prediction on every pass. Bounded: past it, a row is asked about once more.
+KNOWN_STARTED_TTL = 24 * 3600.0
+KNOWN_STARTED_MAX = 200_000
 TABLES: tuple[tuple[str, Any], ...] = (("prediction", Prediction), ("training", Training))
 # How a build's workflow ended without ending the build; None: it never started.
 Ended = WorkflowExecutionStatus | None
@@ -55,6 +61,9 @@ class ReconcileActivities:
         self.engine = engine
         self.client = client
         self.store = store
+        self.known_started: TTLCache[str, bool] = TTLCache(
+            maxsize=KNOWN_STARTED_MAX, ttl=KNOWN_STARTED_TTL
+        )
 
     @activity.defn(name=ActivityName.RECONCILE_STARTS)
     async def reconcile_starts(self, job: ReconcileStarts) -> ReconciledStarts:
@@ -64,7 +73,8 @@ class ReconcileActivities:
         result = ReconciledStarts()
         for kind, table in TABLES:
             async for ids in self._pages(table, ("starting",), cutoff, job, result):
-                for workflow_id in await self._missing([f"{kind}-{i}" for i in ids]):
+                unknown = [w for w in (f"{kind}-{i}" for i in ids) if w not in self.known_started]
+                for workflow_id in await self._missing(unknown) if unknown else []:
                     row_id = workflow_id.removeprefix(f"{kind}-")
                     if await asyncio.to_thread(self._fail, kind, row_id):
                         log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
@@ -119,7 +129,9 @@ class ReconcileActivities:
         seen = {w.id async for w in self.client.list_workflows(f"WorkflowId IN ({quoted})")}
         missing = []
         for workflow_id in workflow_ids:
-            if workflow_id not in seen and not await workflow_exists(self.client, workflow_id):
+            if workflow_id in seen or await workflow_exists(self.client, workflow_id):
+                self.known_started[workflow_id] = True
+            else:
                 missing.append(workflow_id)
         return missing
 

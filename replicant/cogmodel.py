@@ -299,6 +299,16 @@ def _add_enums(
             input_schema["properties"][name]["allOf"] = [{"$ref": _SCHEMAS + component}]
 
 
+def output_streams(openapi_schema: dict[str, Any]) -> bool | None:
+    """Whether a version's output is an iterator, whose partial output streams; None when
+    the schema does not say. A plain list does not stream, although coglet's own log
+    reports ``is_stream`` for one too."""
+    output = openapi_schema.get("components", {}).get("schemas", {}).get("Output")
+    if not isinstance(output, dict):
+        return None
+    return output.get("x-cog-array-type") == "iterator"
+
+
 def build_openapi_schema(probe: dict[str, Any], cog_version: str) -> dict[str, Any]:
     """Wrap the probe's Input/Output (and TrainingInput/TrainingOutput) in an OpenAPI document."""
     predict, train = probe.get("predict"), probe.get("train")

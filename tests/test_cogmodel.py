@@ -28,6 +28,7 @@ from replicant.cogmodel import (
     PredictorError,
     inspect_model,
     load_cog_config,
+    output_streams,
     write_schema_for_coglet,
 )
 from replicant.validation import InvalidField, validate_input
@@ -204,6 +205,28 @@ def test_ngram_schema_streams_and_trains(schemas: dict[str, dict[str, Any]]) -> 
         "properties": {"weights": {"type": "string", "format": "uri", "title": "Weights"}},
         "required": ["weights"],
     }
+
+
+LIST_PREDICTOR = """
+from typing import Any
+from cog import BasePredictor
+
+class Predictor(BasePredictor):
+    def predict(self, n: int = 2) -> list[dict[str, Any]]:
+        return [{"i": i} for i in range(n)]
+"""
+
+
+def test_only_an_iterator_output_streams(
+    schemas: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    # coglet's own log says is_stream for a list too: the schema is what tells them apart.
+    listed = schema_of(make_model(tmp_path, {"cog.yaml": COG_YAML, "predict.py": LIST_PREDICTOR}))
+    assert listed["components"]["schemas"]["Output"]["type"] == "array"
+    assert output_streams(listed) is False
+    assert output_streams(schemas["ngram"]) is True
+    assert output_streams(schemas["hello-world"]) is False
+    assert output_streams({}) is None
 
 
 RICH_PREDICTOR = """

@@ -17,14 +17,16 @@ from typing import Any
 import httpx
 import pytest
 from sqlmodel import Session, col, select
+from temporalio.testing import ActivityEnvironment
 
-from activities.reconcile import NEVER_STARTED
+from activities.reconcile import NEVER_STARTED, ReconcileActivities
 from api.startguard import settle_start
 from replicant import readmodel
-from replicant.contracts import PredictionRequest
+from replicant.contracts import PredictionRequest, ReconcileStarts
 from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.ids import new_id
+from replicant.storage import open_store
 from replicant.tables import Prediction, Training
 from replicant.temporal import connect, workflow_exists
 from replicant.timeutil import utcnow
@@ -290,6 +292,29 @@ async def test_the_reconciler_leaves_a_row_whose_workflow_waits_in_its_queue(
     handle = await parked(crashy, prediction_id)
     # Past the grace, and several reconcile passes later, the row is as it was.
     await asyncio.sleep(GRACE + 4)
+    with Session(crashy.engine) as session:
+        row = session.get(Prediction, prediction_id)
+    assert row is not None and row.status == "starting"
+    await handle.terminate()
+
+
+async def test_the_reconciler_asks_temporal_about_a_queued_row_once(crashy: LiveStack) -> None:
+    """A deep queue costs Temporal one question per prediction, not one on every pass."""
+    prediction_id = new_id()
+    handle = await parked(crashy, prediction_id)
+    asked: list[str] = []
+
+    class Counting(ReconcileActivities):
+        async def _missing(self, workflow_ids: list[str]) -> list[str]:
+            asked.extend(workflow_ids)
+            return await super()._missing(workflow_ids)
+
+    store = open_store(crashy.settings)
+    passes = Counting(crashy.engine, await connect(crashy.settings), store)
+    # Grace 0: every row `starting` now is the pass's to check.
+    for _ in range(2):
+        await ActivityEnvironment().run(passes.reconcile_starts, ReconcileStarts(grace=0))
+    assert asked.count(f"prediction-{prediction_id}") == 1
     with Session(crashy.engine) as session:
         row = session.get(Prediction, prediction_id)
     assert row is not None and row.status == "starting"

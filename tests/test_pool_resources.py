@@ -280,6 +280,22 @@ def test_runner_spec_takes_the_concurrency_of_cog_yaml(models: Path) -> None:
     assert model_concurrency(models / "env") == 1
 
 
+def test_runner_spec_says_whether_the_output_streams(models: Path) -> None:
+    from activities.predictions import runner_spec
+    from replicant.tables import Version
+
+    def output(schema: dict[str, object]) -> Version:
+        components = {"components": {"schemas": {"Output": schema}}} if schema else {}
+        return Version(id="v", model_id=1, model_dir=str(models / "env"), openapi_schema=components)
+
+    listed = {"type": "array", "items": {"type": "object"}}
+    # A list comes back whole: no webhooks (coglet's per-run HTTP client) for its runs.
+    assert runner_spec(output(listed)).streams_output is False
+    iterator = {**listed, "x-cog-array-type": "iterator"}
+    assert runner_spec(output(iterator)).streams_output is True
+    assert runner_spec(output({})).streams_output is None
+
+
 # -- GPU slots -----------------------------------------------------------------------------
 
 

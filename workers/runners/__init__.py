@@ -13,8 +13,10 @@ How a prediction reaches coglet, and why (measured with coglet 0.23.1, hello-wor
 
 So the request is always synchronous (the response is the authoritative terminal state, and a
 dropped connection makes coglet cancel), and a webhook is added only when it is needed: when
-the caller wants live updates and the model streams output (an iterator; learned from coglet's
-own log, or hinted by ``RunnerSpec.streams_output``). Live logs of every other model come for
+the caller wants live updates and the model streams output (an iterator: told by
+``RunnerSpec.streams_output``, from the version's schema; else learned from coglet's own log,
+which reports ``is_stream`` for a plain list too, so a version without a schema streams to
+be safe). Live logs of every other model come for
 free from coglet's stderr, where it writes each log line of a prediction, tagged with its id,
 as it happens. The same stream fills in the logs that coglet leaves out of the synchronous
 answer of a failed or canceled prediction.

@@ -24,15 +24,19 @@ if TYPE_CHECKING:
 MEASURE_TTL = 1.0
 
 
-def tree_rss(pid: int) -> int:
-    """The resident set of a process and all its descendants, in bytes (0: it is gone)."""
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants ([]: it is gone)."""
     try:
         root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    """The resident set of a process and all its descendants, in bytes (0: it is gone)."""
     total = 0
-    for member in members:
+    for member in process_tree(pid):
         try:
             total += member.memory_info().rss
         except psutil.Error:
