@@ -21,12 +21,11 @@ router = APIRouter(include_in_schema=False)
 
 
 def _account_view(page: Page) -> dict[str, Any]:
-    engine = get_state(page.request).engine
+    state = get_state(page.request)
     username = page.account["username"]
-    account = find_account(engine, username)
-    with Session(engine) as session:
-        organizations = sorted(account_names(session, account) - {username})
-    return {"organizations": organizations, "tokens": list_tokens(engine, username)}
+    account = find_account(state.engine, username)
+    organizations = sorted(state.db.call(account_names, account) - {username})
+    return {"organizations": organizations, "tokens": list_tokens(state.engine, username)}
 
 
 async def _render_account(page: Page, **extra: Any) -> Response:
@@ -49,13 +48,12 @@ async def new_token(page: PageDep, form: FormDep) -> Response:
 
 
 def _revoke_own(page: Page, token_id: int) -> None:
-    engine = get_state(page.request).engine
-    account = find_account(engine, page.account["username"])
-    with Session(engine) as session:
-        row = session.get(ApiToken, token_id)
+    state = get_state(page.request)
+    account = find_account(state.engine, page.account["username"])
+    row = state.db.call(Session.get, ApiToken, token_id)
     if row is None or row.account_id != account.id:
         raise ApiProblem(404, {"detail": f"Token {token_id} not found"})
-    revoke_token(engine, token_id)
+    revoke_token(state.engine, token_id)
 
 
 @router.post("/account/tokens/{token_id}/revoke")

@@ -8,7 +8,6 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
-from sqlmodel import Session
 from sse_starlette import EventSourceResponse
 from starlette.datastructures import UploadFile
 
@@ -98,8 +97,7 @@ def _hardware(request: Request, username: str, owner: str, name: str) -> str | N
     it), found through the catalog's own visibility rule."""
     state = get_state(request)
     account = find_account(state.engine, username)
-    with Session(state.engine) as session:
-        model = find_model(session, account, owner, name)
+    model = state.db.call(find_model, account, owner, name)
     if model is None:
         return None
     return state.settings.hardware_names.get(model.hardware, model.hardware)
