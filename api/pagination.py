@@ -14,10 +14,13 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from sqlalchemy import and_, or_
-from sqlmodel import Session
+from sqlmodel import Session, col
 from sqlmodel.sql.expression import SelectOfScalar
 
 from api.errors import invalid
+from api.serialize import prediction_object
+from replicant import responses
+from replicant.tables import Prediction
 from replicant.timeutil import as_utc, isoformat
 
 T = TypeVar("T")
@@ -86,3 +89,29 @@ def paginate(
         "previous": link(rows[0], "previous") if rows and has_previous else None,
         "results": results,
     }
+
+
+def prediction_page(
+    session: Session,
+    stmt: SelectOfScalar[Prediction],
+    base: str,
+    *,
+    secret_key: str,
+    cursor: str | None,
+    page_url: str,
+    page_size: int = PAGE_SIZE,
+    params: dict[str, str] | None = None,
+) -> responses.PredictionPage:
+    """One page of predictions, newest first, each as the API shows it."""
+    page = paginate(
+        session,
+        stmt,
+        col(Prediction.created_at),
+        col(Prediction.id),
+        cursor=cursor,
+        page_url=page_url,
+        render=lambda _, rows: [prediction_object(r, base, secret_key=secret_key) for r in rows],
+        page_size=page_size,
+        params=params,
+    )
+    return responses.PredictionPage.model_validate(page)

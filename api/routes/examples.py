@@ -17,7 +17,7 @@ from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import invalid, not_found
 from api.launch import base_url
 from api.modelaccess import own_model, visible_model
-from api.pagination import paginate
+from api.pagination import prediction_page
 from api.serialize import json_response, prediction_object
 from replicant import responses
 from replicant.catalog import account_names
@@ -65,18 +65,14 @@ def list_examples(
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
         .where(ModelExample.model_id == found)
     )
-    page = paginate(
+    return prediction_page(
         session,
         stmt,
-        col(Prediction.created_at),
-        col(Prediction.id),
+        base,
+        secret_key=state.secret_key,
         cursor=cursor,
         page_url=f"{base}/v1/models/{owner}/{name}/examples",
-        render=lambda _, rows: [
-            prediction_object(r, base, secret_key=state.secret_key) for r in rows
-        ],
     )
-    return responses.PredictionPage.model_validate(page)
 
 
 @router.post(

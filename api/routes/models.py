@@ -50,10 +50,9 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 Visibility = Literal["public", "private"]
 
 
-class ModelCreate(BaseModel):
-    owner: str
-    name: str
-    visibility: Visibility = "public"
+class ModelFields(BaseModel):
+    """The fields a model's owner sets, at create and by ``PATCH``."""
+
     hardware: str | None = None
     description: str | None = None
     github_url: str | None = None
@@ -62,18 +61,18 @@ class ModelCreate(BaseModel):
     cover_image_url: str | None = None
 
 
-class ModelUpdate(BaseModel):
+class ModelCreate(ModelFields):
+    owner: str
+    name: str
+    visibility: Visibility = "public"
+
+
+class ModelUpdate(ModelFields):
     """Body of ``PATCH /v1/models/{owner}/{name}``; any other field is refused (422)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    description: str | None = None
     visibility: Visibility | None = None
-    hardware: str | None = None
-    github_url: str | None = None
-    paper_url: str | None = None
-    license_url: str | None = None
-    cover_image_url: str | None = None
     readme: str | None = None
 
 

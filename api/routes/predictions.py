@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
@@ -16,7 +16,7 @@ from api.errors import ProblemError, not_found
 from api.idempotency import claim_for
 from api.launch import PredictionCreate, PredictionCreateDep, base_url, launch_prediction
 from api.listfilters import PredictionFilters
-from api.pagination import PAGE_SIZE, paginate
+from api.pagination import PAGE_SIZE, prediction_page
 from api.serialize import prediction_object
 from api.state import AppState
 from replicant import readmodel, responses
@@ -171,17 +171,13 @@ def list_predictions(
     if page_size != PAGE_SIZE:
         params["page_size"] = str(page_size)
     base = base_url(request, state)
-    page = paginate(
+    return prediction_page(
         session,
         stmt,
-        col(Prediction.created_at),
-        col(Prediction.id),
+        base,
+        secret_key=state.secret_key,
         cursor=cursor,
         page_url=f"{base}/v1/predictions",
-        render=lambda _, rows: [
-            prediction_object(r, base, secret_key=state.secret_key) for r in rows
-        ],
         page_size=page_size,
         params=params,
     )
-    return responses.PredictionPage.model_validate(page)
