@@ -13,16 +13,14 @@ import contextlib
 import logging
 from datetime import timedelta
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from sqlmodel import Session
 from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
-from api.deps import CurrentAccount, DatabaseDep, StateDep
-from api.launch import base_url
+from api.ownpredictions import PredictionsDep
 from api.routes.examples import forget_examples
-from api.routes.predictions import own_prediction, signal_cancel
-from api.serialize import prediction_object
+from api.routes.predictions import signal_cancel
 from api.state import AppState
 from replicant import readmodel, responses
 from replicant.objectkeys import prediction_prefix
@@ -38,11 +36,10 @@ CANCEL_GRACE = timedelta(seconds=10)
 
 
 @router.delete("/predictions/{prediction_id}", response_model_exclude_unset=True)
-async def delete_prediction_data(
-    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
-) -> responses.Prediction:
+async def delete_prediction_data(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
     """Cancel the prediction if it has not ended, and remove its input and output files."""
-    row = await db.read(own_prediction, account, prediction_id)
+    state, db = mine.state, mine.db
+    row = await mine.get(prediction_id)
     if row.status not in TERMINAL_STATUSES:
         await _cancel_and_wait(state, prediction_id)
     # A model's example without its data is no example: unmark it.
@@ -51,8 +48,7 @@ async def delete_prediction_data(
     store = await state.store()
     files = await asyncio.to_thread(store.delete_prefix, prediction_prefix(prediction_id))
     log.info("event=data_removed prediction=%s files=%d on=request", prediction_id, files)
-    row = await db.read(own_prediction, account, prediction_id)
-    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    return mine.show(await mine.get(prediction_id))
 
 
 def _forget_examples(session: Session, prediction_id: str) -> None:

@@ -11,18 +11,17 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, select
 from temporalio.service import RPCError
 
-from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, not_found
 from api.idempotency import claim_for
 from api.launch import PredictionCreate, PredictionCreateDep, base_url, launch_prediction
 from api.listfilters import PredictionFilters
+from api.ownpredictions import PredictionsDep
 from api.pagination import PAGE_SIZE, prediction_page
-from api.serialize import prediction_object
 from api.state import AppState
 from replicant import readmodel, responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
 from replicant.contracts import WebhookEvent
-from replicant.lookups import owned_prediction
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from workflows.prediction import PredictionWorkflow
@@ -127,31 +126,18 @@ async def create_model_prediction(
     return await launch_body(create, model, version, body)
 
 
-def own_prediction(session: Session, account: Account, prediction_id: str) -> Prediction:
-    """The caller's prediction; 404 for anyone else's."""
-    row = owned_prediction(session, account.username, prediction_id)
-    if row is None:
-        raise not_found(f"Prediction {prediction_id}")
-    return row
-
-
 @router.get("/predictions/{prediction_id}", response_model_exclude_unset=True)
-async def get_prediction(
-    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
-) -> responses.Prediction:
-    row = await db.read(own_prediction, account, prediction_id)
-    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+async def get_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
+    return mine.show(await mine.get(prediction_id))
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model_exclude_unset=True)
-async def cancel_prediction(
-    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
-) -> responses.Prediction:
-    row = await db.read(own_prediction, account, prediction_id)
+async def cancel_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
+    row = await mine.get(prediction_id)
     if row.status not in TERMINAL_STATUSES:
-        await signal_cancel(state, prediction_id)
-        row = await db.read(own_prediction, account, prediction_id)
-    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+        await signal_cancel(mine.state, prediction_id)
+        row = await mine.get(prediction_id)
+    return mine.show(row)
 
 
 @router.get("/predictions", response_model_exclude_unset=True)

@@ -16,10 +16,10 @@ from sqlalchemy import update
 from sqlmodel import Session, col
 
 from api.dashboard.shared import shared_page
-from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
+from api.deps import SessionDep, StateDep
 from api.errors import not_found
 from api.launch import base_url
-from api.serialize import prediction_object
+from api.ownpredictions import PredictionsDep
 from replicant import responses, serialize
 from replicant.tables import Account, Prediction
 
@@ -46,21 +46,15 @@ def _set_shared(session: Session, account: Account, prediction_id: str, shared: 
 
 
 @router.post("/v1/predictions/{prediction_id}/share", response_model_exclude_unset=True)
-async def share_prediction(
-    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
-) -> responses.Prediction:
+async def share_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
     """Make the prediction readable by anyone at its ``urls.web`` address."""
-    row = await db.run(_set_shared, account, prediction_id, True)
-    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    return mine.show(await mine.db.run(_set_shared, mine.account, prediction_id, True))
 
 
 @router.post("/v1/predictions/{prediction_id}/unshare", response_model_exclude_unset=True)
-async def unshare_prediction(
-    prediction_id: str, request: Request, state: StateDep, db: DatabaseDep, account: CurrentAccount
-) -> responses.Prediction:
+async def unshare_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
     """Make the prediction private again; its public page answers 404 from now on."""
-    row = await db.run(_set_shared, account, prediction_id, False)
-    return prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    return mine.show(await mine.db.run(_set_shared, mine.account, prediction_id, False))
 
 
 def wants_html(request: Request) -> bool:
