@@ -116,7 +116,7 @@ FORBIDDEN = status(403)
 
 def to_sign_in(response: httpx.Response, owned: Owned) -> None:
     """A dashboard page: a token is no session, the browser goes to sign in (pages as other
-    signed-in accounts: tests/test_dashboard.py)."""
+    signed-in accounts: tests/test_dashboard_privacy.py)."""
     assert response.status_code == 303, response.text
     assert response.headers["location"].startswith("/signin?next="), response.headers
 
