@@ -154,18 +154,30 @@ def official_clients_are_checked() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The embedded stack, exactly as `make dev` runs it, on free ports."""
-    data_dir = tmp_path_factory.mktemp("replicant")
+@contextlib.contextmanager
+def own_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: Any
+) -> Iterator[LiveStack]:
+    """A started embedded stack on this run's database (see ``suite_database``), with the
+    test settings of ``stack_settings`` and ``overrides``; stopped, and its database dropped,
+    when the block ends. Modules that need settings of their own start theirs with it."""
+    data_dir = tmp_path_factory.mktemp(name)
     with contextlib.ExitStack() as cleanup:
-        settings = stack_settings(data_dir, **cleanup.enter_context(suite_database()))
+        database = cleanup.enter_context(suite_database())
+        settings = stack_settings(data_dir, **{**overrides, **database})
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
         token = stack.start()
         engine = make_engine(settings.resolved_database_url)
         cleanup.callback(engine.dispose)
         yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """The embedded stack, exactly as `make dev` runs it, on free ports."""
+    with own_stack(tmp_path_factory, "replicant") as stack:
+        yield stack
 
 
 @pytest.fixture
