@@ -24,7 +24,7 @@ from activities.running import ensure_env, heartbeat_forever, load_version, run_
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks, WebhookActivities
 from replicant import readmodel
-from replicant.cogmodel import CogConfigError, load_cog_config
+from replicant.cogmodel import CogConfigError, load_cog_config, streams_output
 from replicant.contracts import (
     ActivityName,
     FinishPrediction,
@@ -81,7 +81,8 @@ def runner_spec(version: Version) -> RunnerSpec:
     weights = version.weights_url
     # Stored weights are materialized and served by the pool; a URL goes to the model as is.
     stored = is_store_ref(weights)
-    threads = str(model_cpu_threads(get_settings()))
+    settings = get_settings()
+    threads = str(model_cpu_threads(settings))
     # Models read REPLICANT_CPU_THREADS (onnxruntime); OpenMP-based libraries read the other.
     env = {"REPLICANT_CPU_THREADS": threads, "OMP_NUM_THREADS": threads}
     if weights and not stored:
@@ -98,6 +99,11 @@ def runner_spec(version: Version) -> RunnerSpec:
         concurrency=model_concurrency(Path(version.model_dir)),
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
+        # Known from the version's schema: a model that does not stream never needs coglet's
+        # webhooks, which post its whole logs and output so far on every log line.
+        streams_output=streams_output(version.openapi_schema),
+        max_logs=settings.max_log_size,
+        max_output=settings.max_output_size,
     )
 
 

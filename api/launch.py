@@ -39,6 +39,7 @@ from api.startguard import (
 )
 from api.state import AppState
 from replicant import readmodel
+from replicant.cogmodel import streams_output
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.fairness import task_priority
 from replicant.ids import new_id
@@ -98,8 +99,7 @@ def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None
 
 def is_streaming(version: Version) -> bool:
     """Models whose output is an iterator stream their output (``urls.stream``)."""
-    output = version.openapi_schema.get("components", {}).get("schemas", {}).get("Output", {})
-    return bool(output.get("x-cog-array-type") == "iterator")
+    return streams_output(version.openapi_schema)
 
 
 def base_url(request: Request, state: AppState) -> str:

@@ -394,6 +394,12 @@ def inspect_model(model_dir: Path, python: Path, config: CogConfig) -> dict[str,
     return build_openapi_schema(probe, str(probe.get("cog_version", "")))
 
 
+def streams_output(openapi_schema: dict[str, Any]) -> bool:
+    """Whether a version's output is an iterator (streamed as it is produced)."""
+    output = openapi_schema.get("components", {}).get("schemas", {}).get("Output", {})
+    return bool(output.get("x-cog-array-type") == "iterator")
+
+
 def write_schema_for_coglet(model_dir: Path, openapi_schema: dict[str, Any]) -> None:
     """Write ``model_dir/.cog/openapi_schema.json``, where coglet looks for its schema.
 
