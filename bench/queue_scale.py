@@ -22,7 +22,6 @@ import asyncio
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -34,9 +33,8 @@ from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from replicant.devstack import Stack, free_port  # noqa: E402
-from replicant.settings import Settings  # noqa: E402
-from tests.pgdb import fresh_postgres_database
+from bench.stacks import ADMIN_URL, postgres_bench_stack  # noqa: E402
+from replicant.devstack import Stack  # noqa: E402
 from workers.runners.memory import tree_rss  # noqa: E402
 
 HELLO = "/v1/models/replicate/hello-world/predictions"
@@ -203,37 +201,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queued", type=int, default=10_000, help="predictions to queue")
     parser.add_argument("--requests", type=int, default=300, help="timed GETs per call and state")
-    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args()
-    # A database of its own on the local server, dropped after the stack has stopped.
-    with fresh_postgres_database("replicant_bench", args.admin_url) as database_url:
-        stack: Stack | None = None
-        engine: Engine | None = None
+    with postgres_bench_stack(args.admin_url, hardware={"cpu": 2}, prebuild_envs=False) as stack:
+        token = stack.start()
+        engine = create_engine(stack.settings.resolved_database_url)
         try:
-            with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
-                settings = Settings(
-                    data_dir=Path(data_dir),
-                    database_url=database_url,
-                    api_port=free_port(),
-                    temporal_port=free_port(),
-                    ui_port=free_port(),
-                    hardware={"cpu": 2},
-                    prebuild_envs=False,
-                    log_level="WARNING",
-                    rate_limit_create="1000000/minute",
-                    rate_limit_default="1000000/minute",
-                )
-                stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
-                token = stack.start()
-                engine = create_engine(settings.resolved_database_url)
-                asyncio.run(run(stack, engine, token, args.queued, args.requests))
-                stack.stop()
-                stack = None
+            asyncio.run(run(stack, engine, token, args.queued, args.requests))
         finally:
-            if stack is not None:
-                stack.stop()
-            if engine is not None:
-                engine.dispose()
+            engine.dispose()
 
 
 if __name__ == "__main__":
