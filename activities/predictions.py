@@ -78,7 +78,8 @@ def runner_spec(version: Version) -> RunnerSpec:
     weights = version.weights_url
     # Stored weights are materialized and served by the pool; a URL goes to the model as is.
     stored = is_store_ref(weights)
-    threads = str(model_cpu_threads(get_settings()))
+    settings = get_settings()
+    threads = str(model_cpu_threads(settings))
     # Models read REPLICANT_CPU_THREADS (onnxruntime); OpenMP-based libraries read the other.
     env = {"REPLICANT_CPU_THREADS": threads, "OMP_NUM_THREADS": threads}
     if weights and not stored:
@@ -95,9 +96,13 @@ def runner_spec(version: Version) -> RunnerSpec:
         concurrency=model_concurrency(Path(version.model_dir)),
         # None: the pool sets its upload sink; "": files come back as data URIs, in order.
         upload_url=None if uploads_outputs(version.openapi_schema) else "",
-        # Known from the schema, so a list output (embeddings) never costs the webhooks an
-        # iterator needs (coglet builds an HTTP client per run that has one).
+        # Known from the schema, so a model that does not stream (a list output such as
+        # embeddings included) never costs the webhooks an iterator needs: coglet builds an
+        # HTTP client per run that has one and posts its whole logs and output so far on
+        # every log line.
         streams_output=output_streams(version.openapi_schema),
+        max_logs=settings.max_log_size,
+        max_output=settings.max_output_size,
     )
 
 

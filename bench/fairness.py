@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,11 +34,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stacks import bench_stack  # noqa: E402
 from replicant.accounts import create_account  # noqa: E402
 from replicant.db import make_engine  # noqa: E402
 from replicant.deployments import set_deployment_priority  # noqa: E402
-from replicant.devstack import Stack, free_port  # noqa: E402
-from replicant.settings import Settings  # noqa: E402
+from replicant.devstack import Stack  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
 
 HELLO = "/v1/models/replicate/hello-world/predictions"
@@ -68,30 +67,14 @@ class Bench:
 
 @contextlib.contextmanager
 def running(name: str, fairness: bool) -> Iterator[Bench]:
-    data_dir = Path(tempfile.mkdtemp(prefix=f"replicant-fair-{name}-"))
-    settings = Settings(
-        data_dir=data_dir,
-        api_port=free_port(),
-        temporal_port=free_port(),
-        ui_port=free_port(),
-        hardware={"cpu": 1},
-        log_level="WARNING",
-        temporal_fairness=fairness,
-        # The benchmark makes more predictions a minute than an account may by default.
-        rate_limit_create="1000000/minute",
-        rate_limit_default="1000000/minute",
-    )
-    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-    try:
+    with bench_stack(hardware={"cpu": 1}, temporal_fairness=fairness) as stack:
         stack.start()
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(stack.settings.resolved_database_url)
         tokens = {who: create_account(engine, f"bench-{who.lower()}")[1] for who in "AB"}
-        deploy_shared(settings.resolved_public_url, tokens["A"])
+        deploy_shared(stack.settings.resolved_public_url, tokens["A"])
         set_deployment_priority(engine, "bench-a/urgent", 1, shared_hardware=True)
         engine.dispose()
-        yield Bench(name, stack, settings.resolved_public_url, tokens)
-    finally:
-        stack.stop()
+        yield Bench(name, stack, stack.settings.resolved_public_url, tokens)
 
 
 def deploy_shared(url: str, token: str) -> None:

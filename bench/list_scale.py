@@ -20,7 +20,6 @@ import argparse
 import random
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -33,14 +32,13 @@ from sqlalchemy.engine import Engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.stacks import ADMIN_URL, postgres_bench_stack  # noqa: E402
 from replicant.accounts import add_token, ensure_account  # noqa: E402
 from replicant.db import init_db, make_engine  # noqa: E402
-from replicant.devstack import Stack, free_port, wait_for_health  # noqa: E402
+from replicant.devstack import Stack, wait_for_health  # noqa: E402
 from replicant.ids import new_id  # noqa: E402
-from replicant.settings import Settings  # noqa: E402
 from replicant.tables import Prediction  # noqa: E402
 from replicant.timeutil import utcnow  # noqa: E402
-from tests.pgdb import fresh_postgres_database
 
 OWNER = "bench"
 SIZES = (1_000, 100_000)
@@ -210,42 +208,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--burst", type=int, default=24)
-    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args()
-    # A database of its own on the local server, dropped after the stack has stopped.
-    with fresh_postgres_database("replicant_bench", args.admin_url) as database_url:
-        stack: Stack | None = None
-        try:
-            with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
-                settings = Settings(
-                    data_dir=Path(data_dir),
-                    database_url=database_url,
-                    api_port=free_port(),
-                    temporal_port=free_port(),
-                    ui_port=free_port(),
-                    hardware={"cpu": 2},
-                    log_level="WARNING",
-                    rate_limit_create="1000000/minute",
-                    rate_limit_default="1000000/minute",
-                )
-                engine = make_engine(settings.resolved_database_url)
-                init_db(engine)
-                token = add_token(engine, ensure_account(engine, OWNER))
-                stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
-                stack.prepare()
-                stack.start_api()
-                headers = {"Authorization": f"Bearer {token}"}
-                with httpx.Client(
-                    base_url=settings.resolved_public_url, headers=headers, timeout=60
-                ) as client:
-                    bench_reads(engine, client, args.requests)
-                    bench_workers(stack, client, args.burst)
-                stack.stop()
-                stack = None
-                engine.dispose()
-        finally:
-            if stack is not None:
-                stack.stop()
+    with postgres_bench_stack(args.admin_url, hardware={"cpu": 2}) as stack:
+        engine = make_engine(stack.settings.resolved_database_url)
+        init_db(engine)
+        token = add_token(engine, ensure_account(engine, OWNER))
+        stack.prepare()
+        stack.start_api()
+        headers = {"Authorization": f"Bearer {token}"}
+        url = stack.settings.resolved_public_url
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            bench_reads(engine, client, args.requests)
+            bench_workers(stack, client, args.burst)
+        engine.dispose()
 
 
 if __name__ == "__main__":

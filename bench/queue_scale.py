@@ -32,7 +32,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,11 +46,10 @@ from sqlmodel import Session, col, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from replicant.devstack import Stack, free_port  # noqa: E402
-from replicant.settings import Settings  # noqa: E402
+from bench.stacks import ADMIN_URL, bench_stack, postgres_bench_stack  # noqa: E402
+from replicant.devstack import Stack  # noqa: E402
 from replicant.tables import Prediction  # noqa: E402
 from replicant.timeutil import as_utc  # noqa: E402
-from tests.pgdb import fresh_postgres_database  # noqa: E402
 from workers.runners.memory import process_tree, tree_rss  # noqa: E402
 
 HELLO = "/v1/models/replicate/hello-world/predictions"
@@ -337,7 +335,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queued", type=int, default=10_000, help="predictions to queue")
     parser.add_argument("--requests", type=int, default=300, help="timed GETs per call and state")
-    parser.add_argument("--admin-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--database", choices=("postgres", "sqlite"), default="postgres")
     parser.add_argument(
         "--drain-seconds",
@@ -347,42 +345,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     # A database of its own on the local server, dropped after the stack has stopped; or
-    # the stack's own SQLite file (database_url None).
-    database: contextlib.AbstractContextManager[str | None] = (
-        fresh_postgres_database("replicant_bench", args.admin_url)
+    # the stack's own SQLite file.
+    stacked: contextlib.AbstractContextManager[Stack] = (
+        postgres_bench_stack(args.admin_url, hardware={"cpu": 2}, prebuild_envs=False)
         if args.database == "postgres"
-        else contextlib.nullcontext(None)
+        else bench_stack(hardware={"cpu": 2}, prebuild_envs=False)
     )
-    with database as database_url:
-        stack: Stack | None = None
-        engine: Engine | None = None
+    with stacked as stack:
+        token = stack.start()
+        engine = create_engine(stack.settings.resolved_database_url)
         try:
-            with tempfile.TemporaryDirectory(prefix="replicant-bench-") as data_dir:
-                settings = Settings(
-                    data_dir=Path(data_dir),
-                    database_url=database_url,
-                    api_port=free_port(),
-                    temporal_port=free_port(),
-                    ui_port=free_port(),
-                    hardware={"cpu": 2},
-                    prebuild_envs=False,
-                    log_level="WARNING",
-                    rate_limit_create="1000000/minute",
-                    rate_limit_default="1000000/minute",
-                )
-                stack = Stack(settings, ui=False, log_dir=Path(data_dir) / "logs")
-                token = stack.start()
-                engine = create_engine(settings.resolved_database_url)
-                asyncio.run(
-                    run(stack, engine, token, args.queued, args.requests, args.drain_seconds)
-                )
-                stack.stop()
-                stack = None
+            asyncio.run(run(stack, engine, token, args.queued, args.requests, args.drain_seconds))
         finally:
-            if stack is not None:
-                stack.stop()
-            if engine is not None:
-                engine.dispose()
+            engine.dispose()
 
 
 if __name__ == "__main__":

@@ -42,6 +42,10 @@ class RunnerSpec(BaseModel):
     concurrency: int = Field(1, ge=1)
     # True for iterator outputs (partial output needs coglet's webhooks); None: learn it.
     streams_output: bool | None = None
+    # A run keeps the last this many characters of its logs (the rest is left out, said so
+    # in their first line), and fails when its output is more bytes of JSON than this.
+    max_logs: int = Field(1024 * 1024, ge=1)
+    max_output: int = Field(16 * 1024 * 1024, ge=1)
 
 
 class CogPrediction(BaseModel):

@@ -251,6 +251,18 @@ class Settings(BaseSettings):
         100 * 1024 * 1024,
         description="The largest upload or fetched input file, in bytes (413 beyond).",
     )
+    max_log_size: int = Field(
+        1024 * 1024,
+        ge=1,
+        description="The most characters of logs a prediction or training keeps: beyond it, "
+        "its first line says how much was left out, and the last this many follow.",
+    )
+    max_output_size: int = Field(
+        16 * 1024 * 1024,
+        ge=1,
+        description="The largest output a prediction may return, in bytes of JSON (output "
+        "files do not count: they are stored); a bigger one fails the prediction, saying so.",
+    )
     input_fetch_timeout: float = Field(
         60.0, description="Seconds to fetch one input URL, redirects included."
     )

@@ -158,12 +158,16 @@ def official_clients_are_checked() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_stack(data_dir: Path, **overrides: Any) -> Iterator[LiveStack]:
-    """An embedded stack on free ports and this run's database (``stack_settings`` with
-    ``overrides``), started, and stopped after."""
+def own_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: Any
+) -> Iterator[LiveStack]:
+    """A started embedded stack on this run's database (see ``suite_database``), with the
+    test settings of ``stack_settings`` and ``overrides``; stopped, and its database dropped,
+    when the block ends. Modules that need settings of their own start theirs with it."""
+    data_dir = tmp_path_factory.mktemp(name)
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(suite_database())
-        settings = stack_settings(data_dir, **overrides, **database)
+        settings = stack_settings(data_dir, **{**overrides, **database})
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
         token = stack.start()
@@ -175,7 +179,7 @@ def running_stack(data_dir: Path, **overrides: Any) -> Iterator[LiveStack]:
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The embedded stack, exactly as `make dev` runs it, on free ports."""
-    with running_stack(tmp_path_factory.mktemp("replicant")) as stack:
+    with own_stack(tmp_path_factory, "replicant") as stack:
         yield stack
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from temporalio.client import Client
 
 from replicant.accounts import create_account, set_weight
 from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
-from tests.conftest import LiveStack, running_stack
+from tests.conftest import LiveStack, own_stack
 from tests.observe import run_activity
 from tests.waiting import async_wait_until
 
@@ -25,10 +26,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUEUED_WAIT = 180.0  # seconds for every run activity of a backlog to reach the queue
 
 
-def long_run_stack(data_dir: Path) -> contextlib.AbstractContextManager[LiveStack]:
+def long_run_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> contextlib.AbstractContextManager[LiveStack]:
     """The embedded stack (fairness on, as `make dev` runs it) with a long prediction
     timeout, so one prediction can hold the slot while a backlog is queued."""
-    return running_stack(data_dir, prediction_timeout=600.0)
+    return own_stack(tmp_path_factory, name, prediction_timeout=600.0)
 
 
 def sleep_model_on_one_slot(live: LiveStack, prefix: str) -> str:

@@ -23,14 +23,13 @@ from activities.reconcile import NEVER_STARTED, ReconcileActivities
 from api.startguard import settle_start
 from replicant import readmodel
 from replicant.contracts import PredictionRequest, ReconcileStarts
-from replicant.db import make_engine
-from replicant.devstack import Stack, free_port
+from replicant.devstack import free_port
 from replicant.ids import new_id
 from replicant.storage import open_store
 from replicant.tables import Prediction, Training
 from replicant.temporal import connect, workflow_exists
 from replicant.timeutil import utcnow
-from tests.conftest import TERMINAL, LiveStack, stack_settings, suite_database
+from tests.conftest import TERMINAL, LiveStack, own_stack
 from tests.test_operability import scrape
 from tests.trainkit import data_uri
 from workflows.prediction import PredictionWorkflow
@@ -41,20 +40,8 @@ GRACE = 12.0
 
 @pytest.fixture(scope="module")
 def crashy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    data_dir = tmp_path_factory.mktemp("crash")
-    with contextlib.ExitStack() as cleanup:
-        settings = stack_settings(
-            data_dir,
-            start_grace=GRACE,
-            reconcile_interval=1.0,
-            **cleanup.enter_context(suite_database()),
-        )
-        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-        cleanup.callback(stack.stop)
-        token = stack.start()
-        engine = make_engine(settings.resolved_database_url)
-        cleanup.callback(engine.dispose)
-        yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+    with own_stack(tmp_path_factory, "crash", start_grace=GRACE, reconcile_interval=1.0) as live:
+        yield live
 
 
 def rows(live: LiveStack, owner: str) -> dict[str, str]:

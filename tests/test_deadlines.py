@@ -7,7 +7,6 @@ in to ``aborted``, and a worker this module stops and starts.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -18,11 +17,9 @@ import httpx
 import pytest
 import replicate
 
-from replicant.db import make_engine
-from replicant.devstack import Stack
 from replicant.readmodel import DEADLINE_ABORTED, DEADLINE_CANCELED
 from replicant.versions import create_version, ensure_model
-from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.conftest import LiveStack, own_stack
 from tests.waiting import wait_until
 
 OPTED_IN = "replicant-tests/1.0"
@@ -31,21 +28,14 @@ SLEEP = Path(__file__).parents[1] / "examples" / "sleep"
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    data_dir = tmp_path_factory.mktemp("deadlines")
-    with contextlib.ExitStack() as cleanup:
-        database = cleanup.enter_context(suite_database())
-        settings = stack_settings(
-            data_dir, prediction_timeout=120.0, aborted_clients=["replicant-tests/"], **database
-        )
-        live = Stack(settings, ui=False, log_dir=data_dir / "logs")
-        cleanup.callback(live.stop)
-        token = live.start()
-        engine = make_engine(settings.resolved_database_url)
-        cleanup.callback(engine.dispose)
+    overrides = {"prediction_timeout": 120.0, "aborted_clients": ["replicant-tests/"]}
+    with own_stack(tmp_path_factory, "deadlines", **overrides) as live:
         # gpu-t4 has one slot: a second prediction of this model waits for it.
-        model = ensure_model(engine, settings.default_account, "sleep-t4", hardware="gpu-t4")
-        create_version(settings, engine, model, SLEEP)
-        yield LiveStack(live, settings, settings.resolved_public_url, token, engine)
+        model = ensure_model(
+            live.engine, live.settings.default_account, "sleep-t4", hardware="gpu-t4"
+        )
+        create_version(live.settings, live.engine, model, SLEEP)
+        yield live
 
 
 @pytest.fixture

@@ -43,7 +43,7 @@ HELLO = "replicate/hello-world"
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The embedded stack of this module (tests/fairkit.py)."""
-    with long_run_stack(tmp_path_factory.mktemp("deployment-priority")) as stack:
+    with long_run_stack(tmp_path_factory, "deployment-priority") as stack:
         yield stack
 
 

@@ -36,7 +36,7 @@ from tests.trainkit import corpus, new_destination, train
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """The embedded stack of this module (tests/fairkit.py)."""
-    with long_run_stack(tmp_path_factory.mktemp("fairness")) as stack:
+    with long_run_stack(tmp_path_factory, "fairness") as stack:
         yield stack
 
 

@@ -9,7 +9,6 @@ redirects to loopback is served from a second host: a network namespace at a pub
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Iterator
 
@@ -17,11 +16,9 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 
-from replicant.db import make_engine
-from replicant.devstack import Stack
 from replicant.netguard import is_public_address
 from replicant.temporal import connect
-from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.conftest import LiveStack, own_stack
 from tests.netns import RemoteHost, remote_host
 from tests.observe import failed_attempts
 from tests.receiver import Receiver, running_receiver
@@ -51,17 +48,8 @@ PRIVATE_URLS = [
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    data_dir = tmp_path_factory.mktemp("ssrf")
-    with contextlib.ExitStack() as cleanup:
-        settings = stack_settings(
-            data_dir, allow_private_urls=False, **cleanup.enter_context(suite_database())
-        )
-        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-        cleanup.callback(stack.stop)
-        token = stack.start()
-        engine = make_engine(settings.resolved_database_url)
-        cleanup.callback(engine.dispose)
-        yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
+    with own_stack(tmp_path_factory, "ssrf", allow_private_urls=False) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,11 @@ from typing import Any
 import aiohttp
 import httpx
 
+from workers.runners.answer import AnswerReader, read_answer
 from workers.runners.coglet import health
+
+# The answer of a prediction is read in pieces of this size (see workers/runners/answer.py).
+ANSWER_CHUNK = 256 * 1024
 
 # A prediction's PUT: the connection within 10 s, the answer whenever the model is done.
 PUT_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10.0)
@@ -46,12 +50,15 @@ class CogletClient:
         status = health(body)
         return (status, body) if status is not None else (None, {})
 
-    async def put(self, url: str, body: dict[str, Any]) -> tuple[int, bytes]:
-        """PUT a prediction to coglet: its HTTP status and body (raises aiohttp.ClientError
-        or TimeoutError when the process is gone)."""
+    async def put(
+        self, url: str, body: dict[str, Any], answer: AnswerReader
+    ) -> tuple[int, AnswerReader]:
+        """PUT a prediction to coglet: its HTTP status, and its answer read into ``answer``
+        as it arrives (raises aiohttp.ClientError or TimeoutError when the process is gone)."""
         assert self._session is not None
         async with self._session.put(url, json=body, timeout=PUT_TIMEOUT) as response:
-            return response.status, await response.read()
+            chunks = response.content.iter_chunked(ANSWER_CHUNK)
+            return response.status, await read_answer(chunks, answer)
 
     async def cancel(self, url: str) -> int | None:
         """POST coglet's cancel of a prediction: the HTTP status (None: unreachable)."""

@@ -17,12 +17,12 @@ from urllib.parse import quote
 import aiohttp
 
 from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from workers.runners.answer import answer_reader, answered_prediction, output_too_large
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
     HEALTHY,
     WORKER_CRASHED,
     explain_model_error,
-    parse_answer,
     prediction_path,
     request_body,
     worker_died_error,
@@ -143,6 +143,7 @@ class Executor:
         run.oom_kills = process.oom_kills()
         try:
             result = await self._send(process, run, url, request_body(input, webhook))
+            await self._within_limits(process, run, result)
             if result.status in ("failed", "canceled") and process.alive:
                 await self._settle_failure(process, run, result)
             if result.status == "failed" and result.error == WORKER_CRASHED:
@@ -175,7 +176,7 @@ class Executor:
             if run.cancel_requested:
                 return CogPrediction(status="canceled")
             try:
-                status, content = await self.client.put(url, body)
+                status, answer = await self.client.put(url, body, answer_reader(process.spec))
             except (aiohttp.ClientError, TimeoutError) as err:
                 # The process died: crashed, OOM-killed, or killed by us after a cancel.
                 process.retire()
@@ -195,7 +196,28 @@ class Executor:
         if status == 409:
             # The slot never came free: the process is stuck; do not reuse it.
             process.retire()
-        return parse_answer(status, content)
+        result = answered_prediction(status, answer)
+        run.oversized = answer.oversized
+        return result
+
+    async def _within_limits(self, process: CogletProcess, run: Run, result: CogPrediction) -> None:
+        """Logs over the limit keep their end (from coglet's log stream, read to the end of the
+        run); an output over the limit fails the prediction, saying so."""
+        if "logs" in run.oversized:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await run.logs_done.wait()
+            result.logs = run.stream_logs
+        size = run.oversized.get("output")
+        if size is not None and result.status == "succeeded":
+            result.status, result.output = "failed", None
+            result.error = output_too_large(size, process.spec.max_output)
+            self.log.warning(
+                "event=output_too_large key=%s prediction=%s bytes=%d",
+                process.spec.key,
+                run.id,
+                size,
+            )
 
     def _death(self, process: CogletProcess, run: Run) -> str:
         """The error of a run whose model process died under it (see worker_died_error)."""

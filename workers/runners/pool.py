@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from starlette.responses import Response
 
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
 from replicant.weights import WeightsCache
+from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups, model_cgroups
 from workers.runners.client import CogletClient
 from workers.runners.devices import DeviceSlots
@@ -259,12 +259,11 @@ class RunnerPool:
         """coglet's webhook of a streaming prediction."""
         run = self._executor.runs.get(prediction_id)
         if run is not None:
-            try:
-                payload = json.loads(await request.body())
-            except ValueError:
+            # Read piece by piece: a delivery holds the run's whole logs and output so far.
+            payload = await read_answer(request.stream(), answer_reader(run.process.spec))
+            if payload.values is None:
                 return Response(status_code=400)
-            if isinstance(payload, dict):
-                run.offer(payload)
+            run.offer(payload.values, payload.oversized)
         # 200 for late deliveries too, so coglet does not retry them.
         return Response(status_code=200)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from replicant.runner import CogPrediction
+from workers.runners.answer import LogTail
 from workers.runners.coglet import END_MARKERS, TERMINAL, parse_prediction, rank
 
 if TYPE_CHECKING:
@@ -21,7 +23,9 @@ class Run:
         self.webhook = webhook
         self.best: dict[str, Any] | None = None
         self.hook_terminal = asyncio.Event()
-        self.log_lines: list[str] = []
+        self.logs = LogTail(process.spec.max_logs)
+        # Values of coglet's answer over their limit, by key: their size (see answer.py).
+        self.oversized: dict[str, int] = {}
         self.logs_done = asyncio.Event()
         self.changed = asyncio.Event()
         self.cancel_requested = False
@@ -31,8 +35,14 @@ class Run:
         # The memory cgroup's OOM-kill count when the run started (None: unreadable).
         self.oom_kills: int | None = None
 
-    def offer(self, payload: dict[str, Any]) -> None:
-        """A webhook delivery; they arrive out of order, so keep the most complete."""
+    def offer(self, payload: dict[str, Any], oversized: Mapping[str, int] | None = None) -> None:
+        """A webhook delivery; they arrive out of order, so keep the most complete.
+        ``oversized``: values left out of it for their size (see answer.py)."""
+        oversized = oversized or {}
+        if "output" in oversized:
+            return  # the answer to the PUT says how the run ended
+        if "logs" in oversized:
+            payload["logs"] = self.stream_logs
         if self.best is None or rank(payload) >= rank(self.best):
             self.best = payload
         if payload.get("status") in TERMINAL:
@@ -43,7 +53,7 @@ class Run:
         """A line of coglet's own log about this prediction."""
         message = fields.get("message")
         if "source" in fields:
-            self.log_lines.append(f"{message}\n")
+            self.logs.append(f"{message}\n")
             if not self.webhook:
                 self.changed.set()
         elif message == "Starting prediction":
@@ -54,7 +64,7 @@ class Run:
     @property
     def stream_logs(self) -> str:
         """The prediction's log lines as coglet wrote them to its output."""
-        return "".join(self.log_lines)
+        return self.logs.text()
 
     def snapshot(self) -> CogPrediction:
         """The current non-terminal state for ``on_update``."""
