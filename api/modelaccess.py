@@ -1,10 +1,18 @@
-"""The models a caller may see and change, as the routes look them up (404 and 403 bodies)."""
+"""The models a caller may see and change, as the routes look them up (404 and 403 bodies),
+and the route dependencies that find the path's model (``VisibleModelDep``, ``OwnModelDep``)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
 from sqlmodel import Session
 
+from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, not_found
+from api.launch import base_url
+from api.state import AppState
 from replicant.catalog import account_names, find_model
 from replicant.tables import Account, Model
 
@@ -23,3 +31,46 @@ def own_model(session: Session, account: Account, owner: str, name: str) -> Mode
     if model.owner not in account_names(session, account):
         raise ProblemError(403, f"You do not own {owner}/{name}", title="Forbidden")
     return model
+
+
+@dataclass(frozen=True)
+class ModelScope:
+    """A route's one model (the path's ``owner``/``name``), found for the caller, with the
+    request's session, state and absolute base URL."""
+
+    owner: str
+    name: str
+    model: Model
+    session: Session
+    state: AppState
+    account: Account
+    base: str
+
+
+def _visible(
+    owner: str,
+    name: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+) -> ModelScope:
+    model = visible_model(session, account, owner, name)
+    return ModelScope(owner, name, model, session, state, account, base_url(request, state))
+
+
+def _owned(
+    owner: str,
+    name: str,
+    request: Request,
+    state: StateDep,
+    session: SessionDep,
+    account: CurrentAccount,
+) -> ModelScope:
+    model = own_model(session, account, owner, name)
+    return ModelScope(owner, name, model, session, state, account, base_url(request, state))
+
+
+# A model the caller may see (404 otherwise), and one it may change (404, or 403).
+VisibleModelDep = Annotated[ModelScope, Depends(_visible)]
+OwnModelDep = Annotated[ModelScope, Depends(_owned)]

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import invalid, not_found
 from api.launch import base_url
-from api.modelaccess import own_model, visible_model
+from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
 from api.pagination import prediction_page
 from api.serialize import json_response, prediction_object
 from replicant import responses
@@ -48,18 +48,10 @@ def default_example(
 
 
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
-def list_examples(
-    owner: str,
-    name: str,
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    account: CurrentAccount,
-    cursor: str | None = None,
-) -> responses.PredictionPage:
+def list_examples(scope: VisibleModelDep, cursor: str | None = None) -> responses.PredictionPage:
     """The model's example predictions, newest first."""
-    base = base_url(request, state)
-    found = visible_model(session, account, owner, name).id
+    base, session, state = scope.base, scope.session, scope.state
+    found = scope.model.id
     stmt = (
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
@@ -71,7 +63,7 @@ def list_examples(
         base,
         secret_key=state.secret_key,
         cursor=cursor,
-        page_url=f"{base}/v1/models/{owner}/{name}/examples",
+        page_url=f"{base}/v1/models/{scope.owner}/{scope.name}/examples",
     )
 
 
@@ -113,15 +105,13 @@ def mark_example(
 
 
 @router.delete("/models/{owner}/{name}/examples/{prediction_id}", status_code=204)
-def unmark_example(
-    owner: str, name: str, prediction_id: str, session: SessionDep, account: CurrentAccount
-) -> Response:
+def unmark_example(prediction_id: str, scope: OwnModelDep) -> Response:
     """Unmark an example (the prediction stays); without a marked default, the oldest
     example is the default."""
-    model = own_model(session, account, owner, name)
-    example = session.get(ModelExample, (model.id, prediction_id))
+    session = scope.session
+    example = session.get(ModelExample, (scope.model.id, prediction_id))
     if example is None:
-        raise not_found(f"Example {prediction_id} of {owner}/{name}")
+        raise not_found(f"Example {prediction_id} of {scope.owner}/{scope.name}")
     session.delete(example)
     session.commit()
     return Response(status_code=204)

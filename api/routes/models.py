@@ -21,7 +21,7 @@ from api import push
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
-from api.modelaccess import own_model, visible_model
+from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
 from api.pagination import paginate
 from api.routes.examples import default_example, forget_examples
 from api.serialize import json_response
@@ -197,16 +197,8 @@ def create_model(
 
 
 @router.get("/models/{owner}/{name}", response_model_exclude_unset=True)
-def get_model(
-    owner: str,
-    name: str,
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    account: CurrentAccount,
-) -> responses.Model:
-    model = visible_model(session, account, owner, name)
-    return model_object(session, state, model, base_url(request, state))
+def get_model(scope: VisibleModelDep) -> responses.Model:
+    return model_object(scope.session, scope.state, scope.model, scope.base)
 
 
 @router.patch("/models/{owner}/{name}", response_model_exclude_unset=True)
@@ -234,18 +226,15 @@ def update_model(
 
 
 @router.get("/models/{owner}/{name}/readme", response_class=PlainTextResponse)
-def get_model_readme(
-    owner: str, name: str, session: SessionDep, account: CurrentAccount
-) -> PlainTextResponse:
+def get_model_readme(scope: VisibleModelDep) -> PlainTextResponse:
     """The model's README (Markdown, as plain text; empty when it has none)."""
-    model = visible_model(session, account, owner, name)
-    return PlainTextResponse(model.readme or "")
+    return PlainTextResponse(scope.model.readme or "")
 
 
 @router.delete("/models/{owner}/{name}", status_code=204)
-def delete_model(owner: str, name: str, session: SessionDep, account: CurrentAccount) -> Response:
+def delete_model(scope: OwnModelDep) -> Response:
     """Only your own, private models with no versions left can be deleted."""
-    model = own_model(session, account, owner, name)
+    model, session = scope.model, scope.session
     if model.visibility != "private":
         raise ProblemError(
             409,
@@ -267,18 +256,9 @@ def delete_model(owner: str, name: str, session: SessionDep, account: CurrentAcc
 
 
 @router.get("/models/{owner}/{name}/versions", response_model_exclude_unset=True)
-def list_versions(
-    owner: str,
-    name: str,
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    account: CurrentAccount,
-    cursor: str | None = None,
-) -> responses.VersionPage:
-    model = visible_model(session, account, owner, name)
-    found = model.id
-    base = base_url(request, state)
+def list_versions(scope: VisibleModelDep, cursor: str | None = None) -> responses.VersionPage:
+    found, base, session = scope.model.id, scope.base, scope.session
+    owner, name = scope.owner, scope.name
     page = paginate(
         session,
         select(Version).where(Version.model_id == found),
