@@ -3,6 +3,7 @@ and the route dependencies that find the path's model (``VisibleModelDep``, ``Ow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -47,30 +48,23 @@ class ModelScope:
     base: str
 
 
-def _visible(
-    owner: str,
-    name: str,
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    account: CurrentAccount,
-) -> ModelScope:
-    model = visible_model(session, account, owner, name)
-    return ModelScope(owner, name, model, session, state, account, base_url(request, state))
+def _scoped(find: Callable[[Session, Account, str, str], Model]) -> Callable[..., ModelScope]:
+    """The dependency that finds the path's model with ``find`` (its 404/403 rule)."""
 
+    def scope(
+        owner: str,
+        name: str,
+        request: Request,
+        state: StateDep,
+        session: SessionDep,
+        account: CurrentAccount,
+    ) -> ModelScope:
+        model = find(session, account, owner, name)
+        return ModelScope(owner, name, model, session, state, account, base_url(request, state))
 
-def _owned(
-    owner: str,
-    name: str,
-    request: Request,
-    state: StateDep,
-    session: SessionDep,
-    account: CurrentAccount,
-) -> ModelScope:
-    model = own_model(session, account, owner, name)
-    return ModelScope(owner, name, model, session, state, account, base_url(request, state))
+    return scope
 
 
 # A model the caller may see (404 otherwise), and one it may change (404, or 403).
-VisibleModelDep = Annotated[ModelScope, Depends(_visible)]
-OwnModelDep = Annotated[ModelScope, Depends(_owned)]
+VisibleModelDep = Annotated[ModelScope, Depends(_scoped(visible_model))]
+OwnModelDep = Annotated[ModelScope, Depends(_scoped(own_model))]
