@@ -3,9 +3,12 @@
 The API writes a prediction's (or training's) row before it starts the workflow, so a
 process that dies in between leaves a row that nothing will ever move. A row ``starting``
 for longer than the grace period is checked against Temporal: a row whose workflow exists
-is waiting for a slot (fine); one whose workflow does not exist never started and is failed
-with a reason that says so, its stored inputs are removed, and its Idempotency-Key is
-forgotten. Nothing ran, so the client may create it again (with the same key too).
+is waiting for a slot (fine) and is not asked about again; one whose workflow does not
+exist never started and is failed with a reason that says so, its stored inputs are
+removed, and its Idempotency-Key is forgotten. Nothing ran, so the client may create it
+again (with the same key too). A pass
+asks Temporal about at most ``ReconcileStarts.asks`` workflows: a queue of thousands that a
+worker is draining is gone over a slice a pass, not all at once beside the drain.
 
 A build's row is written before its workflow starts too, and only its workflow ends it: a
 build still running past the grace whose workflow never started, or has ended without
@@ -73,7 +76,11 @@ class ReconcileActivities:
         result = ReconciledStarts()
         for kind, table in TABLES:
             async for ids in self._pages(table, ("starting",), cutoff, job, result):
+                if result.asked >= job.asks:
+                    break  # the rest wait for the next passes: a deep queue, asked bit by bit
                 unknown = [w for w in (f"{kind}-{i}" for i in ids) if w not in self.known_started]
+                unknown = unknown[: job.asks - result.asked]
+                result.asked += len(unknown)
                 for workflow_id in await self._missing(unknown) if unknown else []:
                     row_id = workflow_id.removeprefix(f"{kind}-")
                     if await asyncio.to_thread(self._fail, kind, row_id):

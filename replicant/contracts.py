@@ -121,16 +121,21 @@ class ExpiredFiles(BaseModel):
 class ReconcileStarts(BaseModel):
     """Input of ``StartReconcileWorkflow``: settle ``starting`` rows older than
     ``grace`` seconds whose workflow does not exist, and builds as old still running whose
-    workflow does not run, at most ``limit`` rows a run."""
+    workflow does not run, at most ``limit`` rows a run, asking Temporal about at most
+    ``asks`` workflows a run (rows whose workflow a pass has already found are not asked
+    about again; the rest wait for the next passes)."""
 
     grace: float = 60.0
     limit: int = 100_000
+    asks: int = 200
 
 
 class ReconciledStarts(BaseModel):
-    """What a reconcile run found: rows checked, and rows failed for want of a workflow."""
+    """What a reconcile run found: rows checked, workflows asked about, and rows failed for
+    want of a workflow."""
 
     checked: int = 0
+    asked: int = 0
     failed: list[str] = []
 
 

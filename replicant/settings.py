@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         description="Seconds between the reconciler's passes over `starting` rows and running "
         "builds.",
     )
+    reconcile_asks: int = Field(
+        200,
+        ge=1,
+        description="Workflows the reconciler asks Temporal about in one pass at most; the "
+        "`starting` rows beyond wait for the next passes. A pass asks once about each row "
+        "(the reconciler then remembers the workflow exists), so a deep queue is gone over "
+        "this many rows a pass instead of all at once, while a worker drains it.",
+    )
     fault_kill_before_start: bool = Field(
         False,
         description="TEST ONLY, never in production: the API SIGKILLs itself after writing a "

@@ -132,6 +132,8 @@ class Prediction(SQLModel, table=True):
         Index("ix_prediction_owner_created", "owner", "created_at", "id"),
         # A deployment's controller counts its waiting and running predictions.
         Index("ix_prediction_deployment_status", "deployment", "status"),
+        # The reconciler pages through the rows of one status in id order.
+        Index("ix_prediction_status_id", "status", "id"),
         # The list's filters: each one a range scan in the list's own order.
         *list_filter_indexes("prediction", ("status", "model", "version", "deployment", "source")),
     )
@@ -254,6 +256,7 @@ class Training(SQLModel, table=True):
 
     __table_args__ = (
         Index("ix_training_owner_created", "owner", "created_at", "id"),
+        Index("ix_training_status_id", "status", "id"),
         *list_filter_indexes("training", ("status", "model", "version", "source")),
     )
 
@@ -284,6 +287,8 @@ class Build(SQLModel, table=True):
     ``logs`` grows while the build runs (the API tails it); ``error`` is the problem+json body
     of a build that failed, ``version_id`` the version of one that succeeded.
     """
+
+    __table_args__ = (Index("ix_build_status_id", "status", "id"),)
 
     id: str = Field(primary_key=True)
     owner: str = Field(index=True)  # the account that pushed

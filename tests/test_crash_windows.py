@@ -285,23 +285,62 @@ async def test_the_reconciler_leaves_a_row_whose_workflow_waits_in_its_queue(
     await handle.terminate()
 
 
+class CountingPasses(ReconcileActivities):
+    """Reconcile passes that remember every workflow id they asked Temporal about."""
+
+    asked: list[str]
+
+    async def _missing(self, workflow_ids: list[str]) -> list[str]:
+        self.asked.extend(workflow_ids)
+        return await super()._missing(workflow_ids)
+
+
+async def counting_passes(live: LiveStack) -> CountingPasses:
+    passes = CountingPasses(live.engine, await connect(live.settings), open_store(live.settings))
+    passes.asked = []
+    return passes
+
+
+async def test_a_reconcile_pass_asks_temporal_about_its_budget_of_rows_at_most(
+    crashy: LiveStack,
+) -> None:
+    """A deep queue is gone over a slice a pass, not all at once beside its drain: each pass
+    asks about ``asks`` workflows at most, and the passes together reach every queued row,
+    once each."""
+    handles = [await parked(crashy, new_id()) for _ in range(3)]
+    wanted = {handle.id for handle in handles}
+    with Session(crashy.engine) as session:
+        starting = len(
+            session.exec(select(Prediction.id).where(Prediction.status == "starting")).all()
+        )
+    passes = await counting_passes(crashy)
+    per_pass: list[int] = []
+    # Enough passes of 2 for every row `starting` now, and one more.
+    for _ in range(starting // 2 + 2):
+        job = ReconcileStarts(grace=0, asks=2)
+        result = await ActivityEnvironment().run(passes.reconcile_starts, job)
+        per_pass.append(result.asked)
+        if wanted <= set(passes.asked):
+            break
+    assert sum(per_pass) == len(passes.asked)
+    assert max(per_pass) == 2, per_pass
+    assert {w: passes.asked.count(w) for w in wanted} == dict.fromkeys(wanted, 1)
+    with Session(crashy.engine) as session:
+        rows = [session.get(Prediction, w.removeprefix("prediction-")) for w in wanted]
+    assert [row.status if row else None for row in rows] == ["starting"] * 3
+    for handle in handles:
+        await handle.terminate()
+
+
 async def test_the_reconciler_asks_temporal_about_a_queued_row_once(crashy: LiveStack) -> None:
     """A deep queue costs Temporal one question per prediction, not one on every pass."""
     prediction_id = new_id()
     handle = await parked(crashy, prediction_id)
-    asked: list[str] = []
-
-    class Counting(ReconcileActivities):
-        async def _missing(self, workflow_ids: list[str]) -> list[str]:
-            asked.extend(workflow_ids)
-            return await super()._missing(workflow_ids)
-
-    store = open_store(crashy.settings)
-    passes = Counting(crashy.engine, await connect(crashy.settings), store)
+    passes = await counting_passes(crashy)
     # Grace 0: every row `starting` now is the pass's to check.
     for _ in range(2):
         await ActivityEnvironment().run(passes.reconcile_starts, ReconcileStarts(grace=0))
-    assert asked.count(f"prediction-{prediction_id}") == 1
+    assert passes.asked.count(f"prediction-{prediction_id}") == 1
     with Session(crashy.engine) as session:
         row = session.get(Prediction, prediction_id)
     assert row is not None and row.status == "starting"
