@@ -18,52 +18,14 @@ import contextlib
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tests.runnerkit import write_models  # noqa: E402  (the runner tests' tiny models)
 from workers.runners import BootError, RunnerPool, RunnerSpec  # noqa: E402
-
-MODELS = {
-    "hello": """
-        from cog import BasePredictor
-
-        class Predictor(BasePredictor):
-            def predict(self, name: str = "world") -> str:
-                return f"hello {name}"
-    """,
-    "chatty": """
-        import time
-        from cog import BasePredictor
-
-        class Predictor(BasePredictor):
-            def predict(self, steps: int = 5) -> str:
-                for i in range(steps):
-                    print(f"step {i}", flush=True)
-                    time.sleep(0.2)
-                return "done"
-    """,
-    "hang": """
-        import time
-        from cog import BasePredictor
-
-        class Predictor(BasePredictor):
-            def predict(self, seconds: float = 60) -> str:
-                print("sleeping", flush=True)
-                time.sleep(seconds)
-                return "woke up"
-    """,
-}
-
-
-def write_models(root: Path) -> None:
-    for name, source in MODELS.items():
-        (root / name).mkdir()
-        (root / name / "predict.py").write_text(textwrap.dedent(source))
-        (root / name / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
 
 
 def spec(root: Path, name: str, key: str, python: Path | None = None) -> RunnerSpec:
