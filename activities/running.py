@@ -166,9 +166,7 @@ class LiveRun:
     ) -> None:
         """Drop pending writes, make ``final_write`` (the terminal state), and deliver the
         last live events (the workflow sends ``completed`` after this)."""
-        await self._progress.stop()
-        if self._processing is not None:  # the final write records started_at
-            self._processing.cancel()
+        await self._stop_writes()  # the final write records started_at
         if final_write is not None:
             await asyncio.to_thread(final_write)
         if self.hooks is not None:
@@ -183,7 +181,11 @@ class LiveRun:
     async def abandon(self) -> None:
         """The attempt ends without the run: stop its writes and live webhooks and record
         nothing (a terminal state would outlive the attempt that runs it next)."""
+        await self._stop_writes()
+        self.abort()
+
+    async def _stop_writes(self) -> None:
+        """Drop the pending progress write and the delayed ``processing`` write."""
         await self._progress.stop()
         if self._processing is not None:
             self._processing.cancel()
-        self.abort()
