@@ -3,8 +3,9 @@
 The API refuses bad input with a 422 that names each failing field, before anything
 reaches a workflow. The rules are the ``Input`` (or ``TrainingInput``) component's, plus
 one that coglet does not apply: unknown fields are errors here (coglet drops them silently,
-which would hide a typo in a field name). ``format: uri`` fields take any string at this
-stage (URLs, data URIs, file ids); staging the inputs checks them properly.
+which would hide a typo in a field name). ``format: uri`` fields (Cog's ``Path`` and ``File``)
+take an http(s) URL or a data URI, as Replicate's do: coglet would read any other string as a
+path on the worker's disk. Staging the inputs fetches and checks them further.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, cast
 
-from jsonschema import Draft202012Validator, validators
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 from jsonschema.protocols import Validator
 from pydantic import BaseModel
@@ -34,6 +35,17 @@ _StrictValidator = validators.extend(  # type: ignore[no-untyped-call]
 )
 
 
+FILE_SCHEMES = ("http://", "https://", "data:")
+FILE_MESSAGE = "must be an http(s) URL or a data URI"
+_FORMATS = FormatChecker(formats=())
+
+
+@_FORMATS.checks("uri")
+def _is_file_uri(instance: object) -> bool:
+    # Only strings have a format; a wrong type is the "type" rule's to report.
+    return not isinstance(instance, str) or instance[:8].lower().startswith(FILE_SCHEMES)
+
+
 class InvalidField(BaseModel):
     """One failing field: ``field`` is the input's name (``name.0`` inside a list)."""
 
@@ -48,7 +60,7 @@ def _validator(document: str, component: str) -> Validator:
     root = {**schemas[component], "additionalProperties": False}
     # "#/components/schemas/X" refs (enum choices) resolve against this root.
     root["components"] = {"schemas": schemas}
-    validator: Validator = _StrictValidator(root)
+    validator: Validator = _StrictValidator(root, format_checker=_FORMATS)
     return validator
 
 
@@ -87,6 +99,8 @@ def _message(error: ValidationError) -> str:
         return f"must have at least {expected} items"
     if kind == "maxItems":
         return f"must have at most {expected} items"
+    if kind == "format" and expected == "uri":
+        return FILE_MESSAGE
     if kind in ("anyOf", "oneOf"):
         return "does not match any of the allowed types"
     return error.message if len(error.message) <= 200 else error.message[:197] + "..."

@@ -366,6 +366,14 @@ def test_uri_inputs_accept_urls_and_data_uris(schemas: dict[str, dict[str, Any]]
         assert validate_input(schemas["thumbnail"], {"image": value}) == []
 
 
+def test_uri_inputs_refuse_paths_on_the_workers_disk(schemas: dict[str, dict[str, Any]]) -> None:
+    # coglet would open any other string as a local path: the model would read the worker's files.
+    for value in ["/etc/passwd", "file:///etc/passwd", "cat.png", "ftp://example.com/cat.png"]:
+        assert validate_input(schemas["thumbnail"], {"image": value}) == [
+            InvalidField(field="image", message="must be an http(s) URL or a data URI")
+        ]
+
+
 def test_validation_names_each_failing_field(schemas: dict[str, dict[str, Any]]) -> None:
     assert validate_input(schemas["hello-world"], {}) == [
         InvalidField(field="text", message="required field is missing")

@@ -315,6 +315,20 @@ def test_a_failed_fetch_fails_the_prediction_with_the_reason(
     assert prediction["error"] == "Input file error: image: the URL answered HTTP 404"
 
 
+def test_a_path_on_the_workers_disk_is_refused_with_422(tls: TLSStack) -> None:
+    with tls.client() as api:
+        response = api.post(
+            "/v1/models/replicant/thumbnail/predictions",
+            json={"input": {"image": "/etc/passwd"}},
+            headers={"Prefer": "wait"},
+        )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["invalid_fields"] == [
+        {"field": "image", "message": "must be an http(s) URL or a data URI"}
+    ]
+
+
 def test_iterator_of_files_and_retention_removes_them(tls: TLSStack) -> None:
     client = tls.replicate()
     document = "data:text/plain;base64," + base64.b64encode(b"12345").decode()
