@@ -90,6 +90,8 @@ def _message(error: ValidationError) -> str:
     if kind == "enum":
         return "must be one of " + ", ".join(_brief(v) for v in expected)
     if kind == "minLength":
+        if expected == 1:
+            return "must not be empty"
         return f"must be at least {expected} characters long"
     if kind == "maxLength":
         return f"must be at most {expected} characters long"

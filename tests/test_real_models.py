@@ -161,6 +161,36 @@ def test_speech_refuses_a_speed_out_of_range(live: LiveStack) -> None:
     assert "speed" in refused.text
 
 
+def test_speech_refuses_empty_text_and_fails_clearly_on_nothing_to_speak(
+    live: LiveStack,
+) -> None:
+    with live.client() as api:
+        refused = api.post("/v1/models/replicant/speech/predictions", json={"input": {"text": ""}})
+    assert refused.status_code == 422
+    assert refused.json()["invalid_fields"] == [{"field": "text", "message": "must not be empty"}]
+    run_once_built(live, "replicant/speech", {"text": "warm up"})
+    prediction = official(live).models.predictions.create("replicant/speech", input={"text": "..."})
+    body = live.wait_for(prediction.id)
+    assert (body["status"], body["error"]) == ("failed", "text: there is nothing in it to speak")
+
+
+def test_embeddings_of_no_texts_fail_saying_so(live: LiveStack) -> None:
+    run_once_built(live, "replicant/embeddings", {"texts": ["warm up"]})
+    created = official(live).models.predictions.create("replicant/embeddings", input={"texts": []})
+    body = live.wait_for(created.id)
+    assert (body["status"], body["error"]) == ("failed", "texts: give at least one text to embed")
+
+
+def test_ocr_of_a_file_that_is_not_an_image_fails_saying_so(live: LiveStack) -> None:
+    text = "data:text/plain;base64," + base64.b64encode(b"not a picture").decode()
+    run_once_built(live, "replicant/ocr", {"image": _data_uri_of(blank_png())})
+    created = official(live).models.predictions.create("replicant/ocr", input={"image": text})
+    body = live.wait_for(created.id)
+    # The reason names the input, not the temporary file the model was handed.
+    assert body["status"] == "failed"
+    assert body["error"] == "image: not an image this model can read (PNG, JPEG, ...)"
+
+
 def test_ocr_reads_the_text_pillow_drew(live: LiveStack, tmp_path: Path) -> None:
     image = Image.new("RGB", (640, 160), "white")
     draw = ImageDraw.Draw(image)
@@ -180,15 +210,23 @@ def test_ocr_reads_the_text_pillow_drew(live: LiveStack, tmp_path: Path) -> None
             assert -2 <= x <= 642 and -2 <= y <= 162
 
 
-def test_ocr_of_a_blank_image_finds_no_text(live: LiveStack, tmp_path: Path) -> None:
-    path = tmp_path / "blank.png"
-    Image.new("RGB", (200, 100), "white").save(path)
-    output = run_once_built(live, "replicant/ocr", {"image": _data_uri(path)})
+def test_ocr_of_a_blank_image_finds_no_text(live: LiveStack) -> None:
+    output = run_once_built(live, "replicant/ocr", {"image": _data_uri_of(blank_png())})
     assert output == {"text": "", "lines": []}
 
 
 def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return _data_uri_of(path.read_bytes())
+
+
+def _data_uri_of(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100), "white").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_the_cpu_share_of_a_slot_is_the_cpus_over_the_cpu_skus_slots() -> None:

@@ -49,7 +49,7 @@ class Predictor(BasePredictor):
         import numpy as np
 
         if not texts:
-            return []
+            raise ValueError("texts: give at least one text to embed")
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)

@@ -25,6 +25,14 @@ class Predictor(BasePredictor):
         )
 
     def predict(self, image: Path = Input(description="Image with text")) -> Output:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(image) as opened:
+                opened.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            # RapidOCR would name the staged file's temporary path, not the input.
+            raise ValueError("image: not an image this model can read (PNG, JPEG, ...)") from err
         result, _elapsed = self.engine(str(image))
         lines = [
             {

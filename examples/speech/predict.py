@@ -24,12 +24,19 @@ class Predictor(BasePredictor):
 
     def predict(
         self,
-        text: str = Input(description="Text to speak"),
+        text: str = Input(description="Text to speak", min_length=1),
         speed: float = Input(description="Speaking rate (1 is normal)", default=1.0, ge=0.5, le=2.0),
     ) -> Path:
         from piper import SynthesisConfig
 
         out = Path(tempfile.mkdtemp()) / "speech.wav"
         with wave.open(str(out), "wb") as wav:
-            self.voice.synthesize_wav(text, wav, syn_config=SynthesisConfig(length_scale=1 / speed))
+            # Piper's 16-bit mono, set here so that a text with nothing to say is not a bad WAV.
+            wav.setframerate(self.voice.config.sample_rate)
+            wav.setsampwidth(2)
+            wav.setnchannels(1)
+            config = SynthesisConfig(length_scale=1 / speed)
+            self.voice.synthesize_wav(text, wav, syn_config=config, set_wav_format=False)
+            if wav.getnframes() == 0:
+                raise ValueError("text: there is nothing in it to speak")
         return out
