@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import json
 import re
+from html import unescape as html_unescape
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from api.dashboard.forms import form_fields
 from api.dashboard.render import markdown, output_items, output_kind, snippets
+from api.dashboard.web import templates
 
 
 @pytest.mark.parametrize(
@@ -41,6 +44,30 @@ def test_streamed_text_reads_as_one_text_and_files_as_items() -> None:
     assert output_items(urls, streaming=False) == [("image", urls[0]), ("audio", urls[1])]
     assert output_items([1, 2], streaming=False) == [("json", [1, 2])]
     assert output_items(None, streaming=False) == []
+
+
+def test_an_object_output_is_drawn_field_by_field() -> None:
+    # The OCR model's output: its text reads as text, its lines as JSON, its boxes' corners
+    # (and an embedding's floats) one list a line.
+    ocr = {"text": "HELLO", "lines": [{"text": "HELLO", "box": [[1.5, 2], [3, 4]]}]}
+    assert output_items({**ocr, "voice": "https://h/a.wav", "none": None}, False) == [
+        (
+            "fields",
+            [
+                ("text", [("text", "HELLO")]),
+                ("lines", [("json", ocr["lines"])]),
+                ("voice", [("audio", "https://h/a.wav")]),
+                ("none", []),
+            ],
+        )
+    ]
+    parts: Any = templates.env.get_template("parts.html").module
+    html = str(parts.show(ocr, False))
+    text = r'<h3 class="output-field">text</h3>\s*<pre class="text-output">HELLO</pre>'
+    assert re.search(text, html)
+    assert "[1.5, 2]" in html and "[3, 4]" in html
+    (lines,) = re.findall(r'<pre class="json">(.*?)</pre>', html, re.S)
+    assert json.loads(html_unescape(lines)) == ocr["lines"]
 
 
 def test_markdown_escapes_html_and_refuses_script_links() -> None:

@@ -44,9 +44,12 @@ def output_kind(value: Any) -> str:
 
 def output_items(output: Any, streaming: bool) -> list[tuple[str, Any]]:
     """(kind, value) pairs to draw: an iterator of text reads as one text, a list of files as
-    one item each, anything else as itself."""
+    one item each, an object (Cog's ``Output`` model) as ``fields``, each field's name with
+    its own items, anything else as itself."""
     if output is None:
         return []
+    if isinstance(output, dict) and output:
+        return [("fields", [(str(k), output_items(v, False)) for k, v in output.items()])]
     if isinstance(output, list):
         if streaming and all(isinstance(v, str) and is_text(v) for v in output):
             text = "".join(output)
@@ -66,8 +69,21 @@ def markdown(text: str) -> Markup:
     return Markup(_markdown.render(text))
 
 
-def pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False)
+def pretty(value: Any, level: int = 0) -> str:
+    """Indented JSON, with a list of numbers (an embedding, a box's corner) on one line."""
+    if isinstance(value, list) and value and all(_is_number(v) for v in value):
+        return json.dumps(value)
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{_string(k)}: {pretty(v, level + 1)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and value:
+        return "[\n" + ",\n".join(inner + pretty(v, level + 1) for v in value) + f"\n{pad}]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def file_name(url: str) -> str:
