@@ -60,7 +60,7 @@ from replicant.objectkeys import prediction_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
-from replicant.validation import validate_input
+from replicant.validation import redact_secrets, validate_input
 from workflows.prediction import PredictionWorkflow, search_attributes
 
 log = logging.getLogger("replicant.api")
@@ -226,10 +226,10 @@ async def launch_prediction(
         webhook_retry_max_interval=settings.webhook_retry_max_interval,
         webhook_timeout=settings.webhook_timeout,
     )
-    # The read model keeps the input as the user sent it.
+    # The read model keeps the input as the user sent it, its secrets redacted.
     claim = idempotency.with_request(req) if idempotency is not None else None
     try:
-        row_req = req.model_copy(update={"input": payload})
+        row_req = req.model_copy(update={"input": redact_secrets(version.openapi_schema, payload)})
         await state.db.transaction(_record, row_req, model, claim)
     except KeyTaken:
         if stored:

@@ -157,3 +157,23 @@ def validate_input(
     # Report fields in the order the model declares them, unknown ones last.
     found.sort(key=lambda f: (order.get(f.field.split(".")[0], len(order)), f.field))
     return found[:MAX_ERRORS]
+
+
+REDACTED = "**********"
+
+
+def redact_secrets(
+    openapi_schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
+) -> dict[str, Any]:
+    """``payload`` with the values of Cog ``Secret`` inputs (``x-cog-secret``) replaced by
+    ``**********``: what the read model keeps, as Replicate redacts them once sent."""
+    schemas = openapi_schema.get("components", {}).get("schemas", {})
+    properties = schemas.get(component, {}).get("properties", {})
+    secret = {name for name, prop in properties.items() if prop.get("x-cog-secret")}
+
+    def hide(value: Any) -> Any:
+        if isinstance(value, list):
+            return [hide(item) for item in value]
+        return REDACTED if isinstance(value, str) else value
+
+    return {name: hide(v) if name in secret else v for name, v in payload.items()}

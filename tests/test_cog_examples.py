@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import platform
 import re
@@ -130,6 +131,21 @@ def test_type_fixtures_are_validated_from_the_schema(live: LiveStack, pushed: Pu
             )
             assert bad.status_code == 422
             assert [f["field"] for f in bad.json()["invalid_fields"]] == [field], bad.json()
+
+
+def test_a_secret_input_reaches_the_model_and_is_redacted_after(
+    live: LiveStack, pushed: Pushed
+) -> None:
+    prediction = pushed.client(live).predictions.create(
+        version=pushed.versions["cog-types"],
+        input={"words": [], "numbers": [], "files": [], "token": "r8_very_secret"},
+    )
+    body = live.wait_for(prediction.id, token=pushed.token)
+    assert body["status"] == "succeeded", body
+    assert body["output"]["token_length"] == len("r8_very_secret")
+    # As on Replicate, the prediction shows the secret redacted once it was sent.
+    assert body["input"]["token"] == "**********"
+    assert "r8_very_secret" not in json.dumps(body)
 
 
 def test_hello_world(live: LiveStack, pushed: Pushed) -> None:

@@ -55,7 +55,7 @@ from replicant.lookups import owned_training
 from replicant.objectkeys import training_inputs
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
-from replicant.validation import validate_input
+from replicant.validation import redact_secrets, validate_input
 from workflows.training import TrainingWorkflow, search_attributes
 
 router = APIRouter(tags=["trainings"])
@@ -173,9 +173,10 @@ async def create_training(
         webhook_retry_max_interval=settings.webhook_retry_max_interval,
         webhook_timeout=settings.webhook_timeout,
     )
-    # The read model keeps the input as the user sent it.
+    # The read model keeps the input as the user sent it, its secrets redacted.
     try:
-        row_req = req.model_copy(update={"input": body.input})
+        shown = redact_secrets(version.openapi_schema, body.input, "TrainingInput")
+        row_req = req.model_copy(update={"input": shown})
         await db.run(_record, row_req, claim and claim.with_request(req))
     except KeyTaken:
         if stored:

@@ -2,7 +2,7 @@ import os
 import platform
 from typing import Optional
 
-from cog import BaseModel, BasePredictor, Input, Path
+from cog import BaseModel, BasePredictor, Input, Path, Secret
 
 
 class Output(BaseModel):
@@ -17,6 +17,7 @@ class Output(BaseModel):
     numbers: list[int]
     sizes: list[int]
     echo: Path
+    token_length: Optional[int]
 
 
 class Predictor(BasePredictor):
@@ -30,6 +31,7 @@ class Predictor(BasePredictor):
         flag: bool = Input(description="A flag", default=False),
         color: str = Input(description="A color", default="red", choices=["red", "green"]),
         note: Optional[str] = Input(description="An optional note", default=None),
+        token: Secret = Input(description="A secret", default=None),
     ) -> Output:
         sizes = [len(p.read_bytes()) for p in files]
         echo = Path("echo.txt")
@@ -46,4 +48,5 @@ class Predictor(BasePredictor):
             numbers=numbers,
             sizes=sizes,
             echo=echo,
+            token_length=len(token.get_secret_value()) if token is not None else None,
         )
