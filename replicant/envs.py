@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
@@ -106,6 +107,15 @@ def _choose_python(version: str | None, progress: Progress) -> tuple[Path, str]:
     if version is None or _major_minor(version) == host:
         return base, host
     wanted = _major_minor(version)
+    supported = _coglet_pythons()
+    if not supported.contains(f"{wanted}.0"):
+        # Older Cog models ask for 3.8 or 3.9; coglet does not install there, so pip would fail.
+        message = (
+            f"Python {wanted} is not one coglet runs on ({supported}); using Python {host} instead"
+        )
+        log.warning("event=python_version_unsupported requested=%s using=%s", wanted, host)
+        progress(message)
+        return base, host
     found = find_python(version)
     if found is not None:
         progress(f"using Python {found.version} at {found.path}")
@@ -114,6 +124,14 @@ def _choose_python(version: str | None, progress: Progress) -> tuple[Path, str]:
     log.warning("event=python_version_missing requested=%s using=%s", wanted, host)
     progress(message)
     return base, host
+
+
+def _coglet_pythons() -> SpecifierSet:
+    """The Python versions the installed coglet supports (its ``Requires-Python``)."""
+    try:
+        return SpecifierSet(importlib.metadata.metadata("coglet")["Requires-Python"] or "")
+    except (importlib.metadata.PackageNotFoundError, KeyError, InvalidSpecifier):
+        return SpecifierSet()
 
 
 def _package_version(name: str) -> str:

@@ -46,6 +46,20 @@ def test_a_python_version_the_host_lacks_falls_back_with_a_warning(
     assert "python_version_missing" in caplog.text
 
 
+def test_a_python_older_than_coglet_supports_falls_back_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Older Cog examples ask for 3.8 or 3.9 (installed or not): coglet needs 3.10 or later.
+    lines: list[str] = []
+    config = CogConfig(predict_ref="predict.py:Predictor", python_version="3.9")
+    with caplog.at_level(logging.WARNING, logger="replicant.envs"):
+        assert ensure_env(config, tmp_path, lines.append) == PYTHON
+    host = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert lines == [f"Python 3.9 is not one coglet runs on (>=3.10); using Python {host} instead"]
+    assert "python_version_unsupported" in caplog.text
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.integration  # builds a Python environment with pip
 def test_a_requirement_pip_cannot_find_is_an_env_build_error(tmp_path: Path) -> None:
     config = CogConfig(
