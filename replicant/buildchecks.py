@@ -54,14 +54,22 @@ def check_build(config: CogConfig, hardware: str, settings: Settings) -> list[st
             f"build.gpu is true and the model's hardware is {hardware!r}, but this "
             "installation has no GPU; set the model's hardware to cpu to run it on the CPU"
         )
-    if not config.system_packages:
+    warnings = _system_package_warnings(config.system_packages)
+    if config.build_commands:
+        warnings.append(
+            "build.run commands are not run here (there is no image to build): "
+            + "; ".join(config.build_commands)
+            + " (the model may fail where it needs what they make)"
+        )
+    return warnings
+
+
+def _system_package_warnings(packages: list[str]) -> list[str]:
+    if not packages:
         return []
-    missing = missing_system_packages(config.system_packages)
+    missing = missing_system_packages(packages)
     if missing is None:
-        return [
-            "cannot check build.system_packages on this host (no dpkg): "
-            + ", ".join(config.system_packages)
-        ]
+        return ["cannot check build.system_packages on this host (no dpkg): " + ", ".join(packages)]
     if not missing:
         return []
     return [

@@ -54,6 +54,8 @@ class CogConfig(BaseModel):
     python_requirements: str | None = None
     gpu: bool = False
     system_packages: list[str] = Field(default_factory=list)
+    # build.run: commands Cog runs in the image; Replicant only names them in a warning.
+    build_commands: list[str] = Field(default_factory=list)
     max_concurrency: int = 1
 
 
@@ -136,6 +138,13 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     system = build.get("system_packages") or []
     if not isinstance(system, list) or not all(isinstance(p, str) for p in system):
         raise CogConfigError("cog.yaml: build.system_packages must be a list of strings")
+    commands = build.get("run") or []
+    if not isinstance(commands, list):
+        raise CogConfigError("cog.yaml: build.run must be a list of commands")
+    # Cog takes a command as a string or as {command: ..., mounts: [...]}.
+    commands = [c.get("command") if isinstance(c, dict) else c for c in commands]
+    if not all(isinstance(c, str) for c in commands):
+        raise CogConfigError("cog.yaml: build.run must be a list of commands")
     concurrency = data.get("concurrency") or {}
     max_concurrency = concurrency.get("max", 1) if isinstance(concurrency, dict) else 1
     if not isinstance(max_concurrency, int) or max_concurrency < 1:
@@ -149,6 +158,7 @@ def load_cog_config(model_dir: Path) -> CogConfig:
         python_requirements=requirements,
         gpu=bool(build.get("gpu", False)),
         system_packages=[p.strip() for p in system if p.strip()],
+        build_commands=[c.strip() for c in commands if c.strip()],
         max_concurrency=max_concurrency,
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from replicant.buildchecks import check_build, gpu_devices
-from replicant.cogmodel import CogConfig, CogConfigError
+from replicant.cogmodel import CogConfig, CogConfigError, load_cog_config
 from replicant.envs import ensure_env
 from replicant.pythons import Interpreter, candidates, find_python, probe
 from replicant.settings import Settings
@@ -154,3 +154,26 @@ def test_build_checks_know_the_installations_gpus() -> None:
     with pytest.raises(CogConfigError, match="no GPU"):
         check_build(config, "gpu-t4", cpu_only)
     assert check_build(config, "cpu", cpu_only) == []
+
+
+def test_build_run_commands_are_named_as_a_warning(tmp_path: Path) -> None:
+    # Cog runs build.run in the image it builds; here there is none, so the push says so.
+    (tmp_path / "predict.py").write_text("")
+    (tmp_path / "cog.yaml").write_text(
+        "build:\n  run:\n    - curl -o /usr/local/bin/pget https://x/pget\n"
+        "    - command: pip install flash-attn\n      mounts: []\n"
+        'predict: "predict.py:Predictor"\n'
+    )
+    config = load_cog_config(tmp_path)
+    assert config.build_commands == [
+        "curl -o /usr/local/bin/pget https://x/pget",
+        "pip install flash-attn",
+    ]
+    assert check_build(config, "cpu", Settings()) == [
+        "build.run commands are not run here (there is no image to build): "
+        "curl -o /usr/local/bin/pget https://x/pget; pip install flash-attn"
+        " (the model may fail where it needs what they make)"
+    ]
+    (tmp_path / "cog.yaml").write_text('build:\n  run: "make"\npredict: "predict.py:Predictor"\n')
+    with pytest.raises(CogConfigError, match="build.run must be a list"):
+        load_cog_config(tmp_path)
