@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import replicate
+from PIL import Image
 
 from replicant.devstack import settings_env
 from tests.conftest import LiveStack
@@ -86,3 +87,15 @@ def test_replicate_base_url_in_the_environment_points_the_client_at_replicant(
     monkeypatch.setenv("REPLICATE_BASE_URL", live.url)
     client = replicate.Client(api_token=live.token)
     assert client.run("replicate/hello-world", input={"text": "Alice"}) == "hello Alice"
+
+
+def test_files_snippet_runs_against_a_plain_http_api(
+    live: LiveStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert live.url.startswith("http://")  # as with `make dev`: no FileOutput, the URL itself
+    Image.new("RGB", (256, 64), "orange").save(tmp_path / "photo.png")
+    monkeypatch.chdir(tmp_path)
+    client = replicate.Client(api_token=live.token, base_url=live.url)
+    exec(compile(python_block_after("## Files", API_DOC), "api.md", "exec"), {"client": client})
+    with Image.open(tmp_path / "thumb.png") as thumb:
+        assert thumb.size == (128, 32)
