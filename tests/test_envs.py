@@ -35,29 +35,35 @@ def test_examples_run_in_replicants_own_python(tmp_path: Path, name: str) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
+def fallback_lines(
+    version: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[list[str], str]:
+    """The build lines and warning log of an env asking for ``version``, which must come out
+    as Replicant's own Python with nothing built."""
+    lines: list[str] = []
+    config = CogConfig(predict_ref="predict.py:Predictor", python_version=version)
+    with caplog.at_level(logging.WARNING, logger="replicant.envs"):
+        assert ensure_env(config, tmp_path, lines.append) == PYTHON
+    assert list(tmp_path.iterdir()) == []
+    return lines, caplog.text
+
+
 def test_a_python_version_the_host_lacks_falls_back_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    lines: list[str] = []
-    config = CogConfig(predict_ref="predict.py:Predictor", python_version="3.99")
-    with caplog.at_level(logging.WARNING, logger="replicant.envs"):
-        assert ensure_env(config, tmp_path, lines.append) == PYTHON
+    lines, logged = fallback_lines("3.99", tmp_path, caplog)
     assert any("3.99" in line for line in lines)
-    assert "python_version_missing" in caplog.text
+    assert "python_version_missing" in logged
 
 
 def test_a_python_older_than_coglet_supports_falls_back_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Older Cog examples ask for 3.8 or 3.9 (installed or not): coglet needs 3.10 or later.
-    lines: list[str] = []
-    config = CogConfig(predict_ref="predict.py:Predictor", python_version="3.9")
-    with caplog.at_level(logging.WARNING, logger="replicant.envs"):
-        assert ensure_env(config, tmp_path, lines.append) == PYTHON
+    lines, logged = fallback_lines("3.9", tmp_path, caplog)
     host = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert lines == [f"Python 3.9 is not one coglet runs on (>=3.10); using Python {host} instead"]
-    assert "python_version_unsupported" in caplog.text
-    assert list(tmp_path.iterdir()) == []
+    assert "python_version_unsupported" in logged
 
 
 @pytest.mark.integration  # builds a Python environment with pip
