@@ -256,7 +256,7 @@ def test_bad_requests_get_problem_json(live: LiveStack, api: httpx.Client) -> No
             ),
             400,
         ),
-        (api.post("/v1/predictions", json={"version": "nope", "input": {}}), 404),
+        (api.post("/v1/predictions", json={"version": "nope", "input": {}}), 422),
         (api.get("/v1/predictions/doesnotexist"), 404),
         (create(api, HELLO, {"text": "x"}, Prefer="wait=61"), 422),
         (create(api, HELLO, {"text": "x"}, Prefer="sometimes"), 422),
@@ -269,6 +269,19 @@ def test_bad_requests_get_problem_json(live: LiveStack, api: httpx.Client) -> No
         assert response.headers["content-type"].startswith("application/problem+json")
         body = response.json()
         assert body["status"] == status and body["title"] and body["detail"]
+
+
+def test_an_unknown_version_is_replicates_422(api: httpx.Client) -> None:
+    # Clients written for Replicate look for this status and title.
+    response = api.post("/v1/predictions", json={"version": "0" * 64, "input": {"text": "x"}})
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["title"] == "Invalid version or not permitted"
+    assert body["detail"] == (
+        f"The specified version {'0' * 64} does not exist (or perhaps you don't have "
+        "permission to use it?)"
+    )
+    assert [f["field"] for f in body["invalid_fields"]] == ["version"]
 
 
 def test_curl_without_content_type_is_read_as_json(api: httpx.Client) -> None:

@@ -146,8 +146,9 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("GET", "/v1/webhooks/default/secret"): Case(answered_own, UNAUTHENTICATED),
     # predictions
     ("GET", "/v1/predictions"): Case(answered_own, UNAUTHENTICATED),
+    # Replicate's 422 "Invalid version or not permitted", as for a version that is not there.
     ("POST", "/v1/predictions"): Case(
-        NOT_FOUND, UNAUTHENTICATED, body={"version": "{version}", "input": {"text": "x"}}
+        status(422), UNAUTHENTICATED, body={"version": "{version}", "input": {"text": "x"}}
     ),
     ("GET", "/v1/predictions/{prediction_id}"): Case(NOT_FOUND, UNAUTHENTICATED),
     ("POST", "/v1/predictions/{prediction_id}/cancel"): Case(NOT_FOUND, UNAUTHENTICATED),

@@ -95,7 +95,14 @@ async def signal_cancel(state: AppState, prediction_id: str) -> bool:
 async def create_prediction(body: VersionPredictionInput, create: PredictionCreateDep) -> Response:
     found = await create.db.read(resolve_version_ref, create.account, body.version)
     if found is None:
-        raise ProblemError(404, f"Version {body.version} not found", title="Invalid version")
+        # Replicate's answer: one for a version that is not there or not yours.
+        raise ProblemError(
+            422,
+            f"The specified version {body.version} does not exist (or perhaps you don't have "
+            "permission to use it?)",
+            title="Invalid version or not permitted",
+            invalid_fields=[{"field": "version", "message": "does not exist or is not permitted"}],
+        )
     model, version = found
     return await launch_body(create, model, version, body)
 
