@@ -169,7 +169,12 @@ def redact_secrets(
     ``**********``: what the read model keeps, as Replicate redacts them once sent."""
     schemas = openapi_schema.get("components", {}).get("schemas", {})
     properties = schemas.get(component, {}).get("properties", {})
-    secret = {name for name, prop in properties.items() if prop.get("x-cog-secret")}
+    # A list[Secret] marks its items.
+    secret = {
+        name
+        for name, prop in properties.items()
+        if prop.get("x-cog-secret") or prop.get("items", {}).get("x-cog-secret")
+    }
 
     def hide(value: Any) -> Any:
         if isinstance(value, list):

@@ -31,7 +31,7 @@ from replicant.cogmodel import (
     output_streams,
     write_schema_for_coglet,
 )
-from replicant.validation import InvalidField, validate_input
+from replicant.validation import InvalidField, redact_secrets, validate_input
 from tests.waiting import wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -389,6 +389,24 @@ def test_validation_names_each_failing_field(schemas: dict[str, dict[str, Any]])
     assert validate_input(schemas["sleep"], {"seconds": 3601}) == [
         InvalidField(field="seconds", message="must be less than or equal to 3600")
     ]
+
+
+def test_secret_inputs_are_redacted_for_the_read_model() -> None:
+    props = {
+        "token": {"type": "string", "format": "password", "x-cog-secret": True},
+        # What Cog makes of list[Secret]: the items are marked.
+        "keys": {"type": "array", "items": {"type": "string", "x-cog-secret": True}},
+        "prompt": {"type": "string"},
+    }
+    schema = {"components": {"schemas": {"TrainingInput": {"properties": props}}}}
+    payload = {"token": "r8_x", "keys": ["a", "b"], "prompt": "r8_x"}
+    assert redact_secrets(schema, payload, "TrainingInput") == {
+        "token": "**********",
+        "keys": ["**********", "**********"],
+        "prompt": "r8_x",
+    }
+    assert payload["token"] == "r8_x"  # the model's input is left as it was
+    assert redact_secrets(schema, {"token": None}, "TrainingInput") == {"token": None}
 
 
 def test_integers_must_be_whole_json_integers(schemas: dict[str, dict[str, Any]]) -> None:
