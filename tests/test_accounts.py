@@ -143,7 +143,9 @@ def test_organization_private_models_are_for_members_only(live: LiveStack) -> No
             by_version = client.post(
                 "/v1/predictions", json={"version": version_ref, "input": {"text": "x"}}
             )
-            assert by_version.status_code == 404, version_ref
+            # Replicate's answer for a version that is not there or not yours.
+            assert by_version.status_code == 422, version_ref
+            assert by_version.json()["title"] == "Invalid version or not permitted"
         listed = client.get("/v1/models").json()["results"]
         assert ref not in [f"{m['owner']}/{m['name']}" for m in listed]
         assert outsider not in ref

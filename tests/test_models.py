@@ -40,7 +40,8 @@ from workers.runners import RunnerPool
 
 
 def _hidden_from(live: LiveStack, who: Who, ref: str, version: str) -> None:
-    """Everything about ``ref`` answers 404 for ``who``: it might as well not exist."""
+    """Everything about ``ref`` answers ``who`` as if it did not exist (404; a create by
+    version, Replicate's 422 "Invalid version or not permitted")."""
     with who.client(live) as api:
         assert api.get(f"/v1/models/{ref}").status_code == 404
         assert api.get(f"/v1/models/{ref}/versions").status_code == 404
@@ -48,7 +49,9 @@ def _hidden_from(live: LiveStack, who: Who, ref: str, version: str) -> None:
         assert predict(api, ref, {"text": "x"}).status_code == 404
         for by in (version, f"{ref}:{version}"):
             created = api.post("/v1/predictions", json={"version": by, "input": {"text": "x"}})
-            assert created.status_code == 404
+            # As for a version that does not exist: Replicate's "Invalid version or not permitted".
+            assert created.status_code == 422
+            assert created.json()["title"] == "Invalid version or not permitted"
         assert api.patch(f"/v1/models/{ref}", json={"description": "mine now"}).status_code == 404
         assert api.delete(f"/v1/models/{ref}").status_code == 404
         assert api.delete(f"/v1/models/{ref}/versions/{version}").status_code == 404
