@@ -1,14 +1,16 @@
 """Prometheus metrics of an API process: ``GET /metrics``.
 
 Request latency by route template and status; predictions by status (counted in the read
-model when scraped); the backlog of every hardware queue (Temporal's approximate count,
-cached for a few seconds so scrapes do not hammer the frontend).
+model, at most once per ``metrics_count_interval``); the backlog of every hardware queue
+(Temporal's approximate count, cached for a few seconds so scrapes do not hammer the
+frontend).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -35,20 +37,34 @@ metrics_router = APIRouter(tags=["metrics"])
 
 
 class ReadModelCollector(Collector):
-    """Predictions by status, counted in the read model at scrape time."""
+    """Predictions by status, counted in the read model at most once per ``count_interval``
+    seconds: the count reads every row's index entry, so scrapes (several scrapers, or a
+    short scrape interval) within the interval reuse the last one."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, count_interval: float) -> None:
         self.engine = engine
+        self.count_interval = count_interval
+        self.counts: list[tuple[str, int]] = []
+        self.counted_at: float | None = None
+        self._counting = threading.Lock()  # scrapes collect in threads
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "replicant_predictions", "Predictions in the read model by status", labels=["status"]
         )
-        with self.engine.connect() as conn:
-            query = text("SELECT status, count(*) FROM prediction GROUP BY status")
-            for status, count in conn.execute(query):
-                family.add_metric([status], count)
+        for status, count in self._current():
+            family.add_metric([status], count)
         yield family
+
+    def _current(self) -> list[tuple[str, int]]:
+        with self._counting:
+            now = time.monotonic()
+            if self.counted_at is None or now - self.counted_at >= self.count_interval:
+                with self.engine.connect() as conn:
+                    query = text("SELECT status, count(*) FROM prediction GROUP BY status")
+                    self.counts = [(status, count) for status, count in conn.execute(query)]
+                self.counted_at = now
+            return self.counts
 
 
 QUEUED_TASKS = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
@@ -76,7 +92,7 @@ class QueueBacklogCollector(Collector):
 class Metrics:
     """The registry of one API app and the series in it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, count_interval: float) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "replicant_http_request_duration_seconds",
@@ -84,7 +100,7 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
-        self.registry.register(ReadModelCollector(engine))
+        self.registry.register(ReadModelCollector(engine, count_interval))
         self.backlog = QueueBacklogCollector()
         self.registry.register(self.backlog)
         self._refresh = asyncio.Lock()

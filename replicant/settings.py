@@ -373,6 +373,13 @@ class Settings(BaseSettings):
         description="The port of a worker's Temporal SDK metrics (Prometheus, on `api_host`); "
         "0 turns it off.",
     )
+    metrics_count_interval: float = Field(
+        15.0,
+        description="Seconds an API process reuses its count of predictions by status (the "
+        "`replicant_predictions` gauge of `/metrics`, a scan of the whole table) for further "
+        "scrapes; 0 counts at every scrape.",
+        ge=0,
+    )
 
     @field_validator("rate_limit_create", "rate_limit_default")
     @classmethod
