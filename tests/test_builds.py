@@ -23,21 +23,19 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio.api.enums.v1 import EventType
-from temporalio.api.workflow.v1 import PendingActivityInfo
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus
 
 from activities.builds import BuildAbandoned, BuildLog
 from api.app import create_app
 from replicant.accounts import create_account
 from replicant.archives import pack_model
-from replicant.contracts import ActivityName
 from replicant.devstack import free_port
 from replicant.objectkeys import build_archive
 from replicant.settings import Settings
 from replicant.tables import Build
 from replicant.temporal import connect
 from tests.conftest import LiveStack
-from tests.observe import SCHEDULED, STARTED
+from tests.observe import SCHEDULED, STARTED, build_activity
 from tests.waiting import async_wait_until
 from tests.workflow_runs import all_events
 
@@ -297,15 +295,6 @@ def test_a_push_that_cannot_start_its_build_is_refused_with_503(tmp_path: Path) 
     store = app.state.replicant.object_store
     assert store.stat(build_archive(build.id)) is None  # the archive went with it
     assert list((settings.data_dir / "uploads").iterdir()) == []
-
-
-async def build_activity(temporal: Client, build_id: str) -> PendingActivityInfo | None:
-    """The pending ``build_version`` activity of a build's workflow, or None."""
-    described = await temporal.get_workflow_handle(f"build-{build_id}").describe()
-    for pending in described.raw_description.pending_activities:
-        if pending.activity_type.name == ActivityName.BUILD_VERSION:
-            return pending
-    return None
 
 
 async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
