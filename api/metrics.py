@@ -1,7 +1,8 @@
 """Prometheus metrics of an API process: ``GET /metrics``.
 
 Request latency by route template and status; predictions by status (counted in the read
-model, at most once per ``metrics_count_interval``); the backlog of every hardware queue
+model: waiting and running ones at every scrape, ended ones at most once per
+``metrics_count_interval``); the backlog of every hardware queue
 (Temporal's approximate count, cached for a few seconds so scrapes do not hammer the
 frontend).
 """
@@ -36,15 +37,22 @@ BACKLOG_TTL = 5.0
 metrics_router = APIRouter(tags=["metrics"])
 
 
+# Waiting and running predictions are few rows of the (status, id) index; ended ones are
+# nearly the whole table.
+_BY_STATUS = "SELECT status, count(*) FROM prediction WHERE status {} ('starting', 'processing') "
+COUNT_LIVE = text(_BY_STATUS.format("IN") + "GROUP BY status")
+COUNT_ENDED = text(_BY_STATUS.format("NOT IN") + "GROUP BY status")
+
+
 class ReadModelCollector(Collector):
-    """Predictions by status, counted in the read model at most once per ``count_interval``
-    seconds: the count reads every row's index entry, so scrapes (several scrapers, or a
-    short scrape interval) within the interval reuse the last one."""
+    """Predictions by status in the read model. Waiting and running ones are counted at
+    every scrape; ended ones (all but a few rows, so a scan of the whole table) at most once
+    per ``count_interval`` seconds, scrapes in between reusing that count."""
 
     def __init__(self, engine: Engine, count_interval: float) -> None:
         self.engine = engine
         self.count_interval = count_interval
-        self.counts: list[tuple[str, int]] = []
+        self.ended: list[tuple[str, int]] = []
         self.counted_at: float | None = None
         self._counting = threading.Lock()  # scrapes collect in threads
 
@@ -52,19 +60,18 @@ class ReadModelCollector(Collector):
         family = GaugeMetricFamily(
             "replicant_predictions", "Predictions in the read model by status", labels=["status"]
         )
-        for status, count in self._current():
+        for status, count in self._counts():
             family.add_metric([status], count)
         yield family
 
-    def _current(self) -> list[tuple[str, int]]:
-        with self._counting:
+    def _counts(self) -> list[tuple[str, int]]:
+        with self._counting, self.engine.connect() as conn:
             now = time.monotonic()
             if self.counted_at is None or now - self.counted_at >= self.count_interval:
-                with self.engine.connect() as conn:
-                    query = text("SELECT status, count(*) FROM prediction GROUP BY status")
-                    self.counts = [(status, count) for status, count in conn.execute(query)]
+                self.ended = [(status, count) for status, count in conn.execute(COUNT_ENDED)]
                 self.counted_at = now
-            return self.counts
+            live = [(status, count) for status, count in conn.execute(COUNT_LIVE)]
+        return live + self.ended
 
 
 QUEUED_TASKS = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)

@@ -374,10 +374,11 @@ class Settings(BaseSettings):
         "0 turns it off.",
     )
     metrics_count_interval: float = Field(
-        15.0,
-        description="Seconds an API process reuses its count of predictions by status (the "
-        "`replicant_predictions` gauge of `/metrics`, a scan of the whole table) for further "
-        "scrapes; 0 counts at every scrape.",
+        60.0,
+        description="Seconds an API process reuses its count of ended predictions by status "
+        "(the `replicant_predictions` gauge of `/metrics`: a scan of the whole table) for "
+        "further scrapes; waiting and running ones are counted at every scrape. 0 counts all "
+        "at every scrape.",
         ge=0,
     )
 

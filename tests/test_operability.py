@@ -61,7 +61,7 @@ def test_metrics_expose_latency_predictions_and_queue_backlog(
     assert count("unmatched", "GET", "404", samples) >= 1
     assert not any("/v1/no/such/thing" in str(labels) for _, labels in samples)
 
-    # The count by status is at most metrics_count_interval old: it catches up.
+    # An ended prediction's count is at most metrics_count_interval old: it catches up.
     succeeded = ("replicant_predictions", frozenset({("status", "succeeded")}))
     wait_until(
         lambda: scrape(f"{live.url}/metrics").get(succeeded, 0),
@@ -78,7 +78,9 @@ def counted(collector: ReadModelCollector) -> dict[str, float]:
     return {sample.labels["status"]: sample.value for sample in family.samples}
 
 
-def test_predictions_are_counted_by_status_at_most_once_per_interval(tmp_path: Path) -> None:
+def test_ended_predictions_are_counted_at_most_once_per_interval_running_ones_always(
+    tmp_path: Path,
+) -> None:
     engine = make_engine(f"sqlite:///{tmp_path}/replicant.db")
     init_db(engine)
 
@@ -93,16 +95,19 @@ def test_predictions_are_counted_by_status_at_most_once_per_interval(tmp_path: P
     once_an_hour = ReadModelCollector(engine, count_interval=3600)
     assert counted(every_scrape) == counted(once_an_hour) == {"succeeded": 1, "failed": 1}
     add("p3", "succeeded")
-    assert counted(every_scrape) == {"succeeded": 2, "failed": 1}
-    assert counted(once_an_hour) == {"succeeded": 1, "failed": 1}  # the last count, reused
-    # Past the interval a scrape counts again.
-    short = ReadModelCollector(engine, count_interval=0.2)
-    assert counted(short) == {"succeeded": 2, "failed": 1}
     add("p4", "processing")
+    add("p5", "starting")
+    assert counted(every_scrape) == {"succeeded": 2, "failed": 1, "processing": 1, "starting": 1}
+    # The ended count is reused within the interval; waiting and running ones are fresh.
+    assert counted(once_an_hour) == {"succeeded": 1, "failed": 1, "processing": 1, "starting": 1}
+    # Past the interval a scrape counts the ended ones again.
+    short = ReadModelCollector(engine, count_interval=0.2)
+    assert counted(short)["succeeded"] == 2
+    add("p6", "canceled")
     wait_until(
         lambda: counted(short),
-        lambda counts: counts == {"succeeded": 2, "failed": 1, "processing": 1},
-        what="a count after the interval",
+        lambda counts: counts.get("canceled") == 1,
+        what="a count of ended predictions after the interval",
     )
     engine.dispose()
 
