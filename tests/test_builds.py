@@ -27,6 +27,7 @@ from temporalio.client import WorkflowExecutionStatus
 
 from activities.builds import BuildAbandoned, BuildLog
 from api.app import create_app
+from api.push import WAITING_FOR_A_WORKER
 from replicant.accounts import create_account
 from replicant.archives import pack_model
 from replicant.devstack import free_port
@@ -335,6 +336,8 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
             )
         queued_id, queued = push("queued")
         gates[-1].touch()  # nothing holds this one but the slots
+        queued_events = events(queued.iter_lines())
+        assert next(queued_events)["message"] == WAITING_FOR_A_WORKER  # said at once
         await async_wait_until(
             lambda: build_activity(temporal, queued_id),
             lambda pending: pending is not None and pending.state == SCHEDULED,
@@ -342,7 +345,7 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
         )
         released_at = datetime.now(UTC)
         gates[0].touch()
-        last = list(events(queued.iter_lines()))[-1]
+        last = list(queued_events)[-1]
         assert last["event"] == "version" and last["status"] == 201, last
         # It started only once a held build ended, which only the open gate allowed.
         started = [
