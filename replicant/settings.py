@@ -311,7 +311,9 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(10.0, description="Seconds one webhook delivery may take.")
     stream_keepalive: float = Field(
-        15.0, description="Seconds between keep-alive comments of an idle SSE stream."
+        15.0,
+        description="Seconds without an event after which an SSE stream sends a keep-alive "
+        "comment (and again after each further such quiet interval).",
     )
     secret_key: str | None = Field(
         None,
