@@ -311,7 +311,9 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(10.0, description="Seconds one webhook delivery may take.")
     stream_keepalive: float = Field(
-        15.0, description="Seconds between keep-alive comments of an idle SSE stream."
+        15.0,
+        description="Seconds without an event after which an SSE stream sends a keep-alive "
+        "comment (and again after each further such quiet interval).",
     )
     secret_key: str | None = Field(
         None,
@@ -372,6 +374,14 @@ class Settings(BaseSettings):
         0,
         description="The port of a worker's Temporal SDK metrics (Prometheus, on `api_host`); "
         "0 turns it off.",
+    )
+    metrics_count_interval: float = Field(
+        60.0,
+        description="Seconds an API process reuses its count of ended predictions by status "
+        "(the `replicant_predictions` gauge of `/metrics`: a scan of the whole table) for "
+        "further scrapes; waiting and running ones are counted at every scrape. 0 counts all "
+        "at every scrape.",
+        ge=0,
     )
 
     @field_validator("rate_limit_create", "rate_limit_default")
