@@ -11,7 +11,6 @@ once the passes have gone past it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -26,6 +25,7 @@ from replicant.tables import Build, Prediction, Training
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
 from tests.conftest import LiveStack, own_stack
+from tests.waiting import wait_until
 from workflows.sweeps import FileExpiryWorkflow
 
 # Its own stack (the fixture below): a whole stack, so an end-to-end test.
@@ -83,20 +83,18 @@ def insert(live: LiveStack, rows: list[Any]) -> None:
 
 
 def failed_in_time(live: LiveStack, rows: list[Any]) -> list[Any]:
-    """``rows`` as the database holds them once each has left ``starting``; fails the test
-    if one is still ``starting`` at the deadline."""
-    deadline = time.monotonic() + DEADLINE
-    left = {(type(row), row.id) for row in rows}
-    while left:
-        assert time.monotonic() < deadline, f"still starting: {sorted(i for _, i in left)}"
-        with Session(live.engine) as session:
-            for kind, row_id in list(left):
-                found = session.get(kind, row_id)
-                if found is not None and found.status != "starting":
-                    left.discard((kind, row_id))
-        time.sleep(0.5)
-    with Session(live.engine, expire_on_commit=False) as session:
-        return [session.get(type(row), row.id) for row in rows]
+    """``rows`` as the database holds them once each has left ``starting``."""
+
+    def now() -> list[Any]:
+        with Session(live.engine, expire_on_commit=False) as session:
+            return [session.get(type(row), row.id) for row in rows]
+
+    def settled(found: list[Any]) -> bool:
+        return all(row is not None and row.status != "starting" for row in found)
+
+    return wait_until(
+        now, settled, what="the orphans to leave starting", timeout=DEADLINE, interval=0.5
+    )
 
 
 async def test_an_orphan_beyond_a_pass_is_reached_and_one_behind_the_passes_after_a_wrap(
