@@ -271,7 +271,10 @@ class Settings(BaseSettings):
         1024 * 1024,
         ge=1,
         description="The most characters of logs a prediction or training keeps: beyond it, "
-        "its first line says how much was left out, and the last this many follow.",
+        "its first line says how much was left out, and the last this many follow. A "
+        "streaming (iterator) prediction's are kept within it in the model's own process "
+        "(coglet copies them whole on every line): their first half as printed, then a line "
+        "saying how much was left out, then their end, written when the prediction ends.",
     )
     max_output_size: int = Field(
         16 * 1024 * 1024,
