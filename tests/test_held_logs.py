@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -67,3 +68,30 @@ def test_a_generator_that_fails_writes_the_end_of_its_logs_before_its_traceback(
     assert "characters of logs were left out here]\n" in logs
     assert "step 199\nTraceback (most recent call last):\n" in logs
     assert logs.endswith("RuntimeError: gave up\n")
+
+
+async def test_concurrent_async_generators_each_keep_their_own_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REPLICANT_MAX_LOG_SIZE", str(LIMIT))
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+
+    async def predict(name: str) -> AsyncIterator[str]:
+        for i in range(300):
+            print(f"{name} {i:03d}")
+            await asyncio.sleep(0)
+            yield f"{name}{i}"
+
+    async def run(name: str) -> list[str]:
+        return [item async for item in reporting(predict)(name)]
+
+    first, second = await asyncio.gather(run("a"), run("b"))
+    assert first == [f"a{i}" for i in range(300)] and second == [f"b{i}" for i in range(300)]
+    print("after both")
+    logs = out.getvalue()
+    # Each held its own: two lines saying what was left out, each followed by its own end.
+    assert logs.count("characters of logs were left out here]\n") == 2
+    assert "a 299\n" in logs and "b 299\n" in logs
+    assert logs.endswith("after both\n")
+    assert len(logs) <= 2 * LIMIT + len("after both\n")

@@ -10,13 +10,14 @@ And input files staged by Replicant reach coglet as local paths, which it passes
 strings: inputs typed ``Path`` (alone, in a list, or optional) get a ``cog.Path`` of them,
 as on Replicate.
 
-A streaming (generator) predict's logs are kept within ``REPLICANT_MAX_LOG_SIZE`` characters
-here: coglet copies a streaming prediction's whole logs on every line it logs (to build its
-webhook payload), so 10 MB of logs take it a minute and 100 MB hours. The first half of the
-limit goes through as printed; of the rest only the last characters that fit are kept, and
-written when the prediction ends, after a line saying how many were left out
-(``held_back_line``). What the model writes to the file descriptors itself (C code) is not
-seen here.
+A streaming (generator or async generator) predict's logs are kept within
+``REPLICANT_MAX_LOG_SIZE`` characters here: coglet copies a streaming prediction's whole logs
+on every line it logs (to build its webhook payload), so 10 MB of logs take it a minute and
+100 MB hours. The first half of the limit goes through as printed; of the rest only the last
+characters that fit are kept, and written when the prediction ends, after a line saying how
+many were left out (``held_back_line``). Each prediction's are told apart by their context
+(a thread, or an asyncio task), so concurrent predictions keep their own. What the model
+writes to the file descriptors itself (C code) is not seen here.
 
 It runs inside the model's environment, so it uses the standard library only.
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import functools
 import importlib.util
 import inspect
@@ -93,14 +95,18 @@ class _HeldLogs:
         return size
 
     @contextlib.contextmanager
-    def swapped(self) -> Iterator[None]:
-        """``sys.stdout`` and ``sys.stderr`` go through this while the block runs."""
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Held(self, out), _Held(self, err)
+    def holding(self) -> Iterator[None]:
+        """What this context (thread, or asyncio task) writes to ``sys.stdout`` and
+        ``sys.stderr`` goes through this while the block runs; other predictions' does not."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not isinstance(stream, _Held):
+                setattr(sys, name, _Held(stream))
+        token = _HOLDING.set(self)
         try:
             yield
         finally:
-            sys.stdout, sys.stderr = out, err
+            _HOLDING.reset(token)
 
     def release(self) -> None:
         """Write what was kept, after the line saying how much was left out."""
@@ -116,17 +122,26 @@ class _HeldLogs:
 
 
 class _Held:
-    """A text stream that writes through ``_HeldLogs``; the rest is the stream's own."""
+    """A text stream that writes through the ``_HeldLogs`` of the current context, if any;
+    the rest is the stream's own."""
 
-    def __init__(self, held: _HeldLogs, stream: Any) -> None:
-        self._held = held
+    def __init__(self, stream: Any) -> None:
         self._stream = stream
 
     def write(self, text: str) -> int:
-        return self._held.write(self._stream, text)
+        held = _HOLDING.get()
+        if held is None:
+            return int(self._stream.write(text))
+        return held.write(self._stream, text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
+
+
+# The held logs of the prediction running in this context (thread or asyncio task).
+_HOLDING: contextvars.ContextVar[_HeldLogs | None] = contextvars.ContextVar(
+    "replicant_held_logs", default=None
+)
 
 
 def _held_limit() -> int | None:
@@ -213,8 +228,23 @@ def _reporting(fn: Any, paths: Callable[[dict[str, Any]], dict[str, Any]]) -> An
         @functools.wraps(fn)
         async def agen(*args: Any, **kwargs: Any) -> Any:
             with _reported():
-                async for item in fn(*args, **paths(kwargs)):
-                    yield item
+                limit = _held_limit()
+                if limit is None:
+                    async for item in fn(*args, **paths(kwargs)):
+                        yield item
+                    return
+                held = _HeldLogs(limit)
+                items = fn(*args, **paths(kwargs))
+                try:
+                    while True:
+                        with held.holding():
+                            try:
+                                item = await items.__anext__()
+                            except StopAsyncIteration:
+                                return
+                        yield item
+                finally:
+                    held.release()
 
         return agen
     if inspect.iscoroutinefunction(fn):
@@ -237,7 +267,7 @@ def _reporting(fn: Any, paths: Callable[[dict[str, Any]], dict[str, Any]]) -> An
                 items = fn(*args, **paths(kwargs))
                 try:
                     while True:
-                        with held.swapped():
+                        with held.holding():
                             item = next(items, _END)
                         if item is _END:
                             return None
