@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,12 @@ from tests.trainkit import corpus, data_uri, ngram_version
 from tests.waiting import async_wait_until
 from tests.workflow_runs import run_histories
 from workers.main import WORKFLOW_RUNNER
-from workers.schedules import FILE_EXPIRY_SCHEDULE, RETENTION_SCHEDULE, START_RECONCILE_SCHEDULE
+from workers.schedules import (
+    FILE_EXPIRY_SCHEDULE,
+    RETENTION_SCHEDULE,
+    START_RECONCILE_SCHEDULE,
+    ensure_schedules,
+)
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
@@ -212,15 +218,21 @@ async def test_a_reconcile_history_that_goes_on_from_the_last_pass_replays(
     live: LiveStack,
 ) -> None:
     """A reconcile run starts with the last run's result (where that pass stopped), which
-    the Schedule hands it: a run that had one replays."""
+    the Schedule hands it, also after a worker's start has updated the Schedule: a run that
+    had one replays."""
     client = await connect(live.settings)
     schedule = client.get_schedule_handle(START_RECONCILE_SCHEDULE)
     await schedule.trigger()
     await one_of(client, "StartReconcileWorkflow", closed=True)
+    updated = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    await ensure_schedules(client, live.settings)  # as every worker's start does
     await schedule.trigger()
 
     async def after_a_pass() -> WorkflowHistory | None:
-        query = "WorkflowType = 'StartReconcileWorkflow' AND ExecutionStatus = 'Completed'"
+        query = (
+            "WorkflowType = 'StartReconcileWorkflow' AND ExecutionStatus = 'Completed'"
+            f" AND StartTime > '{updated}'"
+        )
         async for found in client.list_workflows(query):
             handle = client.get_workflow_handle(found.id, run_id=found.run_id)
             history = await handle.fetch_history()
