@@ -132,10 +132,18 @@ class Settings(BaseSettings):
     reconcile_asks: int = Field(
         200,
         ge=1,
-        description="Workflows the reconciler asks Temporal about in one pass at most; the "
-        "`starting` rows beyond wait for the next passes. A pass asks once about each row "
-        "(the reconciler then remembers the workflow exists), so a deep queue is gone over "
-        "this many rows a pass instead of all at once, while a worker drains it.",
+        description="Workflows the reconciler asks Temporal about in one pass at most, for "
+        "predictions and for trainings each; the `starting` rows beyond wait for the next "
+        "passes. A pass asks once about each row (the reconciler then remembers the workflow "
+        "exists), so a deep queue is gone over this many rows a pass instead of all at once, "
+        "while a worker drains it. Each pass goes on after the row where the last one stopped "
+        "and wraps around, so every row is checked within a bounded number of passes.",
+    )
+    reconcile_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Rows of each kind (predictions, trainings, builds) the reconciler goes "
+        "over in one pass at most; the next pass goes on after the last of them.",
     )
     fault_kill_before_start: bool = Field(
         False,
@@ -263,7 +271,10 @@ class Settings(BaseSettings):
         1024 * 1024,
         ge=1,
         description="The most characters of logs a prediction or training keeps: beyond it, "
-        "its first line says how much was left out, and the last this many follow.",
+        "its first line says how much was left out, and the last this many follow. A "
+        "streaming (iterator) prediction's are kept within it in the model's own process "
+        "(coglet copies them whole on every line): their first half as printed, then a line "
+        "saying how much was left out, then their end, written when the prediction ends.",
     )
     max_output_size: int = Field(
         16 * 1024 * 1024,

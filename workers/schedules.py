@@ -55,7 +55,11 @@ def start_reconcile_schedule(settings: Settings) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
             StartReconcileWorkflow.run,
-            ReconcileStarts(grace=settings.start_grace, asks=settings.reconcile_asks),
+            ReconcileStarts(
+                grace=settings.start_grace,
+                asks=settings.reconcile_asks,
+                limit=settings.reconcile_rows,
+            ),
             id=f"{START_RECONCILE_SCHEDULE}-pass",
             task_queue=settings.orchestration_queue,
             run_timeout=timedelta(minutes=30),
