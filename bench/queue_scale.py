@@ -11,15 +11,19 @@
    burst away (its CPU use back near idle; the wait is printed), the same calls are timed
    again (GET of random queued ids) and memory is read again, per 1,000 queued.
 4. The worker is started: drain throughput from its start to the last completion, and the
-   worker's peak memory meanwhile. Then the calls are timed once more, idle again with the
-   drained rows in the table: this tells rows in the read model from work queued in Temporal.
+   worker's peak memory meanwhile; every 10 s the completions, the load, and from the
+   worker's SDK metrics the workflows it caches, those it evicted and its workflow tasks.
+   Then the calls are timed once more, idle again with the drained rows in the table: this
+   tells rows in the read model from work queued in Temporal.
+5. With ``--short N``, N predictions are queued and drained the same way just before step 3
+   and just after step 4: a short queue's drain at the load of the deep one's.
 
 Beside each timed phase: the CPU share of the API, Temporal and the worker, and the machine's
 load average (the machine is shared; a busy neighbour shows there).
 
 Goal, printed beside the figures: API p95 within 1.2x of idle at 10,000 queued.
 
-Run: ``.venv/bin/python bench/queue_scale.py [--queued 10000] [--requests 300]
+Run: ``.venv/bin/python bench/queue_scale.py [--queued 10000] [--requests 300] [--short 200]
 [--database postgres|sqlite]``.
 """
 
