@@ -237,21 +237,35 @@ async def test_deliveries_take_no_hardware_slot(
     }
 
 
-def test_redirects_are_not_followed(live: LiveStack, api: httpx.Client, receiver: Receiver) -> None:
-    receiver.answers = [(307, 0.0), (308, 0.0)]
-    created = create(
-        api,
-        SLEEP,
-        {"input": {"seconds": 0}, "webhook": receiver.url, "webhook_events_filter": ["completed"]},
+@pytest.mark.parametrize("redirect", [301, 307])
+async def test_a_redirect_is_not_followed_nor_retried(
+    live: LiveStack, api: httpx.Client, receiver: Receiver, redirect: int
+) -> None:
+    receiver.default = redirect
+    client = await connect(live.settings)
+    req = PredictionRequest(
+        id=new_id(),
+        owner=live.settings.default_account,
+        model="replicate/hello-world",
+        version=api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"],
+        input={"text": "x"},
+        source="web",  # no retention timer: the workflow ends once the webhook has
+        webhook=receiver.url,
+        webhook_events_filter=["completed"],
+        created_at=utcnow(),
     )
-    deliveries = receiver.wait(delivered_completed, created["id"])
-    assert [d.answered for d in deliveries] == [307, 308, 200]
-    assert {d.path for d in deliveries} == {"/hook/"}  # never the redirect's target
-    failures, _ = asyncio.run(_history_messages(live, created["id"]))
-    assert failures == [
-        "webhook receiver redirect (not followed): HTTP 307",
-        "webhook receiver redirect (not followed): HTTP 308",
-    ]
+    handle = await client.start_workflow(
+        PredictionWorkflow.run,
+        req,
+        id=f"prediction-{req.id}",
+        task_queue=live.settings.orchestration_queue,
+    )
+    # Retried as a 5xx is, the workflow would live on for the hour of the retry period.
+    assert (await asyncio.wait_for(handle.result(), 60)).status == "succeeded"
+    deliveries = receiver.for_prediction(req.id)
+    assert [(d.answered, d.path) for d in deliveries] == [(redirect, "/hook/")]
+    failures, _ = await _history_messages(live, req.id)
+    assert failures == [f"webhook receiver redirect (not followed, not retried): HTTP {redirect}"]
 
 
 def test_a_slow_receiver_times_out_and_is_retried(
