@@ -147,6 +147,9 @@ class SweepRetention(BaseModel):
     retention: float
     grace: float = 0.0
     limit: int = 10000
+    # A prediction with a webhook keeps its data until its `completed` delivery is over (the
+    # body is the final prediction): at least this many seconds after it ended.
+    webhook_hold: float = 0.0
 
 
 class SweptPredictions(BaseModel):

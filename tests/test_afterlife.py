@@ -2,8 +2,8 @@
 of predictions whose workflow was terminated.
 
 A stack of its own: the orchestration worker (which serves gpu-t4 too) and a worker of the
-cpu queue alone, which this module SIGKILLs once a run is over; a short retention and a
-retention sweep every second.
+cpu queue alone, which this module SIGKILLs once a run is over; a short retention, a
+retention sweep every second, and `completed` retries at most 2 s apart.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -23,8 +24,11 @@ from replicant.db import make_engine
 from replicant.devstack import Stack, wait_for_health
 from replicant.temporal import connect
 from tests.conftest import LiveStack, stack_settings, suite_database
-from tests.receiver import Receiver, running_receiver
+from tests.observe import failed_attempts
+from tests.receiver import Receiver, refusing_receiver, running_receiver
+from tests.test_replay import replayer, save
 from tests.test_webhooks import delivered_completed, verify_all
+from tests.waiting import async_wait_until
 from tests.workflow_runs import run_histories
 
 RETENTION = 10.0
@@ -40,7 +44,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(suite_database())
         settings = stack_settings(
-            data_dir, prediction_retention=RETENTION, retention_sweep_interval=1.0, **database
+            data_dir,
+            prediction_retention=RETENTION,
+            retention_sweep_interval=1.0,
+            webhook_retry_max_interval=2.0,
+            **database,
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
@@ -143,3 +151,40 @@ async def test_sweep_removes_the_data_of_a_terminated_prediction(stack: LiveStac
     assert removed["data_removed"] is True
     assert removed["output"] is None and removed["input"] == {}
     assert removed["status"] == "succeeded"
+
+
+async def test_a_completed_webhook_delivered_after_retention_carries_the_final_prediction(
+    stack: LiveStack,
+) -> None:
+    temporal = await connect(stack.settings)
+    with refusing_receiver() as (receiver, come_back), stack.client() as api:
+        body = {"webhook": receiver.url, "webhook_events_filter": ["completed"]}
+        created = await asyncio.to_thread(predict, api, {"input": {"text": "late"}, **body})
+        # Down until retention is over, and the sweep's line (one interval more) too.
+        overdue = datetime.fromisoformat(created["completed_at"]) + timedelta(seconds=RETENTION + 2)
+        await async_wait_until(
+            lambda: failed_attempts(temporal, created["id"]),
+            lambda failed: any(when > overdue for when, _ in failed),
+            what=f"a refused delivery of {created['id']} past its retention",
+            timeout=RETENTION + 60,
+            interval=0.5,
+        )
+        kept = api.get(f"/v1/predictions/{created['id']}").json()
+        assert kept["data_removed"] is False and kept["output"] == "hello late"
+        come_back()
+        [delivery] = await asyncio.to_thread(receiver.wait, delivered_completed, created["id"])
+        verify_all(api.get("/v1/webhooks/default/secret").json()["key"], [delivery])
+        final = delivery.json()
+        assert final["status"] == "succeeded" and final["output"] == "hello late"
+        assert final["input"] == {"text": "late"} and final["data_removed"] is False
+    # Then, the delivery over, the data goes.
+    removed = await asyncio.to_thread(
+        stack.wait_for, created["id"], lambda p: p["data_removed"], 60
+    )
+    assert removed["output"] is None and removed["input"] == {}
+    # The after-life that waited for its webhook before removing the data replays.
+    workflow_id = f"prediction-{created['id']}"
+    await temporal.get_workflow_handle(workflow_id).result()
+    _, after_life = await run_histories(temporal, workflow_id)
+    save("prediction-webhook-after-life", after_life)
+    await replayer().replay_workflow(after_life)
