@@ -416,3 +416,5 @@ class ErrorType:
     NO_WEBHOOK: Final = "NoWebhook"
     WEBHOOK_REFUSED: Final = "WebhookRefused"
     WEBHOOK_FAILED: Final = "WebhookFailed"
+    # A run stopped with the worker process that ran it: the next attempt runs it.
+    WORKER_STOPPED: Final = "WorkerStopped"

@@ -1,9 +1,11 @@
 """A prediction's after-life needs no worker of its hardware, and a sweep removes the data
-of predictions whose workflow was terminated.
+of predictions whose workflow was terminated; a worker stopped (SIGTERM) while it runs a
+prediction, of a hardware queue or of a deployment, leaves the prediction to the next one.
 
 A stack of its own: the orchestration worker (which serves gpu-t4 too) and a worker of the
 cpu queue alone, which this module SIGKILLs once a run is over; a short retention, a
-retention sweep every second, and `completed` retries at most 2 s apart.
+retention sweep every second, `completed` retries at most 2 s apart, and room for runs
+longer than a stopping worker waits for them.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ from replicant.temporal import connect
 from tests.conftest import LiveStack, stack_settings, suite_database
 from tests.observe import failed_attempts
 from tests.receiver import Receiver, refusing_receiver, running_receiver
+from tests.test_deployment_instances import retire
+from tests.test_deployments import get, poll, unique
 from tests.test_replay import replayer, save
 from tests.test_webhooks import delivered_completed, verify_all
 from tests.waiting import async_wait_until
-from tests.workflow_runs import run_histories
+from tests.workflow_runs import all_events, run_histories
+from workers.deployments import STOP_GRACE
 
 RETENTION = 10.0
 HELLO = "replicate/hello-world"
+SLEEP = "replicant/sleep"
+# Longer than a stopping worker waits for a deployment's running predictions (STOP_GRACE).
+LONG_RUN = STOP_GRACE * 4
 CPU_WORKER = "worker-cpu"
 
 pytestmark = pytest.mark.e2e
@@ -48,6 +56,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             prediction_retention=RETENTION,
             retention_sweep_interval=1.0,
             webhook_retry_max_interval=2.0,
+            prediction_timeout=LONG_RUN * 3,
             **database,
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
@@ -188,3 +197,85 @@ async def test_a_completed_webhook_delivered_after_retention_carries_the_final_p
     _, after_life = await run_histories(temporal, workflow_id)
     save("prediction-webhook-after-life", after_life)
     await replayer().replay_workflow(after_life)
+
+
+def _restart_cpu_worker(stack: LiveStack) -> None:
+    """Stop the cpu worker as an orchestrator would (SIGTERM), and start another."""
+    stack.stack.stop(CPU_WORKER, sig=signal.SIGTERM)
+    stack.stack.start_worker(CPU_WORKER, "--no-orchestration", "--hardware", "cpu")
+
+
+async def _last_run_attempt(stack: LiveStack, prediction_id: str) -> tuple[int, str]:
+    """The attempt of the run activity that ran last (history records the last one only), and
+    why the one before it ended."""
+    events = await all_events(await connect(stack.settings), f"prediction-{prediction_id}")
+    runs = {
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_prediction"
+    }
+    [started] = [
+        e.activity_task_started_event_attributes
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.scheduled_event_id in runs
+    ]
+    return started.attempt, started.last_failure.message
+
+
+def _processing(stack: LiveStack, prediction_id: str) -> None:
+    # The sleep model's environment may be built on this first run: not within a short wait.
+    running = stack.wait_for(prediction_id, lambda p: p["status"] != "starting", 600)
+    assert running["status"] == "processing", running
+
+
+async def test_a_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
+    stack: LiveStack,
+) -> None:
+    with stack.client() as api:
+        created = api.post(f"/v1/models/{SLEEP}/predictions", json={"input": {"seconds": 6}})
+    assert created.status_code == 201, created.text
+    prediction_id = created.json()["id"]
+    await asyncio.to_thread(_processing, stack, prediction_id)
+    await asyncio.to_thread(_restart_cpu_worker, stack)
+    final = await asyncio.to_thread(stack.wait_for, prediction_id, timeout=120)
+    assert final["status"] == "succeeded", final
+    assert final["output"] == "slept for 6 seconds"
+    # Temporal's worker ends the attempt it could not finish; the next attempt runs it.
+    assert await _last_run_attempt(stack, prediction_id) == (
+        2,
+        "Worker is shutting down and this activity did not complete in time",
+    )
+
+
+async def test_a_deployment_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
+    stack: LiveStack,
+) -> None:
+    with stack.client() as api:
+        owner = api.get("/v1/account").json()["username"]
+        name = unique("stopped")
+        version = api.get(f"/v1/models/{SLEEP}").json()["latest_version"]["id"]
+        deployment = {"name": name, "model": SLEEP, "version": version, "hardware": "cpu"}
+        created = api.post(
+            "/v1/deployments", json={**deployment, "min_instances": 1, "max_instances": 1}
+        )
+        assert created.status_code == 200, created.text
+        try:
+            poll(lambda: get(api, owner, name), lambda d: d["instances"] == 1, 600)
+            started = api.post(
+                f"/v1/deployments/{owner}/{name}/predictions", json={"input": {"seconds": LONG_RUN}}
+            )
+            assert started.status_code == 201, started.text
+            prediction_id = started.json()["id"]
+            await asyncio.to_thread(_processing, stack, prediction_id)
+            await asyncio.to_thread(_restart_cpu_worker, stack)
+            final = await asyncio.to_thread(stack.wait_for, prediction_id, timeout=180)
+            assert final["status"] == "succeeded", final
+            assert final["output"] == f"slept for {LONG_RUN:g} seconds"
+            # The stopping host ends the attempt without a terminal state, then the model
+            # process; the next attempt runs on the next worker's instance.
+            attempt = await _last_run_attempt(stack, prediction_id)
+            assert attempt == (2, "the worker running it stopped")
+        finally:
+            retire(api, owner, name)
