@@ -199,10 +199,17 @@ async def test_a_completed_webhook_delivered_after_retention_carries_the_final_p
     await replayer().replay_workflow(after_life)
 
 
-def _restart_cpu_worker(stack: LiveStack) -> None:
-    """Stop the cpu worker as an orchestrator would (SIGTERM), and start another."""
+def _stopped_mid_run(stack: LiveStack, prediction_id: str, seconds: float) -> None:
+    """Stop the cpu worker as an orchestrator would (SIGTERM) while the sleep prediction runs,
+    start another; the prediction still sleeps its ``seconds`` and succeeds."""
+    # The sleep model's environment may be built on this first run: not within a short wait.
+    running = stack.wait_for(prediction_id, lambda p: p["status"] != "starting", 600)
+    assert running["status"] == "processing", running
     stack.stack.stop(CPU_WORKER, sig=signal.SIGTERM)
     stack.stack.start_worker(CPU_WORKER, "--no-orchestration", "--hardware", "cpu")
+    final = stack.wait_for(prediction_id, timeout=180)
+    assert final["status"] == "succeeded", final
+    assert final["output"] == f"slept for {seconds:g} seconds"
 
 
 async def _last_run_attempt(stack: LiveStack, prediction_id: str) -> tuple[int, str]:
@@ -224,12 +231,6 @@ async def _last_run_attempt(stack: LiveStack, prediction_id: str) -> tuple[int, 
     return started.attempt, started.last_failure.message
 
 
-def _processing(stack: LiveStack, prediction_id: str) -> None:
-    # The sleep model's environment may be built on this first run: not within a short wait.
-    running = stack.wait_for(prediction_id, lambda p: p["status"] != "starting", 600)
-    assert running["status"] == "processing", running
-
-
 async def test_a_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
     stack: LiveStack,
 ) -> None:
@@ -237,11 +238,7 @@ async def test_a_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
         created = api.post(f"/v1/models/{SLEEP}/predictions", json={"input": {"seconds": 6}})
     assert created.status_code == 201, created.text
     prediction_id = created.json()["id"]
-    await asyncio.to_thread(_processing, stack, prediction_id)
-    await asyncio.to_thread(_restart_cpu_worker, stack)
-    final = await asyncio.to_thread(stack.wait_for, prediction_id, timeout=120)
-    assert final["status"] == "succeeded", final
-    assert final["output"] == "slept for 6 seconds"
+    await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, 6)
     # Temporal's worker ends the attempt it could not finish; the next attempt runs it.
     assert await _last_run_attempt(stack, prediction_id) == (
         2,
@@ -268,11 +265,7 @@ async def test_a_deployment_run_on_a_worker_stopped_gracefully_is_run_by_the_nex
             )
             assert started.status_code == 201, started.text
             prediction_id = started.json()["id"]
-            await asyncio.to_thread(_processing, stack, prediction_id)
-            await asyncio.to_thread(_restart_cpu_worker, stack)
-            final = await asyncio.to_thread(stack.wait_for, prediction_id, timeout=180)
-            assert final["status"] == "succeeded", final
-            assert final["output"] == f"slept for {LONG_RUN:g} seconds"
+            await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, LONG_RUN)
             # The stopping host ends the attempt without a terminal state, then the model
             # process; the next attempt runs on the next worker's instance.
             attempt = await _last_run_attempt(stack, prediction_id)

@@ -34,7 +34,7 @@ from tests.modelkit import (
     someone,
     write_model,
 )
-from tests.workflow_runs import all_events, run_histories
+from tests.workflow_runs import all_events, run_histories, start_prediction
 from workers.main import build_workers, run_worker
 from workers.runners import RunnerPool
 from workflows.prediction import PredictionWorkflow
@@ -324,14 +324,7 @@ async def test_a_prediction_started_through_temporal_counts_once(live: LiveStack
     req = PredictionRequest(
         id=new_id(), owner=alice.username, model=ref, version=version, input={"text": "t"}
     )
-    client = await connect(live.settings)
-    # As the snippet in docs/api.md starts one: the workflow records the row itself.
-    handle = await client.start_workflow(
-        PredictionWorkflow.run,
-        req,
-        id=f"prediction-{req.id}",
-        task_queue=live.settings.orchestration_queue,
-    )
+    handle = await start_prediction(live.settings, req)
     assert (await handle.execute_update(PredictionWorkflow.wait_done)).status == "succeeded"
     assert alice.official(live).models.get(ref).run_count == 1
     # A retried record activity finds the row: the run is not counted again.
