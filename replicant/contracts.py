@@ -152,6 +152,9 @@ class SweepRetention(BaseModel):
     retention: float
     grace: float = 0.0
     limit: int = 10000
+    # A prediction with a webhook keeps its data until its `completed` delivery is over (the
+    # body is the final prediction): at least this many seconds after it ended.
+    webhook_hold: float = 0.0
 
 
 class SweptPredictions(BaseModel):
@@ -418,3 +421,5 @@ class ErrorType:
     NO_WEBHOOK: Final = "NoWebhook"
     WEBHOOK_REFUSED: Final = "WebhookRefused"
     WEBHOOK_FAILED: Final = "WebhookFailed"
+    # A run stopped with the worker process that ran it: the next attempt runs it.
+    WORKER_STOPPED: Final = "WorkerStopped"

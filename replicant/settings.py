@@ -98,7 +98,9 @@ class Settings(BaseSettings):
     # Predictions
     prediction_retention: float = Field(
         3600.0,
-        description="Seconds after an API prediction ends before its input and output are removed.",
+        description="Seconds after an API prediction ends before its input and output are "
+        "removed (later while its `completed` webhook is still retried: that body is the final "
+        "prediction).",
     )
     prediction_timeout: float = Field(
         1800.0, description="Seconds a prediction may run before it fails."

@@ -72,7 +72,13 @@ def start_reconcile_schedule(settings: Settings) -> Schedule:
 def retention_schedule(settings: Settings) -> Schedule:
     every = timedelta(seconds=max(1.0, settings.retention_sweep_interval))
     # Overdue by one interval: a workflow that is alive has removed its data by then.
-    job = SweepRetention(retention=settings.prediction_retention, grace=every.total_seconds())
+    job = SweepRetention(
+        retention=settings.prediction_retention,
+        grace=every.total_seconds(),
+        # The workflow removes the data once the `completed` delivery is over: its last
+        # attempt starts within the retry period and takes at most the webhook timeout.
+        webhook_hold=settings.webhook_retry_period + settings.webhook_timeout,
+    )
     return Schedule(
         action=ScheduleActionStartWorkflow(
             RetentionSweepWorkflow.run,
