@@ -121,6 +121,9 @@ class PredictionActivities:
         self.webhooks = webhooks
         self.store = store
         self._versions: TTLCache[str, Version] = TTLCache(maxsize=1024, ttl=VERSION_CACHE_SECONDS)
+        # Set when the process stops a deployment instance: a cancel is then the process's,
+        # never the user's, and the run leaves the prediction to its next attempt.
+        self.stopping = False
 
     @activity.defn(name=ActivityName.RECORD_PREDICTION)
     async def record_prediction(self, req: PredictionRequest) -> None:
@@ -212,7 +215,7 @@ class PredictionActivities:
                 "failed", error=f"The model's environment could not be built: {err}"
             )
         except asyncio.CancelledError:
-            if cancel_was_requested():
+            if cancel_was_requested() and not self.stopping:
                 await asyncio.shield(finish("canceled"))
             else:
                 # Only this attempt is over (its heartbeat timed out, e.g. while Temporal was

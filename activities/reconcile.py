@@ -7,8 +7,12 @@ is waiting for a slot (fine) and is not asked about again; one whose workflow do
 exist never started and is failed with a reason that says so, its stored inputs are
 removed, and its Idempotency-Key is forgotten. Nothing ran, so the client may create it
 again (with the same key too). A pass
-asks Temporal about at most ``ReconcileStarts.asks`` workflows: a queue of thousands that a
-worker is draining is gone over a slice a pass, not all at once beside the drain.
+asks Temporal about at most ``ReconcileStarts.asks`` workflows of each kind: a queue of
+thousands that a worker is draining is gone over a slice a pass, not all at once beside the
+drain. Each pass goes on from the row after the last one the previous pass went over (the
+Schedule carries it from run to run) and wraps around to the lowest id, so every row is
+checked within ``rows / min(asks, limit)`` passes, however deep the queue and whichever worker
+runs the passes.
 
 A build's row is written before its workflow starts too, and only its workflow ends it: a
 build still running past the grace whose workflow never started, or has ended without
@@ -75,59 +79,94 @@ class ReconcileActivities:
         cutoff = utcnow() - timedelta(seconds=job.grace)
         result = ReconciledStarts()
         for kind, table in TABLES:
-            async for ids in self._pages(table, ("starting",), cutoff, job, result):
-                if result.asked >= job.asks:
-                    break  # the rest wait for the next passes: a deep queue, asked bit by bit
-                unknown = [w for w in (f"{kind}-{i}" for i in ids) if w not in self.known_started]
-                unknown = unknown[: job.asks - result.asked]
+            budget = job.asks
+            async for ids in self._scan(kind, table, ("starting",), cutoff, job):
+                # The rows up to the first unknown one past the budget are gone over; the
+                # rest wait for the next passes (a deep queue, asked bit by bit).
+                unknown: list[str] = []
+                done = len(ids)
+                for at, workflow_id in enumerate(f"{kind}-{i}" for i in ids):
+                    if workflow_id in self.known_started:
+                        continue
+                    if len(unknown) == budget:
+                        done = at
+                        break
+                    unknown.append(workflow_id)
+                budget -= len(unknown)
                 result.asked += len(unknown)
                 for workflow_id in await self._missing(unknown) if unknown else []:
                     row_id = workflow_id.removeprefix(f"{kind}-")
                     if await asyncio.to_thread(self._fail, kind, row_id):
                         log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
                         result.failed.append(workflow_id)
-        async for ids in self._pages(Build, builds.RUNNING, cutoff, job, result):
+                self._went_over(kind, ids[:done], result)
+                if done < len(ids):
+                    break
+        async for ids in self._scan("build", Build, builds.RUNNING, cutoff, job):
             for build_id, status in await self._stopped(ids):
                 ended = builds.end_orphaned
                 if await asyncio.to_thread(ended, self.engine, self.store, build_id, status):
                     how = "never_started" if status is None else status.name.lower()
                     log.warning("event=build_reconciled build=%s workflow=%s", build_id, how)
                     result.failed.append(f"build-{build_id}")
+            self._went_over("build", ids, result)
         return result
 
-    async def _pages(
+    @staticmethod
+    def _went_over(kind: str, ids: list[str], result: ReconciledStarts) -> None:
+        """Count ``ids`` checked, and the next pass goes on after the last of them."""
+        if ids:
+            result.checked += len(ids)
+            result.after[kind] = ids[-1]
+            activity.heartbeat(result.checked)
+
+    async def _scan(
         self,
+        kind: str,
         table: Any,
         statuses: Sequence[str],
         cutoff: datetime,
         job: ReconcileStarts,
-        result: ReconciledStarts,
     ) -> AsyncIterator[list[str]]:
-        """Pages of ``_page`` until there are no more or ``job.limit`` rows were checked."""
-        after = ""
-        while result.checked < job.limit:
-            ids = await asyncio.to_thread(self._page, table, statuses, cutoff, after)
-            if not ids:
-                return
-            after = ids[-1]
-            result.checked += len(ids)
-            yield ids
-            activity.heartbeat(result.checked)
+        """Pages of ``_page``, at most ``job.limit`` ids in all: from just after
+        ``job.after[kind]`` (where the last pass stopped) to the highest id, then from the
+        lowest up to it. Every row is reached within a bounded number of passes however many
+        wait, and whichever worker runs them."""
+        start = job.after.get(kind, "")
+        spans = ((start, None), ("", start)) if start else (("", None),)
+        left = job.limit
+        for after, until in spans:
+            while left > 0:
+                page = await asyncio.to_thread(
+                    self._page, table, statuses, cutoff, after, until, min(CHUNK, left)
+                )
+                if not page:
+                    break
+                left -= len(page)
+                after = page[-1]
+                yield page
 
-    def _page(self, table: Any, statuses: Sequence[str], cutoff: datetime, after: str) -> list[str]:
-        """The next ids (in id order, after ``after``) of rows in one of ``statuses`` since
-        before ``cutoff``: pages by id, so every such row is seen however many wait in a queue."""
+    def _page(
+        self,
+        table: Any,
+        statuses: Sequence[str],
+        cutoff: datetime,
+        after: str,
+        until: str | None,
+        size: int,
+    ) -> list[str]:
+        """The next ``size`` ids (in id order, after ``after``, up to ``until`` if given) of
+        rows in one of ``statuses`` since before ``cutoff``."""
+        query = (
+            select(table.id)
+            .where(col(table.status).in_(statuses))
+            .where(col(table.created_at) < cutoff)
+            .where(col(table.id) > after)
+        )
+        if until is not None:
+            query = query.where(col(table.id) <= until)
         with Session(self.engine) as session:
-            return list(
-                session.exec(
-                    select(table.id)
-                    .where(col(table.status).in_(statuses))
-                    .where(col(table.created_at) < cutoff)
-                    .where(col(table.id) > after)
-                    .order_by(col(table.id))
-                    .limit(CHUNK)
-                ).all()
-            )
+            return list(session.exec(query.order_by(col(table.id)).limit(size)).all())
 
     async def _missing(self, workflow_ids: list[str]) -> list[str]:
         """The ids Temporal has no workflow for: visibility narrows the list in one call,

@@ -1,8 +1,9 @@
 """The retention sweep: data of API predictions past their retention that still hold it.
 
-A prediction's workflow removes its data when retention ends; a workflow terminated or reset
-from the Temporal UI never does. The sweep finds those rows and removes their data as the
-workflow would have (the row stays, with ``data_removed``; a model's examples keep theirs).
+A prediction's workflow removes its data when retention ends (and its `completed` webhook
+is delivered or given up); a workflow terminated or reset from the Temporal UI never does.
+The sweep finds those rows and removes their data as the workflow would have (the row
+stays, with ``data_removed``; a model's examples keep theirs).
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ class RetentionActivities:
         return SweptPredictions(removed=removed)
 
     def _overdue(self, job: SweepRetention, size: int) -> list[str]:
-        ended_before = utcnow() - timedelta(seconds=job.retention + job.grace)
+        now = utcnow()
+        ended_before = now - timedelta(seconds=job.retention + job.grace)
+        delivered_before = now - timedelta(seconds=job.webhook_hold + job.grace)
         examples = select(ModelExample.prediction_id).where(
             col(ModelExample.prediction_id) == col(Prediction.id)
         )
@@ -63,6 +66,10 @@ class RetentionActivities:
                     .where(col(Prediction.source) == "api")
                     .where(col(Prediction.status).in_(sorted(TERMINAL_STATUSES)))
                     .where(col(Prediction.completed_at) <= ended_before)
+                    .where(
+                        col(Prediction.webhook).is_(None)
+                        | (col(Prediction.completed_at) <= delivered_before)
+                    )
                     .where(~examples.exists())
                     .order_by(col(Prediction.completed_at))
                     .limit(size)

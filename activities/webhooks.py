@@ -312,7 +312,15 @@ async def deliver_attempt(
             allow_private=allow_private,
         )
     except DeliveryFailed as err:
-        log.info("event=webhook_failed %s webhook_event=%s status=%s", subject, event, err.status)
+        # A permanent failure is not retried: this is its only line.
+        log.log(
+            logging.WARNING if err.permanent else logging.INFO,
+            "event=webhook_failed %s webhook_event=%s status=%s retried=%s",
+            subject,
+            event,
+            err.status,
+            "no" if err.permanent else "yes",
+        )
         raise ApplicationError(
             str(err),
             {"status_code": err.status},

@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.replicant = AppState(settings=settings, engine=engine)
     app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
-    app.state.metrics = Metrics(engine)
+    app.state.metrics = Metrics(engine, settings.metrics_count_interval)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import Response
-from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col
 from temporalio.client import (
@@ -65,7 +64,6 @@ from workflows.prediction import PredictionWorkflow, search_attributes
 
 log = logging.getLogger("replicant.api")
 
-PREDICTION_COLUMNS = list(Prediction.__table__.columns)  # type: ignore[attr-defined]
 
 PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
 
@@ -355,14 +353,7 @@ def _record(
     conn: Connection, req: PredictionRequest, model: Model, claim: Claim | None = None
 ) -> None:
     """The prediction's row, and one more run on its model's ``run_count``, in one
-    transaction (the id is new: no existing row to look for). Plain INSERT and UPDATE
-    statements: this is on every prediction's path, and the ORM's unit of work costs more
-    than the statements themselves."""
-    row = readmodel.prediction_from_request(req)
-    values = {column.name: getattr(row, column.name) for column in PREDICTION_COLUMNS}
+    transaction (the id is new: no existing row to look for)."""
     if claim is not None:  # first: a key in use fails before anything is written
         record_claim(conn, claim, req.id)
-    conn.execute(insert(Prediction), values)
-    # One UPDATE, so concurrent predictions never lose a count.
-    count = col(Model.run_count) + 1
-    conn.execute(update(Model).where(col(Model.id) == model.id).values(run_count=count))
+    readmodel.record_new_prediction(conn, req, col(Model.id) == model.id)

@@ -1,14 +1,17 @@
 """Prometheus metrics of an API process: ``GET /metrics``.
 
 Request latency by route template and status; predictions by status (counted in the read
-model when scraped); the backlog of every hardware queue (Temporal's approximate count,
-cached for a few seconds so scrapes do not hammer the frontend).
+model: waiting and running ones at every scrape, ended ones at most once per
+``metrics_count_interval``); the backlog of every hardware queue
+(Temporal's approximate count, cached for a few seconds so scrapes do not hammer the
+frontend).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -34,21 +37,41 @@ BACKLOG_TTL = 5.0
 metrics_router = APIRouter(tags=["metrics"])
 
 
-class ReadModelCollector(Collector):
-    """Predictions by status, counted in the read model at scrape time."""
+# Waiting and running predictions are few rows of the (status, id) index; ended ones are
+# nearly the whole table.
+_BY_STATUS = "SELECT status, count(*) FROM prediction WHERE status {} ('starting', 'processing') "
+COUNT_LIVE = text(_BY_STATUS.format("IN") + "GROUP BY status")
+COUNT_ENDED = text(_BY_STATUS.format("NOT IN") + "GROUP BY status")
 
-    def __init__(self, engine: Engine) -> None:
+
+class ReadModelCollector(Collector):
+    """Predictions by status in the read model. Waiting and running ones are counted at
+    every scrape; ended ones (all but a few rows, so a scan of the whole table) at most once
+    per ``count_interval`` seconds, scrapes in between reusing that count."""
+
+    def __init__(self, engine: Engine, count_interval: float) -> None:
         self.engine = engine
+        self.count_interval = count_interval
+        self.ended: list[tuple[str, int]] = []
+        self.counted_at: float | None = None
+        self._counting = threading.Lock()  # scrapes collect in threads
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "replicant_predictions", "Predictions in the read model by status", labels=["status"]
         )
-        with self.engine.connect() as conn:
-            query = text("SELECT status, count(*) FROM prediction GROUP BY status")
-            for status, count in conn.execute(query):
-                family.add_metric([status], count)
+        for status, count in self._counts():
+            family.add_metric([status], count)
         yield family
+
+    def _counts(self) -> list[tuple[str, int]]:
+        with self._counting, self.engine.connect() as conn:
+            now = time.monotonic()
+            if self.counted_at is None or now - self.counted_at >= self.count_interval:
+                self.ended = [(status, count) for status, count in conn.execute(COUNT_ENDED)]
+                self.counted_at = now
+            live = [(status, count) for status, count in conn.execute(COUNT_LIVE)]
+        return live + self.ended
 
 
 QUEUED_TASKS = (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY)
@@ -76,7 +99,7 @@ class QueueBacklogCollector(Collector):
 class Metrics:
     """The registry of one API app and the series in it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, count_interval: float) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "replicant_http_request_duration_seconds",
@@ -84,7 +107,7 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
-        self.registry.register(ReadModelCollector(engine))
+        self.registry.register(ReadModelCollector(engine, count_interval))
         self.backlog = QueueBacklogCollector()
         self.registry.register(self.backlog)
         self._refresh = asyncio.Lock()

@@ -50,6 +50,8 @@ BUILD_HEADER = "Replicant-Build"
 WORKFLOW_CHECK_INTERVAL = 5.0
 # A build row younger than this may be waiting for its workflow to start.
 START_GRACE = timedelta(minutes=1)
+# A build's first log line: it waits for a worker's build slot (max_concurrent_builds each).
+WAITING_FOR_A_WORKER = "waiting for a build worker"
 
 
 def too_large(limit: int) -> ProblemError:
@@ -157,7 +159,8 @@ def store_archive(store: ObjectStore, archive: Path, key: str) -> None:
 async def start_build(state: AppState, req: BuildRequest) -> None:
     """Record the build and start its workflow; 503 (the build marked failed) when Temporal
     cannot be reached."""
-    await state.db.run(_insert, Build(id=req.id, owner=req.owner, model=req.model))
+    row = Build(id=req.id, owner=req.owner, model=req.model, logs=f"{WAITING_FOR_A_WORKER}\n")
+    await state.db.run(_insert, row)
     try:
         client = await state.temporal()
         await client.start_workflow(

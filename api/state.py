@@ -97,6 +97,10 @@ class AppState:
         """The object store (files, staged inputs, outputs, weights), opened on first use."""
         return open_store(self.settings)
 
+    def signed_output_url(self, key: str) -> str:
+        """A URL of a stored object that works without a token for ``output_url_expiry``."""
+        return self.object_store.signed_url(key, self.settings.output_url_expiry)
+
     async def store(self) -> ObjectStore:
         """``object_store``, opened in a thread on first use (S3 clients may reach out)."""
         if "object_store" not in self.__dict__:

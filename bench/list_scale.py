@@ -92,8 +92,9 @@ def insert_predictions(engine: Engine, count: int, start: int) -> list[str]:
         with engine.begin() as conn:
             conn.execute(insert(Prediction), rows)
     # As a long-lived table is: statistics current, visibility map set (index-only checks).
+    postgres = engine.dialect.name == "postgresql"
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text("VACUUM ANALYZE prediction"))
+        conn.execute(text("VACUUM ANALYZE prediction" if postgres else "ANALYZE prediction"))
     return ids
 
 

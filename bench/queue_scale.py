@@ -11,15 +11,19 @@
    burst away (its CPU use back near idle; the wait is printed), the same calls are timed
    again (GET of random queued ids) and memory is read again, per 1,000 queued.
 4. The worker is started: drain throughput from its start to the last completion, and the
-   worker's peak memory meanwhile. Then the calls are timed once more, idle again with the
-   drained rows in the table: this tells rows in the read model from work queued in Temporal.
+   worker's peak memory meanwhile; every 10 s the completions, the load, and from the
+   worker's SDK metrics the workflows it caches, those it evicted and its workflow tasks.
+   Then the calls are timed once more, idle again with the drained rows in the table: this
+   tells rows in the read model from work queued in Temporal.
+5. With ``--short N``, N predictions are queued and drained the same way just before step 3
+   and just after step 4: a short queue's drain at the load of the deep one's.
 
 Beside each timed phase: the CPU share of the API, Temporal and the worker, and the machine's
 load average (the machine is shared; a busy neighbour shows there).
 
 Goal, printed beside the figures: API p95 within 1.2x of idle at 10,000 queued.
 
-Run: ``.venv/bin/python bench/queue_scale.py [--queued 10000] [--requests 300]
+Run: ``.venv/bin/python bench/queue_scale.py [--queued 10000] [--requests 300] [--short 200]
 [--database postgres|sqlite]``.
 """
 
@@ -47,7 +51,7 @@ from sqlmodel import Session, col, select
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stacks import ADMIN_URL, bench_stack, postgres_bench_stack  # noqa: E402
-from replicant.devstack import Stack  # noqa: E402
+from replicant.devstack import Stack, free_port  # noqa: E402
 from replicant.tables import Prediction  # noqa: E402
 from replicant.timeutil import as_utc  # noqa: E402
 from workers.runners.memory import process_tree, tree_rss  # noqa: E402
@@ -65,6 +69,7 @@ MB = 1024 * 1024
 SETTLE_CPU = 0.10
 SETTLE_WINDOW = 2.0
 SETTLE_MAX = 300.0
+INTERVAL = 10.0  # seconds between the drain's counts
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,18 +204,56 @@ def unfinished(engine: Engine) -> int:
         return int(conn.execute(query).scalar_one())
 
 
+# The worker's Temporal SDK metrics read at each interval of a drain (hardware queue only).
+SDK_METRICS = {
+    "cached": "temporal_sticky_cache_size",
+    "evicted": "temporal_sticky_cache_total_forced_eviction",
+    "tasks": "temporal_workflow_task_execution_latency_count",
+}
+
+
+async def sdk_metrics(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """The SDK_METRICS of the hardware queue ``cpu`` from a worker's Prometheus page."""
+    found = dict.fromkeys(SDK_METRICS, 0.0)
+    with contextlib.suppress(httpx.HTTPError):
+        page = (await client.get(url)).text
+        for line in page.splitlines():
+            name, _, rest = line.partition("{")
+            for key, metric in SDK_METRICS.items():
+                if name == metric and 'task_queue="replicant-hw-cpu"' in rest:
+                    found[key] += float(line.rsplit(" ", 1)[1])
+    return found
+
+
 async def drain(stack: Stack, engine: Engine, ids: list[str], limit: float) -> dict[str, float]:
     """Start the worker and wait until every queued prediction ended (or ``limit`` seconds
-    passed); throughput and the worker's peak memory."""
+    passed); throughput and the worker's peak memory. Every INTERVAL it prints the
+    completions, the load, and from the worker's SDK metrics the workflows it caches, those
+    it evicted to make room, and the workflow tasks it handled so far."""
+    port = free_port()
     started = datetime.now(UTC)
-    worker = stack.start_worker()
+    worker = stack.start_worker(env={"REPLICANT_TEMPORAL_METRICS_PORT": str(port)})
     peak = 0
-    until = time.monotonic() + limit
-    while unfinished(engine) and time.monotonic() < until:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with {worker.returncode}")
-        peak = max(peak, tree_rss(worker.pid))
-        await asyncio.sleep(0.5)
+    begun = time.monotonic()
+    until = begun + limit
+    left, mark = len(ids), begun
+    print(f"\ndrain of {len(ids):,}, every {INTERVAL:.0f} s since the worker's start:")
+    print(f"{'s':>6}{'ended':>8}{'load':>7}{'cached':>8}{'evicted':>9}{'wf tasks':>10}")
+    async with httpx.AsyncClient(timeout=5) as client:
+        while (now_left := unfinished(engine)) and time.monotonic() < until:
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}")
+            peak = max(peak, tree_rss(worker.pid))
+            if time.monotonic() - mark >= INTERVAL:
+                mark = time.monotonic()
+                sdk = await sdk_metrics(client, f"http://127.0.0.1:{port}/metrics")
+                print(
+                    f"{mark - begun:>6.0f}{left - now_left:>8}{os.getloadavg()[0]:>7.1f}"
+                    f"{sdk['cached']:>8.0f}{sdk['evicted']:>9.0f}{sdk['tasks']:>10.0f}",
+                    flush=True,
+                )
+                left = now_left
+            await asyncio.sleep(0.5)
     peak = max(peak, tree_rss(worker.pid))
     wanted = set(ids)
     with Session(engine) as session:
@@ -231,7 +274,30 @@ async def drain(stack: Stack, engine: Engine, ids: list[str], limit: float) -> d
         "running_s": (last - first).total_seconds(),
         "succeeded": succeeded,
         "worker_peak": peak,
+        "load": os.getloadavg()[0],
     }
+
+
+def print_drain(drained: dict[str, float], queued: int, limit: float) -> None:
+    print(
+        f"\ndrain: {drained['succeeded']:,} of {queued:,} succeeded (of {drained['ended']:,} "
+        f"ended within the {limit:.0f} s allowed); worker start to first completion "
+        f"{drained['boot_s']:.1f} s, to last {drained['total_s']:.1f} s: "
+        f"{drained['ended'] / drained['total_s']:.1f} predictions/s "
+        f"({drained['ended'] / max(drained['running_s'], 1e-9):.1f}/s from the first "
+        f"completion), load {drained['load']:.1f} at its end",
+        flush=True,
+    )
+
+
+async def short_drain(
+    stack: Stack, engine: Engine, client: httpx.AsyncClient, count: int, limit: float
+) -> None:
+    """A short queue's drain at the same load as the deep one, for comparison."""
+    stack.stop("worker")
+    ids = await create_many(client, count)
+    await settle(stack)
+    print_drain(await drain(stack, engine, ids, limit), count, limit)
 
 
 CALLS = (("get", "GET /v1/predictions/{id}"), ("list", "GET /v1/predictions"))
@@ -264,7 +330,13 @@ def print_reads(phases: dict[str, Phase], n: int) -> None:
 
 
 async def run(
-    stack: Stack, engine: Engine, token: str, queued: int, requests: int, drain_limit: float
+    stack: Stack,
+    engine: Engine,
+    token: str,
+    queued: int,
+    requests: int,
+    drain_limit: float,
+    short: int,
 ) -> None:
     settings = stack.settings
     headers = {"Authorization": f"Bearer {token}"}
@@ -276,6 +348,8 @@ async def run(
         idle_memory = memory(stack)
         idle_db = (settings.data_dir / "temporal.db").stat().st_size
 
+        if short:  # a short queue drained just before the deep one is queued
+            await short_drain(stack, engine, client, short, drain_limit)
         stack.stop("worker")
         started = time.perf_counter()
         ids = await create_many(client, queued)
@@ -301,6 +375,9 @@ async def run(
             print("\n".join(f"  {line}" for line in plan), flush=True)
 
         drained = await drain(stack, engine, ids, drain_limit)
+        print_drain(drained, queued, drain_limit)
+        if short and drained["ended"] == queued:  # the short queue again, after the deep one
+            await short_drain(stack, engine, client, short, drain_limit)
         if drained["ended"] == queued:
             await settle(stack)
             phases["drained"] = await timed_phase(stack, client, ids, requests)
@@ -322,13 +399,7 @@ async def run(
         f"{'temporal.db size':<28}{db_idle:>10.1f}{db_queued:>12.1f}"
         f"{(db_queued - db_idle) * per:>14.2f}"
     )
-    print(
-        f"\ndrain: {drained['succeeded']:,} of {queued:,} succeeded (of {drained['ended']:,} "
-        f"ended within the {drain_limit:.0f} s allowed); worker start to first completion "
-        f"{drained['boot_s']:.1f} s, to last {drained['total_s']:.1f} s: "
-        f"{drained['ended'] / drained['total_s']:.1f} predictions/s "
-        f"({drained['ended'] / max(drained['running_s'], 1e-9):.1f}/s from the first completion)"
-    )
+    print_drain(drained, queued, drain_limit)
 
 
 def main() -> None:
@@ -343,6 +414,12 @@ def main() -> None:
         default=3600.0,
         help="stop waiting for the drain after this long (throughput of what ended by then)",
     )
+    parser.add_argument(
+        "--short",
+        type=int,
+        default=0,
+        help="also drain a queue this short just before and just after the deep one",
+    )
     args = parser.parse_args()
     # A database of its own on the local server, dropped after the stack has stopped; or
     # the stack's own SQLite file.
@@ -355,7 +432,8 @@ def main() -> None:
         token = stack.start()
         engine = create_engine(stack.settings.resolved_database_url)
         try:
-            asyncio.run(run(stack, engine, token, args.queued, args.requests, args.drain_seconds))
+            drain_args = (args.drain_seconds, args.short)
+            asyncio.run(run(stack, engine, token, args.queued, args.requests, *drain_args))
         finally:
             engine.dispose()
 

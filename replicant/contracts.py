@@ -121,22 +121,27 @@ class ExpiredFiles(BaseModel):
 class ReconcileStarts(BaseModel):
     """Input of ``StartReconcileWorkflow``: settle ``starting`` rows older than
     ``grace`` seconds whose workflow does not exist, and builds as old still running whose
-    workflow does not run, at most ``limit`` rows a run, asking Temporal about at most
-    ``asks`` workflows a run (rows whose workflow a pass has already found are not asked
-    about again; the rest wait for the next passes)."""
+    workflow does not run, at most ``limit`` rows of each kind a run, asking Temporal about
+    at most ``asks`` workflows of each kind a run (rows whose workflow a pass has already
+    found are not asked about again; the rest wait for the next passes). Each kind's rows
+    are gone over in id order from just after ``after[kind]`` (the id where the last run
+    stopped; none: the lowest), wrapping around to the lowest."""
 
     grace: float = 60.0
     limit: int = 100_000
     asks: int = 200
+    after: dict[str, str] = {}
 
 
 class ReconciledStarts(BaseModel):
-    """What a reconcile run found: rows checked, workflows asked about, and rows failed for
-    want of a workflow."""
+    """What a reconcile run found: rows checked, workflows asked about, rows failed for
+    want of a workflow, and by kind the id of the last row it went over (where the next run
+    goes on)."""
 
     checked: int = 0
     asked: int = 0
     failed: list[str] = []
+    after: dict[str, str] = {}
 
 
 class SweepRetention(BaseModel):
@@ -147,6 +152,9 @@ class SweepRetention(BaseModel):
     retention: float
     grace: float = 0.0
     limit: int = 10000
+    # A prediction with a webhook keeps its data until its `completed` delivery is over (the
+    # body is the final prediction): at least this many seconds after it ended.
+    webhook_hold: float = 0.0
 
 
 class SweptPredictions(BaseModel):
@@ -413,3 +421,5 @@ class ErrorType:
     NO_WEBHOOK: Final = "NoWebhook"
     WEBHOOK_REFUSED: Final = "WebhookRefused"
     WEBHOOK_FAILED: Final = "WebhookFailed"
+    # A run stopped with the worker process that ran it: the next attempt runs it.
+    WORKER_STOPPED: Final = "WorkerStopped"

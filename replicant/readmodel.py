@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
-from sqlalchemy.engine import Engine
+from sqlalchemy import insert, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from replicant.contracts import PredictionRequest
-from replicant.tables import TERMINAL_STATUSES, ModelExample, Prediction
+from replicant.tables import TERMINAL_STATUSES, Model, ModelExample, Prediction
 from replicant.timeutil import as_utc, utcnow
 
 
@@ -40,12 +41,34 @@ def prediction_from_request(req: PredictionRequest) -> Prediction:
     )
 
 
-def insert_prediction(engine: Engine, req: PredictionRequest) -> None:
-    """Create the row for a new prediction unless it exists (workflow retries)."""
-    with Session(engine) as session:
-        if session.get(Prediction, req.id) is None:
-            session.add(prediction_from_request(req))
-            session.commit()
+PREDICTION_COLUMNS = list(Prediction.__table__.columns)  # type: ignore[attr-defined]
+
+
+def record_new_prediction(conn: Connection, req: PredictionRequest, model: Any) -> None:
+    """INSERT the prediction's row and count one more run of its model (``model``: a WHERE
+    clause on ``Model``), in the caller's transaction. Plain statements: this is on every
+    prediction's path, and the ORM's unit of work costs more than the statements themselves."""
+    row = prediction_from_request(req)
+    conn.execute(insert(Prediction), {c.name: getattr(row, c.name) for c in PREDICTION_COLUMNS})
+    # One UPDATE, so concurrent predictions never lose a count.
+    conn.execute(update(Model).where(model).values(run_count=col(Model.run_count) + 1))
+
+
+def insert_prediction(engine: Engine, req: PredictionRequest) -> bool:
+    """Create the row of a prediction started outside the API and count its run, unless the
+    row exists (a retried activity): a prediction counts once, whoever started it."""
+    owner, _, name = req.model.partition("/")
+    try:
+        with engine.begin() as conn:
+            record_new_prediction(
+                conn, req, (col(Model.owner) == owner) & (col(Model.name) == name)
+            )
+    except IntegrityError:
+        with Session(engine) as session:
+            if session.get(Prediction, req.id) is None:
+                raise
+        return False
+    return True
 
 
 def update_open_stmt(table: Any, row_id: str, values: dict[str, Any]) -> Any:

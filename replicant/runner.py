@@ -77,6 +77,7 @@ class ModelRunner(Protocol):
     async def predict(
         self,
         spec: RunnerSpec,
+        /,
         prediction_id: str,
         input: dict[str, Any],
         on_update: OnUpdate | None = None,

@@ -147,10 +147,7 @@ def training(
         },
     }
     if row.output:
-        output = dict(row.output)
-        if row.weights_key and weights_url is not None:
-            output["weights"] = weights_url(row.weights_key)
-        fields["output"] = output
+        fields["output"] = training_output(row, weights_url)
     _set(
         fields,
         started_at=isoformat(row.started_at),
@@ -160,6 +157,17 @@ def training(
     if row.webhook:
         _set(fields, webhook=row.webhook, webhook_events_filter=row.webhook_events_filter)
     return responses.Training.model_validate(fields)
+
+
+def training_output(
+    row: tables.Training, weights_url: Callable[[str], str] | None
+) -> dict[str, Any]:
+    """A training's ``output``: the new version, and the signed URL of its stored weights
+    when ``weights_url`` signs one (what the training object and its stream both carry)."""
+    output = dict(row.output or {})
+    if row.weights_key and weights_url is not None:
+        output["weights"] = weights_url(row.weights_key)
+    return output
 
 
 def training_json(

@@ -98,7 +98,9 @@ class Settings(BaseSettings):
     # Predictions
     prediction_retention: float = Field(
         3600.0,
-        description="Seconds after an API prediction ends before its input and output are removed.",
+        description="Seconds after an API prediction ends before its input and output are "
+        "removed (later while its `completed` webhook is still retried: that body is the final "
+        "prediction).",
     )
     prediction_timeout: float = Field(
         1800.0, description="Seconds a prediction may run before it fails."
@@ -132,10 +134,18 @@ class Settings(BaseSettings):
     reconcile_asks: int = Field(
         200,
         ge=1,
-        description="Workflows the reconciler asks Temporal about in one pass at most; the "
-        "`starting` rows beyond wait for the next passes. A pass asks once about each row "
-        "(the reconciler then remembers the workflow exists), so a deep queue is gone over "
-        "this many rows a pass instead of all at once, while a worker drains it.",
+        description="Workflows the reconciler asks Temporal about in one pass at most, for "
+        "predictions and for trainings each; the `starting` rows beyond wait for the next "
+        "passes. A pass asks once about each row (the reconciler then remembers the workflow "
+        "exists), so a deep queue is gone over this many rows a pass instead of all at once, "
+        "while a worker drains it. Each pass goes on after the row where the last one stopped "
+        "and wraps around, so every row is checked within a bounded number of passes.",
+    )
+    reconcile_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Rows of each kind (predictions, trainings, builds) the reconciler goes "
+        "over in one pass at most; the next pass goes on after the last of them.",
     )
     fault_kill_before_start: bool = Field(
         False,
@@ -263,7 +273,10 @@ class Settings(BaseSettings):
         1024 * 1024,
         ge=1,
         description="The most characters of logs a prediction or training keeps: beyond it, "
-        "its first line says how much was left out, and the last this many follow.",
+        "its first line says how much was left out, and the last this many follow. A "
+        "streaming (iterator) prediction's are kept within it in the model's own process "
+        "(coglet copies them whole on every line): their first half as printed, then a line "
+        "saying how much was left out, then their end, written when the prediction ends.",
     )
     max_output_size: int = Field(
         16 * 1024 * 1024,
@@ -311,7 +324,9 @@ class Settings(BaseSettings):
     )
     webhook_timeout: float = Field(10.0, description="Seconds one webhook delivery may take.")
     stream_keepalive: float = Field(
-        15.0, description="Seconds between keep-alive comments of an idle SSE stream."
+        15.0,
+        description="Seconds without an event after which an SSE stream sends a keep-alive "
+        "comment (and again after each further such quiet interval).",
     )
     secret_key: str | None = Field(
         None,
@@ -372,6 +387,14 @@ class Settings(BaseSettings):
         0,
         description="The port of a worker's Temporal SDK metrics (Prometheus, on `api_host`); "
         "0 turns it off.",
+    )
+    metrics_count_interval: float = Field(
+        60.0,
+        description="Seconds an API process reuses its count of ended predictions by status "
+        "(the `replicant_predictions` gauge of `/metrics`: a scan of the whole table) for "
+        "further scrapes; waiting and running ones are counted at every scrape. 0 counts all "
+        "at every scrape.",
+        ge=0,
     )
 
     @field_validator("rate_limit_create", "rate_limit_default")

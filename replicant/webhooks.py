@@ -124,7 +124,8 @@ async def deliver(
 ) -> int:
     """POST one signed delivery; the receiver's 2xx status, or ``DeliveryFailed``.
 
-    Redirects are not followed (a 3xx is a failure); the URL must pass the SSRF rules.
+    Redirects are not followed: a 3xx is a permanent failure (never retried); the URL must
+    pass the SSRF rules.
     """
     try:
         host = check_target(url, allow_private)
@@ -154,12 +155,18 @@ async def deliver(
         raise DeliveryFailed(f"webhook receiver timed out after {time_limit:g}s") from err
     except httpx.HTTPError as err:
         raise DeliveryFailed(f"webhook receiver unreachable: {type(err).__name__}") from err
-    if 200 <= response.status_code < 300:
-        return response.status_code
-    kind = "redirect (not followed)" if response.is_redirect else "answer"
-    raise DeliveryFailed(
-        f"webhook receiver {kind}: HTTP {response.status_code}", status=response.status_code
-    )
+    status = response.status_code
+    if 200 <= status < 300:
+        return status
+    if 300 <= status < 400:
+        # Following it would skip the SSRF check of the new target, and the receiver will
+        # answer the same URL the same way next time: a permanent failure, not retried.
+        raise DeliveryFailed(
+            f"webhook receiver redirect (not followed, not retried): HTTP {status}",
+            status=status,
+            permanent=True,
+        )
+    raise DeliveryFailed(f"webhook receiver answer: HTTP {status}", status=status)
 
 
 def http_client() -> httpx.AsyncClient:

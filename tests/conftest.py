@@ -45,6 +45,7 @@ HEARTBEAT_TIMEOUT = 3.0
 WEBHOOK_RETRY_PERIOD = 60.0
 WEBHOOK_TIMEOUT = 2.0
 STREAM_KEEPALIVE = 1.0
+METRICS_COUNT_INTERVAL = 1.0
 # Deployments scale down after this many idle seconds, and can be deleted after this many.
 DEPLOYMENT_IDLE = 2.0
 DEPLOYMENT_DELETE_IDLE = 6.0
@@ -117,6 +118,7 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "webhook_retry_period": WEBHOOK_RETRY_PERIOD,
         "webhook_timeout": WEBHOOK_TIMEOUT,
         "stream_keepalive": STREAM_KEEPALIVE,
+        "metrics_count_interval": METRICS_COUNT_INTERVAL,
         "deployment_idle_timeout": DEPLOYMENT_IDLE,
         "deployment_delete_idle": DEPLOYMENT_DELETE_IDLE,
         "deployment_check_interval": 0.5,

@@ -1,7 +1,7 @@
 """Probes for the states a test waits on (use them with ``tests.waiting``): where a
-prediction's run activity is in Temporal (queued for a slot, started, retrying), the failed
-activity attempts of its workflow (e.g. refused webhook deliveries), and which coglet
-processes run a version (booting or warm).
+prediction's run activity (or a build's) is in Temporal (queued for a slot, started,
+retrying), the failed activity attempts of its workflow (e.g. refused webhook deliveries),
+and which coglet processes run a version (booting or warm).
 """
 
 from __future__ import annotations
@@ -21,13 +21,27 @@ SCHEDULED = PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
 STARTED = PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
 
 
-async def run_activity(temporal: Client, prediction_id: str) -> PendingActivityInfo | None:
-    """The pending run activity of a prediction's workflow, or None while there is none."""
-    described = await temporal.get_workflow_handle(f"prediction-{prediction_id}").describe()
+async def pending_activity(
+    temporal: Client, workflow_id: str, name: str
+) -> PendingActivityInfo | None:
+    """The pending activity ``name`` of a workflow, or None while there is none."""
+    described = await temporal.get_workflow_handle(workflow_id).describe()
     for pending in described.raw_description.pending_activities:
-        if pending.activity_type.name == ActivityName.RUN_PREDICTION:
+        if pending.activity_type.name == name:
             return pending
     return None
+
+
+async def run_activity(temporal: Client, prediction_id: str) -> PendingActivityInfo | None:
+    """The pending run activity of a prediction's workflow, or None while there is none."""
+    return await pending_activity(
+        temporal, f"prediction-{prediction_id}", ActivityName.RUN_PREDICTION
+    )
+
+
+async def build_activity(temporal: Client, build_id: str) -> PendingActivityInfo | None:
+    """The pending ``build_version`` activity of a build's workflow, or None."""
+    return await pending_activity(temporal, f"build-{build_id}", ActivityName.BUILD_VERSION)
 
 
 async def failed_attempts(temporal: Client, prediction_id: str) -> list[tuple[datetime, str]]:

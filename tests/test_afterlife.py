@@ -1,9 +1,11 @@
 """A prediction's after-life needs no worker of its hardware, and a sweep removes the data
-of predictions whose workflow was terminated.
+of predictions whose workflow was terminated; a worker stopped (SIGTERM) while it runs a
+prediction, of a hardware queue or of a deployment, leaves the prediction to the next one.
 
 A stack of its own: the orchestration worker (which serves gpu-t4 too) and a worker of the
-cpu queue alone, which this module SIGKILLs once a run is over; a short retention and a
-retention sweep every second.
+cpu queue alone, which this module SIGKILLs once a run is over; a short retention, a
+retention sweep every second, `completed` retries at most 2 s apart, and room for runs
+longer than a stopping worker waits for them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -23,12 +26,21 @@ from replicant.db import make_engine
 from replicant.devstack import Stack, wait_for_health
 from replicant.temporal import connect
 from tests.conftest import LiveStack, stack_settings, suite_database
-from tests.receiver import Receiver, running_receiver
+from tests.observe import failed_attempts
+from tests.receiver import Receiver, refusing_receiver, running_receiver
+from tests.test_deployment_instances import retire
+from tests.test_deployments import get, poll, unique
+from tests.test_replay import replayer, save
 from tests.test_webhooks import delivered_completed, verify_all
-from tests.workflow_runs import run_histories
+from tests.waiting import async_wait_until
+from tests.workflow_runs import all_events, run_histories
+from workers.deployments import STOP_GRACE
 
 RETENTION = 10.0
 HELLO = "replicate/hello-world"
+SLEEP = "replicant/sleep"
+# Longer than a stopping worker waits for a deployment's running predictions (STOP_GRACE).
+LONG_RUN = STOP_GRACE * 4
 CPU_WORKER = "worker-cpu"
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +52,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(suite_database())
         settings = stack_settings(
-            data_dir, prediction_retention=RETENTION, retention_sweep_interval=1.0, **database
+            data_dir,
+            prediction_retention=RETENTION,
+            retention_sweep_interval=1.0,
+            webhook_retry_max_interval=2.0,
+            prediction_timeout=LONG_RUN * 3,
+            **database,
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
@@ -143,3 +160,115 @@ async def test_sweep_removes_the_data_of_a_terminated_prediction(stack: LiveStac
     assert removed["data_removed"] is True
     assert removed["output"] is None and removed["input"] == {}
     assert removed["status"] == "succeeded"
+
+
+async def test_a_completed_webhook_delivered_after_retention_carries_the_final_prediction(
+    stack: LiveStack,
+) -> None:
+    temporal = await connect(stack.settings)
+    with refusing_receiver() as (receiver, come_back), stack.client() as api:
+        body = {"webhook": receiver.url, "webhook_events_filter": ["completed"]}
+        created = await asyncio.to_thread(predict, api, {"input": {"text": "late"}, **body})
+        # Down until retention is over, and the sweep's line (one interval more) too.
+        overdue = datetime.fromisoformat(created["completed_at"]) + timedelta(seconds=RETENTION + 2)
+        await async_wait_until(
+            lambda: failed_attempts(temporal, created["id"]),
+            lambda failed: any(when > overdue for when, _ in failed),
+            what=f"a refused delivery of {created['id']} past its retention",
+            timeout=RETENTION + 60,
+            interval=0.5,
+        )
+        kept = api.get(f"/v1/predictions/{created['id']}").json()
+        assert kept["data_removed"] is False and kept["output"] == "hello late"
+        come_back()
+        [delivery] = await asyncio.to_thread(receiver.wait, delivered_completed, created["id"])
+        verify_all(api.get("/v1/webhooks/default/secret").json()["key"], [delivery])
+        final = delivery.json()
+        assert final["status"] == "succeeded" and final["output"] == "hello late"
+        assert final["input"] == {"text": "late"} and final["data_removed"] is False
+    # Then, the delivery over, the data goes.
+    removed = await asyncio.to_thread(
+        stack.wait_for, created["id"], lambda p: p["data_removed"], 60
+    )
+    assert removed["output"] is None and removed["input"] == {}
+    # The after-life that waited for its webhook before removing the data replays.
+    workflow_id = f"prediction-{created['id']}"
+    await temporal.get_workflow_handle(workflow_id).result()
+    _, after_life = await run_histories(temporal, workflow_id)
+    save("prediction-webhook-after-life", after_life)
+    await replayer().replay_workflow(after_life)
+
+
+def _stopped_mid_run(stack: LiveStack, prediction_id: str, seconds: float) -> None:
+    """Stop the cpu worker as an orchestrator would (SIGTERM) while the sleep prediction runs,
+    start another; the prediction still sleeps its ``seconds`` and succeeds."""
+    # The sleep model's environment may be built on this first run: not within a short wait.
+    running = stack.wait_for(prediction_id, lambda p: p["status"] != "starting", 600)
+    assert running["status"] == "processing", running
+    stack.stack.stop(CPU_WORKER, sig=signal.SIGTERM)
+    stack.stack.start_worker(CPU_WORKER, "--no-orchestration", "--hardware", "cpu")
+    final = stack.wait_for(prediction_id, timeout=180)
+    assert final["status"] == "succeeded", final
+    assert final["output"] == f"slept for {seconds:g} seconds"
+
+
+async def _last_run_attempt(stack: LiveStack, prediction_id: str) -> tuple[int, str]:
+    """The attempt of the run activity that ran last (history records the last one only), and
+    why the one before it ended."""
+    events = await all_events(await connect(stack.settings), f"prediction-{prediction_id}")
+    runs = {
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "run_prediction"
+    }
+    [started] = [
+        e.activity_task_started_event_attributes
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.scheduled_event_id in runs
+    ]
+    return started.attempt, started.last_failure.message
+
+
+async def test_a_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
+    stack: LiveStack,
+) -> None:
+    with stack.client() as api:
+        created = api.post(f"/v1/models/{SLEEP}/predictions", json={"input": {"seconds": 6}})
+    assert created.status_code == 201, created.text
+    prediction_id = created.json()["id"]
+    await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, 6)
+    # Temporal's worker ends the attempt it could not finish; the next attempt runs it.
+    assert await _last_run_attempt(stack, prediction_id) == (
+        2,
+        "Worker is shutting down and this activity did not complete in time",
+    )
+
+
+async def test_a_deployment_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
+    stack: LiveStack,
+) -> None:
+    with stack.client() as api:
+        owner = api.get("/v1/account").json()["username"]
+        name = unique("stopped")
+        version = api.get(f"/v1/models/{SLEEP}").json()["latest_version"]["id"]
+        deployment = {"name": name, "model": SLEEP, "version": version, "hardware": "cpu"}
+        created = api.post(
+            "/v1/deployments", json={**deployment, "min_instances": 1, "max_instances": 1}
+        )
+        assert created.status_code == 200, created.text
+        try:
+            poll(lambda: get(api, owner, name), lambda d: d["instances"] == 1, 600)
+            started = api.post(
+                f"/v1/deployments/{owner}/{name}/predictions", json={"input": {"seconds": LONG_RUN}}
+            )
+            assert started.status_code == 201, started.text
+            prediction_id = started.json()["id"]
+            await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, LONG_RUN)
+            # The stopping host ends the attempt without a terminal state, then the model
+            # process; the next attempt runs on the next worker's instance.
+            attempt = await _last_run_attempt(stack, prediction_id)
+            assert attempt == (2, "the worker running it stopped")
+        finally:
+            retire(api, owner, name)

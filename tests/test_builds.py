@@ -8,10 +8,12 @@ sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,10 +22,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
 from activities.builds import BuildAbandoned, BuildLog
 from api.app import create_app
+from api.push import WAITING_FOR_A_WORKER
 from replicant.accounts import create_account
 from replicant.archives import pack_model
 from replicant.devstack import free_port
@@ -32,6 +36,9 @@ from replicant.settings import Settings
 from replicant.tables import Build
 from replicant.temporal import connect
 from tests.conftest import LiveStack
+from tests.observe import SCHEDULED, STARTED, build_activity
+from tests.waiting import async_wait_until
+from tests.workflow_runs import all_events
 
 GATED_MODEL = """\
 import time
@@ -289,3 +296,65 @@ def test_a_push_that_cannot_start_its_build_is_refused_with_503(tmp_path: Path) 
     store = app.state.replicant.object_store
     assert store.stat(build_archive(build.id)) is None  # the archive went with it
     assert list((settings.data_dir / "uploads").iterdir()) == []
+
+
+async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    """A worker runs ``max_concurrent_builds`` builds at once (each a pip run); a push
+    beyond them is accepted and its build waits in the build queue, not refused."""
+    slots = live.settings.max_concurrent_builds
+    temporal = await connect(live.settings)
+    ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
+    timeout = httpx.Timeout(30.0, read=BUILD_TIMEOUT)
+    gates: list[Path] = []
+    with contextlib.ExitStack() as pushes, httpx.Client(timeout=timeout) as client:
+
+        def push(name: str) -> tuple[str, httpx.Response]:
+            body, gate = gated_model(tmp_path / name)
+            gates.append(gate)
+            ref = f"{live.settings.default_account}/{name}-{tmp_path.name[-6:].lower()}"
+            response = pushes.enter_context(
+                client.stream(
+                    "POST",
+                    f"{live.url}/v1/models/{ref}/versions",
+                    params={"create": "true"},
+                    content=body,
+                    headers=ndjson,
+                )
+            )
+            assert response.status_code == 200
+            return response.headers["Replicant-Build"], response
+
+        held = [push(f"held{i}") for i in range(slots)]
+        for build_id, _ in held:  # each waits at its gate, in a slot
+            await async_wait_until(
+                lambda b=build_id: build_activity(temporal, b),
+                lambda pending: pending is not None and pending.state == STARTED,
+                what=f"build {build_id} running",
+                timeout=BUILD_TIMEOUT,
+            )
+        queued_id, queued = push("queued")
+        gates[-1].touch()  # nothing holds this one but the slots
+        queued_events = events(queued.iter_lines())
+        assert next(queued_events)["message"] == WAITING_FOR_A_WORKER  # said at once
+        await async_wait_until(
+            lambda: build_activity(temporal, queued_id),
+            lambda pending: pending is not None and pending.state == SCHEDULED,
+            what="the third build scheduled on the build queue",
+        )
+        released_at = datetime.now(UTC)
+        gates[0].touch()
+        last = list(queued_events)[-1]
+        assert last["event"] == "version" and last["status"] == 201, last
+        # It started only once a held build ended, which only the open gate allowed.
+        started = [
+            e.event_time.ToDatetime(tzinfo=UTC)
+            for e in await all_events(temporal, f"build-{queued_id}")
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        ]
+        assert started and started[0] >= released_at, (started, released_at)
+        for gate in gates:
+            gate.touch()
+        for _, response in held:
+            assert list(events(response.iter_lines()))[-1]["event"] == "version"

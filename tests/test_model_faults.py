@@ -19,6 +19,7 @@ import pytest
 
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, own_stack
+from workers.model_entry import held_back_line
 from workers.runners.answer import logs_marker, output_too_large
 from workers.runners.coglet import worker_died_error
 
@@ -28,6 +29,8 @@ PROCESS_DIED = worker_died_error(oom_killed=False)
 SETUP_TIMEOUT = 6.0
 MB = 1024 * 1024
 LOGS_MB = 100
+# A streaming model prints its 100 MB in chunks of this many, an output after each.
+STREAM_CHUNK_MB = 10
 OUTPUT_MB = 50
 # An output under the limit (REPLICANT_MAX_OUTPUT_SIZE, 16 MB by default) comes back whole.
 ALLOWED_OUTPUT_MB = 5
@@ -41,7 +44,7 @@ MEMORY_BOUND = 48 * MB
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     overrides = {"setup_timeout": SETUP_TIMEOUT, "prediction_timeout": 120.0}
     with own_stack(tmp_path_factory, "faults", **overrides) as live:
-        for name in ("faults", "setuphang"):
+        for name in ("faults", "setuphang", "logstream"):
             model = ensure_model(live.engine, live.settings.default_account, name)
             create_version(live.settings, live.engine, model, MODELS / name)
         yield live
@@ -147,6 +150,31 @@ def test_100_mb_of_logs_keep_their_last_megabyte_in_bounded_memory(faulty: LiveS
     assert final["logs"].startswith(marker), final["logs"][:300]
     assert len(final["logs"]) == len(marker) + limit
     assert final["logs"].endswith(("x" * 1023 + "\n") * 1000)
+    assert_bounded(growth)
+    still_serving(faulty)
+
+
+def test_a_streaming_model_printing_100_mb_of_logs_ends_with_its_outputs_and_their_ends(
+    faulty: LiveStack,
+) -> None:
+    """coglet copies a streaming prediction's whole logs on every line (its webhook payload),
+    which 100 MB would make hours: the model's process keeps them within the limit, their
+    first half as printed and their end, with a line saying how much was left out between."""
+    model = f"{faulty.settings.default_account}/logstream"
+    run(faulty, model, {"chunks": 1, "mb": 0})  # booted before the memory is measured
+    chunks = LOGS_MB // STREAM_CHUNK_MB
+    with peak_growth(faulty, ("worker", "api")) as growth:
+        final = run(faulty, model, {"chunks": chunks, "mb": STREAM_CHUNK_MB})
+    assert final["status"] == "succeeded", final.get("error")
+    assert final["output"] == [f"chunk {i}" for i in range(chunks)]
+    limit = faulty.settings.max_log_size
+    head = limit // 2
+    tail = limit - head - len(held_back_line(10**18))
+    line = "x" * 1023 + "\n"
+    printed = line * (limit // len(line) + 1)
+    left_out = held_back_line(LOGS_MB * MB - head - tail)
+    assert final["logs"][:head] == printed[:head]
+    assert final["logs"][head:] == left_out + printed[-tail:], final["logs"][head : head + 100]
     assert_bounded(growth)
     still_serving(faulty)
 

@@ -15,6 +15,8 @@ import replicate
 from replicate.exceptions import ReplicateError
 from sqlmodel import Session, select
 
+from replicant import readmodel
+from replicant.contracts import PredictionRequest
 from replicant.ids import new_id
 from replicant.settings import Settings
 from replicant.tables import Deployment, Model, Version
@@ -32,9 +34,10 @@ from tests.modelkit import (
     someone,
     write_model,
 )
-from tests.workflow_runs import all_events, run_histories
+from tests.workflow_runs import all_events, run_histories, start_prediction
 from workers.main import build_workers, run_worker
 from workers.runners import RunnerPool
+from workflows.prediction import PredictionWorkflow
 
 # --- visibility ----------------------------------------------------------------------------
 
@@ -315,6 +318,21 @@ def test_run_count_counts_created_predictions(live: LiveStack) -> None:
     assert alice.official(live).models.get(ref).run_count == 3
     listed = {f"{m.owner}/{m.name}": m for m in _all_models(alice.official(live))}
     assert listed[ref].run_count == 3
+
+
+async def test_a_prediction_started_through_temporal_counts_once(live: LiveStack) -> None:
+    alice = someone(live, "temporal-counter")
+    ref = f"{alice.username}/counted-temporal"
+    version = pushed(live, alice, ref, EXAMPLES / "hello-world", create=True)
+    req = PredictionRequest(
+        id=new_id(), owner=alice.username, model=ref, version=version, input={"text": "t"}
+    )
+    handle = await start_prediction(live.settings, req)
+    assert (await handle.execute_update(PredictionWorkflow.wait_done)).status == "succeeded"
+    assert alice.official(live).models.get(ref).run_count == 1
+    # A retried record activity finds the row: the run is not counted again.
+    assert readmodel.insert_prediction(live.engine, req) is False
+    assert alice.official(live).models.get(ref).run_count == 1
 
 
 def test_least_recently_used_model_process_is_evicted_and_boots_again(

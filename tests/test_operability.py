@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from sqlmodel import Session
 
+from api.metrics import ReadModelCollector
+from replicant.db import init_db, make_engine
+from replicant.tables import Prediction
 from tests.conftest import LiveStack
+from tests.waiting import wait_until
 
 HELLO = "replicate/hello-world"
 
@@ -55,11 +61,55 @@ def test_metrics_expose_latency_predictions_and_queue_backlog(
     assert count("unmatched", "GET", "404", samples) >= 1
     assert not any("/v1/no/such/thing" in str(labels) for _, labels in samples)
 
+    # An ended prediction's count is at most metrics_count_interval old: it catches up.
     succeeded = ("replicant_predictions", frozenset({("status", "succeeded")}))
-    assert samples[succeeded] >= before.get(succeeded, 0) + 1
+    wait_until(
+        lambda: scrape(f"{live.url}/metrics").get(succeeded, 0),
+        lambda counted: counted >= before.get(succeeded, 0) + 1,
+        what="the succeeded prediction counted in replicant_predictions",
+    )
     for sku in live.settings.hardware:
         backlog = ("replicant_queue_backlog", frozenset({("hardware", sku)}))
         assert samples[backlog] >= 0
+
+
+def counted(collector: ReadModelCollector) -> dict[str, float]:
+    (family,) = collector.collect()
+    return {sample.labels["status"]: sample.value for sample in family.samples}
+
+
+def test_ended_predictions_are_counted_at_most_once_per_interval_running_ones_always(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/replicant.db")
+    init_db(engine)
+
+    def add(pid: str, status: str) -> None:
+        with Session(engine) as session:
+            session.add(Prediction(id=pid, owner="u", model="a/b", version="v", status=status))
+            session.commit()
+
+    add("p1", "succeeded")
+    add("p2", "failed")
+    every_scrape = ReadModelCollector(engine, count_interval=0)
+    once_an_hour = ReadModelCollector(engine, count_interval=3600)
+    assert counted(every_scrape) == counted(once_an_hour) == {"succeeded": 1, "failed": 1}
+    add("p3", "succeeded")
+    add("p4", "processing")
+    add("p5", "starting")
+    assert counted(every_scrape) == {"succeeded": 2, "failed": 1, "processing": 1, "starting": 1}
+    # The ended count is reused within the interval; waiting and running ones are fresh.
+    assert counted(once_an_hour) == {"succeeded": 1, "failed": 1, "processing": 1, "starting": 1}
+    # Past the interval a scrape counts the ended ones again.
+    short = ReadModelCollector(engine, count_interval=0.2)
+    assert counted(short)["succeeded"] == 2
+    add("p6", "canceled")
+    wait_until(
+        lambda: counted(short),
+        lambda counts: counts.get("canceled") == 1,
+        what="a count of ended predictions after the interval",
+    )
+    engine.dispose()
 
 
 def test_worker_logs_are_json_lines_with_the_prediction_id(

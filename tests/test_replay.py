@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,16 @@ from tests.trainkit import corpus, data_uri, ngram_version
 from tests.waiting import async_wait_until
 from tests.workflow_runs import run_histories
 from workers.main import WORKFLOW_RUNNER
-from workers.schedules import FILE_EXPIRY_SCHEDULE, RETENTION_SCHEDULE
+from workers.schedules import (
+    FILE_EXPIRY_SCHEDULE,
+    RETENTION_SCHEDULE,
+    START_RECONCILE_SCHEDULE,
+    ensure_schedules,
+)
 from workflows.build import BuildVersionWorkflow
 from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
-from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow
+from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow, StartReconcileWorkflow
 from workflows.training import TrainingWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -43,6 +49,7 @@ WORKFLOWS = [
     BuildVersionWorkflow,
     FileExpiryWorkflow,
     RetentionSweepWorkflow,
+    StartReconcileWorkflow,
 ]
 
 
@@ -205,6 +212,41 @@ async def test_schedule_histories_replay_with_the_current_code(live: LiveStack) 
         history = await (await one_of(client, workflow, closed=True)).fetch_history()
         save(name, history)
         await replayer().replay_workflow(history)
+
+
+async def test_a_reconcile_history_that_goes_on_from_the_last_pass_replays(
+    live: LiveStack,
+) -> None:
+    """A reconcile run starts with the last run's result (where that pass stopped), which
+    the Schedule hands it, also after a worker's start has updated the Schedule: a run that
+    had one replays."""
+    client = await connect(live.settings)
+    schedule = client.get_schedule_handle(START_RECONCILE_SCHEDULE)
+    await schedule.trigger()
+    await one_of(client, "StartReconcileWorkflow", closed=True)
+    updated = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    await ensure_schedules(client, live.settings)  # as every worker's start does
+    await schedule.trigger()
+
+    async def after_a_pass() -> WorkflowHistory | None:
+        query = (
+            "WorkflowType = 'StartReconcileWorkflow' AND ExecutionStatus = 'Completed'"
+            f" AND StartTime > '{updated}'"
+        )
+        async for found in client.list_workflows(query):
+            handle = client.get_workflow_handle(found.id, run_id=found.run_id)
+            history = await handle.fetch_history()
+            started = history.events[0].workflow_execution_started_event_attributes
+            if started.HasField("last_completion_result"):
+                return history
+        return None
+
+    history = await async_wait_until(
+        after_a_pass, what="a reconcile run started with the last one's result", timeout=120
+    )
+    assert history is not None
+    save("start-reconcile-after-a-pass", history)
+    await replayer().replay_workflow(history)
 
 
 async def test_saved_histories_replay_with_the_current_code() -> None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import replicate
+from sse_starlette import ServerSentEvent
 
 from tests.conftest import LiveStack
 
@@ -175,8 +177,13 @@ def test_a_training_streams_its_logs_then_the_version_then_done(live: LiveStack)
     events = [e for e in read_stream(url) if "comment" not in e]
     logs = "\n".join(e["data"] for e in events if e["event"] == "logs")
     assert "read " in logs and "wrote " in logs
-    outputs = [json.loads(e["data"]) for e in events if e["event"] == "output"]
-    assert outputs == [{"version": training.output["version"]}]
+    # The output is the training object's: the version and a signed URL of its weights.
+    (output,) = [json.loads(e["data"]) for e in events if e["event"] == "output"]
+    assert output.keys() == training.output.keys() == {"version", "weights"}
+    assert output["version"] == training.output["version"]
+    weights = httpx.get(output["weights"], timeout=30)
+    assert weights.status_code == 200
+    assert weights.content == httpx.get(training.output["weights"], timeout=30).content
     assert events[-1]["event"] == "done" and events[-1]["data"] == "{}"
     # Resuming after the last log line gets only the output and the end.
     last_log = [e for e in events if e["event"] == "logs"][-1]
@@ -230,3 +237,35 @@ def test_a_training_stream_url_must_carry_its_own_signature(live: LiveStack) -> 
         assert response.status_code == 404, bad
         assert response.headers["content-type"].startswith("application/problem+json")
     assert read_stream(url)[-1]["event"] == "done"
+
+
+async def test_a_stream_with_steady_events_sends_no_keep_alive_between_them() -> None:
+    from api.routes.streams import keep_alive
+
+    async def steady() -> AsyncIterator[ServerSentEvent]:
+        # 100 events a hundredth of a second apart: five keep-alive intervals of traffic.
+        for i in range(100):
+            yield ServerSentEvent(str(i), event="output")
+            await asyncio.sleep(0.01)
+
+    sent = [e async for e in keep_alive(steady(), quiet=0.2)]
+    assert [e.comment for e in sent if e.comment is not None] == []
+    assert [e.data for e in sent] == [str(i) for i in range(100)]
+
+
+async def test_a_quiet_stream_sends_keep_alives_only_while_it_is_quiet() -> None:
+    from api.routes.streams import keep_alive
+
+    resume = asyncio.Event()
+
+    async def with_a_gap() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent("before", event="output")
+        await resume.wait()
+        yield ServerSentEvent("after", event="output")
+
+    sent: list[str] = []
+    async for event in keep_alive(with_a_gap(), quiet=0.05):
+        sent.append(event.comment or event.data)
+        if sent.count("ping") == 3:
+            resume.set()  # the source speaks again after three keep-alives
+    assert sent == ["before", "ping", "ping", "ping", "after"]

@@ -11,10 +11,11 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 
 from api.errors import ProblemError
 from api.launch import check_webhook
-from replicant.contracts import PredictionRequest
+from replicant.contracts import PredictionRequest, RunOutcome
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url
 from replicant.temporal import connect
@@ -23,8 +24,7 @@ from replicant.webhooks import DeliveryFailed, deliver, http_client
 from tests.conformance import check
 from tests.conftest import WEBHOOK_TIMEOUT, LiveStack
 from tests.receiver import Delivery, Receiver, running_receiver
-from tests.workflow_runs import all_events
-from workflows.prediction import PredictionWorkflow
+from tests.workflow_runs import all_events, start_prediction
 
 SLEEP = "replicant/sleep"
 NGRAM = "replicant/ngram"
@@ -237,21 +237,38 @@ async def test_deliveries_take_no_hardware_slot(
     }
 
 
-def test_redirects_are_not_followed(live: LiveStack, api: httpx.Client, receiver: Receiver) -> None:
-    receiver.answers = [(307, 0.0), (308, 0.0)]
-    created = create(
-        api,
-        SLEEP,
-        {"input": {"seconds": 0}, "webhook": receiver.url, "webhook_events_filter": ["completed"]},
+async def start_without_retention(
+    live: LiveStack, api: httpx.Client, receiver: Receiver, **fields: Any
+) -> tuple[PredictionRequest, WorkflowHandle[Any, RunOutcome]]:
+    """A hello-world prediction whose `completed` webhook goes to ``receiver``, started
+    through Temporal with no retention timer: its workflow ends once the webhook has."""
+    req = PredictionRequest(
+        id=new_id(),
+        owner=live.settings.default_account,
+        model="replicate/hello-world",
+        version=api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"],
+        input={"text": "x"},
+        source="web",
+        webhook=receiver.url,
+        webhook_events_filter=["completed"],
+        created_at=utcnow(),
+        **fields,
     )
-    deliveries = receiver.wait(delivered_completed, created["id"])
-    assert [d.answered for d in deliveries] == [307, 308, 200]
-    assert {d.path for d in deliveries} == {"/hook/"}  # never the redirect's target
-    failures, _ = asyncio.run(_history_messages(live, created["id"]))
-    assert failures == [
-        "webhook receiver redirect (not followed): HTTP 307",
-        "webhook receiver redirect (not followed): HTTP 308",
-    ]
+    return req, await start_prediction(live.settings, req)
+
+
+@pytest.mark.parametrize("redirect", [301, 307])
+async def test_a_redirect_is_not_followed_nor_retried(
+    live: LiveStack, api: httpx.Client, receiver: Receiver, redirect: int
+) -> None:
+    receiver.default = redirect
+    req, handle = await start_without_retention(live, api, receiver)
+    # Retried as a 5xx is, the workflow would live on for the hour of the retry period.
+    assert (await asyncio.wait_for(handle.result(), 60)).status == "succeeded"
+    deliveries = receiver.for_prediction(req.id)
+    assert [(d.answered, d.path) for d in deliveries] == [(redirect, "/hook/")]
+    failures, _ = await _history_messages(live, req.id)
+    assert failures == [f"webhook receiver redirect (not followed, not retried): HTTP {redirect}"]
 
 
 def test_a_slow_receiver_times_out_and_is_retried(
@@ -296,26 +313,7 @@ async def test_retries_stop_when_the_retry_period_is_over(
     live: LiveStack, api: httpx.Client, receiver: Receiver
 ) -> None:
     receiver.default = 500
-    client = await connect(live.settings)
-    version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-    req = PredictionRequest(
-        id=new_id(),
-        owner=live.settings.default_account,
-        model="replicate/hello-world",
-        version=version,
-        input={"text": "x"},
-        source="web",  # no retention timer: the workflow ends after the webhook
-        webhook=receiver.url,
-        webhook_events_filter=["completed"],
-        webhook_retry_period=2.5,
-        created_at=utcnow(),
-    )
-    handle = await client.start_workflow(
-        PredictionWorkflow.run,
-        req,
-        id=f"prediction-{req.id}",
-        task_queue=live.settings.orchestration_queue,
-    )
+    req, handle = await start_without_retention(live, api, receiver, webhook_retry_period=2.5)
     outcome = await asyncio.wait_for(handle.result(), 60)
     assert outcome.status == "succeeded"
     # Attempts at 0, 1 and 3 s would pass 2.5 s: two attempts, then the workflow gives up.

@@ -23,12 +23,14 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import delete, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.deployments import HostActivities
@@ -37,6 +39,7 @@ from activities.running import ensure_env
 from replicant.contracts import (
     ActivityName,
     DeploymentConfig,
+    ErrorType,
     HostReport,
     InstanceTarget,
     PredictionRequest,
@@ -51,7 +54,8 @@ log = logging.getLogger("replicant.deployments")
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 # On process stop, running predictions get this long before the process goes; the ones still
-# running are retried on the deployment's next instances (their heartbeats stop).
+# running are then stopped without a terminal state and retried on the deployment's next
+# instances.
 STOP_GRACE = 5.0
 
 
@@ -72,6 +76,9 @@ class Instance:
     status: str = "booting"
     running: int = 0
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    acts: PredictionActivities | None = None
+    # The run activities in progress, stopped (for their next attempt) when the process stops.
+    in_flight: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def runs(self, config: DeploymentConfig) -> bool:
         """Whether this instance can serve ``config`` (same version, same hardware)."""
@@ -180,15 +187,27 @@ class DeploymentHost:
             instance.id,
             config.release,
         )
-        acts = self.make_activities(instance.pool)
+        acts = instance.acts = self.make_activities(instance.pool)
 
         @activity.defn(name=ActivityName.RUN_PREDICTION)
         async def run_prediction(req: PredictionRequest) -> RunOutcome:
             instance.running += 1
+            task = asyncio.current_task()
+            assert task is not None
+            instance.in_flight.add(task)
             try:
                 return await acts.run_prediction(req)
+            except asyncio.CancelledError:
+                if not acts.stopping:
+                    raise
+                # The process stops under it: a retryable failure, so the next attempt runs
+                # it on another instance at once (a bare cancel would read as the user's).
+                raise ApplicationError(
+                    "the worker running it stopped", type=ErrorType.WORKER_STOPPED
+                ) from None
             finally:
                 instance.running -= 1
+                instance.in_flight.discard(task)
 
         pid: int | None = None
         version = await asyncio.to_thread(self._version, config.version)
@@ -240,6 +259,10 @@ class DeploymentHost:
             shutdown = asyncio.create_task(instance.worker.shutdown())
             done, _ = await asyncio.wait({shutdown}, timeout=grace)
             if not done:
+                # Process stop: the predictions still running go back to their queue before
+                # the model process goes, rather than fail with it.
+                self._abandon_runs(instance)
+                await asyncio.wait({shutdown}, timeout=STOP_GRACE)
                 instance.task.cancel()
             with contextlib.suppress(BaseException):
                 await instance.task
@@ -251,6 +274,18 @@ class DeploymentHost:
         if instance in instances:
             instances.remove(instance)
         log.info("event=instance_stopped id=%s", instance.id)
+
+    def _abandon_runs(self, instance: Instance) -> None:
+        if instance.acts is not None:
+            instance.acts.stopping = True
+        for task in instance.in_flight:
+            task.cancel()
+        if instance.in_flight:
+            log.info(
+                "event=instance_runs_abandoned id=%s predictions=%d",
+                instance.id,
+                len(instance.in_flight),
+            )
 
     async def close(self) -> None:
         """Stop every instance (process stop): briefly wait for running predictions."""

@@ -10,12 +10,23 @@ And input files staged by Replicant reach coglet as local paths, which it passes
 strings: inputs typed ``Path`` (alone, in a list, or optional) get a ``cog.Path`` of them,
 as on Replicate.
 
+A streaming (generator or async generator) predict's logs are kept within
+``REPLICANT_MAX_LOG_SIZE`` characters here: coglet copies a streaming prediction's whole logs
+on every line it logs (to build its webhook payload), so 10 MB of logs take it a minute and
+100 MB hours. The first half of the limit goes through as printed; of the rest only the last
+characters that fit are kept, and written when the prediction ends, after a line saying how
+many were left out (``held_back_line``). Each prediction's are told apart by their context
+(a thread, or an asyncio task), so concurrent predictions keep their own. What the model
+writes to the file descriptors itself (C code) is not seen here.
+
 It runs inside the model's environment, so it uses the standard library only.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import contextvars
 import functools
 import importlib.util
 import inspect
@@ -28,6 +39,8 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# The end of a generator (``next``'s default).
+_END = object()
 # Methods of a predictor class whose exceptions are reported (cog's two spellings).
 ENTRY_METHODS = ("predict", "run")
 
@@ -45,6 +58,97 @@ def _reported() -> Iterator[None]:
         traceback.print_exception(type(error), error, tb, file=sys.stderr)
         sys.stderr.flush()
         raise
+
+
+def held_back_line(size: int) -> str:
+    """The line written where a streaming prediction's held-back logs were left out."""
+    return f"[replicant: {size} characters of logs were left out here]\n"
+
+
+class _HeldLogs:
+    """What a streaming prediction prints, kept within ``limit`` characters in all: its
+    first half passes as printed; past it only the last characters that fit are kept, until
+    ``release`` writes them after the line saying how many were left out."""
+
+    def __init__(self, limit: int) -> None:
+        self.head = limit // 2
+        self.tail = max(limit - self.head - len(held_back_line(10**18)), 0)
+        self.passed = 0
+        self.left_out = 0
+        self.kept: collections.deque[str] = collections.deque()
+        self.kept_size = 0
+
+    def write(self, target: Any, text: str) -> int:
+        size = len(text)
+        if self.passed < self.head:
+            through = text[: self.head - self.passed]
+            self.passed += len(through)
+            target.write(through)
+            text = text[len(through) :]
+        if text:
+            self.kept.append(text)
+            self.kept_size += len(text)
+        while self.kept and self.kept_size - len(self.kept[0]) >= self.tail:
+            first = self.kept.popleft()
+            self.kept_size -= len(first)
+            self.left_out += len(first)
+        return size
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """What this context (thread, or asyncio task) writes to ``sys.stdout`` and
+        ``sys.stderr`` goes through this while the block runs; other predictions' does not."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if not isinstance(stream, _Held):
+                setattr(sys, name, _Held(stream))
+        token = _HOLDING.set(self)
+        try:
+            yield
+        finally:
+            _HOLDING.reset(token)
+
+    def release(self) -> None:
+        """Write what was kept, after the line saying how much was left out."""
+        text = "".join(self.kept)
+        excess = max(len(text) - self.tail, 0)
+        left_out = self.left_out + excess
+        if left_out:
+            sys.stdout.write(held_back_line(left_out))
+        sys.stdout.write(text[excess:])
+        sys.stdout.flush()
+        self.kept.clear()
+        self.kept_size = 0
+
+
+class _Held:
+    """A text stream that writes through the ``_HeldLogs`` of the current context, if any;
+    the rest is the stream's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        held = _HOLDING.get()
+        if held is None:
+            return int(self._stream.write(text))
+        return held.write(self._stream, text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+# The held logs of the prediction running in this context (thread or asyncio task).
+_HOLDING: contextvars.ContextVar[_HeldLogs | None] = contextvars.ContextVar(
+    "replicant_held_logs", default=None
+)
+
+
+def _held_limit() -> int | None:
+    try:
+        return int(os.environ["REPLICANT_MAX_LOG_SIZE"])
+    except (KeyError, ValueError):
+        return None
 
 
 def reporting(fn: Any) -> Any:
@@ -124,8 +228,23 @@ def _reporting(fn: Any, paths: Callable[[dict[str, Any]], dict[str, Any]]) -> An
         @functools.wraps(fn)
         async def agen(*args: Any, **kwargs: Any) -> Any:
             with _reported():
-                async for item in fn(*args, **paths(kwargs)):
-                    yield item
+                limit = _held_limit()
+                if limit is None:
+                    async for item in fn(*args, **paths(kwargs)):
+                        yield item
+                    return
+                held = _HeldLogs(limit)
+                items = fn(*args, **paths(kwargs))
+                try:
+                    while True:
+                        with held.holding():
+                            try:
+                                item = await items.__anext__()
+                            except StopAsyncIteration:
+                                return
+                        yield item
+                finally:
+                    held.release()
 
         return agen
     if inspect.iscoroutinefunction(fn):
@@ -141,7 +260,20 @@ def _reporting(fn: Any, paths: Callable[[dict[str, Any]], dict[str, Any]]) -> An
         @functools.wraps(fn)
         def gen(*args: Any, **kwargs: Any) -> Any:
             with _reported():
-                return (yield from fn(*args, **paths(kwargs)))
+                limit = _held_limit()
+                if limit is None:
+                    return (yield from fn(*args, **paths(kwargs)))
+                held = _HeldLogs(limit)
+                items = fn(*args, **paths(kwargs))
+                try:
+                    while True:
+                        with held.holding():
+                            item = next(items, _END)
+                        if item is _END:
+                            return None
+                        yield item
+                finally:
+                    held.release()
 
         return gen
 

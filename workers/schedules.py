@@ -55,7 +55,11 @@ def start_reconcile_schedule(settings: Settings) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
             StartReconcileWorkflow.run,
-            ReconcileStarts(grace=settings.start_grace, asks=settings.reconcile_asks),
+            ReconcileStarts(
+                grace=settings.start_grace,
+                asks=settings.reconcile_asks,
+                limit=settings.reconcile_rows,
+            ),
             id=f"{START_RECONCILE_SCHEDULE}-pass",
             task_queue=settings.orchestration_queue,
             run_timeout=timedelta(minutes=30),
@@ -68,7 +72,13 @@ def start_reconcile_schedule(settings: Settings) -> Schedule:
 def retention_schedule(settings: Settings) -> Schedule:
     every = timedelta(seconds=max(1.0, settings.retention_sweep_interval))
     # Overdue by one interval: a workflow that is alive has removed its data by then.
-    job = SweepRetention(retention=settings.prediction_retention, grace=every.total_seconds())
+    job = SweepRetention(
+        retention=settings.prediction_retention,
+        grace=every.total_seconds(),
+        # The workflow removes the data once the `completed` delivery is over: its last
+        # attempt starts within the retry period and takes at most the webhook timeout.
+        webhook_hold=settings.webhook_retry_period + settings.webhook_timeout,
+    )
     return Schedule(
         action=ScheduleActionStartWorkflow(
             RetentionSweepWorkflow.run,

@@ -24,10 +24,10 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from temporalio.worker import (
     CustomSlotSupplier,
@@ -39,8 +39,10 @@ from temporalio.worker import (
     WorkerTuner,
 )
 
-from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
+from replicant.runner import CogPrediction, RunnerSpec, UploadSink
 from workers.runners import RunnerPool
+
+P = ParamSpec("P")
 
 # What temporalio gives workflow tasks and local activities when a worker sets no tuner.
 DEFAULT_SLOTS = 100
@@ -210,6 +212,8 @@ class SlotRunner:
     def __init__(self, pool: RunnerPool, slots: RunSlots) -> None:
         self.pool = pool
         self.slots = slots
+        # The pool's predict, each run holding its share of this queue's slots.
+        self.predict = _within(self._share, pool.predict)
 
     @property
     def upload(self) -> UploadSink | None:
@@ -224,18 +228,19 @@ class SlotRunner:
         finally:
             self.slots.release(lease)
 
-    async def predict(
-        self,
-        spec: RunnerSpec,
-        prediction_id: str,
-        input: dict[str, Any],
-        on_update: OnUpdate | None = None,
-        on_booted: OnBooted | None = None,
-    ) -> CogPrediction:
-        """Run one prediction (or training) on the pool within this queue's slots."""
-        async with self._share(spec):
-            return await self.pool.predict(spec, prediction_id, input, on_update, on_booted)
-
     def keep_standby(self, spec: RunnerSpec) -> None:
         """Keep a standby for fine-tune ``spec``'s base (see ``RunnerPool.keep_standby``)."""
         self.pool.keep_standby(spec)
+
+
+def _within(
+    share: Callable[[RunnerSpec], AbstractAsyncContextManager[None]],
+    predict: Callable[Concatenate[RunnerSpec, P], Awaitable[CogPrediction]],
+) -> Callable[Concatenate[RunnerSpec, P], Coroutine[Any, Any, CogPrediction]]:
+    """``predict`` (with its very parameters), run inside ``share(spec)``."""
+
+    async def run(spec: RunnerSpec, /, *args: P.args, **kwargs: P.kwargs) -> CogPrediction:
+        async with share(spec):
+            return await predict(spec, *args, **kwargs)
+
+    return run

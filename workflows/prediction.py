@@ -3,7 +3,8 @@
 record (programmatic starts only) -> stage input files into the object store (only when the
 input holds URLs or data URIs) -> run on the hardware queue (the run activity writes
 ``processing``, logs, output and the terminal state to the read model itself, so a fast
-prediction costs one activity round trip) -> notify -> retention timer -> remove data.
+prediction costs one activity round trip) -> notify -> retention timer -> remove data (once
+the ``completed`` webhook is delivered or given up, so that it carries the final prediction).
 Once the run is over, the workflow continues as new on the orchestration queue (its
 after-life: webhook retries, retention, removal need no worker of the hardware).
 A deadline (``Cancel-After``) is a durable timer beside the run: when it passes first, the
@@ -107,13 +108,18 @@ class PredictionWorkflow:
         return rest and req.side_queue not in (None, workflow.info().task_queue)
 
     async def _after_life(self, req: PredictionRequest, outcome: RunOutcome) -> RunOutcome:
-        """The `completed` webhook, the retention timer, then removing the data."""
+        """The `completed` webhook, the retention timer, then removing the data (once the
+        webhook is delivered or given up)."""
         # The `completed` webhook is retried while the retention timer runs.
         notify: asyncio.Task[None] | None = None
         if wants_completed(req) and workflow.patched("completed-webhook"):
             notify = asyncio.create_task(self._notify_completed(req))
         if req.source == "api" and req.retention >= 0:
             await workflow.sleep(timedelta(seconds=req.retention))
+            if notify is not None and workflow.patched("remove-after-completed"):
+                # The `completed` body is the prediction as it is at delivery: its input,
+                # output and logs stay until the delivery has succeeded or given up.
+                await notify
             await workflow.execute_activity(
                 ActivityName.REMOVE_PREDICTION_DATA,
                 PredictionRef(id=req.id),

@@ -7,7 +7,8 @@
   predictions past retention that still hold it (their own workflow was terminated or reset
   before removing it).
 - ``StartReconcileWorkflow`` (every ``reconcile_interval``): settle the creates a crash left
-  half-done (``activities/reconcile.py``).
+  half-done (``activities/reconcile.py``), each pass going on from the rows where the last
+  pass stopped (carried from run to run by the Schedule as the last completion result).
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ class StartReconcileWorkflow:
 
     @workflow.run
     async def run(self, job: ReconcileStarts) -> ReconciledStarts:
+        # The Schedule hands each run the last one's result: the pass goes on where that one
+        # stopped, whichever worker runs it and however often workers restart.
+        if workflow.has_last_completion_result():
+            last = workflow.get_last_completion_result(ReconciledStarts)
+            if last is not None:
+                job = job.model_copy(update={"after": last.after})
         return await sweep(
             ActivityName.RECONCILE_STARTS,
             job,

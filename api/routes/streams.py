@@ -10,6 +10,7 @@ dashboard's pages follow the same events (``events_response``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.deps import DatabaseDep, StateDep
 from api.errors import not_found
 from api.state import AppState, Database
-from replicant.serialize import stream_signature
+from replicant.serialize import stream_signature, training_output
 from replicant.tables import TERMINAL_STATUSES, Prediction, Training
 
 router = APIRouter(prefix="/v1")
@@ -88,11 +89,41 @@ def events_response(
 ) -> EventSourceResponse:
     """The stream of one prediction or training, resumed after ``cursor`` (an event id)."""
     outputs, logs = resume_cursor(cursor)
+    events = row_events(state, table, object_id, outputs, logs)
     return EventSourceResponse(
-        row_events(state, table, object_id, outputs, logs),
-        ping=state.settings.stream_keepalive,
+        keep_alive(events, state.settings.stream_keepalive),
+        ping=0,  # keep_alive sends them, and only while the stream is quiet
         headers={"Cache-Control": "no-store"},
     )
+
+
+async def keep_alive(
+    events: AsyncIterator[ServerSentEvent], quiet: float
+) -> AsyncIterator[ServerSentEvent]:
+    """``events``, with a keep-alive comment (so proxies keep the connection) after every
+    ``quiet`` seconds without an event; none while events flow."""
+    pending: asyncio.Task[ServerSentEvent | None] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.create_task(_next(events))
+            done, _ = await asyncio.wait({pending}, timeout=quiet)
+            if not done:
+                yield ServerSentEvent(comment="ping")
+                continue
+            event, pending = pending.result(), None
+            if event is None:
+                return
+            yield event
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+
+
+async def _next(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent | None:
+    return await anext(events, None)
 
 
 def _load(session: Session, table: Streamed, object_id: str) -> Prediction | Training | None:
@@ -121,6 +152,17 @@ def _chunks(output: Any) -> list[Any]:
     return output if isinstance(output, list) else [output]
 
 
+async def _outputs(state: AppState, row: Prediction | Training) -> list[Any]:
+    """The output events' data: a prediction's chunks, or a training's output as its
+    training object carries it (with the signed weights URL)."""
+    if isinstance(row, Prediction):
+        return _chunks(row.output)
+    if not row.output:
+        return []
+    await state.store()  # opened in a thread on first use
+    return [training_output(row, state.signed_output_url)]
+
+
 def _data(chunk: Any) -> str:
     return chunk if isinstance(chunk, str) else json.dumps(chunk)
 
@@ -143,7 +185,7 @@ async def row_events(
                 for line in text[logs:end].splitlines():
                     yield ServerSentEvent(line, event="logs", id=f"{outputs}:{logs}")
                 logs = end
-        for chunk in _chunks(row.output)[outputs:]:
+        for chunk in (await _outputs(state, row))[outputs:]:
             outputs += 1
             yield ServerSentEvent(_data(chunk), event="output", id=f"{outputs}:{logs}")
         if terminal:

@@ -74,13 +74,7 @@ class TrainingCreate(BaseModel):
 def _render(request: Request, state: AppState, rows: list[Training]) -> list[responses.Training]:
     """Training objects; ``output.weights`` is a signed URL of the stored weights."""
     base = base_url(request, state)
-    expiry = state.settings.output_url_expiry
-    store = state.object_store if any(r.weights_key for r in rows) else None
-
-    def sign(key: str) -> str:
-        assert store is not None
-        return store.signed_url(key, expiry)
-
+    sign = state.signed_output_url
     secret_key = state.secret_key
     return [serialize.training(r, base, secret_key=secret_key, weights_url=sign) for r in rows]
 

@@ -99,6 +99,8 @@ def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, 
             "COG_LOG_LEVEL": "info",
             "COG_THROTTLE_RESPONSE_INTERVAL": str(update_interval),
             "REPLICANT_POOL_PID": str(os.getpid()),
+            # A streaming prediction's logs past this are held back by model_entry.py.
+            "REPLICANT_MAX_LOG_SIZE": str(spec.max_logs),
         }
     )
     if spec.concurrency > 1:
