@@ -284,19 +284,21 @@ def limited(tmp_path_factory: pytest.TempPathFactory, hog: Path) -> Iterator[tup
         yield live, f"replicant/{name}"
 
 
+def allocate(live: LiveStack, model: str, mb: int) -> dict[str, Any]:
+    """A prediction of the hog ``model`` that takes ``mb`` MiB more, once it has ended."""
+    with live.client() as api:
+        created = api.post(f"/v1/models/{model}/predictions", json={"input": {"mb": mb}})
+    assert created.status_code == 201, created.text
+    return live.wait_for(created.json()["id"], timeout=120)
+
+
 async def test_an_oom_killed_prediction_fails_once_and_the_worker_serves_the_next(
     limited: tuple[LiveStack, str],
 ) -> None:
     live, model = limited
 
-    def predict(mb: int) -> dict[str, Any]:
-        with live.client() as api:
-            created = api.post(f"/v1/models/{model}/predictions", json={"input": {"mb": mb}})
-        assert created.status_code == 201, created.text
-        return live.wait_for(created.json()["id"], timeout=120)
-
-    killed = await asyncio.to_thread(predict, 400)
-    after = await asyncio.to_thread(predict, 20)
+    killed = await asyncio.to_thread(allocate, live, model, 400)
+    after = await asyncio.to_thread(allocate, live, model, 20)
 
     assert killed["status"] == "failed"
     assert "ran out of memory" in killed["error"] and "160.0MiB" in killed["error"]
@@ -311,14 +313,8 @@ async def test_the_same_model_oom_kills_on_one_sku_and_succeeds_on_one_with_more
 ) -> None:
     live, model = limited
 
-    def predict(model: str) -> dict[str, Any]:
-        with live.client() as api:
-            created = api.post(f"/v1/models/{model}/predictions", json={"input": {"mb": MIDDLE}})
-        assert created.status_code == 201, created.text
-        return live.wait_for(created.json()["id"], timeout=120)
-
-    on_cpu = await asyncio.to_thread(predict, model)
-    on_t4 = await asyncio.to_thread(predict, f"{model}-big")
+    on_cpu = await asyncio.to_thread(allocate, live, model, MIDDLE)
+    on_t4 = await asyncio.to_thread(allocate, live, f"{model}-big", MIDDLE)
 
     assert on_cpu["status"] == "failed"
     assert "ran out of memory" in on_cpu["error"] and "160.0MiB" in on_cpu["error"]
