@@ -73,8 +73,14 @@ def model_concurrency(model_dir: Path) -> int:
         return 1
 
 
-def runner_spec(version: Version) -> RunnerSpec:
-    """How to run a version: its directory, environment and (for fine-tunes) weights."""
+def sku_key(key: str, memory_sku: str | None) -> str:
+    """A runner key, of a process of its own on a SKU with a memory limit of its own."""
+    return f"{key}@{memory_sku}" if memory_sku else key
+
+
+def runner_spec(version: Version, hardware: str | None = None) -> RunnerSpec:
+    """How to run a version on ``hardware``: its directory, environment, (for fine-tunes)
+    weights, and the memory limit of the SKU when it has one of its own."""
     weights = version.weights_url
     # Stored weights are materialized and served by the pool; a URL goes to the model as is.
     stored = is_store_ref(weights)
@@ -84,9 +90,10 @@ def runner_spec(version: Version) -> RunnerSpec:
     env = {"REPLICANT_CPU_THREADS": threads, "OMP_NUM_THREADS": threads}
     if weights and not stored:
         env["COG_WEIGHTS"] = weights
+    memory_sku = hardware if hardware in settings.model_memory_limits else None
     key = version.id if not weights else f"{version.id}+weights"
     return RunnerSpec(
-        key=key,
+        key=sku_key(key, memory_sku),
         model_dir=Path(version.model_dir),
         python=version_python(version),
         predict_ref=version.predict_ref,
@@ -103,6 +110,7 @@ def runner_spec(version: Version) -> RunnerSpec:
         streams_output=output_streams(version.openapi_schema),
         max_logs=settings.max_log_size,
         max_output=settings.max_output_size,
+        memory_sku=memory_sku,
     )
 
 
@@ -197,7 +205,7 @@ class PredictionActivities:
             await ensure_env(version)
             result = await run_model(
                 self.pool,
-                runner_spec(version),
+                runner_spec(version, req.hardware),
                 req,
                 self.store,
                 on_booted=run.on_booted,

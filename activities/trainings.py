@@ -24,7 +24,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.files import Stager
-from activities.predictions import runner_spec
+from activities.predictions import runner_spec, sku_key
 from activities.running import LiveRun, ensure_env, heartbeat_forever, load_version, run_model
 from activities.webhooks import (
     LIVE_EVENTS,
@@ -66,12 +66,12 @@ log = logging.getLogger("replicant.activities")
 LOG_INTERVAL = 0.5
 
 
-def trainer_spec(version: Version) -> RunnerSpec:
-    """The version's trainer: its model directory and environment, in coglet's train mode."""
-    spec = runner_spec(version)
-    return spec.model_copy(
-        update={"key": f"{version.id}+train", "mode": "train", "env": {}, "weights_ref": None}
-    )
+def trainer_spec(version: Version, hardware: str | None = None) -> RunnerSpec:
+    """The version's trainer on ``hardware``: its model directory and environment, in
+    coglet's train mode."""
+    spec = runner_spec(version, hardware)
+    key = sku_key(f"{version.id}+train", spec.memory_sku)
+    return spec.model_copy(update={"key": key, "mode": "train", "env": {}, "weights_ref": None})
 
 
 class TrainingActivities:
@@ -173,7 +173,7 @@ class TrainingActivities:
             await ensure_env(version)
             result = await run_model(
                 self.pool,
-                trainer_spec(version),
+                trainer_spec(version, req.hardware),
                 req,
                 store,
                 on_booted=progress.on_booted,
@@ -209,7 +209,7 @@ class TrainingActivities:
             "event=weights_stored training=%s key=%s bytes=%d", req.id, weights.key, weights.size
         )
         # The new fine-tune's first prediction will want a process of this base version.
-        self.pool.keep_standby(runner_spec(version))
+        self.pool.keep_standby(runner_spec(version, req.hardware))
         return TrainingRun(status="succeeded", weights=weights, started_at=progress.started_at)
 
     async def _store_weights(self, training_id: str, result: CogPrediction) -> StoredWeights:

@@ -46,6 +46,9 @@ class RunnerSpec(BaseModel):
     # in their first line), and fails when its output is more bytes of JSON than this.
     max_logs: int = Field(1024 * 1024, ge=1)
     max_output: int = Field(16 * 1024 * 1024, ge=1)
+    # The SKU whose own memory limit its process gets (``model_memory_limits``); None: the
+    # worker's default limit. The key of such a process names the SKU too.
+    memory_sku: str | None = None
 
 
 class CogPrediction(BaseModel):

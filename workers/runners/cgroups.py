@@ -1,12 +1,13 @@
 """Memory cgroups of model processes: a memory limit per process tree, and its OOM kills.
 
-With a limit (``REPLICANT_MODEL_MEMORY_LIMIT``), each coglet process runs in a memory cgroup
-of its own, a child of the worker's cgroup: the launcher moves itself in before coglet starts,
-so coglet's worker child and whatever the model starts are in it too. Past the limit the
-kernel's OOM killer kills inside that cgroup only (the model, never the worker), and the
-cgroup's own counter (v2 ``memory.events``, v1 ``memory.oom_control``) tells the pool that
-it did. The cgroup is removed once its process has ended (anything left in it is killed
-first); cgroups left by a worker that was killed are removed by the next one that starts.
+With a limit (``REPLICANT_MODEL_MEMORY_LIMIT``, or the SKU's own in
+``REPLICANT_MODEL_MEMORY_LIMITS``), each coglet process runs in a memory cgroup of its own, a
+child of the worker's cgroup: the launcher moves itself in before coglet starts, so coglet's
+worker child and whatever the model starts are in it too. Past the limit the kernel's OOM
+killer kills inside that cgroup only (the model, never the worker), and the cgroup's own
+counter (v2 ``memory.events``, v1 ``memory.oom_control``) tells the pool that it did. The
+cgroup is removed once its process has ended (anything left in it is killed first); cgroups
+left by a worker that was killed are removed by the next one that starts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -102,26 +104,40 @@ class MemoryCgroup:
 
 
 class MemoryCgroups:
-    """Where a worker makes its model processes' cgroups, and the limit each gets."""
+    """Where a worker makes its model processes' cgroups, and the limit each gets: its SKU's
+    own (``by_sku``), else ``limit`` (None: no cgroup)."""
 
-    def __init__(self, parent: Path, version: Literal[1, 2], limit: int) -> None:
+    def __init__(
+        self,
+        parent: Path,
+        version: Literal[1, 2],
+        limit: int | None,
+        by_sku: Mapping[str, int] | None = None,
+    ) -> None:
         self.parent = parent
         self.version = version
         self.limit = limit
+        self.by_sku = dict(by_sku or {})
         self._sequence = itertools.count()
 
     @classmethod
     def discover(
-        cls, limit: int, proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = ROOT
+        cls,
+        limit: int | None,
+        proc_cgroup: Path = Path("/proc/self/cgroup"),
+        root: Path = ROOT,
+        by_sku: Mapping[str, int] | None = None,
     ) -> MemoryCgroups:
-        """The worker's own memory cgroup, checked by making (and removing) a child with the
+        """The worker's own memory cgroup, checked by making (and removing) a child with a
         limit; raises CgroupsUnavailable saying why not."""
-        if limit <= 0:
-            raise CgroupsUnavailable("the limit must be positive")
-        found = cls(*locate(proc_cgroup, root), limit)
+        limits = [limit, *(by_sku or {}).values()]
+        given = [value for value in limits if value is not None]
+        if not given or min(given) <= 0:
+            raise CgroupsUnavailable("every limit must be positive")
+        found = cls(*locate(proc_cgroup, root), limit, by_sku)
         found.prepare()
         found.sweep()
-        probe = found.create()
+        probe = found.create(max(given))
         readable = probe.oom_kills() is not None
         probe.discard()
         if not readable:
@@ -140,22 +156,32 @@ class MemoryCgroups:
         except OSError as err:
             raise CgroupsUnavailable(f"cannot enable memory in {control}: {err}") from err
 
-    def create(self) -> MemoryCgroup:
-        """A new cgroup with the limit (raises CgroupsUnavailable when it cannot be made)."""
+    def limit_for(self, sku: str | None) -> int | None:
+        """The limit of a model process of ``sku`` (None: the SKUs not named), or None."""
+        if sku is not None and sku in self.by_sku:
+            return self.by_sku[sku]
+        return self.limit
+
+    def create(self, limit: int | None = None) -> MemoryCgroup:
+        """A new cgroup with ``limit`` (None: the default one); raises CgroupsUnavailable when
+        it cannot be made."""
+        limit = self.limit if limit is None else limit
+        if limit is None:
+            raise CgroupsUnavailable("no memory limit to give")
         path = self.parent / f"{PREFIX}{os.getpid()}-{next(self._sequence)}"
-        cgroup = MemoryCgroup(path, self.version, self.limit)
+        cgroup = MemoryCgroup(path, self.version, limit)
         try:
             path.mkdir()
         except OSError as err:
             raise CgroupsUnavailable(f"cannot create {path}: {err}") from err
         try:
             if self.version == 2:
-                (path / "memory.max").write_text(str(self.limit))
+                (path / "memory.max").write_text(str(limit))
                 swap = path / "memory.swap.max"
                 if swap.exists():  # the limit is the memory the process has, not swapped
                     swap.write_text("0")
             else:
-                (path / "memory.limit_in_bytes").write_text(str(self.limit))
+                (path / "memory.limit_in_bytes").write_text(str(limit))
         except OSError as err:
             with contextlib.suppress(OSError):
                 path.rmdir()
@@ -170,7 +196,7 @@ class MemoryCgroups:
                 match = NAME.match(path.name)
                 if match is None or psutil.pid_exists(int(match.group(1))):
                     continue
-                leftover = MemoryCgroup(path, self.version, self.limit)
+                leftover = MemoryCgroup(path, self.version, 0)
                 for pid in leftover.pids():
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
@@ -210,24 +236,31 @@ def _words(path: Path) -> list[str]:
         return []
 
 
-def model_cgroups(limit: int | None, log: logging.Logger) -> MemoryCgroups | None:
-    """The cgroups that give model processes ``limit`` (None: no limit); where they cannot be
-    made, a warning says why and model processes run without a limit."""
-    if limit is None:
+def model_cgroups(
+    limit: int | None, log: logging.Logger, by_sku: Mapping[str, int] | None = None
+) -> MemoryCgroups | None:
+    """The cgroups that give model processes ``limit``, or their SKU's own in ``by_sku``
+    (None and no SKU's: no limit); where they cannot be made, a warning says why and model
+    processes run without a limit."""
+    if limit is None and not by_sku:
         return None
+    limits = ",".join(f"{sku}:{value}" for sku, value in sorted((by_sku or {}).items()))
     try:
-        cgroups = MemoryCgroups.discover(limit)
+        cgroups = MemoryCgroups.discover(limit, by_sku=by_sku)
     except CgroupsUnavailable as err:
         log.warning(
-            "event=model_memory_limit_unavailable limit=%d reason=%r: model processes run "
-            "without a memory limit; an OOM kill is still recognised where the kernel counts it",
+            "event=model_memory_limit_unavailable limit=%s limits=%s reason=%r: model processes "
+            "run without a memory limit; an OOM kill is still recognised where the kernel "
+            "counts it",
             limit,
+            limits,
             str(err),
         )
         return None
     log.info(
-        "event=model_memory_limit limit=%d cgroup_version=%d parent=%s",
+        "event=model_memory_limit limit=%s limits=%s cgroup_version=%d parent=%s",
         limit,
+        limits,
         cgroups.version,
         cgroups.parent,
     )

@@ -114,7 +114,7 @@ def worker_died_error(oom_killed: bool, limit: int | None = None) -> str:
     if oom_killed and limit is not None:
         return (
             "The model process ran out of memory: the kernel killed it (OOM killer, SIGKILL) "
-            f"at its memory limit of {human_size(limit)} (REPLICANT_MODEL_MEMORY_LIMIT) during "
+            f"at its memory limit of {human_size(limit)} (REPLICANT_MODEL_MEMORY_LIMIT[S]) during "
             "the prediction; the next prediction starts a new process"
         )
     if oom_killed:
@@ -133,7 +133,7 @@ def setup_out_of_memory_error(limit: int) -> str:
     """The error of a model whose setup() the kernel killed at its process's memory limit."""
     return (
         "the model ran out of memory during setup: the kernel killed it (OOM killer, SIGKILL) "
-        f"at its memory limit of {human_size(limit)} (REPLICANT_MODEL_MEMORY_LIMIT)"
+        f"at its memory limit of {human_size(limit)} (REPLICANT_MODEL_MEMORY_LIMIT[S])"
     )
 
 

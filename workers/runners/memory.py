@@ -94,8 +94,9 @@ def read_oom_kills(counter: Path | None) -> int | None:
 
 
 def version_of(key: str) -> str:
-    """The version label of a runner key: instances ``key#i`` count with their key."""
-    return key.partition("#")[0]
+    """The version label of a runner key: instances ``key#i`` count with their key, and the
+    processes of a SKU with a memory limit of its own (``key@sku``) with the others."""
+    return key.partition("#")[0].partition("@")[0]
 
 
 def by_version(processes: Iterable[CogletProcess]) -> dict[str, tuple[int, int]]:

@@ -234,9 +234,10 @@ class Processes:
         port = free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
         env = child_env(spec, port, self.update_interval)
-        if self.cgroups is not None:
+        limit = self.cgroups.limit_for(spec.memory_sku) if self.cgroups is not None else None
+        if self.cgroups is not None and limit is not None:
             try:
-                process.cgroup = self.cgroups.create()
+                process.cgroup = self.cgroups.create(limit)
             except CgroupsUnavailable as err:
                 raise BootError(f"cannot give the model process its memory limit: {err}") from err
             env["REPLICANT_CGROUP_PROCS"] = str(process.cgroup.procs)

@@ -63,6 +63,7 @@ def base_key(spec: RunnerSpec) -> str:
             spec.predict_ref,
             sorted(spec.env.items()),
             spec.upload_url,
+            spec.memory_sku,
         ]
     )
 
