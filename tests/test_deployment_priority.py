@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from tests.fairkit import (
     account,
     created,
     hold_the_slot,
-    long_run_stack,
+    long_run_live,
     predict,
     serve_backlog,
     sleep_model_on_one_slot,
@@ -40,11 +39,7 @@ from tests.waiting import wait_until
 HELLO = "replicate/hello-world"
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The embedded stack of this module (tests/fairkit.py)."""
-    with long_run_stack(tmp_path_factory, "deployment-priority") as stack:
-        yield stack
+live = long_run_live("deployment-priority")  # the embedded stack of this module (tests/fairkit.py)
 
 
 @pytest.fixture(scope="module")
