@@ -238,7 +238,7 @@ def node_client() -> Path:
     the path of tests/js/stream.mjs, beside the other scripts that drive it."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are needed for the JS client tests")
-    # `make test` runs two pytest processes at once: one installs, the other waits for it.
+    # `make test` runs pytest processes side by side: one installs, the others wait for it.
     lock = os.open(JS_DIR, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
