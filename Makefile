@@ -24,9 +24,10 @@ typecheck: $(STAMP)
 
 # The API test suite: every file that drives the HTTP API and the read model through a stack
 # (the session's `live` stack or a stack of the module's own). It runs on SQLite and again on
-# PostgreSQL (fresh databases of the local server), the two passes side by side. The rest runs
-# once, in the SQLite pass: unit tests, the deploy files, the migrations (which test both
-# databases themselves) and the scale-out test (always on PostgreSQL).
+# PostgreSQL (fresh databases of the local server). The rest runs once, on SQLite: unit tests,
+# the deploy files, the migrations (which test both databases themselves) and the scale-out
+# test (always on PostgreSQL). The three passes run side by side (tests/passes.py): most tests
+# wait on timers, so the wall time is about the longest pass's, not the sum.
 API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conformance.py \
 	tests/test_deployment_instances.py tests/test_deployment_priority.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
@@ -35,7 +36,7 @@ API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conforman
 	tests/test_privacy.py tests/test_push.py tests/test_push_archives.py \
 	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_streaming.py \
 	tests/test_trainings.py tests/test_webhooks.py
-# tests/test_real_models.py and tests/test_cog_examples.py run once, in the SQLite pass: they
+# tests/test_real_models.py and tests/test_cog_examples.py run once, in the `once` pass: they
 # test models, and each pass would build the real models' environments again.
 
 # Debian packages the tests need, installed when missing (the test machine runs as root): the
@@ -51,9 +52,12 @@ system-packages:
 	fi
 
 test: lint typecheck system-packages
-	$(BIN)/python tests/passes.py "sqlite=$(BIN)/pytest -q --durations=30" \
-		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q \
-		-o cache_dir=.pytest_cache/postgres $(API_TESTS)"
+	$(BIN)/python tests/passes.py \
+		"sqlite=$(BIN)/pytest -q --durations=30 $(API_TESTS)" \
+		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q --durations=30 \
+		-o cache_dir=.pytest_cache/postgres $(API_TESTS)" \
+		"once=$(BIN)/pytest -q --durations=30 -o cache_dir=.pytest_cache/once \
+		$(addprefix --ignore=,$(API_TESTS))"
 
 # The unit tier (tests/tiers.py): no services, a few seconds.
 test-unit: $(STAMP)

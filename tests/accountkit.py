@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
+from typer.testing import CliRunner
+
+from replicant.cli import app
 from replicant.devstack import settings_env
+from replicant.settings import get_settings
 from replicant.tables import Model
 from replicant.versions import create_version
 from tests.conftest import LiveStack
@@ -18,10 +21,24 @@ SLEEP = "replicant/sleep"
 
 
 def cli(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
-    """``replicant ...`` as its own process, configured for the test stack."""
-    command = [str(Path(sys.executable).parent / "replicant"), *args]
-    return subprocess.run(
-        command, env=settings_env(live.settings), capture_output=True, text=True, timeout=120
+    """``replicant ...`` configured for the test stack by its environment, as an operator runs
+    it, but in this process (a process of its own spends seconds importing): the command's
+    exit status and output. An error other than the command's own exit is raised, so a crash
+    never passes for a refusal."""
+    env = {
+        name: value
+        for name, value in settings_env(live.settings).items()
+        if name.startswith("REPLICANT_")
+    }
+    get_settings.cache_clear()  # the command reads its settings from `env`, not this process's
+    try:
+        result = CliRunner().invoke(app, list(args), env=env)
+    finally:
+        get_settings.cache_clear()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(
+        ["replicant", *args], result.exit_code, result.stdout, result.stderr
     )
 
 

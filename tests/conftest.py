@@ -6,6 +6,7 @@ Limits are short so that timeouts, retries and retention can be observed in seco
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import os
 import shutil
@@ -20,6 +21,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from replicant.accounts import create_account
+from replicant.cogmodel import CogConfig
 from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
@@ -159,6 +161,30 @@ def official_clients_are_checked() -> Iterator[None]:
         yield
 
 
+# The schemas of model directories, derived once per test process: every stack seeds the same
+# built-in models, and each schema costs a Python process importing the model's predictor.
+_SCHEMAS: dict[tuple[str, str, str], dict[str, Any]] = {}
+
+
+@contextlib.contextmanager
+def schemas_derived_once() -> Iterator[None]:
+    """While it lasts, a model directory's schema is derived once per content, Python and
+    cog.yaml (a failure is not kept: it is tried again)."""
+    from replicant import versions
+
+    derive = versions.inspect_model
+
+    def inspect(model_dir: Path, python: Path, config: CogConfig) -> dict[str, Any]:
+        key = (versions.content_hash(model_dir, ""), str(python), config.model_dump_json())
+        if key not in _SCHEMAS:
+            _SCHEMAS[key] = derive(model_dir, python, config)
+        return copy.deepcopy(_SCHEMAS[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(versions, "inspect_model", inspect)
+        yield
+
+
 @contextlib.contextmanager
 def own_stack(
     tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: Any
@@ -172,7 +198,8 @@ def own_stack(
         settings = stack_settings(data_dir, **{**overrides, **database})
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
-        token = stack.start()
+        with schemas_derived_once():
+            token = stack.start()
         engine = make_engine(settings.resolved_database_url)
         cleanup.callback(engine.dispose)
         yield LiveStack(stack, settings, settings.resolved_public_url, token, engine)
@@ -213,7 +240,7 @@ def node_client() -> Path:
     the path of tests/js/stream.mjs, beside the other scripts that drive it."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.fail("node and npm are needed for the JS client tests")
-    # `make test` runs two pytest processes at once: one installs, the other waits for it.
+    # `make test` runs pytest processes side by side: one installs, the others wait for it.
     lock = os.open(JS_DIR, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)

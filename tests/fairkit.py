@@ -6,8 +6,8 @@ queue, and the steps of a backlog (hold the slot, queue, release, read the start
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,17 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 QUEUED_WAIT = 180.0  # seconds for every run activity of a backlog to reach the queue
 
 
-def long_run_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str
-) -> contextlib.AbstractContextManager[LiveStack]:
-    """The embedded stack (fairness on, as `make dev` runs it) with a long prediction
-    timeout, so one prediction can hold the slot while a backlog is queued."""
-    return own_stack(tmp_path_factory, name, prediction_timeout=600.0)
+def long_run_live(name: str) -> Any:
+    """A module's ``live`` fixture: the embedded stack (fairness on, as `make dev` runs it)
+    with a long prediction timeout, so one prediction can hold the slot while a backlog is
+    queued. Use it as ``live = long_run_live("name")``."""
+
+    @pytest.fixture(scope="module", name="live")
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+        with own_stack(tmp_path_factory, name, prediction_timeout=600.0) as stack:
+            yield stack
+
+    return fixture
 
 
 def sleep_model_on_one_slot(live: LiveStack, prefix: str) -> str:

@@ -1,7 +1,7 @@
 """Runs test passes side by side (``make test``): ``python tests/passes.py NAME=COMMAND ...``.
 
-Most of the suite waits on timers (retention, heartbeats, idle deployments), so two pytest
-processes at once take little longer than one. Every line a pass prints is shown as it comes,
+Most of the suite waits on timers (retention, heartbeats, idle deployments), so pytest
+processes side by side take little longer than one. Every line a pass prints is shown as it comes,
 after the pass's name, and a summary ends the output; the exit status is 1 when a pass fails.
 """
 

@@ -1,9 +1,9 @@
 """Accounts, tokens, organizations and sharing, on the real stack (who may see what, route
 by route: tests/test_privacy.py).
 
-The CLI runs as its own process against the stack's database, as an operator would run it;
-the API is the stack's own process, so a revoked token is refused by another process than
-the one that revoked it.
+The CLI runs against the stack's database, configured by its environment as an operator
+would run it (in the test's process: tests/accountkit.py `cli`); the API is the stack's own
+process, so a revoked token is refused by another process than the one that revoked it.
 """
 
 from __future__ import annotations

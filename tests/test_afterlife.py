@@ -25,7 +25,7 @@ from temporalio.api.enums.v1 import EventType
 from replicant.db import make_engine
 from replicant.devstack import Stack, wait_for_health
 from replicant.temporal import connect
-from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.conftest import LiveStack, schemas_derived_once, stack_settings, suite_database
 from tests.observe import failed_attempts
 from tests.receiver import Receiver, refusing_receiver, running_receiver
 from tests.test_deployment_instances import retire
@@ -61,7 +61,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
-        token = stack.prepare()
+        with schemas_derived_once():
+            token = stack.prepare()
         stack.start_temporal()
         stack.start_worker("worker", "--hardware", "gpu-t4")
         stack.start_worker(CPU_WORKER, "--no-orchestration", "--hardware", "cpu")

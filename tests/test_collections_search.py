@@ -7,28 +7,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import replicate
 from replicate.exceptions import ReplicateError
 
-from replicant.devstack import settings_env
+from tests.accountkit import cli
 from tests.conftest import LiveStack
 from tests.modelkit import Who, someone
 
 BUILTINS = {"replicate/hello-world", "replicant/sleep", "replicant/thumbnail", "replicant/ngram"}
 
 
-def cli(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicant.cli", "collections", *args],
-        env=settings_env(live.settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def collections(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(live, "collections", *args)
 
 
 def private_model(live: LiveStack, who: Who, name: str, description: str) -> str:
@@ -68,13 +61,13 @@ def test_an_operator_manages_collections_and_callers_see_only_visible_models(
     slug = f"picks-{os.urandom(3).hex()}"
     owner = someone(live, "curator")
     secret = private_model(live, owner, "secret", "kept private")
-    made = cli(live, "create", slug, "--name", "Picks", "--description", "Models we like")
+    made = collections(live, "create", slug, "--name", "Picks", "--description", "Models we like")
     assert made.returncode == 0, made.stderr
-    added = cli(live, "add", slug, "replicate/hello-world", secret)
+    added = collections(live, "add", slug, "replicate/hello-world", secret)
     assert added.returncode == 0, added.stderr
-    refused = cli(live, "add", slug, "nobody/nothing")
+    refused = collections(live, "add", slug, "nobody/nothing")
     assert refused.returncode == 1 and "no model nobody/nothing" in refused.stdout
-    bad_slug = cli(live, "create", "Not A Slug", "--name", "x")
+    bad_slug = collections(live, "create", "Not A Slug", "--name", "x")
     assert bad_slug.returncode == 1
     with owner.client(live) as api:
         mine = api.get(f"/v1/collections/{slug}").json()
@@ -86,10 +79,10 @@ def test_an_operator_manages_collections_and_callers_see_only_visible_models(
     stranger = replicate.Client(api_token=someone(live, "stranger").token, base_url=live.url)
     theirs = stranger.collections.get(slug)
     assert [f"{m.owner}/{m.name}" for m in theirs.models or []] == ["replicate/hello-world"]
-    removed = cli(live, "remove", slug, "replicate/hello-world")
+    removed = collections(live, "remove", slug, "replicate/hello-world")
     assert removed.returncode == 0, removed.stderr
     assert stranger.collections.get(slug).models == []
-    assert cli(live, "delete", slug).returncode == 0
+    assert collections(live, "delete", slug).returncode == 0
     with live.client() as api:
         assert api.get(f"/v1/collections/{slug}").status_code == 404
 

@@ -436,26 +436,3 @@ async def test_a_start_whose_answer_was_lost_is_settled_by_asking_temporal(
     with Session(crashy.engine) as session:
         row = session.get(Training, training_id)
     assert row is not None and row.status == "succeeded", row
-
-
-async def test_predictions_finish_when_temporal_is_killed_and_restarted(crashy: LiveStack) -> None:
-    """The dev server SIGKILLed with predictions running and queued, then restarted on its
-    own database: every prediction ends truthfully, none is left open."""
-    _, token = account(crashy, "temporal")
-    with crashy.client(token) as api:
-        created = [
-            api.post(
-                "/v1/models/replicant/sleep/predictions", json={"input": {"seconds": 2}}
-            ).json()["id"]
-            for _ in range(4)  # cpu has 2 slots: two run, two wait
-        ]
-    await asyncio.to_thread(
-        crashy.wait_for, created[0], lambda p: p["status"] == "processing", 60, token
-    )
-    crashy.stack.stop("temporal", sig=signal.SIGKILL)
-    await asyncio.sleep(1)
-    crashy.stack.start_temporal()
-    for prediction_id in created:
-        final = await asyncio.to_thread(crashy.wait_for, prediction_id, timeout=180, token=token)
-        assert final["status"] == "succeeded", final
-        assert final["output"].startswith("slept")

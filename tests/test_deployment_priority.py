@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,13 @@ from replicant.deployments import deployment_config, set_deployment_priority
 from replicant.devstack import settings_env
 from replicant.tables import Deployment
 from replicant.temporal import connect
+from tests.accountkit import cli
 from tests.conftest import LiveStack
 from tests.fairkit import (
     account,
     created,
     hold_the_slot,
-    long_run_stack,
+    long_run_live,
     predict,
     serve_backlog,
     sleep_model_on_one_slot,
@@ -40,11 +40,7 @@ from tests.waiting import wait_until
 HELLO = "replicate/hello-world"
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The embedded stack of this module (tests/fairkit.py)."""
-    with long_run_stack(tmp_path_factory, "deployment-priority") as stack:
-        yield stack
+live = long_run_live("deployment-priority")  # the embedded stack of this module (tests/fairkit.py)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +80,8 @@ async def placement(live: LiveStack, prediction_id: str) -> tuple[str, int, str]
 
 
 def operator(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
-    """``replicant deployments set-priority ARGS`` as an operator runs it."""
+    """``replicant deployments set-priority ARGS`` as an operator runs it: the console script,
+    in a process of its own (with a placement flag the command ends its process itself)."""
     command = [str(Path(sys.executable).parent / "replicant"), "deployments", "set-priority"]
     return subprocess.run(
         [*command, *args],
@@ -194,9 +191,12 @@ def test_the_operator_command_refuses_what_it_cannot_do(live: LiveStack) -> None
     username, token = account(live, "refused")
     with live.client(token) as client:
         name = deploy(client, HELLO, "cpu")
-    out_of_range = operator(live, f"{username}/{name}", "9")
+    # Without a placement flag the command ends normally: it runs in this process.
+    out_of_range = cli(live, "deployments", "set-priority", f"{username}/{name}", "9")
     assert out_of_range.returncode != 0
     assert "priority must be between 1 and 5" in out_of_range.stdout + out_of_range.stderr
-    unknown = operator(live, f"{username}/nothing-{os.urandom(3).hex()}", "1")
+    unknown = cli(
+        live, "deployments", "set-priority", f"{username}/nothing-{os.urandom(3).hex()}", "1"
+    )
     assert unknown.returncode != 0
     assert "no deployment named" in unknown.stdout + unknown.stderr

@@ -11,33 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from replicant.devstack import settings_env
 from replicant.temporal import connect
+from tests.accountkit import cli
 from tests.conftest import LiveStack
 from tests.fairkit import (
     account,
     hold_the_slot,
-    long_run_stack,
+    long_run_live,
     predict,
     serve_backlog,
     sleep_model_on_one_slot,
 )
 from tests.trainkit import corpus, new_destination, train
 
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The embedded stack of this module (tests/fairkit.py)."""
-    with long_run_stack(tmp_path_factory, "fairness") as stack:
-        yield stack
+live = long_run_live("fairness")  # the embedded stack of this module (tests/fairkit.py)
 
 
 @pytest.fixture(scope="module")
@@ -108,26 +100,14 @@ async def test_priority_and_fairness_ride_on_the_workflow(
 
 def test_operator_sets_an_accounts_weight_with_the_cli(live: LiveStack) -> None:
     username, token = account(live, "weighed")
-    command = [str(Path(sys.executable).parent / "replicant"), "accounts", "set-weight"]
-    env = settings_env(live.settings)
-    done = subprocess.run(
-        [*command, username, "2.5"], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = cli(live, "accounts", "set-weight", username, "2.5")
     assert done.returncode == 0, done.stdout + done.stderr
     with live.client(token) as client:
         assert client.get("/v1/account").json()["fairness_weight"] == 2.5
-    refused = subprocess.run(
-        [*command, username, "0"], env=env, capture_output=True, text=True, timeout=120
-    )
+    refused = cli(live, "accounts", "set-weight", username, "0")
     assert refused.returncode != 0
     assert "weight must be between" in refused.stdout + refused.stderr
-    unknown = subprocess.run(
-        [*command, f"nobody-{os.urandom(3).hex()}", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    unknown = cli(live, "accounts", "set-weight", f"nobody-{os.urandom(3).hex()}", "2")
     assert unknown.returncode != 0
     assert "no account named" in unknown.stdout + unknown.stderr
 

@@ -31,7 +31,7 @@ from replicant.settings import Settings
 from replicant.tables import Model, Prediction, StoredFile
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
-from tests.conftest import TERMINAL, stack_settings, suite_database
+from tests.conftest import TERMINAL, schemas_derived_once, stack_settings, suite_database
 from tests.test_safefetch import stager  # noqa: F401  (a Stager on a local store)
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
 from tests.waiting import wait_until
@@ -97,7 +97,8 @@ def s3stack(tmp_path_factory: pytest.TempPathFactory, moto_url: str) -> Iterator
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         try:
-            token = stack.start()
+            with schemas_derived_once():
+                token = stack.start()
             engine = make_engine(settings.resolved_database_url)
             yield S3Stack(settings, settings.resolved_public_url, token, engine, moto_url)
             engine.dispose()

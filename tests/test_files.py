@@ -38,7 +38,7 @@ from replicant.settings import Settings
 from replicant.storage import LocalStore, signed_path
 from replicant.versions import create_version, ensure_model
 from tests.conformance import conformance_hook
-from tests.conftest import TERMINAL, stack_settings, suite_database
+from tests.conftest import TERMINAL, schemas_derived_once, stack_settings, suite_database
 from tests.waiting import wait_until
 
 RETENTION = 15.0
@@ -116,7 +116,8 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TLSStack]:
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         try:
-            token = stack.start()
+            with schemas_derived_once():
+                token = stack.start()
             engine = make_engine(settings.resolved_database_url)
             model = ensure_model(engine, settings.default_account, "fileouts")
             create_version(settings, engine, model, MODELS / "fileouts")

@@ -20,7 +20,7 @@ from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
 from replicant.versions import create_version, ensure_model
-from tests.conftest import stack_settings, suite_database
+from tests.conftest import schemas_derived_once, stack_settings, suite_database
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -85,7 +85,8 @@ def gpustack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuStack]:
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         try:
-            token = stack.start()
+            with schemas_derived_once():
+                token = stack.start()
             engine = make_engine(settings.resolved_database_url)
             model = ensure_model(engine, settings.default_account, "gpuenv", hardware="gpu-t4")
             versions = []

@@ -5,29 +5,21 @@ devices they were given."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from replicant.weights import WeightsCache
-from tests.test_weights import NGRAM, WORDS, SlowStore, base_spec, finetune_spec, put_weights
+from tests import test_weights
+from tests.test_weights import WORDS, SlowStore, base_spec, finetune_spec, put_weights
 from workers.runners import RunnerPool, RunnerSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]  # coglet processes
 
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "ngram"
-    shutil.copytree(NGRAM, target)
-    return target
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SlowStore:
-    return SlowStore(tmp_path / "files", "http://127.0.0.1:1", "secret")
+# The fixtures of tests/test_weights.py: a copy of its model and its slow store.
+model_dir = test_weights.model_dir
+store = test_weights.store
 
 
 def visible_devices(pid: int | None) -> str | None:

@@ -25,7 +25,7 @@ from replicant.db import make_engine
 from replicant.devstack import Stack
 from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
-from tests.conftest import LiveStack, stack_settings, suite_database
+from tests.conftest import LiveStack, schemas_derived_once, stack_settings, suite_database
 from tests.test_scale_out import run_attempts
 from workers.runners import RunnerPool, RunnerSpec
 from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups, locate, model_cgroups
@@ -272,7 +272,8 @@ def limited(tmp_path_factory: pytest.TempPathFactory, hog: Path) -> Iterator[tup
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
-        token = stack.start()
+        with schemas_derived_once():
+            token = stack.start()
         engine = make_engine(settings.resolved_database_url)
         cleanup.callback(engine.dispose)
         name = f"hog-{os.urandom(3).hex()}"

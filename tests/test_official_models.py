@@ -4,10 +4,9 @@ model reports it, and the official-model prediction route keeps working for it."
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-from replicant.devstack import settings_env
+from tests.accountkit import cli
 from tests.conftest import LiveStack
 from tests.modelkit import COG_YAML, pushed, someone, write_model
 
@@ -20,13 +19,7 @@ HELLO = (
 
 
 def official(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "replicant.cli", "models", "official", *args],
-        env=settings_env(live.settings),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(live, "models", "official", *args)
 
 
 def test_an_operator_marks_a_model_official_and_it_still_runs(

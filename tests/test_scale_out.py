@@ -27,7 +27,7 @@ from temporalio.client import Client
 from replicant.devstack import Stack, free_port, wait_for_health
 from replicant.settings import Settings
 from replicant.temporal import connect
-from tests.conftest import TERMINAL, stack_settings
+from tests.conftest import TERMINAL, schemas_derived_once, stack_settings
 from tests.pgdb import fresh_postgres_database
 from tests.test_storage import moto_url  # noqa: F401  (the S3 endpoint fixture)
 from tests.waiting import wait_until
@@ -74,7 +74,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, moto_url: str) -> Iterator
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
         try:
-            token = stack.prepare()
+            with schemas_derived_once():
+                token = stack.prepare()
             stack.start_temporal()
             ports: dict[str, tuple[int, int]] = {}
             for name in WORKERS:
