@@ -12,11 +12,13 @@ import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from sqlmodel import Session, col, select
+from temporalio.client import Client, ScheduleActionExecutionStartWorkflow, WorkflowExecutionStatus
 from temporalio.testing import ActivityEnvironment
 
 from activities.reconcile import NEVER_STARTED, ReconcileActivities
@@ -32,6 +34,8 @@ from replicant.timeutil import utcnow
 from tests.conftest import TERMINAL, LiveStack, own_stack
 from tests.test_operability import scrape
 from tests.trainkit import data_uri
+from tests.waiting import async_wait_until, wait_until
+from workers.schedules import START_RECONCILE_SCHEDULE
 from workflows.prediction import PredictionWorkflow
 
 # Longer than api.startguard.START_RPC_TIMEOUT: a start still in flight is never settled.
@@ -55,14 +59,20 @@ def rows(live: LiveStack, owner: str) -> dict[str, str]:
 
 def settled(live: LiveStack, kind: type[Prediction] | type[Training], row_id: str) -> Any:
     """The row once it has left ``starting`` (grace plus a few reconcile passes at most)."""
-    deadline = time.monotonic() + GRACE + 60
-    while True:
+
+    def read() -> Any:
         with Session(live.engine) as session:
             row = session.get(kind, row_id)
         assert row is not None
-        if row.status != "starting" or time.monotonic() > deadline:
-            return row
-        time.sleep(0.5)
+        return row
+
+    return wait_until(
+        read,
+        lambda row: row.status != "starting",
+        what=f"{kind.__name__} {row_id} to leave starting",
+        timeout=GRACE + 60,
+        interval=0.5,
+    )
 
 
 def account(live: LiveStack, name: str) -> tuple[str, str]:
@@ -272,13 +282,37 @@ async def test_an_uncertain_start_is_settled_by_asking_temporal_not_by_starting_
     await handle.terminate()
 
 
+async def passes_done_since(client: Client, since: datetime) -> int:
+    """Reconcile passes (runs of the Schedule) started at or after ``since`` that completed."""
+    described = await client.get_schedule_handle(START_RECONCILE_SCHEDULE).describe()
+    done = 0
+    for action in described.info.recent_actions:
+        started = action.action
+        if action.started_at < since or not isinstance(
+            started, ScheduleActionExecutionStartWorkflow
+        ):
+            continue
+        run = client.get_workflow_handle(started.workflow_id, run_id=started.first_execution_run_id)
+        if (await run.describe()).status == WorkflowExecutionStatus.COMPLETED:
+            done += 1
+    return done
+
+
 async def test_the_reconciler_leaves_a_row_whose_workflow_waits_in_its_queue(
     crashy: LiveStack,
 ) -> None:
     prediction_id = new_id()
     handle = await parked(crashy, prediction_id)
-    # Past the grace, and several reconcile passes later, the row is as it was.
-    await asyncio.sleep(GRACE + 4)
+    # Past the grace, and two whole reconcile passes later, the row is as it was.
+    client = await connect(crashy.settings)
+    past_grace = utcnow() + timedelta(seconds=GRACE)
+    await async_wait_until(
+        lambda: passes_done_since(client, past_grace),
+        lambda done: done >= 2,
+        what="two reconcile passes started after the grace to complete",
+        timeout=GRACE + 60,
+        interval=0.5,
+    )
     with Session(crashy.engine) as session:
         row = session.get(Prediction, prediction_id)
     assert row is not None and row.status == "starting"
