@@ -88,6 +88,8 @@ class BuildActivities:
         row = await asyncio.to_thread(builds.get_build, self.engine, req.id)
         if row is not None and row.status in builds.TERMINAL:
             return _outcome(row.status, row.version_id, row.created)  # an earlier attempt ended it
+        # Until now it waited in the build queue for a slot; its status says a worker has it.
+        await asyncio.to_thread(builds.mark_processing, self.engine, req.id)
         logs = BuildLog(self.engine, req.id)
         attempt = activity.info().attempt
         if attempt > 1:

@@ -132,6 +132,17 @@ def get_build(engine: Engine, build_id: str) -> Build | None:
         return session.get(Build, build_id)
 
 
+def mark_processing(engine: Engine, build_id: str) -> None:
+    """A worker took the build: it no longer waits for a build slot (``starting``)."""
+    with Session(engine) as session:
+        session.execute(
+            update(Build)
+            .where(col(Build.id) == build_id, col(Build.status) == "starting")
+            .values(status="processing")
+        )
+        session.commit()
+
+
 def append_logs(engine: Engine, build_id: str, text: str) -> None:
     """Add ``text`` (whole lines) to a running build's log."""
     if not text:
@@ -140,7 +151,7 @@ def append_logs(engine: Engine, build_id: str, text: str) -> None:
         session.execute(
             update(Build)
             .where(col(Build.id) == build_id, col(Build.status).not_in(TERMINAL))
-            .values(logs=col(Build.logs) + text, status="processing")
+            .values(logs=col(Build.logs) + text)
         )
         session.commit()
 

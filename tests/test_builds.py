@@ -28,16 +28,18 @@ from temporalio.client import WorkflowExecutionStatus
 from activities.builds import BuildAbandoned, BuildLog
 from api.app import create_app
 from api.push import WAITING_FOR_A_WORKER
+from replicant import builds
 from replicant.accounts import create_account
 from replicant.archives import pack_model
 from replicant.devstack import free_port
+from replicant.ids import new_id
 from replicant.objectkeys import build_archive
 from replicant.settings import Settings
 from replicant.tables import Build
 from replicant.temporal import connect
 from tests.conftest import LiveStack
 from tests.observe import SCHEDULED, STARTED, build_activity
-from tests.waiting import async_wait_until
+from tests.waiting import async_wait_until, wait_until
 from tests.workflow_runs import all_events
 
 GATED_MODEL = """\
@@ -80,6 +82,14 @@ def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 
 def headers(live: LiveStack, **extra: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {live.token}", **extra}
+
+
+def build_status(client: httpx.Client, live: LiveStack, build_id: str) -> dict[str, Any]:
+    """``GET /v1/builds/{id}`` as JSON."""
+    response = client.get(f"{live.url}/v1/builds/{build_id}", headers=headers(live))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 async def test_a_push_survives_a_restart_of_the_api_that_received_it(
@@ -255,6 +265,24 @@ async def test_following_a_build_whose_workflow_was_terminated_ends_with_the_rea
         assert client.get(f"/v1/builds/{build_id}").json()["status"] == "failed"
 
 
+def test_a_build_becomes_processing_when_a_worker_takes_it_never_once_it_ended(
+    live: LiveStack,
+) -> None:
+    """The build activity marks its build ``processing`` as it starts; a build that ended
+    meanwhile (the orphan settler failed it) stays ended."""
+    statuses = {new_id(): "starting", new_id(): "failed"}
+    owner = live.settings.default_account
+    with Session(live.engine) as session:
+        for build_id, status in statuses.items():
+            session.add(Build(id=build_id, owner=owner, model=f"{owner}/taken", status=status))
+        session.commit()
+    for build_id in statuses:
+        builds.mark_processing(live.engine, build_id)
+    with Session(live.engine) as session:
+        after = [session.get_one(Build, build_id).status for build_id in statuses]
+    assert after == ["processing", "failed"]
+
+
 def test_an_abandoned_build_stops_at_its_next_step() -> None:
     log = BuildLog(cast(Engine, None), "b1")
     log.say("copying the model files")
@@ -302,7 +330,8 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
     live: LiveStack, tmp_path: Path
 ) -> None:
     """A worker runs ``max_concurrent_builds`` builds at once (each a pip run); a push
-    beyond them is accepted and its build waits in the build queue, not refused."""
+    beyond them is accepted and its build waits in the build queue, not refused. Its status
+    says so: ``starting`` while it waits for a slot, ``processing`` once a worker took it."""
     slots = live.settings.max_concurrent_builds
     temporal = await connect(live.settings)
     ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
@@ -335,7 +364,6 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
                 timeout=BUILD_TIMEOUT,
             )
         queued_id, queued = push("queued")
-        gates[-1].touch()  # nothing holds this one but the slots
         queued_events = events(queued.iter_lines())
         assert next(queued_events)["message"] == WAITING_FOR_A_WORKER  # said at once
         await async_wait_until(
@@ -343,8 +371,25 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
             lambda pending: pending is not None and pending.state == SCHEDULED,
             what="the third build scheduled on the build queue",
         )
+        waiting = build_status(client, live, queued_id)
+        assert waiting["status"] == "starting", waiting
+        assert waiting["logs"] == f"{WAITING_FOR_A_WORKER}\n"
         released_at = datetime.now(UTC)
         gates[0].touch()
+        # A worker took it; its own gate holds it there until the status says so.
+        await async_wait_until(
+            lambda: build_activity(temporal, queued_id),
+            lambda pending: pending is not None and pending.state == STARTED,
+            what="the third build's activity started",
+            timeout=BUILD_TIMEOUT,
+        )
+        taken = wait_until(
+            lambda: build_status(client, live, queued_id),
+            lambda build: build["status"] != "starting",
+            what="the third build to leave starting once its activity started",
+        )
+        assert taken["status"] == "processing" and taken["completed_at"] is None, taken
+        gates[-1].touch()
         last = list(queued_events)[-1]
         assert last["event"] == "version" and last["status"] == 201, last
         # It started only once a held build ended, which only the open gate allowed.
@@ -354,6 +399,8 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
             if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
         ]
         assert started and started[0] >= released_at, (started, released_at)
+        done = build_status(client, live, queued_id)
+        assert done["status"] == "succeeded" and done["version"]["id"] == last["version"]["id"]
         for gate in gates:
             gate.touch()
         for _, response in held:

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api.push import WAITING_FOR_A_WORKER
 from replicant.envs import env_ready
 from replicant.tables import Version
 from replicant.versions import create_version, ensure_model, version_python
@@ -289,6 +290,8 @@ def test_replicant_push_cli(live: LiveStack, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Uploading" in done.stdout
+    # Until a worker takes the build, the pusher reads that it waits for one.
+    assert done.stdout.index(WAITING_FOR_A_WORKER) < done.stdout.index("fetching the pushed")
     assert "deriving the schema from the predictor" in done.stdout
     with alice.client(live) as api:
         model = api.get(f"/v1/models/{ref}").json()
