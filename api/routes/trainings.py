@@ -121,7 +121,12 @@ async def create_training(
 ) -> Response:
     settings = state.settings
     claim = claim_for(
-        idempotency_key, account, request, body.model_dump(mode="json"), kind="training"
+        idempotency_key,
+        account,
+        request,
+        body.model_dump(mode="json"),
+        state.secret_key,
+        kind="training",
     )
     if claim is not None and (answered := await _replay(request, state, account, claim)):
         return answered
