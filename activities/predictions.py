@@ -34,7 +34,7 @@ from replicant.contracts import (
 from replicant.envs import EnvBuildError
 from replicant.objectkeys import prediction_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
-from replicant.sealing import UnsealError, seal_context, unseal_secrets
+from replicant.sealing import Sealer, UnsealError
 from replicant.settings import Settings, get_settings
 from replicant.storage import ObjectStore, outward_output
 from replicant.tables import TERMINAL_STATUSES, Version
@@ -215,10 +215,8 @@ class PredictionActivities:
                 on_booted=run.on_booted,
                 on_update=run.on_update,
                 unseal=functools.partial(
-                    unseal_secrets,
+                    Sealer(get_settings().ensure_secret_key(), req.id, req.version).unseal_input,
                     version.openapi_schema,
-                    secret_key=get_settings().ensure_secret_key(),
-                    context=seal_context(req.id, req.version),
                 ),
             )
         except TimeoutError:

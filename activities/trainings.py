@@ -51,7 +51,7 @@ from replicant.envs import EnvBuildError
 from replicant.inputfiles import InputFileError, parse_data_uri
 from replicant.objectkeys import training_inputs, training_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
-from replicant.sealing import UnsealError, seal_context, unseal_secrets
+from replicant.sealing import Sealer, UnsealError
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.tables import Training, Version
@@ -180,10 +180,8 @@ class TrainingActivities:
                 on_booted=progress.on_booted,
                 on_update=progress.on_update,
                 unseal=functools.partial(
-                    unseal_secrets,
+                    Sealer(self.settings.ensure_secret_key(), req.id, req.version).unseal_input,
                     version.openapi_schema,
-                    secret_key=self.settings.ensure_secret_key(),
-                    context=seal_context(req.id, req.version),
                     component="TrainingInput",
                 ),
             )

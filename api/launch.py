@@ -56,7 +56,7 @@ from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_target
 from replicant.objectkeys import prediction_inputs
-from replicant.sealing import seal_context, seal_secrets
+from replicant.sealing import Sealer
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -193,9 +193,8 @@ async def launch_prediction(
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
     # Secret inputs are sealed: their plain value reaches the model only (replicant/sealing.py).
-    sealed = seal_secrets(
-        version.openapi_schema, payload, state.secret_key, seal_context(prediction_id, version.id)
-    )
+    sealer = Sealer(state.secret_key, prediction_id, version.id)
+    sealed = sealer.seal_input(version.openapi_schema, payload)
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
         state, version.openapi_schema, sealed, prediction_inputs(prediction_id)

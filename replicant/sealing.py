@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -40,13 +41,8 @@ def _fernet(secret_key: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(derived))
 
 
-def seal_context(object_id: str, version: str) -> str:
-    """What a sealed value is bound to: the prediction's (or training's) id and version."""
-    return f"{object_id}:{version}"
-
-
 def seal(value: str, secret_key: str, context: str) -> str:
-    """``value`` sealed for ``context`` (see ``seal_context``)."""
+    """``value`` sealed for ``context`` (``Sealer.context``)."""
     plain = json.dumps({"c": context, "v": value}).encode()
     return SEALED_PREFIX + _fernet(secret_key).encrypt(plain).decode()
 
@@ -67,24 +63,34 @@ def unseal(value: str, secret_key: str, context: str) -> str:
     return str(opened["v"])
 
 
-def seal_secrets(
-    openapi_schema: dict[str, Any],
-    payload: dict[str, Any],
-    secret_key: str,
-    context: str,
-    component: str = "Input",
-) -> dict[str, Any]:
-    """``payload`` with each ``Secret`` input value sealed (every one, even one that looks
-    sealed already: the model gets back exactly what the caller sent)."""
-    return map_secrets(openapi_schema, payload, lambda v: seal(v, secret_key, context), component)
+@dataclass(frozen=True)
+class Sealer:
+    """Seals and unseals the ``Secret`` inputs of one prediction (or training) of a version:
+    its id and version are what a sealed value is bound to."""
 
+    secret_key: str = field(repr=False)  # never in a log line or traceback
+    object_id: str
+    version: str
 
-def unseal_secrets(
-    openapi_schema: dict[str, Any],
-    payload: dict[str, Any],
-    secret_key: str,
-    context: str,
-    component: str = "Input",
-) -> dict[str, Any]:
-    """``payload`` with each sealed ``Secret`` input value opened; raises ``UnsealError``."""
-    return map_secrets(openapi_schema, payload, lambda v: unseal(v, secret_key, context), component)
+    @property
+    def context(self) -> str:
+        return f"{self.object_id}:{self.version}"
+
+    def seal_input(
+        self, schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
+    ) -> dict[str, Any]:
+        """``payload`` with each ``Secret`` input value sealed (every one, even one that looks
+        sealed already: the model gets back exactly what the caller sent)."""
+        return map_secrets(schema, payload, self._seal, component)
+
+    def unseal_input(
+        self, schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
+    ) -> dict[str, Any]:
+        """``payload`` with each sealed ``Secret`` input value opened; ``UnsealError``."""
+        return map_secrets(schema, payload, self._unseal, component)
+
+    def _seal(self, value: str) -> str:
+        return seal(value, self.secret_key, self.context)
+
+    def _unseal(self, value: str) -> str:
+        return unseal(value, self.secret_key, self.context)

@@ -53,7 +53,7 @@ from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.lookups import owned_training
 from replicant.objectkeys import training_inputs
-from replicant.sealing import seal_context, seal_secrets
+from replicant.sealing import Sealer
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 from replicant.validation import redact_secrets, validate_input
@@ -147,13 +147,8 @@ async def create_training(
     training_id = new_id()
     # Data URIs go to the object store now: the workflow's input carries references only.
     # Secret inputs are sealed: their plain value reaches the trainer only.
-    sealed = seal_secrets(
-        version.openapi_schema,
-        body.input,
-        state.secret_key,
-        seal_context(training_id, version.id),
-        "TrainingInput",
-    )
+    sealer = Sealer(state.secret_key, training_id, version.id)
+    sealed = sealer.seal_input(version.openapi_schema, body.input, "TrainingInput")
     workflow_input, stored = await store_data_uris(
         state,
         version.openapi_schema,
