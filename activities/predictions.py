@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from cachetools import TTLCache
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from temporalio import activity
 
 from activities.files import stored_output, uploads_outputs
@@ -33,10 +34,12 @@ from replicant.contracts import (
 from replicant.envs import EnvBuildError
 from replicant.objectkeys import prediction_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
+from replicant.sealing import Sealer, UnsealError
 from replicant.settings import Settings, get_settings
 from replicant.storage import ObjectStore, outward_output
 from replicant.tables import TERMINAL_STATUSES, Version
 from replicant.timeutil import utcnow
+from replicant.validation import redact_secrets
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
 
@@ -135,8 +138,9 @@ class PredictionActivities:
 
     @activity.defn(name=ActivityName.RECORD_PREDICTION)
     async def record_prediction(self, req: PredictionRequest) -> None:
-        """Write the read-model row of a prediction started outside the API."""
-        await asyncio.to_thread(readmodel.insert_prediction, self.engine, req)
+        """Write the read-model row of a prediction started outside the API, its ``Secret``
+        inputs redacted as the API's are."""
+        await asyncio.to_thread(_insert_redacted, self.engine, req)
 
     @activity.defn(name=ActivityName.FINISH_PREDICTION)
     async def finish_prediction(self, done: FinishPrediction) -> None:
@@ -210,11 +214,17 @@ class PredictionActivities:
                 self.store,
                 on_booted=run.on_booted,
                 on_update=run.on_update,
+                unseal=functools.partial(
+                    Sealer(get_settings().ensure_secret_key(), req.id, req.version).unseal_input,
+                    version.openapi_schema,
+                ),
             )
         except TimeoutError:
             return await finish(
                 "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
             )
+        except UnsealError as err:  # another attempt would fail the same way
+            return await finish("failed", error=str(err))
         except BootError as err:
             # A model whose setup() fails will fail again: record it rather than retry.
             return await finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
@@ -236,6 +246,15 @@ class PredictionActivities:
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
         return await finish(result.status, error=result.error, output=output, logs=result.logs)
+
+
+def _insert_redacted(engine: Engine, req: PredictionRequest) -> None:
+    with Session(engine) as session:
+        version = session.get(Version, req.version)
+    # An unknown version has no Secret inputs to redact; its run fails as VersionNotFound.
+    if version is not None:
+        req = req.model_copy(update={"input": redact_secrets(version.openapi_schema, req.input)})
+    readmodel.insert_prediction(engine, req)
 
 
 def cancel_was_requested() -> bool:

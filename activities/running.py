@@ -66,9 +66,12 @@ async def run_model(
     *,
     on_booted: OnBooted,
     on_update: OnUpdate,
+    unseal: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> CogPrediction:
     """Run ``req`` on the pool and return its terminal state; ``TimeoutError`` when the model
-    runs longer than ``req.timeout`` (counted from the hand-over, not the queue or the boot)."""
+    runs longer than ``req.timeout`` (counted from the hand-over, not the queue or the boot).
+    ``unseal`` opens the sealed ``Secret`` inputs (replicant/sealing.py) at the last moment,
+    so their plain value is in this process's memory only; it raises ``UnsealError``."""
     # Staged input files become local paths for the model, removed after the run.
     async with (
         asyncio.timeout(None) as deadline,
@@ -79,7 +82,9 @@ async def run_model(
             deadline.reschedule(asyncio.get_running_loop().time() + req.timeout)
             await on_booted()
 
-        return await pool.predict(spec, req.id, model_input, on_update=on_update, on_booted=booted)
+        return await pool.predict(
+            spec, req.id, unseal(model_input), on_update=on_update, on_booted=booted
+        )
 
 
 async def ensure_env(version: Version) -> None:

@@ -51,6 +51,7 @@ from replicant.envs import EnvBuildError
 from replicant.inputfiles import InputFileError, parse_data_uri
 from replicant.objectkeys import training_inputs, training_prefix
 from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
+from replicant.sealing import Sealer, UnsealError
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.tables import Training, Version
@@ -178,12 +179,20 @@ class TrainingActivities:
                 store,
                 on_booted=progress.on_booted,
                 on_update=progress.on_update,
+                unseal=functools.partial(
+                    Sealer(self.settings.ensure_secret_key(), req.id, req.version).unseal_input,
+                    version.openapi_schema,
+                    component="TrainingInput",
+                ),
             )
         except TimeoutError:
             await close(None)
             return TrainingRun(
                 status="failed", error=f"Training timed out after {req.timeout:g} seconds"
             )
+        except UnsealError as err:  # another attempt would fail the same way
+            await close(None)
+            return TrainingRun(status="failed", error=str(err))
         except BootError as err:
             await close(err.logs)
             return TrainingRun(status="failed", error=f"Model setup failed: {err}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -75,9 +76,12 @@ def claim_for(
     account: Account,
     request: Request,
     body: dict[str, Any],
+    secret_key: str,
     kind: str = "prediction",
 ) -> Claim | None:
-    """The claim of a create request (None without the header); 422 for a malformed key."""
+    """The claim of a create request (None without the header); 422 for a malformed key.
+    Its hash is keyed with ``secret_key``: a ``Secret`` input in the body cannot be guessed
+    from the stored hash."""
     if key is None:
         return None
     if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable():
@@ -90,7 +94,7 @@ def claim_for(
             ]
         )
     canonical = json.dumps({"path": request.url.path, "body": body}, sort_keys=True)
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    digest = hmac.new(secret_key.encode(), canonical.encode(), hashlib.sha256).hexdigest()
     return Claim(owner=account.username, key=key, request_hash=digest, kind=kind)
 
 

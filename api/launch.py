@@ -56,6 +56,7 @@ from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_target
 from replicant.objectkeys import prediction_inputs
+from replicant.sealing import Sealer
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -191,9 +192,12 @@ async def launch_prediction(
     hardware = hardware or model.hardware
     check_hardware(settings.hardware, hardware, model)
     prediction_id = new_id()
+    # Secret inputs are sealed: their plain value reaches the model only (replicant/sealing.py).
+    sealer = Sealer(state.secret_key, prediction_id, version.id)
+    sealed = sealer.seal_input(version.openapi_schema, payload)
     # Data URIs go to the object store now: the workflow's input carries references only.
     workflow_input, stored = await store_data_uris(
-        state, version.openapi_schema, payload, prediction_inputs(prediction_id)
+        state, version.openapi_schema, sealed, prediction_inputs(prediction_id)
     )
     # After the upload: the start grace (api/startguard.py) counts from the row's creation.
     created_at = utcnow()

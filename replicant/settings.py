@@ -337,8 +337,9 @@ class Settings(BaseSettings):
     )
     secret_key: str | None = Field(
         None,
-        description="Signs the URLs that carry no token (streams, files); generated once in "
-        "the data dir when unset. Set the same value on every API and worker process.",
+        description="Signs the URLs that carry no token (streams, files) and seals Cog Secret "
+        "inputs; generated once in the data dir when unset. Set the same value on every API "
+        "and worker process.",
     )
 
     # Deployments

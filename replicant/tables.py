@@ -320,7 +320,7 @@ class IdempotencyKey(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     owner: str  # the account that sent it
     key: str
-    request_hash: str  # sha256 of the route and body: a different body is refused
+    request_hash: str  # HMAC-SHA256 (secret_key) of the route and body: another is refused
     kind: str  # "prediction" or "training"
     object_id: str
     # The workflow's input: a retry starts the workflow if the API that recorded it died first.

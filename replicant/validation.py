@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from jsonschema import Draft202012Validator, FormatChecker, validators
@@ -162,23 +162,39 @@ def validate_input(
 REDACTED = "**********"
 
 
-def redact_secrets(
-    openapi_schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
-) -> dict[str, Any]:
-    """``payload`` with the values of Cog ``Secret`` inputs (``x-cog-secret``) replaced by
-    ``**********``: what the read model keeps, as Replicate redacts them once sent."""
+def secret_fields(openapi_schema: dict[str, Any], component: str = "Input") -> set[str]:
+    """The names of the Cog ``Secret`` inputs (``x-cog-secret``) of ``component``."""
     schemas = openapi_schema.get("components", {}).get("schemas", {})
     properties = schemas.get(component, {}).get("properties", {})
     # A list[Secret] marks its items.
-    secret = {
+    return {
         name
         for name, prop in properties.items()
         if prop.get("x-cog-secret") or prop.get("items", {}).get("x-cog-secret")
     }
 
-    def hide(value: Any) -> Any:
-        if isinstance(value, list):
-            return [hide(item) for item in value]
-        return REDACTED if isinstance(value, str) else value
 
-    return {name: hide(v) if name in secret else v for name, v in payload.items()}
+def map_secrets(
+    openapi_schema: dict[str, Any],
+    payload: dict[str, Any],
+    change: Callable[[str], Any],
+    component: str = "Input",
+) -> dict[str, Any]:
+    """A copy of ``payload`` with ``change`` applied to each string value of its ``Secret``
+    inputs (each item of a ``list[Secret]``); other values are kept as they are."""
+    secret = secret_fields(openapi_schema, component)
+
+    def apply(value: Any) -> Any:
+        if isinstance(value, list):
+            return [apply(item) for item in value]
+        return change(value) if isinstance(value, str) else value
+
+    return {name: apply(v) if name in secret else v for name, v in payload.items()}
+
+
+def redact_secrets(
+    openapi_schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
+) -> dict[str, Any]:
+    """``payload`` with the values of Cog ``Secret`` inputs (``x-cog-secret``) replaced by
+    ``**********``: what the read model keeps, as Replicate redacts them once sent."""
+    return map_secrets(openapi_schema, payload, lambda _: REDACTED, component)

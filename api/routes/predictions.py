@@ -66,7 +66,11 @@ async def launch_body(
         prefer=create.prefer,
         cancel_after=create.cancel_after,
         idempotency=claim_for(
-            create.idempotency_key, account, request, body.model_dump(mode="json")
+            create.idempotency_key,
+            account,
+            request,
+            body.model_dump(mode="json"),
+            create.state.secret_key,
         ),
         **options,
     )

@@ -53,6 +53,7 @@ from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.lookups import owned_training
 from replicant.objectkeys import training_inputs
+from replicant.sealing import Sealer
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 from replicant.validation import redact_secrets, validate_input
@@ -120,7 +121,12 @@ async def create_training(
 ) -> Response:
     settings = state.settings
     claim = claim_for(
-        idempotency_key, account, request, body.model_dump(mode="json"), kind="training"
+        idempotency_key,
+        account,
+        request,
+        body.model_dump(mode="json"),
+        state.secret_key,
+        kind="training",
     )
     if claim is not None and (answered := await _replay(request, state, account, claim)):
         return answered
@@ -140,10 +146,13 @@ async def create_training(
     check_hardware(settings.hardware, hardware, model)
     training_id = new_id()
     # Data URIs go to the object store now: the workflow's input carries references only.
+    # Secret inputs are sealed: their plain value reaches the trainer only.
+    sealer = Sealer(state.secret_key, training_id, version.id)
+    sealed = sealer.seal_input(version.openapi_schema, body.input, "TrainingInput")
     workflow_input, stored = await store_data_uris(
         state,
         version.openapi_schema,
-        body.input,
+        sealed,
         training_inputs(training_id),
         component="TrainingInput",
     )
