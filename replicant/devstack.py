@@ -214,7 +214,8 @@ class Stack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sig)
             try:
-                proc.wait(timeout=15)
+                # A worker first lets its running predictions end (worker_stop_grace).
+                proc.wait(timeout=self.settings.worker_stop_grace + 15)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         30.0,
         description="Seconds without a heartbeat before a run is retried on another worker.",
     )
+    worker_stop_grace: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a worker stopped gracefully (SIGTERM) lets the runs of its hardware "
+        "queues finish, its model processes kept alive; runs still going then are run again by "
+        "their next attempt. 0 ends them at once.",
+    )
     training_timeout: float = Field(86400.0, description="Seconds a training may run.")
     aborted_clients: list[str] = Field(
         default_factory=list,

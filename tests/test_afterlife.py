@@ -4,8 +4,8 @@ prediction, of a hardware queue or of a deployment, leaves the prediction to the
 
 A stack of its own: the orchestration worker (which serves gpu-t4 too) and a worker of the
 cpu queue alone, which this module SIGKILLs once a run is over; a short retention, a
-retention sweep every second, `completed` retries at most 2 s apart, and room for runs
-longer than a stopping worker waits for them.
+retention sweep every second, `completed` retries at most 2 s apart, a stopping worker's
+grace, and room for runs longer than it.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ from workers.deployments import STOP_GRACE
 RETENTION = 10.0
 HELLO = "replicate/hello-world"
 SLEEP = "replicant/sleep"
-# Longer than a stopping worker waits for a deployment's running predictions (STOP_GRACE).
+# How long a stopping worker lets its hardware queues' runs end.
+WORKER_STOP_GRACE = STOP_GRACE * 2
+# Longer than a stopping worker waits for running predictions (both graces).
 LONG_RUN = STOP_GRACE * 4
+# Well within the grace from when the worker is stopped, yet seen running before that.
+SHORT_RUN = STOP_GRACE
 CPU_WORKER = "worker-cpu"
 
 pytestmark = pytest.mark.e2e
@@ -57,6 +61,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
             retention_sweep_interval=1.0,
             webhook_retry_max_interval=2.0,
             prediction_timeout=LONG_RUN * 3,
+            worker_stop_grace=WORKER_STOP_GRACE,
             **database,
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
@@ -232,15 +237,29 @@ async def _last_run_attempt(stack: LiveStack, prediction_id: str) -> tuple[int, 
     return started.attempt, started.last_failure.message
 
 
+async def test_a_run_within_the_grace_of_a_worker_stopped_gracefully_ends_in_its_attempt(
+    stack: LiveStack,
+) -> None:
+    with stack.client() as api:
+        created = api.post(
+            f"/v1/models/{SLEEP}/predictions", json={"input": {"seconds": SHORT_RUN}}
+        )
+    assert created.status_code == 201, created.text
+    prediction_id = created.json()["id"]
+    await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, SHORT_RUN)
+    # The stopping worker waited for it, its model process still up: no second attempt.
+    assert await _last_run_attempt(stack, prediction_id) == (1, "")
+
+
 async def test_a_run_on_a_worker_stopped_gracefully_is_run_by_the_next_attempt(
     stack: LiveStack,
 ) -> None:
     with stack.client() as api:
-        created = api.post(f"/v1/models/{SLEEP}/predictions", json={"input": {"seconds": 6}})
+        created = api.post(f"/v1/models/{SLEEP}/predictions", json={"input": {"seconds": LONG_RUN}})
     assert created.status_code == 201, created.text
     prediction_id = created.json()["id"]
-    await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, 6)
-    # Temporal's worker ends the attempt it could not finish; the next attempt runs it.
+    await asyncio.to_thread(_stopped_mid_run, stack, prediction_id, LONG_RUN)
+    # Past the grace, Temporal's worker ends the attempt; the next attempt runs it.
     assert await _last_run_attempt(stack, prediction_id) == (
         2,
         "Worker is shutting down and this activity did not complete in time",

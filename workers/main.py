@@ -154,6 +154,9 @@ def build_workers(
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 tuner=run_slots.tuner(),
+                # A stopped worker lets short runs end (and record) before it cancels them;
+                # run_worker keeps the model processes until this shutdown is over.
+                graceful_shutdown_timeout=timedelta(seconds=settings.worker_stop_grace),
                 max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
                 default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             )
@@ -164,7 +167,8 @@ def build_workers(
 async def run_worker(
     settings: Settings, *, orchestration: bool = True, hardware: list[str] | None = None
 ) -> None:
-    """Run until SIGINT/SIGTERM, then drain and stop every model process."""
+    """Run until SIGINT/SIGTERM, then let running predictions end within the grace
+    (``worker_stop_grace``, a deployment's ``STOP_GRACE``) and stop every model process."""
     unknown = sorted(set(hardware or []) - set(settings.hardware))
     if unknown:
         raise SystemExit(f"unknown hardware: {', '.join(unknown)}")
@@ -262,10 +266,11 @@ async def run_worker(
     finally:
         beating.cancel()
         await asyncio.to_thread(heartbeats.forget, engine, identity)
-        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+        # Deployment instances drain beside the hardware queues' grace, not after it.
+        closing = [host.close()] if host is not None else []
+        await asyncio.gather(*(w.shutdown() for w in workers), *closing, return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
-        if host is not None:
-            await host.close()
+        # Only now: a run within the grace needed its model process to the end.
         await pool.close()
         for own in gpu_pools.values():
             await own.close()
