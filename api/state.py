@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
+import anyio
 import anyio.to_thread
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -25,6 +26,10 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+# Threads (and connections) of /health's own, so that it answers while the API is saturated.
+HEALTH_THREADS = 2
+
+
 def executor_threads() -> int:
     """Threads of the event loop's default executor (``asyncio.to_thread``), as Python
     sizes it."""
@@ -34,9 +39,9 @@ def executor_threads() -> int:
 def pool_size(settings: Settings) -> int:
     """Database connections an API process keeps: one for every thread that may hold one at
     once (anyio's limiter, shared by synchronous routes and ``Database``, and the default
-    executor), so no thread waits for a connection while the thread holding it waits for
-    the event loop."""
-    return settings.api_threads + executor_threads()
+    executor, and ``/health``'s), so no thread waits for a connection while the thread
+    holding it waits for the event loop."""
+    return settings.api_threads + executor_threads() + HEALTH_THREADS
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,11 @@ class AppState:
         if self.engine.dialect.name != "sqlite":
             return None
         return make_loop_engine(self.settings.resolved_database_url)
+
+    @functools.cached_property
+    def health_limiter(self) -> anyio.CapacityLimiter:
+        """The threads of ``/health``'s database checks (made on first use, in the loop)."""
+        return anyio.CapacityLimiter(HEALTH_THREADS)
 
     @functools.cached_property
     def db(self) -> Database:

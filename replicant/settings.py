@@ -424,6 +424,25 @@ class Settings(BaseSettings):
         ge=1,
     )
 
+    api_max_requests: int = Field(
+        1024,
+        description="Requests an API process serves at once (not counting long-held ones); "
+        "the next is answered at once with 503 and `Retry-After`. `/health` and `/metrics` "
+        "are never refused.",
+        ge=1,
+    )
+    api_max_held: int = Field(
+        2048,
+        description="Long-held requests an API process serves at once (creates with "
+        "`Prefer: wait`, event streams, followed builds), apart from `api_max_requests` so "
+        "that they cannot starve short ones; the next is answered at once with 503 and "
+        "`Retry-After`.",
+        ge=1,
+    )
+    api_retry_after: int = Field(
+        1, description="Seconds of `Retry-After` in a 503 of a saturated API process.", ge=1
+    )
+
     @field_validator("rate_limit_create", "rate_limit_default")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:

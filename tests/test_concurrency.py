@@ -146,3 +146,46 @@ def test_a_stream_answers_64_clients_at_once(
 
     _assert_all_answered(*asyncio.run(_burst(live, stream)))
     assert live.wait_for(created["id"])["status"] == "succeeded"
+
+
+async def _short_gets_while_streams_are_held(
+    live: LiveStack, stream_url: str, prediction_id: str
+) -> tuple[list[Any], list[int]]:
+    opened: asyncio.Queue[int] = asyncio.Queue()
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=live.url, timeout=CLIENT_TIMEOUT, limits=limits) as h:
+
+        async def held() -> int:
+            headers = {"Accept": "text/event-stream"}
+            async with h.stream("GET", stream_url, headers=headers) as answer:
+                opened.put_nowait(answer.status_code)
+                async for _ in answer.aiter_bytes():
+                    pass
+            return answer.status_code
+
+        streams = [asyncio.create_task(held()) for _ in range(CLIENTS)]
+        statuses = [await opened.get() for _ in range(CLIENTS)]  # every stream is open
+
+        async def models(http: httpx.AsyncClient) -> httpx.Response:
+            return await http.get("/v1/models")
+
+        results, health = await _burst(live, models, **_bearer(live))
+        async with httpx.AsyncClient(base_url=live.url, **_bearer(live)) as api:
+            canceled = await api.post(f"/v1/predictions/{prediction_id}/cancel")
+            assert canceled.status_code == 200, canceled.text
+        ended = await asyncio.gather(*streams)
+    assert set(statuses) == {200} and set(ended) == {200}, (statuses, ended)
+    return results, health
+
+
+def test_short_requests_are_answered_while_64_streams_are_held(
+    live: LiveStack, api: httpx.Client, slowstream: str
+) -> None:
+    created = api.post(
+        f"/v1/models/{slowstream}/predictions", json={"input": {"tokens": 200, "interval": 0.5}}
+    ).json()
+    results, health = asyncio.run(
+        _short_gets_while_streams_are_held(live, created["urls"]["stream"], created["id"])
+    )
+    _assert_all_answered(results, health)
+    assert live.wait_for(created["id"])["status"] == "canceled"

@@ -1,10 +1,15 @@
-"""``GET /health``: ready only when the database, Temporal and every queue's worker are."""
+"""``GET /health``: ready only when the database, Temporal and every queue's worker are.
+
+Never refused by admission (api/admission.py), and its database checks run in threads of
+its own (``AppState.health_limiter``), so it answers while the API is saturated."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -17,11 +22,17 @@ from api.state import AppState
 from replicant import heartbeats
 
 router = APIRouter(tags=["health"])
+T = TypeVar("T")
 
 
 def _database_ok(state: AppState) -> None:
     with state.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+async def _in_thread(state: AppState, fn: Callable[[], T]) -> T:
+    # Threads of health's own, with connections of their own: a saturated API still answers.
+    return await anyio.to_thread.run_sync(fn, limiter=state.health_limiter)
 
 
 async def _pollers(state: AppState, queue: str, kind: TaskQueueType.ValueType) -> int:
@@ -40,7 +51,7 @@ async def health(state: StateDep) -> JSONResponse:
     missing: list[str] = []
     checks: dict[str, Any] = {}
     try:
-        await asyncio.to_thread(_database_ok, state)
+        await _in_thread(state, lambda: _database_ok(state))
         checks["database"] = "ok"
     except Exception:
         checks["database"] = "unavailable"
@@ -60,7 +71,7 @@ async def health(state: StateDep) -> JSONResponse:
         for sku in state.settings.hardware:
             queues[state.settings.task_queue(sku)] = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
         # A queue is served when Temporal sees its pollers and a worker beat recently.
-        alive = await asyncio.to_thread(heartbeats.live_queues, state.engine)
+        alive = await _in_thread(state, lambda: heartbeats.live_queues(state.engine))
         workers: dict[str, int] = {}
         for queue, kind in queues.items():
             workers[queue] = await _pollers(state, queue, kind) if queue in alive else 0
