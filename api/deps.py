@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 
 from api.errors import ProblemError
 from api.state import AppState, Database
+from replicant.db import cacheable
 from replicant.ids import hash_token
 from replicant.tables import Account, ApiToken
 
@@ -58,11 +59,12 @@ def _token_from(request: Request) -> str | None:
     return None
 
 
-def _account_for(session: Session, token: str) -> Account | None:
+@cacheable(key=lambda token_hash: token_hash)
+def _account_for(session: Session, token_hash: str) -> Account | None:
     stmt = (
         select(Account)
         .join(ApiToken, col(ApiToken.account_id) == col(Account.id))
-        .where(ApiToken.token_hash == hash_token(token))
+        .where(ApiToken.token_hash == token_hash)
         .where(col(ApiToken.revoked_at).is_(None))
     )
     return session.exec(stmt).first()
@@ -71,14 +73,15 @@ def _account_for(session: Session, token: str) -> Account | None:
 async def token_account(request: Request, state: AppState) -> Account | None:
     """The account of the request's token, None without a valid one.
 
-    Looked up in the database once per request (the rate limiter and the route share the
-    answer), never cached across requests: a revoked token fails on its next request.
+    Looked up once per request (the rate limiter and the route share the answer), and
+    reused across requests for ``lookup_cache_ttl``: a token revoked by this process fails on
+    its next request, one revoked elsewhere within that time.
     """
     if hasattr(request.state, "token_account"):
         cached: Account | None = request.state.token_account
         return cached
     token = _token_from(request)
-    account = None if token is None else await state.db.read(_account_for, token)
+    account = None if token is None else await state.db.read(_account_for, hash_token(token))
     request.state.token_account = account
     return account
 

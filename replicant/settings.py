@@ -443,6 +443,15 @@ class Settings(BaseSettings):
         1, description="Seconds of `Retry-After` in a 503 of a saturated API process.", ge=1
     )
 
+    lookup_cache_ttl: float = Field(
+        1.0,
+        description="Seconds an API process reuses what nearly every request looks up (a "
+        "token's account, a pinned version, a version's hardware). Its own changes are seen "
+        "at once; another process's (a token revoked by the CLI or another API process) "
+        "within this time. 0 looks everything up every time.",
+        ge=0,
+    )
+
     @field_validator("rate_limit_create", "rate_limit_default")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:

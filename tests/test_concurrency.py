@@ -9,13 +9,17 @@ these bursts are what caught it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from replicant.accounts import list_tokens, revoke_token
+from replicant.devstack import free_port
 from tests.conftest import LiveStack
+from tests.waiting import wait_until
 
 CLIENTS = 64
 # Generous: the machine running the suite may be busy; a stalled process never answers.
@@ -189,3 +193,32 @@ def test_short_requests_are_answered_while_64_streams_are_held(
     )
     _assert_all_answered(results, health)
     assert live.wait_for(created["id"])["status"] == "canceled"
+
+
+def _account_status(url: str, token: str) -> int:
+    answer = httpx.get(f"{url}/v1/account", headers={"Authorization": f"Bearer {token}"})
+    return answer.status_code
+
+
+def test_a_revoked_token_stops_working_in_every_api_process(live: LiveStack) -> None:
+    # Two API processes that both reuse the token's account (lookup_cache_ttl), and the
+    # revocation made by a third process (this one, as the CLI does).
+    token = live.new_account("revoked")
+    username = httpx.get(f"{live.url}/v1/account", headers={"Authorization": f"Bearer {token}"})
+    second = live.stack.start_api("api-revocation", port=free_port())
+    try:
+        urls = [live.url, second]
+        assert [_account_status(url, token) for url in urls for _ in range(3)] == [200] * 6
+        tokens = list_tokens(live.engine, username.json()["username"])
+        revoke_token(live.engine, tokens[0].id or 0)
+        for url in urls:
+            status = wait_until(
+                functools.partial(_account_status, url, token),
+                lambda status: status != 200,
+                what=f"{url} to refuse the revoked token",
+            )
+            assert status == 401
+        # The stack's own token still works everywhere.
+        assert [_account_status(url, live.token) for url in urls] == [200, 200]
+    finally:
+        live.stack.stop("api-revocation")
