@@ -1,0 +1,270 @@
+"""Many clients at once on a whole stack, with locust (headless): the mix of
+``bench/load/locustfile.py`` at each client count in turn, closed loop, client timeout 60 s.
+
+Prints, per client count and request kind: requests, throughput, p50/p95/p99 and failures
+(by kind and message); over the whole run, ``/health``'s slowest answer and the resident
+memory and open file descriptors of the API, worker and Temporal processes over time
+(the worker's model processes apart); at the end, whether every created prediction reached
+a terminal state in the database and in Temporal (its ``ReplicantStatus``), and whether every
+webhook arrived.
+
+Run: ``.venv/bin/python bench/load/run.py [--clients 16 64 256] [--duration 60]
+[--postgres]`` (needs the ``bench`` extra: ``pip install -e '.[bench]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+from sqlmodel import Session, col, select  # noqa: E402
+
+from bench.stacks import bench_stack, postgres_bench_stack  # noqa: E402
+from replicant.db import make_engine  # noqa: E402
+from replicant.devstack import Stack, free_port  # noqa: E402
+from replicant.tables import TERMINAL_STATUSES, Prediction  # noqa: E402
+from replicant.temporal import connect  # noqa: E402
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+SAMPLE_EVERY = 5.0
+
+
+class Receiver(ThreadingHTTPServer):
+    """Counts the webhook deliveries it receives, by prediction id."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.delivered: set[str] = set()
+        super().__init__(("127.0.0.1", free_port()), _Hook)
+
+
+class _Hook(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        with contextlib.suppress(ValueError, KeyError):
+            self.server.delivered.add(json.loads(body)["id"])
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@dataclass
+class Watch:
+    """Samples the stack's processes and probes ``/health`` while the load runs."""
+
+    stack: Stack
+    url: str
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    health: list[tuple[float, float, int]] = field(default_factory=list)  # (at, seconds, status)
+    stop: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+
+    def sample(self) -> None:
+        row: dict[str, Any] = {"at": time.monotonic() - self.started}
+        for name, proc in self.stack.procs.items():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(proc.pid)
+                row[name] = (p.memory_info().rss, p.num_fds())
+                if name.startswith("worker"):
+                    kids = p.children(recursive=True)
+                    row[f"{name} models"] = (
+                        sum(k.memory_info().rss for k in kids if k.is_running()),
+                        sum(k.num_fds() for k in kids if k.is_running()),
+                    )
+        self.samples.append(row)
+
+    def run_sampler(self) -> None:
+        while not self.stop.wait(SAMPLE_EVERY):
+            self.sample()
+
+    def run_health(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.wait(1.0):
+                began = time.monotonic()
+                try:
+                    status = client.get(f"{self.url}/health").status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.health.append((began - self.started, time.monotonic() - began, status))
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self.sample()
+        threads = [
+            threading.Thread(target=t, daemon=True) for t in (self.run_sampler, self.run_health)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            yield
+        finally:
+            self.stop.set()
+            for t in threads:
+                t.join()
+            self.sample()
+
+
+def run_locust(url: str, token: str, hook: str, clients: int, duration: int, out: Path) -> Path:
+    """One locust run; returns its CSV prefix."""
+    prefix = out / f"c{clients}"
+    env = {
+        **os.environ,
+        "LOAD_TOKEN": token,
+        "LOAD_WEBHOOK": hook,
+        "LOAD_IDS": str(prefix) + "_ids.txt",
+    }
+    cmd = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "-u", str(clients), "-r", str(clients), "-t", f"{duration}s", "--host", url,
+        "--csv", str(prefix), "--only-summary", "--stop-timeout", "65", "--loglevel", "ERROR",
+    ]  # fmt: skip
+    with open(f"{prefix}_locust.log", "wb") as log:  # locust's own summary: the CSVs say it
+        subprocess.run(cmd, env=env, check=False, stdout=log, stderr=subprocess.STDOUT)
+    return prefix
+
+
+def report(prefix: Path, clients: int) -> None:
+    with open(f"{prefix}_stats.csv") as f:
+        rows = list(csv.DictReader(f))
+    print(f"\n## {clients} clients")
+    print(f"{'kind':28} {'requests':>8} {'fail':>5} {'req/s':>7} {'p50':>7} {'p95':>7} {'p99':>7}")
+    for r in rows:
+        print(
+            f"{r['Name'][:28]:28} {r['Request Count']:>8} {r['Failure Count']:>5} "
+            f"{float(r['Requests/s']):7.1f} {r['50%']:>6}ms {r['95%']:>6}ms {r['99%']:>6}ms"
+        )
+    with open(f"{prefix}_failures.csv") as f:
+        failures = list(csv.DictReader(f))
+    for r in failures:
+        print(f"  failed: {r['Name']}: {r['Occurrences']}x {r['Error'][:150]}")
+
+
+def report_watch(watch: Watch) -> None:
+    worst = max(watch.health, key=lambda h: h[1], default=(0.0, 0.0, 0))
+    slow = sum(1 for h in watch.health if h[1] >= 1.0)
+    bad = sum(1 for h in watch.health if h[2] != 200)
+    print(
+        f"\n/health: {len(watch.health)} probes, slowest {worst[1]:.2f}s at {worst[0]:.0f}s, "
+        f"{slow} at 1 s or more, {bad} not 200"
+    )
+    names = [k for k in watch.samples[-1] if k != "at"]
+    print("\nprocess RSS (MB) / open fds over time:")
+    print(f"{'t (s)':>6} " + " ".join(f"{n:>20}" for n in names))
+    for row in watch.samples:
+        cells = []
+        for n in names:
+            rss, fds = row.get(n, (0, 0))
+            cells.append(f"{rss / 2**20:12.0f}/{fds:<7}")
+        print(f"{row['at']:6.0f} " + " ".join(f"{c:>20}" for c in cells))
+
+
+def check_terminal(stack: Stack, ids: list[str], receiver: Receiver, hooks: int) -> None:
+    """Every created prediction terminal in the database and in Temporal; webhooks arrived."""
+    engine = make_engine(stack.settings.resolved_database_url)
+    deadline = time.monotonic() + 120
+    while True:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(Prediction.id, Prediction.status).where(col(Prediction.id).in_(ids))
+            ).all()
+        open_rows = [r for r in rows if r[1] not in TERMINAL_STATUSES]
+        if (not open_rows and len(rows) == len(ids)) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    engine.dispose()
+    print(
+        f"\nprediction rows: {len(ids)} created, {len(ids) - len(rows)} missing, "
+        f"{len(open_rows)} not terminal {open_rows[:5]}"
+    )
+
+    async def temporal() -> tuple[int, set[str]]:
+        client = await connect(stack.settings)
+        query = (
+            "WorkflowType = 'PredictionWorkflow' AND ExecutionStatus = 'Running' "
+            "AND ReplicantStatus IN ('starting', 'processing')"
+        )
+        stuck = [w.id async for w in client.list_workflows(query)]
+        seen = {w.id async for w in client.list_workflows("WorkflowType = 'PredictionWorkflow'")}
+        return len(stuck), seen
+
+    stuck, seen = asyncio.run(temporal())
+    lost = [i for i in ids if f"prediction-{i}" not in seen]
+    print(f"temporal: {stuck} workflows still starting/processing, {len(lost)} never started")
+    deadline = time.monotonic() + 60
+    while len(receiver.delivered) < hooks and time.monotonic() < deadline:
+        time.sleep(0.5)
+    print(f"webhooks: {len(receiver.delivered)} of {hooks} delivered")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--duration", type=int, default=60, help="seconds per client count")
+    parser.add_argument("--postgres", action="store_true", help="on a fresh PostgreSQL database")
+    args = parser.parse_args()
+    make_stack = postgres_bench_stack if args.postgres else bench_stack
+    receiver = Receiver()
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{receiver.server_port}/hook"
+    # Webhooks go to a receiver on 127.0.0.1; the real models are not used.
+    stack_settings = {"allow_private_urls": True, "prebuild_envs": False}
+    with make_stack(**stack_settings) as stack, tempfile.TemporaryDirectory() as out:
+        token = stack.start()
+        url = stack.settings.resolved_public_url
+        headers = {"Authorization": f"Bearer {token}", "Prefer": "wait"}
+        for model, body in [
+            ("replicate/hello-world", {"text": "warm"}),
+            ("replicant/ngram", {"prompt": "warm", "max_tokens": 2}),
+            ("replicant/sleep", {"seconds": 0}),
+        ]:  # boot each model once, so that the rounds measure warm runs
+            httpx.post(
+                f"{url}/v1/models/{model}/predictions",
+                json={"input": body},
+                headers=headers,
+                timeout=300,
+            )
+        watch = Watch(stack, url)
+        ids: list[str] = []
+        hooks = 0
+        with watch.running():
+            for clients in args.clients:
+                prefix = run_locust(url, token, hook, clients, args.duration, Path(out))
+                report(prefix, clients)
+                ids += Path(f"{prefix}_ids.txt").read_text().split()
+                with open(f"{prefix}_stats.csv") as f:
+                    hooks += sum(
+                        int(r["Request Count"]) - int(r["Failure Count"])
+                        for r in csv.DictReader(f)
+                        if r["Name"] == "create (webhook)"
+                    )
+        report_watch(watch)
+        check_terminal(stack, ids, receiver, hooks)
+    receiver.shutdown()
+
+
+if __name__ == "__main__":
+    main()
