@@ -1,5 +1,6 @@
 """The mixed load of ``bench/load/run.py``: closed-loop clients (each sends its next request
-when its last is answered), each doing, by weight, one of: a sync create (``Prefer: wait``),
+when its last is answered), each doing, by weight, one of: a sync create (``Prefer: wait=50``,
+so that an expired wait is an answer within the 60 s client timeout),
 an async create then polling it to its end, a get, a filtered list, a create then its cancel,
 a streaming create followed over SSE, a file upload, a create with a webhook to the run's
 receiver. A 503 counts as a failure (the admission bound sits above what the clients need).
@@ -60,7 +61,7 @@ class Client(FastHttpUser):
     @task(3)
     def sync_create(self) -> None:
         created = self._create(
-            HELLO, {"input": {"text": "load"}}, "create (Prefer: wait)", Prefer="wait=60"
+            HELLO, {"input": {"text": "load"}}, "create (Prefer: wait)", Prefer="wait=50"
         )
         if created is not None and created["status"] != "succeeded":
             self._poll(created["id"])
