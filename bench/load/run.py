@@ -20,11 +20,13 @@ import contextlib
 import csv
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +48,7 @@ from replicant.temporal import connect  # noqa: E402
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SAMPLE_EVERY = 5.0
+PAGE = "status=succeeded&model=replicate/hello-world"
 
 
 class Receiver(ThreadingHTTPServer):
@@ -82,18 +85,22 @@ class Watch:
     health: list[tuple[float, float, int]] = field(default_factory=list)  # (at, seconds, status)
     stop: threading.Event = field(default_factory=threading.Event)
     started: float = field(default_factory=time.monotonic)
+    processes: dict[str, psutil.Process] = field(default_factory=dict)
 
     def sample(self) -> None:
         row: dict[str, Any] = {"at": time.monotonic() - self.started}
         for name, proc in self.stack.procs.items():
             with contextlib.suppress(psutil.Error):
-                p = psutil.Process(proc.pid)
-                row[name] = (p.memory_info().rss, p.num_fds())
+                if self.processes.get(name, psutil.Process()).pid != proc.pid:
+                    self.processes[name] = psutil.Process(proc.pid)
+                p = self.processes[name]
+                row[name] = (p.memory_info().rss, p.num_fds(), p.cpu_percent())
                 if name.startswith("worker"):
-                    kids = p.children(recursive=True)
+                    kids = [k for k in p.children(recursive=True) if k.is_running()]
                     row[f"{name} models"] = (
-                        sum(k.memory_info().rss for k in kids if k.is_running()),
-                        sum(k.num_fds() for k in kids if k.is_running()),
+                        sum(k.memory_info().rss for k in kids),
+                        sum(k.num_fds() for k in kids),
+                        None,
                     )
         self.samples.append(row)
 
@@ -172,13 +179,13 @@ def report_watch(watch: Watch) -> None:
         f"{slow} at 1 s or more, {bad} not 200"
     )
     names = [k for k in watch.samples[-1] if k != "at"]
-    print("\nprocess RSS (MB) / open fds over time:")
+    print("\nprocess RSS (MB) / open fds / CPU % (of one core) over time:")
     print(f"{'t (s)':>6} " + " ".join(f"{n:>20}" for n in names))
     for row in watch.samples:
         cells = []
         for n in names:
-            rss, fds = row.get(n, (0, 0))
-            cells.append(f"{rss / 2**20:12.0f}/{fds:<7}")
+            rss, fds, cpu = row.get(n, (0, 0, None))
+            cells.append(f"{rss / 2**20:.0f}/{fds}" + ("" if cpu is None else f"/{cpu:.0f}"))
         print(f"{row['at']:6.0f} " + " ".join(f"{c:>20}" for c in cells))
 
 
@@ -211,7 +218,12 @@ def check_terminal(stack: Stack, ids: list[str], receiver: Receiver, hooks: int)
         seen = {w.id async for w in client.list_workflows("WorkflowType = 'PredictionWorkflow'")}
         return len(stuck), seen
 
-    stuck, seen = asyncio.run(temporal())
+    deadline = time.monotonic() + 120
+    while True:  # visibility lags, and the worker may still have workflow tasks to run
+        stuck, seen = asyncio.run(temporal())
+        if not stuck or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     lost = [i for i in ids if f"prediction-{i}" not in seen]
     print(f"temporal: {stuck} workflows still starting/processing, {len(lost)} never started")
     deadline = time.monotonic() + 60
@@ -220,11 +232,89 @@ def check_terminal(stack: Stack, ids: list[str], receiver: Receiver, hooks: int)
     print(f"webhooks: {len(receiver.delivered)} of {hooks} delivered")
 
 
+async def held_round(url: str, token: str, held: int, seconds: float) -> list[str]:
+    """``held`` long-held requests at once (half ``Prefer: wait=50`` creates of a 30 s sleep,
+    which queue behind each other, half event streams of streaming predictions queued behind
+    them) and meanwhile 16 closed-loop clients of short GETs for ``seconds``; prints the
+    short GETs' latency and failures. Returns the created predictions' ids (then canceled)."""
+    auth = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=held + 64, max_keepalive_connections=held + 64)
+    created: list[str] = []
+    async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60, limits=limits) as http:
+
+        async def create(model: str, body: dict[str, Any], **headers: str) -> Any:
+            answer = await http.post(
+                f"/v1/models/{model}/predictions", json={"input": body}, headers=headers
+            )
+            answer.raise_for_status()
+            created.append(answer.json()["id"])
+            return answer.json()
+
+        async def wait_held() -> str:
+            try:
+                await create("replicant/sleep", {"seconds": 30}, Prefer="wait=50")
+                return "ok"
+            except httpx.HTTPError as err:
+                return type(err).__name__
+
+        async def stream_held() -> str:
+            try:
+                prediction = await create("replicant/ngram", {"prompt": "a", "max_tokens": 4})
+                async with http.stream("GET", prediction["urls"]["stream"]) as answer:
+                    async for _ in answer.aiter_bytes():
+                        pass
+                return "ok" if answer.status_code == 200 else str(answer.status_code)
+            except httpx.HTTPError as err:
+                return type(err).__name__
+
+        holders = [asyncio.create_task(wait_held()) for _ in range(held // 2)]
+        holders += [asyncio.create_task(stream_held()) for _ in range(held - held // 2)]
+        times: list[float] = []
+        failures: Counter[str] = Counter()
+        end = time.monotonic() + seconds
+
+        async def short_client() -> None:
+            while time.monotonic() < end:
+                path = random.choice(["/v1/models", "/v1/account", f"/v1/predictions?{PAGE}"])
+                began = time.monotonic()
+                try:
+                    answer = await http.get(path)
+                    if answer.status_code != 200:
+                        failures[str(answer.status_code)] = (
+                            failures.get(str(answer.status_code), 0) + 1
+                        )
+                except httpx.HTTPError as err:
+                    failures[type(err).__name__] = failures.get(type(err).__name__, 0) + 1
+                times.append(time.monotonic() - began)
+
+        await asyncio.gather(*(short_client() for _ in range(16)))
+        open_holders = sum(1 for h in holders if not h.done())
+        for prediction_id in list(created):
+            await http.post(f"/v1/predictions/{prediction_id}/cancel")
+        outcomes = Counter(await asyncio.gather(*holders))
+    times.sort()
+
+    def pct(q: float) -> float:
+        return times[min(len(times) - 1, int(q * len(times)))] * 1000 if times else 0.0
+
+    print(
+        f"\n## {held} held requests ({open_holders} still held when the short GETs ended)\n"
+        f"short GETs: {len(times)} in {seconds:.0f}s ({len(times) / seconds:.1f}/s), "
+        f"p50 {pct(0.5):.0f}ms p95 {pct(0.95):.0f}ms p99 {pct(0.99):.0f}ms, "
+        f"failures {dict(failures) or 0}; held requests' outcomes {dict(outcomes)}"
+    )
+    return created
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--duration", type=int, default=60, help="seconds per client count")
     parser.add_argument("--postgres", action="store_true", help="on a fresh PostgreSQL database")
+    parser.add_argument(
+        "--held", type=int, default=0, help="then this many held requests beside short GETs"
+    )
+    parser.add_argument("--held-seconds", type=float, default=30.0)
     args = parser.parse_args()
     make_stack = postgres_bench_stack if args.postgres else bench_stack
     receiver = Receiver()
@@ -261,6 +351,8 @@ def main() -> None:
                         for r in csv.DictReader(f)
                         if r["Name"] == "create (webhook)"
                     )
+            if args.held:
+                ids += asyncio.run(held_round(url, token, args.held, args.held_seconds))
         report_watch(watch)
         check_terminal(stack, ids, receiver, hooks)
     receiver.shutdown()
