@@ -132,12 +132,20 @@ def test_a_dashboard_page_answers_64_clients_at_once(live: LiveStack) -> None:
     _assert_all_answered(*asyncio.run(_burst(live, page, cookies=cookies)))
 
 
+def _streaming(api: httpx.Client, model: str, tokens: int) -> dict[str, Any]:
+    """A new prediction of ``replicant/slowstream`` (``model``) yielding ``tokens`` tokens."""
+    created = api.post(
+        f"/v1/models/{model}/predictions", json={"input": {"tokens": tokens, "interval": 0.5}}
+    )
+    assert created.status_code == 201, created.text
+    body: dict[str, Any] = created.json()
+    return body
+
+
 def test_a_stream_answers_64_clients_at_once(
     live: LiveStack, api: httpx.Client, slowstream: str
 ) -> None:
-    created = api.post(
-        f"/v1/models/{slowstream}/predictions", json={"input": {"tokens": 4, "interval": 0.5}}
-    ).json()
+    created = _streaming(api, slowstream, 4)
     stream_url = created["urls"]["stream"]
 
     async def stream(http: httpx.AsyncClient) -> httpx.Response:
@@ -185,9 +193,7 @@ async def _short_gets_while_streams_are_held(
 def test_short_requests_are_answered_while_64_streams_are_held(
     live: LiveStack, api: httpx.Client, slowstream: str
 ) -> None:
-    created = api.post(
-        f"/v1/models/{slowstream}/predictions", json={"input": {"tokens": 200, "interval": 0.5}}
-    ).json()
+    created = _streaming(api, slowstream, 200)
     results, health = asyncio.run(
         _short_gets_while_streams_are_held(live, created["urls"]["stream"], created["id"])
     )
