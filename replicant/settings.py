@@ -418,9 +418,9 @@ class Settings(BaseSettings):
         40,
         description="Threads of an API process for synchronous routes and database calls "
         "(anyio's thread limiter). Its database pool keeps this many connections plus one "
-        "per thread of its other pool (Python's default executor, `min(32, cores + 4)`): "
-        "on PostgreSQL, keep API processes x that, plus the workers' pools, under "
-        "`max_connections`.",
+        "per thread of its other pools (Python's default executor, `min(32, cores + 4)`, "
+        "and `/health`'s 2): on PostgreSQL, keep API processes x that, plus the workers' "
+        "pools, under `max_connections`.",
         ge=1,
     )
 
