@@ -1,6 +1,8 @@
 """Bounded admission (api/admission.py), on the app itself with deliberately low bounds: past
 its bound a kind of request is answered at once with 503 problem+json and ``Retry-After``,
 the other kind still gets in, exempt paths always answer, and a freed place admits again.
+Also what keeps the event loop from waiting: the pool's size, and a read of the loop that
+meets a locked SQLite database.
 
 Requests are held in flight by request bodies that do not end until the test says so.
 No service is reached: the app runs in-process on a SQLite file.
@@ -9,16 +11,21 @@ No service is reached: the app runs in-process on a SQLite file.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlmodel import Session, select
 
 from api.admission import is_exempt, is_held
 from api.app import create_app
+from api.state import HEALTH_THREADS, AppState, executor_threads, pool_size
 from replicant.accounts import create_account
 from replicant.settings import Settings
+from replicant.tables import Account
+from tests.waiting import async_wait_until
 
 BOUND = 2
 
@@ -104,3 +111,59 @@ def test_waits_streams_and_followed_builds_are_held_the_rest_short() -> None:
     assert is_exempt(_scope("/health"))
     assert is_exempt({**_scope("/v1/models"), "state": {"prediction_source": "web"}})
     assert not is_exempt(_scope("/v1/models"))
+
+
+def test_the_pool_has_a_connection_for_every_thread_that_may_hold_one(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, api_threads=7)
+    engine = create_app(settings).state.replicant.engine
+    assert engine.pool.size() == pool_size(settings) == 7 + executor_threads() + HEALTH_THREADS
+    assert engine.pool._max_overflow == 0  # type: ignore[attr-defined]
+
+
+def _count_accounts(session: Session) -> int:
+    return len(session.exec(select(Account)).all())
+
+
+async def _read_while_locked(state: AppState, path: str) -> tuple[int, int]:
+    """A read of the loop while another connection holds SQLite's lock; how many times
+    another coroutine ran meanwhile."""
+    ran = 0
+    stop = asyncio.Event()
+
+    async def other() -> None:
+        nonlocal ran
+        while not stop.is_set():
+            ran += 1
+            await asyncio.sleep(0.01)
+
+    ticking = asyncio.create_task(other())
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("UPDATE account SET name = name")
+    read = asyncio.create_task(state.db.read(_count_accounts))
+    await async_wait_until(lambda: _value(ran), lambda n: n >= 3, what="the loop to run on")
+    assert not read.done()  # waiting for the lock, in a thread
+    holder.close()  # which unlocks
+    count = await read
+    stop.set()
+    await ticking
+    return count, ran
+
+
+async def _value(n: int) -> int:
+    return n
+
+
+def test_a_read_of_the_loop_on_a_locked_sqlite_database_waits_in_a_thread(
+    tmp_path: Path,
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path))
+    state: AppState = app.state.replicant
+    create_account(state.engine, "locked")
+    state.engine.dispose()  # an exclusive lock needs every other connection closed
+    database = state.engine.url.database
+    assert database is not None
+    count, ran = asyncio.run(_read_while_locked(state, database))
+    assert count >= 1
+    assert ran >= 3
