@@ -8,8 +8,12 @@ memory and open file descriptors of the API, worker and Temporal processes over 
 a terminal state in the database and in Temporal (its ``ReplicantStatus``), and whether every
 webhook arrived.
 
+With ``--scale-out`` the stack is two API processes (the clients split evenly over them) and
+two workers on PostgreSQL, Redis (rate limits) and S3 (moto_server).
+
 Run: ``.venv/bin/python bench/load/run.py [--clients 16 64 256] [--duration 60]
-[--postgres]`` (needs the ``bench`` extra: ``pip install -e '.[bench]'``).
+[--postgres | --scale-out] [--held 256]`` (needs the ``bench`` extra:
+``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from sqlmodel import Session, col, select  # noqa: E402
 
 from bench.stacks import bench_stack, postgres_bench_stack  # noqa: E402
 from replicant.db import make_engine  # noqa: E402
-from replicant.devstack import Stack, free_port  # noqa: E402
+from replicant.devstack import Stack, free_port, wait_for_health, wait_for_port  # noqa: E402
 from replicant.tables import TERMINAL_STATUSES, Prediction  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
 
@@ -154,10 +158,10 @@ def run_locust(url: str, token: str, hook: str, clients: int, duration: int, out
     return prefix
 
 
-def report(prefix: Path, clients: int) -> None:
+def report(prefix: Path, label: str) -> None:
     with open(f"{prefix}_stats.csv") as f:
         rows = list(csv.DictReader(f))
-    print(f"\n## {clients} clients")
+    print(f"\n## {label}")
     print(f"{'kind':28} {'requests':>8} {'fail':>5} {'req/s':>7} {'p50':>7} {'p95':>7} {'p99':>7}")
     for r in rows:
         print(
@@ -306,53 +310,142 @@ async def held_round(url: str, token: str, held: int, seconds: float) -> list[st
     return created
 
 
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """An S3 endpoint (moto_server on a free port) for the scale-out topology."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def topology(args: argparse.Namespace) -> Iterator[tuple[Stack, str, list[str]]]:
+    """The stack, its token and its API URLs: ``make dev``'s processes (SQLite, or
+    PostgreSQL), or with ``--scale-out`` two API processes and two workers on PostgreSQL,
+    Redis and S3 (moto_server)."""
+    # Webhooks go to a receiver on 127.0.0.1; the real models are not used.
+    settings: dict[str, Any] = {"allow_private_urls": True, "prebuild_envs": False}
+    if not args.scale_out:
+        make_stack = postgres_bench_stack if args.postgres else bench_stack
+        with make_stack(**settings) as stack:
+            token = stack.start()
+            yield stack, token, [stack.settings.resolved_public_url]
+        return
+    with moto_server() as s3:
+        settings |= {
+            "storage": "s3",
+            "s3_endpoint": s3,
+            "s3_bucket": f"load-{os.urandom(4).hex()}",
+            "s3_access_key": "testing",
+            "s3_secret_key": "testing",
+            "redis_url": args.redis_url,
+            "rate_limit_prefix": f"replicant-load-{os.urandom(4).hex()}",
+        }
+        with postgres_bench_stack(**settings) as stack:
+            token = stack.prepare()
+            stack.start_temporal()
+            for name in ["worker", "worker-2"]:
+                stack.start_worker(name)
+            urls = [stack.start_api(), stack.start_api("api-2", free_port())]
+            for url in urls:
+                wait_for_health(url)
+            yield stack, token, urls
+
+
+def warm(url: str, token: str) -> None:
+    """Boot each model once, so that the rounds measure warm runs."""
+    headers = {"Authorization": f"Bearer {token}", "Prefer": "wait"}
+    for model, body in [
+        ("replicate/hello-world", {"text": "warm"}),
+        ("replicant/ngram", {"prompt": "warm", "max_tokens": 2}),
+        ("replicant/sleep", {"seconds": 0}),
+    ]:
+        httpx.post(
+            f"{url}/v1/models/{model}/predictions",
+            json={"input": body},
+            headers=headers,
+            timeout=300,
+        )
+
+
+def load_round(
+    urls: list[str], token: str, hook: str, clients: int, duration: int, out: Path
+) -> tuple[list[str], int]:
+    """One client count, split evenly over the API processes (one locust each); the created
+    predictions' ids and how many of them asked for a webhook."""
+    prefixes: list[Path] = []
+    runners = []
+    for i, url in enumerate(urls):
+        share = clients // len(urls) + (1 if i < clients % len(urls) else 0)
+        where = out / f"api{i}"
+        where.mkdir(exist_ok=True)
+        runner = threading.Thread(
+            target=lambda u=url, n=share, w=where: prefixes.append(
+                run_locust(u, token, hook, n, duration, w)
+            )
+        )
+        runner.start()
+        runners.append(runner)
+    for runner in runners:
+        runner.join()
+    ids: list[str] = []
+    hooks = 0
+    for i, prefix in enumerate(sorted(prefixes)):
+        label = f"{clients} clients" + (
+            f", API process {i + 1} of {len(urls)}" if i or len(urls) > 1 else ""
+        )
+        report(prefix, label)
+        ids += Path(f"{prefix}_ids.txt").read_text().split()
+        with open(f"{prefix}_stats.csv") as f:
+            hooks += sum(
+                int(r["Request Count"]) - int(r["Failure Count"])
+                for r in csv.DictReader(f)
+                if r["Name"] == "create (webhook)"
+            )
+    return ids, hooks
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--duration", type=int, default=60, help="seconds per client count")
     parser.add_argument("--postgres", action="store_true", help="on a fresh PostgreSQL database")
     parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="two API processes and two workers on PostgreSQL, Redis and S3 (moto_server)",
+    )
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
         "--held", type=int, default=0, help="then this many held requests beside short GETs"
     )
     parser.add_argument("--held-seconds", type=float, default=30.0)
     args = parser.parse_args()
-    make_stack = postgres_bench_stack if args.postgres else bench_stack
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     hook = f"http://127.0.0.1:{receiver.server_port}/hook"
-    # Webhooks go to a receiver on 127.0.0.1; the real models are not used.
-    stack_settings = {"allow_private_urls": True, "prebuild_envs": False}
-    with make_stack(**stack_settings) as stack, tempfile.TemporaryDirectory() as out:
-        token = stack.start()
-        url = stack.settings.resolved_public_url
-        headers = {"Authorization": f"Bearer {token}", "Prefer": "wait"}
-        for model, body in [
-            ("replicate/hello-world", {"text": "warm"}),
-            ("replicant/ngram", {"prompt": "warm", "max_tokens": 2}),
-            ("replicant/sleep", {"seconds": 0}),
-        ]:  # boot each model once, so that the rounds measure warm runs
-            httpx.post(
-                f"{url}/v1/models/{model}/predictions",
-                json={"input": body},
-                headers=headers,
-                timeout=300,
-            )
-        watch = Watch(stack, url)
+    with topology(args) as (stack, token, urls), tempfile.TemporaryDirectory() as out:
+        warm(urls[0], token)
+        watch = Watch(stack, urls[0])
         ids: list[str] = []
         hooks = 0
         with watch.running():
             for clients in args.clients:
-                prefix = run_locust(url, token, hook, clients, args.duration, Path(out))
-                report(prefix, clients)
-                ids += Path(f"{prefix}_ids.txt").read_text().split()
-                with open(f"{prefix}_stats.csv") as f:
-                    hooks += sum(
-                        int(r["Request Count"]) - int(r["Failure Count"])
-                        for r in csv.DictReader(f)
-                        if r["Name"] == "create (webhook)"
-                    )
+                created, asked = load_round(urls, token, hook, clients, args.duration, Path(out))
+                ids += created
+                hooks += asked
             if args.held:
-                ids += asyncio.run(held_round(url, token, args.held, args.held_seconds))
+                ids += asyncio.run(held_round(urls[0], token, args.held, args.held_seconds))
         report_watch(watch)
         check_terminal(stack, ids, receiver, hooks)
     receiver.shutdown()
