@@ -13,7 +13,7 @@ two workers on PostgreSQL, Redis (rate limits) and S3 (moto_server).
 
 Run: ``.venv/bin/python bench/load/run.py [--clients 16 64 256] [--duration 60]
 [--postgres | --scale-out] [--held 256]`` (needs the ``bench`` extra:
-``pip install -e '.[bench]'``).
+``pip install -e '.[bench]'``). A 10-minute soak: ``--clients 256 --duration 600``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from replicant.temporal import connect  # noqa: E402
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SAMPLE_EVERY = 5.0
+WARM_UP = 60.0  # seconds of load before the growth of RSS and fds is measured
 PAGE = "status=succeeded&model=replicate/hello-world"
 
 
@@ -191,6 +192,19 @@ def report_watch(watch: Watch) -> None:
             rss, fds, cpu = row.get(n, (0, 0, None))
             cells.append(f"{rss / 2**20:.0f}/{fds}" + ("" if cpu is None else f"/{cpu:.0f}"))
         print(f"{row['at']:6.0f} " + " ".join(f"{c:>20}" for c in cells))
+    # Growth after warm-up: from the first sample past WARM_UP to the last one under load
+    # (the last sample of all is taken after the load stopped).
+    loaded = [row for row in watch.samples[:-1] if row["at"] >= WARM_UP]
+    if len(loaded) >= 2:
+        first, last = loaded[0], loaded[-1]
+        growth = []
+        for n in names:
+            if n in first and n in last and first[n][0]:
+                rss = 100 * (last[n][0] - first[n][0]) / first[n][0]
+                fds = 100 * (last[n][1] - first[n][1]) / max(1, first[n][1])
+                growth.append(f"{n} RSS {rss:+.0f}% fds {fds:+.0f}%")
+        span = f"{first['at']:.0f}-{last['at']:.0f}s"
+        print(f"growth after warm-up ({span}): " + ", ".join(growth))
 
 
 def check_terminal(stack: Stack, ids: list[str], receiver: Receiver, hooks: int) -> None:
