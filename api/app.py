@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 
 from api import dashboard
 from api.deadlines import AbortedForOptedInClients
-from api.errors import install_error_handlers
+from api.errors import UnexpectedErrors, install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
+    app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(prediction_data.router)
