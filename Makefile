@@ -75,4 +75,4 @@ API_TESTS += tests/test_crash_windows.py tests/test_hostile_input.py tests/test_
 API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_deadlines.py \
 	tests/test_idempotency.py tests/test_list_filters.py tests/test_model_examples.py \
 	tests/test_model_readme.py tests/test_model_sorting.py tests/test_official_models.py \
-	tests/test_prediction_delete.py
+	tests/test_prediction_delete.py tests/test_visibility.py

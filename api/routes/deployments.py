@@ -29,7 +29,7 @@ from api.pagination import paginate
 from api.routes.predictions import PredictionInput, launch_body
 from api.state import AppState
 from replicant import responses, serialize
-from replicant.catalog import account_names, find_model
+from replicant.catalog import account_names, can_see, find_model
 from replicant.contracts import DeploymentConfig, DeploymentState
 from replicant.deployments import deployment_config, deployment_demand
 from replicant.fairness import PRIORITY_MAX, PRIORITY_MIN
@@ -105,6 +105,18 @@ def _find(session: Session, account: Account, owner: str, name: str) -> Deployme
     if row is None:
         raise not_found(f"Deployment {owner}/{name}")
     return row
+
+
+def _check_owner_may_run(session: Session, row: Deployment, model: Model) -> None:
+    """403 unless the deployment's owner may still see its model: a model made private by
+    another account stops running on deployments of everyone else."""
+    owner = session.exec(select(Account).where(Account.username == row.owner)).first()
+    if owner is None or not can_see(session, owner, model):
+        raise ProblemError(
+            403,
+            f"Deployment {row.owner}/{row.name} runs {model.owner}/{model.name}, which its "
+            "owner can no longer see (the model is private)",
+        )
 
 
 def _version_of(session: Session, model: Model, version_id: str) -> Version:
@@ -318,6 +330,7 @@ async def update_deployment(
             ).first()
             if model is None:
                 raise not_found(f"Model {row.model}")
+            _check_owner_may_run(session, row, model)
             _version_of(session, model, changes["version"])
         _check_bounds(
             changes.get("min_instances", row.min_instances),
@@ -451,6 +464,7 @@ def _serving(
     model = session.get(Model, version.model_id) if version is not None else None
     if version is None or model is None:
         raise ProblemError(404, f"The version of deployment {owner}/{name} is gone")
+    _check_owner_may_run(session, row, model)
     session.execute(
         update(Deployment).where(col(Deployment.id) == row.id).values(last_active_at=utcnow())
     )

@@ -8,11 +8,13 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, func, or_
 from sqlmodel import Session, col, select
@@ -50,15 +52,35 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 Visibility = Literal["public", "private"]
 
 
+def _web_url(value: str | None) -> str | None:
+    """An absolute http(s) URL, as pages link to it: not ``javascript:``, ``data:`` or a
+    relative path, and no whitespace or control characters a browser would strip."""
+    if value is None:
+        return None
+    if any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise PydanticCustomError("web_url", "must be an http or https URL (no spaces)")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("web_url", "must be an http or https URL")
+    return value
+
+
+# A model's link fields, shown as links on its pages: http(s) only (422 naming the field).
+WebUrl = Annotated[str | None, AfterValidator(_web_url)]
+
+
 class ModelFields(BaseModel):
     """The fields a model's owner sets, at create and by ``PATCH``."""
 
     hardware: str | None = None
     description: str | None = None
-    github_url: str | None = None
-    paper_url: str | None = None
-    license_url: str | None = None
-    cover_image_url: str | None = None
+    github_url: WebUrl = None
+    paper_url: WebUrl = None
+    license_url: WebUrl = None
+    cover_image_url: WebUrl = None
 
 
 class ModelCreate(ModelFields):
@@ -103,16 +125,20 @@ def _check_new_model(session: Session, account: Account, owner: str, name: str) 
         raise ProblemError(409, f"A model named {owner}/{name} already exists", title="Conflict")
 
 
-def model_object(session: Session, state: AppState, model: Model, base: str) -> responses.Model:
-    """The model object with its latest version and default example."""
+def model_object(
+    session: Session, state: AppState, model: Model, base: str, owners: set[str]
+) -> responses.Model:
+    """The model object with its latest version and default example; ``owners`` are the
+    names whose models the viewer owns (``account_names``): their examples show in full."""
     latest = session.get(Version, model.latest_version_id) if model.latest_version_id else None
-    example = default_example(session, model, base, state.secret_key)
+    owner_view = model.owner in owners
+    example = default_example(session, model, base, state.secret_key, owner_view=owner_view)
     return serialize.model(model, latest, base, example)
 
 
-def _render_models(state: AppState, base: str) -> Any:
+def _render_models(state: AppState, base: str, owners: set[str]) -> Any:
     def render(session: Session, models: Sequence[Model]) -> list[responses.Model]:
-        return [model_object(session, state, model, base) for model in models]
+        return [model_object(session, state, model, base, owners) for model in models]
 
     return render
 
@@ -168,7 +194,7 @@ def list_models(
         col(Model.id),
         cursor=cursor,
         page_url=f"{base}/v1/models",
-        render=_render_models(state, base),
+        render=_render_models(state, base, visible),
         params=params,
         descending=sort_direction == "desc",
         key=key,
@@ -198,7 +224,8 @@ def create_model(
 
 @router.get("/models/{owner}/{name}", response_model_exclude_unset=True)
 def get_model(scope: VisibleModelDep) -> responses.Model:
-    return model_object(scope.session, scope.state, scope.model, scope.base)
+    owners = account_names(scope.session, scope.account)
+    return model_object(scope.session, scope.state, scope.model, scope.base, owners)
 
 
 @router.patch("/models/{owner}/{name}", response_model_exclude_unset=True)
@@ -222,7 +249,8 @@ def update_model(
         setattr(model, field, value)
     session.add(model)
     session.commit()
-    return model_object(session, state, model, base_url(request, state))
+    owners = account_names(session, account)
+    return model_object(session, state, model, base_url(request, state), owners)
 
 
 @router.get("/models/{owner}/{name}/readme", response_class=PlainTextResponse)
