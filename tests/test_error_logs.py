@@ -18,6 +18,7 @@ from replicant.devstack import free_port
 from replicant.settings import Settings
 from tests.waiting import wait_until
 
+REFERENCE = re.compile(r"An unexpected error occurred \(error id ([0-9a-f]{16})\)")
 SECRET = "postgresql://replicant:hunter2-db-password@db:5432/replicant"
 
 
@@ -56,7 +57,7 @@ def test_an_unexpected_error_logs_its_type_and_a_reference_not_its_message(
     assert response.status_code == 500
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
-    match = re.fullmatch(r"An unexpected error occurred \(error id ([0-9a-f]{16})\)", body["detail"])
+    match = REFERENCE.fullmatch(body["detail"])
     assert match, body
     assert "hunter2" not in response.text
     reference = match.group(1)
