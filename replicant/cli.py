@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import uvloop
@@ -87,6 +87,14 @@ def dev() -> None:
         stack.stop()
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for forwarded headers: believed from the trusted proxies only, and
+    from nobody (not even loopback, uvicorn's default) when there are none."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
+
+
 @app.command()
 def api() -> None:
     """Serve the HTTP API (uvicorn)."""
@@ -99,6 +107,7 @@ def api() -> None:
     temporal_runtime(settings)
     uvicorn.run(
         "api.app:app",
+        **proxy_options(settings),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import time
@@ -389,6 +390,30 @@ class Settings(BaseSettings):
         description="Prefix of the rate-limit keys in Redis, for installations sharing one.",
     )
 
+    # Who a request comes from behind proxies, what a rate-limit store failure does, where
+    # the Temporal UI listens (docs/hardening.md, "Threat model").
+    trusted_proxies: list[str] = Field(
+        [],
+        description="Addresses or networks (CIDR) of the reverse proxies in front of the API, "
+        'as JSON, e.g. `["172.16.0.0/12"]`: only a request from one of them has its '
+        "`X-Forwarded-For` and `X-Forwarded-Proto` believed (its client address keys the rate "
+        "limit of requests without an account). Empty: no forwarded header is believed, not "
+        "even from loopback.",
+    )
+    rate_limit_store_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="What a request does when the rate-limit store (Redis) fails: `open` lets "
+        "it through with a logged warning (`event=rate_limit_unavailable`) and counts it in "
+        "`replicant_rate_limit_store_errors_total`; `closed` refuses it with 503 and "
+        "`Retry-After` (and counts it too).",
+    )
+    ui_host: str = Field(
+        "127.0.0.1",
+        description="The address the embedded Temporal Web UI listens on. It has no "
+        "authentication and shows every account's inputs and webhook URLs: keep it on "
+        "loopback, or put it behind a proxy that authenticates.",
+    )
+
     # Logs and metrics
     log_level: str = Field("INFO", description="The log level.")
     log_format: Literal["json", "text"] = Field(
@@ -416,6 +441,16 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
         parse_limit(value)  # "600/minute", "5 per 10 seconds", ...; ValueError otherwise
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted proxy {entry!r} is not an address or network") from None
         return value
 
     @property
