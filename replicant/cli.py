@@ -11,6 +11,7 @@ import typer
 import uvloop
 from rich.console import Console
 
+from replicant.datadir import secure_data_dir, start_private
 from replicant.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def api() -> None:
 
     settings = get_settings()
     _logging(settings)
+    start_private(settings)
     temporal_runtime(settings)
     uvicorn.run(
         "api.app:app",
@@ -134,6 +136,7 @@ def worker(
 
     settings = get_settings()
     _logging(settings)
+    secure_data_dir(settings)
     temporal_runtime(settings, metrics_port=settings.temporal_metrics_port)
     serve_worker_metrics(settings, hardware)
     # uvloop, as uvicorn runs the API: the worker's activities, workflow activations and
@@ -149,6 +152,7 @@ def seed() -> None:
 
     # A one-shot command: the workers build the real models' envs on first use.
     settings = get_settings().model_copy(update={"prebuild_envs": False})
+    secure_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     for version in seed_builtin_models(settings, engine):
@@ -451,6 +455,7 @@ def db_upgrade(
 
     settings = get_settings()
     _logging(settings)
+    secure_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine, revision)
     console.print(f"database at {current_revision(engine)}", highlight=False)

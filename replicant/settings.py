@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     temporal_ui_url: str | None = Field(
         None,
         description="The Temporal Web UI as browsers reach it (the dashboard links each "
-        "prediction's workflow there); `http://127.0.0.1:<ui_port>` when unset.",
+        "prediction's workflow there); `http://<ui_host>:<ui_port>` when unset (`127.0.0.1` for "
+        "a wildcard `ui_host`).",
     )
     temporal_bin: str | None = Field(
         None,
@@ -464,7 +465,10 @@ class Settings(BaseSettings):
 
     @property
     def resolved_temporal_ui_url(self) -> str:
-        return (self.temporal_ui_url or f"http://127.0.0.1:{self.ui_port}").rstrip("/")
+        if self.temporal_ui_url:
+            return self.temporal_ui_url.rstrip("/")
+        host = "127.0.0.1" if self.ui_host in ("0.0.0.0", "::", "") else self.ui_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.ui_port}"
 
     @property
     def resolved_database_url(self) -> str:
@@ -488,7 +492,7 @@ class Settings(BaseSettings):
             return self.secret_key
         path = self.data_dir / "secret-key"
         with contextlib.suppress(FileExistsError):
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             # O_EXCL: API and worker processes starting together agree on one key.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -507,10 +511,11 @@ class Settings(BaseSettings):
         path = self.data_dir / "api-token"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = "r8_" + secrets.token_urlsafe(30)
-        path.write_text(token + "\n")
-        path.chmod(0o600)
+        # Created 0600: the token is never readable by others, even for a moment.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(token + "\n")
         return token
 
 
