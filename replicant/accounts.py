@@ -11,7 +11,6 @@ from replicant.fairness import FairnessError, check_weight
 from replicant.ids import hash_token
 from replicant.tables import Account, ApiToken, Membership
 from replicant.timeutil import utcnow
-from replicant.webhooks import new_secret
 
 
 def new_token() -> str:
@@ -27,7 +26,8 @@ def ensure_account(engine: Engine, username: str, *, type: str = "user", name: s
                 username=username,
                 name=name or username,
                 type=type,
-                webhook_secret=new_secret(),
+                # Made (and sealed) on first use: replicant.webhooks.account_webhook_secret.
+                webhook_secret=None,
             )
             session.add(account)
             session.commit()

@@ -154,7 +154,7 @@ def seed() -> None:
     settings = get_settings().model_copy(update={"prebuild_envs": False})
     secure_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
-    init_db(engine)
+    init_db(engine, secret_key=settings.ensure_secret_key())
     for version in seed_builtin_models(settings, engine):
         console.print(version.id)
 
@@ -457,7 +457,7 @@ def db_upgrade(
     _logging(settings)
     secure_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
-    upgrade(engine, revision)
+    upgrade(engine, revision, secret_key=settings.ensure_secret_key())
     console.print(f"database at {current_revision(engine)}", highlight=False)
     engine.dispose()
 

@@ -148,7 +148,7 @@ class Stack:
         """Database, default account and token, built-in models; returns the API token."""
         secure_data_dir(self.settings)
         engine = make_engine(self.settings.resolved_database_url)
-        init_db(engine)
+        init_db(engine, secret_key=self.settings.ensure_secret_key())
         token = self.settings.ensure_api_token()
         account = ensure_account(engine, self.settings.default_account)
         add_token(engine, account, token)
