@@ -11,7 +11,7 @@ sealed on its first use (``replicant.webhooks.account_webhook_secret``). Downgra
 key opens them again.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -29,25 +29,34 @@ SECRETS = sa.text("SELECT id, webhook_secret FROM account WHERE webhook_secret I
 STORE = sa.text("UPDATE account SET webhook_secret = :new WHERE id = :id AND webhook_secret = :old")
 
 
-def upgrade() -> None:
+def _rewrite(transform: Callable[[str, str, int], str | None]) -> None:
+    """Store ``transform(secret_key, stored, account_id)`` for every account's secret (None:
+    leave it); nothing without a secret_key."""
     secret_key = context.config.attributes.get("secret_key")
     if not secret_key:
         return
     connection = op.get_bind()
     for account_id, stored in connection.execute(SECRETS).all():
-        if not stored.startswith(SEALED_PREFIX):
-            new = seal_webhook_secret(stored, secret_key, account_id)
+        new = transform(secret_key, stored, account_id)
+        if new is not None:
             connection.execute(STORE, {"new": new, "id": account_id, "old": stored})
 
 
+def _sealed(secret_key: str, stored: str, account_id: int) -> str | None:
+    if stored.startswith(SEALED_PREFIX):
+        return None
+    return seal_webhook_secret(stored, secret_key, account_id)
+
+
+def _opened(secret_key: str, stored: str, account_id: int) -> str | None:
+    if not stored.startswith(SEALED_PREFIX):
+        return None
+    return open_webhook_secret(stored, secret_key, account_id)
+
+
+def upgrade() -> None:
+    _rewrite(_sealed)
+
+
 def downgrade() -> None:
-    secret_key = context.config.attributes.get("secret_key")
-    if not secret_key:
-        return
-    connection = op.get_bind()
-    for account_id, stored in connection.execute(SECRETS).all():
-        if not stored.startswith(SEALED_PREFIX):
-            continue
-        opened = open_webhook_secret(stored, secret_key, account_id)
-        if opened is not None:
-            connection.execute(STORE, {"new": opened, "id": account_id, "old": stored})
+    _rewrite(_opened)
