@@ -211,8 +211,9 @@ def test_ngram_schema_streams_and_trains(schemas: dict[str, dict[str, Any]]) -> 
     assert list(props) == ["prompt", "max_tokens", "seed"]
     assert props["prompt"]["default"] == ""
     assert (props["max_tokens"]["minimum"], props["max_tokens"]["maximum"]) == (1, 1000)
-    # `seed: int = Input(default=None)`: optional, with no default to show.
-    assert props["seed"]["type"] == "integer" and "default" not in props["seed"]
+    # `seed: Optional[int] = Input(default=None)`: optional, null by default.
+    assert props["seed"]["type"] == "integer" and props["seed"]["nullable"] is True
+    assert props["seed"]["default"] is None
     assert "required" not in components["Input"]
     assert components["Output"] == {
         "title": "Output",
