@@ -29,7 +29,6 @@ import types
 import typing
 import warnings
 
-
 # What cog.concurrent raises on a plain function asked for more than one at a time.
 _CONCURRENT_SYNC = "concurrent max greater than 1 requires an async function"
 

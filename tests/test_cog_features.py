@@ -125,9 +125,7 @@ def test_cog_concurrent_on_a_plain_run_is_refused_with_cogs_reason(
     assert body["invalid_fields"][0]["message"] == reason
 
 
-def test_a_reserved_environment_name_is_refused(
-    live: LiveStack, who: Who, tmp_path: Path
-) -> None:
+def test_a_reserved_environment_name_is_refused(live: LiveStack, who: Who, tmp_path: Path) -> None:
     src = tmp_path / "reserved"
     shutil.copytree(MODELS / "cog-environment", src)
     (src / "cog.yaml").write_text(

@@ -140,7 +140,11 @@ class Runner(BaseRunner):
     [
         ("", 5, "@cog.concurrent(max)"),
         ("concurrency:\n  max: 2\n", 2, "concurrency.max"),
-        ("concurrency:\n  max: 2\nenvironment:\n  - COG_MAX_CONCURRENCY=7\n", 7, "COG_MAX_CONCURRENCY"),
+        (
+            "concurrency:\n  max: 2\nenvironment:\n  - COG_MAX_CONCURRENCY=7\n",
+            7,
+            "COG_MAX_CONCURRENCY",
+        ),
         ("environment:\n  - COG_MAX_CONCURRENCY=zero\n", 5, "@cog.concurrent(max)"),
     ],
 )

@@ -405,9 +405,7 @@ class Processes:
                     "the model's worker process exited during setup", process.output_tail()
                 )
             if loop.time() > deadline:
-                raise BootError(
-                    f"setup did not finish within {limit:g} s", process.output_tail()
-                )
+                raise BootError(f"setup did not finish within {limit:g} s", process.output_tail())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await process.output_seen.wait()
