@@ -28,7 +28,8 @@ typecheck: $(STAMP)
 # the deploy files, the migrations (which test both databases themselves) and the scale-out
 # test (always on PostgreSQL). The three passes run side by side (tests/passes.py): most tests
 # wait on timers, so the wall time is about the longest pass's, not the sum.
-API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conformance.py \
+API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_cog_features.py \
+	tests/test_conformance.py \
 	tests/test_deployment_instances.py tests/test_deployment_priority.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
 	tests/test_file_lifecycle.py \
