@@ -28,7 +28,8 @@ typecheck: $(STAMP)
 # the deploy files, the migrations (which test both databases themselves) and the scale-out
 # test (always on PostgreSQL). The three passes run side by side (tests/passes.py): most tests
 # wait on timers, so the wall time is about the longest pass's, not the sum.
-API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conformance.py \
+API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_cog_features.py \
+	tests/test_conformance.py \
 	tests/test_deployment_instances.py tests/test_deployment_priority.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
 	tests/test_file_lifecycle.py \
@@ -75,4 +76,6 @@ API_TESTS += tests/test_crash_windows.py tests/test_hostile_input.py tests/test_
 API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_deadlines.py \
 	tests/test_idempotency.py tests/test_list_filters.py tests/test_model_examples.py \
 	tests/test_model_readme.py tests/test_model_sorting.py tests/test_official_models.py \
-	tests/test_prediction_delete.py tests/test_visibility.py
+	tests/test_prediction_delete.py
+API_TESTS += tests/test_concurrency.py
+API_TESTS += tests/test_visibility.py

@@ -408,8 +408,10 @@ def deferred_version(live: LiveStack, root: Path, requirements: str) -> tuple[st
 def test_a_seeded_model_is_recorded_at_once_and_its_first_run_builds_its_env(
     live: LiveStack, tmp_path: Path
 ) -> None:
-    wheel = make_wheel(tmp_path)
-    ref, version = deferred_version(live, tmp_path / "lazy", f"{wheel}\n")
+    root = tmp_path / "lazy"
+    root.mkdir()
+    wheel = make_wheel(root)  # a package file of the model's own (outside it is refused)
+    ref, version = deferred_version(live, root, f"./{wheel.name}\n")
     python = version_python(version)
     assert version.python and not env_ready(python)
     assert version.openapi_schema["components"]["schemas"]["Input"]["properties"]["text"]
