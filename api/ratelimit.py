@@ -2,7 +2,7 @@
 
 Counted with the ``limits`` library over a moving window, in memory for one API process or
 in Redis (``REPLICANT_REDIS_URL``) so that every API replica shares one limit. A request that
-acts for an account (a valid token, or a signed-in dashboard session: ``caller_account``)
+acts for an account (a valid token, or a signed-in dashboard session: ``caller_account_id``)
 counts against that account; the others against their client address, which is the peer's
 unless the peer is a trusted proxy (``REPLICANT_TRUSTED_PROXIES``; uvicorn applies it, see
 ``replicant.cli.proxy_options``). When the counter store fails,
@@ -28,7 +28,6 @@ from api.deps import StateDep, _account_for, token_account
 from api.errors import ProblemError
 from api.state import AppState
 from replicant.settings import Settings
-from replicant.tables import Account
 
 log = logging.getLogger("replicant.api")
 
@@ -79,17 +78,20 @@ class RateLimiter:
         )
 
 
-async def session_account(request: Request, state: AppState) -> Account | None:
-    """The account of the request's signed-in dashboard session, None without one."""
+async def session_account_id(request: Request, state: AppState) -> int | None:
+    """The account a signed-in dashboard request acts for (None when signed out): the one
+    place the limiter asks the dashboard's session who is calling."""
     if COOKIE not in request.cookies:
         return None
     token = load_session(request).token
-    return None if not token else await state.db.read(_account_for, token)
+    account = None if not token else await state.db.read(_account_for, token)
+    return None if account is None else account.id
 
 
-async def caller_account(request: Request, state: AppState) -> Account | None:
+async def caller_account_id(request: Request, state: AppState) -> int | None:
     """The account a request acts for: its token's, else its dashboard session's."""
-    return await token_account(request, state) or await session_account(request, state)
+    account = await token_account(request, state)
+    return account.id if account is not None else await session_account_id(request, state)
 
 
 def is_create(request: Request) -> bool:
@@ -102,9 +104,9 @@ def is_create(request: Request) -> bool:
 async def rate_limit(request: Request, state: StateDep) -> None:
     """App-wide dependency: every API route counts against its caller's limit."""
     limiter: RateLimiter = request.app.state.rate_limiter
-    account = await caller_account(request, state)
-    if account is not None:
-        key = f"account:{account.id}"
+    account_id = await caller_account_id(request, state)
+    if account_id is not None:
+        key = f"account:{account_id}"
     else:
         key = f"ip:{request.client.host if request.client else 'unknown'}"
     item, kind = (limiter.create, "create") if is_create(request) else (limiter.default, "default")
