@@ -122,9 +122,11 @@ class UnexpectedErrors:
             await self.app(scope, receive, tracked)
         except Exception as err:
             reference = secrets.token_hex(8)
+            # The route's template, not the path: a path may carry a signature (file URLs).
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             log.error(
-                "event=unhandled_error path=%s type=%s error_id=%s",
-                scope.get("path", ""),
+                "event=unhandled_error route=%s type=%s error_id=%s",
+                route,
                 type(err).__name__,
                 reference,
             )

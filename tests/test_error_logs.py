@@ -64,6 +64,7 @@ def test_an_unexpected_error_logs_its_type_and_a_reference_not_its_message(
     logged = [r for r in caplog.records if "unhandled_error" in r.getMessage()]
     assert len(logged) == 1
     assert "type=LeakyError" in logged[0].getMessage()
+    assert "route=/test-only/leak" in logged[0].getMessage()
     assert f"error_id={reference}" in logged[0].getMessage()
     # No record anywhere (ours, uvicorn's, Starlette's) holds the message or a traceback.
     for record in caplog.records:
