@@ -1,7 +1,6 @@
 """The data dir and the files in it that hold secrets (the secret key, the token, the SQLite
 databases and their -wal/-shm files) are readable by the service user only: 0700 and 0600,
-from the moment they exist, on a fresh data dir and on one an older release left open; the
-webhook signing secrets in the database are sealed."""
+from the moment they exist, on a fresh data dir and on one an older release left open."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from sqlalchemy import text
 from replicant.datadir import private_files, secure_data_dir
 from replicant.db import init_db, make_engine
 from replicant.devstack import temporal_command
-from replicant.sealing import SEALED_PREFIX
 from replicant.settings import Settings
 from tests.conftest import LiveStack
 
@@ -110,17 +108,3 @@ def test_the_running_stack_keeps_its_data_private(live: LiveStack) -> None:
     assert data / "temporal.db" in present
     for path in present:
         assert mode(path) == 0o600, path
-
-
-def test_the_running_stack_keeps_webhook_secrets_sealed(live: LiveStack) -> None:
-    token = live.new_account("sealed")
-    with live.client(token) as api:
-        secret = api.get("/v1/webhooks/default/secret").json()["key"]
-        username = api.get("/v1/account").json()["username"]
-    assert secret.startswith("whsec_")
-    with live.engine.connect() as connection:
-        stored = connection.execute(
-            text("SELECT webhook_secret FROM account WHERE username = :u"), {"u": username}
-        ).scalar_one()
-    assert stored.startswith(SEALED_PREFIX)
-    assert secret not in stored and secret.removeprefix("whsec_") not in stored
