@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 from api.dashboard.client import ApiProblem, api_for
 from api.dashboard.forms import Uploader, form_fields, form_input, form_values
 from api.dashboard.render import snippets
-from api.dashboard.session import end_session, open_session, token_id_of
+from api.dashboard.session import end_session, load_session, open_session, token_id_of
 from api.dashboard.web import FormDep, Page, PageDep, read_form, redirect, render
 from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
@@ -44,6 +44,7 @@ def safe_next(target: str | None) -> str:
 
 @router.get("/signin")
 async def signin_page(request: Request, next: str = "/") -> Response:
+    await load_session(request)  # a signed-in visitor's form carries that session's CSRF
     return render(request, "signin.html", next=safe_next(next), error=None)
 
 

@@ -43,6 +43,7 @@ class DashSession:
     account_id: int | None = None  # that token's account
     sid: str | None = None  # the cookie's id, known on the request that opened the session
     changed: bool = False  # the response sets (or clears) the cookies
+    drop_cookie: bool = False  # the request's session cookie names no live session
 
 
 def new_csrf() -> str:
@@ -95,7 +96,8 @@ async def load_session(request: Request) -> DashSession:
         found = await get_state(request).db.run(_live_session, _id_hash(sid))
     if found is None:
         dash = _anonymous(request)
-        dash.changed = dash.changed or bool(sid)  # a dead session's cookie is cleared
+        if sid:  # a dead session's cookie is cleared
+            dash.changed = dash.drop_cookie = True
     else:
         row, account_id = found
         dash = DashSession(csrf=row.csrf, token_id=row.token_id, account_id=account_id)
@@ -169,7 +171,7 @@ async def end_session(request: Request) -> DashSession:
     sid = request.cookies.get(COOKIE)
     if sid:
         await get_state(request).db.run(_end, _id_hash(sid))
-    dash = DashSession(csrf=new_csrf(), changed=True)
+    dash = DashSession(csrf=new_csrf(), changed=True, drop_cookie=True)
     request.state.dash_session = dash
     return dash
 
@@ -198,7 +200,8 @@ def save_session(request: Request, response: Response, dash: DashSession) -> Non
         put(COOKIE, dash.sid, int(get_state(request).settings.session_lifetime))
         put(CSRF_COOKIE, None)
     elif dash.token_id is None:
-        put(COOKIE, None)
+        if dash.drop_cookie:
+            put(COOKIE, None)
         put(CSRF_COOKIE, _csrf_serializer(request).dumps(dash.csrf))
 
 
