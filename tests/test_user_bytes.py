@@ -14,9 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import Error as PlaywrightError
 
+from api.app import create_app
+from replicant.accounts import create_account
+from replicant.settings import Settings
+from replicant.storage import signed_url
 from tests.browser import png, sign_in
 from tests.conftest import LiveStack
 from tests.modelkit import COG_YAML, pushed, someone, write_model
@@ -197,3 +202,41 @@ def test_media_is_served_inline_and_the_rest_as_attachments(
     assert answer.headers["x-content-type-options"] == "nosniff"
     assert answer.content == b"just text"
     assert downloaded(page, text)
+
+
+def test_with_a_files_origin_user_bytes_are_served_only_there(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        public_url="https://app.example",
+        files_url="https://files.example",
+    )
+    app = create_app(settings)
+    _, token = create_account(app.state.replicant.engine, "origins")
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(app, base_url="https://app.example") as on_app:
+        created = on_app.post(
+            "/v1/files",
+            files={"content": ("a.html", b"<script></script>", "text/html")},
+            headers=auth,
+        )
+        assert created.status_code == 201, created.text
+        body = created.json()
+        assert body["urls"]["get"].startswith("https://app.example/v1/files/")
+        download = body["urls"]["download"]
+        assert download.startswith("https://files.example/v1/files/")
+        # The app's origin never serves the bytes: it sends the browser to the files origin.
+        path = download.removeprefix("https://files.example")
+        moved = on_app.get(path, follow_redirects=False)
+        assert moved.status_code == 307 and moved.headers["location"] == download
+        # Output URLs the workers signed at the public URL go the same way.
+        output = signed_url(
+            settings.resolved_public_url, settings.ensure_secret_key(), "k/o.svg", 60
+        )
+        moved = on_app.get(output.removeprefix("https://app.example"), follow_redirects=False)
+        assert moved.status_code == 307
+        assert moved.headers["location"] == output.replace("app.example", "files.example")
+    with TestClient(app, base_url="https://files.example") as on_files:
+        served = on_files.get(path)
+    assert served.status_code == 200 and served.content == b"<script></script>"
+    assert served.headers["content-disposition"].startswith("attachment")
+    assert served.headers["content-security-policy"] == CSP
