@@ -5,7 +5,6 @@ streams a picked file to the Files API instead of holding it."""
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 
 from tests.conftest import LiveStack
 from tests.test_model_faults import MB, peak_growth
+from tests.test_sessions import csrf_of, sign_in
 
 PROBLEM = "application/problem+json"
 # What the API process may grow by while it refuses or streams tens of megabytes.
@@ -32,12 +32,6 @@ def refused_page(response: httpx.Response) -> str:
     assert response.status_code == 413, response.text
     assert response.headers["content-type"].startswith("text/html")
     return response.text
-
-
-def csrf_of(page: httpx.Response) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
-    assert found is not None, page.text
-    return found[1]
 
 
 def test_a_20_mb_body_without_a_token_gets_413_and_the_api_does_not_grow(
@@ -111,10 +105,9 @@ def test_the_sign_in_form_has_small_caps(live: LiveStack) -> None:
 
 
 def signed_in(live: LiveStack, token: str) -> tuple[httpx.Client, str]:
+    """A dashboard session signed in with ``token`` and its CSRF token."""
     client = httpx.Client(base_url=live.url, timeout=120)
-    csrf = csrf_of(client.get("/signin"))
-    signed = client.post("/signin", files={"csrf": (None, csrf), "token": (None, token)})
-    assert signed.status_code == 303, signed.text
+    sign_in(client, token)
     return client, csrf_of(client.get("/"))
 
 

@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Page
 from playwright.sync_api import Error as PlaywrightError
 
 from api.app import create_app
+from replicant import userbytes
 from replicant.accounts import create_account
 from replicant.settings import Settings
 from replicant.storage import signed_url
@@ -240,3 +241,36 @@ def test_with_a_files_origin_user_bytes_are_served_only_there(tmp_path: Path) ->
     assert served.status_code == 200 and served.content == b"<script></script>"
     assert served.headers["content-disposition"].startswith("attachment")
     assert served.headers["content-security-policy"] == CSP
+
+
+@pytest.mark.parametrize(
+    ("content_type", "inline"),
+    [
+        ("image/png", True),
+        ("IMAGE/JPEG; charset=binary", True),
+        ("audio/mpeg", True),
+        ("video/mp4", True),
+        ("image/svg+xml", False),
+        ("image/svg+xml; charset=utf-8", False),
+        ("text/html", False),
+        ("application/xhtml+xml", False),
+        ("text/xml", False),
+        ("application/xml", False),
+        ("video/vnd.something+xml", False),
+        ("image/png, text/html", True),  # the first type is the one served, alone
+        ("text/html, image/png", False),
+        ("", False),
+        (None, False),
+        ("application/octet-stream", False),
+        ("text/plain", False),
+    ],
+)
+def test_only_raster_images_audio_and_video_are_inline(
+    content_type: str | None, inline: bool
+) -> None:
+    assert userbytes.is_inline(content_type) is inline
+    how = "inline" if inline else "attachment"
+    assert userbytes.disposition(content_type, "a b.x").startswith(
+        f"{how}; filename*=UTF-8''a%20b.x"
+    )
+    assert "," not in userbytes.served_type(content_type)
