@@ -67,7 +67,7 @@ async def signin(request: Request) -> Response:
         except ApiProblem as err:
             error = "That token is not valid" if err.status == 401 else err.detail
             return render(request, "signin.html", 401, next=target, error=error)
-    found = await get_state(request).db.run(token_id_of, token)
+    found = await get_state(request).db.read(token_id_of, token)
     if found is None:  # revoked between the two reads
         return render(request, "signin.html", 401, next=target, error="That token is not valid")
     await open_session(request, *found)

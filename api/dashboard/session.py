@@ -93,7 +93,7 @@ async def load_session(request: Request) -> DashSession:
     found = None
     sid = request.cookies.get(COOKIE)
     if sid:
-        found = await get_state(request).db.run(_live_session, _id_hash(sid))
+        found = await get_state(request).db.read(_live_session, _id_hash(sid))
     if found is None:
         dash = _anonymous(request)
         if sid:  # a dead session's cookie is cleared
