@@ -5,6 +5,7 @@ streams a picked file to the Files API instead of holding it."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,3 +146,22 @@ def test_the_run_form_streams_a_picked_file_to_the_files_api(
         (stored,) = api.get("/v1/files").json()["results"]
     assert (stored["name"], stored["size"]) == ("big.png", 40 * MB)
     assert stored["content_type"] == "image/png"
+
+
+def test_a_declared_length_past_the_cap_is_answered_before_any_body_byte(
+    live: LiveStack,
+) -> None:
+    # Headers only: a client waiting for "100 Continue" gets the 413 instead, sending nothing.
+    host, port = live.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(
+            b"POST /v1/predictions HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 20000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = conn.recv(65536)
+            assert chunk, answer
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 "), answer
+    assert b"content-type: application/problem+json" in answer.lower()
