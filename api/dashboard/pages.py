@@ -14,8 +14,8 @@ from starlette.datastructures import UploadFile
 from api.dashboard.client import ApiProblem, api_for
 from api.dashboard.forms import Uploader, form_fields, form_input, form_values
 from api.dashboard.render import snippets
-from api.dashboard.session import load_session, new_csrf
-from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, render
+from api.dashboard.session import end_session, load_session, open_session, token_id_of
+from api.dashboard.web import FormDep, Page, PageDep, read_form, redirect, render
 from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
@@ -44,29 +44,40 @@ def safe_next(target: str | None) -> str:
 
 @router.get("/signin")
 async def signin_page(request: Request, next: str = "/") -> Response:
+    await load_session(request)  # a signed-in visitor's form carries that session's CSRF
     return render(request, "signin.html", next=safe_next(next), error=None)
+
+
+# The sign-in form: its CSRF token, the API token and where to go next.
+SIGNIN_FIELDS = 8
+SIGNIN_PART = 4096
 
 
 @router.post("/signin")
 async def signin(request: Request) -> Response:
-    form = await checked_form(request)
+    """Check the token through the API (its rate limit and all), then open a new session."""
+    form = await read_form(
+        request, max_fields=SIGNIN_FIELDS, max_files=0, max_part_size=SIGNIN_PART
+    )
     token = str(form.get("token") or "").strip()
     target = safe_next(str(form.get("next") or "/"))
-    async with api_for(request, token) as api:
+    async with api_for(request, token=token) as api:
         try:
             await api.get("/v1/account")
         except ApiProblem as err:
             error = "That token is not valid" if err.status == 401 else err.detail
             return render(request, "signin.html", 401, next=target, error=error)
-    session = load_session(request)
-    session.token = token
-    session.csrf = new_csrf()  # a new session gets a new CSRF token
+    found = await get_state(request).db.read(token_id_of, token)
+    if found is None:  # revoked between the two reads
+        return render(request, "signin.html", 401, next=target, error="That token is not valid")
+    await open_session(request, *found)
     return redirect(request, target)
 
 
 @router.post("/signout")
 async def signout(request: Request, form: FormDep) -> Response:
-    load_session(request).token = None
+    """End the session: its id is deleted, so a saved cookie signs nobody in."""
+    await end_session(request)
     return redirect(request, "/signin")
 
 
