@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 from PIL import Image
@@ -51,7 +52,9 @@ def test_a_finished_prediction_takes_its_final_state_without_a_reload(
     assert page.evaluate(MARKED), "the page was reloaded"
     with live.client(user) as api:
         body = api.get(f"/v1/predictions/{prediction_id}").json()
-    expect(page.locator("#completed-at")).to_have_text(body["completed_at"])
+    # Shown as a relative time, the exact one (to the second) on hover.
+    completed = datetime.fromisoformat(body["completed_at"]).isoformat(timespec="seconds")
+    expect(page.locator("#completed-at time")).to_have_attribute("datetime", completed)
     # The swapped-in buttons work: Share leads to the public page.
     page.get_by_role("button", name="Share").click()
     expect(page.get_by_role("link", name="Public page")).to_be_visible()
