@@ -139,8 +139,10 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _unknown_path(request: Request, err: StarletteHTTPException) -> Response:
-        # A path no route serves: a page for a browser, problem+json for an API client.
-        if err.status_code in (404, 405) and wants_html(request):
+        # A path no route serves: a page for a browser, problem+json for an API client (and
+        # for whatever the API's own routes raise).
+        unrouted = request.scope.get("route") is None
+        if unrouted and err.status_code in (404, 405) and wants_html(request):
             detail = "There is no page at this address"
             if err.status_code == 405:
                 detail = f"This page does not answer {request.method}"
