@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -22,7 +21,16 @@ from sqlalchemy import insert, update
 from replicant.ids import new_id
 from replicant.tables import Model, Prediction
 from replicant.timeutil import utcnow
-from tests.browser import new_page, png, run_form, shot, sign_in, submit_run
+from tests.browser import (
+    hello_deployment,
+    new_page,
+    png,
+    private_model,
+    run_form,
+    shot,
+    sign_in,
+    submit_run,
+)
 from tests.conftest import LiveStack
 
 MB = 1_000_000
@@ -203,14 +211,7 @@ def test_started_shows_while_the_prediction_runs(
 def test_counts_read_one_run_and_a_gpu_model_says_it_runs_on_the_cpu(
     browser: Browser, live: LiveStack, user: str
 ) -> None:
-    owner = username(live, user)
-    name = f"gpu-{os.urandom(3).hex()}"
-    with live.client(user) as api:
-        created = api.post(
-            "/v1/models",
-            json={"owner": owner, "name": name, "visibility": "private", "hardware": "gpu-t4"},
-        )
-        assert created.status_code == 201, created.text
+    owner, name = private_model(live, user, "gpu", hardware="gpu-t4")
     with live.engine.begin() as conn:
         conn.execute(update(Model).where(Model.name == name).values(run_count=1))
     page = sign_in(browser, live, user)
@@ -246,13 +247,8 @@ def test_tweak_opens_the_form_filled_with_the_input_and_copy_takes_the_output(
 def test_the_model_page_shows_its_schema_and_readme(
     browser: Browser, live: LiveStack, user: str
 ) -> None:
-    owner = username(live, user)
-    name = f"documented-{os.urandom(3).hex()}"
+    owner, name = private_model(live, user, "documented")
     with live.client(user) as api:
-        created = api.post(
-            "/v1/models", json={"owner": owner, "name": name, "visibility": "private"}
-        )
-        assert created.status_code == 201, created.text
         readme = "# Documented\n\nIt does **one** thing."
         patched = api.patch(f"/v1/models/{owner}/{name}", json={"readme": readme})
         assert patched.status_code == 200, patched.text
@@ -287,20 +283,7 @@ def test_favicon_aligned_deployment_settings_and_a_spaced_sign_in_button(
         assert answer.status == 200 and answer.headers["content-type"] == "image/svg+xml"
 
     token = live.new_account("aligner")
-    with live.client(token) as api:
-        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": f"dep-{os.urandom(3).hex()}",
-                "model": "replicate/hello-world",
-                "version": version,
-                "hardware": "cpu",
-                "min_instances": 0,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
+    hello_deployment(live, token)
     page = sign_in(browser, live, token)
     page.goto("/deployments")
     boxes = page.evaluate(
