@@ -84,7 +84,17 @@ async function copy(button) {
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     text = await response.text();
   }
-  await navigator.clipboard.writeText(text || "");
+  if (navigator.clipboard) {
+    await navigator.clipboard.writeText(text || "");
+  } else {
+    // Plain http on another host is no secure context: no Clipboard API there.
+    const area = document.createElement("textarea");
+    area.value = text || "";
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
   button.classList.add("copied");
   setTimeout(() => button.classList.remove("copied"), 2000);
 }
