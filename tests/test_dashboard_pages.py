@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import insert, update
 
 from replicant.ids import new_id
-from replicant.tables import Model, Prediction
+from replicant.tables import Model, Prediction, Training
 from replicant.timeutil import utcnow
 from tests.browser import (
     hello_deployment,
@@ -99,6 +99,25 @@ def test_a_5_mb_input_and_output_make_a_page_under_1_mb_with_the_wholes_a_click_
     # The list of predictions shows the prediction without its input.
     listed = page.goto("/predictions")
     assert listed is not None and len(listed.body()) < MB
+
+    # A training's page cuts its input the same way.
+    training_id = new_id()
+    row = {
+        "id": training_id,
+        "owner": username(live, user),
+        "model": "replicant/ngram",
+        "version": "v",
+        "destination": "replicant/ngram",
+        "status": "failed",
+        "input": {"text": text},
+        "error": "no corpus",
+        "created_at": utcnow(),
+    }
+    with live.engine.begin() as conn:
+        conn.execute(insert(Training), [row])
+    response = page.goto(f"/trainings/{training_id}")
+    assert response is not None and response.status == 200 and len(response.body()) < MB
+    assert json.loads(downloaded(page, "#whole-input")) == {"text": text}
 
 
 def test_an_embeddings_page_shows_vectors_collapsed_to_copy_or_download(

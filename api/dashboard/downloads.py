@@ -50,11 +50,14 @@ def whole_output(output: Any, streaming: bool) -> tuple[str, str, str]:
     return json.dumps(output, indent=2, ensure_ascii=False), "application/json", "json"
 
 
-@router.get("/predictions/{prediction_id}/input.json")
-async def input_download(prediction_id: str, page: PageDep) -> Response:
-    prediction = await page.api.get(f"/v1/predictions/{prediction_id}")
-    body = json.dumps(prediction["input"], indent=2, ensure_ascii=False)
-    return attachment(body, "application/json", f"{prediction_id}-input.json")
+@router.get("/predictions/{object_id}/input.json")
+@router.get("/trainings/{object_id}/input.json")
+async def input_download(object_id: str, page: PageDep) -> Response:
+    """The whole input of one of the account's predictions or trainings (the API's read)."""
+    kind = page.request.scope["route"].path.split("/")[1]  # predictions or trainings
+    found = await page.api.get(f"/v1/{kind}/{object_id}")
+    body = json.dumps(found["input"], indent=2, ensure_ascii=False)
+    return attachment(body, "application/json", f"{object_id}-input.json")
 
 
 @router.get("/predictions/{prediction_id}/output")
