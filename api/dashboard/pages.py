@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
@@ -27,8 +28,8 @@ from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, re
 from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
-from replicant.buildchecks import gpu_devices
 from replicant.catalog import find_model
+from replicant.devices import discover_devices
 
 router = APIRouter(include_in_schema=False)
 
@@ -101,6 +102,12 @@ async def models_page(page: PageDep, q: str = "") -> Response:
     return render(page.request, "models.html", page=page, models=models, q=q)
 
 
+@functools.cache
+def _has_gpu(configured: str | None) -> bool:
+    """Whether this installation has GPUs (asked once: ``nvidia-smi`` is no per-page call)."""
+    return bool(discover_devices(configured))
+
+
 def _hardware(request: Request, username: str, owner: str, name: str) -> dict[str, Any] | None:
     """The hardware the model runs on (the API's model object has no field for it), found
     through the catalog's own visibility rule: its name, and whether a GPU SKU runs on the
@@ -111,7 +118,7 @@ def _hardware(request: Request, username: str, owner: str, name: str) -> dict[st
     if model is None:
         return None
     settings = state.settings
-    on_cpu = model.hardware.startswith("gpu") and not gpu_devices(settings)
+    on_cpu = model.hardware.startswith("gpu") and not _has_gpu(settings.gpu_devices)
     return {"name": settings.hardware_names.get(model.hardware, model.hardware), "on_cpu": on_cpu}
 
 
