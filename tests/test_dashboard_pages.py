@@ -91,6 +91,7 @@ def test_a_5_mb_input_and_output_make_a_page_under_1_mb_with_the_wholes_a_click_
     assert response is not None and response.status == 200
     assert len(response.body()) < MB
     expect(page.locator("#input")).to_contain_text("(5,000,000 characters)")
+    expect(page.locator("#output")).to_contain_text("(5,000,006 characters)")
     assert json.loads(downloaded(page, "#whole-input")) == {"text": text}
     assert downloaded(page, "#whole-output") == "hello " + text
     curl = downloaded(page, "#whole-code-curl")

@@ -153,8 +153,9 @@ def is_cut(value: Any, limit: int = LONG_TEXT) -> bool:
 
 
 def cut_text(text: str) -> str:
-    """An output text as a page shows it: the first ``LONG_TEXT`` characters."""
-    return text if len(text) <= LONG_TEXT else text[:LONG_TEXT] + "..."
+    """An output text as a page shows it: the first ``LONG_TEXT`` characters (the page links
+    to the whole)."""
+    return text if len(text) <= LONG_TEXT else f"{text[:LONG_TEXT]}... ({len(text):,} characters)"
 
 
 def code_input(value: Any) -> Any:
