@@ -49,7 +49,7 @@ def username(live: LiveStack, token: str) -> str:
 
 def finished(live: LiveStack, token: str, model: str, input: Any, output: Any) -> str:
     """A succeeded prediction of ``model`` as the read model holds it (the page draws what the
-    API answers); its id."""
+    API answers); its id. Made from the web, so the stack's short retention leaves it be."""
     with live.client(token) as api:
         version = api.get(f"/v1/models/{model}").json()["latest_version"]["id"]
     now = utcnow()
@@ -58,6 +58,7 @@ def finished(live: LiveStack, token: str, model: str, input: Any, output: Any) -
         "owner": username(live, token),
         "model": model,
         "version": version,
+        "source": "web",
         "status": "succeeded",
         "input": input,
         "output": output,
