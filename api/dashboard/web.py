@@ -150,7 +150,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiProblem)
     async def _problem(request: Request, err: ApiProblem) -> Response:
-        response = render(request, "error.html", err.status, error=err)
+        response = await error_page(request, err.status, err)
         if err.retry_after:
             response.headers["Retry-After"] = err.retry_after
         return response
@@ -162,8 +162,45 @@ def install_handlers(app: FastAPI) -> None:
         # The dashboard's own refusals (rate limit, CSRF) as pages; the API's stay problem+json.
         route = request.scope.get("route")
         if not getattr(getattr(route, "endpoint", None), "__module__", "").startswith(__package__):
-            answer = api_handler(request, err)
-            return await answer if inspect.isawaitable(answer) else answer
-        page = render(request, "error.html", err.status, error=err)
+            return await _answer(api_handler, request, err)
+        page = await error_page(request, err.status, err)
         page.headers.update(err.headers or {})
         return page
+
+    http_handler = app.exception_handlers[HTTPException]
+
+    @app.exception_handler(HTTPException)
+    async def _unknown_path(request: Request, err: HTTPException) -> Response:
+        # A path no route serves: a page for a browser, problem+json for an API client (and
+        # for whatever the API's own routes raise).
+        unrouted = request.scope.get("route") is None
+        if unrouted and err.status_code in (404, 405) and wants_html(request):
+            detail = "There is no page at this address"
+            if err.status_code == 405:
+                detail = f"This page does not answer {request.method}"
+            return await error_page(request, err.status_code, ProblemError(err.status_code, detail))
+        return await _answer(http_handler, request, err)
+
+
+async def _answer(handler: Any, request: Request, err: Exception) -> Response:
+    answer = handler(request, err)
+    response: Response = await answer if inspect.isawaitable(answer) else answer
+    return response
+
+
+def wants_html(request: Request) -> bool:
+    """A browser's request (it asks for HTML first); API clients ask for JSON or anything."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+async def error_page(request: Request, status: int, error: ApiProblem | ProblemError) -> Response:
+    """An error as a dashboard page, with the header of the signed-in user (if any)."""
+    session = await load_session(request)
+    account = None
+    if session.token_id is not None:
+        async with api_for(request, token_id=session.token_id) as api:
+            try:
+                account = await api.get("/v1/account")
+            except ApiProblem:
+                account = None  # revoked, or the rate limit: the page shows signed out
+    return render(request, "error.html", status, error=error, account=account)
