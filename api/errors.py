@@ -55,6 +55,12 @@ def not_found(what: str) -> ProblemError:
     return ProblemError(404, f"{what} not found", title="Not found")
 
 
+def conflict(detail: str, *, title: str | None = None) -> ProblemError:
+    """409 for a state that retrying the same request cannot change: ``x-should-retry: false``
+    keeps the official clients (which retry a 409 by default) from sending it again."""
+    return ProblemError(409, detail, title=title, headers={"x-should-retry": "false"})
+
+
 def invalid(fields: list[dict[str, str]], detail: str | None = None) -> ProblemError:
     """422 naming each invalid field."""
     summary = detail or "; ".join(f"{f['field']}: {f['message']}" for f in fields)

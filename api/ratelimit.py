@@ -23,8 +23,8 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
-from api.dashboard.session import COOKIE, load_session
-from api.deps import StateDep, _account_for, token_account
+from api.dashboard.session import session_account_id
+from api.deps import StateDep, token_account
 from api.errors import ProblemError
 from api.state import AppState
 from replicant.settings import Settings
@@ -78,20 +78,11 @@ class RateLimiter:
         )
 
 
-async def session_account_id(request: Request, state: AppState) -> int | None:
-    """The account a signed-in dashboard request acts for (None when signed out): the one
-    place the limiter asks the dashboard's session who is calling."""
-    if COOKIE not in request.cookies:
-        return None
-    token = load_session(request).token
-    account = None if not token else await state.db.read(_account_for, token)
-    return None if account is None else account.id
-
-
 async def caller_account_id(request: Request, state: AppState) -> int | None:
-    """The account a request acts for: its token's, else its dashboard session's."""
+    """The account a request acts for: its token's, else its signed-in dashboard session's
+    (``session_account_id``, the one place the limiter asks the session who is calling)."""
     account = await token_account(request, state)
-    return account.id if account is not None else await session_account_id(request, state)
+    return account.id if account is not None else await session_account_id(request)
 
 
 def is_create(request: Request) -> bool:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from replicant.fairness import FairnessError, check_weight
 from replicant.ids import hash_token
-from replicant.tables import Account, ApiToken, Membership
+from replicant.tables import Account, ApiToken, DashboardSession, Membership
 from replicant.timeutil import utcnow
 
 
@@ -133,5 +133,7 @@ def revoke_token(engine: Engine, token_id: int) -> ApiToken:
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             session.add(row)
-            session.commit()
+        # The dashboard sessions signed in with it end too (they check it anyway).
+        session.exec(delete(DashboardSession).where(col(DashboardSession.token_id) == token_id))
+        session.commit()
         return row

@@ -318,6 +318,31 @@ class Settings(BaseSettings):
     )
     output_url_expiry: float = Field(3600.0, description="Seconds a signed output URL works.")
 
+    # User bytes, dashboard sessions and request bodies (docs/hardening.md)
+    files_url: str | None = Field(
+        None,
+        description="A separate origin that serves uploaded files and output files (e.g. "
+        "`https://files.example.com`, pointed at the same API processes): their signed URLs "
+        "point there, and the API's own origin redirects any such URL to it, so no user "
+        "bytes are ever served from the dashboard's origin. Unset: the public URL serves "
+        "them (as attachments, media aside, with a sandboxing CSP).",
+    )
+    session_lifetime: float = Field(
+        12 * 3600.0,
+        gt=0,
+        description="Seconds a dashboard sign-in lasts; then the browser signs in again. "
+        "Signing out, or revoking the API token signed in with, ends it at once.",
+    )
+    max_request_body: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="The largest request body in bytes (413 beyond, before it is read and "
+        "before authentication), for every route but uploads: `POST /v1/files` and the "
+        "dashboard's Run form take `max_file_size` plus 1 MiB, a model push "
+        "`max_push_bytes` plus 1 MiB, sign-in 64 KiB. Larger input files go through "
+        "`POST /v1/files` rather than data URIs.",
+    )
+
     # TLS for the API
     tls_certfile: Path | None = Field(
         None,
@@ -474,6 +499,11 @@ class Settings(BaseSettings):
     def resolved_public_url(self) -> str:
         scheme = "https" if self.tls_certfile else "http"
         return (self.public_url or f"{scheme}://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def resolved_files_url(self) -> str:
+        """Where user bytes are served: ``files_url``, else the public URL."""
+        return (self.files_url or self.resolved_public_url).rstrip("/")
 
     @property
     def resolved_temporal_ui_url(self) -> str:

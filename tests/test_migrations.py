@@ -120,7 +120,7 @@ def stored_secret(engine: Engine, username: str) -> str | None:
 def account_before_sealing(engine: Engine, username: str, secret: str | None) -> None:
     """A database at the release before sealing, with an account holding a plain secret."""
     with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), "d17a2b6c9e40")
+        command.upgrade(alembic_config(connection), "e17c4a9b2d58")
     ensure_account(engine, username)
     with engine.begin() as connection:
         connection.execute(
@@ -142,7 +142,7 @@ def test_the_migration_seals_plain_webhook_secrets_and_reading_opens_them(
     assert stored_secret(engine, "old-timer") == sealed
     # Downgrading with the key opens it again for the older release.
     with engine.begin() as connection:
-        command.downgrade(alembic_config(connection, KEY), "d17a2b6c9e40")
+        command.downgrade(alembic_config(connection, KEY), "e17c4a9b2d58")
     assert stored_secret(engine, "old-timer") == PLAIN
 
 

@@ -23,7 +23,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
-from api.errors import ProblemError, invalid, not_found
+from api.errors import ProblemError, conflict, invalid, not_found
 from api.launch import PredictionCreateDep, base_url
 from api.pagination import paginate
 from api.routes.predictions import PredictionInput, launch_body
@@ -245,8 +245,7 @@ async def create_deployment(
         try:
             session.flush()
         except IntegrityError as err:
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"A deployment named {account.username}/{body.name} already exists",
             ) from err
         assert row.id is not None
@@ -389,8 +388,7 @@ async def delete_deployment(
             select(func.count()).where(DeploymentInstance.deployment_id == row.id)
         ).one()
         if row.min_instances > 0 or instances:
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"The deployment is online ({instances} instances, min_instances "
                 f"{row.min_instances}); set min_instances to 0 and wait until it has "
                 "no instances before deleting it",
@@ -398,15 +396,13 @@ async def delete_deployment(
             )
         waiting, running = deployment_demand(session, owner, name)
         if waiting or running:
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"The deployment has {waiting + running} predictions in progress",
                 title="Deployment is in use",
             )
         quiet = utcnow() - as_utc(row.last_active_at)
         if quiet < timedelta(seconds=idle):
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"The deployment was in use {quiet.total_seconds():.0f} seconds ago; it can "
                 f"be deleted once it has been offline and unused for {idle:g} seconds",
                 title="Deployment was used recently",

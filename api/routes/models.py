@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 
 from api import push
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
-from api.errors import ProblemError, invalid, not_found
+from api.errors import ProblemError, conflict, invalid, not_found
 from api.launch import base_url
 from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
 from api.pagination import paginate
@@ -122,7 +122,7 @@ def _check_new_model(session: Session, account: Account, owner: str, name: str) 
         raise ProblemError(403, f"You cannot create models owned by {owner}", title="Forbidden")
     taken = session.exec(select(Model).where(Model.owner == owner, Model.name == name)).first()
     if taken is not None:
-        raise ProblemError(409, f"A model named {owner}/{name} already exists", title="Conflict")
+        raise conflict(f"A model named {owner}/{name} already exists", title="Conflict")
 
 
 def model_object(
@@ -264,14 +264,12 @@ def delete_model(scope: OwnModelDep) -> Response:
     """Only your own, private models with no versions left can be deleted."""
     model, session = scope.model, scope.session
     if model.visibility != "private":
-        raise ProblemError(
-            409,
+        raise conflict(
             "Only private models can be deleted; make the model private first",
             title="Model is public",
         )
     if session.exec(select(Version).where(Version.model_id == model.id)).first():
-        raise ProblemError(
-            409,
+        raise conflict(
             "The model still has versions; delete every version first",
             title="Model has versions",
         )
@@ -410,8 +408,8 @@ async def delete_version(
         if version is None or version.model_id != model.id:
             raise not_found(f"Version {owner}/{name}:{version_id}")
         if model.visibility != "private":
-            raise ProblemError(
-                409, "Versions can only be deleted from private models", title="Model is public"
+            raise conflict(
+                "Versions can only be deleted from private models", title="Model is public"
             )
         others_ran = session.exec(
             select(
@@ -422,17 +420,14 @@ async def delete_version(
             )
         ).one()
         if others_ran:
-            raise ProblemError(
-                409,
+            raise conflict(
                 "Someone other than you has run predictions with this version",
                 title="Version is in use",
             )
         if session.exec(select(Version).where(Version.base_version_id == version_id)).first():
-            raise ProblemError(
-                409, "This version is the base of a fine-tune", title="Version is in use"
-            )
+            raise conflict("This version is the base of a fine-tune", title="Version is in use")
         if _used_by_deployment(session, version_id):
-            raise ProblemError(409, "A deployment uses this version", title="Version is in use")
+            raise conflict("A deployment uses this version", title="Version is in use")
         session.delete(version)
         session.flush()
         if model.latest_version_id == version_id:

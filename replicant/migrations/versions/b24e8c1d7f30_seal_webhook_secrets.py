@@ -1,7 +1,7 @@
 """Webhook signing secrets sealed at rest
 
 Revision ID: b24e8c1d7f30
-Revises: d17a2b6c9e40
+Revises: e17c4a9b2d58
 Create Date: 2026-12-07 13:30:00.000000
 
 Each account's ``webhook_secret`` is stored sealed (``replicant.sealing``) under the
@@ -20,7 +20,7 @@ from replicant.sealing import SEALED_PREFIX
 from replicant.webhooks import open_webhook_secret, seal_webhook_secret
 
 revision: str = "b24e8c1d7f30"
-down_revision: str | Sequence[str] | None = "d17a2b6c9e40"
+down_revision: str | Sequence[str] | None = "e17c4a9b2d58"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
