@@ -49,7 +49,7 @@ from api.startguard import (
     start_deadline,
 )
 from api.state import AppState, Database
-from replicant import readmodel
+from replicant import readmodel, responses
 from replicant.cogmodel import output_streams
 from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
 from replicant.fairness import task_priority
@@ -269,14 +269,26 @@ async def launch_prediction(
                 await update.result(rpc_timeout=timedelta(seconds=wait))
         else:  # started otherwise (a retry, or the settled start): wait on the workflow
             await wait_done(state, req.id, wait)
-    return await respond(request, state, req.id)
+    return await respond(request, state, req.id, waited=wait is not None)
 
 
-async def respond(request: Request, state: AppState, prediction_id: str) -> Response:
+async def respond(
+    request: Request, state: AppState, prediction_id: str, *, waited: bool = False
+) -> Response:
     """201 with the prediction as it is now, as its create answered."""
     row = await state.db.read(_load, prediction_id)
     body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    if waited:
+        body = expired_wait_answer(body)
     return json_response(body, 201, {"Location": body.urls.get})
+
+
+def expired_wait_answer(body: responses.Prediction) -> responses.Prediction:
+    """A ``Prefer: wait`` that ran out answers ``starting``, Replicate's documented contract:
+    the official clients' ``run()`` polls on only then. ``GET`` shows the true status."""
+    if body.status in TERMINAL_STATUSES:
+        return body
+    return body.model_copy(update={"status": "starting"})
 
 
 async def replay(
@@ -292,7 +304,7 @@ async def replay(
         return None
     if wait is not None and prediction.status not in TERMINAL_STATUSES:
         await wait_done(state, prediction.id, wait)
-    return await respond(request, state, prediction.id)
+    return await respond(request, state, prediction.id, waited=wait is not None)
 
 
 async def answer_taken(

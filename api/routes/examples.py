@@ -3,7 +3,9 @@
 ``GET /v1/models/{owner}/{name}/examples`` lists them (as Replicate does); the owner marks one
 with ``POST`` (``{"prediction": id, "default": bool}``) and unmarks it with ``DELETE .../{id}``.
 The default example (the one marked ``default``, else the oldest) is the model's
-``default_example``. Retention leaves an example's input and output in place.
+``default_example``. Retention leaves an example's input and output in place. The model's
+owner sees its examples as its own predictions; everyone else sees them as shared ones
+(``serialize.shared_prediction``: no logs, no webhook).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import invalid, not_found
 from api.launch import base_url
 from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
-from api.pagination import prediction_page
+from api.pagination import paginate
 from api.serialize import json_response, prediction_object
-from replicant import responses
+from replicant import responses, serialize
 from replicant.catalog import account_names
 from replicant.tables import Model, ModelExample, Prediction
 
@@ -33,38 +35,54 @@ class ExampleMark(BaseModel):
     default: bool = False
 
 
+def example_object(
+    row: Prediction, base: str, secret_key: str, *, owner_view: bool
+) -> responses.Prediction:
+    """An example as its viewer is shown it: the owner's view, or the shared one."""
+    if owner_view:
+        return prediction_object(row, base, secret_key=secret_key)
+    return serialize.shared_prediction(row, base, secret_key=secret_key)
+
+
 def default_example(
-    session: Session, model: Model, base: str, secret_key: str
+    session: Session, model: Model, base: str, secret_key: str, *, owner_view: bool
 ) -> responses.Prediction | None:
     """The model's default example as a prediction object (the one marked default, else
-    the oldest example), or None."""
+    the oldest example), or None; ``owner_view`` when the viewer owns the model."""
     row = session.exec(
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
         .where(ModelExample.model_id == model.id)
         .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
     ).first()
-    return prediction_object(row, base, secret_key=secret_key) if row is not None else None
+    if row is None:
+        return None
+    return example_object(row, base, secret_key, owner_view=owner_view)
 
 
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
 def list_examples(scope: VisibleModelDep, cursor: str | None = None) -> responses.PredictionPage:
-    """The model's example predictions, newest first."""
-    base, session, state = scope.base, scope.session, scope.state
-    found = scope.model.id
+    """The model's example predictions, newest first (shared views unless the caller owns
+    the model)."""
+    base, session, secret_key = scope.base, scope.session, scope.state.secret_key
+    owner_view = scope.model.owner in account_names(session, scope.account)
     stmt = (
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
-        .where(ModelExample.model_id == found)
+        .where(ModelExample.model_id == scope.model.id)
     )
-    return prediction_page(
+    page = paginate(
         session,
         stmt,
-        base,
-        secret_key=state.secret_key,
+        col(Prediction.created_at),
+        col(Prediction.id),
         cursor=cursor,
         page_url=f"{base}/v1/models/{scope.owner}/{scope.name}/examples",
+        render=lambda _, rows: [
+            example_object(r, base, secret_key, owner_view=owner_view) for r in rows
+        ],
     )
+    return responses.PredictionPage.model_validate(page)
 
 
 @router.post(
