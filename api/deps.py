@@ -3,9 +3,11 @@ synchronous routes, ``Database`` for async ones) and the caller's account."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlmodel import Session, col, select
 
@@ -29,14 +31,23 @@ async def _state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
-    """A database session for one request, closed after it (objects stay readable).
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
+    """A database session for one request, closed after it (objects stay readable); the
+    synchronous routes that use it query in FastAPI's thread pool. Async routes (the hot
+    paths: creating and reading predictions) take ``DatabaseDep``.
 
-    Opened and closed in FastAPI's thread pool, as the synchronous routes that use it run:
-    async routes (the hot paths: creating and reading predictions) take ``DatabaseDep``.
+    A session keeps its connection until the request's answer is built, after its thread is
+    done: at most ``api_threads`` are open at once (others wait for a place on the event
+    loop, not for the pool in a thread), so the pool always has a connection for each, and
+    the closing runs in threads of its own.
     """
-    with Session(state.engine, expire_on_commit=False) as session:
-        yield session
+    async with state.sessions:
+        session = Session(state.engine, expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=state.session_closers)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -42,11 +42,11 @@ def executor_threads() -> int:
 
 
 def pool_size(settings: Settings) -> int:
-    """Database connections an API process keeps: one for every thread that may hold one at
-    once (anyio's limiter, shared by synchronous routes and ``Database``, and the default
-    executor, and ``/health``'s), so no thread waits for a connection while the thread
-    holding it waits for the event loop."""
-    return settings.api_threads + executor_threads() + HEALTH_THREADS
+    """Database connections an API process keeps: one for every session of a synchronous
+    route (``AppState.sessions``) and every thread that may hold one at once (anyio's
+    limiter, which ``Database`` uses, the default executor, and ``/health``'s), so no thread
+    waits for a connection while the one holding it waits for the event loop."""
+    return 2 * settings.api_threads + executor_threads() + HEALTH_THREADS
 
 
 # Tables whose rows the lookup cache holds answers from: a change to one of them made by this
@@ -181,6 +181,16 @@ class AppState:
         if self.engine.dialect.name != "sqlite":
             return None
         return make_loop_engine(self.settings.resolved_database_url)
+
+    @functools.cached_property
+    def sessions(self) -> anyio.Semaphore:
+        """Places for the open sessions of synchronous routes (``api.deps.get_session``)."""
+        return anyio.Semaphore(self.settings.api_threads)
+
+    @functools.cached_property
+    def session_closers(self) -> anyio.CapacityLimiter:
+        """The threads that close those sessions, apart from the routes' own."""
+        return anyio.CapacityLimiter(self.settings.api_threads)
 
     @functools.cached_property
     def health_limiter(self) -> anyio.CapacityLimiter:

@@ -116,7 +116,7 @@ def test_waits_streams_and_followed_builds_are_held_the_rest_short() -> None:
 def test_the_pool_has_a_connection_for_every_thread_that_may_hold_one(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, api_threads=7)
     engine = create_app(settings).state.replicant.engine
-    assert engine.pool.size() == pool_size(settings) == 7 + executor_threads() + HEALTH_THREADS
+    assert engine.pool.size() == pool_size(settings) == 2 * 7 + executor_threads() + HEALTH_THREADS
     assert engine.pool._max_overflow == 0  # type: ignore[attr-defined]
 
 
