@@ -154,16 +154,6 @@ class Settings(BaseSettings):
         description="Rows of each kind (predictions, trainings, builds) the reconciler goes "
         "over in one pass at most; the next pass goes on after the last of them.",
     )
-    fault_kill_before_start: bool = Field(
-        False,
-        description="TEST ONLY, never in production: the API SIGKILLs itself after writing a "
-        "new prediction's or training's row, before starting its workflow.",
-    )
-    fault_lose_start_answer: bool = Field(
-        False,
-        description="TEST ONLY, never in production: the API acts as if the answer to a "
-        "workflow start that Temporal took were lost.",
-    )
 
     # Hardware: every SKU is a task queue.
     hardware: dict[str, int] = Field(
