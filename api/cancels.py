@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Literal
 
 from api.errors import ProblemError
@@ -23,6 +24,8 @@ from replicant.timeutil import utcnow
 log = logging.getLogger("replicant.api")
 
 RunKindName = Literal["prediction", "training"]
+# A cancel gives up on an unreachable Temporal after about this long (the client retries).
+SIGNAL_TIMEOUT = timedelta(seconds=5)
 
 
 async def signal_cancel(state: AppState, kind: RunKindName, run_id: str) -> bool:
@@ -31,7 +34,8 @@ async def signal_cancel(state: AppState, kind: RunKindName, run_id: str) -> bool
     try:
         client = await state.temporal()
         # Both workflows name their cancel signal "cancel".
-        await client.get_workflow_handle(workflow_id(kind, run_id)).signal("cancel")
+        handle = client.get_workflow_handle(workflow_id(kind, run_id))
+        await handle.signal("cancel", rpc_timeout=SIGNAL_TIMEOUT)
     except Exception as err:
         if not is_not_found(err):
             log.error("event=cancel_failed %s=%s type=%s", kind, run_id, type(err).__name__)

@@ -20,6 +20,7 @@ from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
 from replicant.catalog import find_model
+from replicant.contracts import prediction_workflow_id
 
 router = APIRouter(include_in_schema=False)
 
@@ -216,7 +217,7 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
         streaming="stream" in prediction["urls"],
         cursor=event_cursor(prediction.get("output"), prediction["logs"]),
         snippets=snippets(base, ref, prediction["input"]),
-        temporal_url=temporal_ui(page.request, f"prediction-{prediction_id}"),
+        temporal_url=temporal_ui(page.request, prediction_workflow_id(prediction_id)),
     )
 
 

@@ -11,6 +11,7 @@ from api.dashboard.client import ApiProblem
 from api.dashboard.pages import cursor_of, temporal_ui
 from api.dashboard.web import FormDep, PageDep, redirect, render
 from api.routes.streams import event_cursor
+from replicant.contracts import training_workflow_id
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,7 +38,7 @@ async def training_page(training_id: str, page: PageDep) -> Response:
         page=page,
         t=training,
         cursor=event_cursor(training.get("output"), training["logs"]),
-        temporal_url=temporal_ui(page.request, f"training-{training_id}"),
+        temporal_url=temporal_ui(page.request, training_workflow_id(training_id)),
     )
 
 

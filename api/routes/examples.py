@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import delete, update
-from sqlmodel import Session, col, select
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import invalid, not_found
@@ -21,7 +21,7 @@ from api.pagination import prediction_page
 from api.serialize import json_response, prediction_object
 from replicant import responses
 from replicant.catalog import account_names
-from replicant.tables import Model, ModelExample, Prediction
+from replicant.tables import ModelExample, Prediction
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -31,20 +31,6 @@ class ExampleMark(BaseModel):
 
     prediction: str
     default: bool = False
-
-
-def default_example(
-    session: Session, model: Model, base: str, secret_key: str
-) -> responses.Prediction | None:
-    """The model's default example as a prediction object (the one marked default, else
-    the oldest example), or None."""
-    row = session.exec(
-        select(Prediction)
-        .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
-        .where(ModelExample.model_id == model.id)
-        .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
-    ).first()
-    return prediction_object(row, base, secret_key=secret_key) if row is not None else None
 
 
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
@@ -115,17 +101,3 @@ def unmark_example(prediction_id: str, scope: OwnModelDep) -> Response:
     session.delete(example)
     session.commit()
     return Response(status_code=204)
-
-
-def forget_examples(
-    session: Session, *, model_id: int | None = None, prediction_id: str | None = None
-) -> None:
-    """Drop example marks of a model being deleted or a prediction whose data goes."""
-    if model_id is None and prediction_id is None:
-        raise ValueError("forget_examples needs a model or a prediction")
-    stmt = delete(ModelExample)
-    if model_id is not None:
-        stmt = stmt.where(col(ModelExample.model_id) == model_id)
-    if prediction_id is not None:
-        stmt = stmt.where(col(ModelExample.prediction_id) == prediction_id)
-    session.execute(stmt)

@@ -16,8 +16,8 @@ from sqlmodel import Session
 
 from api.cancels import signal_cancel
 from api.launch import wait_done
+from api.modelexamples import forget_examples
 from api.ownpredictions import PredictionsDep
-from api.routes.examples import forget_examples
 from api.state import AppState
 from replicant import readmodel, responses
 from replicant.objectkeys import prediction_prefix

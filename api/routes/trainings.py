@@ -26,7 +26,7 @@ from api.idempotency import IdempotencyHeader, claim_for
 from api.launch import base_url, check_hardware, check_webhook
 from api.listfilters import TrainingFilters
 from api.pagination import paginate
-from api.routes.sharing import json_block, times_list, wants_html
+from api.runpages import json_block, times_list, wants_html
 from api.runs import TRAINING, PreparedRun, Runs
 from api.serialize import json_response
 from api.state import AppState
