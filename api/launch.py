@@ -180,8 +180,8 @@ async def launch_prediction(
     wait = parse_prefer(create.prefer, state.settings.max_wait)
     runs = Runs(state, PREDICTION)
     claim = create.claim(body)
-    if claim is not None and (answered := await _replay(create, runs, claim, wait)):
-        return answered
+    if claim is not None and (first := await runs.replay(claim)) is not None:
+        return await _answer(create, first, wait)
     if body.webhook is not None:
         check_webhook(body.webhook, state.settings.allow_private_urls)
     hardware = placement.hardware if placement is not None else None
@@ -193,12 +193,8 @@ async def launch_prediction(
     prediction_id = new_id()
     prepared = await runs.prepare(version, body.input, prediction_id)
     req = _request(create, model, version, body, prepared, hardware, placement, prediction_id)
-    if not await runs.record(req, prepared.shown_input, claim):
-        assert claim is not None
-        answered = await _replay(create, runs, claim, wait)
-        if answered is None:
-            raise ProblemError(409, "A request with this Idempotency-Key failed meanwhile; retry")
-        return answered
+    if (first := await runs.record(req, prepared.shown_input, claim)) is not None:
+        return await _answer(create, first, wait)
     started = await runs.launch(req, wait=wait is not None)
     if on_started is not None:
         await on_started()
@@ -281,16 +277,12 @@ async def respond(request: Request, state: AppState, prediction_id: str) -> Resp
     return json_response(body, 201, {"Location": body.urls.get})
 
 
-async def _replay(
-    create: PredictionCreate, runs: Runs[PredictionRequest], claim: Claim, wait: int | None
-) -> Response | None:
-    """The answer to a retry of a prediction create (None: create as usual)."""
-    prediction = await runs.replay(claim)
-    if prediction is None:
-        return None
-    if wait is not None and prediction.status not in TERMINAL_STATUSES:
-        await wait_done(create.state, prediction.id, wait)
-    return await respond(create.request, create.state, prediction.id)
+async def _answer(create: PredictionCreate, first: Prediction, wait: int | None) -> Response:
+    """The answer to a retry of a prediction create: the prediction its first request made,
+    waited on as this request asks."""
+    if wait is not None and first.status not in TERMINAL_STATUSES:
+        await wait_done(create.state, first.id, wait)
+    return await respond(create.request, create.state, first.id)
 
 
 def _load(session: Session, prediction_id: str) -> Prediction:

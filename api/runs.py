@@ -32,7 +32,7 @@ from temporalio.client import (
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.errors import invalid
+from api.errors import ProblemError, invalid
 from api.idempotency import Claim, KeyTaken, record_claim, replayed
 from api.inputfiles import discard_input_files, store_input_files
 from api.startguard import START_RPC_TIMEOUT, settle_start, start_deadline, start_failed
@@ -169,19 +169,26 @@ class Runs(Generic[R]):
         )
         return PreparedRun(workflow_input, prepared.redacted, stored)
 
-    async def record(self, req: R, shown_input: dict[str, Any], claim: Claim | None) -> bool:
+    async def record(self, req: R, shown_input: dict[str, Any], claim: Claim | None) -> Any:
         """Write the run's row (its input as shown, ``shown_input``) and its key's in one
-        transaction, the key's keeping ``req`` as it will start; False when the key was
-        taken meanwhile (the files this create stored are removed)."""
+        transaction, the key's keeping ``req`` as it will start: None. When the key was
+        taken meanwhile, the row of the request that took it (this create's stored files
+        are removed); 409 when that request failed meanwhile."""
         row_req = req.model_copy(update={"input": shown_input})
-        claim = claim.with_request(req) if claim is not None else None
+        kept = claim.with_request(req) if claim is not None else None
         try:
-            await self.state.db.transaction(_record, self.kind, row_req, claim)
+            await self.state.db.transaction(_record, self.kind, row_req, kept)
         except KeyTaken:
             if req.staged_files:
                 await discard_input_files(self.state, self.kind.inputs_prefix(req.id))
-            return False
-        return True
+            assert claim is not None
+            taken = await self.replay(claim)
+            if taken is None:
+                raise ProblemError(
+                    409, "A request with this Idempotency-Key failed meanwhile; retry"
+                ) from None
+            return taken
+        return None
 
     def _options(self, req: R) -> dict[str, Any]:
         return {

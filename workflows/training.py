@@ -16,10 +16,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows import steps
 from workflows.runs import Rungs, RunLadder
 from workflows.steps import LOCAL, STATUS_ATTR, deliver_completed, failure_message
 
@@ -40,11 +39,6 @@ with workflow.unsafe.imports_passed_through():
 # Errors that retrying cannot fix.
 NON_RETRYABLE = [ErrorType.VERSION_NOT_FOUND, ErrorType.DESTINATION_GONE]
 COMPLETE = timedelta(minutes=1)
-
-
-def search_attributes(req: TrainingRequest, status: Status = "starting") -> TypedSearchAttributes:
-    """The attributes that make a training findable in the Temporal UI."""
-    return steps.search_attributes(req.model, req.version, req.owner, status)
 
 
 RUNGS = Rungs(

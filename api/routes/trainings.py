@@ -109,8 +109,8 @@ async def create_training(
         kind="training",
     )
     runs = Runs(state, TRAINING)
-    if claim is not None and (row := await runs.replay(claim)):
-        return await _created(request, state, account, row.id)
+    if claim is not None and (first := await runs.replay(claim)) is not None:
+        return await _created(request, state, account, first.id)
     ref = (owner, name, version_id)
     model, version, destination, hardware = await db.read(_trainable, account, ref, body)
     if body.webhook is not None:
@@ -126,12 +126,8 @@ async def create_training(
         ) from None
     trained = (model, version, destination)
     req = _request(state, account, training_id, trained, body, prepared, hardware)
-    if not await runs.record(req, prepared.shown_input, claim):
-        assert claim is not None
-        row = await runs.replay(claim)
-        if row is None:
-            raise ProblemError(409, "A request with this Idempotency-Key failed meanwhile; retry")
-        return await _created(request, state, account, row.id)
+    if (first := await runs.record(req, prepared.shown_input, claim)) is not None:
+        return await _created(request, state, account, first.id)
     await runs.launch(req)
     log.info(
         "event=training_created training=%s version=%s destination=%s",
