@@ -17,7 +17,13 @@ from typing import Any
 from cachetools import LRUCache
 
 from replicant.inputfiles import file_fields
-from replicant.validation import REDACTED, InputChecker, InvalidField, secret_fields
+from replicant.validation import (
+    REDACTED,
+    InputChecker,
+    InvalidField,
+    change_secret,
+    secret_fields,
+)
 
 # Text inputs longer than this (characters) are stored, not carried in the workflow input.
 LONG_TEXT = 64 * 1024
@@ -40,7 +46,6 @@ class PreparedInput:
 class InputFacts:
     """The facts of one input component of one version's schema."""
 
-    schema: dict[str, Any] = field(repr=False)
     component: str
     checker: InputChecker = field(repr=False)
     secrets: frozenset[str]
@@ -55,7 +60,7 @@ class InputFacts:
         inputs (each item of a ``list[Secret]``)."""
         if not self.secrets:
             return payload
-        return {n: _apply(v, change) if n in self.secrets else v for n, v in payload.items()}
+        return {n: change_secret(v, change) if n in self.secrets else v for n, v in payload.items()}
 
     def redact(self, payload: dict[str, Any]) -> dict[str, Any]:
         """``payload`` as the read model keeps it: ``Secret`` values redacted."""
@@ -74,8 +79,8 @@ class InputFacts:
         long_texts: list[Path] = []
         for name, plain in payload.items():
             secret = name in self.secrets
-            value = sealed[name] = _apply(plain, seal) if secret else plain
-            redacted[name] = _apply(plain, _redacted) if secret else plain
+            value = sealed[name] = change_secret(plain, seal) if secret else plain
+            redacted[name] = change_secret(plain, _redacted) if secret else plain
             listed = isinstance(value, list)
             for index, item in enumerate(value) if listed else [(None, value)]:
                 if not isinstance(item, str):
@@ -94,12 +99,6 @@ def _redacted(_: str) -> str:
     return REDACTED
 
 
-def _apply(value: Any, change: Callable[[str], Any]) -> Any:
-    if isinstance(value, list):
-        return [_apply(item, change) for item in value]
-    return change(value) if isinstance(value, str) else value
-
-
 _FACTS: LRUCache[tuple[str, str], InputFacts] = LRUCache(maxsize=1024)
 
 
@@ -107,7 +106,6 @@ def derive(schema: dict[str, Any], component: str = "Input") -> InputFacts:
     """The facts of ``component`` of ``schema`` (uncached); ``KeyError`` when the schema has
     no such component (a version without a trainer has no ``TrainingInput``)."""
     return InputFacts(
-        schema=schema,
         component=component,
         checker=InputChecker.of(schema, component),
         secrets=frozenset(secret_fields(schema, component)),

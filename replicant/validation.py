@@ -190,6 +190,14 @@ def secret_fields(openapi_schema: dict[str, Any], component: str = "Input") -> s
     }
 
 
+def change_secret(value: Any, change: Callable[[str], Any]) -> Any:
+    """A ``Secret`` input's value with ``change`` applied to its string (to each string of
+    a ``list[Secret]``); anything else is kept as it is."""
+    if isinstance(value, list):
+        return [change_secret(item, change) for item in value]
+    return change(value) if isinstance(value, str) else value
+
+
 def map_secrets(
     openapi_schema: dict[str, Any],
     payload: dict[str, Any],
@@ -199,13 +207,7 @@ def map_secrets(
     """A copy of ``payload`` with ``change`` applied to each string value of its ``Secret``
     inputs (each item of a ``list[Secret]``); other values are kept as they are."""
     secret = secret_fields(openapi_schema, component)
-
-    def apply(value: Any) -> Any:
-        if isinstance(value, list):
-            return [apply(item) for item in value]
-        return change(value) if isinstance(value, str) else value
-
-    return {name: apply(v) if name in secret else v for name, v in payload.items()}
+    return {name: change_secret(v, change) if name in secret else v for name, v in payload.items()}
 
 
 def redact_secrets(
