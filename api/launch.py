@@ -24,7 +24,7 @@ from temporalio.service import RPCError
 
 from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
-from api.errors import ProblemError, invalid
+from api.errors import invalid
 from api.idempotency import Claim, IdempotencyHeader, claim_for
 from api.runs import PREDICTION, PreparedRun, Runs
 from api.serialize import json_response, prediction_object
@@ -32,7 +32,6 @@ from api.state import AppState, Database
 from replicant.cogmodel import output_streams
 from replicant.contracts import PredictionRequest, WebhookEvent, prediction_workflow_id
 from replicant.ids import new_id
-from replicant.netguard import BlockedURL, check_target
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -134,26 +133,6 @@ def parse_prefer(value: str | None, max_wait: int) -> int | None:
     return seconds
 
 
-def check_webhook(url: str, allow_private: bool) -> None:
-    """422 unless ``url`` is an http(s) URL Replicant may call (names resolve at delivery)."""
-    try:
-        check_target(url, allow_private)
-    except BlockedURL as err:
-        raise invalid([{"field": "webhook", "message": str(err)}]) from None
-
-
-def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
-    """503 when no worker of this installation serves ``hardware`` (no queue would ever take
-    the prediction: it would wait in ``starting`` forever)."""
-    if hardware not in offered:
-        raise ProblemError(
-            503,
-            f"Model {model.owner}/{model.name} runs on hardware {hardware!r}, which this "
-            f"installation does not offer ({', '.join(offered)}); the model's owner can "
-            "change its hardware",
-        )
-
-
 def is_streaming(version: Version) -> bool:
     """Models whose output is an iterator stream their output (``urls.stream``)."""
     return output_streams(version.openapi_schema) is True
@@ -182,14 +161,12 @@ async def launch_prediction(
     claim = create.claim(body)
     if claim is not None and (first := await runs.replay(claim)) is not None:
         return await _answer(create, first, wait)
-    if body.webhook is not None:
-        check_webhook(body.webhook, state.settings.allow_private_urls)
     hardware = placement.hardware if placement is not None else None
     if hardware is None and version.base_version_id:
         # A fine-tune runs on the hardware of the base model it was trained from.
         hardware = await state.db.read(version_hardware, model, version)
     hardware = hardware or model.hardware
-    check_hardware(state.settings.hardware, hardware, model)
+    runs.check(body.webhook, model, hardware)
     prediction_id = new_id()
     prepared = await runs.prepare(version, body.input, prediction_id)
     req = _request(create, model, version, body, prepared, hardware, placement, prediction_id)

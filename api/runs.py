@@ -47,6 +47,7 @@ from replicant.contracts import (
 )
 from replicant.fairness import task_priority
 from replicant.inputfacts import input_facts
+from replicant.netguard import BlockedURL, check_target
 from replicant.objectkeys import prediction_inputs, training_inputs
 from replicant.sealing import Sealer
 from replicant.settings import Settings
@@ -131,6 +132,26 @@ TRAINING: RunKind[TrainingRequest] = RunKind(
 )
 
 
+def check_webhook(url: str, allow_private: bool) -> None:
+    """422 unless ``url`` is an http(s) URL Replicant may call (names resolve at delivery)."""
+    try:
+        check_target(url, allow_private)
+    except BlockedURL as err:
+        raise invalid([{"field": "webhook", "message": str(err)}]) from None
+
+
+def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
+    """503 when no worker of this installation serves ``hardware`` (no queue would ever take
+    the prediction: it would wait in ``starting`` forever)."""
+    if hardware not in offered:
+        raise ProblemError(
+            503,
+            f"Model {model.owner}/{model.name} runs on hardware {hardware!r}, which this "
+            f"installation does not offer ({', '.join(offered)}); the model's owner can "
+            "change its hardware",
+        )
+
+
 @dataclass(frozen=True)
 class PreparedRun:
     """A create's input, ready: what the workflow carries (``Secret`` inputs sealed, files
@@ -155,6 +176,13 @@ class Runs(Generic[R]):
             return await self.start(self.kind.request.model_validate(kept))
 
         return await replayed(self.state, claim, self.kind.table, start)
+
+    def check(self, webhook: str | None, model: Model, hardware: str) -> None:
+        """422 for a webhook Replicant may not call; 503 for hardware nobody serves."""
+        settings = self.state.settings
+        if webhook is not None:
+            check_webhook(webhook, settings.allow_private_urls)
+        check_hardware(settings.hardware, hardware, model)
 
     async def prepare(self, version: Version, payload: dict[str, Any], run_id: str) -> PreparedRun:
         """Validate (422 naming the fields), seal and store the input of run ``run_id``.

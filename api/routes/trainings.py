@@ -23,7 +23,7 @@ from api.cancels import signal_cancel
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
 from api.idempotency import IdempotencyHeader, claim_for
-from api.launch import base_url, check_hardware, check_webhook
+from api.launch import base_url
 from api.listfilters import TrainingFilters
 from api.pagination import paginate
 from api.runpages import json_block, times_list, wants_html
@@ -113,9 +113,7 @@ async def create_training(
         return await _created(request, state, account, first.id)
     ref = (owner, name, version_id)
     model, version, destination, hardware = await db.read(_trainable, account, ref, body)
-    if body.webhook is not None:
-        check_webhook(body.webhook, state.settings.allow_private_urls)
-    check_hardware(state.settings.hardware, hardware, model)
+    runs.check(body.webhook, model, hardware)
     training_id = new_id()
     try:
         prepared = await runs.prepare(version, body.input, training_id)
