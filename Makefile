@@ -76,3 +76,4 @@ API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_de
 	tests/test_idempotency.py tests/test_list_filters.py tests/test_model_examples.py \
 	tests/test_model_readme.py tests/test_model_sorting.py tests/test_official_models.py \
 	tests/test_prediction_delete.py
+API_TESTS += tests/test_concurrency.py

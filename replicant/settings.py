@@ -402,6 +402,18 @@ class Settings(BaseSettings):
         ge=0,
     )
 
+    # Concurrency of an API process: its threads, its database connections (as many as
+    # threads that may hold one, so none waits for a connection) and its admission bound.
+    api_threads: int = Field(
+        40,
+        description="Threads of an API process for synchronous routes and database calls "
+        "(anyio's thread limiter). Its database pool keeps this many connections plus one "
+        "per thread of its other pool (Python's default executor, `min(32, cores + 4)`): "
+        "on PostgreSQL, keep API processes x that, plus the workers' pools, under "
+        "`max_connections`.",
+        ge=1,
+    )
+
     @field_validator("rate_limit_create", "rate_limit_default")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
