@@ -10,8 +10,9 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from api import dashboard
+from api.bodylimit import BodyLimit
 from api.deadlines import AbortedForOptedInClients
-from api.errors import install_error_handlers
+from api.errors import UnexpectedErrors, install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
@@ -68,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
+    app.add_middleware(BodyLimit, settings=settings)  # before any body is read
+    app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(prediction_data.router)

@@ -29,6 +29,7 @@ from api.idempotency import Claim, IdempotencyHeader, claim_for
 from api.runs import PREDICTION, PreparedRun, Runs
 from api.serialize import json_response, prediction_object
 from api.state import AppState, Database
+from replicant import responses
 from replicant.cogmodel import output_streams
 from replicant.contracts import PredictionRequest, WebhookEvent, prediction_workflow_id
 from replicant.ids import new_id
@@ -177,7 +178,7 @@ async def launch_prediction(
         await on_started()
     if wait is not None:
         await _wait(state, req.id, started, wait)
-    return await respond(create.request, state, req.id)
+    return await respond(create.request, state, req.id, waited=wait is not None)
 
 
 def _request(
@@ -247,10 +248,14 @@ async def wait_done(state: AppState, prediction_id: str, wait: int) -> None:
         )
 
 
-async def respond(request: Request, state: AppState, prediction_id: str) -> Response:
+async def respond(
+    request: Request, state: AppState, prediction_id: str, *, waited: bool = False
+) -> Response:
     """201 with the prediction as it is now, as its create answered."""
     row = await state.db.read(_load, prediction_id)
     body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    if waited:
+        body = expired_wait_answer(body)
     return json_response(body, 201, {"Location": body.urls.get})
 
 
@@ -259,7 +264,15 @@ async def _answer(create: PredictionCreate, first: Prediction, wait: int | None)
     waited on as this request asks."""
     if wait is not None and first.status not in TERMINAL_STATUSES:
         await wait_done(create.state, first.id, wait)
-    return await respond(create.request, create.state, first.id)
+    return await respond(create.request, create.state, first.id, waited=wait is not None)
+
+
+def expired_wait_answer(body: responses.Prediction) -> responses.Prediction:
+    """A ``Prefer: wait`` that ran out answers ``starting``, Replicate's documented contract:
+    the official clients' ``run()`` polls on only then. ``GET`` shows the true status."""
+    if body.status in TERMINAL_STATUSES:
+        return body
+    return body.model_copy(update={"status": "starting"})
 
 
 def _load(session: Session, prediction_id: str) -> Prediction:

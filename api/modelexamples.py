@@ -6,22 +6,33 @@ from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
 from api.serialize import prediction_object
-from replicant import responses
+from replicant import responses, serialize
 from replicant.tables import Model, ModelExample, Prediction
 
 
+def example_object(
+    row: Prediction, base: str, secret_key: str, *, owner_view: bool
+) -> responses.Prediction:
+    """An example as its viewer is shown it: the owner's view, or the shared one."""
+    if owner_view:
+        return prediction_object(row, base, secret_key=secret_key)
+    return serialize.shared_prediction(row, base, secret_key=secret_key)
+
+
 def default_example(
-    session: Session, model: Model, base: str, secret_key: str
+    session: Session, model: Model, base: str, secret_key: str, *, owner_view: bool
 ) -> responses.Prediction | None:
     """The model's default example as a prediction object (the one marked default, else
-    the oldest example), or None."""
+    the oldest example), or None; ``owner_view`` when the viewer owns the model."""
     row = session.exec(
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
         .where(ModelExample.model_id == model.id)
         .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
     ).first()
-    return prediction_object(row, base, secret_key=secret_key) if row is not None else None
+    if row is None:
+        return None
+    return example_object(row, base, secret_key, owner_view=owner_view)
 
 
 def forget_examples(

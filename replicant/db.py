@@ -73,11 +73,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x5EB1_1CA7
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's configuration for Replicant's migrations, bound to ``connection``."""
+def alembic_config(connection: Connection | None = None, secret_key: str | None = None) -> Config:
+    """Alembic's configuration for Replicant's migrations, bound to ``connection``;
+    ``secret_key`` lets data migrations seal what they move (webhook signing secrets)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
+    config.attributes["secret_key"] = secret_key
     return config
 
 
@@ -107,8 +109,9 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (one process at a time)."""
+def upgrade(engine: Engine, revision: str = "head", secret_key: str | None = None) -> None:
+    """Bring the database to ``revision`` (one process at a time). With ``secret_key``, data
+    migrations seal what they move; without it, it is sealed on first use instead."""
     with _migration_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(
@@ -122,12 +125,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             SQLModel.metadata.create_all(connection)
             command.stamp(alembic_config(connection), "head")
             return
-        command.upgrade(alembic_config(connection), revision)
+        command.upgrade(alembic_config(connection, secret_key), revision)
 
 
-def init_db(engine: Engine) -> None:
+def init_db(engine: Engine, secret_key: str | None = None) -> None:
     """Bring the tables up to date with the migrations (the same for SQLite and PostgreSQL)."""
-    upgrade(engine)
+    upgrade(engine, secret_key=secret_key)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from urllib.parse import quote, unquote, urlsplit
 from minio import Minio
 from minio.error import S3Error
 
+from replicant import userbytes
 from replicant.inputfiles import InputFileError, parse_data_uri, safe_filename
 from replicant.settings import Settings
 
@@ -409,8 +410,24 @@ class S3Store:
         return len(names)
 
     def signed_url(self, key: str, expires_in: float, filename: str | None = None) -> str:
+        """A presigned GET whose answer is served as user bytes: the type the object's name
+        implies when that is media (inline), else an attachment (S3 sets no CSP; the store
+        is an origin of its own)."""
+        name = filename or key.rsplit("/", 1)[-1]
+        implied = userbytes.guessed_type(name)
+        response: dict[str, str | list[str] | tuple[str]]
+        if userbytes.is_inline(implied):
+            response = {"response-content-type": userbytes.served_type(implied)}
+        else:
+            response = {
+                "response-content-type": "application/octet-stream",
+                "response-content-disposition": userbytes.disposition(None, name),
+            }
         url: str = self.presigner.presigned_get_object(
-            self.bucket, check_key(key), expires=timedelta(seconds=max(1, int(expires_in)))
+            self.bucket,
+            check_key(key),
+            expires=timedelta(seconds=max(1, int(expires_in))),
+            response_headers=response,
         )
         return url
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 
+from replicant.cogmodel import setup_timeout
 from replicant.runner import BootError, RunnerSpec
 from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups
 from workers.runners.client import CogletClient
@@ -371,7 +372,10 @@ class Processes:
         """Poll /health-check until READY; woken early by every line coglet writes."""
         assert process.proc is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.boot_timeout
+        # cog.yaml's COG_SETUP_TIMEOUT (which coglet enforces too) bounds setup, within ours.
+        own = setup_timeout(process.spec.model_dir)
+        limit = self.boot_timeout if own is None else min(self.boot_timeout, own + 1.0)
+        deadline = loop.time() + limit
         interval = 0.01
         while True:
             process.output_seen.clear()
@@ -401,9 +405,7 @@ class Processes:
                     "the model's worker process exited during setup", process.output_tail()
                 )
             if loop.time() > deadline:
-                raise BootError(
-                    f"setup did not finish within {self.boot_timeout:g} s", process.output_tail()
-                )
+                raise BootError(f"setup did not finish within {limit:g} s", process.output_tail())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await process.output_seen.wait()
