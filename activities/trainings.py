@@ -220,7 +220,12 @@ class TrainingActivities:
         """Create the fine-tune version and mark the training succeeded, together."""
         try:
             ref = await asyncio.to_thread(
-                trainings.complete_training, self.engine, done.id, done.weights, done.completed_at
+                trainings.complete_training,
+                self.engine,
+                done.id,
+                done.weights,
+                done.completed_at,
+                self.settings.hardware_prices,
             )
         except trainings.DestinationGone as err:
             raise ApplicationError(
@@ -251,6 +256,7 @@ class TrainingActivities:
             status=done.status,
             error=done.error,
             completed_at=done.completed_at or utcnow(),
+            prices=self.settings.hardware_prices,
         )
         await self._discard_weights(done.id)
 

@@ -42,6 +42,8 @@ class Metrics(Response):
 
     total_time: float = OMITTED
     predict_time: float = OMITTED
+    # Beyond Replicate: predict_time times the price of its hardware (replicant/usage.py).
+    cost: float = OMITTED
 
 
 class Prediction(Response):
@@ -66,6 +68,7 @@ class Prediction(Response):
     metrics: Metrics = OMITTED
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
+    hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
 
 
 class PublicPredictionUrls(Response):
@@ -130,6 +133,7 @@ class Training(Response):
     metrics: Metrics = OMITTED
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
+    hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
 
 
 class Version(Response):
@@ -168,6 +172,30 @@ class Account(Response):
     name: str
     fairness_weight: float
     github_url: Url = OMITTED
+
+
+class UsageLine(Response):
+    """The runs of one kind, model and hardware in a usage report."""
+
+    kind: str  # "prediction" or "training"
+    model: str
+    hardware: str
+    runs: int
+    predict_time: float
+    cost: float
+
+
+class Usage(Response):
+    """Beyond Replicate: an account's runs that ended in ``[start, end)``, by model and
+    hardware; ``runs``, ``predict_time`` and ``cost`` add up its lines."""
+
+    account: str
+    start: Timestamp
+    end: Timestamp
+    runs: int
+    predict_time: float
+    cost: float
+    lines: list[UsageLine]
 
 
 class Hardware(Response):

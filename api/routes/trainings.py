@@ -30,6 +30,7 @@ from api.runpages import json_block, times_list, wants_html
 from api.runs import TRAINING, PreparedRun, Runs
 from api.serialize import json_response
 from api.state import AppState
+from api.usage import check_spend_limit
 from replicant import responses, serialize, trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
@@ -114,6 +115,7 @@ async def create_training(
     ref = (owner, name, version_id)
     model, version, destination, hardware = await db.read(_trainable, account, ref, body)
     runs.check(body.webhook, model, hardware)
+    await check_spend_limit(state, account.username)
     training_id = new_id()
     try:
         prepared = await runs.prepare(version, body.input, training_id)
