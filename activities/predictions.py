@@ -37,7 +37,7 @@ from replicant.objectkeys import prediction_prefix
 from replicant.runner import CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, outward_output
-from replicant.tables import TERMINAL_STATUSES, Version
+from replicant.tables import TERMINAL_STATUSES, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
@@ -223,6 +223,7 @@ class PredictionActivities:
             secret_key=self.settings.ensure_secret_key(),
             noun="Prediction",
             stopping=lambda: self.stopping,
+            waiting=functools.partial(readmodel.mark_waiting, self.engine, Prediction, req.id),
         )
         if not isinstance(result, CogPrediction):
             return result

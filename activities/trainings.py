@@ -33,7 +33,7 @@ from activities.webhooks import (
     deliver_attempt,
     wanted_events,
 )
-from replicant import serialize, trainings
+from replicant import readmodel, serialize, trainings
 from replicant.contracts import (
     ActivityName,
     CompleteTraining,
@@ -177,6 +177,7 @@ class TrainingActivities:
             secret_key=self.settings.ensure_secret_key(),
             noun="Training",
             component="TrainingInput",
+            waiting=functools.partial(readmodel.mark_waiting, self.engine, Training, req.id),
         )
         if not isinstance(result, CogPrediction):
             return result

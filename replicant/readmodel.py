@@ -99,6 +99,18 @@ def mark_processing(engine: Engine, prediction_id: str, started_at: datetime) ->
     return _update_open(engine, prediction_id, {"status": "processing", "started_at": started_at})
 
 
+def mark_waiting(engine: Engine, table: Any, run_id: str, waiting: str) -> bool:
+    """What a run that holds a slot but has not started waits for (replicant/queueing.py);
+    nothing once it started."""
+    stmt = (
+        update(table)
+        .where(col(table.id) == run_id, col(table.status) == "starting")
+        .values(waiting=waiting)
+    )
+    with engine.begin() as conn:
+        return bool(conn.execute(stmt).rowcount)
+
+
 def record_progress(engine: Engine, prediction_id: str, logs: str, output: Any) -> bool:
     """Live logs and partial output while the model runs."""
     return _update_open(engine, prediction_id, {"logs": logs, "output": output})

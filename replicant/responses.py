@@ -46,6 +46,17 @@ class Metrics(Response):
     cost: float = OMITTED
 
 
+class QueuePlace(Response):
+    """Beyond Replicate: why a run that has not started waits (``queued for <hardware>``,
+    ``booting the model``, ``building the environment``) and, while it waits for a slot, its
+    place among the runs waiting for that hardware (1: next) and its estimated start."""
+
+    reason: str
+    hardware: str
+    position: int = OMITTED
+    estimated_start: Timestamp = OMITTED
+
+
 class Prediction(Response):
     """A prediction (``schemas_prediction_response``)."""
 
@@ -69,6 +80,7 @@ class Prediction(Response):
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
     hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
+    queue: QueuePlace = OMITTED  # Beyond Replicate: why it has not started (replicant/queueing.py)
 
 
 class PublicPredictionUrls(Response):
@@ -134,6 +146,7 @@ class Training(Response):
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
     hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
+    queue: QueuePlace = OMITTED  # Beyond Replicate: why it has not started (replicant/queueing.py)
 
 
 class Version(Response):

@@ -36,6 +36,7 @@ from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.ids import new_id
 from replicant.lookups import owned_training
+from replicant.queueing import queue_place
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 
@@ -217,7 +218,13 @@ def get_training(
     session: SessionDep,
     account: CurrentAccount,
 ) -> responses.Training:
-    return _render(request, state, [own_training(session, account, training_id)])[0]
+    row = own_training(session, account, training_id)
+    shown = _render(request, state, [row])[0]
+    # Why it waits (replicant/queueing.py).
+    place = queue_place(session, state.settings, row, utcnow())
+    if place is not None:
+        shown.queue = place
+    return shown
 
 
 @router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)
