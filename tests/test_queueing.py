@@ -59,7 +59,7 @@ def test_a_queued_prediction_says_why_where_and_when_it_starts(live: LiveStack) 
         }
         metrics = httpx.get(f"{live.url}/metrics").text
 
-    for pid, shown in seen.items():
+    for shown in seen.values():
         assert shown["status"] == "starting", shown
         assert shown["queue"]["reason"] == "queued for gpu-t4"
         assert shown["queue"]["hardware"] == "gpu-t4"
