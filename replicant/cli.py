@@ -37,6 +37,15 @@ app.add_typer(deployments_app, name="deployments")
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
+# The options of the commands that call the API (push, usage).
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--url", envvar="REPLICATE_BASE_URL", help="The API (default: settings)."),
+]
+ApiTokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="REPLICATE_API_TOKEN", help="API token (default: settings)."),
+]
 
 
 def _logging(settings: Settings) -> None:
@@ -175,16 +184,8 @@ def push(
     description: Annotated[
         str | None, typer.Option("--description", help="Create it with this description.")
     ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option("--url", envvar="REPLICATE_BASE_URL", help="The API (default: settings)."),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token", envvar="REPLICATE_API_TOKEN", help="API token (default: settings)."
-        ),
-    ] = None,
+    url: ApiUrl = None,
+    token: ApiTokenOption = None,
 ) -> None:
     """Push a Cog model directory as a new version of owner/name."""
     import httpx
@@ -236,16 +237,8 @@ def usage(
         str | None, typer.Option("--account", help="One of your organizations.")
     ] = None,
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    url: Annotated[
-        str | None,
-        typer.Option("--url", envvar="REPLICATE_BASE_URL", help="The API (default: settings)."),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token", envvar="REPLICATE_API_TOKEN", help="API token (default: settings)."
-        ),
-    ] = None,
+    url: ApiUrl = None,
+    token: ApiTokenOption = None,
 ) -> None:
     """What your runs (or an organization's) cost over a period, by model and hardware."""
     import httpx
