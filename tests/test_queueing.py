@@ -4,16 +4,18 @@ it really started (docs/usage.md, "Why it waits")."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
+from replicant.queueing import QueuedRun, estimated_wait, fair_order
 from tests.conftest import LiveStack
 from tests.fairkit import account, predict, sleep_model_on_one_slot
 from tests.waiting import wait_until
 
 SECONDS = 2.0  # every run of the scenario sleeps this long
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 
 def _at(stamp: str) -> datetime:
@@ -82,3 +84,25 @@ def test_a_queued_prediction_says_why_where_and_when_it_starts(live: LiveStack) 
         if line.startswith('replicant_queue_wait_seconds_count{hardware="gpu-t4"}')
     )
     assert float(count.split()[-1]) >= 5
+
+
+def _run(run_id: str, owner: str, at: int, version: str = "v") -> QueuedRun:
+    return QueuedRun(run_id, owner, version, NOW + timedelta(seconds=at))
+
+
+def test_fair_order_takes_accounts_in_turns_by_weight() -> None:
+    waiting = [_run(f"a{i}", "a", i) for i in range(4)] + [_run("b0", "b", 10), _run("b1", "b", 11)]
+    assert [r.id for r in fair_order(waiting, {})] == ["a0", "b0", "a1", "b1", "a2", "a3"]
+    # Weight 2: two of a's runs for each of b's.
+    assert [r.id for r in fair_order(waiting, {"a": 2.0})] == ["a0", "a1", "b0", "a2", "a3", "b1"]
+
+
+def test_estimated_wait_plays_the_queue_out_on_the_slots() -> None:
+    running = [QueuedRun("r", "a", "slow", NOW, started_at=NOW - timedelta(seconds=1))]
+    ahead = [_run("x", "b", 0, "fast"), _run("y", "c", 0, "fast")]
+    seconds = {"slow": 5.0, "fast": 2.0}
+    # One slot: the running run's last 4 s, then two runs of 2 s.
+    assert estimated_wait(ahead, running, 1, seconds, NOW) == 8.0
+    # Two slots: x takes the free one (0-2 s), y the same slot after it (2-4 s).
+    assert estimated_wait(ahead, running, 2, seconds, NOW) == 4.0
+    assert estimated_wait([], [], 1, seconds, NOW) == 0.0
