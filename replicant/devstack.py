@@ -182,12 +182,16 @@ class Stack:
         wait_for_port(self.settings.temporal_port, proc)
 
     def start_api(
-        self, name: str = "api", port: int | None = None, env: dict[str, str] | None = None
+        self,
+        name: str = "api",
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> str:
         """Start an API process (more than one: give each its own port); returns its URL.
-        ``env`` adds settings of its own."""
+        ``env`` adds settings of its own; ``command`` replaces the entry point (a test's)."""
         port = port or self.settings.api_port
-        cmd = [sys.executable, "-m", "replicant.cli", "api"]
+        cmd = command or [sys.executable, "-m", "replicant.cli", "api"]
         env = dict(env or {})
         if port != self.settings.api_port:
             env["REPLICANT_API_PORT"] = str(port)

@@ -95,6 +95,19 @@ def test_wait_shorter_than_the_run_answers_starting_and_get_shows_the_true_statu
     assert answered < datetime.fromisoformat(final["completed_at"])
 
 
+def test_a_malformed_prefer_is_refused_naming_the_real_longest_wait(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    longest = live.settings.max_wait
+    for prefer, message in (
+        ("later", f"must be 'wait' or 'wait=N' with N from 1 to {longest}"),
+        (f"wait={longest + 1}", f"wait must be between 1 and {longest} seconds"),
+    ):
+        response = create(api, HELLO, {"text": "x"}, Prefer=prefer)
+        assert response.status_code == 422, response.text
+        assert response.json()["invalid_fields"] == [{"field": "Prefer", "message": message}]
+
+
 def test_replicate_1_run_polls_a_model_that_outlasts_the_wait_to_its_output(
     live: LiveStack,
 ) -> None:

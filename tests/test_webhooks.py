@@ -15,7 +15,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from api.errors import ProblemError
-from api.launch import check_webhook
+from api.runs import check_webhook
 from replicant.contracts import PredictionRequest, RunOutcome
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url

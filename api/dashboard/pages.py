@@ -29,6 +29,7 @@ from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
 from replicant.catalog import find_model
+from replicant.contracts import prediction_workflow_id
 from replicant.devices import discover_devices
 
 router = APIRouter(include_in_schema=False)
@@ -272,7 +273,7 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
         code_cut=code != prediction["input"],
         input_cut=is_cut(prediction["input"]),
         previews=await input_previews(page, prediction),
-        temporal_url=temporal_ui(page.request, f"prediction-{prediction_id}"),
+        temporal_url=temporal_ui(page.request, prediction_workflow_id(prediction_id)),
     )
 
 

@@ -24,9 +24,8 @@ from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, conflict, invalid, not_found
-from api.launch import PredictionCreateDep, base_url
+from api.launch import Placement, PredictionCreateDep, PredictionInput, base_url, launch_prediction
 from api.pagination import paginate
-from api.routes.predictions import PredictionInput, launch_body
 from api.state import AppState
 from replicant import responses, serialize
 from replicant.catalog import account_names, can_see, find_model
@@ -437,18 +436,15 @@ async def create_deployment_prediction(
     row, model, version = await create.db.run(_serving, create.account, owner, name)
     config = deployment_config(row)
     shared = row.shared_hardware
-    return await launch_body(
-        create,
-        model,
-        version,
-        body,
+    placement = Placement(
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         # None: the hardware's shared queue, like any prediction of the model.
         task_queue=None if shared else state.settings.deployment_queue(row.owner, row.name),
         priority=row.priority,
-        on_started=None if shared else lambda: _wake(state, config),
     )
+    wake = None if shared else lambda: _wake(state, config)
+    return await launch_prediction(create, model, version, body, placement, wake)
 
 
 def _serving(

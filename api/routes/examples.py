@@ -12,18 +12,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import delete, update
-from sqlmodel import Session, col, select
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import invalid, not_found
 from api.launch import base_url
 from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
+from api.modelexamples import example_object
 from api.pagination import paginate
 from api.serialize import json_response, prediction_object
-from replicant import responses, serialize
+from replicant import responses
 from replicant.catalog import account_names
-from replicant.tables import Model, ModelExample, Prediction
+from replicant.tables import ModelExample, Prediction
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -33,31 +34,6 @@ class ExampleMark(BaseModel):
 
     prediction: str
     default: bool = False
-
-
-def example_object(
-    row: Prediction, base: str, secret_key: str, *, owner_view: bool
-) -> responses.Prediction:
-    """An example as its viewer is shown it: the owner's view, or the shared one."""
-    if owner_view:
-        return prediction_object(row, base, secret_key=secret_key)
-    return serialize.shared_prediction(row, base, secret_key=secret_key)
-
-
-def default_example(
-    session: Session, model: Model, base: str, secret_key: str, *, owner_view: bool
-) -> responses.Prediction | None:
-    """The model's default example as a prediction object (the one marked default, else
-    the oldest example), or None; ``owner_view`` when the viewer owns the model."""
-    row = session.exec(
-        select(Prediction)
-        .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
-        .where(ModelExample.model_id == model.id)
-        .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
-    ).first()
-    if row is None:
-        return None
-    return example_object(row, base, secret_key, owner_view=owner_view)
 
 
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
@@ -133,17 +109,3 @@ def unmark_example(prediction_id: str, scope: OwnModelDep) -> Response:
     session.delete(example)
     session.commit()
     return Response(status_code=204)
-
-
-def forget_examples(
-    session: Session, *, model_id: int | None = None, prediction_id: str | None = None
-) -> None:
-    """Drop example marks of a model being deleted or a prediction whose data goes."""
-    if model_id is None and prediction_id is None:
-        raise ValueError("forget_examples needs a model or a prediction")
-    stmt = delete(ModelExample)
-    if model_id is not None:
-        stmt = stmt.where(col(ModelExample.model_id) == model_id)
-    if prediction_id is not None:
-        stmt = stmt.where(col(ModelExample.prediction_id) == prediction_id)
-    session.execute(stmt)

@@ -24,8 +24,8 @@ from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, conflict, invalid, not_found
 from api.launch import base_url
 from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
+from api.modelexamples import default_example, forget_examples
 from api.pagination import paginate
-from api.routes.examples import default_example, forget_examples
 from api.serialize import json_response
 from api.state import AppState
 from replicant import responses, serialize

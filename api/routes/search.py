@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError
 from api.launch import base_url
-from api.routes.collections import model_objects, visible_models
+from api.modellists import model_objects, visible_models
 from replicant import responses
 from replicant.collections import collection_models
 from replicant.tables import Account, Collection, Model
