@@ -210,6 +210,37 @@ class Settings(BaseSettings):
         "named get `model_memory_limit`. A version that runs on two SKUs of one worker gets a "
         "process for each SKU named here.",
     )
+    # The model sandbox (replicant/sandbox.py): every process that runs model code.
+    model_unsandboxed: bool = Field(
+        False,
+        description="Run model code without a sandbox, as the worker's own user with its view "
+        "of the machine and network (only for an installation whose every account is trusted). "
+        "Without it, a machine that cannot sandbox (no bubblewrap, no user or pid namespaces) "
+        "refuses to start model processes, and says so in the worker's log at start.",
+    )
+    model_uid: int = Field(
+        65534,
+        description="The uid model processes run as when the worker runs as root (a user that "
+        "owns no files of the installation; `nobody` by default). A worker that is not root "
+        "cannot switch: its models keep its uid, inside their namespaces.",
+    )
+    model_gid: int = Field(65534, description="The gid model processes run as (see `model_uid`).")
+    model_egress: Literal["none", "unrestricted"] = Field(
+        "none",
+        description="The network a model process has. `none`: a network namespace of its own "
+        "with only loopback (the worker's links, its HTTP to coglet and coglet's uploads, "
+        "webhooks and weights, go through Unix sockets); it reaches no address at all, public "
+        "or private, nor the platform's services. `unrestricted`: the worker's own network, "
+        "so a model can reach the internet and also every service the worker reaches "
+        "(Temporal, the database, Redis, the object store, private addresses).",
+    )
+    model_build_egress: Literal["index", "none"] = Field(
+        "index",
+        description="The network of a sandboxed environment build (pip runs a package's "
+        "`setup.py` and build hooks): `index` shares the worker's network so pip reaches the "
+        "package index; `none` builds offline (a local `PIP_FIND_LINKS` only).",
+    )
+
     gpu_devices: str | None = Field(
         None,
         description="The GPU devices of a worker, comma-separated (e.g. `0,1`); the devices "

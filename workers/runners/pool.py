@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
+from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
 from replicant.weights import WeightsCache
 from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups, model_cgroups
@@ -47,6 +48,7 @@ class RunnerPool:
         device_memory: int | None = None,
         keep_devices: bool = False,
         memory_limit: int | MemoryCgroups | None = None,
+        sandbox: SandboxConfig | None = None,
     ) -> None:
         """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
         shared with other pools); ``devices`` are the GPU device groups of its slots, one
@@ -82,6 +84,7 @@ class RunnerPool:
             cgroups=model_cgroups(memory_limit, self.log)
             if isinstance(memory_limit, int)
             else memory_limit,
+            sandbox=sandbox or machine_sandbox(),
         )
         export_memory(self._processes)
         self._executor = Executor(
@@ -111,6 +114,7 @@ class RunnerPool:
             self._client.open()
             await self._receiver.start()
             self._served.base = self._executor.hook_base = self._receiver.base
+            self._processes.receiver = (self._receiver.socket, self._receiver.port)
             atexit.register(self._processes.kill_all)
             self._started = True
             self.log.info(
@@ -118,6 +122,7 @@ class RunnerPool:
                 self._receiver.port,
                 self.max_warm,
             )
+            self.log.info(await asyncio.to_thread(status_line, self._processes.sandbox))
 
     async def close(self) -> None:
         """Stop every coglet process and the webhook receiver."""

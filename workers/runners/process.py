@@ -8,10 +8,15 @@ import contextlib
 import logging
 import os
 import signal
+import shutil
 import socket
+from collections.abc import Awaitable, Callable
+import tempfile
 from pathlib import Path
 
+from replicant import sandbox
 from replicant.runner import BootError, RunnerSpec
+from replicant.sandbox import RUN_DIR, Launch, Mounts, SandboxConfig
 from workers.runners.cgroups import MemoryCgroup
 from workers.runners.coglet import parse_log_line
 from workers.runners.memory import oom_counter, read_oom_kills
@@ -49,11 +54,15 @@ PASSTHROUGH_ENV = (
 # Runs `python -m cog.server.http` after asking the kernel to kill it when the pool's process
 # dies, so even a SIGKILLed worker leaves no coglet behind (its own worker exits on stdin EOF).
 # With a memory limit it first enters its own memory cgroup (see cgroups.py), so coglet and
-# everything it starts are in it from their first allocation.
+# everything it starts are in it from their first allocation (a sandboxed one is put there
+# before its sandbox starts). In a sandbox it first starts the forwarders of its links to
+# the worker (REPLICANT_LINKS, see ``links``): a process of their own, a child of the
+# sandbox's init rather than of coglet, whose worker-exit check looks at its children.
 LAUNCHER = """\
 import ctypes, os, runpy, signal, sys
 parent = int(os.environ.pop("REPLICANT_POOL_PID", "0"))
 cgroup = os.environ.pop("REPLICANT_CGROUP_PROCS", "")
+links = os.environ.pop("REPLICANT_LINKS", "")
 try:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 except (AttributeError, OSError):
@@ -66,6 +75,64 @@ if cgroup:
             procs.write(str(os.getpid()))
     except OSError as err:
         sys.exit(f"replicant: cannot enter the model's memory cgroup {cgroup}: {err}")
+if links:
+    child = os.fork()
+    if child == 0:
+        if os.fork() == 0:
+            os.setsid()
+            import asyncio
+
+            def endpoint(spec):
+                kind, _, where = spec.partition(":")
+                if kind == "unix":
+                    return kind, where, None
+                host, _, port = where.rpartition(":")
+                return kind, host, int(port)
+
+            async def pump(reader, writer):
+                try:
+                    while True:
+                        data = await reader.read(65536)
+                        if not data:
+                            break
+                        writer.write(data)
+                        await writer.drain()
+                    if writer.can_write_eof():
+                        writer.write_eof()
+                except (OSError, RuntimeError):
+                    writer.close()
+
+            def handler(target):
+                kind, where, port = endpoint(target)
+
+                async def handle(reader, writer):
+                    try:
+                        if kind == "unix":
+                            far = await asyncio.open_unix_connection(where)
+                        else:
+                            far = await asyncio.open_connection(where, port)
+                    except OSError:
+                        writer.close()
+                        return
+                    await asyncio.gather(pump(reader, far[1]), pump(far[0], writer))
+                    writer.close()
+                    far[1].close()
+
+                return handle
+
+            async def serve():
+                for link in links.split(";"):
+                    listen, _, target = link.partition("=")
+                    kind, where, port = endpoint(listen)
+                    if kind == "unix":
+                        await asyncio.start_unix_server(handler(target), where)
+                    else:
+                        await asyncio.start_server(handler(target), where, port)
+                await asyncio.Event().wait()
+
+            asyncio.run(serve())
+        os._exit(0)
+    os.waitpid(child, 0)
 runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
 """
 
@@ -73,6 +140,9 @@ runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
 MODEL_ENTRY = Path(__file__).resolve().parent.parent / "model_entry.py"
 
 OUTPUT_TAIL_LINES = 300
+
+# Where a sandboxed model's code is (read-only; its working directory), as in Cog's images.
+MODEL_DIR = "/src"
 
 
 def free_port() -> int:
@@ -119,24 +189,117 @@ def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, 
     return env
 
 
-def worker_exited(pid: int) -> bool:
-    """True when coglet's worker child is a zombie: coglet then waits in STARTING forever."""
+# Caches a model may read (read-only) when the operator points them at a shared directory.
+SHARED_CACHES = ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "XDG_CACHE_HOME")
+
+
+class ModelSandbox:
+    """The sandbox of one coglet process (``replicant/sandbox.py``): its directory on the
+    host (``tmp``, its /tmp; ``run``, its RUN_DIR with coglet's socket; ``inputs``, the
+    input files of its runs, read-only inside) and the links to the worker.
+
+    Its network namespace has only loopback: the worker reaches coglet through
+    ``coglet.sock`` (a forwarder inside to coglet's port), and with a ``receiver`` (the
+    pool's Unix socket and TCP port) coglet's uploads, webhooks and weights requests reach
+    the pool's receiver through a forwarder listening on the receiver's port inside, so
+    every URL the worker hands out stays the same."""
+
+    def __init__(self, config: SandboxConfig, receiver: tuple[Path, int] | None) -> None:
+        self.config = config
+        self.receiver = receiver
+        self.root = Path(tempfile.mkdtemp(prefix="replicant-model-"))
+        self.root.chmod(0o711)
+        for name in ("tmp", "run"):
+            (self.root / name).mkdir()
+            sandbox.give_to_model(config, self.root / name)
+        self.inputs = self.root / "inputs"
+        self.inputs.mkdir(mode=0o755)
+        uid, gid = config.uid, config.gid
+        (self.root / "passwd").write_text(sandbox.passwd_file(uid, gid), encoding="utf-8")
+        (self.root / "group").write_text(f"root:x:0:\nmodel:x:{gid}:\n", encoding="utf-8")
+
+    @property
+    def socket(self) -> Path:
+        """coglet's HTTP, as the worker reaches it."""
+        return self.root / "run" / "coglet.sock"
+
+    def inside(self, host_path: Path) -> str:
+        """Where a file under ``inputs`` is in the sandbox."""
+        return f"{RUN_DIR}/inputs/{host_path.relative_to(self.inputs)}"
+
+    def launch(
+        self, spec: RunnerSpec, env: dict[str, str], command: list[str], cgroup: Path | None
+    ) -> Launch:
+        """The argv (and descriptors) that start ``command`` for ``spec`` in the sandbox;
+        ``env`` is adjusted for it."""
+        port = env["PORT"]
+        links = [f"unix:{RUN_DIR}/coglet.sock=tcp:127.0.0.1:{port}"]
+        mounts = Mounts(
+            read_only={
+                MODEL_DIR: spec.model_dir,
+                str(MODEL_ENTRY): MODEL_ENTRY,
+                "/etc/passwd": self.root / "passwd",
+                "/etc/group": self.root / "group",
+                f"{RUN_DIR}/inputs": self.inputs,
+            },
+            writable={"/tmp": self.root / "tmp", RUN_DIR: self.root / "run"},
+        )
+        mounts.add_python(spec.python)
+        for name in SHARED_CACHES:
+            cache = Path(env.get(name, ""))
+            if cache.is_absolute() and cache.is_dir():
+                mounts.read_only[str(cache)] = cache
+        if self.receiver is not None and self.config.own_network:
+            path, receiver_port = self.receiver
+            mounts.writable[f"{RUN_DIR}/receiver.sock"] = path
+            links.append(f"tcp:127.0.0.1:{receiver_port}=unix:{RUN_DIR}/receiver.sock")
+        env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "REPLICANT_LINKS": ";".join(links)})
+        env.pop("REPLICANT_POOL_PID", None)  # its parent inside is the sandbox's init
+        env.pop("REPLICANT_CGROUP_PROCS", None)  # entered before the sandbox starts
+        gpus = any(env.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"))
+        return sandbox.launch(
+            self.config, command, mounts, cwd=MODEL_DIR, cgroup_procs=cgroup, gpus=gpus
+        )
+
+    def remove(self) -> None:
+        """Remove its directory (whatever the model left in it)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return False
+        return []
+    found: list[int] = []
     for task in tasks:
         try:
-            children = (task / "children").read_text().split()
+            found += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-        for child in children:
-            try:
-                stat = Path(f"/proc/{child}/stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
-                return True
+    return found
+
+
+def coglet_pid(pid: int, sandboxed: bool) -> int | None:
+    """The host pid of coglet itself: ``pid`` unsandboxed, else the child of the sandbox's
+    init (bwrap, then its init, then coglet)."""
+    if not sandboxed:
+        return pid
+    for init in _children(pid):
+        for child in _children(init):
+            return child
+    return None
+
+
+def worker_exited(pid: int) -> bool:
+    """True when coglet's worker child is a zombie: coglet then waits in STARTING forever."""
+    for child in _children(pid):
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
+            return True
     return False
 
 
@@ -168,6 +331,10 @@ class CogletProcess:
         self.device_bytes: int | None = None
         # time.monotonic() of its last checkout or release: eviction across pools goes by it.
         self.last_used = 0.0
+        # Its sandbox (None: the operator runs models unsandboxed).
+        self.sandbox: ModelSandbox | None = None
+        # Called with its URL once it is reaped (the client forgets its socket).
+        self.on_exit: Callable[[str], Awaitable[None]] | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
@@ -204,6 +371,11 @@ class CogletProcess:
             self.oom_counter_found = True
         return read_oom_kills(self.oom_counter)
 
+    def worker_exited(self) -> bool:
+        """True when coglet's worker child is a zombie: coglet then waits in STARTING."""
+        pid = coglet_pid(self.pid, self.sandbox is not None) if self.pid else None
+        return pid is not None and worker_exited(pid)
+
     def output_tail(self) -> str:
         """The last lines of its output (coglet's log records made readable)."""
         return "\n".join(self.tail)
@@ -216,7 +388,12 @@ class CogletProcess:
             args += ["--x-mode", "train"]
         if spec.upload_url:
             args += ["--upload-url", spec.upload_url]
+        launch: Launch | None = None
         try:
+            if self.sandbox is not None:
+                cgroup = self.cgroup.procs if self.cgroup is not None else None
+                launch = self.sandbox.launch(spec, env, args, cgroup)
+                args = launch.argv
             self.proc = await asyncio.create_subprocess_exec(
                 *args,
                 cwd=spec.model_dir,
@@ -227,11 +404,17 @@ class CogletProcess:
                 # Its own process group, so one killpg also reaches coglet's worker child.
                 start_new_session=True,
                 limit=1 << 20,
+                pass_fds=launch.fds if launch is not None else (),
             )
         except OSError as err:
             if self.cgroup is not None:
                 await self.cgroup.remove()
+            if self.sandbox is not None:
+                self.sandbox.remove()
             raise BootError(f"cannot start {spec.python} in {spec.model_dir}: {err}") from err
+        finally:
+            if launch is not None:
+                launch.close()
         self._reader = asyncio.create_task(self._read_output())
         self._watcher = asyncio.create_task(self._watch())
 
@@ -271,6 +454,10 @@ class CogletProcess:
         self.kill()  # whatever is left of its process group
         if self.cgroup is not None:
             await self.cgroup.remove()  # and of its cgroup
+        if self.sandbox is not None:
+            self.sandbox.remove()
+        if self.on_exit is not None:
+            await self.on_exit(self.url)
         self.output_seen.set()
 
     def kill(self) -> None:

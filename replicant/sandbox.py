@@ -1,0 +1,362 @@
+"""The sandbox every process that runs model code starts in (bubblewrap).
+
+A model's code runs at push (the schema probe imports its module), while its environment
+builds (pip runs ``setup.py`` and build hooks), and in the runner pool (setup, predictions,
+trainings, standbys, deployment instances). Each such process starts in ``bwrap``:
+
+- as ``model_uid``/``model_gid`` (not the worker's uid) when the worker runs as root, with
+  no capabilities and ``no_new_privs``;
+- in its own user, pid, mount, IPC, UTS and cgroup namespaces: it sees only its own
+  processes, and a file system made of the system's ``/usr`` (read-only), a short list of
+  ``/etc`` files, its Python environment and code (read-only), and its own scratch
+  directory as ``/tmp`` (writable); never the data dir, the database, the secret key,
+  other versions' directories or other runs' files;
+- in a network namespace of its own with only a loopback interface (``model_egress``
+  ``none``): the links it needs to the worker are Unix sockets bound into it (see
+  ``workers/runners/process.py``); ``unrestricted`` shares the worker's network instead;
+- with the environment it is given, nothing of the worker's.
+
+Binds go through file descriptors the spawning process opened (``--ro-bind-fd``), so a
+directory the model's uid could not reach on the host (a data dir readable by the service
+user only) is still bound, and nothing else of it is visible.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from replicant.settings import Settings, get_settings
+
+Egress = Literal["none", "unrestricted"]
+
+# What of /etc a Python program needs (TLS roots, name resolution, time zones, the loader's
+# cache, MIME types); the rest of /etc (and anything an operator keeps there) stays out.
+ETC_FILES = (
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/pki",
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/host.conf",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/alternatives",
+    "/etc/mime.types",
+    "/etc/fonts",
+    "/etc/os-release",
+    "/etc/debian_version",
+)
+
+# Top-level directories that merged-/usr systems keep as symlinks into /usr.
+USR_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+
+# GPU device nodes: bound when present; the slot's pinning is CUDA_VISIBLE_DEVICES.
+GPU_DEVICES = ("nvidia-uvm", "nvidia-uvm-tools", "nvidiactl", "nvidia-modeset", "dri")
+
+# Where a sandbox sees its own links to the worker and the files of the run it is given.
+RUN_DIR = "/run/replicant"
+
+
+class SandboxUnavailable(RuntimeError):
+    """This machine cannot sandbox model processes (and unsandboxed is not allowed)."""
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How model processes are started: ``bwrap`` (its path; None: not installed), or
+    ``unsandboxed`` when the operator said so explicitly."""
+
+    bwrap: str | None
+    unsandboxed: bool = False
+    uid: int = 65534
+    gid: int = 65534
+    egress: Egress = "none"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SandboxConfig:
+        """The operator's configuration."""
+        return cls(
+            bwrap=shutil.which("bwrap"),
+            unsandboxed=settings.model_unsandboxed,
+            uid=settings.model_uid,
+            gid=settings.model_gid,
+            egress=settings.model_egress,
+        )
+
+    @property
+    def switches_uid(self) -> bool:
+        """Whether the model gets a uid of its own (only a root worker can give one)."""
+        return os.geteuid() == 0 and self.uid != 0
+
+    @property
+    def own_network(self) -> bool:
+        """Whether the model gets a network namespace of its own (only loopback)."""
+        return self.egress == "none"
+
+
+def machine_sandbox() -> SandboxConfig:
+    """The configuration of this process's settings."""
+    return SandboxConfig.from_settings(get_settings())
+
+
+@functools.cache
+def _check(bwrap: str | None, uid: int, gid: int, switch: bool) -> str | None:
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    argv = [bwrap, *_base_args(switch), "--", *_drop(uid, gid, switch), "/bin/true"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"cannot run bwrap: {err}"
+    if proc.returncode != 0:
+        return f"bwrap cannot create namespaces here: {proc.stderr.strip()[-500:]}"
+    return None
+
+
+def unavailable_reason(config: SandboxConfig) -> str | None:
+    """Why this machine cannot sandbox with ``config`` (None: it can); tried once."""
+    return _check(config.bwrap, config.uid, config.gid, config.switches_uid)
+
+
+def require(config: SandboxConfig) -> bool:
+    """True when model processes are sandboxed, False when the operator allowed them
+    unsandboxed; raises ``SandboxUnavailable`` when neither."""
+    if config.unsandboxed:
+        return False
+    reason = unavailable_reason(config)
+    if reason is not None:
+        raise SandboxUnavailable(
+            f"model code is not run here: this machine cannot sandbox it ({reason}); "
+            "install bubblewrap and allow user namespaces, or set "
+            "REPLICANT_MODEL_UNSANDBOXED=true to run models without a sandbox"
+        )
+    return True
+
+
+def status_line(config: SandboxConfig) -> str:
+    """One log line's fields saying how model processes run (logged at worker start)."""
+    if config.unsandboxed:
+        return "event=model_sandbox mode=unsandboxed warning=model_code_runs_as_the_worker"
+    reason = unavailable_reason(config)
+    if reason is not None:
+        return f"event=model_sandbox mode=refused reason={reason!r}"
+    uid = config.uid if config.switches_uid else os.geteuid()
+    return f"event=model_sandbox mode=bwrap uid={uid} egress={config.egress}"
+
+
+def _drop(uid: int, gid: int, switch: bool) -> list[str]:
+    """What the command runs behind: a root worker's bwrap (privileged, no user namespace)
+    drops to the model's uid, its groups, capabilities and the right to regain any."""
+    if not switch:
+        return []
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    return [
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
+
+
+def _base_args(switch: bool) -> list[str]:
+    # A root worker's bwrap needs no user namespace (the model gets its own uid instead);
+    # any other's maps its own uid in one.
+    if switch:
+        args = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+        args += ["--unshare-cgroup-try"]
+    else:
+        args = ["--unshare-all"]
+    args += ["--die-with-parent", "--ro-bind", "/usr", "/usr"]
+    for top in USR_LINKS:
+        path = Path(top)
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), top]
+        elif path.is_dir():
+            args += ["--ro-bind", top, top]
+    for etc in ETC_FILES:
+        args += ["--ro-bind-try", etc, etc]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run"]
+    return args
+
+
+@dataclass
+class Mounts:
+    """What one sandbox sees beyond the base system, by its path inside; each host path
+    is opened here (O_PATH) and handed to bwrap as a descriptor."""
+
+    read_only: dict[str, Path] = field(default_factory=dict)
+    writable: dict[str, Path] = field(default_factory=dict)
+
+    def add_python(self, python: Path) -> None:
+        """The model's Python: its environment (a venv) and the installation under it, and
+        Replicant's own environment, whose packages a host-version env reads."""
+        for prefix in _python_prefixes(python):
+            if not prefix.is_relative_to("/usr"):
+                self.read_only.setdefault(str(prefix), prefix)
+
+
+def _python_prefixes(python: Path) -> list[Path]:
+    env = python.parent.parent  # <env>/bin/python
+    prefixes = [env, Path(sys.prefix), Path(sys.base_prefix)]
+    real = python.resolve().parent.parent
+    prefixes.append(real)
+    cfg = env / "pyvenv.cfg"
+    if cfg.is_file():
+        for line in cfg.read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home" and value.strip():
+                prefixes.append(Path(value.strip()).parent)
+    return [p for p in dict.fromkeys(prefixes) if p.is_dir() and p != Path("/")]
+
+
+@dataclass
+class Launch:
+    """The argv of a sandboxed process and the descriptors it must inherit (close them,
+    with ``close``, once it started)."""
+
+    argv: list[str]
+    fds: list[int]
+
+    def close(self) -> None:
+        """Close this side's copies of the bound descriptors."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
+def launch(
+    config: SandboxConfig,
+    command: Iterable[str],
+    mounts: Mounts,
+    *,
+    cwd: str,
+    cgroup_procs: Path | None = None,
+    gpus: bool = False,
+    share_net: bool | None = None,
+) -> Launch:
+    """The argv that runs ``command`` in a sandbox of ``config`` with ``mounts``: inside
+    ``cgroup_procs``'s cgroup when given (entered before privileges are dropped, so cgroup
+    v1 and v2 both take it), with the GPU device nodes when ``gpus``; ``share_net`` (default
+    by the egress setting) keeps the worker's network."""
+    fds: list[int] = []
+    switch = config.switches_uid
+    args: list[str] = _base_args(switch)
+    if share_net if share_net is not None else not config.own_network:
+        if switch:
+            args.remove("--unshare-net")
+        else:
+            args.append("--share-net")
+    try:
+        binds = {dest: ("--ro-bind-fd", host) for dest, host in mounts.read_only.items()}
+        binds.update((dest, ("--bind-fd", host)) for dest, host in mounts.writable.items())
+        for dest, (flag, host) in sorted(binds.items()):  # a parent before what is in it
+            fd = os.open(host, os.O_PATH | os.O_CLOEXEC)
+            fds.append(fd)
+            args += [flag, str(fd), dest]
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    # bwrap makes a bind's missing parents with the host's modes (/root is 0700): open
+    # them to the model's uid, except where they are binds or inside one themselves.
+    fixed = {*mounts.read_only, "/usr", "/proc", "/dev"}
+    dests = {*fixed, *mounts.writable, "/etc", "/run"}
+    for parent in sorted({str(a) for d in dests for a in Path(d).parents} - dests - {"/"}):
+        if not any(parent.startswith(d + "/") for d in fixed):
+            args += ["--chmod", "0755", parent]
+    if gpus:
+        for node in sorted(Path("/dev").glob("nvidia[0-9]*")):
+            args += ["--dev-bind", str(node), str(node)]
+        for name in GPU_DEVICES:
+            args += ["--dev-bind-try", f"/dev/{name}", f"/dev/{name}"]
+    args += ["--chdir", cwd, "--"]
+    assert config.bwrap is not None
+    argv = [config.bwrap, *args, *_drop(config.uid, config.gid, switch), *command]
+    if cgroup_procs is not None:
+        # The shell enters the cgroup as the worker's user, then becomes bwrap (same pid), so
+        # the model is inside from its start, on cgroup v1 and v2 alike.
+        argv = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup_procs), *argv]
+    return Launch(argv, fds)
+
+
+def passwd_file(uid: int, gid: int) -> str:
+    """An /etc/passwd and /etc/group content naming the model's user (home: /tmp)."""
+    return f"root:x:0:0:root:/root:/bin/sh\nmodel:x:{uid}:{gid}:model:/tmp:/bin/sh\n"
+
+
+@contextmanager
+def scratch_dir(config: SandboxConfig, prefix: str) -> Iterator[Path]:
+    """A directory the sandboxed process owns (its /tmp), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        give_to_model(config, path)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def give_to_model(config: SandboxConfig, path: Path) -> None:
+    """Make ``path`` writable by the model's uid (and by it only)."""
+    if config.switches_uid:
+        os.chown(path, config.uid, config.gid)
+    path.chmod(0o700)
+
+
+def sandboxed_run(
+    config: SandboxConfig,
+    command: list[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    read_only: Mapping[str, Path] = {},
+    writable: Mapping[str, Path] = {},
+    python: Path | None = None,
+    share_net: bool = False,
+    **kwargs: object,
+) -> subprocess.Popen[str]:
+    """Start ``command`` sandboxed (when ``config`` allows) like ``subprocess.Popen`` with
+    ``text=True``; the caller waits for it. ``cwd`` is bound read-only at its own path
+    unless ``writable`` names it."""
+    if not require(config):
+        return subprocess.Popen(command, cwd=cwd, env=dict(env), text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+    mounts = Mounts(read_only=dict(read_only), writable=dict(writable))
+    if str(cwd) not in mounts.writable:
+        mounts.read_only.setdefault(str(cwd), cwd)
+    if python is not None:
+        mounts.add_python(python)
+    spec = launch(config, command, mounts, cwd=str(cwd), share_net=share_net)
+    try:
+        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            spec.argv, env=dict(env), text=True, pass_fds=spec.fds, **kwargs
+        )
+    finally:
+        spec.close()
+
+
+def filtered_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """A minimal environment for model code: none of the worker's variables but the
+    locale, plus ``extra``."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+    env.update(extra)
+    return env
