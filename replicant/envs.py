@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -19,9 +20,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -30,6 +33,13 @@ from packaging.version import InvalidVersion, Version
 
 from replicant.cogmodel import CogConfig
 from replicant.pythons import find_python
+from replicant.sandbox import (
+    SandboxUnavailable,
+    filtered_env,
+    give_to_model,
+    machine_sandbox,
+    sandboxed_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -164,36 +174,111 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(args: list[str], progress: Progress, what: str) -> None:
-    """Run a build step, passing each output line to ``progress``; raise with its tail."""
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
-    env.pop("PYTHONPATH", None)
+@functools.cache
+def _pip_config() -> tuple[dict[str, str], dict[str, Path]]:
+    """The operator's pip configuration (index URLs, find-links, certificates, constraints)
+    as environment variables for a sandboxed pip, and the local files it names, to bind."""
     try:
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
             text=True,
-            env=env,
-        )
-    except OSError as e:
-        raise EnvBuildError(f"{what} failed: {e}") from e
-    assert proc.stdout is not None
-    with proc:
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            tail.append(line)
-            progress(line)
+            timeout=60,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}, {}
+    env: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        key = name.rpartition(".")[2]
+        if not key or not value:
+            continue
+        value = value.strip().strip("'\"")
+        env["PIP_" + key.upper().replace("-", "_")] = value
+        for token in value.split():
+            path = Path(token.removeprefix("file://"))
+            if path.is_absolute() and path.exists():
+                files[str(path)] = path
+    return env, files
+
+
+def _run(
+    args: list[str],
+    progress: Progress,
+    what: str,
+    *,
+    sandboxed: tuple[Path, Path] | None = None,
+) -> None:
+    """Run a build step, passing each output line to ``progress``; raise with its tail.
+    ``sandboxed`` (the env's directory and Python): the step runs the model's packages'
+    code (``setup.py``, build hooks, ``.pth`` files), so it runs in the model sandbox with
+    that directory writable and nothing of this process's environment."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    pipes: dict[str, Any] = {
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.STDOUT,
+        "stdin": subprocess.DEVNULL,
+    }
+    scratch = Path(tempfile.mkdtemp(prefix="replicant-build-"))
+    try:
         try:
-            code = proc.wait(timeout=PIP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = -1
+            if sandboxed is None:
+                env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
+                env.pop("PYTHONPATH", None)
+                proc = subprocess.Popen(args, text=True, env=env, **pipes)
+            else:
+                proc = _sandboxed(args, *sandboxed, scratch, pipes)
+        except (SandboxUnavailable, OSError) as e:
+            raise EnvBuildError(f"{what} failed: {e}") from e
+        assert proc.stdout is not None
+        with proc:
+            for raw in proc.stdout:
+                line = raw.rstrip()
+                tail.append(line)
+                progress(line)
+            try:
+                code = proc.wait(timeout=PIP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = -1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if code != 0:
         output = "\n".join(tail)
         raise EnvBuildError(f"{what} failed (exit status {code}):\n{output}")
+
+
+def _sandboxed(
+    args: list[str], env_dir: Path, python: Path, scratch: Path, pipes: dict[str, Any]
+) -> subprocess.Popen[str]:
+    config = machine_sandbox()
+    pip_env, pip_files = _pip_config()
+    env = filtered_env({**pip_env, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"})
+    give_to_model(config, scratch)
+    give_to_model(config, env_dir)
+    return sandboxed_run(
+        config,
+        args,
+        cwd=env_dir,
+        env=env,
+        read_only=pip_files,
+        writable={str(env_dir): env_dir, "/tmp": scratch},
+        python=python,
+        share_net=config.build_egress == "index",
+        **pipes,
+    )
+
+
+def _reclaim(env_dir: Path) -> None:
+    """Give a built environment back to the worker's user: no model process may change it."""
+    uid, gid = os.geteuid(), os.getegid()
+    for root, dirs, files in os.walk(env_dir):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, gid)
+    os.chown(env_dir, uid, gid)
+    env_dir.chmod(0o755)
 
 
 def _site_packages(env_dir: Path, version: str) -> Path:
@@ -234,8 +319,15 @@ def _build(
             + ["--disable-pip-version-check", "--no-input", "-r", str(req_file)],
             progress,
             "pip install",
+            sandboxed=(env_dir, env_python),
         )
-    _run([str(env_python), "-c", "import cog, coglet"], progress, "importing cog in the env")
+    _run(
+        [str(env_python), "-c", "import cog, coglet"],
+        progress,
+        "importing cog in the env",
+        sandboxed=(env_dir, env_python),
+    )
+    _reclaim(env_dir)
 
 
 def plan_env(config: CogConfig, envs_dir: Path, progress: Progress | None = None) -> Path:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from replicant.settings import Settings, get_settings
 
@@ -88,6 +88,7 @@ class SandboxConfig:
     uid: int = 65534
     gid: int = 65534
     egress: Egress = "none"
+    build_egress: Literal["index", "none"] = "index"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxConfig:
@@ -98,6 +99,7 @@ class SandboxConfig:
             uid=settings.model_uid,
             gid=settings.model_gid,
             egress=settings.model_egress,
+            build_egress=settings.model_build_egress,
         )
 
     @property
@@ -280,9 +282,10 @@ def launch(
         raise
     # bwrap makes a bind's missing parents with the host's modes (/root is 0700): open
     # them to the model's uid, except where they are binds or inside one themselves.
-    fixed = {*mounts.read_only, "/usr", "/proc", "/dev"}
-    dests = {*fixed, *mounts.writable, "/etc", "/run"}
-    for parent in sorted({str(a) for d in dests for a in Path(d).parents} - dests - {"/"}):
+    fixed = {*mounts.read_only, *ETC_FILES, "/usr", "/proc", "/dev"}
+    dests = {*fixed, *mounts.writable, "/run"}
+    parents = {str(a) for d in [*dests, *ETC_FILES] for a in Path(d).parents}
+    for parent in sorted(parents - dests - {"/"}):
         if not any(parent.startswith(d + "/") for d in fixed):
             args += ["--chmod", "0755", parent]
     if gpus:
@@ -333,23 +336,20 @@ def sandboxed_run(
     writable: Mapping[str, Path] = {},
     python: Path | None = None,
     share_net: bool = False,
-    **kwargs: object,
+    host_cwd: Path | None = None,
+    **kwargs: Any,
 ) -> subprocess.Popen[str]:
-    """Start ``command`` sandboxed (when ``config`` allows) like ``subprocess.Popen`` with
-    ``text=True``; the caller waits for it. ``cwd`` is bound read-only at its own path
-    unless ``writable`` names it."""
+    """Start ``command`` like ``subprocess.Popen`` (text mode) in a sandbox with these binds
+    (the caller waits for it), or, where the operator allowed it, unsandboxed in
+    ``host_cwd`` (default ``cwd``); raises ``SandboxUnavailable`` when neither."""
     if not require(config):
-        return subprocess.Popen(command, cwd=cwd, env=dict(env), text=True, **kwargs)  # type: ignore[call-overload,no-any-return]
+        return subprocess.Popen(command, cwd=host_cwd or cwd, env=dict(env), text=True, **kwargs)
     mounts = Mounts(read_only=dict(read_only), writable=dict(writable))
-    if str(cwd) not in mounts.writable:
-        mounts.read_only.setdefault(str(cwd), cwd)
     if python is not None:
         mounts.add_python(python)
     spec = launch(config, command, mounts, cwd=str(cwd), share_net=share_net)
     try:
-        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
-            spec.argv, env=dict(env), text=True, pass_fds=spec.fds, **kwargs
-        )
+        return subprocess.Popen(spec.argv, env=dict(env), text=True, pass_fds=spec.fds, **kwargs)
     finally:
         spec.close()
 

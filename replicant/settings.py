@@ -264,6 +264,18 @@ class Settings(BaseSettings):
     setup_timeout: float = Field(
         300.0, description="Seconds a model's setup() may take before its prediction fails."
     )
+    # Who may push models (api/push.py): defence in depth besides the model sandbox.
+    push_accounts: list[str] = Field(
+        default_factory=list,
+        description="Accounts (usernames, JSON list) that may push models. With this and "
+        "`push_organizations` both empty, every account may push; otherwise only the listed "
+        "accounts and the members of the listed organizations, and any other gets 403.",
+    )
+    push_organizations: list[str] = Field(
+        default_factory=list,
+        description="Organizations (JSON list) whose members may push models (see "
+        "`push_accounts`).",
+    )
     max_push_bytes: int = Field(
         1024 * 1024 * 1024,
         description="The largest model archive a push may upload, and the most its files may "

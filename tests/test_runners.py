@@ -130,7 +130,8 @@ async def test_model_exception_fails_with_its_message_and_logs(
         assert result.error == "boom: bad thing"
         # The traceback, from the model's own frame, after what the model printed.
         assert result.logs.startswith("about to fail\nTraceback (most recent call last):\n")
-        assert 'broken/predict.py", line 7, in predict\n' in result.logs
+        # Sandboxed, the model's code is at /src (as in Cog's images).
+        assert '/src/predict.py", line 7, in predict\n' in result.logs
         assert '    raise ValueError("boom: bad thing")\n' in result.logs
         assert result.logs.endswith("\nValueError: boom: bad thing\n")
         assert result.logs.count("ValueError: boom: bad thing") == 1

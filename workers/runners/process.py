@@ -7,11 +7,11 @@ import collections
 import contextlib
 import logging
 import os
-import signal
 import shutil
+import signal
 import socket
-from collections.abc import Awaitable, Callable
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from replicant import sandbox
