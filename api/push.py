@@ -33,8 +33,8 @@ from api.state import AppState
 from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest
-from replicant.storage import ObjectStore
 from replicant.settings import Settings
+from replicant.storage import ObjectStore
 from replicant.tables import Account, Build, Membership, Version
 from replicant.temporal import workflow_status
 from replicant.timeutil import utcnow

@@ -209,10 +209,10 @@ def _run(
     progress: Progress,
     what: str,
     *,
-    sandboxed: tuple[Path, Path] | None = None,
+    sandboxed: tuple[Path, Path, dict[str, Path]] | None = None,
 ) -> None:
     """Run a build step, passing each output line to ``progress``; raise with its tail.
-    ``sandboxed`` (the env's directory and Python): the step runs the model's packages'
+    ``sandboxed`` (the env's directory, its Python, local files to read): the step runs the model's packages'
     code (``setup.py``, build hooks, ``.pth`` files), so it runs in the model sandbox with
     that directory writable and nothing of this process's environment."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -251,7 +251,12 @@ def _run(
 
 
 def _sandboxed(
-    args: list[str], env_dir: Path, python: Path, scratch: Path, pipes: dict[str, Any]
+    args: list[str],
+    env_dir: Path,
+    python: Path,
+    local: dict[str, Path],
+    scratch: Path,
+    pipes: dict[str, Any],
 ) -> subprocess.Popen[str]:
     config = machine_sandbox()
     pip_env, pip_files = _pip_config()
@@ -263,12 +268,17 @@ def _sandboxed(
         args,
         cwd=env_dir,
         env=env,
-        read_only=pip_files,
+        read_only={**pip_files, **local},
         writable={str(env_dir): env_dir, "/tmp": scratch},
         python=python,
         share_net=config.build_egress == "index",
         **pipes,
     )
+
+
+def _local_path(token: str) -> Path | None:
+    path = Path(token.removeprefix("file://"))
+    return path if path.is_absolute() and path.exists() else None
 
 
 def _reclaim(env_dir: Path) -> None:
@@ -300,6 +310,8 @@ def _build(
     )
     env_python = env_dir / "bin" / "python"
     packages = list(requirements)
+    # Requirements that name local files or directories: the sandboxed pip reads them.
+    local = {str(p): p for p in map(_local_path, " ".join(packages).split()) if p is not None}
     if version == _host_version():
         # Replicant's own packages (cog, coglet, ...) sit under the env's, which win.
         paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
@@ -319,13 +331,13 @@ def _build(
             + ["--disable-pip-version-check", "--no-input", "-r", str(req_file)],
             progress,
             "pip install",
-            sandboxed=(env_dir, env_python),
+            sandboxed=(env_dir, env_python, local),
         )
     _run(
         [str(env_python), "-c", "import cog, coglet"],
         progress,
         "importing cog in the env",
-        sandboxed=(env_dir, env_python),
+        sandboxed=(env_dir, env_python, {}),
     )
     _reclaim(env_dir)
 

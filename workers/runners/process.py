@@ -13,6 +13,7 @@ import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from replicant import sandbox
 from replicant.runner import BootError, RunnerSpec
@@ -223,9 +224,38 @@ class ModelSandbox:
         """coglet's HTTP, as the worker reaches it."""
         return self.root / "run" / "coglet.sock"
 
-    def inside(self, host_path: Path) -> str:
-        """Where a file under ``inputs`` is in the sandbox."""
-        return f"{RUN_DIR}/inputs/{host_path.relative_to(self.inputs)}"
+    def take_inputs(self, run_id: str, value: Any) -> tuple[Any, Path | None]:
+        """``value`` (a run's input) with each file the run activity staged for this run
+        (under ``<tmp>/replicant-<run id>-``) linked into the sandbox's ``inputs`` and named
+        by its path inside; and the run's directory there (None: no files), to remove
+        with ``drop_inputs`` after the run. Other paths stay as they are, unreachable."""
+        staged = f"{tempfile.gettempdir()}/replicant-{run_id}-"
+        run_dir: Path | None = None
+
+        def take(item: Any) -> Any:
+            nonlocal run_dir
+            if isinstance(item, dict):
+                return {k: take(v) for k, v in item.items()}
+            if isinstance(item, list):
+                return [take(v) for v in item]
+            if not (isinstance(item, str) and item.startswith(staged)):
+                return item
+            source = Path(item)
+            if ".." in source.parts or not source.is_file():
+                return item
+            if run_dir is None:
+                run_dir = Path(tempfile.mkdtemp(dir=self.inputs))
+                run_dir.chmod(0o755)
+            dest = Path(tempfile.mkdtemp(dir=run_dir)) / source.name
+            dest.parent.chmod(0o755)
+            try:
+                os.link(source, dest)
+            except OSError:
+                shutil.copyfile(source, dest)
+            dest.chmod(0o644)
+            return f"{RUN_DIR}/inputs/{dest.relative_to(self.inputs)}"
+
+        return take(value), run_dir
 
     def launch(
         self, spec: RunnerSpec, env: dict[str, str], command: list[str], cgroup: Path | None
