@@ -261,8 +261,10 @@ def _sandboxed(
     config = machine_sandbox()
     pip_env, pip_files = _pip_config()
     env = filtered_env({**pip_env, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"})
+    env["PIP_USER"] = "0"
     give_to_model(config, scratch)
-    give_to_model(config, env_dir)
+    if config.switches_uid:  # pip, as the model's uid, writes the new venv
+        _chown_tree(env_dir, config.uid, config.gid)
     return sandboxed_run(
         config,
         args,
@@ -281,13 +283,16 @@ def _local_path(token: str) -> Path | None:
     return path if path.is_absolute() and path.exists() else None
 
 
-def _reclaim(env_dir: Path) -> None:
-    """Give a built environment back to the worker's user: no model process may change it."""
-    uid, gid = os.geteuid(), os.getegid()
-    for root, dirs, files in os.walk(env_dir):
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    for root, dirs, files in os.walk(top):
         for name in [*dirs, *files]:
             os.lchown(os.path.join(root, name), uid, gid)
-    os.chown(env_dir, uid, gid)
+    os.chown(top, uid, gid)
+
+
+def _reclaim(env_dir: Path) -> None:
+    """Give a built environment back to the worker's user: no model process may change it."""
+    _chown_tree(env_dir, os.geteuid(), os.getegid())
     env_dir.chmod(0o755)
 
 

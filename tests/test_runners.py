@@ -191,6 +191,7 @@ async def test_a_worker_that_dies_while_booting_is_a_boot_error(
     launcher = bindir / "venv-python"
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     launcher.chmod(0o755)
+    tmp_path.chmod(0o755)  # the sandbox binds it as the model's environment: its uid reads it
 
     with pytest.raises(BootError) as raised:
         await pool.predict(spec(models, "hello", python=launcher), "p-noworker", {})
