@@ -212,9 +212,10 @@ def _run(
     sandboxed: tuple[Path, Path, dict[str, Path]] | None = None,
 ) -> None:
     """Run a build step, passing each output line to ``progress``; raise with its tail.
-    ``sandboxed`` (the env's directory, its Python, local files to read): the step runs the model's packages'
-    code (``setup.py``, build hooks, ``.pth`` files), so it runs in the model sandbox with
-    that directory writable and nothing of this process's environment."""
+    ``sandboxed`` (the env's directory, its Python, local files to read): the step runs
+    the model's packages' code (``setup.py``, build hooks, ``.pth`` files), so it runs in
+    the model sandbox with that directory writable and nothing of this process's
+    environment."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     pipes: dict[str, Any] = {
         "stdout": subprocess.PIPE,

@@ -199,6 +199,8 @@ def _base_args(switch: bool) -> list[str]:
     for etc in ETC_FILES:
         args += ["--ro-bind-try", etc, etc]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run"]
+    # CPU topology (thread pools size themselves by it); the rest of /sys stays out.
+    args += ["--ro-bind-try", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
     return args
 
 
@@ -230,6 +232,15 @@ def _python_prefixes(python: Path) -> list[Path]:
             if key.strip() == "home" and value.strip():
                 prefixes.append(Path(value.strip()).parent)
     return [p for p in dict.fromkeys(prefixes) if p.is_dir() and p != Path("/")]
+
+
+def _open_to_model(path: Path) -> None:
+    """Let the model's uid into a directory bound read-only (a version's directory is made
+    0700 under a data dir that keeps everyone else out: the bind is the way in)."""
+    if path.is_dir() and not path.is_relative_to("/usr"):
+        mode = path.stat().st_mode
+        if mode & 0o005 != 0o005:
+            path.chmod(mode | 0o005)
 
 
 @dataclass
@@ -270,6 +281,8 @@ def launch(
         else:
             args.append("--share-net")
     try:
+        for host in mounts.read_only.values():
+            _open_to_model(host)
         binds = {dest: ("--ro-bind-fd", host) for dest, host in mounts.read_only.items()}
         binds.update((dest, ("--bind-fd", host)) for dest, host in mounts.writable.items())
         for dest, (flag, host) in sorted(binds.items()):  # a parent before what is in it
@@ -289,6 +302,7 @@ def launch(
         if not any(parent.startswith(d + "/") for d in fixed):
             args += ["--chmod", "0755", parent]
     if gpus:
+        args += ["--ro-bind", "/sys", "/sys"]  # the driver's libraries read the PCI tree
         for node in sorted(Path("/dev").glob("nvidia[0-9]*")):
             args += ["--dev-bind", str(node), str(node)]
         for name in GPU_DEVICES:

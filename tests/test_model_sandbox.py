@@ -152,6 +152,7 @@ def test_a_machine_that_cannot_sandbox_refuses_model_code_unless_unsandboxed_is_
 ) -> None:
     cannot = SandboxConfig(bwrap=None)
     assert "mode=refused" in status_line(cannot)
+    (tmp_path / "models").mkdir()
     models = write_models(tmp_path / "models")
     hello = spec(models, "hello")
     config = load_cog_config(models / "hello")

@@ -27,8 +27,8 @@ class CogletClient:
         # The predictions themselves go through aiohttp: on the path of every prediction,
         # it costs a third of httpx's CPU per call (health checks and cancels use httpx).
         self._session: aiohttp.ClientSession | None = None
-        # A sandboxed process's URL -> its connection pools over its Unix socket.
-        self._routes: dict[str, tuple[httpx.AsyncClient, aiohttp.ClientSession]] = {}
+        # A sandboxed process's URL -> its socket and its connection pools over it.
+        self._routes: dict[str, tuple[Path, httpx.AsyncClient, aiohttp.ClientSession]] = {}
 
     def route(self, url: str, socket: Path) -> None:
         """Reach the coglet of ``url`` (``http://127.0.0.1:<port>``) through ``socket``."""
@@ -38,20 +38,22 @@ class CogletClient:
             transport=httpx.AsyncHTTPTransport(uds=str(socket)),
         )
         session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(socket), limit=0))
-        self._routes[url] = (client, session)
+        self._routes[url] = (socket, client, session)
 
-    async def unroute(self, url: str) -> None:
-        """Forget the socket of ``url`` (its process is gone)."""
-        pools = self._routes.pop(url, None)
-        if pools is not None:
-            await pools[0].aclose()
-            await pools[1].close()
+    async def unroute(self, url: str, socket: Path) -> None:
+        """Forget the route of ``url`` through ``socket`` (its process is gone); a newer
+        process's route of the same URL stays."""
+        route = self._routes.get(url)
+        if route is not None and route[0] == socket:
+            del self._routes[url]
+            await route[1].aclose()
+            await route[2].close()
 
     def _pools(self, url: str) -> tuple[httpx.AsyncClient, aiohttp.ClientSession]:
         base = url[: url.find("/", len("http://"))] if url.count("/") > 2 else url
-        pools = self._routes.get(base)
-        if pools is not None:
-            return pools
+        route = self._routes.get(base)
+        if route is not None:
+            return route[1], route[2]
         assert self._client is not None and self._session is not None
         return self._client, self._session
 
@@ -67,8 +69,8 @@ class CogletClient:
             await self._client.aclose()
         if self._session is not None:
             await self._session.close()
-        for url in list(self._routes):
-            await self.unroute(url)
+        for url, route in list(self._routes.items()):
+            await self.unroute(url, route[0])
 
     async def health(self, url: str) -> tuple[str | None, dict[str, Any]]:
         """coglet's /health-check status (None when it does not answer) and its body."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -144,6 +145,16 @@ OUTPUT_TAIL_LINES = 300
 
 # Where a sandboxed model's code is (read-only; its working directory), as in Cog's images.
 MODEL_DIR = "/src"
+
+
+# Ports of sandboxed coglets with a network namespace of their own: any port is free in
+# there, and one per live process keeps their URLs (the client's routes) apart.
+_SANDBOX_PORTS = itertools.cycle(range(20000, 60000))
+
+
+def sandbox_port() -> int:
+    """A port for coglet inside a network namespace of its own."""
+    return next(_SANDBOX_PORTS)
 
 
 def free_port() -> int:
@@ -363,8 +374,8 @@ class CogletProcess:
         self.last_used = 0.0
         # Its sandbox (None: the operator runs models unsandboxed).
         self.sandbox: ModelSandbox | None = None
-        # Called with its URL once it is reaped (the client forgets its socket).
-        self.on_exit: Callable[[str], Awaitable[None]] | None = None
+        # Called with its URL and socket once it is reaped (the client forgets the socket).
+        self.on_exit: Callable[[str, Path], Awaitable[None]] | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
@@ -486,8 +497,8 @@ class CogletProcess:
             await self.cgroup.remove()  # and of its cgroup
         if self.sandbox is not None:
             self.sandbox.remove()
-        if self.on_exit is not None:
-            await self.on_exit(self.url)
+        if self.on_exit is not None and self.sandbox is not None:
+            await self.on_exit(self.url, self.sandbox.socket)
         self.output_seen.set()
 
     def kill(self) -> None:

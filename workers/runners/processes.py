@@ -22,7 +22,13 @@ from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error, setup_out_of_memory_error
 from workers.runners.devices import DeviceSlots
 from workers.runners.memory import MemoryBudget, measure, version_of
-from workers.runners.process import CogletProcess, ModelSandbox, child_env, free_port
+from workers.runners.process import (
+    CogletProcess,
+    ModelSandbox,
+    child_env,
+    free_port,
+    sandbox_port,
+)
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
 
@@ -242,7 +248,8 @@ class Processes:
             sandboxed = require(self.sandbox)
         except SandboxUnavailable as err:
             raise BootError(str(err)) from err
-        port = free_port()
+        own_network = sandboxed and self.sandbox.own_network
+        port = sandbox_port() if own_network else free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
         env = child_env(spec, port, self.update_interval)
         if sandboxed:
