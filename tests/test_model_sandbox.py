@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from sqlmodel import Session
 
@@ -26,9 +27,10 @@ from api.errors import ProblemError
 from api.push import check_pusher
 from replicant.accounts import add_member, create_account, create_organization
 from replicant.cogmodel import PredictorError, load_cog_config, run_probe
+from replicant.devstack import free_port
 from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
 from tests.conftest import LiveStack
-from tests.modelkit import predict, pushed, someone, version_dirs
+from tests.modelkit import pack, predict, pushed, someone, version_dirs
 from tests.runnerkit import spec, write_models
 from workers.runners import BootError, RunnerPool
 
@@ -215,3 +217,45 @@ def test_pushes_are_limited_to_listed_accounts_and_organization_members(
             check_pusher(session, stranger, settings)
     assert refused.value.status == 403
     assert "may not push models" in refused.value.detail
+
+
+def test_a_push_by_an_unlisted_account_is_refused_with_403_problem_json(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    listed, stranger = someone(live, "listed"), someone(live, "stranger")
+    # An API process of its own with a push list; the stack's API stays open to everyone.
+    port = free_port()
+    url = live.stack.start_api(
+        "api-pushers", port, env={"REPLICANT_PUSH_ACCOUNTS": json.dumps([listed.username])}
+    )
+    try:
+        model = tmp_path / "m"
+        model.mkdir()
+        (model / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
+        (model / "predict.py").write_text(
+            "from cog import BasePredictor\n"
+            "class Predictor(BasePredictor):\n"
+            "    def predict(self) -> str:\n"
+            "        return 'ok'\n"
+        )
+        body = pack(model)
+
+        def push_as(who: Any) -> httpx.Response:
+            return httpx.post(
+                f"{url}/v1/models/{who.username}/m/versions",
+                params={"create": "true"},
+                content=body,
+                headers={
+                    "Authorization": f"Bearer {who.token}",
+                    "Content-Type": "application/gzip",
+                },
+                timeout=300,
+            )
+
+        refused = push_as(stranger)
+        assert refused.status_code == 403
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert "may not push models" in refused.json()["detail"]
+        assert push_as(listed).status_code == 201
+    finally:
+        live.stack.stop("api-pushers")

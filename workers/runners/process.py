@@ -57,9 +57,9 @@ PASSTHROUGH_ENV = (
 # dies, so even a SIGKILLed worker leaves no coglet behind (its own worker exits on stdin EOF).
 # With a memory limit it first enters its own memory cgroup (see cgroups.py), so coglet and
 # everything it starts are in it from their first allocation (a sandboxed one is put there
-# before its sandbox starts). In a sandbox it first starts the forwarders of its links to
-# the worker (REPLICANT_LINKS, see ``links``): a process of their own, a child of the
-# sandbox's init rather than of coglet, whose worker-exit check looks at its children.
+# before its sandbox starts). In a sandbox it first forks: the parent forwards the links to
+# the worker (REPLICANT_LINKS, see ``ModelSandbox``) and exits with coglet's status, the
+# child runs coglet, whose only child is then its own worker (see ``worker_exited``).
 LAUNCHER = """\
 import ctypes, os, runpy, signal, sys
 parent = int(os.environ.pop("REPLICANT_POOL_PID", "0"))
@@ -78,63 +78,62 @@ if cgroup:
     except OSError as err:
         sys.exit(f"replicant: cannot enter the model's memory cgroup {cgroup}: {err}")
 if links:
-    child = os.fork()
-    if child == 0:
-        if os.fork() == 0:
-            os.setsid()
-            import asyncio
+    coglet = os.fork()
+    if coglet:
+        # This process forwards the links and ends with coglet (its child), with its status.
+        import asyncio
 
-            def endpoint(spec):
-                kind, _, where = spec.partition(":")
-                if kind == "unix":
-                    return kind, where, None
-                host, _, port = where.rpartition(":")
-                return kind, host, int(port)
+        def endpoint(spec):
+            kind, _, where = spec.partition(":")
+            if kind == "unix":
+                return kind, where, None
+            host, _, port = where.rpartition(":")
+            return kind, host, int(port)
 
-            async def pump(reader, writer):
+        async def pump(reader, writer):
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    writer.write(data)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except (OSError, RuntimeError):
+                writer.close()
+
+        def handler(target):
+            kind, where, port = endpoint(target)
+
+            async def handle(reader, writer):
                 try:
-                    while True:
-                        data = await reader.read(65536)
-                        if not data:
-                            break
-                        writer.write(data)
-                        await writer.drain()
-                    if writer.can_write_eof():
-                        writer.write_eof()
-                except (OSError, RuntimeError):
-                    writer.close()
-
-            def handler(target):
-                kind, where, port = endpoint(target)
-
-                async def handle(reader, writer):
-                    try:
-                        if kind == "unix":
-                            far = await asyncio.open_unix_connection(where)
-                        else:
-                            far = await asyncio.open_connection(where, port)
-                    except OSError:
-                        writer.close()
-                        return
-                    await asyncio.gather(pump(reader, far[1]), pump(far[0], writer))
-                    writer.close()
-                    far[1].close()
-
-                return handle
-
-            async def serve():
-                for link in links.split(";"):
-                    listen, _, target = link.partition("=")
-                    kind, where, port = endpoint(listen)
                     if kind == "unix":
-                        await asyncio.start_unix_server(handler(target), where)
+                        far = await asyncio.open_unix_connection(where)
                     else:
-                        await asyncio.start_server(handler(target), where, port)
-                await asyncio.Event().wait()
+                        far = await asyncio.open_connection(where, port)
+                except OSError:
+                    writer.close()
+                    return
+                await asyncio.gather(pump(reader, far[1]), pump(far[0], writer))
+                writer.close()
+                far[1].close()
 
-            asyncio.run(serve())
-        os._exit(0)
-    os.waitpid(child, 0)
+            return handle
+
+        async def serve():
+            for link in links.split(";"):
+                listen, _, target = link.partition("=")
+                kind, where, port = endpoint(listen)
+                if kind == "unix":
+                    await asyncio.start_unix_server(handler(target), where)
+                else:
+                    await asyncio.start_server(handler(target), where, port)
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(None, os.waitpid, coglet, 0))[1]
+
+        os._exit(os.waitstatus_to_exitcode(asyncio.run(serve())) & 0xFF)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
 """
 
@@ -322,13 +321,14 @@ def _children(pid: int) -> list[int]:
 
 
 def coglet_pid(pid: int, sandboxed: bool) -> int | None:
-    """The host pid of coglet itself: ``pid`` unsandboxed, else the child of the sandbox's
-    init (bwrap, then its init, then coglet)."""
+    """The host pid of coglet itself: ``pid`` unsandboxed, else the child of the forwarder
+    (bwrap, then its init, then the forwarder, then coglet)."""
     if not sandboxed:
         return pid
     for init in _children(pid):
-        for child in _children(init):
-            return child
+        for forwarder in _children(init):
+            for coglet in _children(forwarder):
+                return coglet
     return None
 
 
