@@ -182,7 +182,10 @@ def run_probe(
     sandbox (``replicant/sandbox.py``, ``sandbox`` or the settings'): the model's directory
     read-only at /src, no network, and an environment of its own (none of this process's)."""
     config_ = sandbox or machine_sandbox()
-    inside = Path("/src") if require(config_) else model_dir.resolve()
+    try:
+        inside = Path("/src") if require(config_) else model_dir.resolve()
+    except SandboxUnavailable as e:
+        raise PredictorError(str(e)) from e
     args = [str(python), str(PROBE), str(inside), config.predict_ref]
     if config.train_ref:
         args.append(config.train_ref)

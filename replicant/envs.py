@@ -9,6 +9,7 @@ packages (so cog and coglet match the server's) underneath its own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import functools
 import hashlib
@@ -32,12 +33,16 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from replicant.cogmodel import CogConfig
+from replicant.egress import PROXY_PORT, proxy_env, proxy_in_thread
 from replicant.pythons import find_python
 from replicant.sandbox import (
+    EXEC_WITH_LINKS,
+    RUN_DIR,
     SandboxUnavailable,
     filtered_env,
     give_to_model,
     machine_sandbox,
+    require,
     sandboxed_run,
 )
 
@@ -224,26 +229,27 @@ def _run(
     }
     scratch = Path(tempfile.mkdtemp(prefix="replicant-build-"))
     try:
-        try:
-            if sandboxed is None:
-                env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
-                env.pop("PYTHONPATH", None)
-                proc = subprocess.Popen(args, text=True, env=env, **pipes)
-            else:
-                proc = _sandboxed(args, *sandboxed, scratch, pipes)
-        except (SandboxUnavailable, OSError) as e:
-            raise EnvBuildError(f"{what} failed: {e}") from e
-        assert proc.stdout is not None
-        with proc:
-            for raw in proc.stdout:
-                line = raw.rstrip()
-                tail.append(line)
-                progress(line)
+        with contextlib.ExitStack() as stack:
             try:
-                code = proc.wait(timeout=PIP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = -1
+                if sandboxed is None:
+                    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
+                    env.pop("PYTHONPATH", None)
+                    proc = subprocess.Popen(args, text=True, env=env, **pipes)
+                else:
+                    proc = stack.enter_context(_sandboxed(args, *sandboxed, scratch, pipes))
+            except (SandboxUnavailable, OSError) as e:
+                raise EnvBuildError(f"{what} failed: {e}") from e
+            assert proc.stdout is not None
+            with proc:
+                for raw in proc.stdout:
+                    line = raw.rstrip()
+                    tail.append(line)
+                    progress(line)
+                try:
+                    code = proc.wait(timeout=PIP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = -1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if code != 0:
@@ -251,6 +257,7 @@ def _run(
         raise EnvBuildError(f"{what} failed (exit status {code}):\n{output}")
 
 
+@contextmanager
 def _sandboxed(
     args: list[str],
     env_dir: Path,
@@ -258,25 +265,35 @@ def _sandboxed(
     local: dict[str, Path],
     scratch: Path,
     pipes: dict[str, Any],
-) -> subprocess.Popen[str]:
+) -> Iterator[subprocess.Popen[str]]:
     config = machine_sandbox()
     pip_env, pip_files = _pip_config()
     env = filtered_env({**pip_env, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"})
     env["PIP_USER"] = "0"
-    give_to_model(config, scratch)
+    (scratch / "tmp").mkdir()
+    give_to_model(config, scratch / "tmp")
     if config.switches_uid:  # pip, as the model's uid, writes the new venv
         _chown_tree(env_dir, config.uid, config.gid)
-    return sandboxed_run(
-        config,
-        args,
-        cwd=env_dir,
-        env=env,
-        read_only={**pip_files, **local},
-        writable={str(env_dir): env_dir, "/tmp": scratch},
-        python=python,
-        share_net=config.build_egress == "index",
-        **pipes,
-    )
+    writable = {str(env_dir): env_dir, "/tmp": scratch / "tmp"}
+    with contextlib.ExitStack() as stack:
+        if config.build_egress == "public" and require(config):
+            # pip reaches the index through the proxy to public addresses (replicant/egress.py).
+            proxy = stack.enter_context(proxy_in_thread(scratch / "egress.sock"))
+            writable[f"{RUN_DIR}/egress.sock"] = proxy
+            env.update(proxy_env())
+            env["REPLICANT_LINKS"] = f"tcp:127.0.0.1:{PROXY_PORT}=unix:{RUN_DIR}/egress.sock"
+            args = [sys.executable, "-c", EXEC_WITH_LINKS, *args]
+        yield sandboxed_run(
+            config,
+            args,
+            cwd=env_dir,
+            env=env,
+            read_only={**pip_files, **local},
+            writable=writable,
+            python=python,
+            share_net=config.build_egress == "unrestricted",
+            **pipes,
+        )
 
 
 def _local_path(token: str) -> Path | None:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from replicant.settings import Settings, get_settings
 
-Egress = Literal["none", "unrestricted"]
+Egress = Literal["none", "public", "unrestricted"]
 
 # What of /etc a Python program needs (TLS roots, name resolution, time zones, the loader's
 # cache, MIME types); the rest of /etc (and anything an operator keeps there) stays out.
@@ -73,6 +73,77 @@ GPU_DEVICES = ("nvidia-uvm", "nvidia-uvm-tools", "nvidiactl", "nvidia-modeset", 
 # Where a sandbox sees its own links to the worker and the files of the run it is given.
 RUN_DIR = "/run/replicant"
 
+# Python source (standard library only, any Python 3.9+) run first in a sandbox whose
+# REPLICANT_LINKS names links to the worker (``listen=target;...``, each ``unix:<path>`` or
+# ``tcp:<host>:<port>``): it forks, the parent forwards the links and exits with the child's
+# status, and the child (with PR_SET_PDEATHSIG) goes on to run what the sandbox is for. So
+# the links stay out of the child's process tree (coglet's only child is its worker).
+LINKS = """\
+links = os.environ.pop("REPLICANT_LINKS", "")
+if links:
+    child = os.fork()
+    if child:
+        # This process forwards the links and ends with its child, with its status.
+        import asyncio
+
+        def endpoint(spec):
+            kind, _, where = spec.partition(":")
+            if kind == "unix":
+                return kind, where, None
+            host, _, port = where.rpartition(":")
+            return kind, host, int(port)
+
+        async def pump(reader, writer):
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    writer.write(data)
+                    await writer.drain()
+                if writer.can_write_eof():
+                    writer.write_eof()
+            except (OSError, RuntimeError):
+                writer.close()
+
+        def handler(target):
+            kind, where, port = endpoint(target)
+
+            async def handle(reader, writer):
+                try:
+                    if kind == "unix":
+                        far = await asyncio.open_unix_connection(where)
+                    else:
+                        far = await asyncio.open_connection(where, port)
+                except OSError:
+                    writer.close()
+                    return
+                await asyncio.gather(pump(reader, far[1]), pump(far[0], writer))
+                writer.close()
+                far[1].close()
+
+            return handle
+
+        async def serve():
+            for link in links.split(";"):
+                listen, _, target = link.partition("=")
+                kind, where, port = endpoint(listen)
+                if kind == "unix":
+                    await asyncio.start_unix_server(handler(target), where)
+                else:
+                    await asyncio.start_server(handler(target), where, port)
+            loop = asyncio.get_running_loop()
+            return (await loop.run_in_executor(None, os.waitpid, child, 0))[1]
+
+        os._exit(os.waitstatus_to_exitcode(asyncio.run(serve())) & 0xFF)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+"""
+
+# Runs ``argv[1:]`` behind the links (the command of a sandboxed build or probe).
+EXEC_WITH_LINKS = (
+    "import ctypes, os, signal, sys\n" + LINKS + "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
 
 class SandboxUnavailable(RuntimeError):
     """This machine cannot sandbox model processes (and unsandboxed is not allowed)."""
@@ -88,7 +159,7 @@ class SandboxConfig:
     uid: int = 65534
     gid: int = 65534
     egress: Egress = "none"
-    build_egress: Literal["index", "none"] = "index"
+    build_egress: Egress = "public"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxConfig:
@@ -110,7 +181,7 @@ class SandboxConfig:
     @property
     def own_network(self) -> bool:
         """Whether the model gets a network namespace of its own (only loopback)."""
-        return self.egress == "none"
+        return self.egress != "unrestricted"
 
 
 def machine_sandbox() -> SandboxConfig:

@@ -225,20 +225,24 @@ class Settings(BaseSettings):
         "cannot switch: its models keep its uid, inside their namespaces.",
     )
     model_gid: int = Field(65534, description="The gid model processes run as (see `model_uid`).")
-    model_egress: Literal["none", "unrestricted"] = Field(
+    model_egress: Literal["none", "public", "unrestricted"] = Field(
         "none",
         description="The network a model process has. `none`: a network namespace of its own "
         "with only loopback (the worker's links, its HTTP to coglet and coglet's uploads, "
-        "webhooks and weights, go through Unix sockets); it reaches no address at all, public "
-        "or private, nor the platform's services. `unrestricted`: the worker's own network, "
-        "so a model can reach the internet and also every service the worker reaches "
+        "webhooks and weights, go through Unix sockets); it reaches no address at all. "
+        "`public`: the same, plus an HTTP(S) proxy (`HTTP_PROXY`/`HTTPS_PROXY` in its "
+        "environment) that connects only to public addresses, never to loopback, private "
+        "networks, link-local metadata or the platform's services. `unrestricted`: the "
+        "worker's own network, so a model can reach every service the worker reaches "
         "(Temporal, the database, Redis, the object store, private addresses).",
     )
-    model_build_egress: Literal["index", "none"] = Field(
-        "index",
+    model_build_egress: Literal["public", "none", "unrestricted"] = Field(
+        "public",
         description="The network of a sandboxed environment build (pip runs a package's "
-        "`setup.py` and build hooks): `index` shares the worker's network so pip reaches the "
-        "package index; `none` builds offline (a local `PIP_FIND_LINKS` only).",
+        "`setup.py` and build hooks), as `model_egress` has them: `public` (pip reaches "
+        "the package index through the proxy to public addresses), `none` (only local "
+        "indexes: `PIP_FIND_LINKS`, `file://` index URLs, bound read-only), `unrestricted` "
+        "(the worker's network, e.g. for an index on a private address).",
     )
 
     gpu_devices: str | None = Field(

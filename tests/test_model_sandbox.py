@@ -7,6 +7,7 @@ can be limited to listed accounts and organizations."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import socket
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +30,8 @@ from api.push import check_pusher
 from replicant.accounts import add_member, create_account, create_organization
 from replicant.cogmodel import PredictorError, load_cog_config, run_probe
 from replicant.devstack import free_port
+from replicant.egress import PROXY_PORT, EgressProxy
+from replicant.runner import RunnerSpec
 from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
 from tests.conftest import LiveStack
 from tests.modelkit import pack, predict, pushed, someone, version_dirs
@@ -149,6 +153,7 @@ def test_a_hostile_model_pushed_by_an_ordinary_account_reaches_nothing_and_runs(
     assert prediction["output"] == []
 
 
+@pytest.mark.integration  # starts coglet processes itself
 def test_a_machine_that_cannot_sandbox_refuses_model_code_unless_unsandboxed_is_set(
     tmp_path: Path,
 ) -> None:
@@ -259,3 +264,109 @@ def test_a_push_by_an_unlisted_account_is_refused_with_403_problem_json(
         assert push_as(listed).status_code == 201
     finally:
         live.stack.stop("api-pushers")
+
+
+FETCHER = """
+import os
+import socket
+import urllib.error
+import urllib.request
+
+from cog import BasePredictor
+
+
+class Predictor(BasePredictor):
+    def predict(self, host: str, port: int) -> list[str]:
+        done = []
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as answer:
+                done.append(f"fetched through the proxy: {answer.status}")
+        except urllib.error.HTTPError as err:
+            done.append(f"proxy answered {err.code}")
+        except OSError as err:
+            done.append(f"no fetch: {err}")
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            try:
+                sock.connect((host, port))
+                done.append("connected directly")
+            except OSError:
+                pass
+        done.append("proxy " + os.environ.get("HTTPS_PROXY", "unset"))
+        return done
+"""
+
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        self.send_response(200)
+        self.send_header("Content-Length", "5")
+        self.end_headers()
+        self.wfile.write(b"hello")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.integration  # starts coglet processes itself
+def test_public_egress_goes_through_a_proxy_that_refuses_private_addresses(
+    tmp_path: Path, listener: tuple[str, int]
+) -> None:
+    model = tmp_path / "fetcher"
+    model.mkdir()
+    (model / "predict.py").write_text(FETCHER)
+    (model / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
+    fetcher = RunnerSpec(
+        key="fetcher",
+        model_dir=model,
+        python=Path(sys.executable),
+        predict_ref="predict.py:Predictor",
+    )
+    public = replace(machine_sandbox(), egress="public")
+
+    async def run() -> Any:
+        pool = RunnerPool(max_warm=1, boot_timeout=60, sandbox=public)
+        await pool.start()
+        try:
+            host, port = listener
+            return await pool.predict(fetcher, "p-egress", {"host": host, "port": port})
+        finally:
+            await pool.close()
+
+    result = asyncio.run(run())
+    assert result.status == "succeeded", (result.error, result.logs)
+    # The private address: refused by the proxy (403), and no direct route at all.
+    assert result.output == ["proxy answered 403", f"proxy http://127.0.0.1:{PROXY_PORT}"]
+
+
+def test_the_egress_proxy_forwards_to_addresses_it_allows(tmp_path: Path) -> None:
+    # The proxy's own mechanics, with loopback allowed in place of a public address (this
+    # machine may have no route to the internet): plain HTTP and CONNECT both get through.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+
+    async def fetch() -> tuple[bytes, bytes]:
+        proxy = EgressProxy(tmp_path / "egress.sock", allowed=lambda a: a == "127.0.0.1")
+        await proxy.start()
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(proxy.path))
+            writer.write(f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            plain = await reader.read()
+            writer.close()
+            reader, writer = await asyncio.open_unix_connection(str(proxy.path))
+            writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            tunneled = await reader.read()
+            writer.close()
+            return plain, tunneled
+        finally:
+            await proxy.close()
+
+    try:
+        plain, tunneled = asyncio.run(fetch())
+    finally:
+        server.shutdown()
+    assert plain.startswith(b"HTTP/1.0 200") and plain.endswith(b"hello")
+    assert tunneled.startswith(b"HTTP/1.0 200") and tunneled.endswith(b"hello")

@@ -13,6 +13,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from replicant.egress import EgressProxy
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
 from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
 from replicant.weights import WeightsCache
@@ -95,6 +96,8 @@ class RunnerPool:
             update_interval=update_interval,
         )
         self._receiver = Receiver(self)
+        # Model processes' proxy to public addresses (model_egress=public).
+        self._egress: EgressProxy | None = None
         # Runs per instance index of a key: index i runs under key "{key}#{i}" (0: the key).
         self._busy_instances: dict[str, collections.Counter[int]] = {}
         self._started = False
@@ -115,6 +118,10 @@ class RunnerPool:
             await self._receiver.start()
             self._served.base = self._executor.hook_base = self._receiver.base
             self._processes.receiver = (self._receiver.socket, self._receiver.port)
+            if self._processes.sandbox.egress == "public":
+                self._egress = EgressProxy(self._receiver.socket.with_name("egress.sock"))
+                await self._egress.start()
+                self._processes.egress = self._egress.path
             atexit.register(self._processes.kill_all)
             self._started = True
             self.log.info(
@@ -127,6 +134,8 @@ class RunnerPool:
     async def close(self) -> None:
         """Stop every coglet process and the webhook receiver."""
         stopped = await self._processes.close()
+        if self._egress is not None:
+            await self._egress.close()
         await self._receiver.stop()
         await self._client.close()
         atexit.unregister(self._processes.kill_all)

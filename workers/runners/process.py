@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from replicant import sandbox
+from replicant.egress import PROXY_PORT, proxy_env
 from replicant.runner import BootError, RunnerSpec
-from replicant.sandbox import RUN_DIR, Launch, Mounts, SandboxConfig
+from replicant.sandbox import LINKS, RUN_DIR, Launch, Mounts, SandboxConfig
 from workers.runners.cgroups import MemoryCgroup
 from workers.runners.coglet import parse_log_line
 from workers.runners.memory import oom_counter, read_oom_kills
@@ -60,11 +61,11 @@ PASSTHROUGH_ENV = (
 # before its sandbox starts). In a sandbox it first forks: the parent forwards the links to
 # the worker (REPLICANT_LINKS, see ``ModelSandbox``) and exits with coglet's status, the
 # child runs coglet, whose only child is then its own worker (see ``worker_exited``).
-LAUNCHER = """\
+LAUNCHER = (
+    """\
 import ctypes, os, runpy, signal, sys
 parent = int(os.environ.pop("REPLICANT_POOL_PID", "0"))
 cgroup = os.environ.pop("REPLICANT_CGROUP_PROCS", "")
-links = os.environ.pop("REPLICANT_LINKS", "")
 try:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 except (AttributeError, OSError):
@@ -77,65 +78,12 @@ if cgroup:
             procs.write(str(os.getpid()))
     except OSError as err:
         sys.exit(f"replicant: cannot enter the model's memory cgroup {cgroup}: {err}")
-if links:
-    coglet = os.fork()
-    if coglet:
-        # This process forwards the links and ends with coglet (its child), with its status.
-        import asyncio
-
-        def endpoint(spec):
-            kind, _, where = spec.partition(":")
-            if kind == "unix":
-                return kind, where, None
-            host, _, port = where.rpartition(":")
-            return kind, host, int(port)
-
-        async def pump(reader, writer):
-            try:
-                while True:
-                    data = await reader.read(65536)
-                    if not data:
-                        break
-                    writer.write(data)
-                    await writer.drain()
-                if writer.can_write_eof():
-                    writer.write_eof()
-            except (OSError, RuntimeError):
-                writer.close()
-
-        def handler(target):
-            kind, where, port = endpoint(target)
-
-            async def handle(reader, writer):
-                try:
-                    if kind == "unix":
-                        far = await asyncio.open_unix_connection(where)
-                    else:
-                        far = await asyncio.open_connection(where, port)
-                except OSError:
-                    writer.close()
-                    return
-                await asyncio.gather(pump(reader, far[1]), pump(far[0], writer))
-                writer.close()
-                far[1].close()
-
-            return handle
-
-        async def serve():
-            for link in links.split(";"):
-                listen, _, target = link.partition("=")
-                kind, where, port = endpoint(listen)
-                if kind == "unix":
-                    await asyncio.start_unix_server(handler(target), where)
-                else:
-                    await asyncio.start_server(handler(target), where, port)
-            loop = asyncio.get_running_loop()
-            return (await loop.run_in_executor(None, os.waitpid, coglet, 0))[1]
-
-        os._exit(os.waitstatus_to_exitcode(asyncio.run(serve())) & 0xFF)
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+"""
+    + LINKS
+    + """\
 runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
 """
+)
 
 # Loaded by coglet in place of the model's own predictor or trainer (see its docstring).
 MODEL_ENTRY = Path(__file__).resolve().parent.parent / "model_entry.py"
@@ -213,11 +161,16 @@ class ModelSandbox:
     ``coglet.sock`` (a forwarder inside to coglet's port), and with a ``receiver`` (the
     pool's Unix socket and TCP port) coglet's uploads, webhooks and weights requests reach
     the pool's receiver through a forwarder listening on the receiver's port inside, so
-    every URL the worker hands out stays the same."""
+    every URL the worker hands out stays the same. With an ``egress`` proxy's socket
+    (``model_egress=public``), a forwarder on port ``PROXY_PORT`` reaches it, named in the
+    process's ``HTTP_PROXY``/``HTTPS_PROXY``."""
 
-    def __init__(self, config: SandboxConfig, receiver: tuple[Path, int] | None) -> None:
+    def __init__(
+        self, config: SandboxConfig, receiver: tuple[Path, int] | None, egress: Path | None
+    ) -> None:
         self.config = config
         self.receiver = receiver
+        self.egress = egress
         self.root = Path(tempfile.mkdtemp(prefix="replicant-model-"))
         self.root.chmod(0o711)
         for name in ("tmp", "run"):
@@ -293,6 +246,10 @@ class ModelSandbox:
             path, receiver_port = self.receiver
             mounts.writable[f"{RUN_DIR}/receiver.sock"] = path
             links.append(f"tcp:127.0.0.1:{receiver_port}=unix:{RUN_DIR}/receiver.sock")
+        if self.egress is not None and self.config.own_network:
+            mounts.writable[f"{RUN_DIR}/egress.sock"] = self.egress
+            links.append(f"tcp:127.0.0.1:{PROXY_PORT}=unix:{RUN_DIR}/egress.sock")
+            env.update(proxy_env())
         env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "REPLICANT_LINKS": ";".join(links)})
         env.pop("REPLICANT_POOL_PID", None)  # its parent inside is the sandbox's init
         env.pop("REPLICANT_CGROUP_PROCS", None)  # entered before the sandbox starts

@@ -80,6 +80,8 @@ class Processes:
         # Unix socket and port that a sandbox's forwarder reaches (set when the pool starts).
         self.sandbox = sandbox
         self.receiver: tuple[Path, int] | None = None
+        # The Unix socket of the pool's egress proxy (model_egress=public), once started.
+        self.egress: Path | None = None
         self.standbys = Standbys(standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -253,7 +255,7 @@ class Processes:
         process = CogletProcess(self.with_upload(spec), port, self.log)
         env = child_env(spec, port, self.update_interval)
         if sandboxed:
-            process.sandbox = ModelSandbox(self.sandbox, self.receiver)
+            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress)
             self.client.route(process.url, process.sandbox.socket)
             process.on_exit = self.client.unroute
         limit = self.cgroups.limit_for(spec.memory_sku) if self.cgroups is not None else None
