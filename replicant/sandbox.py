@@ -4,16 +4,20 @@ A model's code runs at push (the schema probe imports its module), while its env
 builds (pip runs ``setup.py`` and build hooks), and in the runner pool (setup, predictions,
 trainings, standbys, deployment instances). Each such process starts in ``bwrap``:
 
-- as ``model_uid``/``model_gid`` (not the worker's uid) when the worker runs as root, with
-  no capabilities and ``no_new_privs``;
-- in its own user, pid, mount, IPC, UTS and cgroup namespaces: it sees only its own
-  processes, and a file system made of the system's ``/usr`` (read-only), a short list of
-  ``/etc`` files, its Python environment and code (read-only), and its own scratch
-  directory as ``/tmp`` (writable); never the data dir, the database, the secret key,
-  other versions' directories or other runs' files;
+- as ``model_uid``/``model_gid`` (not the worker's uid) when the worker runs as root: bwrap
+  (privileged, no user namespace) builds the sandbox and ``setpriv`` drops to that uid with
+  no capabilities, an empty bounding set and ``no_new_privs``; a worker that is not root
+  runs bwrap in a user namespace of its own, and the model keeps its uid;
+- in its own pid, mount, IPC, UTS and cgroup namespaces: it sees only its own processes,
+  and a file system made of the system's ``/usr`` (read-only), a short list of ``/etc``
+  files, its Python environment and code (read-only), and its own scratch directory as
+  ``/tmp`` (writable); never the data dir, the database, the secret key, other versions'
+  directories or other runs' files;
 - in a network namespace of its own with only a loopback interface (``model_egress``
-  ``none``): the links it needs to the worker are Unix sockets bound into it (see
-  ``workers/runners/process.py``); ``unrestricted`` shares the worker's network instead;
+  ``none``): the links it needs to the worker are Unix sockets bound into it, reached
+  through a forwarder (``LINKS``; ``workers/runners/process.py``); ``public`` adds a proxy
+  to public addresses (``replicant/egress.py``), ``unrestricted`` shares the worker's
+  network instead;
 - with the environment it is given, nothing of the worker's.
 
 Binds go through file descriptors the spawning process opened (``--ro-bind-fd``), so a
