@@ -34,7 +34,16 @@ from replicant.egress import PROXY_PORT, EgressProxy
 from replicant.runner import RunnerSpec
 from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
 from tests.conftest import LiveStack
-from tests.modelkit import pack, predict, pushed, someone, version_dirs
+from tests.modelkit import (
+    COG_YAML,
+    PID_MODEL,
+    pack,
+    predict,
+    pushed,
+    someone,
+    version_dirs,
+    write_model,
+)
 from tests.runnerkit import spec, write_models
 from workers.runners import BootError, RunnerPool
 
@@ -186,16 +195,17 @@ def test_the_probe_sees_no_environment_of_the_process_that_pushed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REPLICANT_API_TOKEN", "r8_operator-canary")
-    model = tmp_path / "envprobe"
-    model.mkdir()
-    (model / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
-    (model / "predict.py").write_text(
-        "import json, os\n"
-        "from cog import BasePredictor, Input\n"
-        "SEEN = sorted(k for k, v in os.environ.items() if 'canary' in v or k.startswith('REP'))\n"
-        "class Predictor(BasePredictor):\n"
-        "    def predict(self, x: str = Input(description=json.dumps(SEEN))) -> str:\n"
-        "        return x\n"
+    model = write_model(
+        tmp_path / "envprobe",
+        {
+            "cog.yaml": COG_YAML,
+            "predict.py": "import json, os\n"
+            "from cog import BasePredictor, Input\n"
+            "SEEN = sorted(k for k, v in os.environ.items() if 'canary' in v or 'REP' in k)\n"
+            "class Predictor(BasePredictor):\n"
+            "    def predict(self, x: str = Input(description=json.dumps(SEEN))) -> str:\n"
+            "        return x\n",
+        },
     )
     config = load_cog_config(model)
     described = run_probe(model, Path(sys.executable), config, machine_sandbox())
@@ -234,16 +244,7 @@ def test_a_push_by_an_unlisted_account_is_refused_with_403_problem_json(
         "api-pushers", port, env={"REPLICANT_PUSH_ACCOUNTS": json.dumps([listed.username])}
     )
     try:
-        model = tmp_path / "m"
-        model.mkdir()
-        (model / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
-        (model / "predict.py").write_text(
-            "from cog import BasePredictor\n"
-            "class Predictor(BasePredictor):\n"
-            "    def predict(self) -> str:\n"
-            "        return 'ok'\n"
-        )
-        body = pack(model)
+        body = pack(write_model(tmp_path / "m", {"cog.yaml": COG_YAML, "predict.py": PID_MODEL}))
 
         def push_as(who: Any) -> httpx.Response:
             return httpx.post(
@@ -312,10 +313,7 @@ class Hello(http.server.BaseHTTPRequestHandler):
 def test_public_egress_goes_through_a_proxy_that_refuses_private_addresses(
     tmp_path: Path, listener: tuple[str, int]
 ) -> None:
-    model = tmp_path / "fetcher"
-    model.mkdir()
-    (model / "predict.py").write_text(FETCHER)
-    (model / "cog.yaml").write_text('predict: "predict.py:Predictor"\n')
+    model = write_model(tmp_path / "fetcher", {"cog.yaml": COG_YAML, "predict.py": FETCHER})
     fetcher = RunnerSpec(
         key="fetcher",
         model_dir=model,
