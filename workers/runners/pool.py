@@ -24,7 +24,7 @@ from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
 from workers.runners.memory import MemoryBudget, by_version
 from workers.runners.memory import export as export_memory
-from workers.runners.process import CogletProcess
+from workers.runners.process import CogletProcess, sweep_scratch
 from workers.runners.processes import Processes
 from workers.runners.receiver import Receiver
 from workers.runners.weights import ServedWeights
@@ -130,6 +130,7 @@ class RunnerPool:
                 self.max_warm,
             )
             self.log.info(await asyncio.to_thread(status_line, self._processes.sandbox))
+            await asyncio.to_thread(sweep_scratch)
 
     async def close(self) -> None:
         """Stop every coglet process and the webhook receiver."""

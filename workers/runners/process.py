@@ -171,7 +171,7 @@ class ModelSandbox:
         self.config = config
         self.receiver = receiver
         self.egress = egress
-        self.root = Path(tempfile.mkdtemp(prefix="replicant-model-"))
+        self.root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self.root.chmod(0o711)
         for name in ("tmp", "run"):
             (self.root / name).mkdir()
@@ -261,6 +261,22 @@ class ModelSandbox:
     def remove(self) -> None:
         """Remove its directory (whatever the model left in it)."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# A sandbox's directory in the temporary directory: replicant-model-<worker pid>-<random>.
+SCRATCH_PREFIX = "replicant-model-"
+
+
+def sweep_scratch() -> int:
+    """Remove the sandbox directories of workers that are gone (killed before they could);
+    how many."""
+    removed = 0
+    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        owner = path.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _children(pid: int) -> list[int]:
@@ -409,6 +425,8 @@ class CogletProcess:
                 await self.cgroup.remove()
             if self.sandbox is not None:
                 self.sandbox.remove()
+                if self.on_exit is not None:
+                    await self.on_exit(self.url, self.sandbox.socket)
             raise BootError(f"cannot start {spec.python} in {spec.model_dir}: {err}") from err
         finally:
             if launch is not None:

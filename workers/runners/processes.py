@@ -254,10 +254,6 @@ class Processes:
         port = sandbox_port() if own_network else free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
         env = child_env(spec, port, self.update_interval)
-        if sandboxed:
-            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress)
-            self.client.route(process.url, process.sandbox.socket)
-            process.on_exit = self.client.unroute
         limit = self.cgroups.limit_for(spec.memory_sku) if self.cgroups is not None else None
         if self.cgroups is not None and limit is not None:
             try:
@@ -271,9 +267,11 @@ class Processes:
             except BaseException:
                 if process.cgroup is not None:
                     process.cgroup.discard()
-                if process.sandbox is not None:
-                    process.sandbox.remove()
                 raise
+        if sandboxed:
+            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress)
+            self.client.route(process.url, process.sandbox.socket)
+            process.on_exit = self.client.unroute
         return process, env
 
     def placed(self) -> set[CogletProcess]:
