@@ -431,7 +431,9 @@ class Processes:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await process.output_seen.wait()
-            interval = min(interval * 1.5, 0.25)
+            # coglet writes its last setup lines a moment before it reports READY: after
+            # output, poll again soon rather than after the grown interval.
+            interval = 0.01 if process.output_seen.is_set() else min(interval * 1.5, 0.25)
 
     async def _setup_failed(self, process: CogletProcess, body: dict[str, object]) -> BootError:
         """The BootError of a failed setup(): the model's error, and its output to the end."""
