@@ -77,6 +77,9 @@ GPU_DEVICES = ("nvidia-uvm", "nvidia-uvm-tools", "nvidiactl", "nvidia-modeset", 
 # Where a sandbox sees its own links to the worker and the files of the run it is given.
 RUN_DIR = "/run/replicant"
 
+# The most entries of a model's code directory bound one by one (see ``Mounts.add_code``).
+MAX_CODE_ENTRIES = 256
+
 # Python source (standard library only, any Python 3.9+) run first in a sandbox whose
 # REPLICANT_LINKS names links to the worker (``listen=target;...``, each ``unix:<path>`` or
 # ``tcp:<host>:<port>``): it forks, the parent forwards the links and exits with the child's
@@ -286,6 +289,25 @@ class Mounts:
 
     read_only: dict[str, Path] = field(default_factory=dict)
     writable: dict[str, Path] = field(default_factory=dict)
+    # Symbolic links made inside (path inside -> target), resolved inside the sandbox.
+    symlinks: dict[str, str] = field(default_factory=dict)
+
+    def add_code(self, dest: str, code: Path, scratch: Path) -> None:
+        """``code`` at ``dest``, each of its entries read-only, in the writable ``scratch``
+        (a model may write new files where it runs, as in Cog's images, never change its
+        own); a link among them is made inside, where it resolves in the sandbox, never
+        followed on the host. A directory of very many entries is bound whole."""
+        entries = sorted(code.iterdir())
+        if len(entries) > MAX_CODE_ENTRIES:
+            self.read_only[dest] = code
+            return
+        self.writable[dest] = scratch
+        for entry in entries:
+            inside = f"{dest}/{entry.name}"
+            if entry.is_symlink():
+                self.symlinks[inside] = os.readlink(entry)
+            else:
+                self.read_only[inside] = entry
 
     def add_python(self, python: Path) -> None:
         """The model's Python: its environment (a venv) and the installation under it, and
@@ -370,6 +392,8 @@ def launch(
         raise
     # bwrap makes a bind's missing parents with the host's modes (/root is 0700): open
     # them to the model's uid, except where they are binds or inside one themselves.
+    for dest, target in sorted(mounts.symlinks.items()):
+        args += ["--symlink", target, dest]
     fixed = {*mounts.read_only, *ETC_FILES, "/usr", "/proc", "/dev"}
     dests = {*fixed, *mounts.writable, "/run"}
     parents = {str(a) for d in [*dests, *ETC_FILES] for a in Path(d).parents}

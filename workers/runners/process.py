@@ -90,7 +90,8 @@ MODEL_ENTRY = Path(__file__).resolve().parent.parent / "model_entry.py"
 
 OUTPUT_TAIL_LINES = 300
 
-# Where a sandboxed model's code is (read-only; its working directory), as in Cog's images.
+# Where a sandboxed model's code is (its files read-only; its working directory, where it
+# may write new files), as in Cog's images.
 MODEL_DIR = "/src"
 
 
@@ -154,8 +155,9 @@ SHARED_CACHES = ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "XDG_CACHE_HOME")
 
 class ModelSandbox:
     """The sandbox of one coglet process (``replicant/sandbox.py``): its directory on the
-    host (``tmp``, its /tmp; ``run``, its RUN_DIR with coglet's socket; ``inputs``, the
-    input files of its runs, read-only inside) and the links to the worker.
+    host (``tmp``, its /tmp; ``src``, under the model's code at /src, where it may write
+    new files; ``run``, its RUN_DIR with coglet's socket; ``inputs``, the input files of
+    its runs, read-only inside) and the links to the worker.
 
     Its network namespace has only loopback: the worker reaches coglet through
     ``coglet.sock`` (a forwarder inside to coglet's port), and with a ``receiver`` (the
@@ -173,7 +175,7 @@ class ModelSandbox:
         self.egress = egress
         self.root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self.root.chmod(0o711)
-        for name in ("tmp", "run"):
+        for name in ("tmp", "run", "src"):
             (self.root / name).mkdir()
             sandbox.give_to_model(config, self.root / name)
         self.inputs = self.root / "inputs"
@@ -229,7 +231,6 @@ class ModelSandbox:
         links = [f"unix:{RUN_DIR}/coglet.sock=tcp:127.0.0.1:{port}"]
         mounts = Mounts(
             read_only={
-                MODEL_DIR: spec.model_dir,
                 str(MODEL_ENTRY): MODEL_ENTRY,
                 "/etc/passwd": self.root / "passwd",
                 "/etc/group": self.root / "group",
@@ -237,6 +238,7 @@ class ModelSandbox:
             },
             writable={"/tmp": self.root / "tmp", RUN_DIR: self.root / "run"},
         )
+        mounts.add_code(MODEL_DIR, spec.model_dir, self.root / "src")
         mounts.add_python(spec.python)
         for name in SHARED_CACHES:
             cache = Path(env.get(name, ""))

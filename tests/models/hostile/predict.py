@@ -24,6 +24,11 @@ def attempts() -> list[str]:
             done.append(f"read {path}")
         except OSError:
             pass
+    try:
+        with open(__file__, "a"):
+            done.append("could change its own code")
+    except OSError:
+        pass
     for key, value in os.environ.items():
         if key.startswith(tuple(targets["env_prefixes"])) or value in targets["secrets"]:
             done.append(f"saw {key} in its environment")
