@@ -68,8 +68,9 @@ BUILD_TIMEOUT = 300
 
 
 class Gate:
-    """The gate of a gated model: ``touch`` opens it for every probe of the model that waits
-    now or later (each in a sandbox with a /tmp of its own, a directory on this host)."""
+    """The gate of a gated model: ``touch`` opens it for every import of the model that waits
+    now or later, its probe's and its model processes' (each in a sandbox with a /tmp of its
+    own, a directory on this host)."""
 
     opened: set[str] = set()
     _watcher: threading.Thread | None = None
@@ -88,7 +89,10 @@ class Gate:
     def _open_waiting() -> None:
         tmp = tempfile.gettempdir()
         for token in list(Gate.opened):
-            for marker in [*glob.glob(f"{tmp}/*/{token}.waiting"), f"{tmp}/{token}.waiting"]:
+            # The probe's /tmp is replicant-probe-*/, a model process's replicant-model-*/tmp/.
+            markers = [*glob.glob(f"{tmp}/*/{token}.waiting")]
+            markers += glob.glob(f"{tmp}/*/*/{token}.waiting")
+            for marker in [*markers, f"{tmp}/{token}.waiting"]:
                 waiting = Path(marker)
                 if waiting.exists():
                     with contextlib.suppress(OSError):
