@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -28,11 +29,13 @@ from sqlmodel import Session
 from api.errors import ProblemError
 from api.push import check_pusher
 from replicant.accounts import add_member, create_account, create_organization
-from replicant.cogmodel import PredictorError, load_cog_config, run_probe
+from replicant.cogmodel import CogConfig, PredictorError, load_cog_config, run_probe
 from replicant.devstack import free_port
 from replicant.egress import PROXY_PORT, EgressProxy
+from replicant.envs import ensure_env
 from replicant.runner import RunnerSpec
 from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
+from replicant.settings import get_settings
 from tests.conftest import LiveStack
 from tests.modelkit import (
     COG_YAML,
@@ -45,6 +48,7 @@ from tests.modelkit import (
     write_model,
 )
 from tests.runnerkit import spec, write_models
+from tests.test_envs import make_wheel
 from workers.runners import BootError, RunnerPool
 
 HOSTILE = Path(__file__).resolve().parent / "models" / "hostile"
@@ -368,3 +372,28 @@ def test_the_egress_proxy_forwards_to_addresses_it_allows(tmp_path: Path) -> Non
         server.shutdown()
     assert plain.startswith(b"HTTP/1.0 200") and plain.endswith(b"hello")
     assert tunneled.startswith(b"HTTP/1.0 200") and tunneled.endswith(b"hello")
+
+
+@pytest.mark.integration  # runs pip in the sandbox
+def test_an_environment_builds_in_the_sandbox_behind_the_egress_proxy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REPLICANT_MODEL_BUILD_EGRESS", "public")
+    get_settings.cache_clear()
+    try:
+        assert machine_sandbox().build_egress == "public"
+        wheel = make_wheel(tmp_path)
+        config = CogConfig(predict_ref="predict.py:Predictor", python_packages=[str(wheel)])
+        python = ensure_env(config, tmp_path / "envs")
+    finally:
+        get_settings.cache_clear()
+    probe = subprocess.run(
+        [str(python), "-c", "import replicant_test_pkg as p; print(p.VALUE)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.split() == ["42"]
+    # pip ran as the model's uid; the built environment is the worker's again.
+    env = python.parent.parent
+    assert {p.stat().st_uid for p in env.rglob("*") if not p.is_symlink()} == {os.geteuid()}
