@@ -204,6 +204,8 @@ def _pip_config() -> tuple[dict[str, str], dict[str, Path]]:
         env["PIP_" + key.upper().replace("-", "_")] = value
         for token in value.split():
             path = Path(token.removeprefix("file://"))
+            if key.endswith("index-url") and path.name == "simple":
+                path = path.parent  # a PEP 503 index links its files beside simple/
             if path.is_absolute() and path.exists():
                 files[str(path)] = path
     return env, files
