@@ -28,13 +28,16 @@ typecheck: $(STAMP)
 # the deploy files, the migrations (which test both databases themselves) and the scale-out
 # test (always on PostgreSQL). The three passes run side by side (tests/passes.py): most tests
 # wait on timers, so the wall time is about the longest pass's, not the sum.
-API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_conformance.py \
+API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_body_limits.py \
+	tests/test_cog_features.py \
+	tests/test_conformance.py \
 	tests/test_deployment_instances.py tests/test_deployment_priority.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
 	tests/test_file_lifecycle.py \
 	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \
 	tests/test_privacy.py tests/test_push.py tests/test_push_archives.py \
-	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_streaming.py \
+	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_sessions.py \
+	tests/test_streaming.py \
 	tests/test_trainings.py tests/test_webhooks.py
 # tests/test_real_models.py and tests/test_cog_examples.py run once, in the `once` pass: they
 # test models, and each pass would build the real models' environments again.
@@ -77,3 +80,5 @@ API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_de
 	tests/test_idempotency.py tests/test_list_filters.py tests/test_model_examples.py \
 	tests/test_model_readme.py tests/test_model_sorting.py tests/test_official_models.py \
 	tests/test_prediction_delete.py
+API_TESTS += tests/test_concurrency.py
+API_TESTS += tests/test_visibility.py

@@ -43,7 +43,7 @@ from replicant.objectkeys import prediction_inputs, prediction_prefix
 from replicant.runner import UploadSink
 from replicant.safefetch import FetchError, fetch
 from replicant.settings import Settings
-from replicant.storage import ObjectStore, TooLarge, Upload, signed_url
+from replicant.storage import ObjectStore, TooLarge, Upload, put_data_uri, signed_url
 from replicant.tables import StoredFile, Version
 from replicant.timeutil import utcnow
 
@@ -129,19 +129,8 @@ class Stager:
         return await self._stage_url(value, key_dir)
 
     async def _stage_data_uri(self, value: str, key_dir: str) -> str:
-        content_type, data = parse_data_uri(value)
-        if len(data) > self.settings.max_file_size:
-            raise InputFileError(f"is larger than {self.settings.max_file_size} bytes")
-        filename = safe_filename("file", content_type)
-        upload = self.store.new_upload()
-        try:
-            upload.write(data)
-            await asyncio.to_thread(
-                self.store.commit, upload, f"{key_dir}/{filename}", content_type
-            )
-        finally:
-            upload.discard()
-        return filename
+        limit = self.settings.max_file_size
+        return await asyncio.to_thread(put_data_uri, self.store, value, key_dir, limit)
 
     async def _stage_uploaded(self, owner: str, file_id: str, key_dir: str) -> str:
         def find() -> StoredFile | None:

@@ -19,7 +19,7 @@ from sqlmodel import Session
 from temporalio import activity
 
 from activities.files import stored_output, uploads_outputs
-from activities.running import LiveRun, ensure_env, heartbeat_forever, load_version, run_model
+from activities.running import LiveRun, Placed, attempt, load_version
 from activities.webhooks import WebhookActivities
 from replicant import readmodel
 from replicant.cogmodel import CogConfigError, load_cog_config, output_streams
@@ -31,15 +31,13 @@ from replicant.contracts import (
     RunOutcome,
     Status,
 )
-from replicant.envs import EnvBuildError
+from replicant.inputfacts import input_facts
 from replicant.objectkeys import prediction_prefix
-from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
-from replicant.sealing import Sealer, UnsealError
-from replicant.settings import Settings, get_settings
+from replicant.runner import CogPrediction, ModelRunner, RunnerSpec
+from replicant.settings import Settings
 from replicant.storage import ObjectStore, outward_output
 from replicant.tables import TERMINAL_STATUSES, Version
 from replicant.timeutil import utcnow
-from replicant.validation import redact_secrets
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
 
@@ -81,13 +79,12 @@ def sku_key(key: str, memory_sku: str | None) -> str:
     return f"{key}@{memory_sku}" if memory_sku else key
 
 
-def runner_spec(version: Version, hardware: str | None = None) -> RunnerSpec:
+def runner_spec(settings: Settings, version: Version, hardware: str | None = None) -> RunnerSpec:
     """How to run a version on ``hardware``: its directory, environment, (for fine-tunes)
     weights, and the memory limit of the SKU when it has one of its own."""
     weights = version.weights_url
     # Stored weights are materialized and served by the pool; a URL goes to the model as is.
     stored = is_store_ref(weights)
-    settings = get_settings()
     threads = str(model_cpu_threads(settings))
     # Models read REPLICANT_CPU_THREADS (onnxruntime); OpenMP-based libraries read the other.
     env = {"REPLICANT_CPU_THREADS": threads, "OMP_NUM_THREADS": threads}
@@ -118,16 +115,18 @@ def runner_spec(version: Version, hardware: str | None = None) -> RunnerSpec:
 
 
 class PredictionActivities:
-    """The activities, bound to one database and one pool of model processes."""
+    """The activities, bound to one database, its settings and one pool of model processes."""
 
     def __init__(
         self,
         engine: Engine,
+        settings: Settings,
         pool: ModelRunner | None = None,
         webhooks: WebhookActivities | None = None,
         store: ObjectStore | None = None,
     ) -> None:
         self.engine = engine
+        self.settings = settings
         self.pool = pool
         self.webhooks = webhooks
         self.store = store
@@ -181,6 +180,10 @@ class PredictionActivities:
             files = await asyncio.to_thread(self.store.delete_prefix, prediction_prefix(ref.id))
         log.info("event=data_removed prediction=%s files=%d", ref.id, files)
 
+    def spec(self, version: Version, hardware: str | None = None) -> RunnerSpec:
+        """How this worker runs ``version`` on ``hardware`` (``runner_spec``)."""
+        return runner_spec(self.settings, version, hardware)
+
     async def _version(self, version_id: str) -> Version:
         version = self._versions.get(version_id)
         if version is None:
@@ -204,44 +207,19 @@ class PredictionActivities:
             processing_delay=0.0 if hooks is not None else PROCESSING_DELAY,
         )
         finish = functools.partial(_finish, self.engine, req, run)
-        heartbeats = asyncio.create_task(heartbeat_forever())
-        try:
-            await ensure_env(version)
-            result = await run_model(
-                self.pool,
-                runner_spec(version, req.hardware),
-                req,
-                self.store,
-                on_booted=run.on_booted,
-                on_update=run.on_update,
-                unseal=functools.partial(
-                    Sealer(get_settings().ensure_secret_key(), req.id, req.version).unseal_input,
-                    version.openapi_schema,
-                ),
-            )
-        except TimeoutError:
-            return await finish(
-                "failed", error=f"Prediction timed out after {req.timeout:g} seconds"
-            )
-        except UnsealError as err:  # another attempt would fail the same way
-            return await finish("failed", error=str(err))
-        except BootError as err:
-            # A model whose setup() fails will fail again: record it rather than retry.
-            return await finish("failed", error=f"Model setup failed: {err}", logs=err.logs)
-        except EnvBuildError as err:
-            return await finish(
-                "failed", error=f"The model's environment could not be built: {err}"
-            )
-        except asyncio.CancelledError:
-            if cancel_was_requested() and not self.stopping:
-                await asyncio.shield(finish("canceled"))
-            else:
-                # Only this attempt is over (its heartbeat timed out, e.g. while Temporal was
-                # down, or the worker is stopping): the next attempt runs the prediction.
-                await asyncio.shield(run.abandon())
-            raise
-        finally:
-            heartbeats.cancel()
+        placed = Placed(self.pool, self.spec(version, req.hardware), self.store)
+        result = await attempt(
+            req,
+            version,
+            placed,
+            run,
+            finish,
+            secret_key=self.settings.ensure_secret_key(),
+            noun="Prediction",
+            stopping=lambda: self.stopping,
+        )
+        if not isinstance(result, CogPrediction):
+            return result
         output = await stored_output(self.pool.upload, req.id, result.output)
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
@@ -253,15 +231,9 @@ def _insert_redacted(engine: Engine, req: PredictionRequest) -> None:
         version = session.get(Version, req.version)
     # An unknown version has no Secret inputs to redact; its run fails as VersionNotFound.
     if version is not None:
-        req = req.model_copy(update={"input": redact_secrets(version.openapi_schema, req.input)})
+        facts = input_facts(version.id, version.openapi_schema)
+        req = req.model_copy(update={"input": facts.redact(req.input)})
     readmodel.insert_prediction(engine, req)
-
-
-def cancel_was_requested() -> bool:
-    """Whether the workflow asked to cancel the run (a user's cancel, a deadline), rather
-    than Temporal or the worker ending this attempt alone."""
-    details = activity.cancellation_details()
-    return details is None or details.cancel_requested
 
 
 def _record_progress(engine: Engine, prediction_id: str, state: CogPrediction) -> None:

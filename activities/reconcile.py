@@ -37,7 +37,7 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from replicant import builds, readmodel, trainings
-from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts
+from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts, build_workflow_id
 from replicant.objectkeys import prediction_prefix, training_inputs
 from replicant.storage import ObjectStore
 from replicant.tables import Build, IdempotencyKey, Prediction, Training
@@ -108,7 +108,7 @@ class ReconcileActivities:
                 if await asyncio.to_thread(ended, self.engine, self.store, build_id, status):
                     how = "never_started" if status is None else status.name.lower()
                     log.warning("event=build_reconciled build=%s workflow=%s", build_id, how)
-                    result.failed.append(f"build-{build_id}")
+                    result.failed.append(build_workflow_id(build_id))
             self._went_over("build", ids, result)
         return result
 
@@ -191,9 +191,9 @@ class ReconcileActivities:
         running = {w.id async for w in self.client.list_workflows(query)}
         stopped: list[tuple[str, Ended]] = []
         for build_id in build_ids:
-            if f"build-{build_id}" in running:
+            if build_workflow_id(build_id) in running:
                 continue
-            status = await workflow_status(self.client, f"build-{build_id}")
+            status = await workflow_status(self.client, build_workflow_id(build_id))
             if status != WorkflowExecutionStatus.RUNNING:
                 stopped.append((build_id, status))
         return stopped

@@ -1,14 +1,16 @@
 """What the run activities of predictions and trainings share: the version, heartbeats, one
 run on the pool with staged input files as local paths and a timeout that counts the model's
-own run, and what one attempt reports as it runs (``LiveRun``)."""
+own run, what one attempt reports as it runs (``LiveRun``), and the ladder of how an attempt
+ends (``attempt``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -19,8 +21,17 @@ from activities.files import WithStagedFiles, materialized_input
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks
 from replicant.contracts import ErrorType
-from replicant.envs import env_ready
-from replicant.runner import CogPrediction, ModelRunner, OnBooted, OnUpdate, RunnerSpec
+from replicant.envs import EnvBuildError, env_ready
+from replicant.inputfacts import input_facts
+from replicant.runner import (
+    BootError,
+    CogPrediction,
+    ModelRunner,
+    OnBooted,
+    OnUpdate,
+    RunnerSpec,
+)
+from replicant.sealing import Sealer, UnsealError
 from replicant.storage import ObjectStore
 from replicant.tables import Version
 from replicant.timeutil import utcnow
@@ -194,3 +205,95 @@ class LiveRun:
         await self._progress.stop()
         if self._processing is not None:
             self._processing.cancel()
+
+
+def cancel_was_requested() -> bool:
+    """Whether the workflow asked to cancel the run (a user's cancel, a deadline), rather
+    than Temporal or the worker ending this attempt alone."""
+    details = activity.cancellation_details()
+    return details is None or details.cancel_requested
+
+
+class RunRequest(TimedRequest, Protocol):
+    """A run's request as an attempt needs it: its id, version and hardware too."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def hardware(self) -> str: ...
+
+
+Ended = TypeVar("Ended")
+Ended_co = TypeVar("Ended_co", covariant=True)
+
+
+class End(Protocol[Ended_co]):
+    """How a kind records an attempt's end: ``end("failed", error=..., logs=...)``."""
+
+    def __call__(
+        self, status: Any, *, error: str | None = None, logs: str | None = None
+    ) -> Awaitable[Ended_co]: ...
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where an attempt runs: the pool, the runner spec of the version, and the object
+    store of its staged input files (None: it has none)."""
+
+    pool: ModelRunner
+    spec: RunnerSpec
+    store: ObjectStore | None
+
+
+async def attempt(
+    req: RunRequest,
+    version: Version,
+    placed: Placed,
+    run: LiveRun,
+    end: End[Ended],
+    *,
+    secret_key: str,
+    noun: str,
+    component: str = "Input",
+    stopping: Callable[[], bool] = lambda: False,
+) -> CogPrediction | Ended:
+    """One attempt of a run activity, a prediction's or a training's: the model's terminal
+    state, or the end recorded by ``end`` (a timeout, a seal that does not open, a failed
+    setup or environment). Cancelled, it records ``canceled`` when the workflow asked (a
+    user's cancel, a deadline) and the worker is not ``stopping``; otherwise only this
+    attempt is over (its heartbeat timed out, or the worker stops): it records nothing, and
+    the next attempt runs the model."""
+    facts = input_facts(version.id, version.openapi_schema, component)
+    sealer = Sealer(secret_key, req.id, req.version)
+    heartbeats = asyncio.create_task(heartbeat_forever())
+    try:
+        await ensure_env(version)
+        return await run_model(
+            placed.pool,
+            placed.spec,
+            req,
+            placed.store,
+            on_booted=run.on_booted,
+            on_update=run.on_update,
+            # Secret inputs are opened at the last moment (replicant/sealing.py).
+            unseal=lambda payload: facts.map_secrets(payload, sealer.unseal_value),
+        )
+    except TimeoutError:
+        return await end("failed", error=f"{noun} timed out after {req.timeout:g} seconds")
+    except UnsealError as err:  # another attempt would fail the same way
+        return await end("failed", error=str(err))
+    except BootError as err:
+        # A model whose setup() fails will fail again: record it rather than retry.
+        return await end("failed", error=f"Model setup failed: {err}", logs=err.logs)
+    except EnvBuildError as err:
+        return await end("failed", error=f"The model's environment could not be built: {err}")
+    except asyncio.CancelledError:
+        if cancel_was_requested() and not stopping():
+            await asyncio.shield(end("canceled"))
+        else:
+            await asyncio.shield(run.abandon())
+        raise
+    finally:
+        heartbeats.cancel()

@@ -25,7 +25,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.files import Stager
 from activities.predictions import runner_spec, sku_key
-from activities.running import LiveRun, ensure_env, heartbeat_forever, load_version, run_model
+from activities.running import LiveRun, Placed, attempt, load_version
 from activities.webhooks import (
     LIVE_EVENTS,
     LiveWebhooks,
@@ -47,11 +47,9 @@ from replicant.contracts import (
     TrainingWebhook,
     WebhookResult,
 )
-from replicant.envs import EnvBuildError
 from replicant.inputfiles import InputFileError, parse_data_uri
 from replicant.objectkeys import training_inputs, training_prefix
-from replicant.runner import BootError, CogPrediction, ModelRunner, RunnerSpec
-from replicant.sealing import Sealer, UnsealError
+from replicant.runner import CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.tables import Training, Version
@@ -67,10 +65,10 @@ log = logging.getLogger("replicant.activities")
 LOG_INTERVAL = 0.5
 
 
-def trainer_spec(version: Version, hardware: str | None = None) -> RunnerSpec:
+def trainer_spec(settings: Settings, version: Version, hardware: str | None = None) -> RunnerSpec:
     """The version's trainer on ``hardware``: its model directory and environment, in
     coglet's train mode."""
-    spec = runner_spec(version, hardware)
+    spec = runner_spec(settings, version, hardware)
     key = sku_key(f"{version.id}+train", spec.memory_sku)
     return spec.model_copy(update={"key": key, "mode": "train", "env": {}, "weights_ref": None})
 
@@ -168,45 +166,21 @@ class TrainingActivities:
             processing_delay=None,
             live_output=False,
         )
-        close = functools.partial(_close, progress, self.engine, req.id)
-        heartbeats = asyncio.create_task(heartbeat_forever())
-        try:
-            await ensure_env(version)
-            result = await run_model(
-                self.pool,
-                trainer_spec(version, req.hardware),
-                req,
-                store,
-                on_booted=progress.on_booted,
-                on_update=progress.on_update,
-                unseal=functools.partial(
-                    Sealer(self.settings.ensure_secret_key(), req.id, req.version).unseal_input,
-                    version.openapi_schema,
-                    component="TrainingInput",
-                ),
-            )
-        except TimeoutError:
-            await close(None)
-            return TrainingRun(
-                status="failed", error=f"Training timed out after {req.timeout:g} seconds"
-            )
-        except UnsealError as err:  # another attempt would fail the same way
-            await close(None)
-            return TrainingRun(status="failed", error=str(err))
-        except BootError as err:
-            await close(err.logs)
-            return TrainingRun(status="failed", error=f"Model setup failed: {err}")
-        except EnvBuildError as err:
-            await close(None)
-            return TrainingRun(
-                status="failed", error=f"The model's environment could not be built: {err}"
-            )
-        except asyncio.CancelledError:
-            progress.abort()
-            raise
-        finally:
-            heartbeats.cancel()
-        await close(result.logs, canceled=result.status == "canceled")
+        end = functools.partial(_end, progress, self.engine, req.id)
+        placed = Placed(self.pool, trainer_spec(self.settings, version, req.hardware), store)
+        result = await attempt(
+            req,
+            version,
+            placed,
+            progress,
+            end,
+            secret_key=self.settings.ensure_secret_key(),
+            noun="Training",
+            component="TrainingInput",
+        )
+        if not isinstance(result, CogPrediction):
+            return result
+        await _close(progress, self.engine, req.id, result.logs, result.status == "canceled")
         if result.status != "succeeded":
             status = result.status if result.status in ("failed", "canceled") else "failed"
             return TrainingRun(status=status, error=result.error, started_at=progress.started_at)
@@ -218,7 +192,7 @@ class TrainingActivities:
             "event=weights_stored training=%s key=%s bytes=%d", req.id, weights.key, weights.size
         )
         # The new fine-tune's first prediction will want a process of this base version.
-        self.pool.keep_standby(runner_spec(version, req.hardware))
+        self.pool.keep_standby(runner_spec(self.settings, version, req.hardware))
         return TrainingRun(status="succeeded", weights=weights, started_at=progress.started_at)
 
     async def _store_weights(self, training_id: str, result: CogPrediction) -> StoredWeights:
@@ -234,22 +208,12 @@ class TrainingActivities:
         except InputFileError as err:
             raise ValueError(f"The trainer's weights output {err}") from err
         store = await self.store()
-
-        def write() -> StoredWeights:
-            upload = store.new_upload()
-            try:
-                upload.write(data)
-            except BaseException:
-                upload.discard()
-                raise
-            extension = mimetypes.guess_extension(content_type) or ""
-            key = f"{training_prefix(training_id)}weights{extension}"
-            store.commit(upload, key, content_type)
-            return StoredWeights(
-                key=key, sha256=upload.sha256, size=upload.size, content_type=content_type
-            )
-
-        return await asyncio.to_thread(write)
+        extension = mimetypes.guess_extension(content_type) or ""
+        key = f"{training_prefix(training_id)}weights{extension}"
+        stored = await asyncio.to_thread(store.put_bytes, data, key, content_type)
+        return StoredWeights(
+            key=key, sha256=stored.sha256, size=stored.size, content_type=content_type
+        )
 
     @activity.defn(name=ActivityName.COMPLETE_TRAINING)
     async def complete_training(self, done: CompleteTraining) -> TrainingOutcome:
@@ -340,8 +304,23 @@ def _record_logs(engine: Engine, training_id: str, state: CogPrediction) -> None
     trainings.record_logs(engine, training_id, state.logs)
 
 
+async def _end(
+    run: LiveRun,
+    engine: Engine,
+    training_id: str,
+    status: Any,
+    *,
+    error: str | None = None,
+    logs: str | None = None,
+) -> TrainingRun:
+    """An attempt that ended before the trainer's result: its last logs and live events; the
+    workflow records the end."""
+    await _close(run, engine, training_id, logs, status == "canceled")
+    return TrainingRun(status=status, error=error, started_at=run.started_at)
+
+
 async def _close(
-    run: LiveRun, engine: Engine, training_id: str, logs: str | None, *, canceled: bool = False
+    run: LiveRun, engine: Engine, training_id: str, logs: str | None, canceled: bool
 ) -> None:
     """Stop the attempt's writes, record its final logs and deliver its last live events
     (the workflow records the end and sends ``completed``)."""

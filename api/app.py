@@ -6,11 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from api import dashboard
+from api.bodylimit import BodyLimit
 from api.deadlines import AbortedForOptedInClients
-from api.errors import install_error_handlers
+from api.errors import UnexpectedErrors, install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
 from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
@@ -31,7 +33,7 @@ from api.routes import (
     trainings,
     webhooks,
 )
-from api.state import AppState
+from api.state import AppState, pool_size
 from api.textguard import RefuseLoneSurrogates
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
@@ -40,13 +42,17 @@ from replicant.settings import Settings, get_settings
 def create_app(settings: Settings | None = None) -> FastAPI:
     """An app for ``settings`` (the environment's when omitted)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, connections=pool_size(settings))
     init_db(engine)
+    state = AppState(settings=settings, engine=engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Synchronous routes and Database's threads share this limiter; the pool has a
+        # connection for each of them (api.state.pool_size).
+        to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
-        engine.dispose()
+        state.dispose()
 
     # Every route counts against its caller's rate limit (api/ratelimit.py).
     app = FastAPI(
@@ -55,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         dependencies=[Depends(rate_limit)],
     )
-    app.state.replicant = AppState(settings=settings, engine=engine)
+    app.state.replicant = state
     app.state.rate_limiter = RateLimiter(settings)
     install_error_handlers(app)
     app.state.metrics = Metrics(engine, settings.metrics_count_interval)
@@ -63,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
+    app.add_middleware(BodyLimit, settings=settings)  # before any body is read
+    app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(prediction_data.router)

@@ -50,6 +50,16 @@ async def get_database(state: StateDep) -> Database:
 DatabaseDep = Annotated[Database, Depends(get_database)]
 
 
+# The dashboard calls the API's routes in-process for a signed-in session, naming the
+# session's API token by its id in the ASGI scope's state, which no HTTP client can set.
+SESSION_TOKEN = "dashboard_token_id"
+
+
+def _session_token_id(request: Request) -> int | None:
+    value = request.scope.get("state", {}).get(SESSION_TOKEN)
+    return value if isinstance(value, int) else None
+
+
 def _token_from(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -68,6 +78,16 @@ def _account_for(session: Session, token: str) -> Account | None:
     return session.exec(stmt).first()
 
 
+def _account_for_token_id(session: Session, token_id: int) -> Account | None:
+    stmt = (
+        select(Account)
+        .join(ApiToken, col(ApiToken.account_id) == col(Account.id))
+        .where(ApiToken.id == token_id)
+        .where(col(ApiToken.revoked_at).is_(None))
+    )
+    return session.exec(stmt).first()
+
+
 async def token_account(request: Request, state: AppState) -> Account | None:
     """The account of the request's token, None without a valid one.
 
@@ -78,14 +98,19 @@ async def token_account(request: Request, state: AppState) -> Account | None:
         cached: Account | None = request.state.token_account
         return cached
     token = _token_from(request)
-    account = None if token is None else await state.db.read(_account_for, token)
+    token_id = _session_token_id(request)
+    account = None
+    if token is not None:
+        account = await state.db.read(_account_for, token)
+    elif token_id is not None:
+        account = await state.db.read(_account_for_token_id, token_id)
     request.state.token_account = account
     return account
 
 
 async def current_account(request: Request, state: StateDep) -> Account:
     """The account of the request's API token; 401 otherwise."""
-    if _token_from(request) is None:
+    if _token_from(request) is None and _session_token_id(request) is None:
         raise ProblemError(
             401,
             "You did not pass an authentication token",

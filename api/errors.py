@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("replicant.api")
 
@@ -53,6 +55,12 @@ def not_found(what: str) -> ProblemError:
     return ProblemError(404, f"{what} not found", title="Not found")
 
 
+def conflict(detail: str, *, title: str | None = None) -> ProblemError:
+    """409 for a state that retrying the same request cannot change: ``x-should-retry: false``
+    keeps the official clients (which retry a 409 by default) from sending it again."""
+    return ProblemError(409, detail, title=title, headers={"x-should-retry": "false"})
+
+
 def invalid(fields: list[dict[str, str]], detail: str | None = None) -> ProblemError:
     """422 naming each invalid field."""
     summary = detail or "; ".join(f"{f['field']}: {f['message']}" for f in fields)
@@ -92,8 +100,42 @@ def install_error_handlers(app: FastAPI) -> None:
         fields = [{"field": _field_name(e["loc"]), "message": str(e["msg"])} for e in errors]
         return problem_response(invalid(fields))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-        # The message may hold secrets (URLs with credentials): log the type, not the text.
-        log.exception("event=unhandled_error path=%s type=%s", request.url.path, type(err).__name__)
-        return problem_response(ProblemError(500, "An unexpected error occurred"))
+
+class UnexpectedErrors:
+    """Outermost middleware: an exception no handler took becomes a 500 problem+json whose
+    detail carries a reference, and one log line with the exception's type and that reference.
+
+    Never the message or the traceback: either may hold secrets (a URL with credentials, a
+    token in a driver's error). The exception is not raised on either, so the server does not
+    log the traceback itself (Starlette's own 500 handler always re-raises for that).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as err:
+            reference = secrets.token_hex(8)
+            # The route's template, not the path: a path may carry a signature (file URLs).
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            log.error(
+                "event=unhandled_error route=%s type=%s error_id=%s",
+                route,
+                type(err).__name__,
+                reference,
+            )
+            if not started:
+                detail = f"An unexpected error occurred (error id {reference})"
+                await problem_response(ProblemError(500, detail))(scope, receive, send)

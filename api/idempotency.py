@@ -13,7 +13,6 @@ different body with a used key is refused with 422.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -29,16 +28,13 @@ from sqlalchemy import delete, insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
-from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
 
-from api.errors import ProblemError, invalid
-from api.startguard import start_deadline
+from api.errors import invalid
+from api.startguard import start_deadline, start_failed
 from api.state import AppState
 from replicant.tables import Account, IdempotencyKey
 from replicant.timeutil import as_utc, utcnow
-from workflows.prediction import PredictionWorkflow
 
 log = logging.getLogger("replicant.api")
 
@@ -187,17 +183,6 @@ async def replayed(
     except WorkflowAlreadyStartedError:
         return row
     except Exception as err:
-        log.error("event=start_failed %s=%s type=%s", claim.kind, row.id, type(err).__name__)
-        raise ProblemError(503, f"The {claim.kind} could not be scheduled; try again") from err
+        raise start_failed(claim.kind, row.id, err) from err
     log.info("event=idempotent_restart %s=%s", claim.kind, row.id)
     return row
-
-
-async def wait_done(state: AppState, prediction_id: str, wait: int) -> None:
-    """Wait up to ``wait`` seconds for a started prediction's workflow to end."""
-    client = await state.temporal()
-    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-    with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
-        await handle.execute_update(
-            PredictionWorkflow.wait_done, rpc_timeout=timedelta(seconds=wait)
-        )

@@ -20,82 +20,58 @@ from typing import Any
 from api.errors import ProblemError, invalid
 from api.state import AppState
 from replicant.contracts import StagedFile
-from replicant.inputfiles import (
-    InputFileError,
-    data_uri_items,
-    get_at,
-    parse_data_uri,
-    safe_filename,
-    set_at,
-)
-from replicant.storage import ObjectStore
+from replicant.inputfacts import PreparedInput
+from replicant.inputfiles import InputFileError, get_at, set_at
+from replicant.storage import ObjectStore, put_data_uri
 
 # The API's keys sit apart from those ``stage_inputs`` numbers ("inputs/0", "inputs/1", ...).
 DATA_DIR = "data-"
 TEXT_DIR = "text-"
-# Text inputs longer than this (characters) are stored, not carried in the workflow input.
-LONG_TEXT = 64 * 1024
 # What may remain inline in a workflow input (JSON bytes); Temporal refuses ~2 MB payloads.
 INLINE_LIMIT = 1024 * 1024
 
 
-async def store_data_uris(
-    state: AppState,
-    schema: dict[str, Any],
-    payload: dict[str, Any],
-    inputs_prefix: str,
-    component: str = "Input",
+async def store_input_files(
+    state: AppState, prepared: PreparedInput, inputs_prefix: str
 ) -> tuple[dict[str, Any], list[StagedFile]]:
-    """The workflow's input (data URIs replaced by object keys) and the files stored under
-    ``inputs_prefix`` (a prediction's or a training's inputs folder).
+    """The workflow's input (``prepared.sealed``, its data URIs and long texts replaced by
+    object keys) and the files stored under ``inputs_prefix`` (a prediction's or a
+    training's inputs folder).
 
     422 naming the field when a data URI is malformed or larger than ``max_file_size``.
     """
-    paths = data_uri_items(schema, payload, component)
-    texts = long_text_items(payload, skip=paths)
+    payload, paths, texts = prepared.sealed, prepared.data_uris, prepared.long_texts
     if not paths and not texts:
         _check_inline(payload)
         return payload, []
     store = await state.store()
     workflow_input = copy.deepcopy(payload)
     staged: list[StagedFile] = []
+    limit = state.settings.max_file_size
     try:
         for number, path in enumerate(paths):
-            label = ".".join(str(p) for p in path)
-            value = get_at(payload, path)
             key_dir = f"{inputs_prefix}{DATA_DIR}{number}"
             try:
                 filename = await asyncio.to_thread(
-                    _store_one, store, value, key_dir, state.settings.max_file_size
+                    put_data_uri, store, get_at(payload, path), key_dir, limit
                 )
             except InputFileError as err:
+                label = ".".join(str(p) for p in path)
                 raise invalid([{"field": label, "message": str(err)}]) from None
             key = f"{key_dir}/{filename}"
             set_at(workflow_input, path, key)
             staged.append(StagedFile(path=path, key=key, filename=filename))
         for number, path in enumerate(texts):
             key = f"{inputs_prefix}{TEXT_DIR}{number}/text.txt"
-            await asyncio.to_thread(_store_text, store, get_at(payload, path), key)
+            text = get_at(payload, path).encode("utf-8")
+            await asyncio.to_thread(store.put_bytes, text, key, "text/plain; charset=utf-8")
             set_at(workflow_input, path, key)
             staged.append(StagedFile(path=path, key=key, filename="text.txt", text=True))
         _check_inline(workflow_input)
     except BaseException:
-        for folder in (DATA_DIR, TEXT_DIR):
-            await asyncio.to_thread(store.delete_prefix, f"{inputs_prefix}{folder}")
+        await asyncio.to_thread(_discard, store, inputs_prefix)
         raise
     return workflow_input, staged
-
-
-def long_text_items(payload: dict[str, Any], skip: list[list[str | int]]) -> list[list[str | int]]:
-    """Where ``payload``'s long strings are (top-level values and their list items)."""
-    found: list[list[str | int]] = []
-    for name, value in payload.items():
-        items = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            path: list[str | int] = [name] if index is None else [name, index]
-            if isinstance(item, str) and len(item) > LONG_TEXT and path not in skip:
-                found.append(path)
-    return found
 
 
 def _check_inline(workflow_input: dict[str, Any]) -> None:
@@ -109,32 +85,12 @@ def _check_inline(workflow_input: dict[str, Any]) -> None:
         )
 
 
-def _store_text(store: ObjectStore, text: str, key: str) -> None:
-    upload = store.new_upload()
-    try:
-        upload.write(text.encode("utf-8"))
-        store.commit(upload, key, "text/plain; charset=utf-8")
-    finally:
-        upload.discard()
-
-
-def _store_one(store: ObjectStore, value: str, key_dir: str, limit: int) -> str:
-    content_type, data = parse_data_uri(value)
-    if len(data) > limit:
-        raise InputFileError(f"is a data URI larger than {limit} bytes")
-    filename = safe_filename("file", content_type)
-    upload = store.new_upload()
-    try:
-        upload.write(data)
-        store.commit(upload, f"{key_dir}/{filename}", content_type)
-    finally:
-        upload.discard()
-    return filename
-
-
-async def discard_data_uris(state: AppState, inputs_prefix: str) -> None:
-    """Remove what ``store_data_uris`` stored for a prediction or training that was not
+async def discard_input_files(state: AppState, inputs_prefix: str) -> None:
+    """Remove what ``store_input_files`` stored for a prediction or training that was not
     created (its Idempotency-Key was taken meanwhile)."""
-    store = await state.store()
+    await asyncio.to_thread(_discard, await state.store(), inputs_prefix)
+
+
+def _discard(store: ObjectStore, inputs_prefix: str) -> None:
     for folder in (DATA_DIR, TEXT_DIR):
-        await asyncio.to_thread(store.delete_prefix, f"{inputs_prefix}{folder}")
+        store.delete_prefix(f"{inputs_prefix}{folder}")

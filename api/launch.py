@@ -1,14 +1,14 @@
-"""Starting a prediction: validate, record, start the workflow, and wait when asked to; and
-answering a retry with an ``Idempotency-Key`` (api/idempotency.py) with the first request's.
+"""Creating a prediction: the create pipeline (api/runs.py) with what is a prediction's own,
+``Prefer: wait`` (held until terminal, at most ``max_wait`` seconds), and the answer.
 
 Shared by the three create routes (version, model, deployment), which take the request, the
-caller and the create headers as one dependency (``PredictionCreateDep``).
+caller and the create headers as one dependency (``PredictionCreateDep``); a deployment's
+prediction adds its ``Placement``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,56 +17,43 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import Response
-from sqlalchemy.engine import Connection
-from sqlmodel import Session, col
-from temporalio.client import (
-    WithStartWorkflowOperation,
-    WorkflowUpdateHandle,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-    WorkflowUpdateStage,
-)
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from pydantic import BaseModel, Field
+from sqlmodel import Session
+from temporalio.client import WorkflowUpdateHandle, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.service import RPCError
 
 from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
-from api.errors import ProblemError, invalid
-from api.idempotency import (
-    Claim,
-    IdempotencyHeader,
-    KeyTaken,
-    record_claim,
-    replayed,
-    wait_done,
-)
-from api.inputfiles import discard_data_uris, store_data_uris
+from api.errors import invalid
+from api.idempotency import Claim, IdempotencyHeader, claim_for
+from api.runs import PREDICTION, PreparedRun, Runs
 from api.serialize import json_response, prediction_object
-from api.startguard import (
-    START_RPC_TIMEOUT,
-    crash_point,
-    lost_answer_point,
-    settle_start,
-    start_deadline,
-)
 from api.state import AppState, Database
-from replicant import readmodel
+from replicant import responses
 from replicant.cogmodel import output_streams
-from replicant.contracts import PredictionRequest, WaitResult, WebhookEvent
-from replicant.fairness import task_priority
+from replicant.contracts import PredictionRequest, WebhookEvent, prediction_workflow_id
 from replicant.ids import new_id
-from replicant.netguard import BlockedURL, check_target
-from replicant.objectkeys import prediction_inputs
-from replicant.sealing import Sealer
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
-from replicant.validation import redact_secrets, validate_input
-from workflows.prediction import PredictionWorkflow, search_attributes
-
-log = logging.getLogger("replicant.api")
-
+from workflows.prediction import PredictionWorkflow
 
 PREFER_WAIT = re.compile(r"^\s*wait(?:\s*=\s*(\d+))?\s*$")
+
+
+class PredictionInput(BaseModel):
+    """Body of the model and deployment create routes."""
+
+    input: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+    stream: bool | None = None
+
+
+class VersionPredictionInput(PredictionInput):
+    """Body of ``POST /v1/predictions``: the version is an id or ``owner/name:id``."""
+
+    version: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +73,16 @@ class PredictionCreate:
     def db(self) -> Database:
         return self.state.db
 
+    def claim(self, body: BaseModel) -> Claim | None:
+        """The request's Idempotency-Key claim (None without the header)."""
+        return claim_for(
+            self.idempotency_key,
+            self.account,
+            self.request,
+            body.model_dump(mode="json"),
+            self.state.secret_key,
+        )
+
 
 async def prediction_create(
     request: Request,
@@ -102,6 +99,17 @@ async def prediction_create(
 PredictionCreateDep = Annotated[PredictionCreate, Depends(prediction_create)]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a deployment's prediction runs: ``task_queue`` (None: its hardware's shared
+    queue, as any prediction of the model) with the deployment's ``priority`` key."""
+
+    deployment: str
+    hardware: str
+    task_queue: str | None
+    priority: int | None
+
+
 def parse_prefer(value: str | None, max_wait: int) -> int | None:
     """Seconds to wait from a ``Prefer`` header (None: async); 422 on anything else."""
     if value is None or not value.strip():
@@ -109,7 +117,12 @@ def parse_prefer(value: str | None, max_wait: int) -> int | None:
     match = PREFER_WAIT.match(value)
     if match is None:
         raise invalid(
-            [{"field": "Prefer", "message": "must be 'wait' or 'wait=N' with N from 1 to 60"}]
+            [
+                {
+                    "field": "Prefer",
+                    "message": f"must be 'wait' or 'wait=N' with N from 1 to {max_wait}",
+                }
+            ]
         )
     if match.group(1) is None:
         return max_wait
@@ -119,26 +132,6 @@ def parse_prefer(value: str | None, max_wait: int) -> int | None:
             [{"field": "Prefer", "message": f"wait must be between 1 and {max_wait} seconds"}]
         )
     return seconds
-
-
-def check_webhook(url: str, allow_private: bool) -> None:
-    """422 unless ``url`` is an http(s) URL Replicant may call (names resolve at delivery)."""
-    try:
-        check_target(url, allow_private)
-    except BlockedURL as err:
-        raise invalid([{"field": "webhook", "message": str(err)}]) from None
-
-
-def check_hardware(offered: dict[str, int], hardware: str, model: Model) -> None:
-    """503 when no worker of this installation serves ``hardware`` (no queue would ever take
-    the prediction: it would wait in ``starting`` forever)."""
-    if hardware not in offered:
-        raise ProblemError(
-            503,
-            f"Model {model.owner}/{model.name} runs on hardware {hardware!r}, which this "
-            f"installation does not offer ({', '.join(offered)}); the model's owner can "
-            "change its hardware",
-        )
 
 
 def is_streaming(version: Version) -> bool:
@@ -153,74 +146,79 @@ def base_url(request: Request, state: AppState) -> str:
 
 
 async def launch_prediction(
-    request: Request,
-    state: AppState,
-    account: Account,
+    create: PredictionCreate,
     model: Model,
     version: Version,
-    payload: dict[str, Any],
-    *,
-    webhook: str | None,
-    webhook_events_filter: list[WebhookEvent] | None,
-    prefer: str | None,
-    cancel_after: timedelta | None = None,
-    deployment: str | None = None,
-    hardware: str | None = None,
-    task_queue: str | None = None,
-    priority: int | None = None,
+    body: PredictionInput,
+    placement: Placement | None = None,
     on_started: Callable[[], Awaitable[None]] | None = None,
-    idempotency: Claim | None = None,
 ) -> Response:
-    """Create a prediction and answer 201 (``Prefer: wait`` holds it until terminal).
-
-    ``priority`` is a deployment's priority key (replicant/fairness.py). ``on_started`` runs
-    once the prediction is recorded and its workflow started, before any wait (a deployment
-    wakes its controller there).
-    """
-    settings = state.settings
-    wait = parse_prefer(prefer, settings.max_wait)
-    if idempotency is not None and (answered := await replay(request, state, idempotency, wait)):
-        return answered
-    errors = validate_input(version.openapi_schema, payload)
-    if errors:
-        raise invalid([e.model_dump() for e in errors])
-    if webhook is not None:
-        check_webhook(webhook, settings.allow_private_urls)
+    """Create a prediction of ``version`` as the body and headers ask and answer 201
+    (``Prefer: wait`` holds it until terminal). ``on_started`` runs once the prediction is
+    recorded and its workflow started, before any wait (a deployment wakes its controller)."""
+    state = create.state
+    wait = parse_prefer(create.prefer, state.settings.max_wait)
+    runs = Runs(state, PREDICTION)
+    claim = create.claim(body)
+    if claim is not None and (first := await runs.replay(claim)) is not None:
+        return await _answer(create, first, wait)
+    hardware = placement.hardware if placement is not None else None
     if hardware is None and version.base_version_id:
         # A fine-tune runs on the hardware of the base model it was trained from.
         hardware = await state.db.read(version_hardware, model, version)
     hardware = hardware or model.hardware
-    check_hardware(settings.hardware, hardware, model)
+    runs.check(body.webhook, model, hardware)
     prediction_id = new_id()
-    # Secret inputs are sealed: their plain value reaches the model only (replicant/sealing.py).
-    sealer = Sealer(state.secret_key, prediction_id, version.id)
-    sealed = sealer.seal_input(version.openapi_schema, payload)
-    # Data URIs go to the object store now: the workflow's input carries references only.
-    workflow_input, stored = await store_data_uris(
-        state, version.openapi_schema, sealed, prediction_inputs(prediction_id)
-    )
+    prepared = await runs.prepare(version, body.input, prediction_id)
+    req = _request(create, model, version, body, prepared, hardware, placement, prediction_id)
+    if (first := await runs.record(req, prepared.shown_input, claim)) is not None:
+        return await _answer(create, first, wait)
+    started = await runs.launch(req, wait=wait is not None)
+    if on_started is not None:
+        await on_started()
+    if wait is not None:
+        await _wait(state, req.id, started, wait)
+    return await respond(create.request, state, req.id, waited=wait is not None)
+
+
+def _request(
+    create: PredictionCreate,
+    model: Model,
+    version: Version,
+    body: PredictionInput,
+    prepared: PreparedRun,
+    hardware: str,
+    placement: Placement | None,
+    prediction_id: str,
+) -> PredictionRequest:
+    """The workflow's input, exactly as it will be recorded and started."""
+    settings, account = create.state.settings, create.account
     # After the upload: the start grace (api/startguard.py) counts from the row's creation.
     created_at = utcnow()
-    req = PredictionRequest(
+    task_queue = placement.task_queue if placement is not None else None
+    return PredictionRequest(
         id=prediction_id,
         owner=account.username,
         model=f"{model.owner}/{model.name}",
         version=version.id,
-        input=workflow_input,
-        staged_files=stored,
+        input=prepared.workflow_input,
+        staged_files=prepared.staged_files,
         hardware=hardware,
         task_queue=task_queue,
+        # On the hardware's queue, its other activities go to the orchestration queue and
+        # take no hardware slot (api/runs.py); a deployment's runs on the orchestration queue.
+        side_queue=settings.orchestration_queue if task_queue is None else None,
         # "web" only from the dashboard, which marks its in-process calls (api/dashboard).
-        source=getattr(request.state, "prediction_source", "api"),
-        webhook=webhook,
-        webhook_events_filter=webhook_events_filter,
-        deployment=deployment,
+        source=getattr(create.request.state, "prediction_source", "api"),
+        webhook=body.webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        deployment=placement.deployment if placement is not None else None,
         stream=is_streaming(version),
         created_at=created_at,
-        deadline=created_at + cancel_after if cancel_after is not None else None,
+        deadline=created_at + create.cancel_after if create.cancel_after is not None else None,
         recorded=True,
         fairness_weight=account.fairness_weight,
-        priority_key=priority,
+        priority_key=placement.priority if placement is not None else None,
         timeout=settings.prediction_timeout,
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,
@@ -228,136 +226,56 @@ async def launch_prediction(
         webhook_retry_max_interval=settings.webhook_retry_max_interval,
         webhook_timeout=settings.webhook_timeout,
     )
-    # The read model keeps the input as the user sent it, its secrets redacted.
-    claim = idempotency.with_request(req) if idempotency is not None else None
-    try:
-        row_req = req.model_copy(update={"input": redact_secrets(version.openapi_schema, payload)})
-        await state.db.transaction(_record, row_req, model, claim)
-    except KeyTaken:
-        if stored:
-            await discard_data_uris(state, prediction_inputs(req.id))
-        assert idempotency is not None
-        return await answer_taken(request, state, idempotency, wait)
-    crash_point(settings)
-    update: WorkflowUpdateHandle[WaitResult] | None = None
-    try:
-        update = await _start(state, req, wait)
-        lost_answer_point(settings)
-    except WorkflowAlreadyStartedError:
-        # A retry with this Idempotency-Key started it first (api/idempotency.py): started.
-        update = None
-    except Exception as err:
-        log.error("event=start_failed prediction=%s type=%s", req.id, type(err).__name__)
-        # Temporal may have taken the start: ask it; the row (and its key) stay for the
-        # reconciler.
-        client = await state.temporal()
-        settled = await settle_start(
-            client,
-            f"prediction-{req.id}",
-            lambda: _start(state, req, None),
-            retry_before=start_deadline(created_at, settings.start_grace),
+
+
+async def _wait(state: AppState, prediction_id: str, started: Any, wait: int) -> None:
+    """Hold the create up to ``wait`` seconds for the prediction to end: on the update its
+    start carried, else (started by a retry, or settled) on its workflow."""
+    if isinstance(started, WorkflowUpdateHandle):
+        with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
+            await started.result(rpc_timeout=timedelta(seconds=wait))
+    else:
+        await wait_done(state, prediction_id, wait)
+
+
+async def wait_done(state: AppState, prediction_id: str, wait: int) -> None:
+    """Wait up to ``wait`` seconds for a started prediction's workflow to end."""
+    client = await state.temporal()
+    handle = client.get_workflow_handle(prediction_workflow_id(prediction_id))
+    with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
+        await handle.execute_update(
+            PredictionWorkflow.wait_done, rpc_timeout=timedelta(seconds=wait)
         )
-        if not settled:
-            raise ProblemError(503, "The prediction could not be scheduled; try again") from err
-        update = None
-    if on_started is not None:
-        await on_started()
-    if wait is not None:
-        # When the wait is over, answer with the prediction as it is now.
-        if update is not None:
-            with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
-                await update.result(rpc_timeout=timedelta(seconds=wait))
-        else:  # started otherwise (a retry, or the settled start): wait on the workflow
-            await wait_done(state, req.id, wait)
-    return await respond(request, state, req.id)
 
 
-async def respond(request: Request, state: AppState, prediction_id: str) -> Response:
+async def respond(
+    request: Request, state: AppState, prediction_id: str, *, waited: bool = False
+) -> Response:
     """201 with the prediction as it is now, as its create answered."""
     row = await state.db.read(_load, prediction_id)
     body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
+    if waited:
+        body = expired_wait_answer(body)
     return json_response(body, 201, {"Location": body.urls.get})
 
 
-async def replay(
-    request: Request, state: AppState, claim: Claim, wait: int | None
-) -> Response | None:
-    """The answer to a retry of a prediction create (None: create as usual)."""
-
-    async def start(kept: dict[str, Any]) -> object:
-        return await _start(state, PredictionRequest.model_validate(kept), None)
-
-    prediction = await replayed(state, claim, Prediction, start)
-    if prediction is None:
-        return None
-    if wait is not None and prediction.status not in TERMINAL_STATUSES:
-        await wait_done(state, prediction.id, wait)
-    return await respond(request, state, prediction.id)
+async def _answer(create: PredictionCreate, first: Prediction, wait: int | None) -> Response:
+    """The answer to a retry of a prediction create: the prediction its first request made,
+    waited on as this request asks."""
+    if wait is not None and first.status not in TERMINAL_STATUSES:
+        await wait_done(create.state, first.id, wait)
+    return await respond(create.request, create.state, first.id, waited=wait is not None)
 
 
-async def answer_taken(
-    request: Request, state: AppState, claim: Claim, wait: int | None
-) -> Response:
-    """The answer once our insert lost the race for the key: the winner's prediction."""
-    answered = await replay(request, state, claim, wait)
-    if answered is None:
-        raise ProblemError(409, "A request with this Idempotency-Key failed meanwhile; retry")
-    return answered
-
-
-async def _start(
-    state: AppState, req: PredictionRequest, wait: int | None
-) -> WorkflowUpdateHandle[WaitResult] | None:
-    """Start the workflow; with a wait, as update-with-start so no poll is needed."""
-    client = await state.temporal()
-    settings = state.settings
-    if req.task_queue is None:
-        # The workflow runs on its hardware's queue, so its worker runs the model at once
-        # (Temporal's eager activity dispatch) instead of a second queue handing it over;
-        # its other activities go to the orchestration queue and take no hardware slot.
-        queue = settings.task_queue(req.hardware)
-        req = req.model_copy(update={"side_queue": settings.orchestration_queue})
-    else:  # a deployment's instances serve runs only
-        queue = settings.orchestration_queue
-    options: dict[str, Any] = {
-        "id": f"prediction-{req.id}",
-        "task_queue": queue,
-        "search_attributes": search_attributes(req),
-        # Waiting for a hardware slot, accounts take turns (weighted); see replicant/fairness.py.
-        "priority": task_priority(req.owner, req.fairness_weight, req.priority_key),
-        # A second start under this id (see api/startguard.py) must never run the model twice.
-        "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
-    }
-    if wait is None:
-        await client.start_workflow(
-            PredictionWorkflow.run, req, rpc_timeout=START_RPC_TIMEOUT, **options
-        )
-        return None
-    start = WithStartWorkflowOperation(
-        PredictionWorkflow.run,
-        req,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        **options,
-    )
-    return await client.start_update_with_start_workflow(
-        PredictionWorkflow.wait_done,
-        start_workflow_operation=start,
-        wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-        rpc_timeout=START_RPC_TIMEOUT,
-    )
+def expired_wait_answer(body: responses.Prediction) -> responses.Prediction:
+    """A ``Prefer: wait`` that ran out answers ``starting``, Replicate's documented contract:
+    the official clients' ``run()`` polls on only then. ``GET`` shows the true status."""
+    if body.status in TERMINAL_STATUSES:
+        return body
+    return body.model_copy(update={"status": "starting"})
 
 
 def _load(session: Session, prediction_id: str) -> Prediction:
     row = session.get(Prediction, prediction_id)
     assert row is not None
     return row
-
-
-def _record(
-    conn: Connection, req: PredictionRequest, model: Model, claim: Claim | None = None
-) -> None:
-    """The prediction's row, and one more run on its model's ``run_count``, in one
-    transaction (the id is new: no existing row to look for)."""
-    if claim is not None:  # first: a key in use fails before anything is written
-        record_claim(conn, claim, req.id)
-    readmodel.record_new_prediction(conn, req, col(Model.id) == model.id)

@@ -17,7 +17,13 @@ from collections.abc import Iterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
@@ -105,6 +111,11 @@ class Metrics:
             "replicant_http_request_duration_seconds",
             "HTTP request latency by route template and status",
             ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.rate_limit_store_errors = Counter(
+            "replicant_rate_limit_store_errors_total",
+            "Requests whose rate limit could not be checked (the counter store failed)",
             registry=self.registry,
         )
         self.registry.register(ReadModelCollector(engine, count_interval))

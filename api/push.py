@@ -32,7 +32,7 @@ from api.errors import ProblemError
 from api.state import AppState
 from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
-from replicant.contracts import BuildRequest
+from replicant.contracts import BuildRequest, build_workflow_id
 from replicant.settings import Settings
 from replicant.storage import ObjectStore
 from replicant.tables import Account, Build, Membership, Version
@@ -190,7 +190,7 @@ async def start_build(state: AppState, req: BuildRequest) -> None:
         await client.start_workflow(
             BuildVersionWorkflow.run,
             req,
-            id=f"build-{req.id}",
+            id=build_workflow_id(req.id),
             task_queue=state.settings.build_queue,
             search_attributes=search_attributes(req),
         )
@@ -226,7 +226,7 @@ async def end_orphaned(state: AppState, row: Build) -> None:
     """Fail a running build whose workflow has ended without ending it (terminated, timed
     out) or never started (its API died first), so that followers stop waiting."""
     try:
-        status = await workflow_status(await state.temporal(), f"build-{row.id}")
+        status = await workflow_status(await state.temporal(), build_workflow_id(row.id))
     except Exception:
         return  # Temporal unreachable for now: keep following, ask again later
     if status == WorkflowExecutionStatus.RUNNING:

@@ -1,8 +1,13 @@
 """Per-account rate limits, as Replicate's: creating predictions and trainings, and the rest.
 
 Counted with the ``limits`` library over a moving window, in memory for one API process or
-in Redis (``REPLICANT_REDIS_URL``) so that every API replica shares one limit. Requests
-with a valid token count against their account; the others against their client address.
+in Redis (``REPLICANT_REDIS_URL``) so that every API replica shares one limit. A request that
+acts for an account (a valid token, or a signed-in dashboard session: ``caller_account_id``)
+counts against that account; the others against their client address, which is the peer's
+unless the peer is a trusted proxy (``REPLICANT_TRUSTED_PROXIES``; uvicorn applies it, see
+``replicant.cli.proxy_options``). When the counter store fails,
+``REPLICANT_RATE_LIMIT_STORE_FAILURE`` decides: let the request in with a warning, or refuse
+it with 503; either way it is counted in ``replicant_rate_limit_store_errors_total``.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
+from api.dashboard.session import session_account_id
 from api.deps import StateDep, token_account
 from api.errors import ProblemError
+from api.state import AppState
 from replicant.settings import Settings
 
 log = logging.getLogger("replicant.api")
@@ -40,6 +47,10 @@ def _storage(settings: Settings) -> Storage:
     )
 
 
+class StoreUnavailable(Exception):
+    """The counter store (Redis) failed; the message names the error's type only."""
+
+
 class RateLimiter:
     """The two limits of an API process and where their counters live."""
 
@@ -47,17 +58,17 @@ class RateLimiter:
         self.create: RateLimitItem = parse(settings.rate_limit_create)
         self.default: RateLimitItem = parse(settings.rate_limit_default)
         self.strategy = MovingWindowRateLimiter(_storage(settings))
+        self.fail_closed = settings.rate_limit_store_failure == "closed"
 
     async def hit(self, item: RateLimitItem, key: str) -> None:
-        """Count one request under ``key``; 429 with the real wait when the limit is spent."""
+        """Count one request under ``key``; 429 with the real wait when the limit is spent,
+        ``StoreUnavailable`` when the counters cannot be reached."""
         try:
             if await self.strategy.hit(item, key):
                 return
             reset_at, _ = await self.strategy.get_window_stats(item, key)
         except StorageError as err:
-            # An unreachable counter store must not take the API down: let the request in.
-            log.warning("event=rate_limit_unavailable type=%s", type(err.storage_error).__name__)
-            return
+            raise StoreUnavailable(type(err.storage_error).__name__) from None
         wait = max(1, math.ceil(reset_at - time.time()))
         unit = "second" if wait == 1 else "seconds"
         raise ProblemError(
@@ -65,6 +76,13 @@ class RateLimiter:
             f"Request was throttled. Expected available in {wait} {unit}.",
             headers={"Retry-After": str(wait)},
         )
+
+
+async def caller_account_id(request: Request, state: AppState) -> int | None:
+    """The account a request acts for: its token's, else its signed-in dashboard session's
+    (``session_account_id``, the one place the limiter asks the session who is calling)."""
+    account = await token_account(request, state)
+    return account.id if account is not None else await session_account_id(request)
 
 
 def is_create(request: Request) -> bool:
@@ -77,12 +95,22 @@ def is_create(request: Request) -> bool:
 async def rate_limit(request: Request, state: StateDep) -> None:
     """App-wide dependency: every API route counts against its caller's limit."""
     limiter: RateLimiter = request.app.state.rate_limiter
-    account = await token_account(request, state)
-    if account is not None:
-        key = f"account:{account.id}"
+    account_id = await caller_account_id(request, state)
+    if account_id is not None:
+        key = f"account:{account_id}"
     else:
         key = f"ip:{request.client.host if request.client else 'unknown'}"
-    if is_create(request):
-        await limiter.hit(limiter.create, f"create:{key}")
-    else:
-        await limiter.hit(limiter.default, f"default:{key}")
+    item, kind = (limiter.create, "create") if is_create(request) else (limiter.default, "default")
+    try:
+        await limiter.hit(item, f"{kind}:{key}")
+    except StoreUnavailable as err:
+        request.app.state.metrics.rate_limit_store_errors.inc()
+        if limiter.fail_closed:
+            log.error("event=rate_limit_unavailable type=%s policy=closed", err)
+            raise ProblemError(
+                503,
+                "Rate limits cannot be checked right now; try again shortly",
+                headers={"Retry-After": "5"},
+            ) from None
+        # The operator chose availability: the request goes in unlimited, and says so.
+        log.warning("event=rate_limit_unavailable type=%s policy=open", err)

@@ -14,20 +14,20 @@ the row is the reconciler's alone, so it never fails a row whose start is still 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from replicant.settings import Settings
+from api.errors import ProblemError
 from replicant.temporal import workflow_exists
 from replicant.timeutil import as_utc, utcnow
 
 log = logging.getLogger("replicant.api")
 
+# Seconds a client waits before trying again after a 503 of the create path.
+RETRY_AFTER = "5"
 # A start call gives up after this long; ``start_grace`` must be longer, so the reconciler
 # never settles a row whose start may still land.
 START_RPC_TIMEOUT = timedelta(seconds=10)
@@ -65,15 +65,13 @@ async def settle_start(
     return True
 
 
-def crash_point(settings: Settings) -> None:
-    """TEST ONLY: die by SIGKILL between writing a row and starting its workflow when
-    ``fault_kill_before_start`` is set (production never sets it)."""
-    if settings.fault_kill_before_start:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def lost_answer_point(settings: Settings) -> None:
-    """TEST ONLY: raise as if the answer to a start Temporal took were lost, when
-    ``fault_lose_start_answer`` is set (production never sets it)."""
-    if settings.fault_lose_start_answer:
-        raise TimeoutError("injected: the start's answer was lost")
+def start_failed(kind: str, run_id: str, err: BaseException) -> ProblemError:
+    """Log a failed start of run ``run_id`` (a ``kind``: prediction, training) and return the
+    503 its create answers when the start cannot be settled: its row (and key) stay for a
+    retry or the reconciler."""
+    log.error("event=start_failed %s=%s type=%s", kind, run_id, type(err).__name__)
+    return ProblemError(
+        503,
+        f"The {kind} could not be scheduled; try again",
+        headers={"Retry-After": RETRY_AFTER},
+    )

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, TypeVar
 
+import anyio.to_thread
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 from temporalio.client import Client
 
+from replicant.db import is_busy, make_loop_engine
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
@@ -21,17 +25,34 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+def executor_threads() -> int:
+    """Threads of the event loop's default executor (``asyncio.to_thread``), as Python
+    sizes it."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def pool_size(settings: Settings) -> int:
+    """Database connections an API process keeps: one for every thread that may hold one at
+    once (anyio's limiter, shared by synchronous routes and ``Database``, and the default
+    executor), so no thread waits for a connection while the thread holding it waits for
+    the event loop."""
+    return settings.api_threads + executor_threads()
+
+
 @dataclass(frozen=True)
 class Database:
     """How request handlers reach the database: they hand it a function of a session (or of
     a connection, for one transaction of plain statements) and never open one themselves.
 
-    Short reads run inline on SQLite (see ``AppState.reads_inline``) and in a thread
-    elsewhere; writes and long reads always run in a thread (a writer may wait for a lock).
+    Short reads run on the event loop on SQLite, through ``loop_engine`` (the loop's own
+    connection, which waits neither for the pool nor for a lock: a busy database sends the
+    read to a thread), and in a thread elsewhere; writes and long reads always run in a
+    thread, from the same thread limiter as synchronous routes, so the pool (sized from it)
+    always has a connection for each.
     """
 
     engine: Engine
-    reads_inline: bool
+    loop_engine: Engine | None = None
 
     def call(self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """``fn(session, *args)`` in a session of its own; objects stay readable after it."""
@@ -41,9 +62,14 @@ class Database:
     async def read(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs
     ) -> T:
-        """``call`` for a read-only ``fn``, inline where that is cheaper than a thread."""
-        if self.reads_inline:
-            return self.call(fn, *args, **kw)
+        """``call`` for a read-only ``fn``, on the loop where that is cheaper than a thread."""
+        if self.loop_engine is not None:
+            try:
+                with Session(self.loop_engine, expire_on_commit=False) as session:
+                    return fn(session, *args, **kw)
+            except OperationalError as err:
+                if not is_busy(err):
+                    raise
         return await self.run(fn, *args, **kw)
 
     async def run(
@@ -54,7 +80,7 @@ class Database:
         def called() -> T:
             return self.call(fn, *args, **kw)
 
-        return await asyncio.to_thread(called)
+        return await anyio.to_thread.run_sync(called)
 
     async def transaction(
         self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kw: P.kwargs
@@ -66,7 +92,7 @@ class Database:
             with self.engine.begin() as conn:
                 return fn(conn, *args, **kw)
 
-        return await asyncio.to_thread(run)
+        return await anyio.to_thread.run_sync(run)
 
 
 @dataclass
@@ -82,15 +108,24 @@ class AppState:
         return self.settings.ensure_secret_key()
 
     @functools.cached_property
-    def reads_inline(self) -> bool:
+    def loop_engine(self) -> Engine | None:
         """SQLite in WAL mode: a read never waits for a writer and takes a fraction of a
-        millisecond, less than handing it to a thread; other databases read in threads."""
-        return self.engine.dialect.name == "sqlite"
+        millisecond, less than handing it to a thread, so the loop reads through a
+        connection of its own; other databases read in threads."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        return make_loop_engine(self.settings.resolved_database_url)
 
     @functools.cached_property
     def db(self) -> Database:
         """The database as request handlers use it (``api.deps.DatabaseDep``)."""
-        return Database(self.engine, self.reads_inline)
+        return Database(self.engine, self.loop_engine)
+
+    def dispose(self) -> None:
+        """Close the database connections (at shutdown)."""
+        self.engine.dispose()
+        if self.__dict__.get("loop_engine") is not None:
+            self.__dict__["loop_engine"].dispose()
 
     @functools.cached_property
     def object_store(self) -> ObjectStore:

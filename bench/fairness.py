@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stacks import bench_stack  # noqa: E402
 from replicant.accounts import create_account  # noqa: E402
+from replicant.contracts import prediction_workflow_id
 from replicant.db import make_engine  # noqa: E402
 from replicant.deployments import set_deployment_priority  # noqa: E402
 from replicant.devstack import Stack  # noqa: E402
@@ -130,7 +131,7 @@ async def wait_queued(bench: Bench, ids: list[str]) -> None:
     waiting = set(ids)
     while waiting:
         for prediction_id in list(waiting):
-            handle = temporal.get_workflow_handle(f"prediction-{prediction_id}")
+            handle = temporal.get_workflow_handle(prediction_workflow_id(prediction_id))
             if (await handle.describe()).raw_description.pending_activities:
                 waiting.discard(prediction_id)
         await asyncio.sleep(0.2)

@@ -41,7 +41,7 @@ from replicant import trainings  # noqa: E402
 from replicant.contracts import TrainingRequest  # noqa: E402
 from replicant.db import init_db, make_engine  # noqa: E402
 from replicant.ids import new_id  # noqa: E402
-from replicant.settings import Settings  # noqa: E402
+from replicant.settings import Settings, get_settings  # noqa: E402
 from replicant.storage import open_store  # noqa: E402
 from replicant.tables import Version  # noqa: E402
 from replicant.timeutil import utcnow  # noqa: E402
@@ -54,7 +54,7 @@ INPUT = {"max_tokens": 5, "seed": 1}
 
 
 async def first_prediction(pool: RunnerPool, version: Version) -> None:
-    result = await pool.predict(runner_spec(version), new_id(), INPUT)
+    result = await pool.predict(runner_spec(get_settings(), version), new_id(), INPUT)
     if result.status != "succeeded":
         raise RuntimeError(f"prediction {result.status}: {result.error}")
 
@@ -64,7 +64,7 @@ async def cold_boot(pool: RunnerPool, version: Version) -> tuple[float, float]:
     coglet reports for its setup: worker process, imports and ``setup()``)."""
     await pool.start()
     started = time.perf_counter()
-    async with pool.exclusive(runner_spec(version)) as process:
+    async with pool.exclusive(runner_spec(get_settings(), version)) as process:
         booted = time.perf_counter() - started
         health = await pool.health(process)
     setup = health.get("setup") or {}
@@ -154,8 +154,8 @@ async def main() -> None:
             cache = data_dir / f"weights-cache-standby-{round_}"
             pool = RunnerPool(max_warm=2, weights=WeightsCache(lambda: store, cache), standby=True)
             await pool.start()
-            pool.keep_standby(runner_spec(base))
-            if not await pool.standby_ready(runner_spec(finetune)):
+            pool.keep_standby(runner_spec(get_settings(), base))
+            if not await pool.standby_ready(runner_spec(get_settings(), finetune)):
                 raise RuntimeError("the standby did not reach its weights request")
             started = time.perf_counter()
             boot, setup = await cold_boot(pool, finetune)
@@ -217,7 +217,7 @@ async def make_finetune(
     trainings.insert_training(engine, req)
     pool = RunnerPool(max_warm=1)
     try:
-        result = await pool.predict(trainer_spec(base), req.id, req.input)
+        result = await pool.predict(trainer_spec(get_settings(), base), req.id, req.input)
     finally:
         await pool.close()
     if result.status != "succeeded":

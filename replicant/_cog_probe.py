@@ -25,7 +25,12 @@ import os
 import sys
 import textwrap
 import traceback
+import types
+import typing
 import warnings
+
+# What cog.concurrent raises on a plain function asked for more than one at a time.
+_CONCURRENT_SYNC = "concurrent max greater than 1 requires an async function"
 
 
 def _title(name):
@@ -140,6 +145,47 @@ def _json_default(field, value):
     return encoded
 
 
+def _return_hint(fn):
+    try:
+        return typing.get_type_hints(fn).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable hints: Cog's inspector has the say
+        return None
+
+
+def _is_typeddict(tpe):
+    return isinstance(tpe, type) and typing.is_typeddict(tpe)
+
+
+def _value_schema(tpe):
+    """The JSON Schema of one output value's type, as Cog's static generator writes it:
+    a TypedDict is an object of its fields (``required`` the keys it requires)."""
+    from cog import _adt as adt
+
+    if _is_typeddict(tpe):
+        hints = typing.get_type_hints(tpe)
+        properties = {}
+        for name, hint in hints.items():
+            properties[name] = {**_value_schema(hint), "title": _title(name)}
+        schema = {"type": "object", "properties": properties}
+        required = [name for name in hints if name in tpe.__required_keys__]
+        if required:
+            schema["required"] = required
+        return schema
+    origin, args = typing.get_origin(tpe), typing.get_args(tpe)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return {**_value_schema(rest[0]), "nullable": True}
+    if origin is list and len(args) == 1:
+        return {"type": "array", "items": _value_schema(args[0])}
+    if origin is dict and len(args) == 2:
+        return {"type": "object", "additionalProperties": _value_schema(args[1])}
+    try:
+        return adt.FieldType.from_type(tpe).json_type()
+    except Exception:  # noqa: BLE001 - a type Cog has no primitive for: any JSON object
+        return {"type": "object"}
+
+
 def _describe(module_name, attr, mode, component):
     from cog import _adt as adt
     from cog.input import FieldInfo
@@ -178,8 +224,14 @@ def _describe(module_name, attr, mode, component):
             if not given:
                 # Input(description=...) alone (or unreadable source) means no default at all.
                 raw = inspect.Parameter.empty
+        secret = field.type.primitive is adt.PrimitiveType.SECRET
+        default_none = raw is None or (raw is field_info and field_info.default is None)
+        if default_none and secret and field.type.repetition is adt.Repetition.REQUIRED:
+            # `api_key: Secret = Input(default=None)`: an optional credential, as Cog's
+            # static schema has it (unlike the seed idiom below).
+            nullable = True
         if raw is inspect.Parameter.empty:
-            if not nullable:
+            if not nullable or field.type.union_variants is not None:
                 required.append(name)
         elif isinstance(field.default, dataclasses.Field):
             pass  # a default_factory runs at prediction time: optional, no static default
@@ -192,8 +244,13 @@ def _describe(module_name, attr, mode, component):
                 del prop["default"]
         elif nullable:
             prop["default"] = None
-        # A non-Optional input with default=None (the `seed: int = Input(default=None)`
-        # idiom) is optional with no default, as Replicate has always published it.
+        elif field.type.union_variants is not None or field.type.repetition in (
+            adt.Repetition.REQUIRED,
+            adt.Repetition.REPEATED,
+        ):
+            # Cog's static schema: None on a non-nullable input (`seed: int =
+            # Input(default=None)`) is no default at all, so the input is required.
+            required.append(name)
         if nullable:
             prop["nullable"] = True
 
@@ -215,6 +272,10 @@ def _describe(module_name, attr, mode, component):
             prop["deprecated"] = True
         accept = getattr(field_info, "accept", None)
         if accept:
+            if field.type.primitive not in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):
+                raise ValueError(
+                    f"accept is only valid on Path or File inputs (parameter '{name}')"
+                )
             prop["x-cog-accept"] = accept
         properties[name] = prop
 
@@ -222,7 +283,12 @@ def _describe(module_name, attr, mode, component):
     if required:
         input_schema["required"] = required
     output_schema = info.output.json_type()
-    return {"input": input_schema, "output": output_schema, "enums": enums}
+    returned = _return_hint(fn)
+    if _is_typeddict(returned):
+        # Cog's inspector reads a TypedDict as a bare dict; `cog build` lists its fields.
+        output_schema = {"title": "Output", **_value_schema(returned)}
+    is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
+    return {"input": input_schema, "output": output_schema, "enums": enums, "is_async": is_async}
 
 
 def main(argv):
@@ -256,7 +322,11 @@ def main(argv):
             result["train"] = _describe(module_name, attr, "train", "TrainingInput")
         payload, status = result, 0
     except BaseException as e:  # noqa: BLE001 - report anything the model raises
-        payload = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        message = f"{type(e).__name__}: {e}"
+        if isinstance(e, TypeError) and str(e) == _CONCURRENT_SYNC:
+            # cog's decorator refuses at import; say it as `cog build` does.
+            message = "@cog.concurrent(max > 1) requires an async run() or predict() method"
+        payload = {"error": message, "traceback": traceback.format_exc()}
         status = 2
     with os.fdopen(result_fd, "w", encoding="utf-8") as out:
         json.dump(payload, out)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import secrets
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, delete, select
 
 from replicant.fairness import FairnessError, check_weight
 from replicant.ids import hash_token
-from replicant.tables import Account, ApiToken, Membership
+from replicant.tables import Account, ApiToken, DashboardSession, Membership
 from replicant.timeutil import utcnow
-from replicant.webhooks import new_secret
 
 
 def new_token() -> str:
@@ -27,7 +26,8 @@ def ensure_account(engine: Engine, username: str, *, type: str = "user", name: s
                 username=username,
                 name=name or username,
                 type=type,
-                webhook_secret=new_secret(),
+                # Made (and sealed) on first use: replicant.webhooks.account_webhook_secret.
+                webhook_secret=None,
             )
             session.add(account)
             session.commit()
@@ -133,5 +133,7 @@ def revoke_token(engine: Engine, token_id: int) -> ApiToken:
         if row.revoked_at is None:
             row.revoked_at = utcnow()
             session.add(row)
-            session.commit()
+        # The dashboard sessions signed in with it end too (they check it anyway).
+        session.exec(delete(DashboardSession).where(col(DashboardSession.token_id) == token_id))
+        session.commit()
         return row

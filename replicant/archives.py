@@ -6,6 +6,7 @@ stay inside the target directory, and the unpacked total is bounded (archive bom
 
 from __future__ import annotations
 
+import os
 import shutil
 import stat
 import tarfile
@@ -27,13 +28,39 @@ class ArchiveTooLarge(ArchiveError):
     """The archive unpacks to more than the allowed number of bytes."""
 
 
+class LinkOutside(ArchiveError):
+    """A symbolic link in a model directory points out of it: pushing it would upload a file
+    of the pusher's machine that is not part of the model."""
+
+
 def model_files(src: Path) -> list[Path]:
-    """The files of a model directory that make up a version, in a stable order."""
-    return sorted(
-        p
-        for p in src.rglob("*")
-        if p.is_file() and not SKIPPED.intersection(p.relative_to(src).parts)
-    )
+    """The files of a model directory that make up a version, in a stable order.
+
+    A symbolic link inside the directory is packed as the file it points at; one that points
+    out of the directory (or a link to a directory outside) is refused with ``LinkOutside``.
+    Links to directories inside are not followed.
+    """
+    root = src.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED)
+        files = [here / f for f in filenames if f not in SKIPPED]
+        for path in [*(here / d for d in dirnames), *files]:
+            if path.is_symlink():
+                _check_link(path, src, root)
+        found += [path for path in files if path.is_file()]
+    return sorted(found)
+
+
+def _check_link(path: Path, src: Path, root: Path) -> None:
+    target = path.resolve()
+    if target != root and root not in target.parents:
+        raise LinkOutside(
+            f"{path.relative_to(src).as_posix()} is a symbolic link to {os.readlink(path)}, "
+            "outside the model directory: copy what it points at into the directory, or "
+            "remove the link"
+        )
 
 
 def _anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -47,14 +47,22 @@ def missing_system_packages(packages: list[str]) -> list[str] | None:
 def check_build(config: CogConfig, hardware: str, settings: Settings) -> list[str]:
     """Warnings for the push output; raises ``CogConfigError`` for a model that cannot run.
 
-    ``build.gpu: true`` needs a GPU unless the model runs on the ``cpu`` hardware.
+    ``build.gpu: true`` needs a GPU unless the model runs on the ``cpu`` hardware; any other
+    model on a GPU SKU of an installation without GPUs runs on the CPU, and is told so.
     """
-    if config.gpu and hardware != "cpu" and not gpu_devices(settings):
+    no_gpu = hardware != "cpu" and not gpu_devices(settings)
+    if config.gpu and no_gpu:
         raise CogConfigError(
             f"build.gpu is true and the model's hardware is {hardware!r}, but this "
             "installation has no GPU; set the model's hardware to cpu to run it on the CPU"
         )
-    warnings = _system_package_warnings(config.system_packages)
+    warnings = []
+    if no_gpu and hardware.startswith("gpu"):
+        warnings.append(
+            f"the model's hardware is {hardware}, but this installation has no GPU: "
+            "it runs on the CPU"
+        )
+    warnings += _system_package_warnings(config.system_packages)
     if config.build_commands:
         warnings.append(
             "build.run commands are not run here (there is no image to build): "

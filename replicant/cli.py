@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 import uvloop
 from rich.console import Console
 
+from replicant.datadir import secure_data_dir, start_private
 from replicant.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -87,6 +88,14 @@ def dev() -> None:
         stack.stop()
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for forwarded headers: believed from the trusted proxies only, and
+    from nobody (not even loopback, uvicorn's default) when there are none."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
+
+
 @app.command()
 def api() -> None:
     """Serve the HTTP API (uvicorn)."""
@@ -96,9 +105,11 @@ def api() -> None:
 
     settings = get_settings()
     _logging(settings)
+    start_private(settings)
     temporal_runtime(settings)
     uvicorn.run(
         "api.app:app",
+        **proxy_options(settings),
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
@@ -125,6 +136,7 @@ def worker(
 
     settings = get_settings()
     _logging(settings)
+    secure_data_dir(settings)
     temporal_runtime(settings, metrics_port=settings.temporal_metrics_port)
     serve_worker_metrics(settings, hardware)
     # uvloop, as uvicorn runs the API: the worker's activities, workflow activations and
@@ -140,8 +152,9 @@ def seed() -> None:
 
     # A one-shot command: the workers build the real models' envs on first use.
     settings = get_settings().model_copy(update={"prebuild_envs": False})
+    secure_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
-    init_db(engine)
+    init_db(engine, secret_key=settings.ensure_secret_key())
     for version in seed_builtin_models(settings, engine):
         console.print(version.id)
 
@@ -442,8 +455,9 @@ def db_upgrade(
 
     settings = get_settings()
     _logging(settings)
+    secure_data_dir(settings)
     engine = make_engine(settings.resolved_database_url)
-    upgrade(engine, revision)
+    upgrade(engine, revision, secret_key=settings.ensure_secret_key())
     console.print(f"database at {current_revision(engine)}", highlight=False)
     engine.dispose()
 

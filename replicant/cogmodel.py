@@ -8,6 +8,9 @@ that description in the OpenAPI 3.0.2 document Cog and Replicate publish for a v
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
 import json
 import os
 import re
@@ -66,7 +69,18 @@ class CogConfig(BaseModel):
     system_packages: list[str] = Field(default_factory=list)
     # build.run: commands Cog runs in the image; Replicant only names them in a warning.
     build_commands: list[str] = Field(default_factory=list)
+    # Runs one process serves at once: COG_MAX_CONCURRENCY in `environment:`, else
+    # concurrency.max, else @cog.concurrent(max=N) on the entry point, else 1 (Cog's order).
     max_concurrency: int = 1
+    # Where max_concurrency came from (for Cog's refusal of a sync entry point); "" for none.
+    concurrency_source: str = ""
+    # The top-level `environment:` of cog.yaml: set in every process of the model.
+    environment: dict[str, str] = Field(default_factory=dict)
+    # Local package files named in python_requirements (`./dist/pkg.whl`): each one's path
+    # relative to the model directory, and the SHA-256 of its content.
+    local_packages: dict[str, str] = Field(default_factory=dict)
+    # The model directory this was read from (local packages are installed from it).
+    model_dir: str = ""
 
 
 def _check_ref(model_dir: Path, key: str, value: object) -> str:
@@ -97,6 +111,172 @@ def _requirement_lines(text: str) -> list[str]:
         if line and not line.startswith("#"):
             lines.append(line)
     return lines
+
+
+# The files pip installs as packages, when a requirement line names one by its path.
+LOCAL_PACKAGE_SUFFIXES = (".whl", ".zip", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+def local_package(line: str) -> str | None:
+    """The path a requirement line names a local wheel or source archive by (the whole line,
+    spaces and all, as Cog reads it), or None for any other requirement."""
+    if line.startswith("-") or "://" in line or line.startswith("git+"):
+        return None
+    if line.startswith(("./", "../", "/")) or line.lower().endswith(LOCAL_PACKAGE_SUFFIXES):
+        return line
+    return None
+
+
+def _local_packages(model_dir: Path, lines: list[str]) -> dict[str, str]:
+    """Each local package of ``lines``, checked to be a file inside the model, and its digest."""
+    root = model_dir.resolve()
+    found = {}
+    for line in lines:
+        if "file:" in line.lower():  # a path on the worker, not in the model
+            raise CogConfigError(f"local file URL requirements are not supported: {line}")
+        path = local_package(line)
+        if path is None:
+            continue
+        if not path.lower().endswith(LOCAL_PACKAGE_SUFFIXES):
+            raise CogConfigError(
+                f"local package requirement {path!r} is not a supported wheel or source archive"
+            )
+        target = (root / path).resolve()
+        if Path(path).is_absolute() or not target.is_relative_to(root):
+            raise CogConfigError(f"python_requirements: {path} is outside the model directory")
+        if not target.is_file():
+            raise CogConfigError(f"python_requirements: {path} does not exist in the model")
+        found[path] = hashlib.sha256(target.read_bytes()).hexdigest()
+    return found
+
+
+# Names cog.yaml's `environment:` may not set: Cog's own list (paths, Replicate's, NVIDIA's,
+# pget's, Kubernetes'), and Replicant's, which the runner pool sets for itself.
+ENVIRONMENT_DENYLIST = (
+    "PATH",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "PYTHONUNBUFFERED",
+    "R8_*",
+    "REPLICATE_*",
+    "LIBRARY_PATH",
+    "CUDA_*",
+    "NVIDIA_*",
+    "NV_*",
+    "PGET_*",
+    "HF_ENDPOINT",
+    "HF_HUB_ENABLE_HF_TRANSFER",
+    "KUBERNETES_*",
+    "REPLICANT_*",
+)
+
+
+def _reserved(name: str) -> bool:
+    return any(
+        name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern
+        for pattern in ENVIRONMENT_DENYLIST
+    )
+
+
+def _environment(value: object) -> dict[str, str]:
+    """cog.yaml's `environment:` (a list of KEY=VALUE), checked as Cog checks it."""
+    if value is None:
+        return {}
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise CogConfigError("cog.yaml: environment must be a list of KEY=VALUE strings")
+    env: dict[str, str] = {}
+    for item in value:
+        name, sep, setting = item.partition("=")
+        if not sep or not name:
+            raise CogConfigError(f"environment variable {item!r} is not in the KEY=VALUE format")
+        if _reserved(name):
+            raise CogConfigError(
+                f"environment variable {name!r} is not allowed: reserved for internal use"
+            )
+        if name in env:
+            raise CogConfigError(f"environment variable {name!r} is already defined")
+        env[name] = setting
+    return env
+
+
+def _positive_int(text: str | None) -> int | None:
+    """A positive integer setting as coglet reads one (anything else is ignored)."""
+    try:
+        value = int((text or "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def model_environment(model_dir: Path) -> dict[str, str]:
+    """The `environment:` of a version's cog.yaml, for its model processes; {} when unreadable.
+
+    A version's directory never changes, so each one is read once per process. Names
+    reserved for the platform are left out however the file got here.
+    """
+    return dict(_model_environment(str(model_dir)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_environment(model_dir: str) -> tuple[tuple[str, str], ...]:
+    try:
+        data = yaml.safe_load((Path(model_dir) / "cog.yaml").read_text(encoding="utf-8"))
+        env = _environment(data.get("environment") if isinstance(data, dict) else None)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, CogConfigError):
+        return ()
+    return tuple((k, v) for k, v in env.items() if not _reserved(k))
+
+
+def setup_timeout(model_dir: Path) -> float | None:
+    """COG_SETUP_TIMEOUT of a version's `environment:`, in seconds; None when it sets none."""
+    seconds = _positive_int(model_environment(model_dir).get("COG_SETUP_TIMEOUT"))
+    return None if seconds is None else float(seconds)
+
+
+def _entry_node(model_dir: Path, ref: str) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """The run()/predict() (or function) ``ref`` names, read from the source without running
+    it, as Cog's build reads it; None when the source does not show it plainly."""
+    path, _, name = ref.partition(":")
+    try:
+        tree = ast.parse((model_dir / path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    names = [name] if name else ["Runner", "Predictor"]
+    for wanted in names:
+        for node in tree.body:
+            if isinstance(node, functions) and node.name == wanted:
+                return node
+            if isinstance(node, ast.ClassDef) and node.name == wanted:
+                methods = [m for m in node.body if isinstance(m, functions)]
+                found = [m for m in methods if m.name in ("run", "predict")]
+                return found[0] if len(found) == 1 else None
+    return None
+
+
+def decorated_concurrency(model_dir: Path, ref: str) -> int | None:
+    """N of ``@cog.concurrent(max=N)`` on the entry point (1 for a bare ``@concurrent``),
+    None without one. Raises ``ValueError`` with Cog's reason for a max that is not a
+    literal positive integer."""
+    node = _entry_node(model_dir, ref)
+    for decorator in node.decorator_list if node is not None else []:
+        call = decorator if isinstance(decorator, ast.Call) else None
+        target = call.func if call is not None else decorator
+        named = isinstance(target, ast.Name) and target.id == "concurrent"
+        dotted = isinstance(target, ast.Attribute) and target.attr == "concurrent"
+        if not (named or dotted):
+            continue
+        given = [k.value for k in call.keywords if k.arg == "max"] if call is not None else []
+        if not given:
+            return 1
+        value = given[0]
+        if not (isinstance(value, ast.Constant) and type(value.value) is int):
+            raise ValueError("@concurrent only supports literal integer max=... arguments")
+        if value.value < 1:
+            raise ValueError("@concurrent max must be at least 1")
+        return value.value
+    return None
 
 
 def load_cog_config(model_dir: Path) -> CogConfig:
@@ -159,6 +339,18 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     max_concurrency = concurrency.get("max", 1) if isinstance(concurrency, dict) else 1
     if not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise CogConfigError("cog.yaml: concurrency.max must be a positive integer")
+    environment = _environment(data.get("environment"))
+    source = "concurrency.max" if isinstance(concurrency, dict) and "max" in concurrency else ""
+    from_env = _positive_int(environment.get("COG_MAX_CONCURRENCY"))
+    if from_env is not None:
+        max_concurrency, source = from_env, "COG_MAX_CONCURRENCY"
+    elif not source:
+        try:
+            decorated = decorated_concurrency(model_dir, predict_ref)
+        except ValueError:
+            decorated = None  # refused with the predictor (inspect_model)
+        if decorated is not None:
+            max_concurrency, source = decorated, "@cog.concurrent(max)"
 
     return CogConfig(
         predict_ref=predict_ref,
@@ -170,6 +362,10 @@ def load_cog_config(model_dir: Path) -> CogConfig:
         system_packages=[p.strip() for p in system if p.strip()],
         build_commands=[c.strip() for c in commands if c.strip()],
         max_concurrency=max_concurrency,
+        concurrency_source=source,
+        environment=environment,
+        local_packages=_local_packages(model_dir, packages),
+        model_dir=str(model_dir),
     )
 
 
@@ -443,7 +639,17 @@ def inspect_model(model_dir: Path, python: Path, config: CogConfig) -> dict[str,
     Raises ``PredictorError`` with the model's traceback when it fails to import or uses an
     input type Cog does not support.
     """
+    try:
+        decorated_concurrency(model_dir, config.predict_ref)
+    except ValueError as e:
+        raise PredictorError(str(e)) from None
     probe = run_probe(model_dir, python, config)
+    predict = probe.get("predict") or {}
+    if config.max_concurrency > 1 and predict.get("is_async") is False:
+        # coglet would refuse to start it: refuse it now, as `cog build` does.
+        raise PredictorError(
+            f"{config.concurrency_source} > 1 requires an async run() or predict() method"
+        )
     return build_openapi_schema(probe, str(probe.get("cog_version", "")))
 
 

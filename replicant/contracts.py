@@ -23,6 +23,30 @@ SEARCH_ATTRIBUTES: dict[str, str] = {
 }
 
 
+RunKindName = Literal["prediction", "training", "build"]
+
+
+def workflow_id(kind: RunKindName, object_id: str) -> str:
+    """The id of the one workflow of a prediction, training or build: ``{kind}-{id}``
+    (the reconciler and the Temporal UI find them by it)."""
+    return f"{kind}-{object_id}"
+
+
+def prediction_workflow_id(prediction_id: str) -> str:
+    """The id of a prediction's workflow."""
+    return workflow_id("prediction", prediction_id)
+
+
+def training_workflow_id(training_id: str) -> str:
+    """The id of a training's workflow."""
+    return workflow_id("training", training_id)
+
+
+def build_workflow_id(build_id: str) -> str:
+    """The id of a version build's workflow."""
+    return workflow_id("build", build_id)
+
+
 class StagedFile(BaseModel):
     """An input file in the object store: where it sits in ``input`` and under which key."""
 
@@ -289,6 +313,11 @@ class TrainingRequest(BaseModel):
     timeout: float = 86400.0
     heartbeat_timeout: float = 30.0
     task_queue: str | None = None
+    # Where staging runs; None: the workflow's own queue (the orchestration queue).
+    side_queue: str | None = None
+    # Waiting for a hardware slot, accounts take turns (replicant/fairness.py); kept here so
+    # a restarted start keeps it.
+    fairness_weight: float | None = None
     webhook_retry_period: float = 3600.0
     webhook_retry_max_interval: float = 120.0
     webhook_timeout: float = 10.0

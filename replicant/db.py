@@ -14,29 +14,58 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import SingletonThreadPool
 from sqlmodel import Session, SQLModel, create_engine
 
 from replicant import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so API and workers share it."""
+def make_engine(url: str, connections: int | None = None) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so API and workers share it.
+
+    ``connections`` is how many threads of the process may hold a connection at once: the
+    pool keeps that many and no more, so a thread never waits for another's connection
+    (the API sizes it from its thread pools, ``api.state.pool_size``). Without it, the pool
+    keeps SQLAlchemy's defaults (5 and 10 more on demand; 10 and 20 on PostgreSQL).
+    """
+    pool: dict[str, Any] = {}
+    if connections is not None:
+        pool = {"pool_size": connections, "max_overflow": 0}
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        return _sqlite_engine(url, busy_ms=30000, **pool)
+    return create_engine(url, pool_pre_ping=True, **(pool or {"pool_size": 10, "max_overflow": 20}))
 
-        @event.listens_for(engine, "connect")
-        def _pragmas(conn: Any, _record: Any) -> None:
-            cur = conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+def make_loop_engine(url: str) -> Engine:
+    """A SQLite engine for the event loop's own reads: a connection per thread (so the loop
+    never waits for a pooled one) that never waits for a lock either (busy timeout 0:
+    the caller retries in a thread when SQLite reports the database busy)."""
+    return _sqlite_engine(url, busy_ms=0, poolclass=SingletonThreadPool, pool_size=2)
+
+
+def is_busy(err: OperationalError) -> bool:
+    """Whether SQLite refused a statement because another connection holds a lock."""
+    return "database is locked" in str(err.orig) or "database is busy" in str(err.orig)
+
+
+def _sqlite_engine(url: str, busy_ms: int, **pool: Any) -> Engine:
+    path = url.split("///", 1)[-1]
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, connect_args={"check_same_thread": False, "timeout": busy_ms / 1000}, **pool
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(conn: Any, _record: Any) -> None:
+        cur = conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    return engine
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -44,11 +73,13 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_KEY = 0x5EB1_1CA7
 
 
-def alembic_config(connection: Connection | None = None) -> Config:
-    """Alembic's configuration for Replicant's migrations, bound to ``connection``."""
+def alembic_config(connection: Connection | None = None, secret_key: str | None = None) -> Config:
+    """Alembic's configuration for Replicant's migrations, bound to ``connection``;
+    ``secret_key`` lets data migrations seal what they move (webhook signing secrets)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
+    config.attributes["secret_key"] = secret_key
     return config
 
 
@@ -78,8 +109,9 @@ def _migration_lock(engine: Engine) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision`` (one process at a time)."""
+def upgrade(engine: Engine, revision: str = "head", secret_key: str | None = None) -> None:
+    """Bring the database to ``revision`` (one process at a time). With ``secret_key``, data
+    migrations seal what they move; without it, it is sealed on first use instead."""
     with _migration_lock(engine), engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(
@@ -93,12 +125,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             SQLModel.metadata.create_all(connection)
             command.stamp(alembic_config(connection), "head")
             return
-        command.upgrade(alembic_config(connection), revision)
+        command.upgrade(alembic_config(connection, secret_key), revision)
 
 
-def init_db(engine: Engine) -> None:
+def init_db(engine: Engine, secret_key: str | None = None) -> None:
     """Bring the tables up to date with the migrations (the same for SQLite and PostgreSQL)."""
-    upgrade(engine)
+    upgrade(engine, secret_key=secret_key)
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import httpx
 
 from replicant.accounts import add_token, ensure_account
 from replicant.contracts import SEARCH_ATTRIBUTES
+from replicant.datadir import PRIVATE_UMASK, secure_data_dir
 from replicant.db import init_db, make_engine
 from replicant.fairness import SERVER_DYNAMIC_CONFIG
 from replicant.settings import Settings
@@ -66,6 +67,9 @@ def temporal_command(settings: Settings, *, ui: bool = True) -> list[str]:
         str(settings.temporal_port),
         "--ui-port",
         str(settings.ui_port),
+        # The UI has no authentication: loopback unless the operator says otherwise.
+        "--ui-ip",
+        settings.ui_host,
         "--db-filename",
         str(data / "temporal.db"),
         "--namespace",
@@ -142,9 +146,9 @@ class Stack:
 
     def prepare(self) -> str:
         """Database, default account and token, built-in models; returns the API token."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(self.settings)
         engine = make_engine(self.settings.resolved_database_url)
-        init_db(engine)
+        init_db(engine, secret_key=self.settings.ensure_secret_key())
         token = self.settings.ensure_api_token()
         account = ensure_account(engine, self.settings.default_account)
         add_token(engine, account, token)
@@ -153,7 +157,7 @@ class Stack:
         return token
 
     def _spawn(
-        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None, umask: int = -1
     ) -> subprocess.Popen[bytes]:
         out: int | object = None
         if self.log_dir is not None:
@@ -165,21 +169,29 @@ class Stack:
             stdout=out,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,  # Ctrl-C reaches us once; we stop the children in order
+            umask=umask,
         )
         self.procs[name] = proc
         return proc
 
     def start_temporal(self) -> None:
-        proc = self._spawn("temporal", temporal_command(self.settings, ui=self.ui))
+        # Its database holds every workflow's inputs: created private (replicant/datadir.py).
+        proc = self._spawn(
+            "temporal", temporal_command(self.settings, ui=self.ui), umask=PRIVATE_UMASK
+        )
         wait_for_port(self.settings.temporal_port, proc)
 
     def start_api(
-        self, name: str = "api", port: int | None = None, env: dict[str, str] | None = None
+        self,
+        name: str = "api",
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
     ) -> str:
         """Start an API process (more than one: give each its own port); returns its URL.
-        ``env`` adds settings of its own."""
+        ``env`` adds settings of its own; ``command`` replaces the entry point (a test's)."""
         port = port or self.settings.api_port
-        cmd = [sys.executable, "-m", "replicant.cli", "api"]
+        cmd = command or [sys.executable, "-m", "replicant.cli", "api"]
         env = dict(env or {})
         if port != self.settings.api_port:
             env["REPLICANT_API_PORT"] = str(port)

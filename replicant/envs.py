@@ -32,7 +32,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from replicant.cogmodel import CogConfig
+from replicant.cogmodel import CogConfig, local_package
 from replicant.egress import PROXY_PORT, proxy_env, proxy_in_thread
 from replicant.pythons import find_python
 from replicant.sandbox import (
@@ -156,11 +156,15 @@ def _package_version(name: str) -> str:
         return ""
 
 
-def _env_key(python: Path, version: str, requirements: list[str]) -> str:
+def _env_key(
+    python: Path, version: str, requirements: list[str], local: dict[str, str] | None = None
+) -> str:
     identity = {
         "python": version,
         "interpreter": str(python),
         "requirements": sorted(requirements),
+        # Local package files by content: the same files from any copy of the model match.
+        **({"local_packages": local} if local else {}),
         "cog": _package_version("cog"),
         "coglet": _package_version("coglet"),
         "host_site": sysconfig.get_paths()["purelib"],
@@ -326,6 +330,7 @@ def _build(
     version: str,
     requirements: list[str],
     progress: Progress,
+    model_dir: str = "",
 ) -> None:
     progress(f"building a Python {version} environment in {env_dir}")
     _run(
@@ -334,9 +339,14 @@ def _build(
         "creating the venv",
     )
     env_python = env_dir / "bin" / "python"
-    packages = list(requirements)
-    # Requirements that name local files or directories: the sandboxed pip reads them.
-    local = {str(p): p for p in map(_local_path, " ".join(packages).split()) if p is not None}
+    # Local package files are given to pip by their path in the model (spaces and all).
+    local = [str(Path(model_dir) / line) for line in requirements if local_package(line)]
+    packages = [line for line in requirements if not local_package(line)]
+    # What the sandboxed pip reads: those files, and requirements that name local paths.
+    readable = {path: Path(path) for path in local}
+    readable.update(
+        (str(p), p) for p in map(_local_path, " ".join(packages).split()) if p is not None
+    )
     if version == _host_version():
         # Replicant's own packages (cog, coglet, ...) sit under the env's, which win.
         paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
@@ -346,17 +356,17 @@ def _build(
     else:
         # Another Python cannot share our compiled packages: give it the same cog and coglet.
         packages += [f"{name}=={_package_version(name)}" for name in ("cog", "coglet")]
-    if packages:
+    if packages or local:
         req_file = env_dir / "replicant-requirements.txt"
         req_file.write_text("\n".join(packages) + "\n", encoding="utf-8")
-        progress(f"installing {len(packages)} requirement(s)")
+        progress(f"installing {len(packages) + len(local)} requirement(s)")
         # This pip installs into the env (--python), so the env needs no pip of its own.
         _run(
             [sys.executable, "-m", "pip", "--python", str(env_python), "install"]
-            + ["--disable-pip-version-check", "--no-input", "-r", str(req_file)],
+            + ["--disable-pip-version-check", "--no-input", "-r", str(req_file), *local],
             progress,
             "pip install",
-            sandboxed=(env_dir, env_python, local),
+            sandboxed=(env_dir, env_python, readable),
         )
     _run(
         [str(env_python), "-c", "import cog, coglet"],
@@ -378,7 +388,8 @@ def plan_env(config: CogConfig, envs_dir: Path, progress: Progress | None = None
     python, version = _choose_python(config.python_version, say)
     if version == _host_version() and requirements_satisfied(requirements):
         return Path(sys.executable)
-    return envs_dir / _env_key(python, version, requirements) / "bin" / "python"
+    key = _env_key(python, version, requirements, config.local_packages)
+    return envs_dir / key / "bin" / "python"
 
 
 def env_ready(python: Path) -> bool:
@@ -406,7 +417,7 @@ def ensure_env(
         return Path(sys.executable)
 
     envs_dir.mkdir(parents=True, exist_ok=True)
-    key = _env_key(python, version, requirements)
+    key = _env_key(python, version, requirements, config.local_packages)
     env_dir = envs_dir / key
     env_python = env_dir / "bin" / "python"
     marker = env_dir / COMPLETE_MARKER
@@ -419,7 +430,7 @@ def ensure_env(
             say(f"removing an unfinished environment at {env_dir}")
             shutil.rmtree(env_dir)
         try:
-            _build(env_dir, python, version, requirements, say)
+            _build(env_dir, python, version, requirements, say, config.model_dir)
         except BaseException:
             shutil.rmtree(env_dir, ignore_errors=True)
             raise

@@ -63,20 +63,6 @@ def parse_data_uri(uri: str) -> tuple[str, bytes]:
     return content_type, data
 
 
-def data_uri_items(
-    schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
-) -> list[list[str | int]]:
-    """Where the data URIs of ``payload``'s file inputs are: ``["image"]``, ``["images", 2]``."""
-    found: list[list[str | int]] = []
-    for name, is_list in file_fields(schema, component).items():
-        value = payload.get(name)
-        items = list(enumerate(value)) if is_list and isinstance(value, list) else [(None, value)]
-        for index, item in items:
-            if isinstance(item, str) and item[:5].lower() == "data:":
-                found.append([name] if index is None else [name, index])
-    return found
-
-
 def get_at(value: Any, path: list[str | int]) -> Any:
     """The item at ``path`` (keys and list indexes) inside ``value``."""
     for part in path:

@@ -2,7 +2,9 @@
 
 Only ``http``/``https`` URLs whose host resolves to public addresses pass. Loopback, private,
 link-local (cloud metadata at 169.254.169.254), CGNAT, multicast and reserved addresses are
-refused unless ``allow_private_urls`` is set (local development and tests).
+refused unless ``allow_private_urls`` is set (local development and tests). An IPv6 address
+that reaches IPv4 (NAT64, SIIT, IPv4-mapped or -compatible, 6to4, Teredo) is judged by the
+IPv4 address it reaches, or refused when that cannot be told.
 """
 
 from __future__ import annotations
@@ -99,11 +101,44 @@ def check_target(url: str, allow_private: bool) -> str:
     return host
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits: IPv4-mapped (::ffff:a.b.c.d),
+# SIIT's IPv4-translated (::ffff:0:a.b.c.d), IPv4-compatible (::a.b.c.d, also :: and ::1) and
+# the well-known NAT64 prefix (64:ff9b::a.b.c.d, RFC 6052).
+LAST_32_BITS = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("::ffff:0:0/96", "::ffff:0:0:0/96", "::/96", "64:ff9b::/96")
+)
+# Transition prefixes whose IPv4 address cannot be told from the address alone: local-use
+# NAT64 (RFC 8215, any prefix length an operator picks) is refused outright.
+OPAQUE = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+
+
+def ipv4_behind(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address] | None:
+    """The IPv4 addresses a packet to ``ip`` would reach through a transition mechanism
+    (NAT64, SIIT, IPv4-mapped or -compatible, 6to4, Teredo); None for a native IPv6 address.
+    ``BlockedURL`` for a transition form whose IPv4 address cannot be told."""
+    if any(ip in net for net in OPAQUE):
+        raise BlockedURL("must not point at a private or reserved address")
+    if any(ip in net for net in LAST_32_BITS):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:  # 2002::/16: the IPv4 address follows the prefix
+        return [ip.sixtofour]
+    if ip.teredo is not None:  # 2001::/32: the relay server and the (obfuscated) client
+        return list(ip.teredo)
+    return None
+
+
 def is_public_address(address: str) -> bool:
-    """True for an address on the public internet."""
+    """True for an address on the public internet; an IPv6 address that leads to IPv4
+    (``ipv4_behind``) is judged by the IPv4 address it leads to."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        try:
+            behind = ipv4_behind(ip)
+        except BlockedURL:
+            return False
+        if behind is not None:
+            return all(v4.is_global and not v4.is_multicast for v4 in behind)
     return ip.is_global and not ip.is_multicast
 
 

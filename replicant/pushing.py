@@ -23,7 +23,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from replicant.archives import pack_model
+from replicant.archives import LinkOutside, pack_model
 
 CHUNK = 256 * 1024
 NDJSON = "application/x-ndjson"
@@ -85,7 +85,10 @@ def push_model(
             params["description"] = options.description
     endpoint = f"{api_base(url)}/v1/models/{owner}/{name}/versions"
     with tempfile.TemporaryFile() as archive:
-        count = pack_model(src, archive)
+        try:
+            count = pack_model(src, archive)
+        except LinkOutside as err:
+            raise PushError(str(err)) from None
         size = archive.tell()
         archive.seek(0)
         console.print(f"Packed {count} files from {src} ({size:,} bytes)")

@@ -81,16 +81,18 @@ class Sealer:
     ) -> dict[str, Any]:
         """``payload`` with each ``Secret`` input value sealed (every one, even one that looks
         sealed already: the model gets back exactly what the caller sent)."""
-        return map_secrets(schema, payload, self._seal, component)
+        return map_secrets(schema, payload, self.seal_value, component)
 
     def unseal_input(
         self, schema: dict[str, Any], payload: dict[str, Any], component: str = "Input"
     ) -> dict[str, Any]:
         """``payload`` with each sealed ``Secret`` input value opened; ``UnsealError``."""
-        return map_secrets(schema, payload, self._unseal, component)
+        return map_secrets(schema, payload, self.unseal_value, component)
 
-    def _seal(self, value: str) -> str:
+    def seal_value(self, value: str) -> str:
+        """One ``Secret`` value sealed for this run."""
         return seal(value, self.secret_key, self.context)
 
-    def _unseal(self, value: str) -> str:
+    def unseal_value(self, value: str) -> str:
+        """One sealed value opened; ``UnsealError``."""
         return unseal(value, self.secret_key, self.context)

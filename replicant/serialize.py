@@ -115,6 +115,23 @@ def public_prediction(row: tables.Prediction, base_url: str) -> responses.Public
     return responses.PublicPrediction.model_validate(fields)
 
 
+def shared_prediction(
+    row: tables.Prediction, base_url: str, *, secret_key: str
+) -> responses.Prediction:
+    """A prediction in the shape ``GET /v1/predictions/{id}`` has, as someone other than its
+    owner is shown it (a model's examples): what ``public_prediction`` shows, so no logs, no
+    webhook, no stream URL, no deployment and of the metrics only ``predict_time``."""
+    fields = body(prediction(row, base_url, secret_key=secret_key))
+    for owners_only in ("webhook", "webhook_events_filter", "deployment", "metrics"):
+        fields.pop(owners_only, None)
+    fields["urls"].pop("stream", None)
+    fields["logs"] = ""
+    shared = body(public_prediction(row, base_url))
+    if "metrics" in shared:
+        fields["metrics"] = shared["metrics"]
+    return responses.Prediction.model_validate(fields)
+
+
 def training(
     row: tables.Training,
     base_url: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import time
@@ -58,7 +59,8 @@ class Settings(BaseSettings):
     temporal_ui_url: str | None = Field(
         None,
         description="The Temporal Web UI as browsers reach it (the dashboard links each "
-        "prediction's workflow there); `http://127.0.0.1:<ui_port>` when unset.",
+        "prediction's workflow there); `http://<ui_host>:<ui_port>` when unset (`127.0.0.1` for "
+        "a wildcard `ui_host`).",
     )
     temporal_bin: str | None = Field(
         None,
@@ -153,16 +155,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Rows of each kind (predictions, trainings, builds) the reconciler goes "
         "over in one pass at most; the next pass goes on after the last of them.",
-    )
-    fault_kill_before_start: bool = Field(
-        False,
-        description="TEST ONLY, never in production: the API SIGKILLs itself after writing a "
-        "new prediction's or training's row, before starting its workflow.",
-    )
-    fault_lose_start_answer: bool = Field(
-        False,
-        description="TEST ONLY, never in production: the API acts as if the answer to a "
-        "workflow start that Temporal took were lost.",
     )
 
     # Hardware: every SKU is a task queue.
@@ -363,6 +355,31 @@ class Settings(BaseSettings):
     )
     output_url_expiry: float = Field(3600.0, description="Seconds a signed output URL works.")
 
+    # User bytes, dashboard sessions and request bodies (docs/hardening.md)
+    files_url: str | None = Field(
+        None,
+        description="A separate origin that serves uploaded files and output files (e.g. "
+        "`https://files.example.com`, pointed at the same API processes): their signed URLs "
+        "point there, and the API's own origin redirects any such URL to it, so no user "
+        "bytes are ever served from the dashboard's origin. Unset: the public URL serves "
+        "them (as attachments, media aside, with a sandboxing CSP).",
+    )
+    session_lifetime: float = Field(
+        12 * 3600.0,
+        gt=0,
+        description="Seconds a dashboard sign-in lasts; then the browser signs in again. "
+        "Signing out, or revoking the API token signed in with, ends it at once.",
+    )
+    max_request_body: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="The largest request body in bytes (413 beyond, before it is read and "
+        "before authentication), for every route but uploads: `POST /v1/files` and the "
+        "dashboard's Run form take `max_file_size` plus 1 MiB, a model push "
+        "`max_push_bytes` plus 1 MiB, sign-in 64 KiB. Larger input files go through "
+        "`POST /v1/files` rather than data URIs.",
+    )
+
     # TLS for the API
     tls_certfile: Path | None = Field(
         None,
@@ -436,6 +453,30 @@ class Settings(BaseSettings):
         description="Prefix of the rate-limit keys in Redis, for installations sharing one.",
     )
 
+    # Who a request comes from behind proxies, what a rate-limit store failure does, where
+    # the Temporal UI listens (docs/hardening.md, "Threat model").
+    trusted_proxies: list[str] = Field(
+        [],
+        description="Addresses or networks (CIDR) of the reverse proxies in front of the API, "
+        'as JSON, e.g. `["172.16.0.0/12"]`: only a request from one of them has its '
+        "`X-Forwarded-For` and `X-Forwarded-Proto` believed (its client address keys the rate "
+        "limit of requests without an account). Empty: no forwarded header is believed, not "
+        "even from loopback.",
+    )
+    rate_limit_store_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="What a request does when the rate-limit store (Redis) fails: `open` lets "
+        "it through with a logged warning (`event=rate_limit_unavailable`) and counts it in "
+        "`replicant_rate_limit_store_errors_total`; `closed` refuses it with 503 and "
+        "`Retry-After` (and counts it too).",
+    )
+    ui_host: str = Field(
+        "127.0.0.1",
+        description="The address the embedded Temporal Web UI listens on. It has no "
+        "authentication and shows every account's inputs and webhook URLs: keep it on "
+        "loopback, or put it behind a proxy that authenticates.",
+    )
+
     # Logs and metrics
     log_level: str = Field("INFO", description="The log level.")
     log_format: Literal["json", "text"] = Field(
@@ -459,10 +500,32 @@ class Settings(BaseSettings):
         ge=0,
     )
 
+    # Concurrency of an API process: its threads, its database connections (as many as
+    # threads that may hold one, so none waits for a connection) and its admission bound.
+    api_threads: int = Field(
+        40,
+        description="Threads of an API process for synchronous routes and database calls "
+        "(anyio's thread limiter). Its database pool keeps this many connections plus one "
+        "per thread of its other pool (Python's default executor, `min(32, cores + 4)`): "
+        "on PostgreSQL, keep API processes x that, plus the workers' pools, under "
+        "`max_connections`.",
+        ge=1,
+    )
+
     @field_validator("rate_limit_create", "rate_limit_default")
     @classmethod
     def _valid_rate_limit(cls, value: str) -> str:
         parse_limit(value)  # "600/minute", "5 per 10 seconds", ...; ValueError otherwise
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted proxy {entry!r} is not an address or network") from None
         return value
 
     @property
@@ -475,8 +538,16 @@ class Settings(BaseSettings):
         return (self.public_url or f"{scheme}://{self.api_host}:{self.api_port}").rstrip("/")
 
     @property
+    def resolved_files_url(self) -> str:
+        """Where user bytes are served: ``files_url``, else the public URL."""
+        return (self.files_url or self.resolved_public_url).rstrip("/")
+
+    @property
     def resolved_temporal_ui_url(self) -> str:
-        return (self.temporal_ui_url or f"http://127.0.0.1:{self.ui_port}").rstrip("/")
+        if self.temporal_ui_url:
+            return self.temporal_ui_url.rstrip("/")
+        host = "127.0.0.1" if self.ui_host in ("0.0.0.0", "::", "") else self.ui_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.ui_port}"
 
     @property
     def resolved_database_url(self) -> str:
@@ -500,7 +571,7 @@ class Settings(BaseSettings):
             return self.secret_key
         path = self.data_dir / "secret-key"
         with contextlib.suppress(FileExistsError):
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             # O_EXCL: API and worker processes starting together agree on one key.
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -519,10 +590,11 @@ class Settings(BaseSettings):
         path = self.data_dir / "api-token"
         if path.exists():
             return path.read_text().strip()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         token = "r8_" + secrets.token_urlsafe(30)
-        path.write_text(token + "\n")
-        path.chmod(0o600)
+        # Created 0600: the token is never readable by others, even for a moment.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(token + "\n")
         return token
 
 

@@ -32,6 +32,8 @@ from urllib.parse import quote, unquote, urlsplit
 from minio import Minio
 from minio.error import S3Error
 
+from replicant import userbytes
+from replicant.inputfiles import InputFileError, parse_data_uri, safe_filename
 from replicant.settings import Settings
 
 CHUNK = 1024 * 1024
@@ -120,6 +122,10 @@ class ObjectStore(Protocol):
         """Delete every object whose key starts with ``prefix``; returns how many."""
         ...
 
+    def put_bytes(self, data: bytes, key: str, content_type: str) -> Upload:
+        """Store ``data`` under ``key``; the upload tells its size and sha256."""
+        ...
+
     def signed_url(self, key: str, expires_in: float, filename: str | None = None) -> str:
         """A URL that fetches the object without a token until ``expires_in`` seconds pass."""
         ...
@@ -129,6 +135,29 @@ class ObjectStore(Protocol):
         the same, or the store's own URL to the object with the same expiry. Any other
         string comes back unchanged."""
         ...
+
+
+def put_bytes(store: ObjectStore, data: bytes, key: str, content_type: str) -> Upload:
+    """``ObjectStore.put_bytes`` of every store: one upload, committed or discarded."""
+    upload = store.new_upload()
+    try:
+        upload.write(data)
+        store.commit(upload, key, content_type)
+    finally:
+        upload.discard()
+    return upload
+
+
+def put_data_uri(store: ObjectStore, uri: str, key_dir: str, limit: int) -> str:
+    """Store a ``data:`` URI's bytes as ``key_dir/<file name>`` (the name from its content
+    type); returns the file name. ``InputFileError`` when it is malformed or over ``limit``
+    bytes. The one place a data URI becomes a stored object."""
+    content_type, data = parse_data_uri(uri)
+    if len(data) > limit:
+        raise InputFileError(f"is larger than {limit} bytes")
+    filename = safe_filename("file", content_type)
+    store.put_bytes(data, f"{key_dir}/{filename}", content_type)
+    return filename
 
 
 def check_key(key: str) -> str:
@@ -196,6 +225,8 @@ def check_signed(secret: str, key: str, expires: str, sig: str, now: float | Non
 
 class LocalStore:
     """Objects as files under ``root``; content types in a sidecar file per object."""
+
+    put_bytes = put_bytes
 
     def __init__(self, root: Path, public_url: str, secret: str) -> None:
         self.root = root.resolve()
@@ -290,6 +321,8 @@ def _chunks(f: IO[bytes], chunk_size: int) -> Iterator[bytes]:
 class S3Store:
     """Objects in one S3 bucket through the ``minio`` SDK."""
 
+    put_bytes = put_bytes
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.bucket = settings.s3_bucket
@@ -377,8 +410,24 @@ class S3Store:
         return len(names)
 
     def signed_url(self, key: str, expires_in: float, filename: str | None = None) -> str:
+        """A presigned GET whose answer is served as user bytes: the type the object's name
+        implies when that is media (inline), else an attachment (S3 sets no CSP; the store
+        is an origin of its own)."""
+        name = filename or key.rsplit("/", 1)[-1]
+        implied = userbytes.guessed_type(name)
+        response: dict[str, str | list[str] | tuple[str]]
+        if userbytes.is_inline(implied):
+            response = {"response-content-type": userbytes.served_type(implied)}
+        else:
+            response = {
+                "response-content-type": "application/octet-stream",
+                "response-content-disposition": userbytes.disposition(None, name),
+            }
         url: str = self.presigner.presigned_get_object(
-            self.bucket, check_key(key), expires=timedelta(seconds=max(1, int(expires_in)))
+            self.bucket,
+            check_key(key),
+            expires=timedelta(seconds=max(1, int(expires_in))),
+            response_headers=response,
         )
         return url
 

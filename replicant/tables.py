@@ -82,6 +82,18 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = time_field()
 
 
+class DashboardSession(SQLModel, table=True):
+    """A signed-in dashboard session. The browser's cookie holds only a random id; the row
+    keeps that id's hash (a copy of the table opens no session), the API token the user
+    signed in with by its id (never the token), and the session's CSRF token."""
+
+    id_hash: str = Field(primary_key=True)
+    token_id: int = Field(foreign_key="apitoken.id", index=True)
+    csrf: str
+    created_at: datetime = created_field()
+    expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
+
+
 class Model(SQLModel, table=True):
     """A model: a named series of versions under an owner."""
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, Interceptor, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
 from replicant.settings import Settings
+
+# Client interceptors of this process: none in production. A test entry point
+# (tests/faultyapi.py) installs fault injectors here before the API starts.
+CLIENT_INTERCEPTORS: list[Interceptor] = []
 
 
 async def connect(settings: Settings) -> Client:
@@ -15,7 +19,14 @@ async def connect(settings: Settings) -> Client:
         settings.resolved_temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
+        interceptors=list(CLIENT_INTERCEPTORS),
     )
+
+
+def is_not_found(err: BaseException) -> bool:
+    """Whether Temporal answered "not found" (no such workflow), rather than failing to
+    answer at all (unreachable, timed out, refused)."""
+    return isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
 
 
 async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
@@ -25,7 +36,7 @@ async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecution
     try:
         described = await client.get_workflow_handle(workflow_id).describe()
     except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
+        if is_not_found(err):
             return None
         raise
     return described.status

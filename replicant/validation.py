@@ -140,23 +140,39 @@ def validate_input(
     name. Defaults are not applied (coglet does that). Raises ``KeyError`` if the schema has
     no such component (a version without a trainer has no ``TrainingInput``).
     """
-    schemas = openapi_schema.get("components", {}).get("schemas", {})
-    if component not in schemas:
-        raise KeyError(f"the version's schema has no {component} component")
-    validator = _validator(json.dumps(schemas, sort_keys=True), component)
-    properties = schemas[component].get("properties", {})
-    order = {name: prop.get("x-order", 0) for name, prop in properties.items()}
+    return InputChecker.of(openapi_schema, component).problems(payload)
 
-    found: list[InvalidField] = []
-    for error in validator.iter_errors(payload):
-        for item in _flatten(error, payload, properties):
-            if item not in found:
-                found.append(item)
-        if len(found) >= MAX_ERRORS:
-            break
-    # Report fields in the order the model declares them, unknown ones last.
-    found.sort(key=lambda f: (order.get(f.field.split(".")[0], len(order)), f.field))
-    return found[:MAX_ERRORS]
+
+class InputChecker:
+    """The compiled rules of one input component (see ``validate_input``)."""
+
+    def __init__(self, validator: Validator, properties: dict[str, Any]) -> None:
+        self.validator = validator
+        self.properties = properties
+        self.order = {name: prop.get("x-order", 0) for name, prop in properties.items()}
+
+    @classmethod
+    def of(cls, openapi_schema: dict[str, Any], component: str = "Input") -> InputChecker:
+        """The checker of ``component``; ``KeyError`` when the schema has none."""
+        schemas = openapi_schema.get("components", {}).get("schemas", {})
+        if component not in schemas:
+            raise KeyError(f"the version's schema has no {component} component")
+        validator = _validator(json.dumps(schemas, sort_keys=True), component)
+        return cls(validator, schemas[component].get("properties", {}))
+
+    def problems(self, payload: dict[str, Any]) -> list[InvalidField]:
+        """Every problem of ``payload``, in the order the model declares its fields."""
+        found: list[InvalidField] = []
+        for error in self.validator.iter_errors(payload):
+            for item in _flatten(error, payload, self.properties):
+                if item not in found:
+                    found.append(item)
+            if len(found) >= MAX_ERRORS:
+                break
+        # Report fields in the order the model declares them, unknown ones last.
+        order = self.order
+        found.sort(key=lambda f: (order.get(f.field.split(".")[0], len(order)), f.field))
+        return found[:MAX_ERRORS]
 
 
 REDACTED = "**********"
@@ -174,6 +190,14 @@ def secret_fields(openapi_schema: dict[str, Any], component: str = "Input") -> s
     }
 
 
+def change_secret(value: Any, change: Callable[[str], Any]) -> Any:
+    """A ``Secret`` input's value with ``change`` applied to its string (to each string of
+    a ``list[Secret]``); anything else is kept as it is."""
+    if isinstance(value, list):
+        return [change_secret(item, change) for item in value]
+    return change(value) if isinstance(value, str) else value
+
+
 def map_secrets(
     openapi_schema: dict[str, Any],
     payload: dict[str, Any],
@@ -183,13 +207,7 @@ def map_secrets(
     """A copy of ``payload`` with ``change`` applied to each string value of its ``Secret``
     inputs (each item of a ``list[Secret]``); other values are kept as they are."""
     secret = secret_fields(openapi_schema, component)
-
-    def apply(value: Any) -> Any:
-        if isinstance(value, list):
-            return [apply(item) for item in value]
-        return change(value) if isinstance(value, str) else value
-
-    return {name: apply(v) if name in secret else v for name, v in payload.items()}
+    return {name: change_secret(v, change) if name in secret else v for name, v in payload.items()}
 
 
 def redact_secrets(

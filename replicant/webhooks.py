@@ -1,5 +1,9 @@
 """Webhook deliveries: the account's signing secret, Standard Webhooks signatures, one POST.
 
+Each account's signing secret is stored sealed (``replicant.sealing``, under the
+installation's ``secret_key``): a copy of the database alone does not let anyone forge
+webhooks.
+
 Signed as Replicate signs them (https://www.standardwebhooks.com): ``webhook-id`` (the same
 for every retry of one event), ``webhook-timestamp`` (of this attempt, so a verifier's
 five-minute tolerance holds for late retries) and ``webhook-signature``.
@@ -25,6 +29,8 @@ from standardwebhooks import Webhook
 
 from replicant.netguard import BlockedURL, check_target
 from replicant.safefetch import address_policy, pinned, resolve
+from replicant.sealing import SEALED_PREFIX, UnsealError, seal, unseal
+from replicant.settings import get_settings
 from replicant.tables import Account
 
 log = logging.getLogger("replicant.webhooks")
@@ -51,33 +57,67 @@ def valid_secret(secret: str | None) -> bool:
         return False
 
 
-def account_webhook_secret(engine: Engine, username: str) -> str:
-    """The account's signing secret; one that verifiers cannot decode is replaced, once."""
+def _sealing_context(account_id: int | None) -> str:
+    # Binds a sealed secret to its account: copied to another row it does not open.
+    return f"account:{account_id}:webhook_secret"
+
+
+def seal_webhook_secret(secret: str, secret_key: str, account_id: int | None) -> str:
+    """An account's signing secret as it is stored: sealed (``replicant.sealing``)."""
+    return seal(secret, secret_key, _sealing_context(account_id))
+
+
+def _stored(engine: Engine, username: str) -> tuple[int | None, str | None]:
     with Session(engine) as session:
         account = session.exec(select(Account).where(Account.username == username)).first()
         if account is None:
             raise LookupError(f"account {username} does not exist")
-        current = account.webhook_secret
-    if valid_secret(current):
+        return account.id, account.webhook_secret
+
+
+def open_webhook_secret(stored: str | None, secret_key: str, account_id: int | None) -> str | None:
+    """The plain secret of a stored one (sealed, or plain from an older release); None when
+    there is none or it was sealed under another ``secret_key``."""
+    if not stored:
+        return None
+    try:
+        return unseal(stored, secret_key, _sealing_context(account_id))
+    except UnsealError:
+        log.warning(
+            "event=webhook_secret_unreadable account_id=%s (secret_key changed)", account_id
+        )
+        return None
+
+
+def account_webhook_secret(engine: Engine, username: str, secret_key: str | None = None) -> str:
+    """The account's signing secret. It is stored sealed under ``secret_key`` (the process's
+    settings' when None): a plain one (an older release's) is sealed in place, and one that
+    verifiers cannot decode, or that another ``secret_key`` sealed, is replaced, once."""
+    key = secret_key or get_settings().ensure_secret_key()
+    account_id, stored = _stored(engine, username)
+    current = open_webhook_secret(stored, key, account_id)
+    if valid_secret(current) and stored is not None and stored.startswith(SEALED_PREFIX):
         assert current is not None
         return current
+    # Sealed at rest from now on: the plain secret, or a new one when it is not usable.
+    value = current if valid_secret(current) and current is not None else new_secret()
     # Guarded on the old value: concurrent callers (API, workers) end up with one secret.
     stmt = (
         update(Account)
         .where(col(Account.username) == username)
         .where(
-            col(Account.webhook_secret) == current
-            if current
+            col(Account.webhook_secret) == stored
+            if stored
             else col(Account.webhook_secret).is_(None)
         )
-        .values(webhook_secret=new_secret())
+        .values(webhook_secret=seal_webhook_secret(value, key, account_id))
     )
     with engine.begin() as conn:
         conn.execute(stmt)
-    with Session(engine) as session:
-        account = session.exec(select(Account).where(Account.username == username)).first()
-        assert account is not None and account.webhook_secret is not None
-        return account.webhook_secret
+    account_id, stored = _stored(engine, username)
+    opened = open_webhook_secret(stored, key, account_id)
+    assert opened is not None
+    return opened
 
 
 def webhook_id(prediction_id: str, event: str, sequence: int = 0) -> str:

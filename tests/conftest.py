@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,3 +260,45 @@ def node_client() -> Path:
     finally:
         os.close(lock)
     return JS_DIR / "stream.mjs"
+
+
+REPLICATE2_DIR = Path(__file__).parent / "replicate2"
+
+
+@pytest.fixture(scope="session")
+def replicate2() -> Callable[..., Any]:
+    """Replicate's 2.x Python client (tests/replicate2/requirements.txt, pip-installed into
+    tests/replicate2/.lib when missing): runs tests/replicate2/client.py against a stack in a
+    subprocess and returns what it printed, parsed."""
+    lib = REPLICATE2_DIR / ".lib"
+    lock = os.open(REPLICATE2_DIR, os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (lib / "replicate").exists():
+            requirements = str(REPLICATE2_DIR / "requirements.txt")
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "--target", str(lib)]
+                + ["-r", requirements],
+                check=True,
+            )
+    finally:
+        os.close(lock)
+
+    def run(stack: LiveStack, *args: str, token: str | None = None) -> Any:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(lib),
+            "REPLICATE_API_TOKEN": token or stack.token,
+            "REPLICATE_BASE_URL": f"{stack.url}/v1",
+        }
+        done = subprocess.run(
+            [sys.executable, str(REPLICATE2_DIR / "client.py"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    return run

@@ -7,6 +7,7 @@ Everything here runs the real cog 0.23.1 SDK and coglet; nothing about them is m
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import json
 import os
@@ -29,7 +30,9 @@ from replicant.cogmodel import (
     PredictorError,
     inspect_model,
     load_cog_config,
+    model_environment,
     output_streams,
+    setup_timeout,
     write_schema_for_coglet,
 )
 from replicant.validation import InvalidField, redact_secrets, validate_input
@@ -118,6 +121,117 @@ def test_run_entry_and_requirements_file_are_read(tmp_path: Path) -> None:
     assert config.python_requirements == "requirements.txt"
     assert config.python_packages == ["numpy==1.26.4", "torch==2.3.0", "requests>=2"]
     assert config.max_concurrency == 4
+
+
+CONCURRENT_RUNNER = """\
+import cog
+from cog import BaseRunner
+
+
+class Runner(BaseRunner):
+    @cog.concurrent(max={max})
+    async def run(self, s: str) -> str:
+        return s
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected", "source"),
+    [
+        ("", 5, "@cog.concurrent(max)"),
+        ("concurrency:\n  max: 2\n", 2, "concurrency.max"),
+        (
+            "concurrency:\n  max: 2\nenvironment:\n  - COG_MAX_CONCURRENCY=7\n",
+            7,
+            "COG_MAX_CONCURRENCY",
+        ),
+        ("environment:\n  - COG_MAX_CONCURRENCY=zero\n", 5, "@cog.concurrent(max)"),
+    ],
+)
+def test_concurrency_is_resolved_in_cogs_order(
+    tmp_path: Path, extra: str, expected: int, source: str
+) -> None:
+    make_model(
+        tmp_path,
+        {"cog.yaml": "run: run.py:Runner\n" + extra, "run.py": CONCURRENT_RUNNER.format(max=5)},
+    )
+    config = load_cog_config(tmp_path)
+    assert (config.max_concurrency, config.concurrency_source) == (expected, source)
+
+
+def test_a_non_literal_concurrent_max_is_refused_as_cog_refuses_it(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {"cog.yaml": "run: run.py:Runner\n", "run.py": CONCURRENT_RUNNER.format(max="2 + 2")},
+    )
+    config = load_cog_config(tmp_path)
+    assert config.max_concurrency == 1
+    with pytest.raises(PredictorError, match="only supports literal integer max"):
+        inspect_model(tmp_path, PYTHON, config)
+
+
+def test_concurrency_max_on_a_sync_predict_is_refused(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": COG_YAML + "concurrency:\n  max: 3\n",
+            "predict.py": (EXAMPLES / "hello-world" / "predict.py").read_text(),
+        },
+    )
+    with pytest.raises(PredictorError, match=r"concurrency.max > 1 requires an async run\(\)"):
+        schema_of(tmp_path)
+
+
+def test_environment_is_read_and_checked_as_cog_checks_it(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": COG_YAML + "environment:\n  - A=1=2\n  - EMPTY=\n  - COG_SETUP_TIMEOUT=9\n",
+            "predict.py": "",
+        },
+    )
+    config = load_cog_config(tmp_path)
+    assert config.environment == {"A": "1=2", "EMPTY": "", "COG_SETUP_TIMEOUT": "9"}
+    assert model_environment(tmp_path) == config.environment
+    assert setup_timeout(tmp_path) == 9.0
+    for entries, message in [
+        ("  - PATH=/tmp\n", "reserved for internal use"),
+        ("  - CUDA_HOME=/x\n", "reserved for internal use"),
+        ("  - REPLICANT_POOL_PID=1\n", "reserved for internal use"),
+        ("  - NOEQUALS\n", "KEY=VALUE"),
+        ("  - A=1\n  - A=2\n", "already defined"),
+    ]:
+        (tmp_path / "cog.yaml").write_text(COG_YAML + "environment:\n" + entries)
+        with pytest.raises(CogConfigError, match=message):
+            load_cog_config(tmp_path)
+
+
+def test_local_packages_are_files_inside_the_model(tmp_path: Path) -> None:
+    yaml_text = COG_YAML.replace("build:\n", "build:\n  python_requirements: req.txt\n")
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": yaml_text,
+            "predict.py": "",
+            "req.txt": "requests>=2\n./dist/a b-1.0.zip\ndist/c-1.0-py3-none-any.whl\n",
+            "dist/a b-1.0.zip": "zip",
+            "dist/c-1.0-py3-none-any.whl": "whl",
+        },
+    )
+    config = load_cog_config(tmp_path)
+    assert set(config.local_packages) == {"./dist/a b-1.0.zip", "dist/c-1.0-py3-none-any.whl"}
+    assert config.local_packages["./dist/a b-1.0.zip"] == hashlib.sha256(b"zip").hexdigest()
+    for line, message in [
+        ("./dist/missing.whl", "does not exist"),
+        ("../outside.whl", "outside the model directory"),
+        ("/etc/passwd.tar.gz", "outside the model directory"),
+        ("./dist/notes.txt", "not a supported wheel or source archive"),
+        ("file:///etc/x.whl", "local file URL"),
+        ("pkg @ file:///etc/x", "local file URL"),
+    ]:
+        (tmp_path / "req.txt").write_text(line + "\n")
+        with pytest.raises(CogConfigError, match=message):
+            load_cog_config(tmp_path)
 
 
 def test_missing_cog_yaml_is_a_config_error(tmp_path: Path) -> None:
@@ -211,8 +325,9 @@ def test_ngram_schema_streams_and_trains(schemas: dict[str, dict[str, Any]]) -> 
     assert list(props) == ["prompt", "max_tokens", "seed"]
     assert props["prompt"]["default"] == ""
     assert (props["max_tokens"]["minimum"], props["max_tokens"]["maximum"]) == (1, 1000)
-    # `seed: int = Input(default=None)`: optional, with no default to show.
-    assert props["seed"]["type"] == "integer" and "default" not in props["seed"]
+    # `seed: Optional[int] = Input(default=None)`: optional, null by default.
+    assert props["seed"]["type"] == "integer" and props["seed"]["nullable"] is True
+    assert props["seed"]["default"] is None
     assert "required" not in components["Input"]
     assert components["Output"] == {
         "title": "Output",

@@ -31,6 +31,7 @@ from replicant.storage import open_store
 from replicant.tables import Prediction, Training
 from replicant.temporal import connect, workflow_exists
 from replicant.timeutil import utcnow
+from tests import faultyapi
 from tests.conftest import TERMINAL, LiveStack, own_stack
 from tests.test_operability import scrape
 from tests.trainkit import data_uri
@@ -83,10 +84,8 @@ def account(live: LiveStack, name: str) -> tuple[str, str]:
 
 
 def faulty_api(live: LiveStack, name: str) -> str:
-    """A second API process that SIGKILLs itself after writing a row (test-only setting)."""
-    return live.stack.start_api(
-        name, free_port(), env={"REPLICANT_FAULT_KILL_BEFORE_START": "true"}
-    )
+    """A second API process that SIGKILLs itself after writing a row (tests/faultyapi.py)."""
+    return live.stack.start_api(name, free_port(), command=faultyapi.command("kill"))
 
 
 def post_to_dying_api(
@@ -429,9 +428,7 @@ async def test_a_start_whose_answer_was_lost_is_settled_by_asking_temporal(
     """Temporal took the start but the API never heard so: the create still answers 201, and
     the prediction (and a training) runs once."""
     username, token = account(crashy, "lost")
-    url = crashy.stack.start_api(
-        "api-lost-answer", free_port(), env={"REPLICANT_FAULT_LOSE_START_ANSWER": "true"}
-    )
+    url = crashy.stack.start_api("api-lost-answer", free_port(), command=faultyapi.command("lose"))
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         response = await client.post(

@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser import new_page, png, run_form, shot, sign_in, submit_run
+from tests.browser import hello_deployment, new_page, png, run_form, shot, sign_in, submit_run
 from tests.conftest import LiveStack
 
 
@@ -271,22 +271,7 @@ def test_deployments_page_edits_instances_and_shows_the_apis_errors(
     browser: Browser, live: LiveStack
 ) -> None:
     token = live.new_account("deployer")
-    with live.client(token) as api:
-        owner = api.get("/v1/account").json()["username"]
-        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-        name = f"dep-{os.urandom(3).hex()}"
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": name,
-                "model": "replicate/hello-world",
-                "version": version,
-                "hardware": "cpu",
-                "min_instances": 0,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
+    owner, name = hello_deployment(live, token)
     page = sign_in(browser, live, token)
     page.goto("/deployments")
     card = page.locator("section.card", has=page.get_by_role("heading", name=f"{owner}/{name}"))

@@ -11,6 +11,8 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
+from pathlib import Path
 
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
@@ -50,7 +52,9 @@ def test_a_finished_prediction_takes_its_final_state_without_a_reload(
     assert page.evaluate(MARKED), "the page was reloaded"
     with live.client(user) as api:
         body = api.get(f"/v1/predictions/{prediction_id}").json()
-    expect(page.locator("#completed-at")).to_have_text(body["completed_at"])
+    # Shown as a relative time, the exact one (to the second) on hover.
+    completed = datetime.fromisoformat(body["completed_at"]).isoformat(timespec="seconds")
+    expect(page.locator("#completed-at time")).to_have_attribute("datetime", completed)
     # The swapped-in buttons work: Share leads to the public page.
     page.get_by_role("button", name="Share").click()
     expect(page.get_by_role("link", name="Public page")).to_be_visible()
@@ -118,10 +122,13 @@ def test_a_running_training_streams_its_logs_and_shows_its_version_in_place(
         corpora.close()
 
 
-def run_snippet(page: Page, language: str, token: str) -> subprocess.CompletedProcess[str]:
-    """Run the page's ``language`` snippet as it stands (given on stdin: a long data URI is
-    beyond one command-line argument), with the token in ``REPLICATE_API_TOKEN``."""
-    code = page.locator(f"#code-{language}").text_content() or ""
+def run_snippet(
+    page: Page, language: str, token: str, code: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the page's ``language`` snippet as it stands, or ``code`` (given on stdin: a long
+    data URI is beyond one command-line argument), with the token in ``REPLICATE_API_TOKEN``."""
+    if code is None:
+        code = page.locator(f"#code-{language}").text_content() or ""
     command = ["bash"] if language == "curl" else [sys.executable, "-"]
     return subprocess.run(
         command,
@@ -165,7 +172,7 @@ def noise_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_a_long_data_uri_input_is_in_the_snippets_in_full_and_runs(
+def test_a_long_data_uri_input_is_in_the_downloaded_code_in_full_and_runs(
     browser: Browser, live: LiveStack
 ) -> None:
     user = live.new_account("live")
@@ -183,9 +190,16 @@ def test_a_long_data_uri_input_is_in_the_snippets_in_full_and_runs(
     page = sign_in(browser, live, user)
     page.goto(f"/predictions/{made['id']}")
     expect(page.locator("#status")).to_have_text("succeeded")
+    # The page shows the code cut short; each language's whole code is a download.
+    whole = {}
     for language in ("curl", "python", "javascript"):
-        assert uri in (page.locator(f"#code-{language}").text_content() or ""), language
-    ran = run_snippet(page, "curl", user)
+        assert uri not in (page.locator(f"#code-{language}").text_content() or ""), language
+        page.locator(f"details:has(#code-{language})").evaluate("d => { d.open = true; }")
+        with page.expect_download() as download:
+            page.locator(f"#whole-code-{language}").click()
+        whole[language] = Path(download.value.path()).read_text()
+        assert uri in whole[language], language
+    ran = run_snippet(page, "curl", user, whole["curl"])
     again = json.loads(ran.stdout or "null")
     assert again and again["status"] == "succeeded", (ran.stdout[:500], ran.stderr)
     assert again["input"]["image"] == uri

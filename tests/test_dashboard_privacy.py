@@ -49,6 +49,11 @@ PAGE_MATRIX: dict[tuple[str, str], Any] = {
     ("GET", "/predictions"): is_own_page,
     ("GET", "/predictions/{prediction_id}"): is_not_found,
     ("GET", "/predictions/{object_id}/events"): is_not_found,
+    ("GET", "/predictions/{object_id}/input.json"): is_not_found,
+    ("GET", "/trainings/{object_id}/input.json"): is_not_found,
+    ("GET", "/predictions/{prediction_id}/output"): is_not_found,
+    ("GET", "/predictions/{prediction_id}/code/{language}"): is_not_found,
+    ("GET", "/predictions/{prediction_id}/inputs/{name}"): is_not_found,
     ("POST", "/predictions/{prediction_id}/cancel"): is_not_found,
     ("POST", "/predictions/{prediction_id}/share"): is_not_found,
     ("POST", "/predictions/{prediction_id}/unshare"): is_not_found,
@@ -62,6 +67,7 @@ SESSION_ROUTES = {
     ("POST", "/signin"),
     ("POST", "/signout"),
     ("GET", "/static/dashboard/{name}"),
+    ("GET", "/favicon.ico"),
 }
 
 
@@ -117,6 +123,7 @@ def test_a_second_account_gets_nothing_of_the_firsts_through_any_page(live: Live
         "prediction_id": prediction["id"],
         "training_id": prediction["id"],  # the same id space
         "object_id": prediction["id"],
+        "language": "curl",
         "token_id": str(list_tokens(live.engine, owner)[0].id),
     }
     routes = dashboard_routes(live)

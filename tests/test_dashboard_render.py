@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from api.dashboard.forms import form_fields
-from api.dashboard.render import markdown, output_items, output_kind, snippets
+from api.dashboard.forms import form_fields, output_type
+from api.dashboard.render import markdown, output_items, output_kind, snippets, vector_summary
 from api.dashboard.web import templates
 
 
@@ -244,10 +244,143 @@ def test_an_api_429_reaches_the_browser_with_its_retry_after(tmp_path: Path) -> 
 
 
 def test_inputs_show_long_data_uris_cut_short() -> None:
-    from api.dashboard.render import brief
+    from api.dashboard.render import LONG_TEXT, brief, is_cut
 
     uri = "data:text/plain;base64," + "A" * 1000
     shown = brief({"text": uri, "files": [uri], "n": 3, "url": "https://h/" + "a" * 300})
-    assert shown["text"].endswith("... (1023 characters)") and len(shown["text"]) < 100
+    assert shown["text"].endswith("... (1,023 characters)") and len(shown["text"]) < 100
     assert shown["files"] == [shown["text"]] and shown["n"] == 3
     assert shown["url"] == "https://h/" + "a" * 300
+    # Any text past LONG_TEXT is cut too; the page links to the whole input.
+    long = brief({"prompt": "word " * 1_000_000})["prompt"]
+    assert long.endswith("... (5,000,000 characters)") and len(long) < LONG_TEXT + 50
+    assert is_cut({"prompt": "word " * 1_000}) and not is_cut({"prompt": "short"})
+
+
+def test_a_choices_input_keeps_its_own_description() -> None:
+    # Cog puts the choices in a schema of their own, whose description is pydantic's.
+    schema = {
+        "components": {
+            "schemas": {
+                "Input": {
+                    "properties": {
+                        "voice": {
+                            "allOf": [{"$ref": "#/components/schemas/voice"}],
+                            "description": "The voice to speak with",
+                            "default": "joe",
+                            "x-order": 0,
+                        }
+                    }
+                },
+                "voice": {
+                    "title": "voice",
+                    "description": "An enumeration.",
+                    "enum": ["joe", "amy"],
+                    "type": "string",
+                },
+                "Output": {"type": "string", "format": "uri"},
+            }
+        }
+    }
+    (voice,) = form_fields(schema)
+    assert (voice.kind, voice.choices, voice.default) == ("select", ["joe", "amy"], "joe")
+    assert voice.description == "The voice to speak with"
+    assert output_type(schema) == "file"
+
+
+def test_output_types_read_as_words() -> None:
+    def typed(output: dict[str, Any]) -> str:
+        return output_type({"components": {"schemas": {"Output": output}}})
+
+    iterator = {"type": "array", "items": {"type": "string"}, "x-cog-array-type": "iterator"}
+    assert typed(iterator) == "iterator of string"
+    assert typed({"type": "array", "items": {"type": "object"}}) == "list of object"
+    ocr = {"type": "object", "properties": {"text": {}, "lines": {}}}
+    assert typed(ocr) == "object (text, lines)"
+
+
+def test_vectors_are_collapsed_and_text_fields_come_first() -> None:
+    embedding = [0.1] * 384
+    results = [{"text": "a cat", "embedding": embedding}, {"text": "a dog", "embedding": embedding}]
+    (records,) = output_items(results, streaming=False)
+    assert records[0] == "records"
+    assert records[1][0] == [
+        ("fields", [("text", [("text", "a cat")]), ("embedding", [("vector", embedding)])])
+    ]
+    assert output_items(embedding, streaming=False) == [("vector", embedding)]
+    summary = vector_summary(embedding)
+    assert (summary["dimensions"], summary["norm"]) == (384, f"{(0.01 * 384) ** 0.5:.4f}")
+    assert (
+        summary["first"].startswith("0.1000, 0.1000") and json.loads(summary["json"]) == embedding
+    )
+    parts: Any = templates.env.get_template("parts.html").module
+    html = str(parts.show(results, False))
+    assert "384 dimensions" in html and html.count("Copy vector") == 2
+    # OCR's output lists its boxes before its text: the text is drawn first.
+    boxes_first = {"lines": [{"text": "HI", "box": [[0, 0], [1, 1]]}], "text": "HI"}
+    (fields,) = output_items(boxes_first, streaming=False)
+    assert [name for name, _ in fields[1]] == ["text", "lines"]
+
+
+def test_times_are_relative_with_the_exact_time_on_hover_and_counts_agree() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from api.dashboard.render import plural, relative, when
+
+    html = str(when("2026-11-30T09:11:02.977002Z"))
+    assert 'datetime="2026-11-30T09:11:02+00:00"' in html
+    assert 'title="2026-11-30 09:11:02 UTC"' in html and "977002" not in html
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    assert relative(now - timedelta(seconds=1), now) == "just now"
+    assert relative(now - timedelta(seconds=90), now) == "1 minute ago"
+    assert relative(now - timedelta(hours=5), now) == "5 hours ago"
+    assert relative(now - timedelta(days=90), now) == "2026-09-08"
+    assert str(when(None)) == "-"
+    assert (plural(1, "run"), plural(0, "run"), plural(1234, "run")) == (
+        "1 run",
+        "0 runs",
+        "1,234 runs",
+    )
+
+
+def test_code_on_the_page_cuts_values_the_download_keeps() -> None:
+    from api.dashboard.downloads import whole_output
+    from api.dashboard.render import CODE_VALUE, code_input
+
+    given = {"text": "x" * (CODE_VALUE + 1), "n": 2, "short": "y" * CODE_VALUE}
+    shown = code_input(given)
+    assert shown["text"].endswith("characters: download the whole code)")
+    assert shown["n"] == 2 and shown["short"] == given["short"]
+    assert len(snippets("http://h", "o/m:v", shown)["curl"]) < 2 * CODE_VALUE
+    assert whole_output(["a", "b"], True) == ("ab", "text/plain; charset=utf-8", "txt")
+    assert whole_output({"a": 1}, False)[1:] == ("application/json", "json")
+
+
+def test_tweak_fills_the_form_with_a_predictions_input() -> None:
+    from api.dashboard.forms import Field, input_values
+
+    fields = [
+        Field("prompt", "prompt", "text"),
+        Field("steps", "steps", "integer"),
+        Field("fast", "fast", "checkbox"),
+        Field("slow", "slow", "checkbox"),
+        Field("words", "words", "list", item_kind="text"),
+        Field("image", "image", "file"),
+        Field("mode", "mode", "select", choices=["a", "b"]),
+    ]
+    given = {
+        "prompt": "a cat",
+        "steps": 4,
+        "fast": True,
+        "slow": False,
+        "words": ["x", "y"],
+        "image": "https://h/v1/files/f1",
+        "mode": "b",
+    }
+    assert input_values(fields, given) == {
+        "prompt": "a cat",
+        "steps": "4",
+        "fast": "on",
+        "words": "x\ny",
+        "mode": "b",
+    }

@@ -8,6 +8,7 @@ and every Replicant setting that the files name is checked against the settings 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dockerfile
+import httpx
 import pytest
 import typer.main
 import yaml
@@ -27,9 +29,10 @@ from dotenv import dotenv_values
 
 from replicant.cli import app as cli_app
 from replicant.contracts import SEARCH_ATTRIBUTES
-from replicant.devstack import TEMPORAL_DYNAMIC_CONFIG
+from replicant.devstack import TEMPORAL_DYNAMIC_CONFIG, free_port
 from replicant.fairness import SERVER_DYNAMIC_CONFIG
 from replicant.settings import Settings
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -433,3 +436,75 @@ def test_dockerfile_healthcheck_follows_the_api_health(
     assert run() == 0
     handler.status = 503
     assert run() != 0
+
+
+# ---- the proxy in front of the Temporal UI ------------------------------------------------
+
+
+def caddyfile() -> str:
+    """The proxy's Caddyfile as compose hands it to the container (`$$` read as `$`)."""
+    content: str = COMPOSE["configs"]["caddyfile"]["content"]
+    return INTERPOLATION.sub(lambda m: "$" if m["escaped"] else m[0], content)
+
+
+def test_the_temporal_ui_is_published_only_through_the_proxy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert "ports" not in SERVICES["temporal-ui"]
+    assert "127.0.0.1:8233:8233" in SERVICES["lb"]["ports"]
+    assert set(environment(SERVICES["lb"])) == {"TEMPORAL_UI_USER", "TEMPORAL_UI_PASSWORD_HASH"}
+    # The dashboard links workflows to the UI where the proxy publishes it.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("REPLICANT_TEMPORAL_UI_URL", env_example()["REPLICANT_TEMPORAL_UI_URL"])
+    assert Settings(_env_file=None).resolved_temporal_ui_url == "http://localhost:8233"
+    # The API believes forwarded addresses from the proxy's fixed address only.
+    (subnet,) = COMPOSE["networks"]["default"]["ipam"]["config"]
+    address = SERVICES["lb"]["networks"]["default"]["ipv4_address"]
+    trusted = environment(SERVICES["api"])["REPLICANT_TRUSTED_PROXIES"]
+    assert trusted == f'["{address}"]'
+    assert ipaddress.ip_address(address) in ipaddress.ip_network(subnet["subnet"])
+
+
+def test_the_proxy_asks_for_a_password_before_the_temporal_ui(
+    health_server: tuple[int, type[_Health]], tmp_path: Path
+) -> None:
+    """The compose file's own Caddyfile, run by Caddy with the UI replaced by a local server."""
+    upstream, _ = health_server
+    caddy = str(BIN / "caddy")
+    hashed = subprocess.run(
+        [caddy, "hash-password", "--plaintext", "s3cret-ui"], capture_output=True, text=True
+    )
+    assert hashed.returncode == 0, hashed.stderr
+    ui_port, api_port = free_port(), free_port()
+    config = tmp_path / "Caddyfile"
+    text = caddyfile().replace("temporal-ui:8080", f"127.0.0.1:{upstream}")
+    text = text.replace(":8233 {", f":{ui_port} {{").replace(":8000 {", f":{api_port} {{")
+    config.write_text("{\n  admin off\n}\n" + text)
+    env = {
+        "PATH": str(BIN),
+        "HOME": str(tmp_path),
+        "XDG_DATA_HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "TEMPORAL_UI_USER": "operator",
+        "TEMPORAL_UI_PASSWORD_HASH": hashed.stdout.strip(),
+    }
+    command = [caddy, "run", "--config", str(config), "--adapter", "caddyfile"]
+    proxy = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{ui_port}/health"
+
+        def answered() -> bool:
+            assert proxy.poll() is None, proxy.stderr.read() if proxy.stderr else ""
+            try:
+                httpx.get(url, timeout=5)
+            except httpx.TransportError:
+                return False
+            return True
+
+        wait_until(answered, what="the proxy to listen", interval=0.05)
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, auth=("operator", "wrong")).status_code == 401
+        assert httpx.get(url, auth=("operator", "s3cret-ui")).status_code == 200
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)

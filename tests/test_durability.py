@@ -17,7 +17,7 @@ from replicant.ids import new_id
 from replicant.settings import Settings
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
-from tests.conftest import HEARTBEAT_TIMEOUT, RETENTION, LiveStack
+from tests.conftest import HEARTBEAT_TIMEOUT, RETENTION, TERMINAL, LiveStack
 from tests.observe import STARTED, is_queued, processes_in, run_activity
 from tests.trainkit import client_for, data_uri, new_destination, versions_of, wait_training
 from tests.waiting import async_wait_until, wait_until
@@ -259,6 +259,14 @@ async def test_work_of_every_kind_finishes_when_temporal_is_killed_and_restarted
             live.wait_for, deployed, lambda p: p["status"] == "processing", 60, token
         )
         live.stack.stop("temporal", sig=signal.SIGKILL)
+        # A cancel cannot reach a workflow now: 503 with Retry-After, and nothing recorded
+        # (each still runs to the end below).
+        for run in (f"/v1/predictions/{predictions[2]}", f"/v1/trainings/{training.id}"):
+            refused = api.post(f"{run}/cancel")
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Content-Type"] == "application/problem+json"
+            assert refused.headers["Retry-After"].isdigit()
+            assert api.get(run).json()["status"] not in TERMINAL
         # A run ends while Temporal is down: the worker records it, Temporal cannot hear of it.
         # By then the outlasting run has missed its heartbeat timeout: once Temporal is back,
         # its attempt is timed out and it runs again (its row never says `canceled`).

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from api.errors import ProblemError
-from api.launch import check_webhook
+from api.runs import check_webhook
 from replicant.netguard import BlockedURL, check_target
 from replicant.webhooks import DeliveryFailed, deliver, http_client
 from tests.conftest import LiveStack

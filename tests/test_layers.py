@@ -109,3 +109,104 @@ def test_importing_the_api_loads_neither_the_runner_pool_nor_its_http_client() -
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# Circles being taken apart elsewhere: the model-process runners (workers/runners/), whose
+# modules point back at one another. Each entry is one circle's modules; nothing may join it.
+KNOWN_CIRCLES: list[frozenset[str]] = [
+    frozenset(
+        f"workers.runners.{name}"
+        for name in ("cgroups", "devices", "memory", "process", "processes", "run", "standby")
+    )
+]
+
+
+def _project_modules(root: Path) -> dict[str, Path]:
+    return {
+        _module_name(path, root): path
+        for layer in LAYERS
+        for path in sorted((root / layer).rglob("*.py"))
+        if "migrations" not in path.parts
+    }
+
+
+def _edges(root: Path) -> dict[str, set[str]]:
+    """Each module's imports of other project modules (``from a import b``: ``a.b`` when
+    that is a module), at any depth, ``TYPE_CHECKING`` blocks included."""
+    modules = _project_modules(root)
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in modules
+                    else node.module
+                    for a in node.names
+                ]
+            edges[module] |= {t for t in targets if t in modules and t != module}
+    return edges
+
+
+def circles(root: Path = ROOT) -> list[frozenset[str]]:
+    """The import circles between modules (strongly connected sets of two or more)."""
+    edges = _edges(root)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[frozenset[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in edges[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                group.add(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(frozenset(group))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circles_between_modules() -> None:
+    assert [sorted(c) for c in circles() if c not in KNOWN_CIRCLES] == []
+
+
+def test_route_modules_import_no_route_modules() -> None:
+    """A route module is not a library for other routes: what two routes share lives
+    outside ``api/routes/``."""
+    found = [
+        f"{module} imports {name}"
+        for module, names in _edges(ROOT).items()
+        if module.startswith("api.routes.")
+        for name in names
+        if name.startswith("api.routes.")
+    ]
+    assert found == []
+
+
+def test_the_circle_check_catches_two_modules_importing_each_other(tmp_path: Path) -> None:
+    for layer in LAYERS:
+        (tmp_path / layer).mkdir()
+    (tmp_path / "replicant" / "a.py").write_text("from replicant import b\n")
+    (tmp_path / "replicant" / "b.py").write_text("def f():\n    import replicant.a\n")
+    (tmp_path / "replicant" / "c.py").write_text("from replicant.a import x\n")
+    assert circles(tmp_path) == [frozenset({"replicant.a", "replicant.b"})]

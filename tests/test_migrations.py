@@ -19,7 +19,10 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
+from replicant.accounts import ensure_account
 from replicant.db import alembic_config, current_revision, head_revision, init_db, make_engine
+from replicant.sealing import SEALED_PREFIX
+from replicant.webhooks import account_webhook_secret, valid_secret
 from tests.pgdb import fresh_postgres_database
 
 
@@ -98,3 +101,80 @@ def _base_env() -> dict[str, str]:
     import os
 
     return {k: v for k, v in os.environ.items() if not k.startswith("REPLICANT_")}
+
+
+# ---- webhook signing secrets, sealed at rest ---------------------------------------------
+
+KEY = "a-secret-key-of-this-installation"
+PLAIN = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
+
+
+def stored_secret(engine: Engine, username: str) -> str | None:
+    with engine.connect() as connection:
+        value = connection.execute(
+            text("SELECT webhook_secret FROM account WHERE username = :u"), {"u": username}
+        ).scalar_one()
+    return None if value is None else str(value)
+
+
+def account_before_sealing(engine: Engine, username: str, secret: str | None) -> None:
+    """A database at the release before sealing, with an account holding a plain secret."""
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "e17c4a9b2d58")
+    ensure_account(engine, username)
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE account SET webhook_secret = :s WHERE username = :u"),
+            {"s": secret, "u": username},
+        )
+
+
+def test_the_migration_seals_plain_webhook_secrets_and_reading_opens_them(
+    engine: Engine,
+) -> None:
+    account_before_sealing(engine, "old-timer", PLAIN)
+    init_db(engine, secret_key=KEY)
+    sealed = stored_secret(engine, "old-timer")
+    assert sealed is not None and sealed.startswith(SEALED_PREFIX)
+    assert PLAIN not in sealed and PLAIN[6:] not in sealed
+    # Receivers keep verifying: the account's secret is the one it had.
+    assert account_webhook_secret(engine, "old-timer", KEY) == PLAIN
+    assert stored_secret(engine, "old-timer") == sealed
+    # Downgrading with the key opens it again for the older release.
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection, KEY), "e17c4a9b2d58")
+    assert stored_secret(engine, "old-timer") == PLAIN
+
+
+def test_a_secret_the_migration_could_not_seal_is_sealed_on_first_use(engine: Engine) -> None:
+    account_before_sealing(engine, "no-key-upgrade", PLAIN)
+    init_db(engine)  # no secret_key: left as it is
+    assert stored_secret(engine, "no-key-upgrade") == PLAIN
+    assert account_webhook_secret(engine, "no-key-upgrade", KEY) == PLAIN
+    sealed = stored_secret(engine, "no-key-upgrade")
+    assert sealed is not None and sealed.startswith(SEALED_PREFIX)
+
+
+def test_new_accounts_get_sealed_secrets_and_another_key_gets_a_new_one(
+    engine: Engine,
+) -> None:
+    init_db(engine, secret_key=KEY)
+    ensure_account(engine, "newcomer")
+    assert stored_secret(engine, "newcomer") is None  # made on first use
+    secret = account_webhook_secret(engine, "newcomer", KEY)
+    assert valid_secret(secret)
+    stored = stored_secret(engine, "newcomer")
+    assert stored is not None and stored.startswith(SEALED_PREFIX) and secret not in stored
+    assert account_webhook_secret(engine, "newcomer", KEY) == secret
+    # Sealed for this account: copied onto another, it does not open there.
+    ensure_account(engine, "copycat")
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE account SET webhook_secret = :s WHERE username = 'copycat'"),
+            {"s": stored},
+        )
+    assert account_webhook_secret(engine, "copycat", KEY) != secret
+    # A rotated secret_key cannot open it: the account gets a new secret, sealed anew.
+    rotated = account_webhook_secret(engine, "newcomer", "another-secret-key")
+    assert rotated != secret and valid_secret(rotated)
+    assert account_webhook_secret(engine, "newcomer", "another-secret-key") == rotated

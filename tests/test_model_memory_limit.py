@@ -198,8 +198,9 @@ def test_a_sku_with_a_limit_of_its_own_gets_runner_keys_of_its_own(
     try:
         assert get_settings().model_memory_limits == {"big": BIG}
         version = Version(id="v", model_id=1, model_dir=str(hog), openapi_schema={})
-        big, cpu = runner_spec(version, "big"), runner_spec(version, "cpu")
-        trainer = trainer_spec(version, "big")
+        settings = get_settings()
+        big, cpu = runner_spec(settings, version, "big"), runner_spec(settings, version, "cpu")
+        trainer = trainer_spec(settings, version, "big")
     finally:
         get_settings.cache_clear()
     # One version on two SKUs: two processes, each with its SKU's limit.

@@ -35,7 +35,7 @@ from tests.modelkit import (
     write_model,
 )
 from tests.workflow_runs import all_events, run_histories, start_prediction
-from workers.main import build_workers, run_worker
+from workers.main import WorkerParts, build_workers, run_worker
 from workers.runners import RunnerPool
 from workflows.prediction import PredictionWorkflow
 
@@ -285,13 +285,12 @@ async def test_changing_hardware_routes_new_predictions_to_its_queue(live: LiveS
 async def test_a_worker_started_for_one_sku_serves_only_that_queue(live: LiveStack) -> None:
     client = await connect(live.settings)
     pool = RunnerPool(max_warm=1)
-    only_t4 = build_workers(
-        client, live.settings, live.engine, pool, orchestration=False, hardware=["gpu-t4"]
-    )
+    parts = WorkerParts.build(live.settings, live.engine)
+    only_t4 = build_workers(client, parts, pool, orchestration=False, hardware=["gpu-t4"])
     assert [w.task_queue for w in only_t4] == ["replicant-hw-gpu-t4"]
     # A client may hold one worker per task queue: the second set gets a client of its own.
     other_client = await connect(live.settings)
-    everything = build_workers(other_client, live.settings, live.engine, pool)
+    everything = build_workers(other_client, parts, pool)
     assert [w.task_queue for w in everything] == [
         live.settings.orchestration_queue,
         live.settings.build_queue,

@@ -289,6 +289,7 @@ def test_runner_spec_takes_the_concurrency_of_cog_yaml(models: Path) -> None:
 
 def test_runner_spec_says_whether_the_output_streams(models: Path) -> None:
     from activities.predictions import runner_spec
+    from replicant.settings import Settings
     from replicant.tables import Version
 
     def output(schema: dict[str, object]) -> Version:
@@ -297,10 +298,11 @@ def test_runner_spec_says_whether_the_output_streams(models: Path) -> None:
 
     listed = {"type": "array", "items": {"type": "object"}}
     # A list comes back whole: no webhooks (coglet's per-run HTTP client) for its runs.
-    assert runner_spec(output(listed)).streams_output is False
+    settings = Settings()
+    assert runner_spec(settings, output(listed)).streams_output is False
     iterator = {**listed, "x-cog-array-type": "iterator"}
-    assert runner_spec(output(iterator)).streams_output is True
-    assert runner_spec(output({})).streams_output is None
+    assert runner_spec(settings, output(iterator)).streams_output is True
+    assert runner_spec(settings, output({})).streams_output is None
 
 
 # -- GPU slots -----------------------------------------------------------------------------

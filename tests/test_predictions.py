@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,18 +78,49 @@ def test_async_prediction_starts_then_completes(live: LiveStack, api: httpx.Clie
     assert "1s" in final["logs"] or "1" in final["logs"]
 
 
-def test_wait_shorter_than_the_run_returns_the_running_prediction(
+def test_wait_shorter_than_the_run_answers_starting_and_get_shows_the_true_status(
     live: LiveStack, api: httpx.Client
 ) -> None:
     response = create(api, SLEEP, {"seconds": 4}, Prefer="wait=1")
     answered = datetime.now(UTC)
     assert response.status_code == 201
     body = response.json()
-    assert body["status"] in ("starting", "processing")
+    # Replicate's contract for an expired wait: the clients' run() polls on only then.
+    assert (body["status"], body["output"]) == ("starting", None)
+    running = live.wait_for(body["id"], lambda p: p["status"] != "starting")
+    assert running["status"] == "processing"
     final = live.wait_for(body["id"])
     assert final["status"] == "succeeded"
     # The answer came while the model still ran, not after it (timings: bench/).
     assert answered < datetime.fromisoformat(final["completed_at"])
+
+
+def test_a_malformed_prefer_is_refused_naming_the_real_longest_wait(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    longest = live.settings.max_wait
+    for prefer, message in (
+        ("later", f"must be 'wait' or 'wait=N' with N from 1 to {longest}"),
+        (f"wait={longest + 1}", f"wait must be between 1 and {longest} seconds"),
+    ):
+        response = create(api, HELLO, {"text": "x"}, Prefer=prefer)
+        assert response.status_code == 422, response.text
+        assert response.json()["invalid_fields"] == [{"field": "Prefer", "message": message}]
+
+
+def test_replicate_1_run_polls_a_model_that_outlasts_the_wait_to_its_output(
+    live: LiveStack,
+) -> None:
+    client = replicate.Client(api_token=live.token, base_url=live.url)
+    output = client.run(SLEEP, input={"seconds": 3}, wait=1)
+    assert output == "slept for 3 seconds"
+
+
+def test_replicate_2_run_polls_a_model_that_outlasts_the_wait_to_its_output(
+    live: LiveStack, replicate2: Callable[..., Any]
+) -> None:
+    answer = replicate2(live, "run", SLEEP, json.dumps({"seconds": 3}), "1")
+    assert answer == {"output": "slept for 3 seconds"}
 
 
 def test_official_client_run_and_create_wait(live: LiveStack) -> None:

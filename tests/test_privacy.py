@@ -236,6 +236,7 @@ MATRIX: dict[tuple[str, str], Case] = {
     ("POST", "/signin"): Case(FORBIDDEN, FORBIDDEN),  # no session, no CSRF token
     ("POST", "/signout"): Case(FORBIDDEN, FORBIDDEN),
     ("GET", "/static/dashboard/{name}"): Case(NOT_FOUND, NOT_FOUND),
+    ("GET", "/favicon.ico"): Case(OPEN, OPEN),
     **{
         route: Case(to_sign_in, to_sign_in)
         for route in [
@@ -251,6 +252,11 @@ MATRIX: dict[tuple[str, str], Case] = {
             ("GET", "/predictions"),
             ("GET", "/predictions/{prediction_id}"),
             ("GET", "/predictions/{object_id}/events"),
+            ("GET", "/predictions/{object_id}/input.json"),
+            ("GET", "/trainings/{object_id}/input.json"),
+            ("GET", "/predictions/{prediction_id}/output"),
+            ("GET", "/predictions/{prediction_id}/code/{language}"),
+            ("GET", "/predictions/{prediction_id}/inputs/{name}"),
             ("POST", "/predictions/{prediction_id}/{action}"),
             ("GET", "/trainings"),
             ("GET", "/trainings/{training_id}"),
@@ -283,6 +289,7 @@ def fill(template: str, owned: Owned) -> str:
         "training_id": owned.prediction,
         "object_id": owned.prediction,  # a dashboard page's prediction or training
         "action": "share",
+        "language": "curl",
         "token_id": "1",
         "build_id": owned.build,
         "expires": "4102444800",  # far ahead: only the forged signature is wrong

@@ -358,6 +358,25 @@ def test_a_gpu_model_is_refused_on_gpu_hardware_of_a_cpu_only_installation(
     assert output == "hello gpu"
 
 
+def test_a_model_on_gpu_hardware_of_a_cpu_only_installation_is_told_it_runs_on_the_cpu(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    alice = someone(live, "gpu-on-cpu")
+    cog_yaml = 'predict: "predict.py:Predictor"\n'
+    hello = (EXAMPLES / "hello-world" / "predict.py").read_text()
+    src = write_model(tmp_path / "t4", {"cog.yaml": cog_yaml, "predict.py": hello})
+    ref = f"{alice.username}/t4"
+    events = ndjson_push(live, alice, ref, src, create=True, hardware="gpu-t4")
+    assert events[-1]["event"] == "version"
+    warnings = [e["message"] for e in events if "warning" in e.get("message", "")]
+    assert warnings == [
+        "warning: the model's hardware is gpu-t4, but this installation has no GPU: "
+        "it runs on the CPU"
+    ]
+    version = events[-1]["version"]["id"]
+    assert alice.official(live).run(f"{ref}:{version}", input={"text": "t4"}) == "hello t4"
+
+
 def test_system_packages_the_host_lacks_are_named_as_a_warning(
     live: LiveStack, tmp_path: Path
 ) -> None:
@@ -408,8 +427,10 @@ def deferred_version(live: LiveStack, root: Path, requirements: str) -> tuple[st
 def test_a_seeded_model_is_recorded_at_once_and_its_first_run_builds_its_env(
     live: LiveStack, tmp_path: Path
 ) -> None:
-    wheel = make_wheel(tmp_path)
-    ref, version = deferred_version(live, tmp_path / "lazy", f"{wheel}\n")
+    root = tmp_path / "lazy"
+    root.mkdir()
+    wheel = make_wheel(root)  # a package file of the model's own (outside it is refused)
+    ref, version = deferred_version(live, root, f"./{wheel.name}\n")
     python = version_python(version)
     assert version.python and not env_ready(python)
     assert version.openapi_schema["components"]["schemas"]["Input"]["properties"]["text"]

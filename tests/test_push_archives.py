@@ -3,7 +3,10 @@ over ``max_push_bytes`` packed or unpacked; each refused with nothing left behin
 
 from __future__ import annotations
 
+import io
 import os
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -13,7 +16,14 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from replicant.accounts import create_account
-from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
+from replicant.archives import (
+    ArchiveError,
+    ArchiveTooLarge,
+    LinkOutside,
+    model_files,
+    pack_model,
+    unpack_model,
+)
 from replicant.settings import Settings
 from tests.conftest import LiveStack
 from tests.modelkit import (
@@ -106,3 +116,74 @@ def _symlink_zip(tmp_path: Path) -> Path:
         info.external_attr = 0o120777 << 16  # a symlink, as `zip --symlinks` stores it
         zf.writestr(info, "/etc/passwd")
     return path
+
+
+# ---- symbolic links on the pusher's side --------------------------------------------------
+
+
+def model_with_link(tmp_path: Path, name: str, target: str | Path) -> Path:
+    src = tmp_path / "model"
+    (src / "lib").mkdir(parents=True)
+    (src / "cog.yaml").write_text(COG_YAML)
+    (src / "predict.py").write_text("# the predictor\n")
+    (src / "lib" / "helper.py").write_text("HELPER = 1\n")
+    (tmp_path / "private").mkdir(exist_ok=True)
+    (tmp_path / "private" / "id_rsa").write_text("-----BEGIN PRIVATE KEY-----\n")
+    link = src / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return src
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("key.txt", "/etc/hostname"),  # an absolute link to a file
+        ("lib/key.txt", "../../private/id_rsa"),  # a relative one, climbing out
+        ("secrets", "../private"),  # a directory outside
+        ("gone.txt", "/nonexistent/file"),  # a dangling one, outside
+    ],
+)
+def test_push_refuses_links_that_point_out_of_the_model_directory(
+    tmp_path: Path, name: str, target: str
+) -> None:
+    src = model_with_link(tmp_path, name, target)
+    with pytest.raises(LinkOutside, match=f"{name} is a symbolic link to .*outside the model"):
+        pack_model(src, io.BytesIO())
+
+
+def test_links_inside_the_model_directory_are_packed_as_their_files(tmp_path: Path) -> None:
+    src = model_with_link(tmp_path, "alias.py", "lib/helper.py")
+    (src / ".venv").mkdir()
+    (src / ".venv" / "python").symlink_to("/usr/bin/python3")  # skipped, as .venv is
+    assert [p.relative_to(src).as_posix() for p in model_files(src)] == [
+        "alias.py",
+        "cog.yaml",
+        "lib/helper.py",
+        "predict.py",
+    ]
+    buffer = io.BytesIO()
+    pack_model(src, buffer)
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer, mode="r:gz") as tar:
+        alias = tar.getmember("alias.py")
+        assert alias.isfile()
+        extracted = tar.extractfile(alias)
+        assert extracted is not None and extracted.read() == b"HELPER = 1\n"
+
+
+def test_replicant_push_names_the_link_and_uploads_nothing(tmp_path: Path) -> None:
+    src = model_with_link(tmp_path, "data/key.txt", tmp_path / "private" / "id_rsa")
+    done = subprocess.run(
+        [sys.executable, "-m", "replicant.cli", "push", str(src), "someone/model"]
+        + ["--url", "http://127.0.0.1:9", "--token", "r8_not-used"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "300"},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "data/key.txt is a symbolic link to" in done.stdout
+    assert "outside the model directory" in done.stdout
+    assert "Uploading" not in done.stdout and "Traceback" not in done.stdout + done.stderr

@@ -154,6 +154,12 @@ def test_build_checks_know_the_installations_gpus() -> None:
     with pytest.raises(CogConfigError, match="no GPU"):
         check_build(config, "gpu-t4", cpu_only)
     assert check_build(config, "cpu", cpu_only) == []
+    # A model without build.gpu on a GPU SKU runs on the CPU here: the push says so.
+    cpu_model = CogConfig(predict_ref="predict.py:Predictor")
+    assert check_build(cpu_model, "gpu-t4", cpu_only) == [
+        "the model's hardware is gpu-t4, but this installation has no GPU: it runs on the CPU"
+    ]
+    assert check_build(cpu_model, "gpu-t4", with_gpu) == []
 
 
 def test_build_run_commands_are_named_as_a_warning(tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""Rate limits: per account, creation apart from the rest, 429 with the real wait, shared in Redis.
+"""Rate limits: per account, creation apart from the rest, 429 with the real wait, shared in Redis;
+signed-in dashboard users keyed by account, forwarded addresses believed from trusted proxies
+only, and a failing Redis handled by the configured policy.
 
 Small limits are set on API apps of their own (in this process, or as separate processes for
 Redis), served against the session stack's database and Temporal.
@@ -6,6 +8,7 @@ Redis), served against the session stack's database and Temporal.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -26,6 +29,7 @@ from fastapi.routing import iter_route_contexts
 from api.app import create_app
 from api.ratelimit import RateLimiter, rate_limit
 from replicant.accounts import create_token
+from replicant.cli import proxy_options
 from replicant.devstack import free_port, settings_env, wait_for_health
 from replicant.settings import Settings
 from tests.conftest import LiveStack
@@ -42,7 +46,12 @@ def serve(live: LiveStack, **overrides: Any) -> Iterator[str]:
     port = free_port()
     settings = live.settings.model_copy(update={"api_port": port, **overrides})
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        **proxy_options(settings),  # as `replicant api` serves it
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -251,10 +260,100 @@ def test_two_api_processes_share_one_limit_through_redis(
     store.close()
 
 
-def test_an_unreachable_redis_lets_requests_through(live: LiveStack) -> None:
+def store_errors(url: str) -> float:
+    """``replicant_rate_limit_store_errors_total`` of the API at ``url``."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    found = re.search(r"^replicant_rate_limit_store_errors_total (\S+)$", text, re.M)
+    assert found, "the store-error counter is not exported"
+    return float(found.group(1))
+
+
+def test_an_unreachable_redis_lets_requests_through_and_says_so(
+    live: LiveStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="replicant.api")
     token = live.new_account("failopen")
     unreachable = f"redis://127.0.0.1:{free_port()}/0"
     limits = {"redis_url": unreachable, "rate_limit_default": "1/minute"}
+    assert Settings().rate_limit_store_failure == "open"
     with serve(live, **limits) as url, client(url, token) as api:
         for _ in range(3):
             assert api.get("/v1/account").status_code == 200
+        # The /metrics scrape itself is a request that could not be counted either.
+        assert store_errors(url) >= 3
+    warnings = [
+        r.getMessage() for r in caplog.records if "rate_limit_unavailable" in r.getMessage()
+    ]
+    assert len(warnings) >= 3
+    assert all("policy=open" in w for w in warnings)
+
+
+def test_an_unreachable_redis_refuses_requests_when_the_policy_is_closed(live: LiveStack) -> None:
+    token = live.new_account("failclosed")
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+    limits = {"redis_url": unreachable, "rate_limit_store_failure": "closed"}
+    with serve(live, **limits) as url, client(url, token) as api:
+        refused = api.get("/v1/account")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert create(api).status_code == 503
+
+
+@contextmanager
+def dashboard_user(url: str, token: str) -> Iterator[httpx.Client]:
+    """A browser-like client signed in to the dashboard with ``token`` (cookies, no token)."""
+    with httpx.Client(base_url=url, timeout=60) as browser:
+        form = browser.get("/signin")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf, form.text
+        fields = {"csrf": csrf.group(1), "token": token, "next": "/"}
+        signed_in = browser.post("/signin", files={k: (None, v) for k, v in fields.items()})
+        assert signed_in.status_code == 303, signed_in.text
+        assert "authorization" not in browser.headers
+        yield browser
+
+
+def test_signed_in_dashboard_users_behind_one_address_have_limits_of_their_own(
+    live: LiveStack,
+) -> None:
+    first, second = live.new_account("dashfirst"), live.new_account("dashsecond")
+    with (
+        serve(live, rate_limit_default="12 per 30 seconds") as url,
+        dashboard_user(url, first) as alice,
+        dashboard_user(url, second) as bob,
+    ):
+        # Every page (and the API calls it makes for its user) counts against its user.
+        statuses = [alice.get("/account").status_code for _ in range(12)]
+        assert statuses[0] == 200 and 429 in statuses, statuses
+        # Same address, another account: its own budget; and so has the address itself.
+        assert bob.get("/account").status_code == 200
+        with httpx.Client(base_url=url, timeout=60) as anonymous:
+            assert anonymous.get("/signin").status_code == 200
+
+
+def test_forwarded_addresses_are_believed_from_trusted_proxies_only(live: LiveStack) -> None:
+    def answers(url: str, forwarded_for: list[str]) -> list[int]:
+        with client(url, None) as anonymous:
+            return [
+                anonymous.get("/p/nothing-here", headers={"X-Forwarded-For": ip}).status_code
+                for ip in forwarded_for
+            ]
+
+    spoofed = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4"]
+    # By default nobody is a proxy, loopback included: one address, one budget (which the
+    # start-up's health checks, from the same address, have begun to spend).
+    with api_process(live, rate_limit_default="3 per 30 seconds") as url:
+        assert answers(url, spoofed)[-2:] == [429, 429]
+    # Behind a trusted proxy, each client address it forwards has its own budget.
+    trusted = {"rate_limit_default": "3 per 30 seconds", "trusted_proxies": ["127.0.0.1"]}
+    with api_process(live, **trusted) as url:
+        assert answers(url, spoofed) == [404, 404, 404, 404]
+        assert answers(url, ["198.51.100.7"] * 4) == [404, 404, 404, 429]
+
+
+def test_trusted_proxies_are_addresses_or_networks() -> None:
+    assert Settings(trusted_proxies=["10.0.0.0/8", "172.28.0.2", "::1"]).trusted_proxies
+    with pytest.raises(ValueError, match="trusted proxy"):
+        Settings(trusted_proxies=["proxy.example.com"])
+    assert proxy_options(Settings()) == {"proxy_headers": False, "forwarded_allow_ips": ""}

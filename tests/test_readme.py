@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -15,10 +16,12 @@ from PIL import Image
 
 from replicant.devstack import settings_env
 from tests.conftest import LiveStack
+from tests.trainkit import CorpusServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 API_DOC = ROOT / "docs" / "api.md"
+MODELS_DOC = ROOT / "docs" / "models.md"
 
 
 def block_after(heading: str, document: Path = README, language: str = "python") -> str:
@@ -99,3 +102,26 @@ def test_files_snippet_runs_against_a_plain_http_api(
     exec(compile(python_block_after("## Files", API_DOC), "api.md", "exec"), {"client": client})
     with Image.open(tmp_path / "thumb.png") as thumb:
         assert thumb.size == (128, 32)
+
+
+def test_training_example_prints_the_fine_tunes_text(
+    live: LiveStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = python_block_after("## Fine-tuning (trainings)", MODELS_DOC)
+    token = live.new_account("docs-trainer")
+    with live.client(token) as api:
+        username = api.get("/v1/account").json()["username"]
+        base = api.get("/v1/models/replicant/ngram").json()["latest_version"]["id"]
+    words = " ".join(f"word{i % 7}" for i in range(300))
+    corpora = CorpusServer()
+    try:
+        code = code.replace("https://example.com/corpus.txt", corpora.add("corpus.txt", words))
+        code = code.replace("<a version id of replicant/ngram>", base)
+        code = code.replace('"alice', f'"{username}')
+        client = replicate.Client(api_token=token, base_url=live.url)
+        exec(compile(code, "models.md", "exec"), {"client": client, "time": time})
+    finally:
+        corpora.close()
+    text = capsys.readouterr().out.splitlines()[-1]
+    # Text, not a generator's repr: twenty words of the corpus.
+    assert len(text.split()) == 20 and set(text.split()) <= set(words.split())

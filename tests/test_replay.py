@@ -188,6 +188,38 @@ async def test_training_and_deployment_histories_replay_with_the_current_code(
         await replayer().replay_workflow(history)
 
 
+async def test_a_canceled_training_history_replays_with_the_current_code(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    """A training canceled as it starts ends on the run ladder it shares with predictions
+    (workflows/runs.py)."""
+    owner = live.settings.default_account
+    api.post(
+        "/v1/models", json={"owner": owner, "name": "replay-canceled", "visibility": "private"}
+    )
+    created = api.post(
+        f"/v1/models/replicant/ngram/versions/{ngram_version(live)}/trainings",
+        json={
+            "input": {"text": data_uri(corpus(3, 200))},
+            "destination": f"{owner}/replay-canceled",
+        },
+    )
+    assert created.status_code == 201, created.text
+    training_id = created.json()["id"]
+    assert api.post(f"/v1/trainings/{training_id}/cancel").status_code == 200
+    training = await asyncio.to_thread(finished, api, f"/v1/trainings/{training_id}")
+    assert training["status"] == "canceled", training
+    client = await connect(live.settings)
+    handle = client.get_workflow_handle(f"training-{training_id}")
+    history = await async_wait_until(
+        handle.fetch_history,
+        lambda h: h.events[-1].HasField("workflow_execution_completed_event_attributes"),
+        what=f"training-{training_id} to complete",
+    )
+    save("training-canceled", history)
+    await replayer().replay_workflow(history)
+
+
 async def one_of(client: Client, workflow_type: str, closed: bool = False) -> Any:
     """A handle of a workflow of this type (a closed one, with ``closed``), once listed."""
     query = f"WorkflowType = '{workflow_type}'"

@@ -172,3 +172,27 @@ def test_signed_urls_fetch_without_a_token_until_they_expire(store: ObjectStore)
         assert not check_signed(store.secret, key, expires, sig[:-2] + "AA")
         assert not check_signed(store.secret, key, expires, sig, now=int(expires) + 1)
         assert not check_signed(store.secret, key, str(int(expires) + 1), sig)
+
+
+def test_presigned_s3_urls_serve_user_bytes_as_attachments_but_media(
+    tmp_path: Path, moto_url: str
+) -> None:
+    store = open_store(s3_settings(tmp_path, moto_url))
+    # What the object says it is does not matter: its name decides, as S3 is told at signing.
+    page = b"<html><script>alert(1)</script></html>"
+    put(store, "predictions/p5/outputs/a/out.html", page, "text/html")
+    put(store, "predictions/p5/outputs/b/out.svg", page, "image/svg+xml")
+    put(store, "predictions/p5/outputs/c/out.png", page, "text/html")
+    put(store, "predictions/p5/outputs/d/out.wav", b"RIFF", "audio/wav")
+    answers = {
+        key: httpx.get(store.signed_url(f"predictions/p5/outputs/{key}", 60))
+        for key in ("a/out.html", "b/out.svg", "c/out.png", "d/out.wav")
+    }
+    for key in ("a/out.html", "b/out.svg"):
+        name = key.rsplit("/", 1)[1]
+        assert answers[key].headers["content-disposition"] == f"attachment; filename*=UTF-8''{name}"
+        assert answers[key].headers["content-type"] == "application/octet-stream"
+    assert "content-disposition" not in answers["c/out.png"].headers
+    assert answers["c/out.png"].headers["content-type"] == "image/png"
+    assert answers["d/out.wav"].headers["content-type"] in ("audio/wav", "audio/x-wav")
+    assert answers["c/out.png"].content == page

@@ -9,15 +9,17 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 from standardwebhooks import Webhook
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 
 from api.errors import ProblemError
-from api.launch import check_webhook
+from api.runs import check_webhook
 from replicant.contracts import PredictionRequest, RunOutcome
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url
+from replicant.sealing import SEALED_PREFIX
 from replicant.temporal import connect
 from replicant.timeutil import utcnow
 from replicant.webhooks import DeliveryFailed, deliver, http_client
@@ -354,3 +356,17 @@ async def test_guard_refuses_private_addresses_unless_allowed(receiver: Receiver
             )
     assert failed.value.permanent
     assert receiver.deliveries == []
+
+
+def test_the_signing_secret_is_stored_sealed(live: LiveStack) -> None:
+    token = live.new_account("sealed")
+    with live.client(token) as api:
+        secret = api.get("/v1/webhooks/default/secret").json()["key"]
+        username = api.get("/v1/account").json()["username"]
+    assert secret.startswith("whsec_")
+    with live.engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT webhook_secret FROM account WHERE username = :u"), {"u": username}
+        ).scalar_one()
+    assert stored.startswith(SEALED_PREFIX)
+    assert secret not in stored and secret.removeprefix("whsec_") not in stored

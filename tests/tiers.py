@@ -29,6 +29,7 @@ E2E_FIXTURES = frozenset(
     {
         "live",
         "node_client",
+        "replicate2",
         "s3stack",
         "tls",
         "cluster",

@@ -34,7 +34,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.deployments import HostActivities
-from activities.predictions import PredictionActivities, runner_spec
+from activities.predictions import PredictionActivities
 from activities.running import ensure_env
 from replicant.contracts import (
     ActivityName,
@@ -59,11 +59,12 @@ HEARTBEAT_THROTTLE = timedelta(seconds=1)
 STOP_GRACE = 5.0
 
 
-async def warm(pool: RunnerPool, version: Version, hardware: str) -> int:
-    """Boot the version's process for ``hardware`` in an instance's pool before any
-    prediction; its pid."""
+async def warm(acts: PredictionActivities, version: Version, hardware: str) -> int:
+    """Boot the version's process for ``hardware`` in an instance's pool (``acts.pool``)
+    before any prediction; its pid."""
+    assert isinstance(acts.pool, RunnerPool)
     await ensure_env(version)
-    return await pool.warm(runner_spec(version, hardware))
+    return await acts.pool.warm(acts.spec(version, hardware))
 
 
 @dataclass
@@ -215,7 +216,7 @@ class DeploymentHost:
         if version is not None:
             try:
                 async with asyncio.timeout(self.warm_timeout):
-                    pid = await warm(instance.pool, version, config.hardware)
+                    pid = await warm(acts, version, config.hardware)
             except (BootError, TimeoutError) as err:
                 # Predictions still reach this instance and fail with the setup error.
                 log.warning("event=instance_warm_failed id=%s error=%r", instance.id, str(err))

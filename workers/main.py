@@ -7,7 +7,9 @@ import logging
 import signal
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
@@ -25,6 +27,7 @@ from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats
 from replicant.db import init_db, make_engine
+from replicant.runner import ModelRunner
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
@@ -32,7 +35,7 @@ from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.gpus import gpu_slot_pools
 from workers.runners import RunnerPool
-from workers.runners.cgroups import model_cgroups
+from workers.runners.cgroups import MemoryCgroups, model_cgroups
 from workers.runners.memory import MemoryBudget
 from workers.schedules import ensure_schedules
 from workers.slots import RunSlots, SlotRunner
@@ -67,90 +70,103 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
+@dataclass(frozen=True)
+class WorkerParts:
+    """What one worker process builds once and shares among its workers: the database, the
+    object store, the webhook sender, where model output files go (``OutputSink``), the
+    fine-tunes' weights cache, the warm-memory budget and the model processes' cgroups; and
+    the one recipe of its runner pools and activities."""
+
+    settings: Settings
+    engine: Engine
+    store: ObjectStore
+    webhooks: WebhookActivities
+    sink: OutputSink
+    weights: WeightsCache
+    budget: MemoryBudget | None
+    cgroups: MemoryCgroups | None
+
+    @classmethod
+    def build(
+        cls, settings: Settings, engine: Engine, store: ObjectStore | None = None
+    ) -> WorkerParts:
+        store = store or open_store(settings)
+        return cls(
+            settings=settings,
+            engine=engine,
+            store=store,
+            webhooks=WebhookActivities(engine, settings),
+            # Output files go from coglet straight into the object store.
+            sink=OutputSink(settings, store),
+            # Fine-tunes' weights, fetched once per worker and served to its model processes
+            # (the hardware queues' pool and every deployment instance's).
+            weights=WeightsCache(lambda: store, settings.data_dir / "weights-cache"),
+            # One memory budget for the warm processes of every pool of this worker.
+            budget=None
+            if settings.max_warm_memory is None
+            else MemoryBudget(settings.max_warm_memory),
+            # Each model process in a memory cgroup of its own, when there is a limit.
+            cgroups=model_cgroups(settings.model_memory_limit, log, settings.model_memory_limits),
+        )
+
+    def pool(self, max_warm: int, **own: Any) -> RunnerPool:
+        """A pool of model processes of this worker; ``own``: what sets it apart."""
+        return RunnerPool(
+            max_warm=max_warm,
+            boot_timeout=self.settings.setup_timeout,
+            # Streams need their chunks soon (time to first token); the run activity
+            # throttles its own read-model writes and webhooks.
+            update_interval=0.05,
+            upload=self.sink,
+            weights=self.weights,
+            memory_limit=self.cgroups,
+            **own,
+        )
+
+    def predictions(self, runner: ModelRunner | None = None) -> PredictionActivities:
+        """The prediction activities, running models on ``runner``."""
+        return PredictionActivities(self.engine, self.settings, runner, self.webhooks, self.store)
+
+    def trainings(self, runner: ModelRunner | None = None) -> TrainingActivities:
+        """The training activities, running trainers on ``runner``."""
+        store = self.store
+        return TrainingActivities(self.engine, self.settings, runner, lambda: store, self.webhooks)
+
+
 def build_workers(
     client: Client,
-    settings: Settings,
-    engine: Engine,
+    parts: WorkerParts,
     pool: RunnerPool,
     *,
     orchestration: bool = True,
     hardware: list[str] | None = None,
-    store: ObjectStore | None = None,
     pools: Mapping[str, RunnerPool] | None = None,
 ) -> list[Worker]:
     """The Temporal workers of one process: orchestration (with version builds) plus the
     given hardware queues; ``pools`` gives a SKU a pool of its own (GPU slots), the others run
     on ``pool``."""
-    store = store or open_store(settings)
-    webhooks = WebhookActivities(engine, settings)
-    acts = PredictionActivities(engine, pool, webhooks, store)
-    training = TrainingActivities(engine, settings, pool, lambda: store, webhooks)
-    workers: list[Worker] = []
-    if orchestration:
-        workers.append(
-            Worker(
-                client,
-                task_queue=settings.orchestration_queue,
-                workflows=[
-                    PredictionWorkflow,
-                    DeploymentWorkflow,
-                    TrainingWorkflow,
-                    FileExpiryWorkflow,
-                    StartReconcileWorkflow,
-                    RetentionSweepWorkflow,
-                ],
-                workflow_runner=WORKFLOW_RUNNER,
-                activities=[
-                    acts.record_prediction,
-                    acts.finish_prediction,
-                    acts.abort_prediction,
-                    acts.remove_prediction_data,
-                    FileActivities(settings, engine, store).stage_inputs,
-                    ExpiryActivities(engine, store).remove_expired_files,
-                    ReconcileActivities(engine, client, store).reconcile_starts,
-                    RetentionActivities(engine, store).remove_overdue_prediction_data,
-                    webhooks.send_webhook,
-                    DeploymentActivities(engine).observe_deployment,
-                    training.stage_training_inputs,
-                    training.finish_training,
-                    training.complete_training,
-                    training.send_training_webhook,
-                ],
-            )
-        )
-        # Builds need build tools and the versions dir: only workers serve them, never the API.
-        builds = BuildActivities(settings, engine, store)
-        workers.append(
-            Worker(
-                client,
-                task_queue=settings.build_queue,
-                workflows=[BuildVersionWorkflow],
-                workflow_runner=WORKFLOW_RUNNER,
-                activities=[builds.build_version, builds.fail_build],
-                max_concurrent_activities=settings.max_concurrent_builds,
-            )
-        )
+    settings = parts.settings
+    workers = orchestration_workers(client, parts) if orchestration else []
     skus = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
     for sku, slots in skus.items():
         # Runs of models that serve several predictions at once share a slot (workers/slots.py).
         run_slots = RunSlots(slots)
         runner = SlotRunner((pools or {}).get(sku) or pool, run_slots)
-        acts_sku = PredictionActivities(engine, runner, webhooks, store)
-        training_sku = TrainingActivities(engine, settings, runner, lambda: store, webhooks)
+        predictions, trainings = parts.predictions(runner), parts.trainings(runner)
         workers.append(
             Worker(
                 client,
                 task_queue=settings.task_queue(sku),
                 # Predictions started by the API run their workflow here too (see
-                # api/launch.py); the two local activities are all it runs beside the model.
+                # api/runs.py); the two local activities are all it runs beside the model.
                 workflows=[PredictionWorkflow],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
-                    acts_sku.run_prediction,
-                    training_sku.run_training,
-                    acts_sku.record_prediction,
-                    acts_sku.finish_prediction,
-                    acts_sku.abort_prediction,
+                    predictions.run_prediction,
+                    trainings.run_training,
+                    predictions.record_prediction,
+                    predictions.finish_prediction,
+                    predictions.abort_prediction,
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 tuner=run_slots.tuner(),
@@ -164,6 +180,52 @@ def build_workers(
     return workers
 
 
+def orchestration_workers(client: Client, parts: WorkerParts) -> list[Worker]:
+    """The orchestration queue's worker (every workflow's side effects that need no model)
+    and the version builds' (build tools and the versions dir: only workers serve them)."""
+    settings, engine, store = parts.settings, parts.engine, parts.store
+    predictions, trainings = parts.predictions(), parts.trainings()
+    builds = BuildActivities(settings, engine, store)
+    orchestration = Worker(
+        client,
+        task_queue=settings.orchestration_queue,
+        workflows=[
+            PredictionWorkflow,
+            DeploymentWorkflow,
+            TrainingWorkflow,
+            FileExpiryWorkflow,
+            StartReconcileWorkflow,
+            RetentionSweepWorkflow,
+        ],
+        workflow_runner=WORKFLOW_RUNNER,
+        activities=[
+            predictions.record_prediction,
+            predictions.finish_prediction,
+            predictions.abort_prediction,
+            predictions.remove_prediction_data,
+            FileActivities(settings, engine, store).stage_inputs,
+            ExpiryActivities(engine, store).remove_expired_files,
+            ReconcileActivities(engine, client, store).reconcile_starts,
+            RetentionActivities(engine, store).remove_overdue_prediction_data,
+            parts.webhooks.send_webhook,
+            DeploymentActivities(engine).observe_deployment,
+            trainings.stage_training_inputs,
+            trainings.finish_training,
+            trainings.complete_training,
+            trainings.send_training_webhook,
+        ],
+    )
+    build = Worker(
+        client,
+        task_queue=settings.build_queue,
+        workflows=[BuildVersionWorkflow],
+        workflow_runner=WORKFLOW_RUNNER,
+        activities=[builds.build_version, builds.fail_build],
+        max_concurrent_activities=settings.max_concurrent_builds,
+    )
+    return [orchestration, build]
+
+
 async def run_worker(
     settings: Settings, *, orchestration: bool = True, hardware: list[str] | None = None
 ) -> None:
@@ -175,47 +237,24 @@ async def run_worker(
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     client = await connect(settings)
-    store = open_store(settings)
-    # Fine-tunes' weights, fetched once per worker and served to their model processes (the
-    # hardware queues' pool and every deployment instance's).
-    weights = WeightsCache(lambda: store, settings.data_dir / "weights-cache")
-    # Output files go from coglet straight into the object store (see OutputSink).
+    parts = WorkerParts.build(settings, engine)
     slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
-    # One memory budget for the warm processes of every hardware pool of this worker.
-    budget = None if settings.max_warm_memory is None else MemoryBudget(settings.max_warm_memory)
-    # Each model process in a memory cgroup of its own, when there is a limit.
-    cgroups = model_cgroups(settings.model_memory_limit, log, settings.model_memory_limits)
-    hardware, gpu_pools = gpu_slot_pools(
-        settings, slots, OutputSink(settings, store), weights, budget, cgroups
+    served, gpu_pools = gpu_slot_pools(
+        settings, slots, parts.sink, parts.weights, parts.budget, parts.cgroups
     )
-    slots = {sku: slots[sku] for sku in hardware}
-    pool = RunnerPool(
-        max_warm_memory=budget,
+    pool = parts.pool(
         # Every slot may hold a busy process of its own: a smaller pool would evict and
         # re-boot processes between back-to-back runs.
-        max_warm=max(settings.max_warm_runners, sum(slots.values())),
-        boot_timeout=settings.setup_timeout,
-        # Streams need their chunks soon (time to first token); the run activity throttles
-        # its own read-model writes and webhooks.
-        update_interval=0.05,
-        upload=OutputSink(settings, store),
-        weights=weights,
+        max(settings.max_warm_runners, sum(slots[sku] for sku in served)),
+        max_warm_memory=parts.budget,
         # Fine-tunes boot from a standby process of their base version (see keep_standby).
         standby=True,
-        memory_limit=cgroups,
     )
-    await pool.start()
-    for own in gpu_pools.values():
-        await own.start()
+    pools = [pool, *gpu_pools.values()]
+    for each in pools:
+        await each.start()
     workers = build_workers(
-        client,
-        settings,
-        engine,
-        pool,
-        orchestration=orchestration,
-        hardware=hardware,
-        store=store,
-        pools=gpu_pools,
+        client, parts, pool, orchestration=orchestration, hardware=served, pools=gpu_pools
     )
     if orchestration:
         try:  # the sweeps of expired uploaded files and of overdue prediction data
@@ -223,35 +262,44 @@ async def run_worker(
         except Exception:
             log.warning("event=schedules_not_registered", exc_info=True)
     # Deployment instances run on the workers of their hardware.
-    served = list(settings.hardware) if hardware is None else hardware
-    host = None
-    if served:
-        webhooks = WebhookActivities(engine, settings)
-
-        def instance_pool(sku: str) -> RunnerPool:
-            own = gpu_pools.get(sku)
-            return RunnerPool(
-                max_warm=1,
-                boot_timeout=settings.setup_timeout,
-                update_interval=0.05,
-                upload=OutputSink(settings, store),
-                weights=weights,
-                # On a GPU SKU an instance takes a slot of its own from the SKU's devices.
-                devices=own.device_slots or () if own is not None else (),
-                keep_devices=True,
-                memory_limit=cgroups,
-            )
-
-        host = DeploymentHost(
-            client,
-            engine,
-            served,
-            connect=lambda: connect(settings),
-            make_pool=instance_pool,
-            make_activities=lambda p: PredictionActivities(engine, p, webhooks, store),
-        )
+    host = deployment_host(client, parts, gpu_pools, served)
     if host is not None:
         workers += host.control_workers()
+    await _serve(client, engine, workers, host)
+    # Only now: a run within the grace needed its model process to the end.
+    for each in pools:
+        await each.close()
+    log.info("event=worker_stopped")
+
+
+def deployment_host(
+    client: Client, parts: WorkerParts, gpu_pools: Mapping[str, RunnerPool], served: list[str]
+) -> DeploymentHost | None:
+    """The host of the deployment instances of the ``served`` hardware (None: none)."""
+    if not served:
+        return None
+
+    def instance_pool(sku: str) -> RunnerPool:
+        own = gpu_pools.get(sku)
+        # On a GPU SKU an instance takes a slot of its own from the SKU's devices.
+        devices = own.device_slots or () if own is not None else ()
+        return parts.pool(1, devices=devices, keep_devices=True)
+
+    return DeploymentHost(
+        client,
+        parts.engine,
+        served,
+        connect=lambda: connect(parts.settings),
+        make_pool=instance_pool,
+        make_activities=parts.predictions,
+    )
+
+
+async def _serve(
+    client: Client, engine: Engine, workers: list[Worker], host: DeploymentHost | None
+) -> None:
+    """Run ``workers`` until SIGINT/SIGTERM, telling ``/health`` meanwhile; then shut them
+    down (deployment instances drain beside the hardware queues' grace, not after it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -266,12 +314,6 @@ async def run_worker(
     finally:
         beating.cancel()
         await asyncio.to_thread(heartbeats.forget, engine, identity)
-        # Deployment instances drain beside the hardware queues' grace, not after it.
         closing = [host.close()] if host is not None else []
         await asyncio.gather(*(w.shutdown() for w in workers), *closing, return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
-        # Only now: a run within the grace needed its model process to the end.
-        await pool.close()
-        for own in gpu_pools.values():
-            await own.close()
-        log.info("event=worker_stopped")

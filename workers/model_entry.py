@@ -8,7 +8,9 @@ first. coglet records what a prediction writes to stderr in its logs, but report
 exception only as ``Type: message``; this way the traceback is in the prediction's logs.
 And input files staged by Replicant reach coglet as local paths, which it passes on as plain
 strings: inputs typed ``Path`` (alone, in a list, or optional) get a ``cog.Path`` of them,
-as on Replicate.
+as on Replicate. A ``sys.exit()`` in a run fails it with "SystemExit: <code>" (as Cog says),
+a trainer's ``str`` output becomes its weights file (as Cog saves it), and a trainer class
+with no ``run``/``predict`` of its own gets one coglet's loader asks for.
 
 A streaming (generator or async generator) predict's logs are kept within
 ``REPLICANT_MAX_LOG_SIZE`` characters here: coglet copies a streaming prediction's whole logs
@@ -33,6 +35,7 @@ import inspect
 import os
 import pathlib
 import sys
+import tempfile
 import traceback
 import types
 import typing
@@ -51,13 +54,20 @@ def _reported() -> Iterator[None]:
     on (this module's are left out), then let it propagate."""
     try:
         yield
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         tb = error.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
             tb = tb.tb_next
         traceback.print_exception(type(error), error, tb, file=sys.stderr)
         sys.stderr.flush()
+        if isinstance(error, SystemExit):
+            # The run fails naming it, as Cog's does ("SystemExit: 1"), not with its bare code.
+            raise ModelExited(f"SystemExit: {error.code}") from None
         raise
+
+
+class ModelExited(Exception):
+    """A prediction's ``sys.exit()``: the run fails, its process goes on."""
 
 
 def held_back_line(size: int) -> str:
@@ -151,19 +161,48 @@ def _held_limit() -> int | None:
         return None
 
 
-def reporting(fn: Any) -> Any:
+def reporting(fn: Any, weights: bool = False) -> Any:
     """``fn`` (plain, generator, coroutine or async generator) printing the traceback of an
     exception before it propagates; cancellation (not an Exception) passes untouched.
 
     The stand-in carries ``fn``'s signature: Cog reads inputs, defaults and types from it
     (``inspect.getfullargspec``, which honours ``__signature__``). coglet replaces the
     ``Input(...)`` defaults of the function it loads by their values; the stand-in has none
-    of its own, so that is done here on ``fn``, which the stand-in calls."""
+    of its own, so that is done here on ``fn``, which the stand-in calls. With ``weights``
+    (a trainer's ``train``), a ``str`` it returns becomes a file (``_str_weights``)."""
     signature = inspect.signature(fn)
     _plain_defaults(fn)
-    wrapper = _reporting(fn, _path_inputs(fn))
+    wrapper = _reporting(_str_weights(fn) if weights else fn, _path_inputs(fn))
     wrapper.__signature__ = signature
     return wrapper
+
+
+def _as_weights(output: Any) -> Any:
+    if not isinstance(output, str):
+        return output
+    path = pathlib.Path(tempfile.mkdtemp()) / "weights"
+    path.write_text(output, encoding="utf-8")
+    return path
+
+
+def _str_weights(fn: Any) -> Any:
+    """``fn`` (a trainer) returning a file of the string it returns: Cog saves a trainer's
+    ``str`` output as its weights, and Replicant stores weights from a file."""
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def coro(*args: Any, **kwargs: Any) -> Any:
+            return _as_weights(await fn(*args, **kwargs))
+
+        return coro
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return fn
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        return _as_weights(fn(*args, **kwargs))
+
+    return plain
 
 
 Convert = Callable[[Any], Any]
@@ -304,12 +343,17 @@ def load(ref: str) -> tuple[str, Any]:
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     target = getattr(module, name)
+    training = bool(os.environ.get("COG_TRAIN_TYPE_STUB"))
     if inspect.isclass(target):
         methods = {
-            attr: reporting(getattr(target, attr))
-            for attr in ENTRY_METHODS
+            attr: reporting(getattr(target, attr), weights=attr == "train")
+            for attr in (*ENTRY_METHODS, "train")
             if _own(getattr(target, attr, None))
         }
+        if training and "train" in methods and not any(m in methods for m in ENTRY_METHODS):
+            # A trainer class needs no run()/predict() (Cog's training docs); coglet asks
+            # for one when it loads a class, so it gets one it never calls.
+            methods["run"] = _trainer_only
         namespace = {
             "__module__": target.__module__,
             "__qualname__": target.__qualname__,
@@ -317,7 +361,11 @@ def load(ref: str) -> tuple[str, Any]:
             **methods,
         }
         return name, type(target.__name__, (target,), namespace)
-    return name, reporting(target)
+    return name, reporting(target, weights=training)
+
+
+def _trainer_only(self: Any) -> str:
+    raise RuntimeError("this class is a trainer: it has no run() or predict()")
 
 
 if os.environ.get("REPLICANT_MODEL_REF"):

@@ -19,19 +19,10 @@ from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import TypedSearchAttributes
-from temporalio.exceptions import ActivityError, CancelledError
 
 from workflows import steps
-from workflows.steps import (
-    LOCAL,
-    MODEL_ATTR,
-    STATUS_ATTR,
-    deliver_completed,
-    failure_message,
-    may_hold_files,
-    stage,
-    start_run,
-)
+from workflows.runs import Rungs, RunLadder
+from workflows.steps import LOCAL, MODEL_ATTR, STATUS_ATTR, deliver_completed
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
@@ -61,16 +52,25 @@ def search_attributes(req: PredictionRequest, status: Status = "starting") -> Ty
     return steps.search_attributes(req.model, req.version, req.owner, status)
 
 
+RUNGS = Rungs(
+    noun="Prediction",
+    stage_patch="stage-inputs",
+    stage_activity=ActivityName.STAGE_INPUTS,
+    run_activity=ActivityName.RUN_PREDICTION,
+    result_type=RunOutcome,
+    non_retryable=NON_RETRYABLE,
+)
+
+
 @workflow.defn(name="PredictionWorkflow")
-class PredictionWorkflow:
+class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
     """One prediction, from queued to removed."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._status: Status = "starting"
         self._terminal = False
-        self._cancel_requested = False
         self._deadline_passed = False
-        self._run: workflow.ActivityHandle[RunOutcome] | None = None
 
     @workflow.run
     async def run(self, req: PredictionRequest) -> RunOutcome:
@@ -157,28 +157,7 @@ class PredictionWorkflow:
         return await run
 
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
-        if self._cancel_requested:
-            return await self._finish(req, "canceled", None)
-        if may_hold_files(req.input) and workflow.patched("stage-inputs"):
-            staged = await stage(ActivityName.STAGE_INPUTS, req, req.side_queue)
-            if isinstance(staged, str):
-                return await self._finish(req, "failed", f"Input file error: {staged}")
-            req = req.model_copy(update={"staged_files": staged.files})
-            if self._cancel_requested:
-                return await self._finish(req, "canceled", None)
-        self._run = start_run(ActivityName.RUN_PREDICTION, req, RunOutcome, NON_RETRYABLE)
-        try:
-            return await self._run
-        except asyncio.CancelledError:
-            # The whole workflow was cancelled (e.g. from the Temporal UI): same as a cancel.
-            self._run.cancel()
-            return await self._finish(req, "canceled", None)
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                return await self._finish(req, "canceled", None)
-            return await self._finish(
-                req, "failed", failure_message("Prediction", err, NON_RETRYABLE)
-            )
+        return await self._climb(req, RUNGS)
 
     async def _finish(
         self, req: PredictionRequest, status: Status, error: str | None

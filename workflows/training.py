@@ -13,23 +13,14 @@ training that ends any other way has its stored weights removed.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, TypedSearchAttributes
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
-from workflows import steps
-from workflows.steps import (
-    LOCAL,
-    STATUS_ATTR,
-    deliver_completed,
-    failure_message,
-    may_hold_files,
-    stage,
-    start_run,
-)
+from workflows.runs import Rungs, RunLadder
+from workflows.steps import LOCAL, STATUS_ATTR, deliver_completed, failure_message
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
@@ -50,21 +41,25 @@ NON_RETRYABLE = [ErrorType.VERSION_NOT_FOUND, ErrorType.DESTINATION_GONE]
 COMPLETE = timedelta(minutes=1)
 
 
-def search_attributes(req: TrainingRequest, status: Status = "starting") -> TypedSearchAttributes:
-    """The attributes that make a training findable in the Temporal UI."""
-    return steps.search_attributes(req.model, req.version, req.owner, status)
+RUNGS = Rungs(
+    noun="Training",
+    stage_patch="stage-training-inputs",
+    stage_activity=ActivityName.STAGE_TRAINING_INPUTS,
+    run_activity=ActivityName.RUN_TRAINING,
+    result_type=TrainingRun,
+    non_retryable=NON_RETRYABLE,
+)
 
 
 @workflow.defn(name="TrainingWorkflow")
-class TrainingWorkflow:
+class TrainingWorkflow(RunLadder[TrainingRun, TrainingOutcome]):
     """One training, from queued to a new version on its destination."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._status: Status = "starting"
         self._terminal = False
-        self._cancel_requested = False
         self._completing = False
-        self._run: workflow.ActivityHandle[TrainingRun] | None = None
 
     @workflow.run
     async def run(self, req: TrainingRequest) -> TrainingOutcome:
@@ -77,28 +72,9 @@ class TrainingWorkflow:
         return outcome
 
     async def _train(self, req: TrainingRequest) -> TrainingOutcome:
-        if self._cancel_requested:
-            return await self._finish(req, "canceled", None)
-        if may_hold_files(req.input) and workflow.patched("stage-training-inputs"):
-            staged = await stage(ActivityName.STAGE_TRAINING_INPUTS, req)
-            if isinstance(staged, str):
-                return await self._finish(req, "failed", f"Input file error: {staged}")
-            req = req.model_copy(update={"staged_files": staged.files})
-            if self._cancel_requested:
-                return await self._finish(req, "canceled", None)
-        self._run = start_run(ActivityName.RUN_TRAINING, req, TrainingRun, NON_RETRYABLE)
-        try:
-            run = await self._run
-        except asyncio.CancelledError:
-            # The whole workflow was cancelled (e.g. from the Temporal UI): same as a cancel.
-            self._run.cancel()
-            return await self._finish(req, "canceled", None)
-        except ActivityError as err:
-            if isinstance(err.cause, CancelledError):
-                return await self._finish(req, "canceled", None)
-            return await self._finish(
-                req, "failed", failure_message("Training", err, NON_RETRYABLE)
-            )
+        run = await self._climb(req, RUNGS)
+        if isinstance(run, TrainingOutcome):  # ended before or during the run
+            return run
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
         if run.status != "succeeded":

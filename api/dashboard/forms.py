@@ -43,11 +43,13 @@ class Field:
 
 
 def _resolve(prop: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
-    """A property with its ``allOf: [{$ref}]`` (Cog's choices) merged in."""
-    merged = dict(prop)
+    """A property with its ``allOf: [{$ref}]`` (Cog's choices) merged in; the property's own
+    keys win (its description, not the enum's "An enumeration.")."""
+    merged: dict[str, Any] = {}
     for part in prop.get("allOf", []):
         ref = part.get("$ref", "")
         merged.update(schemas.get(ref.rsplit("/", 1)[-1], {}))
+    merged.update(prop)
     return merged
 
 
@@ -147,6 +149,27 @@ async def form_input(fields: list[Field], form: FormData, upload: Uploader) -> d
     return payload
 
 
+def input_values(fields: list[Field], given: dict[str, Any]) -> dict[str, str]:
+    """A prediction's input as the form shows it (for "tweak"): text as typed, one list item a
+    line, a checkbox by its presence (as the browser posts it). Files are picked again."""
+    values: dict[str, str] = {}
+    for f in fields:
+        if f.name not in given or f.kind == "file" or (f.kind == "list" and f.item_kind == "file"):
+            continue
+        value = given[f.name]
+        if f.kind == "checkbox":
+            if value:
+                values[f.name] = "on"
+        elif isinstance(value, list):
+            scalar = all(isinstance(v, str | int | float) for v in value)
+            values[f.name] = "\n".join(map(str, value)) if scalar else json.dumps(value)
+        elif isinstance(value, dict):
+            values[f.name] = json.dumps(value)
+        elif value is not None:
+            values[f.name] = str(value)
+    return values
+
+
 def form_values(form: FormData) -> dict[str, str]:
     """The text the user typed, by input name, to fill the form in again after a 422."""
     return {
@@ -154,3 +177,25 @@ def form_values(form: FormData) -> dict[str, str]:
         for k, v in form.items()
         if k.startswith(PREFIX) and isinstance(v, str)
     }
+
+
+def output_type(openapi_schema: dict[str, Any]) -> str:
+    """The version's output in words, for its schema table: ``string``, ``file``,
+    ``iterator of string``, ``list of object``, ``object (text, lines)``."""
+    schemas = openapi_schema.get("components", {}).get("schemas", {})
+    return _type_words(_resolve(schemas.get("Output", {}), schemas), schemas)
+
+
+def _type_words(prop: dict[str, Any], schemas: dict[str, Any]) -> str:
+    if "$ref" in prop:
+        prop = {**schemas.get(prop["$ref"].rsplit("/", 1)[-1], {}), **prop}
+    kind = prop.get("type", "any")
+    if kind == "array":
+        items = _type_words(_resolve(prop.get("items", {}), schemas), schemas)
+        iterator = prop.get("x-cog-array-type") == "iterator"
+        return f"{'iterator' if iterator else 'list'} of {items}"
+    if kind == "string" and prop.get("format") == "uri":
+        return "file"
+    if kind == "object" and prop.get("properties"):
+        return f"object ({', '.join(prop['properties'])})"
+    return str(kind)

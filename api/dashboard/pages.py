@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
@@ -12,14 +13,24 @@ from sse_starlette import EventSourceResponse
 from starlette.datastructures import UploadFile
 
 from api.dashboard.client import ApiProblem, api_for
-from api.dashboard.forms import Uploader, form_fields, form_input, form_values
-from api.dashboard.render import snippets
-from api.dashboard.session import load_session, new_csrf
-from api.dashboard.web import FormDep, Page, PageDep, checked_form, redirect, render
+from api.dashboard.downloads import input_previews
+from api.dashboard.forms import (
+    Uploader,
+    form_fields,
+    form_input,
+    form_values,
+    input_values,
+    output_type,
+)
+from api.dashboard.render import code_input, is_cut, snippets
+from api.dashboard.session import end_session, load_session, open_session, token_id_of
+from api.dashboard.web import FormDep, Page, PageDep, read_form, redirect, render
 from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
 from replicant.catalog import find_model
+from replicant.contracts import prediction_workflow_id
+from replicant.devices import discover_devices
 
 router = APIRouter(include_in_schema=False)
 
@@ -44,29 +55,40 @@ def safe_next(target: str | None) -> str:
 
 @router.get("/signin")
 async def signin_page(request: Request, next: str = "/") -> Response:
+    await load_session(request)  # a signed-in visitor's form carries that session's CSRF
     return render(request, "signin.html", next=safe_next(next), error=None)
+
+
+# The sign-in form: its CSRF token, the API token and where to go next.
+SIGNIN_FIELDS = 8
+SIGNIN_PART = 4096
 
 
 @router.post("/signin")
 async def signin(request: Request) -> Response:
-    form = await checked_form(request)
+    """Check the token through the API (its rate limit and all), then open a new session."""
+    form = await read_form(
+        request, max_fields=SIGNIN_FIELDS, max_files=0, max_part_size=SIGNIN_PART
+    )
     token = str(form.get("token") or "").strip()
     target = safe_next(str(form.get("next") or "/"))
-    async with api_for(request, token) as api:
+    async with api_for(request, token=token) as api:
         try:
             await api.get("/v1/account")
         except ApiProblem as err:
             error = "That token is not valid" if err.status == 401 else err.detail
             return render(request, "signin.html", 401, next=target, error=error)
-    session = load_session(request)
-    session.token = token
-    session.csrf = new_csrf()  # a new session gets a new CSRF token
+    found = await get_state(request).db.read(token_id_of, token)
+    if found is None:  # revoked between the two reads
+        return render(request, "signin.html", 401, next=target, error="That token is not valid")
+    await open_session(request, *found)
     return redirect(request, target)
 
 
 @router.post("/signout")
 async def signout(request: Request, form: FormDep) -> Response:
-    load_session(request).token = None
+    """End the session: its id is deleted, so a saved cookie signs nobody in."""
+    await end_session(request)
     return redirect(request, "/signin")
 
 
@@ -92,15 +114,24 @@ async def models_page(page: PageDep, q: str = "") -> Response:
     return render(page.request, "models.html", page=page, models=models, q=q)
 
 
-def _hardware(request: Request, username: str, owner: str, name: str) -> str | None:
-    """The name of the hardware the model runs on (the API's model object has no field for
-    it), found through the catalog's own visibility rule."""
+@functools.cache
+def _has_gpu(configured: str | None) -> bool:
+    """Whether this installation has GPUs (asked once: ``nvidia-smi`` is no per-page call)."""
+    return bool(discover_devices(configured))
+
+
+def _hardware(request: Request, username: str, owner: str, name: str) -> dict[str, Any] | None:
+    """The hardware the model runs on (the API's model object has no field for it), found
+    through the catalog's own visibility rule: its name, and whether a GPU SKU runs on the
+    CPU here (an installation without GPUs serves every SKU on the CPU)."""
     state = get_state(request)
     account = find_account(state.engine, username)
     model = state.db.call(find_model, account, owner, name)
     if model is None:
         return None
-    return state.settings.hardware_names.get(model.hardware, model.hardware)
+    settings = state.settings
+    on_cpu = model.hardware.startswith("gpu") and not _has_gpu(settings.gpu_devices)
+    return {"name": settings.hardware_names.get(model.hardware, model.hardware), "on_cpu": on_cpu}
 
 
 async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
@@ -113,14 +144,34 @@ async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
         model["readme"] = readme.text
     versions = await page.api.get(f"/v1/models/{owner}/{name}/versions")
     latest = model.get("latest_version")
-    fields = form_fields(latest["openapi_schema"]) if latest else []
-    return {"model": model, "versions": versions["results"], "fields": fields}
+    schema = latest["openapi_schema"] if latest else {}
+    return {
+        "model": model,
+        "versions": versions["results"],
+        "fields": form_fields(schema) if latest else [],
+        "output_type": output_type(schema) if latest else "",
+    }
 
 
 @router.get("/models/{owner}/{name}")
-async def model_page(owner: str, name: str, page: PageDep) -> Response:
+async def model_page(owner: str, name: str, page: PageDep, tweak: str = "") -> Response:
+    """The model, its schema and Run form; ``?tweak=<prediction id>`` fills the form with that
+    prediction's input (and its version)."""
     view = await _model_view(page, owner, name)
-    return render(page.request, "model.html", page=page, errors={}, values={}, version=None, **view)
+    values: dict[str, str] = {}
+    version = None
+    if tweak and view["model"]["latest_version"]:
+        prediction = await page.api.get(f"/v1/predictions/{tweak}")
+        if prediction["model"] == f"{owner}/{name}":
+            version = prediction["version"]
+            if version != view["model"]["latest_version"]["id"]:
+                path = f"/v1/models/{owner}/{name}/versions/{version}"
+                view["fields"] = form_fields((await page.api.get(path))["openapi_schema"])
+            values = input_values(view["fields"], prediction["input"])
+    return render(
+        page.request, "model.html", page=page, errors={}, values=values, version=version,
+        tweaked=tweak if values else "", **view,
+    )  # fmt: skip
 
 
 def _uploader(page: Page) -> Uploader:
@@ -207,6 +258,9 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
     shared = await _shared(page, prediction_id)
     base = str(page.request.base_url).rstrip("/")
     ref = f"{prediction['model']}:{prediction['version']}"
+    # Long values are cut on the page (a 5 MB input would be in it four times); the whole
+    # input, output and code are downloads.
+    code = code_input(prediction["input"])
     return render(
         page.request,
         "prediction.html",
@@ -215,8 +269,11 @@ async def prediction_page(prediction_id: str, page: PageDep) -> Response:
         shared=shared,
         streaming="stream" in prediction["urls"],
         cursor=event_cursor(prediction.get("output"), prediction["logs"]),
-        snippets=snippets(base, ref, prediction["input"]),
-        temporal_url=temporal_ui(page.request, f"prediction-{prediction_id}"),
+        snippets=snippets(base, ref, code),
+        code_cut=code != prediction["input"],
+        input_cut=is_cut(prediction["input"]),
+        previews=await input_previews(page, prediction),
+        temporal_url=temporal_ui(page.request, prediction_workflow_id(prediction_id)),
     )
 
 

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlparse
 
 from jinja2 import Environment
 from markdown_it import MarkdownIt
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 IMAGE = {".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp", ".avif"}
 AUDIO = {".wav", ".mp3", ".ogg", ".flac", ".m4a", ".aac", ".opus"}
 VIDEO = {".mp4", ".webm", ".mov", ".mkv"}
-# Long data URIs are cut where an input is shown (never in code, which must run as is).
+# Long data URIs are cut where an input is shown.
 SHOWN_VALUE = 200
+# Longer text is cut on a page (input, output), with a link to the whole.
+LONG_TEXT = 2_000
+# Code keeps values up to this long; beyond it, the page shows the code cut and links to the
+# whole code (a 5 MB input would otherwise be in the page four times).
+CODE_VALUE = 10_000
+# A list of at least this many numbers (an embedding) is drawn collapsed, as a vector.
+VECTOR = 32
 # Text that reads as markdown (headings, lists, emphasis, code fences, links) is drawn as such.
 MARKDOWN = re.compile(
     r"^(#{1,6} |[-*] |\d+\. |```|> )|\*\*[^*\n]+\*\*|\[[^\]\n]+\]\([^)\n]+\)", re.MULTILINE
@@ -49,15 +58,47 @@ def output_items(output: Any, streaming: bool) -> list[tuple[str, Any]]:
     if output is None:
         return []
     if isinstance(output, dict) and output:
-        return [("fields", [(str(k), output_items(v, False)) for k, v in output.items()])]
+        fields = [(str(k), output_items(v, False)) for k, v in output.items()]
+        # Text first (OCR's text before its boxes), the rest in the model's order.
+        fields.sort(key=lambda field: not _reads_as_text(field[1]))
+        return [("fields", fields)]
     if isinstance(output, list):
         if streaming and all(isinstance(v, str) and is_text(v) for v in output):
             text = "".join(output)
             return [(output_kind(text), text)]
+        if is_vector(output):
+            return [("vector", output)]
+        if output and all(isinstance(v, dict) for v in output) and any(map(_holds_vector, output)):
+            # One record a result (an embedding with its text), each field by its kind.
+            return [("records", [output_items(v, False) for v in output])]
         if output and all(output_kind(v) != "json" for v in output):
             return [(output_kind(v), v) for v in output]
         return [("json", output)]
     return [(output_kind(output), output)]
+
+
+def _reads_as_text(items: list[tuple[str, Any]]) -> bool:
+    return bool(items) and all(kind in ("text", "markdown") for kind, _ in items)
+
+
+def is_vector(value: Any) -> bool:
+    """A list of numbers long enough to be drawn collapsed (an embedding)."""
+    return isinstance(value, list) and len(value) >= VECTOR and all(map(_is_number, value))
+
+
+def _holds_vector(record: dict[str, Any]) -> bool:
+    return any(is_vector(v) for v in record.values())
+
+
+def vector_summary(values: list[float], first: int = 6) -> dict[str, Any]:
+    """What a collapsed vector shows: its dimensions, norm and first values."""
+    norm = math.sqrt(sum(float(v) * float(v) for v in values))
+    return {
+        "dimensions": len(values),
+        "norm": f"{norm:.4f}",
+        "first": ", ".join(f"{float(v):.4f}" for v in values[:first]),
+        "json": json.dumps(values),
+    }
 
 
 def is_text(value: str) -> bool:
@@ -92,14 +133,40 @@ def file_name(url: str) -> str:
     return urlparse(url).path.rsplit("/", 1)[-1] or url
 
 
-def brief(value: Any) -> Any:
-    """``value`` with long data URIs cut short, for showing an input (not for sending)."""
+def brief(value: Any, limit: int = LONG_TEXT) -> Any:
+    """``value`` with long data URIs and strings longer than ``limit`` cut short, for showing
+    (the page links to the whole)."""
     if isinstance(value, str) and value.startswith("data:") and len(value) > SHOWN_VALUE:
-        return f"{value[:60]}... ({len(value)} characters)"
+        return f"{value[:60]}... ({len(value):,} characters)"
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value):,} characters)"
     if isinstance(value, list):
-        return [brief(v) for v in value]
+        return [brief(v, limit) for v in value]
     if isinstance(value, dict):
-        return {k: brief(v) for k, v in value.items()}
+        return {k: brief(v, limit) for k, v in value.items()}
+    return value
+
+
+def is_cut(value: Any, limit: int = LONG_TEXT) -> bool:
+    """Whether ``brief`` cuts anything of ``value``."""
+    return bool(brief(value, limit) != value)
+
+
+def cut_text(text: str) -> str:
+    """An output text as a page shows it: the first ``LONG_TEXT`` characters (the page links
+    to the whole)."""
+    return text if len(text) <= LONG_TEXT else f"{text[:LONG_TEXT]}... ({len(text):,} characters)"
+
+
+def code_input(value: Any) -> Any:
+    """An input as the page's code shows it: values past ``CODE_VALUE`` characters cut (the
+    whole code is a download)."""
+    if isinstance(value, str) and len(value) > CODE_VALUE:
+        return f"{value[:60]}... ({len(value):,} characters: download the whole code)"
+    if isinstance(value, list):
+        return [code_input(v) for v in value]
+    if isinstance(value, dict):
+        return {k: code_input(v) for k, v in value.items()}
     return value
 
 
@@ -162,4 +229,47 @@ def install_filters(env: Environment) -> None:
     env.filters["markdown"] = markdown
     env.filters["brief"] = brief
     env.filters["file_name"] = file_name
+    env.filters["cut_text"] = cut_text
+    env.filters["when"] = when
+    env.filters["plural"] = plural
     env.globals["output_items"] = output_items
+    env.globals["vector_summary"] = vector_summary
+
+
+def when(value: str | None) -> Markup:
+    """A timestamp as a relative time (``3 minutes ago``), the exact UTC time on hover, no
+    microseconds; ``-`` when there is none."""
+    if not value:
+        return Markup("-")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return Markup(escape(value))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    exact = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = moment.astimezone(UTC).isoformat(timespec="seconds")
+    return Markup('<time datetime="{}" title="{}">{}</time>').format(
+        stamp, exact, relative(moment, datetime.now(UTC))
+    )
+
+
+def relative(moment: datetime, now: datetime) -> str:
+    """``just now``, ``5 seconds ago``, ``1 minute ago``, ... ``3 days ago``, then the date."""
+    seconds = int((now - moment).total_seconds())
+    if seconds < 0:
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if seconds < 2:
+        return "just now"
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size:
+            count = seconds // size
+            if unit == "day" and count > 30:
+                return moment.astimezone(UTC).strftime("%Y-%m-%d")
+            return f"{plural(count, unit)} ago"
+    return "just now"
+
+
+def plural(count: int, word: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"

@@ -9,8 +9,10 @@ from fastapi.responses import Response
 
 from api.dashboard.client import ApiProblem
 from api.dashboard.pages import cursor_of, temporal_ui
+from api.dashboard.render import is_cut
 from api.dashboard.web import FormDep, PageDep, redirect, render
 from api.routes.streams import event_cursor
+from replicant.contracts import training_workflow_id
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,8 +38,9 @@ async def training_page(training_id: str, page: PageDep) -> Response:
         "training.html",
         page=page,
         t=training,
+        input_cut=is_cut(training["input"]),
         cursor=event_cursor(training.get("output"), training["logs"]),
-        temporal_url=temporal_ui(page.request, f"training-{training_id}"),
+        temporal_url=temporal_ui(page.request, training_workflow_id(training_id)),
     )
 
 

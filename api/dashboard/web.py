@@ -14,10 +14,18 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 
 from api.dashboard.client import Api, ApiProblem, api_for
 from api.dashboard.render import install_filters
-from api.dashboard.session import DashSession, csrf_ok, load_session, save_session
+from api.dashboard.session import (
+    DashSession,
+    csrf_ok,
+    end_session,
+    load_session,
+    save_session,
+    session_of,
+)
 from api.errors import ProblemError
 
 HERE = Path(__file__).parent
@@ -52,16 +60,16 @@ class Page:
 
 
 async def signed_in(request: Request) -> AsyncIterator[Page]:
-    """The signed-in user of the request (API token checked on every request)."""
-    session = load_session(request)
-    if not session.token:
+    """The signed-in user of the request (its session and API token checked every time)."""
+    session = await load_session(request)
+    if session.token_id is None:
         raise SignInRequired
-    async with api_for(request, session.token) as api:
+    async with api_for(request, token_id=session.token_id) as api:
         try:
             account = await api.get("/v1/account")
         except ApiProblem as err:
             if err.status == 401:  # the token was revoked: the session is over
-                session.token = None
+                await end_session(request)
                 raise SignInRequired from None
             raise
         yield Page(request, session, api, account)
@@ -69,16 +77,41 @@ async def signed_in(request: Request) -> AsyncIterator[Page]:
 
 PageDep = Annotated[Page, Depends(signed_in)]
 
+# What a dashboard form may hold: the Run form's inputs and files, the others' few fields.
+# Files are spooled to disk as they arrive; the body's size is capped by api/bodylimit.py.
+FORM_FIELDS = 256
+FORM_FILES = 32
+FORM_PART = 1024 * 1024
 
-async def checked_form(request: Request) -> FormData:
-    """The posted form, 403 unless it carries the session's CSRF token.
+
+async def read_form(
+    request: Request,
+    *,
+    max_fields: int = FORM_FIELDS,
+    max_files: int = FORM_FILES,
+    max_part_size: int = FORM_PART,
+) -> FormData:
+    """The posted form within its caps (413 past them), 403 unless it carries the session's
+    CSRF token.
 
     Forms are posted as multipart: the API reads form-encoded bodies as JSON (curl's habit).
     """
-    form = await request.form()
-    if not csrf_ok(load_session(request), form.get("csrf")):
+    try:
+        form = await request.form(
+            max_files=max_files, max_fields=max_fields, max_part_size=max_part_size
+        )
+    except HTTPException as err:
+        # Starlette says 400 for a form past its caps too: those are 413 here.
+        capped = err.detail.startswith(("Too many", "Part exceeded"))
+        raise ProblemError(413 if capped else err.status_code, err.detail) from err
+    if not csrf_ok(await load_session(request), form.get("csrf")):
         raise ProblemError(403, "The form is stale or forged; reload the page and try again")
     return form
+
+
+async def checked_form(request: Request) -> FormData:
+    """A dashboard form (``read_form`` with the usual caps)."""
+    return await read_form(request)
 
 
 FormDep = Annotated[FormData, Depends(checked_form)]
@@ -92,7 +125,7 @@ def render(
     **context: Any,
 ) -> HTMLResponse:
     """A template as an HTML response, with the session cookie re-signed."""
-    session = page.session if page else load_session(request)
+    session = page.session if page else session_of(request)
     values = {"csrf": session.csrf, "account": page.account if page else None, **context}
     response = templates.TemplateResponse(request, name, values, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
@@ -103,7 +136,7 @@ def render(
 def redirect(request: Request, url: str) -> RedirectResponse:
     """A 303 after a form post, keeping the session cookie."""
     response = RedirectResponse(url, status_code=303)
-    save_session(request, response, load_session(request))
+    save_session(request, response, session_of(request))
     return response
 
 
@@ -117,7 +150,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiProblem)
     async def _problem(request: Request, err: ApiProblem) -> Response:
-        response = render(request, "error.html", err.status, error=err)
+        response = await error_page(request, err.status, err)
         if err.retry_after:
             response.headers["Retry-After"] = err.retry_after
         return response
@@ -129,8 +162,45 @@ def install_handlers(app: FastAPI) -> None:
         # The dashboard's own refusals (rate limit, CSRF) as pages; the API's stay problem+json.
         route = request.scope.get("route")
         if not getattr(getattr(route, "endpoint", None), "__module__", "").startswith(__package__):
-            answer = api_handler(request, err)
-            return await answer if inspect.isawaitable(answer) else answer
-        page = render(request, "error.html", err.status, error=err)
+            return await _answer(api_handler, request, err)
+        page = await error_page(request, err.status, err)
         page.headers.update(err.headers or {})
         return page
+
+    http_handler = app.exception_handlers[HTTPException]
+
+    @app.exception_handler(HTTPException)
+    async def _unknown_path(request: Request, err: HTTPException) -> Response:
+        # A path no route serves: a page for a browser, problem+json for an API client (and
+        # for whatever the API's own routes raise).
+        unrouted = request.scope.get("route") is None
+        if unrouted and err.status_code in (404, 405) and wants_html(request):
+            detail = "There is no page at this address"
+            if err.status_code == 405:
+                detail = f"This page does not answer {request.method}"
+            return await error_page(request, err.status_code, ProblemError(err.status_code, detail))
+        return await _answer(http_handler, request, err)
+
+
+async def _answer(handler: Any, request: Request, err: Exception) -> Response:
+    answer = handler(request, err)
+    response: Response = await answer if inspect.isawaitable(answer) else answer
+    return response
+
+
+def wants_html(request: Request) -> bool:
+    """A browser's request (it asks for HTML first); API clients ask for JSON or anything."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+async def error_page(request: Request, status: int, error: ApiProblem | ProblemError) -> Response:
+    """An error as a dashboard page, with the header of the signed-in user (if any)."""
+    session = await load_session(request)
+    account = None
+    if session.token_id is not None:
+        async with api_for(request, token_id=session.token_id) as api:
+            try:
+                account = await api.get("/v1/account")
+            except ApiProblem:
+                account = None  # revoked, or the rate limit: the page shows signed out
+    return render(request, "error.html", status, error=error, account=account)

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from fastapi import APIRouter, Request
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import not_found
 from api.launch import base_url
+from api.modellists import model_objects, visible_models
 from api.pagination import paginate
 from replicant import responses, serialize
-from replicant.catalog import account_names
 from replicant.collections import collection_models
-from replicant.tables import Account, Collection, Model, Version
+from replicant.tables import Collection
 
 router = APIRouter(prefix="/v1", tags=["collections"])
-
-
-def visible_models(session: Session, account: Account, models: Sequence[Model]) -> list[Model]:
-    """The models the caller may see: public ones and those of its own accounts."""
-    owners = account_names(session, account)
-    return [m for m in models if m.visibility == "public" or m.owner in owners]
-
-
-def model_objects(session: Session, models: Sequence[Model], base: str) -> list[responses.Model]:
-    """Model objects with their latest versions (no default examples)."""
-    out = []
-    for model in models:
-        latest = session.get(Version, model.latest_version_id) if model.latest_version_id else None
-        out.append(serialize.model(model, latest, base))
-    return out
 
 
 @router.get("/collections", response_model_exclude_unset=True)

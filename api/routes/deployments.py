@@ -23,13 +23,12 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError
 
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
-from api.errors import ProblemError, invalid, not_found
-from api.launch import PredictionCreateDep, base_url
+from api.errors import ProblemError, conflict, invalid, not_found
+from api.launch import Placement, PredictionCreateDep, PredictionInput, base_url, launch_prediction
 from api.pagination import paginate
-from api.routes.predictions import PredictionInput, launch_body
 from api.state import AppState
 from replicant import responses, serialize
-from replicant.catalog import account_names, find_model
+from replicant.catalog import account_names, can_see, find_model
 from replicant.contracts import DeploymentConfig, DeploymentState
 from replicant.deployments import deployment_config, deployment_demand
 from replicant.fairness import PRIORITY_MAX, PRIORITY_MIN
@@ -105,6 +104,18 @@ def _find(session: Session, account: Account, owner: str, name: str) -> Deployme
     if row is None:
         raise not_found(f"Deployment {owner}/{name}")
     return row
+
+
+def _check_owner_may_run(session: Session, row: Deployment, model: Model) -> None:
+    """403 unless the deployment's owner may still see its model: a model made private by
+    another account stops running on deployments of everyone else."""
+    owner = session.exec(select(Account).where(Account.username == row.owner)).first()
+    if owner is None or not can_see(session, owner, model):
+        raise ProblemError(
+            403,
+            f"Deployment {row.owner}/{row.name} runs {model.owner}/{model.name}, which its "
+            "owner can no longer see (the model is private)",
+        )
 
 
 def _version_of(session: Session, model: Model, version_id: str) -> Version:
@@ -233,8 +244,7 @@ async def create_deployment(
         try:
             session.flush()
         except IntegrityError as err:
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"A deployment named {account.username}/{body.name} already exists",
             ) from err
         assert row.id is not None
@@ -318,6 +328,7 @@ async def update_deployment(
             ).first()
             if model is None:
                 raise not_found(f"Model {row.model}")
+            _check_owner_may_run(session, row, model)
             _version_of(session, model, changes["version"])
         _check_bounds(
             changes.get("min_instances", row.min_instances),
@@ -376,8 +387,7 @@ async def delete_deployment(
             select(func.count()).where(DeploymentInstance.deployment_id == row.id)
         ).one()
         if row.min_instances > 0 or instances:
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"The deployment is online ({instances} instances, min_instances "
                 f"{row.min_instances}); set min_instances to 0 and wait until it has "
                 "no instances before deleting it",
@@ -385,15 +395,13 @@ async def delete_deployment(
             )
         waiting, running = deployment_demand(session, owner, name)
         if waiting or running:
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"The deployment has {waiting + running} predictions in progress",
                 title="Deployment is in use",
             )
         quiet = utcnow() - as_utc(row.last_active_at)
         if quiet < timedelta(seconds=idle):
-            raise ProblemError(
-                409,
+            raise conflict(
                 f"The deployment was in use {quiet.total_seconds():.0f} seconds ago; it can "
                 f"be deleted once it has been offline and unused for {idle:g} seconds",
                 title="Deployment was used recently",
@@ -428,18 +436,15 @@ async def create_deployment_prediction(
     row, model, version = await create.db.run(_serving, create.account, owner, name)
     config = deployment_config(row)
     shared = row.shared_hardware
-    return await launch_body(
-        create,
-        model,
-        version,
-        body,
+    placement = Placement(
         deployment=f"{row.owner}/{row.name}",
         hardware=row.hardware,
         # None: the hardware's shared queue, like any prediction of the model.
         task_queue=None if shared else state.settings.deployment_queue(row.owner, row.name),
         priority=row.priority,
-        on_started=None if shared else lambda: _wake(state, config),
     )
+    wake = None if shared else lambda: _wake(state, config)
+    return await launch_prediction(create, model, version, body, placement, wake)
 
 
 def _serving(
@@ -451,6 +456,7 @@ def _serving(
     model = session.get(Model, version.model_id) if version is not None else None
     if version is None or model is None:
         raise ProblemError(404, f"The version of deployment {owner}/{name} is gone")
+    _check_owner_may_run(session, row, model)
     session.execute(
         update(Deployment).where(col(Deployment.id) == row.id).values(last_active_at=utcnow())
     )

@@ -3,25 +3,28 @@
 ``GET /v1/models/{owner}/{name}/examples`` lists them (as Replicate does); the owner marks one
 with ``POST`` (``{"prediction": id, "default": bool}``) and unmarks it with ``DELETE .../{id}``.
 The default example (the one marked ``default``, else the oldest) is the model's
-``default_example``. Retention leaves an example's input and output in place.
+``default_example``. Retention leaves an example's input and output in place. The model's
+owner sees its examples as its own predictions; everyone else sees them as shared ones
+(``serialize.shared_prediction``: no logs, no webhook).
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
-from sqlalchemy import delete, update
-from sqlmodel import Session, col, select
+from sqlalchemy import update
+from sqlmodel import col, select
 
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import invalid, not_found
 from api.launch import base_url
 from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
-from api.pagination import prediction_page
+from api.modelexamples import example_object
+from api.pagination import paginate
 from api.serialize import json_response, prediction_object
 from replicant import responses
 from replicant.catalog import account_names
-from replicant.tables import Model, ModelExample, Prediction
+from replicant.tables import ModelExample, Prediction
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -33,38 +36,29 @@ class ExampleMark(BaseModel):
     default: bool = False
 
 
-def default_example(
-    session: Session, model: Model, base: str, secret_key: str
-) -> responses.Prediction | None:
-    """The model's default example as a prediction object (the one marked default, else
-    the oldest example), or None."""
-    row = session.exec(
-        select(Prediction)
-        .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
-        .where(ModelExample.model_id == model.id)
-        .order_by(col(ModelExample.is_default).desc(), col(ModelExample.added_at))
-    ).first()
-    return prediction_object(row, base, secret_key=secret_key) if row is not None else None
-
-
 @router.get("/models/{owner}/{name}/examples", response_model_exclude_unset=True)
 def list_examples(scope: VisibleModelDep, cursor: str | None = None) -> responses.PredictionPage:
-    """The model's example predictions, newest first."""
-    base, session, state = scope.base, scope.session, scope.state
-    found = scope.model.id
+    """The model's example predictions, newest first (shared views unless the caller owns
+    the model)."""
+    base, session, secret_key = scope.base, scope.session, scope.state.secret_key
+    owner_view = scope.model.owner in account_names(session, scope.account)
     stmt = (
         select(Prediction)
         .join(ModelExample, col(ModelExample.prediction_id) == col(Prediction.id))
-        .where(ModelExample.model_id == found)
+        .where(ModelExample.model_id == scope.model.id)
     )
-    return prediction_page(
+    page = paginate(
         session,
         stmt,
-        base,
-        secret_key=state.secret_key,
+        col(Prediction.created_at),
+        col(Prediction.id),
         cursor=cursor,
         page_url=f"{base}/v1/models/{scope.owner}/{scope.name}/examples",
+        render=lambda _, rows: [
+            example_object(r, base, secret_key, owner_view=owner_view) for r in rows
+        ],
     )
+    return responses.PredictionPage.model_validate(page)
 
 
 @router.post(
@@ -115,17 +109,3 @@ def unmark_example(prediction_id: str, scope: OwnModelDep) -> Response:
     session.delete(example)
     session.commit()
     return Response(status_code=204)
-
-
-def forget_examples(
-    session: Session, *, model_id: int | None = None, prediction_id: str | None = None
-) -> None:
-    """Drop example marks of a model being deleted or a prediction whose data goes."""
-    if model_id is None and prediction_id is None:
-        raise ValueError("forget_examples needs a model or a prediction")
-    stmt = delete(ModelExample)
-    if model_id is not None:
-        stmt = stmt.where(col(ModelExample.model_id) == model_id)
-    if prediction_id is not None:
-        stmt = stmt.where(col(ModelExample.prediction_id) == prediction_id)
-    session.execute(stmt)

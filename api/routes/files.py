@@ -18,10 +18,10 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlmodel import Session, col, select
@@ -31,7 +31,8 @@ from api.errors import ProblemError, invalid, not_found
 from api.launch import base_url
 from api.pagination import paginate
 from api.serialize import json_response
-from replicant import responses, serialize
+from api.state import AppState
+from replicant import responses, serialize, userbytes
 from replicant.ids import new_id
 from replicant.lookups import unexpired_file
 from replicant.storage import (
@@ -50,6 +51,9 @@ from replicant.timeutil import utcnow
 router = APIRouter(tags=["files"])
 
 MAX_FIELD = 64 * 1024  # metadata and the other small form fields
+# Parts a form may have (content, filename, type, metadata and a few more): the small fields
+# are held in memory, so their number is capped as well as their size.
+MAX_PARTS = 16
 DOWNLOAD_URL_EXPIRY = 3600
 # Bytes read past the limit before answering 413, so the client sees the answer instead of a
 # reset connection; beyond that the connection is dropped.
@@ -64,15 +68,36 @@ async def get_store(state: StateDep) -> ObjectStore:
 StoreDep = Annotated[ObjectStore, Depends(get_store)]
 
 
-def file_object(row: StoredFile, base: str, secret: str) -> responses.File:
-    """The file object of Replicate's spec, with a download URL signed for an hour."""
+def file_object(
+    row: StoredFile, base: str, secret: str, files_base: str | None = None
+) -> responses.File:
+    """The file object of Replicate's spec, with a download URL signed for an hour, at
+    ``files_base`` (the files origin, when the installation has one) or ``base``."""
     expiry = int(time.time()) + DOWNLOAD_URL_EXPIRY
     signature = sign(secret, f"{row.owner} {row.id} {expiry}")
     download = (
-        f"{base}/v1/files/{row.id}/download?owner={quote(row.owner)}"
+        f"{files_base or base}/v1/files/{row.id}/download?owner={quote(row.owner)}"
         f"&expiry={expiry}&signature={signature}"
     )
     return serialize.file(row, base, download)
+
+
+def _files_base(state: AppState) -> str | None:
+    files_url = state.settings.files_url
+    return files_url.rstrip("/") if files_url else None
+
+
+def _elsewhere(request: Request, state: AppState) -> Response | None:
+    """A redirect to the files origin for a request of user bytes that came to another one
+    (so no user bytes are served from the dashboard's origin); None on the files origin."""
+    files_base = _files_base(state)
+    if files_base is None:
+        return None
+    files_origin = urlsplit(files_base)
+    if request.headers.get("host", "").lower() == files_origin.netloc.lower():
+        return None
+    target = files_base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(target, status_code=307)
 
 
 class _Form:
@@ -86,6 +111,7 @@ class _Form:
         self.has_content = False
         self.too_large = False
         self.field_too_large: str | None = None
+        self.parts = 0
         self._header_field = bytearray()
         self._header_value = bytearray()
         self._headers: dict[str, bytes] = {}
@@ -107,6 +133,10 @@ class _Form:
             self._header_value.clear()
 
         def on_headers_finished() -> None:
+            self.parts += 1
+            if self.parts > MAX_PARTS:
+                self._name = None  # dropped: the form is refused once read
+                return
             _, params = parse_options_header(self._headers.get("content-disposition", b""))
             name = params.get(b"name", b"").decode("utf-8", "replace")
             self._name = name
@@ -176,6 +206,8 @@ async def _receive(request: Request, form: _Form, limit: int) -> None:
             raise ProblemError(400, f"The multipart body is malformed: {err}") from err
     if form.too_large:
         raise _too_large(limit)
+    if form.parts > MAX_PARTS:
+        raise ProblemError(413, f"The form has more than {MAX_PARTS} fields")
     try:
         parser.finalize()
     except Exception as err:
@@ -253,7 +285,9 @@ async def create_file(
     finally:
         upload.discard()
     await db.run(_insert, row)
-    body = file_object(row, base_url(request, state), settings.ensure_secret_key())
+    body = file_object(
+        row, base_url(request, state), settings.ensure_secret_key(), _files_base(state)
+    )
     return json_response(body, 201, {"Location": body.urls.get})
 
 
@@ -272,6 +306,7 @@ def list_files(
 ) -> responses.FilePage:
     base = base_url(request, state)
     secret = state.settings.ensure_secret_key()
+    files_base = _files_base(state)
     stmt = (
         select(StoredFile)
         .where(StoredFile.owner == account.username)
@@ -279,7 +314,7 @@ def list_files(
     )
 
     def render(_: Session, rows: Sequence[StoredFile]) -> list[responses.File]:
-        return [file_object(row, base, secret) for row in rows]
+        return [file_object(row, base, secret, files_base) for row in rows]
 
     page = paginate(
         session,
@@ -300,7 +335,8 @@ def get_file(
     row = unexpired_file(session, account.username, file_id)
     if row is None:
         raise not_found("File")
-    return file_object(row, base_url(request, state), state.settings.ensure_secret_key())
+    secret = state.settings.ensure_secret_key()
+    return file_object(row, base_url(request, state), secret, _files_base(state))
 
 
 @router.delete("/v1/files/{file_id}", status_code=204)
@@ -329,6 +365,7 @@ def _delete(session: Session, file_id: str) -> None:
 )
 async def download_file(
     file_id: str,
+    request: Request,
     state: StateDep,
     db: DatabaseDep,
     store: StoreDep,
@@ -337,6 +374,8 @@ async def download_file(
     signature: str = Query(default=""),
 ) -> Response:
     """A file's bytes for whoever holds an unexpired signed URL (no token)."""
+    if (redirect := _elsewhere(request, state)) is not None:
+        return redirect
     secret = state.settings.ensure_secret_key()
     valid = expiry.isdigit() and int(expiry) >= time.time()
     if not valid or not verify(secret, f"{owner} {file_id} {expiry}", signature):
@@ -349,27 +388,30 @@ async def download_file(
 
 @router.get("/files-signed/{expires}/{sig}/{key:path}", include_in_schema=False)
 async def signed_object(
-    expires: str, sig: str, key: str, state: StateDep, store: StoreDep
+    expires: str, sig: str, key: str, request: Request, state: StateDep, store: StoreDep
 ) -> Response:
     """An object of the store behind a signed, expiring URL (no token, not guessable)."""
+    if (redirect := _elsewhere(request, state)) is not None:
+        return redirect
     if not check_signed(state.settings.ensure_secret_key(), key, expires, sig):
         raise not_found("File")
     return await _serve(store, key, None, key.rsplit("/", 1)[-1])
 
 
 async def _serve(store: ObjectStore, key: str, content_type: str | None, name: str) -> Response:
+    """The object's bytes as user bytes: media inline, everything else an attachment, always
+    with ``nosniff`` and a sandboxing CSP (``replicant/userbytes.py``)."""
     try:
         info = await asyncio.to_thread(store.stat, key)
     except ValueError:
         info = None
     if info is None:
         raise not_found("File")
-    media_type = content_type or info.content_type
-    disposition = f"inline; filename*=UTF-8''{quote(name)}"
+    stored_type = content_type or info.content_type
+    media_type = userbytes.served_type(stored_type)
+    headers = userbytes.headers(stored_type, name)
     if isinstance(store, LocalStore):
-        return FileResponse(
-            store.path(key), media_type=media_type, headers={"Content-Disposition": disposition}
-        )
+        return FileResponse(store.path(key), media_type=media_type, headers=headers)
     try:
         chunks = await asyncio.to_thread(store.iter_bytes, key)
     except ObjectNotFound as err:
@@ -377,7 +419,7 @@ async def _serve(store: ObjectStore, key: str, content_type: str | None, name: s
     return StreamingResponse(
         _sync_iter(chunks),
         media_type=media_type,
-        headers={"Content-Length": str(info.size), "Content-Disposition": disposition},
+        headers={"Content-Length": str(info.size), **headers},
     )
 
 

@@ -8,22 +8,24 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic_core import PydanticCustomError
 from sqlalchemy import delete as sql_delete
 from sqlalchemy import exists, func, or_
 from sqlmodel import Session, col, select
 
 from api import push
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
-from api.errors import ProblemError, invalid, not_found
+from api.errors import ProblemError, conflict, invalid, not_found
 from api.launch import base_url
 from api.modelaccess import OwnModelDep, VisibleModelDep, own_model
+from api.modelexamples import default_example, forget_examples
 from api.pagination import paginate
-from api.routes.examples import default_example, forget_examples
 from api.serialize import json_response
 from api.state import AppState
 from replicant import responses, serialize
@@ -50,15 +52,35 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 Visibility = Literal["public", "private"]
 
 
+def _web_url(value: str | None) -> str | None:
+    """An absolute http(s) URL, as pages link to it: not ``javascript:``, ``data:`` or a
+    relative path, and no whitespace or control characters a browser would strip."""
+    if value is None:
+        return None
+    if any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise PydanticCustomError("web_url", "must be an http or https URL (no spaces)")
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise PydanticCustomError("web_url", "must be an http or https URL")
+    return value
+
+
+# A model's link fields, shown as links on its pages: http(s) only (422 naming the field).
+WebUrl = Annotated[str | None, AfterValidator(_web_url)]
+
+
 class ModelFields(BaseModel):
     """The fields a model's owner sets, at create and by ``PATCH``."""
 
     hardware: str | None = None
     description: str | None = None
-    github_url: str | None = None
-    paper_url: str | None = None
-    license_url: str | None = None
-    cover_image_url: str | None = None
+    github_url: WebUrl = None
+    paper_url: WebUrl = None
+    license_url: WebUrl = None
+    cover_image_url: WebUrl = None
 
 
 class ModelCreate(ModelFields):
@@ -100,19 +122,23 @@ def _check_new_model(session: Session, account: Account, owner: str, name: str) 
         raise ProblemError(403, f"You cannot create models owned by {owner}", title="Forbidden")
     taken = session.exec(select(Model).where(Model.owner == owner, Model.name == name)).first()
     if taken is not None:
-        raise ProblemError(409, f"A model named {owner}/{name} already exists", title="Conflict")
+        raise conflict(f"A model named {owner}/{name} already exists", title="Conflict")
 
 
-def model_object(session: Session, state: AppState, model: Model, base: str) -> responses.Model:
-    """The model object with its latest version and default example."""
+def model_object(
+    session: Session, state: AppState, model: Model, base: str, owners: set[str]
+) -> responses.Model:
+    """The model object with its latest version and default example; ``owners`` are the
+    names whose models the viewer owns (``account_names``): their examples show in full."""
     latest = session.get(Version, model.latest_version_id) if model.latest_version_id else None
-    example = default_example(session, model, base, state.secret_key)
+    owner_view = model.owner in owners
+    example = default_example(session, model, base, state.secret_key, owner_view=owner_view)
     return serialize.model(model, latest, base, example)
 
 
-def _render_models(state: AppState, base: str) -> Any:
+def _render_models(state: AppState, base: str, owners: set[str]) -> Any:
     def render(session: Session, models: Sequence[Model]) -> list[responses.Model]:
-        return [model_object(session, state, model, base) for model in models]
+        return [model_object(session, state, model, base, owners) for model in models]
 
     return render
 
@@ -168,7 +194,7 @@ def list_models(
         col(Model.id),
         cursor=cursor,
         page_url=f"{base}/v1/models",
-        render=_render_models(state, base),
+        render=_render_models(state, base, visible),
         params=params,
         descending=sort_direction == "desc",
         key=key,
@@ -198,7 +224,8 @@ def create_model(
 
 @router.get("/models/{owner}/{name}", response_model_exclude_unset=True)
 def get_model(scope: VisibleModelDep) -> responses.Model:
-    return model_object(scope.session, scope.state, scope.model, scope.base)
+    owners = account_names(scope.session, scope.account)
+    return model_object(scope.session, scope.state, scope.model, scope.base, owners)
 
 
 @router.patch("/models/{owner}/{name}", response_model_exclude_unset=True)
@@ -222,7 +249,8 @@ def update_model(
         setattr(model, field, value)
     session.add(model)
     session.commit()
-    return model_object(session, state, model, base_url(request, state))
+    owners = account_names(session, account)
+    return model_object(session, state, model, base_url(request, state), owners)
 
 
 @router.get("/models/{owner}/{name}/readme", response_class=PlainTextResponse)
@@ -236,14 +264,12 @@ def delete_model(scope: OwnModelDep) -> Response:
     """Only your own, private models with no versions left can be deleted."""
     model, session = scope.model, scope.session
     if model.visibility != "private":
-        raise ProblemError(
-            409,
+        raise conflict(
             "Only private models can be deleted; make the model private first",
             title="Model is public",
         )
     if session.exec(select(Version).where(Version.model_id == model.id)).first():
-        raise ProblemError(
-            409,
+        raise conflict(
             "The model still has versions; delete every version first",
             title="Model has versions",
         )
@@ -383,8 +409,8 @@ async def delete_version(
         if version is None or version.model_id != model.id:
             raise not_found(f"Version {owner}/{name}:{version_id}")
         if model.visibility != "private":
-            raise ProblemError(
-                409, "Versions can only be deleted from private models", title="Model is public"
+            raise conflict(
+                "Versions can only be deleted from private models", title="Model is public"
             )
         others_ran = session.exec(
             select(
@@ -395,17 +421,14 @@ async def delete_version(
             )
         ).one()
         if others_ran:
-            raise ProblemError(
-                409,
+            raise conflict(
                 "Someone other than you has run predictions with this version",
                 title="Version is in use",
             )
         if session.exec(select(Version).where(Version.base_version_id == version_id)).first():
-            raise ProblemError(
-                409, "This version is the base of a fine-tune", title="Version is in use"
-            )
+            raise conflict("This version is the base of a fine-tune", title="Version is in use")
         if _used_by_deployment(session, version_id):
-            raise ProblemError(409, "A deployment uses this version", title="Version is in use")
+            raise conflict("A deployment uses this version", title="Version is in use")
         session.delete(version)
         session.flush()
         if model.latest_version_id == version_id:

@@ -9,30 +9,26 @@ true and the prediction itself stays listed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from datetime import timedelta
 
 from fastapi import APIRouter
 from sqlmodel import Session
-from temporalio.client import WorkflowUpdateRPCTimeoutOrCancelledError
-from temporalio.service import RPCError
 
+from api.cancels import signal_cancel
+from api.launch import wait_done
+from api.modelexamples import forget_examples
 from api.ownpredictions import PredictionsDep
-from api.routes.examples import forget_examples
-from api.routes.predictions import signal_cancel
 from api.state import AppState
 from replicant import readmodel, responses
 from replicant.objectkeys import prediction_prefix
 from replicant.tables import TERMINAL_STATUSES
-from workflows.prediction import PredictionWorkflow
 
 log = logging.getLogger("replicant.api")
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
 # How long a canceled run may take to end before its data is removed anyway.
-CANCEL_GRACE = timedelta(seconds=10)
+CANCEL_GRACE = 10
 
 
 @router.delete("/predictions/{prediction_id}", response_model_exclude_unset=True)
@@ -57,9 +53,5 @@ def _forget_examples(session: Session, prediction_id: str) -> None:
 
 
 async def _cancel_and_wait(state: AppState, prediction_id: str) -> None:
-    if not await signal_cancel(state, prediction_id):
-        return
-    client = await state.temporal()
-    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-    with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
-        await handle.execute_update(PredictionWorkflow.wait_done, rpc_timeout=CANCEL_GRACE)
+    if await signal_cancel(state, "prediction", prediction_id):
+        await wait_done(state, prediction_id, CANCEL_GRACE)

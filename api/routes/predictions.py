@@ -2,97 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from sqlmodel import Session, select
-from temporalio.service import RPCError
 
+from api.cancels import signal_cancel
 from api.deps import CurrentAccount, SessionDep, StateDep
 from api.errors import ProblemError, not_found
-from api.idempotency import claim_for
-from api.launch import PredictionCreate, PredictionCreateDep, base_url, launch_prediction
+from api.launch import (
+    PredictionCreateDep,
+    PredictionInput,
+    VersionPredictionInput,
+    base_url,
+    launch_prediction,
+)
 from api.listfilters import PredictionFilters
 from api.ownpredictions import PredictionsDep
 from api.pagination import PAGE_SIZE, prediction_page
-from api.state import AppState
-from replicant import readmodel, responses
+from replicant import responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
-from replicant.contracts import WebhookEvent
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
-from replicant.timeutil import utcnow
-from workflows.prediction import PredictionWorkflow
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
-
-
-class PredictionInput(BaseModel):
-    """Body of the model and deployment create routes."""
-
-    input: dict[str, Any] = Field(default_factory=dict)
-    webhook: str | None = None
-    webhook_events_filter: list[WebhookEvent] | None = None
-    stream: bool | None = None
-
-
-class VersionPredictionInput(PredictionInput):
-    """Body of ``POST /v1/predictions``: the version is an id or ``owner/name:id``."""
-
-    version: str
-
-
-async def launch_body(
-    create: PredictionCreate,
-    model: Model,
-    version: Version,
-    body: PredictionInput,
-    **options: Any,
-) -> Response:
-    """Launch a prediction of ``version`` as a create route's body and headers ask; ``options``
-    go to ``launch_prediction`` as they are (a deployment's queue, hardware, priority)."""
-    request, account = create.request, create.account
-    return await launch_prediction(
-        request,
-        create.state,
-        account,
-        model,
-        version,
-        body.input,
-        webhook=body.webhook,
-        webhook_events_filter=body.webhook_events_filter,
-        prefer=create.prefer,
-        cancel_after=create.cancel_after,
-        idempotency=claim_for(
-            create.idempotency_key,
-            account,
-            request,
-            body.model_dump(mode="json"),
-            create.state.secret_key,
-        ),
-        **options,
-    )
-
-
-async def signal_cancel(state: AppState, prediction_id: str) -> bool:
-    """Tell the prediction's workflow to cancel; when no workflow is left to tell, record
-    ``canceled`` in the read model, which is all there is (False)."""
-    client = await state.temporal()
-    handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-    try:
-        await handle.signal(PredictionWorkflow.cancel)
-    except RPCError:
-        await asyncio.to_thread(
-            readmodel.finish_prediction,
-            state.engine,
-            prediction_id,
-            status="canceled",
-            completed_at=utcnow(),
-        )
-        return False
-    return True
 
 
 @router.post("/predictions", status_code=201, response_model=responses.Prediction)
@@ -108,7 +41,7 @@ async def create_prediction(body: VersionPredictionInput, create: PredictionCrea
             invalid_fields=[{"field": "version", "message": "does not exist or is not permitted"}],
         )
     model, version = found
-    return await launch_body(create, model, version, body)
+    return await launch_prediction(create, model, version, body)
 
 
 def _latest_version(
@@ -134,7 +67,7 @@ async def create_model_prediction(
     model, version = found
     if version is None:
         raise ProblemError(404, f"Model {owner}/{name} has no versions", title="Not found")
-    return await launch_body(create, model, version, body)
+    return await launch_prediction(create, model, version, body)
 
 
 @router.get("/predictions/{prediction_id}", response_model_exclude_unset=True)
@@ -146,7 +79,7 @@ async def get_prediction(prediction_id: str, mine: PredictionsDep) -> responses.
 async def cancel_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
     row = await mine.get(prediction_id)
     if row.status not in TERMINAL_STATUSES:
-        await signal_cancel(mine.state, prediction_id)
+        await signal_cancel(mine.state, "prediction", prediction_id)
         row = await mine.get(prediction_id)
     return mine.show(row)
 

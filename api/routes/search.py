@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError
 from api.launch import base_url
-from api.routes.collections import model_objects, visible_models
+from api.modellists import model_objects, visible_models
 from replicant import responses
 from replicant.collections import collection_models
 from replicant.tables import Account, Collection, Model
@@ -60,12 +60,16 @@ def _scores(models: list[Model], terms: list[str]) -> list[float]:
     return [score(m, terms) or 0.0 for m in models]
 
 
-def _matching_collections(session: Session, terms: list[str]) -> list[responses.SearchCollection]:
+def _matching_collections(
+    session: Session, account: Account, terms: list[str]
+) -> list[responses.SearchCollection]:
+    """Collections matching every term, each with the models in it the caller may see."""
     out = []
     for row in session.exec(select(Collection).order_by(col(Collection.slug))).all():
         text = f"{row.slug} {row.name} {row.description}".lower()
         if all(t in text for t in terms):
-            refs = [f"{m.owner}/{m.name}" for m in collection_models(session, row)]
+            models = visible_models(session, account, collection_models(session, row))
+            refs = [f"{m.owner}/{m.name}" for m in models]
             out.append(
                 responses.SearchCollection(
                     name=row.name, slug=row.slug, description=row.description, models=refs
@@ -120,7 +124,7 @@ def search(
             )
             for m, s in zip(rendered, _scores(models, terms), strict=True)
         ],
-        collections=_matching_collections(session, terms)[:limit],
+        collections=_matching_collections(session, account, terms)[:limit],
         pages=[],
     )
 

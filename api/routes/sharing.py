@@ -6,10 +6,6 @@ never the webhook URL or the logs; unsharing takes it down on the next request.
 
 from __future__ import annotations
 
-import html
-import json
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import update
@@ -20,6 +16,7 @@ from api.deps import SessionDep, StateDep
 from api.errors import not_found
 from api.launch import base_url
 from api.ownpredictions import PredictionsDep
+from api.runpages import wants_html
 from replicant import responses, serialize
 from replicant.tables import Account, Prediction
 
@@ -55,28 +52,6 @@ async def share_prediction(prediction_id: str, mine: PredictionsDep) -> response
 async def unshare_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
     """Make the prediction private again; its public page answers 404 from now on."""
     return mine.show(await mine.db.run(_set_shared, mine.account, prediction_id, False))
-
-
-def wants_html(request: Request) -> bool:
-    """Whether the client asked for HTML before JSON (a browser)."""
-    accept = request.headers.get("accept", "")
-    return "text/html" in accept and "application/json" not in accept.split("text/html")[0]
-
-
-def json_block(value: Any) -> str:
-    return f"<pre>{html.escape(json.dumps(value, indent=2, ensure_ascii=False))}</pre>"
-
-
-def times_list(view: dict[str, Any]) -> str:
-    """The created/started/completed times of a prediction or training page."""
-    return "".join(
-        f"<dt>{label}</dt><dd>{html.escape(view.get(key) or '-')}</dd>"
-        for label, key in (
-            ("Created", "created_at"),
-            ("Started", "started_at"),
-            ("Completed", "completed_at"),
-        )
-    )
 
 
 @router.get(

@@ -18,46 +18,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
 
+from api.cancels import signal_cancel
 from api.deps import CurrentAccount, DatabaseDep, SessionDep, StateDep
 from api.errors import ProblemError, invalid, not_found
-from api.idempotency import (
-    Claim,
-    IdempotencyHeader,
-    KeyTaken,
-    claim_for,
-    record_claim,
-    replayed,
-)
-from api.inputfiles import discard_data_uris, store_data_uris
-from api.launch import base_url, check_hardware, check_webhook
+from api.idempotency import IdempotencyHeader, claim_for
+from api.launch import base_url
 from api.listfilters import TrainingFilters
 from api.pagination import paginate
-from api.routes.sharing import json_block, times_list, wants_html
+from api.runpages import json_block, times_list, wants_html
+from api.runs import TRAINING, PreparedRun, Runs
 from api.serialize import json_response
-from api.startguard import (
-    START_RPC_TIMEOUT,
-    crash_point,
-    lost_answer_point,
-    settle_start,
-    start_deadline,
-)
 from api.state import AppState
 from replicant import responses, serialize, trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
-from replicant.fairness import task_priority
 from replicant.ids import new_id
 from replicant.lookups import owned_training
-from replicant.objectkeys import training_inputs
-from replicant.sealing import Sealer
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
-from replicant.validation import redact_secrets, validate_input
-from workflows.training import TrainingWorkflow, search_attributes
 
 router = APIRouter(tags=["trainings"])
 log = logging.getLogger("replicant.api")
@@ -119,7 +98,8 @@ async def create_training(
     account: CurrentAccount,
     idempotency_key: IdempotencyHeader = None,
 ) -> Response:
-    settings = state.settings
+    """Train a version into a new version of ``destination`` (the create pipeline,
+    api/runs.py); what is a training's own is its destination's checks (``_trainable``)."""
     claim = claim_for(
         idempotency_key,
         account,
@@ -128,87 +108,25 @@ async def create_training(
         state.secret_key,
         kind="training",
     )
-    if claim is not None and (answered := await _replay(request, state, account, claim)):
-        return answered
+    runs = Runs(state, TRAINING)
+    if claim is not None and (first := await runs.replay(claim)) is not None:
+        return await _created(request, state, account, first.id)
     ref = (owner, name, version_id)
     model, version, destination, hardware = await db.read(_trainable, account, ref, body)
+    runs.check(body.webhook, model, hardware)
+    training_id = new_id()
     try:
-        errors = validate_input(version.openapi_schema, body.input, component="TrainingInput")
+        prepared = await runs.prepare(version, body.input, training_id)
     except KeyError:
         raise invalid(
             [{"field": "version", "message": "this version cannot be trained"}],
             f"{owner}/{name}:{version_id} cannot be trained: it has no training schema",
         ) from None
-    if errors:
-        raise invalid([e.model_dump() for e in errors])
-    if body.webhook is not None:
-        check_webhook(body.webhook, settings.allow_private_urls)
-    check_hardware(settings.hardware, hardware, model)
-    training_id = new_id()
-    # Data URIs go to the object store now: the workflow's input carries references only.
-    # Secret inputs are sealed: their plain value reaches the trainer only.
-    sealer = Sealer(state.secret_key, training_id, version.id)
-    sealed = sealer.seal_input(version.openapi_schema, body.input, "TrainingInput")
-    workflow_input, stored = await store_data_uris(
-        state,
-        version.openapi_schema,
-        sealed,
-        training_inputs(training_id),
-        component="TrainingInput",
-    )
-    # After the upload: the start grace (api/startguard.py) counts from the row's creation.
-    created_at = utcnow()
-    req = TrainingRequest(
-        id=training_id,
-        owner=account.username,
-        model=f"{model.owner}/{model.name}",
-        version=version.id,
-        destination=f"{destination.owner}/{destination.name}",
-        input=workflow_input,
-        staged_files=stored,
-        hardware=hardware,
-        webhook=body.webhook,
-        webhook_events_filter=body.webhook_events_filter,
-        created_at=created_at,
-        timeout=settings.training_timeout,
-        heartbeat_timeout=settings.heartbeat_timeout,
-        webhook_retry_period=settings.webhook_retry_period,
-        webhook_retry_max_interval=settings.webhook_retry_max_interval,
-        webhook_timeout=settings.webhook_timeout,
-    )
-    # The read model keeps the input as the user sent it, its secrets redacted.
-    try:
-        shown = redact_secrets(version.openapi_schema, body.input, "TrainingInput")
-        row_req = req.model_copy(update={"input": shown})
-        await db.run(_record, row_req, claim and claim.with_request(req))
-    except KeyTaken:
-        if stored:
-            await discard_data_uris(state, training_inputs(req.id))
-        assert claim is not None
-        answered = await _replay(request, state, account, claim)
-        if answered is None:
-            raise ProblemError(
-                409, "A request with this Idempotency-Key failed meanwhile; retry"
-            ) from None
-        return answered
-    crash_point(settings)
-    try:
-        await _start(state, req, account)
-        lost_answer_point(settings)
-    except WorkflowAlreadyStartedError:
-        pass  # a retry with this Idempotency-Key started it first (see _replay)
-    except Exception as err:
-        log.error("event=start_failed training=%s type=%s", req.id, type(err).__name__)
-        # Temporal may have taken the start: ask it; the row (and its key) stay for the
-        # reconciler.
-        settled = await settle_start(
-            await state.temporal(),
-            f"training-{req.id}",
-            lambda: _start(state, req, account),
-            retry_before=start_deadline(created_at, settings.start_grace),
-        )
-        if not settled:
-            raise ProblemError(503, "The training could not be scheduled; try again") from err
+    trained = (model, version, destination)
+    req = _request(state, account, training_id, trained, body, prepared, hardware)
+    if (first := await runs.record(req, prepared.shown_input, claim)) is not None:
+        return await _created(request, state, account, first.id)
+    await runs.launch(req)
     log.info(
         "event=training_created training=%s version=%s destination=%s",
         req.id,
@@ -216,6 +134,41 @@ async def create_training(
         req.destination,
     )
     return await _created(request, state, account, req.id)
+
+
+def _request(
+    state: AppState,
+    account: Account,
+    training_id: str,
+    trained: tuple[Model, Version, Model],
+    body: TrainingCreate,
+    prepared: PreparedRun,
+    hardware: str,
+) -> TrainingRequest:
+    """The workflow's input, exactly as it will be recorded and started (``trained``: the
+    model, its version and the destination)."""
+    settings = state.settings
+    model, version, destination = trained
+    return TrainingRequest(
+        id=training_id,
+        owner=account.username,
+        model=f"{model.owner}/{model.name}",
+        version=version.id,
+        destination=f"{destination.owner}/{destination.name}",
+        input=prepared.workflow_input,
+        staged_files=prepared.staged_files,
+        hardware=hardware,
+        webhook=body.webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        # After the upload: the start grace (api/startguard.py) counts from the row's creation.
+        created_at=utcnow(),
+        fairness_weight=account.fairness_weight,
+        timeout=settings.training_timeout,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        webhook_retry_period=settings.webhook_retry_period,
+        webhook_retry_max_interval=settings.webhook_retry_max_interval,
+        webhook_timeout=settings.webhook_timeout,
+    )
 
 
 def _trainable(
@@ -237,14 +190,6 @@ def _trainable(
     return model, version, destination, trainings.version_hardware(session, model, version)
 
 
-def _record(session: Session, req: TrainingRequest, claim: Claim | None) -> None:
-    """The training's row, and its Idempotency-Key's in the same transaction."""
-    if claim is not None:
-        record_claim(session.connection(), claim, req.id)
-    session.add(trainings.training_from_request(req))
-    session.commit()
-
-
 async def _created(
     request: Request, state: AppState, account: Account, training_id: str
 ) -> Response:
@@ -252,34 +197,6 @@ async def _created(
     row = await state.db.read(own_training, account, training_id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
     return json_response(rendered, 201, {"Location": rendered.urls.get})
-
-
-async def _start(state: AppState, req: TrainingRequest, account: Account) -> None:
-    client = await state.temporal()
-    await client.start_workflow(
-        TrainingWorkflow.run,
-        req,
-        id=f"training-{req.id}",
-        task_queue=state.settings.orchestration_queue,
-        search_attributes=search_attributes(req),
-        # Its run activity inherits this: trainings take turns on hardware queues too.
-        priority=task_priority(account.username, account.fairness_weight),
-        # A second start under this id (see api/startguard.py) never trains twice.
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-        rpc_timeout=START_RPC_TIMEOUT,
-    )
-
-
-async def _replay(
-    request: Request, state: AppState, account: Account, claim: Claim
-) -> Response | None:
-    """The answer to a retry of a training create (None: create as usual)."""
-
-    async def start(kept: dict[str, Any]) -> None:
-        await _start(state, TrainingRequest.model_validate(kept), account)
-
-    row = await replayed(state, claim, Training, start)
-    return None if row is None else await _created(request, state, account, row.id)
 
 
 def own_training(session: Session, account: Account, training_id: str) -> Training:
@@ -308,20 +225,7 @@ async def cancel_training(
     """Cancel a training that has not ended; one that is creating its version succeeds."""
     row = await db.read(own_training, account, training_id)
     if row.status not in TERMINAL_STATUSES:
-        client = await state.temporal()
-        try:
-            await client.get_workflow_handle(f"training-{training_id}").signal(
-                TrainingWorkflow.cancel
-            )
-        except RPCError:
-            # No running workflow is left to tell: the read model is all there is.
-            await asyncio.to_thread(
-                trainings.finish_training,
-                state.engine,
-                training_id,
-                status="canceled",
-                completed_at=utcnow(),
-            )
+        await signal_cancel(state, "training", training_id)
         row = await db.read(own_training, account, training_id)
     return (await asyncio.to_thread(_render, request, state, [row]))[0]
 

@@ -18,5 +18,7 @@ async def default_webhook_secret(
     state: StateDep, account: CurrentAccount
 ) -> responses.WebhookSecret:
     """The key that signs every webhook of the account (Standard Webhooks, ``whsec_...``)."""
-    key = await asyncio.to_thread(account_webhook_secret, state.engine, account.username)
+    key = await asyncio.to_thread(
+        account_webhook_secret, state.engine, account.username, state.secret_key
+    )
     return responses.WebhookSecret(key=key)

@@ -21,7 +21,9 @@ class Predictor(BasePredictor):
         max_tokens: int = Input(
             description="Number of words to generate", default=50, ge=1, le=1000
         ),
-        seed: int = Input(description="Random seed. Leave blank to randomize", default=None),
+        seed: Optional[int] = Input(
+            description="Random seed. Leave blank to randomize", default=None
+        ),
     ) -> Iterator[str]:
         if seed is None:
             seed = random.randint(0, 2**31 - 1)

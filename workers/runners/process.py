@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from replicant import sandbox
+from replicant.cogmodel import model_environment
 from replicant.egress import PROXY_PORT, proxy_env
 from replicant.runner import BootError, RunnerSpec
 from replicant.sandbox import LINKS, RUN_DIR, Launch, Mounts, SandboxConfig
@@ -116,6 +117,7 @@ def free_port() -> int:
 def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, str]:
     """coglet's environment: the passed-through variables, the spec's, and coglet's own."""
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    env.update(model_environment(spec.model_dir))  # cog.yaml's `environment:`
     env.update(spec.env)
     path = env.get("PATH") or os.environ.get("PATH") or os.defpath
     # coglet starts its worker with the `python` found on PATH: the model's env first.

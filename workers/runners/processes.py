@@ -15,6 +15,7 @@ import logging
 import time
 from pathlib import Path
 
+from replicant.cogmodel import setup_timeout
 from replicant.runner import BootError, RunnerSpec
 from replicant.sandbox import SandboxConfig, SandboxUnavailable, require
 from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups
@@ -395,7 +396,10 @@ class Processes:
         """Poll /health-check until READY; woken early by every line coglet writes."""
         assert process.proc is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.boot_timeout
+        # cog.yaml's COG_SETUP_TIMEOUT (which coglet enforces too) bounds setup, within ours.
+        own = setup_timeout(process.spec.model_dir)
+        limit = self.boot_timeout if own is None else min(self.boot_timeout, own + 1.0)
+        deadline = loop.time() + limit
         interval = 0.01
         while True:
             process.output_seen.clear()
@@ -425,9 +429,7 @@ class Processes:
                     "the model's worker process exited during setup", process.output_tail()
                 )
             if loop.time() > deadline:
-                raise BootError(
-                    f"setup did not finish within {self.boot_timeout:g} s", process.output_tail()
-                )
+                raise BootError(f"setup did not finish within {limit:g} s", process.output_tail())
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await process.output_seen.wait()

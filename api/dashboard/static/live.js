@@ -13,6 +13,7 @@ function follow(root) {
     if (status && status.textContent === "starting") {
       status.textContent = "processing";
       status.className = "status status-processing";
+      started(root);
     }
   };
   source.addEventListener("logs", (event) => {
@@ -36,13 +37,7 @@ function follow(root) {
 // page read again, and its live part put in place of this one.
 async function finish(root, attempt = 0) {
   try {
-    const response = await fetch(window.location.href, {
-      headers: { Accept: "text/html" },
-      credentials: "same-origin",
-      cache: "no-store",
-    });
-    if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const page = await readPage();
     const fresh = page.getElementById(root.id);
     if (!fresh) throw new Error(`no #${root.id} in the page`);
     const adopted = document.importNode(fresh, true);
@@ -54,6 +49,82 @@ async function finish(root, attempt = 0) {
   }
 }
 
+// Read the page again once it runs, for the time it started (the server's, not this clock's).
+async function started(root, attempt = 0) {
+  const shown = root.querySelector("#started-at");
+  if (!shown) return;
+  try {
+    const page = await readPage();
+    const fresh = page.getElementById("started-at");
+    if (fresh && fresh.textContent.trim() !== "-") {
+      shown.replaceWith(document.importNode(fresh, true));
+    } else if (attempt < 5) {
+      setTimeout(() => started(root, attempt + 1), 500 * (attempt + 1));
+    }
+  } catch (err) {
+    console.error("could not read the start time:", err);
+  }
+}
+
+async function readPage() {
+  const response = await fetch(window.location.href, {
+    headers: { Accept: "text/html" },
+    credentials: "same-origin",
+    cache: "no-store",
+  });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  return new DOMParser().parseFromString(await response.text(), "text/html");
+}
+
+// Copy buttons: a value in the page (data-copy-text) or a whole output (data-copy-url).
+async function copy(button) {
+  let text = button.dataset.copyText;
+  if (text === undefined && button.dataset.copyUrl) {
+    const response = await fetch(button.dataset.copyUrl, { credentials: "same-origin" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    text = await response.text();
+  }
+  if (navigator.clipboard) {
+    await navigator.clipboard.writeText(text || "");
+  } else {
+    // Plain http on another host is no secure context: no Clipboard API there.
+    const area = document.createElement("textarea");
+    area.value = text || "";
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  button.classList.add("copied");
+  setTimeout(() => button.classList.remove("copied"), 2000);
+}
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button.copy");
+  if (button) copy(button).catch((err) => console.error("could not copy:", err));
+});
+
+// Relative times ("3 minutes ago") move on while the page stays open.
+function relative(seconds) {
+  if (seconds < 2) return "just now";
+  const units = [[86400, "day"], [3600, "hour"], [60, "minute"], [1, "second"]];
+  for (const [size, unit] of units) {
+    if (seconds >= size) {
+      const count = Math.floor(seconds / size);
+      return `${count} ${unit}${count === 1 ? "" : "s"} ago`;
+    }
+  }
+  return "just now";
+}
+
+function tick() {
+  document.querySelectorAll("time[datetime]").forEach((time) => {
+    const seconds = (Date.now() - Date.parse(time.getAttribute("datetime"))) / 1000;
+    if (seconds >= 0 && seconds < 30 * 86400) time.textContent = relative(seconds);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("[data-live]").forEach(follow);
+  setInterval(tick, 15000);
 });

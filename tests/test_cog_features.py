@@ -1,0 +1,275 @@
+"""What a Cog 0.17-0.23 model declares, read at push and when its process starts, as Cog
+reads it.
+
+Each model under ``tests/models/`` here mirrors one of Cog's own integration tests (named in
+its cog.yaml): schemas as ``cog build`` writes them (a TypedDict output, an optional Secret,
+the required list), what Cog refuses at build (``accept=`` on a str, ``@cog.concurrent`` on a
+plain function) refused at push with Cog's reason, ``@cog.concurrent(max=N)`` sizing the
+process, cog.yaml's ``environment:`` (``COG_SETUP_TIMEOUT`` among it), local package files in
+``python_requirements``, ``sys.exit()`` in a run, and a trainer class with no ``predict``
+whose ``str`` output becomes the weights. Each is pushed to the shared stack and run with the
+official client.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import replicate
+
+from activities.predictions import model_concurrency
+from tests.conftest import LiveStack
+from tests.modelkit import Who, push, someone, write_model
+from tests.trainkit import new_destination, wait_training
+
+MODELS = Path(__file__).resolve().parent / "models"
+BUILD_TIMEOUT = 600
+
+
+@pytest.fixture(scope="module")
+def who(live: LiveStack) -> Who:
+    return someone(live, "cogfeat")
+
+
+def pushed(live: LiveStack, who: Who, name: str, src: Path | None = None) -> str:
+    """Push ``tests/models/<name>`` (or ``src``) as ``<who>/<name>``; its version id."""
+    response = push(live, who, f"{who.username}/{name}", src or MODELS / name, create=True)
+    assert response.status_code == 201, response.text
+    version: str = response.json()["id"]
+    return version
+
+
+def refused(live: LiveStack, who: Who, name: str, src: Path | None = None) -> dict[str, Any]:
+    """The problem body of a push that must be refused (422)."""
+    response = push(live, who, f"{who.username}/{name}", src or MODELS / name, create=True)
+    assert response.status_code == 422, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def client(live: LiveStack, who: Who) -> replicate.Client:
+    return replicate.Client(api_token=who.token, base_url=live.url, timeout=120)
+
+
+def components(live: LiveStack, who: Who, name: str, version: str) -> dict[str, Any]:
+    with who.client(live) as api:
+        answer = api.get(f"/v1/models/{who.username}/{name}/versions/{version}")
+    assert answer.status_code == 200, answer.text
+    schemas: dict[str, Any] = answer.json()["openapi_schema"]["components"]["schemas"]
+    return schemas
+
+
+# -- schemas as `cog build` writes them ------------------------------------------------------
+
+
+def test_a_typeddict_output_lists_its_fields_and_required_keys(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-typeddict")
+    assert components(live, who, "cog-typeddict", version)["Output"] == {
+        "title": "Output",
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "title": "Name"},
+            "count": {"type": "integer", "title": "Count"},
+        },
+        "required": ["name"],
+    }
+    output = client(live, who).run(f"{who.username}/cog-typeddict:{version}", input={})
+    assert output == {"name": "alice", "count": 3}
+
+
+def test_an_optional_secret_is_nullable_and_the_seed_idiom_is_required(
+    live: LiveStack, who: Who
+) -> None:
+    version = pushed(live, who, "cog-secret-optional")
+    schema = components(live, who, "cog-secret-optional", version)["Input"]
+    api_key = schema["properties"]["api_key"]
+    assert api_key["format"] == "password" and api_key["x-cog-secret"] is True
+    assert api_key["nullable"] is True and api_key["default"] is None
+    # Cog's static generator: a bare Secret stays required, and so does `seed: int =
+    # Input(default=None)` (None on a non-nullable input is no default).
+    assert schema["required"] == ["prompt", "api_key_required", "seed"]
+    ref = f"{who.username}/cog-secret-optional:{version}"
+    output = client(live, who).run(ref, input={"prompt": "hi", "api_key_required": "k", "seed": 7})
+    assert output == "hi key=none seed=7"
+    with who.client(live) as api:
+        answer = api.post(
+            "/v1/predictions",
+            json={"version": version, "input": {"prompt": "hi", "api_key_required": "k"}},
+        )
+    assert answer.status_code == 422, answer.text
+    assert [f["field"] for f in answer.json()["invalid_fields"]] == ["seed"]
+
+
+# -- what Cog refuses at build ---------------------------------------------------------------
+
+
+def test_accept_on_a_str_input_is_refused_with_cogs_reason(live: LiveStack, who: Who) -> None:
+    body = refused(live, who, "cog-accept-str")
+    assert [f["field"] for f in body["invalid_fields"]] == ["predictor"]
+    assert "accept is only valid on Path or File inputs (parameter 'name')" in body["detail"]
+
+
+def test_cog_concurrent_on_a_plain_run_is_refused_with_cogs_reason(
+    live: LiveStack, who: Who
+) -> None:
+    body = refused(live, who, "cog-concurrent-sync")
+    assert [f["field"] for f in body["invalid_fields"]] == ["predictor"]
+    reason = "@cog.concurrent(max > 1) requires an async run() or predict() method"
+    assert body["invalid_fields"][0]["message"] == reason
+
+
+def test_a_reserved_environment_name_is_refused(live: LiveStack, who: Who, tmp_path: Path) -> None:
+    src = tmp_path / "reserved"
+    shutil.copytree(MODELS / "cog-environment", src)
+    (src / "cog.yaml").write_text(
+        'predict: "predict.py:Predictor"\nenvironment:\n  - REPLICANT_CGROUP_PROCS=/etc/x\n'
+    )
+    body = refused(live, who, "cog-reserved-env", src)
+    assert [f["field"] for f in body["invalid_fields"]] == ["cog.yaml"]
+    assert "reserved for internal use" in body["detail"]
+
+
+# -- @cog.concurrent sizes the process -------------------------------------------------------
+
+
+def test_cog_concurrent_serves_that_many_runs_in_one_process(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-concurrent")
+    # The pool reads it as it reads cog.yaml's concurrency.max.
+    assert model_concurrency(live.settings.data_dir.resolve() / "versions" / version) == 3
+    official = client(live, who)
+    assert official.run(f"{who.username}/cog-concurrent:{version}", input={}) == 1  # warm
+    predictions = [
+        official.predictions.create(version=version, input={"together": 3}) for _ in range(3)
+    ]
+    with ThreadPoolExecutor(3) as pool:
+        done = list(pool.map(lambda p: live.wait_for(p.id, token=who.token), predictions))
+    # Each run waited until all three were in the process at once.
+    assert [body["output"] for body in done] == [3, 3, 3], done
+
+
+# -- cog.yaml's environment: ---------------------------------------------------------------
+
+
+def test_environment_reaches_setup_and_runs(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-environment")
+    output = client(live, who).run(f"{who.username}/cog-environment:{version}", input={})
+    assert output == {
+        "setup": "hello from cog.yaml",
+        "test_var": "hello from cog.yaml",
+        "empty_var": "",
+    }
+
+
+def test_cog_setup_timeout_fails_a_longer_setup(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-setup-timeout")
+    prediction = client(live, who).predictions.create(version=version, input={"s": "x"})
+    body = live.wait_for(prediction.id, token=who.token, timeout=120)
+    assert body["status"] == "failed", body
+    # Two seconds into a 30-second setup, not the stack's own setup timeout.
+    assert "timed out" in body["error"] or "did not finish within 3 s" in body["error"], body
+
+
+# -- errors keep their type ------------------------------------------------------------------
+
+
+def test_sys_exit_fails_the_prediction_naming_systemexit(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-exit")
+    official = client(live, who)
+    ref = f"{who.username}/cog-exit:{version}"
+    before = official.run(ref, input={})
+    prediction = official.predictions.create(version=version, input={"do_exit": True})
+    body = live.wait_for(prediction.id, token=who.token)
+    assert body["status"] == "failed", body
+    assert body["error"] == "SystemExit: 1"
+    assert "sys.exit(1)" in body["logs"]  # the model's own line, in its traceback
+    # The process goes on: the next prediction runs in it.
+    assert official.run(ref, input={}) == before
+
+
+# -- python_requirements with local package files --------------------------------------------
+
+
+def make_local_packages(model: Path) -> None:
+    """The three package files Cog's test builds: an sdist (.tar.gz), one as .zip (its name
+    with spaces), and a wheel."""
+    dist = model / "dist"
+    dist.mkdir()
+    src = model.parent / "packages"
+    tar_pkg = write_model(
+        src / "local_pkg-0.1.0",
+        {
+            "setup.py": (
+                "from setuptools import setup\n\n"
+                'setup(name="local-pkg", version="0.1.0", packages=["local_pkg"])\n'
+            ),
+            "local_pkg/__init__.py": 'MESSAGE = "tar package"\n',
+        },
+    )
+    with tarfile.open(dist / "local_pkg-0.1.0.tar.gz", "w:gz") as archive:
+        archive.add(tar_pkg, arcname="local_pkg-0.1.0")
+    with zipfile.ZipFile(dist / "local zip pkg-0.2.0.zip", "w") as archive:
+        archive.writestr(
+            "setup.py",
+            "from setuptools import setup\n\n"
+            'setup(name="local-zip-pkg", version="0.2.0", packages=["local_zip_pkg"])\n',
+        )
+        archive.writestr("local_zip_pkg/__init__.py", 'MESSAGE = "zip package"\n')
+    info = "local_wheel_pkg-0.3.0.dist-info"
+    with zipfile.ZipFile(dist / "local_wheel_pkg-0.3.0-py3-none-any.whl", "w") as wheel:
+        wheel.writestr("local_wheel_pkg/__init__.py", 'MESSAGE = "wheel package"\n')
+        wheel.writestr(
+            f"{info}/METADATA", "Metadata-Version: 2.1\nName: local-wheel-pkg\nVersion: 0.3.0\n"
+        )
+        wheel.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: replicant-test\nRoot-Is-Purelib: true\n"
+            "Tag: py3-none-any\n",
+        )
+        wheel.writestr(
+            f"{info}/RECORD",
+            f"local_wheel_pkg/__init__.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n",
+        )
+
+
+def test_local_package_files_install_from_the_model_directory(
+    live: LiveStack, who: Who, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(MODELS / "cog-local-packages", model)
+    make_local_packages(model)
+    version = pushed(live, who, "cog-local-packages", model)
+    output = client(live, who).run(f"{who.username}/cog-local-packages:{version}", input={})
+    assert output == "tar package 0.1.0; zip package 0.2.0; wheel package 0.3.0"
+
+
+# -- trainings -----------------------------------------------------------------------------
+
+
+def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
+    live: LiveStack, who: Who
+) -> None:
+    version = pushed(live, who, "cog-trainer")
+    official = client(live, who)
+    destination = new_destination(live, who.token, "trained-greeter")
+    training = official.trainings.create(
+        model=f"{who.username}/cog-trainer",
+        version=version,
+        input={"s": "world"},
+        destination=destination,
+    )
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    weights = httpx.get(training.output["weights"], timeout=60)
+    assert weights.status_code == 200 and weights.text == "hello train world"
+    trained = training.output["version"]
+    assert official.run(trained, input={"s": "x"}) == "hello train world; x"
+    assert official.run(f"{who.username}/cog-trainer:{version}", input={"s": "x"}) == (
+        "no weights; x"
+    )

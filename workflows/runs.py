@@ -1,0 +1,77 @@
+"""The ladder every run workflow climbs, a prediction's and a training's alike:
+
+cancel asked already? -> stage the input files (only when the input holds URLs or data URIs;
+on ``side_queue``, else the workflow's own queue) -> cancel asked meanwhile? -> run the model
+on its hardware queue (heartbeats; a cancel reaches the running model) -> the run's result, or
+the end the workflow records: ``canceled`` (a cancel signal, or the workflow itself cancelled
+from the Temporal UI) or ``failed`` (a staging error, or the run's last attempt failed).
+
+Only temporalio, the standard library and replicant.contracts are imported here, as in every
+workflow module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, CancelledError
+
+from workflows.steps import failure_message, may_hold_files, stage, start_run
+
+with workflow.unsafe.imports_passed_through():
+    from replicant.contracts import Status
+
+Result = TypeVar("Result")
+Ended = TypeVar("Ended")
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """What one kind of run names on the ladder."""
+
+    noun: str  # "Prediction", "Training": in failure messages
+    stage_patch: str  # the workflow.patched() id under which staging was added
+    stage_activity: str
+    run_activity: str
+    result_type: type[Any]
+    non_retryable: list[str]
+
+
+class RunLadder(Generic[Result, Ended]):
+    """The shared part of a run workflow; a kind brings ``_finish`` (how it records an end
+    the workflow decided) and its ``Rungs``."""
+
+    def __init__(self) -> None:
+        self._cancel_requested = False
+        self._run: workflow.ActivityHandle[Result] | None = None
+
+    async def _finish(self, req: Any, status: Status, error: str | None) -> Ended:
+        raise NotImplementedError
+
+    async def _climb(self, req: Any, rungs: Rungs) -> Result | Ended:
+        """Stage and run ``req``: the run's result, or the end recorded by ``_finish``."""
+        if self._cancel_requested:
+            return await self._finish(req, "canceled", None)
+        if may_hold_files(req.input) and workflow.patched(rungs.stage_patch):
+            staged = await stage(rungs.stage_activity, req, req.side_queue)
+            if isinstance(staged, str):
+                return await self._finish(req, "failed", f"Input file error: {staged}")
+            req = req.model_copy(update={"staged_files": staged.files})
+            if self._cancel_requested:
+                return await self._finish(req, "canceled", None)
+        self._run = start_run(rungs.run_activity, req, rungs.result_type, rungs.non_retryable)
+        try:
+            result: Result = await self._run
+        except asyncio.CancelledError:
+            # The whole workflow was cancelled (e.g. from the Temporal UI): same as a cancel.
+            self._run.cancel()
+            return await self._finish(req, "canceled", None)
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                return await self._finish(req, "canceled", None)
+            message = failure_message(rungs.noun, err, rungs.non_retryable)
+            return await self._finish(req, "failed", message)
+        return result
