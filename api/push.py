@@ -34,6 +34,7 @@ from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest, build_workflow_id
 from replicant.storage import ObjectStore
+from replicant.summaries import build_summary
 from replicant.tables import Build, Version
 from replicant.temporal import workflow_status
 from replicant.timeutil import utcnow
@@ -169,6 +170,7 @@ async def start_build(state: AppState, req: BuildRequest) -> None:
             id=build_workflow_id(req.id),
             task_queue=state.settings.build_queue,
             search_attributes=search_attributes(req),
+            static_summary=build_summary(req.model, req.version, req.owner),
         )
     except Exception as err:
         log.error("event=build_not_started build=%s type=%s", req.id, type(err).__name__)

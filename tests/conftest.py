@@ -109,6 +109,8 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "temporal_port": free_port(),
         "ui_port": free_port(),
         "prediction_retention": RETENTION,
+        # The sweep removes the data once retention is over: within a second here.
+        "retention_sweep_interval": 1.0,
         "prediction_timeout": TIMEOUT,
         "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "hardware": {"cpu": 2, "gpu-t4": 1},
