@@ -68,13 +68,14 @@ def bad_archive(message: str) -> ProblemError:
     )
 
 
-def as_problem(body: dict[str, Any]) -> ProblemError:
+def as_problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> ProblemError:
     """A stored problem body (see ``replicant.builds``) as the error routes raise."""
     return ProblemError(
         int(body.get("status", 500)),
         str(body.get("detail", "")),
         title=body.get("title"),
         invalid_fields=body.get("invalid_fields"),
+        headers=headers,
     )
 
 
