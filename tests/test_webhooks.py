@@ -16,7 +16,7 @@ from temporalio.client import WorkflowHandle
 
 from api.errors import ProblemError
 from api.runs import check_webhook
-from replicant.contracts import PredictionRequest, RunOutcome
+from replicant.contracts import PredictionRequest, RunOutcome, webhook_workflow_id
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url
 from replicant.sealing import SEALED_PREFIX
@@ -178,10 +178,12 @@ def test_events_filter_is_respected(live: LiveStack, api: httpx.Client, receiver
 
 
 async def _history_messages(live: LiveStack, prediction_id: str) -> tuple[list[str], list[Any]]:
+    """The attempts of the prediction's `completed` delivery (its own workflow, once over)."""
     client = await connect(live.settings)
     failures: list[str] = []
     results: list[Any] = []
-    for event in await all_events(client, f"prediction-{prediction_id}"):
+    await client.get_workflow_handle(webhook_workflow_id(prediction_id)).result()
+    for event in await all_events(client, webhook_workflow_id(prediction_id)):
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             failures.append(event.activity_task_failed_event_attributes.failure.message)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
