@@ -44,6 +44,15 @@ WaitingFor = Callable[[str], object]
 HEARTBEAT_INTERVAL = 1.0
 
 
+async def tell_workflow_started() -> None:
+    """Signal ``started`` to the run's workflow, so that its ``status`` query and its
+    ``ReplicantStatus`` say ``processing`` too (best effort: the read model has it)."""
+    info = activity.info()
+    with contextlib.suppress(Exception):
+        handle = activity.client().get_workflow_handle(info.workflow_id or "")
+        await handle.signal("started")
+
+
 async def heartbeat_forever() -> None:
     """Heartbeat every ``HEARTBEAT_INTERVAL`` until cancelled (run it as a task)."""
     # Heartbeats deliver cancellation and let Temporal notice a dead worker within seconds.
@@ -165,6 +174,7 @@ class LiveRun:
     async def _mark_processing(self) -> None:
         assert self.started_at is not None
         await asyncio.to_thread(self._mark, self.started_at)
+        await tell_workflow_started()
 
     async def _processing_now(self) -> None:
         """``processing`` goes to the read model before the first output or logs do."""

@@ -139,7 +139,9 @@ class TrainingActivities:
         row = await asyncio.to_thread(trainings.get_training, self.engine, req.id)
         if row is None or not row.webhook:
             return None
-        secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
+        secret = await asyncio.to_thread(
+            account_webhook_secret, self.engine, row.owner, self.settings.ensure_secret_key()
+        )
         send = self.webhooks.live_sender(
             "training", req.id, row.webhook, secret, req.webhook_timeout
         )
@@ -291,7 +293,9 @@ class TrainingActivities:
                 non_retryable=True,
             )
         body = await asyncio.to_thread(self.render, store, d.training_id)
-        secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
+        secret = await asyncio.to_thread(
+            account_webhook_secret, self.engine, row.owner, self.settings.ensure_secret_key()
+        )
         if self._client is None:
             self._client = http_client()
         return await deliver_attempt(

@@ -202,6 +202,23 @@ class WebhookDelivery(BaseModel):
     timeout: float = 10.0
 
 
+class CompletedWebhook(BaseModel):
+    """Input of ``WebhookDeliveryWorkflow``: deliver one run's ``completed`` webhook (retried
+    until a 2xx or ``retry_period`` is over) after its own workflow has closed."""
+
+    kind: Literal["prediction", "training"]
+    id: str
+    host: str  # the receiver's host, named in the activities' summaries
+    timeout: float = 10.0
+    retry_period: float = 3600.0
+    max_interval: float = 120.0
+
+
+def webhook_workflow_id(run_id: str) -> str:
+    """The id of the workflow that delivers a run's ``completed`` webhook."""
+    return f"webhook-{run_id}"
+
+
 class WebhookResult(BaseModel):
     """What the receiver answered (kept in the workflow's history)."""
 
@@ -406,6 +423,7 @@ class BuildOutcome(BaseModel):
     status: Literal["succeeded", "failed"]
     version: str | None = None
     created: bool = False
+    error: str | None = None  # a failed build's problem, as its detail says it
 
 
 class FailBuild(BaseModel):

@@ -348,10 +348,10 @@ class Settings(BaseSettings):
         description="Seconds between the scheduled removals of expired uploaded files.",
     )
     retention_sweep_interval: float = Field(
-        600.0,
+        60.0,
         description="Seconds between the scheduled sweeps that remove the data of predictions "
-        "past their retention whose workflow did not (terminated or reset from the Temporal "
-        "UI); a prediction is swept once it is overdue by this long.",
+        "past their retention (a prediction's data goes within this long after its retention "
+        "ends, or after its `completed` webhook is delivered or given up).",
     )
     output_url_expiry: float = Field(3600.0, description="Seconds a signed output URL works.")
 
