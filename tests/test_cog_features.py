@@ -27,6 +27,7 @@ import replicate
 from activities.predictions import model_concurrency
 from tests.conftest import LiveStack
 from tests.modelkit import Who, push, someone, write_model
+from tests.receiver import running_receiver
 from tests.trainkit import new_destination, wait_training
 
 MODELS = Path(__file__).resolve().parent / "models"
@@ -273,3 +274,66 @@ def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
     assert official.run(f"{who.username}/cog-trainer:{version}", input={"s": "x"}) == (
         "no weights; x"
     )
+
+
+# -- metrics a model records -----------------------------------------------------------------
+
+RECORDED = {
+    "temperature": 0.7,
+    "token_count": 2,
+    "logprobs": [-1.5, -0.5],
+    "timing": {"preprocess": 0.25},
+    "model_name": "metrics-test",
+    "legacy": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def metrics_model(live: LiveStack, who: Who) -> str:
+    return pushed(live, who, "cog-metrics")
+
+
+def test_metrics_a_model_records_appear_beside_the_timings(
+    live: LiveStack, who: Who, metrics_model: str
+) -> None:
+    version = metrics_model
+    official = client(live, who)
+    with running_receiver() as receiver:
+        prediction = official.predictions.create(
+            version=version, input={}, webhook=f"{receiver.url}/hook"
+        )
+        prediction.wait()
+        assert prediction.status == "succeeded", (prediction.error, prediction.logs)
+        metrics = prediction.metrics or {}
+        assert {k: metrics[k] for k in RECORDED} == RECORDED, metrics
+        assert metrics["predict_time"] > 0 and metrics["total_time"] >= metrics["predict_time"]
+        deliveries = receiver.wait(
+            lambda ds: any(d.json()["status"] == "succeeded" for d in ds), prediction.id
+        )
+        hooked = [d.json() for d in deliveries if d.json()["status"] == "succeeded"][-1]
+        assert hooked["metrics"] == metrics
+    # A metric recorded before the model fails is kept.
+    failed = official.predictions.create(version=version, input={"fail": True})
+    failed.wait()
+    assert failed.status == "failed" and "failed after recording" in (failed.error or "")
+    assert (failed.metrics or {})["token_count"] == 2, failed.metrics
+    assert "total_time" in (failed.metrics or {})
+
+
+def test_metrics_a_trainer_records_appear_in_the_training(
+    live: LiveStack, who: Who, metrics_model: str
+) -> None:
+    version = metrics_model
+    official = client(live, who)
+    training = official.trainings.create(
+        model=f"{who.username}/cog-metrics",
+        version=version,
+        input={"steps": 3},
+        destination=new_destination(live, who.token, "metrics-trained"),
+    )
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    with who.client(live) as api:  # the official client's Training has no metrics
+        metrics = api.get(f"/v1/trainings/{training.id}").json()["metrics"]
+    assert metrics["steps"] == 3, metrics
+    assert "predict_time" in metrics and "total_time" in metrics
