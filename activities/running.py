@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.files import WithStagedFiles, materialized_input
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks
+from replicant.cogmodel import file_inputs
 from replicant.contracts import ErrorType
 from replicant.envs import EnvBuildError, env_ready
 from replicant.inputfacts import input_facts
@@ -86,7 +87,7 @@ async def run_model(
     # Staged input files become local paths for the model, removed after the run.
     async with (
         asyncio.timeout(None) as deadline,
-        materialized_input(store, req) as model_input,
+        materialized_input(store, req, model_file_inputs(spec)) as model_input,
     ):
 
         async def booted() -> None:
@@ -96,6 +97,12 @@ async def run_model(
         return await pool.predict(
             spec, req.id, unseal(model_input), on_update=on_update, on_booted=booted
         )
+
+
+def model_file_inputs(spec: RunnerSpec) -> frozenset[str]:
+    """The inputs of the entry point ``spec`` runs that are ``cog.File`` ones."""
+    ref = spec.train_ref if spec.mode == "train" else spec.predict_ref
+    return file_inputs(spec.model_dir, ref) if ref else frozenset()
 
 
 async def ensure_env(version: Version) -> None:

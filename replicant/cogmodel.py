@@ -279,6 +279,28 @@ def decorated_concurrency(model_dir: Path, ref: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def file_inputs(model_dir: Path, ref: str) -> frozenset[str]:
+    """The inputs of entry point ``ref`` annotated with Cog's deprecated ``File`` (``File``,
+    ``list[File]``, ``File | None``): coglet makes a file object only of a data URI or an
+    http(s) URL, where a ``Path`` input takes a local path too."""
+    node = _entry_node(model_dir, ref)
+    if node is None:
+        return frozenset()
+    args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+    return frozenset(
+        arg.arg
+        for arg in args
+        if arg.annotation is not None
+        and any(
+            (isinstance(part, ast.Name) and part.id == "File")
+            or (isinstance(part, ast.Attribute) and part.attr == "File")
+            or (isinstance(part, ast.Constant) and part.value in ("File", "cog.File"))
+            for part in ast.walk(arg.annotation)
+        )
+    )
+
+
 def load_cog_config(model_dir: Path) -> CogConfig:
     """Read and check ``model_dir/cog.yaml``.
 

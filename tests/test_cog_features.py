@@ -337,3 +337,22 @@ def test_metrics_a_trainer_records_appear_in_the_training(
         metrics = api.get(f"/v1/trainings/{training.id}").json()["metrics"]
     assert metrics["steps"] == 3, metrics
     assert "predict_time" in metrics and "total_time" in metrics
+
+
+# -- cog.File inputs -------------------------------------------------------------------------
+
+
+def test_cog_file_inputs_arrive_as_file_objects(live: LiveStack, who: Who, tmp_path: Path) -> None:
+    version = pushed(live, who, "cog-file")
+    official = client(live, who)
+    ref = f"{who.username}/cog-file:{version}"
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.txt").write_text(f"text {name}")
+
+    def opened(name: str) -> Any:
+        return open(tmp_path / f"{name}.txt", "rb")  # noqa: SIM115 (the client reads it)
+
+    given = {"file": opened("a"), "files": [opened("b"), opened("c")], "maybe": opened("d")}
+    assert official.run(ref, input=given) == "text a|text b|text c|text d"
+    given = {"file": opened("a"), "files": [opened("b")]}
+    assert official.run(ref, input=given) == "text a|text b|none"
