@@ -95,7 +95,13 @@ async def run_model(
             await on_booted()
 
         return await pool.predict(
-            spec, req.id, unseal(model_input), on_update=on_update, on_booted=booted
+            spec,
+            req.id,
+            unseal(model_input),
+            on_update=on_update,
+            on_booted=booted,
+            # Cog's per-request context (a prediction's; a training has none).
+            context=getattr(req, "context", None),
         )
 
 

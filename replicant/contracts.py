@@ -90,6 +90,8 @@ class PredictionRequest(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
     deployment: str | None = None
     stream: bool = False
+    # Cog's per-request context: the model reads it as ``current_scope().context``.
+    context: dict[str, str] = Field(default_factory=dict)
     created_at: datetime | None = None
     # ``Cancel-After``: past this time a waiting prediction ends ``aborted``, a running one
     # ``canceled``.

@@ -13,6 +13,7 @@ official client.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 import zipfile
@@ -356,3 +357,23 @@ def test_cog_file_inputs_arrive_as_file_objects(live: LiveStack, who: Who, tmp_p
     assert official.run(ref, input=given) == "text a|text b|text c|text d"
     given = {"file": opened("a"), "files": [opened("b")]}
     assert official.run(ref, input=given) == "text a|text b|none"
+
+
+# -- context ---------------------------------------------------------------------------------
+
+
+def test_the_context_a_caller_passes_reaches_the_model(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-context")
+    official = client(live, who)
+    context = {"user": "alice", "trace": "abc-123"}
+    # An extension of Replicate's create body: the official client does not send it.
+    with who.client(live) as api:
+        created = api.post("/v1/predictions", json={"version": version, "context": context})
+        assert created.status_code == 201, created.text
+        refused_body = api.post("/v1/predictions", json={"version": version, "context": ["x"]})
+        assert refused_body.status_code == 422, refused_body.text
+    prediction = official.predictions.get(created.json()["id"])
+    prediction.wait()
+    assert prediction.status == "succeeded", (prediction.error, prediction.logs)
+    assert json.loads(prediction.output) == context
+    assert json.loads(official.run(f"{who.username}/cog-context:{version}", input={})) == {}

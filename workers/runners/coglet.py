@@ -40,9 +40,14 @@ def prediction_path(mode: str, prediction_id: str) -> str:
     return f"/{kind}/{quote(prediction_id, safe='')}"
 
 
-def request_body(input: dict[str, Any], webhook: str | None) -> dict[str, Any]:
-    """The body of a prediction's PUT; with ``webhook``, coglet reports each output and log."""
+def request_body(
+    input: dict[str, Any], webhook: str | None, context: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The body of a prediction's PUT; with ``webhook``, coglet reports each output and log;
+    ``context`` is Cog's per-request context."""
     body: dict[str, Any] = {"input": input}
+    if context:
+        body["context"] = context
     if webhook is not None:
         body["webhook"] = webhook
         body["webhook_events_filter"] = ["output", "logs", "completed"]
