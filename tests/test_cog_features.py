@@ -268,6 +268,10 @@ def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
     )
     wait_training(training, timeout=BUILD_TIMEOUT)
     assert training.status == "succeeded", (training.error, training.logs)
+    # What setup() printed comes first in the training's logs, as under Cog.
+    logs = training.logs or ""
+    assert "Trainer is setting up." in logs, logs
+    assert logs.index("Trainer is setting up.") < logs.index("Trainer.train called.")
     weights = httpx.get(training.output["weights"], timeout=60)
     assert weights.status_code == 200 and weights.text == "hello train world"
     trained = training.output["version"]

@@ -169,6 +169,8 @@ class LogLine:
 
     text: str
     fields: dict[str, Any] | None = None
+    # A line the model's setup() printed.
+    setup_print: str | None = None
 
 
 def parse_log_line(line: str) -> LogLine:
@@ -182,6 +184,9 @@ def parse_log_line(line: str) -> LogLine:
     fields = record.get("fields")
     text = _readable(record)
     if not isinstance(fields, dict) or "prediction_id" not in fields:
+        printed = isinstance(fields, dict) and "source" in fields
+        if printed and record.get("target") == "coglet::setup":
+            return LogLine(text, setup_print=str(fields.get("message", "")))
         return LogLine(text)
     return LogLine(text, fields)
 

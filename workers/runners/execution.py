@@ -167,7 +167,7 @@ class Executor:
                 run.webhook,
                 time.perf_counter() - started,
             )
-            return result
+            return run.with_setup_logs(result)
         finally:
             if process.streams_output is not None:
                 self._streams_output[process.spec.key] = process.streams_output
