@@ -184,8 +184,9 @@ def parse_log_line(line: str) -> LogLine:
     fields = record.get("fields")
     text = _readable(record)
     if not isinstance(fields, dict) or "prediction_id" not in fields:
-        printed = isinstance(fields, dict) and "source" in fields
-        if printed and record.get("target") == "coglet::setup":
+        if not isinstance(fields, dict) or "source" not in fields:
+            return LogLine(text)
+        if record.get("target") == "coglet::setup":  # the model printed it in setup()
             return LogLine(text, setup_print=str(fields.get("message", "")))
         return LogLine(text)
     return LogLine(text, fields)
