@@ -381,3 +381,11 @@ def test_the_context_a_caller_passes_reaches_the_model(live: LiveStack, who: Who
     assert prediction.status == "succeeded", (prediction.error, prediction.logs)
     assert json.loads(prediction.output) == context
     assert json.loads(official.run(f"{who.username}/cog-context:{version}", input={})) == {}
+
+
+# -- weights: --------------------------------------------------------------------------------
+
+
+def test_managed_weights_from_a_hub_are_refused_at_push(live: LiveStack, who: Who) -> None:
+    problem = refused(live, who, "cog-weights-hub")
+    assert "weights base come from a model hub (hf://example-org/example-model)" in str(problem)
