@@ -64,10 +64,13 @@ def load_version(engine: Engine, version_id: str) -> Version:
 
 
 class TimedRequest(WithStagedFiles, Protocol):
-    """A prediction's or training's request: staged files and a timeout in seconds."""
+    """A prediction's or training's request: staged files, a timeout in seconds and Cog's
+    per-request context."""
 
     @property
     def timeout(self) -> float: ...
+    @property
+    def context(self) -> dict[str, str]: ...
 
 
 async def run_model(
@@ -100,8 +103,7 @@ async def run_model(
             unseal(model_input),
             on_update=on_update,
             on_booted=booted,
-            # Cog's per-request context (a prediction's; a training has none).
-            context=getattr(req, "context", None),
+            context=req.context,  # Cog's per-request context
         )
 
 

@@ -381,6 +381,19 @@ def test_the_context_a_caller_passes_reaches_the_model(live: LiveStack, who: Who
     assert prediction.status == "succeeded", (prediction.error, prediction.logs)
     assert json.loads(prediction.output) == context
     assert json.loads(official.run(f"{who.username}/cog-context:{version}", input={})) == {}
+    # A training's create body takes it too.
+    destination = new_destination(live, who.token, "context-trained")
+    with who.client(live) as api:
+        created = api.post(
+            f"/v1/models/{who.username}/cog-context/versions/{version}/trainings",
+            json={"destination": destination, "context": context},
+        )
+        assert created.status_code == 201, created.text
+    training = official.trainings.get(created.json()["id"])
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    weights = httpx.get(training.output["weights"], timeout=60)
+    assert weights.status_code == 200 and json.loads(weights.text) == context
 
 
 # -- weights: --------------------------------------------------------------------------------
