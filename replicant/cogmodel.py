@@ -435,7 +435,7 @@ def run_probe(
     # Don't leave __pycache__ in a model directory that is hashed into a version id.
     env = filtered_env({"PYTHONDONTWRITEBYTECODE": "1"})
     try:
-        with scratch_dir(config_, "replicant-probe-") as scratch:
+        with scratch_dir(config_, "probe") as scratch:
             proc = sandboxed_run(
                 config_,
                 args,

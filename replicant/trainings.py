@@ -9,6 +9,7 @@ ended. The new version and the training's success are one transaction
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -16,9 +17,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from replicant.contracts import StoredWeights, TrainingRequest
+from replicant.db import cacheable
 from replicant.readmodel import update_open, update_open_stmt, with_model_metrics
 from replicant.tables import TERMINAL_STATUSES, Model, Training, Version
 from replicant.timeutil import as_utc, utcnow
+from replicant.usage import with_cost
 from replicant.weights import store_ref
 
 
@@ -26,6 +29,7 @@ class DestinationGone(LookupError):
     """The destination model was deleted while the training ran."""
 
 
+@cacheable(key=lambda model, version: (model.id, model.hardware, version.id))
 def version_hardware(session: Session, model: Model, version: Version) -> str:
     """The hardware a version runs on: its model's, or, for a fine-tune, the hardware of the
     base model it was trained from."""
@@ -94,14 +98,16 @@ def record_logs(
     return bool(values) and update_open(engine, training_id, values, Training)
 
 
-def _metrics(row: Training, completed_at: datetime) -> dict[str, Any]:
-    """The row's metrics so far (the trainer's own) and Replicant's timings."""
+def _metrics(
+    row: Training, completed_at: datetime, prices: Mapping[str, float] | None
+) -> dict[str, Any]:
+    """The row's metrics so far (the trainer's own), Replicant's timings and cost."""
     metrics = with_model_metrics(
         row.metrics, {"total_time": (completed_at - as_utc(row.created_at)).total_seconds()}
     )
     if row.started_at is not None:
         metrics["predict_time"] = (completed_at - as_utc(row.started_at)).total_seconds()
-    return metrics
+    return with_cost(metrics, row.hardware, prices)
 
 
 def finish_training(
@@ -112,8 +118,10 @@ def finish_training(
     completed_at: datetime,
     error: str | None = None,
     logs: str | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> bool:
-    """Record a terminal state without a new version (failed, canceled, aborted)."""
+    """Record a terminal state without a new version (failed, canceled, aborted); with
+    ``prices``, its cost (replicant/usage.py)."""
     row = get_training(engine, training_id)
     if row is None or row.status in TERMINAL_STATUSES:
         return False
@@ -121,7 +129,7 @@ def finish_training(
         "status": status,
         "completed_at": completed_at,
         "error": error,
-        "metrics": _metrics(row, completed_at),
+        "metrics": _metrics(row, completed_at, prices),
     }
     if logs is not None:
         values["logs"] = logs
@@ -135,7 +143,11 @@ def finetune_version_id(base_version_id: str, sha256: str, destination: str) -> 
 
 
 def complete_training(
-    engine: Engine, training_id: str, weights: StoredWeights, completed_at: datetime
+    engine: Engine,
+    training_id: str,
+    weights: StoredWeights,
+    completed_at: datetime,
+    prices: Mapping[str, float] | None = None,
 ) -> str | None:
     """Create the fine-tune version on the destination and mark the training succeeded,
     in one transaction. Returns ``owner/name:version_id``; None when the training had ended
@@ -162,7 +174,7 @@ def complete_training(
             "completed_at": completed_at,
             "output": {"version": ref},
             "weights_key": weights.key,
-            "metrics": _metrics(row, completed_at),
+            "metrics": _metrics(row, completed_at, prices),
             "error": None,
         }
         # The guarded update comes first: it takes the row's write lock, so a concurrent

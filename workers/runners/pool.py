@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from replicant.egress import EgressProxy
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
-from replicant.sandbox import SandboxConfig, machine_sandbox, status_line
+from replicant.sandbox import SandboxConfig, machine_sandbox, status_line, sweep_scratch
 from replicant.weights import WeightsCache
 from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups, model_cgroups
@@ -24,7 +24,7 @@ from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
 from workers.runners.memory import MemoryBudget, by_version
 from workers.runners.memory import export as export_memory
-from workers.runners.process import CogletProcess, sweep_scratch
+from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.receiver import Receiver
 from workers.runners.weights import ServedWeights

@@ -175,7 +175,7 @@ class ModelSandbox:
         self.config = config
         self.receiver = receiver
         self.egress = egress
-        self.root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+        self.root = Path(tempfile.mkdtemp(prefix=sandbox.scratch_prefix("model")))
         self.root.chmod(0o711)
         for name in ("tmp", "run", "src"):
             (self.root / name).mkdir()
@@ -265,22 +265,6 @@ class ModelSandbox:
     def remove(self) -> None:
         """Remove its directory (whatever the model left in it)."""
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-# A sandbox's directory in the temporary directory: replicant-model-<worker pid>-<random>.
-SCRATCH_PREFIX = "replicant-model-"
-
-
-def sweep_scratch() -> int:
-    """Remove the sandbox directories of workers that are gone (killed before they could);
-    how many."""
-    removed = 0
-    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        owner = path.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-    return removed
 
 
 def _children(pid: int) -> list[int]:
