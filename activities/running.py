@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.files import WithStagedFiles, materialized_input
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks
+from replicant.cogmodel import file_inputs
 from replicant.contracts import ErrorType
 from replicant.envs import EnvBuildError, env_ready
 from replicant.inputfacts import input_facts
@@ -76,10 +77,13 @@ def load_version(engine: Engine, version_id: str) -> Version:
 
 
 class TimedRequest(WithStagedFiles, Protocol):
-    """A prediction's or training's request: staged files and a timeout in seconds."""
+    """A prediction's or training's request: staged files, a timeout in seconds and Cog's
+    per-request context."""
 
     @property
     def timeout(self) -> float: ...
+    @property
+    def context(self) -> dict[str, str]: ...
 
 
 async def run_model(
@@ -99,7 +103,7 @@ async def run_model(
     # Staged input files become local paths for the model, removed after the run.
     async with (
         asyncio.timeout(None) as deadline,
-        materialized_input(store, req) as model_input,
+        materialized_input(store, req, model_file_inputs(spec)) as model_input,
     ):
 
         async def booted() -> None:
@@ -107,8 +111,19 @@ async def run_model(
             await on_booted()
 
         return await pool.predict(
-            spec, req.id, unseal(model_input), on_update=on_update, on_booted=booted
+            spec,
+            req.id,
+            unseal(model_input),
+            on_update=on_update,
+            on_booted=booted,
+            context=req.context,  # Cog's per-request context
         )
+
+
+def model_file_inputs(spec: RunnerSpec) -> frozenset[str]:
+    """The inputs of the entry point ``spec`` runs that are ``cog.File`` ones."""
+    ref = spec.train_ref if spec.mode == "train" else spec.predict_ref
+    return file_inputs(spec.model_dir, ref) if ref else frozenset()
 
 
 async def ensure_env(version: Version, waiting: WaitingFor | None = None) -> None:

@@ -183,7 +183,14 @@ class TrainingActivities:
         )
         if not isinstance(result, CogPrediction):
             return result
-        await _close(progress, self.engine, req.id, result.logs, result.status == "canceled")
+        await _close(
+            progress,
+            self.engine,
+            req.id,
+            result.logs,
+            result.status == "canceled",
+            model_metrics=result.metrics,
+        )
         if result.status != "succeeded":
             status = result.status if result.status in ("failed", "canceled") else "failed"
             return TrainingRun(status=status, error=result.error, started_at=progress.started_at)
@@ -331,11 +338,20 @@ async def _end(
 
 
 async def _close(
-    run: LiveRun, engine: Engine, training_id: str, logs: str | None, canceled: bool
+    run: LiveRun,
+    engine: Engine,
+    training_id: str,
+    logs: str | None,
+    canceled: bool,
+    *,
+    model_metrics: dict[str, Any] | None = None,
 ) -> None:
-    """Stop the attempt's writes, record its final logs and deliver its last live events
-    (the workflow records the end and sends ``completed``)."""
+    """Stop the attempt's writes, record its final logs and the metrics the trainer
+    recorded, and deliver its last live events (the workflow records the end, with
+    Replicant's own timings beside those metrics, and sends ``completed``)."""
     final = None
-    if logs is not None:
-        final = functools.partial(trainings.record_logs, engine, training_id, logs)
+    if logs is not None or model_metrics:
+        final = functools.partial(
+            trainings.record_logs, engine, training_id, logs, model_metrics=model_metrics
+        )
     await run.close(final, canceled=canceled, logs=logs)

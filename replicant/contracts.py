@@ -90,6 +90,8 @@ class PredictionRequest(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
     deployment: str | None = None
     stream: bool = False
+    # Cog's per-request context: the model reads it as ``current_scope().context``.
+    context: dict[str, str] = Field(default_factory=dict)
     created_at: datetime | None = None
     # ``Cancel-After``: past this time a waiting prediction ends ``aborted``, a running one
     # ``canceled``.
@@ -326,6 +328,8 @@ class TrainingRequest(BaseModel):
     hardware: str = "cpu"
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
+    # Cog's per-request context: the trainer reads it as ``current_scope().context``.
+    context: dict[str, str] = Field(default_factory=dict)
     created_at: datetime | None = None
     timeout: float = 86400.0
     heartbeat_timeout: float = 30.0

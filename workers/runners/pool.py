@@ -207,12 +207,14 @@ class RunnerPool:
         input: dict[str, Any],
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
+        context: dict[str, str] | None = None,
     ) -> CogPrediction:
         """Run one prediction (or training, by ``spec.mode``) and return its terminal state.
 
         Boots a process for ``spec.key`` when none is warm, awaits ``on_booted`` once it is
         handed over, passes intermediate states to ``on_update`` (at most every
-        ``update_interval``), and returns the terminal one. Cancelling the awaiting task
+        ``update_interval``), and returns the terminal one; ``context`` is Cog's
+        per-request context. Cancelling the awaiting task
         cancels the prediction in coglet (killing and restarting the process if it does not
         stop within ``cancel_grace``), then re-raises.
         """
@@ -220,7 +222,7 @@ class RunnerPool:
         instance, index = self._claim_instance(spec)
         try:
             return await self._executor.predict(
-                instance, prediction_id, input, on_update, on_booted
+                instance, prediction_id, input, on_update, on_booted, context
             )
         finally:
             self._release_instance(spec.key, index)

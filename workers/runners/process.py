@@ -340,6 +340,9 @@ class CogletProcess:
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
+        # What setup() printed: the first training the process runs shows it first in its
+        # logs, as under Cog.
+        self.setup_logs = ""
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -439,6 +442,8 @@ class CogletProcess:
         line = parse_log_line(raw)
         self.tail.append(line.text)
         self.output_seen.set()
+        if line.setup_print is not None:
+            self.setup_logs += line.setup_print + "\n"
         fields = line.fields
         if fields is None:
             return
