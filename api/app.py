@@ -14,7 +14,7 @@ from api.bodylimit import BodyLimit
 from api.deadlines import AbortedForOptedInClients
 from api.errors import UnexpectedErrors, install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
-from api.middleware import JSONBodyByDefault
+from api.middleware import JSONBodyByDefault, TracedRequests
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
@@ -35,6 +35,7 @@ from api.routes import (
 )
 from api.state import AppState, pool_size
 from api.textguard import RefuseLoneSurrogates
+from replicant import tracing
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
         state.dispose()
+        tracing.stop()
 
     # Every route counts against its caller's rate limit (api/ratelimit.py).
     app = FastAPI(
@@ -71,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.add_middleware(BodyLimit, settings=settings)  # before any body is read
     app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
+    if tracing.enabled(settings):  # off: no span, no SDK (replicant/tracing.py)
+        tracing.start(settings, "api")
+        app.add_middleware(TracedRequests)
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(prediction_data.router)

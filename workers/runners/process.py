@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 
 from replicant.cogmodel import model_environment
+from replicant import tracing
 from replicant.runner import BootError, RunnerSpec
 from workers.runners.cgroups import MemoryCgroup
 from workers.runners.coglet import parse_log_line
@@ -93,6 +94,7 @@ def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, 
     # coglet starts its worker with the `python` found on PATH: the model's env first.
     env["PATH"] = os.pathsep.join([str(spec.python.parent), path])
     env.pop("RUST_LOG", None)
+    env.update(tracing.model_env())  # traced: the model's spans join its prediction's trace
     env.update(
         {
             "PORT": str(port),

@@ -1,0 +1,89 @@
+"""One trace per prediction: the API's request, its workflow and activities, and the model's
+run, sent over OTLP/HTTP to a real receiver started here (tests/otlp.py).
+
+A stack of its own: tracing is on only when ``REPLICANT_OTLP_ENDPOINT`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import LiveStack, own_stack
+from tests.otlp import OtlpReceiver, Span, otlp_receiver
+from tests.waiting import wait_until
+
+HELLO = "replicate/hello-world"
+
+
+@pytest.fixture(scope="module")
+def collector() -> Iterator[OtlpReceiver]:
+    with otlp_receiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def traced(
+    tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
+) -> Iterator[LiveStack]:
+    with own_stack(tmp_path_factory, "tracing", otlp_endpoint=collector.url) as live:
+        yield live
+
+
+def one(spans: list[Span], prefix: str) -> Span:
+    found = [s for s in spans if s.name.startswith(prefix)]
+    assert len(found) == 1, (prefix, [s.name for s in spans])
+    return found[0]
+
+
+def test_a_prediction_is_one_trace_from_api_to_activity(
+    traced: LiveStack, collector: OtlpReceiver
+) -> None:
+    with traced.client() as api:
+        response = api.post(
+            f"/v1/models/{HELLO}/predictions",
+            json={"input": {"text": "traced"}},
+            headers={"Prefer": "wait"},
+        )
+    assert response.status_code == 201, response.text
+    prediction = response.json()
+    assert prediction["output"] == "hello traced"
+
+    def this_trace() -> list[Span]:
+        spans = collector.snapshot()
+        roots = [s for s in spans if s.name == f"POST /v1/models/{HELLO}/predictions"]
+        if not roots:
+            return []
+        return [s for s in spans if s.trace_id == roots[0].trace_id]
+
+    def complete(spans: list[Span]) -> bool:
+        names = [s.name for s in spans]
+        return "RunActivity:run_prediction" in names and "RunWorkflow:PredictionWorkflow" in names
+
+    spans = wait_until(this_trace, complete, what="the prediction's spans at the receiver")
+    by_id = {s.span_id: s for s in spans}
+
+    def ancestors(span: Span) -> list[str]:
+        names = []
+        while span.parent_id in by_id:
+            span = by_id[span.parent_id]
+            names.append(span.name)
+        return names
+
+    # The API's request is the root; the workflow's start is made within it.
+    request = one(spans, f"POST /v1/models/{HELLO}/predictions")
+    assert request.parent_id == "" and request.service == "replicant-api"
+    start = one(spans, "StartUpdateWithStartWorkflow:PredictionWorkflow")
+    assert request.name in ancestors(start)
+    # The worker runs the workflow under the API's start (temporalio's TracingInterceptor
+    # parents a workflow's spans to the context its start carried) ...
+    run = [s for s in spans if s.name == "RunWorkflow:PredictionWorkflow"]
+    assert run and all(
+        s.parent_id == start.span_id and s.service == "replicant-worker" for s in run
+    )
+    # ... and the prediction's activity, scheduled by the workflow, runs under its scheduling.
+    scheduled = one(spans, "StartActivity:run_prediction")
+    assert scheduled.parent_id == start.span_id
+    activity = one(spans, "RunActivity:run_prediction")
+    assert activity.parent_id == scheduled.span_id and activity.service == "replicant-worker"
