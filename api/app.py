@@ -14,7 +14,7 @@ from api.bodylimit import BodyLimit
 from api.deadlines import AbortedForOptedInClients
 from api.errors import UnexpectedErrors, install_error_handlers
 from api.metrics import Metrics, RequestMetrics, metrics_router
-from api.middleware import JSONBodyByDefault, TracedRequests
+from api.middleware import JSONBodyByDefault
 from api.ratelimit import RateLimiter, rate_limit
 from api.routes import (
     account,
@@ -73,9 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
     app.add_middleware(BodyLimit, settings=settings)  # before any body is read
     app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
-    if tracing.enabled(settings):  # off: no span, no SDK (replicant/tracing.py)
-        tracing.start(settings, "api")
-        app.add_middleware(TracedRequests)
+    # Traced, FastAPI's own server span of each request (continuing an incoming
+    # `traceparent`) is the root the workflow's spans hang under; off, no SDK is set up.
+    tracing.start(settings, "api")
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(prediction_data.router)

@@ -98,5 +98,6 @@ def model_env() -> dict[str, str]:
     return {
         "COG_TRACE_CONFIGURED": "1",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": next(iter(_started.values())),
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
         "OTEL_SERVICE_NAME": "replicant-model",
     }

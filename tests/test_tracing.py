@@ -52,14 +52,18 @@ def test_a_prediction_is_one_trace_from_api_to_activity(
 
     def this_trace() -> list[Span]:
         spans = collector.snapshot()
-        roots = [s for s in spans if s.name == f"POST /v1/models/{HELLO}/predictions"]
-        if not roots:
-            return []
-        return [s for s in spans if s.trace_id == roots[0].trace_id]
+        workflow = f"prediction-{prediction['id']}"
+        starts = [s for s in spans if s.attributes.get("temporalWorkflowID") == workflow]
+        return [s for s in spans if starts and s.trace_id == starts[0].trace_id]
 
     def complete(spans: list[Span]) -> bool:
-        names = [s.name for s in spans]
-        return "RunActivity:run_prediction" in names and "RunWorkflow:PredictionWorkflow" in names
+        names = {s.name for s in spans}
+        return {
+            "POST /v1/models/{owner}/{name}/predictions",
+            "RunActivity:run_prediction",
+            "PUT /predictions/{id}",
+            "cog.prediction.execute",
+        } <= names
 
     spans = wait_until(this_trace, complete, what="the prediction's spans at the receiver")
     by_id = {s.span_id: s for s in spans}
@@ -71,8 +75,8 @@ def test_a_prediction_is_one_trace_from_api_to_activity(
             names.append(span.name)
         return names
 
-    # The API's request is the root; the workflow's start is made within it.
-    request = one(spans, f"POST /v1/models/{HELLO}/predictions")
+    # The API's request (FastAPI's server span) is the root; the workflow starts within it.
+    request = one(spans, "POST /v1/models/{owner}/{name}/predictions")
     assert request.parent_id == "" and request.service == "replicant-api"
     start = one(spans, "StartUpdateWithStartWorkflow:PredictionWorkflow")
     assert request.name in ancestors(start)
@@ -87,3 +91,8 @@ def test_a_prediction_is_one_trace_from_api_to_activity(
     assert scheduled.parent_id == start.span_id
     activity = one(spans, "RunActivity:run_prediction")
     assert activity.parent_id == scheduled.span_id and activity.service == "replicant-worker"
+    # coglet continues the activity's traceparent: its request span, then the model's run.
+    put = one(spans, "PUT /predictions/{id}")
+    assert put.parent_id == activity.span_id and put.service == "replicant-model"
+    execute = one(spans, "cog.prediction.execute")
+    assert put.name in ancestors(execute) and execute.service == "replicant-model"

@@ -270,6 +270,7 @@ async def run_worker(
     # Only now: a run within the grace needed its model process to the end.
     for each in pools:
         await each.close()
+    tracing.stop()  # the spans still batched
     log.info("event=worker_stopped")
 
 

@@ -11,8 +11,8 @@ import signal
 import socket
 from pathlib import Path
 
-from replicant.cogmodel import model_environment
 from replicant import tracing
+from replicant.cogmodel import model_environment
 from replicant.runner import BootError, RunnerSpec
 from workers.runners.cgroups import MemoryCgroup
 from workers.runners.coglet import parse_log_line
