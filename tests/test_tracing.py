@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.conftest import LiveStack, own_stack
@@ -96,3 +97,19 @@ def test_a_prediction_is_one_trace_from_api_to_activity(
     assert put.parent_id == activity.span_id and put.service == "replicant-model"
     execute = one(spans, "cog.prediction.execute")
     assert put.name in ancestors(execute) and execute.service == "replicant-model"
+    # The prediction names its trace (an extension both official clients ignore).
+    assert prediction["trace_id"] == request.trace_id
+    with traced.client() as api:
+        shown = api.get(f"/v1/predictions/{prediction['id']}").json()
+    assert shown["trace_id"] == request.trace_id
+
+
+def test_untraced_stack_sets_up_no_tracing(api: httpx.Client) -> None:
+    """Off by default: the shared stack has no endpoint, so its predictions carry no trace."""
+    response = api.post(
+        f"/v1/models/{HELLO}/predictions",
+        json={"input": {"text": "untraced"}},
+        headers={"Prefer": "wait"},
+    )
+    assert response.status_code == 201, response.text
+    assert "trace_id" not in response.json()
