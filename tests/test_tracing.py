@@ -6,7 +6,9 @@ A stack of its own: tracing is on only when ``REPLICANT_OTLP_ENDPOINT`` is set.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -102,6 +104,18 @@ def test_a_prediction_is_one_trace_from_api_to_activity(
     with traced.client() as api:
         shown = api.get(f"/v1/predictions/{prediction['id']}").json()
     assert shown["trace_id"] == request.trace_id
+    # ... and so do the worker's log lines about it.
+    assert traced.stack.log_dir is not None
+    worker_log = traced.stack.log_dir / "worker.log"
+
+    def its_log_lines() -> list[dict[str, Any]]:
+        lines = [
+            json.loads(line) for line in worker_log.read_text().splitlines() if line[:1] == "{"
+        ]
+        return [e for e in lines if e.get("prediction_id") == prediction["id"]]
+
+    lines = wait_until(its_log_lines, what="the worker's log lines about the prediction")
+    assert all(e.get("trace_id") == request.trace_id for e in lines), lines
 
 
 def test_untraced_stack_sets_up_no_tracing(api: httpx.Client) -> None:
