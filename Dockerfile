@@ -18,10 +18,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The built-in OCR model's OpenCV loads libGL (Debian's current build of each).
+# The built-in OCR model's OpenCV loads libGL (Debian's current build of each); bubblewrap
+# is the model sandbox (docs/hardening.md).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+    && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 COPY . .

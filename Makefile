@@ -45,7 +45,7 @@ API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_body_limi
 # Debian packages the tests need, installed when missing (the test machine runs as root): the
 # OCR model's OpenCV loads libGL; the dashboard's browser tests drive Debian's Chromium
 # (browser downloads are not possible).
-SYSTEM_PACKAGES := libgl1 libglib2.0-0 chromium
+SYSTEM_PACKAGES := libgl1 libglib2.0-0 chromium bubblewrap
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -74,7 +74,8 @@ clean:
 
 # The crash-window, hostile-input and SSRF tests drive the read model too. (The webhook-outage
 # test checks deliveries across a receiver's minutes-long outage: it runs once.)
-API_TESTS += tests/test_crash_windows.py tests/test_hostile_input.py tests/test_ssrf.py
+API_TESTS += tests/test_crash_windows.py tests/test_hostile_input.py tests/test_ssrf.py \
+	tests/test_model_sandbox.py
 API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_deadlines.py \
 	tests/test_idempotency.py tests/test_list_filters.py tests/test_model_examples.py \
 	tests/test_model_readme.py tests/test_model_sorting.py tests/test_official_models.py \

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import Message
@@ -33,8 +33,9 @@ from api.state import AppState
 from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest, build_workflow_id
+from replicant.settings import Settings
 from replicant.storage import ObjectStore
-from replicant.tables import Build, Version
+from replicant.tables import Account, Build, Membership, Version
 from replicant.temporal import workflow_status
 from replicant.timeutil import utcnow
 from workflows.build import BuildVersionWorkflow, search_attributes
@@ -52,6 +53,29 @@ WORKFLOW_CHECK_INTERVAL = 5.0
 START_GRACE = timedelta(minutes=1)
 # A build's first log line: it waits for a worker's build slot (max_concurrent_builds each).
 WAITING_FOR_A_WORKER = "waiting for a build worker"
+
+
+def check_pusher(session: Session, account: Account, settings: Settings) -> None:
+    """Refuse (403) an account that the operator's push settings do not name: with
+    ``push_accounts`` and ``push_organizations`` both empty everyone may push, otherwise
+    the listed accounts and the members of the listed organizations."""
+    accounts, organizations = settings.push_accounts, settings.push_organizations
+    if not accounts and not organizations or account.username in accounts:
+        return
+    if organizations:
+        member = session.exec(
+            select(Membership.user_id)
+            .join(Account, col(Account.id) == Membership.organization_id)
+            .where(Membership.user_id == account.id, col(Account.username).in_(organizations))
+        ).first()
+        if member is not None or account.username in organizations:
+            return
+    raise ProblemError(
+        403,
+        f"Account {account.username} may not push models on this installation; ask its "
+        "operator (REPLICANT_PUSH_ACCOUNTS, REPLICANT_PUSH_ORGANIZATIONS)",
+        title="Push not allowed",
+    )
 
 
 def too_large(limit: int) -> ProblemError:

@@ -8,6 +8,11 @@ assert and no longer do.
 - boot failure: from ``predict`` until a worker that cannot start is reported.
 
 Run: ``.venv/bin/python bench/runners.py [--rounds 3]``. Prints the median of each, in ms.
+
+``--sandbox-compare`` measures what the model sandbox costs instead: the cold run, a warm
+run (median of 20 on one process) and a fine-tune adopting a ready standby (from ``predict``
+to its answer), each with the machine's sandbox and unsandboxed, the two interleaved round
+by round (a loaded machine drifts); it prints both medians and their ratio.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,7 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from replicant.sandbox import SandboxConfig, machine_sandbox  # noqa: E402
+from replicant.storage import LocalStore  # noqa: E402
+from replicant.weights import WeightsCache  # noqa: E402
 from tests.runnerkit import write_models  # noqa: E402  (the runner tests' tiny models)
+from tests.test_weights import NGRAM, WORDS, base_spec, finetune_spec, put_weights  # noqa: E402
 from workers.runners import BootError, RunnerPool, RunnerSpec  # noqa: E402
 
 
@@ -84,6 +94,50 @@ async def round_of(root: Path, index: int) -> dict[str, float]:
         await pool.close()
 
 
+async def sandbox_round(root: Path, index: int, sandbox: SandboxConfig) -> dict[str, float]:
+    """Cold, warm and standby timings of one pool with ``sandbox``."""
+    store = LocalStore(root / f"files-{index}", "http://127.0.0.1:1", "secret")
+    cache = WeightsCache(lambda: store, root / f"cache-{index}")
+    pool = RunnerPool(max_warm=4, boot_timeout=60, weights=cache, standby=True, sandbox=sandbox)
+    await pool.start()
+    try:
+        hello = spec(root, "hello", f"hello-{index}")
+        figures = {"cold run": await timed(lambda: pool.predict(hello, "c", {"name": "x"}))}
+        warm = [await timed(lambda: pool.predict(hello, "w", {"name": "x"})) for _ in range(20)]
+        figures["warm run"] = statistics.median(warm)
+        ngram = root / "ngram"
+        pool.keep_standby(base_spec(ngram))
+        ref = put_weights(store, f"trainings/b{index}/weights.json", WORDS)
+        tuned = finetune_spec(ngram, ref)
+        if not await pool.standby_ready(tuned):
+            raise RuntimeError("no standby became ready")
+        figures["fine-tune on a standby"] = await timed(
+            lambda: pool.predict(tuned, "f", {"max_tokens": 3})
+        )
+        return figures
+    finally:
+        await pool.close()
+
+
+async def compare(rounds: int) -> None:
+    sandboxed, unsandboxed = machine_sandbox(), SandboxConfig(bwrap=None, unsandboxed=True)
+    results: dict[str, list[dict[str, float]]] = {"sandboxed": [], "unsandboxed": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        root.chmod(0o755)
+        write_models(root)
+        shutil.copytree(NGRAM, root / "ngram")
+        for i in range(rounds):
+            for name, config in (("unsandboxed", unsandboxed), ("sandboxed", sandboxed)):
+                index = 2 * i + (name == "sandboxed")
+                results[name].append(await sandbox_round(root, index, config))
+    print(f"model sandbox, {rounds} interleaved rounds (median ms; ratio sandboxed/unsandboxed)")
+    for figure in results["sandboxed"][0]:
+        on = statistics.median(r[figure] for r in results["sandboxed"])
+        off = statistics.median(r[figure] for r in results["unsandboxed"])
+        print(f"  {figure:24s} {off:8.1f} {on:8.1f}  x{on / off:.2f}")
+
+
 def python_without_coglet(root: Path) -> None:
     """A launcher whose coglet worker starts with a `python` that lacks coglet."""
     bindir = root / "bin"
@@ -108,4 +162,6 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--sandbox-compare", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(compare(args.rounds) if args.sandbox_compare else main(args.rounds))

@@ -21,6 +21,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
+from replicant.sandbox import (
+    SandboxConfig,
+    SandboxUnavailable,
+    filtered_env,
+    machine_sandbox,
+    require,
+    sandboxed_run,
+    scratch_dir,
+)
+
 PROBE = Path(__file__).resolve().with_name("_cog_probe.py")
 COGLET_SCHEMA_PATH = Path(".cog") / "openapi_schema.json"
 INSPECT_TIMEOUT = 300.0
@@ -359,34 +369,57 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     )
 
 
-def run_probe(model_dir: Path, python: Path, config: CogConfig) -> dict[str, Any]:
-    """Run ``_cog_probe.py`` with the model's Python and return its raw description."""
-    args = [str(python), str(PROBE), str(model_dir.resolve()), config.predict_ref]
+def run_probe(
+    model_dir: Path, python: Path, config: CogConfig, sandbox: SandboxConfig | None = None
+) -> dict[str, Any]:
+    """Run ``_cog_probe.py`` with the model's Python and return its raw description.
+
+    Importing the module runs the model's module-level code, so the probe runs in the model
+    sandbox (``replicant/sandbox.py``, ``sandbox`` or the settings'): the model's directory
+    read-only at /src, no network, and an environment of its own (none of this process's)."""
+    config_ = sandbox or machine_sandbox()
+    try:
+        inside = Path("/src") if require(config_) else model_dir.resolve()
+    except SandboxUnavailable as e:
+        raise PredictorError(str(e)) from e
+    args = [str(python), str(PROBE), str(inside), config.predict_ref]
     if config.train_ref:
         args.append(config.train_ref)
     # Don't leave __pycache__ in a model directory that is hashed into a version id.
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("PYTHONPATH", None)
+    env = filtered_env({"PYTHONDONTWRITEBYTECODE": "1"})
     try:
-        proc = subprocess.run(
-            args,
-            cwd=model_dir,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=INSPECT_TIMEOUT,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as e:
-        raise PredictorError(f"importing the predictor took over {INSPECT_TIMEOUT:.0f}s") from e
+        with scratch_dir(config_, "probe") as scratch:
+            proc = sandboxed_run(
+                config_,
+                args,
+                cwd=inside,
+                env=env,
+                read_only={"/src": model_dir.resolve(), str(PROBE): PROBE},
+                writable={"/tmp": scratch},
+                python=python,
+                host_cwd=model_dir,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
+            try:
+                stdout, stderr = proc.communicate(timeout=INSPECT_TIMEOUT)
+            except subprocess.TimeoutExpired as e:
+                proc.kill()
+                proc.wait()
+                raise PredictorError(
+                    f"importing the predictor took over {INSPECT_TIMEOUT:.0f}s"
+                ) from e
     except OSError as e:
         raise PredictorError(f"cannot run {python}: {e}") from e
+    except SandboxUnavailable as e:
+        raise PredictorError(str(e)) from e
     try:
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise PredictorError(
             f"the model's Python exited with status {proc.returncode} without a description",
-            proc.stderr[-20000:],
+            stderr[-20000:],
         ) from None
     if not isinstance(result, dict):
         raise PredictorError("the schema probe printed something other than an object")

@@ -9,7 +9,9 @@ packages (so cog and coglet match the server's) underneath its own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -19,9 +21,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -29,7 +33,19 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from replicant.cogmodel import CogConfig, local_package
+from replicant.egress import PROXY_PORT, proxy_env, proxy_in_thread
 from replicant.pythons import find_python
+from replicant.sandbox import (
+    EXEC_WITH_LINKS,
+    RUN_DIR,
+    SandboxUnavailable,
+    filtered_env,
+    give_to_model,
+    machine_sandbox,
+    require,
+    sandboxed_run,
+    scratch_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -168,36 +184,141 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(args: list[str], progress: Progress, what: str) -> None:
-    """Run a build step, passing each output line to ``progress``; raise with its tail."""
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
-    env.pop("PYTHONPATH", None)
+@functools.cache
+def _pip_config() -> tuple[dict[str, str], dict[str, Path]]:
+    """The operator's pip configuration (index URLs, find-links, certificates, constraints)
+    as environment variables for a sandboxed pip, and the local files it names, to bind."""
     try:
-        proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"],
+            capture_output=True,
             text=True,
-            env=env,
-        )
-    except OSError as e:
-        raise EnvBuildError(f"{what} failed: {e}") from e
-    assert proc.stdout is not None
-    with proc:
-        for raw in proc.stdout:
-            line = raw.rstrip()
-            tail.append(line)
-            progress(line)
-        try:
-            code = proc.wait(timeout=PIP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = -1
+            timeout=60,
+            check=False,
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}, {}
+    env: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    for line in out.splitlines():
+        name, _, value = line.partition("=")
+        key = name.rpartition(".")[2]
+        if not key or not value:
+            continue
+        value = value.strip().strip("'\"")
+        env["PIP_" + key.upper().replace("-", "_")] = value
+        for token in value.split():
+            path = Path(token.removeprefix("file://"))
+            if key.endswith("index-url") and path.name == "simple":
+                path = path.parent  # a PEP 503 index links its files beside simple/
+            if path.is_absolute() and path.exists():
+                files[str(path)] = path
+    return env, files
+
+
+def _run(
+    args: list[str],
+    progress: Progress,
+    what: str,
+    *,
+    sandboxed: tuple[Path, Path, dict[str, Path]] | None = None,
+) -> None:
+    """Run a build step, passing each output line to ``progress``; raise with its tail.
+    ``sandboxed`` (the env's directory, its Python, local files to read): the step runs
+    the model's packages' code (``setup.py``, build hooks, ``.pth`` files), so it runs in
+    the model sandbox with that directory writable and nothing of this process's
+    environment."""
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    pipes: dict[str, Any] = {
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.STDOUT,
+        "stdin": subprocess.DEVNULL,
+    }
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix("build")))
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                if sandboxed is None:
+                    env = {**os.environ, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"}
+                    env.pop("PYTHONPATH", None)
+                    proc = subprocess.Popen(args, text=True, env=env, **pipes)
+                else:
+                    proc = stack.enter_context(_sandboxed(args, *sandboxed, scratch, pipes))
+            except (SandboxUnavailable, OSError) as e:
+                raise EnvBuildError(f"{what} failed: {e}") from e
+            assert proc.stdout is not None
+            with proc:
+                for raw in proc.stdout:
+                    line = raw.rstrip()
+                    tail.append(line)
+                    progress(line)
+                try:
+                    code = proc.wait(timeout=PIP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = -1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if code != 0:
         output = "\n".join(tail)
         raise EnvBuildError(f"{what} failed (exit status {code}):\n{output}")
+
+
+@contextmanager
+def _sandboxed(
+    args: list[str],
+    env_dir: Path,
+    python: Path,
+    local: dict[str, Path],
+    scratch: Path,
+    pipes: dict[str, Any],
+) -> Iterator[subprocess.Popen[str]]:
+    config = machine_sandbox()
+    pip_env, pip_files = _pip_config()
+    env = filtered_env({**pip_env, "PIP_NO_INPUT": "1", "PIP_PROGRESS_BAR": "off"})
+    env["PIP_USER"] = "0"
+    (scratch / "tmp").mkdir()
+    give_to_model(config, scratch / "tmp")
+    if config.switches_uid:  # pip, as the model's uid, writes the new venv
+        _chown_tree(env_dir, config.uid, config.gid)
+    writable = {str(env_dir): env_dir, "/tmp": scratch / "tmp"}
+    with contextlib.ExitStack() as stack:
+        if config.build_egress == "public" and require(config):
+            # pip reaches the index through the proxy to public addresses (replicant/egress.py).
+            proxy = stack.enter_context(proxy_in_thread(scratch / "egress.sock"))
+            writable[f"{RUN_DIR}/egress.sock"] = proxy
+            env.update(proxy_env())
+            env["REPLICANT_LINKS"] = f"tcp:127.0.0.1:{PROXY_PORT}=unix:{RUN_DIR}/egress.sock"
+            args = [sys.executable, "-c", EXEC_WITH_LINKS, *args]
+        yield sandboxed_run(
+            config,
+            args,
+            cwd=env_dir,
+            env=env,
+            read_only={**pip_files, **local},
+            writable=writable,
+            python=python,
+            share_net=config.build_egress == "unrestricted",
+            **pipes,
+        )
+
+
+def _local_path(token: str) -> Path | None:
+    path = Path(token.removeprefix("file://"))
+    return path if path.is_absolute() and path.exists() else None
+
+
+def _chown_tree(top: Path, uid: int, gid: int) -> None:
+    for root, dirs, files in os.walk(top):
+        for name in [*dirs, *files]:
+            os.lchown(os.path.join(root, name), uid, gid)
+    os.chown(top, uid, gid)
+
+
+def _reclaim(env_dir: Path) -> None:
+    """Give a built environment back to the worker's user: no model process may change it."""
+    _chown_tree(env_dir, os.geteuid(), os.getegid())
+    env_dir.chmod(0o755)
 
 
 def _site_packages(env_dir: Path, version: str) -> Path:
@@ -222,6 +343,11 @@ def _build(
     # Local package files are given to pip by their path in the model (spaces and all).
     local = [str(Path(model_dir) / line) for line in requirements if local_package(line)]
     packages = [line for line in requirements if not local_package(line)]
+    # What the sandboxed pip reads: those files, and requirements that name local paths.
+    readable = {path: Path(path) for path in local}
+    readable.update(
+        (str(p), p) for p in map(_local_path, " ".join(packages).split()) if p is not None
+    )
     if version == _host_version():
         # Replicant's own packages (cog, coglet, ...) sit under the env's, which win.
         paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
@@ -241,8 +367,15 @@ def _build(
             + ["--disable-pip-version-check", "--no-input", "-r", str(req_file), *local],
             progress,
             "pip install",
+            sandboxed=(env_dir, env_python, readable),
         )
-    _run([str(env_python), "-c", "import cog, coglet"], progress, "importing cog in the env")
+    _run(
+        [str(env_python), "-c", "import cog, coglet"],
+        progress,
+        "importing cog in the env",
+        sandboxed=(env_dir, env_python, {}),
+    )
+    _reclaim(env_dir)
 
 
 def plan_env(config: CogConfig, envs_dir: Path, progress: Progress | None = None) -> Path:

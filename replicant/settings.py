@@ -202,6 +202,41 @@ class Settings(BaseSettings):
         "named get `model_memory_limit`. A version that runs on two SKUs of one worker gets a "
         "process for each SKU named here.",
     )
+    # The model sandbox (replicant/sandbox.py): every process that runs model code.
+    model_unsandboxed: bool = Field(
+        False,
+        description="Run model code without a sandbox, as the worker's own user with its view "
+        "of the machine and network (only for an installation whose every account is trusted). "
+        "Without it, a machine that cannot sandbox (no bubblewrap, no user or pid namespaces) "
+        "refuses to start model processes, and says so in the worker's log at start.",
+    )
+    model_uid: int = Field(
+        65534,
+        description="The uid model processes run as when the worker runs as root (a user that "
+        "owns no files of the installation; `nobody` by default). A worker that is not root "
+        "cannot switch: its models keep its uid, inside their namespaces.",
+    )
+    model_gid: int = Field(65534, description="The gid model processes run as (see `model_uid`).")
+    model_egress: Literal["none", "public", "unrestricted"] = Field(
+        "none",
+        description="The network a model process has. `none`: a network namespace of its own "
+        "with only loopback (the worker's links, its HTTP to coglet and coglet's uploads, "
+        "webhooks and weights, go through Unix sockets); it reaches no address at all. "
+        "`public`: the same, plus an HTTP(S) proxy (`HTTP_PROXY`/`HTTPS_PROXY` in its "
+        "environment) that connects only to public addresses, never to loopback, private "
+        "networks, link-local metadata or the platform's services. `unrestricted`: the "
+        "worker's own network, so a model can reach every service the worker reaches "
+        "(Temporal, the database, Redis, the object store, private addresses).",
+    )
+    model_build_egress: Literal["public", "none", "unrestricted"] = Field(
+        "public",
+        description="The network of a sandboxed environment build (pip runs a package's "
+        "`setup.py` and build hooks), as `model_egress` has them: `public` (pip reaches "
+        "the package index through the proxy to public addresses), `none` (only local "
+        "indexes: `PIP_FIND_LINKS`, `file://` index URLs, bound read-only), `unrestricted` "
+        "(the worker's network, e.g. for an index on a private address).",
+    )
+
     gpu_devices: str | None = Field(
         None,
         description="The GPU devices of a worker, comma-separated (e.g. `0,1`); the devices "
@@ -224,6 +259,18 @@ class Settings(BaseSettings):
     )
     setup_timeout: float = Field(
         300.0, description="Seconds a model's setup() may take before its prediction fails."
+    )
+    # Who may push models (api/push.py): defence in depth besides the model sandbox.
+    push_accounts: list[str] = Field(
+        default_factory=list,
+        description="Accounts (usernames, JSON list) that may push models. With this and "
+        "`push_organizations` both empty, every account may push; otherwise only the listed "
+        "accounts and the members of the listed organizations, and any other gets 403.",
+    )
+    push_organizations: list[str] = Field(
+        default_factory=list,
+        description="Organizations (JSON list) whose members may push models (see "
+        "`push_accounts`).",
     )
     max_push_bytes: int = Field(
         1024 * 1024 * 1024,
@@ -488,11 +535,40 @@ class Settings(BaseSettings):
     api_threads: int = Field(
         40,
         description="Threads of an API process for synchronous routes and database calls "
-        "(anyio's thread limiter). Its database pool keeps this many connections plus one "
-        "per thread of its other pool (Python's default executor, `min(32, cores + 4)`): "
-        "on PostgreSQL, keep API processes x that, plus the workers' pools, under "
-        "`max_connections`.",
+        "(anyio's thread limiter), and of synchronous routes' sessions open at once. Its "
+        "database pool keeps a connection for each of those (2 x this), plus one per thread "
+        "of its other pools (Python's default executor, `min(32, cores + 4)`, and "
+        "`/health`'s 2): on PostgreSQL, keep API processes x that, plus the workers' pools, "
+        "under `max_connections`.",
         ge=1,
+    )
+
+    api_max_requests: int = Field(
+        1024,
+        description="Requests an API process serves at once (not counting long-held ones); "
+        "the next is answered at once with 503 and `Retry-After`. `/health` and `/metrics` "
+        "are never refused.",
+        ge=1,
+    )
+    api_max_held: int = Field(
+        2048,
+        description="Long-held requests an API process serves at once (creates with "
+        "`Prefer: wait`, event streams, followed builds), apart from `api_max_requests` so "
+        "that they cannot starve short ones; the next is answered at once with 503 and "
+        "`Retry-After`.",
+        ge=1,
+    )
+    api_retry_after: int = Field(
+        1, description="Seconds of `Retry-After` in a 503 of a saturated API process.", ge=1
+    )
+
+    lookup_cache_ttl: float = Field(
+        1.0,
+        description="Seconds an API process reuses what nearly every request looks up (a "
+        "token's account, a pinned version, a version's hardware). Its own changes are seen "
+        "at once; another process's (a token revoked by the CLI or another API process) "
+        "within this time. 0 looks everything up every time.",
+        ge=0,
     )
 
     @field_validator("rate_limit_create", "rate_limit_default")

@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from replicant.contracts import StoredWeights, TrainingRequest
+from replicant.db import cacheable
 from replicant.readmodel import update_open, update_open_stmt
 from replicant.tables import TERMINAL_STATUSES, Model, Training, Version
 from replicant.timeutil import as_utc, utcnow
@@ -28,6 +29,7 @@ class DestinationGone(LookupError):
     """The destination model was deleted while the training ran."""
 
 
+@cacheable(key=lambda model, version: (model.id, model.hardware, version.id))
 def version_hardware(session: Session, model: Model, version: Version) -> str:
     """The hardware a version runs on: its model's, or, for a fine-tune, the hardware of the
     base model it was trained from."""

@@ -42,6 +42,14 @@ from tests.waiting import wait_until
 # afterwards) instead of SQLite files.
 TEST_DATABASE = os.environ.get("REPLICANT_TEST_DATABASE", "sqlite")
 
+# Environment builds reach the package index through the worker's network: the test
+# machines' resolvers may answer public names (pypi.org) with reserved addresses behind
+# their own gateway, which the builds' proxy to public addresses rightly refuses. The model
+# processes themselves keep the default (no network); tests/test_envs.py and
+# tests/test_model_sandbox.py exercise the proxy. Set for this process's own builds too.
+BUILD_EGRESS = "unrestricted"
+os.environ.setdefault("REPLICANT_MODEL_BUILD_EGRESS", BUILD_EGRESS)
+
 # Short limits for the shared stack; the tests that observe them read them from here.
 RETENTION = 20.0
 TIMEOUT = 8.0
@@ -137,6 +145,7 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         # Every run has a cost (tests/test_usage.py); one fixed account has a spend limit.
         "hardware_prices": PRICES,
         "spend_limits": {SPEND_CAPPED: SPEND_LIMIT},
+        "model_build_egress": BUILD_EGRESS,
     }
     values.update(overrides)
     return Settings(**values)

@@ -20,12 +20,14 @@ from tests.conftest import LiveStack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 COG_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
+# Answers a number of its own per model process (pids repeat across sandboxes).
 PID_MODEL = (
     "import os\n\n"
-    "from cog import BasePredictor\n\n\n"
+    "from cog import BasePredictor\n\n"
+    "PROCESS = int.from_bytes(os.urandom(4), 'big')\n\n\n"
     "class Predictor(BasePredictor):\n"
     "    def predict(self) -> int:\n"
-    "        return os.getpid()\n"
+    "        return PROCESS\n"
 )
 
 

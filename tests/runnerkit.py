@@ -31,10 +31,13 @@ MODELS = {
         import time
         from cog import BasePredictor
 
+        # Which process: pids repeat across sandboxes (each has its own pid namespace).
+        PROCESS = os.urandom(8).hex()
+
         class Predictor(BasePredictor):
             def predict(self, hold: float = 0.0) -> str:
                 time.sleep(hold)
-                return str(os.getpid())
+                return PROCESS
     """,
     "chatty": """
         import time

@@ -2,15 +2,20 @@
 
 The model here waits, while its predictor is imported (the build's schema probe), until the
 test opens a gate file: the build is held mid-way for as long as the test needs, without
-sleeps.
+sleeps. The probe runs in the model sandbox, which sees only its own /tmp: the model marks
+itself waiting there, and the test opens the gate of every probe so marked (``Gate``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
+import os
 import signal
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -49,7 +54,8 @@ from pathlib import Path
 from cog import BasePredictor
 
 # The build's probe imports this module: it waits here until the test opens the gate.
-while not Path({gate!r}).exists():
+Path("/tmp/{token}.waiting").touch()
+while not Path("/tmp/{token}.open").exists():
     time.sleep(0.05)
 
 
@@ -61,17 +67,55 @@ COG_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
 BUILD_TIMEOUT = 300
 
 
-def gated_model(root: Path) -> tuple[bytes, Path]:
-    """A packed model whose build waits for the returned gate file."""
-    gate = root / "gate"
+class Gate:
+    """The gate of a gated model: ``touch`` opens it for every import of the model that waits
+    now or later, its probe's and its model processes' (each in a sandbox with a /tmp of its
+    own, a directory on this host)."""
+
+    opened: set[str] = set()
+    _watcher: threading.Thread | None = None
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def touch(self) -> None:
+        Gate.opened.add(self.token)
+        Gate._open_waiting()
+        if Gate._watcher is None:
+            Gate._watcher = threading.Thread(target=Gate._watch, daemon=True)
+            Gate._watcher.start()
+
+    @staticmethod
+    def _open_waiting() -> None:
+        tmp = tempfile.gettempdir()
+        for token in list(Gate.opened):
+            # The probe's /tmp is replicant-probe-*/, a model process's replicant-model-*/tmp/.
+            markers = [*glob.glob(f"{tmp}/*/{token}.waiting")]
+            markers += glob.glob(f"{tmp}/*/*/{token}.waiting")
+            for marker in [*markers, f"{tmp}/{token}.waiting"]:
+                waiting = Path(marker)
+                if waiting.exists():
+                    with contextlib.suppress(OSError):
+                        waiting.with_name(f"{token}.open").touch()
+
+    @staticmethod
+    def _watch() -> None:
+        while True:
+            Gate._open_waiting()
+            time.sleep(0.05)
+
+
+def gated_model(root: Path) -> tuple[bytes, Gate]:
+    """A packed model whose build waits for the returned gate."""
+    token = f"gate-{os.urandom(6).hex()}"
     src = root / "model"
     src.mkdir(parents=True)
     (src / "cog.yaml").write_text(COG_YAML)
-    (src / "predict.py").write_text(GATED_MODEL.format(gate=str(gate)))
+    (src / "predict.py").write_text(GATED_MODEL.format(token=token))
     with (root / "model.tar.gz").open("w+b") as archive:
         pack_model(src, archive)
         archive.seek(0)
-        return archive.read(), gate
+        return archive.read(), Gate(token)
 
 
 def events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
@@ -336,7 +380,7 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
     temporal = await connect(live.settings)
     ndjson = headers(live, Accept="application/x-ndjson", **{"Content-Type": "application/gzip"})
     timeout = httpx.Timeout(30.0, read=BUILD_TIMEOUT)
-    gates: list[Path] = []
+    gates: list[Gate] = []
     with contextlib.ExitStack() as pushes, httpx.Client(timeout=timeout) as client:
 
         def push(name: str) -> tuple[str, httpx.Response]:

@@ -30,11 +30,12 @@ ENV_MODEL = """
     from cog import BasePredictor
 
     MARK = {mark!r}
+    PROCESS = os.urandom(8).hex()  # which process (pids repeat across sandboxes)
 
     class Predictor(BasePredictor):
         def predict(self) -> str:
             names = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
-            return json.dumps({{"pid": os.getpid(), **{{k: os.environ.get(k) for k in names}}}})
+            return json.dumps({{"pid": PROCESS, **{{k: os.environ.get(k) for k in names}}}})
 """
 
 
@@ -42,6 +43,8 @@ TOGETHER_MODEL = """
     import asyncio
     import os
     from cog import BasePredictor
+
+    PROCESS = os.urandom(8).hex()  # which process (pids repeat across sandboxes)
 
     class Predictor(BasePredictor):
         def setup(self) -> None:
@@ -55,9 +58,9 @@ TOGETHER_MODEL = """
                 self.all_in.set()
             try:
                 await asyncio.wait_for(self.all_in.wait(), timeout=60)
-                return f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')} together"
+                return f"{PROCESS} {os.environ.get('CUDA_VISIBLE_DEVICES')} together"
             except asyncio.TimeoutError:
-                return f"{os.getpid()} {os.environ.get('CUDA_VISIBLE_DEVICES')} alone"
+                return f"{PROCESS} {os.environ.get('CUDA_VISIBLE_DEVICES')} alone"
             finally:
                 self.running -= 1
 """

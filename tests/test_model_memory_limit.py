@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from replicant.db import make_engine
@@ -41,6 +42,8 @@ HOG = """
     import os
     from cog import BasePredictor
 
+    PROCESS = os.urandom(8).hex()  # which process (pids repeat across sandboxes)
+
     class Predictor(BasePredictor):
         def setup(self) -> None:
             mb = int(os.environ.get("HOG_SETUP_MB", "0"))
@@ -51,7 +54,7 @@ HOG = """
             # Resident, not just reserved: every page is written.
             grab = bytearray(mb * 1024 * 1024)
             grab[::4096] = b"x" * len(grab[::4096])
-            return str(os.getpid())
+            return PROCESS
 """
 
 
@@ -101,9 +104,12 @@ async def test_a_model_past_its_memory_limit_is_oom_killed_and_the_next_run_boot
     assert first.status == "succeeded"
     cgroup = pool.cgroup("hog")
     assert cgroup is not None
-    pid = int(str(first.output))
-    # coglet and its model worker (the one that answered) are both in the process's cgroup.
-    assert pool.pid("hog") in cgroup.pids() and pid in cgroup.pids()
+    # The whole process tree (the sandbox, coglet and its model worker, the one that
+    # answered) is in the process's cgroup.
+    root = pool.pid("hog")
+    assert root is not None
+    tree = [root, *(p.pid for p in psutil.Process(root).children(recursive=True))]
+    assert len(tree) >= 3 and set(tree) <= set(cgroup.pids())
     assert cgroup.oom_kills() == 0
 
     killed = await pool.predict(model, "lim-oom", {"mb": 400})

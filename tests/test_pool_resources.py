@@ -35,17 +35,22 @@ MODELS = {
         import time
         from cog import BasePredictor
 
+        # Which process: pids repeat across sandboxes (each has its own pid namespace).
+        PROCESS = os.urandom(8).hex()
+
         class Predictor(BasePredictor):
             def predict(self, hold: float = 0.0) -> str:
                 time.sleep(hold)
                 names = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
                 seen = {k: os.environ.get(k) for k in names}
-                return json.dumps({"pid": os.getpid(), **seen})
+                return json.dumps({"pid": PROCESS, **seen})
     """,
     "hog": """
         import os
         import signal
         from cog import BasePredictor
+
+        PROCESS = os.urandom(8).hex()  # which process (pids repeat across sandboxes)
 
         class Predictor(BasePredictor):
             def setup(self) -> None:
@@ -59,12 +64,14 @@ MODELS = {
                 if die:
                     # What the kernel's OOM killer does to a process: SIGKILL, no goodbye.
                     os.kill(os.getpid(), signal.SIGKILL)
-                return str(os.getpid())
+                return PROCESS
     """,
     "together": """
         import asyncio
         import os
         from cog import BasePredictor
+
+        PROCESS = os.urandom(8).hex()  # which process (pids repeat across sandboxes)
 
         class Predictor(BasePredictor):
             def setup(self) -> None:
@@ -78,9 +85,9 @@ MODELS = {
                     self.all_in.set()
                 try:
                     await asyncio.wait_for(self.all_in.wait(), timeout=60)
-                    return f"{os.getpid()} together"
+                    return f"{PROCESS} together"
                 except asyncio.TimeoutError:
-                    return f"{os.getpid()} alone"
+                    return f"{PROCESS} alone"
                 finally:
                     self.running -= 1
     """,
@@ -321,7 +328,7 @@ async def test_each_gpu_slot_pins_its_own_device(models: Path) -> None:
 
         # A restarted process keeps its device.
         v1_device = one["CUDA_VISIBLE_DEVICES"]
-        os.kill(pool.pid("v1") or 0, signal.SIGKILL)
+        os.killpg(pool.pid("v1") or 0, signal.SIGKILL)  # the sandbox's whole process group
         again = seen((await pool.predict(spec(models, "env", key="v1"), "g-3", {})).output)
         assert again["pid"] != one["pid"]
         assert again["CUDA_VISIBLE_DEVICES"] == v1_device

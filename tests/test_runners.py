@@ -138,7 +138,8 @@ async def test_model_exception_fails_with_its_message_and_logs(
         assert result.error == "boom: bad thing"
         # The traceback, from the model's own frame, after what the model printed.
         assert result.logs.startswith("about to fail\nTraceback (most recent call last):\n")
-        assert 'broken/predict.py", line 7, in predict\n' in result.logs
+        # Sandboxed, the model's code is at /src (as in Cog's images).
+        assert '/src/predict.py", line 7, in predict\n' in result.logs
         assert '    raise ValueError("boom: bad thing")\n' in result.logs
         assert result.logs.endswith("\nValueError: boom: bad thing\n")
         assert result.logs.count("ValueError: boom: bad thing") == 1
@@ -198,6 +199,7 @@ async def test_a_worker_that_dies_while_booting_is_a_boot_error(
     launcher = bindir / "venv-python"
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     launcher.chmod(0o755)
+    tmp_path.chmod(0o755)  # the sandbox binds it as the model's environment: its uid reads it
 
     with pytest.raises(BootError) as raised:
         await pool.predict(spec(models, "hello", python=launcher), "p-noworker", {})
@@ -323,7 +325,9 @@ async def test_a_killed_coglet_process_is_replaced(pool: RunnerPool, models: Pat
     await pool.predict(hello, "p-before-kill", {})
     pid = pool.pid("hello")
     assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    # The whole process group: pool.pid is the sandbox's bwrap, whose death reaches coglet
+    # a moment later (through the parent-death signals of the sandbox's init).
+    os.killpg(pid, signal.SIGKILL)
 
     result = await pool.predict(hello, "p-after-kill", {"name": "again"})
 

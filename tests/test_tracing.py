@@ -30,7 +30,10 @@ def collector() -> Iterator[OtlpReceiver]:
 def traced(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LiveStack]:
-    with own_stack(tmp_path_factory, "tracing", otlp_endpoint=collector.url) as live:
+    # The model's spans go from its sandbox to the collector over the worker's network
+    # (docs/tracing.md: with model_egress none or public they do not reach it yet).
+    overrides = {"otlp_endpoint": collector.url, "model_egress": "unrestricted"}
+    with own_stack(tmp_path_factory, "tracing", **overrides) as live:
         yield live
 
 

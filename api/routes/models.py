@@ -334,6 +334,7 @@ async def push_version(
     the build streams progress lines, then the version or the problem.
     """
     settings = state.settings
+    await db.read(push.check_pusher, account, settings)
     _check_hardware(state, hardware)
 
     def target(session: Session) -> Model:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -141,7 +143,10 @@ class Executor:
         url = process.url + prediction_path(process.spec.mode, run.id)
         # Read before the run: a rise by its end means the kernel killed a process for memory.
         run.oom_kills = process.oom_kills()
+        inputs: Path | None = None
         try:
+            if process.sandbox is not None:
+                input, inputs = await asyncio.to_thread(process.sandbox.take_inputs, run.id, input)
             result = await self._send(process, run, url, request_body(input, webhook))
             await self._within_limits(process, run, result)
             if result.status in ("failed", "canceled") and process.alive:
@@ -165,6 +170,8 @@ class Executor:
                 del self.runs[run.id]
             if process.runs.get(run.id) is run:
                 del process.runs[run.id]
+            if inputs is not None:
+                shutil.rmtree(inputs, ignore_errors=True)
             self.processes.release(process)
 
     async def _send(

@@ -13,7 +13,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from replicant.egress import EgressProxy
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
+from replicant.sandbox import SandboxConfig, machine_sandbox, status_line, sweep_scratch
 from replicant.weights import WeightsCache
 from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups, model_cgroups
@@ -47,6 +49,7 @@ class RunnerPool:
         device_memory: int | None = None,
         keep_devices: bool = False,
         memory_limit: int | MemoryCgroups | None = None,
+        sandbox: SandboxConfig | None = None,
     ) -> None:
         """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
         shared with other pools); ``devices`` are the GPU device groups of its slots, one
@@ -82,6 +85,7 @@ class RunnerPool:
             cgroups=model_cgroups(memory_limit, self.log)
             if isinstance(memory_limit, int)
             else memory_limit,
+            sandbox=sandbox or machine_sandbox(),
         )
         export_memory(self._processes)
         self._executor = Executor(
@@ -92,6 +96,8 @@ class RunnerPool:
             update_interval=update_interval,
         )
         self._receiver = Receiver(self)
+        # Model processes' proxy to public addresses (model_egress=public).
+        self._egress: EgressProxy | None = None
         # Runs per instance index of a key: index i runs under key "{key}#{i}" (0: the key).
         self._busy_instances: dict[str, collections.Counter[int]] = {}
         self._started = False
@@ -111,6 +117,11 @@ class RunnerPool:
             self._client.open()
             await self._receiver.start()
             self._served.base = self._executor.hook_base = self._receiver.base
+            self._processes.receiver = (self._receiver.socket, self._receiver.port)
+            if self._processes.sandbox.egress == "public":
+                self._egress = EgressProxy(self._receiver.socket.with_name("egress.sock"))
+                await self._egress.start()
+                self._processes.egress = self._egress.path
             atexit.register(self._processes.kill_all)
             self._started = True
             self.log.info(
@@ -118,10 +129,14 @@ class RunnerPool:
                 self._receiver.port,
                 self.max_warm,
             )
+            self.log.info(await asyncio.to_thread(status_line, self._processes.sandbox))
+            await asyncio.to_thread(sweep_scratch)
 
     async def close(self) -> None:
         """Stop every coglet process and the webhook receiver."""
         stopped = await self._processes.close()
+        if self._egress is not None:
+            await self._egress.close()
         await self._receiver.stop()
         await self._client.close()
         atexit.unregister(self._processes.kill_all)

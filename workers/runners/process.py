@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from replicant import tracing
+from replicant import sandbox, tracing
 from replicant.cogmodel import model_environment
+from replicant.egress import PROXY_PORT, proxy_env
 from replicant.runner import BootError, RunnerSpec
+from replicant.sandbox import LINKS, RUN_DIR, Launch, Mounts, SandboxConfig
 from workers.runners.cgroups import MemoryCgroup
 from workers.runners.coglet import parse_log_line
 from workers.runners.memory import oom_counter, read_oom_kills
@@ -51,8 +58,12 @@ PASSTHROUGH_ENV = (
 # Runs `python -m cog.server.http` after asking the kernel to kill it when the pool's process
 # dies, so even a SIGKILLed worker leaves no coglet behind (its own worker exits on stdin EOF).
 # With a memory limit it first enters its own memory cgroup (see cgroups.py), so coglet and
-# everything it starts are in it from their first allocation.
-LAUNCHER = """\
+# everything it starts are in it from their first allocation (a sandboxed one is put there
+# before its sandbox starts). In a sandbox it first forks: the parent forwards the links to
+# the worker (REPLICANT_LINKS, see ``ModelSandbox``) and exits with coglet's status, the
+# child runs coglet, whose only child is then its own worker (see ``worker_exited``).
+LAUNCHER = (
+    """\
 import ctypes, os, runpy, signal, sys
 parent = int(os.environ.pop("REPLICANT_POOL_PID", "0"))
 cgroup = os.environ.pop("REPLICANT_CGROUP_PROCS", "")
@@ -68,13 +79,31 @@ if cgroup:
             procs.write(str(os.getpid()))
     except OSError as err:
         sys.exit(f"replicant: cannot enter the model's memory cgroup {cgroup}: {err}")
+"""
+    + LINKS
+    + """\
 runpy.run_module("cog.server.http", run_name="__main__", alter_sys=True)
 """
+)
 
 # Loaded by coglet in place of the model's own predictor or trainer (see its docstring).
 MODEL_ENTRY = Path(__file__).resolve().parent.parent / "model_entry.py"
 
 OUTPUT_TAIL_LINES = 300
+
+# Where a sandboxed model's code is (its files read-only; its working directory, where it
+# may write new files), as in Cog's images.
+MODEL_DIR = "/src"
+
+
+# Ports of sandboxed coglets with a network namespace of their own: any port is free in
+# there, and one per live process keeps their URLs (the client's routes) apart.
+_SANDBOX_PORTS = itertools.cycle(range(20000, 60000))
+
+
+def sandbox_port() -> int:
+    """A port for coglet inside a network namespace of its own."""
+    return next(_SANDBOX_PORTS)
 
 
 def free_port() -> int:
@@ -123,24 +152,157 @@ def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, 
     return env
 
 
-def worker_exited(pid: int) -> bool:
-    """True when coglet's worker child is a zombie: coglet then waits in STARTING forever."""
+# Caches a model may read (read-only) when the operator points them at a shared directory.
+SHARED_CACHES = ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME", "XDG_CACHE_HOME")
+
+
+class ModelSandbox:
+    """The sandbox of one coglet process (``replicant/sandbox.py``): its directory on the
+    host (``tmp``, its /tmp; ``src``, under the model's code at /src, where it may write
+    new files; ``run``, its RUN_DIR with coglet's socket; ``inputs``, the input files of
+    its runs, read-only inside) and the links to the worker.
+
+    Its network namespace has only loopback: the worker reaches coglet through
+    ``coglet.sock`` (a forwarder inside to coglet's port), and with a ``receiver`` (the
+    pool's Unix socket and TCP port) coglet's uploads, webhooks and weights requests reach
+    the pool's receiver through a forwarder listening on the receiver's port inside, so
+    every URL the worker hands out stays the same. With an ``egress`` proxy's socket
+    (``model_egress=public``), a forwarder on port ``PROXY_PORT`` reaches it, named in the
+    process's ``HTTP_PROXY``/``HTTPS_PROXY``."""
+
+    def __init__(
+        self, config: SandboxConfig, receiver: tuple[Path, int] | None, egress: Path | None
+    ) -> None:
+        self.config = config
+        self.receiver = receiver
+        self.egress = egress
+        self.root = Path(tempfile.mkdtemp(prefix=sandbox.scratch_prefix("model")))
+        self.root.chmod(0o711)
+        for name in ("tmp", "run", "src"):
+            (self.root / name).mkdir()
+            sandbox.give_to_model(config, self.root / name)
+        self.inputs = self.root / "inputs"
+        self.inputs.mkdir(mode=0o755)
+        uid, gid = config.uid, config.gid
+        (self.root / "passwd").write_text(sandbox.passwd_file(uid, gid), encoding="utf-8")
+        (self.root / "group").write_text(f"root:x:0:\nmodel:x:{gid}:\n", encoding="utf-8")
+
+    @property
+    def socket(self) -> Path:
+        """coglet's HTTP, as the worker reaches it."""
+        return self.root / "run" / "coglet.sock"
+
+    def take_inputs(self, run_id: str, value: Any) -> tuple[Any, Path | None]:
+        """``value`` (a run's input) with each file the run activity staged for this run
+        (under ``<tmp>/replicant-<run id>-``) linked into the sandbox's ``inputs`` and named
+        by its path inside; and the run's directory there (None: no files), to remove
+        with ``drop_inputs`` after the run. Other paths stay as they are, unreachable."""
+        staged = f"{tempfile.gettempdir()}/replicant-{run_id}-"
+        run_dir: Path | None = None
+
+        def take(item: Any) -> Any:
+            nonlocal run_dir
+            if isinstance(item, dict):
+                return {k: take(v) for k, v in item.items()}
+            if isinstance(item, list):
+                return [take(v) for v in item]
+            if not (isinstance(item, str) and item.startswith(staged)):
+                return item
+            source = Path(item)
+            if ".." in source.parts or not source.is_file():
+                return item
+            if run_dir is None:
+                run_dir = Path(tempfile.mkdtemp(dir=self.inputs))
+                run_dir.chmod(0o755)
+            dest = Path(tempfile.mkdtemp(dir=run_dir)) / source.name
+            dest.parent.chmod(0o755)
+            try:
+                os.link(source, dest)
+            except OSError:
+                shutil.copyfile(source, dest)
+            dest.chmod(0o644)
+            return f"{RUN_DIR}/inputs/{dest.relative_to(self.inputs)}"
+
+        return take(value), run_dir
+
+    def launch(
+        self, spec: RunnerSpec, env: dict[str, str], command: list[str], cgroup: Path | None
+    ) -> Launch:
+        """The argv (and descriptors) that start ``command`` for ``spec`` in the sandbox;
+        ``env`` is adjusted for it."""
+        port = env["PORT"]
+        links = [f"unix:{RUN_DIR}/coglet.sock=tcp:127.0.0.1:{port}"]
+        mounts = Mounts(
+            read_only={
+                str(MODEL_ENTRY): MODEL_ENTRY,
+                "/etc/passwd": self.root / "passwd",
+                "/etc/group": self.root / "group",
+                f"{RUN_DIR}/inputs": self.inputs,
+            },
+            writable={"/tmp": self.root / "tmp", RUN_DIR: self.root / "run"},
+        )
+        mounts.add_code(MODEL_DIR, spec.model_dir, self.root / "src")
+        mounts.add_python(spec.python)
+        for name in SHARED_CACHES:
+            cache = Path(env.get(name, ""))
+            if cache.is_absolute() and cache.is_dir():
+                mounts.read_only[str(cache)] = cache
+        if self.receiver is not None and self.config.own_network:
+            path, receiver_port = self.receiver
+            mounts.writable[f"{RUN_DIR}/receiver.sock"] = path
+            links.append(f"tcp:127.0.0.1:{receiver_port}=unix:{RUN_DIR}/receiver.sock")
+        if self.egress is not None and self.config.own_network:
+            mounts.writable[f"{RUN_DIR}/egress.sock"] = self.egress
+            links.append(f"tcp:127.0.0.1:{PROXY_PORT}=unix:{RUN_DIR}/egress.sock")
+            env.update(proxy_env())
+        env.update({"HOME": "/tmp", "TMPDIR": "/tmp", "REPLICANT_LINKS": ";".join(links)})
+        env.pop("REPLICANT_POOL_PID", None)  # its parent inside is the sandbox's init
+        env.pop("REPLICANT_CGROUP_PROCS", None)  # entered before the sandbox starts
+        gpus = any(env.get(k) for k in ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES"))
+        return sandbox.launch(
+            self.config, command, mounts, cwd=MODEL_DIR, cgroup_procs=cgroup, gpus=gpus
+        )
+
+    def remove(self) -> None:
+        """Remove its directory (whatever the model left in it)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return False
+        return []
+    found: list[int] = []
     for task in tasks:
         try:
-            children = (task / "children").read_text().split()
+            found += [int(c) for c in (task / "children").read_text().split()]
         except OSError:
             continue
-        for child in children:
-            try:
-                stat = Path(f"/proc/{child}/stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
-                return True
+    return found
+
+
+def coglet_pid(pid: int, sandboxed: bool) -> int | None:
+    """The host pid of coglet itself: ``pid`` unsandboxed, else the child of the forwarder
+    (bwrap, then its init, then the forwarder, then coglet)."""
+    if not sandboxed:
+        return pid
+    for init in _children(pid):
+        for forwarder in _children(init):
+            for coglet in _children(forwarder):
+                return coglet
+    return None
+
+
+def worker_exited(pid: int) -> bool:
+    """True when coglet's worker child is a zombie: coglet then waits in STARTING forever."""
+    for child in _children(pid):
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]:
+            return True
     return False
 
 
@@ -172,6 +334,10 @@ class CogletProcess:
         self.device_bytes: int | None = None
         # time.monotonic() of its last checkout or release: eviction across pools goes by it.
         self.last_used = 0.0
+        # Its sandbox (None: the operator runs models unsandboxed).
+        self.sandbox: ModelSandbox | None = None
+        # Called with its URL and socket once it is reaped (the client forgets the socket).
+        self.on_exit: Callable[[str, Path], Awaitable[None]] | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
@@ -208,6 +374,11 @@ class CogletProcess:
             self.oom_counter_found = True
         return read_oom_kills(self.oom_counter)
 
+    def worker_exited(self) -> bool:
+        """True when coglet's worker child is a zombie: coglet then waits in STARTING."""
+        pid = coglet_pid(self.pid, self.sandbox is not None) if self.pid else None
+        return pid is not None and worker_exited(pid)
+
     def output_tail(self) -> str:
         """The last lines of its output (coglet's log records made readable)."""
         return "\n".join(self.tail)
@@ -220,7 +391,12 @@ class CogletProcess:
             args += ["--x-mode", "train"]
         if spec.upload_url:
             args += ["--upload-url", spec.upload_url]
+        launch: Launch | None = None
         try:
+            if self.sandbox is not None:
+                cgroup = self.cgroup.procs if self.cgroup is not None else None
+                launch = self.sandbox.launch(spec, env, args, cgroup)
+                args = launch.argv
             self.proc = await asyncio.create_subprocess_exec(
                 *args,
                 cwd=spec.model_dir,
@@ -231,11 +407,19 @@ class CogletProcess:
                 # Its own process group, so one killpg also reaches coglet's worker child.
                 start_new_session=True,
                 limit=1 << 20,
+                pass_fds=launch.fds if launch is not None else (),
             )
         except OSError as err:
             if self.cgroup is not None:
                 await self.cgroup.remove()
+            if self.sandbox is not None:
+                self.sandbox.remove()
+                if self.on_exit is not None:
+                    await self.on_exit(self.url, self.sandbox.socket)
             raise BootError(f"cannot start {spec.python} in {spec.model_dir}: {err}") from err
+        finally:
+            if launch is not None:
+                launch.close()
         self._reader = asyncio.create_task(self._read_output())
         self._watcher = asyncio.create_task(self._watch())
 
@@ -275,6 +459,10 @@ class CogletProcess:
         self.kill()  # whatever is left of its process group
         if self.cgroup is not None:
             await self.cgroup.remove()  # and of its cgroup
+        if self.sandbox is not None:
+            self.sandbox.remove()
+        if self.on_exit is not None and self.sandbox is not None:
+            await self.on_exit(self.url, self.sandbox.socket)
         self.output_seen.set()
 
     def kill(self) -> None:

@@ -13,15 +13,23 @@ import collections
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from replicant.cogmodel import setup_timeout
 from replicant.runner import BootError, RunnerSpec
+from replicant.sandbox import SandboxConfig, SandboxUnavailable, require
 from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups
 from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error, setup_out_of_memory_error
 from workers.runners.devices import DeviceSlots
 from workers.runners.memory import MemoryBudget, measure, version_of
-from workers.runners.process import CogletProcess, child_env, free_port, worker_exited
+from workers.runners.process import (
+    CogletProcess,
+    ModelSandbox,
+    child_env,
+    free_port,
+    sandbox_port,
+)
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
 
@@ -47,6 +55,7 @@ class Processes:
         devices: DeviceSlots | None = None,
         keeps_devices: bool = False,
         cgroups: MemoryCgroups | None = None,
+        sandbox: SandboxConfig,
     ) -> None:
         self.client = client
         self.weights = weights
@@ -68,6 +77,12 @@ class Processes:
             devices.pools.add(self)
         # Where each process gets a memory cgroup with the limit (None: no limit).
         self.cgroups = cgroups
+        # How model processes are sandboxed (replicant/sandbox.py), and the pool receiver's
+        # Unix socket and port that a sandbox's forwarder reaches (set when the pool starts).
+        self.sandbox = sandbox
+        self.receiver: tuple[Path, int] | None = None
+        # The Unix socket of the pool's egress proxy (model_egress=public), once started.
+        self.egress: Path | None = None
         self.standbys = Standbys(standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -232,7 +247,12 @@ class Processes:
         """A process for ``spec`` (not started yet) on a free port, and its environment; on a
         GPU slot, idle processes in its way are stopped unless ``stop_others`` is False (then
         it takes only room that is free, else BootError)."""
-        port = free_port()
+        try:
+            sandboxed = require(self.sandbox)
+        except SandboxUnavailable as err:
+            raise BootError(str(err)) from err
+        own_network = sandboxed and self.sandbox.own_network
+        port = sandbox_port() if own_network else free_port()
         process = CogletProcess(self.with_upload(spec), port, self.log)
         env = child_env(spec, port, self.update_interval)
         limit = self.cgroups.limit_for(spec.memory_sku) if self.cgroups is not None else None
@@ -249,6 +269,10 @@ class Processes:
                 if process.cgroup is not None:
                     process.cgroup.discard()
                 raise
+        if sandboxed:
+            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress)
+            self.client.route(process.url, process.sandbox.socket)
+            process.on_exit = self.client.unroute
         return process, env
 
     def placed(self) -> set[CogletProcess]:
@@ -392,7 +416,7 @@ class Processes:
                 raise await self._setup_failed(process, body)
             if status == "DEFUNCT":
                 raise BootError("coglet reported DEFUNCT while booting", process.output_tail())
-            if worker_exited(process.pid):
+            if process.worker_exited():
                 # coglet reports SETUP_FAILED (with the model's error) a moment after its
                 # worker exits: ask again briefly before settling for the bare fact.
                 for _ in range(SETUP_FAILED_CHECKS):
@@ -409,7 +433,9 @@ class Processes:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await process.output_seen.wait()
-            interval = min(interval * 1.5, 0.25)
+            # coglet writes its last setup lines a moment before it reports READY: after
+            # output, poll again soon rather than after the grown interval.
+            interval = 0.01 if process.output_seen.is_set() else min(interval * 1.5, 0.25)
 
     async def _setup_failed(self, process: CogletProcess, body: dict[str, object]) -> BootError:
         """The BootError of a failed setup(): the model's error, and its output to the end."""

@@ -1,4 +1,5 @@
-"""The pool's embedded HTTP server, which only its coglet processes call (on 127.0.0.1).
+"""The pool's embedded HTTP server, which only its coglet processes call (on 127.0.0.1, or
+through its Unix socket from a sandbox).
 
 coglet POSTs webhooks of streaming predictions, PUTs output files (``--upload-url``), and a
 model's ``setup()`` GETs its weights (fine-tunes) or waits for them (standbys). Every path
@@ -10,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import uvicorn
@@ -56,6 +60,8 @@ class Receiver:
         self.handlers = handlers
         self.base = ""
         self.port = 0
+        # The same server on a Unix socket, for sandboxed model processes (their forwarder).
+        self.socket = Path()
         self._secret = secrets.token_urlsafe(16)
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -65,6 +71,12 @@ class Receiver:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
+        self.socket = Path(tempfile.mkdtemp(prefix="replicant-receiver-")) / "receiver.sock"
+        self.socket.parent.chmod(0o711)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(self.socket))
+        self.socket.chmod(0o666)  # a model's uid connects; the directory is bound, not reachable
+        unix.listen(128)
         app = Starlette(
             routes=[
                 Route("/{secret}/{prediction_id}", self._webhook, methods=["POST"]),
@@ -82,7 +94,7 @@ class Receiver:
             timeout_graceful_shutdown=1,
         )
         self._server = _QuietServer(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock, unix]))
         while not self._server.started:
             if self._task.done():
                 self._task.result()
@@ -97,6 +109,8 @@ class Receiver:
             self._server.should_exit = True
             with contextlib.suppress(Exception):
                 await self._task
+        if self.socket.name:
+            shutil.rmtree(self.socket.parent, ignore_errors=True)
 
     def _allowed(self, request: Request) -> bool:
         return secrets.compare_digest(request.path_params["secret"], self._secret)
