@@ -36,6 +36,7 @@ from api.routes import (
 )
 from api.state import AppState, pool_size
 from api.textguard import RefuseLoneSurrogates
+from replicant import tracing
 from replicant.db import init_db, make_engine
 from replicant.settings import Settings, get_settings
 
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
         state.dispose()
+        tracing.stop()
 
     # Every route counts against its caller's rate limit (api/ratelimit.py).
     app = FastAPI(
@@ -74,6 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Admission, settings=settings)
     app.add_middleware(BodyLimit, settings=settings)  # before any body is read
     app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
+    # Traced, FastAPI's own server span of each request (continuing an incoming
+    # `traceparent`) is the root the workflow's spans hang under; off, no SDK is set up.
+    tracing.start(settings, "api")
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(prediction_data.router)

@@ -30,7 +30,7 @@ from api.runs import PREDICTION, PreparedRun, Runs
 from api.serialize import json_response, prediction_object
 from api.state import AppState, Database
 from api.usage import check_spend_limit
-from replicant import responses
+from replicant import responses, tracing
 from replicant.cogmodel import output_streams
 from replicant.contracts import PredictionRequest, WebhookEvent, prediction_workflow_id
 from replicant.ids import new_id
@@ -225,6 +225,7 @@ def _request(
         recorded=True,
         fairness_weight=account.fairness_weight,
         priority_key=placement.priority if placement is not None else None,
+        trace_id=tracing.trace_id(),
         timeout=settings.prediction_timeout,
         retention=settings.prediction_retention,
         heartbeat_timeout=settings.heartbeat_timeout,

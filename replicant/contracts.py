@@ -100,6 +100,8 @@ class PredictionRequest(BaseModel):
     # key (replicant/fairness.py); kept here so a restarted start keeps them.
     fairness_weight: float | None = None
     priority_key: int | None = None
+    # Traced (replicant/tracing.py): the id of the trace the API's request began.
+    trace_id: str | None = None
     recorded: bool = False
     # Limits, in seconds; the API fills them from settings, programmatic starts may too.
     timeout: float = 1800.0

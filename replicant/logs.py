@@ -2,7 +2,8 @@
 
 Every record logged while a Temporal activity runs carries its workflow id and, for a
 prediction or a training, that id (``prediction_id`` / ``training_id``), whichever logger
-wrote it: the filter reads ``temporalio.activity.info()``.
+wrote it: the filter reads ``temporalio.activity.info()``. Traced, a record made within a
+span also carries its ``trace_id``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from temporalio import activity
+
+from replicant import tracing
 
 # Workflow ids are "<kind>-<id>" (PredictionWorkflow: prediction-<id>).
 ID_FIELDS = {"prediction": "prediction_id", "training": "training_id"}
@@ -36,6 +39,9 @@ class TemporalContext(logging.Filter):
             context = getattr(record, "temporal_workflow", None)
             if isinstance(context, dict):
                 workflow_id = context.get("workflow_id")
+        trace_id = tracing.trace_id()  # traced (replicant/tracing.py): the run's trace
+        if trace_id is not None:
+            record.trace_id = trace_id
         if workflow_id:
             record.workflow_id = workflow_id
             kind, _, ident = workflow_id.partition("-")
@@ -70,7 +76,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        for key in ("workflow_id", *ID_FIELDS.values()):
+        for key in ("workflow_id", *ID_FIELDS.values(), "trace_id"):
             if hasattr(record, key):
                 line += f" {key}={getattr(record, key)}"
         return line

@@ -40,6 +40,7 @@ def prediction_from_request(req: PredictionRequest) -> Prediction:
         hardware=req.hardware,
         created_at=req.created_at or utcnow(),
         deadline=req.deadline,
+        trace_id=req.trace_id,
     )
 
 

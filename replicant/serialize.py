@@ -83,6 +83,7 @@ def prediction(
         deployment=row.deployment,
         metrics=row.metrics,
         hardware=row.hardware,
+        trace_id=row.trace_id,
     )
     if row.webhook:
         _set(fields, webhook=row.webhook, webhook_events_filter=row.webhook_events_filter)
@@ -124,7 +125,14 @@ def shared_prediction(
     owner is shown it (a model's examples): what ``public_prediction`` shows, so no logs, no
     webhook, no stream URL, no deployment and of the metrics only ``predict_time``."""
     fields = body(prediction(row, base_url, secret_key=secret_key))
-    for owners_only in ("webhook", "webhook_events_filter", "deployment", "metrics", "hardware"):
+    for owners_only in (
+        "webhook",
+        "webhook_events_filter",
+        "deployment",
+        "metrics",
+        "hardware",
+        "trace_id",
+    ):
         fields.pop(owners_only, None)
     fields["urls"].pop("stream", None)
     fields["logs"] = ""

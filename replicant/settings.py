@@ -517,6 +517,19 @@ class Settings(BaseSettings):
         ge=0,
     )
 
+    # Tracing (docs/tracing.md): OpenTelemetry spans of each prediction, from the API's
+    # request through its workflow and activities into the model, sent over OTLP/HTTP.
+    otlp_endpoint: str | None = Field(
+        None,
+        description="The base URL of an OTLP/HTTP collector (e.g. `http://127.0.0.1:4318`); "
+        "spans go to its `/v1/traces`. Unset (the default), nothing is traced and no "
+        "tracing code runs.",
+    )
+    otlp_service_name: str = Field(
+        "replicant",
+        description="The `service.name` of this process's spans (`-api` or `-worker` appended).",
+    )
+
     # Concurrency of an API process: its threads, its database connections (as many as
     # threads that may hold one, so none waits for a connection) and its admission bound.
     api_threads: int = Field(

@@ -179,6 +179,8 @@ class Prediction(SQLModel, table=True):
     # Holding a slot but not started: "booting" or "building" (its environment); None while
     # it waits for a slot (replicant/queueing.py).
     waiting: str | None = None
+    # The OpenTelemetry trace of its run, when tracing is on (replicant/tracing.py).
+    trace_id: str | None = None
 
 
 class Deployment(SQLModel, table=True):

@@ -6,9 +6,10 @@ from temporalio.client import Client, Interceptor, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
+from replicant import tracing
 from replicant.settings import Settings
 
-# Client interceptors of this process: none in production. A test entry point
+# Client interceptors of this process: in production only tracing's, when on. A test entry point
 # (tests/faultyapi.py) installs fault injectors here before the API starts.
 CLIENT_INTERCEPTORS: list[Interceptor] = []
 
@@ -19,7 +20,7 @@ async def connect(settings: Settings) -> Client:
         settings.resolved_temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=pydantic_data_converter,
-        interceptors=list(CLIENT_INTERCEPTORS),
+        interceptors=[*CLIENT_INTERCEPTORS, *tracing.interceptors(settings)],
     )
 
 

@@ -70,8 +70,8 @@ EXTENSION_SHAPES: dict[tuple[str, str], tuple[str, str, int]] = {
 EXTENSION_FIELDS: dict[str, set[str]] = {
     "Account": {"fairness_weight"},  # its share of busy hardware queues (docs/fairness.md)
     # Replicate's own answers carry these (its docs show them); its spec leaves them out.
-    # And the SKU that runs it, and why it has not started (docs/usage.md).
-    "Prediction": {"webhook", "webhook_events_filter", "hardware", "queue"},
+    # And the SKU that runs it, why it has not started (docs/usage.md), its trace (docs/tracing.md).
+    "Prediction": {"webhook", "webhook_events_filter", "hardware", "queue", "trace_id"},
     "Training": {"destination", "webhook", "webhook_events_filter", "hardware", "queue"},
     # What the run cost (docs/usage.md).
     "Metrics": {"cost", "predict_time"},

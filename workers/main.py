@@ -25,7 +25,7 @@ from activities.reconcile import ReconcileActivities
 from activities.retention import RetentionActivities
 from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
-from replicant import heartbeats
+from replicant import heartbeats, tracing
 from replicant.db import init_db, make_engine
 from replicant.runner import ModelRunner
 from replicant.settings import Settings
@@ -238,6 +238,7 @@ async def run_worker(
         raise SystemExit(f"unknown hardware: {', '.join(unknown)}")
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
+    tracing.start(settings, "worker")
     client = await connect(settings)
     parts = WorkerParts.build(settings, engine)
     slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
@@ -271,6 +272,7 @@ async def run_worker(
     # Only now: a run within the grace needed its model process to the end.
     for each in pools:
         await each.close()
+    tracing.stop()  # the spans still batched
     log.info("event=worker_stopped")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from replicant import tracing
 from workers.runners.answer import AnswerReader, read_answer
 from workers.runners.coglet import health
 
@@ -90,7 +91,9 @@ class CogletClient:
         """PUT a prediction to coglet: its HTTP status, and its answer read into ``answer``
         as it arrives (raises aiohttp.ClientError or TimeoutError when the process is gone)."""
         _, session = self._pools(url)
-        async with session.put(url, json=body, timeout=PUT_TIMEOUT) as response:
+        # Traced, the activity's traceparent: coglet continues the trace in the model.
+        headers = tracing.carrier()
+        async with session.put(url, json=body, headers=headers, timeout=PUT_TIMEOUT) as response:
             chunks = response.content.iter_chunked(ANSWER_CHUNK)
             return response.status, await read_answer(chunks, answer)
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from replicant import sandbox
+from replicant import sandbox, tracing
 from replicant.cogmodel import model_environment
 from replicant.egress import PROXY_PORT, proxy_env
 from replicant.runner import BootError, RunnerSpec
@@ -123,6 +123,7 @@ def child_env(spec: RunnerSpec, port: int, update_interval: float) -> dict[str, 
     # coglet starts its worker with the `python` found on PATH: the model's env first.
     env["PATH"] = os.pathsep.join([str(spec.python.parent), path])
     env.pop("RUST_LOG", None)
+    env.update(tracing.model_env())  # traced: the model's spans join its prediction's trace
     env.update(
         {
             "PORT": str(port),
