@@ -111,16 +111,6 @@ def test_importing_the_api_loads_neither_the_runner_pool_nor_its_http_client() -
     assert result.stdout.strip() == "[]"
 
 
-# Circles being taken apart elsewhere: the model-process runners (workers/runners/), whose
-# modules point back at one another. Each entry is one circle's modules; nothing may join it.
-KNOWN_CIRCLES: list[frozenset[str]] = [
-    frozenset(
-        f"workers.runners.{name}"
-        for name in ("cgroups", "devices", "memory", "process", "processes", "run", "standby")
-    )
-]
-
-
 def _project_modules(root: Path) -> dict[str, Path]:
     return {
         _module_name(path, root): path
@@ -187,7 +177,7 @@ def circles(root: Path = ROOT) -> list[frozenset[str]]:
 
 
 def test_no_import_circles_between_modules() -> None:
-    assert [sorted(c) for c in circles() if c not in KNOWN_CIRCLES] == []
+    assert [sorted(c) for c in circles()] == []
 
 
 def test_route_modules_import_no_route_modules() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from replicant.inputfiles import parse_data_uri
 from tests.runnerkit import Recorder, children, eventually, gone, ready_events, spec, write_models
-from workers.runners import BootError, RunnerPool
+from workers.runners import BootError, PoolConfig, RunnerPool
 
 
 def weights_text(output: object) -> str:
@@ -33,7 +33,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[RunnerPool]:
-    runners = RunnerPool(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    runners = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    )
     await runners.start()
     yield runners
     await runners.close()
@@ -297,7 +299,7 @@ async def test_a_hung_model_is_killed_and_restarted_when_its_task_is_cancelled(
 async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
     models: Path,
 ) -> None:
-    pool = RunnerPool(max_warm=1, boot_timeout=30)
+    pool = RunnerPool(PoolConfig(max_warm=1, boot_timeout=30))
     try:
         await pool.predict(spec(models, "hello"), "p-lru-1", {})
         hello_pid = pool.pid("hello")
@@ -345,7 +347,7 @@ async def test_train_mode_runs_the_train_function(pool: RunnerPool, models: Path
 
 @pytest.mark.integration  # starts coglet processes itself
 async def test_close_leaves_no_child_processes(models: Path) -> None:
-    pool = RunnerPool(boot_timeout=30)
+    pool = RunnerPool(PoolConfig(boot_timeout=30))
     await pool.predict(spec(models, "hello"), "p-close-1", {})
     await pool.predict(spec(models, "broken"), "p-close-2", {})
     pids = [p for p in (pool.pid("hello"), pool.pid("broken")) if p is not None]

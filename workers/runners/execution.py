@@ -31,7 +31,7 @@ from workers.runners.coglet import (
 )
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
-from workers.runners.run import Run
+from workers.runners.run import Run, Runs
 
 AT_CAPACITY_RETRY_FOR = 5.0
 
@@ -41,12 +41,13 @@ class _NotHandedOver(Exception):
 
 
 class Executor:
-    """Runs predictions on the pool's processes; ``runs`` holds the ones in flight by id."""
+    """Runs predictions on the pool's processes; ``runs`` holds the ones in flight."""
 
     def __init__(
         self,
         processes: Processes,
         client: CogletClient,
+        runs: Runs,
         log: logging.Logger,
         *,
         cancel_grace: float,
@@ -58,7 +59,7 @@ class Executor:
         self.cancel_grace = cancel_grace
         self.update_interval = update_interval
         self.hook_base = ""
-        self.runs: dict[str, Run] = {}
+        self.runs = runs
         self._streams_output: dict[str, bool] = {}
 
     async def predict(
@@ -75,8 +76,7 @@ class Executor:
             process = await self.processes.checkout(spec)
             webhook = on_update is not None and self._wants_webhook(spec)
             run = Run(prediction_id, process, webhook)
-            self.runs[prediction_id] = run
-            process.runs[prediction_id] = run
+            self.runs.add(run)
             run.task = asyncio.create_task(self._execute(process, run, input))
             try:
                 if on_booted is not None and not booted_called:
@@ -166,10 +166,7 @@ class Executor:
         finally:
             if process.streams_output is not None:
                 self._streams_output[process.spec.key] = process.streams_output
-            if self.runs.get(run.id) is run:
-                del self.runs[run.id]
-            if process.runs.get(run.id) is run:
-                del process.runs[run.id]
+            self.runs.drop(run)
             if inputs is not None:
                 shutil.rmtree(inputs, ignore_errors=True)
             self.processes.release(process)

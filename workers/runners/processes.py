@@ -13,16 +13,19 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from replicant.cogmodel import setup_timeout
 from replicant.runner import BootError, RunnerSpec
 from replicant.sandbox import SandboxConfig, SandboxUnavailable, require
-from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups
+from workers.runners.cgroups import CgroupsUnavailable
 from workers.runners.client import CogletClient
 from workers.runners.coglet import HEALTHY, setup_error, setup_out_of_memory_error
-from workers.runners.devices import DeviceSlots
-from workers.runners.memory import MemoryBudget, measure, version_of
+from workers.runners.config import PoolConfig
+from workers.runners.devices import Sharer
+from workers.runners.memory import measure, version_of
 from workers.runners.process import (
     CogletProcess,
     ModelSandbox,
@@ -45,45 +48,39 @@ class Processes:
         client: CogletClient,
         weights: ServedWeights,
         log: logging.Logger,
-        *,
-        max_warm: int,
-        memory_budget: MemoryBudget | None = None,
-        boot_timeout: float,
-        update_interval: float,
-        uploads: bool,
-        standby: bool,
-        devices: DeviceSlots | None = None,
-        keeps_devices: bool = False,
-        cgroups: MemoryCgroups | None = None,
+        config: PoolConfig,
         sandbox: SandboxConfig,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.client = client
+        # Where its processes' log records about a prediction go (the pool's runs).
+        self.on_record = on_record
         self.weights = weights
         self.log = log
-        self.max_warm = max_warm
-        self.budget = memory_budget
-        if memory_budget is not None:
-            memory_budget.pools.add(self)
+        self.max_warm = config.max_warm
+        self.budget = config.memory_budget
+        if self.budget is not None:
+            self.budget.pools.add(self)
         # The last measured size of each version's process: what booting one will take.
         self.sizes: dict[str, int] = {}
-        self.boot_timeout = boot_timeout
-        self.update_interval = update_interval
-        self.uploads = uploads
-        self.devices = devices
+        self.boot_timeout = config.boot_timeout
+        self.update_interval = config.update_interval
+        self.uploads = config.upload is not None
+        self.devices = config.devices
         # True: its idle processes keep their device against the other pools' boots (a
         # deployment instance); False: another pool sharing the devices may stop them.
-        self.keeps_devices = keeps_devices
-        if devices is not None:
-            devices.pools.add(self)
+        self.keeps_devices = config.keep_devices
+        if self.devices is not None:
+            self.devices.pools.add(self)
         # Where each process gets a memory cgroup with the limit (None: no limit).
-        self.cgroups = cgroups
+        self.cgroups = config.cgroups
         # How model processes are sandboxed (replicant/sandbox.py), and the pool receiver's
         # Unix socket and port that a sandbox's forwarder reaches (set when the pool starts).
         self.sandbox = sandbox
         self.receiver: tuple[Path, int] | None = None
         # The Unix socket of the pool's egress proxy (model_egress=public), once started.
         self.egress: Path | None = None
-        self.standbys = Standbys(standby, self, weights, log)
+        self.standbys = Standbys(config.standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
         # Every process started and not yet reaped, warm or not: close() waits for them all.
@@ -253,7 +250,7 @@ class Processes:
             raise BootError(str(err)) from err
         own_network = sandboxed and self.sandbox.own_network
         port = sandbox_port() if own_network else free_port()
-        process = CogletProcess(self.with_upload(spec), port, self.log)
+        process = CogletProcess(self.with_upload(spec), port, self.log, self.on_record)
         env = child_env(spec, port, self.update_interval)
         limit = self.cgroups.limit_for(spec.memory_sku) if self.cgroups is not None else None
         if self.cgroups is not None and limit is not None:
@@ -275,6 +272,10 @@ class Processes:
             process.on_exit = self.client.unroute
         return process, env
 
+    def stoppable(self) -> list[CogletProcess]:
+        """Its idle processes and standbys: what another pool's boot may stop."""
+        return self.idle_processes() + self.standbys.processes()
+
     def placed(self) -> set[CogletProcess]:
         """Its processes that hold a device: started and not reaped, or warm."""
         return {p for p in self._spawned if not p.exited} | set(self._warm.values())
@@ -284,12 +285,11 @@ class Processes:
         assert self.devices is not None
         residents: list[CogletProcess] = []
         # Idle processes (and standbys) that may be stopped to make room, and their pools.
-        stoppable: dict[CogletProcess, Processes] = {}
+        stoppable: dict[CogletProcess, Sharer] = {}
         for pool in list(self.devices.pools):
             residents += pool.placed()
             if stop_others and (pool is self or not pool.keeps_devices):
-                stoppable.update((p, pool) for p in pool.idle_processes())
-                stoppable.update((p, pool) for p in pool.standbys.processes())
+                stoppable.update((p, pool) for p in pool.stoppable())
         index, victims = self.devices.place(
             process.spec.key, residents, lambda p: p not in stoppable, self.expected_size
         )
