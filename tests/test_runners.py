@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from replicant.inputfiles import parse_data_uri
 from tests.runnerkit import Recorder, children, eventually, gone, ready_events, spec, write_models
@@ -403,3 +404,46 @@ async def test_warm_boots_ahead_once_and_exclusive_keeps_predictions_off_the_pro
     assert result.status == "succeeded" and result.output == "hello x"
     assert order == ["released", "prediction handed over"]
     assert pool.pid("hello") == pid
+
+
+MODEL_DIRS = Path(__file__).parent / "models"
+
+
+def failures(version: str, state: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "replicant_model_process_failures_total", {"version": version, "state": state}
+    )
+    return value or 0.0
+
+
+async def test_a_model_unhealthy_from_the_start_fails_its_boot_saying_why(
+    pool: RunnerPool,
+) -> None:
+    """Its sync healthcheck() raises: the boot ends at once with the model's reason, instead
+    of waiting out the setup timeout."""
+    before = failures("unhealthy-boot", "unhealthy")
+    with pytest.raises(BootError) as raised:
+        await pool.predict(spec(MODEL_DIRS, "unhealthy-boot"), "hc-boot", {})
+    assert "The model reported itself unhealthy" in str(raised.value)
+    assert "the GPU is gone" in str(raised.value)
+    assert "Setup complete" in raised.value.logs
+    assert failures("unhealthy-boot", "unhealthy") == before + 1
+    assert "unhealthy-boot" not in pool.warm_keys()
+
+
+async def test_a_process_whose_async_healthcheck_fails_is_replaced_before_its_next_run(
+    pool: RunnerPool,
+) -> None:
+    model = spec(MODEL_DIRS, "unhealthy")
+    before = failures("unhealthy", "unhealthy")
+    assert (await pool.predict(model, "hc-1", {"mode": "sick"})).output == "sick"
+    sick = pool.pid("unhealthy")
+    assert sick is not None
+
+    after = await pool.predict(model, "hc-2", {"mode": "ok"})
+
+    assert (after.status, after.output) == ("succeeded", "ok")
+    assert pool.pid("unhealthy") not in (None, sick)
+    assert failures("unhealthy", "unhealthy") == before + 1
+    assert (await pool.predict(model, "hc-3", {})).output == "ok"  # healthy: kept
+    assert failures("unhealthy", "unhealthy") == before + 1

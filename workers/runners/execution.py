@@ -23,10 +23,12 @@ from workers.runners.answer import answer_reader, answered_prediction, output_to
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
     HEALTHY,
+    UNHEALTHY,
     WORKER_CRASHED,
     explain_model_error,
     prediction_path,
     request_body,
+    unhealthy_error,
     worker_died_error,
 )
 from workers.runners.process import CogletProcess
@@ -224,7 +226,10 @@ class Executor:
             )
 
     def _death(self, process: CogletProcess, run: Run) -> str:
-        """The error of a run whose model process died under it (see worker_died_error)."""
+        """The error of a run whose model process died under it (see worker_died_error), or
+        that the pool stopped for its state (``failure``)."""
+        if process.failure is not None:
+            return process.failure
         now = process.oom_kills()
         oom = run.oom_kills is not None and now is not None and now > run.oom_kills
         limit = process.cgroup.limit if process.cgroup is not None else None
@@ -258,8 +263,10 @@ class Executor:
                     async with asyncio.timeout(0.5):
                         await run.logs_done.wait()
                 result.logs = run.stream_logs
-        status, _ = await self.client.health(process.url)
-        if status not in HEALTHY:
+        status, body = await self.client.health(process.url)
+        if status == UNHEALTHY:
+            self.processes.stopped_for(process, "unhealthy", unhealthy_error(body))
+        elif status not in HEALTHY:
             self.log.warning(
                 "event=runner_unhealthy key=%s pid=%d health=%s",
                 process.spec.key,

@@ -281,6 +281,16 @@ def sweep_scratch() -> int:
     return removed
 
 
+def defines_healthcheck(spec: RunnerSpec) -> bool:
+    """Whether the model's predictor file defines ``healthcheck`` (read once per process;
+    a model without one is never asked)."""
+    path = spec.model_dir / spec.predict_ref.partition(":")[0]
+    try:
+        return "def healthcheck" in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
 def _children(pid: int) -> list[int]:
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -339,6 +349,10 @@ class CogletProcess:
         self.in_use = 0
         self.retired = False
         self.on_record = on_record
+        # Its model defines healthcheck(): the pool asks /health-check before each next run.
+        self.checks_health = defines_healthcheck(spec)
+        # Why the pool stopped it (None: it did not): the error of the runs it had.
+        self.failure: str | None = None
         # The GPU devices it is pinned to (see workers/runners/devices.py); None: unpinned.
         self.devices: tuple[str, ...] | None = None
         self.slot: int | None = None

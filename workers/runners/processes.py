@@ -17,12 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from replicant.cogmodel import setup_timeout
 from replicant.runner import BootError, RunnerSpec
 from replicant.sandbox import SandboxConfig, SandboxUnavailable, require
 from workers.runners.cgroups import CgroupsUnavailable
 from workers.runners.client import CogletClient
-from workers.runners.coglet import HEALTHY, setup_error, setup_out_of_memory_error
+from workers.runners.coglet import (
+    HEALTHY,
+    UNHEALTHY,
+    setup_error,
+    setup_out_of_memory_error,
+    unhealthy_error,
+)
 from workers.runners.config import PoolConfig
 from workers.runners.devices import Sharer
 from workers.runners.memory import measure, version_of
@@ -35,6 +43,14 @@ from workers.runners.process import (
 )
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
+
+# Model processes found in a state they do not come back from, then stopped: "setup_failed",
+# "defunct" (coglet's worker is gone) or "unhealthy" (the model's healthcheck() failed).
+PROCESS_FAILURES = Counter(
+    "replicant_model_process_failures",
+    "Model processes stopped for their state (setup_failed, defunct, unhealthy), by version",
+    ["version", "state"],
+)
 
 # Health checks, 50 ms apart, after a model's worker process exits during setup.
 SETUP_FAILED_CHECKS = 10
@@ -160,7 +176,7 @@ class Processes:
                 if process is not None and process.alive:
                     await process.slots.acquire()
                     process.in_use += 1
-                    if process.alive and self._warm.get(spec.key) is process:
+                    if await self._usable(spec, process):
                         self._warm.move_to_end(spec.key)
                         process.last_used = time.monotonic()
                         return process
@@ -174,6 +190,30 @@ class Processes:
             self._waiting[spec.key] -= 1
             if not self._waiting[spec.key]:
                 del self._waiting[spec.key]
+
+    async def _usable(self, spec: RunnerSpec, process: CogletProcess) -> bool:
+        """Whether a warm process may take the next run: still the key's, and (when its model
+        has a ``healthcheck()``) coglet's /health-check does not report it unhealthy; an
+        unhealthy one is stopped (its runs end saying why) and replaced."""
+        if not process.alive or self._warm.get(spec.key) is not process:
+            return False
+        if not process.checks_health:
+            return True
+        status, body = await self.client.health(process.url)
+        if status != UNHEALTHY:
+            return process.alive
+        self.stopped_for(process, "unhealthy", unhealthy_error(body))
+        return False
+
+    def stopped_for(self, process: CogletProcess, state: str, error: str) -> None:
+        """Stop a process found in ``state`` (see ``PROCESS_FAILURES``); the runs on it end
+        with ``error``."""
+        process.failure = error
+        PROCESS_FAILURES.labels(version_of(process.spec.key), state).inc()
+        self.log.warning(
+            "event=runner_%s key=%s pid=%d error=%r", state, process.spec.key, process.pid, error
+        )
+        self.retire(process)
 
     def release(self, process: CogletProcess) -> None:
         """Give back a process from ``checkout``; idle processes beyond ``max_warm`` go."""
@@ -415,7 +455,13 @@ class Processes:
             if status == "SETUP_FAILED":
                 raise await self._setup_failed(process, body)
             if status == "DEFUNCT":
+                PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
                 raise BootError("coglet reported DEFUNCT while booting", process.output_tail())
+            if status == UNHEALTHY:
+                # Setup is done, but the model's healthcheck() fails: it will not serve.
+                PROCESS_FAILURES.labels(version_of(process.spec.key), "unhealthy").inc()
+                await process.output_settled()
+                raise BootError(unhealthy_error(body), process.output_tail())
             if process.worker_exited():
                 # coglet reports SETUP_FAILED (with the model's error) a moment after its
                 # worker exits: ask again briefly before settling for the bare fact.
@@ -439,6 +485,7 @@ class Processes:
 
     async def _setup_failed(self, process: CogletProcess, body: dict[str, object]) -> BootError:
         """The BootError of a failed setup(): the model's error, and its output to the end."""
+        PROCESS_FAILURES.labels(version_of(process.spec.key), "setup_failed").inc()
         setup = body.get("setup")
         setup_logs = str((setup if isinstance(setup, dict) else {}).get("logs") or "")
         await process.output_settled()
