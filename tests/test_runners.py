@@ -447,3 +447,16 @@ async def test_a_process_whose_async_healthcheck_fails_is_replaced_before_its_ne
     assert failures("unhealthy", "unhealthy") == before + 1
     assert (await pool.predict(model, "hc-3", {})).output == "ok"  # healthy: kept
     assert failures("unhealthy", "unhealthy") == before + 1
+
+
+async def test_the_run_on_a_process_found_unhealthy_ends_saying_why(pool: RunnerPool) -> None:
+    model = spec(MODEL_DIRS, "unhealthy", concurrency=2)
+    long = asyncio.create_task(pool.predict(model, "hc-long", {"seconds": 60}))
+    assert (await pool.predict(model, "hc-sick", {"mode": "sick"})).output == "sick"
+
+    after = await pool.predict(model, "hc-next", {})
+
+    assert after.output == "ok"
+    ended = await long
+    assert ended.status == "failed"
+    assert ended.error is not None and "reported itself unhealthy" in ended.error

@@ -1,15 +1,15 @@
-import time
+import asyncio
 
 from cog import BasePredictor
 
 
 class Predictor(BasePredictor):
-    def setup(self) -> None:
+    async def setup(self) -> None:
         self.healthy = True
 
-    def predict(self, mode: str = "ok", seconds: float = 0.0) -> str:
-        """``sick``: unhealthy from now on (after ``seconds``)."""
-        time.sleep(seconds)
+    async def predict(self, mode: str = "ok", seconds: float = 0.0) -> str:
+        """``sick``: unhealthy from now on; ``seconds``: how long it takes first."""
+        await asyncio.sleep(seconds)
         if mode == "sick":
             self.healthy = False
         return mode
