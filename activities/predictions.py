@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,7 +37,7 @@ from replicant.objectkeys import prediction_prefix
 from replicant.runner import CogPrediction, ModelRunner, RunnerSpec
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, outward_output
-from replicant.tables import TERMINAL_STATUSES, Version
+from replicant.tables import TERMINAL_STATUSES, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.versions import version_python
 from replicant.weights import is_store_ref
@@ -151,6 +152,7 @@ class PredictionActivities:
             status=done.status,
             error=done.error,
             completed_at=done.completed_at or utcnow(),
+            prices=self.settings.hardware_prices,
         )
 
     @activity.defn(name=ActivityName.ABORT_PREDICTION)
@@ -159,7 +161,11 @@ class PredictionActivities:
         ``canceled``; reports the status it ended with."""
         completed_at = done.completed_at or utcnow()
         status = await asyncio.to_thread(
-            readmodel.end_at_deadline, self.engine, done.id, completed_at
+            readmodel.end_at_deadline,
+            self.engine,
+            done.id,
+            completed_at,
+            self.settings.hardware_prices,
         )
         # It may have ended on its own just before: report what the read model says.
         ended = cast(Status, status) if status in TERMINAL_STATUSES else "canceled"
@@ -206,7 +212,7 @@ class PredictionActivities:
             # A `start` webhook says `processing`: a GET right after it must say so too.
             processing_delay=0.0 if hooks is not None else PROCESSING_DELAY,
         )
-        finish = functools.partial(_finish, self.engine, req, run)
+        finish = functools.partial(_finish, self.engine, req, run, self.settings.hardware_prices)
         placed = Placed(self.pool, self.spec(version, req.hardware), self.store)
         result = await attempt(
             req,
@@ -217,6 +223,7 @@ class PredictionActivities:
             secret_key=self.settings.ensure_secret_key(),
             noun="Prediction",
             stopping=lambda: self.stopping,
+            waiting=functools.partial(readmodel.mark_waiting, self.engine, Prediction, req.id),
         )
         if not isinstance(result, CogPrediction):
             return result
@@ -244,6 +251,7 @@ async def _finish(
     engine: Engine,
     req: PredictionRequest,
     run: LiveRun,
+    prices: Mapping[str, float],
     status: Any,
     *,
     error: str | None = None,
@@ -263,6 +271,8 @@ async def _finish(
         logs=logs,
         started_at=run.started_at,
         created_at=req.created_at,
+        hardware=req.hardware,
+        prices=prices,
     )
     await run.close(record, canceled=status == "canceled", logs=logs, output=output)
     return RunOutcome(

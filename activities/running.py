@@ -23,6 +23,7 @@ from activities.webhooks import LiveWebhooks
 from replicant.contracts import ErrorType
 from replicant.envs import EnvBuildError, env_ready
 from replicant.inputfacts import input_facts
+from replicant.queueing import BOOTING, BUILDING, WAITING_DELAY
 from replicant.runner import (
     BootError,
     CogPrediction,
@@ -36,6 +37,9 @@ from replicant.storage import ObjectStore
 from replicant.tables import Version
 from replicant.timeutil import utcnow
 from replicant.versions import ensure_version_env, version_python
+
+# Records what a run holding its slot waits for (replicant/queueing.py).
+WaitingFor = Callable[[str], object]
 
 HEARTBEAT_INTERVAL = 1.0
 
@@ -98,11 +102,20 @@ async def run_model(
         )
 
 
-async def ensure_env(version: Version) -> None:
+async def ensure_env(version: Version, waiting: WaitingFor | None = None) -> None:
     """Wait until the version's environment is built: a built-in model's may still be building
-    (a minute of pip), and meanwhile its run stays `starting`. Raises ``EnvBuildError``."""
+    (a minute of pip), and meanwhile its run stays `starting` (``waiting`` records why).
+    Raises ``EnvBuildError``."""
     if not env_ready(version_python(version)):
+        if waiting is not None:
+            await asyncio.to_thread(waiting, BUILDING)
         await asyncio.to_thread(ensure_version_env, version)
+
+
+async def _booting_after(delay: float, waiting: WaitingFor) -> None:
+    """Record that the run waits for its model to boot, unless it booted within ``delay``."""
+    await asyncio.sleep(delay)
+    await asyncio.to_thread(waiting, BOOTING)
 
 
 class LiveRun:
@@ -258,24 +271,35 @@ async def attempt(
     noun: str,
     component: str = "Input",
     stopping: Callable[[], bool] = lambda: False,
+    waiting: WaitingFor | None = None,
 ) -> CogPrediction | Ended:
     """One attempt of a run activity, a prediction's or a training's: the model's terminal
     state, or the end recorded by ``end`` (a timeout, a seal that does not open, a failed
     setup or environment). Cancelled, it records ``canceled`` when the workflow asked (a
     user's cancel, a deadline) and the worker is not ``stopping``; otherwise only this
     attempt is over (its heartbeat timed out, or the worker stops): it records nothing, and
-    the next attempt runs the model."""
+    the next attempt runs the model. ``waiting`` records what the run, holding its slot,
+    waits for before it starts (replicant/queueing.py)."""
     facts = input_facts(version.id, version.openapi_schema, component)
     sealer = Sealer(secret_key, req.id, req.version)
     heartbeats = asyncio.create_task(heartbeat_forever())
+    booting: asyncio.Task[None] | None = None
+
+    async def booted() -> None:
+        if booting is not None:
+            booting.cancel()
+        await run.on_booted()
+
     try:
-        await ensure_env(version)
+        await ensure_env(version, waiting)
+        if waiting is not None:
+            booting = asyncio.create_task(_booting_after(WAITING_DELAY, waiting))
         return await run_model(
             placed.pool,
             placed.spec,
             req,
             placed.store,
-            on_booted=run.on_booted,
+            on_booted=booted,
             on_update=run.on_update,
             # Secret inputs are opened at the last moment (replicant/sealing.py).
             unseal=lambda payload: facts.map_secrets(payload, sealer.unseal_value),
@@ -297,3 +321,5 @@ async def attempt(
         raise
     finally:
         heartbeats.cancel()
+        if booting is not None:
+            booting.cancel()

@@ -33,7 +33,7 @@ from activities.webhooks import (
     deliver_attempt,
     wanted_events,
 )
-from replicant import serialize, trainings
+from replicant import readmodel, serialize, trainings
 from replicant.contracts import (
     ActivityName,
     CompleteTraining,
@@ -177,6 +177,7 @@ class TrainingActivities:
             secret_key=self.settings.ensure_secret_key(),
             noun="Training",
             component="TrainingInput",
+            waiting=functools.partial(readmodel.mark_waiting, self.engine, Training, req.id),
         )
         if not isinstance(result, CogPrediction):
             return result
@@ -220,7 +221,12 @@ class TrainingActivities:
         """Create the fine-tune version and mark the training succeeded, together."""
         try:
             ref = await asyncio.to_thread(
-                trainings.complete_training, self.engine, done.id, done.weights, done.completed_at
+                trainings.complete_training,
+                self.engine,
+                done.id,
+                done.weights,
+                done.completed_at,
+                self.settings.hardware_prices,
             )
         except trainings.DestinationGone as err:
             raise ApplicationError(
@@ -251,6 +257,7 @@ class TrainingActivities:
             status=done.status,
             error=done.error,
             completed_at=done.completed_at or utcnow(),
+            prices=self.settings.hardware_prices,
         )
         await self._discard_weights(done.id)
 

@@ -46,7 +46,12 @@ async def signal_cancel(state: AppState, kind: RunKindName, run_id: str) -> bool
             ) from err
         finish = readmodel.finish_prediction if kind == "prediction" else trainings.finish_training
         await asyncio.to_thread(
-            finish, state.engine, run_id, status="canceled", completed_at=utcnow()
+            finish,
+            state.engine,
+            run_id,
+            status="canceled",
+            completed_at=utcnow(),
+            prices=state.settings.hardware_prices,
         )
         return False
     return True

@@ -29,6 +29,7 @@ from api.idempotency import Claim, IdempotencyHeader, claim_for
 from api.runs import PREDICTION, PreparedRun, Runs
 from api.serialize import json_response, prediction_object
 from api.state import AppState, Database
+from api.usage import check_spend_limit
 from replicant import responses
 from replicant.cogmodel import output_streams
 from replicant.contracts import PredictionRequest, WebhookEvent, prediction_workflow_id
@@ -168,6 +169,7 @@ async def launch_prediction(
         hardware = await state.db.read(version_hardware, model, version)
     hardware = hardware or model.hardware
     runs.check(body.webhook, model, hardware)
+    await check_spend_limit(state, create.account.username)
     prediction_id = new_id()
     prepared = await runs.prepare(version, body.input, prediction_id)
     req = _request(create, model, version, body, prepared, hardware, placement, prediction_id)

@@ -2,9 +2,9 @@
 
 Request latency by route template and status; predictions by status (counted in the read
 model: waiting and running ones at every scrape, ended ones at most once per
-``metrics_count_interval``); the backlog of every hardware queue
-(Temporal's approximate count, cached for a few seconds so scrapes do not hammer the
-frontend).
+``metrics_count_interval``); how long runs waited to start, by hardware; the backlog of
+every hardware queue (Temporal's approximate count, cached for a few seconds so scrapes do
+not hammer the frontend).
 """
 
 from __future__ import annotations
@@ -28,12 +28,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
 from api.state import AppState
+from replicant.tables import Prediction, Training
+from replicant.timeutil import as_utc, utcnow
 
 log = logging.getLogger("replicant.metrics")
 
@@ -102,6 +105,49 @@ class QueueBacklogCollector(Collector):
         yield family
 
 
+# How long runs waited before they started, in seconds: a slot, a boot, an environment.
+WAIT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Runs that started since the last scrape that one scrape observes at most.
+WAITS_PER_SCRAPE = 10_000
+
+
+class QueueWaits:
+    """``replicant_queue_wait_seconds``: each run's wait (``started_at`` - ``created_at``)
+    by hardware, observed at the first scrape after it started (from the read model, so it
+    counts the runs of every worker; each API process counts them from its own start)."""
+
+    def __init__(self, engine: Engine, registry: CollectorRegistry) -> None:
+        self.engine = engine
+        self.histogram = Histogram(
+            "replicant_queue_wait_seconds",
+            "Seconds predictions and trainings waited before they started, by hardware",
+            ["hardware"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.since = utcnow()
+        self._reading = threading.Lock()
+
+    def observe_started(self) -> None:
+        """Observe the waits of the runs that started since the last call."""
+        with self._reading, Session(self.engine) as session:
+            latest = self.since
+            for table in (Prediction, Training):
+                rows = session.exec(
+                    select(table.hardware, table.created_at, table.started_at)
+                    .where(col(table.started_at) > self.since)
+                    .order_by(col(table.started_at))
+                    .limit(WAITS_PER_SCRAPE)
+                ).all()
+                for hardware, created, started in rows:
+                    if started is None:
+                        continue
+                    wait = (as_utc(started) - as_utc(created)).total_seconds()
+                    self.histogram.labels(hardware).observe(max(wait, 0.0))
+                    latest = max(latest, as_utc(started))
+            self.since = latest
+
+
 class Metrics:
     """The registry of one API app and the series in it."""
 
@@ -118,6 +164,7 @@ class Metrics:
             "Requests whose rate limit could not be checked (the counter store failed)",
             registry=self.registry,
         )
+        self.queue_wait = QueueWaits(engine, self.registry)
         self.registry.register(ReadModelCollector(engine, count_interval))
         self.backlog = QueueBacklogCollector()
         self.registry.register(self.backlog)
@@ -189,5 +236,6 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format; unauthenticated, like /health (expose it to the scraper only)."""
     registered: Metrics = request.app.state.metrics
     await registered.refresh_backlog(request.app.state.replicant)
+    await asyncio.to_thread(registered.queue_wait.observe_started)
     body = await asyncio.to_thread(generate_latest, registered.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -37,6 +37,15 @@ app.add_typer(deployments_app, name="deployments")
 db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 console = Console()
+# The options of the commands that call the API (push, usage).
+ApiUrl = Annotated[
+    str | None,
+    typer.Option("--url", envvar="REPLICATE_BASE_URL", help="The API (default: settings)."),
+]
+ApiTokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="REPLICATE_API_TOKEN", help="API token (default: settings)."),
+]
 
 
 def _logging(settings: Settings) -> None:
@@ -175,16 +184,8 @@ def push(
     description: Annotated[
         str | None, typer.Option("--description", help="Create it with this description.")
     ] = None,
-    url: Annotated[
-        str | None,
-        typer.Option("--url", envvar="REPLICATE_BASE_URL", help="The API (default: settings)."),
-    ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token", envvar="REPLICATE_API_TOKEN", help="API token (default: settings)."
-        ),
-    ] = None,
+    url: ApiUrl = None,
+    token: ApiTokenOption = None,
 ) -> None:
     """Push a Cog model directory as a new version of owner/name."""
     import httpx
@@ -193,13 +194,7 @@ def push(
     from replicant.pushing import PushError, PushOptions, push_model
 
     settings = get_settings()
-    token = token or settings.api_token
-    token_file = settings.data_dir / "api-token"
-    if not token and token_file.is_file():
-        token = token_file.read_text().strip()
-    if not token:
-        console.print("[red]No API token: pass --token or set REPLICATE_API_TOKEN[/red]")
-        raise typer.Exit(2)
+    token = _api_token(settings, token)
     options = PushOptions(
         create=create, private=private, hardware=hardware, description=description
     )
@@ -218,6 +213,76 @@ def push(
         raise typer.Exit(1) from None
     verb = "Pushed" if version.get("_created", True) else "Already pushed"
     console.print(f"{verb} [bold]{model}:{version['id']}[/bold]", highlight=False, soft_wrap=True)
+
+
+def _api_token(settings: Settings, token: str | None) -> str:
+    """The token given, else the settings', else the data dir's; exit 2 without one."""
+    token = token or settings.api_token
+    token_file = settings.data_dir / "api-token"
+    if not token and token_file.is_file():
+        token = token_file.read_text().strip()
+    if not token:
+        console.print("[red]No API token: pass --token or set REPLICATE_API_TOKEN[/red]")
+        raise typer.Exit(2)
+    return token
+
+
+@app.command()
+def usage(
+    start: Annotated[
+        str | None, typer.Option("--start", help="From (ISO 8601; default: this month).")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="Until (default: now).")] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", help="One of your organizations.")
+    ] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+    url: ApiUrl = None,
+    token: ApiTokenOption = None,
+) -> None:
+    """What your runs (or an organization's) cost over a period, by model and hardware."""
+    import httpx
+    from rich.table import Table
+
+    settings = get_settings()
+    params = {
+        k: v for k, v in {"start": start, "end": end, "account": account}.items() if v is not None
+    }
+    if as_csv:
+        params["format"] = "csv"
+    base = (url or settings.resolved_public_url).rstrip("/")
+    headers = {"Authorization": f"Bearer {_api_token(settings, token)}"}
+    try:
+        answer = httpx.get(f"{base}/v1/account/usage", params=params, headers=headers, timeout=60)
+    except httpx.HTTPError as err:
+        console.print(f"[red]Usage failed[/red]: {type(err).__name__}: {err}", highlight=False)
+        raise typer.Exit(1) from None
+    if answer.status_code != 200:
+        detail = answer.json().get("detail", answer.text) if answer.content else answer.text
+        console.print(f"[red]Usage failed[/red]: {detail}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if as_csv:
+        typer.echo(answer.text, nl=False)
+        return
+    report = answer.json()
+    table = Table(title=f"{report['account']}: {report['start']} to {report['end']}")
+    for column in ("kind", "model", "hardware", "runs", "predict_time", "cost"):
+        table.add_column(column)
+    for line in report["lines"]:
+        table.add_row(
+            *(str(line[c]) for c in ("kind", "model", "hardware", "runs")),
+            f"{line['predict_time']:.3f}",
+            f"{line['cost']:.6f}",
+        )
+    table.add_row(
+        "total",
+        "",
+        "",
+        str(report["runs"]),
+        f"{report['predict_time']:.3f}",
+        f"{report['cost']:.6f}",
+    )
+    console.print(table)
 
 
 @accounts_app.command("create")

@@ -6,6 +6,7 @@ no late write (a retried activity, a slow heartbeat) can change its status again
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlmodel import Session, col, select
 from replicant.contracts import PredictionRequest
 from replicant.tables import TERMINAL_STATUSES, Model, ModelExample, Prediction
 from replicant.timeutil import as_utc, utcnow
+from replicant.usage import with_cost
 
 
 def prediction_from_request(req: PredictionRequest) -> Prediction:
@@ -97,6 +99,18 @@ def mark_processing(engine: Engine, prediction_id: str, started_at: datetime) ->
     return _update_open(engine, prediction_id, {"status": "processing", "started_at": started_at})
 
 
+def mark_waiting(engine: Engine, table: Any, run_id: str, waiting: str) -> bool:
+    """What a run that holds a slot but has not started waits for (replicant/queueing.py);
+    nothing once it started."""
+    stmt = (
+        update(table)
+        .where(col(table.id) == run_id, col(table.status) == "starting")
+        .values(waiting=waiting)
+    )
+    with engine.begin() as conn:
+        return bool(conn.execute(stmt).rowcount)
+
+
 def record_progress(engine: Engine, prediction_id: str, logs: str, output: Any) -> bool:
     """Live logs and partial output while the model runs."""
     return _update_open(engine, prediction_id, {"logs": logs, "output": output})
@@ -113,13 +127,16 @@ def finish_prediction(
     logs: str | None = None,
     started_at: datetime | None = None,
     created_at: datetime | None = None,
+    hardware: str | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> bool:
-    """Record the terminal state, with metrics; a prediction ends only once.
+    """Record the terminal state, with metrics (with ``prices``, the run's cost on its
+    ``hardware``, replicant/usage.py); a prediction ends only once.
 
-    With both ``created_at`` (the row's) and ``started_at`` known, this is one guarded
-    UPDATE; otherwise the row is read first for them.
+    With ``created_at`` (the row's), ``started_at`` and ``hardware`` known, this is one
+    guarded UPDATE; otherwise the row is read first for them.
     """
-    if created_at is not None and started_at is not None:
+    if created_at is not None and started_at is not None and hardware is not None:
         started: datetime | None = started_at
     else:
         with Session(engine) as session:
@@ -128,9 +145,11 @@ def finish_prediction(
                 return False
             started = started_at or (as_utc(row.started_at) if row.started_at else None)
             created_at = row.created_at
+            hardware = row.hardware
     metrics: dict[str, Any] = {"total_time": (completed_at - as_utc(created_at)).total_seconds()}
     if started is not None:
         metrics["predict_time"] = (completed_at - started).total_seconds()
+    metrics = with_cost(metrics, hardware, prices)
     values: dict[str, Any] = {
         "status": status,
         "completed_at": completed_at,
@@ -165,7 +184,12 @@ DEADLINE_ABORTED = "The deadline (Cancel-After) passed before the prediction sta
 DEADLINE_CANCELED = "The deadline (Cancel-After) passed while the prediction was running"
 
 
-def end_at_deadline(engine: Engine, prediction_id: str, completed_at: datetime) -> str | None:
+def end_at_deadline(
+    engine: Engine,
+    prediction_id: str,
+    completed_at: datetime,
+    prices: Mapping[str, float] | None = None,
+) -> str | None:
     """The deadline passed: ``aborted`` if the prediction never started, else ``canceled``.
 
     Returns the status it ended with (its earlier one if it was terminal already), None
@@ -192,7 +216,12 @@ def end_at_deadline(engine: Engine, prediction_id: str, completed_at: datetime) 
         if conn.execute(abort).rowcount:
             return "aborted"
     finish_prediction(
-        engine, prediction_id, status="canceled", completed_at=completed_at, error=DEADLINE_CANCELED
+        engine,
+        prediction_id,
+        status="canceled",
+        completed_at=completed_at,
+        error=DEADLINE_CANCELED,
+        prices=prices,
     )
     with Session(engine) as session:
         ended = session.get(Prediction, prediction_id)

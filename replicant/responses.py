@@ -42,6 +42,19 @@ class Metrics(Response):
 
     total_time: float = OMITTED
     predict_time: float = OMITTED
+    # Beyond Replicate: predict_time times the price of its hardware (replicant/usage.py).
+    cost: float = OMITTED
+
+
+class QueuePlace(Response):
+    """Beyond Replicate: why a run that has not started waits (``queued for <hardware>``,
+    ``booting the model``, ``building the environment``) and, while it waits for a slot, its
+    place among the runs waiting for that hardware (1: next) and its estimated start."""
+
+    reason: str
+    hardware: str
+    position: int = OMITTED
+    estimated_start: Timestamp = OMITTED
 
 
 class Prediction(Response):
@@ -66,6 +79,8 @@ class Prediction(Response):
     metrics: Metrics = OMITTED
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
+    hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
+    queue: QueuePlace = OMITTED  # Beyond Replicate: why it has not started (replicant/queueing.py)
 
 
 class PublicPredictionUrls(Response):
@@ -130,6 +145,8 @@ class Training(Response):
     metrics: Metrics = OMITTED
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
+    hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
+    queue: QueuePlace = OMITTED  # Beyond Replicate: why it has not started (replicant/queueing.py)
 
 
 class Version(Response):
@@ -168,6 +185,30 @@ class Account(Response):
     name: str
     fairness_weight: float
     github_url: Url = OMITTED
+
+
+class UsageLine(Response):
+    """The runs of one kind, model and hardware in a usage report."""
+
+    kind: str  # "prediction" or "training"
+    model: str
+    hardware: str
+    runs: int
+    predict_time: float
+    cost: float
+
+
+class Usage(Response):
+    """Beyond Replicate: an account's runs that ended in ``[start, end)``, by model and
+    hardware; ``runs``, ``predict_time`` and ``cost`` add up its lines."""
+
+    account: str
+    start: Timestamp
+    end: Timestamp
+    runs: int
+    predict_time: float
+    cost: float
+    lines: list[UsageLine]
 
 
 class Hardware(Response):

@@ -20,6 +20,7 @@ from replicant import responses, tables
 from replicant.deployments import deployment_demand
 from replicant.fairness import DEFAULT_PRIORITY
 from replicant.timeutil import isoformat
+from replicant.usage import UsageReport
 
 
 def body(obj: BaseModel) -> dict[str, Any]:
@@ -81,6 +82,7 @@ def prediction(
         deadline=isoformat(row.deadline),
         deployment=row.deployment,
         metrics=row.metrics,
+        hardware=row.hardware,
     )
     if row.webhook:
         _set(fields, webhook=row.webhook, webhook_events_filter=row.webhook_events_filter)
@@ -122,7 +124,7 @@ def shared_prediction(
     owner is shown it (a model's examples): what ``public_prediction`` shows, so no logs, no
     webhook, no stream URL, no deployment and of the metrics only ``predict_time``."""
     fields = body(prediction(row, base_url, secret_key=secret_key))
-    for owners_only in ("webhook", "webhook_events_filter", "deployment", "metrics"):
+    for owners_only in ("webhook", "webhook_events_filter", "deployment", "metrics", "hardware"):
         fields.pop(owners_only, None)
     fields["urls"].pop("stream", None)
     fields["logs"] = ""
@@ -170,6 +172,7 @@ def training(
         started_at=isoformat(row.started_at),
         completed_at=isoformat(row.completed_at),
         metrics=row.metrics,
+        hardware=row.hardware,
     )
     if row.webhook:
         _set(fields, webhook=row.webhook, webhook_events_filter=row.webhook_events_filter)
@@ -326,4 +329,17 @@ def collection(row: tables.Collection, models: list[responses.Model]) -> respons
         description=row.description,
         full_description=row.full_description,
         models=models,
+    )
+
+
+def usage(report: UsageReport) -> responses.Usage:
+    """A usage report as ``GET /v1/account/usage`` returns it."""
+    return responses.Usage(
+        account=report.account,
+        start=isoformat(report.start) or "",
+        end=isoformat(report.end) or "",
+        runs=report.runs,
+        predict_time=report.predict_time,
+        cost=report.cost,
+        lines=[responses.UsageLine.model_validate(vars(line)) for line in report.lines],
     )

@@ -434,6 +434,23 @@ class Settings(BaseSettings):
         "predictions wake it at once).",
     )
 
+    # Cost and usage: what a run costs on each SKU, and how much an account may spend
+    # (docs/usage.md).
+    hardware_prices: dict[str, float] = Field(
+        default_factory=dict,
+        description="Price of one second of a run on each hardware SKU (JSON, in the "
+        'installation\'s currency), e.g. `{"cpu": 0.0001, "gpu-t4": 0.000225}`: a run\'s '
+        "`metrics.cost` is its `predict_time` times its SKU's price, fixed when it ends. A SKU "
+        "not named costs 0.",
+    )
+    spend_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description="The most an account (a user or an organization, by username) may spend "
+        'in a calendar month (UTC), as JSON, e.g. `{"acme": 250}`: once its runs of the month '
+        "cost that much, new predictions and trainings of it are refused with 402. Accounts "
+        "not named have no limit.",
+    )
+
     # Rate limits per account, in the `limits` library's notation.
     rate_limit_create: str = Field(
         "600/minute",

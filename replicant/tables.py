@@ -176,6 +176,9 @@ class Prediction(SQLModel, table=True):
     # A deployment's prediction that waits on its hardware's shared queue rather than on the
     # deployment's instances (the deployment runs on shared hardware): no instance serves it.
     deployment_shared: bool = False
+    # Holding a slot but not started: "booting" or "building" (its environment); None while
+    # it waits for a slot (replicant/queueing.py).
+    waiting: str | None = None
 
 
 class Deployment(SQLModel, table=True):
@@ -288,6 +291,7 @@ class Training(SQLModel, table=True):
     webhook: str | None = None
     webhook_events_filter: list[str] | None = Field(default=None, sa_column=Column(JSON))
     hardware: str = "cpu"
+    waiting: str | None = None  # as a prediction's (replicant/queueing.py)
     created_at: datetime = created_field()
     started_at: datetime | None = time_field()
     completed_at: datetime | None = time_field()

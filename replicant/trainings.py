@@ -9,6 +9,7 @@ ended. The new version and the training's success are one transaction
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from replicant.contracts import StoredWeights, TrainingRequest
 from replicant.readmodel import update_open, update_open_stmt
 from replicant.tables import TERMINAL_STATUSES, Model, Training, Version
 from replicant.timeutil import as_utc, utcnow
+from replicant.usage import with_cost
 from replicant.weights import store_ref
 
 
@@ -81,13 +83,15 @@ def record_logs(engine: Engine, training_id: str, logs: str) -> bool:
     return update_open(engine, training_id, {"logs": logs}, Training)
 
 
-def _metrics(row: Training, completed_at: datetime) -> dict[str, Any]:
+def _metrics(
+    row: Training, completed_at: datetime, prices: Mapping[str, float] | None
+) -> dict[str, Any]:
     metrics: dict[str, Any] = {
         "total_time": (completed_at - as_utc(row.created_at)).total_seconds()
     }
     if row.started_at is not None:
         metrics["predict_time"] = (completed_at - as_utc(row.started_at)).total_seconds()
-    return metrics
+    return with_cost(metrics, row.hardware, prices)
 
 
 def finish_training(
@@ -98,8 +102,10 @@ def finish_training(
     completed_at: datetime,
     error: str | None = None,
     logs: str | None = None,
+    prices: Mapping[str, float] | None = None,
 ) -> bool:
-    """Record a terminal state without a new version (failed, canceled, aborted)."""
+    """Record a terminal state without a new version (failed, canceled, aborted); with
+    ``prices``, its cost (replicant/usage.py)."""
     row = get_training(engine, training_id)
     if row is None or row.status in TERMINAL_STATUSES:
         return False
@@ -107,7 +113,7 @@ def finish_training(
         "status": status,
         "completed_at": completed_at,
         "error": error,
-        "metrics": _metrics(row, completed_at),
+        "metrics": _metrics(row, completed_at, prices),
     }
     if logs is not None:
         values["logs"] = logs
@@ -121,7 +127,11 @@ def finetune_version_id(base_version_id: str, sha256: str, destination: str) -> 
 
 
 def complete_training(
-    engine: Engine, training_id: str, weights: StoredWeights, completed_at: datetime
+    engine: Engine,
+    training_id: str,
+    weights: StoredWeights,
+    completed_at: datetime,
+    prices: Mapping[str, float] | None = None,
 ) -> str | None:
     """Create the fine-tune version on the destination and mark the training succeeded,
     in one transaction. Returns ``owner/name:version_id``; None when the training had ended
@@ -148,7 +158,7 @@ def complete_training(
             "completed_at": completed_at,
             "output": {"version": ref},
             "weights_key": weights.key,
-            "metrics": _metrics(row, completed_at),
+            "metrics": _metrics(row, completed_at, prices),
             "error": None,
         }
         # The guarded update comes first: it takes the row's write lock, so a concurrent

@@ -42,6 +42,7 @@ EXTENSION_ROUTES: dict[tuple[str, str], str] = {
     ("QUERY", "/v1/models"): "models.search of both official clients",
     ("POST", "/v1/models/{model_owner}/{model_name}/versions"): "push a version (cog push)",
     ("GET", "/v1/builds/{build_id}"): "follow a push's build",
+    ("GET", "/v1/account/usage"): "what an account's runs cost, by model and hardware",
     ("POST", "/v1/models/{model_owner}/{model_name}/examples"): "mark a prediction an example",
     ("DELETE", "/v1/models/{model_owner}/{model_name}/examples/{prediction_id}"): "unmark one",
 }
@@ -69,8 +70,11 @@ EXTENSION_SHAPES: dict[tuple[str, str], tuple[str, str, int]] = {
 EXTENSION_FIELDS: dict[str, set[str]] = {
     "Account": {"fairness_weight"},  # its share of busy hardware queues (docs/fairness.md)
     # Replicate's own answers carry these (its docs show them); its spec leaves them out.
-    "Prediction": {"webhook", "webhook_events_filter"},
-    "Training": {"destination", "webhook", "webhook_events_filter"},
+    # And the SKU that runs it, and why it has not started (docs/usage.md).
+    "Prediction": {"webhook", "webhook_events_filter", "hardware", "queue"},
+    "Training": {"destination", "webhook", "webhook_events_filter", "hardware", "queue"},
+    # What the run cost (docs/usage.md).
+    "Metrics": {"cost", "predict_time"},
     "File": {"name", "etag"},
     # Its predictions' priority and placement (docs/fairness.md); what runs now.
     "Deployment": {
@@ -93,7 +97,7 @@ EXTENSION_MEDIA: dict[tuple[str, int], str] = {
 }
 
 # Error statuses Replicant answers on any route, always as a problem body (PROBLEM_SCHEMA).
-ERROR_STATUSES = {400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503}
+ERROR_STATUSES = {400, 401, 402, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503}
 
 # Replicate's error body is {"detail": ...}; Replicant's adds title and status (RFC 9457) and
 # names the invalid fields of a 422.

@@ -109,6 +109,12 @@ class LiveStack:
             )
 
 
+# The price per second of each SKU on test stacks, and the account with a spend limit.
+PRICES = {"cpu": 0.0125, "gpu-t4": 0.5}
+SPEND_CAPPED = "spend-capped"
+SPEND_LIMIT = 0.000001
+
+
 def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
     api_port = free_port()
     values: dict[str, Any] = {
@@ -137,6 +143,9 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         # Built-in models' environments build on their first prediction, not at every start.
         "prebuild_envs": False,
         "model_build_egress": BUILD_EGRESS,
+        # Every run has a cost (tests/test_usage.py); one fixed account has a spend limit.
+        "hardware_prices": PRICES,
+        "spend_limits": {SPEND_CAPPED: SPEND_LIMIT},
     }
     values.update(overrides)
     return Settings(**values)

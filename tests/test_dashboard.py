@@ -466,3 +466,52 @@ def test_predictions_list_filters_by_status_and_model(browser: Browser, live: Li
     page.get_by_role("button", name="Filter").click()
     expect(links).to_have_count(1)
     assert links.all_inner_texts() == [ids["replicant/sleep", "failed"]]
+
+
+def test_usage_page_shows_what_the_runs_cost_and_downloads_csv(
+    browser: Browser, live: LiveStack
+) -> None:
+    token = live.new_account("usage")
+    with live.client(token) as api:
+        created = api.post(
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "usage"}},
+            headers={"Prefer": "wait"},
+        )
+        assert created.status_code == 201, created.text
+        live.wait_for(created.json()["id"], token=token)
+        report = api.get("/v1/account/usage").json()
+    assert report["runs"] == 1
+    page = sign_in(browser, live, token)
+    page.goto("/account")
+    page.get_by_role("link", name="Usage and cost").click()
+    expect(page.get_by_role("heading", name=re.compile("Usage of"))).to_be_visible()
+    row = page.locator("#usage tbody tr", has_text="replicate/hello-world")
+    expect(row).to_contain_text("cpu")
+    expect(page.locator("#usage-total")).to_have_text(f"{report['cost']:.6f}")
+    shot(page, "usage")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    text = open(download.value.path()).read()  # noqa: PTH123, SIM115
+    assert text.splitlines()[0] == "kind,model,hardware,runs,predict_time,cost"
+    assert text.splitlines()[-1].startswith("total,,,1,")
+
+
+def test_a_queued_prediction_shows_why_it_waits_live(browser: Browser, live: LiveStack) -> None:
+    from tests.fairkit import predict, sleep_model_on_one_slot
+
+    model = sleep_model_on_one_slot(live, "dash-queue")
+    token = live.new_account("queued")
+    with live.client(token) as api:
+        warm = predict(api, model, 0.1)  # boots the model process
+        live.wait_for(warm, token=token)
+        blocker = predict(api, model, 4.0)
+        live.wait_for(blocker, lambda p: p["status"] != "starting", token=token)
+        queued = predict(api, model, 0.1)
+    page = sign_in(browser, live, token)
+    page.goto(f"/predictions/{queued}")
+    expect(page.locator("#queue")).to_contain_text("queued for gpu-t4 · 1 in line")
+    expect(page.locator("#queue")).to_contain_text("expected to start")
+    # Live: once it runs, the page says so and no longer says why it waited.
+    expect(page.locator("#status")).to_have_text("succeeded")
+    expect(page.locator("#queue")).to_have_count(0)

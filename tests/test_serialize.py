@@ -33,6 +33,7 @@ def test_new_prediction_has_nullable_fields_as_null_and_unknown_times_absent() -
             "cancel": "http://h/v1/predictions/p1/cancel",
             "web": "http://h/p/p1",
         },
+        "hardware": "cpu",
     }
 
 

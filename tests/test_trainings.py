@@ -17,7 +17,8 @@ from replicate.exceptions import ReplicateError
 
 from replicant.archives import pack_model
 from replicant.storage import LocalStore, open_store
-from tests.conftest import TERMINAL, LiveStack
+from replicant.usage import run_cost
+from tests.conftest import PRICES, TERMINAL, LiveStack
 from tests.receiver import running_receiver
 from tests.trainkit import (
     CorpusServer,
@@ -135,6 +136,11 @@ def test_two_trainings_to_one_destination_make_two_versions(
             assert body["status"] == "succeeded"
             assert body["output"]["version"] == training.output["version"]
             assert body["output"]["weights"]
+            # It names the hardware that ran it and what that cost (docs/usage.md).
+            assert body["hardware"] == "cpu"
+            assert body["metrics"]["cost"] == run_cost(
+                PRICES, "cpu", body["metrics"]["predict_time"]
+            )
             assert delivered[0].headers["webhook-id"] == f"msg_{training.id}_completed_0"
     assert refs[0] != refs[1]
     after = set(versions_of(live, token, f"{username}/tuned"))

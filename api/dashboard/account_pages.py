@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -13,6 +14,8 @@ from sqlmodel import Session
 from api.dashboard.client import ApiProblem
 from api.dashboard.web import FormDep, Page, PageDep, redirect, render
 from api.deps import get_state
+from api.usage import csv_attachment
+from replicant import responses
 from replicant.accounts import create_token, find_account, list_tokens, revoke_token
 from replicant.catalog import account_names
 from replicant.tables import ApiToken
@@ -67,3 +70,35 @@ async def reveal_secret(page: PageDep, form: FormDep) -> Response:
     """The webhook signing secret, from the API's own route."""
     secret = await page.api.get("/v1/webhooks/default/secret")
     return await _render_account(page, new_token=None, secret=secret["key"])
+
+
+def _period(start: str | None, end: str | None, account: str | None) -> dict[str, str]:
+    return {k: v for k, v in {"start": start, "end": end, "account": account}.items() if v}
+
+
+@router.get("/account/usage")
+async def usage_page(
+    page: PageDep, start: str | None = None, end: str | None = None, account: str | None = None
+) -> Response:
+    """What the account's runs (or an organization's) cost over a period, from the API's own
+    ``GET /v1/account/usage``; the same report as CSV is a link away."""
+    period = _period(start, end, account)
+    report = await page.api.get("/v1/account/usage", **period)
+    view = await asyncio.to_thread(_account_view, page)
+    return render(
+        page.request,
+        "usage.html",
+        page=page,
+        report=report,
+        organizations=view["organizations"],
+        csv_url=f"/account/usage.csv?{urlencode(period)}",
+    )
+
+
+@router.get("/account/usage.csv")
+async def usage_csv(
+    page: PageDep, start: str | None = None, end: str | None = None, account: str | None = None
+) -> Response:
+    """The usage page's report as CSV."""
+    report = await page.api.get("/v1/account/usage", **_period(start, end, account))
+    return csv_attachment(responses.Usage.model_validate(report))

@@ -231,6 +231,7 @@ def install_filters(env: Environment) -> None:
     env.filters["file_name"] = file_name
     env.filters["cut_text"] = cut_text
     env.filters["when"] = when
+    env.filters["starts_in"] = starts_in
     env.filters["plural"] = plural
     env.globals["output_items"] = output_items
     env.globals["vector_summary"] = vector_summary
@@ -252,6 +253,20 @@ def when(value: str | None) -> Markup:
     return Markup('<time datetime="{}" title="{}">{}</time>').format(
         stamp, exact, relative(moment, datetime.now(UTC))
     )
+
+
+def starts_in(value: str | None) -> str:
+    """An expected start as ``in about 40 seconds`` (``any moment now`` once it is due)."""
+    if not value:
+        return "-"
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    seconds = int((moment - datetime.now(UTC)).total_seconds())
+    if seconds < 2:
+        return "any moment now"
+    for size, unit in ((3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size:
+            return f"in about {plural(seconds // size, unit)}"
+    return "any moment now"
 
 
 def relative(moment: datetime, now: datetime) -> str:

@@ -23,7 +23,9 @@ from api.ownpredictions import PredictionsDep
 from api.pagination import PAGE_SIZE, prediction_page
 from replicant import responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
+from replicant.queueing import queue_place
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
+from replicant.timeutil import utcnow
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
@@ -72,7 +74,14 @@ async def create_model_prediction(
 
 @router.get("/predictions/{prediction_id}", response_model_exclude_unset=True)
 async def get_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
-    return mine.show(await mine.get(prediction_id))
+    """Beyond Replicate: one that has not started says why it waits (``queue``)."""
+    row = await mine.get(prediction_id)
+    shown = mine.show(row)
+    if row.status == "starting":  # replicant/queueing.py
+        place = await mine.db.read(queue_place, mine.state.settings, row, utcnow())
+        if place is not None:
+            shown.queue = place
+    return shown
 
 
 @router.post("/predictions/{prediction_id}/cancel", response_model_exclude_unset=True)

@@ -30,11 +30,13 @@ from api.runpages import json_block, times_list, wants_html
 from api.runs import TRAINING, PreparedRun, Runs
 from api.serialize import json_response
 from api.state import AppState
+from api.usage import check_spend_limit
 from replicant import responses, serialize, trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.ids import new_id
 from replicant.lookups import owned_training
+from replicant.queueing import queue_place
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 
@@ -114,6 +116,7 @@ async def create_training(
     ref = (owner, name, version_id)
     model, version, destination, hardware = await db.read(_trainable, account, ref, body)
     runs.check(body.webhook, model, hardware)
+    await check_spend_limit(state, account.username)
     training_id = new_id()
     try:
         prepared = await runs.prepare(version, body.input, training_id)
@@ -215,7 +218,13 @@ def get_training(
     session: SessionDep,
     account: CurrentAccount,
 ) -> responses.Training:
-    return _render(request, state, [own_training(session, account, training_id)])[0]
+    row = own_training(session, account, training_id)
+    shown = _render(request, state, [row])[0]
+    # Why it waits (replicant/queueing.py).
+    place = queue_place(session, state.settings, row, utcnow())
+    if place is not None:
+        shown.queue = place
+    return shown
 
 
 @router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)

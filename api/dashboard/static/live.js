@@ -13,9 +13,11 @@ function follow(root) {
     if (status && status.textContent === "starting") {
       status.textContent = "processing";
       status.className = "status status-processing";
+      root.querySelector("#queue")?.remove();
       started(root);
     }
   };
+  waiting(root, status);
   source.addEventListener("logs", (event) => {
     processing();
     if (!logs) return;
@@ -64,6 +66,22 @@ async function started(root, attempt = 0) {
   } catch (err) {
     console.error("could not read the start time:", err);
   }
+}
+
+// While it has not started: why it waits and its place in line, read again every 2 s.
+async function waiting(root, status) {
+  if (!root.querySelector("#queue")) return;
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const shown = root.querySelector("#queue");
+  if (!shown || !status || status.textContent !== "starting") return;
+  try {
+    const fresh = (await readPage()).getElementById("queue");
+    if (fresh) shown.replaceWith(document.importNode(fresh, true));
+    else shown.remove();
+  } catch (err) {
+    console.error("could not read the queue:", err);
+  }
+  waiting(root, status);
 }
 
 async function readPage() {

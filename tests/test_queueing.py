@@ -1,0 +1,108 @@
+"""Why a prediction waits: a one-slot hardware queue with several accounts waiting, each
+prediction's reason, its place in the fair order and its estimated start, held against when
+it really started (docs/usage.md, "Why it waits")."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from replicant.queueing import QueuedRun, estimated_wait, fair_order
+from tests.conftest import LiveStack
+from tests.fairkit import account, predict, sleep_model_on_one_slot
+from tests.waiting import wait_until
+
+SECONDS = 2.0  # every run of the scenario sleeps this long
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _get(client: httpx.Client, prediction_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = client.get(f"/v1/predictions/{prediction_id}").json()
+    return body
+
+
+def test_a_queued_prediction_says_why_where_and_when_it_starts(live: LiveStack) -> None:
+    model = sleep_model_on_one_slot(live, "queue-sleep")
+    _, token_a = account(live, "qa")
+    _, token_b = account(live, "qb")
+    _, token_c = account(live, "qc")
+    with (
+        live.client(token_a) as a,
+        live.client(token_b) as b,
+        live.client(token_c) as c,
+    ):
+        # A fresh version's first run boots its model process while it holds the slot.
+        first = predict(a, model, SECONDS)
+        booting = wait_until(
+            lambda: _get(a, first),
+            lambda p: p["status"] != "starting" or p["queue"]["reason"] != "queued for gpu-t4",
+            what="the first run to hold the slot",
+        )
+        assert booting["status"] == "starting", booting
+        assert booting["queue"] == {"reason": "booting the model", "hardware": "gpu-t4"}
+        live.wait_for(first, token=token_a)
+
+        # A holds the slot; B queues two, then C one: C's comes second (accounts take turns).
+        blocker = predict(a, model, SECONDS)
+        live.wait_for(blocker, lambda p: p["status"] != "starting", token=token_a)
+        b1 = predict(b, model, SECONDS)
+        b2 = predict(b, model, SECONDS)
+        c1 = predict(c, model, SECONDS)
+        seen = {pid: _get(client, pid) for pid, client in ((b1, b), (b2, b), (c1, c))}
+        done = {
+            pid: live.wait_for(pid, token=token, timeout=120)
+            for pid, token in ((b1, token_b), (b2, token_b), (c1, token_c))
+        }
+        metrics = httpx.get(f"{live.url}/metrics").text
+
+    for shown in seen.values():
+        assert shown["status"] == "starting", shown
+        assert shown["queue"]["reason"] == "queued for gpu-t4"
+        assert shown["queue"]["hardware"] == "gpu-t4"
+    assert [seen[pid]["queue"]["position"] for pid in (b1, c1, b2)] == [1, 2, 3]
+    # The order the fair queue served them in is the order their places said.
+    assert sorted(done, key=lambda pid: _at(done[pid]["started_at"])) == [b1, c1, b2]
+    for pid, shown in seen.items():
+        ended = done[pid]
+        assert ended["status"] == "succeeded", ended
+        created = _at(shown["created_at"])
+        estimated = (_at(shown["queue"]["estimated_start"]) - created).total_seconds()
+        real = (_at(ended["started_at"]) - created).total_seconds()
+        assert real / 2 <= estimated <= real * 2, (pid, estimated, real)
+        # Once started, it no longer says it waits.
+        assert "queue" not in ended
+    # /metrics has each run's wait, by hardware.
+    count = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('replicant_queue_wait_seconds_count{hardware="gpu-t4"}')
+    )
+    assert float(count.split()[-1]) >= 5
+
+
+def _run(run_id: str, owner: str, at: int, version: str = "v") -> QueuedRun:
+    return QueuedRun(run_id, owner, version, NOW + timedelta(seconds=at))
+
+
+def test_fair_order_takes_accounts_in_turns_by_weight() -> None:
+    waiting = [_run(f"a{i}", "a", i) for i in range(4)] + [_run("b0", "b", 10), _run("b1", "b", 11)]
+    assert [r.id for r in fair_order(waiting, {})] == ["a0", "b0", "a1", "b1", "a2", "a3"]
+    # Weight 2: two of a's runs for each of b's.
+    assert [r.id for r in fair_order(waiting, {"a": 2.0})] == ["a0", "a1", "b0", "a2", "a3", "b1"]
+
+
+def test_estimated_wait_plays_the_queue_out_on_the_slots() -> None:
+    running = [QueuedRun("r", "a", "slow", NOW, started_at=NOW - timedelta(seconds=1))]
+    ahead = [_run("x", "b", 0, "fast"), _run("y", "c", 0, "fast")]
+    seconds = {"slow": 5.0, "fast": 2.0}
+    # One slot: the running run's last 4 s, then two runs of 2 s.
+    assert estimated_wait(ahead, running, 1, seconds, NOW) == 8.0
+    # Two slots: x takes the free one (0-2 s), y the same slot after it (2-4 s).
+    assert estimated_wait(ahead, running, 2, seconds, NOW) == 4.0
+    assert estimated_wait([], [], 1, seconds, NOW) == 0.0
