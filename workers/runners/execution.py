@@ -266,6 +266,8 @@ class Executor:
         status, body = await self.client.health(process.url)
         if status == UNHEALTHY:
             self.processes.stopped_for(process, "unhealthy", unhealthy_error(body))
+        elif status == "DEFUNCT":
+            self.processes.stopped_for(process, "defunct", str(result.error))
         elif status not in HEALTHY:
             self.log.warning(
                 "event=runner_unhealthy key=%s pid=%d health=%s",
