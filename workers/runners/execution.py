@@ -31,8 +31,9 @@ from workers.runners.coglet import (
     unhealthy_error,
     worker_died_error,
 )
+from workers.runners.memory import version_of
 from workers.runners.process import CogletProcess
-from workers.runners.processes import Processes
+from workers.runners.processes import PROCESS_FAILURES, Processes
 from workers.runners.run import Run, Runs
 
 AT_CAPACITY_RETRY_FOR = 5.0
@@ -266,9 +267,9 @@ class Executor:
         status, body = await self.client.health(process.url)
         if status == UNHEALTHY:
             self.processes.stopped_for(process, "unhealthy", unhealthy_error(body))
-        elif status == "DEFUNCT":
-            self.processes.stopped_for(process, "defunct", str(result.error))
         elif status not in HEALTHY:
+            if status == "DEFUNCT":  # its run's error already says how its worker ended
+                PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
             self.log.warning(
                 "event=runner_unhealthy key=%s pid=%d health=%s",
                 process.spec.key,
