@@ -265,7 +265,9 @@ class Executor:
                         await run.logs_done.wait()
                 result.logs = run.stream_logs
         status, body = await self.client.health(process.url)
-        if status == UNHEALTHY:
+        if status == UNHEALTHY and process.checks_health and result.error != WORKER_CRASHED:
+            # The model's healthcheck() failed (coglet says UNHEALTHY too once its worker is
+            # gone: that run's error says so already).
             self.processes.stopped_for(process, "unhealthy", unhealthy_error(body))
         elif status not in HEALTHY:
             if status == "DEFUNCT":  # its run's error already says how its worker ended

@@ -457,7 +457,7 @@ class Processes:
             if status == "DEFUNCT":
                 PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
                 raise BootError("coglet reported DEFUNCT while booting", process.output_tail())
-            if status == UNHEALTHY:
+            if status == UNHEALTHY and process.checks_health:
                 # Setup is done, but the model's healthcheck() fails: it will not serve.
                 PROCESS_FAILURES.labels(version_of(process.spec.key), "unhealthy").inc()
                 await process.output_settled()
