@@ -38,7 +38,7 @@ API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_body_limi
 	tests/test_privacy.py tests/test_push.py tests/test_push_archives.py tests/test_queueing.py \
 	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_sessions.py \
 	tests/test_streaming.py \
-	tests/test_trainings.py tests/test_usage.py tests/test_webhooks.py
+	tests/test_trainings.py tests/test_usage.py tests/test_webhooks.py tests/test_workflow_close.py
 # tests/test_real_models.py and tests/test_cog_examples.py run once, in the `once` pass: they
 # test models, and each pass would build the real models' environments again.
 

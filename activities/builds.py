@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 from temporalio import activity
 
+from activities.running import tell_workflow_started
 from replicant import builds
 from replicant.archives import unpack_model
 from replicant.contracts import ActivityName, BuildOutcome, BuildRequest, FailBuild
@@ -87,9 +88,11 @@ class BuildActivities:
         """Build the pushed version and record the outcome in the ``build`` row."""
         row = await asyncio.to_thread(builds.get_build, self.engine, req.id)
         if row is not None and row.status in builds.TERMINAL:
-            return _outcome(row.status, row.version_id, row.created)  # an earlier attempt ended it
+            # an earlier attempt ended it
+            return _outcome(row.status, row.version_id, row.created, row.error)
         # Until now it waited in the build queue for a slot; its status says a worker has it.
         await asyncio.to_thread(builds.mark_processing, self.engine, req.id)
+        await tell_workflow_started()
         logs = BuildLog(self.engine, req.id)
         attempt = activity.info().attempt
         if attempt > 1:
@@ -122,7 +125,7 @@ class BuildActivities:
         log.info(
             "event=build_failed build=%s model=%s status=%s", req.id, req.model, error["status"]
         )
-        return _outcome("failed", None, False)
+        return _outcome("failed", None, False, error)
 
     @activity.defn(name=ActivityName.FAIL_BUILD)
     async def fail_build(self, job: FailBuild) -> None:
@@ -184,7 +187,12 @@ class BuildActivities:
         return Model(owner=owner, name=name, **req.new_model.model_dump())
 
 
-def _outcome(status: str, version: str | None, created: bool) -> BuildOutcome:
+def _outcome(
+    status: str, version: str | None, created: bool, error: dict[str, Any] | None = None
+) -> BuildOutcome:
     return BuildOutcome(
-        status="succeeded" if status == "succeeded" else "failed", version=version, created=created
+        status="succeeded" if status == "succeeded" else "failed",
+        version=version,
+        created=created,
+        error=str(error.get("detail") or error.get("title")) if error else None,
     )

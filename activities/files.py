@@ -13,6 +13,7 @@ Retention deletes ``predictions/{id}/`` as a whole.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import logging
 import mimetypes
@@ -214,10 +215,11 @@ class WithStagedFiles(Protocol):
 
 @asynccontextmanager
 async def materialized_input(
-    store: ObjectStore | None, req: WithStagedFiles
+    store: ObjectStore | None, req: WithStagedFiles, as_data: frozenset[str] = frozenset()
 ) -> AsyncIterator[dict[str, Any]]:
     """The input with each staged file replaced by a local path (a large text input by its
-    text); the files go afterwards."""
+    text; a file of an input named in ``as_data``, a ``cog.File`` one, by its data URI);
+    the files go afterwards."""
     if not req.staged_files:
         yield req.input
         return
@@ -233,11 +235,19 @@ async def materialized_input(
             if staged.text:
                 text = await asyncio.to_thread(dest.read_text, encoding="utf-8")
                 set_at(value, staged.path, text)
+            elif staged.path[0] in as_data:
+                set_at(value, staged.path, await asyncio.to_thread(data_uri_of, dest))
             else:
                 set_at(value, staged.path, str(dest))
         yield value
     finally:
         await asyncio.to_thread(shutil.rmtree, workdir, True)
+
+
+def data_uri_of(path: Path) -> str:
+    """A file as a data URI (base64, its type guessed from its name)."""
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{content_type};base64,{base64.b64encode(path.read_bytes()).decode()}"
 
 
 class OutputSink:

@@ -230,7 +230,13 @@ class PredictionActivities:
         output = await stored_output(self.pool.upload, req.id, result.output)
         if self.store is not None:  # S3: presigned URLs of the store instead of the API's
             output = outward_output(self.store, output)
-        return await finish(result.status, error=result.error, output=output, logs=result.logs)
+        return await finish(
+            result.status,
+            error=result.error,
+            output=output,
+            logs=result.logs,
+            model_metrics=result.metrics,
+        )
 
 
 def _insert_redacted(engine: Engine, req: PredictionRequest) -> None:
@@ -257,8 +263,10 @@ async def _finish(
     error: str | None = None,
     output: Any = None,
     logs: str | None = None,
+    model_metrics: dict[str, Any] | None = None,
 ) -> RunOutcome:
-    """Record the run's terminal state (with ``started_at``) and send the last live events."""
+    """Record the run's terminal state (with ``started_at`` and the metrics the model
+    recorded) and send the last live events."""
     completed_at = utcnow()
     record = functools.partial(
         readmodel.finish_prediction,
@@ -271,6 +279,7 @@ async def _finish(
         logs=logs,
         started_at=run.started_at,
         created_at=req.created_at,
+        model_metrics=model_metrics,
         hardware=req.hardware,
         prices=prices,
     )

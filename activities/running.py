@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from activities.files import WithStagedFiles, materialized_input
 from activities.throttle import LatestWriter
 from activities.webhooks import LiveWebhooks
+from replicant.cogmodel import file_inputs
 from replicant.contracts import ErrorType
 from replicant.envs import EnvBuildError, env_ready
 from replicant.inputfacts import input_facts
@@ -42,6 +43,15 @@ from replicant.versions import ensure_version_env, version_python
 WaitingFor = Callable[[str], object]
 
 HEARTBEAT_INTERVAL = 1.0
+
+
+async def tell_workflow_started() -> None:
+    """Signal ``started`` to the run's workflow, so that its ``status`` query and its
+    ``ReplicantStatus`` say ``processing`` too (best effort: the read model has it)."""
+    info = activity.info()
+    with contextlib.suppress(Exception):
+        handle = activity.client().get_workflow_handle(info.workflow_id or "")
+        await handle.signal("started")
 
 
 async def heartbeat_forever() -> None:
@@ -67,10 +77,13 @@ def load_version(engine: Engine, version_id: str) -> Version:
 
 
 class TimedRequest(WithStagedFiles, Protocol):
-    """A prediction's or training's request: staged files and a timeout in seconds."""
+    """A prediction's or training's request: staged files, a timeout in seconds and Cog's
+    per-request context."""
 
     @property
     def timeout(self) -> float: ...
+    @property
+    def context(self) -> dict[str, str]: ...
 
 
 async def run_model(
@@ -90,7 +103,7 @@ async def run_model(
     # Staged input files become local paths for the model, removed after the run.
     async with (
         asyncio.timeout(None) as deadline,
-        materialized_input(store, req) as model_input,
+        materialized_input(store, req, model_file_inputs(spec)) as model_input,
     ):
 
         async def booted() -> None:
@@ -98,8 +111,19 @@ async def run_model(
             await on_booted()
 
         return await pool.predict(
-            spec, req.id, unseal(model_input), on_update=on_update, on_booted=booted
+            spec,
+            req.id,
+            unseal(model_input),
+            on_update=on_update,
+            on_booted=booted,
+            context=req.context,  # Cog's per-request context
         )
+
+
+def model_file_inputs(spec: RunnerSpec) -> frozenset[str]:
+    """The inputs of the entry point ``spec`` runs that are ``cog.File`` ones."""
+    ref = spec.train_ref if spec.mode == "train" else spec.predict_ref
+    return file_inputs(spec.model_dir, ref) if ref else frozenset()
 
 
 async def ensure_env(version: Version, waiting: WaitingFor | None = None) -> None:
@@ -165,6 +189,7 @@ class LiveRun:
     async def _mark_processing(self) -> None:
         assert self.started_at is not None
         await asyncio.to_thread(self._mark, self.started_at)
+        await tell_workflow_started()
 
     async def _processing_now(self) -> None:
         """``processing`` goes to the read model before the first output or logs do."""

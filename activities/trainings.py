@@ -139,7 +139,9 @@ class TrainingActivities:
         row = await asyncio.to_thread(trainings.get_training, self.engine, req.id)
         if row is None or not row.webhook:
             return None
-        secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
+        secret = await asyncio.to_thread(
+            account_webhook_secret, self.engine, row.owner, self.settings.ensure_secret_key()
+        )
         send = self.webhooks.live_sender(
             "training", req.id, row.webhook, secret, req.webhook_timeout
         )
@@ -181,7 +183,14 @@ class TrainingActivities:
         )
         if not isinstance(result, CogPrediction):
             return result
-        await _close(progress, self.engine, req.id, result.logs, result.status == "canceled")
+        await _close(
+            progress,
+            self.engine,
+            req.id,
+            result.logs,
+            result.status == "canceled",
+            model_metrics=result.metrics,
+        )
         if result.status != "succeeded":
             status = result.status if result.status in ("failed", "canceled") else "failed"
             return TrainingRun(status=status, error=result.error, started_at=progress.started_at)
@@ -291,7 +300,9 @@ class TrainingActivities:
                 non_retryable=True,
             )
         body = await asyncio.to_thread(self.render, store, d.training_id)
-        secret = await asyncio.to_thread(account_webhook_secret, self.engine, row.owner)
+        secret = await asyncio.to_thread(
+            account_webhook_secret, self.engine, row.owner, self.settings.ensure_secret_key()
+        )
         if self._client is None:
             self._client = http_client()
         return await deliver_attempt(
@@ -327,11 +338,20 @@ async def _end(
 
 
 async def _close(
-    run: LiveRun, engine: Engine, training_id: str, logs: str | None, canceled: bool
+    run: LiveRun,
+    engine: Engine,
+    training_id: str,
+    logs: str | None,
+    canceled: bool,
+    *,
+    model_metrics: dict[str, Any] | None = None,
 ) -> None:
-    """Stop the attempt's writes, record its final logs and deliver its last live events
-    (the workflow records the end and sends ``completed``)."""
+    """Stop the attempt's writes, record its final logs and the metrics the trainer
+    recorded, and deliver its last live events (the workflow records the end, with
+    Replicant's own timings beside those metrics, and sends ``completed``)."""
     final = None
-    if logs is not None:
-        final = functools.partial(trainings.record_logs, engine, training_id, logs)
+    if logs is not None or model_metrics:
+        final = functools.partial(
+            trainings.record_logs, engine, training_id, logs, model_metrics=model_metrics
+        )
     await run.close(final, canceled=canceled, logs=logs)

@@ -81,7 +81,9 @@ class WebhookActivities:
             row = session.get(Prediction, prediction_id)
         if row is None or not row.webhook:
             return None
-        return row, account_webhook_secret(self.engine, row.owner)
+        return row, account_webhook_secret(
+            self.engine, row.owner, secret_key=self.settings.ensure_secret_key()
+        )
 
     @activity.defn(name=ActivityName.SEND_WEBHOOK)
     async def send_webhook(self, d: WebhookDelivery) -> WebhookResult:

@@ -10,6 +10,7 @@ from anyio import to_thread
 from fastapi import Depends, FastAPI
 
 from api import dashboard
+from api.admission import Admission
 from api.bodylimit import BodyLimit
 from api.deadlines import AbortedForOptedInClients
 from api.errors import UnexpectedErrors, install_error_handlers
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RefuseLoneSurrogates)
     app.add_middleware(JSONBodyByDefault)
     app.add_middleware(AbortedForOptedInClients, clients=settings.aborted_clients)
+    # A saturated process refuses before doing any work for the request.
+    app.add_middleware(Admission, settings=settings)
     app.add_middleware(BodyLimit, settings=settings)  # before any body is read
     app.add_middleware(UnexpectedErrors)  # last added, so outermost: catches every layer
     app.include_router(health.router)

@@ -9,6 +9,7 @@ and ``Retry-After``: the run may well still be running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import timedelta
 from typing import Literal
@@ -33,9 +34,13 @@ async def signal_cancel(state: AppState, kind: RunKindName, run_id: str) -> bool
     ``canceled`` in the read model (False). 503 when Temporal cannot be reached."""
     try:
         client = await state.temporal()
-        # Both workflows name their cancel signal "cancel".
         handle = client.get_workflow_handle(workflow_id(kind, run_id))
-        await handle.signal("cancel", rpc_timeout=SIGNAL_TIMEOUT)
+        # A cancel request: the workflow records `canceled` and closes as Canceled.
+        await handle.cancel(rpc_timeout=SIGNAL_TIMEOUT)
+        # Workflows started before they closed at the run's end act on the signal (both
+        # name it "cancel"); the new ones have closed or acted on the request already.
+        with contextlib.suppress(Exception):
+            await handle.signal("cancel", rpc_timeout=SIGNAL_TIMEOUT)
     except Exception as err:
         if not is_not_found(err):
             log.error("event=cancel_failed %s=%s type=%s", kind, run_id, type(err).__name__)

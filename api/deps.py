@@ -3,14 +3,17 @@ synchronous routes, ``Database`` for async ones) and the caller's account."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from sqlmodel import Session, col, select
 
 from api.errors import ProblemError
 from api.state import AppState, Database
+from replicant.db import cacheable
 from replicant.ids import hash_token
 from replicant.tables import Account, ApiToken
 
@@ -28,14 +31,23 @@ async def _state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(_state)]
 
 
-def get_session(state: StateDep) -> Iterator[Session]:
-    """A database session for one request, closed after it (objects stay readable).
+async def get_session(state: StateDep) -> AsyncIterator[Session]:
+    """A database session for one request, closed after it (objects stay readable); the
+    synchronous routes that use it query in FastAPI's thread pool. Async routes (the hot
+    paths: creating and reading predictions) take ``DatabaseDep``.
 
-    Opened and closed in FastAPI's thread pool, as the synchronous routes that use it run:
-    async routes (the hot paths: creating and reading predictions) take ``DatabaseDep``.
+    A session keeps its connection until the request's answer is built, after its thread is
+    done: at most ``api_threads`` are open at once (others wait for a place on the event
+    loop, not for the pool in a thread), so the pool always has a connection for each, and
+    the closing runs in threads of its own.
     """
-    with Session(state.engine, expire_on_commit=False) as session:
-        yield session
+    async with state.sessions:
+        session = Session(state.engine, expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(session.close, limiter=state.session_closers)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -68,16 +80,18 @@ def _token_from(request: Request) -> str | None:
     return None
 
 
-def _account_for(session: Session, token: str) -> Account | None:
+@cacheable(key=lambda token_hash: token_hash)
+def _account_for(session: Session, token_hash: str) -> Account | None:
     stmt = (
         select(Account)
         .join(ApiToken, col(ApiToken.account_id) == col(Account.id))
-        .where(ApiToken.token_hash == hash_token(token))
+        .where(ApiToken.token_hash == token_hash)
         .where(col(ApiToken.revoked_at).is_(None))
     )
     return session.exec(stmt).first()
 
 
+@cacheable(key=lambda token_id: token_id)
 def _account_for_token_id(session: Session, token_id: int) -> Account | None:
     stmt = (
         select(Account)
@@ -91,8 +105,9 @@ def _account_for_token_id(session: Session, token_id: int) -> Account | None:
 async def token_account(request: Request, state: AppState) -> Account | None:
     """The account of the request's token, None without a valid one.
 
-    Looked up in the database once per request (the rate limiter and the route share the
-    answer), never cached across requests: a revoked token fails on its next request.
+    Looked up once per request (the rate limiter and the route share the answer), and
+    reused across requests for ``lookup_cache_ttl``: a token revoked by this process fails on
+    its next request, one revoked elsewhere within that time.
     """
     if hasattr(request.state, "token_account"):
         cached: Account | None = request.state.token_account
@@ -101,7 +116,7 @@ async def token_account(request: Request, state: AppState) -> Account | None:
     token_id = _session_token_id(request)
     account = None
     if token is not None:
-        account = await state.db.read(_account_for, token)
+        account = await state.db.read(_account_for, hash_token(token))
     elif token_id is not None:
         account = await state.db.read(_account_for_token_id, token_id)
     request.state.token_account = account

@@ -49,6 +49,9 @@ class PredictionInput(BaseModel):
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
     stream: bool | None = None
+    # An extension of Replicate's body: Cog's per-request context (``current_scope().context``
+    # in the model), names to strings.
+    context: dict[str, str] | None = None
 
 
 class VersionPredictionInput(PredictionInput):
@@ -214,6 +217,7 @@ def _request(
         source=getattr(create.request.state, "prediction_source", "api"),
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
+        context=body.context or {},
         deployment=placement.deployment if placement is not None else None,
         stream=is_streaming(version),
         created_at=created_at,

@@ -35,6 +35,7 @@ from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest, build_workflow_id
 from replicant.settings import Settings
 from replicant.storage import ObjectStore
+from replicant.summaries import build_summary
 from replicant.tables import Account, Build, Membership, Version
 from replicant.temporal import workflow_status
 from replicant.timeutil import utcnow
@@ -91,13 +92,14 @@ def bad_archive(message: str) -> ProblemError:
     )
 
 
-def as_problem(body: dict[str, Any]) -> ProblemError:
+def as_problem(body: dict[str, Any], headers: dict[str, str] | None = None) -> ProblemError:
     """A stored problem body (see ``replicant.builds``) as the error routes raise."""
     return ProblemError(
         int(body.get("status", 500)),
         str(body.get("detail", "")),
         title=body.get("title"),
         invalid_fields=body.get("invalid_fields"),
+        headers=headers,
     )
 
 
@@ -193,6 +195,7 @@ async def start_build(state: AppState, req: BuildRequest) -> None:
             id=build_workflow_id(req.id),
             task_queue=state.settings.build_queue,
             search_attributes=search_attributes(req),
+            static_summary=build_summary(req.model, req.version, req.owner),
         )
     except Exception as err:
         log.error("event=build_not_started build=%s type=%s", req.id, type(err).__name__)

@@ -51,6 +51,7 @@ from replicant.netguard import BlockedURL, check_target
 from replicant.objectkeys import prediction_inputs, training_inputs
 from replicant.sealing import Sealer
 from replicant.settings import Settings
+from replicant.summaries import run_details, run_summary
 from replicant.tables import Model, Prediction, Training, Version
 from replicant.trainings import training_from_request
 from workflows.prediction import PredictionWorkflow
@@ -227,6 +228,11 @@ class Runs(Generic[R]):
             "priority": task_priority(req.owner, req.fairness_weight, self.kind.priority_key(req)),
             # A second start under this id (api/startguard.py) never runs the model twice.
             "id_reuse_policy": WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # What the Temporal UI shows at a glance (Secret inputs are sealed by now).
+            "static_summary": run_summary(self.kind.name, req.model, req.hardware, req.owner),
+            "static_details": run_details(
+                self.kind.name, req.id, req.model, req.version, req.hardware, req.owner, req.input
+            ),
         }
 
     async def start(self, req: R) -> WorkflowHandle[Any, Any]:

@@ -5,24 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
 import anyio.to_thread
+from cachetools import TTLCache
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session
 from temporalio.client import Client
 
-from replicant.db import is_busy, make_loop_engine
+from replicant.db import CACHE_KEY, is_busy, make_loop_engine
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
+from replicant.tables import Account, ApiToken, Membership, Model, Version
 from replicant.temporal import connect
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+
+# Threads (and connections) of /health's own, so that it answers while the API is saturated.
+HEALTH_THREADS = 2
 
 
 def executor_threads() -> int:
@@ -32,11 +42,50 @@ def executor_threads() -> int:
 
 
 def pool_size(settings: Settings) -> int:
-    """Database connections an API process keeps: one for every thread that may hold one at
-    once (anyio's limiter, shared by synchronous routes and ``Database``, and the default
-    executor), so no thread waits for a connection while the thread holding it waits for
-    the event loop."""
-    return settings.api_threads + executor_threads()
+    """Database connections an API process keeps: one for every session of a synchronous
+    route (``AppState.sessions``) and every thread that may hold one at once (anyio's
+    limiter, which ``Database`` uses, the default executor, and ``/health``'s), so no thread
+    waits for a connection while the one holding it waits for the event loop."""
+    return 2 * settings.api_threads + executor_threads() + HEALTH_THREADS
+
+
+# Tables whose rows the lookup cache holds answers from: a change to one of them made by this
+# process forgets every answer at once (other processes' changes are seen within the TTL).
+CACHED_TABLES = (Account, ApiToken, Membership, Model, Version)
+_changes = itertools.count()
+_last_change = next(_changes)
+
+
+@event.listens_for(OrmSession, "after_flush")
+def _note_changes(session: OrmSession, _context: object) -> None:
+    global _last_change
+    touched = itertools.chain(session.new, session.dirty, session.deleted)
+    if any(isinstance(row, CACHED_TABLES) for row in touched):
+        # Flushes run in threads: a fresh number (next() is atomic) that no cache has seen.
+        _last_change = next(_changes)
+
+
+_MISSING = object()
+
+
+class LookupCache:
+    """Answers of ``cacheable`` lookups (a token's account, a version...), each reused for
+    ``ttl`` seconds; used on the event loop only. Forgotten at once when this process
+    changes one of ``CACHED_TABLES``."""
+
+    def __init__(self, ttl: float, size: int = 4096) -> None:
+        self.entries: TTLCache[Hashable, Any] = TTLCache(maxsize=size, ttl=ttl)
+        self.seen = _last_change
+
+    def get(self, key: Hashable) -> Any:
+        """The answer kept under ``key``, or ``_MISSING``."""
+        if self.seen != _last_change:
+            self.seen = _last_change
+            self.entries.clear()
+        return self.entries.get(key, _MISSING)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        self.entries[key] = value
 
 
 @dataclass(frozen=True)
@@ -53,6 +102,7 @@ class Database:
 
     engine: Engine
     loop_engine: Engine | None = None
+    lookups: LookupCache | None = None
 
     def call(self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """``fn(session, *args)`` in a session of its own; objects stay readable after it."""
@@ -62,7 +112,23 @@ class Database:
     async def read(
         self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs
     ) -> T:
-        """``call`` for a read-only ``fn``, on the loop where that is cheaper than a thread."""
+        """``call`` for a read-only ``fn``, on the loop where that is cheaper than a thread;
+        the answer of a ``cacheable`` ``fn`` is reused for a while (None never is)."""
+        key_of = getattr(fn, CACHE_KEY, None)
+        key = None if key_of is None or self.lookups is None else key_of(*args, **kw)
+        if key is not None and self.lookups is not None:
+            found = self.lookups.get((fn, key))
+            if found is not _MISSING:
+                answer: T = found
+                return answer
+        value = await self._read(fn, *args, **kw)
+        if key is not None and value is not None and self.lookups is not None:
+            self.lookups.put((fn, key), value)
+        return value
+
+    async def _read(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T:
         if self.loop_engine is not None:
             try:
                 with Session(self.loop_engine, expire_on_commit=False) as session:
@@ -117,9 +183,25 @@ class AppState:
         return make_loop_engine(self.settings.resolved_database_url)
 
     @functools.cached_property
+    def sessions(self) -> anyio.Semaphore:
+        """Places for the open sessions of synchronous routes (``api.deps.get_session``)."""
+        return anyio.Semaphore(self.settings.api_threads)
+
+    @functools.cached_property
+    def session_closers(self) -> anyio.CapacityLimiter:
+        """The threads that close those sessions, apart from the routes' own."""
+        return anyio.CapacityLimiter(self.settings.api_threads)
+
+    @functools.cached_property
+    def health_limiter(self) -> anyio.CapacityLimiter:
+        """The threads of ``/health``'s database checks (made on first use, in the loop)."""
+        return anyio.CapacityLimiter(HEALTH_THREADS)
+
+    @functools.cached_property
     def db(self) -> Database:
         """The database as request handlers use it (``api.deps.DatabaseDep``)."""
-        return Database(self.engine, self.loop_engine)
+        ttl = self.settings.lookup_cache_ttl
+        return Database(self.engine, self.loop_engine, LookupCache(ttl) if ttl > 0 else None)
 
     def dispose(self) -> None:
         """Close the database connections (at shutdown)."""

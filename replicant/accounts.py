@@ -125,7 +125,8 @@ def list_tokens(engine: Engine, username: str) -> list[ApiToken]:
 
 
 def revoke_token(engine: Engine, token_id: int) -> ApiToken:
-    """Revoke a token; every later request with it gets 401 (auth reads the database)."""
+    """Revoke a token; every later request with it gets 401 (an API process that reused its
+    account, ``lookup_cache_ttl``, refuses it within that time)."""
     with Session(engine, expire_on_commit=False) as session:
         row = session.get(ApiToken, token_id)
         if row is None:

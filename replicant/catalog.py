@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from replicant.db import cacheable
 from replicant.tables import Account, Membership, Model, Version
 
 
@@ -49,6 +50,12 @@ def find_version(
     return owner_model, version
 
 
+def _pinned_ref_key(account: Account, ref: str) -> tuple[int | None, str] | None:
+    # A ref naming its version may be reused; ``owner/name`` follows the model's latest.
+    return (account.id, ref) if ":" in ref or "/" not in ref else None
+
+
+@cacheable(key=_pinned_ref_key)
 def resolve_version_ref(
     session: Session, account: Account, ref: str
 ) -> tuple[Model, Version] | None:

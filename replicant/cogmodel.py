@@ -279,6 +279,52 @@ def decorated_concurrency(model_dir: Path, ref: str) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def file_inputs(model_dir: Path, ref: str) -> frozenset[str]:
+    """The inputs of entry point ``ref`` annotated with Cog's deprecated ``File`` (``File``,
+    ``list[File]``, ``File | None``): coglet makes a file object only of a data URI or an
+    http(s) URL, where a ``Path`` input takes a local path too."""
+    node = _entry_node(model_dir, ref)
+    if node is None:
+        return frozenset()
+    args = [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs]
+    return frozenset(
+        arg.arg
+        for arg in args
+        if arg.annotation is not None
+        and any(
+            (isinstance(part, ast.Name) and part.id == "File")
+            or (isinstance(part, ast.Attribute) and part.attr == "File")
+            or (isinstance(part, ast.Constant) and part.value in ("File", "cog.File"))
+            for part in ast.walk(arg.annotation)
+        )
+    )
+
+
+# Sources of cog.yaml's managed weights that are a model hub: this installation does not
+# fetch from one.
+HUB_SCHEMES = ("hf://", "huggingface://")
+
+
+def _check_weights(value: object) -> None:
+    """cog.yaml's ``weights:`` (managed weights): a list of ``{name, source, ...}``; a hub
+    source is refused, naming the entry."""
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(w, dict) for w in value):
+        raise CogConfigError("cog.yaml: weights: must be a list of {name, source, target}")
+    for index, entry in enumerate(value):
+        source = entry.get("source")
+        if not isinstance(source, str) or not source:
+            raise CogConfigError(f"cog.yaml: weights[{index}] needs a source")
+        if source.lower().startswith(HUB_SCHEMES):
+            name = entry.get("name") or index
+            raise CogConfigError(
+                f"cog.yaml: weights {name!s} come from a model hub ({source}), which this "
+                "installation does not fetch from: put the files in the model directory"
+            )
+
+
 def load_cog_config(model_dir: Path) -> CogConfig:
     """Read and check ``model_dir/cog.yaml``.
 
@@ -340,6 +386,7 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     if not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise CogConfigError("cog.yaml: concurrency.max must be a positive integer")
     environment = _environment(data.get("environment"))
+    _check_weights(data.get("weights"))
     source = "concurrency.max" if isinstance(concurrency, dict) and "max" in concurrency else ""
     from_env = _positive_int(environment.get("COG_MAX_CONCURRENCY"))
     if from_env is not None:
@@ -388,7 +435,7 @@ def run_probe(
     # Don't leave __pycache__ in a model directory that is hashed into a version id.
     env = filtered_env({"PYTHONDONTWRITEBYTECODE": "1"})
     try:
-        with scratch_dir(config_, "replicant-probe-") as scratch:
+        with scratch_dir(config_, "probe") as scratch:
             proc = sandboxed_run(
                 config_,
                 args,

@@ -90,6 +90,8 @@ class PredictionRequest(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
     deployment: str | None = None
     stream: bool = False
+    # Cog's per-request context: the model reads it as ``current_scope().context``.
+    context: dict[str, str] = Field(default_factory=dict)
     created_at: datetime | None = None
     # ``Cancel-After``: past this time a waiting prediction ends ``aborted``, a running one
     # ``canceled``.
@@ -202,6 +204,23 @@ class WebhookDelivery(BaseModel):
     timeout: float = 10.0
 
 
+class CompletedWebhook(BaseModel):
+    """Input of ``WebhookDeliveryWorkflow``: deliver one run's ``completed`` webhook (retried
+    until a 2xx or ``retry_period`` is over) after its own workflow has closed."""
+
+    kind: Literal["prediction", "training"]
+    id: str
+    host: str  # the receiver's host, named in the activities' summaries
+    timeout: float = 10.0
+    retry_period: float = 3600.0
+    max_interval: float = 120.0
+
+
+def webhook_workflow_id(run_id: str) -> str:
+    """The id of the workflow that delivers a run's ``completed`` webhook."""
+    return f"webhook-{run_id}"
+
+
 class WebhookResult(BaseModel):
     """What the receiver answered (kept in the workflow's history)."""
 
@@ -309,6 +328,8 @@ class TrainingRequest(BaseModel):
     hardware: str = "cpu"
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
+    # Cog's per-request context: the trainer reads it as ``current_scope().context``.
+    context: dict[str, str] = Field(default_factory=dict)
     created_at: datetime | None = None
     timeout: float = 86400.0
     heartbeat_timeout: float = 30.0
@@ -406,6 +427,7 @@ class BuildOutcome(BaseModel):
     status: Literal["succeeded", "failed"]
     version: str | None = None
     created: bool = False
+    error: str | None = None  # a failed build's problem, as its detail says it
 
 
 class FailBuild(BaseModel):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -66,6 +66,24 @@ def _sqlite_engine(url: str, busy_ms: int, **pool: Any) -> Engine:
         cur.close()
 
     return engine
+
+
+# The attribute ``cacheable`` puts on a lookup: the function naming its answers.
+CACHE_KEY = "__lookup_cache_key__"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def cacheable(key: Callable[..., Hashable | None]) -> Callable[[F], F]:
+    """Mark ``fn(session, *args)``, a read-only lookup, as one whose answer may be reused for
+    a short while (the API's ``Database.read`` does, ``lookup_cache_ttl``): ``key(*args)``
+    names the answer, None when this one must not be reused. Callers share a reused answer's
+    objects: they read them and never change them."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, CACHE_KEY, key)
+        return fn
+
+    return mark
 
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -44,6 +44,7 @@ from replicant.sandbox import (
     machine_sandbox,
     require,
     sandboxed_run,
+    scratch_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,7 @@ def _run(
         "stderr": subprocess.STDOUT,
         "stdin": subprocess.DEVNULL,
     }
-    scratch = Path(tempfile.mkdtemp(prefix="replicant-build-"))
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix("build")))
     try:
         with contextlib.ExitStack() as stack:
             try:

@@ -116,6 +116,16 @@ def record_progress(engine: Engine, prediction_id: str, logs: str, output: Any) 
     return _update_open(engine, prediction_id, {"logs": logs, "output": output})
 
 
+# The metrics Replicant measures itself: a model's metric of the same name is dropped.
+OWN_METRICS = ("predict_time", "total_time")
+
+
+def with_model_metrics(model_metrics: dict[str, Any] | None, own: dict[str, Any]) -> dict[str, Any]:
+    """A run's metrics: the ones its model recorded, then Replicant's own (``own``)."""
+    merged = {k: v for k, v in (model_metrics or {}).items() if k not in OWN_METRICS}
+    return merged | own
+
+
 def finish_prediction(
     engine: Engine,
     prediction_id: str,
@@ -127,14 +137,17 @@ def finish_prediction(
     logs: str | None = None,
     started_at: datetime | None = None,
     created_at: datetime | None = None,
+    model_metrics: dict[str, Any] | None = None,
     hardware: str | None = None,
     prices: Mapping[str, float] | None = None,
 ) -> bool:
     """Record the terminal state, with metrics (with ``prices``, the run's cost on its
     ``hardware``, replicant/usage.py); a prediction ends only once.
 
-    With ``created_at`` (the row's), ``started_at`` and ``hardware`` known, this is one
-    guarded UPDATE; otherwise the row is read first for them.
+    ``model_metrics`` are the ones the model recorded (Cog's ``record_metric``): they sit
+    beside Replicant's own timings and cost, which they cannot overwrite. With
+    ``created_at`` (the row's), ``started_at`` and ``hardware`` known, this is one guarded
+    UPDATE; otherwise the row is read first for them.
     """
     if created_at is not None and started_at is not None and hardware is not None:
         started: datetime | None = started_at
@@ -146,7 +159,9 @@ def finish_prediction(
             started = started_at or (as_utc(row.started_at) if row.started_at else None)
             created_at = row.created_at
             hardware = row.hardware
-    metrics: dict[str, Any] = {"total_time": (completed_at - as_utc(created_at)).total_seconds()}
+    metrics = with_model_metrics(
+        model_metrics, {"total_time": (completed_at - as_utc(created_at)).total_seconds()}
+    )
     if started is not None:
         metrics["predict_time"] = (completed_at - started).total_seconds()
     metrics = with_cost(metrics, hardware, prices)

@@ -85,8 +85,10 @@ class ModelRunner(Protocol):
         input: dict[str, Any],
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
+        context: dict[str, str] | None = None,
     ) -> CogPrediction:
-        """Run one prediction (or training) and return its terminal state."""
+        """Run one prediction (or training) and return its terminal state; ``context`` is
+        Cog's per-request context."""
         ...
 
     def keep_standby(self, spec: RunnerSpec) -> None:

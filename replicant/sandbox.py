@@ -421,10 +421,33 @@ def passwd_file(uid: int, gid: int) -> str:
     return f"root:x:0:0:root:/root:/bin/sh\nmodel:x:{uid}:{gid}:model:/tmp:/bin/sh\n"
 
 
+# Sandbox directories in the temporary directory: replicant-<kind>-<pid of their maker>-...
+SCRATCH_KINDS = ("model", "probe", "build")
+
+
+def scratch_prefix(kind: str) -> str:
+    """The name prefix of this process's sandbox directories of ``kind``."""
+    return f"replicant-{kind}-{os.getpid()}-"
+
+
+def sweep_scratch() -> int:
+    """Remove the sandbox directories of processes that are gone (killed before they could);
+    how many."""
+    removed = 0
+    for kind in SCRATCH_KINDS:
+        prefix = f"replicant-{kind}-"
+        for path in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+            owner = path.name.removeprefix(prefix).partition("-")[0]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
 @contextmanager
-def scratch_dir(config: SandboxConfig, prefix: str) -> Iterator[Path]:
+def scratch_dir(config: SandboxConfig, kind: str) -> Iterator[Path]:
     """A directory the sandboxed process owns (its /tmp), removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path = Path(tempfile.mkdtemp(prefix=scratch_prefix(kind)))
     try:
         give_to_model(config, path)
         yield path

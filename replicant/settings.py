@@ -348,10 +348,10 @@ class Settings(BaseSettings):
         description="Seconds between the scheduled removals of expired uploaded files.",
     )
     retention_sweep_interval: float = Field(
-        600.0,
+        60.0,
         description="Seconds between the scheduled sweeps that remove the data of predictions "
-        "past their retention whose workflow did not (terminated or reset from the Temporal "
-        "UI); a prediction is swept once it is overdue by this long.",
+        "past their retention (a prediction's data goes within this long after its retention "
+        "ends, or after its `completed` webhook is delivered or given up).",
     )
     output_url_expiry: float = Field(3600.0, description="Seconds a signed output URL works.")
 
@@ -522,11 +522,40 @@ class Settings(BaseSettings):
     api_threads: int = Field(
         40,
         description="Threads of an API process for synchronous routes and database calls "
-        "(anyio's thread limiter). Its database pool keeps this many connections plus one "
-        "per thread of its other pool (Python's default executor, `min(32, cores + 4)`): "
-        "on PostgreSQL, keep API processes x that, plus the workers' pools, under "
-        "`max_connections`.",
+        "(anyio's thread limiter), and of synchronous routes' sessions open at once. Its "
+        "database pool keeps a connection for each of those (2 x this), plus one per thread "
+        "of its other pools (Python's default executor, `min(32, cores + 4)`, and "
+        "`/health`'s 2): on PostgreSQL, keep API processes x that, plus the workers' pools, "
+        "under `max_connections`.",
         ge=1,
+    )
+
+    api_max_requests: int = Field(
+        1024,
+        description="Requests an API process serves at once (not counting long-held ones); "
+        "the next is answered at once with 503 and `Retry-After`. `/health` and `/metrics` "
+        "are never refused.",
+        ge=1,
+    )
+    api_max_held: int = Field(
+        2048,
+        description="Long-held requests an API process serves at once (creates with "
+        "`Prefer: wait`, event streams, followed builds), apart from `api_max_requests` so "
+        "that they cannot starve short ones; the next is answered at once with 503 and "
+        "`Retry-After`.",
+        ge=1,
+    )
+    api_retry_after: int = Field(
+        1, description="Seconds of `Retry-After` in a 503 of a saturated API process.", ge=1
+    )
+
+    lookup_cache_ttl: float = Field(
+        1.0,
+        description="Seconds an API process reuses what nearly every request looks up (a "
+        "token's account, a pinned version, a version's hardware). Its own changes are seen "
+        "at once; another process's (a token revoked by the CLI or another API process) "
+        "within this time. 0 looks everything up every time.",
+        ge=0,
     )
 
     @field_validator("rate_limit_create", "rate_limit_default")

@@ -17,7 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from replicant.contracts import StoredWeights, TrainingRequest
-from replicant.readmodel import update_open, update_open_stmt
+from replicant.db import cacheable
+from replicant.readmodel import update_open, update_open_stmt, with_model_metrics
 from replicant.tables import TERMINAL_STATUSES, Model, Training, Version
 from replicant.timeutil import as_utc, utcnow
 from replicant.usage import with_cost
@@ -28,6 +29,7 @@ class DestinationGone(LookupError):
     """The destination model was deleted while the training ran."""
 
 
+@cacheable(key=lambda model, version: (model.id, model.hardware, version.id))
 def version_hardware(session: Session, model: Model, version: Version) -> str:
     """The hardware a version runs on: its model's, or, for a fine-tune, the hardware of the
     base model it was trained from."""
@@ -79,16 +81,30 @@ def mark_processing(engine: Engine, training_id: str, started_at: datetime) -> b
     return update_open(engine, training_id, values, Training)
 
 
-def record_logs(engine: Engine, training_id: str, logs: str) -> bool:
-    return update_open(engine, training_id, {"logs": logs}, Training)
+def record_logs(
+    engine: Engine,
+    training_id: str,
+    logs: str | None,
+    *,
+    model_metrics: dict[str, Any] | None = None,
+) -> bool:
+    """The trainer's logs so far; at its end, the metrics it recorded too (kept until the
+    training's end adds Replicant's own timings to them)."""
+    values: dict[str, Any] = {}
+    if logs is not None:
+        values["logs"] = logs
+    if model_metrics:
+        values["metrics"] = with_model_metrics(model_metrics, {})
+    return bool(values) and update_open(engine, training_id, values, Training)
 
 
 def _metrics(
     row: Training, completed_at: datetime, prices: Mapping[str, float] | None
 ) -> dict[str, Any]:
-    metrics: dict[str, Any] = {
-        "total_time": (completed_at - as_utc(row.created_at)).total_seconds()
-    }
+    """The row's metrics so far (the trainer's own), Replicant's timings and cost."""
+    metrics = with_model_metrics(
+        row.metrics, {"total_time": (completed_at - as_utc(row.created_at)).total_seconds()}
+    )
     if row.started_at is not None:
         metrics["predict_time"] = (completed_at - as_utc(row.started_at)).total_seconds()
     return with_cost(metrics, row.hardware, prices)

@@ -123,6 +123,8 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "temporal_port": free_port(),
         "ui_port": free_port(),
         "prediction_retention": RETENTION,
+        # The sweep removes the data once retention is over: within a second here.
+        "retention_sweep_interval": 1.0,
         "prediction_timeout": TIMEOUT,
         "heartbeat_timeout": HEARTBEAT_TIMEOUT,
         "hardware": {"cpu": 2, "gpu-t4": 1},
@@ -142,10 +144,10 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "deployment_check_interval": 0.5,
         # Built-in models' environments build on their first prediction, not at every start.
         "prebuild_envs": False,
-        "model_build_egress": BUILD_EGRESS,
         # Every run has a cost (tests/test_usage.py); one fixed account has a spend limit.
         "hardware_prices": PRICES,
         "spend_limits": {SPEND_CAPPED: SPEND_LIMIT},
+        "model_build_egress": BUILD_EGRESS,
     }
     values.update(overrides)
     return Settings(**values)
@@ -207,7 +209,7 @@ def schemas_derived_once() -> Iterator[None]:
 
 @contextlib.contextmanager
 def own_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str, **overrides: Any
+    tmp_path_factory: pytest.TempPathFactory, name: str, ui: bool = False, **overrides: Any
 ) -> Iterator[LiveStack]:
     """A started embedded stack on this run's database (see ``suite_database``), with the
     test settings of ``stack_settings`` and ``overrides``; stopped, and its database dropped,
@@ -216,7 +218,7 @@ def own_stack(
     with contextlib.ExitStack() as cleanup:
         database = cleanup.enter_context(suite_database())
         settings = stack_settings(data_dir, **{**overrides, **database})
-        stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
+        stack = Stack(settings, ui=ui, log_dir=data_dir / "logs")
         cleanup.callback(stack.stop)
         with schemas_derived_once():
             token = stack.start()
@@ -227,8 +229,9 @@ def own_stack(
 
 @pytest.fixture(scope="session")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
-    """The embedded stack, exactly as `make dev` runs it, on free ports."""
-    with own_stack(tmp_path_factory, "replicant") as stack:
+    """The embedded stack, exactly as `make dev` runs it (the Temporal UI too), on free
+    ports."""
+    with own_stack(tmp_path_factory, "replicant", ui=True) as stack:
         yield stack
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
 
-from replicant.contracts import ActivityName
+from replicant.contracts import ActivityName, webhook_workflow_id
 from tests.workflow_runs import all_events
 
 SCHEDULED = PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
@@ -45,17 +46,24 @@ async def build_activity(temporal: Client, build_id: str) -> PendingActivityInfo
 
 
 async def failed_attempts(temporal: Client, prediction_id: str) -> list[tuple[datetime, str]]:
-    """When each failed activity attempt of a prediction's workflow (every run of it) failed,
-    and its failure message, in order."""
+    """When each failed activity attempt of a prediction's workflows (every run of its own,
+    and its `completed` webhook's delivery) failed, and its failure message, in order."""
     failed = EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED
-    return [
+    events = []
+    for workflow_id in (f"prediction-{prediction_id}", webhook_workflow_id(prediction_id)):
+        try:
+            events += await all_events(temporal, workflow_id)
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return sorted(
         (
             event.event_time.ToDatetime(tzinfo=UTC),
             event.activity_task_failed_event_attributes.failure.message,
         )
-        for event in await all_events(temporal, f"prediction-{prediction_id}")
+        for event in events
         if event.event_type == failed
-    ]
+    )
 
 
 def is_queued(pending: PendingActivityInfo | None) -> bool:

@@ -1,6 +1,8 @@
-"""A prediction's after-life needs no worker of its hardware, and a sweep removes the data
-of predictions whose workflow was terminated; a worker stopped (SIGTERM) while it runs a
-prediction, of a hardware queue or of a deployment, leaves the prediction to the next one.
+"""What follows a prediction's end needs no worker of its hardware: its workflow closes at
+the end, a workflow of its own delivers the `completed` webhook, and the retention sweep
+removes the data (after the delivery, whose body is the final prediction); a worker
+stopped (SIGTERM) while it runs a prediction, of a hardware queue or of a deployment, leaves
+the prediction to the next one.
 
 A stack of its own: the orchestration worker (which serves gpu-t4 too) and a worker of the
 cpu queue alone, which this module SIGKILLs once a run is over; a short retention, a
@@ -13,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +22,9 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
+from replicant.contracts import webhook_workflow_id
 from replicant.db import make_engine
 from replicant.devstack import Stack, wait_for_health
 from replicant.temporal import connect
@@ -30,10 +33,9 @@ from tests.observe import failed_attempts
 from tests.receiver import Receiver, refusing_receiver, running_receiver
 from tests.test_deployment_instances import retire
 from tests.test_deployments import get, poll, unique
-from tests.test_replay import replayer, save
 from tests.test_webhooks import delivered_completed, verify_all
 from tests.waiting import async_wait_until
-from tests.workflow_runs import all_events, run_histories
+from tests.workflow_runs import all_events
 from workers.deployments import STOP_GRACE
 
 RETENTION = 10.0
@@ -93,19 +95,18 @@ def predict(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     response = api.post(f"/v1/models/{HELLO}/predictions", json=body, headers={"Prefer": "wait"})
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
-    # `Prefer: wait` is answered when the run ends, before the hand-over.
+    # `Prefer: wait` is answered when the run ends, before the workflow closes.
     assert created["status"] == "succeeded", created
     return created
 
 
-async def wait_handed_over(live: LiveStack, prediction_id: str, timeout: float = 60) -> None:
-    """Wait until the workflow's current run is its after-life on the orchestration queue."""
+async def wait_closed(live: LiveStack, prediction_id: str) -> WorkflowExecutionStatus | None:
+    """Wait until the prediction's workflow has closed (its close event); its status then."""
     client = await connect(live.settings)
     handle = client.get_workflow_handle(f"prediction-{prediction_id}")
-    deadline = time.monotonic() + timeout
-    while (queue := (await handle.describe()).task_queue) != live.settings.orchestration_queue:
-        assert time.monotonic() < deadline, f"still on {queue} after {timeout}s"
-        await asyncio.sleep(0.1)
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result(follow_runs=False)
+    return (await handle.describe()).status
 
 
 async def test_after_life_goes_on_with_the_hardware_worker_killed(
@@ -124,7 +125,8 @@ async def test_after_life_goes_on_with_the_hardware_worker_killed(
                 "webhook_events_filter": ["completed"],
             },
         )
-    await wait_handed_over(stack, created["id"])
+    # The prediction's workflow closed at its end; its webhook is delivered by another.
+    assert await wait_closed(stack, created["id"]) == WorkflowExecutionStatus.COMPLETED
     stack.stack.stop(CPU_WORKER, sig=signal.SIGKILL)
     try:
         deliveries = await asyncio.to_thread(receiver.wait, delivered_completed, created["id"], 60)
@@ -140,26 +142,19 @@ async def test_after_life_goes_on_with_the_hardware_worker_killed(
     finally:
         stack.stack.start_worker(CPU_WORKER, "--no-orchestration", "--hardware", "cpu")
     client = await connect(stack.settings)
-    first, after_life = await run_histories(client, f"prediction-{created['id']}")
-    queues = [
-        h.events[0].workflow_execution_started_event_attributes.task_queue.name
-        for h in (first, after_life)
-    ]
-    assert queues == ["replicant-hw-cpu", stack.settings.orchestration_queue]
-    assert first.events[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
+    delivery = await client.get_workflow_handle(webhook_workflow_id(created["id"])).describe()
+    assert delivery.task_queue == stack.settings.orchestration_queue
 
 
-async def test_sweep_removes_the_data_of_a_terminated_prediction(stack: LiveStack) -> None:
+async def test_the_sweep_removes_the_data_once_retention_is_over(stack: LiveStack) -> None:
+    """A prediction's workflow closes at its end: the retention sweep removes the data, also
+    of a prediction whose workflow was terminated (as from the Temporal UI)."""
     await asyncio.to_thread(wait_for_health, stack.url)
     with stack.client() as api:
-        created = await asyncio.to_thread(predict, api, {"input": {"text": "terminated"}})
-    await wait_handed_over(stack, created["id"])
-    client = await connect(stack.settings)
-    # As from the Temporal UI: the workflow ends before its retention timer fires.
-    await client.get_workflow_handle(f"prediction-{created['id']}").terminate("from the UI")
-    with stack.client() as api:
+        created = await asyncio.to_thread(predict, api, {"input": {"text": "swept"}})
         kept = api.get(f"/v1/predictions/{created['id']}").json()
-    assert kept["data_removed"] is False and kept["output"] == "hello terminated"
+    assert kept["data_removed"] is False and kept["output"] == "hello swept"
+    assert await wait_closed(stack, created["id"]) == WorkflowExecutionStatus.COMPLETED
     removed = await asyncio.to_thread(
         stack.wait_for, created["id"], lambda p: p["data_removed"], RETENTION + 60
     )
@@ -192,17 +187,12 @@ async def test_a_completed_webhook_delivered_after_retention_carries_the_final_p
         final = delivery.json()
         assert final["status"] == "succeeded" and final["output"] == "hello late"
         assert final["input"] == {"text": "late"} and final["data_removed"] is False
-    # Then, the delivery over, the data goes.
+    # Then, the delivery over (its workflow closed), the sweep removes the data.
+    await temporal.get_workflow_handle(webhook_workflow_id(created["id"])).result()
     removed = await asyncio.to_thread(
         stack.wait_for, created["id"], lambda p: p["data_removed"], 60
     )
     assert removed["output"] is None and removed["input"] == {}
-    # The after-life that waited for its webhook before removing the data replays.
-    workflow_id = f"prediction-{created['id']}"
-    await temporal.get_workflow_handle(workflow_id).result()
-    _, after_life = await run_histories(temporal, workflow_id)
-    save("prediction-webhook-after-life", after_life)
-    await replayer().replay_workflow(after_life)
 
 
 def _stopped_mid_run(stack: LiveStack, prediction_id: str, seconds: float) -> None:

@@ -13,6 +13,7 @@ official client.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tarfile
 import zipfile
@@ -27,6 +28,7 @@ import replicate
 from activities.predictions import model_concurrency
 from tests.conftest import LiveStack
 from tests.modelkit import Who, push, someone, write_model
+from tests.receiver import running_receiver
 from tests.trainkit import new_destination, wait_training
 
 MODELS = Path(__file__).resolve().parent / "models"
@@ -266,6 +268,10 @@ def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
     )
     wait_training(training, timeout=BUILD_TIMEOUT)
     assert training.status == "succeeded", (training.error, training.logs)
+    # What setup() printed comes first in the training's logs, as under Cog.
+    logs = training.logs or ""
+    assert "Trainer is setting up." in logs, logs
+    assert logs.index("Trainer is setting up.") < logs.index("Trainer.train called.")
     weights = httpx.get(training.output["weights"], timeout=60)
     assert weights.status_code == 200 and weights.text == "hello train world"
     trained = training.output["version"]
@@ -273,3 +279,126 @@ def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
     assert official.run(f"{who.username}/cog-trainer:{version}", input={"s": "x"}) == (
         "no weights; x"
     )
+
+
+# -- metrics a model records -----------------------------------------------------------------
+
+RECORDED = {
+    "temperature": 0.7,
+    "token_count": 2,
+    "logprobs": [-1.5, -0.5],
+    "timing": {"preprocess": 0.25},
+    "model_name": "metrics-test",
+    "legacy": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def metrics_model(live: LiveStack, who: Who) -> str:
+    return pushed(live, who, "cog-metrics")
+
+
+def test_metrics_a_model_records_appear_beside_the_timings(
+    live: LiveStack, who: Who, metrics_model: str
+) -> None:
+    version = metrics_model
+    official = client(live, who)
+    with running_receiver() as receiver:
+        prediction = official.predictions.create(
+            version=version, input={}, webhook=f"{receiver.url}/hook"
+        )
+        prediction.wait()
+        assert prediction.status == "succeeded", (prediction.error, prediction.logs)
+        metrics = prediction.metrics or {}
+        assert {k: metrics[k] for k in RECORDED} == RECORDED, metrics
+        assert metrics["predict_time"] > 0 and metrics["total_time"] >= metrics["predict_time"]
+        deliveries = receiver.wait(
+            lambda ds: any(d.json()["status"] == "succeeded" for d in ds), prediction.id
+        )
+        hooked = [d.json() for d in deliveries if d.json()["status"] == "succeeded"][-1]
+        assert hooked["metrics"] == metrics
+    # A metric recorded before the model fails is kept.
+    failed = official.predictions.create(version=version, input={"fail": True})
+    failed.wait()
+    assert failed.status == "failed" and "failed after recording" in (failed.error or "")
+    assert (failed.metrics or {})["token_count"] == 2, failed.metrics
+    assert "total_time" in (failed.metrics or {})
+
+
+def test_metrics_a_trainer_records_appear_in_the_training(
+    live: LiveStack, who: Who, metrics_model: str
+) -> None:
+    version = metrics_model
+    official = client(live, who)
+    training = official.trainings.create(
+        model=f"{who.username}/cog-metrics",
+        version=version,
+        input={"steps": 3},
+        destination=new_destination(live, who.token, "metrics-trained"),
+    )
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    with who.client(live) as api:  # the official client's Training has no metrics
+        metrics = api.get(f"/v1/trainings/{training.id}").json()["metrics"]
+    assert metrics["steps"] == 3, metrics
+    assert "predict_time" in metrics and "total_time" in metrics
+
+
+# -- cog.File inputs -------------------------------------------------------------------------
+
+
+def test_cog_file_inputs_arrive_as_file_objects(live: LiveStack, who: Who, tmp_path: Path) -> None:
+    version = pushed(live, who, "cog-file")
+    official = client(live, who)
+    ref = f"{who.username}/cog-file:{version}"
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / f"{name}.txt").write_text(f"text {name}")
+
+    def opened(name: str) -> Any:
+        return open(tmp_path / f"{name}.txt", "rb")  # noqa: SIM115 (the client reads it)
+
+    given = {"file": opened("a"), "files": [opened("b"), opened("c")], "maybe": opened("d")}
+    assert official.run(ref, input=given) == "text a|text b|text c|text d"
+    given = {"file": opened("a"), "files": [opened("b")]}
+    assert official.run(ref, input=given) == "text a|text b|none"
+
+
+# -- context ---------------------------------------------------------------------------------
+
+
+def test_the_context_a_caller_passes_reaches_the_model(live: LiveStack, who: Who) -> None:
+    version = pushed(live, who, "cog-context")
+    official = client(live, who)
+    context = {"user": "alice", "trace": "abc-123"}
+    # An extension of Replicate's create body: the official client does not send it.
+    with who.client(live) as api:
+        created = api.post("/v1/predictions", json={"version": version, "context": context})
+        assert created.status_code == 201, created.text
+        refused_body = api.post("/v1/predictions", json={"version": version, "context": ["x"]})
+        assert refused_body.status_code == 422, refused_body.text
+    prediction = official.predictions.get(created.json()["id"])
+    prediction.wait()
+    assert prediction.status == "succeeded", (prediction.error, prediction.logs)
+    assert json.loads(prediction.output) == context
+    assert json.loads(official.run(f"{who.username}/cog-context:{version}", input={})) == {}
+    # A training's create body takes it too.
+    destination = new_destination(live, who.token, "context-trained")
+    with who.client(live) as api:
+        created = api.post(
+            f"/v1/models/{who.username}/cog-context/versions/{version}/trainings",
+            json={"destination": destination, "context": context},
+        )
+        assert created.status_code == 201, created.text
+    training = official.trainings.get(created.json()["id"])
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    weights = httpx.get(training.output["weights"], timeout=60)
+    assert weights.status_code == 200 and json.loads(weights.text) == context
+
+
+# -- weights: --------------------------------------------------------------------------------
+
+
+def test_managed_weights_from_a_hub_are_refused_at_push(live: LiveStack, who: Who) -> None:
+    problem = refused(live, who, "cog-weights-hub")
+    assert "weights base come from a model hub (hf://example-org/example-model)" in str(problem)

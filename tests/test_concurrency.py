@@ -9,13 +9,17 @@ these bursts are what caught it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
+from replicant.accounts import list_tokens, revoke_token
+from replicant.devstack import free_port
 from tests.conftest import LiveStack
+from tests.waiting import wait_until
 
 CLIENTS = 64
 # Generous: the machine running the suite may be busy; a stalled process never answers.
@@ -128,12 +132,20 @@ def test_a_dashboard_page_answers_64_clients_at_once(live: LiveStack) -> None:
     _assert_all_answered(*asyncio.run(_burst(live, page, cookies=cookies)))
 
 
+def _streaming(api: httpx.Client, model: str, tokens: int) -> dict[str, Any]:
+    """A new prediction of ``replicant/slowstream`` (``model``) yielding ``tokens`` tokens."""
+    created = api.post(
+        f"/v1/models/{model}/predictions", json={"input": {"tokens": tokens, "interval": 0.5}}
+    )
+    assert created.status_code == 201, created.text
+    body: dict[str, Any] = created.json()
+    return body
+
+
 def test_a_stream_answers_64_clients_at_once(
     live: LiveStack, api: httpx.Client, slowstream: str
 ) -> None:
-    created = api.post(
-        f"/v1/models/{slowstream}/predictions", json={"input": {"tokens": 4, "interval": 0.5}}
-    ).json()
+    created = _streaming(api, slowstream, 4)
     stream_url = created["urls"]["stream"]
 
     async def stream(http: httpx.AsyncClient) -> httpx.Response:
@@ -146,3 +158,73 @@ def test_a_stream_answers_64_clients_at_once(
 
     _assert_all_answered(*asyncio.run(_burst(live, stream)))
     assert live.wait_for(created["id"])["status"] == "succeeded"
+
+
+async def _short_gets_while_streams_are_held(
+    live: LiveStack, stream_url: str, prediction_id: str
+) -> tuple[list[Any], list[int]]:
+    opened: asyncio.Queue[int] = asyncio.Queue()
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
+    async with httpx.AsyncClient(base_url=live.url, timeout=CLIENT_TIMEOUT, limits=limits) as h:
+
+        async def held() -> int:
+            headers = {"Accept": "text/event-stream"}
+            async with h.stream("GET", stream_url, headers=headers) as answer:
+                opened.put_nowait(answer.status_code)
+                async for _ in answer.aiter_bytes():
+                    pass
+            return answer.status_code
+
+        streams = [asyncio.create_task(held()) for _ in range(CLIENTS)]
+        statuses = [await opened.get() for _ in range(CLIENTS)]  # every stream is open
+
+        async def models(http: httpx.AsyncClient) -> httpx.Response:
+            return await http.get("/v1/models")
+
+        results, health = await _burst(live, models, **_bearer(live))
+        async with httpx.AsyncClient(base_url=live.url, **_bearer(live)) as api:
+            canceled = await api.post(f"/v1/predictions/{prediction_id}/cancel")
+            assert canceled.status_code == 200, canceled.text
+        ended = await asyncio.gather(*streams)
+    assert set(statuses) == {200} and set(ended) == {200}, (statuses, ended)
+    return results, health
+
+
+def test_short_requests_are_answered_while_64_streams_are_held(
+    live: LiveStack, api: httpx.Client, slowstream: str
+) -> None:
+    created = _streaming(api, slowstream, 200)
+    results, health = asyncio.run(
+        _short_gets_while_streams_are_held(live, created["urls"]["stream"], created["id"])
+    )
+    _assert_all_answered(results, health)
+    assert live.wait_for(created["id"])["status"] == "canceled"
+
+
+def _account_status(url: str, token: str) -> int:
+    answer = httpx.get(f"{url}/v1/account", headers={"Authorization": f"Bearer {token}"})
+    return answer.status_code
+
+
+def test_a_revoked_token_stops_working_in_every_api_process(live: LiveStack) -> None:
+    # Two API processes that both reuse the token's account (lookup_cache_ttl), and the
+    # revocation made by a third process (this one, as the CLI does).
+    token = live.new_account("revoked")
+    username = httpx.get(f"{live.url}/v1/account", headers={"Authorization": f"Bearer {token}"})
+    second = live.stack.start_api("api-revocation", port=free_port())
+    try:
+        urls = [live.url, second]
+        assert [_account_status(url, token) for url in urls for _ in range(3)] == [200] * 6
+        tokens = list_tokens(live.engine, username.json()["username"])
+        revoke_token(live.engine, tokens[0].id or 0)
+        for url in urls:
+            status = wait_until(
+                functools.partial(_account_status, url, token),
+                lambda status: status != 200,
+                what=f"{url} to refuse the revoked token",
+            )
+            assert status == 401
+        # The stack's own token still works everywhere.
+        assert [_account_status(url, live.token) for url in urls] == [200, 200]
+    finally:
+        live.stack.stop("api-revocation")

@@ -327,7 +327,7 @@ async def test_each_gpu_slot_pins_its_own_device(models: Path) -> None:
 
         # A restarted process keeps its device.
         v1_device = one["CUDA_VISIBLE_DEVICES"]
-        os.kill(pool.pid("v1") or 0, signal.SIGKILL)
+        os.killpg(pool.pid("v1") or 0, signal.SIGKILL)  # the sandbox's whole process group
         again = seen((await pool.predict(spec(models, "env", key="v1"), "g-3", {})).output)
         assert again["pid"] != one["pid"]
         assert again["CUDA_VISIBLE_DEVICES"] == v1_device

@@ -9,24 +9,24 @@ prove the guard).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from replicant.archives import pack_model
 from replicant.temporal import connect
 from tests.conftest import TERMINAL, LiveStack
+from tests.receiver import running_receiver
 from tests.trainkit import corpus, data_uri, ngram_version
 from tests.waiting import async_wait_until
-from tests.workflow_runs import run_histories
 from workers.main import WORKFLOW_RUNNER
 from workers.schedules import (
     FILE_EXPIRY_SCHEDULE,
@@ -39,6 +39,7 @@ from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
 from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow, StartReconcileWorkflow
 from workflows.training import TrainingWorkflow
+from workflows.webhooks import WebhookDeliveryWorkflow
 
 HISTORIES = Path(__file__).parent / "histories"
 # Every workflow type the workers run (workers/main.py).
@@ -50,6 +51,7 @@ WORKFLOWS = [
     FileExpiryWorkflow,
     RetentionSweepWorkflow,
     StartReconcileWorkflow,
+    WebhookDeliveryWorkflow,
 ]
 
 
@@ -79,32 +81,42 @@ def workflow_type(history: WorkflowHistory) -> str:
     return name
 
 
+async def closed_history(client: Client, workflow_id: str) -> WorkflowHistory:
+    """The history of a workflow once it has closed (however it closed)."""
+    handle = client.get_workflow_handle(workflow_id)
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result(follow_runs=False)
+    return await handle.fetch_history()
+
+
 async def test_prediction_histories_replay_with_the_current_code(
     live: LiveStack, api: httpx.Client
 ) -> None:
-    made = [
-        api.post(
-            "/v1/models/replicate/hello-world/predictions",
-            json={"input": {"text": "replay"}},
-            headers={"Prefer": "wait"},
-        ).json(),
-        api.post("/v1/models/replicant/sleep/predictions", json={"input": {"seconds": 30}}).json(),
-    ]
-    live.wait_for(made[1]["id"], lambda p: p["status"] == "processing", 30)
-    api.post(f"/v1/predictions/{made[1]['id']}/cancel")
-    assert live.wait_for(made[1]["id"])["status"] == "canceled"
-    client = await connect(live.settings)
-    for name, prediction in zip(("succeeded", "canceled"), made, strict=True):
-        # The run, continued as new on the orchestration queue for its after-life.
-        workflow_id = f"prediction-{prediction['id']}"
-        run, after_life = await async_wait_until(
-            partial(run_histories, client, workflow_id),
-            lambda runs: len(runs) == 2 and all(map(has_completed_task, runs)),
-            what=f"both runs of {workflow_id} past their first workflow task",
-        )
-        save(f"prediction-{name}-handed-over", run)
-        save(f"prediction-{name}-after-life", after_life)
-        for history in (run, after_life):
+    """A prediction's workflow closes as it ended: succeeded, canceled, and with a
+    `completed` webhook, which a workflow of its own delivers."""
+    with running_receiver() as receiver:
+        made = [
+            api.post(
+                "/v1/models/replicate/hello-world/predictions",
+                json={"input": {"text": "replay"}, "webhook": receiver.url},
+                headers={"Prefer": "wait"},
+            ).json(),
+            api.post(
+                "/v1/models/replicant/sleep/predictions", json={"input": {"seconds": 30}}
+            ).json(),
+        ]
+        live.wait_for(made[1]["id"], lambda p: p["status"] == "processing", 30)
+        api.post(f"/v1/predictions/{made[1]['id']}/cancel")
+        assert live.wait_for(made[1]["id"])["status"] == "canceled"
+        client = await connect(live.settings)
+        histories = {
+            "prediction-succeeded-closed": f"prediction-{made[0]['id']}",
+            "prediction-canceled-closed": f"prediction-{made[1]['id']}",
+            "webhook-delivered": f"webhook-{made[0]['id']}",
+        }
+        for name, workflow_id in histories.items():
+            history = await closed_history(client, workflow_id)
+            save(name, history)
             await replayer().replay_workflow(history)
 
 
@@ -125,8 +137,8 @@ async def test_build_histories_replay_with_the_current_code(
     assert pushed.status_code in (200, 201), pushed.text
     client = await connect(live.settings)
     handle = client.get_workflow_handle(f"build-{pushed.headers['Replicant-Build']}")
-    history = await handle.fetch_history()
-    save("build-succeeded", history)
+    history = await closed_history(client, handle.id)
+    save("build-succeeded-closed", history)
     await replayer().replay_workflow(history)
 
 
@@ -175,13 +187,11 @@ async def test_training_and_deployment_histories_replay_with_the_current_code(
     assert predicted["status"] == "succeeded", predicted
     client = await connect(live.settings)
     histories = {
-        "training-succeeded": await client.get_workflow_handle(
-            f"training-{training['id']}"
-        ).fetch_history(),
+        "training-succeeded-closed": await closed_history(client, f"training-{training['id']}"),
         "deployment-serving": await (await one_of(client, "DeploymentWorkflow")).fetch_history(),
-        "prediction-deployment": await client.get_workflow_handle(
-            f"prediction-{predicted['id']}"
-        ).fetch_history(),
+        "prediction-deployment-closed": await closed_history(
+            client, f"prediction-{predicted['id']}"
+        ),
     }
     for name, history in histories.items():
         save(name, history)
@@ -210,13 +220,8 @@ async def test_a_canceled_training_history_replays_with_the_current_code(
     training = await asyncio.to_thread(finished, api, f"/v1/trainings/{training_id}")
     assert training["status"] == "canceled", training
     client = await connect(live.settings)
-    handle = client.get_workflow_handle(f"training-{training_id}")
-    history = await async_wait_until(
-        handle.fetch_history,
-        lambda h: h.events[-1].HasField("workflow_execution_completed_event_attributes"),
-        what=f"training-{training_id} to complete",
-    )
-    save("training-canceled", history)
+    history = await closed_history(client, f"training-{training_id}")
+    save("training-canceled-closed", history)
     await replayer().replay_workflow(history)
 
 

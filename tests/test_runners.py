@@ -328,7 +328,9 @@ async def test_a_killed_coglet_process_is_replaced(pool: RunnerPool, models: Pat
     await pool.predict(hello, "p-before-kill", {})
     pid = pool.pid("hello")
     assert pid is not None
-    os.kill(pid, signal.SIGKILL)
+    # The whole process group: pool.pid is the sandbox's bwrap, whose death reaches coglet
+    # a moment later (through the parent-death signals of the sandbox's init).
+    os.killpg(pid, signal.SIGKILL)
 
     result = await pool.predict(hello, "p-after-kill", {"name": "again"})
 

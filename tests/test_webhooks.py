@@ -16,7 +16,7 @@ from temporalio.client import WorkflowHandle
 
 from api.errors import ProblemError
 from api.runs import check_webhook
-from replicant.contracts import PredictionRequest, RunOutcome
+from replicant.contracts import PredictionRequest, RunOutcome, webhook_workflow_id
 from replicant.ids import new_id
 from replicant.netguard import BlockedURL, check_url
 from replicant.sealing import SEALED_PREFIX
@@ -178,10 +178,12 @@ def test_events_filter_is_respected(live: LiveStack, api: httpx.Client, receiver
 
 
 async def _history_messages(live: LiveStack, prediction_id: str) -> tuple[list[str], list[Any]]:
+    """The attempts of the prediction's `completed` delivery (its own workflow, once over)."""
     client = await connect(live.settings)
     failures: list[str] = []
     results: list[Any] = []
-    for event in await all_events(client, f"prediction-{prediction_id}"):
+    await client.get_workflow_handle(webhook_workflow_id(prediction_id)).result()
+    for event in await all_events(client, webhook_workflow_id(prediction_id)):
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
             failures.append(event.activity_task_failed_event_attributes.failure.message)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
@@ -224,14 +226,18 @@ async def test_deliveries_take_no_hardware_slot(
     receiver.wait(delivered_completed, created["id"])
     client = await connect(live.settings)
     queues: dict[str, set[str]] = {}
-    for event in await all_events(client, f"prediction-{created['id']}"):
+    # The prediction's workflow, then the workflow that delivers its `completed` webhook.
+    delivery = webhook_workflow_id(created["id"])
+    await client.get_workflow_handle(delivery).result()
+    events = await all_events(client, f"prediction-{created['id']}")
+    for event in events + await all_events(client, delivery):
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
             started = event.workflow_execution_started_event_attributes
             queues.setdefault("workflow", set()).add(started.task_queue.name)
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
             queues.setdefault(attrs.activity_type.name, set()).add(attrs.task_queue.name)
-    # Once the run is over, the workflow continues on the orchestration queue.
+    # The delivery's workflow runs on the orchestration queue.
     assert queues == {
         "workflow": {"replicant-hw-cpu", live.settings.orchestration_queue},
         "run_prediction": {"replicant-hw-cpu"},

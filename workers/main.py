@@ -44,6 +44,7 @@ from workflows.deployment import DeploymentWorkflow
 from workflows.prediction import PredictionWorkflow
 from workflows.sweeps import FileExpiryWorkflow, RetentionSweepWorkflow, StartReconcileWorkflow
 from workflows.training import TrainingWorkflow
+from workflows.webhooks import WebhookDeliveryWorkflow
 
 log = logging.getLogger("replicant.worker")
 
@@ -197,6 +198,7 @@ def orchestration_workers(client: Client, parts: WorkerParts) -> list[Worker]:
             FileExpiryWorkflow,
             StartReconcileWorkflow,
             RetentionSweepWorkflow,
+            WebhookDeliveryWorkflow,
         ],
         workflow_runner=WORKFLOW_RUNNER,
         activities=[
@@ -207,7 +209,7 @@ def orchestration_workers(client: Client, parts: WorkerParts) -> list[Worker]:
             FileActivities(settings, engine, store).stage_inputs,
             ExpiryActivities(engine, store).remove_expired_files,
             ReconcileActivities(engine, client, store).reconcile_starts,
-            RetentionActivities(engine, store).remove_overdue_prediction_data,
+            RetentionActivities(engine, store, client).remove_overdue_prediction_data,
             parts.webhooks.send_webhook,
             DeploymentActivities(engine).observe_deployment,
             trainings.stage_training_inputs,

@@ -71,12 +71,11 @@ def start_reconcile_schedule(settings: Settings) -> Schedule:
 
 def retention_schedule(settings: Settings) -> Schedule:
     every = timedelta(seconds=max(1.0, settings.retention_sweep_interval))
-    # Overdue by one interval: a workflow that is alive has removed its data by then.
+    # The sweep removes the data once retention is over (a prediction's workflow closes at
+    # its end); a `completed` delivery still running holds it: its last attempt starts
+    # within the retry period and takes at most the webhook timeout.
     job = SweepRetention(
         retention=settings.prediction_retention,
-        grace=every.total_seconds(),
-        # The workflow removes the data once the `completed` delivery is over: its last
-        # attempt starts within the retry period and takes at most the webhook timeout.
         webhook_hold=settings.webhook_retry_period + settings.webhook_timeout,
     )
     return Schedule(

@@ -222,12 +222,15 @@ class SlotRunner:
         input: dict[str, Any],
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
+        context: dict[str, str] | None = None,
     ) -> CogPrediction:
         """The pool's ``predict``, the run holding its ``Lease`` of this queue's slots (room
         in a process of its key, or a slot of its own) until it ends."""
         lease = await self.slots.acquire(spec.key, spec.concurrency)
         try:
-            return await self.pool.predict(spec, prediction_id, input, on_update, on_booted)
+            return await self.pool.predict(
+                spec, prediction_id, input, on_update, on_booted, context
+            )
         finally:
             self.slots.release(lease)
 

@@ -15,9 +15,10 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, TypedSearchAttributes
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import steps
+from workflows.runs import CLOSES_AT_END
 from workflows.steps import STATUS_ATTR
 
 with workflow.unsafe.imports_passed_through():
@@ -31,8 +32,33 @@ FAIL = timedelta(minutes=1)
 class BuildVersionWorkflow:
     """One push, from its uploaded archive to a version (or a build failure)."""
 
+    def __init__(self) -> None:
+        self._status = "starting"
+
     @workflow.run
     async def run(self, req: BuildRequest) -> BuildOutcome:
+        closes = workflow.patched(CLOSES_AT_END)
+        outcome = await self._build(req)
+        self._status = outcome.status
+        workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        if closes and outcome.status == "failed":
+            raise ApplicationError(
+                outcome.error or "The build failed", type="BuildFailed", non_retryable=True
+            )
+        return outcome
+
+    @workflow.signal
+    def started(self) -> None:
+        """A worker took the build (its row says ``processing``)."""
+        if self._status == "starting":
+            self._status = "processing"
+            workflow.upsert_search_attributes([STATUS_ATTR.value_set("processing")])
+
+    @workflow.query
+    def status(self) -> str:
+        return self._status
+
+    async def _build(self, req: BuildRequest) -> BuildOutcome:
         try:
             outcome: BuildOutcome = await workflow.execute_activity(
                 ActivityName.BUILD_VERSION,
@@ -41,6 +67,7 @@ class BuildVersionWorkflow:
                 start_to_close_timeout=timedelta(seconds=req.timeout),
                 heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
                 retry_policy=RetryPolicy(maximum_attempts=BUILD_ATTEMPTS),
+                summary=f"build {req.model} version {req.version[:12]}",
             )
         except ActivityError as err:
             message = (
@@ -51,8 +78,7 @@ class BuildVersionWorkflow:
                 FailBuild(build_id=req.id, archive_key=req.archive_key, message=message),
                 start_to_close_timeout=FAIL,
             )
-            outcome = BuildOutcome(status="failed")
-        workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+            outcome = BuildOutcome(status="failed", error=message)
         return outcome
 
 

@@ -21,8 +21,9 @@ from temporalio import workflow
 from temporalio.common import TypedSearchAttributes
 
 from workflows import steps
-from workflows.runs import Rungs, RunLadder
+from workflows.runs import CLOSES_AT_END, Rungs, RunLadder
 from workflows.steps import LOCAL, MODEL_ATTR, STATUS_ATTR, deliver_completed
+from workflows.webhooks import start_delivery
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
@@ -81,6 +82,8 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
             workflow.upsert_search_attributes(
                 [pair.key.value_set(pair.value) for pair in search_attributes(req)]
             )
+        if workflow.patched(CLOSES_AT_END):
+            return await self._live(req)
         if not req.recorded:
             await workflow.execute_local_activity(
                 ActivityName.RECORD_PREDICTION, req, start_to_close_timeout=LOCAL
@@ -101,6 +104,31 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
                 search_attributes=workflow.info().typed_search_attributes,
             )
         return await self._after_life(req, outcome)
+
+    async def _live(self, req: PredictionRequest) -> RunOutcome:
+        """The prediction's life, and the workflow's: it closes as the prediction ended (the
+        `completed` webhook goes on in a workflow of its own, the retention sweep removes
+        the data)."""
+        outcome = await self._shielded(self._record_and_run(req))
+        self._status, self._terminal = outcome.status, True
+        workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        if wants_completed(req):
+            await start_delivery("prediction", req)
+        # `wait_done` answers before the workflow closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self._close(outcome, "Prediction", outcome.status, outcome.error)
+
+    async def _record_and_run(self, req: PredictionRequest) -> RunOutcome:
+        if not req.recorded:
+            await workflow.execute_local_activity(
+                ActivityName.RECORD_PREDICTION,
+                req,
+                start_to_close_timeout=LOCAL,
+                summary=f"record prediction {req.id}",
+            )
+        if req.deadline is not None:
+            return await self._run_before_deadline(req, req.deadline)
+        return await self._run_model(req)
 
     def _hands_over(self, req: PredictionRequest) -> bool:
         """Whether the workflow runs on a hardware queue and has an after-life to live."""
@@ -173,7 +201,10 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
             return ended
         done = FinishPrediction(id=req.id, status=status, error=error, completed_at=workflow.now())
         await workflow.execute_local_activity(
-            ActivityName.FINISH_PREDICTION, done, start_to_close_timeout=LOCAL
+            ActivityName.FINISH_PREDICTION,
+            done,
+            start_to_close_timeout=LOCAL,
+            summary=f"record {status}",
         )
         return RunOutcome(status=status, error=error, completed_at=done.completed_at)
 

@@ -13,19 +13,26 @@ workflow module.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.steps import failure_message, may_hold_files, stage, start_run
+from workflows.steps import STATUS_ATTR, failure_message, may_hold_files, stage, start_run
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import Status
 
 Result = TypeVar("Result")
 Ended = TypeVar("Ended")
+T = TypeVar("T")
+
+# The workflow.patched() id under which a run's workflow closes when the run ends (Completed,
+# Failed or Canceled, as the run ended), its `completed` webhook delivered by a workflow of
+# its own and its data removed by the retention sweep.
+CLOSES_AT_END = "closes-at-end"
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,45 @@ class RunLadder(Generic[Result, Ended]):
 
     def __init__(self) -> None:
         self._cancel_requested = False
+        self._cancel_asked_by_temporal = False
         self._run: workflow.ActivityHandle[Result] | None = None
+
+    def cancel(self) -> None:
+        raise NotImplementedError
+
+    _status: Status
+    _terminal: bool
+
+    @workflow.signal
+    def started(self) -> None:
+        """The run activity recorded ``processing``: the ``status`` query and the
+        ``ReplicantStatus`` search attribute say so too."""
+        if not self._terminal and self._status == "starting":
+            self._status = "processing"
+            workflow.upsert_search_attributes([STATUS_ATTR.value_set("processing")])
+
+    async def _shielded(self, work: Awaitable[T]) -> T:
+        """Await ``work`` whatever it is doing when the workflow is asked to cancel (the API's
+        cancel, the Temporal UI's "Request Cancellation"): that request becomes the kind's
+        own cancel, so the run ends as ``canceled`` and is recorded so."""
+        task = asyncio.ensure_future(work)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                self._cancel_asked_by_temporal = True
+                self.cancel()
+
+    def _close(self, result: T, noun: str, status: Status, error: str | None) -> T:
+        """Close the workflow as the run ended: Completed with ``result``, Failed with the
+        run's error (not retried), or Canceled when the cancel came through Temporal."""
+        if status == "failed":
+            raise ApplicationError(
+                error or f"The {noun.lower()} failed", type=f"{noun}Failed", non_retryable=True
+            )
+        if status == "canceled" and self._cancel_asked_by_temporal:
+            raise asyncio.CancelledError(f"The {noun.lower()} was canceled")
+        return result
 
     async def _finish(self, req: Any, status: Status, error: str | None) -> Ended:
         raise NotImplementedError

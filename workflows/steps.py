@@ -61,6 +61,7 @@ async def deliver_completed(
     max_interval: float,
     subject: str,
     task_queue: str | None = None,
+    summary: str | None = None,
 ) -> None:
     """Deliver a `completed` webhook until a 2xx or the retry period is over, waiting at
     most ``max_interval`` seconds between attempts; one activity per attempt, so each
@@ -77,6 +78,7 @@ async def deliver_completed(
                 task_queue=task_queue,
                 start_to_close_timeout=timedelta(seconds=attempt_timeout) + LOCAL,
                 retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=summary,
             )
             return
         except ActivityError as err:
@@ -110,6 +112,7 @@ async def stage(activity_name: str, req: Any, task_queue: str | None = None) -> 
             task_queue=task_queue,
             start_to_close_timeout=STAGE_TIMEOUT,
             retry_policy=RetryPolicy(maximum_attempts=3),
+            summary="stage the input files",
         )
     except ActivityError as err:
         cause = err.cause
@@ -134,6 +137,7 @@ def start_run(
             maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=non_retryable
         ),
         cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+        summary=f"run {req.model} on {req.hardware}",
     )
 
 

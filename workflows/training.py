@@ -19,8 +19,9 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
-from workflows.runs import Rungs, RunLadder
+from workflows.runs import CLOSES_AT_END, Rungs, RunLadder
 from workflows.steps import LOCAL, STATUS_ATTR, deliver_completed, failure_message
+from workflows.webhooks import start_delivery
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
@@ -63,6 +64,8 @@ class TrainingWorkflow(RunLadder[TrainingRun, TrainingOutcome]):
 
     @workflow.run
     async def run(self, req: TrainingRequest) -> TrainingOutcome:
+        if workflow.patched(CLOSES_AT_END):
+            return await self._live(req)
         outcome = await self._train(req)
         self._status, self._terminal = outcome.status, True
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
@@ -70,6 +73,17 @@ class TrainingWorkflow(RunLadder[TrainingRun, TrainingOutcome]):
         if req.webhook and (events is None or "completed" in events):
             await self._notify_completed(req)
         return outcome
+
+    async def _live(self, req: TrainingRequest) -> TrainingOutcome:
+        """The training's life, and the workflow's: it closes as the training ended (the
+        `completed` webhook goes on in a workflow of its own)."""
+        outcome = await self._shielded(self._train(req))
+        self._status, self._terminal = outcome.status, True
+        workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
+        events = req.webhook_events_filter
+        if req.webhook and (events is None or "completed" in events):
+            await start_delivery("training", req)
+        return self._close(outcome, "Training", outcome.status, outcome.error)
 
     async def _train(self, req: TrainingRequest) -> TrainingOutcome:
         run = await self._climb(req, RUNGS)
@@ -90,6 +104,7 @@ class TrainingWorkflow(RunLadder[TrainingRun, TrainingOutcome]):
                 result_type=TrainingOutcome,
                 start_to_close_timeout=COMPLETE,
                 retry_policy=RetryPolicy(non_retryable_error_types=NON_RETRYABLE),
+                summary=f"create the new version of {req.destination}",
             )
         except ActivityError as err:
             return await self._finish(
@@ -103,7 +118,10 @@ class TrainingWorkflow(RunLadder[TrainingRun, TrainingOutcome]):
         """Record a terminal state without a version, and remove any stored weights."""
         done = FinishTraining(id=req.id, status=status, error=error, completed_at=workflow.now())
         await workflow.execute_local_activity(
-            ActivityName.FINISH_TRAINING, done, start_to_close_timeout=LOCAL
+            ActivityName.FINISH_TRAINING,
+            done,
+            start_to_close_timeout=LOCAL,
+            summary=f"record {status}",
         )
         return TrainingOutcome(status=status, error=error, completed_at=done.completed_at)
 

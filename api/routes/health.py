@@ -1,10 +1,15 @@
-"""``GET /health``: ready only when the database, Temporal and every queue's worker are."""
+"""``GET /health``: ready only when the database, Temporal and every queue's worker are.
+
+Never refused by admission (api/admission.py), and its database checks run in threads of
+its own (``AppState.health_limiter``), so it answers while the API is saturated."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import anyio.to_thread
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -17,11 +22,17 @@ from api.state import AppState
 from replicant import heartbeats
 
 router = APIRouter(tags=["health"])
+T = TypeVar("T")
 
 
 def _database_ok(state: AppState) -> None:
     with state.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+async def _in_thread(state: AppState, fn: Callable[[], T]) -> T:
+    # Threads of health's own, with connections of their own: a saturated API still answers.
+    return await anyio.to_thread.run_sync(fn, limiter=state.health_limiter)
 
 
 async def _pollers(state: AppState, queue: str, kind: TaskQueueType.ValueType) -> int:
@@ -35,16 +46,37 @@ async def _pollers(state: AppState, queue: str, kind: TaskQueueType.ValueType) -
     return len(response.pollers)
 
 
+async def _database(state: AppState) -> str:
+    try:
+        await _in_thread(state, lambda: _database_ok(state))
+        return "ok"
+    except Exception:
+        return "unavailable"
+
+
+async def _workers(state: AppState) -> dict[str, int]:
+    """Each queue's pollers, asked of Temporal all at once; 0 for a queue whose workers
+    have not beaten lately (a killed worker's pollers stay listed for minutes)."""
+    queues = {
+        state.settings.orchestration_queue: TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        state.settings.build_queue: TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+    }
+    for sku in state.settings.hardware:
+        queues[state.settings.task_queue(sku)] = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+    alive = await _in_thread(state, lambda: heartbeats.live_queues(state.engine))
+
+    async def pollers(queue: str, kind: TaskQueueType.ValueType) -> int:
+        return await _pollers(state, queue, kind) if queue in alive else 0
+
+    counts = await asyncio.gather(*(pollers(queue, kind) for queue, kind in queues.items()))
+    return dict(zip(queues, counts, strict=True))
+
+
 @router.get("/health", include_in_schema=False)
 async def health(state: StateDep) -> JSONResponse:
     missing: list[str] = []
     checks: dict[str, Any] = {}
-    try:
-        await asyncio.to_thread(_database_ok, state)
-        checks["database"] = "ok"
-    except Exception:
-        checks["database"] = "unavailable"
-        missing.append("database")
+    database = asyncio.create_task(_database(state))  # meanwhile, ask Temporal
     try:
         client = await asyncio.wait_for(state.temporal(), timeout=5)
         await client.service_client.check_health()
@@ -53,20 +85,11 @@ async def health(state: StateDep) -> JSONResponse:
         checks["temporal"] = "unavailable"
         missing.append("temporal")
     else:
-        queues = {
-            state.settings.orchestration_queue: TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
-            state.settings.build_queue: TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-        }
-        for sku in state.settings.hardware:
-            queues[state.settings.task_queue(sku)] = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
-        # A queue is served when Temporal sees its pollers and a worker beat recently.
-        alive = await asyncio.to_thread(heartbeats.live_queues, state.engine)
-        workers: dict[str, int] = {}
-        for queue, kind in queues.items():
-            workers[queue] = await _pollers(state, queue, kind) if queue in alive else 0
-            if workers[queue] == 0:
-                missing.append(f"worker for {queue}")
-        checks["workers"] = workers
+        checks["workers"] = await _workers(state)
+        missing += [f"worker for {q}" for q, count in checks["workers"].items() if count == 0]
+    checks["database"] = await database
+    if checks["database"] != "ok":
+        missing.insert(0, "database")
     status = 503 if missing else 200
     return JSONResponse(
         {"status": "ok" if not missing else "unavailable", "missing": missing, **checks},

@@ -391,7 +391,7 @@ async def push_version(
         return StreamingResponse(events, media_type=push.NDJSON, headers=headers)
     status, body = await push.wait_build(state, build_id)
     if status >= 400:
-        raise push.as_problem(body)
+        raise push.as_problem(body, headers)  # a failed build names itself too
     return JSONResponse(body, status_code=status, headers=headers)
 
 

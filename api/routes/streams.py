@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header
@@ -28,8 +28,12 @@ from replicant.tables import TERMINAL_STATUSES, Prediction, Training
 
 router = APIRouter(prefix="/v1")
 
-# How often a stream looks at the read model for new output.
+# How often a stream looks at the read model for new output, while few streams are open.
 POLL_INTERVAL = 0.05
+# The reads a second that a process's open streams make together, at most: each one polls
+# less often as more are open, so that hundreds of held streams leave the event loop to
+# short requests (at 400 open streams, each one reads once a second).
+POLLS_PER_SECOND = 400.0
 
 Streamed = type[Prediction] | type[Training]
 # The table of each kind of stream, by its URL's collection.
@@ -120,6 +124,8 @@ async def keep_alive(
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
+        if isinstance(events, AsyncGenerator):
+            await events.aclose()  # now, not when collected: it counts as an open stream
 
 
 async def _next(events: AsyncIterator[ServerSentEvent]) -> ServerSentEvent | None:
@@ -167,11 +173,31 @@ def _data(chunk: Any) -> str:
     return chunk if isinstance(chunk, str) else json.dumps(chunk)
 
 
+class _OpenStreams:
+    count = 0
+
+    @classmethod
+    def interval(cls) -> float:
+        """Seconds between two reads of one stream, for the streams open now."""
+        return max(POLL_INTERVAL, cls.count / POLLS_PER_SECOND)
+
+
 async def row_events(
     state: AppState, table: Streamed, object_id: str, outputs: int, logs: int
 ) -> AsyncIterator[ServerSentEvent]:
     """``logs`` (a line each), ``output`` (an iterator's chunk each, or the whole output) and
     at the end ``done`` (after an ``error`` when it failed), read from the read model."""
+    _OpenStreams.count += 1
+    try:
+        async for event in _row_events(state, table, object_id, outputs, logs):
+            yield event
+    finally:
+        _OpenStreams.count -= 1
+
+
+async def _row_events(
+    state: AppState, table: Streamed, object_id: str, outputs: int, logs: int
+) -> AsyncIterator[ServerSentEvent]:
     while True:
         row = await state.db.read(_load, table, object_id)
         if row is None:
@@ -199,4 +225,4 @@ async def row_events(
                 yield ServerSentEvent(row.error or failed, event="error", id=cursor)
                 yield ServerSentEvent('{"reason": "error"}', event="done", id=cursor)
             return
-        await asyncio.sleep(POLL_INTERVAL)
+        await asyncio.sleep(_OpenStreams.interval())

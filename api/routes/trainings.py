@@ -51,6 +51,8 @@ class TrainingCreate(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
+    # An extension, as for predictions (api/launch.py): Cog's per-request context.
+    context: dict[str, str] | None = None
 
 
 def _render(request: Request, state: AppState, rows: list[Training]) -> list[responses.Training]:
@@ -163,6 +165,7 @@ def _request(
         hardware=hardware,
         webhook=body.webhook,
         webhook_events_filter=body.webhook_events_filter,
+        context=body.context or {},
         # After the upload: the start grace (api/startguard.py) counts from the row's creation.
         created_at=utcnow(),
         fairness_weight=account.fairness_weight,

@@ -42,9 +42,14 @@ def prediction_path(mode: str, prediction_id: str) -> str:
     return f"/{kind}/{quote(prediction_id, safe='')}"
 
 
-def request_body(input: dict[str, Any], webhook: str | None) -> dict[str, Any]:
-    """The body of a prediction's PUT; with ``webhook``, coglet reports each output and log."""
+def request_body(
+    input: dict[str, Any], webhook: str | None, context: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The body of a prediction's PUT; with ``webhook``, coglet reports each output and log;
+    ``context`` is Cog's per-request context."""
     body: dict[str, Any] = {"input": input}
+    if context:
+        body["context"] = context
     if webhook is not None:
         body["webhook"] = webhook
         body["webhook_events_filter"] = ["output", "logs", "completed"]
@@ -173,6 +178,8 @@ class LogLine:
 
     text: str
     fields: dict[str, Any] | None = None
+    # A line the model's setup() printed.
+    setup_print: str | None = None
 
 
 def parse_log_line(line: str) -> LogLine:
@@ -186,6 +193,10 @@ def parse_log_line(line: str) -> LogLine:
     fields = record.get("fields")
     text = _readable(record)
     if not isinstance(fields, dict) or "prediction_id" not in fields:
+        if not isinstance(fields, dict) or "source" not in fields:
+            return LogLine(text)
+        if record.get("target") == "coglet::setup":  # the model printed it in setup()
+            return LogLine(text, setup_print=str(fields.get("message", "")))
         return LogLine(text)
     return LogLine(text, fields)
 

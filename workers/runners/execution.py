@@ -72,6 +72,7 @@ class Executor:
         input: dict[str, Any],
         on_update: OnUpdate | None,
         on_booted: OnBooted | None,
+        context: dict[str, str] | None = None,
     ) -> CogPrediction:
         """Run one prediction on ``spec.key``'s process (see ``RunnerPool.predict``)."""
         booted_called = False
@@ -80,7 +81,7 @@ class Executor:
             webhook = on_update is not None and self._wants_webhook(spec)
             run = Run(prediction_id, process, webhook)
             self.runs.add(run)
-            run.task = asyncio.create_task(self._execute(process, run, input))
+            run.task = asyncio.create_task(self._execute(process, run, input, context))
             try:
                 if on_booted is not None and not booted_called:
                     booted_called = True
@@ -138,7 +139,11 @@ class Executor:
         return task.result()
 
     async def _execute(
-        self, process: CogletProcess, run: Run, input: dict[str, Any]
+        self,
+        process: CogletProcess,
+        run: Run,
+        input: dict[str, Any],
+        context: dict[str, str] | None = None,
     ) -> CogPrediction:
         """Send the prediction to coglet and settle its terminal state; frees the process."""
         started = time.perf_counter()
@@ -150,7 +155,7 @@ class Executor:
         try:
             if process.sandbox is not None:
                 input, inputs = await asyncio.to_thread(process.sandbox.take_inputs, run.id, input)
-            result = await self._send(process, run, url, request_body(input, webhook))
+            result = await self._send(process, run, url, request_body(input, webhook, context))
             await self._within_limits(process, run, result)
             if result.status in ("failed", "canceled") and process.alive:
                 await self._settle_failure(process, run, result)
@@ -165,7 +170,7 @@ class Executor:
                 run.webhook,
                 time.perf_counter() - started,
             )
-            return result
+            return run.with_setup_logs(result)
         finally:
             if process.streams_output is not None:
                 self._streams_output[process.spec.key] = process.streams_output

@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from replicant.egress import EgressProxy
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec
-from replicant.sandbox import machine_sandbox, status_line
+from replicant.sandbox import machine_sandbox, status_line, sweep_scratch
 from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups
 from workers.runners.client import CogletClient
@@ -24,7 +24,7 @@ from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
 from workers.runners.memory import by_version
 from workers.runners.memory import export as export_memory
-from workers.runners.process import CogletProcess, sweep_scratch
+from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.receiver import Receiver
 from workers.runners.run import Runs
@@ -173,12 +173,14 @@ class RunnerPool:
         input: dict[str, Any],
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
+        context: dict[str, str] | None = None,
     ) -> CogPrediction:
         """Run one prediction (or training, by ``spec.mode``) and return its terminal state.
 
         Boots a process for ``spec.key`` when none is warm, awaits ``on_booted`` once it is
         handed over, passes intermediate states to ``on_update`` (at most every
-        ``update_interval``), and returns the terminal one. Cancelling the awaiting task
+        ``update_interval``), and returns the terminal one; ``context`` is Cog's
+        per-request context. Cancelling the awaiting task
         cancels the prediction in coglet (killing and restarting the process if it does not
         stop within ``cancel_grace``), then re-raises.
         """
@@ -186,7 +188,7 @@ class RunnerPool:
         instance, index = self._claim_instance(spec)
         try:
             return await self._executor.predict(
-                instance, prediction_id, input, on_update, on_booted
+                instance, prediction_id, input, on_update, on_booted, context
             )
         finally:
             self._release_instance(spec.key, index)

@@ -173,7 +173,7 @@ class ModelSandbox:
         self.config = config
         self.receiver = receiver
         self.egress = egress
-        self.root = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+        self.root = Path(tempfile.mkdtemp(prefix=sandbox.scratch_prefix("model")))
         self.root.chmod(0o711)
         for name in ("tmp", "run", "src"):
             (self.root / name).mkdir()
@@ -263,22 +263,6 @@ class ModelSandbox:
     def remove(self) -> None:
         """Remove its directory (whatever the model left in it)."""
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-# A sandbox's directory in the temporary directory: replicant-model-<worker pid>-<random>.
-SCRATCH_PREFIX = "replicant-model-"
-
-
-def sweep_scratch() -> int:
-    """Remove the sandbox directories of workers that are gone (killed before they could);
-    how many."""
-    removed = 0
-    for path in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
-        owner = path.name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
-        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-    return removed
 
 
 def defines_healthcheck(spec: RunnerSpec) -> bool:
@@ -374,6 +358,9 @@ class CogletProcess:
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
+        # What setup() printed: the first training the process runs shows it first in its
+        # logs, as under Cog.
+        self.setup_logs = ""
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -473,6 +460,8 @@ class CogletProcess:
         line = parse_log_line(raw)
         self.tail.append(line.text)
         self.output_seen.set()
+        if line.setup_print is not None:
+            self.setup_logs += line.setup_print + "\n"
         fields = line.fields
         if fields is None:
             return

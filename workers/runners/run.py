@@ -36,6 +36,17 @@ class Run:
         self.stopper: asyncio.Task[None] | None = None
         # The memory cgroup's OOM-kill count when the run started (None: unreadable).
         self.oom_kills: int | None = None
+        # A training shows what setup() printed before its own logs (the first one of its
+        # process: a later one did not see setup run).
+        self.setup_logs = ""
+        if process.spec.mode == "train":
+            self.setup_logs, process.setup_logs = process.setup_logs, ""
+
+    def with_setup_logs(self, state: CogPrediction) -> CogPrediction:
+        """``state`` with what setup() printed before its logs (``setup_logs``)."""
+        if self.setup_logs:
+            state.logs = self.setup_logs + state.logs
+        return state
 
     def offer(self, payload: dict[str, Any], oversized: Mapping[str, int] | None = None) -> None:
         """A webhook delivery; they arrive out of order, so keep the most complete.
@@ -74,8 +85,8 @@ class Run:
             state = parse_prediction(self.best or {"status": "processing"})
             if state.status in TERMINAL:
                 state.status = "processing"
-            return state
-        return CogPrediction(status="processing", logs=self.stream_logs)
+            return self.with_setup_logs(state)
+        return self.with_setup_logs(CogPrediction(status="processing", logs=self.stream_logs))
 
 
 class Runs:
