@@ -33,7 +33,7 @@ API_TESTS := tests/test_accounts.py tests/test_afterlife.py tests/test_body_limi
 	tests/test_conformance.py \
 	tests/test_deployment_instances.py tests/test_deployment_priority.py \
 	tests/test_deployments.py tests/test_durability.py tests/test_fairness.py \
-	tests/test_file_lifecycle.py \
+	tests/test_file_lifecycle.py tests/test_model_health.py \
 	tests/test_files.py tests/test_models.py tests/test_operability.py tests/test_predictions.py \
 	tests/test_privacy.py tests/test_push.py tests/test_push_archives.py tests/test_queueing.py \
 	tests/test_ratelimits.py tests/test_readme.py tests/test_replay.py tests/test_sessions.py \

@@ -34,7 +34,7 @@ from replicant.devstack import Stack, free_port  # noqa: E402
 from replicant.runner import RunnerSpec  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.versions import create_version, ensure_model  # noqa: E402
-from workers.runners import RunnerPool  # noqa: E402
+from workers.runners import PoolConfig, RunnerPool  # noqa: E402
 
 MODEL = """
     import asyncio
@@ -64,7 +64,7 @@ async def measure(
         env={"BALLAST_MB": str(ballast)},
         concurrency=concurrency,
     )
-    pool = RunnerPool(max_warm=runs + 1, boot_timeout=120)
+    pool = RunnerPool(PoolConfig(max_warm=runs + 1, boot_timeout=120))
     await pool.start()
     try:
 

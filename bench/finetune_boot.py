@@ -47,7 +47,7 @@ from replicant.tables import Version  # noqa: E402
 from replicant.timeutil import utcnow  # noqa: E402
 from replicant.versions import EXAMPLES_DIR, create_version, ensure_model  # noqa: E402
 from replicant.weights import WeightsCache  # noqa: E402
-from workers.runners import RunnerPool  # noqa: E402
+from workers.runners import PoolConfig, RunnerPool  # noqa: E402
 
 CORPUS = " ".join(f"bench{i % 97} word{i % 13}." for i in range(5000))
 INPUT = {"max_tokens": 5, "seed": 1}
@@ -113,7 +113,7 @@ async def main() -> None:
         acts = TrainingActivities(engine, settings, store=lambda: store)
         for round_ in range(args.rounds):
             # Fresh base version: push (env, schema, record), boot, first prediction.
-            pool = RunnerPool(max_warm=2)
+            pool = RunnerPool(PoolConfig(max_warm=2))
             fresh_model = ensure_model(engine, "bench", f"base-{round_}")
             started = time.perf_counter()
             fresh = await asyncio.to_thread(
@@ -137,7 +137,7 @@ async def main() -> None:
             await probe.materialize(finetune.weights_url)
             parts["weights download"].append(time.perf_counter() - before)
             cache = data_dir / f"weights-cache-{round_}"
-            pool = RunnerPool(max_warm=2, weights=WeightsCache(lambda: store, cache))
+            pool = RunnerPool(PoolConfig(max_warm=2, weights=WeightsCache(lambda: store, cache)))
             await pool.start()
             started = time.perf_counter()
             boot, setup = await cold_boot(pool, finetune)
@@ -152,7 +152,9 @@ async def main() -> None:
             # The same, on a worker whose pool keeps a standby of the base version (as a
             # worker does once it has run a fine-tune or a training of that base).
             cache = data_dir / f"weights-cache-standby-{round_}"
-            pool = RunnerPool(max_warm=2, weights=WeightsCache(lambda: store, cache), standby=True)
+            pool = RunnerPool(
+                PoolConfig(max_warm=2, weights=WeightsCache(lambda: store, cache), standby=True)
+            )
             await pool.start()
             pool.keep_standby(runner_spec(get_settings(), base))
             if not await pool.standby_ready(runner_spec(get_settings(), finetune)):
@@ -215,7 +217,7 @@ async def make_finetune(
         input={"text": "data:text/plain," + CORPUS.replace(" ", "%20") + f"%20r{round_}"},
     )
     trainings.insert_training(engine, req)
-    pool = RunnerPool(max_warm=1)
+    pool = RunnerPool(PoolConfig(max_warm=1))
     try:
         result = await pool.predict(trainer_spec(get_settings(), base), req.id, req.input)
     finally:

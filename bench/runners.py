@@ -35,7 +35,7 @@ from replicant.storage import LocalStore  # noqa: E402
 from replicant.weights import WeightsCache  # noqa: E402
 from tests.runnerkit import write_models  # noqa: E402  (the runner tests' tiny models)
 from tests.test_weights import NGRAM, WORDS, base_spec, finetune_spec, put_weights  # noqa: E402
-from workers.runners import BootError, RunnerPool, RunnerSpec  # noqa: E402
+from workers.runners import BootError, PoolConfig, RunnerPool, RunnerSpec  # noqa: E402
 
 
 def spec(root: Path, name: str, key: str, python: Path | None = None) -> RunnerSpec:
@@ -65,7 +65,9 @@ async def cancel_latency(pool: RunnerPool, target: RunnerSpec, input: dict[str, 
 
 
 async def round_of(root: Path, index: int) -> dict[str, float]:
-    pool = RunnerPool(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    pool = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    )
     await pool.start()
     try:
         hello = spec(root, "hello", f"hello-{index}")
@@ -98,7 +100,9 @@ async def sandbox_round(root: Path, index: int, sandbox: SandboxConfig) -> dict[
     """Cold, warm and standby timings of one pool with ``sandbox``."""
     store = LocalStore(root / f"files-{index}", "http://127.0.0.1:1", "secret")
     cache = WeightsCache(lambda: store, root / f"cache-{index}")
-    pool = RunnerPool(max_warm=4, boot_timeout=60, weights=cache, standby=True, sandbox=sandbox)
+    pool = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=60, weights=cache, standby=True, sandbox=sandbox)
+    )
     await pool.start()
     try:
         hello = spec(root, "hello", f"hello-{index}")

@@ -13,7 +13,8 @@ import pytest
 from replicant.weights import WeightsCache
 from tests import test_weights
 from tests.test_weights import WORDS, SlowStore, base_spec, finetune_spec, put_weights
-from workers.runners import RunnerPool, RunnerSpec
+from workers.runners import PoolConfig, RunnerPool, RunnerSpec
+from workers.runners.devices import DeviceSlots
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]  # coglet processes
 
@@ -32,11 +33,13 @@ def visible_devices(pid: int | None) -> str | None:
 
 async def gpu_pool(tmp_path: Path, store: SlowStore, slots: int) -> RunnerPool:
     pool = RunnerPool(
-        max_warm=4,
-        boot_timeout=60,
-        weights=WeightsCache(lambda: store, tmp_path / f"cache-{slots}"),
-        standby=True,
-        devices=[(str(i),) for i in range(slots)],
+        PoolConfig(
+            max_warm=4,
+            boot_timeout=60,
+            weights=WeightsCache(lambda: store, tmp_path / f"cache-{slots}"),
+            standby=True,
+            devices=DeviceSlots([(str(i),) for i in range(slots)]),
+        )
     )
     await pool.start()
     return pool

@@ -28,7 +28,7 @@ from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, schemas_derived_once, stack_settings, suite_database
 from tests.test_scale_out import run_attempts
-from workers.runners import RunnerPool, RunnerSpec
+from workers.runners import PoolConfig, RunnerPool, RunnerSpec
 from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups, locate, model_cgroups
 
 pytestmark = pytest.mark.timeout(120)
@@ -89,7 +89,7 @@ def cgroups() -> MemoryCgroups:
 
 @pytest.fixture
 async def pool(cgroups: MemoryCgroups) -> AsyncIterator[RunnerPool]:
-    runners = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    runners = RunnerPool(PoolConfig(max_warm=4, boot_timeout=60, cgroups=cgroups))
     await runners.start()
     yield runners
     await runners.close()
@@ -141,7 +141,7 @@ async def test_a_setup_past_the_limit_fails_saying_it_ran_out_of_memory(
 async def test_closing_the_pool_removes_every_cgroup_it_made(
     cgroups: MemoryCgroups, hog: Path
 ) -> None:
-    pool = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    pool = RunnerPool(PoolConfig(max_warm=4, boot_timeout=60, cgroups=cgroups))
     try:
         await pool.predict(spec(hog, "a"), "lim-a", {})
         await pool.predict(spec(hog, "b"), "lim-b", {})
@@ -157,7 +157,7 @@ async def test_a_sku_with_a_limit_of_its_own_runs_what_the_default_limit_kills(
     hog: Path,
 ) -> None:
     cgroups = MemoryCgroups.discover(LIMIT, by_sku={"big": BIG})
-    pool = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    pool = RunnerPool(PoolConfig(max_warm=4, boot_timeout=60, cgroups=cgroups))
     try:
         on_big = await pool.predict(spec(hog, "hog@big", "big"), "sku-big", {"mb": MIDDLE})
         on_default = await pool.predict(spec(hog), "sku-default", {"mb": MIDDLE})
@@ -174,7 +174,7 @@ async def test_a_sku_with_a_limit_of_its_own_runs_what_the_default_limit_kills(
 @pytest.mark.integration
 async def test_without_a_default_limit_only_the_skus_named_get_a_cgroup(hog: Path) -> None:
     cgroups = MemoryCgroups.discover(None, by_sku={"big": BIG})
-    pool = RunnerPool(max_warm=4, boot_timeout=60, memory_limit=cgroups)
+    pool = RunnerPool(PoolConfig(max_warm=4, boot_timeout=60, cgroups=cgroups))
     try:
         await pool.predict(spec(hog, "hog@big", "big"), "only-big", {})
         await pool.predict(spec(hog, "hog", "cpu"), "only-cpu", {})

@@ -49,7 +49,7 @@ from tests.modelkit import (
 )
 from tests.runnerkit import spec, write_models
 from tests.test_envs import make_wheel
-from workers.runners import BootError, RunnerPool
+from workers.runners import BootError, PoolConfig, RunnerPool
 
 HOSTILE = Path(__file__).resolve().parent / "models" / "hostile"
 
@@ -180,7 +180,7 @@ def test_a_machine_that_cannot_sandbox_refuses_model_code_unless_unsandboxed_is_
         run_probe(models / "hello", Path(sys.executable), config, cannot)
 
     async def run(sandbox: SandboxConfig) -> Any:
-        pool = RunnerPool(max_warm=1, boot_timeout=60, sandbox=sandbox)
+        pool = RunnerPool(PoolConfig(max_warm=1, boot_timeout=60, sandbox=sandbox))
         await pool.start()
         try:
             return await pool.predict(hello, f"p-{sandbox.unsandboxed}", {"name": "x"})
@@ -327,7 +327,7 @@ def test_public_egress_goes_through_a_proxy_that_refuses_private_addresses(
     public = replace(machine_sandbox(), egress="public")
 
     async def run() -> Any:
-        pool = RunnerPool(max_warm=1, boot_timeout=60, sandbox=public)
+        pool = RunnerPool(PoolConfig(max_warm=1, boot_timeout=60, sandbox=public))
         await pool.start()
         try:
             host, port = listener

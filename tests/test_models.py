@@ -36,7 +36,7 @@ from tests.modelkit import (
 )
 from tests.workflow_runs import all_events, run_histories, start_prediction
 from workers.main import WorkerParts, build_workers, run_worker
-from workers.runners import RunnerPool
+from workers.runners import PoolConfig, RunnerPool
 from workflows.prediction import PredictionWorkflow
 
 # --- visibility ----------------------------------------------------------------------------
@@ -284,7 +284,7 @@ async def test_changing_hardware_routes_new_predictions_to_its_queue(live: LiveS
 
 async def test_a_worker_started_for_one_sku_serves_only_that_queue(live: LiveStack) -> None:
     client = await connect(live.settings)
-    pool = RunnerPool(max_warm=1)
+    pool = RunnerPool(PoolConfig(max_warm=1))
     parts = WorkerParts.build(live.settings, live.engine)
     only_t4 = build_workers(client, parts, pool, orchestration=False, hardware=["gpu-t4"])
     assert [w.task_queue for w in only_t4] == ["replicant-hw-gpu-t4"]

@@ -16,15 +16,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from workers.runners import BootError, RunnerPool, RunnerSpec
-from workers.runners.devices import assign_devices, discover_devices
-from workers.runners.memory import (
-    COLLECTOR,
-    MemoryBudget,
-    oom_counter,
-    read_oom_kills,
-    tree_rss,
-)
+from workers.runners import BootError, PoolConfig, RunnerPool, RunnerSpec
+from workers.runners.cgroups import oom_counter, read_oom_kills
+from workers.runners.devices import DeviceSlots, assign_devices, discover_devices
+from workers.runners.memory import COLLECTOR, MemoryBudget, tree_rss
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,7 +115,7 @@ def spec(models: Path, name: str, key: str | None = None, **fields: object) -> R
 
 @pytest.fixture
 async def pool() -> AsyncIterator[RunnerPool]:
-    runners = RunnerPool(max_warm=4, boot_timeout=60, cancel_grace=1.0)
+    runners = RunnerPool(PoolConfig(max_warm=4, boot_timeout=60, cancel_grace=1.0))
     await runners.start()
     yield runners
     await runners.close()
@@ -167,7 +162,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.integration  # starts coglet processes itself
 async def test_memory_budget_evicts_least_recently_used_idle_processes(models: Path) -> None:
-    probe = RunnerPool(boot_timeout=60)
+    probe = RunnerPool(PoolConfig(boot_timeout=60))
     try:
         await probe.predict(spec(models, "hog", key="probe"), "m-probe", {})
         size = probe.memory()["probe"][0]
@@ -175,7 +170,9 @@ async def test_memory_budget_evicts_least_recently_used_idle_processes(models: P
         await probe.close()
 
     # Room for two such processes, not three; the count limit alone would keep ten.
-    pool = RunnerPool(max_warm=10, boot_timeout=60, max_warm_memory=int(size * 2.5))
+    pool = RunnerPool(
+        PoolConfig(max_warm=10, boot_timeout=60, memory_budget=MemoryBudget(int(size * 2.5)))
+    )
     try:
         for key in ("a", "b"):
             await pool.predict(spec(models, "hog", key=key), f"m-{key}", {})
@@ -195,7 +192,7 @@ async def test_memory_budget_evicts_least_recently_used_idle_processes(models: P
 async def test_pools_sharing_a_memory_budget_evict_the_least_recently_used_of_either(
     models: Path,
 ) -> None:
-    probe = RunnerPool(boot_timeout=60)
+    probe = RunnerPool(PoolConfig(boot_timeout=60))
     try:
         await probe.predict(spec(models, "hog", key="probe"), "s-probe", {})
         size = probe.memory()["probe"][0]
@@ -203,8 +200,8 @@ async def test_pools_sharing_a_memory_budget_evict_the_least_recently_used_of_ei
         await probe.close()
 
     budget = MemoryBudget(int(size * 2.5))
-    one = RunnerPool(max_warm=10, boot_timeout=60, max_warm_memory=budget)
-    two = RunnerPool(max_warm=10, boot_timeout=60, max_warm_memory=budget)
+    one = RunnerPool(PoolConfig(max_warm=10, boot_timeout=60, memory_budget=budget))
+    two = RunnerPool(PoolConfig(max_warm=10, boot_timeout=60, memory_budget=budget))
     try:
         await one.predict(spec(models, "hog", key="a"), "s-a", {})
         await one.predict(spec(models, "hog", key="b"), "s-b", {})
@@ -315,7 +312,9 @@ def seen(output: object) -> dict[str, object]:
 
 @pytest.mark.integration  # starts coglet processes itself
 async def test_each_gpu_slot_pins_its_own_device(models: Path) -> None:
-    pool = RunnerPool(max_warm=4, boot_timeout=60, devices=[("0",), ("1",)])
+    pool = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=60, devices=DeviceSlots([("0",), ("1",)]))
+    )
     try:
         first, second = await asyncio.gather(
             pool.predict(spec(models, "env", key="v1"), "g-1", {"hold": 1.0}),
@@ -346,7 +345,9 @@ async def test_each_gpu_slot_pins_its_own_device(models: Path) -> None:
 @pytest.mark.integration  # starts coglet processes itself
 async def test_a_slot_of_several_devices_and_a_device_memory_budget(models: Path) -> None:
     # One slot owning two devices, with room for several processes on them.
-    pool = RunnerPool(max_warm=4, boot_timeout=60, devices=[("2", "3")], device_memory=1 << 40)
+    pool = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=60, devices=DeviceSlots([("2", "3")], 1 << 40))
+    )
     try:
         outputs = [
             seen((await pool.predict(spec(models, "env", key=k), f"w-{k}", {})).output)
@@ -360,11 +361,12 @@ async def test_a_slot_of_several_devices_and_a_device_memory_budget(models: Path
 
 @pytest.mark.integration  # starts coglet processes itself
 async def test_deployment_instances_take_gpu_slots_of_their_own(models: Path) -> None:
-    sku = RunnerPool(max_warm=4, boot_timeout=60, devices=[("0",), ("1",)])
+    sku = RunnerPool(PoolConfig(max_warm=4, boot_timeout=60, devices=DeviceSlots([("0",), ("1",)])))
     slots = sku.device_slots
     assert slots is not None
     instances = [
-        RunnerPool(max_warm=1, boot_timeout=60, devices=slots, keep_devices=True) for _ in range(2)
+        RunnerPool(PoolConfig(max_warm=1, boot_timeout=60, devices=slots, keep_devices=True))
+        for _ in range(2)
     ]
     try:
         await instances[0].warm(spec(models, "env", key="dep"))
@@ -407,7 +409,9 @@ async def test_a_device_memory_budget_counts_what_nvidia_smi_reports(
             rows.write(f"{worker}, {mib}\n")
 
     # 40 GiB on one device: two 30 GiB models do not fit, though their host memory would.
-    pool = RunnerPool(max_warm=4, boot_timeout=60, devices=[("0",)], device_memory=40 << 30)
+    pool = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=60, devices=DeviceSlots([("0",)], 40 << 30))
+    )
     try:
         await pool.predict(spec(models, "env", key="v1"), "n-1", {})
         uses(pool, "v1", 30 * 1024)

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from replicant.inputfiles import parse_data_uri
 from tests.runnerkit import Recorder, children, eventually, gone, ready_events, spec, write_models
-from workers.runners import BootError, RunnerPool
+from workers.runners import BootError, PoolConfig, RunnerPool
 
 
 def weights_text(output: object) -> str:
@@ -33,7 +34,9 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[RunnerPool]:
-    runners = RunnerPool(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    runners = RunnerPool(
+        PoolConfig(max_warm=4, boot_timeout=30, cancel_grace=1.0, update_interval=0.1)
+    )
     await runners.start()
     yield runners
     await runners.close()
@@ -297,7 +300,7 @@ async def test_a_hung_model_is_killed_and_restarted_when_its_task_is_cancelled(
 async def test_lru_eviction_keeps_at_most_max_warm_and_spares_busy_processes(
     models: Path,
 ) -> None:
-    pool = RunnerPool(max_warm=1, boot_timeout=30)
+    pool = RunnerPool(PoolConfig(max_warm=1, boot_timeout=30))
     try:
         await pool.predict(spec(models, "hello"), "p-lru-1", {})
         hello_pid = pool.pid("hello")
@@ -347,7 +350,7 @@ async def test_train_mode_runs_the_train_function(pool: RunnerPool, models: Path
 
 @pytest.mark.integration  # starts coglet processes itself
 async def test_close_leaves_no_child_processes(models: Path) -> None:
-    pool = RunnerPool(boot_timeout=30)
+    pool = RunnerPool(PoolConfig(boot_timeout=30))
     await pool.predict(spec(models, "hello"), "p-close-1", {})
     await pool.predict(spec(models, "broken"), "p-close-2", {})
     pids = [p for p in (pool.pid("hello"), pool.pid("broken")) if p is not None]
@@ -403,3 +406,59 @@ async def test_warm_boots_ahead_once_and_exclusive_keeps_predictions_off_the_pro
     assert result.status == "succeeded" and result.output == "hello x"
     assert order == ["released", "prediction handed over"]
     assert pool.pid("hello") == pid
+
+
+MODEL_DIRS = Path(__file__).parent / "models"
+
+
+def failures(version: str, state: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "replicant_model_process_failures_total", {"version": version, "state": state}
+    )
+    return value or 0.0
+
+
+async def test_a_model_unhealthy_from_the_start_fails_its_boot_saying_why(
+    pool: RunnerPool,
+) -> None:
+    """Its sync healthcheck() raises: the boot ends at once with the model's reason, instead
+    of waiting out the setup timeout."""
+    before = failures("unhealthy-boot", "unhealthy")
+    with pytest.raises(BootError) as raised:
+        await pool.predict(spec(MODEL_DIRS, "unhealthy-boot"), "hc-boot", {})
+    assert "The model reported itself unhealthy" in str(raised.value)
+    assert "the GPU is gone" in str(raised.value)
+    assert "Setup complete" in raised.value.logs
+    assert failures("unhealthy-boot", "unhealthy") == before + 1
+    assert "unhealthy-boot" not in pool.warm_keys()
+
+
+async def test_a_process_whose_async_healthcheck_fails_is_replaced_before_its_next_run(
+    pool: RunnerPool,
+) -> None:
+    model = spec(MODEL_DIRS, "unhealthy")
+    before = failures("unhealthy", "unhealthy")
+    assert (await pool.predict(model, "hc-1", {"mode": "sick"})).output == "sick"
+    sick = pool.pid("unhealthy")
+    assert sick is not None
+
+    after = await pool.predict(model, "hc-2", {"mode": "ok"})
+
+    assert (after.status, after.output) == ("succeeded", "ok")
+    assert pool.pid("unhealthy") not in (None, sick)
+    assert failures("unhealthy", "unhealthy") == before + 1
+    assert (await pool.predict(model, "hc-3", {})).output == "ok"  # healthy: kept
+    assert failures("unhealthy", "unhealthy") == before + 1
+
+
+async def test_the_run_on_a_process_found_unhealthy_ends_saying_why(pool: RunnerPool) -> None:
+    model = spec(MODEL_DIRS, "unhealthy", concurrency=2)
+    long = asyncio.create_task(pool.predict(model, "hc-long", {"seconds": 60}))
+    assert (await pool.predict(model, "hc-sick", {"mode": "sick"})).output == "sick"
+
+    after = await pool.predict(model, "hc-next", {})
+
+    assert after.output == "ok"
+    ended = await long
+    assert ended.status == "failed"
+    assert ended.error is not None and "reported itself unhealthy" in ended.error

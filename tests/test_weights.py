@@ -18,7 +18,7 @@ from replicant.storage import LocalStore
 from replicant.weights import WeightsCache, store_ref
 from tests.observe import processes_in
 from tests.waiting import async_wait_until, wait_until
-from workers.runners import BootError, RunnerPool, RunnerSpec, standby
+from workers.runners import BootError, PoolConfig, RunnerPool, RunnerSpec, standby
 
 NGRAM = Path(__file__).resolve().parents[1] / "examples" / "ngram"
 WORDS = " ".join(f"qz{i % 17}" for i in range(400)) + "."
@@ -47,7 +47,9 @@ def store(tmp_path: Path) -> SlowStore:
 @pytest.fixture
 async def pool(tmp_path: Path, store: SlowStore) -> AsyncIterator[RunnerPool]:
     runners = RunnerPool(
-        max_warm=2, boot_timeout=60, weights=WeightsCache(lambda: store, tmp_path / "cache")
+        PoolConfig(
+            max_warm=2, boot_timeout=60, weights=WeightsCache(lambda: store, tmp_path / "cache")
+        )
     )
     await runners.start()
     yield runners
@@ -116,10 +118,12 @@ async def test_weights_missing_from_the_store_fail_the_boot_with_that_reason(
 @pytest.fixture
 async def standby_pool(tmp_path: Path, store: SlowStore) -> AsyncIterator[RunnerPool]:
     runners = RunnerPool(
-        max_warm=2,
-        boot_timeout=60,
-        weights=WeightsCache(lambda: store, tmp_path / "standby-cache"),
-        standby=True,
+        PoolConfig(
+            max_warm=2,
+            boot_timeout=60,
+            weights=WeightsCache(lambda: store, tmp_path / "standby-cache"),
+            standby=True,
+        )
     )
     await runners.start()
     yield runners
@@ -164,7 +168,9 @@ async def test_a_fine_tune_adopts_the_standby_of_its_base_and_a_new_one_takes_it
 async def test_stopped_standbys_leave_no_process_behind(
     tmp_path: Path, store: SlowStore, model_dir: Path
 ) -> None:
-    pool = RunnerPool(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
+    pool = RunnerPool(
+        PoolConfig(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
+    )
     await pool.start()
     pool.keep_standby(base_spec(model_dir))
     ref = put_weights(store, "trainings/s3/weights.json", WORDS)
@@ -190,7 +196,9 @@ async def test_a_standby_is_replaced_before_its_weights_request_times_out_while_
 ) -> None:
     monkeypatch.setattr(standby, "STANDBY_TTL", 1.5)
     monkeypatch.setattr(standby, "STANDBY_KEEP", 2.5)
-    pool = RunnerPool(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
+    pool = RunnerPool(
+        PoolConfig(max_warm=1, weights=WeightsCache(lambda: store, tmp_path / "c"), standby=True)
+    )
     await pool.start()
     try:
         pool.keep_standby(base_spec(model_dir))

@@ -7,9 +7,9 @@ import logging
 from replicant.runner import UploadSink
 from replicant.settings import Settings
 from replicant.weights import WeightsCache
-from workers.runners import RunnerPool
+from workers.runners import PoolConfig, RunnerPool
 from workers.runners.cgroups import MemoryCgroups
-from workers.runners.devices import assign_devices, discover_devices
+from workers.runners.devices import DeviceSlots, assign_devices, discover_devices
 from workers.runners.memory import MemoryBudget
 
 log = logging.getLogger("replicant.worker")
@@ -47,18 +47,18 @@ def gpu_slot_pools(
             )
             continue
         served.append(sku)
-        pools[sku] = RunnerPool(
+        config = PoolConfig(
             max_warm=max(settings.max_warm_runners, count),
-            max_warm_memory=budget,
+            memory_budget=budget,
             update_interval=0.05,
             upload=upload,
             weights=weights,
-            devices=groups[sku],
-            device_memory=settings.gpu_memory_budget,
-            memory_limit=cgroups,
+            devices=DeviceSlots(groups[sku], settings.gpu_memory_budget),
+            cgroups=cgroups,
             # Standbys take only free room on a slot, and any boot there stops them.
             standby=True,
         )
+        pools[sku] = RunnerPool(config)
         log.info(
             "event=gpu_slots hardware=%s slots=%s",
             sku,

@@ -34,7 +34,7 @@ from replicant.temporal import connect
 from replicant.weights import WeightsCache
 from workers.deployments import DeploymentHost
 from workers.gpus import gpu_slot_pools
-from workers.runners import RunnerPool
+from workers.runners import PoolConfig, RunnerPool
 from workers.runners.cgroups import MemoryCgroups, model_cgroups
 from workers.runners.memory import MemoryBudget
 from workers.schedules import ensure_schedules
@@ -112,7 +112,7 @@ class WorkerParts:
 
     def pool(self, max_warm: int, **own: Any) -> RunnerPool:
         """A pool of model processes of this worker; ``own``: what sets it apart."""
-        return RunnerPool(
+        config = PoolConfig(
             max_warm=max_warm,
             boot_timeout=self.settings.setup_timeout,
             # Streams need their chunks soon (time to first token); the run activity
@@ -120,9 +120,10 @@ class WorkerParts:
             update_interval=0.05,
             upload=self.sink,
             weights=self.weights,
-            memory_limit=self.cgroups,
+            cgroups=self.cgroups,
             **own,
         )
+        return RunnerPool(config)
 
     def predictions(self, runner: ModelRunner | None = None) -> PredictionActivities:
         """The prediction activities, running models on ``runner``."""
@@ -249,7 +250,7 @@ async def run_worker(
         # Every slot may hold a busy process of its own: a smaller pool would evict and
         # re-boot processes between back-to-back runs.
         max(settings.max_warm_runners, sum(slots[sku] for sku in served)),
-        max_warm_memory=parts.budget,
+        memory_budget=parts.budget,
         # Fine-tunes boot from a standby process of their base version (see keep_standby).
         standby=True,
     )
@@ -286,7 +287,7 @@ def deployment_host(
     def instance_pool(sku: str) -> RunnerPool:
         own = gpu_pools.get(sku)
         # On a GPU SKU an instance takes a slot of its own from the SKU's devices.
-        devices = own.device_slots or () if own is not None else ()
+        devices = own.device_slots if own is not None else None
         return parts.pool(1, devices=devices, keep_devices=True)
 
     return DeploymentHost(

@@ -24,10 +24,8 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec
+from typing import Any
 
 from temporalio.worker import (
     CustomSlotSupplier,
@@ -39,10 +37,8 @@ from temporalio.worker import (
     WorkerTuner,
 )
 
-from replicant.runner import CogPrediction, RunnerSpec, UploadSink
+from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
 from workers.runners import RunnerPool
-
-P = ParamSpec("P")
 
 # What temporalio gives workflow tasks and local activities when a worker sets no tuner.
 DEFAULT_SLOTS = 100
@@ -212,35 +208,32 @@ class SlotRunner:
     def __init__(self, pool: RunnerPool, slots: RunSlots) -> None:
         self.pool = pool
         self.slots = slots
-        # The pool's predict, each run holding its share of this queue's slots.
-        self.predict = _within(self._share, pool.predict)
 
     @property
     def upload(self) -> UploadSink | None:
         """Where the pool stores output files."""
         return self.pool.upload
 
-    @asynccontextmanager
-    async def _share(self, spec: RunnerSpec) -> AsyncIterator[None]:
+    async def predict(
+        self,
+        spec: RunnerSpec,
+        /,
+        prediction_id: str,
+        input: dict[str, Any],
+        on_update: OnUpdate | None = None,
+        on_booted: OnBooted | None = None,
+        context: dict[str, str] | None = None,
+    ) -> CogPrediction:
+        """The pool's ``predict``, the run holding its ``Lease`` of this queue's slots (room
+        in a process of its key, or a slot of its own) until it ends."""
         lease = await self.slots.acquire(spec.key, spec.concurrency)
         try:
-            yield
+            return await self.pool.predict(
+                spec, prediction_id, input, on_update, on_booted, context
+            )
         finally:
             self.slots.release(lease)
 
     def keep_standby(self, spec: RunnerSpec) -> None:
         """Keep a standby for fine-tune ``spec``'s base (see ``RunnerPool.keep_standby``)."""
         self.pool.keep_standby(spec)
-
-
-def _within(
-    share: Callable[[RunnerSpec], AbstractAsyncContextManager[None]],
-    predict: Callable[Concatenate[RunnerSpec, P], Awaitable[CogPrediction]],
-) -> Callable[Concatenate[RunnerSpec, P], Coroutine[Any, Any, CogPrediction]]:
-    """``predict`` (with its very parameters), run inside ``share(spec)``."""
-
-    async def run(spec: RunnerSpec, /, *args: P.args, **kwargs: P.kwargs) -> CogPrediction:
-        async with share(spec):
-            return await predict(spec, *args, **kwargs)
-
-    return run

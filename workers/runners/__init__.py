@@ -25,7 +25,8 @@ Modules, one concern each:
 
 - ``coglet``: coglet's wire protocol and error texts, as pure functions.
 - ``process``: one coglet process (environment, start, output, kill).
-- ``run``: what coglet reported about one prediction (webhooks, log lines).
+- ``run``: the one object of a prediction (what coglet reported, its stop) and the runs
+  in flight.
 - ``client``: HTTP to coglet (predictions through aiohttp, the rest through httpx).
 - ``processes``: the warm processes by key, their boots, eviction.
 - ``memory``: each process tree's memory, the shared warm-memory budget, the /metrics series.
@@ -34,10 +35,12 @@ Modules, one concern each:
 - ``execution``: one prediction on a process: PUT, live updates, failure, cancel.
 - ``receiver``: the embedded HTTP server (webhooks, uploads, weights, standbys).
 - ``weights``, ``standby``: stored weights served to models; fine-tune standbys.
+- ``config``: ``PoolConfig``, what a pool is made of and which resources it shares.
 - ``pool``: ``RunnerPool``, the public interface.
 """
 
 from replicant.runner import BootError, CogPrediction, RunnerSpec, UploadSink
+from workers.runners.config import PoolConfig
 from workers.runners.pool import RunnerPool
 
-__all__ = ["BootError", "CogPrediction", "RunnerPool", "RunnerSpec", "UploadSink"]
+__all__ = ["BootError", "CogPrediction", "PoolConfig", "RunnerPool", "RunnerSpec", "UploadSink"]

@@ -25,14 +25,49 @@ from typing import Literal
 
 import psutil
 
-from workers.runners.memory import read_oom_kills
-
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "replicant-"
 # replicant-<pid of the worker that made it>-<sequence>
 NAME = re.compile(rf"{PREFIX}(\d+)-\d+\Z")
 # How long removal waits for the processes of a cgroup to be gone.
 REMOVE_WITHIN = 5.0
+
+
+def oom_counter(pid: int) -> Path | None:
+    """The file that counts the kernel's OOM kills in ``pid``'s memory cgroup (cgroup v2
+    ``memory.events`` or v1 ``memory.oom_control``); None when there is none to read."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
+                candidates.append(root / relative / "memory.events")
+        elif "memory" in controllers.split(","):
+            candidates.append(Path("/sys/fs/cgroup/memory") / relative / "memory.oom_control")
+    for candidate in candidates:
+        if read_oom_kills(candidate) is not None:
+            return candidate
+    return None
+
+
+def read_oom_kills(counter: Path | None) -> int | None:
+    """The OOM-kill count in a file of ``oom_counter`` (None: unreadable)."""
+    if counter is None:
+        return None
+    try:
+        text = counter.read_text()
+    except OSError:
+        return None
+    for row in text.splitlines():
+        name, _, value = row.partition(" ")
+        if name == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 class CgroupsUnavailable(Exception):

@@ -31,6 +31,8 @@ COGLET_ERROR_PREFIX = re.compile(
 SETUP_ERROR_PREFIX = re.compile(r"(?:worker setup failed(?: \(slot [^)]*\))?|setup failed): ", re.I)
 # Health states in which coglet takes (or is running) a prediction.
 HEALTHY = ("READY", "BUSY")
+# What coglet reports while the model's healthcheck() fails (returns False, raises or times out).
+UNHEALTHY = "UNHEALTHY"
 # The error of a prediction whose model process exited mid-run (as by the OOM killer).
 
 
@@ -153,6 +155,13 @@ def setup_error(setup_logs: str) -> str:
     while match := SETUP_ERROR_PREFIX.match(text):
         text = text[match.end() :]
     return text or setup_logs.strip()
+
+
+def unhealthy_error(body: Any) -> str:
+    """What a model whose healthcheck() failed is told, from coglet's /health-check body."""
+    detail = body.get("user_healthcheck_error") if isinstance(body, dict) else None
+    reason = str(detail or "healthcheck() did not pass").removeprefix("Healthcheck failed: ")
+    return f"The model reported itself unhealthy: {reason}"
 
 
 def health(body: Any) -> str | None:

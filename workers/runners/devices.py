@@ -16,7 +16,7 @@ import contextlib
 import shutil
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import psutil
 
@@ -25,8 +25,16 @@ from replicant.runner import BootError
 from workers.runners.memory import version_of
 from workers.runners.process import CogletProcess
 
-if TYPE_CHECKING:
-    from workers.runners.processes import Processes
+
+class Sharer(Protocol):
+    """A pool whose processes share the slots: what placing a process asks of it."""
+
+    # True: its idle processes keep their device against the other pools' boots.
+    keeps_devices: bool
+
+    def placed(self) -> set[CogletProcess]: ...
+    def stoppable(self) -> list[CogletProcess]: ...
+    def evict(self, victim: CogletProcess, reason: str) -> None: ...
 
 
 # `nvidia-smi -L` lines: "GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-...)".
@@ -106,7 +114,7 @@ class DeviceSlots:
     def __init__(self, groups: Iterable[Sequence[str]], budget: int | None = None) -> None:
         self.groups = [tuple(group) for group in groups]
         self.budget = budget
-        self.pools: weakref.WeakSet[Processes] = weakref.WeakSet()
+        self.pools: weakref.WeakSet[Sharer] = weakref.WeakSet()
         # Device memory each version's process took when last read (nvidia-smi).
         self.sizes: dict[str, int] = {}
         # The slot each key last booted on: its restarts go back there.

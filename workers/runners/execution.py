@@ -23,15 +23,18 @@ from workers.runners.answer import answer_reader, answered_prediction, output_to
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
     HEALTHY,
+    UNHEALTHY,
     WORKER_CRASHED,
     explain_model_error,
     prediction_path,
     request_body,
+    unhealthy_error,
     worker_died_error,
 )
+from workers.runners.memory import version_of
 from workers.runners.process import CogletProcess
-from workers.runners.processes import Processes
-from workers.runners.run import Run
+from workers.runners.processes import PROCESS_FAILURES, Processes
+from workers.runners.run import Run, Runs
 
 AT_CAPACITY_RETRY_FOR = 5.0
 
@@ -41,12 +44,13 @@ class _NotHandedOver(Exception):
 
 
 class Executor:
-    """Runs predictions on the pool's processes; ``runs`` holds the ones in flight by id."""
+    """Runs predictions on the pool's processes; ``runs`` holds the ones in flight."""
 
     def __init__(
         self,
         processes: Processes,
         client: CogletClient,
+        runs: Runs,
         log: logging.Logger,
         *,
         cancel_grace: float,
@@ -58,7 +62,7 @@ class Executor:
         self.cancel_grace = cancel_grace
         self.update_interval = update_interval
         self.hook_base = ""
-        self.runs: dict[str, Run] = {}
+        self.runs = runs
         self._streams_output: dict[str, bool] = {}
 
     async def predict(
@@ -76,8 +80,7 @@ class Executor:
             process = await self.processes.checkout(spec)
             webhook = on_update is not None and self._wants_webhook(spec)
             run = Run(prediction_id, process, webhook)
-            self.runs[prediction_id] = run
-            process.runs[prediction_id] = run
+            self.runs.add(run)
             run.task = asyncio.create_task(self._execute(process, run, input, context))
             try:
                 if on_booted is not None and not booted_called:
@@ -171,10 +174,7 @@ class Executor:
         finally:
             if process.streams_output is not None:
                 self._streams_output[process.spec.key] = process.streams_output
-            if self.runs.get(run.id) is run:
-                del self.runs[run.id]
-            if process.runs.get(run.id) is run:
-                del process.runs[run.id]
+            self.runs.drop(run)
             if inputs is not None:
                 shutil.rmtree(inputs, ignore_errors=True)
             self.processes.release(process)
@@ -232,7 +232,10 @@ class Executor:
             )
 
     def _death(self, process: CogletProcess, run: Run) -> str:
-        """The error of a run whose model process died under it (see worker_died_error)."""
+        """The error of a run whose model process died under it (see worker_died_error), or
+        that the pool stopped for its state (``failure``)."""
+        if process.failure is not None:
+            return process.failure
         now = process.oom_kills()
         oom = run.oom_kills is not None and now is not None and now > run.oom_kills
         limit = process.cgroup.limit if process.cgroup is not None else None
@@ -266,8 +269,14 @@ class Executor:
                     async with asyncio.timeout(0.5):
                         await run.logs_done.wait()
                 result.logs = run.stream_logs
-        status, _ = await self.client.health(process.url)
-        if status not in HEALTHY:
+        status, body = await self.client.health(process.url)
+        if status == UNHEALTHY and process.checks_health and result.error != WORKER_CRASHED:
+            # The model's healthcheck() failed (coglet says UNHEALTHY too once its worker is
+            # gone: that run's error says so already).
+            self.processes.stopped_for(process, "unhealthy", unhealthy_error(body))
+        elif status not in HEALTHY:
+            if status == "DEFUNCT":  # its run's error already says how its worker ended
+                PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
             self.log.warning(
                 "event=runner_unhealthy key=%s pid=%d health=%s",
                 process.spec.key,

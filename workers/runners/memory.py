@@ -9,16 +9,13 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import psutil
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
-if TYPE_CHECKING:
-    from workers.runners.process import CogletProcess
-    from workers.runners.processes import Processes
+from workers.runners.process import CogletProcess
 
 # A measurement younger than this is reused.
 MEASURE_TTL = 1.0
@@ -56,43 +53,6 @@ def measure(process: CogletProcess, fresh: bool = False) -> int:
     return size
 
 
-def oom_counter(pid: int) -> Path | None:
-    """The file that counts the kernel's OOM kills in ``pid``'s memory cgroup (cgroup v2
-    ``memory.events`` or v1 ``memory.oom_control``); None when there is none to read."""
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    candidates: list[Path] = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        relative = path.lstrip("/")
-        if controllers == "":
-            for root in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-                candidates.append(root / relative / "memory.events")
-        elif "memory" in controllers.split(","):
-            candidates.append(Path("/sys/fs/cgroup/memory") / relative / "memory.oom_control")
-    for candidate in candidates:
-        if read_oom_kills(candidate) is not None:
-            return candidate
-    return None
-
-
-def read_oom_kills(counter: Path | None) -> int | None:
-    """The OOM-kill count in a file of ``oom_counter`` (None: unreadable)."""
-    if counter is None:
-        return None
-    try:
-        text = counter.read_text()
-    except OSError:
-        return None
-    for row in text.splitlines():
-        name, _, value = row.partition(" ")
-        if name == "oom_kill" and value.strip().isdigit():
-            return int(value)
-    return None
-
-
 def version_of(key: str) -> str:
     """The version label of a runner key: instances ``key#i`` count with their key, and the
     processes of a SKU with a memory limit of its own (``key@sku``) with the others."""
@@ -111,13 +71,23 @@ def by_version(processes: Iterable[CogletProcess]) -> dict[str, tuple[int, int]]
     return totals
 
 
+class Member(Protocol):
+    """A pool of warm processes as the memory budget and the metrics see it."""
+
+    def memory(self) -> int: ...
+    def pending_memory(self) -> int: ...
+    def idle_processes(self) -> list[CogletProcess]: ...
+    def evict(self, victim: CogletProcess, reason: str) -> None: ...
+    def live_processes(self) -> list[CogletProcess]: ...
+
+
 class MemoryBudget:
     """A limit on the resident memory of several pools' warm processes together (a worker's
     hardware pools share one)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.pools: weakref.WeakSet[Processes] = weakref.WeakSet()
+        self.pools: weakref.WeakSet[Member] = weakref.WeakSet()
 
     def used(self) -> int:
         """The warm processes' memory, plus what the ones booting are expected to take."""
@@ -142,7 +112,7 @@ class MemoryCollector(Collector):
     """Prometheus series of every live pool's warm processes, measured at each scrape."""
 
     def __init__(self) -> None:
-        self.sources: weakref.WeakSet[Processes] = weakref.WeakSet()
+        self.sources: weakref.WeakSet[Member] = weakref.WeakSet()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """``replicant_model_memory_bytes`` and ``replicant_model_processes`` by version."""
@@ -166,7 +136,7 @@ class MemoryCollector(Collector):
         yield count
 
 
-def _snapshot(source: Processes) -> list[CogletProcess]:
+def _snapshot(source: Member) -> list[CogletProcess]:
     """A pool's live processes, read from the metrics server's thread while the event loop
     may change them: read again when a dict changed under the reading."""
     for _ in range(5):
@@ -181,7 +151,7 @@ COLLECTOR = MemoryCollector()
 _registered = False
 
 
-def export(source: Processes) -> None:
+def export(source: Member) -> None:
     """Include a pool's processes in the default registry's series (registered once)."""
     global _registered
     if not _registered:

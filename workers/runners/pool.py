@@ -6,7 +6,7 @@ import asyncio
 import atexit
 import collections
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,86 +14,52 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from replicant.egress import EgressProxy
-from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
-from replicant.sandbox import SandboxConfig, machine_sandbox, status_line, sweep_scratch
-from replicant.weights import WeightsCache
+from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from replicant.sandbox import machine_sandbox, status_line, sweep_scratch
 from workers.runners.answer import answer_reader, read_answer
-from workers.runners.cgroups import MemoryCgroup, MemoryCgroups, model_cgroups
+from workers.runners.cgroups import MemoryCgroup, MemoryCgroups
 from workers.runners.client import CogletClient
+from workers.runners.config import PoolConfig
 from workers.runners.devices import DeviceSlots
 from workers.runners.execution import Executor
-from workers.runners.memory import MemoryBudget, by_version
+from workers.runners.memory import by_version
 from workers.runners.memory import export as export_memory
 from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.receiver import Receiver
+from workers.runners.run import Runs
 from workers.runners.weights import ServedWeights
 
 
 class RunnerPool:
     """Warm coglet processes, one per key, least recently used evicted beyond ``max_warm``."""
 
-    def __init__(
-        self,
-        max_warm: int = 4,
-        boot_timeout: float = 300.0,
-        log: logging.Logger | None = None,
-        *,
-        cancel_grace: float = 5.0,
-        update_interval: float = 0.25,
-        upload: UploadSink | None = None,
-        weights: WeightsCache | None = None,
-        standby: bool = False,
-        max_warm_memory: int | MemoryBudget | None = None,
-        devices: Sequence[Sequence[str]] | DeviceSlots = (),
-        device_memory: int | None = None,
-        keep_devices: bool = False,
-        memory_limit: int | MemoryCgroups | None = None,
-        sandbox: SandboxConfig | None = None,
-    ) -> None:
-        """``max_warm_memory`` caps the warm processes' memory together (bytes, or a budget
-        shared with other pools); ``devices`` are the GPU device groups of its slots, one
-        each (see workers/runners/devices.py), or the slots of another pool to share;
-        ``device_memory`` is the memory budget of one slot (None: one resident process);
-        ``keep_devices`` keeps its idle processes on their devices when another pool sharing
-        them boots (a deployment instance's pool); ``memory_limit`` is the memory each model
-        process tree may take (bytes, or the cgroups of another pool; see cgroups.py)."""
-        self.max_warm = max_warm
-        self.upload = upload
-        self.weights = weights
+    def __init__(self, config: PoolConfig | None = None, log: logging.Logger | None = None) -> None:
+        """``config``: its settings and the resources it shares (see config.py)."""
+        self.config = config = config or PoolConfig()
+        self.max_warm = config.max_warm
+        self.upload = config.upload
+        self.weights = config.weights
         self.log = log or logging.getLogger("replicant.runners")
         self._client = CogletClient()
-        self._served = ServedWeights(weights)
+        self._served = ServedWeights(config.weights)
+        self._runs = Runs()
         self._processes = Processes(
             self._client,
             self._served,
             self.log,
-            max_warm=max_warm,
-            memory_budget=MemoryBudget(max_warm_memory)
-            if isinstance(max_warm_memory, int)
-            else max_warm_memory,
-            boot_timeout=boot_timeout,
-            update_interval=update_interval,
-            uploads=upload is not None,
-            standby=standby,
-            devices=devices
-            if isinstance(devices, DeviceSlots)
-            else DeviceSlots(devices, device_memory)
-            if devices
-            else None,
-            keeps_devices=keep_devices,
-            cgroups=model_cgroups(memory_limit, self.log)
-            if isinstance(memory_limit, int)
-            else memory_limit,
-            sandbox=sandbox or machine_sandbox(),
+            config,
+            config.sandbox or machine_sandbox(),
+            on_record=self._runs.on_record,
         )
         export_memory(self._processes)
         self._executor = Executor(
             self._processes,
             self._client,
+            self._runs,
             self.log,
-            cancel_grace=cancel_grace,
-            update_interval=update_interval,
+            cancel_grace=config.cancel_grace,
+            update_interval=config.update_interval,
         )
         self._receiver = Receiver(self)
         # Model processes' proxy to public addresses (model_egress=public).
@@ -274,7 +240,7 @@ class RunnerPool:
 
     async def on_webhook(self, prediction_id: str, request: Request) -> Response:
         """coglet's webhook of a streaming prediction."""
-        run = self._executor.runs.get(prediction_id)
+        run = self._runs.get(prediction_id)
         if run is not None:
             # Read piece by piece: a delivery holds the run's whole logs and output so far.
             payload = await read_answer(request.stream(), answer_reader(run.process.spec))
@@ -290,7 +256,7 @@ class RunnerPool:
         if self.upload is None:
             return Response(status_code=404)
         prediction_id = request.headers.get("x-prediction-id", "")
-        if prediction_id not in self._executor.runs:
+        if prediction_id not in self._runs:
             return Response(status_code=404)
         try:
             url = await self.upload(

@@ -21,10 +21,8 @@ from replicant.cogmodel import model_environment
 from replicant.egress import PROXY_PORT, proxy_env
 from replicant.runner import BootError, RunnerSpec
 from replicant.sandbox import LINKS, RUN_DIR, Launch, Mounts, SandboxConfig
-from workers.runners.cgroups import MemoryCgroup
+from workers.runners.cgroups import MemoryCgroup, oom_counter, read_oom_kills
 from workers.runners.coglet import parse_log_line
-from workers.runners.memory import oom_counter, read_oom_kills
-from workers.runners.run import Run
 
 # The worker's environment holds the platform's secrets: a model sees only these, plus spec.env.
 PASSTHROUGH_ENV = (
@@ -268,6 +266,16 @@ class ModelSandbox:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def defines_healthcheck(spec: RunnerSpec) -> bool:
+    """Whether the model's predictor file defines ``healthcheck`` (read once per process;
+    a model without one is never asked)."""
+    path = spec.model_dir / spec.predict_ref.partition(":")[0]
+    try:
+        return "def healthcheck" in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
 def _children(pid: int) -> list[int]:
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -308,9 +316,15 @@ def worker_exited(pid: int) -> bool:
 
 class CogletProcess:
     """One coglet process: ``spec.concurrency`` runs at a time (``slots``, counted by
-    ``in_use``); ``runs`` holds the ones coglet has by prediction id."""
+    ``in_use``); coglet's log records about a prediction go to ``on_record``."""
 
-    def __init__(self, spec: RunnerSpec, port: int, log: logging.Logger) -> None:
+    def __init__(
+        self,
+        spec: RunnerSpec,
+        port: int,
+        log: logging.Logger,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.spec = spec
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -319,7 +333,11 @@ class CogletProcess:
         self.slots = asyncio.Semaphore(spec.concurrency)
         self.in_use = 0
         self.retired = False
-        self.runs: dict[str, Run] = {}
+        self.on_record = on_record
+        # Its model defines healthcheck(): the pool asks /health-check before each next run.
+        self.checks_health = defines_healthcheck(spec)
+        # Why the pool stopped it (None: it did not): the error of the runs it had.
+        self.failure: str | None = None
         # The GPU devices it is pinned to (see workers/runners/devices.py); None: unpinned.
         self.devices: tuple[str, ...] | None = None
         self.slot: int | None = None
@@ -450,9 +468,8 @@ class CogletProcess:
             return
         if fields.get("message") == "Prediction worker completed":
             self.streams_output = bool(fields.get("is_stream"))
-        run = self.runs.get(str(fields["prediction_id"]))
-        if run is not None:
-            run.on_log_record(fields)
+        if self.on_record is not None:
+            self.on_record(fields)
 
     async def _watch(self) -> None:
         assert self.proc is not None

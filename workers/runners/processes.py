@@ -13,16 +13,27 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter
 
 from replicant.cogmodel import setup_timeout
 from replicant.runner import BootError, RunnerSpec
 from replicant.sandbox import SandboxConfig, SandboxUnavailable, require
-from workers.runners.cgroups import CgroupsUnavailable, MemoryCgroups
+from workers.runners.cgroups import CgroupsUnavailable
 from workers.runners.client import CogletClient
-from workers.runners.coglet import HEALTHY, setup_error, setup_out_of_memory_error
-from workers.runners.devices import DeviceSlots
-from workers.runners.memory import MemoryBudget, measure, version_of
+from workers.runners.coglet import (
+    HEALTHY,
+    UNHEALTHY,
+    setup_error,
+    setup_out_of_memory_error,
+    unhealthy_error,
+)
+from workers.runners.config import PoolConfig
+from workers.runners.devices import Sharer
+from workers.runners.memory import measure, version_of
 from workers.runners.process import (
     CogletProcess,
     ModelSandbox,
@@ -32,6 +43,14 @@ from workers.runners.process import (
 )
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
+
+# Model processes found in a state they do not come back from, then stopped: "setup_failed",
+# "defunct" (coglet's worker is gone) or "unhealthy" (the model's healthcheck() failed).
+PROCESS_FAILURES = Counter(
+    "replicant_model_process_failures",
+    "Model processes stopped for their state (setup_failed, defunct, unhealthy), by version",
+    ["version", "state"],
+)
 
 # Health checks, 50 ms apart, after a model's worker process exits during setup.
 SETUP_FAILED_CHECKS = 10
@@ -45,45 +64,39 @@ class Processes:
         client: CogletClient,
         weights: ServedWeights,
         log: logging.Logger,
-        *,
-        max_warm: int,
-        memory_budget: MemoryBudget | None = None,
-        boot_timeout: float,
-        update_interval: float,
-        uploads: bool,
-        standby: bool,
-        devices: DeviceSlots | None = None,
-        keeps_devices: bool = False,
-        cgroups: MemoryCgroups | None = None,
+        config: PoolConfig,
         sandbox: SandboxConfig,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.client = client
+        # Where its processes' log records about a prediction go (the pool's runs).
+        self.on_record = on_record
         self.weights = weights
         self.log = log
-        self.max_warm = max_warm
-        self.budget = memory_budget
-        if memory_budget is not None:
-            memory_budget.pools.add(self)
+        self.max_warm = config.max_warm
+        self.budget = config.memory_budget
+        if self.budget is not None:
+            self.budget.pools.add(self)
         # The last measured size of each version's process: what booting one will take.
         self.sizes: dict[str, int] = {}
-        self.boot_timeout = boot_timeout
-        self.update_interval = update_interval
-        self.uploads = uploads
-        self.devices = devices
+        self.boot_timeout = config.boot_timeout
+        self.update_interval = config.update_interval
+        self.uploads = config.upload is not None
+        self.devices = config.devices
         # True: its idle processes keep their device against the other pools' boots (a
         # deployment instance); False: another pool sharing the devices may stop them.
-        self.keeps_devices = keeps_devices
-        if devices is not None:
-            devices.pools.add(self)
+        self.keeps_devices = config.keep_devices
+        if self.devices is not None:
+            self.devices.pools.add(self)
         # Where each process gets a memory cgroup with the limit (None: no limit).
-        self.cgroups = cgroups
+        self.cgroups = config.cgroups
         # How model processes are sandboxed (replicant/sandbox.py), and the pool receiver's
         # Unix socket and port that a sandbox's forwarder reaches (set when the pool starts).
         self.sandbox = sandbox
         self.receiver: tuple[Path, int] | None = None
         # The Unix socket of the pool's egress proxy (model_egress=public), once started.
         self.egress: Path | None = None
-        self.standbys = Standbys(standby, self, weights, log)
+        self.standbys = Standbys(config.standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
         # Every process started and not yet reaped, warm or not: close() waits for them all.
@@ -163,7 +176,7 @@ class Processes:
                 if process is not None and process.alive:
                     await process.slots.acquire()
                     process.in_use += 1
-                    if process.alive and self._warm.get(spec.key) is process:
+                    if await self._usable(spec, process):
                         self._warm.move_to_end(spec.key)
                         process.last_used = time.monotonic()
                         return process
@@ -177,6 +190,30 @@ class Processes:
             self._waiting[spec.key] -= 1
             if not self._waiting[spec.key]:
                 del self._waiting[spec.key]
+
+    async def _usable(self, spec: RunnerSpec, process: CogletProcess) -> bool:
+        """Whether a warm process may take the next run: still the key's, and (when its model
+        has a ``healthcheck()``) coglet's /health-check does not report it unhealthy; an
+        unhealthy one is stopped (its runs end saying why) and replaced."""
+        if not process.alive or self._warm.get(spec.key) is not process:
+            return False
+        if not process.checks_health:
+            return True
+        status, body = await self.client.health(process.url)
+        if status != UNHEALTHY:
+            return process.alive
+        self.stopped_for(process, "unhealthy", unhealthy_error(body))
+        return False
+
+    def stopped_for(self, process: CogletProcess, state: str, error: str) -> None:
+        """Stop a process found in ``state`` (see ``PROCESS_FAILURES``); the runs on it end
+        with ``error``."""
+        process.failure = error
+        PROCESS_FAILURES.labels(version_of(process.spec.key), state).inc()
+        self.log.warning(
+            "event=runner_%s key=%s pid=%d error=%r", state, process.spec.key, process.pid, error
+        )
+        self.retire(process)
 
     def release(self, process: CogletProcess) -> None:
         """Give back a process from ``checkout``; idle processes beyond ``max_warm`` go."""
@@ -253,7 +290,7 @@ class Processes:
             raise BootError(str(err)) from err
         own_network = sandboxed and self.sandbox.own_network
         port = sandbox_port() if own_network else free_port()
-        process = CogletProcess(self.with_upload(spec), port, self.log)
+        process = CogletProcess(self.with_upload(spec), port, self.log, self.on_record)
         env = child_env(spec, port, self.update_interval)
         limit = self.cgroups.limit_for(spec.memory_sku) if self.cgroups is not None else None
         if self.cgroups is not None and limit is not None:
@@ -275,6 +312,10 @@ class Processes:
             process.on_exit = self.client.unroute
         return process, env
 
+    def stoppable(self) -> list[CogletProcess]:
+        """Its idle processes and standbys: what another pool's boot may stop."""
+        return self.idle_processes() + self.standbys.processes()
+
     def placed(self) -> set[CogletProcess]:
         """Its processes that hold a device: started and not reaped, or warm."""
         return {p for p in self._spawned if not p.exited} | set(self._warm.values())
@@ -284,12 +325,11 @@ class Processes:
         assert self.devices is not None
         residents: list[CogletProcess] = []
         # Idle processes (and standbys) that may be stopped to make room, and their pools.
-        stoppable: dict[CogletProcess, Processes] = {}
+        stoppable: dict[CogletProcess, Sharer] = {}
         for pool in list(self.devices.pools):
             residents += pool.placed()
             if stop_others and (pool is self or not pool.keeps_devices):
-                stoppable.update((p, pool) for p in pool.idle_processes())
-                stoppable.update((p, pool) for p in pool.standbys.processes())
+                stoppable.update((p, pool) for p in pool.stoppable())
         index, victims = self.devices.place(
             process.spec.key, residents, lambda p: p not in stoppable, self.expected_size
         )
@@ -415,7 +455,13 @@ class Processes:
             if status == "SETUP_FAILED":
                 raise await self._setup_failed(process, body)
             if status == "DEFUNCT":
+                PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
                 raise BootError("coglet reported DEFUNCT while booting", process.output_tail())
+            if status == UNHEALTHY and process.checks_health:
+                # Setup is done, but the model's healthcheck() fails: it will not serve.
+                PROCESS_FAILURES.labels(version_of(process.spec.key), "unhealthy").inc()
+                await process.output_settled()
+                raise BootError(unhealthy_error(body), process.output_tail())
             if process.worker_exited():
                 # coglet reports SETUP_FAILED (with the model's error) a moment after its
                 # worker exits: ask again briefly before settling for the bare fact.
@@ -439,6 +485,7 @@ class Processes:
 
     async def _setup_failed(self, process: CogletProcess, body: dict[str, object]) -> BootError:
         """The BootError of a failed setup(): the model's error, and its output to the end."""
+        PROCESS_FAILURES.labels(version_of(process.spec.key), "setup_failed").inc()
         setup = body.get("setup")
         setup_logs = str((setup if isinstance(setup, dict) else {}).get("logs") or "")
         await process.output_settled()

@@ -1,17 +1,19 @@
-"""One prediction handed to a coglet process: what coglet has reported about it so far."""
+"""One prediction handed to a coglet process, and the pool's runs in flight.
+
+A ``Run`` is the one object of a prediction on the worker: what coglet has reported about it
+so far and its stop; ``Runs`` is the one place runs live, by prediction id (webhook
+deliveries, uploads, coglet's log records and cancels find them there)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from replicant.runner import CogPrediction
 from workers.runners.answer import LogTail
 from workers.runners.coglet import END_MARKERS, TERMINAL, parse_prediction, rank
-
-if TYPE_CHECKING:
-    from workers.runners.process import CogletProcess
+from workers.runners.process import CogletProcess
 
 
 class Run:
@@ -85,3 +87,32 @@ class Run:
                 state.status = "processing"
             return self.with_setup_logs(state)
         return self.with_setup_logs(CogPrediction(status="processing", logs=self.stream_logs))
+
+
+class Runs:
+    """The pool's runs in flight by prediction id."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, Run] = {}
+
+    def __contains__(self, prediction_id: object) -> bool:
+        return prediction_id in self._runs
+
+    def get(self, prediction_id: str) -> Run | None:
+        """The run of ``prediction_id`` (None: none in flight)."""
+        return self._runs.get(prediction_id)
+
+    def add(self, run: Run) -> None:
+        """Note a run handed to its process."""
+        self._runs[run.id] = run
+
+    def drop(self, run: Run) -> None:
+        """Forget a run that has ended (not a newer run of the same id)."""
+        if self._runs.get(run.id) is run:
+            del self._runs[run.id]
+
+    def on_record(self, fields: dict[str, Any]) -> None:
+        """A log record of coglet's (any process of the pool's) about a prediction."""
+        run = self._runs.get(str(fields.get("prediction_id")))
+        if run is not None:
+            run.on_log_record(fields)
