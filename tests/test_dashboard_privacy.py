@@ -42,6 +42,8 @@ PAGE_MATRIX: dict[tuple[str, str], Any] = {
     ("POST", "/account/tokens"): is_own_page,
     ("POST", "/account/tokens/{token_id}/revoke"): is_not_found,
     ("POST", "/account/webhook-secret"): is_own_page,
+    ("GET", "/account/usage"): is_own_page,
+    ("GET", "/account/usage.csv"): is_own_page,
     ("GET", "/deployments"): is_own_page,
     ("POST", "/deployments/{owner}/{deployment}"): is_not_found,
     ("GET", "/models/{owner}/{name}"): is_not_found,
