@@ -142,6 +142,8 @@ MATRIX: dict[tuple[str, str], Case] = {
     # Counts across the installation, nothing of any one account.
     ("GET", "/metrics"): Case(OPEN, OPEN),
     ("GET", "/v1/account"): Case(answered_own, UNAUTHENTICATED),
+    # The caller's own usage (an organization's only for its members).
+    ("GET", "/v1/account/usage"): Case(answered_own, UNAUTHENTICATED),
     ("GET", "/v1/hardware"): Case(OPEN, UNAUTHENTICATED),
     ("GET", "/v1/webhooks/default/secret"): Case(answered_own, UNAUTHENTICATED),
     # predictions
@@ -245,6 +247,8 @@ MATRIX: dict[tuple[str, str], Case] = {
             ("POST", "/account/tokens"),
             ("POST", "/account/tokens/{token_id}/revoke"),
             ("POST", "/account/webhook-secret"),
+            ("GET", "/account/usage"),
+            ("GET", "/account/usage.csv"),
             ("GET", "/deployments"),
             ("POST", "/deployments/{owner}/{name}"),
             ("GET", "/models/{owner}/{name}"),
