@@ -362,6 +362,8 @@ class CogletProcess:
         # What setup() printed: the first training the process runs shows it first in its
         # logs, as under Cog.
         self.setup_logs = ""
+        # Whether a training run on this process has shown ``setup_logs`` (only the first).
+        self.setup_logs_taken = False
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
 

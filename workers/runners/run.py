@@ -38,12 +38,19 @@ class Run:
         self.oom_kills: int | None = None
         # A training shows what setup() printed before its own logs (the first one of its
         # process: a later one did not see setup run).
+        # The lines are taken as they are read from coglet's output, which may be after the
+        # process reported itself ready.
         self.setup_logs = ""
-        if process.spec.mode == "train":
-            self.setup_logs, process.setup_logs = process.setup_logs, ""
+        self.takes_setup_logs = process.spec.mode == "train" and not process.setup_logs_taken
+        process.setup_logs_taken = process.setup_logs_taken or self.takes_setup_logs
 
     def with_setup_logs(self, state: CogPrediction) -> CogPrediction:
         """``state`` with what setup() printed before its logs (``setup_logs``)."""
+        if self.takes_setup_logs and self.process.setup_logs:
+            self.setup_logs, self.process.setup_logs = (
+                self.setup_logs + self.process.setup_logs,
+                "",
+            )
         if self.setup_logs:
             state.logs = self.setup_logs + state.logs
         return state
