@@ -249,7 +249,8 @@ async def start_without_retention(
     live: LiveStack, api: httpx.Client, receiver: Receiver, **fields: Any
 ) -> tuple[PredictionRequest, WorkflowHandle[Any, RunOutcome]]:
     """A hello-world prediction whose `completed` webhook goes to ``receiver``, started
-    through Temporal with no retention timer: its workflow ends once the webhook has."""
+    through Temporal with no retention timer (its webhook is delivered by a workflow of
+    its own, ``webhook-<id>``)."""
     req = PredictionRequest(
         id=new_id(),
         owner=live.settings.default_account,
@@ -271,11 +272,11 @@ async def test_a_redirect_is_not_followed_nor_retried(
 ) -> None:
     receiver.default = redirect
     req, handle = await start_without_retention(live, api, receiver)
-    # Retried as a 5xx is, the workflow would live on for the hour of the retry period.
     assert (await asyncio.wait_for(handle.result(), 60)).status == "succeeded"
+    # Retried as a 5xx is, the delivery would live on for the hour of the retry period.
+    failures, _ = await asyncio.wait_for(_history_messages(live, req.id), 60)
     deliveries = receiver.for_prediction(req.id)
     assert [(d.answered, d.path) for d in deliveries] == [(redirect, "/hook/")]
-    failures, _ = await _history_messages(live, req.id)
     assert failures == [f"webhook receiver redirect (not followed, not retried): HTTP {redirect}"]
 
 
@@ -324,7 +325,8 @@ async def test_retries_stop_when_the_retry_period_is_over(
     req, handle = await start_without_retention(live, api, receiver, webhook_retry_period=2.5)
     outcome = await asyncio.wait_for(handle.result(), 60)
     assert outcome.status == "succeeded"
-    # Attempts at 0, 1 and 3 s would pass 2.5 s: two attempts, then the workflow gives up.
+    await asyncio.wait_for(_history_messages(live, req.id), 60)  # the delivery is over
+    # Attempts at 0, 1 and 3 s would pass 2.5 s: two attempts, then the delivery gives up.
     assert [d.answered for d in receiver.for_prediction(req.id)] == [500, 500]
 
 
