@@ -9,6 +9,7 @@ redirects to loopback is served from a second host: a network namespace at a pub
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 from temporalio.api.enums.v1 import EventType
 
+from replicant.contracts import prediction_workflow_id, webhook_workflow_id
 from replicant.netguard import is_public_address
 from replicant.temporal import connect
 from tests.conftest import LiveStack, own_stack
@@ -124,15 +126,17 @@ async def test_a_webhook_name_that_resolves_to_loopback_is_refused_once_and_cost
     final = guarded.wait_for(response.json()["id"])
     assert final["status"] == "succeeded", final
     client = await connect(guarded.settings)
-    handle = client.get_workflow_handle(f"prediction-{final['id']}")
-    await handle.result()
     sends: list[int] = []
     failures: list[str] = []
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            sends.append(event.activity_task_started_event_attributes.attempt)
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
-            failures.append(event.activity_task_failed_event_attributes.failure.message)
+    # The run's own workflow, and the one that delivers its `completed` webhook.
+    for workflow_id in (prediction_workflow_id(final["id"]), webhook_workflow_id(final["id"])):
+        handle = client.get_workflow_handle(workflow_id)
+        await asyncio.wait_for(handle.result(), 60)
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+                sends.append(event.activity_task_started_event_attributes.attempt)
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+                failures.append(event.activity_task_failed_event_attributes.failure.message)
     assert failures == [f"webhook URL refused: {name} resolves to a private or reserved address"]
     assert all(attempt == 1 for attempt in sends)
     assert receiver.deliveries == []
