@@ -11,6 +11,7 @@ from replicant.temporal import connect
 from tests.conftest import LiveStack
 from tests.modelkit import COG_YAML, pushed, someone, write_model
 from tests.test_official_models import HELLO
+from tests.waiting import wait_until
 
 
 async def workflow_done(live: LiveStack, prediction_id: str) -> None:
@@ -64,11 +65,15 @@ def test_the_owner_marks_examples_and_the_model_shows_its_default(
         ]
         forbidden = api.post(f"/v1/models/{ref}/examples", json={"prediction": plain.id})
         assert forbidden.status_code == 403
-    # Retention removes the data of the plain prediction, not of the example.
+    # Retention (the sweep, after it passed over both) removes the data of the plain
+    # prediction, not of the example, which is older.
     asyncio.run(workflow_done(live, first.id))
     asyncio.run(workflow_done(live, plain.id))
     with who.client(live) as api:
-        assert api.get(f"/v1/predictions/{plain.id}").json()["data_removed"] is True
+        wait_until(
+            lambda: api.get(f"/v1/predictions/{plain.id}").json()["data_removed"],
+            what="the retention sweep removes the plain prediction's data",
+        )
         kept = api.get(f"/v1/predictions/{first.id}").json()
         assert kept["data_removed"] is False and kept["output"] == "official hello one"
         # Removing an example's data on request unmarks it.
