@@ -275,7 +275,8 @@ async def test_work_of_every_kind_finishes_when_temporal_is_killed_and_restarted
         for prediction_id in (outlasting, *predictions, deployed):
             final = await asyncio.to_thread(live.wait_for, prediction_id, timeout=180, token=token)
             assert final["status"] == "succeeded", final
-            assert final["output"].startswith("slept"), final
+            # The retention sweep may have removed an early run's output (20 s) by now.
+            assert final["data_removed"] or final["output"].startswith("slept"), final
             assert final.get("deployment") == (
                 f"{username}/restarted" if prediction_id == deployed else None
             )
