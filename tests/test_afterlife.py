@@ -211,7 +211,10 @@ def _stopped_mid_run(stack: LiveStack, prediction_id: str, seconds: float) -> No
 async def _last_run_attempt(stack: LiveStack, prediction_id: str) -> tuple[int, str]:
     """The attempt of the run activity that ran last (history records the last one only), and
     why the one before it ended."""
-    events = await all_events(await connect(stack.settings), f"prediction-{prediction_id}")
+    client = await connect(stack.settings)
+    # Its row may say succeeded before the history records the attempt: wait for the close.
+    await asyncio.wait_for(client.get_workflow_handle(f"prediction-{prediction_id}").result(), 60)
+    events = await all_events(client, f"prediction-{prediction_id}")
     runs = {
         e.event_id
         for e in events
