@@ -259,19 +259,22 @@ async def test_work_of_every_kind_finishes_when_temporal_is_killed_and_restarted
             live.wait_for, deployed, lambda p: p["status"] == "processing", 60, token
         )
         live.stack.stop("temporal", sig=signal.SIGKILL)
-        # A cancel cannot reach a workflow now: 503 with Retry-After, and nothing recorded
-        # (each still runs to the end below).
-        for run in (f"/v1/predictions/{predictions[2]}", f"/v1/trainings/{training.id}"):
-            refused = api.post(f"{run}/cancel")
-            assert refused.status_code == 503, refused.text
-            assert refused.headers["Content-Type"] == "application/problem+json"
-            assert refused.headers["Retry-After"].isdigit()
-            assert api.get(run).json()["status"] not in TERMINAL
-        # A run ends while Temporal is down: the worker records it, Temporal cannot hear of it.
-        # By then the outlasting run has missed its heartbeat timeout: once Temporal is back,
-        # its attempt is timed out and it runs again (its row never says `canceled`).
-        await asyncio.to_thread(live.wait_for, predictions[0], timeout=30, token=token)
-        live.stack.start_temporal()
+        try:
+            # A cancel cannot reach a workflow now: 503 with Retry-After, and nothing recorded
+            # (each still runs to the end below).
+            for run in (f"/v1/predictions/{predictions[2]}", f"/v1/trainings/{training.id}"):
+                refused = api.post(f"{run}/cancel")
+                assert refused.status_code == 503, refused.text
+                assert refused.headers["Content-Type"] == "application/problem+json"
+                assert refused.headers["Retry-After"].isdigit()
+                assert api.get(run).json()["status"] not in TERMINAL
+            # A run ends while Temporal is down: the worker records it, Temporal cannot hear of it.
+            # By then the outlasting run has missed its heartbeat timeout: once Temporal is back,
+            # its attempt is timed out and it runs again (its row never says `canceled`).
+            await asyncio.to_thread(live.wait_for, predictions[0], timeout=90, token=token)
+        finally:
+            # Whatever failed above, the session's stack gets its Temporal back.
+            live.stack.start_temporal()
         for prediction_id in (outlasting, *predictions, deployed):
             final = await asyncio.to_thread(live.wait_for, prediction_id, timeout=180, token=token)
             assert final["status"] == "succeeded", final
