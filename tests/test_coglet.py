@@ -124,3 +124,16 @@ def test_log_lines_are_made_readable_and_prediction_records_keep_their_fields() 
     assert parse_log_line("plain print").text == "plain print"
     assert parse_log_line("{not json").text == "{not json"
     assert parse_log_line("{not json").fields is None
+
+
+def test_what_setup_printed_is_told_from_coglets_own_lines() -> None:
+    """coglet 0.23.1 writes a setup() print as ``coglet::user`` (no prediction id), at times
+    after its own record that setup completed."""
+    printed = {"target": "coglet::user", "fields": {"message": "Trainer is setting up."}}
+    assert parse_log_line(json.dumps(printed)).setup_print == "Trainer is setting up."
+    sourced = {"target": "coglet::setup", "fields": {"message": "loading", "source": "stdout"}}
+    assert parse_log_line(json.dumps(sourced)).setup_print == "loading"
+    own = {"target": "coglet::worker_bridge", "fields": {"message": "Setup complete"}}
+    assert parse_log_line(json.dumps(own)).setup_print is None
+    run = {"target": "coglet::prediction", "fields": {"message": "hi", "prediction_id": "p"}}
+    assert parse_log_line(json.dumps(run)).setup_print is None

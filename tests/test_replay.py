@@ -25,7 +25,7 @@ from replicant.archives import pack_model
 from replicant.temporal import connect
 from tests.conftest import TERMINAL, LiveStack
 from tests.receiver import running_receiver
-from tests.trainkit import corpus, data_uri, ngram_version
+from tests.trainkit import CorpusServer, corpus, data_uri, ngram_version
 from tests.waiting import async_wait_until
 from workers.main import WORKFLOW_RUNNER
 from workers.schedules import (
@@ -207,17 +207,23 @@ async def test_a_canceled_training_history_replays_with_the_current_code(
     api.post(
         "/v1/models", json={"owner": owner, "name": "replay-canceled", "visibility": "private"}
     )
-    created = api.post(
-        f"/v1/models/replicant/ngram/versions/{ngram_version(live)}/trainings",
-        json={
-            "input": {"text": data_uri(corpus(3, 200))},
-            "destination": f"{owner}/replay-canceled",
-        },
-    )
-    assert created.status_code == 201, created.text
-    training_id = created.json()["id"]
-    assert api.post(f"/v1/trainings/{training_id}/cancel").status_code == 200
-    training = await asyncio.to_thread(finished, api, f"/v1/trainings/{training_id}")
+    # Its corpus is held back until the cancel is in: the training cannot end first.
+    held = CorpusServer(held=True)
+    try:
+        created = api.post(
+            f"/v1/models/replicant/ngram/versions/{ngram_version(live)}/trainings",
+            json={
+                "input": {"text": held.add("held.txt", corpus(3, 200))},
+                "destination": f"{owner}/replay-canceled",
+            },
+        )
+        assert created.status_code == 201, created.text
+        training_id = created.json()["id"]
+        assert api.post(f"/v1/trainings/{training_id}/cancel").status_code == 200
+        held.release()
+        training = await asyncio.to_thread(finished, api, f"/v1/trainings/{training_id}")
+    finally:
+        held.close()
     assert training["status"] == "canceled", training
     client = await connect(live.settings)
     history = await closed_history(client, f"training-{training_id}")

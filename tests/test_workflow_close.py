@@ -28,7 +28,7 @@ from tests.conftest import LiveStack
 from tests.modelkit import COG_YAML, EXAMPLES, pack, push, someone, write_model
 from tests.receiver import running_receiver
 from tests.test_webhooks import delivered_completed
-from tests.trainkit import corpus, data_uri, ngram_version
+from tests.trainkit import CorpusServer, corpus, data_uri, ngram_version
 
 STATUS = SearchAttributeKey.for_keyword("ReplicantStatus")
 MODEL = SearchAttributeKey.for_keyword("ReplicantModel")
@@ -142,10 +142,18 @@ async def test_a_training_closes_as_it_ended(live: LiveStack, api: httpx.Client)
     failed = train("http://127.0.0.1:9/nothing.txt")
     _, raised = await assert_closed(client, f"training-{failed}", "failed", "replicant/ngram")
     assert isinstance(raised, ApplicationError) and "Input file error" in raised.message
-    # Canceled as it starts (as the replayed canceled training is).
-    canceled = train(data_uri(corpus(6, 200)))
-    assert api.post(f"/v1/trainings/{canceled}/cancel").status_code == 200
-    _, raised = await assert_closed(client, f"training-{canceled}", "canceled", "replicant/ngram")
+    # Canceled as it starts (as the replayed canceled training is): its corpus is held back
+    # until the cancel is in, so the training cannot end first.
+    held = CorpusServer(held=True)
+    try:
+        canceled = train(held.add("held.txt", corpus(6, 200)))
+        assert api.post(f"/v1/trainings/{canceled}/cancel").status_code == 200
+        held.release()
+        _, raised = await assert_closed(
+            client, f"training-{canceled}", "canceled", "replicant/ngram"
+        )
+    finally:
+        held.close()
     assert isinstance(raised, CancelledError)
     assert api.get(f"/v1/trainings/{canceled}").json()["status"] == "canceled"
 

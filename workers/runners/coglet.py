@@ -193,12 +193,17 @@ def parse_log_line(line: str) -> LogLine:
     fields = record.get("fields")
     text = _readable(record)
     if not isinstance(fields, dict) or "prediction_id" not in fields:
-        if not isinstance(fields, dict) or "source" not in fields:
-            return LogLine(text)
-        if record.get("target") == "coglet::setup":  # the model printed it in setup()
+        if isinstance(fields, dict) and _printed_in_setup(record.get("target"), fields):
             return LogLine(text, setup_print=str(fields.get("message", "")))
         return LogLine(text)
     return LogLine(text, fields)
+
+
+def _printed_in_setup(target: object, fields: dict[str, Any]) -> bool:
+    """Whether a record of no prediction is a line the model printed (in setup(): coglet
+    writes it as ``coglet::user``, or as ``coglet::setup`` with its ``source``; it may come
+    after the record that setup completed)."""
+    return target == "coglet::user" or (target == "coglet::setup" and "source" in fields)
 
 
 def _readable(record: dict[str, Any]) -> str:

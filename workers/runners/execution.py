@@ -170,6 +170,12 @@ class Executor:
                 run.webhook,
                 time.perf_counter() - started,
             )
+            if run.takes_setup_logs and not (process.setup_logs or run.setup_logs):
+                # What setup() printed is read from coglet's output, which may lag its answer:
+                # this run's end in the output comes after it.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await run.logs_done.wait()
             return run.with_setup_logs(result)
         finally:
             if process.streams_output is not None:

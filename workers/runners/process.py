@@ -463,7 +463,12 @@ class CogletProcess:
         line = parse_log_line(raw)
         self.tail.append(line.text)
         self.output_seen.set()
-        if line.setup_print is not None:
+        if (
+            line.setup_print is not None
+            and self.spec.mode == "train"
+            and len(self.setup_logs) < self.spec.max_logs
+        ):
+            # Kept for the first training it runs (a later one did not see setup run).
             self.setup_logs += line.setup_print + "\n"
         fields = line.fields
         if fields is None:
