@@ -25,6 +25,7 @@ from activities.running import tell_workflow_started
 from replicant import builds
 from replicant.archives import unpack_model
 from replicant.contracts import ActivityName, BuildOutcome, BuildRequest, FailBuild
+from replicant.managedweights import Resolver
 from replicant.settings import Settings
 from replicant.storage import ObjectStore
 from replicant.tables import Model
@@ -164,6 +165,7 @@ class BuildActivities:
                     root,
                     say,
                     staging_prefix=builds.staging_prefix(req.id),
+                    weights=Resolver(self.settings, self.store, self.engine, req.owner),
                 )
             except Exception as err:
                 problem = builds.failure_problem(err)

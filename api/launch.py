@@ -161,6 +161,12 @@ async def launch_prediction(
     (``Prefer: wait`` holds it until terminal). ``on_started`` runs once the prediction is
     recorded and its workflow started, before any wait (a deployment wakes its controller)."""
     state = create.state
+    if not version.predict_ref:
+        raise invalid(
+            [{"field": "version", "message": "this version cannot run predictions"}],
+            f"{model.owner}/{model.name}:{version.id} has a trainer and no predictor (its "
+            "cog.yaml has train: and no predict: or run:): it can be trained, not run",
+        )
     wait = parse_prefer(create.prefer, state.settings.max_wait)
     runs = Runs(state, PREDICTION)
     claim = create.claim(body)

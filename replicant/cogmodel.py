@@ -57,9 +57,29 @@ class PredictorError(Exception):
         return f"{self.message}\n{self.traceback}" if self.traceback else self.message
 
 
+class WeightSource(BaseModel):
+    """One source of a managed weight: a directory in the model (``weights``,
+    ``./weights``, ``file://./weights``), a file in Replicant's store
+    (``replicant://files/<file id>``) or an http(s) URL of one file; ``include``/``exclude``
+    are gitignore-style patterns, as Cog applies them."""
+
+    uri: str
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class ManagedWeight(BaseModel):
+    """An entry of cog.yaml's ``weights:``: its files, placed read-only at ``target``."""
+
+    name: str
+    target: str
+    sources: list[WeightSource]
+
+
 class CogConfig(BaseModel):
     """The parts of ``cog.yaml`` that Replicant uses to run a model."""
 
+    # "" for a trainer alone (cog.yaml with train: and no predict:/run:).
     predict_ref: str
     train_ref: str | None = None
     python_version: str | None = None
@@ -81,6 +101,8 @@ class CogConfig(BaseModel):
     local_packages: dict[str, str] = Field(default_factory=dict)
     # The model directory this was read from (local packages are installed from it).
     model_dir: str = ""
+    # cog.yaml's `weights:` (managed weights), resolved at push (replicant/managedweights.py).
+    weights: list[ManagedWeight] = Field(default_factory=list)
 
 
 def _check_ref(model_dir: Path, key: str, value: object) -> str:
@@ -238,6 +260,8 @@ def _entry_node(model_dir: Path, ref: str) -> ast.FunctionDef | ast.AsyncFunctio
     """The run()/predict() (or function) ``ref`` names, read from the source without running
     it, as Cog's build reads it; None when the source does not show it plainly."""
     path, _, name = ref.partition(":")
+    if not path:
+        return None
     try:
         tree = ast.parse((model_dir / path).read_bytes())
     except (OSError, SyntaxError, ValueError):
@@ -304,25 +328,106 @@ def file_inputs(model_dir: Path, ref: str) -> frozenset[str]:
 # Sources of cog.yaml's managed weights that are a model hub: this installation does not
 # fetch from one.
 HUB_SCHEMES = ("hf://", "huggingface://")
+# A weight name as Cog takes it (it names OCI tags there).
+WEIGHT_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+# Where a weight may not be placed in the model's sandbox: the system, what the sandbox
+# mounts itself, and the model's code as a whole (a directory inside /src is fine).
+RESERVED_TARGETS = ("/usr", "/proc", "/dev", "/sys", "/etc", "/tmp", "/run")
 
 
-def _check_weights(value: object) -> None:
-    """cog.yaml's ``weights:`` (managed weights): a list of ``{name, source, ...}``; a hub
-    source is refused, naming the entry."""
+def _weight_patterns(where: str, value: object) -> list[str]:
     if value is None:
-        return
-    if not isinstance(value, list) or not all(isinstance(w, dict) for w in value):
-        raise CogConfigError("cog.yaml: weights: must be a list of {name, source, target}")
-    for index, entry in enumerate(value):
-        source = entry.get("source")
-        if not isinstance(source, str) or not source:
-            raise CogConfigError(f"cog.yaml: weights[{index}] needs a source")
-        if source.lower().startswith(HUB_SCHEMES):
-            name = entry.get("name") or index
+        return []
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise CogConfigError(f"cog.yaml: {where} must be a list of patterns")
+    patterns = [p.strip() for p in value]
+    for index, pattern in enumerate(patterns):
+        if not pattern:
+            raise CogConfigError(f"cog.yaml: {where}[{index}]: pattern must not be empty")
+        if pattern.startswith("!"):
             raise CogConfigError(
-                f"cog.yaml: weights {name!s} come from a model hub ({source}), which this "
+                f"cog.yaml: {where}[{index}]: negation patterns (starting with '!') are not "
+                "supported"
+            )
+        if "\\" in pattern:
+            raise CogConfigError(
+                f"cog.yaml: {where}[{index}]: patterns must use forward slashes, not backslashes"
+            )
+    return patterns
+
+
+def _weight_sources(where: str, name: object, value: object) -> list[WeightSource]:
+    """A weight's ``source``: a mapping ``{uri, include, exclude}``, a list of them, or a
+    URI alone."""
+    items = value if isinstance(value, list) else [value]
+    if value is None or value == [] or value == "":
+        raise CogConfigError(f"cog.yaml: {where}.source is required")
+    sources = []
+    for item in items:
+        entry = {"uri": item} if isinstance(item, str) else item
+        if not isinstance(entry, dict) or not isinstance(entry.get("uri"), str):
+            raise CogConfigError(f"cog.yaml: {where}.source needs a uri")
+        uri = entry["uri"].strip()
+        if uri.lower().startswith(HUB_SCHEMES):
+            raise CogConfigError(
+                f"cog.yaml: weights {name!s} come from a model hub ({uri}), which this "
                 "installation does not fetch from: put the files in the model directory"
             )
+        include = _weight_patterns(f"{where}.source.include", entry.get("include"))
+        exclude = _weight_patterns(f"{where}.source.exclude", entry.get("exclude"))
+        sources.append(WeightSource(uri=uri, include=include, exclude=exclude))
+    return sources
+
+
+def _weight_target(where: str, value: object, taken: list[str]) -> str:
+    if not isinstance(value, str) or not value:
+        raise CogConfigError(f"cog.yaml: {where}.target is required")
+    if not value.startswith("/"):
+        raise CogConfigError(f"cog.yaml: {where}.target must be an absolute path")
+    target = os.path.normpath(value).replace("//", "/")
+    if target in ("/", "/src"):
+        raise CogConfigError(f"cog.yaml: {where}.target must not be {target!r}")
+    for reserved in RESERVED_TARGETS:
+        if target == reserved or target.startswith(reserved + "/"):
+            raise CogConfigError(
+                f"cog.yaml: {where}.target {target} is inside {reserved}, which the model's "
+                "sandbox keeps for itself"
+            )
+    for other in taken:
+        if target == other:
+            raise CogConfigError(f"cog.yaml: {where}.target: duplicate weight target")
+        if target.startswith(other + "/") or other.startswith(target + "/"):
+            raise CogConfigError(
+                f"cog.yaml: {where}.target overlaps with {other!r}; weight targets must be "
+                "disjoint"
+            )
+    return target
+
+
+def _weights(value: object) -> list[ManagedWeight]:
+    """cog.yaml's ``weights:`` (managed weights), checked as Cog checks it; a hub source is
+    refused, naming the entry."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(w, dict) for w in value):
+        raise CogConfigError("cog.yaml: weights: must be a list of {name, source, target}")
+    weights: list[ManagedWeight] = []
+    for index, entry in enumerate(value):
+        where = f"weights[{index}]"
+        name = entry.get("name")
+        sources = _weight_sources(where, name or index, entry.get("source"))
+        if not isinstance(name, str) or not name:
+            raise CogConfigError(f"cog.yaml: {where}.name is required")
+        if not WEIGHT_NAME.match(name):
+            raise CogConfigError(
+                f"cog.yaml: {where}.name {name!r} must contain only lowercase alphanumeric "
+                'characters, hyphens, dots, or underscores (e.g. "my-model-weights")'
+            )
+        if any(w.name == name for w in weights):
+            raise CogConfigError(f"cog.yaml: {where}.name {name!r}: duplicate weight name")
+        target = _weight_target(where, entry.get("target"), [w.target for w in weights])
+        weights.append(ManagedWeight(name=name, target=target, sources=sources))
+    return weights
 
 
 def load_cog_config(model_dir: Path) -> CogConfig:
@@ -348,10 +453,11 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     if run is not None and predict is not None and run != predict:
         raise CogConfigError("cog.yaml: give either run: or predict:, not both")
     entry_key = "run" if run is not None else "predict"
-    if data.get(entry_key) is None:
-        raise CogConfigError("cog.yaml: missing predict: (or run:), e.g. predict.py:Predictor")
-    predict_ref = _check_ref(model_dir, entry_key, data[entry_key])
     train_ref = _check_ref(model_dir, "train", data["train"]) if data.get("train") else None
+    if data.get(entry_key) is None and train_ref is None:
+        raise CogConfigError("cog.yaml: missing predict: (or run:), e.g. predict.py:Predictor")
+    # A trainer alone (train: and no predict:) is a model Cog builds: it trains, never runs.
+    predict_ref = _check_ref(model_dir, entry_key, data[entry_key]) if data.get(entry_key) else ""
 
     build = data.get("build") or {}
     if not isinstance(build, dict):
@@ -386,7 +492,7 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     if not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise CogConfigError("cog.yaml: concurrency.max must be a positive integer")
     environment = _environment(data.get("environment"))
-    _check_weights(data.get("weights"))
+    weights = _weights(data.get("weights"))
     source = "concurrency.max" if isinstance(concurrency, dict) and "max" in concurrency else ""
     from_env = _positive_int(environment.get("COG_MAX_CONCURRENCY"))
     if from_env is not None:
@@ -413,6 +519,7 @@ def load_cog_config(model_dir: Path) -> CogConfig:
         environment=environment,
         local_packages=_local_packages(model_dir, packages),
         model_dir=str(model_dir),
+        weights=weights,
     )
 
 

@@ -30,3 +30,9 @@ def training_inputs(training_id: str) -> str:
 def build_archive(build_id: str) -> str:
     """A pushed model's archive, from the push until its build ends."""
     return f"builds/{build_id}/model-archive"
+
+
+def managed_weight_file(sha256: str) -> str:
+    """A file of cog.yaml's managed weights, fetched or copied at push (kept: versions
+    refer to it by content)."""
+    return f"weights/sha256/{sha256}"

@@ -277,6 +277,18 @@ class Settings(BaseSettings):
         description="The largest model archive a push may upload, and the most its files may "
         "unpack to, in bytes.",
     )
+    weights_url_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts (JSON list; `*` for any public host) that a model's cog.yaml "
+        "`weights:` may name an http(s) source on; the push fetches it once (with the checks "
+        "of every fetch: public addresses only unless `allow_private_urls`). Empty: such a "
+        "push is refused, naming this setting.",
+    )
+    weights_url_max_bytes: int = Field(
+        10 * 1024 * 1024 * 1024,
+        description="The largest file an http(s) source of cog.yaml's `weights:` may be, in "
+        "bytes.",
+    )
     model_cpu_threads: int = Field(
         0,
         description="Threads a model's numerical libraries may use (onnxruntime, OpenMP), "

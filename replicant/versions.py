@@ -28,6 +28,7 @@ from replicant.cogmodel import (
 )
 from replicant.collections import seed_builtin_collection
 from replicant.envs import EnvBuildError, ensure_env, env_ready, plan_env
+from replicant.managedweights import Resolver, write_manifest
 from replicant.settings import Settings
 from replicant.tables import Model, Version
 
@@ -69,6 +70,7 @@ def create_version(
     *,
     defer_env: bool = False,
     staging_prefix: str = ".staging-",
+    weights: Resolver | None = None,
 ) -> Version:
     """Copy ``src`` into the data dir, build its env, derive its schema, and record it.
 
@@ -79,6 +81,8 @@ def create_version(
     versions); only a version that passed all of them is
     moved into place and recorded, so a bad push leaves nothing visible (no row, no
     directory). A ``model`` without an id is created together with its first version.
+    cog.yaml's managed weights are resolved by ``weights`` (the pusher's files, the object
+    store; ``replicant/managedweights.py``), else with no pusher.
     Raises ``CogConfigError``, ``EnvBuildError`` or ``PredictorError`` on a bad model.
     """
     say = progress or (lambda _line: None)
@@ -106,6 +110,10 @@ def create_version(
             say(f"warning: {warning}")
         python, schema = _environment_and_schema(settings, staging, config, say, defer_env)
         write_schema_for_coglet(staging, schema)
+        if config.weights:
+            say("resolving the managed weights")
+            resolver = weights or Resolver(settings, engine=engine)
+            write_manifest(staging, resolver.resolve(staging, config.weights))
         try:
             staging.rename(dest)
             moved = True

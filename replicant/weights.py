@@ -16,7 +16,8 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from replicant.storage import ObjectStore
@@ -104,6 +105,56 @@ class WeightsCache:
             target.replace(dest / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+    async def assemble(self, model_dir: Path, weight: dict[str, Any]) -> Path:
+        """The directory of a managed weight (``replicant/managedweights.py``), assembled
+        once per digest: its files from the version's directory or the object store."""
+        digest = str(weight.get("digest", ""))
+        if not DIGEST.match(digest):
+            raise WeightsError(f"malformed managed weight {weight.get('name')!r}")
+        dest = self.root / "sets" / digest
+        if dest.is_dir():
+            return dest
+        async with self._locks.setdefault(f"set-{digest}", asyncio.Lock()):
+            if not dest.is_dir():
+                await asyncio.to_thread(self._assemble, model_dir, weight, dest)
+        return dest
+
+    def _assemble(self, model_dir: Path, weight: dict[str, Any], dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".assemble-"))
+        try:
+            for entry in weight["files"]:
+                relative = PurePosixPath(str(entry["path"]))
+                if relative.is_absolute() or ".." in relative.parts:
+                    raise WeightsError(f"a managed weight's file {relative} is outside it")
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if "model" in entry:
+                    shutil.copyfile(model_dir / str(entry["model"]), target)
+                else:
+                    self._fetch_object(str(entry["key"]), target)
+                if _sha256(target) != entry["sha256"]:
+                    raise WeightsError(f"the weight file {relative} is not the one pushed")
+                target.chmod(0o644)
+            for directory in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+                directory.chmod(0o755)
+            try:
+                staging.rename(dest)  # the whole set appears at once
+            except OSError:
+                if not dest.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _fetch_object(self, key: str, target: Path) -> None:
+        if self._store is None:
+            self._store = self._open_store()
+        try:
+            self._store.download(key, target)
+        except LookupError as err:
+            raise WeightsError(f"the weight file {key} is not in the object store") from err
 
 
 def _sha256(path: Path) -> str:

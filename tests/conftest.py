@@ -135,6 +135,8 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "rate_limit_default": "100000/minute",
         # Webhook receivers and URLs served by the tests listen on 127.0.0.1.
         "allow_private_urls": True,
+        # cog.yaml's weights: may come from URLs the tests serve there (not from localhost).
+        "weights_url_hosts": ["127.0.0.1"],
         "webhook_retry_period": WEBHOOK_RETRY_PERIOD,
         "webhook_timeout": WEBHOOK_TIMEOUT,
         "stream_keepalive": STREAM_KEEPALIVE,

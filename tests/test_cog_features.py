@@ -13,10 +13,15 @@ official client.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
+import io
 import json
 import shutil
 import tarfile
+import threading
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -281,6 +286,33 @@ def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
     )
 
 
+def test_a_trainer_alone_pushes_and_trains_and_refuses_predictions(
+    live: LiveStack, who: Who
+) -> None:
+    version = pushed(live, who, "cog-train-only")
+    schemas = components(live, who, "cog-train-only", version)
+    assert "TrainingInput" in schemas and "Input" not in schemas
+    official = client(live, who)
+    training = official.trainings.create(
+        model=f"{who.username}/cog-train-only",
+        version=version,
+        input={"text": "hi"},
+        destination=new_destination(live, who.token, "trained-alone"),
+    )
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    assert "training on hi" in (training.logs or "")
+    weights = httpx.get(training.output["weights"], timeout=60)
+    assert weights.status_code == 200 and weights.text == "trained: hi"
+    # Neither it nor what it trained has a predictor: a prediction is refused, saying why.
+    trained = training.output["version"].rpartition(":")[2]
+    for version_id in (version, trained):
+        with pytest.raises(replicate.exceptions.ReplicateError) as refusal:
+            official.predictions.create(version=version_id, input={"text": "x"})
+        assert refusal.value.status == 422
+        assert "has a trainer and no predictor" in str(refusal.value.detail), version_id
+
+
 # -- metrics a model records -----------------------------------------------------------------
 
 RECORDED = {
@@ -402,3 +434,99 @@ def test_the_context_a_caller_passes_reaches_the_model(live: LiveStack, who: Who
 def test_managed_weights_from_a_hub_are_refused_at_push(live: LiveStack, who: Who) -> None:
     problem = refused(live, who, "cog-weights-hub")
     assert "weights base come from a model hub (hf://example-org/example-model)" in str(problem)
+
+
+@contextlib.contextmanager
+def serving_file(root: Path, name: str, data: bytes) -> Iterator[tuple[str, list[str]]]:
+    """An http server on 127.0.0.1 with one file: its URL, and the paths asked for."""
+    (root / name).write_bytes(data)
+    asked: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{name}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def weights_model(tmp_path: Path, file_id: str, url: str) -> Path:
+    """``tests/models/cog-weights`` with its stored file and URL filled in."""
+    src = tmp_path / "cog-weights"
+    shutil.copytree(MODELS / "cog-weights", src)
+    config = src / "cog.yaml"
+    text = config.read_text().replace("STORED_FILE_ID", file_id).replace("WEIGHTS_URL", url)
+    config.write_text(text)
+    return src
+
+
+def test_managed_weights_from_each_source_are_placed_at_their_targets(
+    live: LiveStack, who: Who, tmp_path: Path
+) -> None:
+    official = client(live, who)
+    stored = official.files.create(io.BytesIO(b"kept in the store"), filename="stored.txt")
+    with serving_file(tmp_path, "fetched.txt", b"fetched once") as (url, asked):
+        src = weights_model(tmp_path, stored.id, url)
+        version = pushed(live, who, "cog-weights", src)
+        # The same push again is the same version: nothing is fetched again.
+        assert pushed(live, who, "cog-weights", src) == version
+        output = json.loads(official.run(f"{who.username}/cog-weights:{version}", input={}))
+        assert output["seen"] == {
+            # include *.txt, exclude skip*: the model's own weights/ shows only what is kept.
+            "/src/weights": {"a.txt": "alpha", "sub/b.txt": "beta"},
+            "/weights/stored": {"stored.txt": "kept in the store"},
+            "/srv/models/fetched": {"fetched.txt": "fetched once"},
+        }
+        assert output["writable"] == [] and output["trained"] is None
+        # A fine-tune gets its COG_WEIGHTS and still sees the managed weights.
+        training = official.trainings.create(
+            model=f"{who.username}/cog-weights",
+            version=version,
+            input={"word": "tuned"},
+            destination=new_destination(live, who.token, "weights-tuned"),
+        )
+        wait_training(training, timeout=BUILD_TIMEOUT)
+        assert training.status == "succeeded", (training.error, training.logs)
+        tuned = json.loads(official.run(training.output["version"], input={}))
+        assert tuned["trained"] == "tuned kept in the store"
+        assert tuned["seen"] == output["seen"]
+        assert asked == ["/fetched.txt"]  # once, at the push; workers read the store
+    # Each weight was assembled once on the worker, under its digest.
+    sets = live.settings.data_dir / "weights-cache" / "sets"
+    assert len([p for p in sets.iterdir() if p.is_dir()]) >= 3
+
+
+def test_managed_weights_a_push_cannot_have_are_refused_with_the_reason(
+    live: LiveStack, who: Who, tmp_path: Path
+) -> None:
+    stranger = someone(live, "weightless")
+    theirs = client(live, stranger).files.create(io.BytesIO(b"private"), filename="p.txt")
+    with serving_file(tmp_path, "fetched.txt", b"x") as (url, asked):
+        cases = {
+            # Another account's file is not the pusher's to use.
+            (theirs.id, url): f"replicant://files/{theirs.id} is not a file of the account",
+            # A host the operator did not allow (REPLICANT_WEIGHTS_URL_HOSTS).
+            ("none", url.replace("127.0.0.1", "localhost")): "REPLICANT_WEIGHTS_URL_HOSTS",
+            # A URL that answers 404.
+            ("none", url + ".missing"): "answered HTTP 404",
+        }
+        for (file_id, weights_url), reason in cases.items():
+            if file_id == "none":
+                file_id = client(live, who).files.create(io.BytesIO(b"ok"), filename="s.txt").id
+            src = weights_model(tmp_path / file_id, file_id, weights_url)
+            problem = refused(live, who, "cog-weights", src)
+            assert reason in str(problem), problem
+        assert asked == ["/fetched.txt.missing"]

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -35,6 +36,8 @@ from replicant.cogmodel import (
     setup_timeout,
     write_schema_for_coglet,
 )
+from replicant.managedweights import Resolver
+from replicant.settings import Settings
 from replicant.validation import InvalidField, redact_secrets, validate_input
 from tests.waiting import wait_until
 
@@ -249,6 +252,93 @@ def test_missing_predict_entry_is_a_config_error(tmp_path: Path) -> None:
     make_model(tmp_path, {"cog.yaml": 'build:\n  python_version: "3.11"\n'})
     with pytest.raises(CogConfigError, match="missing predict"):
         load_cog_config(tmp_path)
+
+
+def test_a_trainer_alone_needs_no_predict_entry(tmp_path: Path) -> None:
+    make_model(
+        tmp_path,
+        {
+            "cog.yaml": 'build:\n  python_version: "3.11"\ntrain: "train.py:train"\n',
+            "train.py": "def train(s: str) -> str:\n    return s\n",
+        },
+    )
+    config = load_cog_config(tmp_path)
+    assert (config.predict_ref, config.train_ref) == ("", "train.py:train")
+    schema = inspect_model(tmp_path, Path(sys.executable), config)
+    assert "TrainingInput" in schema["components"]["schemas"]
+    assert "Input" not in schema["components"]["schemas"]
+
+
+PREDICT_PY = (
+    "from cog import BasePredictor\n\n\nclass Predictor(BasePredictor):\n"
+    "    def predict(self) -> str:\n        return 'x'\n"
+)
+WEIGHTS_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\nweights:\n'
+
+
+@pytest.mark.parametrize(
+    ("entries", "reason"),
+    [
+        ("  - {name: Base, source: w, target: /w}", "must contain only lowercase"),
+        ("  - {name: a, target: /w}", "weights[0].source is required"),
+        ("  - {name: a, source: {include: ['*']}, target: /w}", "needs a uri"),
+        ("  - {name: a, source: w}", "weights[0].target is required"),
+        ("  - {name: a, source: w, target: w}", "must be an absolute path"),
+        ("  - {name: a, source: w, target: /}", "must not be '/'"),
+        ("  - {name: a, source: w, target: /tmp/w}", "which the model's sandbox keeps"),
+        ("  - {name: a, source: {uri: w, include: ['!x']}, target: /w}", "negation patterns"),
+        ("  - {name: a, source: {uri: w, exclude: ['']}, target: /w}", "must not be empty"),
+        (
+            "  - {name: a, source: w, target: /w}\n  - {name: a, source: v, target: /v}",
+            "duplicate weight name",
+        ),
+        (
+            "  - {name: a, source: w, target: /w}\n  - {name: b, source: v, target: /w/v}",
+            "weight targets must be disjoint",
+        ),
+        ("  - {name: base, source: {uri: 'hf://o/m'}, target: /w}", "come from a model hub"),
+    ],
+)
+def test_managed_weights_are_checked_as_cog_checks_them(
+    tmp_path: Path, entries: str, reason: str
+) -> None:
+    make_model(tmp_path, {"cog.yaml": WEIGHTS_YAML + entries + "\n", "predict.py": PREDICT_PY})
+    with pytest.raises(CogConfigError, match=re.escape(reason)):
+        load_cog_config(tmp_path)
+
+
+def test_managed_weights_of_the_model_are_listed_filtered_at_push(tmp_path: Path) -> None:
+    entries = (
+        "  - name: base\n    source:\n      - uri: ./w\n        include: ['*.txt', 'deep/']\n"
+        "        exclude: ['skip*']\n    target: /src/w\n"
+        "  - {name: other, source: 'file://./v', target: /weights/v}\n"
+    )
+    files = {"cog.yaml": WEIGHTS_YAML + entries, "predict.py": PREDICT_PY}
+    files |= {"w/a.txt": "a", "w/skip.txt": "s", "w/c.bin": "c", "w/deep/d.bin": "d"}
+    files |= {"v/x": "x"}
+    make_model(tmp_path, files)
+    config = load_cog_config(tmp_path)
+    resolved = Resolver(Settings(data_dir=tmp_path / "data")).resolve(tmp_path, config.weights)
+    assert [(w["name"], w["target"]) for w in resolved] == [
+        ("base", "/src/w"),
+        ("other", "/weights/v"),
+    ]
+    assert [(f["path"], f["model"]) for f in resolved[0]["files"]] == [
+        ("a.txt", "w/a.txt"),
+        ("deep/d.bin", "w/deep/d.bin"),
+    ]
+    assert resolved[0]["files"][0]["sha256"] == hashlib.sha256(b"a").hexdigest()
+    # A filter that leaves nothing, a path outside the model, a URL host nobody allowed.
+    for source, reason in [
+        ("{uri: ./w, include: ['*.nothing']}", "matched zero files out of 4"),
+        ("../elsewhere", "must be a directory inside the model"),
+        ("'https://example.com/w.bin'", "REPLICANT_WEIGHTS_URL_HOSTS"),
+    ]:
+        entry = f"  - {{name: a, source: {source}, target: /w}}\n"
+        make_model(tmp_path, {"cog.yaml": WEIGHTS_YAML + entry})
+        weights = load_cog_config(tmp_path).weights
+        with pytest.raises(CogConfigError, match=re.escape(reason)):
+            Resolver(Settings(data_dir=tmp_path / "data")).resolve(tmp_path, weights)
 
 
 def test_missing_predictor_file_is_a_config_error(tmp_path: Path) -> None:

@@ -122,6 +122,12 @@ def _version_of(session: Session, model: Model, version_id: str) -> Version:
     version = session.get(Version, version_id)
     if version is None or version.model_id != model.id:
         raise not_found(f"Version {model.owner}/{model.name}:{version_id}")
+    if not version.predict_ref:
+        raise invalid(
+            [{"field": "version", "message": "this version cannot run predictions"}],
+            f"{model.owner}/{model.name}:{version_id} has a trainer and no predictor: a "
+            "deployment cannot run it",
+        )
     return version
 
 

@@ -181,6 +181,8 @@ class ModelSandbox:
             sandbox.give_to_model(config, self.root / name)
         self.inputs = self.root / "inputs"
         self.inputs.mkdir(mode=0o755)
+        # cog.yaml's managed weights: their directories by their target inside, read-only.
+        self.weights: dict[str, Path] = {}
         uid, gid = config.uid, config.gid
         (self.root / "passwd").write_text(sandbox.passwd_file(uid, gid), encoding="utf-8")
         (self.root / "group").write_text(f"root:x:0:\nmodel:x:{gid}:\n", encoding="utf-8")
@@ -240,6 +242,7 @@ class ModelSandbox:
             writable={"/tmp": self.root / "tmp", RUN_DIR: self.root / "run"},
         )
         mounts.add_code(MODEL_DIR, spec.model_dir, self.root / "src")
+        mounts.read_only.update(self.weights)  # over a directory of the model's own, too
         mounts.add_python(spec.python)
         for name in SHARED_CACHES:
             cache = Path(env.get(name, ""))
@@ -525,3 +528,16 @@ class CogletProcess:
                             await self.output_seen.wait()
                     except TimeoutError:
                         return
+
+
+def place_weights(process: CogletProcess, placed: dict[str, Path]) -> None:
+    """Bind a version's managed weights (cog.yaml ``weights:``) at their targets in its
+    process's sandbox; a process without a sandbox cannot have them."""
+    if not placed:
+        return
+    if process.sandbox is None:
+        raise BootError(
+            "cog.yaml's weights: are placed at their targets in the model sandbox, and this "
+            "worker runs models without one (REPLICANT_MODEL_UNSANDBOXED)"
+        )
+    process.sandbox.weights = placed

@@ -38,6 +38,7 @@ from workers.runners.process import (
     CogletProcess,
     ModelSandbox,
     child_env,
+    place_weights,
     free_port,
     sandbox_port,
 )
@@ -378,7 +379,9 @@ class Processes:
                     # With a device budget: what each process on the devices uses now.
                     placed = [p for pool in list(self.devices.pools) for p in pool.placed()]
                     await self.devices.refresh(placed)
+                placed = await self.weights.managed(spec.model_dir)
                 process, env = self.new_process(spec)
+                place_weights(process, placed)
                 if spec.weights_ref:
                     # The weights download while coglet and the model start; the model's
                     # request for them waits for the download (see ServedWeights.serve).
@@ -490,3 +493,4 @@ class Processes:
         setup_logs = str((setup if isinstance(setup, dict) else {}).get("logs") or "")
         await process.output_settled()
         return BootError(setup_error(setup_logs), process.output_tail())
+

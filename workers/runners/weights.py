@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from starlette.responses import FileResponse, Response
 
+from replicant.managedweights import read_manifest
 from replicant.runner import BootError
 from replicant.weights import WeightsCache, WeightsError, file_name, parse_store_ref
 
@@ -38,6 +40,21 @@ class ServedWeights:
             await self.cache.materialize(ref)
         except WeightsError as err:
             raise BootError(f"cannot load the version's weights: {err}") from err
+
+    async def managed(self, model_dir: Path) -> dict[str, Path]:
+        """The directories of a version's managed weights (cog.yaml ``weights:``) by their
+        target in the sandbox, assembled in the cache once per digest."""
+        weights = read_manifest(model_dir)
+        if weights and self.cache is None:
+            raise BootError("this worker has no weights cache for cog.yaml's weights:")
+        placed = {}
+        for weight in weights:
+            assert self.cache is not None
+            try:
+                placed[str(weight["target"])] = await self.cache.assemble(model_dir, weight)
+            except (WeightsError, OSError) as err:
+                raise BootError(f"cannot place the weights {weight.get('name')}: {err}") from err
+        return placed
 
     async def serve(self, digest: str, name: str) -> Response:
         """The weights file, once cached (404 when unknown or not to be had)."""
