@@ -398,8 +398,7 @@ def _weight_target(where: str, value: object, taken: list[str]) -> str:
             raise CogConfigError(f"cog.yaml: {where}.target: duplicate weight target")
         if target.startswith(other + "/") or other.startswith(target + "/"):
             raise CogConfigError(
-                f"cog.yaml: {where}.target overlaps with {other!r}; weight targets must be "
-                "disjoint"
+                f"cog.yaml: {where}.target overlaps with {other!r}; weight targets must be disjoint"
             )
     return target
 

@@ -286,8 +286,7 @@ class Settings(BaseSettings):
     )
     weights_url_max_bytes: int = Field(
         10 * 1024 * 1024 * 1024,
-        description="The largest file an http(s) source of cog.yaml's `weights:` may be, in "
-        "bytes.",
+        description="The largest file an http(s) source of cog.yaml's `weights:` may be, in bytes.",
     )
     model_cpu_threads: int = Field(
         0,

@@ -106,7 +106,6 @@ class WeightsCache:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-
     async def assemble(self, model_dir: Path, weight: dict[str, Any]) -> Path:
         """The directory of a managed weight (``replicant/managedweights.py``), assembled
         once per digest: its files from the version's directory or the object store."""

@@ -38,8 +38,8 @@ from workers.runners.process import (
     CogletProcess,
     ModelSandbox,
     child_env,
-    place_weights,
     free_port,
+    place_weights,
     sandbox_port,
 )
 from workers.runners.standby import Standbys
@@ -493,4 +493,3 @@ class Processes:
         setup_logs = str((setup if isinstance(setup, dict) else {}).get("logs") or "")
         await process.output_settled()
         return BootError(setup_error(setup_logs), process.output_tail())
-
