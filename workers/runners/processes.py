@@ -379,9 +379,9 @@ class Processes:
                     # With a device budget: what each process on the devices uses now.
                     placed = [p for pool in list(self.devices.pools) for p in pool.placed()]
                     await self.devices.refresh(placed)
-                placed = await self.weights.managed(spec.model_dir)
+                weights = await self.weights.managed(spec.model_dir)
                 process, env = self.new_process(spec)
-                place_weights(process, placed)
+                place_weights(process, weights)
                 if spec.weights_ref:
                     # The weights download while coglet and the model start; the model's
                     # request for them waits for the download (see ServedWeights.serve).
