@@ -227,3 +227,79 @@ async def test_a_standby_is_replaced_before_its_weights_request_times_out_while_
         assert not Path(f"/proc/{pids[0]}").exists()
     finally:
         await pool.close()
+
+
+# -- cog.yaml's managed weights (weights:) ------------------------------------------------
+
+SEES_WEIGHTS = """\
+from pathlib import Path
+
+from cog import BasePredictor
+
+
+class Predictor(BasePredictor):
+    def predict(self) -> str:
+        root = Path("/weights/set")
+        try:
+            (root / "new.txt").write_text("x")
+        except OSError:
+            pass
+        return ",".join(f"{p.name}={p.read_text()}" for p in sorted(root.iterdir()))
+"""
+
+
+def managed_model(root: Path, store: LocalStore) -> RunnerSpec:
+    """A model whose one managed weight is a file of the object store and one of its own
+    directory, resolved as a push resolves them."""
+    from replicant.cogmodel import ManagedWeight, WeightSource
+    from replicant.managedweights import Resolver, write_manifest
+    from replicant.settings import Settings
+
+    (root / "w").mkdir(parents=True)
+    (root / "w" / "own.txt").write_text("own")
+    (root / "predict.py").write_text(SEES_WEIGHTS)
+    weight = ManagedWeight(name="set", target="/weights/set", sources=[WeightSource(uri="w")])
+    resolved = Resolver(Settings(data_dir=root / "data"), store).resolve(root, [weight])
+    upload = store.new_upload()
+    upload.write(b"stored")
+    key = f"weights/sha256/{upload.sha256}"
+    resolved[0]["files"].append({"path": "z.txt", "sha256": upload.sha256, "size": 6, "key": key})
+    store.commit(upload, key, "text/plain")
+    write_manifest(root, resolved)
+    return RunnerSpec(
+        key="managed",
+        model_dir=root,
+        python=Path(sys.executable),
+        predict_ref="predict.py:Predictor",
+    )
+
+
+async def test_managed_weights_are_bound_read_only_at_their_target_once_assembled(
+    pool: RunnerPool, store: SlowStore, tmp_path: Path
+) -> None:
+    spec = managed_model(tmp_path / "model", store)
+    result = await pool.predict(spec, "m1", {})
+    assert result.status == "succeeded", result.error
+    assert result.output == "own.txt=own,z.txt=stored"
+    sets = list((tmp_path / "cache" / "sets").iterdir())
+    assert len(sets) == 1 and sorted(p.name for p in sets[0].iterdir()) == ["own.txt", "z.txt"]
+
+
+async def test_managed_weights_fail_the_boot_of_an_unsandboxed_model(
+    store: SlowStore, tmp_path: Path
+) -> None:
+    from replicant.sandbox import SandboxConfig
+
+    runners = RunnerPool(
+        PoolConfig(
+            boot_timeout=60,
+            weights=WeightsCache(lambda: store, tmp_path / "cache"),
+            sandbox=SandboxConfig(bwrap=None, unsandboxed=True),
+        )
+    )
+    await runners.start()
+    try:
+        with pytest.raises(BootError, match="runs models without one"):
+            await runners.predict(managed_model(tmp_path / "model", store), "m2", {})
+    finally:
+        await runners.close()
