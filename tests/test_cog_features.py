@@ -6,9 +6,10 @@ its cog.yaml): schemas as ``cog build`` writes them (a TypedDict output, an opti
 the required list), what Cog refuses at build (``accept=`` on a str, ``@cog.concurrent`` on a
 plain function) refused at push with Cog's reason, ``@cog.concurrent(max=N)`` sizing the
 process, cog.yaml's ``environment:`` (``COG_SETUP_TIMEOUT`` among it), local package files in
-``python_requirements``, ``sys.exit()`` in a run, and a trainer class with no ``predict``
-whose ``str`` output becomes the weights. Each is pushed to the shared stack and run with the
-official client.
+``python_requirements``, ``sys.exit()`` in a run, a trainer class with no ``predict``
+whose ``str`` output becomes the weights, a cog.yaml with ``train:`` alone, and managed
+weights (``weights:``) from each source Replicant fetches. Each is pushed to the shared stack
+and run with the official client.
 """
 
 from __future__ import annotations
@@ -311,6 +312,13 @@ def test_a_trainer_alone_pushes_and_trains_and_refuses_predictions(
             official.predictions.create(version=version_id, input={"text": "x"})
         assert refusal.value.status == 422
         assert "has a trainer and no predictor" in str(refusal.value.detail), version_id
+    # Nor can a deployment run it.
+    body = {"name": "alone", "model": f"{who.username}/cog-train-only", "version": version}
+    body |= {"hardware": "cpu", "min_instances": 0, "max_instances": 1}
+    with who.client(live) as api:
+        deployment = api.post("/v1/deployments", json=body)
+    assert deployment.status_code == 422, deployment.text
+    assert "has a trainer and no predictor" in deployment.json()["detail"]
 
 
 # -- metrics a model records -----------------------------------------------------------------
