@@ -50,9 +50,10 @@ def problem(
 def failure_problem(err: BaseException) -> dict[str, Any] | None:
     """The problem body of a model that cannot become a version; None for other errors."""
     if isinstance(err, CogConfigError):
+        reason = str(err)
         return problem(
             422,
-            f"cog.yaml: {err}",
+            reason if reason.startswith("cog.yaml") else f"cog.yaml: {reason}",
             title="Invalid cog.yaml",
             invalid_fields=[{"field": "cog.yaml", "message": str(err)}],
         )

@@ -36,6 +36,7 @@ from api.push import WAITING_FOR_A_WORKER
 from replicant import builds
 from replicant.accounts import create_account
 from replicant.archives import pack_model
+from replicant.cogmodel import CogConfigError
 from replicant.devstack import free_port
 from replicant.ids import new_id
 from replicant.objectkeys import build_archive
@@ -334,6 +335,14 @@ def test_an_abandoned_build_stops_at_its_next_step() -> None:
     with pytest.raises(BuildAbandoned):
         log.say("recording the version")
     assert log.take() == "copying the model files\n"
+
+
+def test_a_cog_yaml_error_names_cog_yaml_once() -> None:
+    named = builds.failure_problem(CogConfigError("cog.yaml: weights[0].name is required"))
+    assert named is not None and named["detail"] == "cog.yaml: weights[0].name is required"
+    unnamed = builds.failure_problem(CogConfigError("environment variable 'X' is not KEY=VALUE"))
+    assert unnamed is not None
+    assert unnamed["detail"] == "cog.yaml: environment variable 'X' is not KEY=VALUE"
 
 
 def test_health_counts_the_build_queue_among_the_queues_that_need_a_worker(
