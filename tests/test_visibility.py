@@ -11,8 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
+from sqlmodel import Session, select
 
+from replicant.accounts import add_member, create_account, create_organization
 from replicant.collections import add_models, create_collection
+from replicant.db import init_db, make_engine
+from replicant.deployments import deployment_runnable
+from replicant.settings import Settings
+from replicant.tables import Deployment, Membership, Model, Version
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack
 from tests.deploykit import new_deployment
@@ -161,6 +168,54 @@ def test_a_deployment_of_another_accounts_model_stops_when_the_model_goes_privat
         wait_instances(theirs, foreign_path, 1)
         assert theirs.patch(foreign_path, json={"min_instances": 0}).status_code == 200
         wait_instances(theirs, foreign_path, 0)
+
+
+def test_a_deployment_is_runnable_only_while_its_owner_may_run_its_model(
+    tmp_path: Path,
+) -> None:
+    # What the controller reads at each check (a deployment not runnable keeps no instance).
+    engine = make_engine(Settings(data_dir=tmp_path).resolved_database_url)
+    init_db(engine)
+    create_account(engine, "member")
+    create_account(engine, "stranger")
+    create_organization(engine, "lab")
+    add_member(engine, "lab", "member")
+    model = ensure_model(engine, "lab", "tool", visibility="private")
+    with Session(engine) as session:
+        session.add(Version(id="v1", model_id=model.id))
+        session.add(Deployment(owner="member", name="mine", model="lab/tool", version="v1"))
+        session.add(Deployment(owner="stranger", name="theirs", model="lab/tool", version="v1"))
+        session.add(Deployment(owner="member", name="other", model="lab/tool", version="v9"))
+        session.commit()
+
+    def runnable(name: str) -> bool:
+        with Session(engine) as session:
+            row = session.exec(select(Deployment).where(Deployment.name == name)).one()
+            return deployment_runnable(session, row)
+
+    # A member of the owning organization runs its private model; an outsider does not, nor
+    # does a deployment of a version the model does not have.
+    assert (runnable("mine"), runnable("theirs"), runnable("other")) == (True, False, False)
+    with Session(engine) as session:
+        row = session.exec(select(Model).where(Model.name == "tool")).one()
+        row.visibility = "public"
+        session.add(row)
+        session.commit()
+    assert runnable("theirs")
+    # The member leaves the organization while the model is private again.
+    with Session(engine) as session:
+        row = session.exec(select(Model).where(Model.name == "tool")).one()
+        row.visibility = "private"
+        session.add(row)
+        session.exec(delete(Membership))
+        session.commit()
+    assert not runnable("mine")
+    # A model that is gone runs on no deployment.
+    with Session(engine) as session:
+        session.exec(delete(Version))
+        session.exec(delete(Model))
+        session.commit()
+    assert not runnable("mine") and not runnable("theirs")
 
 
 def test_search_lists_no_private_model_through_a_collection(live: LiveStack) -> None:

@@ -518,6 +518,8 @@ class CogletProcess:
     def retire(self) -> None:
         """Never hand it another prediction, and kill it."""
         self.retired = True
+        if self.proc is None:
+            self._forget_links()  # never started: no reaping will
         self.kill()
 
     async def wait_closed(self, within: float = 5.0) -> None:
