@@ -22,7 +22,7 @@ from replicant.contracts import (
     InstanceTarget,
     ObserveDeployment,
 )
-from replicant.deployments import deployment_config, deployment_demand
+from replicant.deployments import deployment_config, deployment_demand, deployment_runnable
 from replicant.tables import Deployment
 from replicant.timeutil import utcnow
 
@@ -33,6 +33,7 @@ def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
         if row is None or (row.owner, row.name) != (ref.owner, ref.name):
             return DeploymentObservation(exists=False)
         waiting, running = deployment_demand(session, ref.owner, ref.name, instances_only=True)
+        runnable = deployment_runnable(session, row)
     if ref.busy or waiting or running:
         with engine.begin() as conn:
             conn.execute(
@@ -46,6 +47,7 @@ def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
         waiting=waiting,
         running=running,
         shared_hardware=row.shared_hardware,
+        runnable=runnable,
     )
 
 

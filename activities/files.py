@@ -275,9 +275,10 @@ class OutputSink:
             await asyncio.to_thread(self.store.commit, upload, key, content_type)
         finally:
             upload.discard()
-        # coglet keeps only the path of this URL: the API's route, signed in the path.
+        # coglet keeps only the path of this URL: the API's route, signed in the path, on the
+        # files origin when there is one (served there, no redirect on the way).
         return signed_url(
-            self.settings.resolved_public_url,
+            self.settings.resolved_files_url,
             self.settings.ensure_secret_key(),
             key,
             self.settings.output_url_expiry,

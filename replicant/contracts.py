@@ -285,6 +285,9 @@ class DeploymentObservation(BaseModel):
     # Its new predictions run on the hardware's shared queue: instances only for those queued
     # on its own queue before (waiting and running count only those).
     shared_hardware: bool = False
+    # False: its owner may no longer run its model (made private or deleted by another
+    # account, or access lost): it keeps no instances.
+    runnable: bool = True
 
 
 class ObserveDeployment(BaseModel):

@@ -1,6 +1,6 @@
-"""A deployment's current release and its demand, read from the read model (the API and
-the deployment activities both need them), and the operator's placement of a deployment on
-shared hardware."""
+"""A deployment's current release, its demand and whether its owner may still run its model,
+read from the read model (the API and the deployment activities both need them), and the
+operator's placement of a deployment on shared hardware."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from temporalio.service import RPCError, RPCStatusCode
 
+from replicant.catalog import can_see
 from replicant.contracts import DeploymentConfig, deployment_workflow_id
 from replicant.fairness import PRIORITY_MAX, PRIORITY_MIN
 from replicant.settings import Settings
-from replicant.tables import Deployment, Prediction
+from replicant.tables import Account, Deployment, Model, Prediction, Version
 from replicant.temporal import connect
 
 
@@ -34,6 +35,29 @@ def deployment_config(row: Deployment) -> DeploymentConfig:
         min_instances=row.min_instances,
         max_instances=row.max_instances,
     )
+
+
+def owner_may_run(session: Session, owner: str, model: Model) -> bool:
+    """Whether a deployment's owner (an account's username) may run ``model``: it can see
+    it (its own or its organizations', or public)."""
+    account = session.exec(select(Account).where(Account.username == owner)).first()
+    return account is not None and can_see(session, account, model)
+
+
+def deployment_runnable(session: Session, row: Deployment) -> bool:
+    """Whether a deployment may keep running its release: its model and version still exist
+    and its owner may still run the model (not when the model was made private or deleted
+    by another account, or the owner left the organization that owns it)."""
+    model_owner, _, model_name = row.model.partition("/")
+    model = session.exec(
+        select(Model).where(Model.owner == model_owner, Model.name == model_name)
+    ).first()
+    if model is None:
+        return False
+    version = session.get(Version, row.version)
+    if version is None or version.model_id != model.id:
+        return False
+    return owner_may_run(session, row.owner, model)
 
 
 def deployment_demand(

@@ -119,6 +119,25 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.
     raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
 
 
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """An S3 endpoint for the tests and benchmarks: moto_server (a dev dependency) on a free
+    port of 127.0.0.1, stopped at the end; its ``host:port``."""
+    port = free_port()
+    binary = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen(
+        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def wait_for_health(url: str, timeout: float = 120.0, verify: bool = True) -> dict[str, object]:
     """Wait until ``GET /health`` answers 200 (database, Temporal and workers ready)."""
     deadline = time.monotonic() + timeout

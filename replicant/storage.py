@@ -433,7 +433,11 @@ class S3Store:
 
     def outward_url(self, url: str) -> str:
         """A presigned GET URL of S3 for an API-signed URL whose signature holds."""
-        parsed = parse_signed_url(self.settings.resolved_public_url, url)
+        # Signed on the files origin; those recorded before it was set, on the public URL.
+        settings = self.settings
+        parsed = parse_signed_url(settings.resolved_files_url, url) or parse_signed_url(
+            settings.resolved_public_url, url
+        )
         if parsed is None:
             return url
         key, expires, sig = parsed
@@ -459,7 +463,7 @@ def open_store(settings: Settings) -> ObjectStore:
         return store
     return LocalStore(
         settings.data_dir / "files",
-        settings.resolved_public_url,
+        settings.resolved_files_url,  # user bytes: signed on the files origin, if any
         settings.ensure_secret_key(),
     )
 

@@ -100,25 +100,3 @@ def private_model(live: LiveStack, token: str, prefix: str, **fields: Any) -> tu
         created = api.post("/v1/models", json=body)
         assert created.status_code == 201, created.text
     return owner, name
-
-
-def hello_deployment(live: LiveStack, token: str) -> tuple[str, str]:
-    """A new deployment of replicate/hello-world (no instances, at most one): its owner and
-    name."""
-    with live.client(token) as api:
-        owner: str = api.get("/v1/account").json()["username"]
-        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-        name = f"dep-{os.urandom(3).hex()}"
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": name,
-                "model": "replicate/hello-world",
-                "version": version,
-                "hardware": "cpu",
-                "min_instances": 0,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
-    return owner, name

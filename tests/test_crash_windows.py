@@ -33,6 +33,7 @@ from replicant.temporal import connect, workflow_exists
 from replicant.timeutil import utcnow
 from tests import faultyapi
 from tests.conftest import TERMINAL, LiveStack, own_stack
+from tests.deploykit import new_deployment
 from tests.test_operability import scrape
 from tests.trainkit import data_uri
 from tests.waiting import async_wait_until, wait_until
@@ -147,19 +148,7 @@ def test_a_deployment_prediction_whose_api_died_is_failed_with_a_reason(
 ) -> None:
     username, token = account(crashy, "crashdep")
     with crashy.client(token) as api:
-        version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": "dep",
-                "model": "replicate/hello-world",
-                "version": version,
-                "hardware": "cpu",
-                "min_instances": 0,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
+        new_deployment(api, name="dep")
     url = faulty_api(crashy, "api-fault-deployment")
     post_to_dying_api(
         url, token, f"/v1/deployments/{username}/dep/predictions", {"input": {"text": "x"}}

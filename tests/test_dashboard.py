@@ -13,8 +13,9 @@ import re
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser import hello_deployment, new_page, png, run_form, shot, sign_in, submit_run
+from tests.browser import new_page, png, run_form, shot, sign_in, submit_run
 from tests.conftest import LiveStack
+from tests.deploykit import new_deployment
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +272,8 @@ def test_deployments_page_edits_instances_and_shows_the_apis_errors(
     browser: Browser, live: LiveStack
 ) -> None:
     token = live.new_account("deployer")
-    owner, name = hello_deployment(live, token)
+    with live.client(token) as api:
+        owner, name = new_deployment(api)
     page = sign_in(browser, live, token)
     page.goto("/deployments")
     card = page.locator("section.card", has=page.get_by_role("heading", name=f"{owner}/{name}"))

@@ -22,7 +22,6 @@ from replicant.ids import new_id
 from replicant.tables import Model, Prediction, Training
 from replicant.timeutil import utcnow
 from tests.browser import (
-    hello_deployment,
     new_page,
     png,
     private_model,
@@ -32,6 +31,7 @@ from tests.browser import (
     submit_run,
 )
 from tests.conftest import LiveStack
+from tests.deploykit import new_deployment
 
 MB = 1_000_000
 
@@ -304,7 +304,8 @@ def test_favicon_aligned_deployment_settings_and_a_spaced_sign_in_button(
         assert answer.status == 200 and answer.headers["content-type"] == "image/svg+xml"
 
     token = live.new_account("aligner")
-    hello_deployment(live, token)
+    with live.client(token) as api:
+        new_deployment(api)
     page = sign_in(browser, live, token)
     page.goto("/deployments")
     boxes = page.evaluate(

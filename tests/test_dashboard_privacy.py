@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import LiveStack
+from tests.deploykit import new_deployment
 
 
 def session_client(live: LiveStack, token: str) -> tuple[httpx.Client, str]:
@@ -100,19 +101,7 @@ def test_a_second_account_gets_nothing_of_the_firsts_through_any_page(live: Live
         )
         assert created.status_code == 201, created.text
         version = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-        deployment = f"dep-{os.urandom(4).hex()}"
-        made = api.post(
-            "/v1/deployments",
-            json={
-                "name": deployment,
-                "model": "replicate/hello-world",
-                "version": version,
-                "hardware": "cpu",
-                "min_instances": 0,
-                "max_instances": 1,
-            },
-        )
-        assert made.status_code == 200, made.text
+        _, deployment = new_deployment(api, version=version)
         prediction = api.post(
             "/v1/predictions",
             json={"version": version, "input": {"text": marker}},

@@ -7,7 +7,6 @@ in to ``aborted``, and a worker this module stops and starts.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,6 +19,7 @@ import replicate
 from replicant.readmodel import DEADLINE_ABORTED, DEADLINE_CANCELED
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack, own_stack
+from tests.deploykit import new_deployment
 from tests.waiting import wait_until
 
 OPTED_IN = "replicant-tests/1.0"
@@ -67,29 +67,11 @@ def wait_until_past(instant: str) -> None:
     )
 
 
-def create_deployment(client: httpx.Client, live: LiveStack) -> str:
-    version = client.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-    name = f"deadlines-{os.urandom(3).hex()}"
-    response = client.post(
-        "/v1/deployments",
-        json={
-            "name": name,
-            "model": "replicate/hello-world",
-            "version": version,
-            "hardware": "cpu",
-            "min_instances": 0,
-            "max_instances": 1,
-        },
-    )
-    assert response.status_code == 200, response.text
-    return f"{live.settings.default_account}/{name}"
-
-
 def test_every_create_route_takes_cancel_after_and_refuses_malformed_values(
     live: LiveStack, opted_in: httpx.Client
 ) -> None:
     version = opted_in.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-    deployment = create_deployment(opted_in, live)
+    deployment = "/".join(new_deployment(opted_in))
     routes: list[tuple[str, dict[str, Any], str, float]] = [
         ("/v1/models/replicate/hello-world/predictions", {}, "1h30m", 5400),
         ("/v1/predictions", {"version": version}, "90", 90),

@@ -11,10 +11,9 @@ from sqlmodel import Session, select
 
 from replicant.tables import Deployment, DeploymentInstance
 from tests.conftest import LiveStack
-from tests.test_deployments import get, latest_version, poll, unique
+from tests.deploykit import new_deployment
+from tests.test_deployments import get, poll
 from tests.trainkit import client_for, corpus, finetune, new_destination
-
-HELLO = "replicate/hello-world"
 
 
 def instances_of(live: LiveStack, owner: str, name: str) -> list[DeploymentInstance]:
@@ -41,21 +40,8 @@ def test_deployment_of_a_finetune_generates_from_the_training_corpus(live: LiveS
     text = corpus(21, 300)
     ref = finetune(live, token, destination, text)
     model, _, version = ref.partition(":")
-    owner = model.partition("/")[0]
-    name = unique("ft")
     with live.client(token) as api:
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": name,
-                "model": model,
-                "version": version,
-                "hardware": "cpu",
-                "min_instances": 1,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
+        owner, name = new_deployment(api, model, version, min_instances=1)
         try:
             ready = poll(lambda: get(api, owner, name), lambda d: d["instances"] == 1, 90)
             assert ready["instances"] == 1, ready
@@ -78,20 +64,7 @@ def test_deployment_of_a_finetune_generates_from_the_training_corpus(live: LiveS
 def test_min_instance_comes_back_after_the_worker_is_killed(live: LiveStack) -> None:
     token = live.new_account("survivor")
     with live.client(token) as api:
-        owner = api.get("/v1/account").json()["username"]
-        name = unique("dep")
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": name,
-                "model": HELLO,
-                "version": latest_version(api, HELLO),
-                "hardware": "cpu",
-                "min_instances": 1,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
+        owner, name = new_deployment(api, min_instances=1)
         try:
             ready = poll(lambda: get(api, owner, name), lambda d: d["instances"] == 1, 60)
             assert ready["instances"] == 1, ready

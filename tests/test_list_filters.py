@@ -4,7 +4,6 @@ pagination (the cursor URLs carry the filters)."""
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +16,7 @@ from replicant.ids import new_id
 from replicant.tables import Training
 from replicant.timeutil import utcnow
 from tests.conftest import LiveStack
+from tests.deploykit import new_deployment
 
 
 def ids(page: dict[str, Any]) -> list[str]:
@@ -43,19 +43,7 @@ def made(live: LiveStack) -> dict[str, Any]:
     with live.client(token) as api:
         username = api.get("/v1/account").json()["username"]
         hello = api.get("/v1/models/replicate/hello-world").json()["latest_version"]["id"]
-        deployment = f"lister-{os.urandom(3).hex()}"
-        created = api.post(
-            "/v1/deployments",
-            json={
-                "name": deployment,
-                "model": "replicate/hello-world",
-                "version": hello,
-                "hardware": "cpu",
-                "min_instances": 0,
-                "max_instances": 1,
-            },
-        )
-        assert created.status_code == 200, created.text
+        _, deployment = new_deployment(api, version=hello)
         wait = {"Prefer": "wait"}
         before = utcnow()
         hellos = [

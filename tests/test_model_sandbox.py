@@ -341,6 +341,63 @@ def test_public_egress_goes_through_a_proxy_that_refuses_private_addresses(
     assert result.output == ["proxy answered 403", f"proxy http://127.0.0.1:{PROXY_PORT}"]
 
 
+@pytest.mark.integration  # starts coglet processes itself
+def test_a_model_process_cannot_report_for_a_run_on_another_process(tmp_path: Path) -> None:
+    src = tmp_path / "hostile"
+    shutil.copytree(HOSTILE, src)
+    nothing = {"paths": [], "env_prefixes": [], "secrets": [], "markers": [], "connects": []}
+    (src / "targets.json").write_text(json.dumps(nothing))
+    hostile = RunnerSpec(
+        key="hostile",
+        model_dir=src,
+        python=Path(sys.executable),
+        predict_ref="predict.py:Predictor",
+    )
+    (tmp_path / "models").mkdir()
+    victim = spec(write_models(tmp_path / "models"), "whoami")
+    uploaded: list[tuple[str, bytes]] = []
+
+    async def store(prediction_id: str, name: str, _: str | None, body: Any) -> str:
+        uploaded.append((prediction_id, b"".join([chunk async for chunk in body])))
+        return f"http://store.invalid/{prediction_id}/{name}"
+
+    async def updated(_: Any) -> None:
+        pass
+
+    async def run() -> tuple[Any, Any]:
+        pool = RunnerPool(PoolConfig(max_warm=2, boot_timeout=60, cancel_grace=1.0, upload=store))
+        await pool.start()
+        running = asyncio.Event()
+
+        async def booted() -> None:
+            running.set()
+
+        try:
+            # The other run is on its own process, listening for webhooks, held until canceled.
+            other = asyncio.create_task(
+                pool.predict(victim, "p-other", {"hold": 120}, updated, booted)
+            )
+            await running.wait()
+            attack = await pool.predict(
+                hostile, "p-hostile", {"own_run": "p-hostile", "other_run": "p-other"}
+            )
+            await pool.cancel("p-other")
+            return attack, await other
+        finally:
+            await pool.close()
+
+    attack, other = asyncio.run(run())
+    assert attack.status == "succeeded", (attack.error, attack.logs)
+    assert attack.output == [
+        "webhook for another run: 404",
+        "upload for another run: 404",
+        # The control: the same links, for its own run, are answered.
+        "upload for its own run: 201",
+    ]
+    assert uploaded == [("p-hostile", b"own")]
+    assert other.status == "canceled" and other.output != "forged"
+
+
 def test_the_egress_proxy_forwards_to_addresses_it_allows(tmp_path: Path) -> None:
     # The proxy's own mechanics, with loopback allowed in place of a public address (this
     # machine may have no route to the internet): plain HTTP and CONNECT both get through.

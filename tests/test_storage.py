@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from replicant.devstack import free_port
+from replicant.devstack import free_port, moto_server
 from replicant.settings import Settings
 from replicant.storage import (
     LocalStore,
@@ -23,35 +21,13 @@ from replicant.storage import (
     check_signed,
     open_store,
 )
-from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """An S3 endpoint: moto_server on a free port."""
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def answers() -> bool:
-            assert proc.poll() is None, f"moto_server exited with {proc.returncode}"
-            try:
-                httpx.get(url, timeout=1)
-            except httpx.HTTPError:
-                return False
-            return True
-
-        wait_until(answers, what=f"moto_server to answer at {url}", timeout=30)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with moto_server() as endpoint:
+        yield f"http://{endpoint}"
 
 
 def s3_settings(tmp_path: Path, moto_url: str) -> Settings:

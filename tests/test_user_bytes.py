@@ -7,8 +7,9 @@ can tell a script that ran from one that did not.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, Page
 from playwright.sync_api import Error as PlaywrightError
 
+from activities.files import OutputSink
 from api.app import create_app
 from replicant import userbytes
 from replicant.accounts import create_account
 from replicant.settings import Settings
-from replicant.storage import signed_url
+from replicant.storage import open_store, signed_url
 from tests.browser import png, sign_in
 from tests.conftest import LiveStack
 from tests.modelkit import COG_YAML, pushed, someone, write_model
@@ -229,18 +231,35 @@ def test_with_a_files_origin_user_bytes_are_served_only_there(tmp_path: Path) ->
         path = download.removeprefix("https://files.example")
         moved = on_app.get(path, follow_redirects=False)
         assert moved.status_code == 307 and moved.headers["location"] == download
-        # Output URLs the workers signed at the public URL go the same way.
+        # Output URLs signed at the public URL (before the setting) go the same way.
         output = signed_url(
             settings.resolved_public_url, settings.ensure_secret_key(), "k/o.svg", 60
         )
         moved = on_app.get(output.removeprefix("https://app.example"), follow_redirects=False)
         assert moved.status_code == 307
         assert moved.headers["location"] == output.replace("app.example", "files.example")
+    # A model's output file is signed on the files origin itself, as are the store's URLs.
+    sink = OutputSink(settings, open_store(settings))
+    output = asyncio.run(sink("p1", "o.svg", None, script_svg()))
+    assert output.startswith("https://files.example/files-signed/")
+    stored = open_store(settings).signed_url("predictions/p1/o.svg", 60)
+    assert stored.startswith("https://files.example/files-signed/")
     with TestClient(app, base_url="https://files.example") as on_files:
         served = on_files.get(path)
+        # Served there at once: no redirect on the way.
+        served_output = on_files.get(output.removeprefix("https://files.example"))
     assert served.status_code == 200 and served.content == b"<script></script>"
     assert served.headers["content-disposition"].startswith("attachment")
     assert served.headers["content-security-policy"] == CSP
+    assert served_output.status_code == 200 and served_output.content == SVG
+    assert served_output.headers["content-disposition"].startswith("attachment")
+
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
+
+
+async def script_svg() -> AsyncIterator[bytes]:
+    yield SVG
 
 
 @pytest.mark.parametrize(

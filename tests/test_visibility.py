@@ -11,10 +11,18 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import delete
+from sqlmodel import Session, select
 
+from replicant.accounts import add_member, create_account, create_organization
 from replicant.collections import add_models, create_collection
+from replicant.db import init_db, make_engine
+from replicant.deployments import deployment_runnable
+from replicant.settings import Settings
+from replicant.tables import Deployment, Membership, Model, Version
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack
+from tests.deploykit import new_deployment
 from tests.modelkit import COG_YAML, Who, someone, write_model
 from tests.waiting import wait_until
 
@@ -97,21 +105,19 @@ def test_examples_show_others_no_webhook_and_no_logs(
         assert "owner-only" not in str(example)
 
 
-def deploy(api: httpx.Client, ref: str, version: str) -> dict[str, Any]:
-    response = api.post(
-        "/v1/deployments",
-        json={
-            "name": unique("dep"),
-            "model": ref,
-            "version": version,
-            "hardware": "cpu",
-            "min_instances": 0,
-            "max_instances": 1,
-        },
+def instances(api: httpx.Client, path: str) -> tuple[int, int]:
+    """(ready, booting) instances of a deployment, as its owner sees them."""
+    body = api.get(path).json()
+    return body["instances"], body["instances_booting"]
+
+
+def wait_instances(api: httpx.Client, path: str, ready: int) -> None:
+    wait_until(
+        lambda: instances(api, path),
+        lambda seen: seen == (ready, 0),
+        what=f"{path} to run {ready} instance(s)",
+        timeout=90,
     )
-    assert response.status_code == 200, response.text
-    created: dict[str, Any] = response.json()
-    return created
 
 
 def test_a_deployment_of_another_accounts_model_stops_when_the_model_goes_private(
@@ -124,15 +130,23 @@ def test_a_deployment_of_another_accounts_model_stops_when_the_model_goes_privat
     ref = f"{author.username}/{model.name}"
     deployer = someone(live, "deployer")
     with deployer.client(live) as theirs, author.client(live) as own:
-        foreign = deploy(theirs, ref, version)
-        mine = deploy(own, ref, version)
-        foreign_path = f"/v1/deployments/{foreign['owner']}/{foreign['name']}"
-        mine_path = f"/v1/deployments/{mine['owner']}/{mine['name']}"
+        # Both keep an instance warm (min_instances=1).
+        foreign_path = "/v1/deployments/{}/{}".format(
+            *new_deployment(theirs, ref, version, min_instances=1)
+        )
+        mine_path = "/v1/deployments/{}/{}".format(
+            *new_deployment(own, ref, version, min_instances=1)
+        )
+        wait_instances(theirs, foreign_path, 1)
+        wait_instances(own, mine_path, 1)
         # While the model is public, the other account's deployment runs it.
         ran = theirs.post(f"{foreign_path}/predictions", json={"input": {"text": "public"}})
         assert ran.status_code == 201, ran.text
         assert finished(theirs, ran.json()["id"])["output"] == "hello public"
         assert own.patch(f"/v1/models/{ref}", json={"visibility": "private"}).status_code == 200
+        # Its warm instance stops, min_instances notwithstanding; the owner's own stays.
+        wait_instances(theirs, foreign_path, 0)
+        assert instances(own, mine_path) == (1, 0)
         refused = theirs.post(f"{foreign_path}/predictions", json={"input": {"text": "private"}})
         assert refused.status_code == 403, refused.text
         assert "can no longer see" in refused.json()["detail"]
@@ -143,6 +157,65 @@ def test_a_deployment_of_another_accounts_model_stops_when_the_model_goes_privat
         kept = own.post(f"{mine_path}/predictions", json={"input": {"text": "mine"}})
         assert kept.status_code == 201, kept.text
         assert finished(own, kept.json()["id"])["output"] == "hello mine"
+        # Its instance goes too once its owner lets it (not outliving the test).
+        assert own.patch(mine_path, json={"min_instances": 0}).status_code == 200
+        wait_instances(own, mine_path, 0)
+        # Made public again, the other account's deployment runs it again.
+        assert own.patch(f"/v1/models/{ref}", json={"visibility": "public"}).status_code == 200
+        again = theirs.post(f"{foreign_path}/predictions", json={"input": {"text": "again"}})
+        assert again.status_code == 201, again.text
+        assert finished(theirs, again.json()["id"])["output"] == "hello again"
+        wait_instances(theirs, foreign_path, 1)
+        assert theirs.patch(foreign_path, json={"min_instances": 0}).status_code == 200
+        wait_instances(theirs, foreign_path, 0)
+
+
+def test_a_deployment_is_runnable_only_while_its_owner_may_run_its_model(
+    tmp_path: Path,
+) -> None:
+    # What the controller reads at each check (a deployment not runnable keeps no instance).
+    engine = make_engine(Settings(data_dir=tmp_path).resolved_database_url)
+    init_db(engine)
+    create_account(engine, "member")
+    create_account(engine, "stranger")
+    create_organization(engine, "lab")
+    add_member(engine, "lab", "member")
+    model = ensure_model(engine, "lab", "tool", visibility="private")
+    with Session(engine) as session:
+        session.add(Version(id="v1", model_id=model.id))
+        session.add(Deployment(owner="member", name="mine", model="lab/tool", version="v1"))
+        session.add(Deployment(owner="stranger", name="theirs", model="lab/tool", version="v1"))
+        session.add(Deployment(owner="member", name="other", model="lab/tool", version="v9"))
+        session.commit()
+
+    def runnable(name: str) -> bool:
+        with Session(engine) as session:
+            row = session.exec(select(Deployment).where(Deployment.name == name)).one()
+            return deployment_runnable(session, row)
+
+    # A member of the owning organization runs its private model; an outsider does not, nor
+    # does a deployment of a version the model does not have.
+    assert (runnable("mine"), runnable("theirs"), runnable("other")) == (True, False, False)
+    with Session(engine) as session:
+        row = session.exec(select(Model).where(Model.name == "tool")).one()
+        row.visibility = "public"
+        session.add(row)
+        session.commit()
+    assert runnable("theirs")
+    # The member leaves the organization while the model is private again.
+    with Session(engine) as session:
+        row = session.exec(select(Model).where(Model.name == "tool")).one()
+        row.visibility = "private"
+        session.add(row)
+        session.exec(delete(Membership))
+        session.commit()
+    assert not runnable("mine")
+    # A model that is gone runs on no deployment.
+    with Session(engine) as session:
+        session.exec(delete(Version))
+        session.exec(delete(Model))
+        session.commit()
+    assert not runnable("mine") and not runnable("theirs")
 
 
 def test_search_lists_no_private_model_through_a_collection(live: LiveStack) -> None:

@@ -9,7 +9,9 @@ instances how many to run (``ensure_instances``):
 - down to what demand needs (zero when ``min_instances`` is 0) only after ``idle_timeout``
   seconds of lower demand;
 - none on shared hardware (an operator's choice): its predictions run on the hardware's
-  shared queue, and instances remain only for those queued on its own queue before.
+  shared queue, and instances remain only for those queued on its own queue before;
+- none at all once its owner may no longer run its model (made private or deleted by
+  another account, or the owner lost access): they stop at the next check.
 
 All of a deployment's instances live on one host (a worker process), reached through that
 host's own control queue; a host that stops answering (restarted, gone) is replaced through
@@ -101,7 +103,11 @@ class DeploymentWorkflow:
             if observed.config is not None and observed.config.release > state.config.release:
                 state.config = observed.config
             demand = observed.waiting + observed.running
-            if observed.shared_hardware and workflow.patched("shared-hardware"):
+            if not observed.runnable and workflow.patched("stops-unrunnable"):
+                # Its owner may no longer run the model: no instance, whatever the release.
+                state.idle_since = None
+                target = 0
+            elif observed.shared_hardware and workflow.patched("shared-hardware"):
                 # New predictions run on the hardware's shared queue: instances serve only
                 # those already queued on the deployment's own, and stop once they are done.
                 state.idle_since = None

@@ -28,9 +28,9 @@ from api.launch import Placement, PredictionCreateDep, PredictionInput, base_url
 from api.pagination import paginate
 from api.state import AppState
 from replicant import responses, serialize
-from replicant.catalog import account_names, can_see, find_model
+from replicant.catalog import account_names, find_model
 from replicant.contracts import DeploymentConfig, DeploymentState
-from replicant.deployments import deployment_config, deployment_demand
+from replicant.deployments import deployment_config, deployment_demand, owner_may_run
 from replicant.fairness import PRIORITY_MAX, PRIORITY_MIN
 from replicant.tables import (
     Account,
@@ -109,8 +109,7 @@ def _find(session: Session, account: Account, owner: str, name: str) -> Deployme
 def _check_owner_may_run(session: Session, row: Deployment, model: Model) -> None:
     """403 unless the deployment's owner may still see its model: a model made private by
     another account stops running on deployments of everyone else."""
-    owner = session.exec(select(Account).where(Account.username == row.owner)).first()
-    if owner is None or not can_see(session, owner, model):
+    if not owner_may_run(session, row.owner, model):
         raise ProblemError(
             403,
             f"Deployment {row.owner}/{row.name} runs {model.owner}/{model.name}, which its "

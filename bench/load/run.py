@@ -46,7 +46,12 @@ from sqlmodel import Session, col, select  # noqa: E402
 
 from bench.stacks import bench_stack, postgres_bench_stack  # noqa: E402
 from replicant.db import make_engine  # noqa: E402
-from replicant.devstack import Stack, free_port, wait_for_health, wait_for_port  # noqa: E402
+from replicant.devstack import (  # noqa: E402
+    Stack,
+    free_port,
+    moto_server,
+    wait_for_health,
+)
 from replicant.tables import TERMINAL_STATUSES, Prediction  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
 
@@ -322,24 +327,6 @@ async def held_round(url: str, token: str, held: int, seconds: float) -> list[st
         f"failures {dict(failures) or 0}; held requests' outcomes {dict(outcomes)}"
     )
     return created
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """An S3 endpoint (moto_server on a free port) for the scale-out topology."""
-    port = free_port()
-    binary = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(binary), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for_port(port, proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

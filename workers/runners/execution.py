@@ -61,7 +61,6 @@ class Executor:
         self.log = log
         self.cancel_grace = cancel_grace
         self.update_interval = update_interval
-        self.hook_base = ""
         self.runs = runs
         self._streams_output: dict[str, bool] = {}
 
@@ -147,7 +146,7 @@ class Executor:
     ) -> CogPrediction:
         """Send the prediction to coglet and settle its terminal state; frees the process."""
         started = time.perf_counter()
-        webhook = self.hook_base + quote(run.id, safe="") if run.webhook else None
+        webhook = process.links + quote(run.id, safe="") if run.webhook else None
         url = process.url + prediction_path(process.spec.mode, run.id)
         # Read before the run: a rise by its end means the kernel killed a process for memory.
         run.oom_kills = process.oom_kills()

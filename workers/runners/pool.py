@@ -82,8 +82,7 @@ class RunnerPool:
                 raise RuntimeError("the runner pool is closed")
             self._client.open()
             await self._receiver.start()
-            self._served.base = self._executor.hook_base = self._receiver.base
-            self._processes.receiver = (self._receiver.socket, self._receiver.port)
+            self._processes.receiver = self._receiver
             if self._processes.sandbox.egress == "public":
                 self._egress = EgressProxy(self._receiver.socket.with_name("egress.sock"))
                 await self._egress.start()
@@ -238,9 +237,13 @@ class RunnerPool:
 
     # -- the receiver's routes (see workers/runners/receiver.py) ---------------------------
 
-    async def on_webhook(self, prediction_id: str, request: Request) -> Response:
-        """coglet's webhook of a streaming prediction."""
+    async def on_webhook(
+        self, process: CogletProcess, prediction_id: str, request: Request
+    ) -> Response:
+        """coglet's webhook of a streaming prediction (only for a run on its own process)."""
         run = self._runs.get(prediction_id)
+        if run is not None and run.process is not process:
+            return self._refused(process, prediction_id, "webhook")
         if run is not None:
             # Read piece by piece: a delivery holds the run's whole logs and output so far.
             payload = await read_answer(request.stream(), answer_reader(run.process.spec))
@@ -250,14 +253,17 @@ class RunnerPool:
         # 200 for late deliveries too, so coglet does not retry them.
         return Response(status_code=200)
 
-    async def on_upload(self, filename: str, request: Request) -> Response:
+    async def on_upload(self, process: CogletProcess, filename: str, request: Request) -> Response:
         """coglet PUTs each output file here (``--upload-url``); the sink stores it and its URL
         goes back in ``Location``, which coglet puts in the output instead of a data URI."""
         if self.upload is None:
             return Response(status_code=404)
         prediction_id = request.headers.get("x-prediction-id", "")
-        if prediction_id not in self._runs:
+        run = self._runs.get(prediction_id)
+        if run is None:
             return Response(status_code=404)
+        if run.process is not process:
+            return self._refused(process, prediction_id, "upload")
         try:
             url = await self.upload(
                 prediction_id, filename, request.headers.get("content-type"), request.stream()
@@ -271,10 +277,23 @@ class RunnerPool:
             return Response(status_code=500)
         return Response(status_code=201, headers={"Location": url})
 
-    async def on_weights(self, digest: str, name: str) -> Response:
-        """A fine-tune's setup() fetches its stored weights."""
+    def _refused(self, process: CogletProcess, prediction_id: str, what: str) -> Response:
+        """A process spoke for a run on another process: 404, as for an unknown run."""
+        self.log.warning(
+            "event=receiver_refused what=%s key=%s pid=%d prediction=%s",
+            what,
+            process.spec.key,
+            process.pid,
+            prediction_id,
+        )
+        return Response(status_code=404)
+
+    async def on_weights(self, process: CogletProcess, digest: str, name: str) -> Response:
+        """A fine-tune's setup() fetches its stored weights (only its own)."""
+        if not self._served.of(process.spec.weights_ref, digest):
+            return Response(status_code=404)
         return await self._served.serve(digest, name)
 
-    async def on_standby(self, token: str) -> Response:
+    async def on_standby(self, process: CogletProcess, token: str) -> Response:
         """A standby's setup() waits for the weights of the fine-tune that adopts it."""
-        return await self._processes.standbys.on_request(token)
+        return await self._processes.standbys.on_request(process, token)

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 from replicant import sandbox, tracing
 from replicant.cogmodel import model_environment
@@ -359,6 +360,11 @@ class CogletProcess:
         self.sandbox: ModelSandbox | None = None
         # Called with its URL and socket once it is reaped (the client forgets the socket).
         self.on_exit: Callable[[str, Path], Awaitable[None]] | None = None
+        # The base URL of its links to the pool's receiver, with a token of its own (see
+        # receiver.py): its webhooks, uploads and weights requests; and what forgets them
+        # once it is reaped.
+        self.links = ""
+        self.forget_links: Callable[[str], None] | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=OUTPUT_TAIL_LINES)
         self.output_seen = asyncio.Event()
         self.streams_output: bool | None = None
@@ -416,7 +422,8 @@ class CogletProcess:
         if spec.mode == "train":
             args += ["--x-mode", "train"]
         if spec.upload_url:
-            args += ["--upload-url", spec.upload_url]
+            # Relative: to its own links (the pool's uploads).
+            args += ["--upload-url", urljoin(self.links, spec.upload_url)]
         launch: Launch | None = None
         try:
             if self.sandbox is not None:
@@ -436,6 +443,7 @@ class CogletProcess:
                 pass_fds=launch.fds if launch is not None else (),
             )
         except OSError as err:
+            self._forget_links()
             if self.cgroup is not None:
                 await self.cgroup.remove()
             if self.sandbox is not None:
@@ -495,7 +503,12 @@ class CogletProcess:
             self.sandbox.remove()
         if self.on_exit is not None and self.sandbox is not None:
             await self.on_exit(self.url, self.sandbox.socket)
+        self._forget_links()
         self.output_seen.set()
+
+    def _forget_links(self) -> None:
+        if self.forget_links is not None and self.links:
+            self.forget_links(self.links)
 
     def kill(self) -> None:
         """SIGKILL coglet and its worker: Cog models have no teardown, and coglet's graceful
@@ -508,6 +521,8 @@ class CogletProcess:
     def retire(self) -> None:
         """Never hand it another prediction, and kill it."""
         self.retired = True
+        if self.proc is None:
+            self._forget_links()  # never started: no reaping will
         self.kill()
 
     async def wait_closed(self, within: float = 5.0) -> None:

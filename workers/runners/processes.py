@@ -42,6 +42,7 @@ from workers.runners.process import (
     place_weights,
     sandbox_port,
 )
+from workers.runners.receiver import Receiver
 from workers.runners.standby import Standbys
 from workers.runners.weights import ServedWeights
 
@@ -91,10 +92,11 @@ class Processes:
             self.devices.pools.add(self)
         # Where each process gets a memory cgroup with the limit (None: no limit).
         self.cgroups = config.cgroups
-        # How model processes are sandboxed (replicant/sandbox.py), and the pool receiver's
-        # Unix socket and port that a sandbox's forwarder reaches (set when the pool starts).
+        # How model processes are sandboxed (replicant/sandbox.py), and the pool's receiver:
+        # each process gets its own links there; a sandbox's forwarder reaches its Unix
+        # socket and port (set when the pool starts).
         self.sandbox = sandbox
-        self.receiver: tuple[Path, int] | None = None
+        self.receiver: Receiver | None = None
         # The Unix socket of the pool's egress proxy (model_egress=public), once started.
         self.egress: Path | None = None
         self.standbys = Standbys(config.standby, self, weights, log)
@@ -274,10 +276,11 @@ class Processes:
     # -- boot ----------------------------------------------------------------------------
 
     def with_upload(self, spec: RunnerSpec) -> RunnerSpec:
-        """Point coglet's uploads of a prediction's output files at the pool's receiver."""
+        """Point coglet's uploads of a prediction's output files at the pool's receiver (a URL
+        relative to each process's own links)."""
         if not self.uploads or spec.upload_url is not None or spec.mode != "predict":
             return spec
-        return spec.model_copy(update={"upload_url": f"{self.weights.base}upload/"})
+        return spec.model_copy(update={"upload_url": "upload/"})
 
     def new_process(
         self, spec: RunnerSpec, stop_others: bool = True
@@ -307,10 +310,15 @@ class Processes:
                 if process.cgroup is not None:
                     process.cgroup.discard()
                 raise
+        receiver = self.receiver
         if sandboxed:
-            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress)
+            links = (receiver.socket, receiver.port) if receiver is not None else None
+            process.sandbox = ModelSandbox(self.sandbox, links, self.egress)
             self.client.route(process.url, process.sandbox.socket)
             process.on_exit = self.client.unroute
+        if receiver is not None:
+            process.links = receiver.issue(process)
+            process.forget_links = receiver.revoke
         return process, env
 
     def stoppable(self) -> list[CogletProcess]:
@@ -385,7 +393,7 @@ class Processes:
                 if spec.weights_ref:
                     # The weights download while coglet and the model start; the model's
                     # request for them waits for the download (see ServedWeights.serve).
-                    env["COG_WEIGHTS"] = self.weights.url(spec.weights_ref)
+                    env["COG_WEIGHTS"] = process.links + self.weights.path(spec.weights_ref)
                     fetch = asyncio.create_task(self.weights.fetch(spec.weights_ref))
                 await process.spawn(env)
                 self._spawned.add(process)

@@ -3,7 +3,9 @@ through its Unix socket from a sandbox).
 
 coglet POSTs webhooks of streaming predictions, PUTs output files (``--upload-url``), and a
 model's ``setup()`` GETs its weights (fine-tunes) or waits for them (standbys). Every path
-starts with a per-pool secret; a wrong one answers 404.
+starts with the token of one model process (``issue``), unguessable and known only to that
+process: the handlers get the process the request speaks for, and answer only for what runs
+on it (a model cannot report for another process's runs). An unknown token answers 404.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import uvicorn
 from starlette.applications import Starlette
@@ -24,23 +26,28 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+if TYPE_CHECKING:
+    from workers.runners.process import CogletProcess
+
 
 class Handlers(Protocol):
-    """What the receiver's routes do, once the secret is checked."""
+    """What the receiver's routes do for the process whose token the path starts with."""
 
-    async def on_webhook(self, prediction_id: str, request: Request) -> Response:
+    async def on_webhook(
+        self, process: CogletProcess, prediction_id: str, request: Request
+    ) -> Response:
         """coglet reports a streaming prediction's state."""
         ...
 
-    async def on_upload(self, filename: str, request: Request) -> Response:
+    async def on_upload(self, process: CogletProcess, filename: str, request: Request) -> Response:
         """coglet PUTs an output file; answer its URL in ``Location``."""
         ...
 
-    async def on_weights(self, digest: str, name: str) -> Response:
+    async def on_weights(self, process: CogletProcess, digest: str, name: str) -> Response:
         """A fine-tune's setup() fetches its weights."""
         ...
 
-    async def on_standby(self, token: str) -> Response:
+    async def on_standby(self, process: CogletProcess, token: str) -> Response:
         """A standby's setup() asks for weights: answer once a fine-tune adopts it."""
         ...
 
@@ -54,15 +61,15 @@ class _QuietServer(uvicorn.Server):
 
 
 class Receiver:
-    """The server; ``base`` is the URL prefix (with the secret) once ``start`` returned."""
+    """The server; ``issue`` gives a process its links once ``start`` returned."""
 
     def __init__(self, handlers: Handlers) -> None:
         self.handlers = handlers
-        self.base = ""
         self.port = 0
         # The same server on a Unix socket, for sandboxed model processes (their forwarder).
         self.socket = Path()
-        self._secret = secrets.token_urlsafe(16)
+        # The live model processes by the token of their links.
+        self._links: dict[str, CogletProcess] = {}
         self._server: _QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -79,10 +86,10 @@ class Receiver:
         unix.listen(128)
         app = Starlette(
             routes=[
-                Route("/{secret}/{prediction_id}", self._webhook, methods=["POST"]),
-                Route("/{secret}/upload/{filename:path}", self._upload, methods=["PUT"]),
-                Route("/{secret}/weights/{digest}/{name}", self._weights, methods=["GET"]),
-                Route("/{secret}/standby/{token}", self._standby, methods=["GET"]),
+                Route("/{link}/{prediction_id}", self._webhook, methods=["POST"]),
+                Route("/{link}/upload/{filename:path}", self._upload, methods=["PUT"]),
+                Route("/{link}/weights/{digest}/{name}", self._weights, methods=["GET"]),
+                Route("/{link}/standby/{token}", self._standby, methods=["GET"]),
             ]
         )
         config = uvicorn.Config(
@@ -101,7 +108,16 @@ class Receiver:
                 raise RuntimeError("the webhook receiver stopped while starting")
             await asyncio.sleep(0.005)
         self.port = sock.getsockname()[1]
-        self.base = f"http://127.0.0.1:{self.port}/{self._secret}/"
+
+    def issue(self, process: CogletProcess) -> str:
+        """The base URL of one process's links (with a token of its own), until ``revoke``."""
+        token = secrets.token_urlsafe(24)
+        self._links[token] = process
+        return f"http://127.0.0.1:{self.port}/{token}/"
+
+    def revoke(self, base: str) -> None:
+        """Forget the links of a process (reaped: nothing speaks for it any more)."""
+        self._links.pop(base.rstrip("/").rpartition("/")[2], None)
 
     async def stop(self) -> None:
         """Stop serving (idempotent)."""
@@ -112,26 +128,36 @@ class Receiver:
         if self.socket.name:
             shutil.rmtree(self.socket.parent, ignore_errors=True)
 
-    def _allowed(self, request: Request) -> bool:
-        return secrets.compare_digest(request.path_params["secret"], self._secret)
+    def _process(self, request: Request) -> CogletProcess | None:
+        """The live process whose token the path starts with (None: unknown or gone)."""
+        link = request.path_params["link"]
+        for token, process in self._links.items():
+            if secrets.compare_digest(token, link):
+                return process if not process.exited else None
+        return None
 
     async def _webhook(self, request: Request) -> Response:
-        if not self._allowed(request):
+        process = self._process(request)
+        if process is None:
             return Response(status_code=404)
-        return await self.handlers.on_webhook(request.path_params["prediction_id"], request)
+        prediction_id = request.path_params["prediction_id"]
+        return await self.handlers.on_webhook(process, prediction_id, request)
 
     async def _upload(self, request: Request) -> Response:
-        if not self._allowed(request):
+        process = self._process(request)
+        if process is None:
             return Response(status_code=404)
-        return await self.handlers.on_upload(request.path_params["filename"], request)
+        return await self.handlers.on_upload(process, request.path_params["filename"], request)
 
     async def _weights(self, request: Request) -> Response:
-        if not self._allowed(request):
+        process = self._process(request)
+        if process is None:
             return Response(status_code=404)
         params = request.path_params
-        return await self.handlers.on_weights(params["digest"], params["name"])
+        return await self.handlers.on_weights(process, params["digest"], params["name"])
 
     async def _standby(self, request: Request) -> Response:
-        if not self._allowed(request):
+        process = self._process(request)
+        if process is None:
             return Response(status_code=404)
-        return await self.handlers.on_standby(request.path_params["token"])
+        return await self.handlers.on_standby(process, request.path_params["token"])

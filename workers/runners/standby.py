@@ -83,7 +83,7 @@ class Standby:
         self._spawned = asyncio.Event()
         self.asked = asyncio.Event()  # its setup() has asked for weights
         owner.by_token[self.token] = self
-        env["COG_WEIGHTS"] = f"{owner.weights.base}standby/{self.token}"
+        env["COG_WEIGHTS"] = f"{self.process.links}standby/{self.token}"
         self._task = asyncio.create_task(self._run(env))
 
     async def _run(self, env: dict[str, str]) -> None:
@@ -186,7 +186,7 @@ class Standbys:
         if standby is None or not await standby.waiting():
             return None
         assert spec.weights_ref is not None
-        self.weights.url(spec.weights_ref)  # a bad reference fails here, standby kept
+        self.weights.path(spec.weights_ref)  # a bad reference fails here, standby kept
         await self.weights.fetch(spec.weights_ref)
         if self.by_base.get(standby.base) is not standby or not await standby.waiting():
             return None  # taken by another fine-tune meanwhile
@@ -231,10 +231,11 @@ class Standbys:
         else:
             self._wanted.pop(standby.base, None)
 
-    async def on_request(self, token: str) -> Response:
-        """A standby's setup() asks for its weights: answer once a fine-tune adopts it."""
+    async def on_request(self, process: CogletProcess, token: str) -> Response:
+        """A standby's setup() asks for its weights: answer once a fine-tune adopts it (only
+        to the standby's own process)."""
         standby = self.by_token.get(token)
-        if standby is None:
+        if standby is None or standby.process is not process:
             return Response(status_code=404)
         standby.asked.set()
         ref = await standby.assigned_ref()

@@ -13,17 +13,16 @@ from replicant.weights import WeightsCache, WeightsError, file_name, parse_store
 
 
 class ServedWeights:
-    """The worker's weights cache, behind URLs of the pool's receiver (``base``)."""
+    """The worker's weights cache, behind URLs of the pool's receiver."""
 
     def __init__(self, cache: WeightsCache | None) -> None:
         self.cache = cache
-        self.base = ""
         # Stored-weights references by digest, for the model processes that fetch them.
         self._refs: dict[str, str] = {}
 
-    def url(self, ref: str) -> str:
-        """A URL of the stored weights that the model process can fetch (never expires);
-        known before the weights are cached."""
+    def path(self, ref: str) -> str:
+        """The path of the stored weights under a process's links (never expires); known
+        before the weights are cached."""
         if self.cache is None:
             raise BootError("this worker has no weights cache for stored weights")
         try:
@@ -31,7 +30,17 @@ class ServedWeights:
         except WeightsError as err:
             raise BootError(f"cannot load the version's weights: {err}") from err
         self._refs[digest] = ref
-        return f"{self.base}weights/{digest}/{file_name(key)}"
+        return f"weights/{digest}/{file_name(key)}"
+
+    @staticmethod
+    def of(ref: str | None, digest: str) -> bool:
+        """Whether ``digest`` is that of stored weights ``ref`` (a process's own)."""
+        if ref is None:
+            return False
+        try:
+            return parse_store_ref(ref)[1] == digest
+        except WeightsError:
+            return False
 
     async def fetch(self, ref: str) -> None:
         """Materialize the weights in the cache (once per digest, however many ask)."""
