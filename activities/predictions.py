@@ -205,6 +205,7 @@ class PredictionActivities:
         version = await self._version(req.version)
         hooks = await self.webhooks.live(req) if req.webhook and self.webhooks else None
         run = LiveRun(
+            req.id,
             hooks,
             interval=STREAM_PROGRESS_INTERVAL if req.stream else PROGRESS_INTERVAL,
             mark_processing=functools.partial(readmodel.mark_processing, self.engine, req.id),
@@ -283,7 +284,7 @@ async def _finish(
         hardware=req.hardware,
         prices=prices,
     )
-    await run.close(record, canceled=status == "canceled", logs=logs, output=output)
+    await run.close(record, status=status, logs=logs, output=output, error=error)
     return RunOutcome(
         status=status, error=error, started_at=run.started_at, completed_at=completed_at
     )

@@ -37,7 +37,14 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from replicant import builds, readmodel, trainings
-from replicant.contracts import ActivityName, ReconciledStarts, ReconcileStarts, build_workflow_id
+from replicant.contracts import (
+    ActivityName,
+    ReconciledStarts,
+    ReconcileStarts,
+    RunKindName,
+    build_workflow_id,
+    workflow_id,
+)
 from replicant.objectkeys import prediction_prefix, training_inputs
 from replicant.storage import ObjectStore
 from replicant.tables import Build, IdempotencyKey, Prediction, Training
@@ -56,7 +63,7 @@ CHUNK = 100
 # not one per prediction on every pass. Bounded: past it, a row is asked about once more.
 KNOWN_STARTED_TTL = 24 * 3600.0
 KNOWN_STARTED_MAX = 200_000
-TABLES: tuple[tuple[str, Any], ...] = (("prediction", Prediction), ("training", Training))
+TABLES: tuple[tuple[RunKindName, Any], ...] = (("prediction", Prediction), ("training", Training))
 # How a build's workflow ended without ending the build; None: it never started.
 Ended = WorkflowExecutionStatus | None
 
@@ -83,22 +90,23 @@ class ReconcileActivities:
             async for ids in self._scan(kind, table, ("starting",), cutoff, job):
                 # The rows up to the first unknown one past the budget are gone over; the
                 # rest wait for the next passes (a deep queue, asked bit by bit).
-                unknown: list[str] = []
+                rows: dict[str, str] = {}  # workflow id -> row id
                 done = len(ids)
-                for at, workflow_id in enumerate(f"{kind}-{i}" for i in ids):
-                    if workflow_id in self.known_started:
+                for at, row_id in enumerate(ids):
+                    wid = workflow_id(kind, row_id)
+                    if wid in self.known_started:
                         continue
-                    if len(unknown) == budget:
+                    if len(rows) == budget:
                         done = at
                         break
-                    unknown.append(workflow_id)
-                budget -= len(unknown)
-                result.asked += len(unknown)
-                for workflow_id in await self._missing(unknown) if unknown else []:
-                    row_id = workflow_id.removeprefix(f"{kind}-")
+                    rows[wid] = row_id
+                budget -= len(rows)
+                result.asked += len(rows)
+                for wid in await self._missing(list(rows)) if rows else []:
+                    row_id = rows[wid]
                     if await asyncio.to_thread(self._fail, kind, row_id):
                         log.warning("event=start_reconciled %s=%s outcome=failed", kind, row_id)
-                        result.failed.append(workflow_id)
+                        result.failed.append(wid)
                 self._went_over(kind, ids[:done], result)
                 if done < len(ids):
                     break
@@ -174,11 +182,11 @@ class ReconcileActivities:
         quoted = ", ".join(f"'{w}'" for w in workflow_ids)
         seen = {w.id async for w in self.client.list_workflows(f"WorkflowId IN ({quoted})")}
         missing = []
-        for workflow_id in workflow_ids:
-            if workflow_id in seen or await workflow_exists(self.client, workflow_id):
-                self.known_started[workflow_id] = True
+        for wid in workflow_ids:
+            if wid in seen or await workflow_exists(self.client, wid):
+                self.known_started[wid] = True
             else:
-                missing.append(workflow_id)
+                missing.append(wid)
         return missing
 
     async def _stopped(

@@ -33,10 +33,10 @@ from replicant.runner import (
     OnUpdate,
     RunnerSpec,
 )
+from replicant.runstate import RunState
 from replicant.sealing import Sealer, UnsealError
 from replicant.storage import ObjectStore
 from replicant.tables import Version
-from replicant.timeutil import utcnow
 from replicant.versions import ensure_version_env, version_python
 
 # Records what a run holding its slot waits for (replicant/queueing.py).
@@ -143,9 +143,12 @@ async def _booting_after(delay: float, waiting: WaitingFor) -> None:
 
 
 class LiveRun:
-    """One attempt of a run activity, a prediction's or a training's: when the model
-    started, ``processing`` in the read model, throttled progress writes, and the live
-    webhooks (``hooks``) when the webhook wants them.
+    """One attempt of a run activity, a prediction's or a training's: its state (``state``,
+    a ``RunState``, the type the pool's ``Run`` keeps the run in too: when the model
+    started, what it reported last, how the attempt ended), ``processing`` in the read
+    model, throttled progress writes, and the live webhooks (``hooks``) when the webhook
+    wants them. The attempt ends once: the first ``close`` records the end, a later one
+    changes nothing.
 
     The two differ in the order of ``processing`` and the ``start`` webhook, which is
     ``processing_delay``: a prediction records ``processing`` in the background that long
@@ -156,6 +159,7 @@ class LiveRun:
 
     def __init__(
         self,
+        run_id: str,
         hooks: LiveWebhooks | None,
         *,
         interval: float,
@@ -165,7 +169,7 @@ class LiveRun:
         live_output: bool = True,
     ) -> None:
         self.hooks = hooks
-        self.started_at: datetime | None = None
+        self.state = RunState(run_id)
         self._mark = mark_processing
         self._write_progress = write_progress
         self._delay = processing_delay
@@ -173,14 +177,19 @@ class LiveRun:
         self._processing: asyncio.Task[None] | None = None
         self._progress = LatestWriter(interval, self._write)
 
+    @property
+    def started_at(self) -> datetime | None:
+        """When the model started the run (None: it has not)."""
+        return self.state.started_at
+
     async def on_booted(self) -> None:
-        self.started_at = utcnow()
+        started_at = self.state.start()
         if self._delay is None:
             await self._mark_processing()
         else:
             self._processing = asyncio.create_task(self._mark_processing_in(self._delay))
         if self.hooks is not None:
-            self.hooks.started(self.started_at)
+            self.hooks.started(started_at)
 
     async def _mark_processing_in(self, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -201,6 +210,7 @@ class LiveRun:
                 await self._mark_processing()
 
     async def on_update(self, state: CogPrediction) -> None:
+        self.state.report(state)
         if self.hooks is not None:
             output = state.output if self._live_output else self.hooks.row.output
             self.hooks.progress(state.logs, output)
@@ -214,18 +224,23 @@ class LiveRun:
         self,
         final_write: Callable[[], object] | None,
         *,
-        canceled: bool,
+        status: str,
         logs: str | None,
         output: Any = None,
+        error: str | None = None,
     ) -> None:
-        """Drop pending writes, make ``final_write`` (the terminal state), and deliver the
-        last live events (the workflow sends ``completed`` after this)."""
+        """End the attempt ``status``: drop pending writes, make ``final_write`` (the
+        terminal state), and deliver the last live events (the workflow sends ``completed``
+        after this). Only the first end of the attempt does so."""
+        if self.state.ended is not None:
+            return
+        self.state.end(CogPrediction(status=status, output=output, logs=logs or "", error=error))
         await self._stop_writes()  # the final write records started_at
         if final_write is not None:
             await asyncio.to_thread(final_write)
         if self.hooks is not None:
             # The last state goes out too (as `output`/`logs`, still `processing`).
-            await self.hooks.end(canceled=canceled, logs=logs, output=output)
+            await self.hooks.end(canceled=status == "canceled", logs=logs, output=output)
 
     def abort(self) -> None:
         """The activity is cancelled before it could close: stop the live webhooks."""

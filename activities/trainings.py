@@ -161,6 +161,7 @@ class TrainingActivities:
         version = await asyncio.to_thread(self._version, req.version)
         store = await self.store() if req.staged_files else None
         progress = LiveRun(
+            req.id,
             await self._live_webhooks(req),
             interval=LOG_INTERVAL,
             mark_processing=functools.partial(trainings.mark_processing, self.engine, req.id),
@@ -188,7 +189,7 @@ class TrainingActivities:
             self.engine,
             req.id,
             result.logs,
-            result.status == "canceled",
+            result.status,
             model_metrics=result.metrics,
         )
         if result.status != "succeeded":
@@ -333,7 +334,7 @@ async def _end(
 ) -> TrainingRun:
     """An attempt that ended before the trainer's result: its last logs and live events; the
     workflow records the end."""
-    await _close(run, engine, training_id, logs, status == "canceled")
+    await _close(run, engine, training_id, logs, status, error=error)
     return TrainingRun(status=status, error=error, started_at=run.started_at)
 
 
@@ -342,8 +343,9 @@ async def _close(
     engine: Engine,
     training_id: str,
     logs: str | None,
-    canceled: bool,
+    status: str,
     *,
+    error: str | None = None,
     model_metrics: dict[str, Any] | None = None,
 ) -> None:
     """Stop the attempt's writes, record its final logs and the metrics the trainer
@@ -354,4 +356,4 @@ async def _close(
         final = functools.partial(
             trainings.record_logs, engine, training_id, logs, model_metrics=model_metrics
         )
-    await run.close(final, canceled=canceled, logs=logs)
+    await run.close(final, status=status, logs=logs, error=error)

@@ -187,9 +187,6 @@ def _value_schema(tpe):
 
 
 def _describe(module_name, attr, mode, component):
-    from cog import _adt as adt
-    from cog.input import FieldInfo
-
     info = _predictor_info(module_name, attr, mode)
     fn, is_method = _entry_function(module_name, attr, mode)
     declared = _declared_defaults(fn, is_method)
@@ -200,84 +197,12 @@ def _describe(module_name, attr, mode, component):
     enums = {}
     for name, field in sorted(info.inputs.items(), key=lambda item: item[1].order):
         raw = declared.get(name, inspect.Parameter.empty)
-        field_info = raw if isinstance(raw, FieldInfo) else None
-        prop = {"x-order": field.order}
-        if field.choices:
-            prim = field.type.primitive.json_type().get("type", "string")
-            enums[name] = {
-                "title": name,
-                "description": "An enumeration.",
-                "enum": list(field.choices),
-                "type": prim,
-            }
-            prop["allOf"] = [{"$ref": f"#/components/schemas/{name}"}]
-        else:
-            prop["title"] = _title(name)
-            prop.update(field.type.json_type())
-
-        nullable = field.type.repetition in (
-            adt.Repetition.OPTIONAL,
-            adt.Repetition.OPTIONAL_REPEATED,
-        )
-        if field_info is not None and field_info.default is None:
-            given = without_default is not None and name not in without_default
-            if not given:
-                # Input(description=...) alone (or unreadable source) means no default at all.
-                raw = inspect.Parameter.empty
-        secret = field.type.primitive is adt.PrimitiveType.SECRET
-        default_none = raw is None or (raw is field_info and field_info.default is None)
-        if default_none and secret and field.type.repetition is adt.Repetition.REQUIRED:
-            # `api_key: Secret = Input(default=None)`: an optional credential, as Cog's
-            # static schema has it (unlike the seed idiom below).
-            nullable = True
-        if raw is inspect.Parameter.empty:
-            if not nullable or field.type.union_variants is not None:
-                required.append(name)
-        elif isinstance(field.default, dataclasses.Field):
-            pass  # a default_factory runs at prediction time: optional, no static default
-        elif field.default is not None:
-            try:
-                prop["default"] = _json_default(field, field.default)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"default of input {name} is not JSON: {e}") from e
-            if prop["default"] is None:
-                del prop["default"]
-        elif nullable:
-            prop["default"] = None
-        elif field.type.union_variants is not None or field.type.repetition in (
-            adt.Repetition.REQUIRED,
-            adt.Repetition.REPEATED,
-        ):
-            # Cog's static schema: None on a non-nullable input (`seed: int =
-            # Input(default=None)`) is no default at all, so the input is required.
-            required.append(name)
-        if nullable:
-            prop["nullable"] = True
-
-        if field.description is not None:
-            prop["description"] = field.description
-        ge = field_info.ge if field_info is not None else field.ge
-        le = field_info.le if field_info is not None else field.le
-        if ge is not None:
-            prop["minimum"] = _number(ge)
-        if le is not None:
-            prop["maximum"] = _number(le)
-        if field.min_length is not None:
-            prop["minLength"] = field.min_length
-        if field.max_length is not None:
-            prop["maxLength"] = field.max_length
-        if field.regex is not None:
-            prop["pattern"] = field.regex
-        if field.deprecated:
-            prop["deprecated"] = True
-        accept = getattr(field_info, "accept", None)
-        if accept:
-            if field.type.primitive not in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):
-                raise ValueError(
-                    f"accept is only valid on Path or File inputs (parameter '{name}')"
-                )
-            prop["x-cog-accept"] = accept
+        prop, is_required, enum = _input_property(name, field, raw, without_default)
         properties[name] = prop
+        if is_required:
+            required.append(name)
+        if enum is not None:
+            enums[name] = enum
 
     input_schema = {"title": component, "type": "object", "properties": properties}
     if required:
@@ -289,6 +214,104 @@ def _describe(module_name, attr, mode, component):
         output_schema = {"title": "Output", **_value_schema(returned)}
     is_async = inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn)
     return {"input": input_schema, "output": output_schema, "enums": enums, "is_async": is_async}
+
+
+def _input_property(name, field, raw, without_default):
+    """One input's schema property, whether it is required, and its enumeration (None: it
+    has no choices). ``raw`` is the parameter's declared default, as written."""
+    from cog.input import FieldInfo
+
+    field_info = raw if isinstance(raw, FieldInfo) else None
+    prop = {"x-order": field.order}
+    enum = None
+    if field.choices:
+        prim = field.type.primitive.json_type().get("type", "string")
+        enum = {
+            "title": name,
+            "description": "An enumeration.",
+            "enum": list(field.choices),
+            "type": prim,
+        }
+        prop["allOf"] = [{"$ref": f"#/components/schemas/{name}"}]
+    else:
+        prop["title"] = _title(name)
+        prop.update(field.type.json_type())
+    required = _set_default(prop, name, field, raw, field_info, without_default)
+    _set_constraints(prop, name, field, field_info)
+    return prop, required, enum
+
+
+def _set_default(prop, name, field, raw, field_info, without_default):
+    """Put the input's default and nullability in ``prop``, as Cog's static schema has
+    them; whether the input is required."""
+    from cog import _adt as adt
+
+    nullable = field.type.repetition in (
+        adt.Repetition.OPTIONAL,
+        adt.Repetition.OPTIONAL_REPEATED,
+    )
+    if field_info is not None and field_info.default is None:
+        given = without_default is not None and name not in without_default
+        if not given:
+            # Input(description=...) alone (or unreadable source) means no default at all.
+            raw = inspect.Parameter.empty
+    secret = field.type.primitive is adt.PrimitiveType.SECRET
+    default_none = raw is None or (raw is field_info and field_info.default is None)
+    if default_none and secret and field.type.repetition is adt.Repetition.REQUIRED:
+        # `api_key: Secret = Input(default=None)`: an optional credential, as Cog's
+        # static schema has it (unlike the seed idiom below).
+        nullable = True
+    required = False
+    if raw is inspect.Parameter.empty:
+        required = not nullable or field.type.union_variants is not None
+    elif isinstance(field.default, dataclasses.Field):
+        pass  # a default_factory runs at prediction time: optional, no static default
+    elif field.default is not None:
+        try:
+            prop["default"] = _json_default(field, field.default)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"default of input {name} is not JSON: {e}") from e
+        if prop["default"] is None:
+            del prop["default"]
+    elif nullable:
+        prop["default"] = None
+    elif field.type.union_variants is not None or field.type.repetition in (
+        adt.Repetition.REQUIRED,
+        adt.Repetition.REPEATED,
+    ):
+        # Cog's static schema: None on a non-nullable input (`seed: int =
+        # Input(default=None)`) is no default at all, so the input is required.
+        required = True
+    if nullable:
+        prop["nullable"] = True
+    return required
+
+
+def _set_constraints(prop, name, field, field_info):
+    """Put the input's description, bounds, pattern and accepted types in ``prop``."""
+    from cog import _adt as adt
+
+    if field.description is not None:
+        prop["description"] = field.description
+    ge = field_info.ge if field_info is not None else field.ge
+    le = field_info.le if field_info is not None else field.le
+    if ge is not None:
+        prop["minimum"] = _number(ge)
+    if le is not None:
+        prop["maximum"] = _number(le)
+    if field.min_length is not None:
+        prop["minLength"] = field.min_length
+    if field.max_length is not None:
+        prop["maxLength"] = field.max_length
+    if field.regex is not None:
+        prop["pattern"] = field.regex
+    if field.deprecated:
+        prop["deprecated"] = True
+    accept = getattr(field_info, "accept", None)
+    if accept:
+        if field.type.primitive not in (adt.PrimitiveType.PATH, adt.PrimitiveType.FILE):
+            raise ValueError(f"accept is only valid on Path or File inputs (parameter '{name}')")
+        prop["x-cog-accept"] = accept
 
 
 def main(argv):

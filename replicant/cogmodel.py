@@ -436,18 +436,7 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     optional. Packages from ``build.python_requirements`` are appended to
     ``build.python_packages``. Raises ``CogConfigError`` with a message that names the problem.
     """
-    path = model_dir / "cog.yaml"
-    if not path.is_file():
-        raise CogConfigError(f"no cog.yaml in {model_dir}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise CogConfigError(f"cog.yaml is not valid YAML: {e}") from e
-    except UnicodeDecodeError as e:
-        raise CogConfigError(f"cog.yaml is not UTF-8 text: {e}") from e
-    if not isinstance(data, dict):
-        raise CogConfigError("cog.yaml must be a mapping with build: and predict: (or run:)")
-
+    data = _read_cog_yaml(model_dir)
     run, predict = data.get("run"), data.get("predict")
     if run is not None and predict is not None and run != predict:
         raise CogConfigError("cog.yaml: give either run: or predict:, not both")
@@ -464,6 +453,57 @@ def load_cog_config(model_dir: Path) -> CogConfig:
     version = build.get("python_version")
     if version is not None and not isinstance(version, str | int | float):
         raise CogConfigError("cog.yaml: build.python_version must be a string like '3.11'")
+    packages = _python_packages(model_dir, build)
+    system = build.get("system_packages") or []
+    if not isinstance(system, list) or not all(isinstance(p, str) for p in system):
+        raise CogConfigError("cog.yaml: build.system_packages must be a list of strings")
+    commands = build.get("run") or []
+    if not isinstance(commands, list):
+        raise CogConfigError("cog.yaml: build.run must be a list of commands")
+    # Cog takes a command as a string or as {command: ..., mounts: [...]}.
+    commands = [c.get("command") if isinstance(c, dict) else c for c in commands]
+    if not all(isinstance(c, str) for c in commands):
+        raise CogConfigError("cog.yaml: build.run must be a list of commands")
+    environment = _environment(data.get("environment"))
+    weights = _weights(data.get("weights"))
+    max_concurrency, source = _max_concurrency(model_dir, data, environment, predict_ref)
+
+    return CogConfig(
+        predict_ref=predict_ref,
+        train_ref=train_ref,
+        python_version=None if version is None else str(version),
+        python_packages=packages,
+        python_requirements=build.get("python_requirements"),
+        gpu=bool(build.get("gpu", False)),
+        system_packages=[p.strip() for p in system if p.strip()],
+        build_commands=[c.strip() for c in commands if c.strip()],
+        max_concurrency=max_concurrency,
+        concurrency_source=source,
+        environment=environment,
+        local_packages=_local_packages(model_dir, packages),
+        model_dir=str(model_dir),
+        weights=weights,
+    )
+
+
+def _read_cog_yaml(model_dir: Path) -> dict[str, Any]:
+    """The mapping in ``model_dir/cog.yaml``; ``CogConfigError`` when there is none."""
+    path = model_dir / "cog.yaml"
+    if not path.is_file():
+        raise CogConfigError(f"no cog.yaml in {model_dir}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise CogConfigError(f"cog.yaml is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise CogConfigError(f"cog.yaml is not UTF-8 text: {e}") from e
+    if not isinstance(data, dict):
+        raise CogConfigError("cog.yaml must be a mapping with build: and predict: (or run:)")
+    return data
+
+
+def _python_packages(model_dir: Path, build: dict[str, Any]) -> list[str]:
+    """``build.python_packages``, then the lines of ``build.python_requirements``."""
     packages = build.get("python_packages") or []
     if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
         raise CogConfigError("cog.yaml: build.python_packages must be a list of strings")
@@ -476,50 +516,30 @@ def load_cog_config(model_dir: Path) -> CogConfig:
         if not req_path.is_file():
             raise CogConfigError(f"cog.yaml: python_requirements file {requirements} not found")
         packages += _requirement_lines(req_path.read_text(encoding="utf-8"))
-    system = build.get("system_packages") or []
-    if not isinstance(system, list) or not all(isinstance(p, str) for p in system):
-        raise CogConfigError("cog.yaml: build.system_packages must be a list of strings")
-    commands = build.get("run") or []
-    if not isinstance(commands, list):
-        raise CogConfigError("cog.yaml: build.run must be a list of commands")
-    # Cog takes a command as a string or as {command: ..., mounts: [...]}.
-    commands = [c.get("command") if isinstance(c, dict) else c for c in commands]
-    if not all(isinstance(c, str) for c in commands):
-        raise CogConfigError("cog.yaml: build.run must be a list of commands")
+    return packages
+
+
+def _max_concurrency(
+    model_dir: Path, data: dict[str, Any], environment: dict[str, str], predict_ref: str
+) -> tuple[int, str]:
+    """How many runs one process of the model takes, and where that was said:
+    ``COG_MAX_CONCURRENCY`` over ``concurrency.max`` over ``@cog.concurrent(max)``."""
     concurrency = data.get("concurrency") or {}
     max_concurrency = concurrency.get("max", 1) if isinstance(concurrency, dict) else 1
     if not isinstance(max_concurrency, int) or max_concurrency < 1:
         raise CogConfigError("cog.yaml: concurrency.max must be a positive integer")
-    environment = _environment(data.get("environment"))
-    weights = _weights(data.get("weights"))
     source = "concurrency.max" if isinstance(concurrency, dict) and "max" in concurrency else ""
     from_env = _positive_int(environment.get("COG_MAX_CONCURRENCY"))
     if from_env is not None:
-        max_concurrency, source = from_env, "COG_MAX_CONCURRENCY"
-    elif not source:
+        return from_env, "COG_MAX_CONCURRENCY"
+    if not source:
         try:
             decorated = decorated_concurrency(model_dir, predict_ref)
         except ValueError:
             decorated = None  # refused with the predictor (inspect_model)
         if decorated is not None:
-            max_concurrency, source = decorated, "@cog.concurrent(max)"
-
-    return CogConfig(
-        predict_ref=predict_ref,
-        train_ref=train_ref,
-        python_version=None if version is None else str(version),
-        python_packages=packages,
-        python_requirements=requirements,
-        gpu=bool(build.get("gpu", False)),
-        system_packages=[p.strip() for p in system if p.strip()],
-        build_commands=[c.strip() for c in commands if c.strip()],
-        max_concurrency=max_concurrency,
-        concurrency_source=source,
-        environment=environment,
-        local_packages=_local_packages(model_dir, packages),
-        model_dir=str(model_dir),
-        weights=weights,
-    )
+            return decorated, "@cog.concurrent(max)"
+    return max_concurrency, source
 
 
 def run_probe(
@@ -740,48 +760,56 @@ def build_openapi_schema(probe: dict[str, Any], cog_version: str) -> dict[str, A
             "TrainingResponse", _SCHEMAS + "TrainingInput", _SCHEMAS + "TrainingOutput"
         )
         paths.update(_run_paths("training", "TrainingRequest", "TrainingResponse", "Train"))
-    schemas["Status"] = {
-        "title": "Status",
-        "description": "An enumeration.",
-        "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
-        "type": "string",
-    }
-    schemas["WebhookEvent"] = {
-        "title": "WebhookEvent",
-        "description": "An enumeration.",
-        "enum": ["start", "output", "logs", "completed"],
-        "type": "string",
-    }
-    schemas["HTTPValidationError"] = {
-        "title": "HTTPValidationError",
-        "type": "object",
-        "properties": {
-            "detail": {
-                "title": "Detail",
-                "type": "array",
-                "items": {"$ref": _SCHEMAS + "ValidationError"},
-            }
-        },
-    }
-    schemas["ValidationError"] = {
-        "title": "ValidationError",
-        "required": ["loc", "msg", "type"],
-        "type": "object",
-        "properties": {
-            "loc": {
-                "title": "Location",
-                "type": "array",
-                "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
-            },
-            "msg": {"title": "Message", "type": "string"},
-            "type": {"title": "Error Type", "type": "string"},
-        },
-    }
+    schemas.update(_shared_schemas())
     return {
         "openapi": "3.0.2",
         "info": {"title": "Cog", "version": cog_version},
         "paths": paths,
         "components": {"schemas": schemas},
+    }
+
+
+def _shared_schemas() -> dict[str, Any]:
+    """The components every Cog OpenAPI document has, whatever the model: the status and
+    webhook event enumerations and FastAPI's validation errors (a fresh copy each call)."""
+    return {
+        "Status": {
+            "title": "Status",
+            "description": "An enumeration.",
+            "enum": ["starting", "processing", "succeeded", "canceled", "failed"],
+            "type": "string",
+        },
+        "WebhookEvent": {
+            "title": "WebhookEvent",
+            "description": "An enumeration.",
+            "enum": ["start", "output", "logs", "completed"],
+            "type": "string",
+        },
+        "HTTPValidationError": {
+            "title": "HTTPValidationError",
+            "type": "object",
+            "properties": {
+                "detail": {
+                    "title": "Detail",
+                    "type": "array",
+                    "items": {"$ref": _SCHEMAS + "ValidationError"},
+                }
+            },
+        },
+        "ValidationError": {
+            "title": "ValidationError",
+            "required": ["loc", "msg", "type"],
+            "type": "object",
+            "properties": {
+                "loc": {
+                    "title": "Location",
+                    "type": "array",
+                    "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                },
+                "msg": {"title": "Message", "type": "string"},
+                "type": {"title": "Error Type", "type": "string"},
+            },
+        },
     }
 
 

@@ -90,19 +90,16 @@ def create_version(
     if model.id is not None:
         with Session(engine, expire_on_commit=False) as session:
             existing = session.get(Version, version_id)
-            if existing is not None:
-                say(f"version {version_id} exists already")
-                return existing
+        if existing is not None:
+            say(f"version {version_id} exists already")
+            return existing
     dest = settings.data_dir.resolve() / "versions" / version_id
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=staging_prefix))
     moved = False
     try:
         say("copying the model files")
-        for path in _files(src):
-            target = staging / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+        _copy_files(src, staging)
         say("reading cog.yaml")
         config = load_cog_config(staging)
         readme = _readme(staging)
@@ -131,21 +128,7 @@ def create_version(
             train_ref=config.train_ref,
         )
         say("recording the version")
-        with Session(engine, expire_on_commit=False) as session:
-            if model.id is None:
-                session.add(model)
-                session.flush()  # the model exists from the same commit as its first version
-                version.model_id = model.id or 0
-            if session.get(Version, version_id) is None:
-                session.add(version)
-            stored = session.get(Model, model.id)
-            if stored is not None:
-                stored.latest_version_id = version_id
-                stored.latest_version_created_at = version.created_at
-                if readme is not None:  # a pushed README.md becomes the model's readme
-                    stored.readme = readme
-                session.add(stored)
-            session.commit()
+        _record(engine, model, version, readme)
     except BaseException:
         if moved:
             shutil.rmtree(dest, ignore_errors=True)
@@ -153,6 +136,34 @@ def create_version(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version
+
+
+def _copy_files(src: Path, dest: Path) -> None:
+    """Copy the model's files (``_files``) from ``src`` into ``dest``."""
+    for path in _files(src):
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+
+
+def _record(engine: Engine, model: Model, version: Version, readme: str | None) -> None:
+    """Record ``version`` as its model's latest (and the model, when it has no id yet), in
+    one commit; a pushed README.md becomes the model's readme."""
+    with Session(engine, expire_on_commit=False) as session:
+        if model.id is None:
+            session.add(model)
+            session.flush()  # the model exists from the same commit as its first version
+            version.model_id = model.id or 0
+        if session.get(Version, version.id) is None:
+            session.add(version)
+        stored = session.get(Model, model.id)
+        if stored is not None:
+            stored.latest_version_id = version.id
+            stored.latest_version_created_at = version.created_at
+            if readme is not None:
+                stored.readme = readme
+            session.add(stored)
+        session.commit()
 
 
 def _environment_and_schema(

@@ -15,8 +15,7 @@ from urllib.parse import quote
 from pydantic import ByteSize
 
 from replicant.runner import CogPrediction
-
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+from replicant.runstate import TERMINAL as TERMINAL  # the statuses a run ends with
 
 # coglet's markers (in its JSON log) that a prediction's log lines are all written.
 END_MARKERS = frozenset(

@@ -8,7 +8,6 @@ dropped connection makes coglet cancel); a webhook is added only when live updat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -19,17 +18,15 @@ from urllib.parse import quote
 import aiohttp
 
 from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, RunnerSpec
-from workers.runners.answer import answer_reader, answered_prediction, output_too_large
+from workers.runners.answer import answer_reader, answered_prediction
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
     HEALTHY,
     UNHEALTHY,
     WORKER_CRASHED,
-    explain_model_error,
     prediction_path,
     request_body,
     unhealthy_error,
-    worker_died_error,
 )
 from workers.runners.memory import version_of
 from workers.runners.process import CogletProcess
@@ -78,7 +75,7 @@ class Executor:
         for attempt in range(2):
             process = await self.processes.checkout(spec)
             webhook = on_update is not None and self._wants_webhook(spec)
-            run = Run(prediction_id, process, webhook)
+            run = Run(prediction_id, process, webhook, self.log)
             self.runs.add(run)
             run.task = asyncio.create_task(self._execute(process, run, input, context))
             try:
@@ -119,7 +116,6 @@ class Executor:
         """Wait for the run, passing changed states to ``on_update`` on the way."""
         if on_update is None:
             return await asyncio.shield(task)
-        last: CogPrediction | None = None
         while not task.done():
             changed = asyncio.ensure_future(run.changed.wait())
             try:
@@ -129,9 +125,8 @@ class Executor:
             if task.done():
                 break
             run.changed.clear()
-            state = run.snapshot()
-            if state != last:
-                last = state
+            state = run.news()
+            if state is not None:
                 await on_update(state)
                 # Throttle: a chatty model must not turn into a flood of callbacks.
                 await asyncio.wait({task}, timeout=self.update_interval)
@@ -144,7 +139,7 @@ class Executor:
         input: dict[str, Any],
         context: dict[str, str] | None = None,
     ) -> CogPrediction:
-        """Send the prediction to coglet and settle its terminal state; frees the process."""
+        """Send the prediction to coglet and end the run with its answer; frees the process."""
         started = time.perf_counter()
         webhook = process.links + quote(run.id, safe="") if run.webhook else None
         url = process.url + prediction_path(process.spec.mode, run.id)
@@ -154,13 +149,12 @@ class Executor:
         try:
             if process.sandbox is not None:
                 input, inputs = await asyncio.to_thread(process.sandbox.take_inputs, run.id, input)
-            result = await self._send(process, run, url, request_body(input, webhook, context))
-            await self._within_limits(process, run, result)
+            answer = await self._send(process, run, url, request_body(input, webhook, context))
+            result = await run.within_limits(answer)
             if result.status in ("failed", "canceled") and process.alive:
-                await self._settle_failure(process, run, result)
-            if result.status == "failed" and result.error == WORKER_CRASHED:
-                result.error = self._death(process, run)
-            explain_model_error(result)
+                await run.fill_logs(result)
+                await self._check_health(process, result)
+            result = run.explained(result)
             self.log.info(
                 "event=prediction_done key=%s prediction=%s status=%s webhook=%s seconds=%.4f",
                 process.spec.key,
@@ -169,13 +163,7 @@ class Executor:
                 run.webhook,
                 time.perf_counter() - started,
             )
-            if run.takes_setup_logs and not (process.setup_logs or run.setup_logs):
-                # What setup() printed is read from coglet's output, which may lag its answer:
-                # this run's end in the output comes after it.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await run.logs_done.wait()
-            return run.with_setup_logs(result)
+            return await run.end(result)
         finally:
             if process.streams_output is not None:
                 self._streams_output[process.spec.key] = process.streams_output
@@ -199,11 +187,10 @@ class Executor:
                 process.retire()
                 await process.wait_closed(within=2.0)  # its output, read to the end
                 if run.cancel_requested:
-                    return CogPrediction(status="canceled", logs=run.stream_logs)
+                    return run.canceled_answer()
                 if not run.started:
                     raise _NotHandedOver() from err  # the model never ran: safe to retry
-                error = self._death(process, run)
-                return CogPrediction(status="failed", error=error, logs=run.stream_logs)
+                return run.died_answer()
             # coglet answers 409 to a share of back-to-back calls while it frees its slot.
             if status in (409, 503) and time.monotonic() < deadline:
                 await asyncio.sleep(delay)
@@ -217,63 +204,9 @@ class Executor:
         run.oversized = answer.oversized
         return result
 
-    async def _within_limits(self, process: CogletProcess, run: Run, result: CogPrediction) -> None:
-        """Logs over the limit keep their end (from coglet's log stream, read to the end of the
-        run); an output over the limit fails the prediction, saying so."""
-        if "logs" in run.oversized:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await run.logs_done.wait()
-            result.logs = run.stream_logs
-        size = run.oversized.get("output")
-        if size is not None and result.status == "succeeded":
-            result.status, result.output = "failed", None
-            result.error = output_too_large(size, process.spec.max_output)
-            self.log.warning(
-                "event=output_too_large key=%s prediction=%s bytes=%d",
-                process.spec.key,
-                run.id,
-                size,
-            )
-
-    def _death(self, process: CogletProcess, run: Run) -> str:
-        """The error of a run whose model process died under it (see worker_died_error), or
-        that the pool stopped for its state (``failure``)."""
-        if process.failure is not None:
-            return process.failure
-        now = process.oom_kills()
-        oom = run.oom_kills is not None and now is not None and now > run.oom_kills
-        limit = process.cgroup.limit if process.cgroup is not None else None
-        self.log.warning(
-            "event=model_process_died key=%s prediction=%s pid=%d oom_kill=%s limit=%s",
-            process.spec.key,
-            run.id,
-            process.pid,
-            oom,
-            limit,
-        )
-        return worker_died_error(oom, limit)
-
-    async def _settle_failure(
-        self, process: CogletProcess, run: Run, result: CogPrediction
-    ) -> None:
-        """Fill in the logs coglet leaves out of a failed or canceled answer; retire the
-        process if the failure broke its slot (a crashed worker leaves coglet UNHEALTHY)."""
-        if not result.logs:
-            if run.webhook:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await run.hook_terminal.wait()
-                if run.best is not None:
-                    result.logs = str(run.best.get("logs") or "")
-                    if result.output is None:
-                        # The partial output of an iterator that failed or was canceled.
-                        result.output = run.best.get("output")
-            if not result.logs:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await run.logs_done.wait()
-                result.logs = run.stream_logs
+    async def _check_health(self, process: CogletProcess, result: CogPrediction) -> None:
+        """After a failed or canceled run: retire the process if the failure broke its slot
+        (a crashed worker leaves coglet UNHEALTHY)."""
         status, body = await self.client.health(process.url)
         if status == UNHEALTHY and process.checks_health and result.error != WORKER_CRASHED:
             # The model's healthcheck() failed (coglet says UNHEALTHY too once its worker is

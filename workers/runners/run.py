@@ -1,26 +1,49 @@
 """One prediction handed to a coglet process, and the pool's runs in flight.
 
-A ``Run`` is the one object of a prediction on the worker: what coglet has reported about it
-so far and its stop; ``Runs`` is the one place runs live, by prediction id (webhook
+A ``Run`` is the one object of a prediction on the worker's side of coglet: what coglet has
+reported about it so far, its stop, and its end (as Cog's ``PredictTask`` owns a prediction's
+response and its terminal transitions): coglet's answer becomes the run's terminal state
+here, in its ``RunState`` (replicant/runstate.py, the type the run activity's ``LiveRun``
+keeps it in too). ``Runs`` is the one place runs live, by prediction id (webhook
 deliveries, uploads, coglet's log records and cancels find them there)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from replicant.runner import CogPrediction
-from workers.runners.answer import LogTail
-from workers.runners.coglet import END_MARKERS, TERMINAL, parse_prediction, rank
+from replicant.runstate import RunState
+from workers.runners.answer import LogTail, output_too_large
+from workers.runners.coglet import (
+    END_MARKERS,
+    TERMINAL,
+    WORKER_CRASHED,
+    explain_model_error,
+    parse_prediction,
+    rank,
+    worker_died_error,
+)
 from workers.runners.process import CogletProcess
 
 
 class Run:
-    """The reports of one prediction: webhook deliveries and coglet's log lines about it."""
+    """One prediction on a coglet process: the reports about it (webhook deliveries and
+    coglet's log lines), its stop, and its end."""
 
-    def __init__(self, prediction_id: str, process: CogletProcess, webhook: bool) -> None:
+    def __init__(
+        self,
+        prediction_id: str,
+        process: CogletProcess,
+        webhook: bool,
+        log: logging.Logger,
+    ) -> None:
         self.id = prediction_id
+        self.state = RunState(prediction_id)
+        self.log = log
         self.process = process
         self.webhook = webhook
         self.best: dict[str, Any] | None = None
@@ -94,6 +117,100 @@ class Run:
                 state.status = "processing"
             return self.with_setup_logs(state)
         return self.with_setup_logs(CogPrediction(status="processing", logs=self.stream_logs))
+
+    def news(self) -> CogPrediction | None:
+        """The current state when it differs from the last one reported (None: no news)."""
+        state = self.snapshot()
+        return state if self.state.report(state) else None
+
+    # -- its end: coglet's answer (or the lack of one) becomes the run's terminal state ----
+
+    def canceled_answer(self) -> CogPrediction:
+        """The answer of a run canceled before coglet could answer it."""
+        return CogPrediction(status="canceled", logs=self.stream_logs)
+
+    def died_answer(self) -> CogPrediction:
+        """The answer of a run whose model process died under it."""
+        return CogPrediction(status="failed", error=self.death_error(), logs=self.stream_logs)
+
+    def death_error(self) -> str:
+        """The error of a run whose model process died under it (see worker_died_error), or
+        that the pool stopped for its state (``failure``)."""
+        process = self.process
+        if process.failure is not None:
+            return process.failure
+        now = process.oom_kills()
+        oom = self.oom_kills is not None and now is not None and now > self.oom_kills
+        limit = process.cgroup.limit if process.cgroup is not None else None
+        self.log.warning(
+            "event=model_process_died key=%s prediction=%s pid=%d oom_kill=%s limit=%s",
+            process.spec.key,
+            self.id,
+            process.pid,
+            oom,
+            limit,
+        )
+        return worker_died_error(oom, limit)
+
+    async def within_limits(self, result: CogPrediction) -> CogPrediction:
+        """coglet's answer within the limits: logs over theirs keep their end (read from
+        coglet's log stream to the end of the run); an output over its limit fails the run,
+        saying so."""
+        if "logs" in self.oversized:
+            await self._logs_written(1.0)
+            result.logs = self.stream_logs
+        size = self.oversized.get("output")
+        if size is not None and result.status == "succeeded":
+            result.status, result.output = "failed", None
+            result.error = output_too_large(size, self.process.spec.max_output)
+            self.log.warning(
+                "event=output_too_large key=%s prediction=%s bytes=%d",
+                self.process.spec.key,
+                self.id,
+                size,
+            )
+        return result
+
+    async def fill_logs(self, result: CogPrediction) -> None:
+        """The logs coglet leaves out of a failed or canceled answer (and the partial output
+        of an iterator), from the last webhook delivery or else coglet's log stream."""
+        if result.logs:
+            return
+        if self.webhook:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.hook_terminal.wait()
+            if self.best is not None:
+                result.logs = str(self.best.get("logs") or "")
+                if result.output is None:
+                    # The partial output of an iterator that failed or was canceled.
+                    result.output = self.best.get("output")
+        if not result.logs:
+            await self._logs_written(0.5)
+            result.logs = self.stream_logs
+
+    def explained(self, result: CogPrediction) -> CogPrediction:
+        """``result`` with the error a reader can act on: a crashed worker's cause, the
+        model's own exception message."""
+        if result.status == "failed" and result.error == WORKER_CRASHED:
+            result.error = self.death_error()
+        explain_model_error(result)
+        return result
+
+    async def end(self, result: CogPrediction) -> CogPrediction:
+        """End the run with ``result`` (what setup() printed before its logs): its terminal
+        state, settled once."""
+        if self.takes_setup_logs and not (self.process.setup_logs or self.setup_logs):
+            # What setup() printed is read from coglet's output, which may lag its answer:
+            # this run's end in the output comes after it.
+            await self._logs_written(1.0)
+        return self.state.end(self.with_setup_logs(result))
+
+    async def _logs_written(self, within: float) -> None:
+        """Wait up to ``within`` seconds for coglet's marker that the run's logs are written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self.logs_done.wait()
 
 
 class Runs:
