@@ -203,7 +203,7 @@ class LiveRun:
     async def on_update(self, state: CogPrediction) -> None:
         if self.hooks is not None:
             output = state.output if self._live_output else self.hooks.row.output
-            self.hooks.progress(state.logs, output)
+            self.hooks.progress(state.logs, output, state.metrics)
         await self._processing_now()
         await self._progress.offer(state)
 
@@ -217,15 +217,17 @@ class LiveRun:
         canceled: bool,
         logs: str | None,
         output: Any = None,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
         """Drop pending writes, make ``final_write`` (the terminal state), and deliver the
-        last live events (the workflow sends ``completed`` after this)."""
+        last live events, with the ``metrics`` the model recorded (the workflow sends
+        ``completed`` after this)."""
         await self._stop_writes()  # the final write records started_at
         if final_write is not None:
             await asyncio.to_thread(final_write)
         if self.hooks is not None:
             # The last state goes out too (as `output`/`logs`, still `processing`).
-            await self.hooks.end(canceled=canceled, logs=logs, output=output)
+            await self.hooks.end(canceled=canceled, logs=logs, output=output, metrics=metrics)
 
     def abort(self) -> None:
         """The activity is cancelled before it could close: stop the live webhooks."""

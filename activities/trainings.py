@@ -354,4 +354,4 @@ async def _close(
         final = functools.partial(
             trainings.record_logs, engine, training_id, logs, model_metrics=model_metrics
         )
-    await run.close(final, canceled=canceled, logs=logs)
+    await run.close(final, canceled=canceled, logs=logs, metrics=model_metrics)

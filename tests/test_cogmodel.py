@@ -44,7 +44,7 @@ NAMES = ["hello-world", "sleep", "thumbnail", "ngram"]
 
 
 def schema_of(model_dir: Path) -> dict[str, Any]:
-    return inspect_model(model_dir, PYTHON, load_cog_config(model_dir))
+    return inspect_model(model_dir, PYTHON, load_cog_config(model_dir)).openapi_schema
 
 
 @pytest.fixture(scope="module")
