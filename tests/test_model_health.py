@@ -96,13 +96,11 @@ def test_an_inherited_healthcheck_is_found_at_push_and_asked_after_boot(live: Li
     assert "healthcheck() did not pass" in logs or "returned False" in logs, logs
 
     # Its owner sees the boot log on the model's page; another account does not.
-    owner, _ = session_client(live, live.token)
-    with owner:
-        page = owner.get(f"/models/{model}")
-    assert page.status_code == 200
-    assert "Boot log" in page.text
-    assert "unhealthy: The model reported itself unhealthy" in html.unescape(page.text)
-    other, _ = session_client(live, live.new_account("bystander"))
-    with other:
-        page = other.get(f"/models/{model}")
-    assert "Boot log" not in page.text
+    for token, sees in ((live.token, True), (live.new_account("bystander"), False)):
+        dashboard, _ = session_client(live, token)
+        try:
+            page = dashboard.get(f"/models/{model}")
+        finally:
+            dashboard.close()
+        shown = "unhealthy: The model reported itself unhealthy" in html.unescape(page.text)
+        assert ("Boot log" in page.text, shown) == (sees, sees), page.text
