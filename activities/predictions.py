@@ -109,6 +109,7 @@ def runner_spec(settings: Settings, version: Version, hardware: str | None = Non
         # HTTP client per run that has one and posts its whole logs and output so far on
         # every log line.
         streams_output=output_streams(version.openapi_schema),
+        healthcheck=version.healthcheck,
         max_logs=settings.max_log_size,
         max_output=settings.max_output_size,
         memory_sku=memory_sku,
@@ -284,7 +285,9 @@ async def _finish(
         hardware=req.hardware,
         prices=prices,
     )
-    await run.close(record, status=status, logs=logs, output=output, error=error)
+    await run.close(
+        record, status=status, logs=logs, output=output, error=error, metrics=model_metrics
+    )
     return RunOutcome(
         status=status, error=error, started_at=run.started_at, completed_at=completed_at
     )

@@ -213,7 +213,7 @@ class LiveRun:
         self.state.report(state)
         if self.hooks is not None:
             output = state.output if self._live_output else self.hooks.row.output
-            self.hooks.progress(state.logs, output)
+            self.hooks.progress(state.logs, output, state.metrics)
         await self._processing_now()
         await self._progress.offer(state)
 
@@ -228,19 +228,27 @@ class LiveRun:
         logs: str | None,
         output: Any = None,
         error: str | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
         """End the attempt ``status``: drop pending writes, make ``final_write`` (the
-        terminal state), and deliver the last live events (the workflow sends ``completed``
-        after this). Only the first end of the attempt does so."""
+        terminal state), and deliver the last live events, with the ``metrics`` the model
+        recorded (the workflow sends ``completed`` after this). Only the first end of the
+        attempt does so."""
         if self.state.ended is not None:
             return
-        self.state.end(CogPrediction(status=status, output=output, logs=logs or "", error=error))
+        self.state.end(
+            CogPrediction(
+                status=status, output=output, logs=logs or "", error=error, metrics=metrics or {}
+            )
+        )
         await self._stop_writes()  # the final write records started_at
         if final_write is not None:
             await asyncio.to_thread(final_write)
         if self.hooks is not None:
             # The last state goes out too (as `output`/`logs`, still `processing`).
-            await self.hooks.end(canceled=status == "canceled", logs=logs, output=output)
+            await self.hooks.end(
+                canceled=status == "canceled", logs=logs, output=output, metrics=metrics
+            )
 
     def abort(self) -> None:
         """The activity is cancelled before it could close: stop the live webhooks."""

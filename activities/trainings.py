@@ -356,4 +356,4 @@ async def _close(
         final = functools.partial(
             trainings.record_logs, engine, training_id, logs, model_metrics=model_metrics
         )
-    await run.close(final, status=status, logs=logs, error=error)
+    await run.close(final, status=status, logs=logs, error=error, metrics=model_metrics)

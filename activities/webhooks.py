@@ -29,6 +29,7 @@ from replicant.contracts import (
     WebhookDelivery,
     WebhookResult,
 )
+from replicant.readmodel import with_model_metrics
 from replicant.serialize import prediction_json
 from replicant.settings import Settings
 from replicant.tables import Prediction
@@ -174,6 +175,7 @@ class LiveRow(Protocol):
     started_at: datetime | None
     logs: str
     output: Any
+    metrics: dict[str, Any] | None
 
 
 class LiveWebhooks:
@@ -206,7 +208,11 @@ class LiveWebhooks:
         self.row.started_at = started_at
         self._notify("start")
 
-    def progress(self, logs: str, output: Any) -> None:
+    def progress(self, logs: str, output: Any, metrics: dict[str, Any] | None = None) -> None:
+        """The run's latest ``logs`` and ``output``, and the ``metrics`` its model recorded so
+        far (they ride along with the next event)."""
+        if metrics:
+            self.row.metrics = with_model_metrics(metrics, {})
         if output != self.row.output:
             self.row.output = output
             self._notify("output")
@@ -272,15 +278,23 @@ class LiveWebhooks:
             self.abort()
 
     async def end(
-        self, *, canceled: bool = False, logs: str | None = None, output: Any = None
+        self,
+        *,
+        canceled: bool = False,
+        logs: str | None = None,
+        output: Any = None,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
-        """The run is over: send its last ``logs`` and ``output`` (None: as they are) and the
-        pending events, or drop them when it was canceled (``completed`` comes after this)."""
+        """The run is over: send its last ``logs`` and ``output`` (None: as they are), with
+        the ``metrics`` its model recorded, and the pending events, or drop them when it was
+        canceled (``completed`` comes after this)."""
         if canceled:
             self.abort()
             return
         row = self.row
-        self.progress(row.logs if logs is None else logs, row.output if output is None else output)
+        self.progress(
+            row.logs if logs is None else logs, row.output if output is None else output, metrics
+        )
         await self.close(LIVE_WEBHOOK_GRACE)
 
     def abort(self) -> None:

@@ -7,11 +7,13 @@ using the Python the model runs with. It imports only the standard library and `
 (``cog._inspector``) for each entry point's inputs and output, and prints one JSON object:
 
     {"predict": {"input": {...}, "output": {...}, "enums": {...}},
-     "train": {...same...} | null}
+     "train": {...same...} | null, "healthcheck": true | false}
 
 ``input`` is the ``Input`` component (properties with ``x-order``, ``title``, ``default``,
 bounds...), ``output`` the ``Output`` component, ``enums`` the enum components that inputs
-with ``choices`` refer to. replicant.cogmodel wraps these into a full OpenAPI document.
+with ``choices`` refer to; ``healthcheck`` says whether the predictor class has a
+``healthcheck()`` (its own or inherited, as coglet calls it). replicant.cogmodel wraps these
+into a full OpenAPI document.
 
 On failure it prints ``{"error": message, "traceback": text}`` and exits with status 2.
 """
@@ -314,6 +316,12 @@ def _set_constraints(prop, name, field, field_info):
         prop["x-cog-accept"] = accept
 
 
+def _has_healthcheck(module_name, attr):
+    """Whether the predictor (a class) has a ``healthcheck()``, defined or inherited."""
+    obj = getattr(sys.modules[module_name], attr)
+    return inspect.isclass(obj) and callable(getattr(obj, "healthcheck", None))
+
+
 def main(argv):
     if len(argv) not in (3, 4):
         print("usage: _cog_probe.py <model_dir> <predict_ref> [<train_ref>]", file=sys.stderr)
@@ -337,9 +345,11 @@ def main(argv):
         import cog
 
         result = {"cog_version": cog.__version__, "predict": None, "train": None}
+        result["healthcheck"] = False
         if predict_ref:
             module_name, attr = _target(predict_ref, ("Runner", "Predictor"))
             result["predict"] = _describe(module_name, attr, "predict", "Input")
+            result["healthcheck"] = _has_healthcheck(module_name, attr)
         if train_ref:
             module_name, attr = _target(train_ref, ("train", "Trainer"))
             result["train"] = _describe(module_name, attr, "train", "TrainingInput")

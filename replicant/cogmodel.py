@@ -813,8 +813,17 @@ def _shared_schemas() -> dict[str, Any]:
     }
 
 
-def inspect_model(model_dir: Path, python: Path, config: CogConfig) -> dict[str, Any]:
-    """Derive the version's ``openapi_schema`` from its predictor (and trainer, if any).
+class Inspected(BaseModel):
+    """What pushing learns from a model's predictor: its ``openapi_schema``, and whether its
+    class has a ``healthcheck()`` (its own or inherited) that coglet runs."""
+
+    openapi_schema: dict[str, Any]
+    healthcheck: bool = False
+
+
+def inspect_model(model_dir: Path, python: Path, config: CogConfig) -> Inspected:
+    """Derive the version's ``openapi_schema`` from its predictor (and trainer, if any), and
+    whether the predictor has a ``healthcheck()``.
 
     Runs ``_cog_probe.py`` with ``python`` (the model's own environment) in ``model_dir``.
     Raises ``PredictorError`` with the model's traceback when it fails to import or uses an
@@ -831,7 +840,10 @@ def inspect_model(model_dir: Path, python: Path, config: CogConfig) -> dict[str,
         raise PredictorError(
             f"{config.concurrency_source} > 1 requires an async run() or predict() method"
         )
-    return build_openapi_schema(probe, str(probe.get("cog_version", "")))
+    return Inspected(
+        openapi_schema=build_openapi_schema(probe, str(probe.get("cog_version", ""))),
+        healthcheck=probe.get("healthcheck") is True,
+    )
 
 
 def write_schema_for_coglet(model_dir: Path, openapi_schema: dict[str, Any]) -> None:

@@ -42,6 +42,9 @@ class RunnerSpec(BaseModel):
     concurrency: int = Field(1, ge=1)
     # True for iterator outputs (partial output needs coglet's webhooks); None: learn it.
     streams_output: bool | None = None
+    # Whether the model has a healthcheck() (own or inherited, found at push): the pool then
+    # asks coglet's /health-check before each next run. None: not known (read from the file).
+    healthcheck: bool | None = None
     # A run keeps the last this many characters of its logs (the rest is left out, said so
     # in their first line), and fails when its output is more bytes of JSON than this.
     max_logs: int = Field(1024 * 1024, ge=1)

@@ -135,6 +135,14 @@ class Version(SQLModel, table=True):
     # Fine-tunes: the version they were trained from and the weights they load.
     base_version_id: str | None = Field(default=None, index=True)
     weights_url: str | None = None
+    # Whether its predictor has a healthcheck() (own or inherited), found at push; None: a
+    # version pushed before that was recorded (its predictor file is read instead).
+    healthcheck: bool | None = None
+    # Why its model processes were stopped (setup failed, defunct, unhealthy), newest last,
+    # with their output's tail: written by the workers, kept within BOOT_LOGS_LIMIT.
+    boot_logs: str = Field(
+        default="", sa_column=Column(Text, nullable=False, default="", server_default="")
+    )
 
 
 class Prediction(SQLModel, table=True):

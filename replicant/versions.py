@@ -10,7 +10,6 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import cog
 from sqlalchemy.engine import Engine
@@ -21,6 +20,7 @@ from replicant.archives import model_files
 from replicant.buildchecks import check_build
 from replicant.cogmodel import (
     CogConfig,
+    Inspected,
     PredictorError,
     inspect_model,
     load_cog_config,
@@ -105,7 +105,8 @@ def create_version(
         readme = _readme(staging)
         for warning in check_build(config, model.hardware, settings):
             say(f"warning: {warning}")
-        python, schema = _environment_and_schema(settings, staging, config, say, defer_env)
+        python, inspected = _environment_and_schema(settings, staging, config, say, defer_env)
+        schema = inspected.openapi_schema
         write_schema_for_coglet(staging, schema)
         if config.weights:
             say("resolving the managed weights")
@@ -126,6 +127,7 @@ def create_version(
             python="" if python == Path(sys.executable) else str(python),
             predict_ref=config.predict_ref,
             train_ref=config.train_ref,
+            healthcheck=inspected.healthcheck,
         )
         say("recording the version")
         _record(engine, model, version, readme)
@@ -172,18 +174,18 @@ def _environment_and_schema(
     config: CogConfig,
     say: Callable[[str], None],
     defer_env: bool,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, Inspected]:
     envs_dir = settings.resolved_envs_dir
     if defer_env:
         planned = plan_env(config, envs_dir, say)
         if not env_ready(planned):
             try:
-                schema = inspect_model(model_dir, Path(sys.executable), config)
+                inspected = inspect_model(model_dir, Path(sys.executable), config)
             except PredictorError:
                 pass  # the predictor needs its packages to import: build them first
             else:
                 say(f"the environment will be built in {planned.parent.parent}")
-                return planned, schema
+                return planned, inspected
     say("preparing the Python environment")
     python = ensure_env(config, envs_dir, say)
     say("deriving the schema from the predictor")

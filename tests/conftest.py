@@ -6,7 +6,6 @@ Limits are short so that timeouts, retries and retention can be observed in seco
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -23,7 +22,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from replicant.accounts import create_account
-from replicant.cogmodel import CogConfig
+from replicant.cogmodel import CogConfig, Inspected
 from replicant.db import make_engine
 from replicant.devstack import Stack, free_port
 from replicant.settings import Settings
@@ -187,7 +186,7 @@ def official_clients_are_checked() -> Iterator[None]:
 
 # The schemas of model directories, derived once per test process: every stack seeds the same
 # built-in models, and each schema costs a Python process importing the model's predictor.
-_SCHEMAS: dict[tuple[str, str, str], dict[str, Any]] = {}
+_SCHEMAS: dict[tuple[str, str, str], Inspected] = {}
 
 
 @contextlib.contextmanager
@@ -198,11 +197,11 @@ def schemas_derived_once() -> Iterator[None]:
 
     derive = versions.inspect_model
 
-    def inspect(model_dir: Path, python: Path, config: CogConfig) -> dict[str, Any]:
+    def inspect(model_dir: Path, python: Path, config: CogConfig) -> Inspected:
         key = (versions.content_hash(model_dir, ""), str(python), config.model_dump_json())
         if key not in _SCHEMAS:
             _SCHEMAS[key] = derive(model_dir, python, config)
-        return copy.deepcopy(_SCHEMAS[key])
+        return _SCHEMAS[key].model_copy(deep=True)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(versions, "inspect_model", inspect)

@@ -34,7 +34,7 @@ import replicate
 from activities.predictions import model_concurrency
 from tests.conftest import LiveStack
 from tests.modelkit import Who, push, someone, write_model
-from tests.receiver import running_receiver
+from tests.receiver import Delivery, running_receiver
 from tests.trainkit import new_destination, wait_training
 
 MODELS = Path(__file__).resolve().parent / "models"
@@ -357,6 +357,13 @@ def test_metrics_a_model_records_appear_beside_the_timings(
         )
         hooked = [d.json() for d in deliveries if d.json()["status"] == "succeeded"][-1]
         assert hooked["metrics"] == metrics
+    # The live events carry the metrics recorded so far: none at `start`, all by the last
+    # `output` (the model records them before it returns).
+    (start,) = [d.json() for d in deliveries if event_of(d) == "start"]
+    assert not (start.get("metrics") or {}).keys() & RECORDED.keys(), start
+    last_output = [d.json() for d in deliveries if event_of(d) == "output"][-1]
+    assert last_output["status"] == "processing"
+    assert {k: last_output["metrics"][k] for k in RECORDED} == RECORDED, last_output
     # A metric recorded before the model fails is kept.
     failed = official.predictions.create(version=version, input={"fail": True})
     failed.wait()
@@ -365,23 +372,72 @@ def test_metrics_a_model_records_appear_beside_the_timings(
     assert "total_time" in (failed.metrics or {})
 
 
+def event_of(delivery: Delivery) -> str:
+    """The webhook event of a delivery, from its ``webhook-id`` (``msg_<id>_<event>_<n>``)."""
+    return delivery.headers["webhook-id"].split("_")[2]
+
+
+def test_a_streaming_model_s_metrics_ride_its_live_webhooks_and_end_its_stream(
+    live: LiveStack, who: Who
+) -> None:
+    version = pushed(live, who, "cog-metrics-stream")
+    official = client(live, who)
+    ref = f"{who.username}/cog-metrics-stream:{version}"
+    with running_receiver() as receiver:
+        input = {"tokens": 4, "interval": 1.0}
+        events = list(official.stream(ref, input=input, webhook=receiver.url))
+        with receiver.lock:
+            (prediction_id,) = {d.json()["id"] for d in receiver.deliveries}
+        deliveries = receiver.wait(
+            lambda ds: any(d.json()["status"] == "succeeded" for d in ds), prediction_id
+        )
+    prediction = official.predictions.get(prediction_id)
+    assert prediction.status == "succeeded" and prediction.output == ["t0 ", "t1 ", "t2 ", "t3 "]
+    assert (prediction.metrics or {})["tokens"] == 4
+    # The stream's `done` carries the metrics as GET shows them.
+    assert events[-1].event.value == "done"
+    assert json.loads(events[-1].data) == {"metrics": prediction.metrics}
+    # Each live event carries the metrics recorded when it was sent; the last all of them.
+    counts = [
+        (d.json().get("metrics") or {}).get("tokens", 0)
+        for d in deliveries
+        if event_of(d) in ("output", "logs")
+    ]
+    assert counts and counts == sorted(counts) and counts[-1] == 4, counts
+    # A token a second: the events sent while it ran had fewer (coglet reports them so far).
+    assert any(0 < count < 4 for count in counts), counts
+    (completed,) = [d.json() for d in deliveries if event_of(d) == "completed"]
+    assert completed["metrics"] == prediction.metrics
+
+
 def test_metrics_a_trainer_records_appear_in_the_training(
     live: LiveStack, who: Who, metrics_model: str
 ) -> None:
     version = metrics_model
     official = client(live, who)
-    training = official.trainings.create(
-        model=f"{who.username}/cog-metrics",
-        version=version,
-        input={"steps": 3},
-        destination=new_destination(live, who.token, "metrics-trained"),
-    )
-    wait_training(training, timeout=BUILD_TIMEOUT)
-    assert training.status == "succeeded", (training.error, training.logs)
+    with running_receiver() as receiver:
+        training = official.trainings.create(
+            model=f"{who.username}/cog-metrics",
+            version=version,
+            input={"steps": 3},
+            destination=new_destination(live, who.token, "metrics-trained"),
+            webhook=receiver.url,
+        )
+        wait_training(training, timeout=BUILD_TIMEOUT)
+        assert training.status == "succeeded", (training.error, training.logs)
+        deliveries = receiver.wait(
+            lambda ds: any(event_of(d) == "completed" for d in ds), training.id
+        )
     with who.client(live) as api:  # the official client's Training has no metrics
         metrics = api.get(f"/v1/trainings/{training.id}").json()["metrics"]
     assert metrics["steps"] == 3, metrics
     assert "predict_time" in metrics and "total_time" in metrics
+    (completed,) = [d.json() for d in deliveries if event_of(d) == "completed"]
+    assert completed["metrics"] == metrics
+    # Its stream ends with them too.
+    with httpx.Client(timeout=60) as http, http.stream("GET", training.urls["stream"]) as events:
+        lines = [line for line in events.iter_lines() if line.startswith("data:")]
+    assert json.loads(lines[-1].removeprefix("data:").strip()) == {"metrics": metrics}
 
 
 # -- cog.File inputs -------------------------------------------------------------------------

@@ -47,7 +47,7 @@ NAMES = ["hello-world", "sleep", "thumbnail", "ngram"]
 
 
 def schema_of(model_dir: Path) -> dict[str, Any]:
-    return inspect_model(model_dir, PYTHON, load_cog_config(model_dir))
+    return inspect_model(model_dir, PYTHON, load_cog_config(model_dir)).openapi_schema
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +235,21 @@ def test_local_packages_are_files_inside_the_model(tmp_path: Path) -> None:
         (tmp_path / "req.txt").write_text(line + "\n")
         with pytest.raises(CogConfigError, match=message):
             load_cog_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("model", "has_one"),
+    [
+        ("unhealthy-inherited", True),  # from a base class in another file
+        ("unhealthy-boot", True),
+        ("unhealthy", True),  # async
+        ("cog-hello", False),
+    ],
+)
+def test_the_probe_finds_a_healthcheck_own_or_inherited(model: str, has_one: bool) -> None:
+    model_dir = Path(__file__).resolve().parent / "models" / model
+    inspected = inspect_model(model_dir, PYTHON, load_cog_config(model_dir))
+    assert inspected.healthcheck is has_one
 
 
 def test_missing_cog_yaml_is_a_config_error(tmp_path: Path) -> None:

@@ -111,7 +111,9 @@ def test_late_joiner_gets_everything_then_done(live: LiveStack, api: httpx.Clien
     events = read_stream(created["urls"]["stream"])
     outputs = [e["data"] for e in events if e.get("event") == "output"]
     assert outputs == final["output"]
-    assert events[-1] == {"event": "done", "data": "{}", "id": events[-1]["id"]}
+    assert events[-1]["event"] == "done"
+    # `done` carries the run's metrics as GET shows them (no `reason`: it succeeded).
+    assert json.loads(events[-1]["data"]) == {"metrics": final["metrics"]}
     logs = "\n".join(e["data"] for e in events if e.get("event") == "logs")
     assert "Using seed: 2" in logs
     # Resuming after an event id gets only what came after it.
@@ -149,7 +151,7 @@ def test_live_stream_keeps_alive_and_ends_canceled_when_canceled(
     assert [e["data"] for e in seen if e.get("event") == "output"][:2] == ["t0 ", "t1 "]
     assert any("comment" in e for e in seen)  # keep-alive while the model was quiet
     assert seen[-1]["event"] == "done"
-    assert json.loads(seen[-1]["data"]) == {"reason": "canceled"}
+    assert json.loads(seen[-1]["data"])["reason"] == "canceled"
     assert live.wait_for(created["id"])["status"] == "canceled"
 
 
@@ -160,7 +162,7 @@ def test_a_failing_stream_ends_with_error_then_done(
     events = [e for e in read_stream(created["urls"]["stream"]) if "comment" not in e]
     assert [e["data"] for e in events if e["event"] == "output"] == ["t0 ", "t1 "]
     assert events[-2]["event"] == "error" and "gave up after 2 tokens" in events[-2]["data"]
-    assert json.loads(events[-1]["data"]) == {"reason": "error"}
+    assert json.loads(events[-1]["data"])["reason"] == "error"
     client = replicate.Client(api_token=live.token, base_url=live.url)
     with pytest.raises(RuntimeError, match="gave up"):
         list(client.stream(slowstream, input={"tokens": 3, "interval": 0, "fail_after": 1}))
@@ -184,7 +186,10 @@ def test_a_training_streams_its_logs_then_the_version_then_done(live: LiveStack)
     weights = httpx.get(output["weights"], timeout=30)
     assert weights.status_code == 200
     assert weights.content == httpx.get(training.output["weights"], timeout=30).content
-    assert events[-1]["event"] == "done" and events[-1]["data"] == "{}"
+    assert events[-1]["event"] == "done"
+    with live.client(token) as api:
+        metrics = api.get(f"/v1/trainings/{training.id}").json()["metrics"]
+    assert json.loads(events[-1]["data"]) == {"metrics": metrics}
     # Resuming after the last log line gets only the output and the end.
     last_log = [e for e in events if e["event"] == "logs"][-1]
     rest = read_stream(url, **{"Last-Event-ID": last_log["id"]})

@@ -9,6 +9,7 @@ from replicant.settings import Settings
 from replicant.weights import WeightsCache
 from workers.runners import PoolConfig, RunnerPool
 from workers.runners.cgroups import MemoryCgroups
+from workers.runners.config import OnFailure
 from workers.runners.devices import DeviceSlots, assign_devices, discover_devices
 from workers.runners.memory import MemoryBudget
 
@@ -22,6 +23,7 @@ def gpu_slot_pools(
     weights: WeightsCache,
     budget: MemoryBudget | None = None,
     cgroups: MemoryCgroups | None = None,
+    on_failure: OnFailure | None = None,
 ) -> tuple[list[str], dict[str, RunnerPool]]:
     """The SKUs this worker serves, and a device-pinned pool for each GPU SKU among them.
 
@@ -29,7 +31,8 @@ def gpu_slot_pools(
     shared pool, as on a CPU-only machine. With devices, a GPU SKU that gets none (too few for
     its slots) is not served here: a prediction waits for a worker that has them. The pools
     share ``budget`` (the worker's warm-memory budget) and ``cgroups`` (the memory limit of
-    each model process) with the worker's other pool.
+    each model process) with the worker's other pool, and tell ``on_failure`` of processes
+    stopped for their state (the versions' boot logs).
     """
     devices = discover_devices(settings.gpu_devices)
     groups = assign_devices(slots, settings.gpus_per_slot, devices)
@@ -57,6 +60,7 @@ def gpu_slot_pools(
             cgroups=cgroups,
             # Standbys take only free room on a slot, and any boot there stops them.
             standby=True,
+            on_failure=on_failure,
         )
         pools[sku] = RunnerPool(config)
         log.info(

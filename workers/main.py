@@ -26,8 +26,9 @@ from activities.retention import RetentionActivities
 from activities.trainings import TrainingActivities
 from activities.webhooks import WebhookActivities
 from replicant import heartbeats, tracing
+from replicant.bootlogs import append_boot_log
 from replicant.db import init_db, make_engine
-from replicant.runner import ModelRunner
+from replicant.runner import ModelRunner, RunnerSpec
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
 from replicant.temporal import connect
@@ -36,7 +37,7 @@ from workers.deployments import DeploymentHost
 from workers.gpus import gpu_slot_pools
 from workers.runners import PoolConfig, RunnerPool
 from workers.runners.cgroups import MemoryCgroups, model_cgroups
-from workers.runners.memory import MemoryBudget
+from workers.runners.memory import MemoryBudget, version_of
 from workers.schedules import ensure_schedules
 from workers.slots import RunSlots, SlotRunner
 from workflows.build import BuildVersionWorkflow
@@ -121,9 +122,15 @@ class WorkerParts:
             upload=self.sink,
             weights=self.weights,
             cgroups=self.cgroups,
+            on_failure=self.note_failure,
             **own,
         )
         return RunnerPool(config)
+
+    def note_failure(self, spec: RunnerSpec, state: str, error: str, output: str) -> None:
+        """A model process stopped for its state goes into its version's boot log."""
+        version_id = version_of(spec.key).partition("+")[0]
+        append_boot_log(self.engine, version_id, state, error, output)
 
     def predictions(self, runner: ModelRunner | None = None) -> PredictionActivities:
         """The prediction activities, running models on ``runner``."""
@@ -244,7 +251,13 @@ async def run_worker(
     parts = WorkerParts.build(settings, engine)
     slots = settings.hardware if hardware is None else {s: settings.hardware[s] for s in hardware}
     served, gpu_pools = gpu_slot_pools(
-        settings, slots, parts.sink, parts.weights, parts.budget, parts.cgroups
+        settings,
+        slots,
+        parts.sink,
+        parts.weights,
+        parts.budget,
+        parts.cgroups,
+        on_failure=parts.note_failure,
     )
     pool = parts.pool(
         # Every slot may hold a busy process of its own: a smaller pool would evict and

@@ -28,6 +28,7 @@ from api.dashboard.web import FormDep, Page, PageDep, read_form, redirect, rende
 from api.deps import get_state
 from api.routes.streams import TABLES, LastEventId, event_cursor, events_response
 from replicant.accounts import find_account
+from replicant.bootlogs import owned_boot_logs
 from replicant.catalog import find_model
 from replicant.contracts import prediction_workflow_id
 from replicant.devices import discover_devices
@@ -134,6 +135,17 @@ def _hardware(request: Request, username: str, owner: str, name: str) -> dict[st
     return {"name": settings.hardware_names.get(model.hardware, model.hardware), "on_cpu": on_cpu}
 
 
+def _boot_logs(request: Request, username: str, owner: str, name: str) -> dict[str, str]:
+    """The boot logs of the model's versions (why their processes were stopped), by version
+    id, for its owner only (they hold what the model printed)."""
+    state = get_state(request)
+    account = find_account(state.engine, username)
+    model = state.db.call(find_model, account, owner, name)
+    if model is None:
+        return {}
+    return state.db.call(owned_boot_logs, account, model)
+
+
 async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
     model = await page.api.get(f"/v1/models/{owner}/{name}")
     username = page.account["username"]
@@ -145,9 +157,11 @@ async def _model_view(page: Page, owner: str, name: str) -> dict[str, Any]:
     versions = await page.api.get(f"/v1/models/{owner}/{name}/versions")
     latest = model.get("latest_version")
     schema = latest["openapi_schema"] if latest else {}
+    boot_logs = await asyncio.to_thread(_boot_logs, page.request, username, owner, name)
     return {
         "model": model,
         "versions": versions["results"],
+        "boot_logs": boot_logs,
         "fields": form_fields(schema) if latest else [],
         "output_type": output_type(schema) if latest else "",
     }

@@ -215,14 +215,25 @@ async def _row_events(
             outputs += 1
             yield ServerSentEvent(_data(chunk), event="output", id=f"{outputs}:{logs}")
         if terminal:
-            cursor = f"{outputs}:{logs}"
-            if row.status == "succeeded":
-                yield ServerSentEvent("{}", event="done", id=cursor)
-            elif row.status == "canceled":
-                yield ServerSentEvent('{"reason": "canceled"}', event="done", id=cursor)
-            else:
-                failed = f"{table.__name__} failed"
-                yield ServerSentEvent(row.error or failed, event="error", id=cursor)
-                yield ServerSentEvent('{"reason": "error"}', event="done", id=cursor)
+            for event in end_events(row, f"{outputs}:{logs}"):
+                yield event
             return
         await asyncio.sleep(_OpenStreams.interval())
+
+
+def end_events(row: Prediction | Training, cursor: str) -> list[ServerSentEvent]:
+    """The events that end a stream: ``done`` (``{}``, or its ``reason``: ``canceled``, or
+    ``error`` after an ``error`` event with the message), carrying the run's ``metrics`` (the
+    ones its model recorded, ``predict_time``, ``total_time``) as ``GET`` shows them."""
+    done: dict[str, Any] = {}
+    events = []
+    if row.status == "canceled":
+        done["reason"] = "canceled"
+    elif row.status != "succeeded":
+        failed = f"{type(row).__name__} failed"
+        events.append(ServerSentEvent(row.error or failed, event="error", id=cursor))
+        done["reason"] = "error"
+    if row.metrics:
+        done["metrics"] = row.metrics
+    events.append(ServerSentEvent(json.dumps(done), event="done", id=cursor))
+    return events

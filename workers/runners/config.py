@@ -9,14 +9,19 @@ gets one of its own (or None: no such limit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from replicant.runner import UploadSink
+from replicant.runner import RunnerSpec, UploadSink
 from replicant.sandbox import SandboxConfig
 from replicant.weights import WeightsCache
 from workers.runners.cgroups import MemoryCgroups
 from workers.runners.devices import DeviceSlots
 from workers.runners.memory import MemoryBudget
+
+# Told, in a thread, of a model process stopped for its state: (its spec, the state
+# "setup_failed", "defunct" or "unhealthy", the error, the tail of its output).
+OnFailure = Callable[[RunnerSpec, str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,5 @@ class PoolConfig:
     cgroups: MemoryCgroups | None = None
     # How model processes are sandboxed (None: as the machine's settings say).
     sandbox: SandboxConfig | None = None
+    # Told of each process stopped for its state: the version's boot log (None: nobody).
+    on_failure: OnFailure | None = None

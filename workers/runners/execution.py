@@ -28,9 +28,8 @@ from workers.runners.coglet import (
     request_body,
     unhealthy_error,
 )
-from workers.runners.memory import version_of
 from workers.runners.process import CogletProcess
-from workers.runners.processes import PROCESS_FAILURES, Processes
+from workers.runners.processes import Processes
 from workers.runners.run import Run, Runs
 
 AT_CAPACITY_RETRY_FOR = 5.0
@@ -214,7 +213,7 @@ class Executor:
             self.processes.stopped_for(process, "unhealthy", unhealthy_error(body))
         elif status not in HEALTHY:
             if status == "DEFUNCT":  # its run's error already says how its worker ended
-                PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
+                self.processes.report(process, "defunct", result.error or "coglet is DEFUNCT")
             self.log.warning(
                 "event=runner_unhealthy key=%s pid=%d health=%s",
                 process.spec.key,

@@ -271,8 +271,11 @@ class ModelSandbox:
 
 
 def defines_healthcheck(spec: RunnerSpec) -> bool:
-    """Whether the model's predictor file defines ``healthcheck`` (read once per process;
-    a model without one is never asked)."""
+    """Whether the model has a ``healthcheck()``, as its push found (its own or inherited);
+    for a version pushed before that was recorded, whether its predictor file defines one.
+    A model without one is never asked."""
+    if spec.healthcheck is not None:
+        return spec.healthcheck
     path = spec.model_dir / spec.predict_ref.partition(":")[0]
     try:
         return "def healthcheck" in path.read_text(encoding="utf-8", errors="replace")
@@ -338,7 +341,7 @@ class CogletProcess:
         self.in_use = 0
         self.retired = False
         self.on_record = on_record
-        # Its model defines healthcheck(): the pool asks /health-check before each next run.
+        # Its model has a healthcheck(): the pool asks /health-check before each next run.
         self.checks_health = defines_healthcheck(spec)
         # Why the pool stopped it (None: it did not): the error of the runs it had.
         self.failure: str | None = None

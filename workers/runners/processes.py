@@ -54,6 +54,7 @@ PROCESS_FAILURES = Counter(
     ["version", "state"],
 )
 
+DEFUNCT_AT_BOOT = "coglet reported DEFUNCT while booting"
 # Health checks, 50 ms apart, after a model's worker process exits during setup.
 SETUP_FAILED_CHECKS = 10
 
@@ -106,6 +107,9 @@ class Processes:
         self._spawned: set[CogletProcess] = set()
         self._waiting: collections.Counter[str] = collections.Counter()
         self._closed = False
+        # Told of each process stopped for its state (the version's boot log), in a thread.
+        self.on_failure = config.on_failure
+        self._reports: set[asyncio.Task[None]] = set()
 
     @property
     def closed(self) -> bool:
@@ -208,11 +212,29 @@ class Processes:
         self.stopped_for(process, "unhealthy", unhealthy_error(body))
         return False
 
+    def report(self, process: CogletProcess, state: str, error: str) -> None:
+        """Count a process found in ``state`` (``PROCESS_FAILURES``) and tell ``on_failure``
+        (the version's boot log: the state, ``error`` and the process's output tail)."""
+        PROCESS_FAILURES.labels(version_of(process.spec.key), state).inc()
+        if self.on_failure is None:
+            return
+        write = asyncio.to_thread(
+            self.on_failure, process.spec, state, error, process.output_tail()
+        )
+        task = asyncio.create_task(write)
+        self._reports.add(task)
+        task.add_done_callback(self._reported)
+
+    def _reported(self, task: asyncio.Task[None]) -> None:
+        self._reports.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("event=boot_log_failed error=%r", task.exception())
+
     def stopped_for(self, process: CogletProcess, state: str, error: str) -> None:
         """Stop a process found in ``state`` (see ``PROCESS_FAILURES``); the runs on it end
         with ``error``."""
         process.failure = error
-        PROCESS_FAILURES.labels(version_of(process.spec.key), state).inc()
+        self.report(process, state, error)
         self.log.warning(
             "event=runner_%s key=%s pid=%d error=%r", state, process.spec.key, process.pid, error
         )
@@ -466,12 +488,12 @@ class Processes:
             if status == "SETUP_FAILED":
                 raise await self._setup_failed(process, body)
             if status == "DEFUNCT":
-                PROCESS_FAILURES.labels(version_of(process.spec.key), "defunct").inc()
-                raise BootError("coglet reported DEFUNCT while booting", process.output_tail())
+                self.report(process, "defunct", DEFUNCT_AT_BOOT)
+                raise BootError(DEFUNCT_AT_BOOT, process.output_tail())
             if status == UNHEALTHY and process.checks_health:
                 # Setup is done, but the model's healthcheck() fails: it will not serve.
-                PROCESS_FAILURES.labels(version_of(process.spec.key), "unhealthy").inc()
                 await process.output_settled()
+                self.report(process, "unhealthy", unhealthy_error(body))
                 raise BootError(unhealthy_error(body), process.output_tail())
             if process.worker_exited():
                 # coglet reports SETUP_FAILED (with the model's error) a moment after its
@@ -496,8 +518,9 @@ class Processes:
 
     async def _setup_failed(self, process: CogletProcess, body: dict[str, object]) -> BootError:
         """The BootError of a failed setup(): the model's error, and its output to the end."""
-        PROCESS_FAILURES.labels(version_of(process.spec.key), "setup_failed").inc()
         setup = body.get("setup")
         setup_logs = str((setup if isinstance(setup, dict) else {}).get("logs") or "")
         await process.output_settled()
-        return BootError(setup_error(setup_logs), process.output_tail())
+        error = setup_error(setup_logs)
+        self.report(process, "setup_failed", error)
+        return BootError(error, process.output_tail())
