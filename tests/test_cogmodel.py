@@ -279,7 +279,7 @@ def test_a_trainer_alone_needs_no_predict_entry(tmp_path: Path) -> None:
     )
     config = load_cog_config(tmp_path)
     assert (config.predict_ref, config.train_ref) == ("", "train.py:train")
-    schema = inspect_model(tmp_path, Path(sys.executable), config)
+    schema = inspect_model(tmp_path, Path(sys.executable), config).openapi_schema
     assert "TrainingInput" in schema["components"]["schemas"]
     assert "Input" not in schema["components"]["schemas"]
 
