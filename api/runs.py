@@ -253,12 +253,22 @@ class Runs(Generic[R]):
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             **self._options(req),
         )
-        waited: WorkflowUpdateHandle[WaitResult] = await client.start_update_with_start_workflow(
-            PredictionWorkflow.wait_done,
-            start_workflow_operation=cast(Any, start),
-            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-            rpc_timeout=START_RPC_TIMEOUT,
-        )
+        try:
+            waited: WorkflowUpdateHandle[
+                WaitResult
+            ] = await client.start_update_with_start_workflow(
+                PredictionWorkflow.wait_done,
+                start_workflow_operation=cast(Any, start),
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                rpc_timeout=START_RPC_TIMEOUT,
+            )
+        except BaseException:
+            # The operation keeps the failure for its handle too, which nobody awaits here:
+            # seen, asyncio does not log it as an exception never retrieved.
+            kept = start._workflow_handle
+            if kept.done() and not kept.cancelled():
+                kept.exception()
+            raise
         return waited
 
     async def launch(

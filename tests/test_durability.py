@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
+from api.startguard import START_RPC_TIMEOUT
 from replicant.contracts import PredictionRequest
 from replicant.devstack import wait_for_health
 from replicant.ids import new_id
@@ -158,8 +159,9 @@ async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
     assert final["output"].startswith("slept")
 
 
-# What a client waits for an answer: the official Python client's timeout.
-CLIENT_TIMEOUT = 30.0
+# A client that waits the create's wait and more, but not as long as the API's own start
+# call may take (a wait counted from the start's answer answered after it).
+WAITING_CLIENT_TIMEOUT = START_RPC_TIMEOUT.total_seconds()
 
 
 async def executions(temporal: Client, prediction_id: str) -> int:
@@ -180,7 +182,7 @@ async def test_a_waiting_create_answers_starting_while_no_worker_takes_its_workf
             "/v1/models/replicate/hello-world/predictions",
             json={"input": {"text": "unhurried"}},
             headers={"Prefer": "wait=2"},
-            timeout=CLIENT_TIMEOUT,
+            timeout=WAITING_CLIENT_TIMEOUT,
         )
     finally:
         live.stack.start_worker()
