@@ -8,6 +8,7 @@ not answer by then is reported unavailable, so ``/health`` itself always answers
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -24,11 +25,13 @@ from api.deps import StateDep
 from api.state import AppState
 from replicant import heartbeats
 
+log = logging.getLogger("replicant.api")
 router = APIRouter(tags=["health"])
 T = TypeVar("T")
 
-# Seconds each part (the database; Temporal, then its workers) has to answer.
-CHECK_TIMEOUT = 5.0
+# Seconds each part (the database; Temporal, then its workers) has to answer: a bound for a
+# part that does not answer at all, well past a busy machine's slowest answer.
+CHECK_TIMEOUT = 10.0
 
 
 def _database_ok(state: AppState) -> None:
@@ -108,6 +111,8 @@ async def health(state: StateDep) -> JSONResponse:
     if checks["database"] != "ok":
         missing.insert(0, "database")
     status = 503 if missing else 200
+    if missing:
+        log.warning("event=health_unavailable missing=%s", ",".join(missing))
     return JSONResponse(
         {"status": "ok" if not missing else "unavailable", "missing": missing, **checks},
         status_code=status,
