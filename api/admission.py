@@ -5,10 +5,13 @@ Two bounds, so that long-held requests cannot starve short ones: *held* requests
 that waits for its prediction with ``Prefer: wait``, an event stream, a followed build or
 push) and *short* ones (everything else). ``/health`` and ``/metrics`` are never refused,
 nor are the dashboard's in-process calls to the API (the page that makes them was admitted).
+
+It also notes when each request arrived (``arrived_at``): a ``Prefer: wait`` counts from then.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -25,6 +28,15 @@ HELD_ACCEPTS = (b"text/event-stream", b"application/x-ndjson")
 # The dashboard's in-process calls carry this key in their ASGI scope's state
 # (api/dashboard/client.py), which no HTTP client can set.
 IN_PROCESS_MARK = "prediction_source"
+# The ASGI scope's state key of the event loop's time at which the request arrived.
+ARRIVED = "replicant_arrived"
+
+
+def arrived_at(scope: Scope) -> float:
+    """The event loop's time at which the request of ``scope`` arrived (now, for one that
+    did not pass ``Admission``)."""
+    arrived = (scope.get("state") or {}).get(ARRIVED)
+    return arrived if isinstance(arrived, float) else asyncio.get_running_loop().time()
 
 
 def _header(scope: Scope, name: bytes) -> bytes:
@@ -61,7 +73,11 @@ class Admission:
         self.refused = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or is_exempt(scope):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})[ARRIVED] = asyncio.get_running_loop().time()
+        if is_exempt(scope):
             await self.app(scope, receive, send)
             return
         kind = "held" if is_held(scope) else "short"

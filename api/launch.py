@@ -8,6 +8,7 @@ prediction adds its ``Placement``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from sqlmodel import Session
 from temporalio.client import WorkflowUpdateHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
+from api.admission import arrived_at
 from api.deadlines import CancelAfter
 from api.deps import CurrentAccount, StateDep
 from api.errors import invalid
@@ -168,10 +170,12 @@ async def launch_prediction(
             "cog.yaml has train: and no predict: or run:): it can be trained, not run",
         )
     wait = parse_prefer(create.prefer, state.settings.max_wait)
+    # A wait counts from the request's arrival: the whole create answers by then.
+    deadline = None if wait is None else arrived_at(create.request.scope) + wait
     runs = Runs(state, PREDICTION)
     claim = create.claim(body)
     if claim is not None and (first := await runs.replay(claim)) is not None:
-        return await _answer(create, first, wait)
+        return await _answer(create, first, deadline)
     hardware = placement.hardware if placement is not None else None
     if hardware is None and version.base_version_id:
         # A fine-tune runs on the hardware of the base model it was trained from.
@@ -183,12 +187,12 @@ async def launch_prediction(
     prepared = await runs.prepare(version, body.input, prediction_id)
     req = _request(create, model, version, body, prepared, hardware, placement, prediction_id)
     if (first := await runs.record(req, prepared.shown_input, claim)) is not None:
-        return await _answer(create, first, wait)
-    started = await runs.launch(req, wait=wait is not None)
+        return await _answer(create, first, deadline)
+    started = await runs.launch(req, wait_until=deadline)
     if on_started is not None:
         await on_started()
-    if wait is not None:
-        await _wait(state, req.id, started, wait)
+    if deadline is not None:
+        await _wait(state, req.id, started, deadline)
     return await respond(create.request, state, req.id, waited=wait is not None)
 
 
@@ -241,24 +245,37 @@ def _request(
     )
 
 
-async def _wait(state: AppState, prediction_id: str, started: Any, wait: int) -> None:
-    """Hold the create up to ``wait`` seconds for the prediction to end: on the update its
-    start carried, else (started by a retry, or settled) on its workflow."""
+async def _wait(state: AppState, prediction_id: str, started: Any, deadline: float) -> None:
+    """Hold the create until ``deadline`` (the event loop's time) for the prediction to end:
+    on the update its start carried, else (started by a retry, settled, or not yet answered)
+    on its workflow."""
     if isinstance(started, WorkflowUpdateHandle):
-        with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError):
-            await started.result(rpc_timeout=timedelta(seconds=wait))
+        await _until(deadline, started.result())
     else:
-        await wait_done(state, prediction_id, wait)
+        await _wait_done(state, prediction_id, deadline)
 
 
-async def wait_done(state: AppState, prediction_id: str, wait: int) -> None:
+async def wait_done(state: AppState, prediction_id: str, wait: float) -> None:
     """Wait up to ``wait`` seconds for a started prediction's workflow to end."""
-    client = await state.temporal()
-    handle = client.get_workflow_handle(prediction_workflow_id(prediction_id))
-    with contextlib.suppress(WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
-        await handle.execute_update(
-            PredictionWorkflow.wait_done, rpc_timeout=timedelta(seconds=wait)
-        )
+    await _wait_done(state, prediction_id, asyncio.get_running_loop().time() + wait)
+
+
+async def _wait_done(state: AppState, prediction_id: str, deadline: float) -> None:
+    async def done() -> None:
+        client = await state.temporal()
+        handle = client.get_workflow_handle(prediction_workflow_id(prediction_id))
+        await handle.execute_update(PredictionWorkflow.wait_done)
+
+    await _until(deadline, done())
+
+
+async def _until(deadline: float, waiting: Awaitable[object]) -> None:
+    """Await ``waiting`` until ``deadline`` at most, whatever Temporal does meanwhile (an
+    update's call is repeated until the workflow takes it, and it takes it only when a
+    worker of its queue is free), and however it ends: the answer shows the run as it is."""
+    with contextlib.suppress(TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError, RPCError):
+        async with asyncio.timeout_at(deadline):
+            await waiting
 
 
 async def respond(
@@ -272,12 +289,12 @@ async def respond(
     return json_response(body, 201, {"Location": body.urls.get})
 
 
-async def _answer(create: PredictionCreate, first: Prediction, wait: int | None) -> Response:
+async def _answer(create: PredictionCreate, first: Prediction, deadline: float | None) -> Response:
     """The answer to a retry of a prediction create: the prediction its first request made,
-    waited on as this request asks."""
-    if wait is not None and first.status not in TERMINAL_STATUSES:
-        await wait_done(create.state, first.id, wait)
-    return await respond(create.request, create.state, first.id, waited=wait is not None)
+    waited on until ``deadline`` as this request asks."""
+    if deadline is not None and first.status not in TERMINAL_STATUSES:
+        await _wait_done(create.state, first.id, deadline)
+    return await respond(create.request, create.state, first.id, waited=deadline is not None)
 
 
 def expired_wait_answer(body: responses.Prediction) -> responses.Prediction:

@@ -15,6 +15,7 @@ input component, how its row is written. The routes keep what is theirs: ``Prefe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -252,30 +253,59 @@ class Runs(Generic[R]):
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             **self._options(req),
         )
-        waited: WorkflowUpdateHandle[WaitResult] = await client.start_update_with_start_workflow(
-            PredictionWorkflow.wait_done,
-            start_workflow_operation=cast(Any, start),
-            wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-            rpc_timeout=START_RPC_TIMEOUT,
-        )
+        try:
+            waited: WorkflowUpdateHandle[
+                WaitResult
+            ] = await client.start_update_with_start_workflow(
+                PredictionWorkflow.wait_done,
+                start_workflow_operation=cast(Any, start),
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                rpc_timeout=START_RPC_TIMEOUT,
+            )
+        except BaseException:
+            # The operation keeps the failure for its handle too, which nobody awaits here:
+            # seen, asyncio does not log it as an exception never retrieved.
+            kept = start._workflow_handle
+            if kept.done() and not kept.cancelled():
+                kept.exception()
+            raise
         return waited
 
     async def launch(
-        self, req: R, wait: bool = False
+        self, req: R, wait_until: float | None = None
     ) -> WorkflowHandle[Any, Any] | WorkflowUpdateHandle[WaitResult] | None:
-        """Start the recorded run (``wait``: with the update a waiting create holds on) and
-        settle a start whose outcome is unknown; the start's handle, or None when the
-        workflow was started otherwise (a retry with its key, or the settled start). 503
-        when Temporal cannot be reached: the row (and its key) stay for a retry or the
-        reconciler."""
+        """Start the recorded run and settle a start whose outcome is unknown; the start's
+        handle, or None when the workflow was started otherwise (a retry with its key, or the
+        settled start). 503 when Temporal cannot be reached: the row (and its key) stay for a
+        retry or the reconciler.
+
+        ``wait_until`` (the event loop's time; a waiting create's deadline): start with the
+        update the create holds on, and return by then whatever Temporal does (None when the
+        start has not been answered): the start's acceptance needs the workflow's first task,
+        which waits for a worker of the queue. A start cut short by the deadline is settled
+        after the create has answered, so the run starts exactly once all the same."""
+        if wait_until is None:
+            return await self._launch(req, None)
+        launching = self.state.keep(self._launch(req, wait_until), f"start of {req.id}")
         try:
-            if wait:
+            async with asyncio.timeout_at(wait_until):
+                return await asyncio.shield(launching)
+        except TimeoutError:
+            return None
+
+    async def _launch(
+        self, req: R, wait_until: float | None
+    ) -> WorkflowHandle[Any, Any] | WorkflowUpdateHandle[WaitResult] | None:
+        try:
+            if wait_until is None:
+                return await self.start(req)
+            async with asyncio.timeout_at(wait_until):
                 return await self.start_waiting(req)
-            return await self.start(req)
         except WorkflowAlreadyStartedError:
             return None  # a retry with this Idempotency-Key started it first
         except Exception as err:
-            unscheduled = start_failed(self.kind.name, req.id, err)
+            if wait_until is not None and asyncio.get_running_loop().time() >= wait_until:
+                log.info("event=start_outlasted_wait %s=%s", self.kind.name, req.id)
             assert req.created_at is not None
             settled = await settle_start(
                 await self.state.temporal(),
@@ -284,7 +314,7 @@ class Runs(Generic[R]):
                 retry_before=start_deadline(req.created_at, self.state.settings.start_grace),
             )
             if not settled:
-                raise unscheduled from err
+                raise start_failed(self.kind.name, req.id, err) from err
             return None
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import logging
 import os
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -29,6 +30,8 @@ from replicant.temporal import connect
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+log = logging.getLogger("replicant.api")
 
 
 # Threads (and connections) of /health's own, so that it answers while the API is saturated.
@@ -167,6 +170,8 @@ class AppState:
     engine: Engine
     _client: Client | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Tasks that outlive the request that started them (``keep``).
+    _kept: set[asyncio.Task[Any]] = field(default_factory=set)
 
     @functools.cached_property
     def secret_key(self) -> str:
@@ -223,6 +228,20 @@ class AppState:
         if "object_store" not in self.__dict__:
             await asyncio.to_thread(lambda: self.object_store)
         return self.object_store
+
+    def keep(self, work: Coroutine[Any, Any, T], what: str) -> asyncio.Task[T]:
+        """Run ``work`` as a task that may outlive the request that started it (a start that
+        goes on after its create has answered); held until it ends, its failure logged as
+        ``what``."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._kept.add(task)
+        task.add_done_callback(functools.partial(self._forget, what))
+        return task
+
+    def _forget(self, what: str, task: asyncio.Task[Any]) -> None:
+        self._kept.discard(task)
+        if not task.cancelled() and (err := task.exception()) is not None:
+            log.warning("event=background_failed what=%s type=%s", what, type(err).__name__)
 
     async def temporal(self) -> Client:
         """The Temporal client, connected on first use so the API starts before Temporal."""

@@ -5,10 +5,12 @@
 3. The floor: a bare Temporal update-with-start whose one activity calls that coglet process,
    on the same Temporal dev server with the same settings as ``make dev``.
 
-Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--concurrency 8]``.
-Prints percentiles (ms) and throughput (predictions/s), and the ratios that matter. The
-paths take turns in blocks of requests rather than one after the other, so that the machine's
-drift over the run weighs on each alike.
+Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--clients 1 8 64]``.
+Prints, at each number of concurrent clients, percentiles (ms) and throughput (predictions/s)
+of each path, and Replicant's ratios to the floor. The paths and the client counts take turns
+in rounds rather than one after the other, so that the machine's drift over the run weighs on
+each alike. Both Replicant's worker and the floor's have ``--slots`` runs at once; clients
+past that wait for a slot on both.
 """
 
 from __future__ import annotations
@@ -40,10 +42,9 @@ FLOOR_QUEUE = "bench-floor"
 
 
 Call = Callable[[], Awaitable[None]]
-# The paths take turns in blocks, so slow drift on a shared machine (other work, the dev
-# server's SQLite file growing and checkpointing) falls on all of them alike.
-LATENCY_BLOCK = 10
-THROUGHPUT_ROUNDS = 4
+# The paths and client counts take turns in rounds, so slow drift on a shared machine (other
+# work, the dev server's SQLite file growing and checkpointing) falls on all of them alike.
+ROUNDS = 8
 
 
 async def warm_up(call: Call, concurrency: int) -> None:
@@ -55,8 +56,10 @@ async def warm_up(call: Call, concurrency: int) -> None:
         await asyncio.gather(*(call() for _ in range(concurrency)))
 
 
-async def burst(call: Call, requests: int, concurrency: int) -> float:
-    """Seconds for ``requests`` calls made by ``concurrency`` clients at once."""
+async def burst(call: Call, requests: int, concurrency: int, latencies: list[float]) -> float:
+    """Seconds for ``requests`` calls made by ``concurrency`` clients at once, each client
+    sending its next call when its last is answered; each call's latency (ms) is appended
+    to ``latencies``."""
     left = requests
     started = time.perf_counter()
 
@@ -64,40 +67,59 @@ async def burst(call: Call, requests: int, concurrency: int) -> float:
         nonlocal left
         while left > 0:
             left -= 1
+            sent = time.perf_counter()
             await call()
+            latencies.append((time.perf_counter() - sent) * 1000)
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     return time.perf_counter() - started
 
 
-async def measure(
-    calls: dict[str, Call], requests: int, concurrency: int
-) -> dict[str, dict[str, float]]:
-    """Per path: sequential latency percentiles (ms) and throughput (calls/s) with
-    ``concurrency`` clients, the paths interleaved (LATENCY_BLOCK, THROUGHPUT_ROUNDS)."""
+Results = dict[int, dict[str, dict[str, float]]]
+
+
+async def measure(calls: dict[str, Call], requests: int, clients: list[int], slots: int) -> Results:
+    """At each number of concurrent clients, per path: latency percentiles (ms) and
+    throughput (calls/s) of ``requests`` calls, the paths and client counts interleaved in
+    ``ROUNDS`` rounds."""
     for call in calls.values():
-        await warm_up(call, concurrency)
-    latencies: dict[str, list[float]] = {name: [] for name in calls}
-    for done in range(0, requests, LATENCY_BLOCK):
-        for name, call in calls.items():
-            for _ in range(min(LATENCY_BLOCK, requests - done)):
-                started = time.perf_counter()
-                await call()
-                latencies[name].append((time.perf_counter() - started) * 1000)
-    elapsed = dict.fromkeys(calls, 0.0)
-    per_round = max(concurrency, requests // THROUGHPUT_ROUNDS)
-    for _ in range(THROUGHPUT_ROUNDS):
-        for name, call in calls.items():
-            elapsed[name] += await burst(call, per_round, concurrency)
-    results = {}
-    for name, values in latencies.items():
-        values.sort()
-        results[name] = {
-            "p50": statistics.median(values),
-            "p95": values[int(len(values) * 0.95) - 1],
-            "throughput": per_round * THROUGHPUT_ROUNDS / elapsed[name],
-        }
+        await warm_up(call, min(max(clients), slots))
+    latencies = {n: {name: [] for name in calls} for n in clients}
+    elapsed = {n: dict.fromkeys(calls, 0.0) for n in clients}
+    per_round = {n: max(n, requests // ROUNDS) for n in clients}
+    for _ in range(ROUNDS):
+        for n in clients:
+            for name, call in calls.items():
+                elapsed[n][name] += await burst(call, per_round[n], n, latencies[n][name])
+    results: Results = {}
+    for n in clients:
+        results[n] = {}
+        for name, values in latencies[n].items():
+            values.sort()
+            results[n][name] = {
+                "p50": statistics.median(values),
+                "p95": values[int(len(values) * 0.95) - 1],
+                "throughput": per_round[n] * ROUNDS / elapsed[n][name],
+            }
     return results
+
+
+def report(results: Results, requests: int, slots: int) -> None:
+    """Each client count's figures, then Replicant's ratios to the floor."""
+    print(f"\nwarm sync hello-world, ~{requests} requests per path and client count, {slots} slots")
+    for n, paths in results.items():
+        print(f"\n{n} concurrent clients")
+        print(f"{'path':<16}{'p50 ms':>10}{'p95 ms':>10}{'pred/s':>10}")
+        for name, r in paths.items():
+            print(f"{name:<16}{r['p50']:>10.1f}{r['p95']:>10.1f}{r['throughput']:>10.1f}")
+    print("\nreplicant / floor (goal: p50 <= 1.1x, p95 <= 1.2x, throughput >= 1.0x)")
+    print(f"{'clients':<10}{'p50':>8}{'p95':>8}{'pred/s':>8}")
+    for n, paths in results.items():
+        rep, floor = paths["replicant"], paths["temporal floor"]
+        print(
+            f"{n:<10}{rep['p50'] / floor['p50']:>7.2f}x{rep['p95'] / floor['p95']:>7.2f}x"
+            f"{rep['throughput'] / floor['throughput']:>7.2f}x"
+        )
 
 
 def start_coglet(model_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -129,14 +151,14 @@ async def wait_ready(url: str) -> None:
     raise TimeoutError(url)
 
 
-async def main(requests: int, concurrency: int) -> None:
+async def main(requests: int, clients: list[int], slots: int) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="replicant-bench-"))
     settings = Settings(
         data_dir=data_dir,
         api_port=free_port(),
         temporal_port=free_port(),
         ui_port=free_port(),
-        hardware={"cpu": concurrency},
+        hardware={"cpu": slots},
         log_level="WARNING",
         # The benchmark makes more predictions a minute than an account may by default.
         rate_limit_create="1000000/minute",
@@ -195,7 +217,7 @@ async def main(requests: int, concurrency: int) -> None:
             task_queue=FLOOR_QUEUE,
             workflows=[FloorWorkflow],
             activities=[call_coglet],
-            max_concurrent_activities=concurrency,
+            max_concurrent_activities=slots,
         )
         async with worker:
             paths = {
@@ -203,20 +225,8 @@ async def main(requests: int, concurrency: int) -> None:
                 "temporal floor": floor_call,
                 "replicant": replicant_call,
             }
-            results = await measure(paths, requests, concurrency)
-        print(f"\nwarm sync hello-world, {requests} requests, {concurrency} concurrent clients")
-        print(f"{'path':<16}{'p50 ms':>10}{'p95 ms':>10}{'pred/s':>10}")
-        for name, r in results.items():
-            print(f"{name:<16}{r['p50']:>10.1f}{r['p95']:>10.1f}{r['throughput']:>10.1f}")
-        rep, floor, cog = results["replicant"], results["temporal floor"], results["coglet direct"]
-        print(
-            f"\nreplicant / floor: p50 {rep['p50'] / floor['p50']:.2f}x (goal <= 1.3x), "
-            f"throughput {rep['throughput'] / floor['throughput']:.2f}x (goal >= 0.8x)"
-        )
-        print(
-            f"replicant / coglet: p50 {rep['p50'] / cog['p50']:.1f}x, "
-            f"throughput {rep['throughput'] / cog['throughput']:.2f}x"
-        )
+            results = await measure(paths, requests, clients, slots)
+        report(results, requests, slots)
         await api.aclose()
         await direct.aclose()
     finally:
@@ -229,6 +239,7 @@ async def main(requests: int, concurrency: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--slots", type=int, default=8, help="runs at once, on both paths")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency))
+    asyncio.run(main(args.requests, args.clients, args.slots))

@@ -24,6 +24,8 @@ from tests.waiting import wait_until
 CLIENTS = 64
 # Generous: the machine running the suite may be busy; a stalled process never answers.
 CLIENT_TIMEOUT = 120.0
+# Seconds a run whose stream the test holds may last: until the test cancels it.
+HELD_RUN_TIMEOUT = 600
 
 Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 
@@ -190,13 +192,28 @@ async def _short_gets_while_streams_are_held(
     return results, health
 
 
+def _patient_prediction(live: LiveStack, model: str, tokens: int) -> dict[str, Any]:
+    """``_streaming``, created through an API process of its own whose runs may last
+    ``HELD_RUN_TIMEOUT`` seconds: on the shared stack a run times out after ``TIMEOUT``
+    seconds, which a busy machine's burst outlasts (the run then ends ``failed``, before the
+    test's cancel)."""
+    env = {"REPLICANT_PREDICTION_TIMEOUT": str(HELD_RUN_TIMEOUT)}
+    patient = live.stack.start_api("api-patient", port=free_port(), env=env)
+    try:
+        with httpx.Client(base_url=patient, timeout=CLIENT_TIMEOUT, **_bearer(live)) as api:
+            return _streaming(api, model, tokens)
+    finally:
+        live.stack.stop("api-patient")
+
+
 def test_short_requests_are_answered_while_64_streams_are_held(
-    live: LiveStack, api: httpx.Client, slowstream: str
+    live: LiveStack, slowstream: str
 ) -> None:
-    created = _streaming(api, slowstream, 200)
-    results, health = asyncio.run(
-        _short_gets_while_streams_are_held(live, created["urls"]["stream"], created["id"])
-    )
+    created = _patient_prediction(live, slowstream, 200)
+    assert created["status"] == "starting"
+    # The streams are held on the stack's own API process, as the short requests are sent.
+    stream = httpx.URL(created["urls"]["stream"]).raw_path.decode()
+    results, health = asyncio.run(_short_gets_while_streams_are_held(live, stream, created["id"]))
     _assert_all_answered(results, health)
     assert live.wait_for(created["id"])["status"] == "canceled"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client
 
+from api.startguard import START_RPC_TIMEOUT
 from replicant.contracts import PredictionRequest
 from replicant.devstack import wait_for_health
 from replicant.ids import new_id
@@ -156,6 +157,49 @@ async def test_worker_killed_mid_prediction_still_reaches_a_terminal_state(
     final = await asyncio.to_thread(live.wait_for, body["id"], timeout=90)
     assert final["status"] == "succeeded"
     assert final["output"].startswith("slept")
+
+
+# A client that waits the create's wait and more, but not as long as the API's own start
+# call may take (a wait counted from the start's answer answered after it).
+WAITING_CLIENT_TIMEOUT = START_RPC_TIMEOUT.total_seconds()
+
+
+async def executions(temporal: Client, prediction_id: str) -> int:
+    """How many workflow executions Temporal has had under a prediction's workflow id."""
+    query = f'WorkflowId = "prediction-{prediction_id}"'
+    return len([w async for w in temporal.list_workflows(query)])
+
+
+async def test_a_waiting_create_answers_starting_while_no_worker_takes_its_workflow(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    # No worker polls the hardware queue: the workflow's first task, which accepts the
+    # create's update, waits until one does.
+    live.stack.stop("worker")
+    try:
+        answer = await asyncio.to_thread(
+            api.post,
+            "/v1/models/replicate/hello-world/predictions",
+            json={"input": {"text": "unhurried"}},
+            headers={"Prefer": "wait=2"},
+            timeout=WAITING_CLIENT_TIMEOUT,
+        )
+    finally:
+        live.stack.start_worker()
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    # As Replicate answers a wait that ran out: the official clients poll on from here.
+    assert body["status"] == "starting"
+    final = await asyncio.to_thread(live.wait_for, body["id"], timeout=90)
+    assert final["status"] == "succeeded"
+    assert final["output"] == "hello unhurried"
+    # Started once: the start the deadline cut short was settled, not repeated.
+    temporal = await connect(live.settings)
+    count = await async_wait_until(
+        lambda: executions(temporal, body["id"]),
+        what=f"{body['id']}'s workflow to be listed",
+    )
+    assert count == 1
 
 
 async def test_cancel_while_the_model_boots(live: LiveStack, api: httpx.Client) -> None:

@@ -1,12 +1,16 @@
 """``GET /health``: ready only when the database, Temporal and every queue's worker are.
 
 Never refused by admission (api/admission.py), and its database checks run in threads of
-its own (``AppState.health_limiter``), so it answers while the API is saturated."""
+its own (``AppState.health_limiter``), so it answers while the API is saturated. Every check
+has ``CHECK_TIMEOUT`` seconds (the database's and Temporal's side by side): a part that does
+not answer by then is reported unavailable, so ``/health`` itself always answers."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -21,8 +25,13 @@ from api.deps import StateDep
 from api.state import AppState
 from replicant import heartbeats
 
+log = logging.getLogger("replicant.api")
 router = APIRouter(tags=["health"])
 T = TypeVar("T")
+
+# Seconds each part (the database; Temporal, then its workers) has to answer: a bound for a
+# part that does not answer at all, well past a busy machine's slowest answer.
+CHECK_TIMEOUT = 10.0
 
 
 def _database_ok(state: AppState) -> None:
@@ -32,7 +41,8 @@ def _database_ok(state: AppState) -> None:
 
 async def _in_thread(state: AppState, fn: Callable[[], T]) -> T:
     # Threads of health's own, with connections of their own: a saturated API still answers.
-    return await anyio.to_thread.run_sync(fn, limiter=state.health_limiter)
+    # A check that outlasts its timeout is left to finish on its own.
+    return await anyio.to_thread.run_sync(fn, limiter=state.health_limiter, abandon_on_cancel=True)
 
 
 async def _pollers(state: AppState, queue: str, kind: TaskQueueType.ValueType) -> int:
@@ -42,13 +52,16 @@ async def _pollers(state: AppState, queue: str, kind: TaskQueueType.ValueType) -
         task_queue=TaskQueue(name=queue),
         task_queue_type=kind,
     )
-    response = await client.workflow_service.describe_task_queue(request, timeout=None)
+    response = await client.workflow_service.describe_task_queue(
+        request, timeout=timedelta(seconds=CHECK_TIMEOUT)
+    )
     return len(response.pollers)
 
 
 async def _database(state: AppState) -> str:
     try:
-        await _in_thread(state, lambda: _database_ok(state))
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await _in_thread(state, lambda: _database_ok(state))
         return "ok"
     except Exception:
         return "unavailable"
@@ -78,19 +91,28 @@ async def health(state: StateDep) -> JSONResponse:
     checks: dict[str, Any] = {}
     database = asyncio.create_task(_database(state))  # meanwhile, ask Temporal
     try:
-        client = await asyncio.wait_for(state.temporal(), timeout=5)
-        await client.service_client.check_health()
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            client = await state.temporal()
+            await client.service_client.check_health(timeout=timedelta(seconds=CHECK_TIMEOUT))
         checks["temporal"] = "ok"
     except Exception:
         checks["temporal"] = "unavailable"
         missing.append("temporal")
     else:
-        checks["workers"] = await _workers(state)
-        missing += [f"worker for {q}" for q, count in checks["workers"].items() if count == 0]
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                checks["workers"] = await _workers(state)
+        except Exception:
+            checks["workers"] = "unavailable"
+            missing.append("workers")
+        else:
+            missing += [f"worker for {q}" for q, c in checks["workers"].items() if c == 0]
     checks["database"] = await database
     if checks["database"] != "ok":
         missing.insert(0, "database")
     status = 503 if missing else 200
+    if missing:
+        log.warning("event=health_unavailable missing=%s", ",".join(missing))
     return JSONResponse(
         {"status": "ok" if not missing else "unavailable", "missing": missing, **checks},
         status_code=status,
