@@ -96,6 +96,8 @@ class Processes:
         self.receiver: tuple[Path, int] | None = None
         # The Unix socket of the pool's egress proxy (model_egress=public), once started.
         self.egress: Path | None = None
+        # The receiver's relay of model spans to the collector (when tracing), once started.
+        self.spans: str | None = None
         self.standbys = Standbys(config.standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -307,7 +309,9 @@ class Processes:
                     process.cgroup.discard()
                 raise
         if sandboxed:
-            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress)
+            process.sandbox = ModelSandbox(
+                self.sandbox, self.receiver, self.egress, self.spans
+            )
             self.client.route(process.url, process.sandbox.socket)
             process.on_exit = self.client.unroute
         return process, env

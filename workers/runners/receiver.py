@@ -44,6 +44,10 @@ class Handlers(Protocol):
         """A standby's setup() asks for weights: answer once a fine-tune adopts it."""
         ...
 
+    async def on_spans(self, request: Request) -> Response:
+        """A sandboxed model exports its spans (relayed to the collector, spans.py)."""
+        ...
+
 
 class _QuietServer(uvicorn.Server):
     """uvicorn without its signal handlers: SIGTERM belongs to the worker, not to us."""
@@ -83,6 +87,7 @@ class Receiver:
                 Route("/{secret}/upload/{filename:path}", self._upload, methods=["PUT"]),
                 Route("/{secret}/weights/{digest}/{name}", self._weights, methods=["GET"]),
                 Route("/{secret}/standby/{token}", self._standby, methods=["GET"]),
+                Route("/{secret}/otlp/v1/traces", self._spans, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(
@@ -135,3 +140,8 @@ class Receiver:
         if not self._allowed(request):
             return Response(status_code=404)
         return await self.handlers.on_standby(request.path_params["token"])
+
+    async def _spans(self, request: Request) -> Response:
+        if not self._allowed(request):
+            return Response(status_code=404)
+        return await self.handlers.on_spans(request)
