@@ -309,9 +309,7 @@ class Processes:
                     process.cgroup.discard()
                 raise
         if sandboxed:
-            process.sandbox = ModelSandbox(
-                self.sandbox, self.receiver, self.egress, self.spans
-            )
+            process.sandbox = ModelSandbox(self.sandbox, self.receiver, self.egress, self.spans)
             self.client.route(process.url, process.sandbox.socket)
             process.on_exit = self.client.unroute
         return process, env
