@@ -15,6 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1 import trace_pb2
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from tests.conftest import LiveStack, own_stack
 from tests.modelkit import predict, pushed, someone
@@ -22,6 +27,7 @@ from tests.otlp import OtlpReceiver, Span, otlp_receiver
 from tests.test_model_sandbox import hostile_model
 from tests.trainkit import corpus, new_destination, train
 from tests.waiting import wait_until
+from workers.runners.spans import MAX_EXPORT_BYTES, SpanRelay
 
 HELLO = "replicate/hello-world"
 
@@ -187,6 +193,37 @@ def test_a_traced_sandboxed_model_reaches_nothing_but_the_relay(
 
     spans = wait_until(model_spans, what="the hostile prediction's model spans")
     assert "PUT /predictions/{id}" in {s.name for s in spans}
+
+
+def test_the_span_relay_forwards_exports_to_the_collector_only(collector: OtlpReceiver) -> None:
+    """The relay (workers/runners/spans.py) POSTs an export as it came to the collector's
+    traces URL and answers its status; too large, it sends nothing; a collector that is
+    down is a 502."""
+    span = trace_pb2.Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="relayed export")
+    export = ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[span])])]
+    ).SerializeToString()
+    headers = {"Content-Type": "application/x-protobuf"}
+    relay = SpanRelay(f"{collector.url}/v1/traces")
+    down = SpanRelay("http://127.0.0.1:9/v1/traces")  # the discard port: nothing listens
+    app = Starlette(
+        routes=[
+            Route("/relay", relay.forward, methods=["POST"]),
+            Route("/down", down.forward, methods=["POST"]),
+        ]
+    )
+    with TestClient(app) as client:
+        assert client.post("/relay", content=export, headers=headers).status_code == 200
+        oversized = b"\0" * (MAX_EXPORT_BYTES + 1)
+        assert client.post("/relay", content=oversized, headers=headers).status_code == 413
+        assert client.post("/down", content=export, headers=headers).status_code == 502
+        client.portal.call(relay.close)
+        client.portal.call(down.close)
+    relayed = wait_until(
+        lambda: [s for s in collector.snapshot() if s.name == "relayed export"],
+        what="the relayed span at the collector",
+    )
+    assert relayed[0].trace_id == "01" * 16
 
 
 def test_untraced_stack_sets_up_no_tracing(api: httpx.Client) -> None:
