@@ -69,6 +69,7 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py
+	$(BIN)/python bench/tracing_overhead.py
 
 clean:
 	rm -rf $(VENV) .replicant .pytest_cache .mypy_cache .ruff_cache

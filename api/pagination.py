@@ -20,8 +20,10 @@ from sqlmodel.sql.expression import SelectOfScalar
 from api.errors import invalid
 from api.serialize import prediction_object
 from replicant import responses
+from replicant.queueing import show_places
+from replicant.settings import Settings
 from replicant.tables import Prediction
-from replicant.timeutil import as_utc, isoformat
+from replicant.timeutil import as_utc, isoformat, utcnow
 
 T = TypeVar("T")
 PAGE_SIZE = 100
@@ -101,8 +103,17 @@ def prediction_page(
     page_url: str,
     page_size: int = PAGE_SIZE,
     params: dict[str, str] | None = None,
+    settings: Settings | None = None,
 ) -> responses.PredictionPage:
-    """One page of predictions, newest first, each as the API shows it."""
+    """One page of predictions, newest first, each as the API shows it; with ``settings``,
+    each that has not started says why it waits (``queue``, replicant/queueing.py)."""
+
+    def render(session: Session, rows: Sequence[Prediction]) -> list[responses.Prediction]:
+        shown = [prediction_object(r, base, secret_key=secret_key) for r in rows]
+        if settings is not None:
+            show_places(session, settings, rows, shown, utcnow())
+        return shown
+
     page = paginate(
         session,
         stmt,
@@ -110,7 +121,7 @@ def prediction_page(
         col(Prediction.id),
         cursor=cursor,
         page_url=page_url,
-        render=lambda _, rows: [prediction_object(r, base, secret_key=secret_key) for r in rows],
+        render=render,
         page_size=page_size,
         params=params,
     )

@@ -344,6 +344,8 @@ class TrainingRequest(BaseModel):
     # Waiting for a hardware slot, accounts take turns (replicant/fairness.py); kept here so
     # a restarted start keeps it.
     fairness_weight: float | None = None
+    # Traced (replicant/tracing.py): the id of the trace the API's request began.
+    trace_id: str | None = None
     webhook_retry_period: float = 3600.0
     webhook_retry_max_interval: float = 120.0
     webhook_timeout: float = 10.0

@@ -144,15 +144,46 @@ def queue_place(
 ) -> responses.QueuePlace | None:
     """Why ``row`` waits and, while it waits for a slot, its place and estimated start;
     None once it started (or ended)."""
-    if row.status != "starting":
-        return None
-    if row.waiting in REASONS:
-        return responses.QueuePlace(reason=REASONS[row.waiting], hardware=row.hardware)
-    if isinstance(row, Prediction) and row.deployment and not row.deployment_shared:
-        return responses.QueuePlace(
-            reason=f"waiting for an instance of {row.deployment}", hardware=row.hardware
-        )
-    waiting, running = _queued(session, row.hardware)
+    return queue_places(session, settings, [row], now).get(row.id)
+
+
+def queue_places(
+    session: Session,
+    settings: Settings,
+    rows: Sequence[Prediction | Training],
+    now: datetime,
+) -> dict[str, responses.QueuePlace]:
+    """``queue_place`` of each of ``rows`` that has not started, by id (a page of a list):
+    each hardware's queue is read once for all of them, from the read model only."""
+    places: dict[str, responses.QueuePlace] = {}
+    queued: dict[str, list[Prediction | Training]] = defaultdict(list)
+    for row in rows:
+        if row.status != "starting":
+            continue
+        if row.waiting in REASONS:
+            places[row.id] = responses.QueuePlace(
+                reason=REASONS[row.waiting], hardware=row.hardware
+            )
+        elif isinstance(row, Prediction) and row.deployment and not row.deployment_shared:
+            places[row.id] = responses.QueuePlace(
+                reason=f"waiting for an instance of {row.deployment}", hardware=row.hardware
+            )
+        else:
+            queued[row.hardware].append(row)
+    for hardware, these in queued.items():
+        places.update(_places_in_queue(session, settings, hardware, these, now))
+    return places
+
+
+def _places_in_queue(
+    session: Session,
+    settings: Settings,
+    hardware: str,
+    rows: Sequence[Prediction | Training],
+    now: datetime,
+) -> dict[str, responses.QueuePlace]:
+    """The places of ``rows`` (waiting for a slot of ``hardware``) in its queue."""
+    waiting, running = _queued(session, hardware)
     owners = {r.owner for r in waiting}
     weights = dict(
         session.exec(
@@ -162,15 +193,33 @@ def queue_place(
         ).all()
     )
     order = fair_order(waiting, weights)
-    position = next((i for i, r in enumerate(order) if r.id == row.id), len(order))
-    ahead = order[:position]
-    seconds = _run_seconds(session, {r.version for r in (*ahead, *running)})
-    wait = estimated_wait(
-        ahead, running, _slots(session, settings, row.hardware, now), seconds, now
-    )
-    return responses.QueuePlace(
-        reason=f"queued for {row.hardware}",
-        hardware=row.hardware,
-        position=position + 1,
-        estimated_start=isoformat(now + timedelta(seconds=wait)),
-    )
+    index = {r.id: i for i, r in enumerate(order)}
+    positions = {row.id: index.get(row.id, len(order)) for row in rows}
+    last = max(positions.values())
+    seconds = _run_seconds(session, {r.version for r in (*order[:last], *running)})
+    slots = _slots(session, settings, hardware, now)
+    places: dict[str, responses.QueuePlace] = {}
+    for row_id, position in positions.items():
+        wait = estimated_wait(order[:position], running, slots, seconds, now)
+        places[row_id] = responses.QueuePlace(
+            reason=f"queued for {hardware}",
+            hardware=hardware,
+            position=position + 1,
+            estimated_start=isoformat(now + timedelta(seconds=wait)),
+        )
+    return places
+
+
+def show_places(
+    session: Session,
+    settings: Settings,
+    rows: Sequence[Prediction | Training],
+    shown: Sequence[responses.Prediction | responses.Training],
+    now: datetime,
+) -> None:
+    """Set ``queue`` on each of ``shown`` (the objects of ``rows``) that has not started."""
+    places = queue_places(session, settings, rows, now)
+    for item in shown:
+        place = places.get(item.id)
+        if place is not None:
+            item.queue = place

@@ -147,6 +147,7 @@ class Training(Response):
     webhook: str = OMITTED
     webhook_events_filter: list[str] = OMITTED
     hardware: str = OMITTED  # Beyond Replicate: the SKU that runs it
+    trace_id: str = OMITTED  # Beyond Replicate: its OpenTelemetry trace (docs/tracing.md)
     queue: QueuePlace = OMITTED  # Beyond Replicate: why it has not started (replicant/queueing.py)
 
 

@@ -181,6 +181,7 @@ def training(
         completed_at=isoformat(row.completed_at),
         metrics=row.metrics,
         hardware=row.hardware,
+        trace_id=row.trace_id,
     )
     if row.webhook:
         _set(fields, webhook=row.webhook, webhook_events_filter=row.webhook_events_filter)

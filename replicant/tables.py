@@ -302,6 +302,7 @@ class Training(SQLModel, table=True):
     webhook_events_filter: list[str] | None = Field(default=None, sa_column=Column(JSON))
     hardware: str = "cpu"
     waiting: str | None = None  # as a prediction's (replicant/queueing.py)
+    trace_id: str | None = None  # as a prediction's (replicant/tracing.py)
     created_at: datetime = created_field()
     started_at: datetime | None = time_field()
     completed_at: datetime | None = time_field()

@@ -89,15 +89,27 @@ def trace_id() -> str | None:
     return f"{context.trace_id:032x}" if context.is_valid else None
 
 
+def collector_url() -> str | None:
+    """The collector's traces URL this process sends to (None when not tracing)."""
+    return next(iter(_started.values()), None)
+
+
+# The variable naming where a model process sends its spans (``model_env``).
+MODEL_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+
+
 def model_env() -> dict[str, str]:
     """What a model process needs to continue the trace its PUT carries (empty when not
     tracing): Cog's tracing on (cog/_trace.py joins only with COG_TRACE_CONFIGURED), sending
-    to the same collector. Cog samples only what its parent sampled, as this process does."""
-    if not _started:
+    to the same collector (a sandbox with a network of its own sends to the pool's relay
+    instead, ``workers/runners/spans.py``). Cog samples only what its parent sampled, as
+    this process does."""
+    url = collector_url()
+    if url is None:
         return {}
     return {
         "COG_TRACE_CONFIGURED": "1",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": next(iter(_started.values())),
+        MODEL_ENDPOINT: url,
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
         "OTEL_SERVICE_NAME": "replicant-model",
     }

@@ -56,6 +56,7 @@ def training_from_request(req: TrainingRequest) -> Training:
         else None,
         hardware=req.hardware,
         created_at=req.created_at or utcnow(),
+        trace_id=req.trace_id,
     )
 
 

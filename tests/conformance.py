@@ -72,7 +72,14 @@ EXTENSION_FIELDS: dict[str, set[str]] = {
     # Replicate's own answers carry these (its docs show them); its spec leaves them out.
     # And the SKU that runs it, why it has not started (docs/usage.md), its trace (docs/tracing.md).
     "Prediction": {"webhook", "webhook_events_filter", "hardware", "queue", "trace_id"},
-    "Training": {"destination", "webhook", "webhook_events_filter", "hardware", "queue"},
+    "Training": {
+        "destination",
+        "webhook",
+        "webhook_events_filter",
+        "hardware",
+        "queue",
+        "trace_id",
+    },
     # What the run cost (docs/usage.md).
     "Metrics": {"cost", "predict_time"},
     "File": {"name", "etag"},

@@ -12,6 +12,7 @@ import httpx
 from replicant.queueing import QueuedRun, estimated_wait, fair_order
 from tests.conftest import LiveStack
 from tests.fairkit import account, predict, sleep_model_on_one_slot
+from tests.trainkit import CorpusServer, corpus, new_destination, ngram_version
 from tests.waiting import wait_until
 
 SECONDS = 2.0  # every run of the scenario sleeps this long
@@ -20,6 +21,14 @@ NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
 def _at(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _create(client: httpx.Client, model: str) -> dict[str, Any]:
+    """The create answer of a prediction of the sleep model ``model``."""
+    response = client.post(f"/v1/models/{model}/predictions", json={"input": {"seconds": SECONDS}})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _get(client: httpx.Client, prediction_id: str) -> dict[str, Any]:
@@ -51,16 +60,34 @@ def test_a_queued_prediction_says_why_where_and_when_it_starts(live: LiveStack) 
         # A holds the slot; B queues two, then C one: C's comes second (accounts take turns).
         blocker = predict(a, model, SECONDS)
         live.wait_for(blocker, lambda p: p["status"] != "starting", token=token_a)
-        b1 = predict(b, model, SECONDS)
-        b2 = predict(b, model, SECONDS)
-        c1 = predict(c, model, SECONDS)
+        answers = [_create(b, model), _create(b, model), _create(c, model)]
+        b1, b2, c1 = (answer["id"] for answer in answers)
         seen = {pid: _get(client, pid) for pid, client in ((b1, b), (b2, b), (c1, c))}
+        listed = {
+            p["id"]: p
+            for client in (b, c)
+            for p in client.get("/v1/predictions").json()["results"]
+            if p["status"] == "starting"
+        }
         done = {
             pid: live.wait_for(pid, token=token, timeout=120)
             for pid, token in ((b1, token_b), (b2, token_b), (c1, token_c))
         }
         metrics = httpx.get(f"{live.url}/metrics").text
 
+    # The create answers say it too: each its place when it was created (C's turn comes
+    # before B's second run).
+    for answer in answers:
+        assert answer["status"] == "starting", answer
+        assert answer["queue"]["reason"] == "queued for gpu-t4", answer
+    assert [answer["queue"]["position"] for answer in answers] == [1, 2, 2]
+    # So do the lists: each waiting prediction in its account's list as its GET shows it.
+    assert set(listed) == {b1, b2, c1}
+    for pid, shown in seen.items():
+        assert {**listed[pid]["queue"], "estimated_start": None} == {
+            **shown["queue"],
+            "estimated_start": None,
+        }
     for shown in seen.values():
         assert shown["status"] == "starting", shown
         assert shown["queue"]["reason"] == "queued for gpu-t4"
@@ -84,6 +111,46 @@ def test_a_queued_prediction_says_why_where_and_when_it_starts(live: LiveStack) 
         if line.startswith('replicant_queue_wait_seconds_count{hardware="gpu-t4"}')
     )
     assert float(count.split()[-1]) >= 5
+
+
+def test_a_waiting_training_says_why_in_its_create_answer_and_the_list(live: LiveStack) -> None:
+    _, token = account(live, "qt")
+    destination = new_destination(live, token, "queued-ngram")
+    server = CorpusServer(held=True)  # the training waits until its corpus is served
+    try:
+        url = server.add("corpus.txt", corpus(31, 64))
+        with live.client(token) as client:
+            response = client.post(
+                f"/v1/models/replicant/ngram/versions/{ngram_version(live)}/trainings",
+                json={"input": {"text": url}, "destination": destination},
+            )
+            assert response.status_code == 201, response.text
+            created = response.json()
+            listed = client.get("/v1/trainings").json()["results"]
+            shown = _training(client, created["id"])
+            server.release()
+            ended = wait_until(
+                lambda: _training(client, created["id"]),
+                lambda t: t["status"] not in ("starting", "processing"),
+                what="the training to end",
+                timeout=180,
+            )
+            relisted = client.get("/v1/trainings").json()["results"]
+    finally:
+        server.close()
+    assert created["status"] == "starting", created
+    for waiting in (created, listed[0], shown):
+        assert waiting["id"] == created["id"]
+        assert waiting["queue"]["reason"] == "queued for cpu", waiting
+        assert waiting["queue"]["hardware"] == "cpu"
+        assert waiting["queue"]["position"] >= 1
+    assert ended["status"] == "succeeded", ended
+    assert "queue" not in ended and "queue" not in relisted[0]
+
+
+def _training(client: httpx.Client, training_id: str) -> dict[str, Any]:
+    body: dict[str, Any] = client.get(f"/v1/trainings/{training_id}").json()
+    return body
 
 
 def _run(run_id: str, owner: str, at: int, version: str = "v") -> QueuedRun:

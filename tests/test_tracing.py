@@ -1,21 +1,33 @@
 """One trace per prediction: the API's request, its workflow and activities, and the model's
 run, sent over OTLP/HTTP to a real receiver started here (tests/otlp.py).
 
-A stack of its own: tracing is on only when ``REPLICANT_OTLP_ENDPOINT`` is set.
+A stack of its own: tracing is on only when ``REPLICANT_OTLP_ENDPOINT`` is set. Its models
+run sandboxed with the default ``model_egress`` (none): their spans reach the collector
+through the pool's relay (workers/runners/spans.py), and nothing else becomes reachable.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1 import trace_pb2
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from tests.conftest import LiveStack, own_stack
+from tests.modelkit import predict, pushed, someone
 from tests.otlp import OtlpReceiver, Span, otlp_receiver
+from tests.test_model_sandbox import hostile_model
+from tests.trainkit import corpus, new_destination, train
 from tests.waiting import wait_until
+from workers.runners.spans import MAX_EXPORT_BYTES, SpanRelay
 
 HELLO = "replicate/hello-world"
 
@@ -30,10 +42,9 @@ def collector() -> Iterator[OtlpReceiver]:
 def traced(
     tmp_path_factory: pytest.TempPathFactory, collector: OtlpReceiver
 ) -> Iterator[LiveStack]:
-    # The model's spans go from its sandbox to the collector over the worker's network
-    # (docs/tracing.md: with model_egress none or public they do not reach it yet).
-    overrides = {"otlp_endpoint": collector.url, "model_egress": "unrestricted"}
-    with own_stack(tmp_path_factory, "tracing", **overrides) as live:
+    # The default egress (none): the model's spans leave its sandbox through the relay only.
+    with own_stack(tmp_path_factory, "tracing", otlp_endpoint=collector.url) as live:
+        assert live.settings.model_egress == "none"
         yield live
 
 
@@ -119,6 +130,100 @@ def test_a_prediction_is_one_trace_from_api_to_activity(
 
     lines = wait_until(its_log_lines, what="the worker's log lines about the prediction")
     assert all(e.get("trace_id") == request.trace_id for e in lines), lines
+
+
+def test_a_training_is_one_trace_and_names_it(traced: LiveStack, collector: OtlpReceiver) -> None:
+    destination = new_destination(traced, traced.token, "traced-ngram")
+    training = train(traced, traced.token, destination, corpus(30, 200))
+    with traced.client() as api:
+        shown = api.get(f"/v1/trainings/{training.id}").json()
+        listed = api.get("/v1/trainings").json()["results"]
+    trace_id = shown["trace_id"]
+    assert [t["trace_id"] for t in listed if t["id"] == training.id] == [trace_id]
+
+    def this_trace() -> list[Span]:
+        return [s for s in collector.snapshot() if s.trace_id == trace_id]
+
+    def complete(spans: list[Span]) -> bool:
+        # The activity's run and a model span under it (the trainer's batches come apart).
+        runs = {s.span_id for s in spans if s.name == "RunActivity:run_training"}
+        return any(s.service == "replicant-model" and s.parent_id in runs for s in spans)
+
+    spans = wait_until(this_trace, complete, what="the training's spans at the receiver")
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if s.parent_id == ""]
+    assert [(s.name, s.service) for s in roots] == [
+        ("POST /v1/models/{owner}/{name}/versions/{version_id}/trainings", "replicant-api")
+    ], roots
+    start = one(spans, "StartWorkflow:TrainingWorkflow")
+    assert by_id[start.parent_id].service == "replicant-api"
+    activity = one(spans, "RunActivity:run_training")
+    assert by_id[activity.parent_id].name == "StartActivity:run_training"
+    # The trainer's process (sandboxed, egress none) continues the activity's trace.
+    model = [s for s in spans if s.service == "replicant-model"]
+    under = [s for s in model if s.parent_id == activity.span_id]
+    assert under and all(s.name.startswith("PUT /trainings/") for s in under), under
+
+
+def test_a_traced_sandboxed_model_reaches_nothing_but_the_relay(
+    tmp_path: Path, traced: LiveStack, collector: OtlpReceiver
+) -> None:
+    """The relay adds no address: the hostile model (tests/models/hostile) reaches neither
+    the collector itself nor any of the installation's services, files or secrets, while
+    its own prediction's model spans still arrive."""
+    port = int(collector.url.rpartition(":")[2])
+    who = someone(traced, "hostile")
+    src = hostile_model(tmp_path, traced, ("127.0.0.1", port))
+    targets = json.loads((src / "targets.json").read_text())
+    assert ["127.0.0.1", port] in targets["connects"]
+    ref = f"{who.username}/hostile"
+    pushed(traced, who, ref, src, create=True, visibility="private")
+    with who.client(traced) as client:
+        response = predict(client, ref, {})
+    prediction = response.json()
+    assert prediction["status"] == "succeeded", prediction
+    assert prediction["output"] == []  # every read and connect in it failed
+
+    def model_spans() -> list[Span]:
+        return [
+            s
+            for s in collector.snapshot()
+            if s.trace_id == prediction["trace_id"] and s.service == "replicant-model"
+        ]
+
+    spans = wait_until(model_spans, what="the hostile prediction's model spans")
+    assert "PUT /predictions/{id}" in {s.name for s in spans}
+
+
+def test_the_span_relay_forwards_exports_to_the_collector_only(collector: OtlpReceiver) -> None:
+    """The relay (workers/runners/spans.py) POSTs an export as it came to the collector's
+    traces URL and answers its status; too large, it sends nothing; a collector that is
+    down is a 502."""
+    span = trace_pb2.Span(trace_id=b"\x01" * 16, span_id=b"\x02" * 8, name="relayed export")
+    export = ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=[span])])]
+    ).SerializeToString()
+    headers = {"Content-Type": "application/x-protobuf"}
+    relay = SpanRelay(f"{collector.url}/v1/traces")
+    down = SpanRelay("http://127.0.0.1:9/v1/traces")  # the discard port: nothing listens
+    app = Starlette(
+        routes=[
+            Route("/relay", relay.forward, methods=["POST"]),
+            Route("/down", down.forward, methods=["POST"]),
+        ]
+    )
+    with TestClient(app) as client:
+        assert client.post("/relay", content=export, headers=headers).status_code == 200
+        oversized = b"\0" * (MAX_EXPORT_BYTES + 1)
+        assert client.post("/relay", content=oversized, headers=headers).status_code == 413
+        assert client.post("/down", content=export, headers=headers).status_code == 502
+        client.portal.call(relay.close)
+        client.portal.call(down.close)
+    relayed = wait_until(
+        lambda: [s for s in collector.snapshot() if s.name == "relayed export"],
+        what="the relayed span at the collector",
+    )
+    assert relayed[0].trace_id == "01" * 16
 
 
 def test_untraced_stack_sets_up_no_tracing(api: httpx.Client) -> None:

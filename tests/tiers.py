@@ -38,6 +38,7 @@ E2E_FIXTURES = frozenset(
         "guarded",
         "faulty",
         "limited",
+        "traced",
     }
 )
 # Fixtures that start or reach one real service.

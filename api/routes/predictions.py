@@ -119,4 +119,5 @@ def list_predictions(
         page_url=f"{base}/v1/predictions",
         page_size=page_size,
         params=params,
+        settings=state.settings,
     )

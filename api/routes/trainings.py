@@ -31,12 +31,12 @@ from api.runs import TRAINING, PreparedRun, Runs
 from api.serialize import json_response
 from api.state import AppState
 from api.usage import check_spend_limit
-from replicant import responses, serialize, trainings
+from replicant import responses, serialize, tracing, trainings
 from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.ids import new_id
 from replicant.lookups import owned_training
-from replicant.queueing import queue_place
+from replicant.queueing import queue_place, show_places
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 
@@ -55,12 +55,18 @@ class TrainingCreate(BaseModel):
     context: dict[str, str] | None = None
 
 
-def _render(request: Request, state: AppState, rows: list[Training]) -> list[responses.Training]:
-    """Training objects; ``output.weights`` is a signed URL of the stored weights."""
+def _render(
+    request: Request, state: AppState, rows: list[Training], session: Session | None = None
+) -> list[responses.Training]:
+    """Training objects; ``output.weights`` is a signed URL of the stored weights. With a
+    ``session``, each that has not started says why it waits (``queue``)."""
     base = base_url(request, state)
     sign = state.signed_output_url
     secret_key = state.secret_key
-    return [serialize.training(r, base, secret_key=secret_key, weights_url=sign) for r in rows]
+    shown = [serialize.training(r, base, secret_key=secret_key, weights_url=sign) for r in rows]
+    if session is not None:
+        show_places(session, state.settings, rows, shown, utcnow())
+    return shown
 
 
 def _destination(session: Session, account: Account, ref: str) -> Model:
@@ -169,6 +175,7 @@ def _request(
         # After the upload: the start grace (api/startguard.py) counts from the row's creation.
         created_at=utcnow(),
         fairness_weight=account.fairness_weight,
+        trace_id=tracing.trace_id(),
         timeout=settings.training_timeout,
         heartbeat_timeout=settings.heartbeat_timeout,
         webhook_retry_period=settings.webhook_retry_period,
@@ -199,9 +206,14 @@ def _trainable(
 async def _created(
     request: Request, state: AppState, account: Account, training_id: str
 ) -> Response:
-    """201 with the training as it is now, as its create answered."""
+    """201 with the training as it is now, as its create answered: one that has not started
+    says why it waits (``queue``)."""
     row = await state.db.read(own_training, account, training_id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
+    if row.status == "starting":  # replicant/queueing.py
+        place = await state.db.read(queue_place, state.settings, row, utcnow())
+        if place is not None:
+            rendered.queue = place
     return json_response(rendered, 201, {"Location": rendered.urls.get})
 
 
@@ -222,12 +234,7 @@ def get_training(
     account: CurrentAccount,
 ) -> responses.Training:
     row = own_training(session, account, training_id)
-    shown = _render(request, state, [row])[0]
-    # Why it waits (replicant/queueing.py).
-    place = queue_place(session, state.settings, row, utcnow())
-    if place is not None:
-        shown.queue = place
-    return shown
+    return _render(request, state, [row], session)[0]  # with why it waits
 
 
 @router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)
@@ -264,7 +271,7 @@ def list_trainings(
         col(Training.id),
         cursor=cursor,
         page_url=f"{base}/v1/trainings",
-        render=lambda _, rows: _render(request, state, list(rows)),
+        render=lambda session, rows: _render(request, state, list(rows), session),
         params=params,
     )
     return responses.TrainingPage.model_validate(page)

@@ -28,6 +28,7 @@ from workers.runners.process import CogletProcess
 from workers.runners.processes import Processes
 from workers.runners.receiver import Receiver
 from workers.runners.run import Runs
+from workers.runners.spans import ROUTE, SpanRelay
 from workers.runners.weights import ServedWeights
 
 
@@ -64,6 +65,8 @@ class RunnerPool:
         self._receiver = Receiver(self)
         # Model processes' proxy to public addresses (model_egress=public).
         self._egress: EgressProxy | None = None
+        # Sandboxed model processes' spans to the collector (when this process traces).
+        self._spans: SpanRelay | None = None
         # Runs per instance index of a key: index i runs under key "{key}#{i}" (0: the key).
         self._busy_instances: dict[str, collections.Counter[int]] = {}
         self._started = False
@@ -87,6 +90,9 @@ class RunnerPool:
                 self._egress = EgressProxy(self._receiver.socket.with_name("egress.sock"))
                 await self._egress.start()
                 self._processes.egress = self._egress.path
+            self._spans = SpanRelay.when_tracing()
+            if self._spans is not None:
+                self._processes.spans = ROUTE
             atexit.register(self._processes.kill_all)
             self._started = True
             self.log.info(
@@ -103,6 +109,8 @@ class RunnerPool:
         if self._egress is not None:
             await self._egress.close()
         await self._receiver.stop()
+        if self._spans is not None:
+            await self._spans.close()
         await self._client.close()
         atexit.unregister(self._processes.kill_all)
         self.log.info("event=pool_closed stopped=%d", stopped)
@@ -297,3 +305,9 @@ class RunnerPool:
     async def on_standby(self, process: CogletProcess, token: str) -> Response:
         """A standby's setup() waits for the weights of the fine-tune that adopts it."""
         return await self._processes.standbys.on_request(process, token)
+
+    async def on_spans(self, request: Request) -> Response:
+        """A sandboxed model process exports its spans: relayed to the collector."""
+        if self._spans is None:
+            return Response(status_code=404)
+        return await self._spans.forward(request)

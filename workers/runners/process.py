@@ -167,14 +167,20 @@ class ModelSandbox:
     the pool's receiver through a forwarder listening on the receiver's port inside, so
     every URL the worker hands out stays the same. With an ``egress`` proxy's socket
     (``model_egress=public``), a forwarder on port ``PROXY_PORT`` reaches it, named in the
-    process's ``HTTP_PROXY``/``HTTPS_PROXY``."""
+    process's ``HTTP_PROXY``/``HTTPS_PROXY``. When the worker traces, the model's spans go
+    to ``spans``, the receiver's relay to the collector (``workers/runners/spans.py``)."""
 
     def __init__(
-        self, config: SandboxConfig, receiver: tuple[Path, int] | None, egress: Path | None
+        self,
+        config: SandboxConfig,
+        receiver: tuple[Path, int] | None,
+        egress: Path | None,
+        spans: str | None = None,
     ) -> None:
         self.config = config
         self.receiver = receiver
         self.egress = egress
+        self.spans = spans
         self.root = Path(tempfile.mkdtemp(prefix=sandbox.scratch_prefix("model")))
         self.root.chmod(0o711)
         for name in ("tmp", "run", "src"):
@@ -253,6 +259,8 @@ class ModelSandbox:
             path, receiver_port = self.receiver
             mounts.writable[f"{RUN_DIR}/receiver.sock"] = path
             links.append(f"tcp:127.0.0.1:{receiver_port}=unix:{RUN_DIR}/receiver.sock")
+            if self.spans is not None and tracing.MODEL_ENDPOINT in env:
+                env[tracing.MODEL_ENDPOINT] = self.spans  # the collector, through the relay
         if self.egress is not None and self.config.own_network:
             mounts.writable[f"{RUN_DIR}/egress.sock"] = self.egress
             links.append(f"tcp:127.0.0.1:{PROXY_PORT}=unix:{RUN_DIR}/egress.sock")

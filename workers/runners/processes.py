@@ -100,6 +100,9 @@ class Processes:
         self.receiver: Receiver | None = None
         # The Unix socket of the pool's egress proxy (model_egress=public), once started.
         self.egress: Path | None = None
+        # The route of the receiver's relay of model spans to the collector, under each
+        # process's links (when tracing), once started.
+        self.spans: str | None = None
         self.standbys = Standbys(config.standby, self, weights, log)
         self._warm: collections.OrderedDict[str, CogletProcess] = collections.OrderedDict()
         self._boots: dict[str, asyncio.Task[CogletProcess]] = {}
@@ -341,6 +344,9 @@ class Processes:
         if receiver is not None:
             process.links = receiver.issue(process)
             process.forget_links = receiver.revoke
+            if process.sandbox is not None and self.spans is not None:
+                # Its spans go to the relay through its own links.
+                process.sandbox.spans = process.links + self.spans
         return process, env
 
     def stoppable(self) -> list[CogletProcess]:

@@ -51,6 +51,10 @@ class Handlers(Protocol):
         """A standby's setup() asks for weights: answer once a fine-tune adopts it."""
         ...
 
+    async def on_spans(self, request: Request) -> Response:
+        """A sandboxed model exports its spans (relayed to the collector, spans.py)."""
+        ...
+
 
 class _QuietServer(uvicorn.Server):
     """uvicorn without its signal handlers: SIGTERM belongs to the worker, not to us."""
@@ -90,6 +94,7 @@ class Receiver:
                 Route("/{link}/upload/{filename:path}", self._upload, methods=["PUT"]),
                 Route("/{link}/weights/{digest}/{name}", self._weights, methods=["GET"]),
                 Route("/{link}/standby/{token}", self._standby, methods=["GET"]),
+                Route("/{link}/otlp/v1/traces", self._spans, methods=["POST"]),
             ]
         )
         config = uvicorn.Config(
@@ -161,3 +166,8 @@ class Receiver:
         if process is None:
             return Response(status_code=404)
         return await self.handlers.on_standby(process, request.path_params["token"])
+
+    async def _spans(self, request: Request) -> Response:
+        if self._process(request) is None:
+            return Response(status_code=404)
+        return await self.handlers.on_spans(request)
