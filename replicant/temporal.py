@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from temporalio.client import Client, Interceptor, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
@@ -30,12 +32,19 @@ def is_not_found(err: BaseException) -> bool:
     return isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
 
 
+# A describe that gets no answer by then fails (an unreachable Temporal is an error here,
+# not a wait: the SDK would retry it for as long as the server is away).
+DESCRIBE_TIMEOUT = timedelta(seconds=10)
+
+
 async def workflow_status(client: Client, workflow_id: str) -> WorkflowExecutionStatus | None:
     """The status of the workflow of this id (running or closed), None when Temporal has
     none; asks the server itself, not its visibility index. Errors other than "not found"
-    propagate."""
+    propagate (a describe unanswered within ``DESCRIBE_TIMEOUT`` among them)."""
     try:
-        described = await client.get_workflow_handle(workflow_id).describe()
+        described = await client.get_workflow_handle(workflow_id).describe(
+            rpc_timeout=DESCRIBE_TIMEOUT
+        )
     except RPCError as err:
         if is_not_found(err):
             return None
