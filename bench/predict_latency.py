@@ -5,8 +5,11 @@
 3. The floor: a bare Temporal update-with-start whose one activity calls that coglet process,
    on the same Temporal dev server with the same settings as ``make dev``.
 
-Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--concurrency 8]``.
-Prints percentiles (ms) and throughput (predictions/s), and the ratios that matter. The
+Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--concurrency 8]
+[--webhook]``. Prints percentiles (ms) and throughput (predictions/s), and the ratios that
+matter. With ``--webhook`` every Replicant prediction has a ``completed`` webhook to a local
+receiver (its delivery runs after the response), and the run reports when the last one
+arrived. The
 paths take turns in blocks of requests rather than one after the other, so that the machine's
 drift over the run weighs on each alike.
 """
@@ -35,6 +38,7 @@ from bench.floor import INPUT, FloorWorkflow, call_coglet, post_with_retry  # no
 from replicant.devstack import Stack, free_port, wait_for_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
+from tests.receiver import Receiver, running_receiver  # noqa: E402
 
 FLOOR_QUEUE = "bench-floor"
 
@@ -129,7 +133,26 @@ async def wait_ready(url: str) -> None:
     raise TimeoutError(url)
 
 
-async def main(requests: int, concurrency: int) -> None:
+async def main(requests: int, concurrency: int, webhook: bool) -> None:
+    if not webhook:
+        await bench(requests, concurrency, None)
+        return
+    with running_receiver() as receiver:
+        await bench(requests, concurrency, receiver)
+
+
+async def all_delivered(receiver: Receiver, made: int, timeout: float = 300) -> float:
+    """Seconds until the receiver holds ``made`` deliveries (the last webhooks are still on
+    their way when the last response is read)."""
+    started = time.perf_counter()
+    while len(receiver.deliveries) < made:
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"{len(receiver.deliveries)} of {made} webhooks delivered")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+async def bench(requests: int, concurrency: int, receiver: Receiver | None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="replicant-bench-"))
     settings = Settings(
         data_dir=data_dir,
@@ -140,6 +163,8 @@ async def main(requests: int, concurrency: int) -> None:
         log_level="WARNING",
         # The benchmark makes more predictions a minute than an account may by default.
         rate_limit_create="1000000/minute",
+        # The webhook receiver listens on 127.0.0.1.
+        allow_private_urls=receiver is not None,
     )
     stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
     coglet: subprocess.Popen[bytes] | None = None
@@ -153,11 +178,15 @@ async def main(requests: int, concurrency: int) -> None:
         model = (await api.get("/v1/models/replicate/hello-world")).json()
         version = model["latest_version"]["id"]
         model_dir = data_dir.resolve() / "versions" / version
+        body: dict[str, object] = {"input": INPUT}
+        if receiver is not None:
+            body.update(webhook=receiver.url, webhook_events_filter=["completed"])
+        made = 0
 
         async def replicant_call() -> None:
-            response = await api.post(
-                "/v1/models/replicate/hello-world/predictions", json={"input": INPUT}
-            )
+            nonlocal made
+            made += 1
+            response = await api.post("/v1/models/replicate/hello-world/predictions", json=body)
             assert response.json()["status"] == "succeeded", response.text
 
         port = free_port()
@@ -204,7 +233,10 @@ async def main(requests: int, concurrency: int) -> None:
                 "replicant": replicant_call,
             }
             results = await measure(paths, requests, concurrency)
-        print(f"\nwarm sync hello-world, {requests} requests, {concurrency} concurrent clients")
+        hooks = "" if receiver is None else ", each with a completed webhook"
+        print(
+            f"\nwarm sync hello-world{hooks}, {requests} requests, {concurrency} concurrent clients"
+        )
         print(f"{'path':<16}{'p50 ms':>10}{'p95 ms':>10}{'pred/s':>10}")
         for name, r in results.items():
             print(f"{name:<16}{r['p50']:>10.1f}{r['p95']:>10.1f}{r['throughput']:>10.1f}")
@@ -217,6 +249,9 @@ async def main(requests: int, concurrency: int) -> None:
             f"replicant / coglet: p50 {rep['p50'] / cog['p50']:.1f}x, "
             f"throughput {rep['throughput'] / cog['throughput']:.2f}x"
         )
+        if receiver is not None:
+            lag = await all_delivered(receiver, made)
+            print(f"all {made} completed webhooks delivered {lag:.1f} s after the last response")
         await api.aclose()
         await direct.aclose()
     finally:
@@ -230,5 +265,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--webhook", action="store_true", help="a completed webhook on each")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency))
+    asyncio.run(main(args.requests, args.concurrency, args.webhook))
