@@ -174,6 +174,9 @@ async def bench(requests: int, concurrency: int, receiver: Receiver | None) -> N
             base_url=settings.resolved_public_url,
             headers={"Authorization": f"Bearer {token}", "Prefer": "wait"},
             timeout=60,
+            # Shorter than uvicorn's keep-alive (5 s): while the other paths take their turn,
+            # a loaded machine leaves a connection idle that long, and the server closes it.
+            limits=httpx.Limits(keepalive_expiry=2),
         )
         model = (await api.get("/v1/models/replicate/hello-world")).json()
         version = model["latest_version"]["id"]
