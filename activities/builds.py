@@ -29,6 +29,7 @@ from replicant.managedweights import Resolver
 from replicant.settings import Settings
 from replicant.storage import ObjectStore
 from replicant.tables import Model
+from replicant.timeutil import utcnow
 from replicant.versions import create_version
 
 log = logging.getLogger("replicant.builds")
@@ -92,7 +93,7 @@ class BuildActivities:
             # an earlier attempt ended it
             return _outcome(row.status, row.version_id, row.created, row.error)
         # Until now it waited in the build queue for a slot; its status says a worker has it.
-        await asyncio.to_thread(builds.mark_processing, self.engine, req.id)
+        await asyncio.to_thread(builds.mark_processing, self.engine, req.id, utcnow())
         await tell_workflow_started()
         logs = BuildLog(self.engine, req.id)
         attempt = activity.info().attempt

@@ -31,6 +31,7 @@ from replicant.contracts import (
     PredictionRequest,
     RunOutcome,
     Status,
+    WorkflowRun,
 )
 from replicant.inputfacts import input_facts
 from replicant.objectkeys import prediction_prefix
@@ -171,6 +172,14 @@ class PredictionActivities:
         # It may have ended on its own just before: report what the read model says.
         ended = cast(Status, status) if status in TERMINAL_STATUSES else "canceled"
         return RunOutcome(status=ended, completed_at=completed_at)
+
+    @activity.defn(name=ActivityName.REQUEST_WORKFLOW_CANCEL)
+    async def request_workflow_cancel(self, run: WorkflowRun) -> None:
+        """Ask Temporal to cancel ``run`` as a client's cancel does, so that the workflow can
+        close as Canceled: the server refuses a workflow's request to cancel itself, and
+        closes a workflow as Canceled only after such a request. Asking twice is harmless."""
+        handle = activity.client().get_workflow_handle(run.workflow_id, run_id=run.run_id)
+        await handle.cancel()
 
     @activity.defn(name=ActivityName.REMOVE_PREDICTION_DATA)
     async def remove_prediction_data(self, ref: PredictionRef) -> None:

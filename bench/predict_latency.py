@@ -5,12 +5,14 @@
 3. The floor: a bare Temporal update-with-start whose one activity calls that coglet process,
    on the same Temporal dev server with the same settings as ``make dev``.
 
-Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--clients 1 8 64]``.
-Prints, at each number of concurrent clients, percentiles (ms) and throughput (predictions/s)
-of each path, and Replicant's ratios to the floor. The paths and the client counts take turns
-in rounds rather than one after the other, so that the machine's drift over the run weighs on
-each alike. Both Replicant's worker and the floor's have ``--slots`` runs at once; clients
-past that wait for a slot on both.
+Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--clients 1 8 64]
+[--webhook]``. Prints, at each number of concurrent clients, percentiles (ms) and throughput
+(predictions/s) of each path, and Replicant's ratios to the floor. With ``--webhook`` every
+Replicant prediction has a ``completed`` webhook to a local receiver (its delivery runs after
+the response), and the run reports when the last one arrived. The paths and the client
+counts take turns in rounds rather than one after the other, so that the machine's drift over
+the run weighs on each alike. Both Replicant's worker and the floor's have ``--slots`` runs at
+once; clients past that wait for a slot on both.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from bench.floor import INPUT, FloorWorkflow, call_coglet, post_with_retry  # no
 from replicant.devstack import Stack, free_port, wait_for_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
+from tests.receiver import Receiver, running_receiver  # noqa: E402
 
 FLOOR_QUEUE = "bench-floor"
 
@@ -151,7 +154,26 @@ async def wait_ready(url: str) -> None:
     raise TimeoutError(url)
 
 
-async def main(requests: int, clients: list[int], slots: int) -> None:
+async def main(requests: int, clients: list[int], slots: int, webhook: bool) -> None:
+    if not webhook:
+        await bench(requests, clients, slots, None)
+        return
+    with running_receiver() as receiver:
+        await bench(requests, clients, slots, receiver)
+
+
+async def all_delivered(receiver: Receiver, made: int, timeout: float = 300) -> float:
+    """Seconds until the receiver holds ``made`` deliveries (the last webhooks are still on
+    their way when the last response is read)."""
+    started = time.perf_counter()
+    while len(receiver.deliveries) < made:
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"{len(receiver.deliveries)} of {made} webhooks delivered")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+async def bench(requests: int, clients: list[int], slots: int, receiver: Receiver | None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="replicant-bench-"))
     settings = Settings(
         data_dir=data_dir,
@@ -162,6 +184,8 @@ async def main(requests: int, clients: list[int], slots: int) -> None:
         log_level="WARNING",
         # The benchmark makes more predictions a minute than an account may by default.
         rate_limit_create="1000000/minute",
+        # The webhook receiver listens on 127.0.0.1.
+        allow_private_urls=receiver is not None,
     )
     stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
     coglet: subprocess.Popen[bytes] | None = None
@@ -171,15 +195,23 @@ async def main(requests: int, clients: list[int], slots: int) -> None:
             base_url=settings.resolved_public_url,
             headers={"Authorization": f"Bearer {token}", "Prefer": "wait"},
             timeout=60,
+            # Shorter than uvicorn's keep-alive (5 s): while the other paths take their turn,
+            # a loaded machine leaves a connection idle that long, and the server closes it.
+            limits=httpx.Limits(keepalive_expiry=2),
         )
         model = (await api.get("/v1/models/replicate/hello-world")).json()
         version = model["latest_version"]["id"]
         model_dir = data_dir.resolve() / "versions" / version
 
+        body: dict[str, object] = {"input": INPUT}
+        if receiver is not None:
+            body.update(webhook=receiver.url, webhook_events_filter=["completed"])
+        made = 0
+
         async def replicant_call() -> None:
-            response = await api.post(
-                "/v1/models/replicate/hello-world/predictions", json={"input": INPUT}
-            )
+            nonlocal made
+            made += 1
+            response = await api.post("/v1/models/replicate/hello-world/predictions", json=body)
             assert response.json()["status"] == "succeeded", response.text
 
         port = free_port()
@@ -227,6 +259,9 @@ async def main(requests: int, clients: list[int], slots: int) -> None:
             }
             results = await measure(paths, requests, clients, slots)
         report(results, requests, slots)
+        if receiver is not None:
+            lag = await all_delivered(receiver, made)
+            print(f"all {made} completed webhooks delivered {lag:.1f} s after the last response")
         await api.aclose()
         await direct.aclose()
     finally:
@@ -241,5 +276,6 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--slots", type=int, default=8, help="runs at once, on both paths")
+    parser.add_argument("--webhook", action="store_true", help="a completed webhook on each")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.clients, args.slots))
+    asyncio.run(main(args.requests, args.clients, args.slots, args.webhook))

@@ -11,6 +11,7 @@ import contextlib
 import shutil
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +134,14 @@ def get_build(engine: Engine, build_id: str) -> Build | None:
         return session.get(Build, build_id)
 
 
-def mark_processing(engine: Engine, build_id: str) -> None:
-    """A worker took the build: it no longer waits for a build slot (``starting``)."""
+def mark_processing(engine: Engine, build_id: str, started_at: datetime) -> None:
+    """A worker took the build at ``started_at``: it no longer waits for a build slot
+    (``starting``). A build that ended, or that a worker took already, keeps what it has."""
     with Session(engine) as session:
         session.execute(
             update(Build)
             .where(col(Build.id) == build_id, col(Build.status) == "starting")
-            .values(status="processing")
+            .values(status="processing", started_at=started_at)
         )
         session.commit()
 

@@ -197,6 +197,13 @@ class PredictionRef(BaseModel):
     id: str
 
 
+class WorkflowRun(BaseModel):
+    """One run of a workflow: the one a cancel request is for."""
+
+    workflow_id: str
+    run_id: str
+
+
 class WebhookDelivery(BaseModel):
     """Input of ``send_webhook``: one event of a prediction, to the prediction's webhook."""
 
@@ -455,6 +462,7 @@ class ActivityName:
     FINISH_PREDICTION: Final = "finish_prediction"
     REMOVE_PREDICTION_DATA: Final = "remove_prediction_data"
     ABORT_PREDICTION: Final = "abort_prediction"
+    REQUEST_WORKFLOW_CANCEL: Final = "request_workflow_cancel"
     SEND_WEBHOOK: Final = "send_webhook"
     STAGE_TRAINING_INPUTS: Final = "stage_training_inputs"
     RUN_TRAINING: Final = "run_training"

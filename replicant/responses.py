@@ -340,6 +340,7 @@ class Build(Response):
     version: Version | None
     error: dict[str, Any] | None
     created_at: Timestamp
+    started_at: Timestamp | None
     completed_at: Timestamp | None
 
 

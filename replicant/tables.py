@@ -326,6 +326,7 @@ class Build(SQLModel, table=True):
     logs: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = created_field()
+    started_at: datetime | None = time_field()  # when a worker took it (``processing``)
     completed_at: datetime | None = time_field()
 
 

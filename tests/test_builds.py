@@ -43,6 +43,7 @@ from replicant.objectkeys import build_archive
 from replicant.settings import Settings
 from replicant.tables import Build
 from replicant.temporal import connect
+from replicant.timeutil import utcnow
 from tests.conftest import LiveStack
 from tests.observe import SCHEDULED, STARTED, build_activity
 from tests.waiting import async_wait_until, wait_until
@@ -187,6 +188,10 @@ async def test_a_push_survives_a_restart_of_the_api_that_received_it(
             assert client.get(f"/v1/models/{ref}").json()["latest_version"]["id"] == version
             done = client.get(f"/v1/builds/{build_id}").json()
             assert done["status"] == "succeeded" and done["version"]["id"] == version
+            times = [datetime.fromisoformat(done[k]) for k in ("created_at", "started_at")]
+            times.append(datetime.fromisoformat(done["completed_at"]))
+            assert times == sorted(times), done
+            assert done["started_at"] == during["started_at"] is not None
             ran = client.post(
                 f"/v1/models/{ref}/predictions",
                 json={"input": {"text": "restart"}},
@@ -321,11 +326,17 @@ def test_a_build_becomes_processing_when_a_worker_takes_it_never_once_it_ended(
         for build_id, status in statuses.items():
             session.add(Build(id=build_id, owner=owner, model=f"{owner}/taken", status=status))
         session.commit()
+    taken_at = utcnow()
     for build_id in statuses:
-        builds.mark_processing(live.engine, build_id)
+        builds.mark_processing(live.engine, build_id, taken_at)
     with Session(live.engine) as session:
-        after = [session.get_one(Build, build_id).status for build_id in statuses]
-    assert after == ["processing", "failed"]
+        after = [session.get_one(Build, build_id) for build_id in statuses]
+    assert [b.status for b in after] == ["processing", "failed"]
+    assert [b.started_at for b in after] == [taken_at, None]
+    # A later attempt of the build activity keeps the first one's start.
+    builds.mark_processing(live.engine, next(iter(statuses)), utcnow())
+    with Session(live.engine) as session:
+        assert session.get_one(Build, next(iter(statuses))).started_at == taken_at
 
 
 def test_an_abandoned_build_stops_at_its_next_step() -> None:
@@ -442,6 +453,7 @@ async def test_pushes_beyond_the_build_slots_wait_queued_until_a_slot_frees(
             what="the third build to leave starting once its activity started",
         )
         assert taken["status"] == "processing" and taken["completed_at"] is None, taken
+        assert datetime.fromisoformat(taken["started_at"]) >= released_at, taken
         gates[-1].touch()
         last = list(queued_events)[-1]
         assert last["event"] == "version" and last["status"] == 201, last

@@ -120,6 +120,23 @@ async def test_prediction_histories_replay_with_the_current_code(
             await replayer().replay_workflow(history)
 
 
+async def test_a_deadline_canceled_prediction_history_replays_with_the_current_code(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    """A prediction past its deadline asks Temporal to cancel its workflow (patched
+    deadline-cancels-workflow), which closes as Canceled."""
+    made = api.post(
+        "/v1/models/replicant/sleep/predictions",
+        json={"input": {"seconds": 60}},
+        headers={"Cancel-After": "5s"},
+    ).json()
+    assert live.wait_for(made["id"])["status"] == "canceled"
+    client = await connect(live.settings)
+    history = await closed_history(client, f"prediction-{made['id']}")
+    save("prediction-deadline-canceled-closed", history)
+    await replayer().replay_workflow(history)
+
+
 async def test_build_histories_replay_with_the_current_code(
     live: LiveStack, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from temporalio.client import (
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from replicant.readmodel import DEADLINE_ABORTED, DEADLINE_CANCELED
 from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack
@@ -105,6 +106,24 @@ async def test_a_prediction_closes_as_it_ended(live: LiveStack, api: httpx.Clien
         client, f"prediction-{sleeping['id']}", "canceled", "replicant/sleep"
     )
     assert isinstance(raised, CancelledError)
+
+
+async def test_a_prediction_past_its_deadline_closes_as_canceled(
+    live: LiveStack, api: httpx.Client
+) -> None:
+    """The deadline (Cancel-After) ends the prediction `canceled` (`aborted` had it not
+    started yet): its workflow closes as Canceled, as one a user canceled."""
+    client = await connect(live.settings)
+    made = create(api, "replicant/sleep", {"input": {"seconds": 60}}, **{"Cancel-After": "5s"})
+    final = live.wait_for(made["id"])
+    assert final["status"] == "canceled", final
+    ended = {DEADLINE_CANCELED: "canceled", DEADLINE_ABORTED: "aborted"}[final["error"]]
+    described, raised = await closed(client, f"prediction-{made['id']}")
+    assert described.status == WorkflowExecutionStatus.CANCELED, described.status
+    assert isinstance(raised, CancelledError)
+    assert described.typed_search_attributes.get(STATUS) == ended
+    handle = client.get_workflow_handle(f"prediction-{made['id']}")
+    assert await handle.query("status") == ended
 
 
 async def test_a_completed_webhook_is_delivered_by_a_workflow_of_its_own(

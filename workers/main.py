@@ -167,7 +167,7 @@ def build_workers(
                 client,
                 task_queue=settings.task_queue(sku),
                 # Predictions started by the API run their workflow here too (see
-                # api/runs.py); the two local activities are all it runs beside the model.
+                # api/runs.py); its local activities are all it runs beside the model.
                 workflows=[PredictionWorkflow],
                 workflow_runner=WORKFLOW_RUNNER,
                 activities=[
@@ -176,6 +176,7 @@ def build_workers(
                     predictions.record_prediction,
                     predictions.finish_prediction,
                     predictions.abort_prediction,
+                    predictions.request_workflow_cancel,
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 tuner=run_slots.tuner(),
@@ -212,6 +213,7 @@ def orchestration_workers(client: Client, parts: WorkerParts) -> list[Worker]:
             predictions.record_prediction,
             predictions.finish_prediction,
             predictions.abort_prediction,
+            predictions.request_workflow_cancel,
             predictions.remove_prediction_data,
             FileActivities(settings, engine, store).stage_inputs,
             ExpiryActivities(engine, store).remove_expired_files,

@@ -8,7 +8,9 @@ the ``completed`` webhook is delivered or given up, so that it carries the final
 Once the run is over, the workflow continues as new on the orchestration queue (its
 after-life: webhook retries, retention, removal need no worker of the hardware).
 A deadline (``Cancel-After``) is a durable timer beside the run: when it passes first, the
-prediction ends ``aborted`` if it never started, else ``canceled``.
+prediction ends ``aborted`` if it never started, else ``canceled``, and its workflow closes as
+Canceled (it asks Temporal to cancel it, through an activity: a workflow cannot ask that of
+itself, and Temporal closes a workflow as Canceled only after such a request).
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ with workflow.unsafe.imports_passed_through():
         Status,
         WaitResult,
         WebhookDelivery,
+        WorkflowRun,
     )
 
 
 # Errors that retrying cannot fix; anything else (a lost worker, a crashed process) retries.
 NON_RETRYABLE = [ErrorType.VERSION_NOT_FOUND]
+# The workflow.patched() id under which a passed deadline asks Temporal to cancel the
+# workflow (which then closes as Canceled) rather than canceling the run itself.
+DEADLINE_CANCELS_WORKFLOW = "deadline-cancels-workflow"
 
 
 def wants_completed(req: PredictionRequest) -> bool:
@@ -72,6 +78,8 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
         self._status: Status = "starting"
         self._terminal = False
         self._deadline_passed = False
+        # The deadline's cancel went through Temporal: an `aborted` end closes as Canceled.
+        self._deadline_cancel_requested = False
 
     @workflow.run
     async def run(self, req: PredictionRequest) -> RunOutcome:
@@ -116,7 +124,10 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
             await start_delivery("prediction", req)
         # `wait_done` answers before the workflow closes.
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return self._close(outcome, "Prediction", outcome.status, outcome.error)
+        ended = outcome.status
+        if ended == "aborted" and self._deadline_cancel_requested:
+            ended = "canceled"
+        return self._close(outcome, "Prediction", ended, outcome.error)
 
     async def _record_and_run(self, req: PredictionRequest) -> RunOutcome:
         if not req.recorded:
@@ -127,7 +138,7 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
                 summary=f"record prediction {req.id}",
             )
         if req.deadline is not None:
-            return await self._run_before_deadline(req, req.deadline)
+            return await self._run_before_deadline(req, req.deadline, closes_at_end=True)
         return await self._run_model(req)
 
     def _hands_over(self, req: PredictionRequest) -> bool:
@@ -172,8 +183,11 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
             task_queue=req.side_queue,
         )
 
-    async def _run_before_deadline(self, req: PredictionRequest, deadline: datetime) -> RunOutcome:
-        """Run the model; if the deadline passes first, end it as a cancel would."""
+    async def _run_before_deadline(
+        self, req: PredictionRequest, deadline: datetime, closes_at_end: bool = False
+    ) -> RunOutcome:
+        """Run the model; if the deadline passes first, end it as a cancel would (a workflow
+        that closes at the run's end: a cancel through Temporal, so that it closes Canceled)."""
         run = asyncio.create_task(self._run_model(req))
         left = (deadline - workflow.now()).total_seconds()
         if left > 0:
@@ -181,8 +195,24 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
                 await workflow.wait_condition(run.done, timeout=left)
         if not run.done():
             self._deadline_passed = True
-            self.cancel()
+            if closes_at_end and workflow.patched(DEADLINE_CANCELS_WORKFLOW):
+                await self._request_own_cancel()
+            else:
+                self.cancel()
         return await run
+
+    async def _request_own_cancel(self) -> None:
+        """Ask Temporal to cancel this workflow and wait until the request is in: it cancels
+        the run as the API's cancel does (``_shielded``), and the workflow closes Canceled."""
+        info = workflow.info()
+        await workflow.execute_local_activity(
+            ActivityName.REQUEST_WORKFLOW_CANCEL,
+            WorkflowRun(workflow_id=info.workflow_id, run_id=info.run_id),
+            start_to_close_timeout=LOCAL,
+            summary="cancel at the deadline",
+        )
+        self._deadline_cancel_requested = True
+        await workflow.wait_condition(lambda: self._cancel_asked_by_temporal)
 
     async def _run_model(self, req: PredictionRequest) -> RunOutcome:
         return await self._climb(req, RUNGS)

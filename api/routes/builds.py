@@ -41,6 +41,7 @@ async def get_build(
         "version": None,
         "error": None,
         "created_at": isoformat(row.created_at),
+        "started_at": isoformat(row.started_at),
         "completed_at": isoformat(row.completed_at),
     }
     if row.status in builds.TERMINAL:
