@@ -120,14 +120,19 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
         outcome = await self._shielded(self._record_and_run(req))
         self._status, self._terminal = outcome.status, True
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
-        if wants_completed(req):
-            await start_delivery("prediction", req)
-        # `wait_done` answers before the workflow closes.
-        await workflow.wait_condition(workflow.all_handlers_finished)
+        # A cancel asked from here on finds the prediction ended: it closes as it ended.
+        await self._shielded(self._hand_over(req))
         ended = outcome.status
         if ended == "aborted" and self._deadline_cancel_requested:
             ended = "canceled"
         return self._close(outcome, "Prediction", ended, outcome.error)
+
+    async def _hand_over(self, req: PredictionRequest) -> None:
+        """Start the `completed` webhook's workflow, and let `wait_done` answer."""
+        if wants_completed(req):
+            await start_delivery("prediction", req)
+        # `wait_done` answers before the workflow closes.
+        await workflow.wait_condition(workflow.all_handlers_finished)
 
     async def _record_and_run(self, req: PredictionRequest) -> RunOutcome:
         if not req.recorded:

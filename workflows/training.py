@@ -82,7 +82,8 @@ class TrainingWorkflow(RunLadder[TrainingRun, TrainingOutcome]):
         workflow.upsert_search_attributes([STATUS_ATTR.value_set(outcome.status)])
         events = req.webhook_events_filter
         if req.webhook and (events is None or "completed" in events):
-            await start_delivery("training", req)
+            # A cancel asked from here on finds the training ended: it closes as it ended.
+            await self._shielded(start_delivery("training", req))
         return self._close(outcome, "Training", outcome.status, outcome.error)
 
     async def _train(self, req: TrainingRequest) -> TrainingOutcome:
