@@ -66,6 +66,29 @@ def client(live: LiveStack, who: Who) -> replicate.Client:
     return replicate.Client(api_token=who.token, base_url=live.url, timeout=120)
 
 
+def train_to_end(
+    live: LiveStack,
+    who: Who,
+    model: str,
+    version: str,
+    input: dict[str, Any],
+    name: str,
+    **extra: Any,
+) -> Any:
+    """A training of ``who``'s ``model`` into a new destination ``name``, run to its end
+    through the official client; it must succeed."""
+    training = client(live, who).trainings.create(
+        model=f"{who.username}/{model}",
+        version=version,
+        input=input,
+        destination=new_destination(live, who.token, name),
+        **extra,
+    )
+    wait_training(training, timeout=BUILD_TIMEOUT)
+    assert training.status == "succeeded", (training.error, training.logs)
+    return training
+
+
 def components(live: LiveStack, who: Who, name: str, version: str) -> dict[str, Any]:
     with who.client(live) as api:
         answer = api.get(f"/v1/models/{who.username}/{name}/versions/{version}")
@@ -265,15 +288,7 @@ def test_a_trainer_class_without_predict_trains_its_str_output_as_weights(
 ) -> None:
     version = pushed(live, who, "cog-trainer")
     official = client(live, who)
-    destination = new_destination(live, who.token, "trained-greeter")
-    training = official.trainings.create(
-        model=f"{who.username}/cog-trainer",
-        version=version,
-        input={"s": "world"},
-        destination=destination,
-    )
-    wait_training(training, timeout=BUILD_TIMEOUT)
-    assert training.status == "succeeded", (training.error, training.logs)
+    training = train_to_end(live, who, "cog-trainer", version, {"s": "world"}, "trained-greeter")
     # What setup() printed comes first in the training's logs, as under Cog.
     logs = training.logs or ""
     assert "Trainer is setting up." in logs, logs
@@ -294,14 +309,7 @@ def test_a_trainer_alone_pushes_and_trains_and_refuses_predictions(
     schemas = components(live, who, "cog-train-only", version)
     assert "TrainingInput" in schemas and "Input" not in schemas
     official = client(live, who)
-    training = official.trainings.create(
-        model=f"{who.username}/cog-train-only",
-        version=version,
-        input={"text": "hi"},
-        destination=new_destination(live, who.token, "trained-alone"),
-    )
-    wait_training(training, timeout=BUILD_TIMEOUT)
-    assert training.status == "succeeded", (training.error, training.logs)
+    training = train_to_end(live, who, "cog-train-only", version, {"text": "hi"}, "trained-alone")
     assert "training on hi" in (training.logs or "")
     weights = httpx.get(training.output["weights"], timeout=60)
     assert weights.status_code == 200 and weights.text == "trained: hi"
@@ -414,17 +422,10 @@ def test_metrics_a_trainer_records_appear_in_the_training(
     live: LiveStack, who: Who, metrics_model: str
 ) -> None:
     version = metrics_model
-    official = client(live, who)
     with running_receiver() as receiver:
-        training = official.trainings.create(
-            model=f"{who.username}/cog-metrics",
-            version=version,
-            input={"steps": 3},
-            destination=new_destination(live, who.token, "metrics-trained"),
-            webhook=receiver.url,
+        training = train_to_end(
+            live, who, "cog-metrics", version, {"steps": 3}, "metrics-trained", webhook=receiver.url
         )
-        wait_training(training, timeout=BUILD_TIMEOUT)
-        assert training.status == "succeeded", (training.error, training.logs)
         deliveries = receiver.wait(
             lambda ds: any(event_of(d) == "completed" for d in ds), training.id
         )
@@ -557,14 +558,9 @@ def test_managed_weights_from_each_source_are_placed_at_their_targets(
         }
         assert output["writable"] == [] and output["trained"] is None
         # A fine-tune gets its COG_WEIGHTS and still sees the managed weights.
-        training = official.trainings.create(
-            model=f"{who.username}/cog-weights",
-            version=version,
-            input={"word": "tuned"},
-            destination=new_destination(live, who.token, "weights-tuned"),
+        training = train_to_end(
+            live, who, "cog-weights", version, {"word": "tuned"}, "weights-tuned"
         )
-        wait_training(training, timeout=BUILD_TIMEOUT)
-        assert training.status == "succeeded", (training.error, training.logs)
         tuned = json.loads(official.run(training.output["version"], input={}))
         assert tuned["trained"] == "tuned kept in the store"
         assert tuned["seen"] == output["seen"]

@@ -107,8 +107,8 @@ async def test_an_orphan_beyond_a_pass_is_reached_and_one_behind_the_passes_afte
         kind: [make(f"m{new_id()[1:]}") for _ in range(WAITING)] for kind, make in makers.items()
     }
     for kind, rows in waiting.items():
-        insert(reach, rows)
-        # Any workflow type will do under a row's id: what counts is that it exists.
+        # Any workflow type will do under a row's id: what counts is that it exists. Started
+        # before the rows are written, so no pass can find a row without its workflow.
         await asyncio.gather(
             *(
                 client.start_workflow(
@@ -120,6 +120,7 @@ async def test_an_orphan_beyond_a_pass_is_reached_and_one_behind_the_passes_afte
                 for row in rows
             )
         )
+        insert(reach, rows)
     last = [make(f"z{new_id()[1:]}") for make in makers.values()]
     insert(reach, last)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -240,7 +241,9 @@ def test_with_a_files_origin_user_bytes_are_served_only_there(tmp_path: Path) ->
         assert moved.headers["location"] == output.replace("app.example", "files.example")
     # A model's output file is signed on the files origin itself, as are the store's URLs.
     sink = OutputSink(settings, open_store(settings))
-    output = asyncio.run(sink("p1", "o.svg", None, script_svg()))
+    # In a thread of its own: Playwright's sync API keeps an event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        output = pool.submit(asyncio.run, sink("p1", "o.svg", None, script_svg())).result()
     assert output.startswith("https://files.example/files-signed/")
     stored = open_store(settings).signed_url("predictions/p1/o.svg", 60)
     assert stored.startswith("https://files.example/files-signed/")
