@@ -6,9 +6,9 @@ container. Here a push resolves every source into a list of files with their SHA
 
 - a directory inside the pushed model (``weights``, ``./weights``, ``file://./weights``):
   its files are already in the version's directory;
-- a file uploaded through the Files API by the account that pushes
-  (``replicant://files/<file id>``): copied into the object store under its digest, where
-  no expiry removes it;
+- a file uploaded through the Files API by the account that pushes, or by the
+  organization that owns the model when the pusher is one of its members
+  (``replicant://files/<file id>``): copied into the object store under its digest;
 - an http(s) URL of one file, when its host is one the operator allows
   (``weights_url_hosts``): fetched once, with the SSRF checks of every fetch
   (``replicant/safefetch.py``: public addresses only unless ``allow_private_urls``), into
@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 
 import pathspec
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from replicant.archives import model_files
 from replicant.cogmodel import CogConfigError, ManagedWeight, WeightSource
@@ -69,12 +69,14 @@ def read_manifest(model_dir: Path) -> list[dict[str, Any]]:
 @dataclass
 class Resolver:
     """What resolving a push's weights needs beyond the model: the settings, the object
-    store, the database (the pusher's files) and the account that pushes."""
+    store, the database (the pusher's files), the account that pushes and the model's owner
+    (an organization's files are its members' to use)."""
 
     settings: Settings
     store: ObjectStore | None = None
     engine: Engine | None = None
     pusher: str | None = None
+    owner: str | None = None
 
     def resolve(self, model_dir: Path, weights: list[ManagedWeight]) -> list[dict[str, Any]]:
         """Each weight with its files (path, sha256, size, and where they are: ``model``, a
@@ -156,17 +158,20 @@ class Resolver:
         return found
 
     def _stored_file(self, name: str, file_id: str) -> dict[str, Any]:
-        """A file the pusher uploaded, copied where it does not expire."""
+        """A file the pusher (or the model's organization) uploaded, copied where it does
+        not expire."""
         from replicant.tables import StoredFile
 
-        row = None
+        row, usable = None, False
         if self.engine is not None and file_id:
             with Session(self.engine) as session:
                 row = session.get(StoredFile, file_id)
-        if row is None or self.pusher is None or row.owner != self.pusher:
+                usable = row is not None and self._may_use(session, row.owner)
+        if row is None or not usable:
             raise CogConfigError(
                 f"weights {name}: replicant://files/{file_id} is not a file of the account "
-                "that pushes (upload it with POST /v1/files first)"
+                "that pushes or of the model's organization (upload it with POST /v1/files "
+                "first)"
             )
         store = self._store()
         key = managed_weight_file(row.sha256)
@@ -179,6 +184,23 @@ class Resolver:
                 ) from err
         file_name = row.name if SAFE_NAME.match(row.name) else "weights"
         return {"path": file_name, "sha256": row.sha256, "size": row.size, "key": key}
+
+    def _may_use(self, session: Session, file_owner: str) -> bool:
+        """Whether the pusher may use a file of ``file_owner``: its own, or one of the
+        organization that owns the model when the pusher is a member of it."""
+        from replicant.tables import Account, Membership
+
+        if self.pusher is None:
+            return False
+        if file_owner == self.pusher:
+            return True
+        if file_owner != self.owner:
+            return False
+        org = session.exec(select(Account).where(Account.username == file_owner)).first()
+        user = session.exec(select(Account).where(Account.username == self.pusher)).first()
+        if org is None or user is None or org.type != "organization":
+            return False
+        return session.get(Membership, (org.id, user.id)) is not None
 
     def _url(self, name: str, url: str) -> dict[str, Any]:
         """An http(s) file from a host the operator allows, fetched into the store."""
