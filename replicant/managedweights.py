@@ -23,17 +23,22 @@ binds it read-only at ``target`` (``workers/runners/process.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pathspec
+from sqlalchemy import Select, delete, or_
+from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from replicant.archives import model_files
 from replicant.cogmodel import CogConfigError, ManagedWeight, WeightSource
@@ -41,6 +46,7 @@ from replicant.objectkeys import managed_weight_file
 from replicant.safefetch import FetchError, fetch
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, Upload
+from replicant.timeutil import utcnow
 from replicant.weights import SAFE_NAME
 
 MANIFEST = Path(".cog") / "weights.json"
@@ -77,6 +83,8 @@ class Resolver:
     engine: Engine | None = None
     pusher: str | None = None
     owner: str | None = None
+    # The version being pushed: each object it holds is recorded for it (ManagedWeightRef).
+    version: str | None = None
 
     def resolve(self, model_dir: Path, weights: list[ManagedWeight]) -> list[dict[str, Any]]:
         """Each weight with its files (path, sha256, size, and where they are: ``model``, a
@@ -175,6 +183,7 @@ class Resolver:
             )
         store = self._store()
         key = managed_weight_file(row.sha256)
+        self._hold(key)
         if store.stat(key) is None:
             try:
                 store.copy(row.object_key, key)
@@ -225,6 +234,7 @@ class Resolver:
             except FetchError as err:
                 raise CogConfigError(f"weights {name}: {url} {err}") from err
             key = managed_weight_file(upload.sha256)
+            self._hold(key)
             if store.stat(key) is None:
                 store.commit(upload, key, "application/octet-stream")
             return {"path": file_name, "sha256": upload.sha256, "size": upload.size, "key": key}
@@ -242,6 +252,22 @@ class Resolver:
                 upload.write(chunk)
         upload.close()
 
+    def _hold(self, key: str) -> None:
+        """Record that the version being pushed refers to the object ``key``, before it is
+        looked for in the store: the sweep keeps an object a push holds
+        (``replicant/weightsgc.py``)."""
+        from replicant.tables import ManagedWeightRef
+
+        if self.engine is None or self.version is None:
+            return
+        with contextlib.suppress(IntegrityError), Session(self.engine) as session:
+            ref = session.get(ManagedWeightRef, (self.version, key))
+            if ref is None:
+                ref = ManagedWeightRef(version_id=self.version, object_key=key)
+            ref.created_at = utcnow()
+            session.add(ref)
+            session.commit()
+
     def _store(self) -> ObjectStore:
         if self.store is None:
             from replicant.storage import open_store
@@ -257,3 +283,46 @@ def write_manifest(model_dir: Path, weights: list[dict[str, Any]]) -> None:
     path = model_dir / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"weights": weights}, indent=2), encoding="utf-8")
+
+
+def remove_unreferenced(engine: Engine, store: ObjectStore, grace: float, limit: int) -> int:
+    """Remove up to ``limit`` objects of managed weights that no version refers to any more:
+    every version that held one is deleted (or its push failed) and the last hold is older
+    than ``grace`` seconds (a push under way holds its objects before it records its
+    version). The object goes first, then its rows, so an interrupted sweep is finished by
+    the next. An object held again between the check and its removal (the same file pushed
+    at that very moment) is lost to that push: its workers fail the boot naming the object."""
+    from replicant.tables import ManagedWeightRef
+
+    cutoff = utcnow() - timedelta(seconds=grace)
+    key_of = col(ManagedWeightRef.object_key)
+    with Session(engine) as session:
+        keys = session.exec(
+            select(key_of).where(key_of.not_in(_held(cutoff))).distinct().limit(limit)
+        ).all()
+    removed = 0
+    for key in keys:
+        with Session(engine) as session:
+            if session.exec(_held(cutoff, key).limit(1)).first() is not None:
+                continue  # held again since
+        store.delete(key)
+        with engine.begin() as conn:
+            conn.execute(
+                delete(ManagedWeightRef).where(key_of == key, key_of.not_in(_held(cutoff)))
+            )
+        removed += 1
+    return removed
+
+
+def _held(cutoff: datetime, key: str | None = None) -> Select[tuple[str]]:
+    """The object keys (``key`` alone, if given) a version refers to, or a push held after
+    ``cutoff``."""
+    from replicant.tables import ManagedWeightRef, Version
+
+    ref = ManagedWeightRef.__table__.alias("held")
+    held: Select[tuple[str]] = (
+        sql_select(ref.c.object_key)
+        .outerjoin(Version, col(Version.id) == ref.c.version_id)
+        .where(or_(col(Version.id).is_not(None), ref.c.created_at > cutoff))
+    )
+    return held if key is None else held.where(ref.c.object_key == key)

@@ -1,8 +1,9 @@
 """Models with a healthcheck() (Cog 0.23), through the API: one unhealthy from the start fails
 at boot saying why, one that turns unhealthy is replaced before its next run, also when its
 healthcheck() is inherited from a base class in another file (found at push), and each state
-goes into the version's boot log, which its owner's model page and API answer show (the worker's /metrics
-series of them: tests/test_runners.py, as the shared stack's worker serves none)."""
+goes into the version's boot log, which its owner's model page and its owner's GET of the
+version show (the worker's /metrics series of them: tests/test_runners.py, as the shared
+stack's worker serves none)."""
 
 from __future__ import annotations
 
