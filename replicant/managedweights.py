@@ -302,8 +302,8 @@ def remove_unreferenced(engine: Engine, store: ObjectStore, grace: float, limit:
         ).all()
     removed = 0
     for key in keys:
-        with Session(engine) as session:
-            if session.exec(_held(cutoff, key).limit(1)).first() is not None:
+        with engine.connect() as conn:
+            if conn.execute(_held(cutoff, key).limit(1)).first() is not None:
                 continue  # held again since
         store.delete(key)
         with engine.begin() as conn:
