@@ -38,7 +38,7 @@ from sqlalchemy import Select, delete, or_
 from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from replicant.archives import model_files
 from replicant.cogmodel import CogConfigError, ManagedWeight, WeightSource
@@ -319,7 +319,7 @@ def _held(cutoff: datetime, key: str | None = None) -> Select[tuple[str]]:
     ``cutoff``."""
     from replicant.tables import ManagedWeightRef, Version
 
-    ref = ManagedWeightRef.__table__.alias("held")
+    ref = SQLModel.metadata.tables[ManagedWeightRef.__tablename__].alias("held")
     held: Select[tuple[str]] = (
         sql_select(ref.c.object_key)
         .outerjoin(Version, col(Version.id) == ref.c.version_id)
