@@ -286,6 +286,7 @@ async def test_managed_weights_are_bound_read_only_at_their_target_once_assemble
     assert len(sets) == 1 and sorted(p.name for p in sets[0].iterdir()) == ["own.txt", "z.txt"]
 
 
+@pytest.mark.integration  # starts coglet processes itself
 async def test_a_set_of_managed_weights_leaves_the_cache_once_unused_for_its_time(
     store: SlowStore, tmp_path: Path
 ) -> None:
