@@ -317,9 +317,9 @@ def remove_unreferenced(engine: Engine, store: ObjectStore, grace: float, limit:
 def _held(cutoff: datetime, key: str | None = None) -> Select[tuple[str]]:
     """The object keys (``key`` alone, if given) a version refers to, or a push held after
     ``cutoff``."""
-    from replicant.tables import ManagedWeightRef, Version
+    from replicant.tables import Version
 
-    ref = SQLModel.metadata.tables[ManagedWeightRef.__tablename__].alias("held")
+    ref = SQLModel.metadata.tables["managedweightref"].alias("held")
     held: Select[tuple[str]] = (
         sql_select(ref.c.object_key)
         .outerjoin(Version, col(Version.id) == ref.c.version_id)
