@@ -166,7 +166,9 @@ class BuildActivities:
                     root,
                     say,
                     staging_prefix=builds.staging_prefix(req.id),
-                    weights=Resolver(self.settings, self.store, self.engine, req.owner),
+                    weights=Resolver(
+                        self.settings, self.store, self.engine, req.owner, model.owner
+                    ),
                 )
             except Exception as err:
                 problem = builds.failure_problem(err)

@@ -141,9 +141,11 @@ class ExpireFiles(BaseModel):
 
 
 class ExpiredFiles(BaseModel):
-    """What a sweep removed: uploaded files past ``expires_at``, objects and rows."""
+    """What a sweep removed: uploaded files past ``expires_at``, objects and rows; objects of
+    managed weights no version refers to any more."""
 
     removed: int = 0
+    weights_removed: int = 0
 
 
 class ReconcileStarts(BaseModel):

@@ -6,9 +6,9 @@ container. Here a push resolves every source into a list of files with their SHA
 
 - a directory inside the pushed model (``weights``, ``./weights``, ``file://./weights``):
   its files are already in the version's directory;
-- a file uploaded through the Files API by the account that pushes
-  (``replicant://files/<file id>``): copied into the object store under its digest, where
-  no expiry removes it;
+- a file uploaded through the Files API by the account that pushes, or by the
+  organization that owns the model when the pusher is one of its members
+  (``replicant://files/<file id>``): copied into the object store under its digest;
 - an http(s) URL of one file, when its host is one the operator allows
   (``weights_url_hosts``): fetched once, with the SSRF checks of every fetch
   (``replicant/safefetch.py``: public addresses only unless ``allow_private_urls``), into
@@ -23,17 +23,22 @@ binds it read-only at ``target`` (``workers/runners/process.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pathspec
+from sqlalchemy import Select, delete, or_
+from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, SQLModel, col, select
 
 from replicant.archives import model_files
 from replicant.cogmodel import CogConfigError, ManagedWeight, WeightSource
@@ -41,6 +46,7 @@ from replicant.objectkeys import managed_weight_file
 from replicant.safefetch import FetchError, fetch
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, Upload
+from replicant.timeutil import utcnow
 from replicant.weights import SAFE_NAME
 
 MANIFEST = Path(".cog") / "weights.json"
@@ -69,12 +75,16 @@ def read_manifest(model_dir: Path) -> list[dict[str, Any]]:
 @dataclass
 class Resolver:
     """What resolving a push's weights needs beyond the model: the settings, the object
-    store, the database (the pusher's files) and the account that pushes."""
+    store, the database (the pusher's files), the account that pushes and the model's owner
+    (an organization's files are its members' to use)."""
 
     settings: Settings
     store: ObjectStore | None = None
     engine: Engine | None = None
     pusher: str | None = None
+    owner: str | None = None
+    # The version being pushed: each object it holds is recorded for it (ManagedWeightRef).
+    version: str | None = None
 
     def resolve(self, model_dir: Path, weights: list[ManagedWeight]) -> list[dict[str, Any]]:
         """Each weight with its files (path, sha256, size, and where they are: ``model``, a
@@ -156,20 +166,24 @@ class Resolver:
         return found
 
     def _stored_file(self, name: str, file_id: str) -> dict[str, Any]:
-        """A file the pusher uploaded, copied where it does not expire."""
+        """A file the pusher (or the model's organization) uploaded, copied where it does
+        not expire."""
         from replicant.tables import StoredFile
 
-        row = None
+        row, usable = None, False
         if self.engine is not None and file_id:
             with Session(self.engine) as session:
                 row = session.get(StoredFile, file_id)
-        if row is None or self.pusher is None or row.owner != self.pusher:
+                usable = row is not None and self._may_use(session, row.owner)
+        if row is None or not usable:
             raise CogConfigError(
                 f"weights {name}: replicant://files/{file_id} is not a file of the account "
-                "that pushes (upload it with POST /v1/files first)"
+                "that pushes or of the model's organization (upload it with POST /v1/files "
+                "first)"
             )
         store = self._store()
         key = managed_weight_file(row.sha256)
+        self._hold(key)
         if store.stat(key) is None:
             try:
                 store.copy(row.object_key, key)
@@ -179,6 +193,23 @@ class Resolver:
                 ) from err
         file_name = row.name if SAFE_NAME.match(row.name) else "weights"
         return {"path": file_name, "sha256": row.sha256, "size": row.size, "key": key}
+
+    def _may_use(self, session: Session, file_owner: str) -> bool:
+        """Whether the pusher may use a file of ``file_owner``: its own, or one of the
+        organization that owns the model when the pusher is a member of it."""
+        from replicant.tables import Account, Membership
+
+        if self.pusher is None:
+            return False
+        if file_owner == self.pusher:
+            return True
+        if file_owner != self.owner:
+            return False
+        org = session.exec(select(Account).where(Account.username == file_owner)).first()
+        user = session.exec(select(Account).where(Account.username == self.pusher)).first()
+        if org is None or user is None or org.type != "organization":
+            return False
+        return session.get(Membership, (org.id, user.id)) is not None
 
     def _url(self, name: str, url: str) -> dict[str, Any]:
         """An http(s) file from a host the operator allows, fetched into the store."""
@@ -203,6 +234,7 @@ class Resolver:
             except FetchError as err:
                 raise CogConfigError(f"weights {name}: {url} {err}") from err
             key = managed_weight_file(upload.sha256)
+            self._hold(key)
             if store.stat(key) is None:
                 store.commit(upload, key, "application/octet-stream")
             return {"path": file_name, "sha256": upload.sha256, "size": upload.size, "key": key}
@@ -220,6 +252,22 @@ class Resolver:
                 upload.write(chunk)
         upload.close()
 
+    def _hold(self, key: str) -> None:
+        """Record that the version being pushed refers to the object ``key``, before it is
+        looked for in the store: the sweep keeps an object a push holds
+        (``replicant/weightsgc.py``)."""
+        from replicant.tables import ManagedWeightRef
+
+        if self.engine is None or self.version is None:
+            return
+        with contextlib.suppress(IntegrityError), Session(self.engine) as session:
+            ref = session.get(ManagedWeightRef, (self.version, key))
+            if ref is None:
+                ref = ManagedWeightRef(version_id=self.version, object_key=key)
+            ref.created_at = utcnow()
+            session.add(ref)
+            session.commit()
+
     def _store(self) -> ObjectStore:
         if self.store is None:
             from replicant.storage import open_store
@@ -235,3 +283,46 @@ def write_manifest(model_dir: Path, weights: list[dict[str, Any]]) -> None:
     path = model_dir / MANIFEST
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"weights": weights}, indent=2), encoding="utf-8")
+
+
+def remove_unreferenced(engine: Engine, store: ObjectStore, grace: float, limit: int) -> int:
+    """Remove up to ``limit`` objects of managed weights that no version refers to any more:
+    every version that held one is deleted (or its push failed) and the last hold is older
+    than ``grace`` seconds (a push under way holds its objects before it records its
+    version). The object goes first, then its rows, so an interrupted sweep is finished by
+    the next. An object held again between the check and its removal (the same file pushed
+    at that very moment) is lost to that push: its workers fail the boot naming the object."""
+    from replicant.tables import ManagedWeightRef
+
+    cutoff = utcnow() - timedelta(seconds=grace)
+    key_of = col(ManagedWeightRef.object_key)
+    with Session(engine) as session:
+        keys = session.exec(
+            select(key_of).where(key_of.not_in(_held(cutoff))).distinct().limit(limit)
+        ).all()
+    removed = 0
+    for key in keys:
+        with engine.connect() as conn:
+            if conn.execute(_held(cutoff, key).limit(1)).first() is not None:
+                continue  # held again since
+        store.delete(key)
+        with engine.begin() as conn:
+            conn.execute(
+                delete(ManagedWeightRef).where(key_of == key, key_of.not_in(_held(cutoff)))
+            )
+        removed += 1
+    return removed
+
+
+def _held(cutoff: datetime, key: str | None = None) -> Select[tuple[str]]:
+    """The object keys (``key`` alone, if given) a version refers to, or a push held after
+    ``cutoff``."""
+    from replicant.tables import Version
+
+    ref = SQLModel.metadata.tables["managedweightref"].alias("held")
+    held: Select[tuple[str]] = (
+        sql_select(ref.c.object_key)
+        .outerjoin(Version, col(Version.id) == ref.c.version_id)
+        .where(or_(col(Version.id).is_not(None), ref.c.created_at > cutoff))
+    )
+    return held if key is None else held.where(ref.c.object_key == key)

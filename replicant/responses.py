@@ -152,12 +152,14 @@ class Training(Response):
 
 
 class Version(Response):
-    """A model version (``schemas_version_response``)."""
+    """A model version (``schemas_version_response``). Beyond Replicate: ``boot_logs``, for
+    the model's owner only (why its model processes were stopped, replicant/bootlogs.py)."""
 
     id: str
     created_at: Timestamp
     cog_version: str | None
     openapi_schema: dict[str, Any] | None
+    boot_logs: str = OMITTED  # Beyond Replicate: its owner's, on GET of the version only
 
 
 class Model(Response):

@@ -288,6 +288,14 @@ class Settings(BaseSettings):
         10 * 1024 * 1024 * 1024,
         description="The largest file an http(s) source of cog.yaml's `weights:` may be, in bytes.",
     )
+    weights_cache_max_age: float = Field(
+        7 * 24 * 3600.0,
+        description="Seconds a worker keeps a set of cog.yaml's `weights:` in its weights cache "
+        "(`<data dir>/weights-cache/sets/`) after it last placed it for a model process; an "
+        "older set that no live model process uses is removed (looked for at a process boot, "
+        "at most once a minute). The objects of the store behind it stay while a version "
+        "refers to them.",
+    )
     model_cpu_threads: int = Field(
         0,
         description="Threads a model's numerical libraries may use (onnxruntime, OpenMP), "

@@ -94,6 +94,17 @@ class DashboardSession(SQLModel, table=True):
     expires_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False, index=True))
 
 
+class ManagedWeightRef(SQLModel, table=True):
+    """An object of cog.yaml's managed weights (``weights/sha256/<digest>``) that a version
+    refers to, written when the push first holds it. Kept after the version is deleted: the
+    file-expiry sweep removes an object once every version that referred to it is gone (and
+    a push holding it has had time to finish), then the rows (replicant/weightsgc.py)."""
+
+    version_id: str = Field(primary_key=True)
+    object_key: str = Field(primary_key=True, index=True)
+    created_at: datetime = created_field()
+
+
 class Model(SQLModel, table=True):
     """A model: a named series of versions under an owner."""
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import cog
@@ -110,7 +111,7 @@ def create_version(
         write_schema_for_coglet(staging, schema)
         if config.weights:
             say("resolving the managed weights")
-            resolver = weights or Resolver(settings, engine=engine)
+            resolver = replace(weights or Resolver(settings, engine=engine), version=version_id)
             write_manifest(staging, resolver.resolve(staging, config.weights))
         try:
             staging.rename(dest)

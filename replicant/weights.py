@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from replicant.storage import ObjectStore
@@ -57,14 +60,32 @@ def file_name(key: str) -> str:
     return name if SAFE_NAME.match(name) else "weights"
 
 
-class WeightsCache:
-    """Weights from the object store, downloaded once per digest into ``root``."""
+class SetHolder(Protocol):
+    """What keeps a set of managed weights in use: a model process, until it has exited."""
 
-    def __init__(self, store: Callable[[], ObjectStore], root: Path) -> None:
+    @property
+    def exited(self) -> bool: ...
+
+
+class WeightsCache:
+    """Weights from the object store, downloaded once per digest into ``root``; and the
+    sets of managed weights, assembled once per digest under ``root/sets``, each removed
+    once no live process holds it and it was last placed more than ``max_age`` seconds ago
+    (``prune``; None: kept)."""
+
+    def __init__(
+        self, store: Callable[[], ObjectStore], root: Path, max_age: float | None = None
+    ) -> None:
         self._open_store = store
         self._store: ObjectStore | None = None
         self.root = root.resolve()
+        self.max_age = max_age
         self._locks: dict[str, asyncio.Lock] = {}
+        # The sets each process placed (by digest), while the process lives.
+        self._holders: weakref.WeakKeyDictionary[SetHolder, frozenset[str]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._pruned_at = 0.0
 
     def cached(self, digest: str, name: str) -> Path | None:
         """The cached file of ``digest`` when present."""
@@ -113,12 +134,57 @@ class WeightsCache:
         if not DIGEST.match(digest):
             raise WeightsError(f"malformed managed weight {weight.get('name')!r}")
         dest = self.root / "sets" / digest
-        if dest.is_dir():
-            return dest
         async with self._locks.setdefault(f"set-{digest}", asyncio.Lock()):
-            if not dest.is_dir():
+            if dest.is_dir():
+                os.utime(dest)  # placed now: what ``prune`` measures the age from
+            else:
                 await asyncio.to_thread(self._assemble, model_dir, weight, dest)
         return dest
+
+    def hold(self, holder: SetHolder, sets: Iterable[Path]) -> None:
+        """``holder`` (a model process) uses these sets until it has exited."""
+        self._holders[holder] = frozenset(path.name for path in sets)
+
+    async def prune(self, every: float = 0.0) -> list[str]:
+        """Remove the sets no live process holds, last placed more than ``max_age`` seconds
+        ago (at most once in ``every`` seconds); the digests removed."""
+        sets = self.root / "sets"
+        if self.max_age is None or time.monotonic() - self._pruned_at < every:
+            return []
+        self._pruned_at = time.monotonic()
+        removed = []
+        for path in await asyncio.to_thread(
+            lambda: sorted(sets.glob("*")) if sets.is_dir() else []
+        ):
+            async with self._locks.setdefault(f"set-{path.name}", asyncio.Lock()):
+                if self._stale(path) and await asyncio.to_thread(self._remove_set, path):
+                    removed.append(path.name)
+        return removed
+
+    def _stale(self, path: Path) -> bool:
+        held = {
+            d
+            for holder, digests in list(self._holders.items())
+            if not holder.exited
+            for d in digests
+        }
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return path.name not in held and self.max_age is not None and age > self.max_age
+
+    def _remove_set(self, path: Path) -> bool:
+        """Out of ``sets`` at once (a rename), then deleted; False when it cannot be (the
+        next prune tries again: a boot never fails for it)."""
+        gone = Path(tempfile.mkdtemp(dir=self.root, prefix=".prune-"))
+        try:
+            path.rename(gone / path.name)
+            return True
+        except OSError:
+            return False
+        finally:
+            shutil.rmtree(gone, ignore_errors=True)
 
     def _assemble(self, model_dir: Path, weight: dict[str, Any], dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)

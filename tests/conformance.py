@@ -83,6 +83,8 @@ EXTENSION_FIELDS: dict[str, set[str]] = {
     # What the run cost (docs/usage.md).
     "Metrics": {"cost", "predict_time"},
     "File": {"name", "etag"},
+    # Why its model processes were stopped, for the model's owner only (docs/api.md).
+    "Version": {"boot_logs"},
     # Its predictions' priority and placement (docs/fairness.md); what runs now.
     "Deployment": {
         "priority",

@@ -8,16 +8,20 @@ plain function) refused at push with Cog's reason, ``@cog.concurrent(max=N)`` si
 process, cog.yaml's ``environment:`` (``COG_SETUP_TIMEOUT`` among it), local package files in
 ``python_requirements``, ``sys.exit()`` in a run, a trainer class with no ``predict``
 whose ``str`` output becomes the weights, a cog.yaml with ``train:`` alone, and managed
-weights (``weights:``) from each source Replicant fetches. Each is pushed to the shared stack
+weights (``weights:``) from each source Replicant fetches, an organization's files among
+them, and their objects removed once no version refers to them. Each is pushed to the shared stack
 and run with the official client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import http.server
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
@@ -30,8 +34,17 @@ from typing import Any
 import httpx
 import pytest
 import replicate
+from sqlmodel import Session, col, select
+from temporalio.testing import ActivityEnvironment
 
+from activities.expiry import ExpiryActivities
 from activities.predictions import model_concurrency
+from replicant.accounts import add_member, create_organization, create_token
+from replicant.contracts import ExpireFiles
+from replicant.managedweights import read_manifest
+from replicant.objectkeys import managed_weight_file
+from replicant.storage import open_store
+from replicant.tables import ManagedWeightRef
 from tests.conftest import LiveStack
 from tests.modelkit import Who, push, someone, write_model
 from tests.receiver import Delivery, running_receiver
@@ -568,6 +581,73 @@ def test_managed_weights_from_each_source_are_placed_at_their_targets(
     # Each weight was assembled once on the worker, under its digest.
     sets = live.settings.data_dir / "weights-cache" / "sets"
     assert len([p for p in sets.iterdir() if p.is_dir()]) >= 3
+
+
+def test_a_member_may_use_a_file_of_the_models_organization_as_managed_weights(
+    live: LiveStack, who: Who, tmp_path: Path
+) -> None:
+    team = f"weightteam-{os.urandom(3).hex()}"
+    create_organization(live.engine, team)
+    add_member(live.engine, team, who.username)
+    _, team_token = create_token(live.engine, team)
+    data = b"the team's weights"
+    theirs = client(live, Who(team, team_token)).files.create(io.BytesIO(data), filename="t.txt")
+    with serving_file(tmp_path, "fetched.txt", b"x") as (url, _):
+        src = weights_model(tmp_path, theirs.id, url)
+        # A model of the organization, pushed by its member: the team's file is a source.
+        response = push(live, who, f"{team}/cog-weights", src, create=True)
+        assert response.status_code == 201, response.text
+        manifest = read_manifest(live.settings.data_dir / "versions" / response.json()["id"])
+        stored = next(w for w in manifest if w["name"] == "stored")
+        assert [f["sha256"] for f in stored["files"]] == [hashlib.sha256(data).hexdigest()]
+        # The member's own model may not use it: it is not the pusher's nor the model's.
+        problem = refused(live, who, "cog-weights-team", src)
+        assert f"replicant://files/{theirs.id} is not a file of the account" in str(problem)
+
+
+def test_an_object_of_managed_weights_goes_once_no_version_refers_to_it(
+    live: LiveStack, who: Who, tmp_path: Path
+) -> None:
+    official = client(live, who)
+    data = [os.urandom(8).hex().encode() for _ in range(3)]
+    files = [official.files.create(io.BytesIO(d), filename="w.txt") for d in data[:2]]
+    keys = [managed_weight_file(hashlib.sha256(d).hexdigest()) for d in data]
+    store = open_store(live.settings)
+    # The worker's sweep keeps what a push under way holds for the build timeout; here none.
+    expiry = ExpiryActivities(live.engine, store, weights_grace=0)
+
+    def sweep() -> int:
+        swept = asyncio.run(ActivityEnvironment().run(expiry.remove_expired_files, ExpireFiles()))
+        return swept.weights_removed
+
+    ref = f"{who.username}/cog-weights-gc"
+    versions = []
+    with serving_file(tmp_path, "fetched.txt", data[2]) as (url, _):
+        for n, stored in enumerate(files):
+            src = weights_model(tmp_path / stored.id, stored.id, url)
+            response = push(live, who, ref, src, create=n == 0, visibility="private")
+            assert response.status_code == 201, response.text
+            versions.append(response.json()["id"])
+    sweep()
+    assert all(store.stat(key) is not None for key in keys)  # each is referred to
+
+    with who.client(live) as api:
+        deleted = api.delete(f"/v1/models/{ref}/versions/{versions[0]}")
+        assert deleted.status_code == 202, deleted.text
+        assert sweep() >= 1
+        # The first file was the deleted version's alone; the fetched one is shared.
+        assert store.stat(keys[0]) is None
+        assert store.stat(keys[1]) is not None and store.stat(keys[2]) is not None
+
+        deleted = api.delete(f"/v1/models/{ref}/versions/{versions[1]}")
+        assert deleted.status_code == 202, deleted.text
+        assert sweep() >= 2
+    assert [store.stat(key) for key in keys] == [None, None, None]
+    with Session(live.engine) as session:
+        refs = session.exec(
+            select(ManagedWeightRef).where(col(ManagedWeightRef.object_key).in_(keys))
+        ).all()
+    assert refs == []
 
 
 def test_managed_weights_a_push_cannot_have_are_refused_with_the_reason(

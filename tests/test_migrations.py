@@ -17,11 +17,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
-from sqlmodel import SQLModel
+from sqlmodel import Session, SQLModel
 
 from replicant.accounts import ensure_account
 from replicant.db import alembic_config, current_revision, head_revision, init_db, make_engine
+from replicant.managedweights import write_manifest
 from replicant.sealing import SEALED_PREFIX
+from replicant.tables import Version
+from replicant.versions import ensure_model
 from replicant.webhooks import account_webhook_secret, valid_secret
 from tests.pgdb import fresh_postgres_database
 
@@ -178,3 +181,36 @@ def test_new_accounts_get_sealed_secrets_and_another_key_gets_a_new_one(
     rotated = account_webhook_secret(engine, "newcomer", "another-secret-key")
     assert rotated != secret and valid_secret(rotated)
     assert account_webhook_secret(engine, "newcomer", "another-secret-key") == rotated
+
+
+# ---- the objects of managed weights that versions refer to --------------------------------
+
+
+def test_the_migration_fills_in_the_weight_objects_of_versions_pushed_before(
+    engine: Engine, tmp_path: Path
+) -> None:
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "a41e8c3f7b25")
+    model = ensure_model(engine, "weighty", "model")
+    key = "weights/sha256/" + "a" * 64
+    files = [
+        {"path": "a.bin", "sha256": "a" * 64, "size": 1, "key": key},
+        {"path": "b.bin", "sha256": "b" * 64, "size": 1, "model": "w/b.bin"},  # the model's own
+    ]
+    write_manifest(tmp_path / "v1", [{"name": "w", "target": "/w", "digest": "d", "files": files}])
+    with Session(engine) as session:
+        for version_id, model_dir in (("v1", "v1"), ("v2", "gone")):  # v2's is unreadable
+            session.add(
+                Version(
+                    id=version_id,
+                    model_id=model.id or 0,
+                    cog_version="0.23.1",
+                    openapi_schema={},
+                    model_dir=str(tmp_path / model_dir),
+                )
+            )
+        session.commit()
+    init_db(engine)
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT version_id, object_key FROM managedweightref"))
+        assert [tuple(row) for row in rows] == [("v1", key)]

@@ -1,8 +1,9 @@
 """Models with a healthcheck() (Cog 0.23), through the API: one unhealthy from the start fails
 at boot saying why, one that turns unhealthy is replaced before its next run, also when its
 healthcheck() is inherited from a base class in another file (found at push), and each state
-goes into the version's boot log, which its owner's model page shows (the worker's /metrics
-series of them: tests/test_runners.py, as the shared stack's worker serves none)."""
+goes into the version's boot log, which its owner's model page and its owner's GET of the
+version show (the worker's /metrics series of them: tests/test_runners.py, as the shared
+stack's worker serves none)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,17 @@ def test_a_model_unhealthy_from_the_start_fails_saying_why(live: LiveStack) -> N
     assert "Setup complete" in failed["logs"]  # the boot's output, to its end
     logs = boot_log(live, failed, "unhealthy: The model reported itself unhealthy")
     assert "RuntimeError: the GPU is gone" in logs
+
+    # The API shows the boot log to the model's owner only (the model is public).
+    version = f"/v1/models/{model}/versions/{failed['version']}"
+    with live.client() as owner:
+        mine = owner.get(version)
+    with live.client(live.new_account("onlooker")) as other:
+        theirs = other.get(version)
+    assert mine.status_code == theirs.status_code == 200, (mine.text, theirs.text)
+    assert "RuntimeError: the GPU is gone" in mine.json()["boot_logs"]
+    assert "boot_logs" not in theirs.json()
+    assert theirs.json()["openapi_schema"] == mine.json()["openapi_schema"]
 
 
 def test_a_model_that_turns_unhealthy_gets_a_new_process_for_its_next_run(

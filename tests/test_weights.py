@@ -1,6 +1,7 @@
 """Stored weights of fine-tunes in the runner pool: the model process starts while its weights
 download into the worker's cache, its request for them waits for the download, and weights
-that cannot be loaded fail the boot with that reason (not as a model error)."""
+that cannot be loaded fail the boot with that reason (not as a model error); sets of managed
+weights leave the cache once no live process holds them and they are old enough."""
 
 from __future__ import annotations
 
@@ -283,6 +284,29 @@ async def test_managed_weights_are_bound_read_only_at_their_target_once_assemble
     assert result.output == "own.txt=own,z.txt=stored"
     sets = list((tmp_path / "cache" / "sets").iterdir())
     assert len(sets) == 1 and sorted(p.name for p in sets[0].iterdir()) == ["own.txt", "z.txt"]
+
+
+@pytest.mark.integration  # starts coglet processes itself
+async def test_a_set_of_managed_weights_leaves_the_cache_once_unused_for_its_time(
+    store: SlowStore, tmp_path: Path
+) -> None:
+    cache = WeightsCache(lambda: store, tmp_path / "cache", max_age=0)
+    runners = RunnerPool(PoolConfig(max_warm=2, boot_timeout=60, weights=cache))
+    await runners.start()
+    try:
+        result = await runners.predict(managed_model(tmp_path / "model", store), "m3", {})
+        assert result.status == "succeeded", result.error
+        [placed] = list((tmp_path / "cache" / "sets").iterdir())
+        assert await cache.prune() == []  # the warm process holds it
+        assert placed.is_dir()
+    finally:
+        await runners.close()
+    # No process holds it now: a cache that keeps sets an hour keeps it, one that keeps
+    # them no time removes it.
+    assert await WeightsCache(lambda: store, tmp_path / "cache", max_age=3600).prune() == []
+    assert await cache.prune() == [placed.name]
+    assert not placed.exists()
+    assert list((tmp_path / "cache" / "sets").iterdir()) == []
 
 
 async def test_managed_weights_fail_the_boot_of_an_unsandboxed_model(

@@ -102,7 +102,11 @@ class WorkerParts:
             sink=OutputSink(settings, store),
             # Fine-tunes' weights, fetched once per worker and served to its model processes
             # (the hardware queues' pool and every deployment instance's).
-            weights=WeightsCache(lambda: store, settings.data_dir / "weights-cache"),
+            weights=WeightsCache(
+                lambda: store,
+                settings.data_dir / "weights-cache",
+                settings.weights_cache_max_age,
+            ),
             # One memory budget for the warm processes of every pool of this worker.
             budget=None
             if settings.max_warm_memory is None
@@ -216,7 +220,7 @@ def orchestration_workers(client: Client, parts: WorkerParts) -> list[Worker]:
             predictions.request_workflow_cancel,
             predictions.remove_prediction_data,
             FileActivities(settings, engine, store).stage_inputs,
-            ExpiryActivities(engine, store).remove_expired_files,
+            ExpiryActivities(engine, store, settings.build_timeout).remove_expired_files,
             ReconcileActivities(engine, client, store).reconcile_starts,
             RetentionActivities(engine, store, client).remove_overdue_prediction_data,
             parts.webhooks.send_webhook,

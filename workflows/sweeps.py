@@ -2,7 +2,8 @@
 (``workers/schedules.py``).
 
 - ``FileExpiryWorkflow`` (every ``file_sweep_interval``): delete the uploaded files past their
-  ``expires_at``, their objects first, then their rows.
+  ``expires_at``, their objects first, then their rows; and the objects of managed weights
+  that no version refers to any more.
 - ``RetentionSweepWorkflow`` (every ``retention_sweep_interval``): remove the data of
   predictions past retention that still hold it (their own workflow was terminated or reset
   before removing it).

@@ -305,7 +305,11 @@ def get_version(
     version = session.get(Version, version_id) if model is not None else None
     if model is None or version is None or version.model_id != model.id:
         raise not_found(f"Version {owner}/{name}:{version_id}")
-    return serialize.version(version)
+    answer = serialize.version(version)
+    if model.owner in account_names(session, account):
+        # Beyond Replicate: why its model processes were stopped, for its owner only.
+        answer.boot_logs = version.boot_logs
+    return answer
 
 
 @router.post(

@@ -39,7 +39,6 @@ from workers.runners.process import (
     ModelSandbox,
     child_env,
     free_port,
-    place_weights,
     sandbox_port,
 )
 from workers.runners.receiver import Receiver
@@ -417,7 +416,7 @@ class Processes:
                     await self.devices.refresh(placed)
                 weights = await self.weights.managed(spec.model_dir)
                 process, env = self.new_process(spec)
-                place_weights(process, weights)
+                self.weights.place(process, weights)
                 if spec.weights_ref:
                     # The weights download while coglet and the model start; the model's
                     # request for them waits for the download (see ServedWeights.serve).

@@ -20,7 +20,7 @@ from typing import Protocol
 from starlette.responses import Response
 
 from replicant.runner import BootError, RunnerSpec
-from workers.runners.process import CogletProcess, place_weights
+from workers.runners.process import CogletProcess
 from workers.runners.weights import ServedWeights
 
 # A standby is replaced after waiting this long, as models fetch their weights with a timeout
@@ -89,7 +89,8 @@ class Standby:
     async def _run(self, env: dict[str, str]) -> None:
         log = self.owner.log
         try:
-            place_weights(self.process, await self.owner.weights.managed(self.spec.model_dir))
+            placed = await self.owner.weights.managed(self.spec.model_dir)
+            self.owner.weights.place(self.process, placed)
             await self.process.spawn(env)
             self.owner.launcher.spawned(self.process)
         except BootError as err:

@@ -10,6 +10,10 @@ from starlette.responses import FileResponse, Response
 from replicant.managedweights import read_manifest
 from replicant.runner import BootError
 from replicant.weights import WeightsCache, WeightsError, file_name, parse_store_ref
+from workers.runners.process import CogletProcess, place_weights
+
+# How often at most a boot looks for sets of managed weights to remove from the cache.
+PRUNE_EVERY = 60.0
 
 
 class ServedWeights:
@@ -56,6 +60,9 @@ class ServedWeights:
         weights = read_manifest(model_dir)
         if weights and self.cache is None:
             raise BootError("this worker has no weights cache for cog.yaml's weights:")
+        if self.cache is not None:
+            # The sets no live process holds any more, unused for their time (at each boot).
+            await self.cache.prune(every=PRUNE_EVERY)
         placed = {}
         for weight in weights:
             assert self.cache is not None
@@ -64,6 +71,13 @@ class ServedWeights:
             except (WeightsError, OSError) as err:
                 raise BootError(f"cannot place the weights {weight.get('name')}: {err}") from err
         return placed
+
+    def place(self, process: CogletProcess, placed: dict[str, Path]) -> None:
+        """Bind the sets at their targets in the process's sandbox; the cache keeps them
+        while the process lives."""
+        place_weights(process, placed)
+        if placed and self.cache is not None:
+            self.cache.hold(process, placed.values())
 
     async def serve(self, digest: str, name: str) -> Response:
         """The weights file, once cached (404 when unknown or not to be had)."""
