@@ -13,6 +13,9 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from replicant.runstate import CogPrediction as CogPrediction
+from replicant.runstate import RunState
+
 # Stores an output file: (prediction id, file name, content type, body) -> its URL.
 UploadSink = Callable[[str, str, str | None, AsyncIterator[bytes]], Awaitable[str]]
 
@@ -54,16 +57,6 @@ class RunnerSpec(BaseModel):
     memory_sku: str | None = None
 
 
-class CogPrediction(BaseModel):
-    """The latest state coglet reported for a prediction (cumulative output and logs)."""
-
-    status: str
-    output: Any = None
-    logs: str = ""
-    error: str | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
-
-
 class BootError(Exception):
     """setup() failed, or coglet died or hung while booting; ``logs`` holds its output tail."""
 
@@ -89,9 +82,13 @@ class ModelRunner(Protocol):
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
         context: dict[str, str] | None = None,
+        *,
+        state: RunState | None = None,
     ) -> CogPrediction:
         """Run one prediction (or training) and return its terminal state; ``context`` is
-        Cog's per-request context."""
+        Cog's per-request context. ``state``: the run's one ``RunState`` (its id
+        ``prediction_id``), which the pool reports to and settles the end of; None: the pool
+        keeps one of its own."""
         ...
 
     def keep_standby(self, spec: RunnerSpec) -> None:

@@ -38,6 +38,7 @@ from temporalio.worker import (
 )
 
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
+from replicant.runstate import RunState
 from workers.runners import RunnerPool
 
 # What temporalio gives workflow tasks and local activities when a worker sets no tuner.
@@ -223,13 +224,15 @@ class SlotRunner:
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
         context: dict[str, str] | None = None,
+        *,
+        state: RunState | None = None,
     ) -> CogPrediction:
         """The pool's ``predict``, the run holding its ``Lease`` of this queue's slots (room
         in a process of its key, or a slot of its own) until it ends."""
         lease = await self.slots.acquire(spec.key, spec.concurrency)
         try:
             return await self.pool.predict(
-                spec, prediction_id, input, on_update, on_booted, context
+                spec, prediction_id, input, on_update, on_booted, context, state=state
             )
         finally:
             self.slots.release(lease)

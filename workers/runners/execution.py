@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 
 from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from replicant.runstate import RunState
 from workers.runners.answer import answer_reader, answered_prediction
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
@@ -68,13 +69,18 @@ class Executor:
         on_update: OnUpdate | None,
         on_booted: OnBooted | None,
         context: dict[str, str] | None = None,
+        state: RunState | None = None,
     ) -> CogPrediction:
-        """Run one prediction on ``spec.key``'s process (see ``RunnerPool.predict``)."""
+        """Run one prediction on ``spec.key``'s process (see ``RunnerPool.predict``); a
+        second hand-over, after a process gone before it took the run, keeps its state."""
+        if state is not None and state.id != prediction_id:
+            raise ValueError(f"the state of run {state.id} for run {prediction_id}")
+        state = state or RunState(prediction_id)
         booted_called = False
         for attempt in range(2):
             process = await self.processes.checkout(spec)
             webhook = on_update is not None and self._wants_webhook(spec)
-            run = Run(prediction_id, process, webhook, self.log)
+            run = Run(prediction_id, process, webhook, self.log, state)
             self.runs.add(run)
             run.task = asyncio.create_task(self._execute(process, run, input, context))
             try:

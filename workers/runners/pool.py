@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from replicant.egress import EgressProxy
 from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from replicant.runstate import RunState
 from replicant.sandbox import machine_sandbox, status_line, sweep_scratch
 from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups
@@ -181,13 +182,16 @@ class RunnerPool:
         on_update: OnUpdate | None = None,
         on_booted: OnBooted | None = None,
         context: dict[str, str] | None = None,
+        *,
+        state: RunState | None = None,
     ) -> CogPrediction:
         """Run one prediction (or training, by ``spec.mode``) and return its terminal state.
 
         Boots a process for ``spec.key`` when none is warm, awaits ``on_booted`` once it is
         handed over, passes intermediate states to ``on_update`` (at most every
         ``update_interval``), and returns the terminal one; ``context`` is Cog's
-        per-request context. Cancelling the awaiting task
+        per-request context; ``state`` is the run's one ``RunState`` (its caller's; None:
+        a new one), which the run reports to and ends. Cancelling the awaiting task
         cancels the prediction in coglet (killing and restarting the process if it does not
         stop within ``cancel_grace``), then re-raises.
         """
@@ -195,7 +199,7 @@ class RunnerPool:
         instance, index = self._claim_instance(spec)
         try:
             return await self._executor.predict(
-                instance, prediction_id, input, on_update, on_booted, context
+                instance, prediction_id, input, on_update, on_booted, context, state
             )
         finally:
             self._release_instance(spec.key, index)
