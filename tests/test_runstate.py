@@ -11,6 +11,18 @@ from replicant.runner import CogPrediction
 from replicant.runstate import RunState
 
 
+def quiet_live_run() -> LiveRun:
+    """A LiveRun of run ``p1`` with no webhook, whose writes go nowhere."""
+    return LiveRun(
+        "p1",
+        None,
+        interval=0.05,
+        mark_processing=lambda _at: None,
+        write_progress=lambda _state: None,
+        processing_delay=None,
+    )
+
+
 def test_a_run_starts_once_and_reports_only_news() -> None:
     state = RunState("p1")
     assert state.status == "starting"
@@ -38,14 +50,7 @@ def test_a_live_run_records_its_end_once() -> None:
     writes: list[str] = []
 
     async def scenario() -> None:
-        run = LiveRun(
-            "p1",
-            None,
-            interval=0.05,
-            mark_processing=lambda _at: None,
-            write_progress=lambda _state: None,
-            processing_delay=None,
-        )
+        run = quiet_live_run()
         await run.close(lambda: writes.append("canceled"), status="canceled", logs="x")
         await run.close(lambda: writes.append("succeeded"), status="succeeded", logs="y")
         assert run.state.status == "canceled"
@@ -59,14 +64,7 @@ def test_a_live_run_records_its_end_after_the_pool_ended_the_run() -> None:
     writes: list[str] = []
 
     async def scenario() -> None:
-        run = LiveRun(
-            "p1",
-            None,
-            interval=0.05,
-            mark_processing=lambda _at: None,
-            write_progress=lambda _state: None,
-            processing_delay=None,
-        )
+        run = quiet_live_run()
         # The pool stopped the model at the attempt's timeout: the run's end is coglet's.
         stopped = run.state.cancel(logs="step 1\n")
         await run.close(lambda: writes.append("failed"), status="failed", logs="step 1\n")
