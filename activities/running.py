@@ -95,11 +95,13 @@ async def run_model(
     on_booted: OnBooted,
     on_update: OnUpdate,
     unseal: Callable[[dict[str, Any]], dict[str, Any]],
+    state: RunState | None = None,
 ) -> CogPrediction:
     """Run ``req`` on the pool and return its terminal state; ``TimeoutError`` when the model
     runs longer than ``req.timeout`` (counted from the hand-over, not the queue or the boot).
     ``unseal`` opens the sealed ``Secret`` inputs (replicant/sealing.py) at the last moment,
-    so their plain value is in this process's memory only; it raises ``UnsealError``."""
+    so their plain value is in this process's memory only; it raises ``UnsealError``.
+    ``state``: the run's ``RunState``, which the pool reports to and settles."""
     # Staged input files become local paths for the model, removed after the run.
     async with (
         asyncio.timeout(None) as deadline,
@@ -117,6 +119,7 @@ async def run_model(
             on_update=on_update,
             on_booted=booted,
             context=req.context,  # Cog's per-request context
+            state=state,
         )
 
 
@@ -144,11 +147,12 @@ async def _booting_after(delay: float, waiting: WaitingFor) -> None:
 
 class LiveRun:
     """One attempt of a run activity, a prediction's or a training's: its state (``state``,
-    a ``RunState``, the type the pool's ``Run`` keeps the run in too: when the model
-    started, what it reported last, how the attempt ended), ``processing`` in the read
-    model, throttled progress writes, and the live webhooks (``hooks``) when the webhook
-    wants them. The attempt ends once: the first ``close`` records the end, a later one
-    changes nothing.
+    the run's one ``RunState``, handed to the pool, whose ``Run`` reports to it and settles
+    its end: when the model started, what it reported last, how the run ended),
+    ``processing`` in the read model, throttled progress writes, and the live webhooks
+    (``hooks``) when the webhook wants them. The attempt ends once: the first ``close``
+    records the end (ending ``state`` too, unless the pool has), a later one changes
+    nothing.
 
     The two differ in the order of ``processing`` and the ``start`` webhook, which is
     ``processing_delay``: a prediction records ``processing`` in the background that long
@@ -176,6 +180,7 @@ class LiveRun:
         self._live_output = live_output
         self._processing: asyncio.Task[None] | None = None
         self._progress = LatestWriter(interval, self._write)
+        self._closed = False
 
     @property
     def started_at(self) -> datetime | None:
@@ -234,8 +239,9 @@ class LiveRun:
         terminal state), and deliver the last live events, with the ``metrics`` the model
         recorded (the workflow sends ``completed`` after this). Only the first end of the
         attempt does so."""
-        if self.state.ended is not None:
+        if self._closed:
             return
+        self._closed = True
         self.state.end(
             CogPrediction(
                 status=status, output=output, logs=logs or "", error=error, metrics=metrics or {}
@@ -351,6 +357,7 @@ async def attempt(
             on_update=run.on_update,
             # Secret inputs are opened at the last moment (replicant/sealing.py).
             unseal=lambda payload: facts.map_secrets(payload, sealer.unseal_value),
+            state=run.state,
         )
     except TimeoutError:
         return await end("failed", error=f"{noun} timed out after {req.timeout:g} seconds")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypedDict, Unpack
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from replicant.runstate import CogPrediction as CogPrediction
+from replicant.runstate import RunState
 
 # Stores an output file: (prediction id, file name, content type, body) -> its URL.
 UploadSink = Callable[[str, str, str | None, AsyncIterator[bytes]], Awaitable[str]]
@@ -54,14 +57,16 @@ class RunnerSpec(BaseModel):
     memory_sku: str | None = None
 
 
-class CogPrediction(BaseModel):
-    """The latest state coglet reported for a prediction (cumulative output and logs)."""
+class RunWith(TypedDict, total=False):
+    """What a caller hands ``ModelRunner.predict`` with a run: ``on_update`` takes its changed
+    states, ``on_booted`` is awaited once its process took it, ``context`` is Cog's
+    per-request context, and ``state`` the run's one ``RunState`` (its id the run's), which
+    the pool reports to and settles the end of (None: the pool keeps one of its own)."""
 
-    status: str
-    output: Any = None
-    logs: str = ""
-    error: str | None = None
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    on_update: OnUpdate | None
+    on_booted: OnBooted | None
+    context: dict[str, str] | None
+    state: RunState | None
 
 
 class BootError(Exception):
@@ -81,17 +86,9 @@ class ModelRunner(Protocol):
         ...
 
     async def predict(
-        self,
-        spec: RunnerSpec,
-        /,
-        prediction_id: str,
-        input: dict[str, Any],
-        on_update: OnUpdate | None = None,
-        on_booted: OnBooted | None = None,
-        context: dict[str, str] | None = None,
+        self, spec: RunnerSpec, /, prediction_id: str, input: dict[str, Any], **run: Unpack[RunWith]
     ) -> CogPrediction:
-        """Run one prediction (or training) and return its terminal state; ``context`` is
-        Cog's per-request context."""
+        """Run one prediction (or training) and return its terminal state (see ``RunWith``)."""
         ...
 
     def keep_standby(self, spec: RunnerSpec) -> None:

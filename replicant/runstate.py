@@ -1,22 +1,36 @@
-"""One run's state on the worker, the one type both of its holders keep it in.
+"""One run's state on the worker, in one object both of its holders share.
 
 A run (a prediction's or a training's attempt) is held twice on the worker: by its run
 activity (``activities/running.py`` ``LiveRun``: what goes to the read model and the live
 webhooks) and by the runner pool (``workers/runners/run.py`` ``Run``: what coglet reports
-about it). Each keeps the run's state in a ``RunState``, which owns its transitions as Cog's
+about it). Both hold the one ``RunState`` of the run: the activity makes it and hands it to
+the pool's ``predict`` (``ModelRunner``, replicant/runner.py), whose ``Run`` reports to it
+and settles its end from coglet's answer. It owns the run's transitions as Cog's
 ``PredictTask`` owns a prediction's response: it starts once, takes the states reported
 while it runs, and ends once; the first end is the run's end, and what comes after it
-changes nothing."""
+changes nothing (an attempt that ends otherwise, as by its timeout, records its own end:
+``LiveRun.close``). ``CogPrediction`` is one such state, as coglet reports it."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from replicant.runner import CogPrediction
+from pydantic import BaseModel, Field
+
 from replicant.timeutil import utcnow
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+class CogPrediction(BaseModel):
+    """The latest state coglet reported for a prediction (cumulative output and logs)."""
+
+    status: str
+    output: Any = None
+    logs: str = ""
+    error: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunState:

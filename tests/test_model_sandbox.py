@@ -375,7 +375,7 @@ def test_a_model_process_cannot_report_for_a_run_on_another_process(tmp_path: Pa
         try:
             # The other run is on its own process, listening for webhooks, held until canceled.
             other = asyncio.create_task(
-                pool.predict(victim, "p-other", {"hold": 120}, updated, booted)
+                pool.predict(victim, "p-other", {"hold": 120}, on_update=updated, on_booted=booted)
             )
             await running.wait()
             attack = await pool.predict(

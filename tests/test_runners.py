@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from replicant.inputfiles import parse_data_uri
+from replicant.runstate import RunState
 from tests.runnerkit import Recorder, children, eventually, gone, ready_events, spec, write_models
 from workers.runners import BootError, PoolConfig, RunnerPool
 
@@ -126,6 +127,24 @@ async def test_live_logs_of_a_model_without_iterator_output(pool: RunnerPool, mo
         growing = [u.logs for u in recorder.updates if u.logs and u.logs != result.logs]
         assert len(growing) >= 2, recorder.updates
         assert all(result.logs.startswith(logs) for logs in growing)
+
+
+async def test_a_run_handed_its_state_is_reported_to_and_ended_in_that_one_object(
+    pool: RunnerPool, models: Path
+) -> None:
+    chatty = spec(models, "chatty")
+    recorder = Recorder()
+    state = RunState("p-one-state")
+    result = await pool.predict(
+        chatty, "p-one-state", {"steps": 3}, on_update=recorder.on_update, state=state
+    )
+
+    assert result.status == "succeeded"
+    assert state.ended is result
+    assert state.status == "succeeded"
+    assert recorder.updates and state.latest == recorder.updates[-1]
+    with pytest.raises(ValueError, match="p-one-state"):
+        await pool.predict(chatty, "p-other", {"steps": 1}, state=state)
 
 
 async def test_model_exception_fails_with_its_message_and_logs(

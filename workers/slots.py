@@ -25,7 +25,7 @@ import collections
 import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from temporalio.worker import (
     CustomSlotSupplier,
@@ -37,7 +37,7 @@ from temporalio.worker import (
     WorkerTuner,
 )
 
-from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec, UploadSink
+from replicant.runner import CogPrediction, RunnerSpec, RunWith, UploadSink
 from workers.runners import RunnerPool
 
 # What temporalio gives workflow tasks and local activities when a worker sets no tuner.
@@ -215,22 +215,13 @@ class SlotRunner:
         return self.pool.upload
 
     async def predict(
-        self,
-        spec: RunnerSpec,
-        /,
-        prediction_id: str,
-        input: dict[str, Any],
-        on_update: OnUpdate | None = None,
-        on_booted: OnBooted | None = None,
-        context: dict[str, str] | None = None,
+        self, spec: RunnerSpec, /, prediction_id: str, input: dict[str, Any], **run: Unpack[RunWith]
     ) -> CogPrediction:
         """The pool's ``predict``, the run holding its ``Lease`` of this queue's slots (room
         in a process of its key, or a slot of its own) until it ends."""
         lease = await self.slots.acquire(spec.key, spec.concurrency)
         try:
-            return await self.pool.predict(
-                spec, prediction_id, input, on_update, on_booted, context
-            )
+            return await self.pool.predict(spec, prediction_id, input, **run)
         finally:
             self.slots.release(lease)
 

@@ -12,12 +12,13 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 import aiohttp
 
-from replicant.runner import BootError, CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from replicant.runner import BootError, CogPrediction, OnUpdate, RunnerSpec, RunWith
+from replicant.runstate import RunState
 from workers.runners.answer import answer_reader, answered_prediction
 from workers.runners.client import CogletClient
 from workers.runners.coglet import (
@@ -61,27 +62,27 @@ class Executor:
         self._streams_output: dict[str, bool] = {}
 
     async def predict(
-        self,
-        spec: RunnerSpec,
-        prediction_id: str,
-        input: dict[str, Any],
-        on_update: OnUpdate | None,
-        on_booted: OnBooted | None,
-        context: dict[str, str] | None = None,
+        self, spec: RunnerSpec, prediction_id: str, input: dict[str, Any], **run: Unpack[RunWith]
     ) -> CogPrediction:
-        """Run one prediction on ``spec.key``'s process (see ``RunnerPool.predict``)."""
+        """Run one prediction on ``spec.key``'s process (see ``RunnerPool.predict``); a
+        second hand-over, after a process gone before it took the run, keeps its state."""
+        state = run.get("state") or RunState(prediction_id)
+        if state.id != prediction_id:
+            raise ValueError(f"the state of run {state.id} for run {prediction_id}")
+        on_update, on_booted = run.get("on_update"), run.get("on_booted")
+        context = run.get("context")
         booted_called = False
         for attempt in range(2):
             process = await self.processes.checkout(spec)
             webhook = on_update is not None and self._wants_webhook(spec)
-            run = Run(prediction_id, process, webhook, self.log)
-            self.runs.add(run)
-            run.task = asyncio.create_task(self._execute(process, run, input, context))
+            handed = Run(prediction_id, process, webhook, self.log, state)
+            self.runs.add(handed)
+            handed.task = asyncio.create_task(self._execute(process, handed, input, context))
             try:
                 if on_booted is not None and not booted_called:
                     booted_called = True
                     await on_booted()
-                return await self._follow(run, run.task, on_update)
+                return await self._follow(handed, handed.task, on_update)
             except _NotHandedOver as err:
                 if attempt:
                     raise BootError(
@@ -91,7 +92,7 @@ class Executor:
                 self.log.warning("event=runner_gone key=%s retry=1", spec.key)
             except BaseException:
                 # Cancelled (timeout, workflow cancel) or a callback failed: stop the run.
-                await asyncio.shield(self._stop(run))
+                await asyncio.shield(self._stop(handed))
                 raise
         raise AssertionError("unreachable")
 

@@ -8,13 +8,13 @@ import collections
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from replicant.egress import EgressProxy
-from replicant.runner import CogPrediction, OnBooted, OnUpdate, RunnerSpec
+from replicant.runner import CogPrediction, RunnerSpec, RunWith
 from replicant.sandbox import machine_sandbox, status_line, sweep_scratch
 from workers.runners.answer import answer_reader, read_answer
 from workers.runners.cgroups import MemoryCgroup, MemoryCgroups
@@ -174,29 +174,21 @@ class RunnerPool:
     # -- predictions -----------------------------------------------------------------------
 
     async def predict(
-        self,
-        spec: RunnerSpec,
-        prediction_id: str,
-        input: dict[str, Any],
-        on_update: OnUpdate | None = None,
-        on_booted: OnBooted | None = None,
-        context: dict[str, str] | None = None,
+        self, spec: RunnerSpec, prediction_id: str, input: dict[str, Any], **run: Unpack[RunWith]
     ) -> CogPrediction:
         """Run one prediction (or training, by ``spec.mode``) and return its terminal state.
 
         Boots a process for ``spec.key`` when none is warm, awaits ``on_booted`` once it is
         handed over, passes intermediate states to ``on_update`` (at most every
-        ``update_interval``), and returns the terminal one; ``context`` is Cog's
-        per-request context. Cancelling the awaiting task
+        ``update_interval``), and returns the terminal one (``run``: see ``RunWith``; the
+        run reports to and ends its ``state``). Cancelling the awaiting task
         cancels the prediction in coglet (killing and restarting the process if it does not
         stop within ``cancel_grace``), then re-raises.
         """
         await self.start()
         instance, index = self._claim_instance(spec)
         try:
-            return await self._executor.predict(
-                instance, prediction_id, input, on_update, on_booted, context
-            )
+            return await self._executor.predict(instance, prediction_id, input, **run)
         finally:
             self._release_instance(spec.key, index)
 

@@ -3,9 +3,9 @@
 A ``Run`` is the one object of a prediction on the worker's side of coglet: what coglet has
 reported about it so far, its stop, and its end (as Cog's ``PredictTask`` owns a prediction's
 response and its terminal transitions): coglet's answer becomes the run's terminal state
-here, in its ``RunState`` (replicant/runstate.py, the type the run activity's ``LiveRun``
-keeps it in too). ``Runs`` is the one place runs live, by prediction id (webhook
-deliveries, uploads, coglet's log records and cancels find them there)."""
+here, in its ``RunState`` (replicant/runstate.py: the one the run activity's ``LiveRun``
+handed to the pool, when it did). ``Runs`` is the one place runs live, by prediction id
+(webhook deliveries, uploads, coglet's log records and cancels find them there)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,11 @@ class Run:
         process: CogletProcess,
         webhook: bool,
         log: logging.Logger,
+        state: RunState,
     ) -> None:
+        """``state``: the run's one ``RunState``, kept by a second hand-over too."""
         self.id = prediction_id
-        self.state = RunState(prediction_id)
+        self.state = state
         self.log = log
         self.process = process
         self.webhook = webhook
