@@ -51,6 +51,8 @@ class BuildLog:
         self.abandoned = threading.Event()
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        # The batch being appended: it lands before the build's outcome is written.
+        self._writing: asyncio.Future[None] | None = None
 
     def say(self, line: str) -> None:
         """Queue one line (called from the build thread); raise once the build is abandoned,
@@ -74,7 +76,16 @@ class BuildLog:
             activity.heartbeat()
             text = self.take()
             if text:
-                await asyncio.to_thread(builds.append_logs, self.engine, self.build_id, text)
+                self._writing = asyncio.ensure_future(
+                    asyncio.to_thread(builds.append_logs, self.engine, self.build_id, text)
+                )
+                # Stopping the flushes does not stop a batch on its way (see ``settled``).
+                await asyncio.shield(self._writing)
+
+    async def settled(self) -> None:
+        """Wait for the batch on its way, if any (its lines come before the last ones)."""
+        if self._writing is not None:
+            await asyncio.gather(self._writing, return_exceptions=True)
 
 
 class BuildActivities:
@@ -108,6 +119,7 @@ class BuildActivities:
         finally:
             flushing.cancel()
             await asyncio.gather(flushing, return_exceptions=True)
+            await logs.settled()
         # The last lines and the outcome in one write: a reader never sees one without the other.
         await asyncio.to_thread(
             builds.finish_build,
