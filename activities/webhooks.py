@@ -1,7 +1,8 @@
 """Webhook activities: the durable ``completed`` delivery and best-effort live events.
 
-``send_webhook`` is one attempt of one event; ``PredictionWorkflow`` schedules it and retries
-it with backoff, so every attempt and the receiver's answer are in the workflow's history.
+``send_webhook`` is one attempt of one event; ``WebhookDeliveryWorkflow`` schedules it and
+retries it with backoff, so every attempt and the receiver's answer are in the workflow's
+history; ``start_webhook_delivery`` starts that workflow as a run's workflow closes.
 ``LiveWebhooks`` sends ``start``, ``output`` and ``logs`` from inside the run activity, in
 order, at most one per event type each 500 ms, the latest state always last.
 """
@@ -20,14 +21,18 @@ import httpx
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 from replicant.contracts import (
+    WEBHOOK_DELIVERY_WORKFLOW,
     ActivityName,
     ErrorType,
     PredictionRequest,
     WebhookDelivery,
     WebhookResult,
+    WebhookStart,
+    webhook_workflow_id,
 )
 from replicant.readmodel import with_model_metrics
 from replicant.serialize import prediction_json
@@ -56,6 +61,26 @@ LIVE_TIMEOUT = 5.0
 def wanted_events(filter: Sequence[str] | None) -> set[str]:
     """The events a prediction's webhook receives (all when no filter was given)."""
     return set(ALL_EVENTS if filter is None else filter)
+
+
+@activity.defn(name=ActivityName.START_WEBHOOK_DELIVERY)
+async def start_webhook_delivery(start: WebhookStart) -> None:
+    """Start the workflow that delivers a run's `completed` webhook (a local activity of the
+    run's workflow, in the task that closes it). Once only: a workflow of that id, running or
+    closed, is this delivery started by an earlier attempt (e.g. of a worker that died before
+    the run's workflow closed)."""
+    workflow_id = webhook_workflow_id(start.job.id)
+    try:
+        await activity.client().start_workflow(
+            WEBHOOK_DELIVERY_WORKFLOW,
+            start.job,
+            id=workflow_id,
+            task_queue=start.task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=start.summary,
+        )
+    except WorkflowAlreadyStartedError:
+        log.info("event=webhook_workflow_started_already workflow=%s", workflow_id)
 
 
 class WebhookActivities:

@@ -227,6 +227,19 @@ class CompletedWebhook(BaseModel):
     max_interval: float = 120.0
 
 
+class WebhookStart(BaseModel):
+    """Input of ``start_webhook_delivery``: start the workflow that delivers ``job`` on
+    ``task_queue``, with ``summary`` for the Temporal UI."""
+
+    job: CompletedWebhook
+    task_queue: str
+    summary: str
+
+
+# The type name ``WebhookDeliveryWorkflow`` registers under (histories record it).
+WEBHOOK_DELIVERY_WORKFLOW: Final = "WebhookDeliveryWorkflow"
+
+
 def webhook_workflow_id(run_id: str) -> str:
     """The id of the workflow that delivers a run's ``completed`` webhook."""
     return f"webhook-{run_id}"
@@ -466,6 +479,7 @@ class ActivityName:
     ABORT_PREDICTION: Final = "abort_prediction"
     REQUEST_WORKFLOW_CANCEL: Final = "request_workflow_cancel"
     SEND_WEBHOOK: Final = "send_webhook"
+    START_WEBHOOK_DELIVERY: Final = "start_webhook_delivery"
     STAGE_TRAINING_INPUTS: Final = "stage_training_inputs"
     RUN_TRAINING: Final = "run_training"
     COMPLETE_TRAINING: Final = "complete_training"

@@ -93,7 +93,9 @@ async def test_prediction_histories_replay_with_the_current_code(
     live: LiveStack, api: httpx.Client
 ) -> None:
     """A prediction's workflow closes as it ended: succeeded, canceled, and with a
-    `completed` webhook, which a workflow of its own delivers."""
+    `completed` webhook, which a workflow of its own delivers, started by a local activity
+    (patched webhook-started-locally; the saved prediction-succeeded-closed started it as a
+    child workflow)."""
     with running_receiver() as receiver:
         made = [
             api.post(
@@ -110,7 +112,7 @@ async def test_prediction_histories_replay_with_the_current_code(
         assert live.wait_for(made[1]["id"])["status"] == "canceled"
         client = await connect(live.settings)
         histories = {
-            "prediction-succeeded-closed": f"prediction-{made[0]['id']}",
+            "prediction-webhook-started-locally": f"prediction-{made[0]['id']}",
             "prediction-canceled-closed": f"prediction-{made[1]['id']}",
             "webhook-delivered": f"webhook-{made[0]['id']}",
         }

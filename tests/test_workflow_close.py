@@ -3,7 +3,8 @@
 Through Temporal's own client: once a prediction, a training or a build has ended, its
 workflow is closed (Completed, Failed with the run's error, Canceled), its `status` query and
 ``ReplicantStatus`` say the end, and it carries a summary naming its model; a `completed`
-webhook is delivered by a ``webhook-<id>`` workflow of its own, which closes once delivered.
+webhook is delivered by a ``webhook-<id>`` workflow of its own, which closes once delivered
+and is started (once) in the workflow task that closes the run's workflow.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -21,7 +23,11 @@ from temporalio.client import (
 )
 from temporalio.common import SearchAttributeKey
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import ActivityEnvironment
 
+from activities.webhooks import start_webhook_delivery
+from replicant.contracts import CompletedWebhook, WebhookStart, webhook_workflow_id
+from replicant.ids import new_id
 from replicant.readmodel import DEADLINE_ABORTED, DEADLINE_CANCELED
 from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
@@ -30,6 +36,7 @@ from tests.modelkit import COG_YAML, EXAMPLES, pack, push, someone, write_model
 from tests.receiver import running_receiver
 from tests.test_webhooks import delivered_completed
 from tests.trainkit import CorpusServer, corpus, data_uri, ngram_version
+from tests.workflow_runs import all_events
 
 STATUS = SearchAttributeKey.for_keyword("ReplicantStatus")
 MODEL = SearchAttributeKey.for_keyword("ReplicantModel")
@@ -141,6 +148,46 @@ async def test_a_completed_webhook_is_delivered_by_a_workflow_of_its_own(
     described, raised = await closed(client, f"webhook-{made['id']}")
     assert described.status == WorkflowExecutionStatus.COMPLETED and raised is None
     assert "127.0.0.1" in (await described.static_summary() or "")
+    # No child workflow: a local activity started it in the task that closed the run's
+    # workflow (no further workflow task between the run's end and the close).
+    events = await all_events(client, f"prediction-{made['id']}")
+    kinds = [event.event_type for event in events]
+    assert EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED not in kinds
+    last_task = max(i for i, kind in enumerate(kinds) if kind == TASK_COMPLETED)
+    closing = events[last_task + 1 :]
+    assert closing[-1].event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    markers = [
+        event.marker_recorded_event_attributes.SerializeToString()
+        for event in closing
+        if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert any(b"start_webhook_delivery" in marker for marker in markers), kinds
+
+
+TASK_COMPLETED = EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+
+
+async def test_a_webhook_workflow_is_started_once_however_often_its_start_is_tried(
+    live: LiveStack,
+) -> None:
+    """The start of a `completed` webhook's workflow is tried again when the worker that
+    tried it died before the run's workflow closed: a workflow of that id, running or
+    closed, is that delivery."""
+    client = await connect(live.settings)
+    environment = ActivityEnvironment(client=client)
+    job = CompletedWebhook(kind="prediction", id=new_id(), host="example.com")
+    # A queue no worker polls: the delivery stays as it was started.
+    start = WebhookStart(job=job, task_queue="replicant-nobody", summary="started once")
+    await environment.run(start_webhook_delivery, start)
+    handle = client.get_workflow_handle(webhook_workflow_id(job.id))
+    first = (await handle.describe()).run_id
+    await environment.run(start_webhook_delivery, start)  # while it runs
+    assert (await handle.describe()).run_id == first
+    await handle.terminate("delivered")
+    await environment.run(start_webhook_delivery, start)  # once it has closed
+    described = await handle.describe()
+    assert described.run_id == first
+    assert described.status == WorkflowExecutionStatus.TERMINATED
 
 
 async def test_a_training_closes_as_it_ended(live: LiveStack, api: httpx.Client) -> None:

@@ -24,7 +24,7 @@ from activities.predictions import PredictionActivities
 from activities.reconcile import ReconcileActivities
 from activities.retention import RetentionActivities
 from activities.trainings import TrainingActivities
-from activities.webhooks import WebhookActivities
+from activities.webhooks import WebhookActivities, start_webhook_delivery
 from replicant import heartbeats, tracing
 from replicant.bootlogs import append_boot_log
 from replicant.db import init_db, make_engine
@@ -181,6 +181,7 @@ def build_workers(
                     predictions.finish_prediction,
                     predictions.abort_prediction,
                     predictions.request_workflow_cancel,
+                    start_webhook_delivery,
                 ],
                 # Waiting in this queue IS waiting for a hardware slot.
                 tuner=run_slots.tuner(),
@@ -224,6 +225,7 @@ def orchestration_workers(client: Client, parts: WorkerParts) -> list[Worker]:
             ReconcileActivities(engine, client, store).reconcile_starts,
             RetentionActivities(engine, store, client).remove_overdue_prediction_data,
             parts.webhooks.send_webhook,
+            start_webhook_delivery,
             DeploymentActivities(engine).observe_deployment,
             trainings.stage_training_inputs,
             trainings.finish_training,

@@ -2,8 +2,10 @@
 workflow has closed.
 
 A prediction's or training's workflow closes as soon as the run ends; when its webhook wants
-``completed``, it starts this workflow (``webhook-<run id>``, abandoned by its parent) on
-the orchestration queue. It is open only while the receiver has not answered with a 2xx:
+``completed``, it starts this workflow (``webhook-<run id>``) on the orchestration queue
+through a local activity, in the workflow task that closes it (workflows that started before
+patch ``webhook-started-locally`` start it as an abandoned child, which costs the parent one
+more workflow task). It is open only while the receiver has not answered with a 2xx:
 one activity per attempt, retried for up to the request's retry period.
 
 Only temporalio, the standard library and replicant.contracts are imported here, as in every
@@ -18,19 +20,26 @@ from urllib.parse import urlsplit
 from temporalio import workflow
 from temporalio.workflow import ParentClosePolicy
 
-from workflows.steps import deliver_completed
+from workflows.steps import LOCAL, deliver_completed
 
 with workflow.unsafe.imports_passed_through():
     from replicant.contracts import (
+        WEBHOOK_DELIVERY_WORKFLOW,
         ActivityName,
         CompletedWebhook,
         TrainingWebhook,
         WebhookDelivery,
+        WebhookStart,
         webhook_workflow_id,
     )
 
+# The workflow.patched() id under which a local activity starts the delivery's workflow
+# (through the worker's client) rather than a child workflow start: the caller's workflow
+# then closes in the same workflow task.
+WEBHOOK_STARTED_LOCALLY = "webhook-started-locally"
 
-@workflow.defn(name="WebhookDeliveryWorkflow")
+
+@workflow.defn(name=WEBHOOK_DELIVERY_WORKFLOW)
 class WebhookDeliveryWorkflow:
     """One run's `completed` webhook, until delivered or given up."""
 
@@ -61,7 +70,8 @@ def host_of(url: str) -> str:
 
 async def start_delivery(kind: Literal["prediction", "training"], req: Any) -> None:
     """Start the workflow that delivers ``req``'s `completed` webhook (a prediction's or a
-    training's request: its webhook and limits); it outlives the caller's workflow."""
+    training's request: its webhook and limits); it outlives the caller's workflow. A
+    replayed or retried start finds it started already: it is started once."""
     host = host_of(req.webhook)
     job = CompletedWebhook(
         kind=kind,
@@ -71,11 +81,21 @@ async def start_delivery(kind: Literal["prediction", "training"], req: Any) -> N
         retry_period=req.webhook_retry_period,
         max_interval=req.webhook_retry_max_interval,
     )
+    task_queue = req.side_queue or workflow.info().task_queue
+    summary = f"completed webhook of {kind} {req.id} to {host}"
+    if workflow.patched(WEBHOOK_STARTED_LOCALLY):
+        await workflow.execute_local_activity(
+            ActivityName.START_WEBHOOK_DELIVERY,
+            WebhookStart(job=job, task_queue=task_queue, summary=summary),
+            start_to_close_timeout=LOCAL,
+            summary=f"start the completed webhook to {host}",
+        )
+        return
     await workflow.start_child_workflow(
         WebhookDeliveryWorkflow.run,
         job,
         id=webhook_workflow_id(req.id),
-        task_queue=req.side_queue or workflow.info().task_queue,
+        task_queue=task_queue,
         parent_close_policy=ParentClosePolicy.ABANDON,
-        static_summary=f"completed webhook of {kind} {req.id} to {host}",
+        static_summary=summary,
     )
