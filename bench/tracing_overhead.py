@@ -64,7 +64,7 @@ async def main(requests: int, concurrency: int) -> None:
         calls = {"tracing off": caller(off, off.start(), clients)}
         calls["tracing on"] = caller(on, on.start(), clients)
         before = load()
-        results = await measure(calls, requests, concurrency)
+        results = (await measure(calls, requests, [concurrency], concurrency))[concurrency]
         after = load()
         for api in clients:
             await api.aclose()
