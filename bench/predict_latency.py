@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
@@ -81,13 +81,17 @@ async def burst(call: Call, requests: int, concurrency: int, latencies: list[flo
 Results = dict[int, dict[str, dict[str, float]]]
 
 
-async def measure(calls: dict[str, Call], requests: int, clients: list[int], slots: int) -> Results:
+async def measure(
+    calls: Mapping[str, Call], requests: int, clients: list[int], slots: int
+) -> Results:
     """At each number of concurrent clients, per path: latency percentiles (ms) and
     throughput (calls/s) of ``requests`` calls, the paths and client counts interleaved in
     ``ROUNDS`` rounds."""
     for call in calls.values():
         await warm_up(call, min(max(clients), slots))
-    latencies = {n: {name: [] for name in calls} for n in clients}
+    latencies: dict[int, dict[str, list[float]]] = {
+        n: {name: [] for name in calls} for n in clients
+    }
     elapsed = {n: dict.fromkeys(calls, 0.0) for n in clients}
     per_round = {n: max(n, requests // ROUNDS) for n in clients}
     for _ in range(ROUNDS):
