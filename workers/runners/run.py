@@ -29,6 +29,10 @@ from workers.runners.coglet import (
 )
 from workers.runners.process import CogletProcess
 
+# How long an answer whose logs were over their limit waits for the run's end in coglet's
+# output (its logs' tail is read from there).
+OVERSIZED_LOGS_WAIT = 10.0
+
 
 class Run:
     """One prediction on a coglet process: the reports about it (webhook deliveries and
@@ -159,7 +163,8 @@ class Run:
         coglet's log stream to the end of the run); an output over its limit fails the run,
         saying so."""
         if "logs" in self.oversized:
-            await self._logs_written(1.0)
+            # Reading that much of coglet's output may lag its answer by seconds on a busy host.
+            await self._logs_written(OVERSIZED_LOGS_WAIT)
             result.logs = self.stream_logs
         size = self.oversized.get("output")
         if size is not None and result.status == "succeeded":
