@@ -86,6 +86,13 @@ class LiveStack:
         _, token = create_account(self.engine, f"{name}-{os.urandom(3).hex()}")
         return token
 
+    def predict(self, model: str, input: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+        """Create a prediction of ``model`` (owner/name) with ``input`` and poll it to its end."""
+        with self.client() as api:
+            response = api.post(f"/v1/models/{model}/predictions", json={"input": input})
+            assert response.status_code == 201, response.text
+        return self.wait_for(response.json()["id"], timeout=timeout)
+
     def wait_for(
         self,
         prediction_id: str,

@@ -12,7 +12,6 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -50,18 +49,11 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         yield live
 
 
-def run(live: LiveStack, model: str, input: dict[str, Any]) -> dict[str, Any]:
-    with live.client() as api:
-        response = api.post(f"/v1/models/{model}/predictions", json={"input": input})
-        assert response.status_code == 201, response.text
-    return live.wait_for(response.json()["id"], timeout=300)
-
-
 def still_serving(live: LiveStack) -> None:
     """Other models, and the faulty one's next run, still work."""
-    hello = run(live, "replicate/hello-world", {"text": "after"})
+    hello = live.predict("replicate/hello-world", {"text": "after"})
     assert (hello["status"], hello["output"]) == ("succeeded", "hello after")
-    echo = run(live, f"{live.settings.default_account}/faults", {"mode": "echo"})
+    echo = live.predict(f"{live.settings.default_account}/faults", {"mode": "echo"})
     assert (echo["status"], echo["output"]) == ("succeeded", "ok")
 
 
@@ -123,7 +115,7 @@ def assert_bounded(growth: dict[str, int]) -> None:
 
 
 def test_a_model_whose_setup_hangs_fails_with_the_reason(faulty: LiveStack) -> None:
-    final = run(faulty, f"{faulty.settings.default_account}/setuphang", {"text": "x"})
+    final = faulty.predict(f"{faulty.settings.default_account}/setuphang", {"text": "x"})
     assert final["status"] == "failed", final
     assert f"setup did not finish within {SETUP_TIMEOUT:g} s" in final["error"], final["error"]
     still_serving(faulty)
@@ -132,7 +124,7 @@ def test_a_model_whose_setup_hangs_fails_with_the_reason(faulty: LiveStack) -> N
 @pytest.mark.parametrize("mode", ["exit", "killed"])
 def test_a_model_process_that_dies_mid_prediction_fails_it(faulty: LiveStack, mode: str) -> None:
     """It exits, or is SIGKILLed as the OOM killer would."""
-    final = run(faulty, f"{faulty.settings.default_account}/faults", {"mode": mode})
+    final = faulty.predict(f"{faulty.settings.default_account}/faults", {"mode": mode})
     assert final["status"] == "failed", final
     assert final["error"] == PROCESS_DIED, final
     still_serving(faulty)
@@ -140,9 +132,9 @@ def test_a_model_process_that_dies_mid_prediction_fails_it(faulty: LiveStack, mo
 
 def test_100_mb_of_logs_keep_their_last_megabyte_in_bounded_memory(faulty: LiveStack) -> None:
     model = f"{faulty.settings.default_account}/faults"
-    run(faulty, model, {"mode": "echo"})  # booted before the memory is measured
+    faulty.predict(model, {"mode": "echo"})  # booted before the memory is measured
     with peak_growth(faulty, ("worker", "api")) as growth:
-        final = run(faulty, model, {"mode": "logs", "mb": LOGS_MB})
+        final = faulty.predict(model, {"mode": "logs", "mb": LOGS_MB})
     assert final["status"] == "succeeded", final.get("error")
     assert final["output"] == "logged"
     limit = faulty.settings.max_log_size
@@ -161,10 +153,10 @@ def test_a_streaming_model_printing_100_mb_of_logs_ends_with_its_outputs_and_the
     which 100 MB would make hours: the model's process keeps them within the limit, their
     first half as printed and their end, with a line saying how much was left out between."""
     model = f"{faulty.settings.default_account}/logstream"
-    run(faulty, model, {"chunks": 1, "mb": 0})  # booted before the memory is measured
+    faulty.predict(model, {"chunks": 1, "mb": 0})  # booted before the memory is measured
     chunks = LOGS_MB // STREAM_CHUNK_MB
     with peak_growth(faulty, ("worker", "api")) as growth:
-        final = run(faulty, model, {"chunks": chunks, "mb": STREAM_CHUNK_MB})
+        final = faulty.predict(model, {"chunks": chunks, "mb": STREAM_CHUNK_MB})
     assert final["status"] == "succeeded", final.get("error")
     assert final["output"] == [f"chunk {i}" for i in range(chunks)]
     limit = faulty.settings.max_log_size
@@ -183,9 +175,9 @@ def test_an_output_over_the_limit_fails_saying_the_limit_in_bounded_memory(
     faulty: LiveStack,
 ) -> None:
     model = f"{faulty.settings.default_account}/faults"
-    run(faulty, model, {"mode": "echo"})
+    faulty.predict(model, {"mode": "echo"})
     with peak_growth(faulty, ("worker", "api")) as growth:
-        final = run(faulty, model, {"mode": "output", "mb": OUTPUT_MB})
+        final = faulty.predict(model, {"mode": "output", "mb": OUTPUT_MB})
     assert final["status"] == "failed", final
     # The output is a JSON string: its 50 MB and two quotes.
     assert final["error"] == output_too_large(OUTPUT_MB * MB + 2, faulty.settings.max_output_size)
@@ -197,6 +189,6 @@ def test_an_output_over_the_limit_fails_saying_the_limit_in_bounded_memory(
 
 def test_an_output_under_the_limit_comes_back_whole(faulty: LiveStack) -> None:
     model = f"{faulty.settings.default_account}/faults"
-    final = run(faulty, model, {"mode": "output", "mb": ALLOWED_OUTPUT_MB})
+    final = faulty.predict(model, {"mode": "output", "mb": ALLOWED_OUTPUT_MB})
     assert final["status"] == "succeeded", final.get("error")
     assert final["output"] == "y" * (ALLOWED_OUTPUT_MB * MB)

@@ -47,17 +47,10 @@ def boot_log(live: LiveStack, prediction: dict[str, Any], says: str) -> str:
     )
 
 
-def run(live: LiveStack, model: str, input: dict[str, Any]) -> dict[str, Any]:
-    with live.client() as api:
-        response = api.post(f"/v1/models/{model}/predictions", json={"input": input})
-        assert response.status_code == 201, response.text
-    return live.wait_for(response.json()["id"], timeout=300)
-
-
 def test_a_model_unhealthy_from_the_start_fails_saying_why(live: LiveStack) -> None:
     model = push(live, "unhealthy-boot")
 
-    failed = run(live, model, {})
+    failed = live.predict(model, {})
 
     assert failed["status"] == "failed"
     assert "reported itself unhealthy: RuntimeError: the GPU is gone" in failed["error"]
@@ -81,12 +74,12 @@ def test_a_model_that_turns_unhealthy_gets_a_new_process_for_its_next_run(
     live: LiveStack,
 ) -> None:
     model = push(live, "unhealthy")
-    first = run(live, model, {})
+    first = live.predict(model, {})
     assert first["status"] == "succeeded", first
-    sick = run(live, model, {"mode": "sick"})
+    sick = live.predict(model, {"mode": "sick"})
     assert (sick["status"], sick["output"]) == ("succeeded", "sick")
 
-    after = run(live, model, {"mode": "ok"})
+    after = live.predict(model, {"mode": "ok"})
 
     assert (after["status"], after["output"]) == ("succeeded", "ok")
 
@@ -94,11 +87,11 @@ def test_a_model_that_turns_unhealthy_gets_a_new_process_for_its_next_run(
 def test_an_inherited_healthcheck_is_found_at_push_and_asked_after_boot(live: LiveStack) -> None:
     # predict.py has no `def healthcheck`: its class inherits one from base.py.
     model = push(live, "unhealthy-inherited")
-    sick = run(live, model, {"mode": "sick"})
+    sick = live.predict(model, {"mode": "sick"})
     assert sick["status"] == "succeeded", sick
     assert version_of(live, sick).healthcheck is True
 
-    after = run(live, model, {"mode": "ok"})
+    after = live.predict(model, {"mode": "ok"})
 
     # The unhealthy process was asked, stopped and replaced: another process ran the next run.
     assert after["status"] == "succeeded", after
