@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from replicant.accounts import add_token, ensure_account
 from replicant.contracts import SEARCH_ATTRIBUTES
@@ -27,10 +28,20 @@ from replicant.settings import Settings
 from replicant.versions import seed_builtin_models
 
 # Without these every task dispatch waits for a ~50 ms poll tick (see DESIGN.md).
+# docker-compose.yml gives its server the same (tests/test_deploy_files.py).
 TEMPORAL_DYNAMIC_CONFIG = [
     "history.transferProcessorMaxPollRPS=10000",
     "history.transferProcessorMaxPollHostRPS=10000",
 ]
+
+# The embedded dev server's cache of workflows' mutable state: left at its 8,096 entries it
+# keeps that many workflows in memory (closed ones too, for an hour), at ~90 KB of its RSS
+# each, so under steady load it grew by 300 MB over its first minutes. At 512 it levels off
+# within the first ~500 workflows; a workflow that fell out of the cache is read back from
+# SQLite on its next task (docs/performance.md, "Memory over a 10-minute soak"). Server
+# 1.32 has only this host-level key: `history.cacheMaxSize` is silently ignored.
+TEMPORAL_HISTORY_CACHE_SIZE = 512
+TEMPORAL_DEV_DYNAMIC_CONFIG = [f"history.hostLevelCacheMaxSize={TEMPORAL_HISTORY_CACHE_SIZE}"]
 
 
 # The dev server's SQLite file holds histories and visibility records alike: WAL lets
@@ -81,7 +92,7 @@ def temporal_command(settings: Settings, *, ui: bool = True) -> list[str]:
         cmd.append("--headless")
     for name, kind in SEARCH_ATTRIBUTES.items():
         cmd += ["--search-attribute", f"{name}={kind}"]
-    dynamic_config = list(TEMPORAL_DYNAMIC_CONFIG)
+    dynamic_config = TEMPORAL_DYNAMIC_CONFIG + TEMPORAL_DEV_DYNAMIC_CONFIG
     if settings.temporal_fairness:
         dynamic_config += SERVER_DYNAMIC_CONFIG
     for value in dynamic_config:
@@ -162,6 +173,7 @@ class Stack:
     ui: bool = True
     log_dir: Path | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    temporal_metrics: str | None = None  # the dev server's Prometheus endpoint, once found
 
     def prepare(self) -> str:
         """Database, default account and token, built-in models; returns the API token."""
@@ -199,6 +211,38 @@ class Stack:
             "temporal", temporal_command(self.settings, ui=self.ui), umask=PRIVATE_UMASK
         )
         wait_for_port(self.settings.temporal_port, proc)
+
+    def temporal_cache(self) -> tuple[int, int] | None:
+        """The dev server's mutable-state cache: (workflows it holds, its bound), read from
+        the server's Prometheus endpoint (on a free port of the server's own choosing);
+        None before the endpoint answers."""
+        proc = self.procs.get("temporal")
+        if proc is None or proc.poll() is not None:
+            return None
+        if self.temporal_metrics is None:
+            with contextlib.suppress(psutil.Error):
+                for conn in psutil.Process(proc.pid).net_connections("tcp"):
+                    if conn.status != psutil.CONN_LISTEN:
+                        continue
+                    url = f"http://127.0.0.1:{conn.laddr.port}/metrics"
+                    with contextlib.suppress(httpx.HTTPError):
+                        if "cache_usage" in httpx.get(url, timeout=2).text:
+                            self.temporal_metrics = url
+                            break
+        if self.temporal_metrics is None:
+            return None
+        try:
+            text = httpx.get(self.temporal_metrics, timeout=5).text
+        except httpx.HTTPError:
+            return None
+        found: dict[str, int] = {}
+        for line in text.splitlines():
+            kind = line.split("{", 1)[0]
+            if kind in ("cache_usage", "cache_size") and 'cache_type="mutablestate"' in line:
+                found[kind] = int(float(line.rsplit(" ", 1)[1]))
+        if len(found) != 2:
+            return None
+        return found["cache_usage"], found["cache_size"]
 
     def start_api(
         self,
