@@ -4,9 +4,10 @@
 Prints, per client count and request kind: requests, throughput, p50/p95/p99 and failures
 (by kind and message); over the whole run, ``/health``'s slowest answer and the resident
 memory and open file descriptors of the API, worker and Temporal processes over time
-(the worker's model processes apart); at the end, whether every created prediction reached
-a terminal state in the database and in Temporal (its ``ReplicantStatus``), and whether every
-webhook arrived.
+(the worker's model processes apart) beside the fill of Temporal's workflow cache, and their
+growth after the warm-up (a minute of load, and until that cache is full); at the end,
+whether every created prediction reached a terminal state in the database and in Temporal
+(its ``ReplicantStatus``), and whether every webhook arrived.
 
 With ``--scale-out`` the stack is two API processes (the clients split evenly over them) and
 two workers on PostgreSQL, Redis (rate limits) and S3 (moto_server).
