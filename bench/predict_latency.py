@@ -10,8 +10,9 @@ Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--clients 1 8
 (predictions/s) of each path, and Replicant's ratios to the floor. With ``--webhook`` every
 Replicant prediction has a ``completed`` webhook to a local receiver (its delivery runs after
 the response), and the run reports when the last one arrived. It also prints the CPU time
-(ms) each process spends per prediction (psutil's user + system time, sampled before and
-after each burst): a figure that holds on a loaded machine, unlike latency. The paths and the
+(ms) each process spends per prediction beyond its idle rate (psutil's user + system time,
+sampled before and after each burst): a figure that holds on a loaded machine, unlike
+latency. The paths and the
 client counts take turns in rounds rather than one after the other, so that the machine's
 drift over the run weighs on each alike. Both Replicant's worker and the floor's have
 ``--slots`` runs at once; clients past that wait for a slot on both.
@@ -51,6 +52,8 @@ Call = Callable[[], Awaitable[None]]
 # The paths and client counts take turns in rounds, so slow drift on a shared machine (other
 # work, the dev server's SQLite file growing and checkpointing) falls on all of them alike.
 ROUNDS = 8
+# Seconds of quiet over which each process's idle CPU is measured.
+IDLE_SAMPLE = 5.0
 
 
 async def warm_up(call: Call, concurrency: int) -> None:
@@ -149,16 +152,25 @@ async def measure(
     }
     elapsed = {n: dict.fromkeys(calls, 0.0) for n in clients}
     per_round = {n: max(n, requests // ROUNDS) for n in clients}
+    # What each process spends with no prediction going on (polling, heartbeats, the dev
+    # server's own timers) is taken out of each burst's figure: on a loaded machine a burst
+    # lasts longer, and that idle time would weigh on each prediction.
+    before = meter.sample()
+    await asyncio.sleep(IDLE_SAMPLE)
+    idle = {g: seconds / IDLE_SAMPLE for g, seconds in meter.spent(before, meter.sample()).items()}
     cpu: CpuResults = {
         n: {name: dict.fromkeys(meter.groups, 0.0) for name in calls} for n in clients
     }
+    cpu[0] = {"idle (ms/s)": {g: rate * 1000 for g, rate in idle.items()}}
     for _ in range(ROUNDS):
         for n in clients:
             for name, call in calls.items():
                 before = meter.sample()
-                elapsed[n][name] += await burst(call, per_round[n], n, latencies[n][name])
+                took = await burst(call, per_round[n], n, latencies[n][name])
+                elapsed[n][name] += took
                 for group, seconds in meter.spent(before, meter.sample()).items():
-                    cpu[n][name][group] += seconds * 1000 / (per_round[n] * ROUNDS)
+                    net = seconds - idle[group] * took
+                    cpu[n][name][group] += net * 1000 / (per_round[n] * ROUNDS)
     results: Results = {}
     for n in clients:
         results[n] = {}
@@ -173,15 +185,15 @@ async def measure(
 
 
 def report_cpu(cpu: CpuResults) -> None:
-    """CPU ms per prediction of each group of processes, per client count and path (a group
-    idle on a path shows what it spends in the background, e.g. polling)."""
-    groups = list(next(iter(next(iter(cpu.values())).values())))
-    print("\nCPU ms per prediction (user + system), per process")
+    """CPU ms per prediction of each group of processes, per client count and path, net of
+    what the group spends idle (the first row, in ms per second)."""
+    groups = list(cpu[0]["idle (ms/s)"])
+    print("\nCPU ms per prediction (user + system) beyond idle, per process")
     print(f"{'clients':<8}{'path':<16}" + "".join(f"{g:>10}" for g in groups) + f"{'total':>10}")
-    for n, paths in cpu.items():
+    for n, paths in sorted(cpu.items()):
         for name, spent in paths.items():
             cells = "".join(f"{spent[g]:>10.1f}" for g in groups)
-            print(f"{n:<8}{name:<16}{cells}{sum(spent.values()):>10.1f}")
+            print(f"{n or '':<8}{name:<16}{cells}{sum(spent.values()):>10.1f}")
 
 
 def report(results: Results, requests: int, slots: int) -> None:
