@@ -34,7 +34,12 @@ from api.state import AppState, Database
 from api.usage import check_spend_limit
 from replicant import responses, tracing
 from replicant.cogmodel import output_streams
-from replicant.contracts import PredictionRequest, WebhookEvent, prediction_workflow_id
+from replicant.contracts import (
+    PREDICTION_SHAPE,
+    PredictionRequest,
+    WebhookEvent,
+    prediction_workflow_id,
+)
 from replicant.ids import new_id
 from replicant.queueing import queue_place
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
@@ -243,6 +248,8 @@ def _request(
         webhook_retry_period=settings.webhook_retry_period,
         webhook_retry_max_interval=settings.webhook_retry_max_interval,
         webhook_timeout=settings.webhook_timeout,
+        # The workflow's current shape, without patch markers (replicant/contracts.py).
+        shape=PREDICTION_SHAPE,
     )
 
 

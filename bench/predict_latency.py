@@ -9,10 +9,13 @@ Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--clients 1 8
 [--webhook]``. Prints, at each number of concurrent clients, percentiles (ms) and throughput
 (predictions/s) of each path, and Replicant's ratios to the floor. With ``--webhook`` every
 Replicant prediction has a ``completed`` webhook to a local receiver (its delivery runs after
-the response), and the run reports when the last one arrived. The paths and the client
-counts take turns in rounds rather than one after the other, so that the machine's drift over
-the run weighs on each alike. Both Replicant's worker and the floor's have ``--slots`` runs at
-once; clients past that wait for a slot on both.
+the response), and the run reports when the last one arrived. It also prints the CPU time
+(ms) each process spends per prediction beyond its idle rate (psutil's user + system time,
+sampled before and after each burst): a figure that holds on a loaded machine, unlike
+latency. The paths and the
+client counts take turns in rounds rather than one after the other, so that the machine's
+drift over the run weighs on each alike. Both Replicant's worker and the floor's have
+``--slots`` runs at once; clients past that wait for a slot on both.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import httpx
+import psutil
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateStage
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
@@ -48,6 +52,8 @@ Call = Callable[[], Awaitable[None]]
 # The paths and client counts take turns in rounds, so slow drift on a shared machine (other
 # work, the dev server's SQLite file growing and checkpointing) falls on all of them alike.
 ROUNDS = 8
+# Seconds of quiet over which each process's idle CPU is measured.
+IDLE_SAMPLE = 5.0
 
 
 async def warm_up(call: Call, concurrency: int) -> None:
@@ -79,14 +85,66 @@ async def burst(call: Call, requests: int, concurrency: int, latencies: list[flo
 
 
 Results = dict[int, dict[str, dict[str, float]]]
+# Per client count and path: CPU ms per call of each group of processes.
+CpuResults = dict[int, dict[str, dict[str, float]]]
+
+
+class CpuMeter:
+    """CPU seconds (user + system) spent by named groups of processes between two samples.
+    A group is a function returning its processes now (a worker's model processes come and
+    go); a process born between two samples counts with all of its time."""
+
+    def __init__(self, groups: Mapping[str, Callable[[], list[psutil.Process]]]) -> None:
+        self.groups = groups
+
+    def sample(self) -> dict[str, dict[int, float]]:
+        taken: dict[str, dict[int, float]] = {}
+        for name, processes in self.groups.items():
+            taken[name] = {}
+            for process in processes():
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:  # ended since it was listed
+                    continue
+                taken[name][process.pid] = times.user + times.system
+        return taken
+
+    @staticmethod
+    def spent(
+        before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+    ) -> dict[str, float]:
+        return {
+            name: sum(t - before[name].get(pid, 0.0) for pid, t in pids.items())
+            for name, pids in after.items()
+        }
+
+
+def with_descendants(proc: subprocess.Popen[bytes] | None) -> Callable[[], list[psutil.Process]]:
+    def processes() -> list[psutil.Process]:
+        if proc is None or proc.poll() is not None:
+            return []
+        try:
+            root = psutil.Process(proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    return processes
+
+
+def descendants_only(proc: subprocess.Popen[bytes]) -> Callable[[], list[psutil.Process]]:
+    def processes() -> list[psutil.Process]:
+        return with_descendants(proc)()[1:]
+
+    return processes
 
 
 async def measure(
-    calls: Mapping[str, Call], requests: int, clients: list[int], slots: int
-) -> Results:
+    calls: Mapping[str, Call], requests: int, clients: list[int], slots: int, meter: CpuMeter
+) -> tuple[Results, CpuResults]:
     """At each number of concurrent clients, per path: latency percentiles (ms) and
     throughput (calls/s) of ``requests`` calls, the paths and client counts interleaved in
-    ``ROUNDS`` rounds."""
+    ``ROUNDS`` rounds; and the CPU ms per call of each of ``meter``'s groups."""
     for call in calls.values():
         await warm_up(call, min(max(clients), slots))
     latencies: dict[int, dict[str, list[float]]] = {
@@ -94,10 +152,25 @@ async def measure(
     }
     elapsed = {n: dict.fromkeys(calls, 0.0) for n in clients}
     per_round = {n: max(n, requests // ROUNDS) for n in clients}
+    # What each process spends with no prediction going on (polling, heartbeats, the dev
+    # server's own timers) is taken out of each burst's figure: on a loaded machine a burst
+    # lasts longer, and that idle time would weigh on each prediction.
+    before = meter.sample()
+    await asyncio.sleep(IDLE_SAMPLE)
+    idle = {g: seconds / IDLE_SAMPLE for g, seconds in meter.spent(before, meter.sample()).items()}
+    cpu: CpuResults = {
+        n: {name: dict.fromkeys(meter.groups, 0.0) for name in calls} for n in clients
+    }
+    cpu[0] = {"idle (ms/s)": {g: rate * 1000 for g, rate in idle.items()}}
     for _ in range(ROUNDS):
         for n in clients:
             for name, call in calls.items():
-                elapsed[n][name] += await burst(call, per_round[n], n, latencies[n][name])
+                before = meter.sample()
+                took = await burst(call, per_round[n], n, latencies[n][name])
+                elapsed[n][name] += took
+                for group, seconds in meter.spent(before, meter.sample()).items():
+                    net = seconds - idle[group] * took
+                    cpu[n][name][group] += net * 1000 / (per_round[n] * ROUNDS)
     results: Results = {}
     for n in clients:
         results[n] = {}
@@ -108,7 +181,19 @@ async def measure(
                 "p95": values[int(len(values) * 0.95) - 1],
                 "throughput": per_round[n] * ROUNDS / elapsed[n][name],
             }
-    return results
+    return results, cpu
+
+
+def report_cpu(cpu: CpuResults) -> None:
+    """CPU ms per prediction of each group of processes, per client count and path, net of
+    what the group spends idle (the first row, in ms per second)."""
+    groups = list(cpu[0]["idle (ms/s)"])
+    print("\nCPU ms per prediction (user + system) beyond idle, per process")
+    print(f"{'clients':<8}{'path':<16}" + "".join(f"{g:>10}" for g in groups) + f"{'total':>10}")
+    for n, paths in sorted(cpu.items()):
+        for name, spent in paths.items():
+            cells = "".join(f"{spent[g]:>10.1f}" for g in groups)
+            print(f"{n or '':<8}{name:<16}{cells}{sum(spent.values()):>10.1f}")
 
 
 def report(results: Results, requests: int, slots: int) -> None:
@@ -261,8 +346,20 @@ async def bench(requests: int, clients: list[int], slots: int, receiver: Receive
                 "temporal floor": floor_call,
                 "replicant": replicant_call,
             }
-            results = await measure(paths, requests, clients, slots)
+            meter = CpuMeter(
+                {
+                    "temporal": with_descendants(stack.procs["temporal"]),
+                    "api": with_descendants(stack.procs["api"]),
+                    "worker": lambda: with_descendants(stack.procs["worker"])()[:1],
+                    "models": descendants_only(stack.procs["worker"]),
+                    "coglet": with_descendants(coglet),
+                    # The clients of every path, and the floor's worker.
+                    "bench": lambda: [psutil.Process()],
+                }
+            )
+            results, cpu = await measure(paths, requests, clients, slots, meter)
         report(results, requests, slots)
+        report_cpu(cpu)
         if receiver is not None:
             lag = await all_delivered(receiver, made)
             print(f"all {made} completed webhooks delivered {lag:.1f} s after the last response")

@@ -72,6 +72,13 @@ class RunOutcome(BaseModel):
     completed_at: datetime | None = None
 
 
+# The PredictionRequest.shape the API starts a prediction with: 1 closes the workflow at the
+# run's end ("closes-at-end"), stages input files ("stage-inputs"), cancels itself through
+# Temporal at a deadline ("deadline-cancels-workflow") and starts the `completed` webhook's
+# workflow with a local activity ("webhook-started-locally"), without a patch marker for any.
+PREDICTION_SHAPE = 1
+
+
 class PredictionRequest(BaseModel):
     """Input of ``PredictionWorkflow``: everything needed to run one prediction.
 
@@ -122,6 +129,11 @@ class PredictionRequest(BaseModel):
     # Set on the after-life run (continued on the orchestration queue once the run is over):
     # the prediction's terminal state; the run itself is not repeated.
     outcome: RunOutcome | None = None
+    # The patches of PredictionWorkflow its starter knew (PREDICTION_SHAPE): the workflow
+    # takes them without calling workflow.patched(), whose marker also costs a search
+    # attribute (TemporalChangeVersion) written to Temporal's visibility store. 0: an older
+    # API's start or a program's: workflow.patched() decides, as before.
+    shape: int = 0
 
 
 class FinishPrediction(BaseModel):

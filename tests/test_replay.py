@@ -75,6 +75,24 @@ def has_completed_task(history: WorkflowHistory) -> bool:
     return any(e.HasField("workflow_task_completed_event_attributes") for e in history.events)
 
 
+def patch_markers(history: WorkflowHistory) -> list[str]:
+    """The patch markers in a history, and the TemporalChangeVersion search attribute
+    written with each (one more write to Temporal's visibility store)."""
+    found = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    found += [
+        "TemporalChangeVersion"
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+        and "TemporalChangeVersion"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
+    return found
+
+
 def workflow_type(history: WorkflowHistory) -> str:
     started = history.events[0].workflow_execution_started_event_attributes
     name: str = started.workflow_type.name
@@ -95,7 +113,9 @@ async def test_prediction_histories_replay_with_the_current_code(
     """A prediction's workflow closes as it ended: succeeded, canceled, and with a
     `completed` webhook, which a workflow of its own delivers, started by a local activity
     (patched webhook-started-locally; the saved prediction-succeeded-closed started it as a
-    child workflow)."""
+    child workflow). The API starts it with PREDICTION_SHAPE: it takes the patches that shape
+    names without a patch marker (the saved prediction-webhook-started-locally and
+    prediction-canceled-closed, of shape 0, have them)."""
     with running_receiver() as receiver:
         made = [
             api.post(
@@ -112,21 +132,24 @@ async def test_prediction_histories_replay_with_the_current_code(
         assert live.wait_for(made[1]["id"])["status"] == "canceled"
         client = await connect(live.settings)
         histories = {
-            "prediction-webhook-started-locally": f"prediction-{made[0]['id']}",
-            "prediction-canceled-closed": f"prediction-{made[1]['id']}",
+            "prediction-shape1-webhook": f"prediction-{made[0]['id']}",
+            "prediction-shape1-canceled": f"prediction-{made[1]['id']}",
             "webhook-delivered": f"webhook-{made[0]['id']}",
         }
         for name, workflow_id in histories.items():
             history = await closed_history(client, workflow_id)
             save(name, history)
             await replayer().replay_workflow(history)
+            if name.startswith("prediction-"):
+                assert patch_markers(history) == [], name
 
 
 async def test_a_deadline_canceled_prediction_history_replays_with_the_current_code(
     live: LiveStack, api: httpx.Client
 ) -> None:
     """A prediction past its deadline asks Temporal to cancel its workflow (patched
-    deadline-cancels-workflow), which closes as Canceled."""
+    deadline-cancels-workflow, taken without a marker at PREDICTION_SHAPE; the saved
+    prediction-deadline-canceled-closed has the marker), which closes as Canceled."""
     made = api.post(
         "/v1/models/replicant/sleep/predictions",
         json={"input": {"seconds": 60}},
@@ -135,8 +158,9 @@ async def test_a_deadline_canceled_prediction_history_replays_with_the_current_c
     assert live.wait_for(made["id"])["status"] == "canceled"
     client = await connect(live.settings)
     history = await closed_history(client, f"prediction-{made['id']}")
-    save("prediction-deadline-canceled-closed", history)
+    save("prediction-shape1-deadline-canceled", history)
     await replayer().replay_workflow(history)
+    assert patch_markers(history) == []
 
 
 async def test_build_histories_replay_with_the_current_code(

@@ -90,7 +90,7 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
             workflow.upsert_search_attributes(
                 [pair.key.value_set(pair.value) for pair in search_attributes(req)]
             )
-        if workflow.patched(CLOSES_AT_END):
+        if req.shape >= 1 or workflow.patched(CLOSES_AT_END):
             return await self._live(req)
         if not req.recorded:
             await workflow.execute_local_activity(
@@ -200,7 +200,7 @@ class PredictionWorkflow(RunLadder[RunOutcome, RunOutcome]):
                 await workflow.wait_condition(run.done, timeout=left)
         if not run.done():
             self._deadline_passed = True
-            if closes_at_end and workflow.patched(DEADLINE_CANCELS_WORKFLOW):
+            if closes_at_end and (req.shape >= 1 or workflow.patched(DEADLINE_CANCELS_WORKFLOW)):
                 await self._request_own_cancel()
             else:
                 self.cancel()

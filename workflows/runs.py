@@ -100,7 +100,10 @@ class RunLadder(Generic[Result, Ended]):
         """Stage and run ``req``: the run's result, or the end recorded by ``_finish``."""
         if self._cancel_requested:
             return await self._finish(req, "canceled", None)
-        if may_hold_files(req.input) and workflow.patched(rungs.stage_patch):
+        # A request of shape 1 or more (replicant/contracts.py) stages without a patch marker.
+        if may_hold_files(req.input) and (
+            getattr(req, "shape", 0) >= 1 or workflow.patched(rungs.stage_patch)
+        ):
             staged = await stage(rungs.stage_activity, req, req.side_queue)
             if isinstance(staged, str):
                 return await self._finish(req, "failed", f"Input file error: {staged}")
