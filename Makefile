@@ -24,7 +24,8 @@ typecheck: $(STAMP)
 
 # The API test suite: every file that drives the HTTP API and the read model through a stack
 # (the session's `live` stack or a stack of the module's own). It runs on SQLite and again on
-# PostgreSQL (fresh databases of the local server). The rest runs once, on SQLite: unit tests,
+# PostgreSQL (fresh databases of the local server), but for the files of DATABASE_NEUTRAL
+# (at the end). The rest runs once, on SQLite: unit tests,
 # the deploy files, the migrations (which test both databases themselves) and the scale-out
 # test (always on PostgreSQL). The three passes run side by side (tests/passes.py): most tests
 # wait on timers, so the wall time is about the longest pass's, not the sum.
@@ -59,7 +60,7 @@ test: lint typecheck system-packages
 	$(BIN)/python tests/passes.py \
 		"sqlite=$(BIN)/pytest -q --durations=30 $(API_TESTS)" \
 		"postgres=env REPLICANT_TEST_DATABASE=postgres $(BIN)/pytest -q --durations=30 \
-		-o cache_dir=.pytest_cache/postgres $(API_TESTS)" \
+		-o cache_dir=.pytest_cache/postgres $(POSTGRES_TESTS)" \
 		"once=$(BIN)/pytest -q --durations=30 -o cache_dir=.pytest_cache/once \
 		$(addprefix --ignore=,$(API_TESTS))"
 
@@ -84,3 +85,16 @@ API_TESTS += tests/test_builds.py tests/test_collections_search.py tests/test_de
 	tests/test_prediction_delete.py
 API_TESTS += tests/test_concurrency.py
 API_TESTS += tests/test_visibility.py
+
+# The PostgreSQL pass runs the API tests but these, whose behaviour no database changes: what
+# they check happens before anything is stored or after it is read, and the rows they write
+# and read are the same as the files left in write and read. test_replay: workflow code
+# replaying saved and fresh histories (the histories' predictions, trainings, builds and
+# deployments are test_predictions', test_trainings', test_builds' and test_deployments' own
+# on PostgreSQL). test_ssrf: URLs refused before a row is written (a stack of its own).
+# test_tracing: spans sent over OTLP, with no span from the database (a stack of its own).
+# test_body_limits: bodies capped before they are read or authenticated. test_push_archives:
+# archives refused before anything is stored. They run on SQLite, in the sqlite pass.
+DATABASE_NEUTRAL := tests/test_replay.py tests/test_ssrf.py tests/test_tracing.py \
+	tests/test_body_limits.py tests/test_push_archives.py
+POSTGRES_TESTS := $(filter-out $(DATABASE_NEUTRAL),$(API_TESTS))
