@@ -12,7 +12,7 @@ from typing import Protocol
 
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 from temporalio import activity
 
 from replicant.contracts import (
@@ -22,7 +22,12 @@ from replicant.contracts import (
     InstanceTarget,
     ObserveDeployment,
 )
-from replicant.deployments import deployment_config, deployment_demand, deployment_runnable
+from replicant.deployments import (
+    deployment_config,
+    deployment_demand,
+    deployment_runnable,
+    stranded_predictions,
+)
 from replicant.tables import Deployment
 from replicant.timeutil import utcnow
 
@@ -31,9 +36,20 @@ def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
     with Session(engine) as session:
         row = session.get(Deployment, ref.deployment_id)
         if row is None or (row.owner, row.name) != (ref.owner, ref.name):
-            return DeploymentObservation(exists=False)
+            # Deleted: its waiting predictions are stranded, unless a deployment of the same
+            # name was made since (its instances serve the same queue).
+            again = session.exec(
+                select(Deployment.id).where(
+                    Deployment.owner == ref.owner, Deployment.name == ref.name
+                )
+            ).first()
+            stranded = (
+                [] if again is not None else stranded_predictions(session, ref.owner, ref.name)
+            )
+            return DeploymentObservation(exists=False, stranded=stranded)
         waiting, running = deployment_demand(session, ref.owner, ref.name, instances_only=True)
         runnable = deployment_runnable(session, row)
+        stranded = [] if runnable else stranded_predictions(session, ref.owner, ref.name)
     if ref.busy or waiting or running:
         with engine.begin() as conn:
             conn.execute(
@@ -48,6 +64,7 @@ def observe(engine: Engine, ref: ObserveDeployment) -> DeploymentObservation:
         running=running,
         shared_hardware=row.shared_hardware,
         runnable=runnable,
+        stranded=stranded,
     )
 
 

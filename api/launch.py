@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
@@ -163,11 +163,12 @@ async def launch_prediction(
     version: Version,
     body: PredictionInput,
     placement: Placement | None = None,
-    on_started: Callable[[], Awaitable[None]] | None = None,
+    on_started: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Response:
     """Create a prediction of ``version`` as the body and headers ask and answer 201
     (``Prefer: wait`` holds it until terminal). ``on_started`` runs once the prediction is
-    recorded and its workflow started, before any wait (a deployment wakes its controller)."""
+    recorded and its workflow started, before any wait (a deployment wakes its controller);
+    a waiting create holds on it until its deadline at most."""
     state = create.state
     if not version.predict_ref:
         raise invalid(
@@ -196,10 +197,27 @@ async def launch_prediction(
         return await _answer(create, first, deadline)
     started = await runs.launch(req, wait_until=deadline)
     if on_started is not None:
-        await on_started()
+        await _after_start(state, on_started, req.id, deadline)
     if deadline is not None:
         await _wait(state, req.id, started, deadline)
     return await respond(create.request, state, req.id, waited=wait is not None)
+
+
+async def _after_start(
+    state: AppState,
+    on_started: Callable[[], Coroutine[Any, Any, None]],
+    prediction_id: str,
+    deadline: float | None,
+) -> None:
+    """Run ``on_started``; a waiting create holds on it only until its deadline (a wake
+    still under way then goes on after the answer: the answer comes by the deadline)."""
+    if deadline is None:
+        await on_started()
+        return
+    waking = state.keep(on_started(), f"wake after the start of {prediction_id}")
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            await asyncio.shield(waking)
 
 
 def _request(

@@ -322,6 +322,9 @@ class DeploymentObservation(BaseModel):
     # False: its owner may no longer run its model (made private or deleted by another
     # account, or access lost): it keeps no instances.
     runnable: bool = True
+    # Predictions waiting on its own queue that nothing will ever serve (it is not runnable,
+    # or it was deleted): the controller cancels them.
+    stranded: list[str] = Field(default_factory=list)
 
 
 class ObserveDeployment(BaseModel):

@@ -77,6 +77,24 @@ def deployment_demand(
     return int(counts.get("starting", 0)), int(counts.get("processing", 0))
 
 
+# Waiting predictions of a deployment that stopped serving, ended at one check at most.
+STRANDED_BATCH = 100
+
+
+def stranded_predictions(session: Session, owner: str, name: str) -> list[str]:
+    """Predictions of ``owner/name`` waiting on its own queue (not on the shared hardware
+    queue): when the deployment stops serving, nothing will ever take them."""
+    found = session.exec(
+        select(Prediction.id)
+        .where(Prediction.deployment == f"{owner}/{name}")
+        .where(Prediction.status == "starting")
+        .where(col(Prediction.deployment_shared).is_(False))
+        .order_by(col(Prediction.created_at))
+        .limit(STRANDED_BATCH)
+    ).all()
+    return list(found)
+
+
 def set_deployment_priority(
     engine: Engine, deployment: str, priority: int, *, shared_hardware: bool | None = None
 ) -> Deployment:

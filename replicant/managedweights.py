@@ -23,7 +23,6 @@ binds it read-only at ``target`` (``workers/runners/process.py``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import posixpath
@@ -34,10 +33,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pathspec
-from sqlalchemy import Select, delete, or_
+from sqlalchemy import Select, delete, or_, text
 from sqlalchemy import select as sql_select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, SQLModel, col, select
 
 from replicant.archives import model_files
@@ -254,19 +253,24 @@ class Resolver:
 
     def _hold(self, key: str) -> None:
         """Record that the version being pushed refers to the object ``key``, before it is
-        looked for in the store: the sweep keeps an object a push holds
-        (``replicant/weightsgc.py``)."""
+        looked for in the store: the sweep keeps an object a push holds. The hold waits for
+        a sweep removing that very object (``key_lock``): once it is written, the object is
+        either kept or already gone, and the push then finds it or puts it back."""
         from replicant.tables import ManagedWeightRef
 
         if self.engine is None or self.version is None:
             return
-        with contextlib.suppress(IntegrityError), Session(self.engine) as session:
-            ref = session.get(ManagedWeightRef, (self.version, key))
-            if ref is None:
-                ref = ManagedWeightRef(version_id=self.version, object_key=key)
-            ref.created_at = utcnow()
-            session.add(ref)
-            session.commit()
+        values = {"version_id": self.version, "object_key": key, "created_at": utcnow()}
+        with self.engine.begin() as conn:
+            key_lock(conn, key)
+            # One write, no read before it: on SQLite it waits for the sweep's transaction.
+            insert = _upsert(conn)(ManagedWeightRef).values(**values)
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["version_id", "object_key"],
+                    set_={"created_at": values["created_at"]},
+                )
+            )
 
     def _store(self) -> ObjectStore:
         if self.store is None:
@@ -285,13 +289,29 @@ def write_manifest(model_dir: Path, weights: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps({"weights": weights}, indent=2), encoding="utf-8")
 
 
+def key_lock(conn: Connection, key: str) -> None:
+    """Serialize, until ``conn``'s transaction ends, the sweep's removal of the object ``key``
+    and a push's hold of it. PostgreSQL: a transaction-scoped advisory lock on the key. SQLite
+    has one writer at a time: each side's first statement is a write, which waits for the
+    other's transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+
+
+def _upsert(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
 def remove_unreferenced(engine: Engine, store: ObjectStore, grace: float, limit: int) -> int:
     """Remove up to ``limit`` objects of managed weights that no version refers to any more:
     every version that held one is deleted (or its push failed) and the last hold is older
     than ``grace`` seconds (a push under way holds its objects before it records its
-    version). The object goes first, then its rows, so an interrupted sweep is finished by
-    the next. An object held again between the check and its removal (the same file pushed
-    at that very moment) is lost to that push: its workers fail the boot naming the object."""
+    version). Each object goes in a transaction of its own, under the key's lock
+    (``key_lock``): its stale rows are deleted, then, unless a hold is left, the object, and
+    the transaction commits; a push holding the object meanwhile waits for it, then finds the
+    object gone and stores it again. An interrupted sweep leaves the rows for the next."""
     from replicant.tables import ManagedWeightRef
 
     cutoff = utcnow() - timedelta(seconds=grace)
@@ -302,14 +322,14 @@ def remove_unreferenced(engine: Engine, store: ObjectStore, grace: float, limit:
         ).all()
     removed = 0
     for key in keys:
-        with engine.connect() as conn:
-            if conn.execute(_held(cutoff, key).limit(1)).first() is not None:
-                continue  # held again since
-        store.delete(key)
         with engine.begin() as conn:
+            key_lock(conn, key)
             conn.execute(
                 delete(ManagedWeightRef).where(key_of == key, key_of.not_in(_held(cutoff)))
             )
+            if conn.execute(_held(cutoff, key).limit(1)).first() is not None:
+                continue  # held again since: the object stays
+            store.delete(key)
         removed += 1
     return removed
 

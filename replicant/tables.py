@@ -98,7 +98,7 @@ class ManagedWeightRef(SQLModel, table=True):
     """An object of cog.yaml's managed weights (``weights/sha256/<digest>``) that a version
     refers to, written when the push first holds it. Kept after the version is deleted: the
     file-expiry sweep removes an object once every version that referred to it is gone (and
-    a push holding it has had time to finish), then the rows (replicant/weightsgc.py)."""
+    a push holding it has had time to finish), then the rows (replicant/managedweights.py)."""
 
     version_id: str = Field(primary_key=True)
     object_key: str = Field(primary_key=True, index=True)

@@ -1,13 +1,16 @@
 """TEST ONLY: the API process with a fault in its Temporal client, to reach the crash windows
-of a create (tests/test_crash_windows.py): ``python -m tests.faultyapi kill|lose``.
+of a create (tests/test_crash_windows.py): ``python -m tests.faultyapi kill|lose|stall-wake``.
 
 ``kill``: the process SIGKILLs itself at its first workflow start, so the row is written and
 no workflow started. ``lose``: every start is made, then its answer is lost (a timeout), as
-if Temporal took it but the API never heard so.
+if Temporal took it but the API never heard so. ``stall-wake``: a deployment's wake (the
+start of its controller with a ``wake`` signal, after a prediction's start) never answers,
+as with a Temporal that takes it and then goes silent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sys
@@ -39,6 +42,8 @@ class _Fault(OutboundInterceptor):
             raise TimeoutError("injected: the start's answer was lost")
 
     async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        if self.fault == "stall-wake" and input.start_signal == "wake":
+            await asyncio.Event().wait()  # never set: the call never answers
         self._before()
         handle = await super().start_workflow(input)
         self._after()
@@ -54,11 +59,11 @@ class _Fault(OutboundInterceptor):
 
 
 class FaultInterceptor(Interceptor):
-    """Injects ``fault`` (``kill`` or ``lose``) into every workflow start of the client."""
+    """Injects ``fault`` (``kill``, ``lose``, ``stall-wake``) into the client's workflow starts."""
 
     def __init__(self, fault: str) -> None:
-        if fault not in ("kill", "lose"):
-            raise SystemExit(f"unknown fault {fault!r}: kill or lose")
+        if fault not in ("kill", "lose", "stall-wake"):
+            raise SystemExit(f"unknown fault {fault!r}: kill, lose or stall-wake")
         self.fault = fault
 
     def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import replicate
@@ -19,6 +22,9 @@ from replicant.tables import Model
 from tests.conftest import LiveStack
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+# A model that tries to reach every file, secret and service of the installation
+# (tests/test_model_sandbox.py; its targets are written by ``hostile_model``).
+HOSTILE = Path(__file__).resolve().parent / "models" / "hostile"
 COG_YAML = 'build:\n  python_version: "3.11"\npredict: "predict.py:Predictor"\n'
 # Answers a number of its own per model process (pids repeat across sandboxes).
 PID_MODEL = (
@@ -117,3 +123,44 @@ def model_row(live: LiveStack, ref: str) -> Model:
     with Session(live.engine) as session:
         model = session.exec(select(Model).where(Model.owner == owner, Model.name == name)).one()
     return model
+
+
+def hostile_model(root: Path, live: LiveStack, listener: tuple[str, int]) -> Path:
+    """The hostile model with its targets: this installation's files, secrets and ports."""
+    src = root / "hostile"
+    shutil.copytree(HOSTILE, src)
+    data = live.settings.data_dir.resolve()
+    others = sorted(version_dirs(live))
+    temporal = live.settings.resolved_temporal_address.rpartition(":")[2]
+    api = urlsplit(live.url).port
+    targets: dict[str, Any] = {
+        "paths": [
+            str(data),
+            str(data / "replicant.db"),
+            str(data / "secret-key"),
+            str(data / "versions"),
+            *(str(data / "versions" / name) for name in others[:1]),
+            str(Path(__file__).resolve().parent),
+        ],
+        "env_prefixes": [
+            "REPLICANT_API_TOKEN",
+            "REPLICANT_DATABASE",
+            "REPLICANT_S3",
+            "REPLICANT_REDIS",
+            "REPLICANT_DATA_DIR",
+            "REPLICANT_TEMPORAL",
+            "AWS_",
+        ],
+        "secrets": [live.token],
+        # The worker's own processes have its HOME; a sandboxed model's is /tmp.
+        "markers": [live.token, f"HOME={os.environ.get('HOME', '/root')}"],
+        "connects": [
+            ["127.0.0.1", int(temporal)],
+            ["127.0.0.1", 5432],
+            ["127.0.0.1", 6379],
+            ["127.0.0.1", api],
+            [listener[0], listener[1]],
+        ],
+    }
+    (src / "targets.json").write_text(json.dumps(targets))
+    return src

@@ -159,6 +159,34 @@ def test_a_deployment_prediction_whose_api_died_is_failed_with_a_reason(
     assert row.error == NEVER_STARTED.format(kind="prediction")
 
 
+def test_a_waiting_deployment_create_answers_by_its_deadline_while_its_wake_hangs(
+    crashy: LiveStack,
+) -> None:
+    """The wake of the deployment's controller after the start never answers: a create with
+    ``Prefer: wait`` answers all the same, by its deadline, with the prediction waiting."""
+    _, token = account(crashy, "stallwake")
+    with crashy.client(token) as api:
+        owner, name = new_deployment(api)
+    url = crashy.stack.start_api(
+        "api-stall-wake", free_port(), command=faultyapi.command("stall-wake")
+    )
+    try:
+        response = httpx.post(
+            f"{url}/v1/deployments/{owner}/{name}/predictions",
+            json={"input": {"text": "stalled"}},
+            headers={"Authorization": f"Bearer {token}", "Prefer": "wait=1"},
+            timeout=60,
+        )
+    finally:
+        crashy.stack.stop("api-stall-wake")
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["status"] == "starting"
+    with crashy.client(token) as api:
+        assert api.post(f"/v1/predictions/{created['id']}/cancel").status_code == 200
+    assert crashy.wait_for(created["id"], token=token)["status"] == "canceled"
+
+
 def test_a_training_whose_api_died_before_its_workflow_started_is_failed_with_a_reason(
     crashy: LiveStack,
 ) -> None:

@@ -15,14 +15,16 @@ from typing import Any
 import httpx
 import pytest
 import replicate
-from sqlmodel import Session, select
+from sqlalchemy import delete as sql_delete
+from sqlmodel import Session, col, select
 
-from replicant.tables import Deployment, DeploymentInstance
+from replicant.tables import Deployment, DeploymentInstance, DeploymentRelease
 from replicant.temporal import connect
 from replicant.timeutil import as_utc, utcnow
 from replicant.versions import create_version, ensure_model
 from tests.conftest import DEPLOYMENT_DELETE_IDLE, DEPLOYMENT_IDLE, LiveStack
 from tests.waiting import wait_until
+from workflows.deployment import DeploymentWorkflow
 
 HELLO = "replicate/hello-world"
 SLEEP = "replicant/sleep"
@@ -423,6 +425,37 @@ def test_delete_only_when_offline_and_unused(
     assert gone.status_code == 204, gone.text
     assert client.get(path).status_code == 404
     assert client.post(f"{path}/predictions", json={"input": {"text": "x"}}).status_code == 404
+
+
+def test_a_prediction_left_waiting_by_a_deletion_ends_canceled(
+    live: LiveStack, owner: tuple[str, httpx.Client]
+) -> None:
+    """A create that read the deployment just before its deletion records its prediction
+    just after it (the delete saw none waiting): the retired controller cancels it."""
+    username, client = owner
+    created = create(client, HELLO, latest_version(client, HELLO), max_instances=0)
+    path = f"/v1/deployments/{username}/{created['name']}"
+    made = client.post(f"{path}/predictions", json={"input": {"text": "late"}})
+    assert made.status_code == 201, made.text
+    # The deletion as DELETE makes it (rows, then the controller's retire signal), with the
+    # prediction already waiting: the state that race leaves.
+    row = deployment_row(live, created)
+    with Session(live.engine) as session:
+        session.exec(
+            sql_delete(DeploymentRelease).where(col(DeploymentRelease.deployment_id) == row.id)
+        )
+        session.exec(sql_delete(Deployment).where(col(Deployment.id) == row.id))
+        session.commit()
+
+    async def retire() -> None:
+        temporal = await connect(live.settings)
+        handle = temporal.get_workflow_handle(f"deployment-{row.owner}/{row.name}-{row.id}")
+        await handle.signal(DeploymentWorkflow.retire)
+
+    asyncio.run(retire())
+    token = client.headers["Authorization"].removeprefix("Bearer ")
+    assert live.wait_for(made.json()["id"], token=token)["status"] == "canceled"
+    assert client.get(path).status_code == 404
 
 
 def test_a_version_used_by_a_deployment_cannot_be_deleted(

@@ -39,19 +39,18 @@ from replicant.settings import get_settings
 from tests.conftest import LiveStack
 from tests.modelkit import (
     COG_YAML,
+    HOSTILE,
     PID_MODEL,
+    hostile_model,
     pack,
     predict,
     pushed,
     someone,
-    version_dirs,
     write_model,
 )
 from tests.runnerkit import spec, write_models
 from tests.test_envs import make_wheel
 from workers.runners import BootError, PoolConfig, RunnerPool
-
-HOSTILE = Path(__file__).resolve().parent / "models" / "hostile"
 
 
 def private_address() -> str:
@@ -86,47 +85,6 @@ def listener() -> Iterator[tuple[str, int]]:
     stop.set()
     thread.join()
     server.close()
-
-
-def hostile_model(root: Path, live: LiveStack, listener: tuple[str, int]) -> Path:
-    """The hostile model with its targets: this installation's files, secrets and ports."""
-    src = root / "hostile"
-    shutil.copytree(HOSTILE, src)
-    data = live.settings.data_dir.resolve()
-    others = sorted(version_dirs(live))
-    temporal = live.settings.resolved_temporal_address.rpartition(":")[2]
-    api = urlsplit(live.url).port
-    targets: dict[str, Any] = {
-        "paths": [
-            str(data),
-            str(data / "replicant.db"),
-            str(data / "secret-key"),
-            str(data / "versions"),
-            *(str(data / "versions" / name) for name in others[:1]),
-            str(Path(__file__).resolve().parent),
-        ],
-        "env_prefixes": [
-            "REPLICANT_API_TOKEN",
-            "REPLICANT_DATABASE",
-            "REPLICANT_S3",
-            "REPLICANT_REDIS",
-            "REPLICANT_DATA_DIR",
-            "REPLICANT_TEMPORAL",
-            "AWS_",
-        ],
-        "secrets": [live.token],
-        # The worker's own processes have its HOME; a sandboxed model's is /tmp.
-        "markers": [live.token, f"HOME={os.environ.get('HOME', '/root')}"],
-        "connects": [
-            ["127.0.0.1", int(temporal)],
-            ["127.0.0.1", 5432],
-            ["127.0.0.1", 6379],
-            ["127.0.0.1", api],
-            [listener[0], listener[1]],
-        ],
-    }
-    (src / "targets.json").write_text(json.dumps(targets))
-    return src
 
 
 def test_the_hostile_model_reaches_all_of_it_outside_a_sandbox(

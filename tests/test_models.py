@@ -203,6 +203,43 @@ def test_version_delete_rules(live: LiveStack, tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
+SLOW_MODEL = (
+    "import time\n\n"
+    "from cog import BasePredictor\n\n\n"
+    "class Predictor(BasePredictor):\n"
+    "    def predict(self, tag: str = '') -> str:\n"
+    "        for _ in range(600):\n"
+    "            time.sleep(0.1)\n"
+    "        return tag\n"
+)
+
+
+def test_deleting_a_version_removes_its_directory_once_no_run_of_it_is_in_flight(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    alice = someone(live, "alice")
+    ref = f"{alice.username}/dirgone"
+    src = write_model(tmp_path / "m", {"cog.yaml": COG_YAML, "predict.py": SLOW_MODEL})
+    version = pushed(live, alice, ref, src, create=True, visibility="private")
+    directory = live.settings.data_dir.resolve() / "versions" / version
+    assert (directory / "predict.py").is_file()
+    with alice.client(live) as api:
+        created = api.post(f"/v1/models/{ref}/predictions", json={"input": {"tag": "x"}})
+        assert created.status_code == 201, created.text
+        prediction_id = created.json()["id"]
+        live.wait_for(prediction_id, lambda p: p["status"] == "processing", token=alice.token)
+        in_flight = api.delete(f"/v1/models/{ref}/versions/{version}")
+        assert in_flight.status_code == 409, in_flight.text
+        assert "in progress" in in_flight.json()["detail"]
+        assert (directory / "predict.py").is_file()
+        assert api.post(f"/v1/predictions/{prediction_id}/cancel").status_code == 200
+        ended = live.wait_for(prediction_id, token=alice.token)
+        assert ended["status"] == "canceled"
+        assert api.delete(f"/v1/models/{ref}/versions/{version}").status_code == 202
+        assert api.get(f"/v1/models/{ref}/versions/{version}").status_code == 404
+    assert not directory.exists()
+
+
 # --- hardware ------------------------------------------------------------------------------
 
 

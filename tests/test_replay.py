@@ -17,13 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlmodel import Session, select
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from replicant.archives import pack_model
+from replicant.ids import new_id
+from replicant.tables import Deployment
 from replicant.temporal import connect
+from replicant.versions import create_version, ensure_model
 from tests.conftest import TERMINAL, LiveStack
+from tests.deploykit import new_deployment
+from tests.modelkit import someone
 from tests.receiver import running_receiver
 from tests.trainkit import CorpusServer, corpus, data_uri, ngram_version
 from tests.waiting import async_wait_until
@@ -239,6 +245,45 @@ async def test_training_and_deployment_histories_replay_with_the_current_code(
     for name, history in histories.items():
         save(name, history)
         await replayer().replay_workflow(history)
+
+
+async def test_a_deployment_that_cancels_its_stranded_predictions_replays(
+    live: LiveStack,
+) -> None:
+    """A controller whose deployment stops serving (its model went private) cancels the
+    predictions waiting on its queue (patched ends-stranded)."""
+    author, deployer = someone(live, "replay-author"), someone(live, "replay-deployer")
+    model = ensure_model(live.engine, author.username, f"replay-private-{new_id()[:6]}")
+    hello = Path(__file__).resolve().parent.parent / "examples" / "hello-world"
+    version = create_version(live.settings, live.engine, model, hello).id
+    ref = f"{author.username}/{model.name}"
+    with deployer.client(live) as theirs, author.client(live) as own:
+        owner, name = new_deployment(theirs, ref, version, max_instances=0)
+        created = theirs.post(
+            f"/v1/deployments/{owner}/{name}/predictions", json={"input": {"text": "x"}}
+        )
+        assert created.status_code == 201, created.text
+        assert own.patch(f"/v1/models/{ref}", json={"visibility": "private"}).status_code == 200
+        ended = await asyncio.to_thread(finished, theirs, f"/v1/predictions/{created.json()['id']}")
+    assert ended["status"] == "canceled", ended
+    client = await connect(live.settings)
+    row = await asyncio.to_thread(deployment_id, live, owner, name)
+    history = await client.get_workflow_handle(f"deployment-{owner}/{name}-{row}").fetch_history()
+    assert any(
+        e.HasField("request_cancel_external_workflow_execution_initiated_event_attributes")
+        for e in history.events
+    )
+    save("deployment-ends-stranded", history)
+    await replayer().replay_workflow(history)
+
+
+def deployment_id(live: LiveStack, owner: str, name: str) -> int:
+    with Session(live.engine) as session:
+        row = session.exec(
+            select(Deployment).where(Deployment.owner == owner, Deployment.name == name)
+        ).one()
+    assert row.id is not None
+    return row.id
 
 
 async def test_a_canceled_training_history_replays_with_the_current_code(

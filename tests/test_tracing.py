@@ -22,9 +22,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from tests.conftest import LiveStack, own_stack
-from tests.modelkit import predict, pushed, someone
+from tests.modelkit import hostile_model, predict, pushed, someone
 from tests.otlp import OtlpReceiver, Span, otlp_receiver
-from tests.test_model_sandbox import hostile_model
 from tests.trainkit import corpus, new_destination, train
 from tests.waiting import wait_until
 from workers.runners.spans import MAX_EXPORT_BYTES, SpanRelay

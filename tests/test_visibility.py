@@ -5,6 +5,8 @@ fields take http(s) URLs only."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -13,17 +15,21 @@ import httpx
 import pytest
 from sqlalchemy import delete
 from sqlmodel import Session, select
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from replicant.accounts import add_member, create_account, create_organization
 from replicant.collections import add_models, create_collection
+from replicant.contracts import prediction_workflow_id
 from replicant.db import init_db, make_engine
 from replicant.deployments import deployment_runnable
 from replicant.settings import Settings
 from replicant.tables import Deployment, Membership, Model, Version
+from replicant.temporal import connect
 from replicant.versions import create_version, ensure_model
 from tests.conftest import LiveStack
 from tests.deploykit import new_deployment
 from tests.modelkit import COG_YAML, Who, someone, write_model
+from tests.receiver import running_receiver
 from tests.waiting import wait_until
 
 # A model that prints a log line holding what an owner would not publish.
@@ -168,6 +174,60 @@ def test_a_deployment_of_another_accounts_model_stops_when_the_model_goes_privat
         wait_instances(theirs, foreign_path, 1)
         assert theirs.patch(foreign_path, json={"min_instances": 0}).status_code == 200
         wait_instances(theirs, foreign_path, 0)
+
+
+def test_predictions_waiting_on_a_deployment_that_stops_serving_end_canceled(
+    live: LiveStack,
+) -> None:
+    """A deployment whose owner may no longer run its model keeps no instance: what waits on
+    its queue ends ``canceled`` (read model, Temporal, webhook alike), not never."""
+    author = someone(live, "maker")
+    model = ensure_model(live.engine, author.username, unique("goes-private"))
+    hello = Path(__file__).resolve().parent.parent / "examples" / "hello-world"
+    version = create_version(live.settings, live.engine, model, hello).id
+    ref = f"{author.username}/{model.name}"
+    deployer = someone(live, "deployer")
+    with (
+        running_receiver() as receiver,
+        deployer.client(live) as theirs,
+        author.client(live) as own,
+    ):
+        # No instance at all (max_instances=0): its predictions wait on its queue.
+        path = "/v1/deployments/{}/{}".format(
+            *new_deployment(theirs, ref, version, max_instances=0)
+        )
+        waiting = []
+        for n in range(2):
+            created = theirs.post(
+                f"{path}/predictions",
+                json={
+                    "input": {"text": str(n)},
+                    "webhook": receiver.url,
+                    "webhook_events_filter": ["completed"],
+                },
+            )
+            assert created.status_code == 201, created.text
+            waiting.append(created.json()["id"])
+        assert theirs.get(f"/v1/predictions/{waiting[0]}").json()["status"] == "starting"
+        assert own.patch(f"/v1/models/{ref}", json={"visibility": "private"}).status_code == 200
+        for prediction_id in waiting:
+            assert finished(theirs, prediction_id)["status"] == "canceled"
+            [delivery] = receiver.wait(lambda seen: len(seen) >= 1, prediction_id)
+            assert delivery.json()["status"] == "canceled"
+    closed = asyncio.run(workflow_statuses(live, waiting))
+    assert closed == [WorkflowExecutionStatus.CANCELED] * len(waiting)
+
+
+async def workflow_statuses(live: LiveStack, prediction_ids: list[str]) -> list[Any]:
+    """How the predictions' workflows closed, once they have."""
+    client = await connect(live.settings)
+    statuses = []
+    for prediction_id in prediction_ids:
+        handle = client.get_workflow_handle(prediction_workflow_id(prediction_id))
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+        statuses.append((await handle.describe()).status)
+    return statuses
 
 
 def test_a_deployment_is_runnable_only_while_its_owner_may_run_its_model(

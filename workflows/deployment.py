@@ -11,7 +11,8 @@ instances how many to run (``ensure_instances``):
 - none on shared hardware (an operator's choice): its predictions run on the hardware's
   shared queue, and instances remain only for those queued on its own queue before;
 - none at all once its owner may no longer run its model (made private or deleted by
-  another account, or the owner lost access): they stop at the next check.
+  another account, or the owner lost access): they stop at the next check, and the
+  predictions still waiting on its queue are canceled (as when it is deleted).
 
 All of a deployment's instances live on one host (a worker process), reached through that
 host's own control queue; a host that stops answering (restarted, gone) is replaced through
@@ -23,6 +24,7 @@ The history stays short: the loop continues as new when Temporal suggests it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from datetime import datetime, timedelta
@@ -42,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         InstanceTarget,
         ObserveDeployment,
         deployment_workflow_id,
+        prediction_workflow_id,
     )
 
 LOCAL = timedelta(seconds=30)
@@ -53,6 +56,9 @@ HOST_ANSWER = timedelta(seconds=10)
 # The hardware's shared host queue: waiting longer means no worker serves that hardware yet.
 ANY_HOST_ANSWER = timedelta(minutes=1)
 MAX_HISTORY = 5000
+# The workflow.patched() id under which the controller cancels the predictions waiting on its
+# queue once it stops serving (not runnable, or deleted).
+ENDS_STRANDED = "ends-stranded"
 
 
 def workflow_id(config: DeploymentConfig) -> str:
@@ -99,14 +105,19 @@ class DeploymentWorkflow:
             )
             if not observed.exists or state.retired:
                 await self._stop_all(state)
+                if observed.stranded and workflow.patched(ENDS_STRANDED):
+                    await self._cancel_stranded(observed.stranded)
                 return
             if observed.config is not None and observed.config.release > state.config.release:
                 state.config = observed.config
             demand = observed.waiting + observed.running
             if not observed.runnable and workflow.patched("stops-unrunnable"):
-                # Its owner may no longer run the model: no instance, whatever the release.
+                # Its owner may no longer run the model: no instance, whatever the release,
+                # and its predictions still waiting end canceled.
                 state.idle_since = None
                 target = 0
+                if observed.stranded and workflow.patched(ENDS_STRANDED):
+                    await self._cancel_stranded(observed.stranded)
             elif observed.shared_hardware and workflow.patched("shared-hardware"):
                 # New predictions run on the hardware's shared queue: instances serve only
                 # those already queued on the deployment's own, and stop once they are done.
@@ -194,6 +205,26 @@ class DeploymentWorkflow:
                 return None
             workflow.logger.warning("ensure_instances failed: %s", err.cause or err)
             return None
+
+    async def _cancel_stranded(self, prediction_ids: list[str]) -> None:
+        """Cancel predictions waiting on the queue of a deployment that stopped serving, as
+        the API's cancel does (through Temporal): each ends ``canceled`` in the read model
+        and in Temporal, with its webhook. One already ended, or whose workflow has not
+        started yet, is left (the next check, or the start reconciler, ends it)."""
+
+        async def cancel(prediction_id: str) -> None:
+            handle = workflow.get_external_workflow_handle(prediction_workflow_id(prediction_id))
+            try:
+                await handle.cancel()
+            except Exception as err:
+                workflow.logger.info("stranded prediction %s not canceled: %s", prediction_id, err)
+                return
+            # Workflows started before they closed at the run's end act on the signal.
+            with contextlib.suppress(Exception):
+                await handle.signal("cancel")
+
+        workflow.logger.info("canceling %d stranded predictions", len(prediction_ids))
+        await asyncio.gather(*(cancel(p) for p in prediction_ids))
 
     async def _stop_all(self, state: DeploymentState) -> None:
         if state.host_queue is not None:

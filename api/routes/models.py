@@ -8,6 +8,7 @@ import re
 import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ from replicant.tables import (
     Deployment,
     Model,
     Prediction,
+    Training,
     Version,
 )
 from replicant.versions import content_hash
@@ -403,11 +405,18 @@ async def push_version(
     "/models/{owner}/{name}/versions/{version_id}", status_code=202, response_class=Response
 )
 async def delete_version(
-    owner: str, name: str, version_id: str, db: DatabaseDep, account: CurrentAccount
+    owner: str,
+    name: str,
+    version_id: str,
+    state: StateDep,
+    db: DatabaseDep,
+    account: CurrentAccount,
 ) -> Response:
-    """Every rule of Replicate's delete-a-model guide; each refusal says which."""
+    """Every rule of Replicate's delete-a-model guide, plus one of this installation: no run
+    of the version may be in flight (it needs the version's files); each refusal says which.
+    The version's directory under the data dir goes with it."""
 
-    def delete(session: Session) -> None:
+    def delete(session: Session) -> Path | None:
         model = own_model(session, account, owner, name)
         version = session.get(Version, version_id)
         if version is None or version.model_id != model.id:
@@ -433,6 +442,13 @@ async def delete_version(
             raise conflict("This version is the base of a fine-tune", title="Version is in use")
         if _used_by_deployment(session, version_id):
             raise conflict("A deployment uses this version", title="Version is in use")
+        if _runs_in_flight(session, version_id):
+            raise conflict(
+                "A prediction or training of this version is in progress; delete the version "
+                "once it has ended",
+                title="Version is in use",
+            )
+        own_dir = _own_directory(session, state.settings.data_dir, version)
         session.delete(version)
         session.flush()
         if model.latest_version_id == version_id:
@@ -445,9 +461,36 @@ async def delete_version(
             model.latest_version_created_at = newest.created_at if newest else None
             session.add(model)
         session.commit()
+        return own_dir
 
-    await db.run(delete)
+    own_dir = await db.run(delete)
+    if own_dir is not None:
+        await asyncio.to_thread(shutil.rmtree, own_dir, True)
     return Response(status_code=202)
+
+
+def _runs_in_flight(session: Session, version_id: str) -> bool:
+    """A prediction or training of the version is waiting or running."""
+    in_flight = ("starting", "processing")
+    for table in (Prediction, Training):
+        found = exists().where(col(table.version) == version_id, col(table.status).in_(in_flight))
+        if session.exec(select(found)).one():
+            return True
+    return False
+
+
+def _own_directory(session: Session, data_dir: Path, version: Version) -> Path | None:
+    """The version's directory under ``<data dir>/versions/``, if it is its own: a
+    fine-tune runs from its base's directory, which stays."""
+    if not version.model_dir:
+        return None
+    path = Path(version.model_dir)
+    if path.resolve() != (data_dir / "versions" / version.id).resolve():
+        return None
+    shared = select(
+        exists().where(col(Version.model_dir) == version.model_dir, col(Version.id) != version.id)
+    )
+    return None if session.exec(shared).one() else path
 
 
 def _used_by_deployment(session: Session, version_id: str) -> bool:
