@@ -94,26 +94,27 @@ class QueueBoard:
         """A snapshot of ``hardware``'s queue that lists every run of ``ids``, or else one
         read after this call began (a run missing from it has left the queue meanwhile)."""
         asked = time.monotonic()
-        while True:
-            latest = self.latest.get(hardware)
-            if (
-                latest is not None
-                and latest.taken >= asked - SNAPSHOT_INTERVAL
-                and ids <= latest.ids
-            ):
-                return latest
-            began, task = self.flights.get(hardware) or self._read(hardware)
+        latest = self.latest.get(hardware)
+        if latest is not None and latest.taken >= asked - SNAPSHOT_INTERVAL and ids <= latest.ids:
+            return latest
+        flight = self.flights.get(hardware)
+        if flight is not None:
             # Shielded: a waiter that gives up does not cancel the read the others share.
-            snapshot = await asyncio.shield(task)
-            if began >= asked:
+            snapshot = await asyncio.shield(flight[1])
+            if flight[0] >= asked or ids <= snapshot.ids:
                 return snapshot
-            # A read that began before this call: the next turn takes it if it will do.
+            # Read before this call's runs were: the next read (begun after this call, by
+            # this call or another waiter of the same read) lists them if they still wait.
+            flight = self.flights.get(hardware)
+        if flight is None:
+            flight = self._read(hardware)
+        return await asyncio.shield(flight[1])
 
     def _read(self, hardware: str) -> tuple[float, asyncio.Task[QueueSnapshot]]:
         began = time.monotonic()
         task = asyncio.get_running_loop().create_task(self._take(hardware, began))
         self.flights[hardware] = (began, task)
-        task.add_done_callback(functools.partial(self._landed, hardware))
+        task.add_done_callback(self._landed)
         return began, task
 
     async def _take(self, hardware: str, began: float) -> QueueSnapshot:
@@ -123,15 +124,17 @@ class QueueBoard:
                     session, self.settings, hardware, self.estimates, began, utcnow()
                 )
 
-        snapshot = await anyio.to_thread.run_sync(read, limiter=self.limiter)
+        try:
+            snapshot = await anyio.to_thread.run_sync(read, limiter=self.limiter)
+        finally:
+            # Gone before any waiter resumes: a flight in ``flights`` is always pending.
+            del self.flights[hardware]
         self.reads += 1
         latest = self.latest.get(hardware)
         if latest is None or latest.taken <= snapshot.taken:
             self.latest[hardware] = snapshot
         return snapshot
 
-    def _landed(self, hardware: str, task: asyncio.Task[QueueSnapshot]) -> None:
-        if hardware in self.flights and self.flights[hardware][1] is task:
-            del self.flights[hardware]
+    def _landed(self, task: asyncio.Task[QueueSnapshot]) -> None:
         if not task.cancelled():
             task.exception()  # retrieved: its waiters raise it

@@ -223,3 +223,23 @@ async def test_concurrent_requests_share_one_read_of_the_queue_and_a_new_run_get
     # c's first run takes the first turn after a's and b's first runs.
     assert place is not None and place.position == 3
     engine.dispose()
+
+
+async def test_a_request_that_asks_during_a_read_of_an_older_queue_gets_a_newer_read(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    first = _waiting(engine, "a0", "a", 0)
+    board = QueueBoard(engine, settings)
+    earlier = asyncio.create_task(board.place(first))
+    while not board.flights:  # until the first read is under way
+        await asyncio.sleep(0)
+    # A run the read under way cannot list (never stored, as one that left the queue).
+    unseen = Prediction(id="x0", owner="x", model="m/m", version="v", hardware="gpu-t4")
+    later = await board.place(unseen)
+    assert (await earlier) is not None
+    assert board.reads == 2
+    assert later is not None and later.position == 2
+    engine.dispose()
