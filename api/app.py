@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # connection for each of them (api.state.pool_size).
         to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         yield
+        if "health_watch" in state.__dict__:
+            state.health_watch.stop()
         state.dispose()
         tracing.stop()
 

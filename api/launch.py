@@ -41,7 +41,6 @@ from replicant.contracts import (
     prediction_workflow_id,
 )
 from replicant.ids import new_id
-from replicant.queueing import queue_place
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 from replicant.timeutil import utcnow
 from replicant.trainings import version_hardware
@@ -313,7 +312,7 @@ async def respond(
     if waited:
         body = expired_wait_answer(body)
     if row.status == "starting":  # why it waits (replicant/queueing.py)
-        place = await state.db.read(queue_place, state.settings, row, utcnow())
+        place = await state.queue.place(row)
         if place is not None:
             body.queue = place
     return json_response(body, 201, {"Location": body.urls.get})

@@ -18,12 +18,11 @@ from sqlmodel import Session, col
 from sqlmodel.sql.expression import SelectOfScalar
 
 from api.errors import invalid
+from api.queueboard import QueueBoard
 from api.serialize import prediction_object
 from replicant import responses
-from replicant.queueing import show_places
-from replicant.settings import Settings
 from replicant.tables import Prediction
-from replicant.timeutil import as_utc, isoformat, utcnow
+from replicant.timeutil import as_utc, isoformat
 
 T = TypeVar("T")
 PAGE_SIZE = 100
@@ -103,15 +102,16 @@ def prediction_page(
     page_url: str,
     page_size: int = PAGE_SIZE,
     params: dict[str, str] | None = None,
-    settings: Settings | None = None,
+    queue: QueueBoard | None = None,
 ) -> responses.PredictionPage:
-    """One page of predictions, newest first, each as the API shows it; with ``settings``,
-    each that has not started says why it waits (``queue``, replicant/queueing.py)."""
+    """One page of predictions, newest first, each as the API shows it; with ``queue`` (from
+    a synchronous route's thread), each that has not started says why it waits (``queue``,
+    replicant/queueing.py)."""
 
     def render(session: Session, rows: Sequence[Prediction]) -> list[responses.Prediction]:
         shown = [prediction_object(r, base, secret_key=secret_key) for r in rows]
-        if settings is not None:
-            show_places(session, settings, rows, shown, utcnow())
+        if queue is not None:
+            queue.show_from_thread(rows, shown)
         return shown
 
     page = paginate(

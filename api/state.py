@@ -22,6 +22,8 @@ from sqlalchemy.orm import Session as OrmSession
 from sqlmodel import Session
 from temporalio.client import Client
 
+from api.healthwatch import HealthWatch
+from api.queueboard import QUEUE_THREADS, QueueBoard
 from replicant.db import CACHE_KEY, is_busy, make_loop_engine
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
@@ -47,9 +49,10 @@ def executor_threads() -> int:
 def pool_size(settings: Settings) -> int:
     """Database connections an API process keeps: one for every session of a synchronous
     route (``AppState.sessions``) and every thread that may hold one at once (anyio's
-    limiter, which ``Database`` uses, the default executor, and ``/health``'s), so no thread
-    waits for a connection while the one holding it waits for the event loop."""
-    return 2 * settings.api_threads + executor_threads() + HEALTH_THREADS
+    limiter, which ``Database`` uses, the default executor, ``/health``'s and the queue
+    board's), so no thread waits for a connection while the one holding it waits for the
+    event loop."""
+    return 2 * settings.api_threads + executor_threads() + HEALTH_THREADS + QUEUE_THREADS
 
 
 # Tables whose rows the lookup cache holds answers from: a change to one of them made by this
@@ -201,6 +204,16 @@ class AppState:
     def health_limiter(self) -> anyio.CapacityLimiter:
         """The threads of ``/health``'s database checks (made on first use, in the loop)."""
         return anyio.CapacityLimiter(HEALTH_THREADS)
+
+    @functools.cached_property
+    def health_watch(self) -> HealthWatch:
+        """``/health``'s background checks (api/healthwatch.py), made by the first one."""
+        return HealthWatch(self)
+
+    @functools.cached_property
+    def queue(self) -> QueueBoard:
+        """Each hardware's queue as this process shows it (api/queueboard.py)."""
+        return QueueBoard(self.engine, self.settings)
 
     @functools.cached_property
     def db(self) -> Database:

@@ -21,6 +21,7 @@ from sqlmodel import Session, select
 
 from api.admission import is_exempt, is_held
 from api.app import create_app
+from api.queueboard import QUEUE_THREADS
 from api.state import HEALTH_THREADS, AppState, executor_threads, pool_size
 from replicant.accounts import create_account
 from replicant.settings import Settings
@@ -116,7 +117,8 @@ def test_waits_streams_and_followed_builds_are_held_the_rest_short() -> None:
 def test_the_pool_has_a_connection_for_every_thread_that_may_hold_one(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, api_threads=7)
     engine = create_app(settings).state.replicant.engine
-    assert engine.pool.size() == pool_size(settings) == 2 * 7 + executor_threads() + HEALTH_THREADS
+    threads = 2 * 7 + executor_threads() + HEALTH_THREADS + QUEUE_THREADS
+    assert engine.pool.size() == pool_size(settings) == threads
     assert engine.pool._max_overflow == 0  # type: ignore[attr-defined]
 
 

@@ -4,12 +4,20 @@ it really started (docs/usage.md, "Why it waits")."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
+from api.queueboard import QueueBoard
+from replicant.db import init_db, make_engine
 from replicant.queueing import QueuedRun, estimated_wait, fair_order
+from replicant.settings import Settings
+from replicant.tables import Prediction
 from tests.conftest import LiveStack
 from tests.fairkit import account, predict, sleep_model_on_one_slot
 from tests.trainkit import CorpusServer, corpus, new_destination, ngram_version
@@ -173,3 +181,65 @@ def test_estimated_wait_plays_the_queue_out_on_the_slots() -> None:
     # Two slots: x takes the free one (0-2 s), y the same slot after it (2-4 s).
     assert estimated_wait(ahead, running, 2, seconds, NOW) == 4.0
     assert estimated_wait([], [], 1, seconds, NOW) == 0.0
+
+
+def _waiting(engine: Engine, run_id: str, owner: str, at: int) -> Prediction:
+    row = Prediction(
+        id=run_id,
+        owner=owner,
+        model="m/m",
+        version="v",
+        hardware="gpu-t4",
+        created_at=NOW + timedelta(seconds=at),
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(row)
+        session.commit()
+    return row
+
+
+async def test_concurrent_requests_share_one_read_of_the_queue_and_a_new_run_gets_a_new_one(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    rows = [_waiting(engine, f"a{i}", "a", i) for i in range(5)]
+    rows += [_waiting(engine, f"b{i}", "b", 10 + i) for i in range(5)]
+    board = QueueBoard(engine, settings)
+
+    places = await asyncio.gather(*(board.place(row) for row in rows * 4))
+
+    # Forty requests, one read; each place in the fair order (accounts take turns).
+    assert board.reads == 1
+    fair = ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3", "a4", "b4"]
+    for row, place in zip(rows * 4, places, strict=True):
+        assert place is not None
+        assert place.position == fair.index(row.id) + 1, (row.id, place)
+    # A run created since the last read is never guessed at: it is read anew, in its place.
+    newer = _waiting(engine, "c0", "c", 20)
+    place = await board.place(newer)
+    assert board.reads == 2
+    # c's first run takes the first turn after a's and b's first runs.
+    assert place is not None and place.position == 3
+    engine.dispose()
+
+
+async def test_a_request_that_asks_during_a_read_of_an_older_queue_gets_a_newer_read(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    first = _waiting(engine, "a0", "a", 0)
+    board = QueueBoard(engine, settings)
+    earlier = asyncio.create_task(board.place(first))
+    while not board.flights:  # until the first read is under way
+        await asyncio.sleep(0)
+    # A run the read under way cannot list (never stored, as one that left the queue).
+    unseen = Prediction(id="x0", owner="x", model="m/m", version="v", hardware="gpu-t4")
+    later = await board.place(unseen)
+    assert (await earlier) is not None
+    assert board.reads == 2
+    assert later is not None and later.position == 2
+    engine.dispose()

@@ -23,9 +23,7 @@ from api.ownpredictions import PredictionsDep
 from api.pagination import PAGE_SIZE, prediction_page
 from replicant import responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
-from replicant.queueing import queue_place
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
-from replicant.timeutil import utcnow
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
@@ -78,7 +76,7 @@ async def get_prediction(prediction_id: str, mine: PredictionsDep) -> responses.
     row = await mine.get(prediction_id)
     shown = mine.show(row)
     if row.status == "starting":  # replicant/queueing.py
-        place = await mine.db.read(queue_place, mine.state.settings, row, utcnow())
+        place = await mine.state.queue.place(row)
         if place is not None:
             shown.queue = place
     return shown
@@ -119,5 +117,5 @@ def list_predictions(
         page_url=f"{base}/v1/predictions",
         page_size=page_size,
         params=params,
-        settings=state.settings,
+        queue=state.queue,
     )

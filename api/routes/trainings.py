@@ -36,7 +36,6 @@ from replicant.catalog import account_names, find_model
 from replicant.contracts import TrainingRequest, WebhookEvent
 from replicant.ids import new_id
 from replicant.lookups import owned_training
-from replicant.queueing import queue_place, show_places
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Training, Version
 from replicant.timeutil import utcnow
 
@@ -56,16 +55,17 @@ class TrainingCreate(BaseModel):
 
 
 def _render(
-    request: Request, state: AppState, rows: list[Training], session: Session | None = None
+    request: Request, state: AppState, rows: list[Training], in_route: bool = False
 ) -> list[responses.Training]:
-    """Training objects; ``output.weights`` is a signed URL of the stored weights. With a
-    ``session``, each that has not started says why it waits (``queue``)."""
+    """Training objects; ``output.weights`` is a signed URL of the stored weights. Called
+    from a synchronous route's thread (``in_route``), each that has not started says why it
+    waits (``queue``)."""
     base = base_url(request, state)
     sign = state.signed_output_url
     secret_key = state.secret_key
     shown = [serialize.training(r, base, secret_key=secret_key, weights_url=sign) for r in rows]
-    if session is not None:
-        show_places(session, state.settings, rows, shown, utcnow())
+    if in_route:
+        state.queue.show_from_thread(rows, shown)
     return shown
 
 
@@ -211,7 +211,7 @@ async def _created(
     row = await state.db.read(own_training, account, training_id)
     rendered = (await asyncio.to_thread(_render, request, state, [row]))[0]
     if row.status == "starting":  # replicant/queueing.py
-        place = await state.db.read(queue_place, state.settings, row, utcnow())
+        place = await state.queue.place(row)
         if place is not None:
             rendered.queue = place
     return json_response(rendered, 201, {"Location": rendered.urls.get})
@@ -234,7 +234,7 @@ def get_training(
     account: CurrentAccount,
 ) -> responses.Training:
     row = own_training(session, account, training_id)
-    return _render(request, state, [row], session)[0]  # with why it waits
+    return _render(request, state, [row], in_route=True)[0]  # with why it waits
 
 
 @router.post("/v1/trainings/{training_id}/cancel", response_model_exclude_unset=True)
@@ -271,7 +271,7 @@ def list_trainings(
         col(Training.id),
         cursor=cursor,
         page_url=f"{base}/v1/trainings",
-        render=lambda session, rows: _render(request, state, list(rows), session),
+        render=lambda _session, rows: _render(request, state, list(rows), in_route=True),
         params=params,
     )
     return responses.TrainingPage.model_validate(page)
