@@ -86,6 +86,8 @@ class PredictionCreate:
 
     def claim(self, body: BaseModel) -> Claim | None:
         """The request's Idempotency-Key claim (None without the header)."""
+        if self.idempotency_key is None:
+            return None
         return claim_for(
             self.idempotency_key,
             self.account,

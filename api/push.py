@@ -29,7 +29,7 @@ from starlette.types import Message
 from temporalio.client import WorkflowExecutionStatus
 
 from api.errors import ProblemError
-from api.state import AppState
+from api.state import AppState, forget_lookups
 from replicant import builds, serialize
 from replicant.archives import ArchiveError, ArchiveTooLarge, unpack_model
 from replicant.contracts import BuildRequest, build_workflow_id
@@ -256,6 +256,10 @@ async def tail(state: AppState, build_id: str) -> AsyncIterator[tuple[list[str],
         end = len(row.logs) if done else row.logs.rfind("\n", offset) + 1
         lines = row.logs[offset:end].splitlines() if end > offset else []
         offset = max(offset, end)
+        if done and row.status == "succeeded":
+            # Its version is its model's latest from now on: a create by the model's name
+            # through this process runs it at once (api/state.py's lookup cache).
+            forget_lookups()
         yield lines, row if done else None
         if done:
             return

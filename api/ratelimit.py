@@ -1,7 +1,8 @@
 """Per-account rate limits, as Replicate's: creating predictions and trainings, and the rest.
 
-Counted with the ``limits`` library over a moving window, in memory for one API process or
-in Redis (``REPLICANT_REDIS_URL``) so that every API replica shares one limit. A request that
+Counted over a moving window, in memory for one API process (``LocalWindows``) or in Redis
+(``REPLICANT_REDIS_URL``, with the ``limits`` library) so that every API replica shares one
+limit. A request that
 acts for an account (a valid token, or a signed-in dashboard session: ``caller_account_id``)
 counts against that account; the others against their client address, which is the peer's
 unless the peer is a trusted proxy (``REPLICANT_TRUSTED_PROXIES``; uvicorn applies it, see
@@ -15,11 +16,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 
 from fastapi import Request
 from fastapi.routing import APIRoute
 from limits import RateLimitItem, parse
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 
@@ -35,16 +37,55 @@ log = logging.getLogger("replicant.api")
 CREATE_SUFFIXES = ("/predictions", "/trainings")
 
 
-def _storage(settings: Settings) -> Storage:
-    if not settings.redis_url:
-        return MemoryStorage()
-    scheme, sep, rest = settings.redis_url.partition("://")
+def _redis(redis_url: str, prefix: str) -> RedisStorage:
+    scheme, sep, rest = redis_url.partition("://")
     return RedisStorage(
         f"async+{scheme}{sep}{rest}",
         implementation="redispy",
-        key_prefix=settings.rate_limit_prefix,
+        key_prefix=prefix,
         wrap_exceptions=True,
     )
+
+
+# Seconds between two sweeps of ``LocalWindows``' idle keys.
+SWEEP_EVERY = 60.0
+
+
+class LocalWindows:
+    """Moving windows counted in this process, on the event loop: each key's hits within its
+    window, oldest first. (``limits``' in-memory store hands every key to a thread on each
+    of its expiry passes, which run as often as requests come, holding the key's lock
+    meanwhile: two thread hops on every request.)"""
+
+    def __init__(self) -> None:
+        self.hits: dict[tuple[int, int, str], deque[float]] = {}
+        self.swept = time.time()
+
+    def hit(self, item: RateLimitItem, key: str) -> float | None:
+        """Count one hit of ``key`` against ``item``: None, or (the limit spent, nothing
+        counted) the time (``time.time()``) a place in the window frees."""
+        now = time.time()
+        window = item.get_expiry()
+        name = (item.amount, window, key)
+        hits = self.hits.get(name)
+        if hits is None:
+            hits = self.hits[name] = deque()
+        cutoff = now - window
+        while hits and hits[0] < cutoff:
+            hits.popleft()
+        if len(hits) >= item.amount:
+            return hits[0] + window
+        hits.append(now)
+        if now - self.swept >= SWEEP_EVERY:
+            self._sweep(now)
+        return None
+
+    def _sweep(self, now: float) -> None:
+        """Forget the keys with no hit left in their window."""
+        self.swept = now
+        idle = [name for name, hits in self.hits.items() if not hits or hits[-1] < now - name[1]]
+        for name in idle:
+            del self.hits[name]
 
 
 class StoreUnavailable(Exception):
@@ -57,18 +98,29 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.create: RateLimitItem = parse(settings.rate_limit_create)
         self.default: RateLimitItem = parse(settings.rate_limit_default)
-        self.strategy = MovingWindowRateLimiter(_storage(settings))
+        self.local = None if settings.redis_url else LocalWindows()
+        self.shared = (
+            MovingWindowRateLimiter(_redis(settings.redis_url, settings.rate_limit_prefix))
+            if settings.redis_url
+            else None
+        )
         self.fail_closed = settings.rate_limit_store_failure == "closed"
 
     async def hit(self, item: RateLimitItem, key: str) -> None:
         """Count one request under ``key``; 429 with the real wait when the limit is spent,
         ``StoreUnavailable`` when the counters cannot be reached."""
-        try:
-            if await self.strategy.hit(item, key):
+        if self.local is not None:
+            reset_at = self.local.hit(item, key)
+            if reset_at is None:
                 return
-            reset_at, _ = await self.strategy.get_window_stats(item, key)
-        except StorageError as err:
-            raise StoreUnavailable(type(err.storage_error).__name__) from None
+        else:
+            assert self.shared is not None
+            try:
+                if await self.shared.hit(item, key):
+                    return
+                reset_at, _ = await self.shared.get_window_stats(item, key)
+            except StorageError as err:
+                raise StoreUnavailable(type(err.storage_error).__name__) from None
         wait = max(1, math.ceil(reset_at - time.time()))
         unit = "second" if wait == 1 else "seconds"
         raise ProblemError(

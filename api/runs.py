@@ -23,7 +23,6 @@ from typing import Any, Generic, Literal, TypeVar, cast
 
 from sqlalchemy import insert
 from sqlalchemy.engine import Connection
-from sqlmodel import col
 from temporalio.client import (
     WithStartWorkflowOperation,
     WorkflowHandle,
@@ -97,12 +96,6 @@ def _prediction_queue(settings: Settings, req: PredictionRequest) -> str:
     return settings.orchestration_queue
 
 
-def _write_prediction(conn: Connection, req: PredictionRequest) -> None:
-    owner, _, name = req.model.partition("/")
-    model = (col(Model.owner) == owner) & (col(Model.name) == name)
-    readmodel.record_new_prediction(conn, req, model)
-
-
 def _write_training(conn: Connection, req: TrainingRequest) -> None:
     row = training_from_request(req)
     conn.execute(insert(Training), {c.name: getattr(row, c.name) for c in TRAINING_COLUMNS})
@@ -116,7 +109,7 @@ PREDICTION: RunKind[PredictionRequest] = RunKind(
     workflow=PredictionWorkflow.run,
     inputs_prefix=prediction_inputs,
     queue=_prediction_queue,
-    write_row=_write_prediction,
+    write_row=readmodel.record_new_prediction,
     priority_key=lambda req: req.priority_key,
 )
 

@@ -62,13 +62,19 @@ _changes = itertools.count()
 _last_change = next(_changes)
 
 
+def forget_lookups() -> None:
+    """Make every ``LookupCache`` of this process forget its answers: for a change it learns
+    of otherwise than by its own flush (a build's new version, written by a worker)."""
+    global _last_change
+    # Flushes run in threads: a fresh number (next() is atomic) that no cache has seen.
+    _last_change = next(_changes)
+
+
 @event.listens_for(OrmSession, "after_flush")
 def _note_changes(session: OrmSession, _context: object) -> None:
-    global _last_change
     touched = itertools.chain(session.new, session.dirty, session.deleted)
     if any(isinstance(row, CACHED_TABLES) for row in touched):
-        # Flushes run in threads: a fresh number (next() is atomic) that no cache has seen.
-        _last_change = next(_changes)
+        forget_lookups()
 
 
 _MISSING = object()

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -47,25 +47,32 @@ def prediction_from_request(req: PredictionRequest) -> Prediction:
 PREDICTION_COLUMNS = list(Prediction.__table__.columns)  # type: ignore[attr-defined]
 
 
-def record_new_prediction(conn: Connection, req: PredictionRequest, model: Any) -> None:
-    """INSERT the prediction's row and count one more run of its model (``model``: a WHERE
-    clause on ``Model``), in the caller's transaction. Plain statements: this is on every
-    prediction's path, and the ORM's unit of work costs more than the statements themselves."""
+# Built once: the two statements of every create (the ORM's unit of work costs more than the
+# statements themselves, and so does building them again for each).
+_INSERT_PREDICTION = insert(Prediction)
+_COUNT_RUN = (
+    update(Model)
+    .where(col(Model.owner) == bindparam("run_owner"), col(Model.name) == bindparam("run_name"))
+    .values(run_count=col(Model.run_count) + 1)
+)
+
+
+def record_new_prediction(conn: Connection, req: PredictionRequest) -> None:
+    """INSERT the prediction's row and count one more run of its model, in the caller's
+    transaction. Plain statements: this is on every prediction's path."""
     row = prediction_from_request(req)
-    conn.execute(insert(Prediction), {c.name: getattr(row, c.name) for c in PREDICTION_COLUMNS})
+    conn.execute(_INSERT_PREDICTION, {c.name: getattr(row, c.name) for c in PREDICTION_COLUMNS})
     # One UPDATE, so concurrent predictions never lose a count.
-    conn.execute(update(Model).where(model).values(run_count=col(Model.run_count) + 1))
+    owner, _, name = req.model.partition("/")
+    conn.execute(_COUNT_RUN, {"run_owner": owner, "run_name": name})
 
 
 def insert_prediction(engine: Engine, req: PredictionRequest) -> bool:
     """Create the row of a prediction started outside the API and count its run, unless the
     row exists (a retried activity): a prediction counts once, whoever started it."""
-    owner, _, name = req.model.partition("/")
     try:
         with engine.begin() as conn:
-            record_new_prediction(
-                conn, req, (col(Model.owner) == owner) & (col(Model.name) == name)
-            )
+            record_new_prediction(conn, req)
     except IntegrityError:
         with Session(engine) as session:
             if session.get(Prediction, req.id) is None:

@@ -584,9 +584,10 @@ class Settings(BaseSettings):
     lookup_cache_ttl: float = Field(
         1.0,
         description="Seconds an API process reuses what nearly every request looks up (a "
-        "token's account, a pinned version, a version's hardware). Its own changes are seen "
-        "at once; another process's (a token revoked by the CLI or another API process) "
-        "within this time. 0 looks everything up every time.",
+        "token's account, a pinned version, a model's latest version as creates by the "
+        "model's name run it, a version's hardware). Its own changes are seen at once; "
+        "another process's (a token revoked by the CLI or another API process, a version "
+        "built by a worker) within this time. 0 looks everything up every time.",
         ge=0,
     )
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from api.push import WAITING_FOR_A_WORKER
+from replicant.devstack import free_port
 from replicant.envs import env_ready
 from replicant.tables import Version
 from replicant.versions import create_version, ensure_model, version_python
@@ -107,6 +108,51 @@ def test_the_version_id_is_the_content_hash(live: LiveStack, tmp_path: Path) -> 
         assert api.get(f"/v1/models/{ref}").json()["latest_version"]["id"] == second
         listed = [v["id"] for v in api.get(f"/v1/models/{ref}/versions").json()["results"]]
     assert listed == [second, first]
+
+
+def test_a_create_by_the_models_name_runs_the_version_just_pushed(
+    live: LiveStack, tmp_path: Path
+) -> None:
+    # An API process reuses a model's latest version for creates by its name
+    # (lookup_cache_ttl, ten minutes here); a push it waited for, whose build a worker
+    # recorded, is run by the very next create all the same.
+    alice = someone(live, "repusher")
+    ref = f"{alice.username}/hello"
+    src = write_model(tmp_path / "m", {"cog.yaml": COG_YAML})
+    code = (EXAMPLES / "hello-world" / "predict.py").read_text()
+    (src / "predict.py").write_text(code)
+    port = free_port()
+    url = live.stack.start_api("api-ttl", port, env={"REPLICANT_LOOKUP_CACHE_TTL": "600"})
+    auth = {"Authorization": f"Bearer {alice.token}"}
+    try:
+        with httpx.Client(base_url=url, headers=auth, timeout=300) as api:
+
+            def push_here(params: dict[str, str]) -> str:
+                gzip = {"Content-Type": "application/gzip"}
+                response = api.post(
+                    f"/v1/models/{ref}/versions", content=pack(src), params=params, headers=gzip
+                )
+                assert response.status_code == 201, response.text
+                version: str = response.json()["id"]
+                return version
+
+            def run(text: str) -> tuple[str, str]:
+                response = api.post(
+                    f"/v1/models/{ref}/predictions",
+                    json={"input": {"text": text}},
+                    headers={"Prefer": "wait"},
+                )
+                assert response.status_code == 201, response.text
+                return response.json()["version"], response.json()["output"]
+
+            first = push_here({"create": "true"})
+            assert run("a") == (first, "hello a")
+            (src / "predict.py").write_text(code.replace('"hello "', '"hi "'))
+            second = push_here({})
+            assert second != first
+            assert run("b") == (second, "hi b")
+    finally:
+        live.stack.stop("api-ttl")
 
 
 def test_push_a_zip_as_a_multipart_upload(live: LiveStack) -> None:

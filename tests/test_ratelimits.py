@@ -25,7 +25,9 @@ import redis
 import replicate
 import uvicorn
 from fastapi.routing import iter_route_contexts
+from limits import parse
 
+from api import ratelimit
 from api.app import create_app
 from api.ratelimit import RateLimiter, rate_limit
 from replicant.accounts import create_token
@@ -101,6 +103,29 @@ def test_defaults_are_600_creates_and_3000_other_requests_a_minute() -> None:
     limiter = RateLimiter(defaults)
     assert (limiter.create.amount, limiter.create.get_expiry()) == (600, 60)
     assert (limiter.default.amount, limiter.default.get_expiry()) == (3000, 60)
+
+
+def test_a_process_counts_its_own_limits_over_a_moving_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "time", lambda: now[0])
+    windows = ratelimit.LocalWindows()
+    item = parse("3 per 10 seconds")
+    for _ in range(3):
+        assert windows.hit(item, "a") is None
+        now[0] += 1
+    # Spent at 1003: a place frees when the first hit (1000) leaves the window, at 1010.
+    assert windows.hit(item, "a") == 1010
+    assert windows.hit(item, "b") is None  # every key has its own window
+    assert windows.hit(parse("5 per 10 seconds"), "a") is None  # and every limit
+    now[0] = 1010.5  # the first hit has left the window, the other two have not
+    assert windows.hit(item, "a") is None
+    assert windows.hit(item, "a") == 1011
+    # Keys with no hit left in their window are forgotten at the next sweep.
+    now[0] += ratelimit.SWEEP_EVERY
+    assert windows.hit(item, "c") is None
+    assert [name[2] for name in windows.hits] == ["c"]
 
 
 def test_limits_are_settings_checked_at_start() -> None:

@@ -23,6 +23,7 @@ from api.ownpredictions import PredictionsDep
 from api.pagination import PAGE_SIZE, prediction_page
 from replicant import responses
 from replicant.catalog import find_model, find_version, resolve_version_ref
+from replicant.db import cacheable
 from replicant.tables import TERMINAL_STATUSES, Account, Model, Prediction, Version
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
@@ -55,15 +56,32 @@ def _latest_version(
     return find_version(session, account, model.latest_version_id, model)
 
 
+@cacheable(key=lambda account, owner, name: (account.id, owner, name))
+def _runnable_version(
+    session: Session, account: Account, owner: str, name: str
+) -> tuple[Model, Version] | None:
+    """The model's latest version, as every create by the model's name looks it up; None
+    when there is none to run (``_latest_version`` says why). Reused for
+    ``lookup_cache_ttl``: a new latest version from another process (a worker's build or
+    training, another API process) is run within that time."""
+    found = _latest_version(session, account, owner, name)
+    if found is None or found[1] is None:
+        return None
+    return found[0], found[1]
+
+
 @router.post(
     "/models/{owner}/{name}/predictions", status_code=201, response_model=responses.Prediction
 )
 async def create_model_prediction(
     owner: str, name: str, body: PredictionInput, create: PredictionCreateDep
 ) -> Response:
-    found = await create.db.read(_latest_version, create.account, owner, name)
-    if found is None:
-        raise not_found(f"Model {owner}/{name}")
+    found: tuple[Model, Version | None] | None
+    found = await create.db.read(_runnable_version, create.account, owner, name)
+    if found is None:  # none to run: say why
+        found = await create.db.read(_latest_version, create.account, owner, name)
+        if found is None:
+            raise not_found(f"Model {owner}/{name}")
     model, version = found
     if version is None:
         raise ProblemError(404, f"Model {owner}/{name} has no versions", title="Not found")
