@@ -37,9 +37,9 @@ log = logging.getLogger("replicant.api")
 # Seconds between two reads of a run, while few runs are followed.
 POLL_INTERVAL = 0.05
 # The fingerprints a process reads a second, at most: with many runs followed, each one is
-# read less often (at 256, every 64 ms), so hundreds of held streams leave the event loop
+# read less often (at 256, every 128 ms), so hundreds of held streams leave the event loop
 # and the database to short requests.
-FINGERPRINTS_PER_SECOND = 4000.0
+FINGERPRINTS_PER_SECOND = 2000.0
 # Runs of one table read by one statement, at most (bound parameters).
 BATCH = 500
 
