@@ -24,6 +24,7 @@ from temporalio.client import Client
 
 from api.healthwatch import HealthWatch
 from api.queueboard import QUEUE_THREADS, QueueBoard
+from api.streamboard import StreamBoard
 from replicant.db import CACHE_KEY, is_busy, make_loop_engine
 from replicant.settings import Settings
 from replicant.storage import ObjectStore, open_store
@@ -220,6 +221,11 @@ class AppState:
     def queue(self) -> QueueBoard:
         """Each hardware's queue as this process shows it (api/queueboard.py)."""
         return QueueBoard(self.engine, self.settings)
+
+    @functools.cached_property
+    def streams(self) -> StreamBoard:
+        """The runs this process's open streams follow (api/streamboard.py)."""
+        return StreamBoard(self.db)
 
     @functools.cached_property
     def db(self) -> Database:

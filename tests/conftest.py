@@ -177,6 +177,17 @@ def suite_database() -> Iterator[dict[str, Any]]:
         yield {}
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind in turn: a SQLite file, then a PostgreSQL one
+    (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'replicant.db'}"
+    else:
+        with fresh_postgres_database("replicant_each") as url:
+            yield url
+
+
 @pytest.fixture(scope="session", autouse=True)
 def official_clients_are_checked() -> Iterator[None]:
     """Every official `replicate` client of the suite checks its answers against the spec."""

@@ -23,19 +23,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.deps import DatabaseDep, StateDep
 from api.errors import not_found
 from api.state import AppState, Database
+from api.streamboard import Follower, Streamed
 from replicant.serialize import stream_signature, training_output
 from replicant.tables import TERMINAL_STATUSES, Prediction, Training
 
 router = APIRouter(prefix="/v1")
 
-# How often a stream looks at the read model for new output, while few streams are open.
-POLL_INTERVAL = 0.05
-# The reads a second that a process's open streams make together, at most: each one polls
-# less often as more are open, so that hundreds of held streams leave the event loop to
-# short requests (at 400 open streams, each one reads once a second).
-POLLS_PER_SECOND = 400.0
-
-Streamed = type[Prediction] | type[Training]
 # The table of each kind of stream, by its URL's collection.
 TABLES: dict[str, Streamed] = {"predictions": Prediction, "trainings": Training}
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID")]
@@ -173,33 +166,22 @@ def _data(chunk: Any) -> str:
     return chunk if isinstance(chunk, str) else json.dumps(chunk)
 
 
-class _OpenStreams:
-    count = 0
-
-    @classmethod
-    def interval(cls) -> float:
-        """Seconds between two reads of one stream, for the streams open now."""
-        return max(POLL_INTERVAL, cls.count / POLLS_PER_SECOND)
-
-
 async def row_events(
     state: AppState, table: Streamed, object_id: str, outputs: int, logs: int
 ) -> AsyncIterator[ServerSentEvent]:
     """``logs`` (a line each), ``output`` (an iterator's chunk each, or the whole output) and
-    at the end ``done`` (after an ``error`` when it failed), read from the read model."""
-    _OpenStreams.count += 1
-    try:
-        async for event in _row_events(state, table, object_id, outputs, logs):
+    at the end ``done`` (after an ``error`` when it failed), read from the read model: each
+    time the run's row changed, as the process's stream board reads it (api/streamboard.py)."""
+    with state.streams.follow(table, object_id) as follower:
+        async for event in _row_events(state, follower, outputs, logs):
             yield event
-    finally:
-        _OpenStreams.count -= 1
 
 
 async def _row_events(
-    state: AppState, table: Streamed, object_id: str, outputs: int, logs: int
+    state: AppState, follower: Follower, outputs: int, logs: int
 ) -> AsyncIterator[ServerSentEvent]:
     while True:
-        row = await state.db.read(_load, table, object_id)
+        row = await follower.next()
         if row is None:
             return
         terminal = row.status in TERMINAL_STATUSES
@@ -218,7 +200,6 @@ async def _row_events(
             for event in end_events(row, f"{outputs}:{logs}"):
                 yield event
             return
-        await asyncio.sleep(_OpenStreams.interval())
 
 
 def end_events(row: Prediction | Training, cursor: str) -> list[ServerSentEvent]:
