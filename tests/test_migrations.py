@@ -26,16 +26,6 @@ from replicant.sealing import SEALED_PREFIX
 from replicant.tables import Version
 from replicant.versions import ensure_model
 from replicant.webhooks import account_webhook_secret, valid_secret
-from tests.pgdb import fresh_postgres_database
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'replicant.db'}"
-    else:
-        with fresh_postgres_database("replicant_migrations") as url:
-            yield url
 
 
 @pytest.fixture
