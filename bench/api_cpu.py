@@ -22,10 +22,8 @@ import asyncio
 import collections
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,8 +33,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.floor import INPUT  # noqa: E402
-from replicant.devstack import Stack, free_port  # noqa: E402
-from replicant.settings import Settings  # noqa: E402
+from bench.stacks import bench_stack  # noqa: E402
 
 MODEL = "/v1/models/replicate/hello-world/predictions"
 # A frame's line number ("fn (path.py:12)"): functions are counted whole.
@@ -100,22 +97,11 @@ def top(collapsed: Path, n: int) -> None:
 
 
 async def main(requests: int, clients: int, slots: int, profile: Path | None, n: int) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="replicant-apicpu-"))
-    settings = Settings(
-        data_dir=data_dir,
-        api_port=free_port(),
-        temporal_port=free_port(),
-        ui_port=free_port(),
-        hardware={"cpu": slots},
-        log_level="WARNING",
-        rate_limit_create="1000000/minute",
-    )
-    stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
-    try:
+    with bench_stack(hardware={"cpu": slots}) as stack:
         token = stack.start()
         procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
         async with httpx.AsyncClient(
-            base_url=settings.resolved_public_url,
+            base_url=stack.settings.resolved_public_url,
             headers={"Authorization": f"Bearer {token}", "Prefer": "wait"},
             timeout=60,
         ) as api:
@@ -149,9 +135,6 @@ async def main(requests: int, clients: int, slots: int, profile: Path | None, n:
             print(f"{name:<10} {per:7.2f} CPU ms per prediction")
         if profile is not None and n:
             top(profile, n)
-    finally:
-        stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
