@@ -557,8 +557,8 @@ class Settings(BaseSettings):
         "(anyio's thread limiter), and of synchronous routes' sessions open at once. Its "
         "database pool keeps a connection for each of those (2 x this), plus one per thread "
         "of its other pools (Python's default executor, `min(32, cores + 4)`, `/health`'s 2 "
-        "and the queue board's 1): on PostgreSQL, keep API processes x that, plus the workers' pools, "
-        "under `max_connections`.",
+        "and the queue board's 1): on PostgreSQL, keep API processes x that, plus the "
+        "workers' pools, under `max_connections`.",
         ge=1,
     )
 
