@@ -21,18 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import Text, cast, func
 from sqlmodel import Session, col, select
 
 from replicant.tables import Prediction, Training
 
-if TYPE_CHECKING:
-    from api.state import Database
-
 log = logging.getLogger("replicant.api")
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Reader(Protocol):
+    """What the board uses of the process's database (api/state.py's ``Database``)."""
+
+    async def read(
+        self, fn: Callable[Concatenate[Session, P], T], *args: P.args, **kw: P.kwargs
+    ) -> T: ...
+
 
 # Seconds between two reads of a run, while few runs are followed.
 POLL_INTERVAL = 0.05
@@ -89,7 +97,7 @@ class Follower:
 class StreamBoard:
     """The runs followed by the open streams of one API process; used on the event loop."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Reader) -> None:
         self.db = db
         self.followed: dict[Key, _Followed] = {}
         self.task: asyncio.Task[None] | None = None
