@@ -93,6 +93,9 @@ def s3stack(tmp_path_factory: pytest.TempPathFactory, moto_url: str) -> Iterator
             max_file_size=MAX_FILE,
             file_expiry=FILE_EXPIRY,
             file_sweep_interval=1.0,
+            # A test here changes a model's hardware behind the API's back (as an operator
+            # would): the API looks it up on every create rather than within its lookup TTL.
+            lookup_cache_ttl=0,
             **database,
         )
         stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
