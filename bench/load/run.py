@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -61,6 +62,7 @@ LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 SAMPLE_EVERY = 5.0
 STALL = 120.0  # seconds without progress after which what is not terminal counts as stuck
 WARM_UP = 60.0  # seconds of load before the growth of RSS and fds is measured
+GROWTH_WINDOW = 60.0  # seconds averaged at each end of the growth measured
 PAGE = "status=succeeded&model=replicate/hello-world"
 
 
@@ -223,14 +225,23 @@ def report_watch(watch: Watch) -> None:
     start = max(WARM_UP, full or 0.0)
     loaded = [row for row in watch.samples[:-1] if row["at"] >= start]
     if len(loaded) >= 2:
+        # Means over a window at each end: a garbage-collected heap's saw-tooth (Go's, Python's)
+        # is not growth, a rising mean is.
+        window = min(GROWTH_WINDOW, (loaded[-1]["at"] - loaded[0]["at"]) / 4)
+        head = [r for r in loaded if r["at"] <= loaded[0]["at"] + window]
+        tail = [r for r in loaded if r["at"] >= loaded[-1]["at"] - window]
         first, last = loaded[0], loaded[-1]
         growth = []
         for n in names:
-            if n in first and n in last and first[n][0]:
-                rss = 100 * (last[n][0] - first[n][0]) / first[n][0]
-                fds = 100 * (last[n][1] - first[n][1]) / max(1, first[n][1])
-                growth.append(f"{n} RSS {rss:+.0f}% fds {fds:+.0f}%")
-        span = f"{first['at']:.0f}-{last['at']:.0f}s"
+            if all(n in r for r in (*head, *tail)):
+                rss = [mean(r[n][0] for r in rows) for rows in (head, tail)]
+                fds = [mean(r[n][1] for r in rows) for rows in (head, tail)]
+                if rss[0]:
+                    growth.append(
+                        f"{n} RSS {100 * (rss[1] - rss[0]) / rss[0]:+.0f}% "
+                        f"fds {100 * (fds[1] - fds[0]) / max(1.0, fds[0]):+.0f}%"
+                    )
+        span = f"means of {window:.0f} s at {first['at']:.0f}s and at {last['at']:.0f}s"
         print(f"growth after warm-up ({span}): " + ", ".join(growth))
 
 
