@@ -102,6 +102,7 @@ class Watch:
     started: float = field(default_factory=time.monotonic)
     processes: dict[str, psutil.Process] = field(default_factory=dict)
     caches: list[tuple[int, int] | None] = field(default_factory=list)  # one per sample
+    probed: threading.Event = field(default_factory=threading.Event)  # a first /health answered
 
     def sample(self) -> None:
         row: dict[str, Any] = {"at": time.monotonic() - self.started}
@@ -126,14 +127,20 @@ class Watch:
             self.sample()
 
     def run_health(self) -> None:
+        # A monitor's probe every second, from before the load starts (as a load balancer
+        # polls): the API checks its parts in the background while /health is asked, and the
+        # first /health after a quiet spell waits for a first check (api/healthwatch.py).
         with httpx.Client(timeout=60) as client:
-            while not self.stop.wait(1.0):
+            while True:
                 began = time.monotonic()
                 try:
                     status = client.get(f"{self.url}/health").status_code
                 except httpx.HTTPError:
                     status = 0
                 self.health.append((began - self.started, time.monotonic() - began, status))
+                self.probed.set()
+                if self.stop.wait(1.0):
+                    return
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -143,6 +150,8 @@ class Watch:
         ]
         for t in threads:
             t.start()
+        if not self.probed.wait(60):
+            raise TimeoutError("/health gave no answer within 60 s before the load")
         try:
             yield
         finally:
