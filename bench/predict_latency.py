@@ -275,6 +275,8 @@ async def bench(requests: int, clients: list[int], slots: int, receiver: Receive
         rate_limit_create="1000000/minute",
         # The webhook receiver listens on 127.0.0.1.
         allow_private_urls=receiver is not None,
+        # Only hello-world runs: the real models' environments are not built.
+        prebuild_envs=False,
     )
     stack = Stack(settings, ui=False, log_dir=data_dir / "logs")
     coglet: subprocess.Popen[bytes] | None = None

@@ -59,8 +59,11 @@ async def main(requests: int, concurrency: int) -> None:
     clients: list[httpx.AsyncClient] = []
     with contextlib.ExitStack() as stacks:
         receiver = stacks.enter_context(otlp_receiver())
-        off = stacks.enter_context(bench_stack(hardware=hardware))
-        on = stacks.enter_context(bench_stack(hardware=hardware, otlp_endpoint=receiver.url))
+        # Only hello-world runs: the real models' environments are not built.
+        off = stacks.enter_context(bench_stack(hardware=hardware, prebuild_envs=False))
+        on = stacks.enter_context(
+            bench_stack(hardware=hardware, otlp_endpoint=receiver.url, prebuild_envs=False)
+        )
         calls = {"tracing off": caller(off, off.start(), clients)}
         calls["tracing on"] = caller(on, on.start(), clients)
         before = load()

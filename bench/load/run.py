@@ -405,7 +405,10 @@ def topology(args: argparse.Namespace) -> Iterator[tuple[Stack, str, list[str]]]
             "redis_url": args.redis_url,
             "rate_limit_prefix": f"replicant-load-{os.urandom(4).hex()}",
         }
-        with postgres_bench_stack(**settings) as stack:
+        # Two API processes and two workers share the server's connections (PostgreSQL's
+        # default max_connections is 100): each API process keeps 2 x api_threads + 9
+        # (docs/configuration.md), 33 at 12 threads, beside the workers' pools.
+        with postgres_bench_stack(api_threads=12, **settings) as stack:
             token = stack.prepare()
             stack.start_temporal()
             for name in ["worker", "worker-2"]:
