@@ -1,11 +1,13 @@
 """What ``GET /health`` reports, checked in the background so that it answers at once.
 
-While ``/health`` is asked (and for ``IDLE`` seconds after), each part (the database;
-Temporal; the workers of every queue) is checked by a loop of its own, again ``REFRESH``
-seconds after each check ends; ``/health`` answers from the latest results at once. A part is
-ok only when its latest check succeeded and began within ``CHECK_TIMEOUT`` seconds: a part
-that stops answering is reported unavailable by then, whatever the load. The first ``/health``
-after a quiet spell waits for a first check of each part (``CHECK_TIMEOUT`` at most)."""
+From the first ``/health`` on, each part (the database; Temporal; the workers of every queue)
+is checked by a loop of its own: again ``REFRESH`` seconds after each check ends while
+``/health`` is asked (within ``IDLE`` seconds), every ``IDLE_REFRESH`` seconds otherwise, so
+that a monitor's first probe after a quiet spell still finds a recent check. ``/health``
+answers from the latest results at once. A part is ok only when its latest check succeeded
+and began within ``CHECK_TIMEOUT`` seconds: a part that stops answering is reported
+unavailable by then, whatever the load. The first ``/health`` of the process waits for a
+first check of each part (``CHECK_TIMEOUT`` at most)."""
 
 from __future__ import annotations
 
@@ -50,8 +52,10 @@ class AppState(Protocol):
 CHECK_TIMEOUT = 10.0
 # Seconds between the end of a part's check and its next, while /health is asked.
 REFRESH = 1.0
-# Seconds without a /health after which the checks stop (and start again with the next).
+# Seconds after a /health during which the checks keep the pace of REFRESH; then they slow
+# to IDLE_REFRESH (a check older than CHECK_TIMEOUT would report the part unavailable).
 IDLE = 60.0
+IDLE_REFRESH = 5.0
 
 
 async def _in_thread(state: AppState, fn: Callable[[], T]) -> T:
@@ -157,7 +161,7 @@ class HealthWatch:
             self.loops.append(loop.create_task(self._watch(name, part)))
 
     async def _watch(self, name: str, part: Part) -> None:
-        while time.monotonic() - self.asked <= IDLE:
+        while True:
             began = time.monotonic()
             try:
                 async with asyncio.timeout(CHECK_TIMEOUT):
@@ -166,7 +170,11 @@ class HealthWatch:
                 value = None
             part.value, part.began = value, began
             part.checked.set()
-            await asyncio.sleep(REFRESH)  # the pace of the checks, not a wait for an event
+            # The pace of the checks, not a wait for an event: REFRESH after this check ended
+            # while /health is asked, else IDLE_REFRESH after it began.
+            now = time.monotonic()
+            asked = now - self.asked <= IDLE
+            await asyncio.sleep(REFRESH if asked else max(0.0, began + IDLE_REFRESH - now))
 
     def _compose(self) -> tuple[int, dict[str, Any]]:
         missing: list[str] = []
