@@ -53,6 +53,23 @@ def test_values_over_their_limit_are_measured_and_left_out(chunk: int) -> None:
     assert reader.oversized == {k: len(json.dumps(ANSWER[k]).encode()) for k in left_out}
 
 
+def test_logs_within_their_limit_in_characters_pass_whatever_their_json_escapes_add() -> None:
+    logs = "x" * 1023 + "\n"
+    within = json.dumps({"status": "succeeded", "logs": logs * 4}).encode()
+    over = json.dumps({"status": "succeeded", "logs": logs * 4 + "y"}).encode()
+    # The logs' JSON is longer than their 4,096 characters (each newline is two bytes there).
+    reader = AnswerReader({"logs": 2 * 4096 + 2}, 10_000, text_limits={"logs": 4096})
+    reader.feed(within)
+    reader.finish()
+    assert reader.values is not None and reader.values["logs"] == logs * 4
+    assert reader.oversized == {}
+    reader = AnswerReader({"logs": 2 * 4096 + 2}, 10_000, text_limits={"logs": 4096})
+    reader.feed(over)
+    reader.finish()
+    assert reader.values is not None and "logs" not in reader.values
+    assert reader.oversized == {"logs": 4097}
+
+
 @pytest.mark.parametrize("body", [b'"x"', b'{"a": 1', b"[1]", b"nope", b'{"a" 1}', b""])
 def test_a_body_that_is_not_a_whole_object_has_no_values_but_its_head(body: bytes) -> None:
     reader = read(body, 2, {}, 100)

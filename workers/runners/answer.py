@@ -98,9 +98,16 @@ class AnswerReader:
     ``values``; a bigger one is skipped and its size lands in ``oversized``. ``values`` is
     None when the body is not a JSON object; ``head`` holds its first bytes either way."""
 
-    def __init__(self, limits: Mapping[str, int], default_limit: int) -> None:
+    def __init__(
+        self,
+        limits: Mapping[str, int],
+        default_limit: int,
+        text_limits: Mapping[str, int] | None = None,
+    ) -> None:
         self.limits = limits
         self.default_limit = default_limit
+        # Characters a string value may have once decoded (its JSON is longer: escapes).
+        self.text_limits = text_limits or {}
         self.values: dict[str, Any] | None = {}
         self.oversized: dict[str, int] = {}
         self.head = bytearray()
@@ -235,7 +242,12 @@ class AnswerReader:
                 if self._dropping:
                     self.oversized[self._key] = size
                 else:
-                    self.values[self._key] = json.loads(self._buf[self._start : self._pos])
+                    value = json.loads(self._buf[self._start : self._pos])
+                    most = self.text_limits.get(self._key)
+                    if isinstance(value, str) and most is not None and len(value) > most:
+                        self.oversized[self._key] = len(value)
+                    else:
+                        self.values[self._key] = value
                 self._state = "after_value"
             elif state == "after_value":
                 byte = self._expect(b",}")
@@ -291,7 +303,11 @@ class AnswerReader:
 
 def answer_reader(spec: RunnerSpec) -> AnswerReader:
     """A reader of coglet's answers (and webhook deliveries) with ``spec``'s limits."""
-    return AnswerReader({"logs": spec.max_logs}, spec.max_output)
+    # Logs of up to max_logs characters pass whatever their JSON escapes add (a newline is
+    # two bytes there): their JSON may take twice that before it counts as over.
+    return AnswerReader(
+        {"logs": 2 * spec.max_logs + 2}, spec.max_output, text_limits={"logs": spec.max_logs}
+    )
 
 
 async def read_answer(chunks: AsyncIterable[bytes], reader: AnswerReader) -> AnswerReader:
