@@ -28,28 +28,16 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.floor import INPUT  # noqa: E402
+from bench.predict_latency import CpuMeter, with_descendants  # noqa: E402
 from bench.stacks import bench_stack  # noqa: E402
 
 MODEL = "/v1/models/replicate/hello-world/predictions"
 # A frame's line number ("fn (path.py:12)"): functions are counted whole.
 LINE = re.compile(r":\d+\)$")
-
-
-def cpu_seconds(proc: psutil.Process) -> float:
-    """User and system CPU seconds of ``proc`` and its children (a worker's model processes)."""
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            times = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
 
 
 async def run(requests: int, clients: int, api: httpx.AsyncClient) -> float:
@@ -97,9 +85,12 @@ def top(collapsed: Path, n: int) -> None:
 
 
 async def main(requests: int, clients: int, slots: int, profile: Path | None, n: int) -> None:
-    with bench_stack(hardware={"cpu": slots}) as stack:
+    # Only hello-world runs: the real models' environments are not built.
+    with bench_stack(hardware={"cpu": slots}, prebuild_envs=False) as stack:
         token = stack.start()
-        procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
+        procs = stack.procs
+        # Each process with its children (a worker's model processes).
+        meter = CpuMeter({name: with_descendants(p) for name, p in procs.items()})
         async with httpx.AsyncClient(
             base_url=stack.settings.resolved_public_url,
             headers={"Authorization": f"Bearer {token}", "Prefer": "wait"},
@@ -119,10 +110,10 @@ async def main(requests: int, clients: int, slots: int, profile: Path | None, n:
                     stderr=subprocess.DEVNULL,
                 )
                 await asyncio.sleep(1)  # py-spy attaches
-            before = {name: cpu_seconds(p) for name, p in procs.items()}
+            before = meter.sample()
             load = os.getloadavg()
             seconds = await run(requests, clients, api)
-            after = {name: cpu_seconds(p) for name, p in procs.items()}
+            spent = CpuMeter.spent(before, meter.sample())
             if spy is not None:
                 spy.send_signal(2)  # SIGINT: py-spy writes what it has
                 spy.wait()
@@ -131,7 +122,7 @@ async def main(requests: int, clients: int, slots: int, profile: Path | None, n:
             f" pred/s; load average {load[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
         )
         for name in procs:
-            per = (after[name] - before[name]) * 1000 / requests
+            per = spent[name] * 1000 / requests
             print(f"{name:<10} {per:7.2f} CPU ms per prediction")
         if profile is not None and n:
             top(profile, n)
