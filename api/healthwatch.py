@@ -5,9 +5,10 @@ is checked by a loop of its own: again ``REFRESH`` seconds after each check ends
 ``/health`` is asked (within ``IDLE`` seconds), every ``IDLE_REFRESH`` seconds otherwise, so
 that a monitor's first probe after a quiet spell still finds a recent check. ``/health``
 answers from the latest results at once. A part is ok only when its latest check succeeded
-and began within ``CHECK_TIMEOUT`` seconds: a part that stops answering is reported
-unavailable by then, whatever the load. The first ``/health`` of the process waits for a
-first check of each part (``CHECK_TIMEOUT`` at most)."""
+and no check of it has been waiting for an answer longer than ``CHECK_TIMEOUT`` seconds: a
+part that stops answering is reported unavailable by then, whatever the load, while a check
+that is slow on a busy machine but answers in time keeps its part ok. The first ``/health`` of
+the process waits for a first check of each part (``CHECK_TIMEOUT`` at most)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ CHECK_TIMEOUT = 10.0
 # Seconds between the end of a part's check and its next, while /health is asked.
 REFRESH = 1.0
 # Seconds after a /health during which the checks keep the pace of REFRESH; then they slow
-# to IDLE_REFRESH (a check older than CHECK_TIMEOUT would report the part unavailable).
+# to IDLE_REFRESH, so that the first /health after a quiet spell finds a recent check.
 IDLE = 60.0
 IDLE_REFRESH = 5.0
 
@@ -112,16 +113,18 @@ async def _workers(state: AppState) -> dict[str, int]:
 
 @dataclass
 class Part:
-    """One part's checks: the latest result (None when it failed) and when that check began."""
+    """One part's checks: the latest result (None when it failed), and when the check that
+    is waiting for its answer began (None between checks)."""
 
     check: Callable[[AppState], Awaitable[Any]]
     value: Any = None
-    began: float = 0.0
+    waiting: float | None = None
     checked: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first check
 
     def now(self) -> Any:
-        """The latest result if it is recent enough to tell, else None (unavailable)."""
-        if self.value is None or time.monotonic() - self.began > CHECK_TIMEOUT:
+        """The latest result, or None (unavailable) when it failed or when the check after
+        it has waited longer than ``CHECK_TIMEOUT`` (the part, or its checks, stopped)."""
+        if self.waiting is not None and time.monotonic() - self.waiting > CHECK_TIMEOUT:
             return None
         return self.value
 
@@ -162,13 +165,13 @@ class HealthWatch:
 
     async def _watch(self, name: str, part: Part) -> None:
         while True:
-            began = time.monotonic()
+            began = part.waiting = time.monotonic()
             try:
                 async with asyncio.timeout(CHECK_TIMEOUT):
                     value = await part.check(self.state)
             except Exception:
                 value = None
-            part.value, part.began = value, began
+            part.value, part.waiting = value, None
             part.checked.set()
             # The pace of the checks, not a wait for an event: REFRESH after this check ended
             # while /health is asked, else IDLE_REFRESH after it began.

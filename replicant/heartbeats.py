@@ -15,7 +15,9 @@ from replicant.tables import WorkerHeartbeat
 from replicant.timeutil import utcnow
 
 INTERVAL = 2.0  # seconds between beats
-FRESH = timedelta(seconds=INTERVAL * 3)
+# A worker is live while its last beat is this recent: five beats' time, so that a worker
+# process starved of CPU for a few seconds on a busy machine is not taken for dead.
+FRESH = timedelta(seconds=INTERVAL * 5)
 
 
 def beat(engine: Engine, identity: str, queues: list[str]) -> None:

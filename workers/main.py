@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from sqlalchemy.engine import Engine
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -51,10 +53,15 @@ log = logging.getLogger("replicant.worker")
 
 
 async def _heartbeat(engine: Engine, identity: str, queues: list[str]) -> None:
-    """Tell ``/health`` every few seconds that this worker serves ``queues``."""
+    """Tell ``/health`` every few seconds that this worker serves ``queues``: from a thread
+    of its own, so that a busy default thread pool (terminal writes, uploads) never delays a
+    beat until the worker looks dead."""
+    own_thread = anyio.CapacityLimiter(1)
     while True:
         try:
-            await asyncio.to_thread(heartbeats.beat, engine, identity, queues)
+            await anyio.to_thread.run_sync(
+                heartbeats.beat, engine, identity, queues, limiter=own_thread
+            )
         except Exception:
             log.warning("event=heartbeat_failed", exc_info=True)
         await asyncio.sleep(heartbeats.INTERVAL)
