@@ -4,11 +4,13 @@ From the first ``/health`` on, each part (the database; Temporal; the workers of
 is checked by a loop of its own: again ``REFRESH`` seconds after each check ends while
 ``/health`` is asked (within ``IDLE`` seconds), every ``IDLE_REFRESH`` seconds otherwise, so
 that a monitor's first probe after a quiet spell still finds a recent check. ``/health``
-answers from the latest results at once. A part is ok only when its latest check succeeded
-and no check of it has been waiting for an answer longer than ``CHECK_TIMEOUT`` seconds: a
-part that stops answering is reported unavailable by then, whatever the load, while a check
-that is slow on a busy machine but answers in time keeps its part ok. The first ``/health`` of
-the process waits for a first check of each part (``CHECK_TIMEOUT`` at most)."""
+answers from the latest results at once. A part is unavailable once ``FAILURES`` checks in a
+row have failed (an error, or no answer within ``CHECK_TIMEOUT`` seconds), or has never
+succeeded: a part that is down (refused connections) is reported within a second or two,
+one that stops answering within two ``CHECK_TIMEOUT``s, whatever the load, while a single
+check that fails on a busy machine does not make the API look down to a load balancer (as a
+probe's failure threshold). The first ``/health`` of the process waits for a first check of
+each part (``CHECK_TIMEOUT`` at most)."""
 
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ class AppState(Protocol):
 # Seconds each check (the database; Temporal; its workers) has: a bound for a part that does
 # not answer at all, well past a busy machine's slowest answer.
 CHECK_TIMEOUT = 10.0
+# Checks in a row that must fail before a part that had answered is reported unavailable.
+FAILURES = 2
 # Seconds between the end of a part's check and its next, while /health is asked.
 REFRESH = 1.0
 # Seconds after a /health during which the checks keep the pace of REFRESH; then they slow
@@ -113,18 +117,30 @@ async def _workers(state: AppState) -> dict[str, int]:
 
 @dataclass
 class Part:
-    """One part's checks: the latest result (None when it failed), and when the check that
-    is waiting for its answer began (None between checks)."""
+    """One part's checks: the latest result that holds (None once ``FAILURES`` checks in a
+    row failed, or before any succeeded), the failures in a row since, and when the check
+    that is waiting for its answer began (None between checks)."""
 
     check: Callable[[AppState], Awaitable[Any]]
     value: Any = None
+    failures: int = 0
     waiting: float | None = None
     checked: asyncio.Event = field(default_factory=asyncio.Event)  # set by the first check
 
+    def record(self, value: Any) -> None:
+        """A check's result (None: it failed)."""
+        if value is not None:
+            self.value, self.failures = value, 0
+            return
+        self.failures += 1
+        if self.failures >= FAILURES:
+            self.value = None
+
     def now(self) -> Any:
-        """The latest result, or None (unavailable) when it failed or when the check after
-        it has waited longer than ``CHECK_TIMEOUT`` (the part, or its checks, stopped)."""
-        if self.waiting is not None and time.monotonic() - self.waiting > CHECK_TIMEOUT:
+        """The latest result that holds, or None (unavailable); also None while the check
+        after a failed one has waited longer than ``CHECK_TIMEOUT`` (it is failing too)."""
+        waited = time.monotonic() - self.waiting if self.waiting is not None else 0.0
+        if waited > CHECK_TIMEOUT and self.failures + 1 >= FAILURES:
             return None
         return self.value
 
@@ -160,7 +176,7 @@ class HealthWatch:
         self.stop()
         loop = asyncio.get_running_loop()
         for name, part in self.parts.items():
-            part.value, part.checked = None, asyncio.Event()
+            part.value, part.failures, part.checked = None, 0, asyncio.Event()
             self.loops.append(loop.create_task(self._watch(name, part)))
 
     async def _watch(self, name: str, part: Part) -> None:
@@ -171,7 +187,8 @@ class HealthWatch:
                     value = await part.check(self.state)
             except Exception:
                 value = None
-            part.value, part.waiting = value, None
+            part.record(value)
+            part.waiting = None
             part.checked.set()
             # The pace of the checks, not a wait for an event: REFRESH after this check ended
             # while /health is asked, else IDLE_REFRESH after it began.

@@ -473,6 +473,8 @@ async def test_a_process_whose_async_healthcheck_fails_is_replaced_before_its_ne
 async def test_the_run_on_a_process_found_unhealthy_ends_saying_why(pool: RunnerPool) -> None:
     model = spec(MODEL_DIRS, "unhealthy", concurrency=2)
     long = asyncio.create_task(pool.predict(model, "hc-long", {"seconds": 60}))
+    # The long run is in the process before it turns sick (else it would run on the next).
+    await eventually(lambda: pool.has_started("hc-long"), "hc-long to start", timeout=60)
     assert (await pool.predict(model, "hc-sick", {"mode": "sick"})).output == "sick"
 
     after = await pool.predict(model, "hc-next", {})

@@ -148,6 +148,11 @@ class RunnerPool:
         process = self._processes.get(key)
         return process.pid if process is not None else None
 
+    def has_started(self, prediction_id: str) -> bool:
+        """Whether a model process has started ``prediction_id`` (for tests and diagnostics)."""
+        run = self._runs.get(prediction_id)
+        return run is not None and run.started
+
     # -- processes -------------------------------------------------------------------------
 
     @asynccontextmanager
