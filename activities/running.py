@@ -47,8 +47,14 @@ HEARTBEAT_INTERVAL = 1.0
 
 async def tell_workflow_started() -> None:
     """Signal ``started`` to the run's workflow, so that its ``status`` query and its
-    ``ReplicantStatus`` say ``processing`` too (best effort: the read model has it)."""
+    ``ReplicantStatus`` say ``processing`` too (best effort: the read model has it).
+
+    Not from a run in its workflow's own task (a local activity): a signal that arrives
+    while that task is open fails the task's completion, and the local activity's result
+    with it, so the run would be made again."""
     info = activity.info()
+    if info.is_local:
+        return
     with contextlib.suppress(Exception):
         handle = activity.client().get_workflow_handle(info.workflow_id or "")
         await handle.signal("started")
@@ -58,6 +64,8 @@ async def heartbeat_forever() -> None:
     """Heartbeat every ``HEARTBEAT_INTERVAL`` until cancelled (run it as a task)."""
     # Heartbeats deliver cancellation and let Temporal notice a dead worker within seconds.
     # The first waits an interval: a run shorter than that costs no heartbeat round trip.
+    if activity.info().is_local:
+        return  # a local activity's workflow task heartbeats instead
     while True:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
         activity.heartbeat()

@@ -269,6 +269,19 @@ def _request(
         webhook_timeout=settings.webhook_timeout,
         # The workflow's current shape, without patch markers (replicant/contracts.py).
         shape=PREDICTION_SHAPE,
+        local_run=runs_locally(create, version, placement),
+    )
+
+
+def runs_locally(create: PredictionCreate, version: Version, placement: Placement | None) -> bool:
+    """Whether the prediction runs in its workflow's own task (``local_run_seconds``): its
+    version's recent runs were fast, and it has no deadline (a timer waits for the task's
+    heartbeat), no deployment (its own queue) and no stream (a long run, as a rule)."""
+    return (
+        placement is None
+        and create.cancel_after is None
+        and not is_streaming(version)
+        and create.state.run_times.fast(version.id)
     )
 
 
@@ -310,6 +323,7 @@ async def respond(
 ) -> Response:
     """201 with the prediction as it is now, as its create answered."""
     row = await state.db.read(_load, prediction_id)
+    state.run_times.observe(row)
     body = prediction_object(row, base_url(request, state), secret_key=state.secret_key)
     if waited:
         body = expired_wait_answer(body)

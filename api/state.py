@@ -24,6 +24,7 @@ from temporalio.client import Client
 
 from api.healthwatch import HealthWatch
 from api.queueboard import QUEUE_THREADS, QueueBoard
+from api.runtimes import RunTimes
 from api.streamboard import StreamBoard
 from replicant.db import CACHE_KEY, is_busy, make_loop_engine
 from replicant.settings import Settings
@@ -221,6 +222,11 @@ class AppState:
     def queue(self) -> QueueBoard:
         """Each hardware's queue as this process shows it (api/queueboard.py)."""
         return QueueBoard(self.engine, self.settings)
+
+    @functools.cached_property
+    def run_times(self) -> RunTimes:
+        """Each version's recent run times as this process answered them (api/runtimes.py)."""
+        return RunTimes(self.settings.local_run_seconds)
 
     @functools.cached_property
     def streams(self) -> StreamBoard:

@@ -55,3 +55,24 @@ class FloorWorkflow:
         await workflow.wait_condition(lambda: self.output is not None)
         assert self.output is not None
         return self.output
+
+
+@workflow.defn(name="BenchFloorLocal")
+class FloorLocalWorkflow:
+    """The floor calling coglet in its own workflow task (a local activity)."""
+
+    def __init__(self) -> None:
+        self.output: str | None = None
+
+    @workflow.run
+    async def run(self, url: str) -> str:
+        self.output = await workflow.execute_local_activity(
+            call_coglet, url, start_to_close_timeout=timedelta(seconds=30)
+        )
+        return self.output
+
+    @workflow.update
+    async def wait(self) -> str:
+        await workflow.wait_condition(lambda: self.output is not None)
+        assert self.output is not None
+        return self.output

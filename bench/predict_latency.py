@@ -4,6 +4,9 @@
 2. coglet direct: the same input POSTed straight to a coglet process of that version.
 3. The floor: a bare Temporal update-with-start whose one activity calls that coglet process,
    on the same Temporal dev server with the same settings as ``make dev``.
+4. The floor with a local activity ("floor local"): the same workflow calling coglet in its
+   own workflow task, as Replicant runs a version whose recent runs were fast
+   (``local_run_seconds``); shown beside, the ratios stay against the floor above.
 
 Run: ``.venv/bin/python bench/predict_latency.py [--requests 400] [--clients 1 8 64]
 [--webhook]``. Prints, at each number of concurrent clients, percentiles (ms) and throughput
@@ -39,7 +42,7 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.floor import INPUT, FloorWorkflow, call_coglet, post_with_retry  # noqa: E402
+from bench.floor import INPUT, FloorLocalWorkflow, FloorWorkflow, call_coglet, post_with_retry  # noqa: E402
 from replicant.devstack import Stack, free_port, wait_for_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
@@ -335,10 +338,27 @@ async def bench(requests: int, clients: list[int], slots: int, receiver: Receive
             )
             await handle.result()
 
+        async def floor_local_call() -> None:
+            nonlocal counter
+            counter += 1
+            start = WithStartWorkflowOperation(
+                FloorLocalWorkflow.run,
+                f"{coglet_url}/predictions",
+                id=f"bench-floor-{os.getpid()}-{counter}",
+                task_queue=FLOOR_QUEUE,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            )
+            handle = await client.start_update_with_start_workflow(
+                FloorLocalWorkflow.wait,
+                start_workflow_operation=start,
+                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+            )
+            await handle.result()
+
         worker = Worker(
             client,
             task_queue=FLOOR_QUEUE,
-            workflows=[FloorWorkflow],
+            workflows=[FloorWorkflow, FloorLocalWorkflow],
             activities=[call_coglet],
             max_concurrent_activities=slots,
         )
@@ -346,6 +366,7 @@ async def bench(requests: int, clients: list[int], slots: int, receiver: Receive
             paths = {
                 "coglet direct": coglet_call,
                 "temporal floor": floor_call,
+                "floor local": floor_local_call,
                 "replicant": replicant_call,
             }
             meter = CpuMeter(

@@ -134,6 +134,10 @@ class PredictionRequest(BaseModel):
     # attribute (TemporalChangeVersion) written to Temporal's visibility store. 0: an older
     # API's start or a program's: workflow.patched() decides, as before.
     shape: int = 0
+    # Run the model in the workflow's own task (a local activity) rather than as an activity
+    # task of the hardware queue: set by the API for a run expected to be short
+    # (``local_run_seconds``), whose workflow runs on the hardware's shared queue.
+    local_run: bool = False
 
 
 class FinishPrediction(BaseModel):

@@ -114,6 +114,18 @@ class Settings(BaseSettings):
         30.0,
         description="Seconds without a heartbeat before a run is retried on another worker.",
     )
+    local_run_seconds: float = Field(
+        1.0,
+        description="A prediction of a version whose last few runs (as an API process saw "
+        "them answered) each took less than this many seconds runs in its workflow's own "
+        "task (a Temporal local activity) instead of as an activity of its hardware queue: "
+        "fewer round trips through Temporal, for a model's fast runs. Such a run waits for "
+        "a slot in its worker rather than in Temporal's fair queue, and a cancel reaches it "
+        "within the workflow task's heartbeat (seconds). Predictions with a deadline "
+        "(`Cancel-After`), of a deployment or of a streaming model always run as activities. "
+        "0 runs every prediction as an activity.",
+        ge=0,
+    )
     worker_stop_grace: float = Field(
         10.0,
         ge=0,

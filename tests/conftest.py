@@ -161,6 +161,9 @@ def stack_settings(data_dir: Path, **overrides: Any) -> Settings:
         "hardware_prices": PRICES,
         "spend_limits": {SPEND_CAPPED: SPEND_LIMIT},
         "model_build_egress": BUILD_EGRESS,
+        # Runs go through their hardware queue as activities, whatever the earlier tests ran:
+        # tests/test_local_runs.py runs fast versions in their workflow's task.
+        "local_run_seconds": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -67,6 +67,37 @@ async def test_without_concurrent_models_the_permits_are_the_slots() -> None:
     assert slots.try_reserve_slot(_ctx()) is not None
 
 
+async def test_a_local_run_holds_a_slot_without_a_permit() -> None:
+    # A run in its workflow's task (a local activity) came with no permit from Temporal:
+    # it takes a slot all the same, and the worker polls only for the slot left.
+    slots = RunSlots(2)
+    local = await slots.acquire("hello", 1, local=True)
+    assert slots.try_reserve_slot(_ctx()) is not None
+    assert slots.try_reserve_slot(_ctx()) is None
+    task = await slots.acquire("sleep", 1)  # the permitted task's run
+    assert slots.held() == [("hello", 1), ("sleep", 1)]
+    slots.release(local, local=True)
+    assert slots.try_reserve_slot(_ctx()) is not None  # the local run's slot is free again
+    assert slots.try_reserve_slot(_ctx()) is None
+    slots.release(task)
+
+
+async def test_a_local_run_waits_for_a_slot_and_stops_the_polls_meanwhile() -> None:
+    slots = RunSlots(1)
+    assert slots.try_reserve_slot(_ctx()) is not None
+    busy = await slots.acquire("sleep", 1)
+    waiting = asyncio.create_task(slots.acquire("hello", 1, local=True))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    slots.release(busy)
+    slots.release_slot(None)  # type: ignore[arg-type]
+    lease = await asyncio.wait_for(waiting, 5)
+    assert lease.key == "hello"
+    assert slots.try_reserve_slot(_ctx()) is None  # the one slot is the local run's
+    slots.release(lease, local=True)
+    assert slots.try_reserve_slot(_ctx()) is not None
+
+
 async def test_a_concurrent_process_with_room_takes_more_runs_than_slots() -> None:
     slots = RunSlots(1)
     assert slots.try_reserve_slot(_ctx()) is not None

@@ -15,7 +15,9 @@ fairness (replicant/fairness.py). Without concurrent versions the permits are ex
 slots, as with a fixed number of activity slots.
 
 ``SlotRunner`` is the pool as one hardware queue's activities see it: each run holds its
-share of the slots (``RunSlots.acquire``) while the pool runs it.
+share of the slots (``RunSlots.acquire``) while the pool runs it. A run in its workflow's own
+task (a local activity, workflows/steps.py ``start_run``) came with no permit: it takes its
+share the same way, and is left out of the count of permitted tasks still to be placed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Unpack
 
+from temporalio import activity
 from temporalio.worker import (
     CustomSlotSupplier,
     FixedSizeSlotSupplier,
@@ -69,8 +72,10 @@ class RunSlots(CustomSlotSupplier):
         self.slots = slots
         self._lock = threading.Lock()
         self._permits = 0
+        # Runs placed without a permit (local activities): not tasks of the permits.
+        self._local = 0
         self._leases: list[Lease] = []
-        self._waiters: collections.deque[tuple[str, int, asyncio.Future[Lease]]] = (
+        self._waiters: collections.deque[tuple[str, int, bool, asyncio.Future[Lease]]] = (
             collections.deque()
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,7 +98,7 @@ class RunSlots(CustomSlotSupplier):
         concurrent processes, less the permits out for tasks not yet placed."""
         if self._waiters:
             return 0
-        placed = sum(lease.runs for lease in self._leases)
+        placed = sum(lease.runs for lease in self._leases) - self._local
         free = self.slots - len(self._leases)
         room = sum(lease.room for lease in self._leases)
         return free + room - (self._permits - placed)
@@ -127,15 +132,16 @@ class RunSlots(CustomSlotSupplier):
 
     # -- the runs' side ------------------------------------------------------------------
 
-    async def acquire(self, key: str, capacity: int) -> Lease:
+    async def acquire(self, key: str, capacity: int, local: bool = False) -> Lease:
         """A share of a slot for a run of ``key`` (``capacity``: runs its process serves at
-        once): room in a process of the key, else a free slot, else the next one freed."""
+        once): room in a process of the key, else a free slot, else the next one freed.
+        ``local``: the run came with no permit (a local activity); release it so too."""
         self._bind()
         with self._lock:
-            lease = self._place(key, capacity)
+            lease = self._place(key, capacity, local)
             if lease is None:
                 waiter: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-                self._waiters.append((key, capacity, waiter))
+                self._waiters.append((key, capacity, local, waiter))
         if lease is not None:
             self._wake()  # a concurrent process with room: the worker may poll for more
             return lease
@@ -144,42 +150,45 @@ class RunSlots(CustomSlotSupplier):
         except asyncio.CancelledError:
             with self._lock:
                 if not waiter.done():
-                    kept = (w for w in self._waiters if w[2] is not waiter)
+                    kept = (w for w in self._waiters if w[3] is not waiter)
                     self._waiters = collections.deque(kept)
             if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
+                self.release(waiter.result(), local)
             self._wake()
             raise
 
-    def release(self, lease: Lease) -> None:
+    def release(self, lease: Lease, local: bool = False) -> None:
         """A run is over: its share goes to a waiting run, or back to the slots."""
         with self._lock:
             lease.runs -= 1
+            if local:
+                self._local -= 1
             if lease.runs <= 0 and lease in self._leases:
                 self._leases.remove(lease)
             while self._waiters:
-                key, capacity, waiter = self._waiters[0]
+                key, capacity, local_waiter, waiter = self._waiters[0]
                 if waiter.done():
                     self._waiters.popleft()
                     continue
-                placed = self._place(key, capacity)
+                placed = self._place(key, capacity, local_waiter)
                 if placed is None:
                     break
                 self._waiters.popleft()
                 waiter.set_result(placed)
         self._wake()
 
-    def _place(self, key: str, capacity: int) -> Lease | None:
+    def _place(self, key: str, capacity: int, local: bool = False) -> Lease | None:
         """Under the lock: join a lease of ``key`` with room, or take a free slot."""
-        for lease in self._leases:
-            if lease.key == key and lease.room > 0:
-                lease.runs += 1
-                return lease
-        if len(self._leases) < self.slots:
-            lease = Lease(key, capacity, runs=1)
-            self._leases.append(lease)
-            return lease
-        return None
+        joinable = (lease for lease in self._leases if lease.key == key and lease.room > 0)
+        placed = next(joinable, None)
+        if placed is not None:
+            placed.runs += 1
+        elif len(self._leases) < self.slots:
+            placed = Lease(key, capacity, runs=1)
+            self._leases.append(placed)
+        if placed is not None and local:
+            self._local += 1
+        return placed
 
     def held(self) -> list[tuple[str, int]]:
         """(key, runs) of each slot in use (diagnostics and tests)."""
@@ -219,11 +228,13 @@ class SlotRunner:
     ) -> CogPrediction:
         """The pool's ``predict``, the run holding its ``Lease`` of this queue's slots (room
         in a process of its key, or a slot of its own) until it ends."""
-        lease = await self.slots.acquire(spec.key, spec.concurrency)
+        # A local activity's run (in its workflow's task) came without a permit.
+        local = activity.in_activity() and activity.info().is_local
+        lease = await self.slots.acquire(spec.key, spec.concurrency, local)
         try:
             return await self.pool.predict(spec, prediction_id, input, **run)
         finally:
-            self.slots.release(lease)
+            self.slots.release(lease, local)
 
     def keep_standby(self, spec: RunnerSpec) -> None:
         """Keep a standby for fine-tune ``spec``'s base (see ``RunnerPool.keep_standby``)."""

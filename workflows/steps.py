@@ -125,7 +125,25 @@ def start_run(
 ) -> workflow.ActivityHandle[Any]:
     """The run on the request's hardware queue: heartbeats notice a lost worker in seconds
     and deliver cancellation; `canceled` is recorded by the workflow at once (TRY_CANCEL),
-    and the activity's late writes cannot overwrite a terminal state."""
+    and the activity's late writes cannot overwrite a terminal state.
+
+    A request with ``local_run`` (a run expected to be short, whose workflow runs on that
+    queue) runs in the workflow's own task instead, as a local activity: no activity task
+    to schedule, dispatch and complete through Temporal, one workflow task instead of two.
+    Its worker's workflow task heartbeats while it runs: a lost worker's task times out
+    and the next worker runs it again, and a cancel reaches it at the next heartbeat."""
+    if getattr(req, "local_run", False):
+        return workflow.start_local_activity(
+            activity_name,
+            req,
+            result_type=result_type,
+            start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
+            retry_policy=RetryPolicy(
+                maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=non_retryable
+            ),
+            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
+            summary=f"run {req.model} on {req.hardware} (in the workflow's task)",
+        )
     return workflow.start_activity(
         activity_name,
         req,

@@ -92,6 +92,7 @@ async def create_model_prediction(
 async def get_prediction(prediction_id: str, mine: PredictionsDep) -> responses.Prediction:
     """Beyond Replicate: one that has not started says why it waits (``queue``)."""
     row = await mine.get(prediction_id)
+    mine.state.run_times.observe(row)
     shown = mine.show(row)
     if row.status == "starting":  # replicant/queueing.py
         place = await mine.state.queue.place(row)
