@@ -155,6 +155,26 @@ def test_local_runs_and_activity_runs_share_the_slots_under_64_clients(fast: Liv
     assert kinds.count(True) > 0
 
 
+def test_a_second_waiter_on_a_local_run_does_not_make_it_run_twice(fast: LiveStack) -> None:
+    """A retry with the create's Idempotency-Key waits on the running prediction (an update
+    of its workflow, sent while the run holds the workflow's task open): the run is made
+    once and both answers show its end."""
+    model = sleep_model(fast)
+    key = {"Idempotency-Key": os.urandom(8).hex()}
+    with fast.client() as api:
+        made_fast(api, model)
+        first = create(api, model, 0.8, **key)
+        fast.wait_for(first["id"], lambda p: p["status"] == "processing", timeout=60)
+        again = create(api, model, 0.8, Prefer="wait", **key)
+    assert again["id"] == first["id"]
+    assert again["status"] == "succeeded"
+    events = asyncio.run(events_of(fast, first["id"]))
+    assert ran_locally(events)
+    assert not _has(events, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED)
+    markers = [e for e in events if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED]
+    assert len(markers) == 1
+
+
 def test_a_local_run_that_hangs_is_canceled(fast: LiveStack) -> None:
     model = sleep_model(fast)
     with fast.client() as api:
