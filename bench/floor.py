@@ -40,35 +40,16 @@ async def call_coglet(url: str) -> str:
 
 @workflow.defn(name="BenchFloor")
 class FloorWorkflow:
-    def __init__(self) -> None:
-        self.output: str | None = None
-
-    @workflow.run
-    async def run(self, url: str) -> str:
-        self.output = await workflow.execute_activity(
-            call_coglet, url, start_to_close_timeout=timedelta(seconds=30)
-        )
-        return self.output
-
-    @workflow.update
-    async def wait(self) -> str:
-        await workflow.wait_condition(lambda: self.output is not None)
-        assert self.output is not None
-        return self.output
-
-
-@workflow.defn(name="BenchFloorLocal")
-class FloorLocalWorkflow:
-    """The floor calling coglet in its own workflow task (a local activity)."""
+    """The floor: one activity calling coglet, or (``local``) the same call in the workflow's
+    own task, a local activity."""
 
     def __init__(self) -> None:
         self.output: str | None = None
 
     @workflow.run
-    async def run(self, url: str) -> str:
-        self.output = await workflow.execute_local_activity(
-            call_coglet, url, start_to_close_timeout=timedelta(seconds=30)
-        )
+    async def run(self, url: str, local: bool) -> str:
+        call = workflow.execute_local_activity if local else workflow.execute_activity
+        self.output = await call(call_coglet, url, start_to_close_timeout=timedelta(seconds=30))
         return self.output
 
     @workflow.update

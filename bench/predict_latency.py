@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.floor import INPUT, FloorLocalWorkflow, FloorWorkflow, call_coglet, post_with_retry  # noqa: E402
+from bench.floor import INPUT, FloorWorkflow, call_coglet, post_with_retry  # noqa: E402
 from replicant.devstack import Stack, free_port, wait_for_port  # noqa: E402
 from replicant.settings import Settings  # noqa: E402
 from replicant.temporal import connect  # noqa: E402
@@ -321,12 +322,12 @@ async def bench(requests: int, clients: list[int], slots: int, receiver: Receive
         client: Client = await connect(settings)
         counter = 0
 
-        async def floor_call() -> None:
+        async def floor_call(local: bool) -> None:
             nonlocal counter
             counter += 1
             start = WithStartWorkflowOperation(
                 FloorWorkflow.run,
-                f"{coglet_url}/predictions",
+                args=[f"{coglet_url}/predictions", local],
                 id=f"bench-floor-{os.getpid()}-{counter}",
                 task_queue=FLOOR_QUEUE,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -338,35 +339,18 @@ async def bench(requests: int, clients: list[int], slots: int, receiver: Receive
             )
             await handle.result()
 
-        async def floor_local_call() -> None:
-            nonlocal counter
-            counter += 1
-            start = WithStartWorkflowOperation(
-                FloorLocalWorkflow.run,
-                f"{coglet_url}/predictions",
-                id=f"bench-floor-{os.getpid()}-{counter}",
-                task_queue=FLOOR_QUEUE,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            )
-            handle = await client.start_update_with_start_workflow(
-                FloorLocalWorkflow.wait,
-                start_workflow_operation=start,
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
-            )
-            await handle.result()
-
         worker = Worker(
             client,
             task_queue=FLOOR_QUEUE,
-            workflows=[FloorWorkflow, FloorLocalWorkflow],
+            workflows=[FloorWorkflow],
             activities=[call_coglet],
             max_concurrent_activities=slots,
         )
         async with worker:
             paths = {
                 "coglet direct": coglet_call,
-                "temporal floor": floor_call,
-                "floor local": floor_local_call,
+                "temporal floor": functools.partial(floor_call, False),
+                "floor local": functools.partial(floor_call, True),
                 "replicant": replicant_call,
             }
             meter = CpuMeter(

@@ -175,12 +175,19 @@ def test_a_second_waiter_on_a_local_run_does_not_make_it_run_twice(fast: LiveSta
     assert len(markers) == 1
 
 
-def test_a_local_run_that_hangs_is_canceled(fast: LiveStack) -> None:
-    model = sleep_model(fast)
-    with fast.client() as api:
+def processing_local_run(live: LiveStack, seconds: float) -> tuple[str, dict[str, Any]]:
+    """A new fast version (its model's name) and a run of it of ``seconds``, processing."""
+    model = sleep_model(live)
+    with live.client() as api:
         made_fast(api, model)
-        hanging = create(api, model, 600)
-        fast.wait_for(hanging["id"], lambda p: p["status"] == "processing", timeout=60)
+        body = create(api, model, seconds)
+    live.wait_for(body["id"], lambda p: p["status"] == "processing", timeout=60)
+    return model, body
+
+
+def test_a_local_run_that_hangs_is_canceled(fast: LiveStack) -> None:
+    model, hanging = processing_local_run(fast, 600)
+    with fast.client() as api:
         assert api.post(f"/v1/predictions/{hanging['id']}/cancel").status_code == 200
         # The cancel reaches the run at its workflow task's next heartbeat.
         ended = fast.wait_for(hanging["id"], timeout=120)
@@ -193,11 +200,7 @@ def test_a_local_run_that_hangs_is_canceled(fast: LiveStack) -> None:
 
 
 def test_a_local_run_whose_worker_is_killed_runs_again_on_the_next(fast: LiveStack) -> None:
-    model = sleep_model(fast)
-    with fast.client() as api:
-        made_fast(api, model)
-        body = create(api, model, 5)
-    fast.wait_for(body["id"], lambda p: p["status"] == "processing", timeout=60)
+    _, body = processing_local_run(fast, 5)
     # SIGKILL the worker and its model processes, as a lost machine would.
     fast.stack.stop("worker", sig=signal.SIGKILL)
     fast.stack.start_worker()
