@@ -32,6 +32,8 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SLOTS = 2  # the cpu hardware's slots on this stack
+RUN_TIMEOUT = 60  # seconds a run may take here
+STOP_GRACE = 4  # seconds a worker stopped gracefully gives its runs
 CLIENTS = 64
 
 
@@ -40,7 +42,12 @@ def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """A stack whose fast versions run in their workflow's task (the default of `make dev`);
     the suite's other stacks run every prediction as an activity."""
     with own_stack(
-        tmp_path_factory, "localruns", local_run_seconds=1.0, hardware={"cpu": SLOTS}
+        tmp_path_factory,
+        "localruns",
+        local_run_seconds=1.0,
+        hardware={"cpu": SLOTS},
+        prediction_timeout=RUN_TIMEOUT,
+        worker_stop_grace=STOP_GRACE,
     ) as stack:
         yield stack
 
@@ -231,3 +238,16 @@ def _most_at_once(spans: list[tuple[datetime, datetime]]) -> int:
         running += step
         most = max(most, running)
     return most
+
+
+@pytest.mark.parametrize("seconds", [2, 12])
+def test_a_local_run_on_a_worker_stopped_gracefully_succeeds(fast: LiveStack, seconds: int) -> None:
+    """SIGTERM, as an orchestrator's rolling restart sends: a run that ends within the
+    worker's stop grace (STOP_GRACE) ends in it, a longer one is made again by the next
+    worker; neither ends canceled or failed for the stop."""
+    _, body = processing_local_run(fast, seconds)
+    fast.stack.stop("worker", sig=signal.SIGTERM)
+    fast.stack.start_worker()
+    final = fast.wait_for(body["id"], timeout=240)
+    assert final["status"] == "succeeded", final
+    assert final["output"] == f"slept for {seconds} seconds"
