@@ -77,6 +77,16 @@ class Settings(BaseSettings):
         description="The embedded Temporal dev server serves backlogged hardware queues fairly "
         "between accounts (docs/fairness.md); false: first come, first served.",
     )
+    temporal_memory_limit: ByteSize = Field(
+        ByteSize(256 * 2**20),
+        description="The memory the embedded Temporal dev server's Go runtime aims to stay "
+        "within (its `GOMEMLIMIT`, with `GOGC=400`), e.g. `512MiB`: its resident set then "
+        "levels off at about this plus its ~130 MB binary within the first minute of load "
+        "instead of rising with its heap, and it collects garbage no more often than "
+        'without (docs/performance.md, "Memory over a 10-minute soak"). Raise it if its '
+        "live heap nears it (a backlog of tens of thousands of workflows). `0`: Go's defaults "
+        "(or the `GOGC` and `GOMEMLIMIT` of the environment).",
+    )
     build_queue: str = Field(
         "replicant-build",
         description="The task queue of version builds (Python environments and predictor "
