@@ -48,8 +48,8 @@ TEMPORAL_DEV_DYNAMIC_CONFIG = [f"history.hostLevelCacheMaxSize={TEMPORAL_HISTORY
 # busy stack's live heap crept from ~55 to ~75 MB over five minutes, its RSS with it). With
 # a memory limit (`temporal_memory_limit`, its GOMEMLIMIT) and GOGC=400 the heap grows to
 # the limit within seconds of load and stays there, collected when it nears the limit: no
-# more often than at the default while the live heap is under a third of the limit
-# (docs/performance.md, "Memory over a 10-minute soak").
+# more often than at the default while the live heap is under about a third of the limit
+# (docs/performance.md, "The dev server's Go heap").
 TEMPORAL_GOGC = 400
 
 
