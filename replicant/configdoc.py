@@ -14,6 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from pydantic import ByteSize
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -53,6 +54,8 @@ def default_text(field: FieldInfo) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, dict | list):
         return f"`{json.dumps(value)}`"
+    if isinstance(value, ByteSize) and value and value % 2**20 == 0:
+        return f"`{value // 2**20}MiB`"
     return f"`{value}`"
 
 

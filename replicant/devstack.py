@@ -43,6 +43,23 @@ TEMPORAL_DYNAMIC_CONFIG = [
 TEMPORAL_HISTORY_CACHE_SIZE = 512
 TEMPORAL_DEV_DYNAMIC_CONFIG = [f"history.hostLevelCacheMaxSize={TEMPORAL_HISTORY_CACHE_SIZE}"]
 
+# Go's garbage collector in the dev server: at its default (GOGC=100) the heap may grow to
+# twice what is live before a collection, so the resident set follows the live heap up (a
+# busy stack's live heap crept from ~55 to ~75 MB over five minutes, its RSS with it). With
+# a memory limit (`temporal_memory_limit`, its GOMEMLIMIT) and GOGC=400 the heap grows to
+# the limit within seconds of load and stays there, collected when it nears the limit: no
+# more often than at the default while the live heap is under about a third of the limit
+# (docs/performance.md, "The dev server's Go heap").
+TEMPORAL_GOGC = 400
+
+
+def temporal_environment(settings: Settings) -> dict[str, str]:
+    """What the dev server's environment adds: its Go runtime's memory limit and GC pace,
+    unless `temporal_memory_limit` is 0."""
+    if not settings.temporal_memory_limit:
+        return {}
+    return {"GOMEMLIMIT": str(int(settings.temporal_memory_limit)), "GOGC": str(TEMPORAL_GOGC)}
+
 
 # The dev server's SQLite file holds histories and visibility records alike: WAL lets
 # readers run beside the writer, and NORMAL sync skips an fsync per commit (a crash may
@@ -208,7 +225,10 @@ class Stack:
     def start_temporal(self) -> None:
         # Its database holds every workflow's inputs: created private (replicant/datadir.py).
         proc = self._spawn(
-            "temporal", temporal_command(self.settings, ui=self.ui), umask=PRIVATE_UMASK
+            "temporal",
+            temporal_command(self.settings, ui=self.ui),
+            temporal_environment(self.settings),
+            umask=PRIVATE_UMASK,
         )
         wait_for_port(self.settings.temporal_port, proc)
 

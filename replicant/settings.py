@@ -77,6 +77,17 @@ class Settings(BaseSettings):
         description="The embedded Temporal dev server serves backlogged hardware queues fairly "
         "between accounts (docs/fairness.md); false: first come, first served.",
     )
+    temporal_memory_limit: ByteSize = Field(
+        ByteSize(256 * 2**20),
+        description="The memory the embedded Temporal dev server's Go runtime aims to stay "
+        "within (its `GOMEMLIMIT`, with `GOGC=400`), e.g. `512MiB`: its resident set then "
+        "levels off a little under this plus the ~130 MB of its binary within the first "
+        "minute of load instead of rising with its heap, and while its live heap is under "
+        "about a third of it, it collects garbage no more often than without "
+        '(docs/performance.md, "The dev server\'s Go heap"). Raise it if the live heap nears '
+        "it (very deep backlogs). `0`: Go's defaults (or the `GOGC` and `GOMEMLIMIT` of the "
+        "environment).",
+    )
     build_queue: str = Field(
         "replicant-build",
         description="The task queue of version builds (Python environments and predictor "
