@@ -8,7 +8,8 @@ the CPU milliseconds (user + system, psutil) per prediction over the timed part,
 predictions a second. On 2 cores throughput is CPU: what the API spends per create that the
 floor (``bench/predict_latency.py``) does not is throughput lost.
 
-With ``--profile OUT`` it also samples the API process with py-spy (``pip install py-spy``)
+With ``--profile OUT`` it also samples the API process (``--process worker``: the worker)
+with py-spy (``pip install py-spy``)
 over the timed part and writes its collapsed stacks to ``OUT``; ``--top N`` then prints the
 functions with the most samples, inclusive and exclusive (py-spy's idle frames left out).
 
@@ -84,7 +85,9 @@ def top(collapsed: Path, n: int) -> None:
         print(f"{100 * count / total:6.1f}%  {frame}")
 
 
-async def main(requests: int, clients: int, slots: int, profile: Path | None, n: int) -> None:
+async def main(
+    requests: int, clients: int, slots: int, profile: Path | None, n: int, process: str
+) -> None:
     # Only hello-world runs: the real models' environments are not built.
     with bench_stack(hardware={"cpu": slots}, prebuild_envs=False) as stack:
         token = stack.start()
@@ -103,7 +106,7 @@ async def main(requests: int, clients: int, slots: int, profile: Path | None, n:
                 spy = subprocess.Popen(
                     [
                         str(Path(sys.executable).parent / "py-spy"),
-                        *("record", "-p", str(procs["api"].pid), "-r", "100"),
+                        *("record", "-p", str(procs[process].pid), "-r", "100"),
                         *("-f", "raw", "-o", str(profile), "--nonblocking"),
                     ],
                     stdout=subprocess.DEVNULL,
@@ -133,7 +136,8 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--slots", type=int, default=8, help="runs at once")
-    parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the API")
+    parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of --process")
+    parser.add_argument("--process", default="api", choices=["api", "worker"])
     parser.add_argument("--top", type=int, default=40, help="functions shown from --profile")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.clients, args.slots, args.profile, args.top))
+    asyncio.run(main(args.requests, args.clients, args.slots, args.profile, args.top, args.process))

@@ -668,22 +668,11 @@ class Settings(BaseSettings):
         return f"replicant-deploy-{owner}/{name}"
 
     def ensure_secret_key(self) -> str:
-        """The configured secret key, or one generated once and kept in the data dir."""
+        """The configured secret key, or one generated once and kept in the data dir (read
+        from there once per process: every run and webhook asks for it)."""
         if self.secret_key:
             return self.secret_key
-        path = self.data_dir / "secret-key"
-        with contextlib.suppress(FileExistsError):
-            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            # O_EXCL: API and worker processes starting together agree on one key.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32) + "\n")
-        for _ in range(100):
-            key = path.read_text().strip()
-            if key:
-                return key
-            time.sleep(0.01)  # another process is writing it
-        raise RuntimeError(f"{path} is empty")
+        return _kept_secret_key(self.data_dir.resolve())
 
     def ensure_api_token(self) -> str:
         """The configured token, or one generated once and kept in the data dir."""
@@ -704,3 +693,21 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (tests build their own ``Settings`` instead)."""
     return Settings()
+
+
+@lru_cache(maxsize=64)
+def _kept_secret_key(data_dir: Path) -> str:
+    """The secret key kept in ``data_dir``, generated there by the first process to ask."""
+    path = data_dir / "secret-key"
+    with contextlib.suppress(FileExistsError):
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # O_EXCL: API and worker processes starting together agree on one key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    for _ in range(100):
+        key = path.read_text().strip()
+        if key:
+            return key
+        time.sleep(0.01)  # another process is writing it
+    raise RuntimeError(f"{path} is empty")
