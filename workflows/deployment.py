@@ -51,6 +51,10 @@ LOCAL = timedelta(seconds=30)
 # A deployment with no instances and no demand is woken by its next prediction; this long
 # timer only re-checks that it still exists.
 IDLE_CHECK = timedelta(minutes=10)
+# The workflow.patched() id under which a wake is cleared before each observation rather than
+# after it: a prediction that arrived while the controller observed (and saw no demand yet)
+# was lost, and a quiet deployment then slept IDLE_CHECK before serving it.
+KEEPS_WAKE = "keeps-wake"
 # A pinned host that does not pick up a control task within this time is presumed gone.
 HOST_ANSWER = timedelta(seconds=10)
 # The hardware's shared host queue: waiting longer means no worker serves that hardware yet.
@@ -92,6 +96,10 @@ class DeploymentWorkflow:
     async def run(self, state: DeploymentState) -> None:
         state = self._state
         while True:
+            keeps_wake = workflow.patched(KEEPS_WAKE)
+            if keeps_wake:
+                # A wake from here on (during the observation too) makes the next check now.
+                self._woken = False
             observed = await workflow.execute_local_activity(
                 ActivityName.OBSERVE_DEPLOYMENT,
                 ObserveDeployment(
@@ -129,7 +137,8 @@ class DeploymentWorkflow:
             if target > 0 or state.instances > 0 or not self._settled:
                 await self._ensure(state, target)
             quiet = state.instances == 0 and demand == 0 and self._settled
-            self._woken = False
+            if not keeps_wake:
+                self._woken = False
             interval = IDLE_CHECK if quiet else timedelta(seconds=state.check_interval)
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(lambda: self._woken, timeout=interval)
