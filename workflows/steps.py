@@ -132,30 +132,27 @@ def start_run(
     to schedule, dispatch and complete through Temporal, one workflow task instead of two.
     Its worker's workflow task heartbeats while it runs: a lost worker's task times out
     and the next worker runs it again, and a cancel reaches it at the next heartbeat."""
+    # The same run either way: its time, its attempts, and a cancel recorded at once.
+    run: dict[str, Any] = {
+        "result_type": result_type,
+        "start_to_close_timeout": timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
+        "retry_policy": RetryPolicy(
+            maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=non_retryable
+        ),
+        "cancellation_type": workflow.ActivityCancellationType.TRY_CANCEL,
+    }
+    summary = f"run {req.model} on {req.hardware}"
     if getattr(req, "local_run", False):
         return workflow.start_local_activity(
-            activity_name,
-            req,
-            result_type=result_type,
-            start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
-            retry_policy=RetryPolicy(
-                maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=non_retryable
-            ),
-            cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-            summary=f"run {req.model} on {req.hardware} (in the workflow's task)",
+            activity_name, req, summary=f"{summary} (in the workflow's task)", **run
         )
     return workflow.start_activity(
         activity_name,
         req,
-        result_type=result_type,
         task_queue=req.task_queue or f"replicant-hw-{req.hardware}",
-        start_to_close_timeout=timedelta(seconds=req.timeout) + BOOT_ALLOWANCE,
         heartbeat_timeout=timedelta(seconds=req.heartbeat_timeout),
-        retry_policy=RetryPolicy(
-            maximum_attempts=RUN_ATTEMPTS, non_retryable_error_types=non_retryable
-        ),
-        cancellation_type=workflow.ActivityCancellationType.TRY_CANCEL,
-        summary=f"run {req.model} on {req.hardware}",
+        summary=summary,
+        **run,
     )
 
 
